@@ -1,0 +1,75 @@
+"""`jaxinterp bench [--quick] [--out DIR]`: every script in benchmarks/ on the devices present.
+
+Each script runs in its own process (so one's compile caches and memory do not colour another's)
+with `--json`; their rows are gathered into one table and DIR/bench.json, with the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def benchmarks_dir() -> Path:
+    here = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not here.is_dir():
+        raise ValueError(f"benchmarks/ not found: expected it at {here} (run from a source checkout)")
+    return here
+
+
+def scripts(only: list[str] | None = None) -> list[Path]:
+    found = sorted(p for p in benchmarks_dir().glob("*.py") if not p.name.startswith("_"))
+    return [p for p in found if not only or any(o in p.stem for o in only)]
+
+
+def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> dict:
+    from jaxinterp import atomic, benchtools
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"machine": benchtools.machine(), "quick": quick, "benchmarks": []}
+    for script in scripts(only):
+        json_path = out_dir / f"{script.stem}.json"
+        cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
+        print(f"== {script.name}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd)
+        entry = {"script": script.name, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
+        if proc.returncode == 0 and json_path.exists():
+            entry.update(json.loads(json_path.read_text()))
+        results["benchmarks"].append(entry)
+    atomic.write_text(out_dir / "bench.json", json.dumps(results, indent=2))
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'workload':<58} {'figure':>12} {'unit':<10} {'goal':<22} {'reference':<26} met"]
+    for b in results["benchmarks"]:
+        if b["returncode"] != 0:
+            lines.append(f"{b['script']:<58} FAILED (exit {b['returncode']})")
+        for r in b.get("rows", []):
+            met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+            lines.append(f"{r['workload']:<58} {r['figure']:>12.5g} {r['unit']:<10} {r['goal'] or '-':<22} "
+                         f"{r['reference'] or '-':<26} {met}")
+    return "\n".join(lines)
+
+
+def _command(args) -> int:
+    results = run(args.out, quick=args.quick, only=args.only)
+    from jaxinterp import benchtools
+
+    print(f"\n# jaxinterp bench on {benchtools.machine_line()}")
+    print(table(results))
+    print(f"\nwrote {Path(args.out) / 'bench.json'}")
+    return 1 if any(b["returncode"] != 0 for b in results["benchmarks"]) else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmark suite; print one table; write bench.json")
+    p.add_argument("--quick", action="store_true", help="small sizes; under 3 minutes on 2 cores")
+    p.add_argument("--out", default="bench_out", help="output folder (default bench_out)")
+    p.add_argument("--only", nargs="*", help="only the scripts whose name contains one of these")
+    p.set_defaults(func=_command)

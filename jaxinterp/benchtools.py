@@ -1,0 +1,107 @@
+"""Shared pieces of the benchmark scripts in `benchmarks/`: timing, the machine, the JSON rows.
+
+Every benchmark prints its figures and, with `--json PATH`, writes
+
+    {"benchmark": NAME, "machine": {...}, "rows": [ROW, ...]}
+
+where a ROW is {"workload", "figure", "unit", "goal", "reference", "met"}; `jaxinterp bench`
+gathers the rows of every script into one table and `bench.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, NamedTuple
+
+from jaxinterp import atomic
+
+
+class Timing(NamedTuple):
+    compile_s: float  # first call (trace + compile + one run)
+    median_s: float  # median of `repeats` later calls
+    min_s: float
+    repeats: int
+
+
+def block(x: Any) -> Any:
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Timing:
+    """Times `fn()` (which must return device arrays): first call apart, then the median of repeats."""
+    t0 = time.perf_counter()
+    block(fn())
+    compile_s = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        block(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        block(fn())
+        times.append(time.perf_counter() - t0)
+    return Timing(compile_s, statistics.median(times), min(times), repeats)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """The machine a figure was measured on: CPU, cores, accelerators, library versions."""
+    import jax
+    import jaxlib
+
+    devices = jax.devices()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": devices[0].platform,
+        "devices": [d.device_kind for d in devices],
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine_line() -> str:
+    m = machine()
+    return f"{m['cpu']} ({m['cores']} cores), {m['platform']}: {', '.join(m['devices'])}; jax {m['jax']}"
+
+
+def row(workload: str, figure: float, unit: str, *, goal: str | None = None,
+        reference: str | None = None, met: bool | None = None) -> dict[str, Any]:
+    return {"workload": workload, "figure": float(figure), "unit": unit, "goal": goal,
+            "reference": reference, "met": met}
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", metavar="PATH", help="write the rows and the machine as JSON here")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
+    return p
+
+
+def report(name: str, rows: list[dict[str, Any]], json_path: str | None) -> None:
+    """Prints the rows as a table and writes the JSON (atomically) when asked."""
+    print(f"# {name} on {machine_line()}")
+    for r in rows:
+        met = {True: "met", False: "NOT met", None: ""}[r["met"]]
+        goal = f"goal {r['goal']}" if r["goal"] else ""
+        ref = f"ref {r['reference']}" if r["reference"] else ""
+        print(f"{r['workload']:<58} {r['figure']:>12.5g} {r['unit']:<10} {goal:<22} {ref:<24} {met}")
+    if json_path:
+        atomic.write_text(json_path, json.dumps({"benchmark": name, "machine": machine(), "rows": rows}, indent=2))

@@ -1,0 +1,46 @@
+"""The `jaxinterp` command: one subcommand per capability.
+
+Each capability registers its subcommands in its own `cli.py` (`add_parser(subparsers)`), which
+imports nothing heavy at module level, so `jaxinterp --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that define `add_parser(subparsers)`; each adds one top-level subcommand.
+SUBCOMMAND_MODULES = [
+    "jaxinterp.demo",
+    "jaxinterp.bench",
+    "jaxinterp.transformer.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxinterp",
+        description="GPT-2 head lenses, memory injection, NuGraph2 and model merging in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # bad input: say what was expected and what came, no traceback
+        print(f"jaxinterp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

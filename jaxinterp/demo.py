@@ -1,0 +1,58 @@
+"""`jaxinterp demo --out DIR`: runs each capability on built-in data and writes DIR/index.html.
+
+Each capability adds one section: a function `section(out_dir, *, quick) -> report.Section` named
+in SECTIONS. A section that fails is shown as its error in the report (and makes the command exit
+non-zero), so one broken capability does not hide the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from pathlib import Path
+
+# "module:function" of each section, in the order the report shows them.
+SECTIONS = [
+    "jaxinterp.transformer.demo:section",
+]
+
+
+def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = None) -> tuple[Path, list[str]]:
+    """Builds every section and writes out_dir/index.html. Returns the path and the failed sections."""
+    from tqdm import tqdm
+
+    from jaxinterp import atomic, benchtools, report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sections, failed = [], []
+    names = [s for s in SECTIONS if not only or any(o in s for o in only)]
+    for spec in tqdm(names, desc="demo sections", unit="section"):
+        module, func = spec.split(":")
+        t0 = time.perf_counter()
+        try:
+            sec = getattr(importlib.import_module(module), func)(out_dir, quick=quick)
+            sections.append(sec._replace(html=sec.html + f"<p><small>{time.perf_counter() - t0:.1f} s</small></p>"))
+        except Exception:  # noqa: BLE001 -- shown in the report, counted in the exit code
+            failed.append(spec)
+            sections.append(report.Section(spec, f"<div class='err'>{report.html.escape(traceback.format_exc())}</div>"))
+    index = out_dir / "index.html"
+    atomic.write_text(index, report.render("jaxinterp demo", sections, footer=f"Run on {benchtools.machine_line()}"))
+    return index, failed
+
+
+def _command(args) -> int:
+    index, failed = run(args.out, quick=args.quick, only=args.only)
+    print(f"wrote {index}")
+    for f in failed:
+        print(f"section failed: {f}")
+    return 1 if failed else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="run every capability on built-in data; write DIR/index.html")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--quick", action="store_true", help="smaller runs")
+    p.add_argument("--only", nargs="*", help="only the sections whose name contains one of these")
+    p.set_defaults(func=_command)

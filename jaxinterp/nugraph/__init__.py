@@ -1,0 +1,1 @@
+"""NuGraph2 for liquid-argon TPC hits: events, graphs, model, losses, data, training."""
