@@ -1,0 +1,335 @@
+"""GPT-2 as a pure-functional Flax linen module with TransformerLens hook points.
+
+The whole network in one file, bottom-up: config, Conv1D, LayerNorm, attention, MLP, block, model,
+then the pure entry points `init`, `forward`, `run_with_cache`. Parameter names copy the Hugging Face
+checkpoint (`wte`, `wpe`, `h_{i}`, `ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`,
+`mlp.c_proj`, `ln_f`); HF's Conv1D stores weights [in, out], which is already the layout of a
+kernel here, so nothing is transposed. `lm_head` exists only when the unembedding is untied (after
+TransformerLens weight processing, W_U is no longer wte.T).
+
+Axis names: B batch, P positions (Q queries, K keys), H heads, E d_head, D d_model, M d_mlp,
+V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxinterp.transformer import hooks
+from jaxinterp.transformer.hooks import Intervention
+
+ACTIVATIONS = {
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),  # GPT-2's tanh approximation
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """A GPT-2's shape (defaults: GPT-2 small). Frozen and hashable: a static argument under jit."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # d_mlp; None means 4 * n_embd
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    tie_word_embeddings: bool = True
+    dtype: str = "float32"  # activations; "bfloat16" on accelerators (params stay float32)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function must be one of {sorted(ACTIVATIONS)}, got {self.activation_function!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+            raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {self.dtype!r}")
+
+    @property
+    def d_head(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def d_mlp(self) -> int:
+        return self.n_inner or 4 * self.n_embd
+
+    def site_shape(self, site: str, n_pos: int) -> tuple[int, ...]:
+        return hooks.site_shape(site, n_positions=n_pos, n_embd=self.n_embd, n_head=self.n_head,
+                                d_head=self.d_head, d_mlp=self.d_mlp)
+
+
+PRESETS: dict[str, GPT2Config] = {
+    "gpt2": GPT2Config(),
+    "distilgpt2": GPT2Config(n_layer=6),
+    "gpt2-medium": GPT2Config(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": GPT2Config(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": GPT2Config(n_embd=1600, n_layer=48, n_head=25),
+}
+
+
+class _Hooked(nn.Module):
+    """Base of the modules that own hook points: `hook` applies interventions, then captures."""
+
+    config: GPT2Config
+    layer: int = hooks.NO_LAYER
+    capture: frozenset = frozenset()
+
+    def hook(self, site: str, x: Array, ivs: Sequence[Intervention]) -> Array:
+        x = hooks.apply(ivs, site, self.layer, x)
+        name = site if self.layer == hooks.NO_LAYER else f"blocks.{self.layer}.{site}"
+        if name in self.capture:
+            self.sow("intermediates", name, x)
+        return x
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.config.dtype)
+
+
+class Conv1D(nn.Module):
+    """HF GPT-2's Conv1D: y = x @ kernel + bias with kernel [in, out]."""
+
+    n_in: int
+    n_out: int
+    dtype: Any = jnp.float32
+    init_std: float = 0.02
+
+    def setup(self):
+        self.kernel = self.param("kernel", nn.initializers.normal(self.init_std), (self.n_in, self.n_out))
+        self.bias = self.param("bias", nn.initializers.zeros, (self.n_out,))
+
+    def __call__(self, x: Array) -> Array:
+        return x @ self.kernel.astype(self.dtype) + self.bias.astype(self.dtype)
+
+
+class LayerNorm(_Hooked):
+    """LayerNorm with TransformerLens's hooks: `hook_scale` [B, P, 1], `hook_normalized` (after w, b)."""
+
+    prefix: str = "ln1"
+
+    @nn.compact
+    def __call__(self, x: Array, ivs: Sequence[Intervention]) -> Array:
+        d = x.shape[-1]
+        scale_p = self.param("scale", nn.initializers.ones, (d,))
+        bias_p = self.param("bias", nn.initializers.zeros, (d,))
+        x = x.astype(jnp.float32)  # statistics in float32 whatever the activation dtype
+        x = x - x.mean(-1, keepdims=True)
+        scale = self.hook(f"{self.prefix}.hook_scale",
+                          jnp.sqrt((x * x).mean(-1, keepdims=True) + self.config.layer_norm_epsilon), ivs)
+        x = x / scale * scale_p + bias_p
+        return self.hook(f"{self.prefix}.hook_normalized", x.astype(self.dtype), ivs)
+
+
+class Attention(_Hooked):
+    """Causal multi-head self-attention, one hook per intermediate (q, k, v, scores, pattern, z, result)."""
+
+    need_result: bool = False  # compute per-head outputs [B, P, H, D] (captured or intervened)
+
+    def setup(self):
+        c = self.config
+        self.c_attn = Conv1D(c.n_embd, 3 * c.n_embd, self.dtype)
+        self.c_proj = Conv1D(c.n_embd, c.n_embd, self.dtype, init_std=0.02 / (2 * c.n_layer) ** 0.5)
+
+    def __call__(self, x: Array, allowed: Array, ivs: Sequence[Intervention]) -> Array:
+        """x [B, P, D] (after ln_1); allowed [B, 1, Q, K] bool: which keys each query may attend to."""
+        c = self.config
+        B, P, _ = x.shape
+        q, k, v = jnp.split(self.c_attn(x), 3, axis=-1)  # 3 x (B, P, D)
+        q = self.hook("attn.hook_q", q.reshape(B, P, c.n_head, c.d_head), ivs)  # (B, P, H, E)
+        k = self.hook("attn.hook_k", k.reshape(B, P, c.n_head, c.d_head), ivs)
+        v = self.hook("attn.hook_v", v.reshape(B, P, c.n_head, c.d_head), ivs)
+        scale = 1.0
+        if c.scale_attn_weights:
+            scale /= c.d_head ** 0.5
+        if c.scale_attn_by_inverse_layer_idx:
+            scale /= self.layer + 1
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, Q, K)
+        # The most negative finite value rather than -inf: a fully masked row (a padding query)
+        # becomes uniform instead of NaN, and a real row is unchanged (exp underflows to 0).
+        scores = self.hook("attn.hook_attn_scores", jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), ivs)
+        pattern = self.hook("attn.hook_pattern", jax.nn.softmax(scores, axis=-1), ivs)
+        z = self.hook("attn.hook_z", jnp.einsum("bhqk,bkhe->bqhe", pattern.astype(self.dtype), v), ivs)
+        b_O = self.c_proj.bias.astype(self.dtype)
+        if self.need_result:
+            W_O = self.c_proj.kernel.astype(self.dtype).reshape(c.n_head, c.d_head, c.n_embd)  # (H, E, D)
+            result = self.hook("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, W_O), ivs)  # (B, P, H, D)
+            return result.sum(axis=2) + b_O
+        return self.c_proj(z.reshape(B, P, c.n_embd))
+
+
+class MLP(_Hooked):
+    def setup(self):
+        c = self.config
+        self.c_fc = Conv1D(c.n_embd, c.d_mlp, self.dtype)
+        self.c_proj = Conv1D(c.d_mlp, c.n_embd, self.dtype, init_std=0.02 / (2 * c.n_layer) ** 0.5)
+
+    def __call__(self, x: Array, ivs: Sequence[Intervention]) -> Array:
+        pre = self.hook("mlp.hook_pre", self.c_fc(x), ivs)  # (B, P, M)
+        post = self.hook("mlp.hook_post", ACTIVATIONS[self.config.activation_function](pre), ivs)
+        return self.c_proj(post)  # (B, P, D)
+
+
+class Block(_Hooked):
+    need_result: bool = False
+
+    def setup(self):
+        kw = dict(config=self.config, layer=self.layer, capture=self.capture)
+        self.ln_1 = LayerNorm(prefix="ln1", **kw)
+        self.attn = Attention(need_result=self.need_result, **kw)
+        self.ln_2 = LayerNorm(prefix="ln2", **kw)
+        self.mlp = MLP(**kw)
+
+    def __call__(self, resid: Array, allowed: Array, ivs: Sequence[Intervention]) -> Array:
+        resid = self.hook("hook_resid_pre", resid, ivs)
+        attn_out = self.hook("hook_attn_out", self.attn(self.ln_1(resid, ivs), allowed, ivs), ivs)
+        resid = self.hook("hook_resid_mid", resid + attn_out, ivs)
+        mlp_out = self.hook("hook_mlp_out", self.mlp(self.ln_2(resid, ivs), ivs), ivs)
+        return self.hook("hook_resid_post", resid + mlp_out, ivs)
+
+
+class GPT2(_Hooked):
+    """GPT-2 LM. Methods `embed`, `blocks` and `unembed` let callers run a slice of the network."""
+
+    all_results: bool = False  # every block forms per-head results (an intervention at hook_result)
+
+    def setup(self):
+        c = self.config
+        kw = dict(config=c, capture=self.capture)
+        self.wte = nn.Embed(c.vocab_size, c.n_embd, embedding_init=nn.initializers.normal(0.02))
+        self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=nn.initializers.normal(0.01))
+        result_captured = {int(n.split(".")[1]) for n in self.capture if n.endswith("attn.hook_result")}
+        self.h = [Block(layer=i, need_result=(i in result_captured) or self.all_results, name=f"h_{i}", **kw)
+                  for i in range(c.n_layer)]
+        self.ln_f = LayerNorm(prefix="ln_final", **kw)
+        if not c.tie_word_embeddings:
+            self.lm_head = Conv1D(c.n_embd, c.vocab_size, jnp.float32)
+
+    def embed(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention]) -> Array:
+        """tokens [B, P] -> resid_pre of block 0 [B, P, D]. Positions count real tokens only, so a
+        left-padded prompt sees the positions it would see unpadded."""
+        positions = jnp.clip(jnp.cumsum(attention_mask, axis=-1) - 1, 0, None)
+        embed = self.hook("hook_embed", self.wte(tokens).astype(self.dtype), ivs)
+        pos_embed = self.hook("hook_pos_embed", self.wpe(positions).astype(self.dtype), ivs)
+        return embed + pos_embed
+
+    def blocks(self, resid: Array, attention_mask: Array, ivs: Sequence[Intervention],
+               start: int = 0, stop: int | None = None) -> Array:
+        """Runs blocks [start, stop) on resid [B, P, D]."""
+        P = resid.shape[1]
+        causal = jnp.tril(jnp.ones((P, P), bool))
+        allowed = causal[None, None] & attention_mask[:, None, None, :].astype(bool)  # (B, 1, Q, K)
+        for block in self.h[start:stop]:
+            resid = block(resid, allowed, ivs)
+        return resid
+
+    def unembed(self, resid: Array, ivs: Sequence[Intervention]) -> Array:
+        """resid [..., D] (after the last block) -> logits [..., V] in float32."""
+        x = self.ln_f(resid, ivs).astype(jnp.float32)
+        if self.config.tie_word_embeddings:
+            return x @ self.wte.embedding.T
+        return self.lm_head(x)
+
+    def __call__(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention] = ()) -> Array:
+        resid = self.blocks(self.embed(tokens, attention_mask, ivs), attention_mask, ivs)
+        return self.unembed(resid, ivs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure entry points: params first, config keyword-only and static.
+
+def module(config: GPT2Config, names: Sequence[str] = (), interventions: Sequence[Intervention] = ()) -> GPT2:
+    """The linen module that captures `names` and can apply `interventions` (their sites decide
+    whether per-head results must be formed)."""
+    result_iv = any(iv.site == "attn.hook_result" for iv in interventions)
+    return GPT2(config, capture=frozenset(names), all_results=result_iv)
+
+
+def init(rng: Array, config: GPT2Config) -> dict:
+    """Random GPT-2 params (HF's initialisation: normal(0.02), residual projections scaled)."""
+    tokens = jnp.zeros((1, min(8, config.n_positions)), jnp.int32)
+    return module(config).init(rng, tokens, jnp.ones_like(tokens))["params"]
+
+
+def check_inputs(tokens: Array, attention_mask: Array | None, interventions: Sequence[Intervention],
+                 config: GPT2Config) -> None:
+    """Raises ValueError for inputs the model cannot take (shapes always; token values when concrete)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must have shape [batch, positions], got shape {list(tokens.shape)}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
+    B, P = tokens.shape
+    if P > config.n_positions:
+        raise ValueError(f"cannot forward a sequence of length {P}: n_positions is only {config.n_positions}")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {config.vocab_size}) (the vocabulary size), "
+                             f"got ids from {lo} to {hi}")
+    if attention_mask is not None and tuple(attention_mask.shape) != (B, P):
+        raise ValueError(f"attention_mask must have the shape of tokens {[B, P]}, got {list(attention_mask.shape)}")
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise ValueError(f"interventions must be Intervention objects (see hooks.intervene), got {type(iv).__name__}")
+        hooks.check_intervention(iv, config.site_shape(iv.site, P), config.n_layer)
+
+
+def _run(params: dict, tokens: Array, attention_mask: Array, interventions: tuple, *,
+         config: GPT2Config, names: tuple[str, ...]) -> tuple[Array, dict[str, Array]]:
+    logits, state = module(config, names, interventions).apply(
+        {"params": params}, tokens, attention_mask, interventions, mutable=["intermediates"])
+    cache = {}
+    for path, value in flax.traverse_util.flatten_dict(state.get("intermediates", {})).items():
+        cache[path[-1]] = value[0]  # sow keeps a tuple per name
+    return logits, cache
+
+
+@functools.cache
+def _run_jit():
+    # Built on first use (nothing is compiled at import). config and names are static; a new
+    # (config, names, intervention sites) compiles once, later calls reuse it.
+    return jax.jit(_run, static_argnames=("config", "names"))
+
+
+def run_with_cache(params: dict, tokens: Array, *, config: GPT2Config, names: Sequence[str] = (),
+                   attention_mask: Array | None = None,
+                   interventions: Sequence[Intervention] = ()) -> tuple[Array, dict[str, Array]]:
+    """Logits [B, P, V] (float32) and the activations at the hook points `names` (nothing else is kept).
+
+    Args:
+      params: GPT-2 params (`init`, `load_gpt2`).
+      tokens: [B, P] token ids.
+      names: TransformerLens hook names, e.g. ("blocks.3.attn.hook_result",).
+      attention_mask: [B, P], 1 for real tokens and 0 for padding (left or right); None means all real.
+        At real positions the logits equal those of the unpadded prompt.
+      interventions: `hooks.intervene(...)` objects, applied in order at their hook points.
+    """
+    tokens = jnp.asarray(tokens)
+    interventions = tuple(interventions)
+    check_inputs(tokens, attention_mask, interventions, config)
+    names = hooks.check_names(names, config.n_layer)
+    mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+    return _run_jit()(params, tokens, mask, interventions, config=config, names=names)
+
+
+def forward(params: dict, tokens: Array, *, config: GPT2Config, attention_mask: Array | None = None,
+            interventions: Sequence[Intervention] = ()) -> Array:
+    """Logits [B, P, V]; see `run_with_cache` for the arguments."""
+    return run_with_cache(params, tokens, config=config, attention_mask=attention_mask, interventions=interventions)[0]
+

@@ -1,0 +1,210 @@
+"""Hook points with TransformerLens names, and interventions as data.
+
+Every activation the GPT-2 module computes passes through a named hook point. At a hook point two
+things may happen, both decided before tracing:
+
+* capture: if the full name (e.g. ``blocks.3.attn.hook_result``) is among the names asked for, the
+  value is sown into linen's ``intermediates`` collection. Names not asked for cost nothing.
+* intervention: each `Intervention` whose site matches (``attn.hook_result``) rewrites the value.
+  An intervention is a pytree of arrays (its layer index too), so a stack of them is vmapped as one
+  compiled call; only its site and mode are static.
+
+Axis names: B batch, P positions (Q queries, K keys), H heads, D d_model, E d_head, M d_mlp.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+# Sites inside block L (full name "blocks.{L}.{site}") and the layout of the activation there.
+#   "bpd": [B, P, width]       "bphd": [B, P, H, width]       "bhqk": [B, H, Q, K]
+BLOCK_SITES: dict[str, str] = {
+    "hook_resid_pre": "bpd",
+    "ln1.hook_scale": "bpd",
+    "ln1.hook_normalized": "bpd",
+    "attn.hook_q": "bphd",
+    "attn.hook_k": "bphd",
+    "attn.hook_v": "bphd",
+    "attn.hook_attn_scores": "bhqk",
+    "attn.hook_pattern": "bhqk",
+    "attn.hook_z": "bphd",
+    "attn.hook_result": "bphd",
+    "hook_attn_out": "bpd",
+    "hook_resid_mid": "bpd",
+    "ln2.hook_scale": "bpd",
+    "ln2.hook_normalized": "bpd",
+    "mlp.hook_pre": "bpd",
+    "mlp.hook_post": "bpd",
+    "hook_mlp_out": "bpd",
+    "hook_resid_post": "bpd",
+}
+# Sites outside the blocks: their full name is the site.
+GLOBAL_SITES: dict[str, str] = {
+    "hook_embed": "bpd",
+    "hook_pos_embed": "bpd",
+    "ln_final.hook_scale": "bpd",
+    "ln_final.hook_normalized": "bpd",
+}
+MODES = ("add", "replace", "zero", "mean")
+NO_LAYER = -1  # the `layer` of an intervention at a global site
+
+
+def hook_names(n_layer: int) -> list[str]:
+    """Every hook name of a GPT-2 with `n_layer` blocks, in the order the forward pass meets them."""
+    names = ["hook_embed", "hook_pos_embed"]
+    for layer in range(n_layer):
+        names += [f"blocks.{layer}.{site}" for site in BLOCK_SITES]
+    return names + ["ln_final.hook_scale", "ln_final.hook_normalized"]
+
+
+def split_name(name: str) -> tuple[str, int]:
+    """'blocks.3.attn.hook_z' -> ('attn.hook_z', 3); 'hook_embed' -> ('hook_embed', NO_LAYER).
+
+    Raises ValueError for a name that is no hook point of GPT-2 (any size).
+    """
+    if name in GLOBAL_SITES:
+        return name, NO_LAYER
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in BLOCK_SITES:
+        return parts[2], int(parts[1])
+    raise ValueError(f"unknown hook name {name!r}: expected one of {sorted(GLOBAL_SITES)} or "
+                     f"'blocks.<layer>.<site>' with site in {sorted(BLOCK_SITES)}")
+
+
+def check_names(names: Sequence[str], n_layer: int) -> tuple[str, ...]:
+    """Validates hook names against a model with `n_layer` blocks; returns them as a sorted tuple."""
+    if isinstance(names, str):
+        names = (names,)
+    for name in names:
+        _, layer = split_name(name)
+        if layer >= n_layer:
+            raise ValueError(f"hook name {name!r}: layer {layer} out of range, the model has {n_layer} blocks")
+    return tuple(sorted(set(names)))
+
+
+@flax.struct.dataclass
+class Intervention:
+    """Rewrites the activation at one hook site (of one block, chosen by the array `layer`).
+
+    mode "add":     x + scale * value
+    mode "replace": value (where selected), x elsewhere
+    mode "zero":    0 (where selected)
+    mode "mean":    the mean over the batch of x at each position (`value` unused), where selected;
+                    to ablate with a data-set mean, use "replace" with that mean as `value`.
+
+    `value` broadcasts against one example's activation (e.g. [D], [P, D], [H, D], [P, H, D]) or
+    against the batch ([B, P, D]). `positions` [P] and `heads` [H] are boolean masks selecting where
+    the intervention applies (all when None); heads only at per-head sites.
+    """
+
+    site: str = flax.struct.field(pytree_node=False)
+    mode: str = flax.struct.field(pytree_node=False)
+    layer: Array  # [] int32; NO_LAYER at global sites
+    value: Array | None
+    scale: Array  # [] float
+    positions: Array | None  # [P] bool
+    heads: Array | None  # [H] bool
+
+
+def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale: float | Array = 1.0,
+              positions: Array | None = None, heads: Array | None = None) -> Intervention:
+    """Builds an Intervention at the hook point `name` (a TransformerLens name).
+
+    Example: add 3 times a memory vector to layer 5's attention output at every position:
+        intervene("blocks.5.hook_attn_out", memory, scale=3.0)
+    """
+    site, layer = split_name(name)
+    if mode not in MODES:
+        raise ValueError(f"intervention mode must be one of {MODES}, got {mode!r}")
+    if mode in ("add", "replace") and value is None:
+        raise ValueError(f"intervention mode {mode!r} at {name!r} needs a value, got None")
+    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    if heads is not None and layout == "bpd":
+        raise ValueError(f"a head mask applies only at per-head sites; {name!r} has no head axis")
+    return Intervention(
+        site=site, mode=mode, layer=jnp.asarray(layer, jnp.int32),
+        value=None if value is None else jnp.asarray(value),
+        scale=jnp.asarray(scale, jnp.float32),
+        positions=None if positions is None else jnp.asarray(positions, bool),
+        heads=None if heads is None else jnp.asarray(heads, bool),
+    )
+
+
+def site_shape(site: str, *, n_positions: int, n_embd: int, n_head: int, d_head: int, d_mlp: int) -> tuple[int, ...]:
+    """The shape of one example's activation at `site` (without the batch axis), for P = n_positions."""
+    width = {"mlp.hook_pre": d_mlp, "mlp.hook_post": d_mlp, "attn.hook_result": n_embd,
+             "ln1.hook_scale": 1, "ln2.hook_scale": 1, "ln_final.hook_scale": 1}.get(site, n_embd)
+    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    if layout == "bphd":
+        return (n_positions, n_head, width if site == "attn.hook_result" else d_head)
+    if layout == "bhqk":
+        return (n_head, n_positions, n_positions)
+    return (n_positions, width)
+
+
+def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int) -> None:
+    """Raises ValueError if `iv` cannot apply to an activation of per-example `shape` (see site_shape)."""
+    where = f"intervention at {iv.site!r}"
+    layout = (BLOCK_SITES | GLOBAL_SITES)[iv.site]
+    if iv.value is not None:
+        v = tuple(iv.value.shape)
+        per_example = v[1:] if len(v) == len(shape) + 1 else v
+        if len(per_example) > len(shape) or any(a not in (1, b) for a, b in zip(reversed(per_example), reversed(shape))):
+            raise ValueError(f"{where}: value of shape {list(v)} does not broadcast to the activation {list(shape)} "
+                             f"(expected width {shape[-1]} in the last axis, got {v[-1] if v else 'a scalar'})")
+    n_pos = shape[1] if layout == "bhqk" else shape[0]
+    if iv.positions is not None and tuple(iv.positions.shape) != (n_pos,):
+        raise ValueError(f"{where}: positions mask must have shape [{n_pos}], got {list(iv.positions.shape)}")
+    if iv.heads is not None:
+        n_head = shape[0] if layout == "bhqk" else shape[1]
+        if tuple(iv.heads.shape) != (n_head,):
+            raise ValueError(f"{where}: heads mask must have shape [{n_head}], got {list(iv.heads.shape)}")
+    if iv.layer.ndim != 0:
+        raise ValueError(f"{where}: layer must be a scalar, got shape {list(iv.layer.shape)}")
+    if iv.site in BLOCK_SITES and not isinstance(iv.layer, jax.core.Tracer):
+        layer = int(iv.layer)
+        if not 0 <= layer < n_layer:
+            raise ValueError(f"{where}: layer {layer} out of range, the model has {n_layer} blocks")
+
+
+def apply(ivs: Sequence[Intervention], site: str, layer: int, x: Array) -> Array:
+    """Applies every intervention in `ivs` at `site` of block `layer` to the activation `x` [B, ...]."""
+    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    for iv in ivs:
+        if iv.site != site:
+            continue
+        where = _selection(iv, layout, x.shape)  # broadcastable to x, bool
+        where = jnp.logical_and(where, iv.layer == layer)
+        if iv.mode == "add":
+            new = x + (iv.scale * iv.value).astype(x.dtype)
+        elif iv.mode == "replace":
+            new = jnp.broadcast_to(iv.value.astype(x.dtype), x.shape)
+        elif iv.mode == "zero":
+            new = jnp.zeros_like(x)
+        else:  # "mean"
+            new = jnp.broadcast_to(x.mean(axis=0, keepdims=True), x.shape)
+        x = jnp.where(where, new, x)
+    return x
+
+
+def _selection(iv: Intervention, layout: str, shape: tuple[int, ...]) -> Array:
+    """A boolean mask broadcastable to `shape` [B, ...]: the positions and heads `iv` selects."""
+    mask = jnp.ones((1,) * len(shape), bool)
+    if iv.positions is not None:
+        if layout == "bhqk":  # positions select query rows
+            mask = mask & iv.positions[None, None, :, None]
+        elif layout == "bphd":
+            mask = mask & iv.positions[None, :, None, None]
+        else:
+            mask = mask & iv.positions[None, :, None]
+    if iv.heads is not None:
+        if layout == "bhqk":
+            mask = mask & iv.heads[None, :, None, None]
+        else:
+            mask = mask & iv.heads[None, None, :, None]
+    return mask

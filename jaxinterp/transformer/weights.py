@@ -1,0 +1,252 @@
+"""Hugging Face GPT-2 checkpoints <-> params, and TransformerLens-style weight processing.
+
+The checkpoint's names map one to one onto the params tree (`transformer.h.3.attn.c_attn.weight`
+-> `h_3/attn/c_attn/kernel`); HF's Conv1D stores [in, out], the layout of a kernel here, so nothing
+is transposed. Every tensor's name and shape is checked against the config before anything is
+built; the only names skipped are the causal-mask buffers old checkpoints carry (`attn.bias`,
+`attn.masked_bias`) and a tied `lm_head.weight`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import flax.traverse_util
+import jax
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config, init
+
+_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+_BLOCK = re.compile(r"^h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)$")
+_TOP = {"wte.weight": ("wte", "embedding"), "wpe.weight": ("wpe", "embedding"),
+        "ln_f.weight": ("ln_f", "scale"), "ln_f.bias": ("ln_f", "bias")}
+# HF config keys that change the computation and that this implementation does not support.
+_UNSUPPORTED = {"add_cross_attention": False, "reorder_and_upcast_attn": None}
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> GPT2Config:
+    """GPT2Config from a Hugging Face `config.json` dict; rejects options this model does not implement."""
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got model_type {hf.get('model_type')!r}")
+    if hf.get("add_cross_attention", False):
+        raise ValueError("add_cross_attention=True (encoder-decoder GPT-2) is not supported")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"activation_function {act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+    return GPT2Config(
+        vocab_size=hf["vocab_size"], n_positions=hf.get("n_positions", 1024), n_embd=hf["n_embd"],
+        n_layer=hf["n_layer"], n_head=hf["n_head"], n_inner=hf.get("n_inner"), activation_function=act,
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        scale_attn_weights=hf.get("scale_attn_weights", True),
+        scale_attn_by_inverse_layer_idx=hf.get("scale_attn_by_inverse_layer_idx", False),
+        tie_word_embeddings=hf.get("tie_word_embeddings", True),
+    )
+
+
+def config_to_hf(config: GPT2Config) -> dict[str, Any]:
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocab_size,
+            "n_positions": config.n_positions, "n_embd": config.n_embd, "n_layer": config.n_layer,
+            "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": config.activation_function,
+            "layer_norm_epsilon": config.layer_norm_epsilon, "scale_attn_weights": config.scale_attn_weights,
+            "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+            "tie_word_embeddings": config.tie_word_embeddings, "bos_token_id": 0, "eos_token_id": 0}
+
+
+def hf_path(name: str) -> tuple[str, ...] | None:
+    """The params path of a HF tensor name, or None for a buffer that carries no weight."""
+    name = name.removeprefix("transformer.")
+    if name in _TOP:
+        return _TOP[name]
+    if name == "lm_head.weight":
+        return ("lm_head", "kernel")
+    if _BUFFERS.match(name):
+        return None
+    m = _BLOCK.match(name)
+    if not m:
+        raise ValueError(f"unexpected tensor {name!r} in the GPT-2 checkpoint")
+    layer, mod, kind = m.groups()
+    leaf = {"ln_1": {"weight": "scale"}, "ln_2": {"weight": "scale"}}.get(mod, {}).get(kind, "kernel" if kind == "weight" else "bias")
+    return (f"h_{layer}", *mod.split("."), leaf)
+
+
+def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) -> dict:
+    """Params from HF tensors; every expected tensor present with its shape, nothing unknown."""
+    expected = {path: leaf.shape for path, leaf in _flat(jax.eval_shape(lambda: init(jax.random.PRNGKey(0), config))).items()}
+    flat: dict[tuple[str, ...], np.ndarray] = {}
+    for name, tensor in state.items():
+        path = hf_path(name)
+        if path is None:
+            continue
+        if path == ("lm_head", "kernel"):
+            if config.tie_word_embeddings:
+                continue  # the same matrix as wte
+            tensor, path = np.asarray(tensor).T, path  # nn.Linear [V, D] -> kernel [D, V]
+        if path not in expected:
+            raise ValueError(f"tensor {name!r} does not belong to a GPT-2 with {config.n_layer} layers")
+        if tuple(tensor.shape) != tuple(expected[path]):
+            raise ValueError(f"tensor {name!r}: expected shape {list(expected[path])}, got {list(tensor.shape)}")
+        flat[path] = np.asarray(tensor, np.float32)
+    if ("lm_head", "bias") in expected and ("lm_head", "kernel") in flat:
+        flat.setdefault(("lm_head", "bias"), np.zeros(config.vocab_size, np.float32))
+    missing = [p for p in expected if p not in flat]
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), first: {'/'.join(missing[0])} "
+                         f"(shape {list(expected[missing[0]])})")
+    return _unflat(flat)
+
+
+def state_dict_from_params(params: Mapping, config: GPT2Config) -> dict[str, np.ndarray]:
+    """HF tensor names -> arrays (the inverse of params_from_state_dict)."""
+    out = {}
+    for path, leaf in _flat(params).items():
+        top, *rest = path
+        if top == "lm_head":
+            if rest == ["kernel"]:
+                out["lm_head.weight"] = np.asarray(leaf).T
+            elif np.any(np.asarray(leaf)):
+                raise ValueError("lm_head has a non-zero bias, which a HF GPT-2 checkpoint cannot hold")
+            continue
+        inverse = {v: k for k, v in _TOP.items()}
+        if tuple(path) in inverse:
+            out["transformer." + inverse[tuple(path)]] = np.asarray(leaf)
+            continue
+        layer = top.split("_")[1]
+        *mods, leaf_name = rest
+        kind = "weight" if leaf_name in ("kernel", "scale") else "bias"
+        out[f"transformer.h.{layer}.{'.'.join(mods)}.{kind}"] = np.asarray(leaf)
+    return out
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"expected a folder holding config.json and *.safetensors, got the file {path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=[
+            "config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "vocab.json", "merges.txt"]))
+    except Exception as e:  # noqa: BLE001 -- any hub failure becomes one clear message
+        raise ValueError(f"{str(name_or_path)!r} is neither a local folder nor a downloadable Hugging Face "
+                         f"model ({type(e).__name__}: {e})") from e
+
+
+def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
+              dtype: str = "float32") -> tuple[dict, GPT2Config]:
+    """Reads a Hugging Face GPT-2 (local folder or hub name): returns (params, config).
+
+    process_weights=True applies TransformerLens's processing (`process_weights` below), as the
+    Attention Lens and memory-injection papers did.
+    """
+    from safetensors.numpy import load_file
+
+    folder = _resolve(name_or_path)
+    if not (folder / "config.json").exists():
+        raise ValueError(f"{folder} has no config.json")
+    config = dataclasses.replace(config_from_hf(json.loads((folder / "config.json").read_text())), dtype=dtype)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
+    state: dict[str, np.ndarray] = {}
+    for f in files:
+        state.update(load_file(f))
+    params = params_from_state_dict(state, config)
+    if process_weights:
+        params, config = _process(params, config)
+    return params, config
+
+
+def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *, tokenizer=None) -> Path:
+    """Writes config.json and model.safetensors (and the tokenizer, if given) that `load_gpt2` reads."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict_from_params(params, config).items()}
+    with atomic.atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config), indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """transformers' AutoTokenizer for a local folder or hub name."""
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    return AutoTokenizer.from_pretrained(str(path if path.is_dir() else _resolve(name_or_path)))
+
+
+def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Config]:
+    """TransformerLens's default processing: fold_ln, center_writing_weights, center_unembed,
+    fold_value_biases. Returns new params and a config with an untied unembedding.
+
+    The logits change only by a constant per position (softmax is unchanged). Layer norms keep
+    their place with weight 1 and bias 0 (TransformerLens's LNPre), so the architecture is the same.
+    Computed in float64, returned in float32.
+    """
+    p = jax.tree.map(lambda a: np.array(a, np.float64), dict(params))  # new containers, new arrays
+    D = config.n_embd
+
+    def fold(ln: dict, lin_w: np.ndarray, lin_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (n * w + b) @ W + c = n @ (w[:, None] * W) + (b @ W + c); then centre W over its input
+        # axis: the normalised input has zero mean, so this changes nothing but makes it explicit.
+        b = lin_b + ln["bias"] @ lin_w
+        W = ln["scale"][:, None] * lin_w
+        ln["scale"], ln["bias"] = np.ones(D), np.zeros(D)
+        return W - W.mean(0, keepdims=True), b
+
+    for i in range(config.n_layer):
+        blk = p[f"h_{i}"]
+        attn, mlp = blk["attn"], blk["mlp"]
+        attn["c_attn"]["kernel"], attn["c_attn"]["bias"] = _fold_qkv(fold, blk["ln_1"], attn["c_attn"], D)
+        mlp["c_fc"]["kernel"], mlp["c_fc"]["bias"] = fold(blk["ln_2"], mlp["c_fc"]["kernel"], mlp["c_fc"]["bias"])
+        # center_writing_weights: what writes to the residual stream has zero mean over d_model.
+        for lin in (attn["c_proj"], mlp["c_proj"]):
+            lin["kernel"] = lin["kernel"] - lin["kernel"].mean(-1, keepdims=True)
+            lin["bias"] = lin["bias"] - lin["bias"].mean()
+        # fold_value_biases: sum_k pattern[q, k] = 1, so b_V passes through attention unchanged.
+        b_V = attn["c_attn"]["bias"][2 * D:]
+        attn["c_proj"]["bias"] = attn["c_proj"]["bias"] + b_V @ attn["c_proj"]["kernel"]
+        attn["c_attn"]["bias"] = np.concatenate([attn["c_attn"]["bias"][:2 * D], np.zeros(D)])
+
+    if config.tie_word_embeddings:
+        W_U, b_U = p["wte"]["embedding"].T.copy(), np.zeros(config.vocab_size)
+    else:
+        W_U, b_U = p["lm_head"]["kernel"], p["lm_head"]["bias"]
+    W_U, b_U = fold(p["ln_f"], W_U, b_U)
+    # center_unembed: softmax is invariant to a constant over the vocabulary.
+    p["lm_head"] = {"kernel": W_U - W_U.mean(-1, keepdims=True), "bias": b_U - b_U.mean()}
+    for emb in ("wte", "wpe"):
+        p[emb]["embedding"] = p[emb]["embedding"] - p[emb]["embedding"].mean(-1, keepdims=True)
+    params_out = jax.tree.map(lambda a: np.asarray(a, np.float32), p)
+    return params_out, dataclasses.replace(config, tie_word_embeddings=False)
+
+
+def _fold_qkv(fold, ln: dict, c_attn: dict, D: int) -> tuple[np.ndarray, np.ndarray]:
+    """Folds ln_1 into W_Q, W_K and W_V, each centred over d_model on its own."""
+    folded = [fold(dict(ln), c_attn["kernel"][:, j * D:(j + 1) * D], c_attn["bias"][j * D:(j + 1) * D]) for j in range(3)]
+    ln["scale"], ln["bias"] = np.ones(D), np.zeros(D)
+    return np.concatenate([W for W, _ in folded], 1), np.concatenate([b for _, b in folded])
+
+
+_process = process_weights  # load_gpt2's keyword of the same name shadows it there
+
+
+def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    return flax.traverse_util.flatten_dict(tree)
+
+
+def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    return flax.traverse_util.unflatten_dict(dict(flat))
