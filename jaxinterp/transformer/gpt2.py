@@ -333,3 +333,28 @@ def forward(params: dict, tokens: Array, *, config: GPT2Config, attention_mask: 
     """Logits [B, P, V]; see `run_with_cache` for the arguments."""
     return run_with_cache(params, tokens, config=config, attention_mask=attention_mask, interventions=interventions)[0]
 
+
+
+# Slices of the network, for callers that reuse the lower layers (a sweep that injects at layer L
+# runs blocks [0, L) once and only blocks [L, n) per intervention). Pure and jittable; no checks.
+
+def embed(params: dict, tokens: Array, attention_mask: Array, *, config: GPT2Config,
+          interventions: Sequence[Intervention] = ()) -> Array:
+    """tokens [B, P] -> resid_pre of block 0 [B, P, D]."""
+    return module(config, (), interventions).apply({"params": params}, tokens, attention_mask, tuple(interventions),
+                                                   method=GPT2.embed)
+
+
+def blocks(params: dict, resid: Array, attention_mask: Array, *, config: GPT2Config, start: int = 0,
+           stop: int | None = None, interventions: Sequence[Intervention] = (),
+           names: Sequence[str] = ()) -> tuple[Array, dict[str, Array]]:
+    """Blocks [start, stop) on resid [B, P, D] -> (resid_post of block stop-1, captured activations)."""
+    out, state = module(config, names, interventions).apply(
+        {"params": params}, resid, attention_mask, tuple(interventions), start, stop,
+        method=GPT2.blocks, mutable=["intermediates"])
+    return out, {path[-1]: v[0] for path, v in flax.traverse_util.flatten_dict(state.get("intermediates", {})).items()}
+
+
+def unembed(params: dict, resid: Array, *, config: GPT2Config) -> Array:
+    """resid [..., D] after the last block -> logits [..., V] (ln_f, then W_U)."""
+    return module(config).apply({"params": params}, resid, (), method=GPT2.unembed)
