@@ -1,0 +1,129 @@
+"""Read PyTorch checkpoints (`torch.save` zip files: .pt, Lightning .ckpt) without torch.
+
+A torch checkpoint is a zip holding `<name>/data.pkl` and one raw file per tensor storage
+(`<name>/data/<key>`). Unpickling it with `pickle` would run whatever globals it names, so this
+reader rebuilds only tensors (as numpy arrays) and plain containers, and refuses every other global
+with a ValueError that names it.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# torch storage classes -> numpy dtype (the legacy `torch.FloatStorage` form, written by every
+# torch since 1.6, and the dtype objects that newer pickles pass to `UntypedStorage`).
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+_TORCH_DTYPES = {"float64": np.float64, "float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16",
+                 "int64": np.int64, "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8,
+                 "bool": np.bool_}
+
+
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _DType:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _np_dtype(dtype):
+    if dtype == "bfloat16":
+        import ml_dtypes  # comes with jax
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+    if not size:
+        return storage[offset].copy()
+    itemsize = storage.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * itemsize for s in stride))
+    return np.ascontiguousarray(view)
+
+
+def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(file)
+        self._archive, self._prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and name in _TORCH_DTYPES:
+            return _DType(name)
+        if module == "torch" and name == "UntypedStorage":
+            return _StorageType(np.uint8)
+        raise ValueError(f"refusing to load global {module}.{name} from a torch checkpoint: only tensors and "
+                         f"plain containers are read (no code from the file is run)")
+
+    def persistent_load(self, pid):
+        # ('storage', storage_type, key, location, numel)
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise ValueError(f"unexpected persistent id {pid!r} in torch checkpoint")
+        storage_type, key = pid[1], pid[2]
+        dtype = _TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype
+        raw = self._archive.read(f"{self._prefix}/data/{key}")
+        return np.frombuffer(raw, dtype=_np_dtype(dtype))
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Unpickles a torch zip checkpoint; tensors come back as numpy arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"torch checkpoint {path} does not exist")
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path} is not a torch zip checkpoint (torch.save since 1.6): {e}") from e
+    with archive:
+        pkls = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise ValueError(f"{path}: expected one <name>/data.pkl in the archive, found {len(pkls)}")
+        prefix = pkls[0][: -len("/data.pkl")]
+        with archive.open(pkls[0]) as f:
+            return _Unpickler(f, archive, prefix).load()
+
+
+def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:
+    """The name -> array mapping of a .pt state dict or of a Lightning .ckpt's `state_dict`."""
+    obj = load(path)
+    if key is None:
+        key = "state_dict" if isinstance(obj, dict) and "state_dict" in obj else None
+    if key is not None:
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"{path}: expected a dict with key {key!r}, got {type(obj).__name__}")
+        obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        raise ValueError(f"{path}: expected a mapping of names to tensors, got {type(obj).__name__}")
+    return dict(obj)
