@@ -49,7 +49,7 @@ def _np_dtype(dtype):
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
     if not size:
-        return storage[offset].copy()
+        return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
                                            strides=tuple(s * itemsize for s in stride))
