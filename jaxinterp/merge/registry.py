@@ -1,0 +1,153 @@
+"""Every mergekit method by name: its parameters (scope, default), its input contract, its kernel.
+
+Scopes follow mergekit: `shared` (one value per tensor, from the global parameters), `input`
+(one per input model, base included), `non_base` (one per input that is not the base). Defaults are
+mergekit 0.1.5's (`merge_methods/registry.py` and each method's signature).
+
+`merge_tensor` runs one method on one tensor; it is jitted per (method, static parameters), so the
+same layer shapes and values across a model reuse one compiled kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.merge import simple, spherical
+from jaxinterp.merge.task_arithmetic import GTA_VARIANTS, gta_merge
+
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    scope: str  # "shared" | "input" | "non_base"
+    default: Any = MISSING
+    kind: type = float  # float | bool | int (None allowed when the default is None)
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params: tuple[ParamSpec, ...]
+    base: str = "ignored"  # "required" | "optional" | "ignored"
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    min_non_base: int | None = None
+    max_non_base: int | None = None
+    jit: bool = True  # karcher and multislerp branch on values in Python, as mergekit does
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+def _gta_spec(name: str) -> MethodSpec:
+    v = GTA_VARIANTS[name]
+    ps = [ParamSpec("int8_mask", "shared", False, bool), ParamSpec("normalize", "shared", v.default_normalize, bool),
+          ParamSpec("rescale", "shared", v.default_rescale, bool), ParamSpec("lambda", "shared", 1.0),
+          ParamSpec("weight", "non_base"), ParamSpec("density", "non_base", 1.0)]
+    if v.sparsification == "magnitude_outliers":
+        ps.append(ParamSpec("gamma", "non_base", 0.01))
+    if v.sparsification == "della_magprune":
+        ps.append(ParamSpec("epsilon", "non_base", 0.15))
+    return MethodSpec(name, tuple(ps), base="required")
+
+
+METHODS: dict[str, MethodSpec] = {name: _gta_spec(name) for name in GTA_VARIANTS}
+METHODS.update({
+    "linear": MethodSpec("linear", (ParamSpec("weight", "input"), ParamSpec("normalize", "shared", True, bool))),
+    "slerp": MethodSpec("slerp", (ParamSpec("t", "shared"),), base="required", min_inputs=2, max_inputs=2),
+    "nuslerp": MethodSpec("nuslerp", (ParamSpec("weight", "non_base"),
+                                      ParamSpec("nuslerp_row_wise", "shared", False, bool),
+                                      ParamSpec("nuslerp_flatten", "shared", True, bool)),
+                          base="optional", min_non_base=2, max_non_base=2),
+    "multislerp": MethodSpec("multislerp", (ParamSpec("weight", "non_base"),
+                                            ParamSpec("normalize_weights", "shared", True, bool),
+                                            ParamSpec("eps", "shared", 1e-8)),
+                             base="optional", min_non_base=1, jit=False),
+    "karcher": MethodSpec("karcher", (ParamSpec("max_iter", "shared", 10, int), ParamSpec("tol", "shared", 1e-5)),
+                          jit=False),
+    "model_stock": MethodSpec("model_stock", (ParamSpec("filter_wise", "shared", False, bool),),
+                              base="required", min_inputs=3),
+    "sce": MethodSpec("sce", (ParamSpec("int8_mask", "shared", False, bool), ParamSpec("select_topk", "shared", 1.0)),
+                      base="required"),
+    "nearswap": MethodSpec("nearswap", (ParamSpec("t", "shared"),), base="required", min_inputs=2, max_inputs=2),
+    "arcee_fusion": MethodSpec("arcee_fusion", (), base="required", min_inputs=2, max_inputs=2),
+    "passthrough": MethodSpec("passthrough", (ParamSpec("scale", "input", None),), max_inputs=1),
+})
+
+RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
+
+
+def get(method: str) -> MethodSpec:
+    if method not in METHODS:
+        raise ValueError(f"merge_method: expected one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method]
+
+
+def _kernel(method: str, inputs: list[jax.Array], base_index: int | None, shared: dict,
+            per_input: list[dict], key: jax.Array | None) -> jax.Array:
+    base = inputs[base_index] if base_index is not None else None
+    others = [x for i, x in enumerate(inputs) if i != base_index]
+    nb = [p for i, p in enumerate(per_input) if i != base_index]
+    if method in GTA_VARIANTS:
+        return gta_merge(base, others, variant=GTA_VARIANTS[method], weights=[p["weight"] for p in nb],
+                         densities=[p["density"] for p in nb], normalize=shared["normalize"],
+                         rescale=shared["rescale"], lam=shared["lambda"],
+                         gammas=[p["gamma"] for p in nb] if "gamma" in nb[0] else None,
+                         epsilons=[p["epsilon"] for p in nb] if "epsilon" in nb[0] else None, key=key)
+    if method == "linear":
+        return simple.linear(inputs, [p["weight"] for p in per_input], normalize=shared["normalize"])
+    if method == "slerp":
+        return spherical.slerp(shared["t"], base, others[0])
+    if method == "nuslerp":
+        return spherical.nuslerp_merge(others, [p["weight"] for p in nb], base,
+                                       row_wise=shared["nuslerp_row_wise"], flatten=shared["nuslerp_flatten"])
+    if method == "multislerp":
+        return spherical.multislerp(others, [p["weight"] for p in nb], base,
+                                    normalize_weights=shared["normalize_weights"], eps=shared["eps"])
+    if method == "karcher":
+        return spherical.karcher(inputs, max_iter=shared["max_iter"], tol=shared["tol"])
+    if method == "model_stock":
+        return simple.model_stock(base, others, filter_wise=shared["filter_wise"])
+    if method == "sce":
+        return simple.sce(base, others, select_topk=shared["select_topk"])
+    if method == "nearswap":
+        return simple.nearswap(base, others[0], t=shared["t"])
+    if method == "arcee_fusion":
+        return simple.arcee_fusion(base, others[0])
+    if method == "passthrough":
+        return simple.passthrough(inputs[0], scale=per_input[0].get("scale"))
+    raise ValueError(f"merge_method: no kernel for {method!r}")
+
+
+def _freeze(d: dict) -> tuple:
+    return tuple(sorted(d.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted(method: str, base_index: int | None, shared: tuple, per_input: tuple):
+    def run(inputs, key):
+        return _kernel(method, list(inputs), base_index, dict(shared), [dict(p) for p in per_input], key)
+
+    return jax.jit(run)
+
+
+def merge_tensor(method: str, inputs: list[jax.Array], *, base_index: int | None, shared: dict,
+                 per_input: list[dict], key: jax.Array | None = None) -> jax.Array:
+    """One output tensor of `method` from its inputs (base at `base_index`) and resolved parameters."""
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    if not METHODS[method].jit:
+        return _kernel(method, [jnp.asarray(x) for x in inputs], base_index, shared, per_input, key)
+    fn = _jitted(method, base_index, _freeze(shared), tuple(_freeze(p) for p in per_input))
+    return fn(tuple(inputs), key)

@@ -1,0 +1,111 @@
+"""mergekit's remaining per-tensor methods: linear, model_stock, sce, nearswap, arcee_fusion, passthrough.
+
+* linear: sum_i w_i x_i, divided by sum_i w_i when `normalize` (default true).
+* model_stock: cos = mean pairwise cosine of task vectors (whole tensor, or per row with
+  `filter_wise`), t = N cos / (1 + (N-1) cos) (t = 0 where |denominator| < 1e-6),
+  result = t * mean(x_i) + (1 - t) * base.
+* sce: optional top-k by variance across models (`select_topk`), TIES sign mask, each task vector
+  weighted by its mean square (normalised over models), divided by the kept weight (>= 1e-6).
+* nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1), result = w x + (1 - w) base.
+* arcee_fusion: importance = |x - base| * KL(softmax(x) || softmax(base)) per row (last axis);
+  keep the update where importance >= median + 1.5 IQR (quantiles by index floor(q (n - 1))).
+* passthrough: the single input, times `scale` when given.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.merge.task_arithmetic import sign_consensus_mask
+
+
+def linear(tensors: list[jax.Array], weights: list[float], *, normalize: bool = True) -> jax.Array:
+    dtype = tensors[0].dtype
+    work = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    res = sum(jnp.asarray(w, work) * x.astype(work) for w, x in zip(weights, tensors))
+    if normalize:
+        res = res / jnp.asarray(sum(weights), work)
+    return res.astype(dtype)
+
+
+def model_stock(base: jax.Array, others: list[jax.Array], *, filter_wise: bool = False) -> jax.Array:
+    shape = base.shape
+    if filter_wise:
+        w0 = base[None] if base.ndim == 1 else base
+        ws = [w[None] if base.ndim == 1 else w for w in others]
+    else:
+        w0 = base.reshape(-1)
+        ws = [w.reshape(-1) for w in others]
+    offs = [w - w0 for w in ws]
+    coss = []
+    for i, a in enumerate(offs):
+        for b in offs[i + 1:]:
+            den = jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-6)
+            coss.append(jnp.clip((a * b).sum(-1) / den, -1, 1))
+    cos = jnp.stack(coss).mean(0)[..., None]
+    n = len(ws)
+    den = 1 + (n - 1) * cos
+    singular = jnp.abs(den) < 1e-6
+    t = jnp.where(singular, 0.0, n * cos / jnp.where(singular, 1.0, den))
+    avg = sum(ws) / n
+    return (t * avg + (1 - t) * w0).reshape(shape)
+
+
+def sce_weights(taus: jax.Array) -> jax.Array:
+    w = jnp.square(taus).reshape(taus.shape[0], -1).mean(1)
+    s = w.sum()
+    return jnp.where(jnp.abs(s) < 1e-6, jnp.ones_like(w) / w.shape[0], w / jnp.where(s == 0, 1, s))
+
+
+def sce_topk_mask(taus: jax.Array, density: float) -> jax.Array:
+    """1 on the `int(nonzero(var) * density)` entries of largest variance across models."""
+    if density <= 0:
+        return jnp.zeros(taus.shape[1:], taus.dtype)
+    if density >= 1:
+        return jnp.ones(taus.shape[1:], taus.dtype)
+    var = jnp.var(taus, axis=0)
+    k = (jnp.count_nonzero(var) * density).astype(jnp.int32)  # traced: k varies with the data
+    # top-k with a traced k: rank by a stable descending sort of the variance
+    order = jnp.argsort(-var.reshape(-1), stable=True)
+    ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.size))
+    return (ranks < k).reshape(var.shape).astype(taus.dtype)
+
+
+def sce(base: jax.Array, others: list[jax.Array], *, select_topk: float = 1.0) -> jax.Array:
+    if not others:
+        return base
+    taus = jnp.stack([x - base for x in others])
+    if select_topk < 1:
+        taus = taus * sce_topk_mask(taus, select_topk)[None]
+    mask = sign_consensus_mask(taus).astype(taus.dtype)
+    w = sce_weights(taus).reshape((-1,) + (1,) * base.ndim)
+    ew = w * mask
+    return base + (taus * ew).sum(0) / jnp.maximum(ew.sum(0), 1e-6)
+
+
+def nearswap(base: jax.Array, other: jax.Array, *, t: float) -> jax.Array:
+    w = jnp.clip(t / jnp.maximum(jnp.abs(base - other), 1e-6), 0, 1)
+    return w * other + (1 - w) * base
+
+
+def arcee_fusion_importance(x: jax.Array, base: jax.Array) -> jax.Array:
+    eps = 1e-8
+    p = jax.nn.softmax(x, axis=-1) + eps
+    q = jax.nn.softmax(base, axis=-1) + eps
+    kl = jnp.sum(p * jnp.log(p / q), axis=-1, keepdims=True)
+    return jnp.abs(x - base) * kl
+
+
+def arcee_fusion(base: jax.Array, other: jax.Array) -> jax.Array:
+    imp = arcee_fusion_importance(other, base)
+    # mergekit samples 1M entries (with replacement) above 1M; we use every entry (deterministic)
+    s = jnp.sort(imp.reshape(-1))
+    idx = [int(q * (s.size - 1)) for q in (0.25, 0.5, 0.75)]
+    q1, med, q3 = s[idx[0]], s[idx[1]], s[idx[2]]
+    mask = (imp >= med + 1.5 * (q3 - q1)).astype(base.dtype)
+    return base + (other - base) * mask
+
+
+def passthrough(x: jax.Array, *, scale: float | None = None) -> jax.Array:
+    return x if scale is None else x * scale

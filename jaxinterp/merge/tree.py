@@ -1,0 +1,49 @@
+"""Params pytrees as flat name -> array maps, and structure checks between trees.
+
+Names join the pytree path with dots (`h_0.attn.c_attn.kernel`), so mergekit's substring filters
+(`attn`, `mlp`) and layer detection (`h_3.`, `layers.3.`) read Flax trees and HF checkpoints alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+
+def _key_str(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def leaf_names(tree: Any) -> list[str]:
+    return [".".join(_key_str(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def named_leaves(tree: Any) -> dict[str, Any]:
+    return {".".join(_key_str(k) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_same_structure(trees: Sequence[Any], arg: str = "models", *, limit: int = 5) -> None:
+    """ValueError naming the first differing paths (missing, extra, or differently shaped leaves)."""
+    ref = named_leaves(trees[0])
+    for i, t in enumerate(trees[1:], start=1):
+        other = named_leaves(t)
+        diffs = []
+        for name in ref:
+            if name not in other:
+                diffs.append(f"{name} (missing in {arg}[{i}])")
+            elif np.shape(ref[name]) != np.shape(other[name]):
+                diffs.append(f"{name} (shape {tuple(np.shape(ref[name]))} in {arg}[0], "
+                             f"{tuple(np.shape(other[name]))} in {arg}[{i}])")
+        diffs += [f"{name} (only in {arg}[{i}])" for name in other if name not in ref]
+        if not diffs and jax.tree_util.tree_structure(t) != jax.tree_util.tree_structure(trees[0]):
+            diffs.append("(same leaf names, different container types)")
+        if diffs:
+            more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+            raise ValueError(f"{arg}: expected trees of the same structure and shapes; {arg}[0] and "
+                             f"{arg}[{i}] differ at " + "; ".join(diffs[:limit]) + more)
