@@ -1,0 +1,181 @@
+"""NuGraph2 weights: official PyTorch names <-> jaxinterp params, Lightning checkpoints, orbax.
+
+The official `state_dict` names every per-class Linear `<module>.net.{c}.weight` `[O, I]` (torch
+layout) and `.bias` `[O]`; jaxinterp stacks the classes of one ClassLinear into `kernel [C, I, O]`
+and `bias [C, O]`. The mapping is explicit and total: every official name is used once, every
+shape is checked, and an unknown or missing name is an error (a checkpoint of another
+architecture is refused before anything is built).
+
+    official                                        params
+    encoder.net.{p}.0                               encoder/{p}
+    plane_net.net.{p}.edge_net.0                    plane_net/{p}/edge_net
+    plane_net.net.{p}.node_net.{0,2}                plane_net/{p}/node_net_{0,1}
+    nexus_net.nexus_net.{0,2}                       nexus_net/nexus_net_{0,1}
+    nexus_net.nexus_down.{p}.edge_net.0             nexus_net/nexus_down/{p}/edge_net
+    nexus_net.nexus_down.{p}.node_net.{0,2}         nexus_net/nexus_down/{p}/node_net_{0,1}
+    semantic_decoder.net.{p}                        semantic_decoder/{p}
+    {semantic,filter}_decoder.temp                  {semantic,filter}_decoder/temp
+    filter_decoder.net.{p}.0.weight [1, C*F]        filter_decoder/{p}/kernel [C, F] (flattened c-major)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxinterp.nugraph.model import NuGraph2Config, Params, param_shapes
+from jaxinterp.nugraph.torch_pickle import read_torch_checkpoint
+
+
+def _class_linears(config: NuGraph2Config) -> list[tuple[str, tuple[str, ...]]]:
+    """(official module prefix, params path) of every ClassLinear."""
+    out = []
+    for p in config.planes:
+        out.append((f"encoder.net.{p}.0", ("encoder", p)))
+        for net, path in ((f"plane_net.net.{p}", ("plane_net", p)),
+                          (f"nexus_net.nexus_down.{p}", ("nexus_net", "nexus_down", p))):
+            out += [(f"{net}.edge_net.0", path + ("edge_net",)), (f"{net}.node_net.0", path + ("node_net_0",)),
+                    (f"{net}.node_net.2", path + ("node_net_1",))]
+        out.append((f"semantic_decoder.net.{p}", ("semantic_decoder", p)))
+    out += [("nexus_net.nexus_net.0", ("nexus_net", "nexus_net_0")),
+            ("nexus_net.nexus_net.2", ("nexus_net", "nexus_net_1"))]
+    return out
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _set(tree, path, value):
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def official_names(config: NuGraph2Config = NuGraph2Config()) -> dict[str, tuple[int, ...]]:
+    """Every official state_dict name with its torch shape."""
+    shapes = param_shapes(config)
+    out = {}
+    for prefix, path in _class_linears(config):
+        c, i, o = _get(shapes, path)["kernel"]
+        for k in range(c):
+            out[f"{prefix}.net.{k}.weight"] = (o, i)
+            out[f"{prefix}.net.{k}.bias"] = (o,)
+    for p in config.planes:
+        c, f = shapes["filter_decoder"][p]["kernel"]
+        out[f"filter_decoder.net.{p}.0.weight"] = (1, c * f)
+        out[f"filter_decoder.net.{p}.0.bias"] = (1,)
+    out["semantic_decoder.temp"] = ()
+    out["filter_decoder.temp"] = ()
+    return out
+
+
+def from_official(state_dict: dict[str, Any], config: NuGraph2Config = NuGraph2Config(), *,
+                  dtype=np.float32) -> Params:
+    """Official NuGraph2 `state_dict` (name -> array) -> params. Every name used, every shape checked."""
+    expected = official_names(config)
+    unknown = sorted(set(state_dict) - set(expected))
+    missing = sorted(set(expected) - set(state_dict))
+    if unknown or missing:
+        raise ValueError(f"state_dict does not match NuGraph2 {config}: unknown names {unknown[:8]}"
+                         f"{' ...' if len(unknown) > 8 else ''}, missing names {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}")
+    sd = {}
+    for name, shape in expected.items():
+        arr = np.asarray(state_dict[name])
+        if arr.shape != shape:
+            raise ValueError(f"state_dict[{name!r}]: expected shape {list(shape)}, got {list(arr.shape)}")
+        sd[name] = arr.astype(dtype)
+    params: dict[str, Any] = {}
+    for prefix, path in _class_linears(config):
+        c = config.num_classes
+        _set(params, path + ("kernel",), np.stack([sd[f"{prefix}.net.{k}.weight"].T for k in range(c)]))
+        _set(params, path + ("bias",), np.stack([sd[f"{prefix}.net.{k}.bias"] for k in range(c)]))
+    for p in config.planes:
+        w = sd[f"filter_decoder.net.{p}.0.weight"]
+        _set(params, ("filter_decoder", p, "kernel"), w.reshape(config.num_classes, config.planar_features))
+        _set(params, ("filter_decoder", p, "bias"), sd[f"filter_decoder.net.{p}.0.bias"].reshape(()))
+    params["semantic_decoder"]["temp"] = sd["semantic_decoder.temp"]
+    params["filter_decoder"]["temp"] = sd["filter_decoder.temp"]
+    return params
+
+
+def to_official(params: Params, config: NuGraph2Config = NuGraph2Config()) -> dict[str, np.ndarray]:
+    """params (or a gradient of them) -> {official name: numpy array in torch layout}."""
+    out = {}
+    for prefix, path in _class_linears(config):
+        leaf = _get(params, path)
+        kernel, bias = np.asarray(leaf["kernel"]), np.asarray(leaf["bias"])
+        for k in range(config.num_classes):
+            out[f"{prefix}.net.{k}.weight"] = kernel[k].T
+            out[f"{prefix}.net.{k}.bias"] = bias[k]
+    for p in config.planes:
+        out[f"filter_decoder.net.{p}.0.weight"] = np.asarray(params["filter_decoder"][p]["kernel"]).reshape(1, -1)
+        out[f"filter_decoder.net.{p}.0.bias"] = np.asarray(params["filter_decoder"][p]["bias"]).reshape(1)
+    out["semantic_decoder.temp"] = np.asarray(params["semantic_decoder"]["temp"])
+    out["filter_decoder.temp"] = np.asarray(params["filter_decoder"]["temp"])
+    return out
+
+
+class OfficialCheckpoint(NamedTuple):
+    params: Params
+    config: NuGraph2Config
+    hyper_parameters: dict[str, Any]
+    epoch: int | None
+
+
+_CONFIG_KEYS = ("in_features", "planar_features", "nexus_features", "num_iters", "planes", "semantic_classes")
+
+
+def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialCheckpoint:
+    """Reads an official NuGraph2 PyTorch Lightning `.ckpt` (without torch) into params and config."""
+    obj = read_torch_checkpoint(path)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    hp = dict(obj.get("hyper_parameters") or {})
+    for head in ("semantic_head", "filter_head"):
+        if head in hp and not hp[head]:
+            raise ValueError(f"{path}: hyper_parameters[{head!r}] is False; jaxinterp's NuGraph2 needs "
+                             f"both the semantic and the filter heads")
+    kwargs = {k: (tuple(hp[k]) if isinstance(hp[k], list) else int(hp[k])) for k in _CONFIG_KEYS if k in hp}
+    config = NuGraph2Config(**kwargs)
+    try:
+        params = from_official(obj["state_dict"], config, dtype=dtype)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return OfficialCheckpoint(params, config, hp, obj.get("epoch"))
+
+
+# ---------------------------------------------------------------------------------------------
+# orbax
+
+
+def save_params(path: str | Path, params: Params) -> Path:
+    """Saves params with orbax at the absolute `path` (a directory; orbax writes it atomically)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    ocp.PyTreeCheckpointer().save(path, params, force=True)
+    return path
+
+
+def load_params(path: str | Path, *, config: NuGraph2Config | None = None) -> Params:
+    """Loads params saved by `save_params`; with `config`, checks every leaf's shape against it."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.exists():
+        raise ValueError(f"load_params: no checkpoint at {path}")
+    params = ocp.PyTreeCheckpointer().restore(path)
+    if config is not None:
+        want = jax.tree.map(tuple, param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
+        got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+        if jax.tree.structure(want, is_leaf=lambda s: isinstance(s, tuple)) != jax.tree.structure(
+                got, is_leaf=lambda s: isinstance(s, tuple)) or want != got:
+            raise ValueError(f"load_params: {path} does not hold NuGraph2 params for {config}")
+    return params

@@ -1,0 +1,149 @@
+"""Fixed-size padded graphs for jit: a list of Events as one disjoint union, padded to buckets.
+
+The three planes are stacked on a leading axis and padded to the same number of hits, so the
+model runs each layer as one grouped matmul over (plane, class). Sizes are chosen outside jit
+(`pick_sizes`) from a small grid (`bucket`), so a stream of events of varying size compiles once
+per bucket.
+
+Padding never needs a mask inside the model: every padded edge joins the last (padding) hit of
+its plane to itself, and every padded nexus edge joins that hit to the last (padding) space point,
+so nothing flows from padding into real hits and all values stay finite. Masks only matter for
+outputs, losses and metrics (`hit_mask`).
+
+Axis names: P planes, N hits per plane (padded), E planar edges per plane (padded), X nexus edges
+per plane (padded), S space points (padded), D devices (data-parallel shards, `stack`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jaxinterp.nugraph.event import BACKGROUND, PLANES, Event, validate
+
+_MANTISSAS = (4, 5, 6, 7)  # bucket grid: m * 2^k, so padding wastes at most 25%
+
+
+def bucket(n: int, *, minimum: int = 16) -> int:
+    """The smallest size of the grid {4, 5, 6, 7} x 2^k (and >= minimum) that holds n."""
+    n = max(int(n), minimum)
+    k = max(0, int(np.floor(np.log2(n))) - 2)
+    while True:
+        for m in _MANTISSAS:
+            if m << k >= n:
+                return m << k
+        k += 1
+
+
+class BatchSizes(NamedTuple):
+    """Padded sizes of a batch (static under jit: one compilation per distinct BatchSizes)."""
+
+    hits: int  # N, per plane, > the most hits of any plane (one padding hit at least)
+    edges: int  # E, per plane
+    nexus: int  # X, nexus edges per plane
+    sp: int  # S, > the number of space points (one padding space point at least)
+
+
+class GraphBatch(NamedTuple):
+    """A disjoint union of events, padded. Arrays are numpy on the host, jax inside jit."""
+
+    x: np.ndarray  # [P, N, 4] float: normalised features, 0 for padding
+    hit_mask: np.ndarray  # [P, N] bool: real hits
+    hit_event: np.ndarray  # [P, N] int32: index of the hit's event in the batch, -1 for padding
+    y_semantic: np.ndarray  # [P, N] int32: labels, -1 for background, unlabelled and padding
+    plane_senders: np.ndarray  # [P, E] int32: source j of each planar edge
+    plane_receivers: np.ndarray  # [P, E] int32: target i, sorted ascending
+    nexus_hits: np.ndarray  # [P, X] int32: hit of each nexus edge, edges sorted by space point
+    nexus_sp: np.ndarray  # [P, X] int32: space point, sorted ascending
+    down_hits: np.ndarray  # [P, X] int32: the same edges sorted by hit (nexus down), ascending
+    down_sp: np.ndarray  # [P, X] int32
+    sp_mask: np.ndarray  # [S] bool: real space points
+    num_events: np.ndarray  # [] int32
+
+    @property
+    def sizes(self) -> BatchSizes:
+        p, n = self.hit_mask.shape[-2:]
+        return BatchSizes(n, self.plane_senders.shape[-1], self.nexus_hits.shape[-1], self.sp_mask.shape[-1])
+
+
+def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES) -> BatchSizes:
+    """Bucketed sizes that hold the disjoint union of `events` (computed on the host, outside jit)."""
+    hits = max(sum(e.planes[p].x.shape[0] for e in events) for p in planes)
+    edges = max(sum(np.shape(e.planes[p].edge_index_plane)[1] for e in events) for p in planes)
+    nexus = max(sum(np.shape(e.planes[p].edge_index_nexus)[1] for e in events) for p in planes)
+    sp = sum(int(e.num_sp) for e in events)
+    return BatchSizes(bucket(hits + 1), bucket(edges), bucket(nexus), bucket(sp + 1))
+
+
+def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
+              planes: tuple[str, ...] = PLANES, dtype=np.float32, check: bool = True) -> GraphBatch:
+    """Validates `events` and packs them into one padded disjoint union (numpy, host side).
+
+    Hit, edge and space-point indices of event k are offset by the counts of events 0..k-1, as
+    PyG's `Batch.from_data_list` does, so outputs equal those of the official batched code.
+    """
+    events = list(events)
+    if not events and sizes is None:
+        raise ValueError("pad_batch: events must hold at least one Event (or give sizes), got an empty list")
+    if check:
+        for e in events:
+            validate(e, planes=planes)
+    need = pick_sizes(events, planes=planes) if events else BatchSizes(1, 0, 0, 1)
+    sizes = need if sizes is None else BatchSizes(*sizes)
+    for field, have, want in zip(BatchSizes._fields, sizes, need):
+        if have < want:
+            raise ValueError(f"pad_batch: sizes.{field} = {have} is too small for these events; "
+                             f"expected at least {want}")
+    P, N, E, X, S = len(planes), sizes.hits, sizes.edges, sizes.nexus, sizes.sp
+    x = np.zeros((P, N, 4), dtype)
+    hit_mask = np.zeros((P, N), bool)
+    hit_event = np.full((P, N), -1, np.int32)
+    y = np.full((P, N), BACKGROUND, np.int32)
+    snd = np.full((P, E), N - 1, np.int32)
+    rcv = np.full((P, E), N - 1, np.int32)
+    nh = np.full((P, X), N - 1, np.int32)
+    ns = np.full((P, X), S - 1, np.int32)
+    dh = np.full((P, X), N - 1, np.int32)
+    ds = np.full((P, X), S - 1, np.int32)
+    sp_offsets = np.cumsum([0] + [int(e.num_sp) for e in events])
+    for pi, p in enumerate(planes):
+        hit_off, edges, nexus = 0, [], []
+        for k, e in enumerate(events):
+            hits = e.planes[p]
+            n = hits.x.shape[0]
+            x[pi, hit_off:hit_off + n] = hits.x
+            hit_mask[pi, hit_off:hit_off + n] = True
+            hit_event[pi, hit_off:hit_off + n] = k
+            if hits.y_semantic is not None:
+                y[pi, hit_off:hit_off + n] = hits.y_semantic
+            edges.append(np.asarray(hits.edge_index_plane, np.int64).reshape(2, -1) + hit_off)
+            nx = np.asarray(hits.edge_index_nexus, np.int64).reshape(2, -1)
+            nexus.append(nx + np.array([[hit_off], [sp_offsets[k]]]))
+            hit_off += n
+        ei = np.concatenate(edges, axis=1)
+        order = np.lexsort((ei[0], ei[1]))  # receivers ascending: segment sums over sorted ids
+        snd[pi, :ei.shape[1]], rcv[pi, :ei.shape[1]] = ei[0, order], ei[1, order]
+        nx = np.concatenate(nexus, axis=1)
+        up = np.lexsort((nx[0], nx[1]))
+        nh[pi, :nx.shape[1]], ns[pi, :nx.shape[1]] = nx[0, up], nx[1, up]
+        down = np.lexsort((nx[1], nx[0]))
+        dh[pi, :nx.shape[1]], ds[pi, :nx.shape[1]] = nx[0, down], nx[1, down]
+    sp_mask = np.arange(S) < sp_offsets[-1]
+    return GraphBatch(x, hit_mask, hit_event, y, snd, rcv, nh, ns, dh, ds, sp_mask,
+                      np.asarray(len(events), np.int32))
+
+
+def stack(batches: Sequence[GraphBatch]) -> GraphBatch:
+    """Stacks equally-sized batches on a new leading axis D (one shard per device)."""
+    sizes = {b.sizes for b in batches}
+    if len(sizes) != 1:
+        raise ValueError(f"stack: batches must share their BatchSizes, got {sorted(sizes)}")
+    return GraphBatch(*(np.stack(leaves) for leaves in zip(*batches)))
+
+
+def split_events(events: Sequence[Event], shards: int) -> list[list[Event]]:
+    """Splits events into `shards` contiguous groups of near-equal count (some may be empty)."""
+    events = list(events)
+    bounds = np.linspace(0, len(events), shards + 1).round().astype(int)
+    return [events[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,0 +1,93 @@
+"""Message passing of NuGraph2: gather, per-class weighting and segment sum over sorted receivers.
+
+Every NuGraph2 aggregation has the form
+
+    out[b, c, i, :] = reduce over edges e with receivers[b, e] == i of  weights[b, c, e] * values[b, c, senders[b, e], :]
+
+with `reduce` a sum (plane net, nexus up) or a mean (nexus down; 0 where a receiver has no edge),
+for B independent graphs (the stacked wire planes) and C classes that share the edges.
+
+`gather_segment_sum` flattens (graph, class, node) into one row index, so the whole aggregation is
+one gather, one multiply and one scatter-add over receivers that are sorted (the padded batches of
+`jaxinterp.nugraph.graph` keep them sorted): on a 2-core CPU that is 1.6x faster than vmapping
+`segment_sum` over graphs and classes (2.7 ms against 4.3 ms for 3 planes x 5 classes x 6000 edges
+x 68 features). `gather_segment_sum_reference` is the plain vmapped form, for tests.
+
+Axis names: B graphs (1 in `values` broadcasts), C classes, M senders' nodes, N receivers' nodes,
+E edges, F features.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _check(values, weights, senders, receivers):
+    if values.ndim != 4:
+        raise ValueError(f"values: expected shape [B, C, M, F], got {list(values.shape)}")
+    if senders.shape != receivers.shape or senders.ndim != 2:
+        raise ValueError(f"senders/receivers: expected equal shapes [B, E], got {list(senders.shape)} "
+                         f"and {list(receivers.shape)}")
+    b, c = senders.shape[0], values.shape[1]
+    if values.shape[0] not in (1, b):
+        raise ValueError(f"values: leading axis must be 1 or B = {b}, got {values.shape[0]}")
+    if weights is not None and weights.shape != (b, c, senders.shape[1]):
+        raise ValueError(f"weights: expected shape {[b, c, senders.shape[1]]}, got {list(weights.shape)}")
+
+
+def _degree(receivers, num_receivers: int, dtype):
+    """[B, N] number of edges into each receiver, at least 1 (a mean over no edge is 0)."""
+    ones = jnp.ones(receivers.shape, dtype)
+    count = jax.vmap(lambda r, o: jax.ops.segment_sum(o, r, num_receivers))(receivers, ones)
+    return jnp.maximum(count, 1)
+
+
+def gather_segment_sum_reference(values: jax.Array, weights: jax.Array | None, senders: jax.Array,
+                                 receivers: jax.Array, num_receivers: int, *, mean: bool = False) -> jax.Array:
+    """Plain form: `segment_sum` vmapped over graphs and classes (receivers need not be sorted).
+
+    Args:
+      values: [B or 1, C, M, F]; weights: [B, C, E] or None (weight 1); senders, receivers: [B, E].
+    Returns:
+      [B, C, N, F] with N = num_receivers.
+    """
+    _check(values, weights, senders, receivers)
+    b = senders.shape[0]
+    values = jnp.broadcast_to(values, (b,) + values.shape[1:])
+
+    def one_graph(v, w, s, r):  # v [C, M, F], w [C, E]
+        msg = v[:, s, :]
+        if w is not None:
+            msg = msg * w[..., None]
+        return jax.vmap(lambda m: jax.ops.segment_sum(m, r, num_receivers))(msg)
+
+    out = jax.vmap(one_graph, in_axes=(0, None if weights is None else 0, 0, 0))(values, weights, senders, receivers)
+    if mean:
+        out = out / _degree(receivers, num_receivers, out.dtype)[:, None, :, None]
+    return out
+
+
+def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: jax.Array,
+                       receivers: jax.Array, num_receivers: int, *, mean: bool = False) -> jax.Array:
+    """Fast form: one gather and one sorted scatter-add over flat (graph, class, node) rows.
+
+    Same arguments and result as `gather_segment_sum_reference`; `receivers` must be sorted
+    ascending along E within each graph (else the result is undefined).
+    """
+    _check(values, weights, senders, receivers)
+    vb, c, m, f = values.shape
+    b, e = senders.shape
+    n = num_receivers
+    graph = jnp.arange(b, dtype=senders.dtype)[:, None, None]
+    cls = jnp.arange(c, dtype=senders.dtype)[None, :, None]
+    src_graph = graph if vb == b else jnp.zeros_like(graph)
+    src = ((src_graph * c + cls) * m + senders[:, None, :]).reshape(-1)  # [B*C*E] rows of values
+    dst = ((graph * c + cls) * n + receivers[:, None, :]).reshape(-1)  # sorted: graph, class, receiver
+    msg = values.reshape(vb * c * m, f)[src]
+    if weights is not None:
+        msg = msg * weights.reshape(-1, 1)
+    out = jax.ops.segment_sum(msg, dst, b * c * n, indices_are_sorted=True).reshape(b, c, n, f)
+    if mean:
+        out = out / _degree(receivers, n, out.dtype)[:, None, :, None]
+    return out
