@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "jaxinterp.demo",
     "jaxinterp.bench",
     "jaxinterp.transformer.cli",
+    "jaxinterp.nugraph.cli",
 ]
 
 

@@ -1,0 +1,102 @@
+"""`jaxinterp nugraph simulate | train | eval`: argparse set-up and handlers (heavy imports inside).
+
+Registered by `jaxinterp/nugraph/cli.py` through `add_subcommands(nugraph_subparsers)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive(kind):
+    def parse(s):
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+        return v
+
+    return parse
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate LArTPC events into a processed NuGraph HDF5 file")
+    p.add_argument("--events", type=int, required=True, help="number of events")
+    p.add_argument("--out", required=True, help="output file (*.gnn.h5), written atomically")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mean-energy", type=float, default=None, help="mean neutrino energy, GeV (default 1.0)")
+    p.add_argument("--max-hits", type=int, default=None, help="redraw events with more hits in a plane")
+    p.add_argument("--min-hits", type=int, default=None, help="redraw events with fewer hits in a plane (default 3)")
+    p.add_argument("--cosmics", type=float, default=None, help="mean number of cosmic muons per event (default 0.7)")
+    p.add_argument("--run", type=int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("train", help="train NuGraph2 on a processed NuGraph HDF5 file (resumes from --out)")
+    p.add_argument("file", help="*.gnn.h5 with samples/train and samples/validation")
+    p.add_argument("--out", default="nugraph_run", help="run folder: checkpoints, metrics (default nugraph_run)")
+    p.add_argument("--epochs", type=_positive(int), default=10)
+    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--balance-frac", type=float, default=0.1, help="largest graphs spread evenly over batches")
+    p.add_argument("--planar-features", type=_positive(int), default=64)
+    p.add_argument("--nexus-features", type=_positive(int), default=16)
+    p.add_argument("--iterations", type=_positive(int), default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (the schedule still spans --epochs)")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training events")
+    p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation events")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=50, help="steps between checkpoints")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate NuGraph2 on a split: metrics, confusion matrices, event displays")
+    p.add_argument("file", help="*.gnn.h5")
+    p.add_argument("--params", default=None, help="a train run folder or a params checkpoint (default: the shipped model)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
+    p.add_argument("--out", default="nugraph_eval", help="output folder for metrics.json and PNGs")
+    p.add_argument("--displays", type=int, default=3, help="event displays to draw")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N events")
+    p.add_argument("--batch-size", type=_positive(int), default=32)
+    p.set_defaults(func=_eval)
+
+
+def _simulate(args) -> int:
+    import numpy as np
+
+    from jaxinterp.nugraph import hdf5, simulate
+
+    if args.events <= 0:
+        raise ValueError(f"--events: expected a positive number of events, got {args.events}")
+    kw = {}
+    if args.mean_energy is not None:
+        kw.update(mean_energy_gev=args.mean_energy, max_energy_gev=max(4 * args.mean_energy, 0.2))
+    if args.max_hits is not None:
+        kw["max_hits_per_plane"] = args.max_hits
+    if args.min_hits is not None:
+        kw["min_hits_per_plane"] = args.min_hits
+    if args.cosmics is not None:
+        kw["mean_cosmics"] = args.cosmics
+    cfg = simulate.SimConfig(**kw)
+    events = simulate.simulate(args.events, seed=args.seed, config=cfg, run=args.run, progress=True)
+    path = hdf5.write_events(args.out, events)
+    info = hdf5.read_info(path)
+    stats = simulate.summary(events)
+    print(f"wrote {len(events)} events to {path} (train {len(info.samples['train'])}, "
+          f"validation {len(info.samples['validation'])}, test {len(info.samples['test'])})")
+    print("hits per plane: " + ", ".join(f"p{q} {v:.0f}" for q, v in zip((0, 10, 50, 90, 100), stats.hits_percentiles)))
+    print("class mix of hits: " + ", ".join(f"{k} {v:.1%}" for k, v in stats.class_mix.items()))
+    print(f"space points per event: median {np.median(stats.space_points):.0f}")
+    return 0
+
+
+def _train(args) -> int:
+    from jaxinterp.nugraph import train
+
+    result = train.run_cli(args)
+    return 0 if result is not None else 1
+
+
+def _eval(args) -> int:
+    from jaxinterp.nugraph import evaluate
+
+    evaluate.run_cli(args)
+    return 0

@@ -1,0 +1,404 @@
+"""The processed NuGraph HDF5 format (`*.gnn.h5`), as pynuml's H5Interface writes it and nugraph reads it.
+
+Layout (pynuml 24.x, nugraph 24.x):
+
+    /dataset/r{run}_sr{subrun}_evt{event}   scalar dataset of a compound type, one field per tensor,
+                                            named "store/attr": metadata/run, metadata/subrun,
+                                            metadata/event, sp/num_nodes, {p}/pos [N,2] f4,
+                                            {p}/x [N,2] f4 (integral, rms), {p}/id, {p}/y_semantic,
+                                            {p}/y_instance [N] i8, evt/y, {p}_plane_{p}/edge_index
+                                            [2,E] i8, {p}_nexus_sp/edge_index [2,S_p] i8
+    /planes, /semantic_classes, /event_classes   variable-length UTF-8 strings
+    /samples/{train,validation,test}             event names
+    /datasize/train                              bytes of each training event (for batch balancing)
+    /norm/{p}                                    [2,4] f4: row 0 mean, row 1 std of (wire cm, time cm,
+                                                 integral, rms) over every hit of the file
+
+HDF5 compound types cannot hold a zero-sized dimension, so pynuml stores an empty tensor as the
+scalar 0 of its dtype; the reader turns it back into an empty array of the right shape.
+
+The raw record (`RawEvent`) keeps every field exactly as stored, so writing what was read gives the
+same file content; `to_event` applies nugraph's transform `x = (cat(pos, x) - mean) / std` and gives
+the `Event` the model takes.
+
+Axis names: N hits in a plane, E planar edges, S_p nexus edges of a plane, F = 4 features.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES, Event, PlaneHits
+
+EVENT_CLASSES: tuple[str, ...] = ("cc_nue", "cc_numu", "cc_nutau", "nc")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+# Per-hit fields of a plane store, with their trailing shape and dtype as pynuml writes them.
+_NODE_FIELDS: tuple[tuple[str, tuple[int, ...], str], ...] = (
+    ("pos", (2,), "<f4"), ("x", (2,), "<f4"), ("id", (), "<i8"),
+    ("y_semantic", (), "<i8"), ("y_instance", (), "<i8"))
+_METADATA = ("run", "subrun", "event")
+
+
+class RawPlane(NamedTuple):
+    """One plane's hits as stored (unnormalised)."""
+
+    pos: np.ndarray  # [N, 2] f4: wire * 0.3 cm, tick * 0.055 cm
+    x: np.ndarray  # [N, 2] f4: integral (ADC), rms (ticks)
+    id: np.ndarray  # [N] i8: hit number in the original event
+    y_semantic: np.ndarray  # [N] i8: -1 background, 0..4 SEMANTIC_CLASSES
+    y_instance: np.ndarray  # [N] i8: true particle instance, -1 none
+    edge_index_plane: np.ndarray  # [2, E] i8
+    edge_index_nexus: np.ndarray  # [2, S_p] i8: row 0 hit, row 1 space point
+
+
+class RawEvent(NamedTuple):
+    """One event record as stored."""
+
+    planes: Mapping[str, RawPlane]
+    num_sp: int
+    run: int
+    subrun: int
+    event: int
+    y: int = -1  # evt/y: index into event_classes
+    extra: Mapping[str, np.ndarray] = {}  # fields this module does not interpret, kept for round trips
+
+    @property
+    def name(self) -> str:
+        return f"r{self.run}_sr{self.subrun}_evt{self.event}"
+
+
+class FileInfo(NamedTuple):
+    planes: tuple[str, ...]
+    semantic_classes: tuple[str, ...]
+    event_classes: tuple[str, ...] | None
+    samples: Mapping[str, tuple[str, ...]]  # split -> event names
+    datasize: np.ndarray | None  # [n_train] i8
+    norm: Mapping[str, np.ndarray]  # plane -> [2, 4] f4
+
+
+class ReadResult(NamedTuple):
+    events: list[RawEvent]
+    skipped: Mapping[str, list[str]]  # reason -> event names (see `check_event`)
+
+    def skipped_line(self) -> str:
+        n = sum(len(v) for v in self.skipped.values())
+        if not n:
+            return "skipped 0 events"
+        return f"skipped {n} events (" + ", ".join(f"{len(v)} {k}" for k, v in self.skipped.items() if v) + ")"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _open(path: str | os.PathLike, mode: str = "r"):
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"path: no such file {str(path)!r}")
+    try:
+        return h5py.File(path, mode)
+    except OSError as e:  # h5py's message says "truncated file" or "file signature not found"
+        raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
+
+
+def _need(f, key: str):
+    if key not in f:
+        raise ValueError(f"{f.filename}: missing dataset '/{key}' (expected the processed NuGraph layout)")
+    try:
+        return f[key][()]
+    except (OSError, KeyError) as e:
+        raise ValueError(f"{f.filename}: dataset '/{key}' cannot be read (truncated or corrupt?): {e}") from None
+
+
+def _strings(values) -> tuple[str, ...]:
+    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values))
+
+
+def read_info(path: str | os.PathLike) -> FileInfo:
+    """Reads the file's metadata (planes, classes, splits, data sizes, norms); ValueError if absent."""
+    with _open(path) as f:
+        return _info(f)
+
+
+def _info(f) -> FileInfo:
+    planes = _strings(_need(f, "planes"))
+    semantic = _strings(_need(f, "semantic_classes"))
+    event_classes = _strings(f["event_classes"][()]) if "event_classes" in f else None
+    samples = {s: _strings(_need(f, f"samples/{s}")) if f"samples/{s}" in f else () for s in SPLITS}
+    if not any(samples.values()):
+        raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
+    datasize = np.asarray(f["datasize/train"][()]) if "datasize/train" in f else None
+    norm = {}
+    for p in planes:
+        n = np.asarray(_need(f, f"norm/{p}"))
+        if n.shape != (2, 4):
+            raise ValueError(f"{f.filename}: '/norm/{p}' must have shape [2, 4] (mean, std), got {list(n.shape)}")
+        norm[p] = n
+    return FileInfo(planes, semantic, event_classes, samples, datasize, norm)
+
+
+def _field(rec, name: str, trailing: tuple[int, ...], dtype: str, where: str) -> np.ndarray:
+    if name not in rec.dtype.names:
+        raise ValueError(f"{where}: missing field {name!r}")
+    v = np.asarray(rec[name])
+    if v.ndim == 0:  # pynuml's encoding of an empty tensor
+        return np.zeros((2, 0) if name.endswith("edge_index") else (0, *trailing), dtype=dtype)
+    return v.astype(dtype, copy=False)
+
+
+def read_event(f, name: str, *, planes: Sequence[str] = PLANES) -> RawEvent:
+    """Reads `/dataset/{name}` from an open h5py file; ValueError naming the event and field if malformed."""
+    where = f"{f.filename}: event {name!r}"
+    if f"dataset/{name}" not in f:
+        raise ValueError(f"{where}: missing dataset '/dataset/{name}' (listed in the samples, absent from /dataset)")
+    try:
+        rec = f[f"dataset/{name}"][()]
+    except OSError as e:
+        raise ValueError(f"{where}: cannot be read (truncated or corrupt?): {e}") from None
+    if rec.dtype.names is None:
+        raise ValueError(f"{where}: expected a compound record, got dtype {rec.dtype}")
+    used = set()
+    raw_planes = {}
+    for p in planes:
+        cols = {}
+        for attr, trailing, dt in _NODE_FIELDS:
+            key = f"{p}/{attr}"
+            cols[attr] = _field(rec, key, trailing, dt, where) if (attr in ("pos", "x", "y_semantic")
+                                                                   or key in rec.dtype.names) else None
+            used.add(key)
+        n = cols["pos"].shape[0]
+        for attr in ("id", "y_instance"):  # optional in other pynuml versions
+            if cols[attr] is None:
+                cols[attr] = np.full(n, -1, np.int64)
+        eplane = _field(rec, f"{p}_plane_{p}/edge_index", (), "<i8", where)
+        enexus = _field(rec, f"{p}_nexus_sp/edge_index", (), "<i8", where)
+        used |= {f"{p}_plane_{p}/edge_index", f"{p}_nexus_sp/edge_index"}
+        for attr in ("x", "y_semantic", "id", "y_instance"):
+            if cols[attr].shape[0] != n:
+                raise ValueError(f"{where}, plane {p!r}, field '{p}/{attr}': expected {n} rows (as '{p}/pos'), "
+                                 f"got {cols[attr].shape[0]}")
+        raw_planes[p] = RawPlane(cols["pos"], cols["x"], cols["id"], cols["y_semantic"], cols["y_instance"],
+                                 eplane, enexus)
+    scalars = {}
+    for key, default in (("sp/num_nodes", None), *((f"metadata/{m}", 0) for m in _METADATA), ("evt/y", -1)):
+        used.add(key)
+        if key in rec.dtype.names:
+            scalars[key] = int(rec[key])
+        elif default is None:
+            raise ValueError(f"{where}: missing field {key!r}")
+        else:
+            scalars[key] = default
+    extra = {k: np.asarray(rec[k]) for k in rec.dtype.names if k not in used}
+    return RawEvent(raw_planes, scalars["sp/num_nodes"], scalars["metadata/run"], scalars["metadata/subrun"],
+                    scalars["metadata/event"], scalars["evt/y"], extra)
+
+
+def check_event(ev: RawEvent) -> str | None:
+    """The reason an event cannot be used by NuGraph2, or None. Reasons: 'empty plane', 'no space points'."""
+    if any(rp.pos.shape[0] == 0 for rp in ev.planes.values()):
+        return "empty plane"
+    if ev.num_sp == 0:
+        return "no space points"
+    return None
+
+
+def read_events(path: str | os.PathLike, split: str | None = None, *, names: Iterable[str] | None = None,
+                limit: int | None = None, on_bad: str = "skip") -> ReadResult:
+    """Reads the events of one split (or the named ones, or all) of a processed NuGraph file.
+
+    Events NuGraph2 cannot use (a plane without hits, no space points; see `check_event`) are skipped
+    and counted by reason when `on_bad="skip"` (the default: real files hold a few), or raise a
+    ValueError naming the event with `on_bad="error"`.
+    """
+    if on_bad not in ("skip", "error"):
+        raise ValueError(f"on_bad: expected 'skip' or 'error', got {on_bad!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split: expected one of {list(SPLITS)} or None, got {split!r}")
+    with _open(path) as f:
+        info = _info(f)
+        if names is not None:
+            todo = list(names)
+        elif split is not None:
+            todo = list(info.samples[split])
+        else:
+            if "dataset" not in f:
+                raise ValueError(f"{f.filename}: missing group '/dataset'")
+            todo = list(f["dataset"].keys())
+        if limit is not None:
+            todo = todo[:limit]
+        events, skipped = [], {"empty plane": [], "no space points": []}
+        for name in todo:
+            ev = read_event(f, name, planes=info.planes)
+            reason = check_event(ev)
+            if reason is None:
+                events.append(ev)
+            elif on_bad == "error":
+                raise ValueError(f"{f.filename}: event {name!r}: {reason}")
+            else:
+                skipped[reason].append(name)
+    return ReadResult(events, skipped)
+
+
+def to_event(raw: RawEvent, norm: Mapping[str, np.ndarray], *, planes: Sequence[str] = PLANES) -> Event:
+    """nugraph's PositionFeatures + FeatureNorm: x = (cat(pos, x) - mean) / std per plane, float32."""
+    out = {}
+    for p in planes:
+        rp = raw.planes[p]
+        if rp.x.shape[1:] != (2,):
+            raise ValueError(f"event {raw.name!r}, plane {p!r}, field '{p}/x': expected [N, 2] (integral, rms), "
+                             f"got {list(rp.x.shape)}")
+        mean, std = np.asarray(norm[p], np.float32)
+        x = (np.concatenate([rp.pos, rp.x], axis=1).astype(np.float32) - mean) / std
+        out[p] = PlaneHits(x, rp.pos, rp.edge_index_plane, rp.edge_index_nexus, rp.y_semantic)
+    return Event(out, int(raw.num_sp), raw.name)
+
+
+def load_events(path: str | os.PathLike, split: str | None = None, **kw) -> tuple[list[Event], ReadResult]:
+    """`read_events` then `to_event` with the file's norms: the Events the model takes, and the raw result."""
+    info = read_info(path)
+    res = read_events(path, split, **kw)
+    return [to_event(r, info.norm, planes=info.planes) for r in res.events], res
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def compute_norm(events: Sequence[RawEvent], *, planes: Sequence[str] = PLANES) -> dict[str, np.ndarray]:
+    """Mean and (population) std of cat(pos, x) over every hit of every event, per plane: [2, 4] f4."""
+    norm = {}
+    for p in planes:
+        feats = np.concatenate([np.concatenate([e.planes[p].pos, e.planes[p].x], 1) for e in events]
+                               or [np.zeros((0, 4))]).astype(np.float64)
+        if feats.shape[0] < 2:
+            raise ValueError(f"events: need at least 2 hits in plane {p!r} to compute a norm, got {feats.shape[0]}")
+        std = feats.std(axis=0)
+        norm[p] = np.stack([feats.mean(axis=0), np.where(std > 0, std, 1.0)]).astype(np.float32)
+    return norm
+
+
+def _record(ev: RawEvent, planes: Sequence[str]) -> tuple[list, list]:
+    """The compound fields in pynuml's order, with empty tensors as scalar 0."""
+    fields, values = [], []
+
+    def add(key, val, dtype):
+        val = np.asarray(val, dtype=dtype)
+        if val.ndim and val.size == 0:
+            fields.append((key, dtype))
+            values.append(np.zeros((), dtype))
+        elif val.ndim == 0:
+            fields.append((key, dtype))
+            values.append(val)
+        else:
+            fields.append((key, dtype, val.shape))
+            values.append(val)
+
+    for m, v in zip(_METADATA, (ev.run, ev.subrun, ev.event)):
+        add(f"metadata/{m}", v, "<i8")
+    add("sp/num_nodes", ev.num_sp, "<i8")
+    for p in planes:
+        rp = ev.planes[p]
+        for attr, _, dt in _NODE_FIELDS:
+            add(f"{p}/{attr}", getattr(rp, attr), dt)
+    add("evt/y", ev.y, "<i8")
+    for p in planes:
+        add(f"{p}_plane_{p}/edge_index", ev.planes[p].edge_index_plane, "<i8")
+        add(f"{p}_nexus_sp/edge_index", ev.planes[p].edge_index_nexus, "<i8")
+    for k, v in ev.extra.items():
+        add(k, v, np.asarray(v).dtype.str)
+    return fields, values
+
+
+def datasize(ev: RawEvent) -> int:
+    """Bytes of the event's tensors as nugraph's generate_samples counts them (run/subrun/event and
+    sp/num_nodes are left out; the fixture's /datasize/train pins this)."""
+    fields, values = _record(ev, list(ev.planes))
+    skip = {"metadata/run", "metadata/subrun", "metadata/event", "sp/num_nodes"}
+    return int(sum(np.asarray(v).nbytes for (f, *_), v in zip(fields, values)
+                   if f not in skip and not (np.asarray(v).ndim == 0 and f.endswith("edge_index"))))
+
+
+def _check_raw(ev: RawEvent, planes: Sequence[str]) -> None:
+    where = f"events: event {ev.name!r}"
+    for p in planes:
+        if p not in ev.planes:
+            raise ValueError(f"{where}: missing plane {p!r}")
+        rp = ev.planes[p]
+        n = np.asarray(rp.pos).shape[0]
+        for attr, trailing, _ in _NODE_FIELDS:
+            shape = np.asarray(getattr(rp, attr)).shape
+            if shape != (n, *trailing):
+                raise ValueError(f"{where}, plane {p!r}, field '{p}/{attr}': expected shape {[n, *trailing]}, got {list(shape)}")
+        for attr, bound in (("edge_index_plane", (n, n)), ("edge_index_nexus", (n, ev.num_sp))):
+            ei = np.asarray(getattr(rp, attr))
+            if ei.ndim != 2 or ei.shape[0] != 2:
+                raise ValueError(f"{where}, plane {p!r}, field {attr!r}: expected shape [2, E], got {list(ei.shape)}")
+            for row in (0, 1):
+                if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound[row]):
+                    raise ValueError(f"{where}, plane {p!r}, field {attr!r}: row {row} index out of range [0, {bound[row]})")
+
+
+def default_splits(names: Sequence[str], *, seed: int = 0, frac: float = 0.05) -> dict[str, list[str]]:
+    """nugraph's generate_samples: 5% validation, 5% test, the rest train, randomly assigned."""
+    order = np.random.default_rng(seed).permutation(len(names))
+    k = int(frac * len(names))
+    if len(names) >= 3:
+        k = max(k, 1)
+    idx = {"validation": order[:k], "test": order[k:2 * k], "train": order[2 * k:]}
+    return {s: [names[i] for i in sorted(idx[s])] for s in SPLITS}
+
+
+def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
+                 splits: Mapping[str, Sequence[str]] | None = None,
+                 norm: Mapping[str, np.ndarray] | None = None,
+                 planes: Sequence[str] = PLANES, semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
+                 event_classes: Sequence[str] | None = EVENT_CLASSES, datasizes: Sequence[int] | None = None) -> Path:
+    """Writes events in the processed NuGraph layout, atomically (a crash leaves no partial file).
+
+    splits: split -> event names (default `default_splits`); norm: plane -> [2, 4] (default
+    `compute_norm` over all events, as nugraph's generate_norm); datasizes: /datasize/train
+    (default `datasize` of each training event). Everything is checked before anything is written.
+    """
+    import h5py
+
+    if not events:
+        raise ValueError("events: expected at least one event, got none")
+    names = [e.name for e in events]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
+    for ev in events:
+        _check_raw(ev, planes)
+    splits = default_splits(names) if splits is None else {s: list(splits.get(s, ())) for s in SPLITS}
+    known = set(names)
+    for s, lst in splits.items():
+        missing = [n for n in lst if n not in known]
+        if missing:
+            raise ValueError(f"splits[{s!r}]: names not among the events: {missing[:5]}")
+    norm = compute_norm(events, planes=planes) if norm is None else norm
+    by_name = dict(zip(names, events))
+    if datasizes is None:
+        datasizes = [datasize(by_name[n]) for n in splits["train"]]
+    str_dt = h5py.string_dtype("utf-8")
+    with atomic.atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for ev in events:
+                fields, values = _record(ev, planes)
+                f.create_dataset(f"dataset/{ev.name}", shape=(), dtype=np.dtype(fields), data=tuple(values))
+            f.create_dataset("planes", data=np.array(list(planes), dtype=object), dtype=str_dt)
+            f.create_dataset("semantic_classes", data=np.array(list(semantic_classes), dtype=object), dtype=str_dt)
+            if event_classes is not None:
+                f.create_dataset("event_classes", data=np.array(list(event_classes), dtype=object), dtype=str_dt)
+            for s in SPLITS:
+                f.create_dataset(f"samples/{s}", data=np.array(splits[s], dtype=object), dtype=str_dt)
+            f.create_dataset("datasize/train", data=np.asarray(datasizes, np.int64))
+            for p in planes:
+                f.create_dataset(f"norm/{p}", data=np.asarray(norm[p], np.float32))
+    return Path(path)

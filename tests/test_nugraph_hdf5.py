@@ -1,0 +1,221 @@
+"""The processed NuGraph HDF5 format: the pynuml-written fixture, round trips, bad files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import hdf5
+from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES, validate
+
+FIXTURE = Path(__file__).parent / "fixtures" / "nugraph2_events.gnn.h5"
+
+
+def _same_raw(a: hdf5.RawEvent, b: hdf5.RawEvent) -> None:
+    assert (a.name, a.num_sp, a.y) == (b.name, b.num_sp, b.y)
+    for p in PLANES:
+        for field in hdf5.RawPlane._fields:
+            va, vb = getattr(a.planes[p], field), getattr(b.planes[p], field)
+            assert va.dtype == vb.dtype and va.shape == vb.shape and np.array_equal(va, vb), (a.name, p, field)
+    assert a.extra.keys() == b.extra.keys()
+
+
+def test_fixture_reads():
+    info = hdf5.read_info(FIXTURE)
+    assert info.planes == PLANES and info.semantic_classes == SEMANTIC_CLASSES
+    assert info.event_classes == hdf5.EVENT_CLASSES
+    assert [len(info.samples[s]) for s in hdf5.SPLITS] == [6, 1, 1]
+    res = hdf5.read_events(FIXTURE)
+    assert len(res.events) == 8 and res.skipped_line() == "skipped 0 events"
+    with h5py.File(FIXTURE) as f:
+        rec = f["dataset/r1_sr1_evt0"][()]
+    ev0 = res.events[0]
+    assert ev0.num_sp == 34 and ev0.y == int(rec["evt/y"])
+    np.testing.assert_array_equal(ev0.planes["y"].pos, rec["y/pos"])
+    np.testing.assert_array_equal(ev0.planes["u"].edge_index_nexus, rec["u_nexus_sp/edge_index"])
+    # event 3, plane v: pynuml stored the empty nexus tensor as a scalar 0
+    ev3 = res.events[3]
+    assert ev3.planes["v"].edge_index_nexus.shape == (2, 0) and ev3.planes["v"].edge_index_nexus.dtype == np.int64
+    # /datasize/train is what nugraph's generate_samples counted
+    by_name = {e.name: e for e in res.events}
+    assert [hdf5.datasize(by_name[n]) for n in info.samples["train"]] == info.datasize.tolist()
+
+
+def test_fixture_to_event_normalises_like_nugraph():
+    info = hdf5.read_info(FIXTURE)
+    events, res = hdf5.load_events(FIXTURE, "train")
+    assert [e.name for e in events] == list(info.samples["train"])
+    raw, ev = res.events[2], events[2]
+    validate(ev)
+    mean, std = info.norm["y"]
+    expect = (np.concatenate([raw.planes["y"].pos, raw.planes["y"].x], 1) - mean) / std
+    np.testing.assert_allclose(ev.planes["y"].x, expect, rtol=1e-6)
+    assert ev.planes["y"].x.dtype == np.float32
+    # the norm the file holds is the mean/std over all hits (nugraph's generate_norm)
+    norm = hdf5.compute_norm(hdf5.read_events(FIXTURE).events)
+    for p in PLANES:
+        np.testing.assert_allclose(norm[p], info.norm[p], rtol=1e-5)
+
+
+def test_fixture_round_trip_is_identical(tmp_path):
+    info = hdf5.read_info(FIXTURE)
+    res = hdf5.read_events(FIXTURE)
+    out = hdf5.write_events(tmp_path / "rt.gnn.h5", res.events, splits=info.samples, norm=info.norm)
+    with h5py.File(FIXTURE) as a, h5py.File(out) as b:
+        assert sorted(a["dataset"]) == sorted(b["dataset"])
+        for name in a["dataset"]:
+            ra, rb = a["dataset"][name][()], b["dataset"][name][()]
+            assert ra.dtype == rb.dtype, name  # same fields, order, shapes, dtypes (empty -> scalar 0)
+            for field in ra.dtype.names:
+                assert np.array_equal(ra[field], rb[field]), (name, field)
+        for key in ("planes", "semantic_classes", "event_classes", "samples/train", "samples/validation",
+                    "samples/test", "datasize/train", "norm/u", "norm/v", "norm/y"):
+            assert np.array_equal(a[key][()], b[key][()]), key
+            assert a[key].dtype == b[key].dtype, key
+    back = hdf5.read_events(out)
+    for x, y in zip(res.events, back.events):
+        _same_raw(x, y)
+
+
+def _tiny_events(n=4):
+    from jaxinterp.nugraph import simulate
+
+    cfg = simulate.SimConfig(mean_energy_gev=0.25, max_energy_gev=0.4, max_hits_per_plane=150)
+    return simulate.simulate(n, seed=7, config=cfg)
+
+
+def test_simulated_round_trip(tmp_path):
+    events = _tiny_events()
+    out = hdf5.write_events(tmp_path / "sim.gnn.h5", events)
+    info = hdf5.read_info(out)
+    assert sum(len(v) for v in info.samples.values()) == len(events)
+    back = hdf5.read_events(out)
+    for x, y in zip(events, sorted(back.events, key=lambda e: e.event)):
+        _same_raw(x, y)
+    # no temporary file left beside it
+    assert sorted(os.listdir(tmp_path)) == ["sim.gnn.h5"]
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def _copy_fixture(tmp_path, edit=None) -> Path:
+    dst = tmp_path / "f.gnn.h5"
+    dst.write_bytes(FIXTURE.read_bytes())
+    if edit:
+        with h5py.File(dst, "r+") as f:
+            edit(f)
+    return dst
+
+
+def _drop_field(f, name, field):
+    rec = f[f"dataset/{name}"][()]
+    keep = [n for n in rec.dtype.names if n != field]
+    new = np.zeros((), dtype=np.dtype([(n, rec.dtype[n]) for n in keep]))
+    for n in keep:
+        new[n] = rec[n]
+    del f[f"dataset/{name}"]
+    f.create_dataset(f"dataset/{name}", data=new)
+
+
+@pytest.mark.parametrize("case, edit, message", [
+    ("missing planes", lambda f: f.__delitem__("planes"), "missing dataset '/planes'"),
+    ("missing norm", lambda f: f.__delitem__("norm/v"), "missing dataset '/norm/v'"),
+    ("missing event", lambda f: f.__delitem__("dataset/r1_sr1_evt2"), "missing dataset '/dataset/r1_sr1_evt2'"),
+    ("missing field", lambda f: _drop_field(f, "r1_sr1_evt1", "v/pos"), "event 'r1_sr1_evt1': missing field 'v/pos'"),
+    ("bad norm", lambda f: (f.__delitem__("norm/u"), f.create_dataset("norm/u", data=np.ones((2, 3)))),
+     r"'/norm/u' must have shape \[2, 4\]"),
+])
+def test_bad_file_contents(tmp_path, case, edit, message):
+    path = _copy_fixture(tmp_path, edit)
+    with pytest.raises(ValueError, match=message):
+        hdf5.read_events(path, "train")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "absent"])
+def test_unreadable_file(tmp_path, damage):
+    path = tmp_path / "bad.gnn.h5"
+    if damage == "truncate":
+        data = FIXTURE.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not an hdf5 file at all" * 100)
+    with pytest.raises(ValueError, match="no such file" if damage == "absent" else "truncated or corrupt"):
+        hdf5.read_events(path)
+
+
+def _empty_plane(ev: hdf5.RawEvent) -> hdf5.RawEvent:
+    rp = ev.planes["v"]
+    empty = hdf5.RawPlane(rp.pos[:0], rp.x[:0], rp.id[:0], rp.y_semantic[:0], rp.y_instance[:0],
+                          np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64))
+    return ev._replace(planes={**ev.planes, "v": empty})
+
+
+def _no_space_points(ev: hdf5.RawEvent) -> hdf5.RawEvent:
+    planes = {p: rp._replace(edge_index_nexus=np.zeros((2, 0), np.int64)) for p, rp in ev.planes.items()}
+    return ev._replace(planes=planes, num_sp=0)
+
+
+def test_unusable_events_are_skipped_and_counted(tmp_path):
+    res = hdf5.read_events(FIXTURE)
+    events = list(res.events)
+    events[1] = _empty_plane(events[1])
+    events[4] = _no_space_points(events[4])
+    path = hdf5.write_events(tmp_path / "odd.gnn.h5", events)
+    # the empty plane is stored as scalar-0 fields, as pynuml does, and reads back empty
+    with h5py.File(path) as f:
+        assert f["dataset/r1_sr1_evt1"].dtype["v/pos"].shape == ()
+    back = hdf5.read_events(path)
+    assert len(back.events) == 6
+    assert back.skipped == {"empty plane": ["r1_sr1_evt1"], "no space points": ["r1_sr1_evt4"]}
+    assert back.skipped_line() == "skipped 2 events (1 empty plane, 1 no space points)"
+    with pytest.raises(ValueError, match="event 'r1_sr1_evt1': empty plane"):
+        hdf5.read_events(path, on_bad="error")
+    with pytest.raises(ValueError, match="on_bad: expected 'skip' or 'error'"):
+        hdf5.read_events(path, on_bad="ignore")
+    with pytest.raises(ValueError, match="split: expected one of"):
+        hdf5.read_events(path, "valid")
+
+
+@pytest.mark.parametrize("case, change, message", [
+    ("no events", lambda evs: [], "expected at least one event"),
+    ("duplicate", lambda evs: [evs[0], evs[0]], "must be unique, 'r1_sr1_evt0' repeats"),
+    ("edge out of range", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "u": evs[0].planes["u"]._replace(
+        edge_index_plane=evs[0].planes["u"].edge_index_plane + 1000)})], "field 'edge_index_plane': row 0 index out of range"),
+    ("short labels", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "y": evs[0].planes["y"]._replace(
+        y_semantic=evs[0].planes["y"].y_semantic[:-1])})], r"field 'y/y_semantic': expected shape \[101\]"),
+    ("missing plane", lambda evs: [evs[0]._replace(planes={"u": evs[0].planes["u"], "v": evs[0].planes["v"]})],
+     "missing plane 'y'"),
+])
+def test_write_rejects_bad_events_before_writing(tmp_path, case, change, message):
+    events = change(hdf5.read_events(FIXTURE).events)
+    target = tmp_path / "out.gnn.h5"
+    target.write_bytes(b"previous content")
+    with pytest.raises(ValueError, match=message):
+        hdf5.write_events(target, events)
+    assert target.read_bytes() == b"previous content"
+    assert os.listdir(tmp_path) == ["out.gnn.h5"]
+
+
+def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "out.gnn.h5"
+    target.write_bytes(b"previous content")
+    events = hdf5.read_events(FIXTURE).events
+    calls = {"n": 0}
+    real = h5py.Group.create_dataset
+
+    def crash_after_three(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed while writing")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        hdf5.write_events(target, events)
+    assert target.read_bytes() == b"previous content"
+    assert os.listdir(tmp_path) == ["out.gnn.h5"]
