@@ -21,6 +21,7 @@ import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from jaxinterp.transformer import hooks
@@ -278,7 +279,8 @@ def check_inputs(tokens: Array, attention_mask: Array | None, interventions: Seq
     if P > config.n_positions:
         raise ValueError(f"cannot forward a sequence of length {P}: n_positions is only {config.n_positions}")
     if not isinstance(tokens, jax.core.Tracer) and tokens.size:
-        lo, hi = int(tokens.min()), int(tokens.max())
+        host = np.asarray(tokens)  # numpy: under an outer jit, jnp ops on a constant would be traced
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {config.vocab_size}) (the vocabulary size), "
                              f"got ids from {lo} to {hi}")

@@ -19,6 +19,7 @@ from typing import Sequence
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 # Sites inside block L (full name "blocks.{L}.{site}") and the layout of the activation there.
@@ -167,7 +168,7 @@ def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int) -
     if iv.layer.ndim != 0:
         raise ValueError(f"{where}: layer must be a scalar, got shape {list(iv.layer.shape)}")
     if iv.site in BLOCK_SITES and not isinstance(iv.layer, jax.core.Tracer):
-        layer = int(iv.layer)
+        layer = int(np.asarray(iv.layer))
         if not 0 <= layer < n_layer:
             raise ValueError(f"{where}: layer {layer} out of range, the model has {n_layer} blocks")
 

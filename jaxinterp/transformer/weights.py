@@ -61,7 +61,7 @@ def config_to_hf(config: GPT2Config) -> dict[str, Any]:
 
 def hf_path(name: str) -> tuple[str, ...] | None:
     """The params path of a HF tensor name, or None for a buffer that carries no weight."""
-    name = name.removeprefix("transformer.")
+    full, name = name, name.removeprefix("transformer.")
     if name in _TOP:
         return _TOP[name]
     if name == "lm_head.weight":
@@ -70,7 +70,7 @@ def hf_path(name: str) -> tuple[str, ...] | None:
         return None
     m = _BLOCK.match(name)
     if not m:
-        raise ValueError(f"unexpected tensor {name!r} in the GPT-2 checkpoint")
+        raise ValueError(f"unexpected tensor {full!r} in the GPT-2 checkpoint")
     layer, mod, kind = m.groups()
     leaf = {"ln_1": {"weight": "scale"}, "ln_2": {"weight": "scale"}}.get(mod, {}).get(kind, "kernel" if kind == "weight" else "bias")
     return (f"h_{layer}", *mod.split("."), leaf)

@@ -1,0 +1,85 @@
+"""GPT-2 against numbers transformers 5.23 and TransformerLens 4.3 computed on tests/fixtures/tiny_gpt2."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.transformer import gpt2, run_with_cache
+
+ATOL = 1e-4  # float32 against float64 references
+
+
+def test_raw_weights_give_transformers_logits(tiny_raw, gpt2_ref):
+    params, config = tiny_raw
+    logits, cache = run_with_cache(params, gpt2_ref["tokens"].astype(np.int32), config=config)
+    assert cache == {}
+    np.testing.assert_allclose(logits, gpt2_ref["hf_logits"], atol=ATOL, rtol=0)
+
+
+def test_processed_weights_give_transformerlens_logits(tiny_processed, gpt2_ref):
+    params, config = tiny_processed
+    logits = gpt2.forward(params, gpt2_ref["tokens"].astype(np.int32), config=config)
+    np.testing.assert_allclose(logits, gpt2_ref["tl_logits"], atol=ATOL, rtol=0)
+
+
+def test_processing_changes_logits_by_a_constant_per_position(tiny_raw, tiny_processed, gpt2_ref):
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    raw = np.asarray(gpt2.forward(*tiny_raw[:1], tokens, config=tiny_raw[1]))
+    processed = np.asarray(gpt2.forward(tiny_processed[0], tokens, config=tiny_processed[1]))
+    diff = raw - processed
+    np.testing.assert_allclose(diff, diff.mean(-1, keepdims=True) * np.ones_like(diff), atol=ATOL)
+    assert np.abs(diff).max() > 1e-3  # the constant is not zero: processing did something
+
+
+def test_every_transformerlens_activation(tiny_processed, gpt2_ref):
+    params, config = tiny_processed
+    names = [k.removeprefix("tl/") for k in gpt2_ref if k.startswith("tl/")]
+    assert len(names) == 6 * config.n_layer
+    _, cache = run_with_cache(params, gpt2_ref["tokens"].astype(np.int32), config=config, names=names)
+    assert sorted(cache) == sorted(names)  # only what was asked for is kept
+    for name in names:
+        np.testing.assert_allclose(cache[name], gpt2_ref["tl/" + name], atol=ATOL, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("ours,key", [(("lm_head", "kernel"), "tl_W_U"), (("lm_head", "bias"), "tl_b_U"),
+                                      (("wte", "embedding"), "tl_W_E")])
+def test_processed_unembed_and_embed(tiny_processed, gpt2_ref, ours, key):
+    params, _ = tiny_processed
+    np.testing.assert_allclose(params[ours[0]][ours[1]], gpt2_ref[key], atol=ATOL, rtol=0)
+
+
+def test_second_call_does_not_compile_again(tiny_processed, gpt2_ref):
+    params, config = tiny_processed
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    names = ("blocks.1.attn.hook_result",)
+    run_with_cache(params, tokens, config=config, names=names)
+    jitted = gpt2._run_jit()
+    size = jitted._cache_size()
+    run_with_cache(params, tokens + 1, config=config, names=names)
+    run_with_cache(params, tokens[::-1], config=config, names=names)
+    assert jitted._cache_size() == size
+
+
+def test_slices_compose_to_the_whole_network(tiny_processed, gpt2_ref):
+    params, config = tiny_processed
+    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
+    mask = jnp.ones_like(tokens)
+    resid = gpt2.embed(params, tokens, mask, config=config)
+    resid, cache = gpt2.blocks(params, resid, mask, config=config, stop=2, names=("blocks.1.hook_attn_out",))
+    resid, _ = gpt2.blocks(params, resid, mask, config=config, start=2)
+    np.testing.assert_allclose(gpt2.unembed(params, resid, config=config), gpt2_ref["tl_logits"], atol=ATOL)
+    np.testing.assert_allclose(cache["blocks.1.hook_attn_out"], gpt2_ref["tl/blocks.1.hook_attn_out"], atol=ATOL)
+
+
+def test_bfloat16_activations_stay_close(tiny_processed, gpt2_ref):
+    import dataclasses
+
+    params, config = tiny_processed
+    logits = gpt2.forward(params, gpt2_ref["tokens"].astype(np.int32), config=dataclasses.replace(config, dtype="bfloat16"))
+    assert logits.dtype == jnp.float32
+    ref = gpt2_ref["tl_logits"]
+    # bfloat16 keeps 8 bits of mantissa: compare against the logits' scale, not 1e-4.
+    assert np.abs(np.asarray(logits) - ref).max() < 0.05 * np.abs(ref).max()
+    # (argmax is no test here: the fixture's random model has near ties, 5e-4 apart.)
+    np.testing.assert_allclose(jax.nn.softmax(logits), jax.nn.softmax(jnp.asarray(ref)), atol=5e-3)

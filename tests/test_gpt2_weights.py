@@ -1,0 +1,69 @@
+"""Checkpoint round trip, presets, tokenizer, data-parallel logits."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxinterp.transformer import PRESETS, gpt2, load_gpt2, load_tokenizer
+from jaxinterp.transformer.weights import save_gpt2
+
+from conftest import TINY_GPT2
+
+
+def test_save_then_load_reads_back_the_same_params_and_logits(tmp_path, tiny_raw, gpt2_ref):
+    params, config = tiny_raw
+    save_gpt2(params, config, tmp_path / "copy")
+    params2, config2 = load_gpt2(tmp_path / "copy")
+    assert config2 == config
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    np.testing.assert_array_equal(gpt2.forward(params2, tokens, config=config2), gpt2.forward(params, tokens, config=config))
+
+
+def test_processed_params_round_trip_with_an_untied_unembedding(tmp_path, tiny_processed, gpt2_ref):
+    params, config = tiny_processed
+    assert not config.tie_word_embeddings and params["lm_head"]["kernel"].shape == (64, 97)
+    # A processed model has a non-zero unembedding bias, which a HF checkpoint cannot hold.
+    with pytest.raises(ValueError, match="non-zero bias"):
+        save_gpt2(params, config, tmp_path / "p")
+    assert not (tmp_path / "p" / "model.safetensors").exists()  # refused before anything was written
+
+
+def test_presets_have_the_published_sizes():
+    import jax
+
+    sizes = {name: sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda c=c: gpt2.init(jax.random.PRNGKey(0), c))))
+             for name, c in PRESETS.items() if name in ("gpt2", "distilgpt2")}
+    assert sizes == {"gpt2": 124_439_808, "distilgpt2": 81_912_576}
+
+
+def test_tokenizer_of_the_tiny_model():
+    tok = load_tokenizer(TINY_GPT2)
+    ids = tok("the")["input_ids"]
+    assert len(ids) >= 1 and max(ids) < 97
+
+
+def test_data_parallel_logits_equal_single_device(tmp_path, gpt2_ref):
+    np.save(tmp_path / "tokens.npy", np.tile(gpt2_ref["tokens"].astype(np.int32), (2, 1)))  # batch 4
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        from jaxinterp import parallel
+        from jaxinterp.transformer import gpt2, load_gpt2
+        assert jax.device_count() == 4, jax.devices()
+        params, config = load_gpt2({str(TINY_GPT2)!r}, process_weights=True)
+        tokens = np.load({str(tmp_path / 'tokens.npy')!r})
+        mesh = parallel.make_mesh()
+        sharded = parallel.shard_batch(tokens, mesh)
+        assert len(sharded.sharding.device_set) == 4
+        logits = jax.jit(lambda p, t: gpt2.forward(p, t, config=config))(parallel.replicate(params, mesh), sharded)
+        assert len(logits.sharding.device_set) == 4
+        single = gpt2.forward(params, tokens, config=config)
+        np.save({str(tmp_path / 'out.npy')!r}, np.asarray(logits) - np.asarray(single))
+    """)
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.abs(np.load(tmp_path / "out.npy")).max() < 1e-5
