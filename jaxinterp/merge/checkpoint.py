@@ -1,0 +1,167 @@
+"""Merging Hugging Face safetensors checkpoints tensor by tensor (the `jaxinterp merge yaml` path).
+
+Order of work, so that mistakes surface before any weight is read:
+  1. the YAML config (method, parameter names, models/base contract)   -> config.from_dict
+  2. every model's safetensors header (names, shapes, dtypes; no data)  -> same names and shapes
+  3. every tensor's resolved parameters and value ranges                 -> merge.plan
+  4. the output header is written, then for each tensor: read it from every model (safe_open reads
+     one tensor), merge it, append its bytes. Peak memory stays near one tensor per model.
+
+The output is one `model.safetensors` (written under a temporary name, then renamed), with the
+config/tokenizer files of the base (else the first) model and the `mergekit_config.yml`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.merge import config as _config
+
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "vocab.json", "merges.txt", "special_tokens_map.json")
+
+
+class TensorInfo(NamedTuple):
+    file: Path
+    shape: tuple[int, ...]
+    dtype: str  # numpy name
+
+
+def safetensors_files(ref: str) -> list[Path]:
+    p = Path(ref)
+    if p.is_file() and p.suffix == ".safetensors":
+        return [p]
+    if p.is_dir():
+        files = sorted(p.glob("*.safetensors"))
+        if files:
+            return files
+        raise ValueError(f"model {ref!r}: expected a folder with *.safetensors files, found none")
+    raise ValueError(f"model {ref!r}: expected a local folder or .safetensors file (nothing is downloaded)")
+
+
+def read_index(ref: str) -> dict[str, TensorInfo]:
+    """name -> (file, shape, dtype) from the headers alone."""
+    out = {}
+    for f in safetensors_files(ref):
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, h in header.items():
+            if name == "__metadata__":
+                continue
+            if h["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected a "
+                                 f"floating dtype ({', '.join(_ST_DTYPES)})")
+            out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
+    return out
+
+
+def check_indices(indices: list[dict[str, TensorInfo]], refs: list[str], limit: int = 5) -> None:
+    ref = indices[0]
+    for i, idx in enumerate(indices[1:], start=1):
+        diffs = [f"{n} (missing in {refs[i]})" for n in ref if n not in idx]
+        diffs += [f"{n} (only in {refs[i]})" for n in idx if n not in ref]
+        diffs += [f"{n} (shape {ref[n].shape} in {refs[0]}, {idx[n].shape} in {refs[i]})"
+                  for n in ref if n in idx and ref[n].shape != idx[n].shape]
+        if diffs:
+            more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+            raise ValueError(f"models: expected checkpoints with the same tensors and shapes; "
+                             f"{refs[0]} and {refs[i]} differ at " + "; ".join(diffs[:limit]) + more)
+
+
+class _Readers:
+    """One open safe_open handle per file, reading one tensor at a time."""
+
+    def __init__(self):
+        self._open = {}
+
+    def get(self, info: TensorInfo, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        if info.file not in self._open:
+            self._open[info.file] = safe_open(str(info.file), framework="numpy").__enter__()
+        return self._open[info.file].get_tensor(name)
+
+    def close(self):
+        for h in self._open.values():
+            h.__exit__(None, None, None)
+        self._open.clear()
+
+
+class MergeResult(NamedTuple):
+    out_dir: Path
+    n_tensors: int
+    n_bytes: int
+
+
+def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
+               progress: bool = True) -> MergeResult:
+    """Validates everything, then merges the checkpoints of `cfg` into out_dir (see module doc)."""
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    from jaxinterp.merge import merge as _merge
+    from jaxinterp.merge import registry
+
+    refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
+    indices = [read_index(r) for r in refs]
+    check_indices(indices, refs)
+    names = list(indices[0])
+    plan = _merge.plan(cfg.merge_method, names, n_models=len(cfg.models), has_base=cfg.base_model is not None,
+                       parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models],
+                       model_names=[m.model for m in cfg.models])
+    ref_index = indices[-1] if cfg.base_model else indices[0]
+    out_dtypes = {n: cfg.out_dtype or cfg.dtype or ref_index[n].dtype for n in names}
+
+    # header first: every output shape and dtype is known from the inputs' headers
+    header, offset = {}, 0
+    for n in names:
+        nbytes = int(np.prod(ref_index[n].shape, dtype=np.int64)) * np.dtype(jnp.dtype(out_dtypes[n])).itemsize
+        header[n] = {"dtype": _ST_NAMES[out_dtypes[n]], "shape": list(ref_index[n].shape),
+                     "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {"format": "pt", "merged_by": "jaxinterp", "merge_method": cfg.merge_method}
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hbytes += b" " * (-len(hbytes) % 8)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    readers = _Readers()
+    try:
+        with atomic.atomic_path(out_dir / "model.safetensors") as tmp, open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(hbytes)))
+            fh.write(hbytes)
+            for n in tqdm(names, desc=f"merge {cfg.merge_method}", unit="tensor", disable=not progress):
+                xs = []
+                for idx in indices:
+                    a = jnp.asarray(readers.get(idx[n], n))
+                    xs.append(a.astype(cfg.dtype) if cfg.dtype else a)
+                shared, per_input = plan.resolved[n]
+                y = registry.merge_tensor(cfg.merge_method, xs, base_index=plan.base_index, shared=shared,
+                                          per_input=per_input, key=_merge.tensor_key(seed, n))
+                del xs
+                fh.write(np.ascontiguousarray(np.asarray(y.astype(out_dtypes[n]))).tobytes())
+                del y
+            fh.flush()
+    finally:
+        readers.close()
+    src = Path(cfg.base_model or cfg.models[0].model)
+    if src.is_dir():
+        for f in _SIDE_FILES:
+            if (src / f).is_file():
+                shutil.copyfile(src / f, out_dir / f)
+    atomic.write_text(out_dir / "mergekit_config.yml", _config.to_yaml(cfg))
+    return MergeResult(out_dir, len(names), 8 + len(hbytes) + offset)
+
+
+def run_yaml(config_path: str | Path, out_dir: str | Path, **kw) -> MergeResult:
+    return run_config(_config.read(config_path), out_dir, **kw)

@@ -1,0 +1,127 @@
+"""mergekit YAML configurations: read, validate completely, write back.
+
+Supported (the `models:` form of mergekit's MergeConfiguration):
+
+    merge_method: ties
+    base_model: path/to/base            # a local HF folder or a .safetensors file
+    models:
+      - model: path/to/a
+        parameters: {density: 0.5, weight: [0.2, 1.0]}
+      - model: path/to/b
+        parameters: {weight: {filter: mlp, value: 0.7}}
+    parameters: {normalize: true}
+    dtype: float32                      # computation dtype (inputs are cast to it)
+    out_dtype: bfloat16                 # saved dtype (default: dtype, else the inputs')
+
+`slices:` and `modules:` (layer surgery) are rejected with a clear message. Models are local
+paths: nothing is downloaded. A model given both as base_model and in models is the base.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from jaxinterp.merge import params as _params
+from jaxinterp.merge import registry
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
+             "tokenizer_source", "tokenizer", "chat_template", "name", "slices", "modules"}
+
+
+class ModelEntry(NamedTuple):
+    model: str
+    parameters: dict | None
+
+
+class MergeConfig(NamedTuple):
+    merge_method: str
+    models: tuple[ModelEntry, ...]  # the non-base models, in config order
+    base_model: str | None
+    parameters: dict | None
+    dtype: str | None
+    out_dtype: str | None
+
+
+def _dtype(v: Any, field: str) -> str | None:
+    if v is None:
+        return None
+    if v not in DTYPES:
+        raise ValueError(f"{field}: expected one of {', '.join(DTYPES)}, got {v!r}")
+    return v
+
+
+def from_dict(d: Any) -> MergeConfig:
+    """Validates the structure, method and parameter names (no file is opened)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config: expected a mapping at the top level, got {type(d).__name__}")
+    unknown = set(d) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"config: unknown keys {sorted(unknown)} (known: {sorted(_TOP_KEYS)})")
+    for k in ("slices", "modules"):
+        if d.get(k):
+            raise ValueError(f"config.{k}: layer slicing is not supported; use the `models:` form")
+    if "merge_method" not in d:
+        raise ValueError("config.merge_method: required, got nothing")
+    spec = registry.get(d["merge_method"])
+    raw = d.get("models")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"config.models: expected a non-empty list of {{model: PATH}}, got {raw!r}")
+    base = d.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"config.base_model: expected a path string, got {base!r}")
+    entries = []
+    for i, m in enumerate(raw):
+        if isinstance(m, str):
+            m = {"model": m}
+        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
+            raise ValueError(f"config.models[{i}]: expected {{model: PATH, parameters: {{...}}}}, got {m!r}")
+        p = m.get("parameters")
+        if p is not None and not isinstance(p, dict):
+            raise ValueError(f"config.models[{i}].parameters: expected a mapping, got {p!r}")
+        if base is not None and m["model"] == base:
+            continue  # mergekit: the base listed among the models is still the base
+        entries.append(ModelEntry(m["model"], p))
+    g = d.get("parameters")
+    if g is not None and not isinstance(g, dict):
+        raise ValueError(f"config.parameters: expected a mapping, got {g!r}")
+    _params.check_names(spec, g, "config.parameters", per_model=False)
+    for i, e in enumerate(entries):
+        _params.check_names(spec, e.parameters, f"config.models[{i}].parameters", per_model=True)
+    from jaxinterp.merge.merge import check_contract
+
+    check_contract(spec, len(entries), base is not None, arg="config.base_model")
+    return MergeConfig(d["merge_method"], tuple(entries), base, g, _dtype(d.get("dtype"), "config.dtype"),
+                       _dtype(d.get("out_dtype"), "config.out_dtype"))
+
+
+def read(path: str | Path) -> MergeConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config: expected a YAML file, got {str(path)!r} (no such file)")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"config: {path} is not valid YAML: {e}") from None
+    return from_dict(d)
+
+
+def to_dict(cfg: MergeConfig) -> dict:
+    d: dict[str, Any] = {"merge_method": cfg.merge_method}
+    if cfg.base_model:
+        d["base_model"] = cfg.base_model
+    d["models"] = [{"model": m.model, **({"parameters": m.parameters} if m.parameters else {})}
+                   for m in cfg.models]
+    for k in ("parameters", "dtype", "out_dtype"):
+        if getattr(cfg, k):
+            d[k] = getattr(cfg, k)
+    return d
+
+
+def to_yaml(cfg: MergeConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

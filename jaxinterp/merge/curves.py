@@ -1,0 +1,61 @@
+"""Mode-connecting Bezier curves with one bend (Garipov et al. 2018), trained with optax.
+
+    phi(t) = (1 - t)^2 theta_0 + 2 t (1 - t) theta_bend + t^2 theta_1,   t in [0, 1]
+
+The endpoints stay fixed; the bend minimises E_{t ~ U(0,1)} L(phi(t)), one t per step (the
+paper's estimator). The bend starts at the midpoint, where the curve is the straight segment.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxinterp.merge.landscape import LossFn, _map
+
+
+def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda a, m, b: (1 - t) ** 2 * a + 2 * t * (1 - t) * m + t**2 * b, p0, bend, p1)
+
+
+class CurveResult(NamedTuple):
+    bend: Any
+    train_losses: np.ndarray  # [steps]
+
+
+def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Callable[[int], Any], *,
+               steps: int = 500, learning_rate: float = 1e-2, key: jax.Array | None = None,
+               optimizer: optax.GradientTransformation | None = None) -> CurveResult:
+    """Trains the bend. `batches` is an iterator of batches or a function step -> batch."""
+    if steps < 1:
+        raise ValueError(f"steps: expected a positive number of training steps, got {steps}")
+    opt = optimizer or optax.adam(learning_rate)
+    bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
+    state = opt.init(bend)
+    key = jax.random.PRNGKey(0) if key is None else key
+
+    @jax.jit
+    def step(bend, state, batch, k, p0, p1):
+        t = jax.random.uniform(k)
+        loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, m, p1, t), batch))(bend)
+        upd, state = opt.update(g, state, bend)
+        return optax.apply_updates(bend, upd), state, loss
+
+    get = batches if callable(batches) else (lambda _i, it=batches: next(it))
+    losses = []
+    for i in range(steps):
+        bend, state, loss = step(bend, state, get(i), jax.random.fold_in(key, i), p0, p1)
+        losses.append(loss)
+    return CurveResult(bend, np.asarray(jnp.stack(losses)))
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
+                 chunk: int | None = None) -> jax.Array:
+    """[A] losses along the curve at each t, in one compiled call."""
+    return _map(lambda t: loss_fn(bezier(p0, bend, p1, t), batch), ts, chunk)

@@ -1,0 +1,158 @@
+"""Loss landscape between params trees: linear paths, barriers, planes, random-direction surfaces.
+
+Every evaluation over many points (alphas, grid cells) is ONE jit-compiled call that vmaps the
+user's `loss_fn(params, batch) -> scalar` over the points, in chunks of `chunk` points
+(`lax.map(..., batch_size=chunk)`) so that memory stays at `chunk` copies of the params.
+
+Axis names: A alphas along a path, G grid points (G = n_a * n_b), n_a/n_b grid sides.
+
+Barriers (both in use in the literature):
+  * `barrier_mean` = max_alpha L(alpha) - (L(0) + L(1)) / 2     (Frankle et al. 2020)
+  * `barrier_chord` = max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]  (Entezari et al. 2022)
+References: Li et al. 2018 (filter-normalised directions), Garipov et al. 2018 (planes, curves).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LossFn = Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
+
+
+def lerp(a: Any, b: Any, alpha: jax.Array) -> Any:
+    return jax.tree_util.tree_map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
+
+
+class PathResult(NamedTuple):
+    alphas: np.ndarray  # [A]
+    losses: np.ndarray  # [A]
+    barrier_mean: float
+    barrier_chord: float
+
+
+def barrier_mean(alphas: np.ndarray, losses: np.ndarray) -> float:
+    del alphas
+    return float(np.max(losses) - 0.5 * (losses[0] + losses[-1]))
+
+
+def barrier_chord(alphas: np.ndarray, losses: np.ndarray) -> float:
+    chord = (1 - alphas) * losses[0] + alphas * losses[-1]
+    return float(np.max(losses - chord))
+
+
+def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
+    """vmap of fn over the leading axis of xs, `chunk` points at a time (None: all at once)."""
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if chunk is None or chunk >= n:
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
+                chunk: int | None = None) -> jax.Array:
+    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call."""
+    return _map(lambda al: loss_fn(lerp(params_a, params_b, al), batch), alphas, chunk)
+
+
+def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, num: int = 25,
+                chunk: int | None = None) -> PathResult:
+    """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers."""
+    if num < 2:
+        raise ValueError(f"num: expected at least 2 alphas (the two endpoints), got {num}")
+    alphas = np.linspace(0.0, 1.0, num, dtype=np.float32)
+    losses = np.asarray(path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
+    return PathResult(alphas, losses, barrier_mean(alphas, losses), barrier_chord(alphas, losses))
+
+
+def _dot(a: Any, b: Any) -> jax.Array:
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _axpy(alpha, x, y):
+    return jax.tree_util.tree_map(lambda u, v: alpha * u + v, x, y)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
+                 chunk: int | None = 256) -> jax.Array:
+    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2]."""
+
+    def one(ab):
+        p = jax.tree_util.tree_map(lambda o, x, y: o + ab[0] * x + ab[1] * y, origin, d1, d2)
+        return loss_fn(p, batch)
+
+    return _map(one, coords, chunk)
+
+
+class Surface(NamedTuple):
+    a: np.ndarray  # [n_a] coordinates along d1
+    b: np.ndarray  # [n_b] coordinates along d2
+    losses: np.ndarray  # [n_b, n_a]
+    points: np.ndarray  # [k, 2] coordinates of the models that define the plane (empty for random)
+
+
+def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk):
+    aa, bb = np.meshgrid(a, b)  # [n_b, n_a]
+    coords = jnp.asarray(np.stack([aa.ravel(), bb.ravel()], 1), jnp.float32)
+    return np.asarray(plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)).reshape(aa.shape)
+
+
+def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: int = 51,
+                  margin: float = 0.2, chunk: int | None = 256) -> Surface:
+    """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
+    u = jax.tree_util.tree_map(jnp.subtract, p1, p0)
+    v = jax.tree_util.tree_map(jnp.subtract, p2, p0)
+    nu = jnp.sqrt(_dot(u, u))
+    if float(nu) == 0:
+        raise ValueError("p1: expected a model different from p0 (they coincide, so no plane)")
+    u = jax.tree_util.tree_map(lambda x: x / nu, u)
+    v = _axpy(-_dot(v, u), u, v)
+    nv = jnp.sqrt(_dot(v, v))
+    if float(nv) < 1e-12 * float(nu):
+        raise ValueError("p2: expected a model off the line through p0 and p1 (they are collinear)")
+    v = jax.tree_util.tree_map(lambda x: x / nv, v)
+    d2_ = jax.tree_util.tree_map(jnp.subtract, p2, p0)
+    pts = np.array([[0.0, 0.0], [float(nu), 0.0], [float(_dot(d2_, u)), float(nv)]])
+    lo, hi = pts.min(0), pts.max(0)
+    span = hi - lo
+    a = np.linspace(lo[0] - margin * span[0], hi[0] + margin * span[0], n, dtype=np.float32)
+    b = np.linspace(lo[1] - margin * span[1], hi[1] + margin * span[1], n, dtype=np.float32)
+    return Surface(a, b, _grid_eval(loss_fn, p0, u, v, batch, a, b, chunk), pts)
+
+
+def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int = -1,
+                                ignore_1d: bool = True) -> Any:
+    """A random direction with each filter's norm equal to the params' (Li et al. 2018).
+
+    A filter is one slice along `filter_axis` (Flax kernels are [..., in, out]: an output unit).
+    1-D leaves (biases, norms) get a zero direction when `ignore_1d` (the paper's default).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for k, p in zip(keys, leaves):
+        d = jax.random.normal(k, p.shape, jnp.float32)
+        if p.ndim <= 1:
+            out.append(jnp.zeros_like(d) if ignore_1d else d * jnp.linalg.norm(p) / (jnp.linalg.norm(d) + 1e-10))
+            continue
+        ax = tuple(i for i in range(p.ndim) if i != filter_axis % p.ndim)
+        pn = jnp.sqrt(jnp.sum(jnp.square(p), axis=ax, keepdims=True))
+        dn = jnp.sqrt(jnp.sum(jnp.square(d), axis=ax, keepdims=True))
+        out.append(d * pn / (dn + 1e-10))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def random_surface(loss_fn: LossFn, params: Any, batch: Any, *, key: jax.Array, n: int = 51,
+                   extent: float = 1.0, chunk: int | None = 256, filter_axis: int = -1) -> Surface:
+    """Loss on params + a d1 + b d2 for a, b in [-extent, extent], filter-normalised d1, d2."""
+    k1, k2 = jax.random.split(key)
+    d1 = filter_normalized_direction(k1, params, filter_axis=filter_axis)
+    d2 = filter_normalized_direction(k2, params, filter_axis=filter_axis)
+    a = np.linspace(-extent, extent, n, dtype=np.float32)
+    return Surface(a, a.copy(), _grid_eval(loss_fn, params, d1, d2, batch, a, a, chunk), np.zeros((0, 2)))
