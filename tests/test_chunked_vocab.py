@@ -1,0 +1,106 @@
+"""Chunked vocabulary kernel against its plain-JAX reference: values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.kernels import chunked_vocab as cv
+
+
+def _terms(seed, N=5, Ks=(6, 3), V=37, scale=1.0):
+    rng = np.random.default_rng(seed)
+    xs = tuple(jnp.asarray(rng.normal(size=(N, K)), jnp.float32) for K in Ks)
+    Ws = tuple(jnp.asarray(rng.normal(size=(K, V)) * scale, jnp.float32) for K in Ks)
+    b = jnp.asarray(rng.normal(size=(V,)), jnp.float32)
+    t = jnp.asarray(rng.normal(size=(N, V)) * 2, jnp.float32)
+    return xs, Ws, b, t
+
+
+# chunk widths: dividing V, not dividing it (the last chunk overlaps), one chunk, wider than V
+CHUNKS = [1, 10, 64]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_logsumexp_and_log_softmax_at(chunk):
+    xs, Ws, b, _ = _terms(0)
+    np.testing.assert_allclose(cv.logsumexp(xs, Ws, b, chunk=chunk), cv.logsumexp_reference(xs, Ws, b),
+                               rtol=1e-5, atol=1e-5)
+    ids = jnp.array([[0, 36, 5]] * 5)
+    full = jax.nn.log_softmax(cv._logits(xs, Ws, b), axis=-1)
+    np.testing.assert_allclose(cv.log_softmax_at(xs, Ws, b, ids, chunk=chunk),
+                               jnp.take_along_axis(full, ids, axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_logsumexp_survives_huge_logits():
+    xs, Ws, b, _ = _terms(1, scale=300.0)  # exp would overflow without the running max
+    got = cv.logsumexp(xs, Ws, b, chunk=8)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, cv.logsumexp_reference(xs, Ws, b), rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [10, 37])
+def test_kl_values_and_gradients(chunk):
+    xs, Ws, b, t = _terms(2)
+    w = jnp.linspace(0.5, 1.5, 5)
+
+    def loss(fn, xs, Ws, b, t):
+        return (w * fn(xs, Ws, b, t)).sum()
+
+    fast = lambda *a: cv.kl_div(*a, chunk=chunk)  # noqa: E731
+    np.testing.assert_allclose(cv.kl_div(xs, Ws, b, t, chunk=chunk), cv.kl_div_reference(xs, Ws, b, t),
+                               rtol=1e-5, atol=1e-5)
+    g_fast = jax.grad(lambda *a: loss(fast, *a), argnums=(0, 1, 2, 3))(xs, Ws, b, t)
+    g_ref = jax.grad(lambda *a: loss(cv.kl_div_reference, *a), argnums=(0, 1, 2, 3))(xs, Ws, b, t)
+    for a, r in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-5)
+
+
+def test_kl_is_zero_at_the_target_and_handles_zero_probabilities():
+    xs, Ws, b, _ = _terms(3)
+    t = cv._logits(xs, Ws, b)
+    np.testing.assert_allclose(cv.kl_div(xs, Ws, b, t, chunk=8), 0.0, atol=1e-5)
+    t_hard = t.at[:, :10].set(-jnp.inf)  # target with zero-probability words
+    got = cv.kl_div(xs, Ws, b, t_hard, chunk=8)
+    np.testing.assert_allclose(got, cv.kl_div_reference(xs, Ws, b, t_hard), rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda W: cv.kl_div(xs, (W, Ws[1]), b, t_hard, chunk=8).sum())(Ws[0])
+    assert np.isfinite(g).all()
+
+
+def test_kl_under_jit_and_vmap_over_heads():
+    xs, Ws, b, t = _terms(4)
+    stack = lambda a: jnp.stack([a, a * 0.5, -a])  # noqa: E731  three "heads"
+    X, W, B = stack(xs[0]), stack(Ws[0]), stack(b)
+    f = jax.jit(jax.vmap(lambda x, W, b: cv.kl_div((x,), (W,), b, t, chunk=8)))
+    ref = jax.vmap(lambda x, W, b: cv.kl_div_reference((x,), (W,), b, t))(X, W, B)
+    np.testing.assert_allclose(f(X, W, B), ref, rtol=1e-5, atol=1e-5)
+    gw = jax.grad(lambda W: jax.vmap(lambda x, W, b: cv.kl_div((x,), (W,), b, t, chunk=8))(X, W, B).sum())(W)
+    gr = jax.grad(lambda W: jax.vmap(lambda x, W, b: cv.kl_div_reference((x,), (W,), b, t))(X, W, B).sum())(W)
+    np.testing.assert_allclose(gw, gr, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_stays_close():
+    xs, Ws, b, t = _terms(5)
+    got = cv.kl_div(xs, Ws, b, t, chunk=8, compute_dtype=jnp.bfloat16)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, cv.kl_div_reference(xs, Ws, b, t), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("chunk,k", [(8, 1), (10, 12), (64, 37)])
+def test_top_k(chunk, k):
+    xs, Ws, b, _ = _terms(6)
+    got, ref = cv.top_k(xs, Ws, b, k, chunk=chunk), cv.top_k_reference(xs, Ws, b, k)
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    np.testing.assert_allclose(got.values, ref.values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws[:1], b, t), "same number"),
+    (lambda xs, Ws, b, t: cv.kl_div(xs, (Ws[0], Ws[1][:2]), b, t), "term 1"),
+    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws, b, t[:, :5]), "target_logits"),
+    (lambda xs, Ws, b, t: cv.top_k(xs, Ws, b, 0), "k: expected"),
+    (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[None]), "b: expected"),
+])
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(*_terms(7))
