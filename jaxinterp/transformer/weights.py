@@ -182,6 +182,8 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """transformers' AutoTokenizer for a local folder or hub name."""
+    # Only tokenizers are used from transformers: its advice that PyTorch is missing is noise here.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     path = Path(name_or_path)

@@ -1,0 +1,69 @@
+"""The GPT-2 section of `jaxinterp demo`: attention patterns of every head on one prompt, and the
+top tokens that each head's output promotes through the unembedding (the logit lens per head)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_GPT2 = REPO / "tests" / "fixtures" / "tiny_gpt2"
+TOY_MODEL = Path(__file__).resolve().parents[1] / "assets" / "toyworld" / "model"
+
+
+def default_model() -> tuple[Path, str]:
+    """The shipped toy-world model when present, else the random tiny model of the test fixtures."""
+    if (TOY_MODEL / "config.json").exists():
+        return TOY_MODEL, "the shipped toy-world GPT-2 (trained by jaxinterp)"
+    return TINY_GPT2, "the tiny random GPT-2 of tests/fixtures (3 layers, 4 heads)"
+
+
+def head_logit_lens(params, result_last: np.ndarray, k: int) -> np.ndarray:
+    """result_last [L, H, D] (each head's output at one position) -> top-k token ids [L, H, k]
+    of result @ W_U + b_U, with processed weights (W_U after ln_final folding)."""
+    logits = result_last @ np.asarray(params["lm_head"]["kernel"]) + np.asarray(params["lm_head"]["bias"])
+    return np.argsort(-logits, axis=-1)[..., :k]
+
+
+def section(out_dir: Path, *, quick: bool = False, model: str | Path | None = None, prompt: str | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxinterp import report
+    from jaxinterp.transformer import load_gpt2, load_tokenizer, run_with_cache
+
+    path, described = (Path(model), str(model)) if model else default_model()
+    params, config = load_gpt2(path, process_weights=True)
+    tok = load_tokenizer(path)
+    if prompt is None:
+        vocab = [w for w in tok.get_vocab() if w.isalnum()]
+        prompt = " ".join(sorted(vocab)[:8]) if path == TINY_GPT2 else "The birthplace of the founder of"
+    ids = tok(prompt)["input_ids"][: config.n_positions]
+    names = [f"blocks.{l}.attn.{h}" for l in range(config.n_layer) for h in ("hook_pattern", "hook_result")]
+    _, cache = run_with_cache(params, np.asarray([ids], np.int32), config=config, names=names)
+    labels = [tok.decode([i]) for i in ids]
+
+    L, H = config.n_layer, config.n_head
+    fig, axes = plt.subplots(L, H, figsize=(2.0 * H, 2.0 * L), squeeze=False)
+    for l in range(L):
+        pattern = np.asarray(cache[f"blocks.{l}.attn.hook_pattern"][0])  # (H, Q, K)
+        for h in range(H):
+            ax = axes[l, h]
+            ax.imshow(pattern[h], cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"L{l}H{h}", fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"attention pattern (query rows, key columns): {prompt!r}", fontsize=9)
+    png = report.figure_png(fig, out_dir / "gpt2_attention_patterns.png")
+
+    result_last = np.stack([np.asarray(cache[f"blocks.{l}.attn.hook_result"][0, -1]) for l in range(L)])  # (L, H, D)
+    top = head_logit_lens(params, result_last, k=5)
+    rows = [[f"L{l}H{h}"] + [" ".join(repr(tok.decode([int(t)])) for t in top[l, h])] for l in range(L) for h in range(H)]
+    body = (report.paragraph(f"Model: {described}; prompt {prompt!r} ({len(ids)} tokens: {labels}).")
+            + report.img(png, "attention patterns")
+            + report.paragraph("Logit lens per head: the five tokens each head's output at the last position "
+                               "promotes most (head result @ W_U + b_U, TransformerLens-processed weights).")
+            + report.table(["head", "top tokens"], rows))
+    return report.Section("GPT-2: attention patterns and the logit lens per head", body)
