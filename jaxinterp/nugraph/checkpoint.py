@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxinterp.nugraph.model import NuGraph2Config, Params, param_shapes
-from jaxinterp.nugraph.torch_pickle import read_torch_checkpoint
+from jaxinterp import torch_pickle
 
 
 def _class_linears(config: NuGraph2Config) -> list[tuple[str, tuple[str, ...]]]:
@@ -133,7 +133,7 @@ _CONFIG_KEYS = ("in_features", "planar_features", "nexus_features", "num_iters",
 
 def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialCheckpoint:
     """Reads an official NuGraph2 PyTorch Lightning `.ckpt` (without torch) into params and config."""
-    obj = read_torch_checkpoint(path)
+    obj = torch_pickle.load(path)
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     hp = dict(obj.get("hyper_parameters") or {})

@@ -1,0 +1,136 @@
+"""NuGraph2 against the official code (tests/fixtures/nugraph2_reference.npz, exatrkx/NuGraph v24.4.0).
+
+Outputs per event and batched, the three losses and every gradient, in float64 to 1e-8 and in
+float32 to 1e-4; and the official Lightning checkpoint read without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import checkpoint, graph, losses, model
+from jaxinterp.nugraph.event import PLANES, Event, PlaneHits
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REF = np.load(FIXTURES / "nugraph2_reference.npz")
+CONFIG = model.NuGraph2Config()
+TOL = {"float64": 1e-8, "float32": 1e-4}
+
+
+def reference_event(i: int) -> Event:
+    return Event({p: PlaneHits(REF[f"ev{i}/{p}/x"], REF[f"ev{i}/{p}/pos"], REF[f"ev{i}/{p}/edge_index_plane"],
+                               REF[f"ev{i}/{p}/edge_index_nexus"], REF[f"ev{i}/{p}/y_semantic"])
+                  for p in PLANES}, int(REF[f"ev{i}/num_sp"]), f"ev{i}")
+
+
+def reference_state_dict() -> dict[str, np.ndarray]:
+    return {k[len("params/"):]: REF[k] for k in REF.files if k.startswith("params/")}
+
+
+# Parity is about the maths, not LLVM's code quality: compiling at XLA's backend optimisation
+# level 0 cuts this file's compile time 3x (the production path compiles normally in
+# test_nugraph_predict.py).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _run(dtype: str):
+    """Per-event outputs, batched outputs, losses and gradients, all as numpy: one compilation."""
+    dt = np.dtype(dtype)
+    params = jax.tree.map(jnp.asarray, checkpoint.from_official(reference_state_dict(), CONFIG, dtype=dt))
+    events = [reference_event(0), reference_event(1)]
+    sizes = graph.pick_sizes(events)  # every batch padded alike, so one vmapped forward runs them all
+    batch = graph.pad_batch(events, sizes, dtype=dt)
+    stacked = graph.stack([graph.pad_batch([e], sizes, dtype=dt) for e in events] + [batch])
+
+    def total(p):
+        out = model.apply(p, batch, config=CONFIG)
+        return losses.loss(p, out, batch).total, out
+
+    def run(p, stacked):
+        outs = jax.vmap(lambda b: model.apply(p, b, config=CONFIG))(stacked)
+        grads, out = jax.grad(total, has_aux=True)(p)
+        return outs, grads, losses.loss(p, out, batch)
+
+    compiled = jax.jit(run).lower(params, stacked).compile(compiler_options=FAST_COMPILE)
+    outs, grads, ls = jax.device_get(compiled(params, stacked))
+    singles = [model.Outputs(outs.x_semantic[i], outs.x_filter[i]) for i in range(3)]
+    return singles[:2], singles[2], ls, checkpoint.to_official(grads, CONFIG)
+
+
+@pytest.fixture(scope="module", params=["float64", "float32"])
+def computed(request):
+    with jax.enable_x64(request.param == "float64"):
+        return request.param, _run(request.param)
+
+
+def _close(got, want, tol, what):
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - want))) if np.size(want) else 0.0
+    assert np.shape(got) == np.shape(want), what
+    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol}"
+
+
+def test_per_event_outputs(computed):
+    dtype, (singles, _, _, _) = computed
+    for i, out in enumerate(singles):
+        for pi, p in enumerate(PLANES):
+            n = REF[f"ev{i}/{p}/x"].shape[0]
+            _close(out.x_semantic[pi, :n], REF[f"ev{i}/{p}/x_semantic"], TOL[dtype], f"ev{i} {p} x_semantic")
+            _close(out.x_filter[pi, :n], REF[f"ev{i}/{p}/x_filter"], TOL[dtype], f"ev{i} {p} x_filter")
+
+
+def test_batched_outputs(computed):
+    dtype, (_, out, _, _) = computed
+    for pi, p in enumerate(PLANES):
+        n = REF[f"batch/{p}/x_filter"].shape[0]
+        _close(out.x_semantic[pi, :n], REF[f"batch/{p}/x_semantic"], TOL[dtype], f"batch {p} x_semantic")
+        _close(out.x_filter[pi, :n], REF[f"batch/{p}/x_filter"], TOL[dtype], f"batch {p} x_filter")
+
+
+def test_losses(computed):
+    dtype, (_, _, ls, _) = computed
+    for name in ("total", "semantic", "filter"):
+        _close(getattr(ls, name), REF[f"batch/loss_{name}"], TOL[dtype], f"loss_{name}")
+
+
+def test_every_gradient(computed):
+    dtype, (_, _, _, grads) = computed
+    names = [k[len("grad/"):] for k in REF.files if k.startswith("grad/")]
+    assert sorted(names) == sorted(grads)
+    for name in names:
+        _close(grads[name], REF[f"grad/{name}"], TOL[dtype], f"grad {name}")
+
+
+def test_official_checkpoint_matches_fixture_weights():
+    ckpt = checkpoint.load_official_checkpoint(FIXTURES / "nugraph2_reference.ckpt")
+    assert ckpt.config == CONFIG
+    assert model.num_params(ckpt.params) == 360_890
+    want = checkpoint.from_official(reference_state_dict(), CONFIG, dtype=np.float32)
+    for a, b in zip(jax.tree.leaves(ckpt.params), jax.tree.leaves(want)):
+        assert a.dtype == np.float32 and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_official_names_round_trip():
+    sd = reference_state_dict()
+    back = checkpoint.to_official(checkpoint.from_official(sd, CONFIG, dtype=np.float64), CONFIG)
+    assert sorted(back) == sorted(sd) == sorted(checkpoint.official_names(CONFIG))
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda sd: sd.update({"extra.weight": np.zeros(3)}), "unknown names \\['extra.weight'\\]"),
+    (lambda sd: sd.pop("filter_decoder.temp"), "missing names \\['filter_decoder.temp'\\]"),
+    (lambda sd: sd.update({"encoder.net.u.0.net.0.weight": np.zeros((32, 4))}),
+     "encoder.net.u.0.net.0.weight.*expected shape \\[64, 4\\], got \\[32, 4\\]"),
+])
+def test_state_dict_mismatch_is_an_error(edit, message):
+    sd = reference_state_dict()
+    edit(sd)
+    with pytest.raises(ValueError, match=message):
+        checkpoint.from_official(sd, CONFIG)
