@@ -1,0 +1,111 @@
+"""Text for lens training: lines of .txt files, the "text" field of .jsonl files, or a Hugging Face
+dataset (when `datasets` is installed), tokenised once and served as fixed-shape padded batches.
+
+Batches are a pure function of (seed, batch index): batch i of epoch e takes examples
+perm_e[i*B:(i+1)*B] of a seeded permutation of epoch e. A resumed run that knows how many batches it
+consumed therefore continues with exactly the batches it would have seen.
+
+Axis names: B batch, P positions (fixed: the sequence length, so jit compiles once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+
+class Batch(NamedTuple):
+    tokens: np.ndarray  # [B, P] int32, right-padded with pad_id
+    mask: np.ndarray  # [B, P] int32, 1 real, 0 padding
+
+
+def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: str = "train") -> list[str]:
+    """Texts from a .txt file (one per non-empty line), a .jsonl file (`text_field` of each record),
+    a folder of those, or a Hugging Face dataset name. ValueError if nothing usable is found."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl"))
+        if not files:
+            raise ValueError(f"data: folder {path} holds no .txt or .jsonl file")
+        texts = [t for f in files for t in read_texts(f, text_field=text_field)]
+    elif path.is_file():
+        if path.suffix == ".jsonl":
+            texts = []
+            with open(path, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"data: {path} line {i + 1} is not JSON: {e}") from e
+                    if not isinstance(rec, dict) or text_field not in rec:
+                        raise ValueError(f"data: {path} line {i + 1}: expected an object with field "
+                                         f"{text_field!r}, got {str(rec)[:80]}")
+                    texts.append(str(rec[text_field]))
+        else:
+            texts = path.read_text(encoding="utf-8").splitlines()
+    else:
+        texts = _hf_dataset(str(source), text_field, split)
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError(f"data: {source} holds no text (empty file or only blank lines)")
+    return texts
+
+
+def _hf_dataset(name: str, text_field: str, split: str) -> list[str]:
+    try:
+        import datasets  # optional
+    except ImportError:
+        raise ValueError(f"data: {name!r} is not a file or folder, and the `datasets` package (needed for "
+                         f"Hugging Face dataset names) is not installed") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 -- any hub failure becomes one clear message
+        raise ValueError(f"data: cannot load Hugging Face dataset {name!r} split {split!r}: {e}") from e
+    return [str(t) for t in ds[text_field]]
+
+
+def tokenize(texts: Sequence[str], tokenizer, seq_len: int) -> list[np.ndarray]:
+    """Token ids of each text, truncated to seq_len; texts that tokenise to nothing are dropped."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    out = [np.asarray(x[:seq_len], np.int32) for x in ids if len(x)]
+    if not out:
+        raise ValueError("data: no text gives any token")
+    return out
+
+
+class Batches:
+    """Seeded, resumable batches of tokenised examples, all of shape [batch_size, seq_len]."""
+
+    def __init__(self, examples: list[np.ndarray], batch_size: int, seq_len: int, *, pad_id: int = 0,
+                 seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        if not examples:
+            raise ValueError("data: no examples")
+        self.examples, self.batch_size, self.seq_len = examples, batch_size, seq_len
+        self.pad_id, self.seed = pad_id, seed
+        # Fewer examples than a batch: an epoch repeats them (a batch always has batch_size rows).
+        self.per_epoch = max(1, len(examples) // batch_size)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        reps = -(-self.batch_size // len(self.examples))
+        return np.concatenate([rng.permutation(len(self.examples)) for _ in range(reps)])
+
+    def batch(self, index: int) -> Batch:
+        """Batch number `index` (counting from 0 over all epochs)."""
+        epoch, i = divmod(index, self.per_epoch)
+        order = self._order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        tokens = np.full((self.batch_size, self.seq_len), self.pad_id, np.int32)
+        mask = np.zeros((self.batch_size, self.seq_len), np.int32)
+        for row, j in enumerate(order):
+            ex = self.examples[j]
+            tokens[row, :len(ex)] = ex
+            mask[row, :len(ex)] = 1
+        return Batch(tokens, mask)

@@ -1,0 +1,96 @@
+"""Lens files: jaxinterp's own (safetensors + JSON metadata) and LensA state dicts saved by the
+PyTorch code (msakarvadia/AttentionLens: `linears.{h}.weight` [V, D], `linears.{h}.bias` [V], as a
+.pt state dict, a pickled LensA module's state dict, or a Lightning .ckpt whose `state_dict` holds
+them under the prefix `attn_lens.`), read without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.lens.lenses import LensConfig, check_params
+
+_LINEAR = re.compile(r"^(?:.*\.)?linears\.(\d+)\.(weight|bias)$")
+
+
+def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra: dict | None = None) -> Path:
+    """Writes the lens params and its config to one .safetensors file (atomically)."""
+    from safetensors.numpy import save_file
+
+    meta = {"lens_config": json.dumps({**config.__dict__}), "extra": json.dumps(extra or {})}
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: np.asarray(v, np.float32) for k, v in lens.items()}, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def load_lens(path: str | os.PathLike, *, model_config=None, layer: int | None = None) -> tuple[dict, LensConfig]:
+    """Reads a lens: jaxinterp's .safetensors, or a PyTorch LensA .pt/.ckpt (which does not record its
+    layer: pass `layer`). With `model_config`, checks that the lens fits that model (ValueError if not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"lens: {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            if "lens_config" not in meta:
+                raise ValueError(f"lens: {path} is a safetensors file without jaxinterp lens metadata")
+            lens = {k: f.get_tensor(k) for k in f.keys()}
+        config = LensConfig(**json.loads(meta["lens_config"]))
+        if layer is not None and layer != config.layer:
+            raise ValueError(f"layer: the lens {path} is for layer {config.layer}, got layer {layer}")
+    else:
+        lens, config = from_torch_state_dict(_torch_state_dict(path), layer=layer)
+    check_params(lens, config)
+    if model_config is not None:
+        check_fits(config, model_config, source=str(path))
+    return lens, config
+
+
+def check_fits(config: LensConfig, model_config, *, source: str = "lens") -> None:
+    """ValueError if a lens is for another vocabulary, width, head count or a layer the model lacks."""
+    want = (model_config.n_head, model_config.n_embd, model_config.vocab_size)
+    got = (config.n_head, config.d_model, config.vocab_size)
+    if got != want:
+        raise ValueError(f"lens {source}: made for heads {got[0]}, d_model {got[1]}, vocab {got[2]}, but the model "
+                         f"has heads {want[0]}, d_model {want[1]}, vocab {want[2]}")
+    if not 0 <= config.layer < model_config.n_layer:
+        raise ValueError(f"lens {source}: layer {config.layer} out of range, the model has {model_config.n_layer} blocks")
+
+
+def _torch_state_dict(path: Path) -> dict[str, np.ndarray]:
+    from jaxinterp import torch_pickle
+
+    return torch_pickle.load_state_dict(path)
+
+
+def from_torch_state_dict(state: dict[str, np.ndarray], *, layer: int | None) -> tuple[dict, LensConfig]:
+    """LensA params from `linears.{h}.weight` [V, D] / `linears.{h}.bias` [V] (any prefix, e.g. the
+    Lightning module's `attn_lens.`; other tensors, such as a saved GPT-2, are ignored)."""
+    if layer is None:
+        raise ValueError("layer: a PyTorch lens file does not record its layer; pass the layer it was trained on")
+    heads: dict[int, dict[str, np.ndarray]] = {}
+    for name, value in state.items():
+        m = _LINEAR.match(name)
+        if m:
+            heads.setdefault(int(m.group(1)), {})[m.group(2)] = np.asarray(value, np.float32)
+    if not heads:
+        raise ValueError(f"lens: no `linears.<head>.weight` tensors in the state dict (first names: {list(state)[:5]})")
+    H = len(heads)
+    if sorted(heads) != list(range(H)) or any(set(h) != {"weight", "bias"} for h in heads.values()):
+        raise ValueError(f"lens: expected linears.0..{H - 1} each with weight and bias, got heads {sorted(heads)}")
+    V, D = heads[0]["weight"].shape
+    for h, t in heads.items():
+        if t["weight"].shape != (V, D) or t["bias"].shape != (V,):
+            raise ValueError(f"lens: linears.{h} has weight {list(t['weight'].shape)} and bias {list(t['bias'].shape)}, "
+                             f"expected {[V, D]} and {[V]} like head 0")
+    W = np.stack([heads[h]["weight"].T for h in range(H)])  # torch Linear stores [out, in]
+    b = np.stack([heads[h]["bias"] for h in range(H)])
+    return {"W": W, "b": b}, LensConfig(layer, H, D, V, "lensa")

@@ -1,0 +1,224 @@
+"""Training the lenses of one layer: a jitted step (GPT-2 forward, chunked KL, optax Adam) and a
+resumable driver (orbax checkpoints, tqdm, data-parallel over devices).
+
+Gradient accumulation: one step takes A micro-batches. The frozen GPT-2 forward, whose activations
+are the large part, runs micro-batch by micro-batch (a scan); the rows it yields (head outputs and
+the model's target logits, small in the paper's last-token mode) are concatenated and the lens loss
+runs once over all of them. That is the exact gradient of the mean over the A micro-batches, with no
+gradient accumulator the size of the lens.
+
+Data parallel: the examples of a step are split over the mesh axis "data" (`jaxinterp.parallel`);
+lens params and Adam state are replicated, or split along the vocabulary (`shard_vocab`).
+
+Axis names: E examples in a step (= A x B), A micro-batches, B batch, P positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import Array
+
+from jaxinterp import parallel
+from jaxinterp.lens import lenses, objective as obj
+from jaxinterp.lens.data import Batches
+from jaxinterp.lens.lenses import LensConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 4  # examples per micro-batch
+    accum: int = 1  # micro-batches per optimiser step
+    seq_len: int = 128
+    lr: float = 1e-3  # the original's Adam learning rate
+    save_every: int = 50  # orbax checkpoint every N steps (and at the end)
+    seed: int = 0
+    bfloat16: bool = False  # GPT-2 activations and lens matmul inputs in bfloat16
+    shard_vocab: bool = False
+
+    def __post_init__(self):
+        for f in ("steps", "batch_size", "accum", "seq_len", "save_every"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
+
+
+class TrainState(NamedTuple):
+    lens: dict
+    opt_state: optax.OptState
+
+
+def optimizer(lr: float) -> optax.GradientTransformation:
+    return optax.adam(lr)
+
+
+def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, tx: optax.GradientTransformation,
+              accum: int) -> Callable:
+    """The pure step (state, model_params, tokens [E, P], mask [E, P], weight [E]) -> (state, loss).
+
+    Examples are grouped [B, A] (so a device's contiguous rows hold whole micro-batch slices):
+    micro-batch a is tokens.reshape(B, A, P)[:, a].
+    """
+
+    def step(state: TrainState, model_params, tokens: Array, mask: Array, weight: Array):
+        E, P = tokens.shape
+        split = lambda a: jnp.swapaxes(a.reshape((E // accum, accum) + a.shape[1:]), 0, 1)  # noqa: E731
+
+        def one(_, mb):
+            t, m, w = mb
+            return None, obj.rows(model_params, t, m, model_config=model_config, lens_config=lens_config,
+                                  objective=objective, example_weight=w)
+
+        _, r = jax.lax.scan(one, None, (split(tokens), split(mask), split(weight)))
+        r = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), r)  # (A*N, ...)
+        loss, grads = jax.value_and_grad(obj.loss)(state.lens, r, lens_config=lens_config, objective=objective)
+        updates, opt_state = tx.update(grads, state.opt_state, state.lens)
+        return TrainState(optax.apply_updates(state.lens, updates), opt_state), loss
+
+    return step
+
+
+def lens_shardings(tree, mesh, vocab_size: int, shard_vocab: bool):
+    """Shardings for lens params / Adam state: leaves ending in the vocabulary split over "data"."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    def spec(leaf):
+        if shard_vocab and np.ndim(leaf) >= 1 and np.shape(leaf)[-1] == vocab_size:
+            return NamedSharding(mesh, P(*([None] * (np.ndim(leaf) - 1)), parallel.DATA))
+        return NamedSharding(mesh, P())
+    return jax.tree.map(spec, tree)
+
+
+def jit_step(model_config, lens_config, objective, tx, accum, mesh=None, state_shardings=None):
+    """The step jitted once, donating the train state (the lens and Adam state are updated in place)."""
+    step = make_step(model_config, lens_config, objective, tx, accum)
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    data = parallel.data_sharding(mesh)
+    rep = parallel.replicated(mesh)
+    return jax.jit(step, donate_argnums=(0,), in_shardings=(state_shardings, rep, data, data, data),
+                   out_shardings=(state_shardings, rep))
+
+
+class TrainResult(NamedTuple):
+    lens: dict
+    losses: list[float]  # one per step run in this call
+    start_step: int  # the step this call started from (> 0 after a resume)
+    steps: int
+
+
+def train(model_params: dict, model_config, lens_config: LensConfig, batches: Batches, cfg: TrainConfig, *,
+          objective: obj.Objective = obj.Objective(), ckpt_dir: str | os.PathLike | None = None,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Trains (or resumes training of) the lenses of one layer.
+
+    With `ckpt_dir`, an orbax checkpoint (lens, Adam state, step, batches consumed) is written every
+    `save_every` steps and at the end, and an existing checkpoint there is resumed: a killed run
+    continues from its last checkpoint with the batches it would have seen. `stop_after` ends the
+    call after that many steps of this call (without a final save unless due): a kill, for tests.
+    """
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from jaxinterp.lens.io import check_fits
+
+    check_fits(lens_config, model_config, source=f"layer {lens_config.layer}")
+    if batches.batch_size != cfg.batch_size or batches.seq_len != cfg.seq_len:
+        raise ValueError(f"batches: expected batch_size {cfg.batch_size} and seq_len {cfg.seq_len}, got "
+                         f"{batches.batch_size} and {batches.seq_len}")
+    if cfg.seq_len > model_config.n_positions:
+        raise ValueError(f"seq_len: expected at most n_positions = {model_config.n_positions}, got {cfg.seq_len}")
+    if cfg.bfloat16:
+        model_config = dataclasses.replace(model_config, dtype="bfloat16")
+        objective = dataclasses.replace(objective, compute_dtype="bfloat16")
+    mesh = parallel.make_mesh()
+    n_dev = mesh.devices.size
+    if cfg.shard_vocab and lens_config.vocab_size % n_dev:
+        raise ValueError(f"shard_vocab: the vocabulary ({lens_config.vocab_size}) must be a multiple of the "
+                         f"{n_dev} devices")
+
+    tx = optimizer(cfg.lr)
+    W_U, b_U = lenses.unembedding(model_params, model_config)
+    lens = lenses.init(W_U, b_U, lens_config)
+    state = TrainState(lens, tx.init(lens))
+    shardings = lens_shardings(state, mesh, lens_config.vocab_size, cfg.shard_vocab)
+    state = jax.device_put(state, shardings)
+    model_params = parallel.replicate(model_params, mesh)
+
+    start = 0
+    mngr = None
+    if ckpt_dir is not None:
+        options = ocp.CheckpointManagerOptions(save_interval_steps=cfg.save_every, max_to_keep=2, create=True)
+        mngr = ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
+        if mngr.latest_step() is not None:
+            start = mngr.latest_step()
+            abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+            restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                    meta=ocp.args.JsonRestore()))
+            meta = restored["meta"]
+            if meta["lens_config"] != dataclasses.asdict(lens_config):
+                raise ValueError(f"ckpt_dir: {ckpt_dir} holds a run of lens {meta['lens_config']}, not {dataclasses.asdict(lens_config)}")
+            state = TrainState(*restored["state"])
+
+    step_fn = jit_step(model_config, lens_config, objective, tx, cfg.accum, mesh, shardings)
+    E = cfg.batch_size * cfg.accum
+    E_pad = parallel.padded_size(cfg.batch_size, mesh) * cfg.accum
+    losses = []
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    bar = tqdm(range(start, end), desc=f"lens layer {lens_config.layer}", unit="step", disable=not progress,
+               initial=start, total=cfg.steps)
+    for step in bar:
+        mbs = [batches.batch(step * cfg.accum + a) for a in range(cfg.accum)]
+        tokens = np.stack([b.tokens for b in mbs], 1).reshape(E, cfg.seq_len)  # (B, A, P) -> (E, P)
+        mask = np.stack([b.mask for b in mbs], 1).reshape(E, cfg.seq_len)
+        weight = np.ones((E,), np.float32)
+        if E_pad != E:  # fill the device batch with zero-weight examples (B grows, A stays)
+            pad = lambda a: parallel.pad_batch(a.reshape((cfg.batch_size, cfg.accum) + a.shape[1:]),  # noqa: E731
+                                               E_pad // cfg.accum).reshape((E_pad,) + a.shape[1:])
+            tokens, mask, weight = pad(tokens), pad(mask), pad(weight)
+        tokens, mask, weight = parallel.shard_batch((tokens, mask, weight), mesh)
+        state, loss = step_fn(state, model_params, tokens, mask, weight)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        done = step + 1
+        if mngr is not None and (done % cfg.save_every == 0 or done == cfg.steps):
+            meta = {"step": done, "batches_seen": done * cfg.accum, "lens_config": dataclasses.asdict(lens_config),
+                    "train_config": dataclasses.asdict(cfg), "objective": dataclasses.asdict(objective)}
+            mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      force=True)
+    bar.close()
+    if mngr is not None:
+        mngr.wait_until_finished()
+        mngr.close()
+    return TrainResult(jax.device_get(state.lens), losses, start, end)
+
+
+def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
+    """The lens of the latest orbax checkpoint in `ckpt_dir` (without the Adam state)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(Path(ckpt_dir).absolute()) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            raise ValueError(f"ckpt_dir: {ckpt_dir} holds no checkpoint")
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        config = LensConfig(**meta["lens_config"])
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    lens = state[0] if isinstance(state, (list, tuple)) else state["lens"]
+    return {k: np.asarray(v) for k, v in lens.items()}, config
+
+
+def summary(result: TrainResult) -> str:
+    return json.dumps({"start_step": result.start_step, "steps": result.steps,
+                       "first_loss": result.losses[0] if result.losses else None,
+                       "last_loss": result.losses[-1] if result.losses else None})
