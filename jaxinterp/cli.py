@@ -16,6 +16,8 @@ SUBCOMMAND_MODULES = [
     "jaxinterp.bench",
     "jaxinterp.transformer.cli",
     "jaxinterp.nugraph.cli",
+    "jaxinterp.toyworld.cli",
+    "jaxinterp.lens.cli",
 ]
 
 
