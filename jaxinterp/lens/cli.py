@@ -1,0 +1,146 @@
+"""`jaxinterp lens train|show`: train the lenses of one GPT-2 layer; read lenses out on a prompt.
+
+Nothing heavy is imported at module level (jax etc. load inside the handlers).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TOY_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "model"
+
+
+def resolve_model(name: str | None) -> str:
+    """--model, or the built-in toy model when it is omitted (and say so)."""
+    if name:
+        return name
+    if (TOY_MODEL / "config.json").is_file():
+        print(f"no --model given: using the built-in toy model {TOY_MODEL}", file=sys.stderr)
+        return str(TOY_MODEL)
+    raise ValueError("model: no --model given and the built-in toy model (jaxinterp/assets/toyworld/model) "
+                     "is not installed; pass a local Hugging Face GPT-2 folder or a hub name")
+
+
+def _train(args) -> int:
+    from jaxinterp.lens import data, lenses, objective, train
+    from jaxinterp.lens.io import save_lens
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    cfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, accum=args.accum, seq_len=args.seq_len,
+                            lr=args.lr, save_every=args.save_every, seed=args.seed, bfloat16=args.bf16,
+                            shard_vocab=args.shard_vocab)
+    obj = objective.Objective(mode=args.mode, chunk=args.chunk)
+    texts = data.read_texts(args.data, text_field=args.text_field)  # empty data fails here, before any work
+    model = resolve_model(args.model)
+    params, config = load_gpt2(model, process_weights=True)
+    lens_config = lenses.lens_config_for(config, args.layer, args.kind)
+    if cfg.seq_len > config.n_positions:
+        raise ValueError(f"seq_len: expected at most the model's n_positions = {config.n_positions}, got {cfg.seq_len}")
+    tok = load_tokenizer(model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    batches = data.Batches(data.tokenize(texts, tok, cfg.seq_len), cfg.batch_size, cfg.seq_len, pad_id=pad_id,
+                           seed=cfg.seed)
+    out = Path(args.out)
+    result = train.train(params, config, lens_config, batches, cfg, objective=obj, ckpt_dir=out / "checkpoints",
+                         progress=not args.no_progress)
+    path = save_lens(out / f"lens_layer{args.layer}.safetensors", result.lens, lens_config,
+                     extra={"model": model, "steps": result.steps, "mode": args.mode})
+    print(f"trained steps {result.start_step}..{result.steps}; final loss "
+          f"{result.losses[-1] if result.losses else float('nan'):.5f}; wrote {path}")
+    return 0
+
+
+def _show(args) -> int:
+    import numpy as np
+
+    from jaxinterp import atomic, report
+    from jaxinterp.lens import readout
+    from jaxinterp.lens.io import load_lens
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    if args.k < 1 or args.score_k < 1:
+        raise ValueError(f"k, score-k: expected positive integers, got {args.k} and {args.score_k}")
+    words = readout.read_words(args.words) if args.words else None
+    model = resolve_model(args.model)
+    params, config = load_gpt2(model, process_weights=True)
+    tok = load_tokenizer(model)
+    ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
+    readout.check_prompt(ids, config)
+    loaded = [load_lens(p, model_config=config, layer=args.layer) for p in args.lens]
+    layers = sorted({c.layer for _, c in loaded})
+    if len(layers) != len(loaded):
+        raise ValueError(f"lens: expected one lens per layer, got layers {[c.layer for _, c in loaded]}")
+
+    kk = max(args.k, args.score_k)
+    score_name = f"share of top-{args.score_k} in {Path(args.words).name}" if words else \
+        f"share of lens top-{args.score_k} also in logit-lens top-{args.score_k}"
+    lens_score = np.full((len(layers), config.n_head), np.nan)
+    logit_score = np.full((len(layers), config.n_head), np.nan)
+    rows = []
+    for lens, lc in sorted(loaded, key=lambda x: x[1].layer):
+        t = readout.head_topk(params, config, lens, lc, ids, k=kk, chunk=args.chunk)
+        i = layers.index(lc.layer)
+        lens_tok = readout.decode_ids(tok, t.lens_ids[:, :args.score_k])
+        logit_tok = readout.decode_ids(tok, t.logit_ids[:, :args.score_k])
+        if words:
+            lens_score[i], logit_score[i] = readout.word_share(lens_tok, words), readout.word_share(logit_tok, words)
+        else:
+            lens_score[i] = readout.overlap_share(t.lens_ids[:, :args.score_k], t.logit_ids[:, :args.score_k])
+        rows += readout.rows_for_table(lc.layer, [r[:args.k] for r in lens_tok], [r[:args.k] for r in logit_tok],
+                                       lens_score[i])
+    header = ["layer", "head", f"lens top-{args.k}", f"logit lens top-{args.k}", score_name]
+    print(f"prompt: {args.prompt!r} ({len(ids)} tokens), last token {tok.decode([ids[-1]])!r}")
+    for r in rows:
+        print(f"L{r[0]:<3} H{r[1]:<3} score {r[4]:.3f}\n    lens:       {r[2]}\n    logit lens: {r[3]}")
+    if args.csv:
+        atomic.write_text(args.csv, readout.csv_text(header, rows))
+        print(f"wrote {args.csv}")
+    if args.heatmap:
+        panels = {f"lens: {score_name}": lens_score}
+        if words:
+            panels[f"logit lens: {score_name}"] = logit_score
+        report.figure_png(readout.heatmap(panels, title=f"prompt {args.prompt[:60]!r}", layers=layers), args.heatmap)
+        print(f"wrote {args.heatmap}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("lens", help="Attention Lens: train per-head lenses of a GPT-2 layer, read them out")
+    lsub = p.add_subparsers(dest="lens_command", metavar="SUBCOMMAND", required=True)
+
+    t = lsub.add_parser("train", help="train the lenses of one layer (resumes from OUT/checkpoints)")
+    t.add_argument("--model", help="local Hugging Face GPT-2 folder or hub name (default: the built-in toy model)")
+    t.add_argument("--layer", type=int, required=True, help="layer whose heads get lenses")
+    t.add_argument("--data", required=True, help=".txt (a text per line), .jsonl, a folder of them, or a HF dataset name")
+    t.add_argument("--out", required=True, help="output folder: checkpoints/ and lens_layer<L>.safetensors")
+    t.add_argument("--kind", default="lensa", choices=["lensa", "shared", "resid"], help="lens kind (default lensa)")
+    t.add_argument("--mode", default="last", choices=["last", "all", "per_head"],
+                   help="rows of the KL: last real token (paper), all real positions, or each head alone")
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--accum", type=int, default=1, help="micro-batches per optimiser step")
+    t.add_argument("--seq-len", type=int, default=128, help="tokens per example (longer texts are truncated)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--save-every", type=int, default=50, help="orbax checkpoint every N steps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--bf16", action="store_true", help="bfloat16 activations and lens matmuls (params stay float32)")
+    t.add_argument("--shard-vocab", action="store_true", help="split lens params along the vocabulary over devices")
+    t.add_argument("--chunk", type=int, default=8192, help="vocabulary chunk width")
+    t.add_argument("--text-field", default="text", help="field of .jsonl records / HF datasets (default text)")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    s = lsub.add_parser("show", help="per-head top-k of lenses beside the plain logit lens, on a prompt")
+    s.add_argument("--model", help="local Hugging Face GPT-2 folder or hub name (default: the built-in toy model)")
+    s.add_argument("--lens", nargs="+", required=True,
+                   help="lens files (.safetensors from `lens train`, or PyTorch LensA .pt/.ckpt with --layer)")
+    s.add_argument("--layer", type=int, help="layer of a PyTorch lens file (which does not record it)")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--k", type=int, default=10, help="tokens shown per head")
+    s.add_argument("--words", help="word list (one per line): score = share of each head's top tokens in it")
+    s.add_argument("--score-k", type=int, default=50, help="top tokens scored per head (default 50)")
+    s.add_argument("--csv", help="write the table as CSV here")
+    s.add_argument("--heatmap", help="write a layers x heads heatmap PNG of the score here")
+    s.add_argument("--chunk", type=int, default=8192)
+    s.set_defaults(func=_show)
