@@ -29,6 +29,7 @@ points, F features (I in, O out of a Linear).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -91,16 +92,31 @@ def param_shapes(config: NuGraph2Config) -> dict[str, Any]:
 
 def init(rng: jax.Array, config: NuGraph2Config = NuGraph2Config(), *, dtype=jnp.float32) -> Params:
     """Random params as torch initialises them: U(+-1/sqrt(fan_in)) weights and biases, T = 0."""
-    keys = iter(jax.random.split(rng, 4 * len(jax.tree.leaves(param_shapes(config), is_leaf=lambda s: isinstance(s, tuple)))))
+    return _init_jit(rng, config, jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _init_jit(rng, config, dtype):
+    # one uniform draw sliced into every leaf: a single small compilation, not one RNG per leaf
+    shapes = param_shapes(config)
+    total = sum(int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=lambda s: isinstance(s, tuple)))
+    draw = jax.random.uniform(rng, (total,), dtype, -1.0, 1.0)
+    offset = [0]
+
+    def take(shape, bound):
+        size = int(np.prod(shape))
+        out = draw[offset[0]:offset[0] + size].reshape(shape) * bound
+        offset[0] += size
+        return out
 
     def build(shapes):
         if "kernel" not in shapes:
             return {k: jnp.zeros(v, dtype) if k == "temp" else build(v) for k, v in shapes.items()}
         kernel = shapes["kernel"]  # [C, I, O], or [C, F] for the filter decoder's Linear(C*F -> 1)
         bound = 1.0 / np.sqrt(kernel[1] if len(kernel) == 3 else kernel[0] * kernel[1])
-        return {k: jax.random.uniform(next(keys), v, dtype, -bound, bound) for k, v in shapes.items()}
+        return {k: take(v, bound) for k, v in shapes.items()}
 
-    return build(param_shapes(config))
+    return build(shapes)
 
 
 def num_params(params: Params) -> int:
