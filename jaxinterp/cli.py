@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "jaxinterp.nugraph.cli",
     "jaxinterp.toyworld.cli",
     "jaxinterp.lens.cli",
+    "jaxinterp.merge.cli",
 ]
 
 

@@ -147,7 +147,7 @@ def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
                     xs.append(a.astype(cfg.dtype) if cfg.dtype else a)
                 shared, per_input = plan.resolved[n]
                 y = registry.merge_tensor(cfg.merge_method, xs, base_index=plan.base_index, shared=shared,
-                                          per_input=per_input, key=_merge.tensor_key(seed, n))
+                                          per_input=per_input, key=_merge.tensor_key(seed, n), name=n)
                 del xs
                 fh.write(np.ascontiguousarray(np.asarray(y.astype(out_dtypes[n]))).tobytes())
                 del y

@@ -12,6 +12,7 @@ is merged.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
@@ -100,10 +101,27 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
     names = list(leaves[0])
     p = plan(method, names, n_models=len(models), has_base=base is not None, parameters=parameters,
              model_parameters=model_parameters)
-    out = {}
-    for name in names:
-        shared, per_input = p.resolved[name]
-        out[name] = registry.merge_tensor(method, [lv[name] for lv in leaves], base_index=p.base_index,
-                                          shared=shared, per_input=per_input, key=tensor_key(seed, name))
+    cfgs = tuple((registry._freeze(p.resolved[n][0]), tuple(registry._freeze(q) for q in p.resolved[n][1]))
+                 for n in names)
+    keys = jax.numpy.stack([tensor_key(seed, n) for n in names])
+    outs, bads = _tree_fn(method, p.base_index, cfgs)(tuple(tuple(lv[n] for lv in leaves) for n in names), keys)
+    for n, bad in zip(names, bads):
+        registry.raise_if_bad(method, bad, n)
     ref = trees[-1] if base is not None else trees[0]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(ref), [out[n] for n in names])
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(ref), list(outs))
+
+
+@functools.lru_cache(maxsize=64)
+def _tree_fn(method: str, base_index: int | None, cfgs: tuple):
+    """One compiled call merging every leaf (per-leaf static parameters in `cfgs`)."""
+
+    def run(leaf_inputs, keys):
+        outs, bads = [], []
+        for i, (inputs, (shared, per_input)) in enumerate(zip(leaf_inputs, cfgs)):
+            y, bad = registry.kernel_checked(method, list(inputs), base_index, dict(shared),
+                                             [dict(q) for q in per_input], keys[i])
+            outs.append(y)
+            bads.append(bad)
+        return outs, bads
+
+    return jax.jit(run)

@@ -44,7 +44,6 @@ class MethodSpec:
     max_inputs: int | None = None
     min_non_base: int | None = None
     max_non_base: int | None = None
-    jit: bool = True  # karcher and multislerp branch on values in Python, as mergekit does
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
@@ -73,9 +72,9 @@ METHODS.update({
     "multislerp": MethodSpec("multislerp", (ParamSpec("weight", "non_base"),
                                             ParamSpec("normalize_weights", "shared", True, bool),
                                             ParamSpec("eps", "shared", 1e-8)),
-                             base="optional", min_non_base=1, jit=False),
+                             base="optional", min_non_base=1),
     "karcher": MethodSpec("karcher", (ParamSpec("max_iter", "shared", 10, int), ParamSpec("tol", "shared", 1e-5)),
-                          jit=False),
+                          ),
     "model_stock": MethodSpec("model_stock", (ParamSpec("filter_wise", "shared", False, bool),),
                               base="required", min_inputs=3),
     "sce": MethodSpec("sce", (ParamSpec("int8_mask", "shared", False, bool), ParamSpec("select_topk", "shared", 1.0)),
@@ -95,7 +94,7 @@ def get(method: str) -> MethodSpec:
 
 
 def _kernel(method: str, inputs: list[jax.Array], base_index: int | None, shared: dict,
-            per_input: list[dict], key: jax.Array | None) -> jax.Array:
+            per_input: list[dict], key: jax.Array | None) -> jax.Array | tuple[jax.Array, jax.Array]:
     base = inputs[base_index] if base_index is not None else None
     others = [x for i, x in enumerate(inputs) if i != base_index]
     nb = [p for i, p in enumerate(per_input) if i != base_index]
@@ -134,20 +133,33 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
+def kernel_checked(method: str, inputs: list[jax.Array], base_index: int | None, shared: dict,
+                   per_input: list[dict], key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(merged tensor, bad): `bad` flags inputs that mergekit rejects mid-merge (multislerp)."""
+    y = _kernel(method, inputs, base_index, shared, per_input, key)
+    return y if isinstance(y, tuple) else (y, jnp.bool_(False))
+
+
+def raise_if_bad(method: str, bad, name: str) -> None:
+    if bool(bad):
+        raise ValueError(f"{name}: {method} got inputs whose weighted mean direction is zero (antipodal "
+                         f"task vectors with balancing weights); choose different weights")
+
+
 @functools.lru_cache(maxsize=256)
 def _jitted(method: str, base_index: int | None, shared: tuple, per_input: tuple):
     def run(inputs, key):
-        return _kernel(method, list(inputs), base_index, dict(shared), [dict(p) for p in per_input], key)
+        return kernel_checked(method, list(inputs), base_index, dict(shared), [dict(p) for p in per_input], key)
 
     return jax.jit(run)
 
 
 def merge_tensor(method: str, inputs: list[jax.Array], *, base_index: int | None, shared: dict,
-                 per_input: list[dict], key: jax.Array | None = None) -> jax.Array:
+                 per_input: list[dict], key: jax.Array | None = None, name: str = "tensor") -> jax.Array:
     """One output tensor of `method` from its inputs (base at `base_index`) and resolved parameters."""
     if key is None:
         key = jax.random.PRNGKey(0)
-    if not METHODS[method].jit:
-        return _kernel(method, [jnp.asarray(x) for x in inputs], base_index, shared, per_input, key)
     fn = _jitted(method, base_index, _freeze(shared), tuple(_freeze(p) for p in per_input))
-    return fn(tuple(inputs), key)
+    y, bad = fn(tuple(inputs), key)
+    raise_if_bad(method, bad, name)
+    return y

@@ -77,10 +77,11 @@ def nuslerp_merge(others: list[jax.Array], weights: list[float], base: jax.Array
 
 
 def multislerp(others: list[jax.Array], weights: list[float], base: jax.Array | None = None, *,
-               normalize_weights: bool = True, eps: float = 1e-8) -> jax.Array:
-    """mergekit's multislerp. Raises ValueError where mergekit does (a zero weighted mean of > 2)."""
+               normalize_weights: bool = True, eps: float = 1e-8) -> tuple[jax.Array, jax.Array]:
+    """mergekit's multislerp -> (result, bad). `bad` is true where mergekit raises (a zero weighted
+    mean of more than two unit vectors); the caller turns it into a ValueError."""
     if len(others) == 1:
-        return others[0]
+        return others[0], jnp.bool_(False)
     x = jnp.stack(others)
     if base is not None:
         x = x - base
@@ -92,55 +93,62 @@ def multislerp(others: list[jax.Array], weights: list[float], base: jax.Array | 
     units = flat / (norms + eps)
     mean = (units * w[:, None]).sum(0)
     mean_norm = jnp.linalg.norm(mean)
-    if float(mean_norm) < eps:
-        if x.shape[0] == 2:
-            res = x[0] * w[0] + x[1] * w[1]
-            return res + base if base is not None else res
-        raise ValueError("multislerp: the weighted sum of the unit task vectors is zero (antipodal "
-                         "inputs with balancing weights); choose different weights")
-    mean = mean / mean_norm
+    degenerate = mean_norm < eps
+    mean = mean / jnp.where(degenerate, 1.0, mean_norm)
     dots = (units * mean).sum(-1, keepdims=True)
     tangent = ((units - dots * mean) * w[:, None]).sum(0)
     tnorm = jnp.linalg.norm(tangent) + eps
     res = mean * jnp.cos(tnorm) + tangent * (jnp.sin(tnorm) / tnorm)
     res = (res * (norms[:, 0] * w).sum()).reshape(x.shape[1:])
-    return res + base if base is not None else res
+    if x.shape[0] == 2:  # mergekit falls back to linear interpolation of two antipodal inputs
+        res = jnp.where(degenerate, x[0] * w[0] + x[1] * w[1], res)
+        bad = jnp.bool_(False)
+    else:
+        bad = degenerate
+    return (res + base if base is not None else res), bad
 
 
 def karcher(tensors: list[jax.Array], alphas: list[float] | None = None, *, max_iter: int = 10,
             tol: float = 1e-5) -> jax.Array:
-    """Weighted Karcher mean on the unit sphere, scaled by sum_i alpha_i ||x_i|| (mergekit's rule)."""
+    """Weighted Karcher mean on the unit sphere, scaled by sum_i alpha_i ||x_i|| (mergekit's rule).
+
+    mergekit's Python branches become masks: inputs with norm <= tol drop out (their alpha is 0),
+    an input within tol of the mean adds nothing to the tangent, and the iteration freezes once
+    the tangent's norm is below tol.
+    """
     if len(tensors) == 1:
         return tensors[0]
     if alphas is None:
         alphas = [1.0 / len(tensors)] * len(tensors)
     work = _work(tensors[0])
-    norms = [jnp.linalg.norm(x.astype(work)) for x in tensors]
-    units = [jnp.zeros_like(x) if float(n) == 0.0 else (x / n).astype(x.dtype)
-             for x, n in zip(tensors, norms)]
-    valid = [i for i, n in enumerate(norms) if float(n) > tol]
-    if not valid:
-        return jnp.zeros_like(tensors[0])
-    va = [alphas[i] for i in valid]
-    va = [a / sum(va) for a in va]
-    vu = [units[i] for i in valid]
-    mean = sum(a * u for a, u in zip(va, vu))
-    mn = jnp.linalg.norm(mean.astype(work))
-    mean = vu[0] if float(mn) < tol else (mean / mn).astype(mean.dtype)
-    for _ in range(max_iter):
-        tangent = jnp.zeros_like(mean)
-        for a, u in zip(va, vu):
-            dot = jnp.clip(jnp.vdot(mean.reshape(-1), u.reshape(-1)), -1.0, 1.0)
-            theta = jnp.arccos(dot)
-            if float(theta) < tol:
-                continue
-            tangent = tangent + a * (theta / jnp.sin(theta)) * (u - dot * mean)
-        tn = jnp.linalg.norm(tangent.astype(work))
-        if float(tn) < tol:
-            break
-        mean = (jnp.cos(tn) * mean + jnp.sin(tn) * (tangent / tn)).astype(mean.dtype)
-        un = jnp.linalg.norm(mean.astype(work))
-        if float(un) > tol:
-            mean = (mean / un).astype(mean.dtype)
-    scale = sum(a * n for a, n in zip(alphas, norms))
-    return (scale * mean).astype(tensors[0].dtype)
+    shape, dtype = tensors[0].shape, tensors[0].dtype
+    x = jnp.stack([t.reshape(-1).astype(work) for t in tensors])  # [N, n]
+    a = jnp.asarray(alphas, work)
+    norms = jnp.linalg.norm(x, axis=1)  # [N]
+    units = x / jnp.where(norms == 0, 1.0, norms)[:, None]
+    valid = norms > tol
+    va = jnp.where(valid, a, 0.0)
+    va = va / jnp.where(va.sum() == 0, 1.0, va.sum())
+    mean = va @ units
+    mn = jnp.linalg.norm(mean)
+    first = units[jnp.argmax(valid)]
+    mean = jnp.where(mn < tol, first, mean / jnp.where(mn == 0, 1.0, mn))
+
+    def body(_, carry):
+        mean, done = carry
+        dot = jnp.clip(units @ mean, -1.0, 1.0)  # [N]
+        theta = jnp.arccos(dot)
+        use = valid & (theta >= tol)
+        coef = jnp.where(use, va * theta / jnp.where(use, jnp.sin(theta), 1.0), 0.0)
+        tangent = coef @ units - jnp.sum(coef * dot) * mean
+        tn = jnp.linalg.norm(tangent)
+        stop = done | (tn < tol)
+        new = jnp.cos(tn) * mean + jnp.sin(tn) * (tangent / jnp.where(tn == 0, 1.0, tn))
+        un = jnp.linalg.norm(new)
+        new = jnp.where(un > tol, new / jnp.where(un == 0, 1.0, un), new)
+        return jnp.where(stop, mean, new), stop
+
+    mean, _ = jax.lax.fori_loop(0, max_iter, body, (mean, jnp.bool_(False)))
+    scale = jnp.sum(a * norms)
+    out = jnp.where(valid.any(), scale * mean, 0.0)
+    return out.reshape(shape).astype(dtype)

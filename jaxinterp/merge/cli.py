@@ -1,0 +1,119 @@
+"""`jaxinterp merge ...`: mergekit YAML merges, and loss barriers between digits MLPs.
+
+    jaxinterp merge yaml CONFIG.yml --out DIR [--seed 0]        merge HF safetensors checkpoints
+    jaxinterp merge check CONFIG.yml                             validate only (no weight is read)
+    jaxinterp merge train-mlp --seed 1 --out a.safetensors       a digits MLP (for barrier)
+    jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--png path.png]
+"""
+
+from __future__ import annotations
+
+
+def _yaml(args) -> int:
+    from jaxinterp.merge import checkpoint
+
+    r = checkpoint.run_yaml(args.config, args.out, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {r.n_tensors} tensors ({r.n_bytes / 1e6:.1f} MB) to {r.out_dir}")
+    return 0
+
+
+def _check(args) -> int:
+    from jaxinterp.merge import checkpoint, config
+    from jaxinterp.merge import merge as _merge
+
+    cfg = config.read(args.config)
+    refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
+    idx = [checkpoint.read_index(r) for r in refs]
+    checkpoint.check_indices(idx, refs)
+    _merge.plan(cfg.merge_method, list(idx[0]), n_models=len(cfg.models), has_base=cfg.base_model is not None,
+                parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models])
+    print(f"ok: {cfg.merge_method} of {len(refs)} checkpoints, {len(idx[0])} tensors")
+    return 0
+
+
+def _save_params(params, path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from jaxinterp import atomic
+    from jaxinterp.merge import tree
+
+    with atomic.atomic_path(path) as tmp:
+        save_file({k: np.asarray(v) for k, v in tree.named_leaves(params).items()}, str(tmp))
+
+
+def _load_mlp(path):
+    from pathlib import Path
+
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise ValueError(f"model: expected a .safetensors file written by `merge train-mlp`, got {path!r}")
+    flat = load_file(path)
+    out: dict = {}
+    for k, v in flat.items():
+        layer, leaf = k.split(".")
+        out.setdefault(layer, {})[leaf] = v
+    return out
+
+
+def _train_mlp(args) -> int:
+    import jax
+
+    from jaxinterp.merge import mlp
+
+    d = mlp.load_digits()
+    p = mlp.train(mlp.init(jax.random.PRNGKey(args.seed)), d.x_train, d.y_train, steps=args.steps, seed=args.seed)
+    _save_params(p, args.out)
+    print(f"{d.name}: test accuracy {float(mlp.accuracy(p, d.x_test, d.y_test)):.4f}; wrote {args.out}")
+    return 0
+
+
+def _barrier(args) -> int:
+    import jax.numpy as jnp
+
+    from jaxinterp.merge import landscape, mlp, plots, rebasin
+
+    pa, pb = _load_mlp(args.a), _load_mlp(args.b)
+    d = mlp.load_digits()
+    batch = (jnp.asarray(d.x_test), jnp.asarray(d.y_test))
+    curves = {}
+    runs = [("naive", pb)]
+    if args.align:
+        spec = rebasin.mlp_permutation_spec(sorted(pa))
+        runs.append(("weight matching", rebasin.weight_matching(spec, pa, pb).params))
+    for name, b in runs:
+        r = landscape.linear_path(mlp.loss, pa, b, batch, num=args.num)
+        curves[name] = (r.alphas, r.losses)
+        print(f"{name}: barrier (max - mean of ends) {r.barrier_mean:.4f}, (max - chord) {r.barrier_chord:.4f}")
+    if args.png:
+        plots.save_png(plots.path_figure(curves, ylabel="test loss"), args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("merge", help="model merging (mergekit YAML) and loss barriers")
+    s = p.add_subparsers(dest="merge_command", metavar="SUBCOMMAND")
+    y = s.add_parser("yaml", help="merge the checkpoints of a mergekit YAML config")
+    y.add_argument("config")
+    y.add_argument("--out", required=True, help="output folder")
+    y.add_argument("--seed", type=int, default=0, help="seed of random methods (dare, della)")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
+    y.set_defaults(func=_yaml)
+    c = s.add_parser("check", help="validate a mergekit YAML config and the checkpoint headers")
+    c.add_argument("config")
+    c.set_defaults(func=_check)
+    t = s.add_parser("train-mlp", help="train a digits MLP and save it as safetensors")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=_train_mlp)
+    b = s.add_parser("barrier", help="loss barrier on the linear path between two digits MLPs")
+    b.add_argument("a")
+    b.add_argument("b")
+    b.add_argument("--num", type=int, default=25, help="number of alphas (default 25)")
+    b.add_argument("--align", action="store_true", help="also after weight matching B to A")
+    b.add_argument("--png", help="write the path plot here")
+    b.set_defaults(func=_barrier)
+    p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -1,0 +1,91 @@
+"""Model soups (Wortsman et al. 2022) and TSV-merge (Gargiulo et al. 2025).
+
+* uniform soup: the mean of the models.
+* greedy soup: models sorted by held-out score (best first); each is added to the soup when the
+  average with it scores at least as well as without it (`>=`, the paper's rule).
+* TSV-merge ("Task Singular Vectors"): for each matrix leaf, each task vector tau_i = U_i S_i V_i^T
+  keeps its top `k = max(1, int(rank / T * sv_reduction_scale))` singular triplets (1/T of the rank
+  for T tasks); the kept U's and V's are concatenated and whitened (U -> P Q^T from the SVD
+  U = P S Q^T, which removes the interference between tasks), and
+  theta = base + alpha * U_perp diag(S) V_perp^T. Leaves that are not matrices take the mean task
+  vector. alpha defaults to 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.merge import tree
+
+
+def uniform_soup(models: Sequence[Any]) -> Any:
+    if not models:
+        raise ValueError("models: expected at least one params tree, got none")
+    tree.check_same_structure(list(models), "models")
+    return jax.tree_util.tree_map(lambda *xs: sum(xs) / len(xs), *models)
+
+
+class GreedySoup(NamedTuple):
+    params: Any
+    selected: list[int]  # indices into models, in the order they were added
+    scores: list[float]  # held-out score of each model alone
+
+
+def greedy_soup(models: Sequence[Any], score_fn: Callable[[Any], float]) -> GreedySoup:
+    """Greedy soup; `score_fn(params)` is a held-out score where higher is better (accuracy)."""
+    if not models:
+        raise ValueError("models: expected at least one params tree, got none")
+    tree.check_same_structure(list(models), "models")
+    scores = [float(score_fn(m)) for m in models]
+    order = list(np.argsort(scores)[::-1])
+    selected = [int(order[0])]
+    best = scores[order[0]]
+    for i in order[1:]:
+        cand = uniform_soup([models[j] for j in selected + [int(i)]])
+        s = float(score_fn(cand))
+        if s >= best:
+            selected.append(int(i))
+            best = s
+    return GreedySoup(uniform_soup([models[j] for j in selected]), selected, scores)
+
+
+def _tsv_matrix(taus: list[jax.Array], sv_reduction_scale: float) -> jax.Array:
+    T = len(taus)
+    rank = min(taus[0].shape)
+    k = max(1, int(rank / T * sv_reduction_scale))
+    us, ss, vs = [], [], []
+    for t in taus:
+        u, s, vt = jnp.linalg.svd(t.astype(jnp.float32), full_matrices=False)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vs.append(vt[:k].T)
+    U, S, V = jnp.concatenate(us, 1), jnp.concatenate(ss), jnp.concatenate(vs, 1)
+
+    def whiten(m):
+        p, _, qt = jnp.linalg.svd(m, full_matrices=False)
+        return p @ qt
+
+    return (whiten(U) * S) @ whiten(V).T
+
+
+def tsv_merge(models: Sequence[Any], base: Any, *, alpha: float = 1.0, sv_reduction_scale: float = 1.0) -> Any:
+    """TSV-merge of fine-tuned `models` of `base` (see the module docstring)."""
+    if not models:
+        raise ValueError("models: expected at least one fine-tuned params tree, got none")
+    if not 0 < sv_reduction_scale <= len(models):
+        raise ValueError(f"sv_reduction_scale: expected a value in (0, {len(models)}], got {sv_reduction_scale}")
+    tree.check_same_structure(list(models) + [base], "models+[base]")
+
+    def one(b, *xs):
+        taus = [x - b for x in xs]
+        if b.ndim == 2 and min(b.shape) > 1:
+            delta = _tsv_matrix(taus, sv_reduction_scale)
+        else:
+            delta = sum(taus) / len(taus)
+        return (b + alpha * delta).astype(b.dtype)
+
+    return jax.tree_util.tree_map(one, base, *models)
