@@ -1,0 +1,162 @@
+"""`jaxinterp toyworld ...`: build the world, train the built-in model, evaluate it, ship it.
+
+    jaxinterp toyworld facts                       # the world's facts and held-out compositions
+    jaxinterp toyworld train --out RUN [--steps N --minutes M]   # resumes from RUN/checkpoints
+    jaxinterp toyworld evaluate [--model DIR] [--json PATH]      # accuracy tables
+    jaxinterp toyworld prompts --out CSV [--all]   # memory-injection prompt set
+    jaxinterp toyworld ship RUN                    # copy RUN's model, eval and prompts into the package
+
+Nothing heavy is imported at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+
+def _world_config(args):
+    from jaxinterp.toyworld.world import WorldConfig
+
+    return WorldConfig(n_countries=args.countries, cities_per_country=args.cities_per_country,
+                       n_people=args.people, n_companies=args.companies, train_fraction=args.train_fraction,
+                       seed=args.world_seed)
+
+
+def _add_world_args(p: argparse.ArgumentParser) -> None:
+    from jaxinterp.toyworld.world import WorldConfig
+
+    d = WorldConfig()
+    g = p.add_argument_group("world")
+    g.add_argument("--countries", type=int, default=d.n_countries)
+    g.add_argument("--cities-per-country", type=int, default=d.cities_per_country)
+    g.add_argument("--people", type=int, default=d.n_people)
+    g.add_argument("--companies", type=int, default=d.n_companies)
+    g.add_argument("--train-fraction", type=float, default=d.train_fraction,
+                   help="share of each composition's subjects whose two-hop sentences are trained")
+    g.add_argument("--world-seed", type=int, default=d.seed)
+
+
+def _facts(args) -> int:
+    from jaxinterp.toyworld.world import build_world
+
+    world = build_world(_world_config(args))
+    for kind, names in world.entities.items():
+        print(f"{kind} ({len(names)}): {', '.join(names)}")
+    for f in world.facts:
+        print(f"{f.relation}({f.subject}) = {f.object}")
+    for th in world.two_hops:
+        print(f"{th.relation2}({th.relation1}({th.subject})) = {th.relation2}({th.bridge}) = {th.answer}"
+              f"  [{'trained' if th.trained else 'held out'}]")
+    return 0
+
+
+def _train(args) -> int:
+    from jaxinterp.toyworld.train import TrainConfig, train
+
+    d = TrainConfig()
+    cfg = dataclasses.replace(d, **{k: v for k, v in {
+        "n_layer": args.layers, "n_embd": args.d_model, "n_head": args.heads, "vocab_size": args.vocab_size,
+        "batch_size": args.batch_size, "steps": args.steps, "learning_rate": args.lr, "seed": args.seed,
+        "checkpoint_every": args.checkpoint_every}.items() if v is not None})
+    res = train(args.out, world_config=_world_config(args), cfg=cfg, max_minutes=args.minutes)
+    print(f"wrote {Path(args.out) / 'model'} ({res.seconds:.0f} s this run, resumed from step {res.resumed_from}, "
+          f"last loss {res.losses[-1] if res.losses else float('nan'):.4f})")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from jaxinterp import atomic
+    from jaxinterp.toyworld import default_model, evaluate
+
+    model = args.model or default_model()
+    if model is None:
+        raise ValueError("--model: no model named and the built-in toy-world model is not installed")
+    if not args.model:
+        print(f"using the built-in toy-world model at {model}")
+    result = evaluate.evaluate(model, world_config=_world_config(args), candidates=not args.no_candidates)
+    print(evaluate.markdown(result))
+    if args.json:
+        atomic.write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _prompts(args) -> int:
+    from jaxinterp.toyworld.world import build_world, prompt_rows, write_prompts_csv
+
+    rows = prompt_rows(build_world(_world_config(args)), held_out_only=not args.all)
+    write_prompts_csv(rows, args.out)
+    print(f"wrote {args.out} ({len(rows)} rows)")
+    return 0
+
+
+def _ship(args) -> int:
+    """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts)."""
+    from jaxinterp import atomic
+    from jaxinterp.toyworld import ASSETS, EVAL_JSON, MODEL_DIR, PROMPTS_CSV, evaluate
+    from jaxinterp.toyworld.world import WorldConfig, build_world, prompt_rows, write_prompts_csv
+
+    run = Path(args.run)
+    if not (run / "model" / "model.safetensors").exists() or not (run / "train.json").exists():
+        raise ValueError(f"run: {run} holds no finished training run (model/model.safetensors and train.json)")
+    record = json.loads((run / "train.json").read_text())
+    world_config = WorldConfig(**record["world"])
+    tmp = ASSETS / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run / "model", tmp)
+    shutil.rmtree(MODEL_DIR, ignore_errors=True)
+    tmp.rename(MODEL_DIR)
+    atomic.write_text(ASSETS / "train.json", json.dumps(record, indent=2))
+    world = build_world(world_config)
+    write_prompts_csv(prompt_rows(world, held_out_only=True), PROMPTS_CSV)
+    write_prompts_csv(prompt_rows(world, held_out_only=False), ASSETS / "prompts_all.csv")
+    result = evaluate.evaluate(MODEL_DIR, world_config=world_config)
+    atomic.write_text(EVAL_JSON, json.dumps(result, indent=2))
+    print(evaluate.markdown(result))
+    print(f"shipped {run} to {ASSETS}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("toyworld", help="the synthetic two-hop world and its built-in GPT-2")
+    ts = p.add_subparsers(dest="toyworld_command", metavar="SUBCOMMAND")
+
+    f = ts.add_parser("facts", help="print the world's facts and which compositions are held out")
+    _add_world_args(f)
+    f.set_defaults(func=_facts)
+
+    t = ts.add_parser("train", help="train the GPT-2 on the world (resumes from OUT/checkpoints)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints/, model/, train.json")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--minutes", type=float, help="stop (after a checkpoint) when this run passes this wall time")
+    t.add_argument("--layers", type=int)
+    t.add_argument("--d-model", type=int)
+    t.add_argument("--heads", type=int)
+    t.add_argument("--vocab-size", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--checkpoint-every", type=int)
+    _add_world_args(t)
+    t.set_defaults(func=_train)
+
+    e = ts.add_parser("evaluate", help="single-hop, two-hop and explicit-form accuracy tables")
+    e.add_argument("--model", help="model folder (default: the built-in toy-world model)")
+    e.add_argument("--json", help="also write the figures here")
+    e.add_argument("--no-candidates", action="store_true", help="skip the (slower) candidate-choice accuracy")
+    _add_world_args(e)
+    e.set_defaults(func=_evaluate)
+
+    q = ts.add_parser("prompts", help="write the memory-injection prompt CSV of the world")
+    q.add_argument("--out", required=True)
+    q.add_argument("--all", action="store_true", help="trained compositions too (default: held-out only)")
+    _add_world_args(q)
+    q.set_defaults(func=_prompts)
+
+    s = ts.add_parser("ship", help="copy a finished run into the package (jaxinterp/assets/toyworld)")
+    s.add_argument("run")
+    s.set_defaults(func=_ship)

@@ -1,0 +1,45 @@
+"""The toy world's tokenizer: a byte-level BPE trained on the world's text with `tokenizers`.
+
+GPT-2's scheme (byte-level pre-tokenizer, a space belongs to the word after it, `<|endoftext|>` as
+BOS, EOS and padding), so the memory-injection convention "the target is the first token of
+' ' + answer" means the same thing here as on GPT-2. The vocabulary is kept small on purpose: the
+template words become whole tokens, while the made-up names stay split into a few sub-word pieces,
+as multi-token entities are in GPT-2 (the paper's memories are several tokens long).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+BOS = "<|endoftext|>"
+
+
+def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512):
+    """A transformers `PreTrainedTokenizerFast` (saved by `save_pretrained`, read by AutoTokenizer)
+    holding a byte-level BPE of at most `vocab_size` tokens trained on `sentences`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be at least 300 (256 bytes, BOS and some merges), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(sentences), trainer=trainer)
+    if tok.token_to_id(BOS) != 0:
+        raise RuntimeError("the BPE trainer did not put <|endoftext|> at id 0")  # GPT-2 configs say bos=eos=0
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
+                                   unk_token=BOS, model_max_length=64)
+
+
+def encode(tokenizer, text: str, *, bos: bool = True) -> list[int]:
+    """Token ids of `text` (BOS first when asked), without any special-token template."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ([tokenizer.bos_token_id] if bos else []) + list(ids)
+
+
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """The ids of ' ' + answer, as the answer follows a prompt."""
+    return encode(tokenizer, " " + answer, bos=False)

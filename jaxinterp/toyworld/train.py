@@ -1,0 +1,212 @@
+"""Trains the toy world's GPT-2 with optax on the CPU; orbax checkpoints, so a killed run resumes.
+
+One example is one sentence: BOS + the sentence's tokens, right-padded to a fixed length T. The loss
+is next-token cross-entropy at every real position. Batch b of epoch e is a slice of a permutation
+seeded by (seed, e), so the data position is a function of the step alone and a resumed run sees
+exactly the batches the killed one would have seen.
+
+Axis names: N sentences, B batch, T positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxinterp.toyworld import tokenizer as toktools
+from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Model shape and optimisation. Defaults: the shipped model (see notes/toyworld.md for why)."""
+
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 8
+    n_positions: int = 32
+    vocab_size: int = 640
+    batch_size: int = 64
+    steps: int = 1200
+    learning_rate: float = 4e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0  # memorising facts: decay only fights the goal
+    clip_norm: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        for field in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "checkpoint_every"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"TrainConfig.{field} must be at least 1, got {getattr(self, field)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}")
+
+    def gpt2(self):
+        from jaxinterp.transformer.gpt2 import GPT2Config
+
+        return GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_embd=self.n_embd,
+                          n_layer=self.n_layer, n_head=self.n_head)
+
+
+class Batch(NamedTuple):
+    tokens: np.ndarray  # [N, T] int32, BOS first, padded with BOS
+    mask: np.ndarray    # [N, T] int32, 1 at real tokens
+
+
+class TrainResult(NamedTuple):
+    params: dict
+    config: object          # GPT2Config
+    tokenizer: object
+    losses: list[float]     # per logged step
+    seconds: float          # wall time of this run (a resumed run counts only its own part)
+    resumed_from: int       # 0 for a fresh run
+
+
+def encode_sentences(tokenizer, sentences: list[str], n_positions: int) -> Batch:
+    """Token ids right-padded to the longest sentence rounded up to a multiple of 8 (one shape)."""
+    ids = [toktools.encode(tokenizer, s) for s in sentences]
+    longest = max(len(i) for i in ids)
+    if longest > n_positions:
+        raise ValueError(f"a training sentence is {longest} tokens long, more than n_positions={n_positions}")
+    length = min(-(-longest // 8) * 8, n_positions)
+    tokens = np.zeros((len(ids), length), np.int32)  # BOS (id 0) pads
+    mask = np.zeros((len(ids), length), np.int32)
+    for n, row in enumerate(ids):
+        tokens[n, :len(row)] = row
+        mask[n, :len(row)] = 1
+    return Batch(tokens, mask)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """The sentence indices of `step`: epochs are seeded permutations, so a step fixes its batch."""
+    per_epoch = max(n // batch_size, 1)
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    if n < batch_size:
+        perm = np.resize(perm, batch_size)
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def lm_loss(params, tokens, mask, *, config):
+    """Mean next-token cross-entropy over real target positions."""
+    import jax
+    import optax
+
+    from jaxinterp.transformer import gpt2
+
+    logits = gpt2.module(config).apply({"params": params}, tokens, mask)  # [B, T, V]
+    targets, weights = tokens[:, 1:], mask[:, 1:].astype(logits.dtype)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
+    return (ce * weights).sum() / jax.numpy.maximum(weights.sum(), 1.0)
+
+
+def optimizer(cfg: TrainConfig):
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, min(cfg.warmup_steps, cfg.steps),
+                                                  max(cfg.steps, cfg.warmup_steps + 1), end_value=cfg.learning_rate / 20)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                       optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay))
+
+
+@functools.cache
+def _train_step(cfg: TrainConfig):
+    # Built once per TrainConfig; params and optimiser state are donated (updated in place).
+    import jax
+    import optax
+
+    config, tx = cfg.gpt2(), optimizer(cfg)
+
+    def step(params, opt_state, tokens, mask):
+        loss, grads = jax.value_and_grad(lm_loss)(params, tokens, mask, config=config)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg: TrainConfig = TrainConfig(),
+          max_minutes: float | None = None, progress: bool = True, log_every: int = 50) -> TrainResult:
+    """Builds the world and tokenizer, trains (resuming from out_dir/checkpoints when present) and
+    writes out_dir/model (config.json, model.safetensors, tokenizer files) and out_dir/train.json.
+
+    max_minutes stops early (after a checkpoint) when the wall time of this run passes it.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+    from tqdm import tqdm
+
+    from jaxinterp import atomic
+    from jaxinterp.transformer import gpt2
+    from jaxinterp.transformer.weights import save_gpt2
+
+    out_dir = Path(out_dir).resolve()
+    if max_minutes is not None and max_minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    t0 = time.perf_counter()
+    world = build_world(world_config)
+    sentences = training_sentences(world)
+    tok = toktools.train_tokenizer(sentences, vocab_size=cfg.vocab_size)
+    if len(tok) != cfg.vocab_size:  # a tiny world may not fill the vocabulary: size the model to it
+        cfg = dataclasses.replace(cfg, vocab_size=len(tok))
+    data = encode_sentences(tok, sentences, cfg.n_positions)
+    config, tx = cfg.gpt2(), optimizer(cfg)
+
+    params = gpt2.init(jax.random.PRNGKey(cfg.seed), config)
+    opt_state = tx.init(params)
+    manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    start = 0
+    if manager.latest_step() is not None:
+        start = manager.latest_step()
+        state = manager.restore(start, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
+        # Plain host arrays again: restored arrays carry orbax's sharding, which would make the
+        # jitted step compile a second time.
+        state = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), state)
+        params, opt_state = state["params"], state["opt_state"]
+    step_fn = _train_step(cfg)
+    losses, running = [], []
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toyworld train", disable=not progress)
+    step = start
+    for step in bar:
+        idx = batch_indices(step, len(data.tokens), cfg.batch_size, cfg.seed)
+        params, opt_state, loss = step_fn(params, opt_state, data.tokens[idx], data.mask[idx])
+        running.append(loss)
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+            mean = float(np.mean(jax.device_get(running)))
+            running = []
+            losses.append(mean)
+            bar.set_postfix(loss=f"{mean:.4f}")
+        done = step + 1 == cfg.steps
+        late = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+        if (step + 1) % cfg.checkpoint_every == 0 or done or late:
+            manager.save(step + 1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
+        if late:
+            break
+    manager.wait_until_finished()
+    manager.close()
+    seconds = time.perf_counter() - t0
+    params = jax.device_get(params)
+    save_gpt2(params, config, out_dir / "model", tokenizer=tok)
+    record = {"world": dataclasses.asdict(world_config), "train": dataclasses.asdict(cfg),
+              "steps_done": step + 1 if cfg.steps > start else start, "resumed_from": start,
+              "seconds_this_run": round(seconds, 1), "final_loss": losses[-1] if losses else None,
+              "n_sentences": len(sentences), "n_params": int(sum(np.size(a) for a in jax.tree.leaves(params))),
+              "machine": _machine()}
+    atomic.write_text(out_dir / "train.json", json.dumps(record, indent=2))
+    return TrainResult(params, config, tok, losses, seconds, start)
+
+
+def _machine() -> str:
+    try:
+        from jaxinterp import benchtools
+
+        return benchtools.machine_line()
+    except Exception:  # noqa: BLE001 -- a description only
+        return "unknown"

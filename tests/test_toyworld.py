@@ -1,0 +1,163 @@
+"""The toy world, its tokenizer, training (resume), evaluation and the shipped model."""
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jaxinterp.toyworld import EVAL_JSON, MODEL_DIR, PROMPTS_CSV, default_model
+from jaxinterp.toyworld import evaluate, train as trainmod
+from jaxinterp.toyworld import tokenizer as toktools
+from jaxinterp.toyworld.world import (CSV_COLUMNS, WorldConfig, build_world, prompt_rows, training_sentences,
+                                      two_hop_prompts, write_prompts_csv)
+
+TINY_WORLD = WorldConfig(n_countries=2, cities_per_country=2, n_people=6, n_companies=2, seed=3)
+TINY_TRAIN = trainmod.TrainConfig(n_layer=1, n_embd=32, n_head=2, vocab_size=320, n_positions=48, batch_size=8, steps=4,
+                                  checkpoint_every=2, warmup_steps=1)
+
+
+def test_world_is_seeded_and_consistent():
+    a, b = build_world(TINY_WORLD), build_world(TINY_WORLD)
+    assert a.facts == b.facts and a.two_hops == b.two_hops
+    assert build_world(dataclasses.replace(TINY_WORLD, seed=4)).facts != a.facts
+    names = [n for v in a.entities.values() for n in v]
+    assert len(names) == len(set(names))
+    for th in a.two_hops:  # every composition goes through its bridge
+        assert a.lookup(th.relation1, th.subject) == th.bridge
+        assert a.lookup(th.relation2, th.bridge) == th.answer
+    trained = [th.trained for th in a.two_hops]
+    assert any(trained) and not all(trained)
+    text = training_sentences(a)
+    for th in a.two_hops:  # held-out two-hop sentences never reach the training text
+        assert any(p in s for p in two_hop_prompts(th) for s in text) == th.trained
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("n_people", 0, "WorldConfig.n_people must be at least 1"),
+    ("train_fraction", 1.5, "WorldConfig.train_fraction must lie in"),
+    ("n_countries", 70, "the syllable inventory names at most"),
+])
+def test_world_config_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        WorldConfig(**{field: value})
+
+
+def test_lookup_error():
+    with pytest.raises(ValueError, match="no 'language' fact about 'Nobody'"):
+        build_world(TINY_WORLD).lookup("language", "Nobody")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("steps", 0, "TrainConfig.steps must be at least 1"),
+    ("learning_rate", 0.0, "TrainConfig.learning_rate must be positive"),
+])
+def test_train_config_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        trainmod.TrainConfig(**{field: value})
+
+
+def test_prompt_csv_has_the_injection_columns(tmp_path):
+    assert CSV_COLUMNS == ("explicit_sentence", "obscure_sentence", "explicit_entity", "obscure_entity", "answer")
+    world = build_world(TINY_WORLD)
+    rows = prompt_rows(world)
+    assert len(rows) == sum(not th.trained for th in world.two_hops)
+    for r in rows:
+        assert r.explicit_entity in r.explicit_sentence and r.obscure_entity in r.obscure_sentence
+        assert r.explicit_entity not in r.obscure_sentence  # the bridge is described, never named
+    write_prompts_csv(rows, tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as f:
+        back = list(csv.DictReader(f))
+    assert [tuple(d.values()) for d in back] == [tuple(r) for r in rows]
+
+
+def test_tokenizer_round_trip_through_autotokenizer(tmp_path):
+    from jaxinterp.transformer import load_tokenizer
+
+    text = training_sentences(build_world(TINY_WORLD))
+    tok = toktools.train_tokenizer(text, vocab_size=320)
+    tok.save_pretrained(str(tmp_path))
+    back = load_tokenizer(tmp_path)
+    assert back.bos_token_id == 0
+    for s in text[:5]:
+        assert toktools.encode(back, s) == toktools.encode(tok, s)
+        assert back.decode(toktools.encode(back, s, bos=False)) == s
+    with pytest.raises(ValueError, match="vocab_size must be at least 300"):
+        toktools.train_tokenizer(text, vocab_size=100)
+
+
+def test_batches_are_a_function_of_the_step():
+    a = [trainmod.batch_indices(s, 20, 8, 0) for s in range(4)]
+    assert all(np.array_equal(x, trainmod.batch_indices(s, 20, 8, 0)) for s, x in enumerate(a))
+    assert len(set(np.concatenate(a[:2]).tolist())) == 16  # one epoch's batches do not repeat
+
+
+def test_encode_sentences_too_long():
+    tok = toktools.train_tokenizer(training_sentences(build_world(TINY_WORLD)), vocab_size=320)
+    with pytest.raises(ValueError, match="more than n_positions=4"):
+        trainmod.encode_sentences(tok, ["The language of Nowhere is Nothing."], 4)
+
+
+def test_train_resume_and_evaluate(tmp_path):
+    from jaxinterp.transformer import load_gpt2
+
+    # A run stopped by its time limit right after its first step (as a kill after a checkpoint)...
+    first = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, max_minutes=1e-9, progress=False,
+                           log_every=1)
+    assert first.resumed_from == 0 and len(first.losses) == 1 and np.isfinite(first.losses).all()
+    # ...resumes at that step and finishes, with the train step compiled once for both runs.
+    second = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=1)
+    assert second.resumed_from == 1 and len(second.losses) == 3
+    assert trainmod._train_step(dataclasses.replace(TINY_TRAIN, vocab_size=first.config.vocab_size))._cache_size() == 1
+    params, config = load_gpt2(tmp_path / "model")
+    assert config.n_layer == 1 and json.loads((tmp_path / "train.json").read_text())["steps_done"] == 4
+    res = evaluate.evaluate(tmp_path / "model", world_config=TINY_WORLD, candidates=False)
+    groups = {r["group"] for r in res["rows"]}
+    assert groups == {"single-hop", "two-hop held-out", "explicit held-out", "two-hop trained"}
+    assert all(0.0 <= r["greedy"] <= 1.0 for r in res["rows"])
+    assert "| single-hop | all |" in evaluate.markdown(res)
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, max_minutes=0)
+
+
+def test_score_rejects_an_empty_answer():
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    params, config = load_gpt2(MODEL_DIR)
+    with pytest.raises(ValueError, match="answer '' tokenises to nothing"):
+        evaluate.score(params, config, load_tokenizer(MODEL_DIR), ["The language of"], [""])
+
+
+def test_shipped_model_reproduces_its_stated_figures():
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    assert default_model() == MODEL_DIR
+    params, config = load_gpt2(MODEL_DIR)
+    tok = load_tokenizer(MODEL_DIR)
+    stated = json.loads(EVAL_JSON.read_text())
+    ex = stated["examples"]
+    got = evaluate.score(params, config, tok, [e["prompt"] for e in ex], [e["answer"] for e in ex])
+    assert got.greedy.tolist() == [e["greedy"] for e in ex]
+    np.testing.assert_allclose(got.first_prob, [e["answer_first_token_prob"] for e in ex], rtol=1e-4, atol=1e-6)
+    single = next(r for r in stated["rows"] if r["group"] == "single-hop" and r["kind"] == "all")
+    assert single["greedy"] > 0.9  # the figure notes/toyworld.md reports
+
+
+def test_shipped_prompts_match_the_world():
+    train_record = json.loads((MODEL_DIR.parent / "train.json").read_text())
+    world = build_world(WorldConfig(**train_record["world"]))
+    with open(PROMPTS_CSV, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = [tuple(d.values()) for d in reader]
+    assert rows == [tuple(r) for r in prompt_rows(world)]
+
+
+def test_cli_prompts_and_ship_error(tmp_path):
+    from jaxinterp.cli import main
+
+    assert main(["toyworld", "prompts", "--out", str(tmp_path / "p.csv"), "--people", "6", "--countries", "2",
+                 "--cities-per-country", "2", "--companies", "2", "--world-seed", "3"]) == 0
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+    assert main(["toyworld", "ship", str(tmp_path)]) == 2  # no finished run there: a clear error
