@@ -1,0 +1,98 @@
+"""GPT-2 small forward, batch 8 x 128, random weights: plain, with all 12 hook_result cached, with
+one intervention; and transformers' PyTorch GPT2LMHeadModel on the same input when torch imports.
+
+    python benchmarks/gpt2_forward.py [--json PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp import benchtools
+from jaxinterp.transformer import PRESETS, gpt2, intervene
+
+
+def forward_flops(config, B: int, P: int) -> float:
+    """Matmul FLOPs of one forward: per token and layer 24 D^2 (qkv, out, mlp) + 4 P D (scores and
+    mixing, full square counted), plus the unembedding 2 D V."""
+    D, L, V = config.n_embd, config.n_layer, config.vocab_size
+    return B * P * (L * (24 * D * D + 4 * P * D) + 2 * D * V)
+
+
+def torch_forward_seconds(config, tokens: np.ndarray, repeats: int) -> float | None:
+    try:
+        import torch
+        from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(HFConfig(n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                                     attn_implementation="eager")).eval()
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    with torch.no_grad():
+        model(t)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(t)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(argv=None) -> None:
+    args = benchtools.parser(__doc__).parse_args(argv)
+    config = PRESETS["gpt2"]
+    B, P = (2, 64) if args.quick else (8, 128)
+    repeats = 3 if args.quick else 7
+    params = gpt2.init(jax.random.PRNGKey(0), config)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (B, P)), jnp.int32)
+    mask = jnp.ones_like(tokens)
+    memory = jax.random.normal(jax.random.PRNGKey(1), (config.n_embd,))
+    names = tuple(f"blocks.{l}.attn.hook_result" for l in range(config.n_layer))
+
+    def run(names=(), ivs=()):
+        return lambda: gpt2._run_jit()(params, tokens, mask, ivs, config=config, names=names)
+
+    plain = benchtools.time_fn(run(), repeats=repeats)
+    cached = benchtools.time_fn(run(names), repeats=repeats)
+    injected = benchtools.time_fn(run(ivs=(intervene("blocks.6.hook_attn_out", memory, scale=4.0),)), repeats=repeats)
+    # The machine's matmul rate, measured in this run (a GPT-2-sized matmul), to read the others against.
+    a = jax.random.normal(jax.random.PRNGKey(2), (1024, 768))
+    w = jax.random.normal(jax.random.PRNGKey(3), (768, 3072))
+    mm = benchtools.time_fn(lambda: jax.jit(jnp.matmul)(a, w), repeats=repeats * 3)
+    matmul_rate = 2 * 1024 * 768 * 3072 / mm.median_s / 1e9
+
+    flops = forward_flops(config, B, P)
+    rate = flops / plain.median_s / 1e9
+    torch_s = torch_forward_seconds(config, np.asarray(tokens), repeats)
+    ref_torch = "PyTorch eager 1.39 s (PERF_NOTES, 8x128)"
+    rows = [
+        benchtools.row(f"gpt2 forward {B}x{P}, no cache", plain.median_s * 1e3, "ms",
+                       goal="<= 1.2x PyTorch eager" if torch_s else None, reference=ref_torch,
+                       met=(plain.median_s <= 1.2 * torch_s) if torch_s else None),
+        benchtools.row(f"gpt2 forward {B}x{P}, 12 hook_result cached", cached.median_s * 1e3, "ms",
+                       goal="<= 1.1x no cache", reference="TransformerLens 1.98 s",
+                       met=cached.median_s <= 1.1 * plain.median_s),
+        benchtools.row(f"gpt2 forward {B}x{P}, one intervention", injected.median_s * 1e3, "ms"),
+        benchtools.row("gpt2 forward rate", rate, "GFLOP/s", reference="PyTorch ~180 GFLOP/s"),
+        benchtools.row("jit matmul 1024x768x3072 rate (this run)", matmul_rate, "GFLOP/s"),
+        benchtools.row("cached / plain", cached.median_s / plain.median_s, "ratio", goal="<= 1.1",
+                       met=cached.median_s / plain.median_s <= 1.1),
+        benchtools.row("gpt2 compile, no cache / cached", plain.compile_s, "s", goal="< 30 s", met=plain.compile_s < 30),
+        benchtools.row("gpt2 compile, 12 hook_result cached", cached.compile_s, "s", goal="< 30 s", met=cached.compile_s < 30),
+    ]
+    if torch_s is not None:
+        rows.append(benchtools.row(f"transformers GPT2LMHeadModel eager {B}x{P} (this run)", torch_s * 1e3, "ms"))
+        rows.append(benchtools.row("jaxinterp / PyTorch eager", plain.median_s / torch_s, "ratio", goal="<= 1.2",
+                                   met=plain.median_s / torch_s <= 1.2))
+    else:
+        print("torch is not importable: the PyTorch comparison is skipped (install torch to include it)")
+    benchtools.report("gpt2_forward", rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
