@@ -1,0 +1,154 @@
+"""Multi-hop prompt sets (the CSV formats of the memory-injection paper's data) and random words.
+
+Formats (column names; an unnamed leading index column is ignored):
+  handwritten: explicit_sentence, obscure_sentence, explicit_entity, obscure_entity, answer
+  2WikiMultiHop-derived: explicit_sent|explicit_sentence, obscure_sent|obscure_sentence,
+                         explicit_entity, obscure_entity, fact1, fact2, answer
+The prompt is the obscure sentence (BOS prepended), the memory the explicit entity (no BOS), the
+target the first token of " " + answer. Files are read from a path; nothing is bundled.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+# canonical column -> accepted spellings
+COLUMNS = {
+    "explicit_sentence": ("explicit_sentence", "explicit_sent"),
+    "obscure_sentence": ("obscure_sentence", "obscure_sent"),
+    "explicit_entity": ("explicit_entity",),
+    "answer": ("answer",),
+}
+OPTIONAL = {"obscure_entity": ("obscure_entity",)}
+WORD_TYPES = ("Top 5000 Words", "Nouns", "Verbs", "Adjectives", "Adverbs", "Conjunctions")
+
+
+class PromptSet(NamedTuple):
+    explicit: list[str]  # explicit sentences (the bridge entity named)
+    obscure: list[str]  # obscure sentences (the prompt)
+    memory: list[str]  # explicit entities (what is injected)
+    answer: list[str]  # answers, without the leading space
+    obscure_entity: list[str]
+    source: str
+
+
+class Encoded(NamedTuple):
+    prompts: list[np.ndarray]  # per prompt: BOS + obscure sentence ids
+    explicit: list[np.ndarray]  # per prompt: BOS + explicit sentence ids
+    memories: list[np.ndarray]  # per prompt: memory ids (no BOS, in order)
+    answers: np.ndarray  # [N] first token of " " + answer
+
+
+def _find(header: list[str], names: Sequence[str]) -> int | None:
+    for n in names:
+        if n in header:
+            return header.index(n)
+    return None
+
+
+def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
+    """Reads a prompt CSV (either format). Raises ValueError naming the missing column or the empty cell."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt data: expected a CSV file, got {str(path)!r} (not found)")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path}: empty file, expected a header row with columns {sorted(COLUMNS)}")
+    header = [h.strip() for h in rows[0]]
+    idx = {}
+    for col, names in (COLUMNS | OPTIONAL).items():
+        i = _find(header, names)
+        if i is None and col in COLUMNS:
+            raise ValueError(f"{path}: missing column {col!r} (accepted names {list(names)}); the header has {header}")
+        idx[col] = i
+    out = {c: [] for c in idx}
+    body = rows[1:] if limit is None else rows[1:1 + limit]
+    for r, row in enumerate(body, start=2):  # line numbers as an editor shows them (header is line 1)
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        for col, i in idx.items():
+            value = row[i].strip() if i is not None and i < len(row) else ("" if i is not None else None)
+            if value == "" and col in COLUMNS:
+                raise ValueError(f"{path}: line {r}: empty cell in column {col!r}")
+            out[col].append(value or "")
+    if not out["answer"]:
+        raise ValueError(f"{path}: no data rows after the header")
+    return PromptSet(out["explicit_sentence"], out["obscure_sentence"], out["explicit_entity"], out["answer"],
+                     out["obscure_entity"], str(path))
+
+
+def load_top_words(path: str | os.PathLike) -> dict[str, list[str]]:
+    """top_word_types.csv -> {column: words} (empty cells dropped; the file starts with a BOM)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"word list: expected a CSV file, got {str(path)!r} (not found)")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path}: empty file")
+    header = [h.strip() for h in rows[0]]
+    words = {h: [] for h in header}
+    for row in rows[1:]:
+        for h, cell in zip(header, row):
+            if cell.strip():
+                words[h].append(cell.strip())
+    return words
+
+
+def random_words(words: dict[str, list[str]], word_type: str, n: int, *, seed: int = 0,
+                 limit: int | None = 200) -> list[str]:
+    """n words drawn with replacement (seeded) from the first `limit` words of one column.
+
+    The paper drew its random memories from the first 200 words of each part-of-speech list.
+    """
+    if word_type not in words:
+        raise ValueError(f"word_type: expected one of {list(words)}, got {word_type!r}")
+    pool = words[word_type][:limit] if limit else words[word_type]
+    if not pool:
+        raise ValueError(f"word_type {word_type!r}: the list is empty")
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in rng.integers(0, len(pool), size=n)]
+
+
+def token_ids(tokenizer, text: str) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
+
+
+def bos_id(tokenizer) -> int:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        bos = tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError("tokenizer: has neither a BOS nor an EOS token to prepend")
+    return int(bos)
+
+
+def encode(tokenizer, data: PromptSet, *, memories: Sequence[str] | None = None) -> Encoded:
+    """Token ids of every prompt, explicit prompt, memory and answer (first token of " " + answer).
+
+    `memories` replaces the explicit entities (e.g. random words for a baseline). Raises ValueError
+    naming the row (0-based data row) whose memory or answer tokenises to nothing.
+    """
+    bos = bos_id(tokenizer)
+    memories = data.memory if memories is None else list(memories)
+    if len(memories) != len(data.answer):
+        raise ValueError(f"memories: expected one per prompt ({len(data.answer)}), got {len(memories)}")
+    prompts, explicit, mems, answers = [], [], [], []
+    for i in range(len(data.answer)):
+        ans = token_ids(tokenizer, " " + data.answer[i])
+        if ans.size == 0:
+            raise ValueError(f"row {i}: answer {data.answer[i]!r} tokenises to nothing")
+        mem = token_ids(tokenizer, memories[i])
+        if mem.size == 0:
+            raise ValueError(f"row {i}: memory {memories[i]!r} tokenises to nothing (an empty memory)")
+        prompts.append(np.concatenate([[bos], token_ids(tokenizer, data.obscure[i])]).astype(np.int32))
+        explicit.append(np.concatenate([[bos], token_ids(tokenizer, data.explicit[i])]).astype(np.int32))
+        mems.append(mem)
+        answers.append(int(ans[0]))
+    return Encoded(prompts, explicit, mems, np.asarray(answers, np.int32))

@@ -1,0 +1,60 @@
+"""Per-head analysis: what each attention head writes at the last position, read as tokens.
+
+For a prompt, every head's `hook_result` at the last position (after W_O, before the head sum) is
+mapped to vocabulary logits by a lens and its top-k tokens are listed: the heads whose top tokens
+hold the bridge entity on the explicit prompt, and lack it on the obscure one, are where a memory
+is missing. The default lens is the logit lens as the paper applied it (`x @ W_U + b_U`, no final
+layer norm); any callable `lens(layer, vectors [H, D]) -> logits [H, V]` can replace it, e.g. a
+trained Attention Lens.
+
+Axis names: n layers, H heads, D d_model, V vocabulary, k top tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from jaxinterp.inject.memory import unembedding
+from jaxinterp.transformer import gpt2
+from jaxinterp.transformer.gpt2 import GPT2Config
+
+Lens = Callable[[int, Array], Array]
+
+
+class HeadTokens(NamedTuple):
+    ids: np.ndarray  # [n, H, k] top token ids of each head
+    logits: np.ndarray  # [n, H, k] their lens logits
+
+
+def logit_lens(params: dict, config: GPT2Config) -> Lens:
+    W_U, b_U = unembedding(params, config)
+    return lambda layer, x: x @ W_U + b_U
+
+
+def head_outputs(params: dict, tokens: Sequence[int], *, config: GPT2Config, position: int = -1) -> Array:
+    """[n, H, D]: every head's hook_result at `position` of the prompt `tokens` (BOS included)."""
+    names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))
+    _, cache = gpt2.run_with_cache(params, jnp.asarray(np.asarray(tokens), jnp.int32)[None], config=config, names=names)
+    return jnp.stack([cache[n][0, position] for n in names])
+
+
+def head_top_tokens(params: dict, tokens: Sequence[int], *, config: GPT2Config, k: int = 10,
+                    lens: Lens | None = None, position: int = -1) -> HeadTokens:
+    """Top-k tokens of each head's output through `lens` (default: the logit lens)."""
+    if k < 1 or k > config.vocab_size:
+        raise ValueError(f"k: expected 1..{config.vocab_size}, got {k}")
+    lens = lens or logit_lens(params, config)
+    out = head_outputs(params, tokens, config=config, position=position)
+    vals, ids = zip(*(jax.lax.top_k(lens(i, out[i]), k) for i in range(config.n_layer)))
+    return HeadTokens(np.asarray(jnp.stack(ids)), np.asarray(jnp.stack(vals)))
+
+
+def heads_with_tokens(top: HeadTokens, ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(layer, head) pairs whose top-k holds any of `ids` (e.g. the memory's tokens)."""
+    hit = np.isin(top.ids, np.asarray(list(ids))).any(-1)
+    return [(int(a), int(b)) for a, b in zip(*np.nonzero(hit))]

@@ -1,0 +1,138 @@
+"""Memory vectors and their injection into attention outputs (Sakarvadia et al. 2023).
+
+A memory is the text of the entity a multi-hop prompt leaves implicit ("George Washington" for
+"The first president of the United States fought in the"). Its token ids (no BOS, each distinct id
+once) form a multi-hot vector over the vocabulary, which the processed unembedding maps back into
+the residual stream: memory = multi_hot @ W_U.T, as the paper did. Alternatives: multi_hot @ W_E,
+or the memory string's own `hook_attn_out` at the injection layer ("layer encoding").
+
+The injection adds tau * memory to `blocks.L.hook_attn_out` at every position (the paper), at
+chosen positions, or to one head's `hook_result` (the paper's hook; the heads are summed linearly,
+so which head receives it does not change the output).
+
+Axis names: N memories, D d_model, V vocabulary, n layers, P positions, H heads.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from jaxinterp.transformer import gpt2
+from jaxinterp.transformer.gpt2 import GPT2Config
+from jaxinterp.transformer.hooks import Intervention, intervene
+
+KINDS = ("unembed", "embed", "layer")
+
+
+def _check_ids(ids, config: GPT2Config, what: str = "memory ids") -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"{what}: expected a non-empty 1-D list of token ids, got shape {list(ids.shape)} "
+                         "(an empty memory carries nothing to inject)")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer token ids, got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= config.vocab_size:
+        raise ValueError(f"{what}: ids must lie in [0, {config.vocab_size}), got {ids.min()}..{ids.max()}")
+    return ids
+
+
+def unembedding(params: dict, config: GPT2Config) -> tuple[Array, Array]:
+    """(W_U [D, V], b_U [V]): lm_head after weight processing, else the tied wte.T."""
+    if config.tie_word_embeddings:
+        return params["wte"]["embedding"].T, jnp.zeros((config.vocab_size,), jnp.float32)
+    return params["lm_head"]["kernel"], params["lm_head"]["bias"]
+
+
+def multi_hot(ids, vocab_size: int) -> Array:
+    """[V] float32 with a one at each distinct id (a repeated token counts once, as in the paper)."""
+    return jnp.zeros((vocab_size,), jnp.float32).at[jnp.asarray(np.unique(np.asarray(ids)))].set(1.0)
+
+
+def memory_vector(params: dict, ids: Sequence[int], *, config: GPT2Config, kind: str = "unembed") -> Array:
+    """The memory vector [D] of the token ids `ids` (no BOS).
+
+    kind "unembed": multi_hot @ W_U.T (the paper); "embed": multi_hot @ W_E. For "layer" (one vector
+    per layer) use `layer_encoding`.
+    """
+    ids = _check_ids(ids, config)
+    if kind == "unembed":
+        W_U, _ = unembedding(params, config)
+        return W_U @ multi_hot(ids, config.vocab_size)
+    if kind == "embed":
+        return multi_hot(ids, config.vocab_size) @ params["wte"]["embedding"]
+    raise ValueError(f"kind must be 'unembed' or 'embed' here (use layer_encoding for 'layer'), got {kind!r}")
+
+
+def layer_encoding(params: dict, ids: Sequence[int], *, config: GPT2Config, bos_id: int | None = None) -> Array:
+    """[n, D]: the memory string's own `blocks.L.hook_attn_out` at its last position, for every L.
+
+    `ids` is the memory's token sequence (order matters here); `bos_id`, when given, is prepended
+    (TransformerLens prepends BOS when it runs a string).
+    """
+    ids = _check_ids(ids, config)
+    tokens = np.concatenate([[bos_id], ids]) if bos_id is not None else ids
+    names = tuple(f"blocks.{i}.hook_attn_out" for i in range(config.n_layer))
+    _, cache = gpt2.run_with_cache(params, jnp.asarray(tokens, jnp.int32)[None], config=config, names=names)
+    return jnp.stack([cache[n][0, -1] for n in names])
+
+
+def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config, kind: str = "unembed",
+                   bos_id: int | None = None) -> Array:
+    """One memory per prompt: [N, D] for "unembed"/"embed", [N, n, D] for "layer"."""
+    if kind not in KINDS:
+        raise ValueError(f"memory kind must be one of {KINDS}, got {kind!r}")
+    if len(ids_list) == 0:
+        raise ValueError("memories: expected at least one memory, got none")
+    out = []
+    for row, ids in enumerate(ids_list):
+        try:
+            if kind == "layer":
+                out.append(layer_encoding(params, ids, config=config, bos_id=bos_id))
+            else:
+                out.append(memory_vector(params, ids, config=config, kind=kind))
+        except ValueError as e:
+            raise ValueError(f"memory of row {row}: {e}") from None
+    return jnp.stack(out)
+
+
+def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array | None = None,
+              head: int | None = None, n_head: int | None = None) -> Intervention:
+    """The intervention `blocks.{layer}.hook_attn_out += tau * memory` (at `positions` [P] bool if given).
+
+    With `head`, the memory goes into that head's `attn.hook_result` instead (the paper's hook);
+    `n_head` is then required to build the head mask.
+    """
+    memory = jnp.asarray(memory)
+    if memory.ndim != 1:
+        raise ValueError(f"memory: expected one vector [d_model], got shape {list(memory.shape)}")
+    if head is None:
+        return intervene(f"blocks.{layer}.hook_attn_out", memory, scale=tau, positions=positions)
+    if n_head is None or not 0 <= head < n_head:
+        raise ValueError(f"head: expected an index in [0, n_head) with n_head given, got head={head}, n_head={n_head}")
+    heads = np.zeros(n_head, bool)
+    heads[head] = True
+    return intervene(f"blocks.{layer}.attn.hook_result", memory, scale=tau, positions=positions, heads=heads)
+
+
+def check_layer(layer: int, config: GPT2Config, what: str = "layer") -> int:
+    if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < config.n_layer:
+        raise ValueError(f"{what}: expected an int in [0, {config.n_layer}) (the model has {config.n_layer} blocks), "
+                         f"got {layer!r}")
+    return int(layer)
+
+
+def inject_logits(params: dict, tokens: Array, memory: Array, *, config: GPT2Config, layer: int, tau: float,
+                  positions: Array | None = None, head: int | None = None,
+                  attention_mask: Array | None = None) -> Array:
+    """Logits [B, P, V] of GPT-2 on `tokens` [B, P] with the memory injected at `layer` (one run).
+
+    The straightforward path (one forward through `jaxinterp.transformer`); `sweep` computes the
+    same numbers for many layers and taus at once.
+    """
+    check_layer(layer, config)
+    iv = injection(memory, layer, tau, positions=positions, head=head, n_head=config.n_head)
+    return gpt2.forward(params, tokens, config=config, attention_mask=attention_mask, interventions=(iv,))

@@ -1,0 +1,301 @@
+"""Every (layer, tau, prompt) of a memory-injection sweep in one compiled call.
+
+The work has a shape the naive loop ignores: the layers below the injection layer L do not depend
+on L or tau, and block L's attention does not either (the memory is added to its output). So:
+
+1. one base pass per prompt caches resid_mid (= resid_pre + attn_out) of every block, and the
+   answer's probability before injection;
+2. for each L, every (tau, prompt) pair is a row of one big batch: resid_mid[L] + tau * memory,
+   block L's MLP, blocks L+1 .. n-2 in full, and of block n-1 only what the last position needs
+   (keys and values at every position; query, W_O and MLP at the last one);
+3. only the last position is unembedded, and only log p(answer) = logit[answer] - logsumexp.
+
+Rows are processed in chunks of about `chunk_tokens` tokens by one `lax.scan` over all (L, chunk)
+pairs; the blocks come from stacked weights indexed by the traced layer number, so one block body
+is compiled whatever the number of layers. Prompts are left-padded to buckets of `bucket` tokens
+(so the last real token is always at position P-1); each bucket is one scan in the same jit.
+
+Axis names: N prompts, n layers, P positions, D d_model, V vocabulary, nL layers swept, nT taus,
+C chunks, c rows per chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from jaxinterp.inject import layers as ly
+from jaxinterp.transformer.gpt2 import GPT2Config
+
+DEFAULT_TAUS = tuple(float(t) for t in range(1, 16))  # the paper's tweak factors 1..15
+
+
+class SweepResult(NamedTuple):
+    layers: np.ndarray  # [nL] injection layers
+    taus: np.ndarray  # [nT]
+    p_before: np.ndarray  # [N] p(answer) on the obscure prompt
+    p_after: np.ndarray  # [nL, nT, N] p(answer) with the memory injected
+    p_explicit: np.ndarray | None  # [N] p(answer) on the explicit prompt (None if not given)
+
+
+class _Group(NamedTuple):
+    """One bucket of prompts, left-padded to P positions (device arrays)."""
+
+    tokens: Array  # [Ng, P] int32
+    mask: Array  # [Ng, P] int32, 1 real 0 pad
+    answer: Array  # [Ng] int32
+    memory: Array  # [Ng, 1 or n, D]
+    where: Array  # [Ng, P] float32, 1 where the memory is injected
+    chunk_layer: Array  # [C] int32
+    chunk_prompt: Array  # [C, c] int32, index into the group
+    chunk_tau: Array  # [C, c] float32
+
+
+class _Plain(NamedTuple):
+    tokens: Array  # [Ng, P]
+    mask: Array
+    answer: Array
+
+
+_TRACES = [0]  # incremented each time the core is traced (tests check that a second call reuses it)
+
+
+def _base(w: ly.Stacked, tokens: Array, mask: Array, answer: Array, *, config: GPT2Config) -> tuple[Array, Array]:
+    """resid_mid of every block [n, Ng, P, D] and log p(answer) at the last position [Ng]."""
+    allowed = ly.allowed_keys(mask)
+
+    def step(x, i):
+        wi = ly.layer(w, i)
+        mid = x + ly.attention(wi, x, allowed, i, config=config)
+        return mid + ly.mlp(wi, mid, config=config), mid
+
+    x, mids = jax.lax.scan(step, ly.embed(w, tokens, mask), jnp.arange(config.n_layer))
+    return mids, ly.answer_logprob(w, x[:, -1], answer, config=config)
+
+
+def _injected(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> Array:
+    """log p(answer) for every row of every chunk: [C, c]."""
+    n = config.n_layer
+    per_layer_memory = g.memory.shape[1] > 1
+
+    def chunk(_, ch):
+        L, pidx, tau = ch
+        mask = g.mask[pidx]  # (c, P)
+        m = g.memory[pidx, L if per_layer_memory else 0]  # (c, D)
+        x = mids[L, pidx] + tau[:, None, None] * g.where[pidx][:, :, None] * m[:, None, :]  # (c, P, D)
+        wL = ly.layer(w, L)
+
+        def last_layer(x):  # L == n-1: only the last position's MLP is left
+            xl = x[:, -1]
+            return xl + ly.mlp(wL, xl, config=config)
+
+        def upper_layers(x):
+            x = x + ly.mlp(wL, x, config=config)
+            allowed = ly.allowed_keys(mask)
+            x = jax.lax.fori_loop(L + 1, n - 1, lambda i, x: ly.block(ly.layer(w, i), x, allowed, i, config=config), x)
+            return ly.last_block(ly.layer(w, n - 1), x, mask, n - 1, config=config)
+
+        x_last = jax.lax.cond(L == n - 1, last_layer, upper_layers, x)
+        return None, ly.answer_logprob(w, x_last, g.answer[pidx], config=config)
+
+    _, logp = jax.lax.scan(chunk, None, (g.chunk_layer, g.chunk_prompt, g.chunk_tau))
+    return logp
+
+
+def _core(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
+    _TRACES[0] += 1
+    w = ly.stack(params, config)
+    before, after, expl = [], [], []
+    for g in groups:
+        mids, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
+        before.append(jnp.exp(logp))
+        after.append(jnp.exp(_injected(w, g, mids, config=config)))
+    for e in explicit:
+        expl.append(jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]))
+    return before, after, expl
+
+
+@functools.cache
+def _core_jit():
+    return jax.jit(_core, static_argnames=("config",))
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning (numpy, outside jit): buckets, padding, chunks.
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _buckets(lengths: Sequence[int], bucket: int) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        out.setdefault(_round_up(n, bucket), []).append(i)
+    return dict(sorted(out.items()))
+
+
+def _left_pad(seqs: Sequence[np.ndarray], P: int, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.zeros((n_rows, P), np.int32)
+    mask = np.zeros((n_rows, P), np.int32)
+    for r in range(n_rows):
+        s = seqs[r] if r < len(seqs) else seqs[0]  # filler rows repeat the first prompt
+        tokens[r, P - len(s):] = s
+        mask[r, P - len(s):] = 1
+    return tokens, mask
+
+
+def _chunks(n_prompts: int, layers: Sequence[int], taus: np.ndarray, P: int, chunk_tokens: int):
+    """Rows (tau, prompt) per layer, cut into equal chunks: layer [C], prompt [C, c], tau [C, c],
+    and the (layer index, tau index, prompt index, valid) of every row for scattering back."""
+    rows = len(taus) * n_prompts
+    per_chunk_max = max(1, chunk_tokens // P)
+    n_ch = math.ceil(rows / per_chunk_max)
+    c = math.ceil(rows / n_ch)
+    t_idx = np.repeat(np.arange(len(taus)), n_prompts)
+    p_idx = np.tile(np.arange(n_prompts), len(taus))
+    pad = n_ch * c - rows
+    t_idx = np.concatenate([t_idx, np.zeros(pad, int)])
+    p_idx = np.concatenate([p_idx, np.zeros(pad, int)])
+    valid = np.arange(n_ch * c) < rows
+    tau_rows = np.where(valid, taus[t_idx], 0.0).astype(np.float32)
+    C = n_ch * len(layers)
+    return (np.repeat(np.asarray(layers, np.int32), n_ch),
+            np.tile(p_idx.reshape(n_ch, c), (len(layers), 1)).astype(np.int32),
+            np.tile(tau_rows.reshape(n_ch, c), (len(layers), 1)),
+            (np.repeat(np.arange(len(layers)), n_ch * c).reshape(C, c),
+             np.tile(t_idx.reshape(n_ch, c), (len(layers), 1)),
+             np.tile(p_idx.reshape(n_ch, c), (len(layers), 1)),
+             np.tile(valid.reshape(n_ch, c), (len(layers), 1))))
+
+
+def _check_tokens(seqs, config: GPT2Config, what: str) -> list[np.ndarray]:
+    if len(seqs) == 0:
+        raise ValueError(f"{what}: expected at least one prompt, got none")
+    out = []
+    for i, s in enumerate(seqs):
+        s = np.asarray(s)
+        if s.ndim != 1 or s.size == 0:
+            raise ValueError(f"{what}: row {i}: expected a non-empty 1-D list of token ids, got shape {list(s.shape)}")
+        if not np.issubdtype(s.dtype, np.integer):
+            raise ValueError(f"{what}: row {i}: expected integer token ids, got dtype {s.dtype}")
+        if s.min() < 0 or s.max() >= config.vocab_size:
+            raise ValueError(f"{what}: row {i}: ids must lie in [0, {config.vocab_size}), got {s.min()}..{s.max()}")
+        if s.size > config.n_positions:
+            raise ValueError(f"{what}: row {i}: {s.size} tokens, the model takes at most {config.n_positions}")
+        out.append(s.astype(np.int32))
+    return out
+
+
+def _positions_mask(positions, seqs: list[np.ndarray]) -> list[np.ndarray]:
+    if positions is None:
+        return [np.ones(len(s), np.float32) for s in seqs]
+    if len(positions) != len(seqs):
+        raise ValueError(f"positions: expected one list per prompt ({len(seqs)}), got {len(positions)}")
+    out = []
+    for i, (pos, s) in enumerate(zip(positions, seqs)):
+        w = np.zeros(len(s), np.float32)
+        for p in pos:
+            if not -len(s) <= int(p) < len(s):
+                raise ValueError(f"positions: row {i}: position {p} outside the prompt's {len(s)} tokens")
+            w[int(p)] = 1.0
+        out.append(w)
+    return out
+
+
+def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layers: Sequence[int] | None = None,
+          taus: Sequence[float] = DEFAULT_TAUS, *, config: GPT2Config, answers: Sequence[int],
+          explicit: Sequence[Sequence[int]] | None = None, positions: Sequence[Sequence[int]] | None = None,
+          bucket: int = 8, chunk_tokens: int = 2048) -> SweepResult:
+    """p(answer) for every injection layer x tau x prompt, in one compiled call.
+
+    Args:
+      params: GPT-2 params (processed, as `load_gpt2(..., process_weights=True)` returns, as the paper).
+      prompts: N token-id sequences (BOS first), of any lengths up to n_positions.
+      memories: [N, D] memory vectors (`memory_vectors`), or [N, n, D] one per layer ("layer" kind).
+      layers: injection layers (default all); taus: scales (default 1..15).
+      answers: [N] the answer's first token id.
+      explicit: N explicit prompts (token ids) for p_explicit, optional.
+      positions: per prompt, the positions (indices into its tokens, negatives from the end) that
+        receive the memory; None means every position (the paper).
+      bucket: prompts are left-padded to a multiple of this; chunk_tokens: rows per scan step x P.
+
+    Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None.
+    """
+    seqs = _check_tokens(prompts, config, "prompts")
+    N = len(seqs)
+    layers = list(range(config.n_layer)) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("layers: expected at least one layer, got none")
+    for L in layers:
+        if not isinstance(L, (int, np.integer)) or not 0 <= int(L) < config.n_layer:
+            raise ValueError(f"layers: layer {L!r} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
+    taus_arr = np.asarray(list(taus), np.float32)
+    if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
+        raise ValueError(f"taus: expected a non-empty list of finite numbers, got {list(taus)!r}")
+    memories = jnp.asarray(memories, jnp.float32)
+    if memories.ndim == 2:
+        memories = memories[:, None]
+    if memories.ndim != 3 or memories.shape[0] != N or memories.shape[1] not in (1, config.n_layer) \
+            or memories.shape[2] != config.n_embd:
+        raise ValueError(f"memories: expected shape [{N}, {config.n_embd}] or [{N}, {config.n_layer}, {config.n_embd}], "
+                         f"got {list(memories.shape)}")
+    answers = np.asarray(answers)
+    if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
+            or answers.max() >= config.vocab_size:
+        raise ValueError(f"answers: expected {N} token ids in [0, {config.vocab_size}), got shape {list(answers.shape)}")
+    expl = None if explicit is None else _check_tokens(explicit, config, "explicit")
+    if expl is not None and len(expl) != N:
+        raise ValueError(f"explicit: expected one explicit prompt per prompt ({N}), got {len(expl)}")
+    if bucket < 1 or chunk_tokens < 1:
+        raise ValueError(f"bucket and chunk_tokens must be positive, got {bucket}, {chunk_tokens}")
+    where = _positions_mask(positions, seqs)
+
+    groups, books = [], []
+    for P, idx in _buckets([len(s) for s in seqs], bucket).items():
+        P = min(P, config.n_positions)
+        n_rows = _round_up(len(idx), 8)  # fewer distinct shapes, fewer compilations
+        tokens, mask = _left_pad([seqs[i] for i in idx], P, n_rows)
+        wh = np.zeros((n_rows, P), np.float32)
+        for r, i in enumerate(idx):
+            wh[r, P - len(seqs[i]):] = where[i]
+        sel = np.concatenate([idx, np.full(n_rows - len(idx), idx[0])])
+        ch_layer, ch_prompt, ch_tau, book = _chunks(len(idx), layers, taus_arr, P, chunk_tokens)
+        groups.append(_Group(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers[sel], jnp.int32),
+                             memories[jnp.asarray(sel)], jnp.asarray(wh), jnp.asarray(ch_layer),
+                             jnp.asarray(ch_prompt), jnp.asarray(ch_tau)))
+        books.append((idx, book))
+    plain, plain_idx = [], []
+    if expl is not None:
+        for P, idx in _buckets([len(s) for s in expl], bucket).items():
+            P = min(P, config.n_positions)
+            n_rows = _round_up(len(idx), 8)
+            tokens, mask = _left_pad([expl[i] for i in idx], P, n_rows)
+            sel = np.concatenate([idx, np.full(n_rows - len(idx), idx[0])])
+            plain.append(_Plain(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers[sel], jnp.int32)))
+            plain_idx.append(idx)
+
+    before, after, ex = _core_jit()(params, tuple(groups), tuple(plain), config=config)
+
+    p_before = np.zeros(N, np.float32)
+    p_after = np.zeros((len(layers), len(taus_arr), N), np.float32)
+    for (idx, (li, ti, pi, valid)), b, a in zip(books, before, after):
+        idx = np.asarray(idx)
+        p_before[idx] = np.asarray(b)[:len(idx)]
+        p_after[li[valid], ti[valid], idx[pi[valid]]] = np.asarray(a)[valid]
+    p_explicit = None
+    if expl is not None:
+        p_explicit = np.zeros(N, np.float32)
+        for idx, e in zip(plain_idx, ex):
+            p_explicit[np.asarray(idx)] = np.asarray(e)[:len(idx)]
+    return SweepResult(np.asarray(layers), taus_arr, p_before, p_after, p_explicit)
+
+
+def trace_count() -> int:
+    """How many times the sweep core has been traced (compiled) in this process."""
+    return _TRACES[0]
