@@ -1,0 +1,100 @@
+"""NuGraph2 inference latency: seconds per event at batch 1, 32 and 256 (paper-sized events).
+
+Events: about 1000 hits per plane (uniform 800..1200), Delaunay planar edges, 800 space points
+each joined to one hit per plane; random weights (latency does not depend on them). Batch 1 is a
+stream of events, each padded to its own bucket (two buckets occur, both compiled before timing);
+batch 32 is one padded disjoint union per call; batch 256 is `predict` on 256 events in chunks of
+32 (host-side padding and the copy back included). Compile time is reported apart.
+
+    python benchmarks/nugraph_latency.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from jaxinterp import benchtools
+
+PAPER_CPU = 0.12  # s/event, NuGraph2 paper (arXiv 2403.11872), CPU
+PAPER_GPU = 0.005  # s/event batched on a GPU, same paper
+OFFICIAL_B1 = 0.191  # s/event, official PyTorch v24.4.0 on this kind of 2-core machine (PERF_NOTES)
+OFFICIAL_B32 = 0.518  # s/event batched 32, same
+
+
+def make_events(n: int, *, seed: int = 0, hits=(800, 1200), num_sp: int = 800):
+    from jaxinterp.nugraph.edges import delaunay_edges
+    from jaxinterp.nugraph.event import PLANES, Event, PlaneHits
+
+    rng = np.random.default_rng(seed)
+    events = []
+    for k in range(n):
+        planes = {}
+        for p in PLANES:
+            nh = int(rng.integers(hits[0], hits[1] + 1))
+            pos = np.stack([rng.integers(0, 400, nh) * 0.3, rng.uniform(0, 250, nh)], axis=1)
+            x = ((pos - pos.mean(0)) / pos.std(0)).astype(np.float32)
+            x = np.concatenate([x, rng.normal(size=(nh, 2)).astype(np.float32)], axis=1)
+            nexus = np.stack([rng.integers(0, nh, num_sp), np.arange(num_sp)])
+            planes[p] = PlaneHits(x, pos, delaunay_edges(pos), nexus, None)
+        events.append(Event(planes, num_sp, f"bench{k}"))
+    return events
+
+
+def main(argv=None) -> None:
+    args = benchtools.parser(__doc__.splitlines()[0]).parse_args(argv)
+    import jax
+
+    from jaxinterp.nugraph import graph, model, predict
+
+    on_gpu = jax.devices()[0].platform == "gpu"
+    config = model.NuGraph2Config()
+    params = model.init(jax.random.PRNGKey(0), config)
+    fwd = predict.forward(config)
+    repeats = 3 if args.quick else 7
+    rows = []
+
+    # batch 1: a stream of events, each in its own bucket
+    n_stream = 4 if args.quick else 16
+    events = make_events(n_stream, seed=1)
+    batches = [jax.device_put(graph.pad_batch([e])) for e in events]
+    compile_s = 0.0
+    for size in sorted({b.sizes for b in batches}):
+        b = next(b for b in batches if b.sizes == size)
+        t0 = time.perf_counter()
+        benchtools.block(fwd(params, b))
+        compile_s = max(compile_s, time.perf_counter() - t0)
+    t = benchtools.time_fn(lambda: [fwd(params, b) for b in batches], repeats=repeats)
+    per_event = t.median_s / n_stream
+    rows.append(benchtools.row("nugraph2 batch 1, ~1000 hits/plane (s/event)", per_event, "s/event",
+                               goal="<= 0.025 (CPU)", reference=f"official {OFFICIAL_B1}; paper CPU {PAPER_CPU}",
+                               met=None if on_gpu else per_event <= 0.025))
+    rows.append(benchtools.row("nugraph2 compile, one bucket of ~1000 hits (s)", compile_s, "s", goal="<= 30",
+                               met=compile_s <= 30))
+
+    # batch 32: one padded union of 32 events per call
+    events32 = make_events(32, seed=2)
+    b32 = jax.device_put(graph.pad_batch(events32))
+    t = benchtools.time_fn(lambda: fwd(params, b32), repeats=max(2, repeats // 2))
+    per_event = t.median_s / 32
+    goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
+    rows.append(benchtools.row("nugraph2 batch 32 (s/event)", per_event, "s/event", goal=goal,
+                               reference=f"official {OFFICIAL_B32}; paper GPU {PAPER_GPU}", met=met))
+    rows.append(benchtools.row("nugraph2 compile, batch 32 (s)", t.compile_s, "s", goal="<= 30", met=t.compile_s <= 30))
+
+    # batch 256: predict end to end (host padding, 32-event chunks, copy back)
+    if not args.quick:
+        events256 = events32 * 8
+        predict.predict(params, events256[:32], config=config)  # compile the bucket
+        t0 = time.perf_counter()
+        predict.predict(params, events256, config=config, batch_size=32)
+        per_event = (time.perf_counter() - t0) / 256
+        goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
+        rows.append(benchtools.row("nugraph2 predict 256 events, chunks of 32, end to end (s/event)", per_event,
+                                   "s/event", goal=goal, reference=f"paper GPU {PAPER_GPU}", met=met))
+    benchtools.report("nugraph_latency", rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
