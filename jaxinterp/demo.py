@@ -16,6 +16,7 @@ from pathlib import Path
 SECTIONS = [
     "jaxinterp.transformer.demo:section",
     "jaxinterp.merge.demo:section",
+    "jaxinterp.nugraph.demo:section",
 ]
 
 
