@@ -60,20 +60,27 @@ def _check(xs: Sequence[Array], Ws: Sequence[Array], b: Array) -> int:
     return V
 
 
+def _acc(*arrays) -> jnp.dtype:
+    """Accumulation dtype: float32, or float64 when an input is float64 (for exact tests)."""
+    return jnp.promote_types(jnp.float32, jnp.result_type(*jax.tree.leaves(arrays)))
+
+
 def _chunk_logits(xs, Ws, b, start, C, compute_dtype):
-    """z[:, start:start+C] in float32: [N, C]."""
-    z = lax.dynamic_slice_in_dim(b, start, C).astype(jnp.float32)
+    """z[:, start:start+C] in the accumulation dtype: [N, C]."""
+    acc = _acc(xs, Ws, b)
+    z = lax.dynamic_slice_in_dim(b, start, C).astype(acc)
     for x, W in zip(xs, Ws):
         Wc = lax.dynamic_slice_in_dim(W, start, C, axis=1)
         dt = compute_dtype or jnp.result_type(x.dtype, W.dtype)
-        z = z + jnp.matmul(x.astype(dt), Wc.astype(dt), preferred_element_type=jnp.float32)
+        z = z + jnp.matmul(x.astype(dt), Wc.astype(dt), preferred_element_type=acc)
     return z
 
 
 def _logits(xs, Ws, b):
-    z = b.astype(jnp.float32)
+    acc = _acc(xs, Ws, b)
+    z = b.astype(acc)
     for x, W in zip(xs, Ws):
-        z = z + jnp.matmul(x, W, preferred_element_type=jnp.float32)
+        z = z + jnp.matmul(x, W, preferred_element_type=acc)
     return z
 
 
@@ -82,7 +89,9 @@ def _logits(xs, Ws, b):
 
 def logsumexp(xs: Sequence[Array], Ws: Sequence[Array], b: Array, *, chunk: int = DEFAULT_CHUNK,
               compute_dtype=None) -> Array:
-    """log sum_v exp(z[n, v]) [N] (float32), online over chunks; log_softmax(z) = z - logsumexp."""
+    """log sum_v exp(z[n, v]) [N], online over chunks; log_softmax(z) = z - logsumexp.
+
+    Sums are float32 (float64 when an input is float64), whatever the input dtype."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
     starts, fresh, C = _layout(V, chunk)
@@ -98,7 +107,8 @@ def logsumexp(xs: Sequence[Array], Ws: Sequence[Array], b: Array, *, chunk: int 
 
     # The running max starts at the most negative finite float, not -inf, so exp(m - m_new) is
     # never exp(-inf + inf).
-    init = (jnp.full((N,), jnp.finfo(jnp.float32).min), jnp.zeros((N,), jnp.float32))
+    acc = _acc(xs, Ws, b)
+    init = (jnp.full((N,), jnp.finfo(acc).min), jnp.zeros((N,), acc))
     (m, s), _ = lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh)))
     return m + jnp.log(s)
 
@@ -109,9 +119,10 @@ def log_softmax_at(xs: Sequence[Array], Ws: Sequence[Array], b: Array, ids: Arra
     xs, Ws = tuple(xs), tuple(Ws)
     _check(xs, Ws, b)
     lse = logsumexp(xs, Ws, b, chunk=chunk, compute_dtype=compute_dtype)
-    z = b[ids].astype(jnp.float32)
+    acc = _acc(xs, Ws, b)
+    z = b[ids].astype(acc)
     for x, W in zip(xs, Ws):
-        z = z + jnp.einsum("nk,knj->nj", x.astype(jnp.float32), W[:, ids].astype(jnp.float32))
+        z = z + jnp.einsum("nk,knj->nj", x.astype(acc), W[:, ids].astype(acc))
     return z - lse[:, None]
 
 
@@ -122,38 +133,35 @@ def logsumexp_reference(xs, Ws, b) -> Array:
 # ----------------------------------------------------------------------------------------------
 # KL(target || softmax(z)) per row, with a backward pass that recomputes chunks
 
-def _target_stats(t: Array) -> tuple[Array, Array]:
-    """(lse_t [N], sum_v p log p [N]) of target logits t [N, V]."""
-    t = t.astype(jnp.float32)
-    lse_t = jax.nn.logsumexp(t, axis=-1)
-    logp = t - lse_t[:, None]
-    p = jnp.exp(logp)
-    return lse_t, jnp.where(p > 0, p * logp, 0.0).sum(-1)
+def _target_lse(t: Array) -> Array:
+    return jax.nn.logsumexp(t.astype(jnp.promote_types(jnp.float32, t.dtype)), axis=-1)
 
 
 def _kl_forward(xs, Ws, b, t, chunk, compute_dtype):
     V = b.shape[0]
     starts, fresh, C = _layout(V, chunk)
     N = xs[0].shape[0]
-    lse_t, neg_entropy = _target_stats(t)
+    lse_t = _target_lse(t)
+    acc = _acc(xs, Ws, b, t)
 
     def body(carry, inp):
         m, s, cross = carry
         start, ok = inp
         z = _chunk_logits(xs, Ws, b, start, C, compute_dtype)
-        p = jnp.exp(lax.dynamic_slice_in_dim(t, start, C, axis=1).astype(jnp.float32) - lse_t[:, None])
-        cross = cross + jnp.where(ok, p * z, 0.0).sum(-1)
+        tc = lax.dynamic_slice_in_dim(t, start, C, axis=1).astype(acc)
+        p = jnp.exp(tc - lse_t[:, None])
+        cross = cross + jnp.where(ok & (p > 0), p * (tc - z), 0.0).sum(-1)
         z = jnp.where(ok, z, _NEG)
         m_new = jnp.maximum(m, z.max(-1))
         s = s * jnp.exp(m - m_new) + jnp.exp(z - m_new[:, None]).sum(-1)
         return (m_new, s, cross), None
 
-    init = (jnp.full((N,), jnp.finfo(jnp.float32).min), jnp.zeros((N,), jnp.float32),
-            jnp.zeros((N,), jnp.float32))
+    init = (jnp.full((N,), jnp.finfo(acc).min), jnp.zeros((N,), acc), jnp.zeros((N,), acc))
     (m, s, cross), _ = lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh)))
     lse_z = m + jnp.log(s)
-    # KL = sum p log p - sum p log q, with log q = z - lse_z and sum p = 1.
-    kl = neg_entropy - cross + lse_z
+    # KL = sum p (log p - log q) = sum p (t - z) + lse_z - lse_t (sum p = 1). Summing p (t - z)
+    # rather than p t and p z apart avoids cancelling two large sums when the lens is near the target.
+    kl = cross + (lse_z - lse_t)
     return kl, (lse_z, lse_t, kl)
 
 
@@ -172,7 +180,8 @@ def _kl_bwd(chunk, compute_dtype, res, g):
     xs, Ws, b, t, lse_z, lse_t, kl = res
     V = b.shape[0]
     starts, fresh, C = _layout(V, chunk)
-    g = g.astype(jnp.float32)
+    acc = _acc(xs, Ws, b, t)
+    g = g.astype(acc)
 
     def add_at(acc, upd, start, axis):
         cur = lax.dynamic_slice_in_dim(acc, start, C, axis=axis)
@@ -183,7 +192,7 @@ def _kl_bwd(chunk, compute_dtype, res, g):
         start, ok = inp
         z = _chunk_logits(xs, Ws, b, start, C, compute_dtype)
         logq = z - lse_z[:, None]
-        logp = lax.dynamic_slice_in_dim(t, start, C, axis=1).astype(jnp.float32) - lse_t[:, None]
+        logp = lax.dynamic_slice_in_dim(t, start, C, axis=1).astype(acc) - lse_t[:, None]
         p = jnp.exp(logp)
         # d KL / d z = q - p;  d KL / d t = p (log p - log q - KL)
         dz = jnp.where(ok, g[:, None] * (jnp.exp(logq) - p), 0.0)
@@ -192,14 +201,14 @@ def _kl_bwd(chunk, compute_dtype, res, g):
         for x, W, dx, dW in zip(xs, Ws, dxs, dWs):
             Wc = lax.dynamic_slice_in_dim(W, start, C, axis=1)
             dt_ = compute_dtype or jnp.result_type(x.dtype, W.dtype)
-            new_dxs.append(dx + jnp.matmul(dz.astype(dt_), Wc.T.astype(dt_), preferred_element_type=jnp.float32))
+            new_dxs.append(dx + jnp.matmul(dz.astype(dt_), Wc.T.astype(dt_), preferred_element_type=acc))
             new_dWs.append(add_at(dW, jnp.matmul(x.T.astype(dt_), dz.astype(dt_),
-                                                 preferred_element_type=jnp.float32), start, 1))
+                                                 preferred_element_type=acc), start, 1))
         db = add_at(db, dz.sum(0), start, 0)
         dt = add_at(dt, dtc, start, 1)
         return (tuple(new_dxs), tuple(new_dWs), db, dt), None
 
-    init = (tuple(jnp.zeros(x.shape, jnp.float32) for x in xs), tuple(jnp.zeros_like(W) for W in Ws),
+    init = (tuple(jnp.zeros(x.shape, acc) for x in xs), tuple(jnp.zeros_like(W) for W in Ws),
             jnp.zeros_like(b), jnp.zeros(t.shape, t.dtype))
     (dxs, dWs, db, dt), _ = lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh)))
     dxs = tuple(dx.astype(x.dtype) for dx, x in zip(dxs, xs))
@@ -228,7 +237,7 @@ def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Ar
 
 def kl_div_reference(xs, Ws, b, target_logits) -> Array:
     logq = jax.nn.log_softmax(_logits(xs, Ws, b), axis=-1)
-    logp = jax.nn.log_softmax(target_logits.astype(jnp.float32), axis=-1)
+    logp = jax.nn.log_softmax(target_logits.astype(_acc(target_logits)), axis=-1)
     p = jnp.exp(logp)
     return jnp.where(p > 0, p * (logp - logq), 0.0).sum(-1)
 
@@ -256,7 +265,7 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
         v, j = lax.top_k(allv, k)
         return (v, jnp.take_along_axis(alli, j, axis=-1)), None
 
-    init = (jnp.full((N, k), _NEG, jnp.float32), jnp.zeros((N, k), jnp.int32))
+    init = (jnp.full((N, k), _NEG, _acc(xs, Ws, b)), jnp.zeros((N, k), jnp.int32))
     (vals, idx), _ = lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh)))
     return TopK(vals, idx)
 

@@ -1,0 +1,120 @@
+"""Lens objective on the tiny GPT-2: parity with TransformerLens's kl_init, every kind and mode against
+the full-logits reference (values and gradients), padding, and the jitted step compiling once."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxinterp.lens import lenses, objective as obj, train
+
+LAYER = 1
+STATIC = ("model_config", "lens_config", "objective")
+rows = jax.jit(obj.rows, static_argnames=STATIC)
+loss = jax.jit(obj.loss, static_argnames=STATIC[1:])
+grads = {f: jax.jit(jax.value_and_grad(f), static_argnames=STATIC[1:]) for f in (obj.loss, obj.loss_reference)}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_processed):
+    return tiny_processed
+
+
+def _init(model, kind):
+    params, cfg = model
+    lc = lenses.lens_config_for(cfg, LAYER, kind)
+    return lc, lenses.init(*lenses.unembedding(params, cfg), lc)
+
+
+def test_initial_lens_gives_transformerlens_kl_init(model, gpt2_ref):
+    params, cfg = model
+    lc, lens = _init(model, "lensa")
+    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
+    o = obj.Objective("last", chunk=32)  # 97 = 3 chunks of 32 and an overlapping last one
+    r = rows(params, tokens, jnp.ones_like(tokens), model_config=cfg, lens_config=lc, objective=o)
+    np.testing.assert_allclose(r.result, gpt2_ref[f"tl/blocks.{LAYER}.attn.hook_result"][:, -1], atol=1e-4)
+    kl = loss(lens, r, lens_config=lc, objective=o)
+    np.testing.assert_allclose(kl, gpt2_ref["lens/kl_init"], rtol=1e-4, atol=0)
+
+
+# every kind and every mode, without the whole product (test time)
+@pytest.mark.parametrize("kind,mode", [("lensa", "last"), ("lensa", "all"), ("lensa", "per_head"),
+                                       ("shared", "last"), ("shared", "per_head"), ("resid", "per_head")])
+def test_loss_and_gradient_match_full_logits(model, kind, mode, gpt2_ref):
+    params, cfg = model
+    lc, lens = _init(model, kind)
+    rng = np.random.default_rng(0)
+    lens = jax.tree.map(lambda a: a + 0.05 * rng.normal(size=a.shape).astype(np.float32), lens)
+    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
+    mask = jnp.asarray([[1] * 10, [1] * 6 + [0] * 4], jnp.int32)  # second example right-padded
+    o = obj.Objective(mode, chunk=40)
+    r = rows(params, tokens, mask, model_config=cfg, lens_config=lc, objective=o)
+    f = lambda fn: grads[fn](lens, r, lens_config=lc, objective=o)  # noqa: E731
+    (v, g), (v_ref, g_ref) = f(obj.loss), f(obj.loss_reference)
+    # The KL is a difference of O(10) log-normalisers: float32 rounding alone is ~1e-6 absolute
+    # (the float64 test below pins the formula itself to 1e-10).
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=2e-6)
+    for k in g:
+        np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-4, atol=1e-6)
+    if kind == "resid" and mode == "per_head":
+        with jax.enable_x64(True):
+            f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), t)  # noqa: E731
+            r64, lens64 = f64(r), f64(lens)
+            (v, g), (v_ref, g_ref) = [jax.value_and_grad(fn)(lens64, r64, lens_config=lc, objective=o)
+                                      for fn in (obj.loss, obj.loss_reference)]
+            np.testing.assert_allclose(v, v_ref, rtol=1e-10)
+            for k in g:
+                np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-8, atol=1e-12)
+
+
+def test_padding_is_masked(model, gpt2_ref):
+    """A right-padded example scores its last real token, and padded positions never count."""
+    params, cfg = model
+    lc, lens = _init(model, "lensa")
+    short = jnp.asarray(gpt2_ref["tokens"][:1, :6], jnp.int32)
+    padded = jnp.concatenate([short, jnp.zeros((1, 4), jnp.int32)], 1)
+    mask = jnp.asarray([[1] * 6 + [0] * 4], jnp.int32)
+    for mode in ("last", "all"):
+        o = obj.Objective(mode, chunk=64)
+        a = loss(lens, rows(params, short, jnp.ones_like(short), model_config=cfg, lens_config=lc,
+                                    objective=o), lens_config=lc, objective=o)
+        b = loss(lens, rows(params, padded, mask, model_config=cfg, lens_config=lc, objective=o),
+                     lens_config=lc, objective=o)
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_accumulation_equals_one_big_batch_and_step_compiles_once(model, gpt2_ref):
+    params, cfg = model
+    lc, lens = _init(model, "lensa")
+    tx = optax.adam(1e-3)
+    tokens = jnp.asarray(np.concatenate([gpt2_ref["tokens"]] * 2), jnp.int32)  # E = 4
+    mask = jnp.ones_like(tokens)
+    w = jnp.ones((4,), jnp.float32)
+    o = obj.Objective("last", chunk=64)
+    outs = []
+    for accum in (1, 2):
+        step = jax.jit(train.make_step(cfg, lc, o, tx, accum))
+        state = train.TrainState(lens, tx.init(lens))
+        state, loss = step(state, params, tokens, mask, w)
+        state, loss2 = step(state, params, tokens, mask, w)
+        assert step._cache_size() == 1  # the second call reused the compiled step
+        outs.append((loss, state.lens))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-6)
+    for k in lens:
+        np.testing.assert_allclose(outs[0][1][k], outs[1][1][k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda cfg: lenses.lens_config_for(cfg, 3), "layer: expected an integer in \\[0, 3\\)"),
+    (lambda cfg: lenses.lens_config_for(cfg, -1), "layer: expected"),
+    (lambda cfg: lenses.lens_config_for(cfg, 1, "lensb"), "kind: expected one of"),
+    (lambda cfg: obj.Objective("first"), "mode: expected one of"),
+    (lambda cfg: lenses.init(jnp.zeros((64, 50)), jnp.zeros(50), lenses.lens_config_for(cfg, 1)), "W_U, b_U"),
+    (lambda cfg: lenses.check_params({"W": jnp.zeros((4, 64, 50)), "b": jnp.zeros((4, 50))},
+                                     lenses.lens_config_for(cfg, 1)), "expected shape \\[4, 64, 97\\]"),
+    (lambda cfg: train.TrainConfig(accum=0), "accum: expected a positive integer"),
+])
+def test_bad_input(model, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(model[1])
