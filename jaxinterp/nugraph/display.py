@@ -67,10 +67,11 @@ def event_display(event: Event, predicted: dict[str, np.ndarray] | None = None, 
             ax.tick_params(labelsize=7)
     handles = [plt.Line2D([], [], marker="o", ls="", color=col, label=name)
                for name, col in zip(list(SEMANTIC_CLASSES) + ["background"], list(CLASS_COLOURS) + [BACKGROUND_COLOUR])]
-    fig.legend(handles=handles, loc="upper center", ncol=6, fontsize=8, bbox_to_anchor=(0.5, 1.0 + 0.02 * len(rows)))
+    top = 1 - 0.22 / len(rows)  # room above the panels for the legend (and the title)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, bbox_to_anchor=(0.5, top), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10, y=1.0 + 0.06 * len(rows))
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=10, y=top + 0.1 / len(rows))
     return fig
 
 

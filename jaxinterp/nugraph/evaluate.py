@@ -1,0 +1,159 @@
+"""Evaluating a trained NuGraph2: metrics, confusion matrices and event displays, and the shipped model.
+
+A trained model is two files: `model.npz` (params, flat 'a/b/c' names) and `model.json` (the
+NuGraph2Config, the per-plane feature norm of its training file, provenance). `train` writes them
+into its run folder; the package ships one in `jaxinterp/assets/nugraph2/` (`load_model()`).
+
+Events are normalised with the model's own norm (what it was trained with), so a model applies to
+any file or freshly simulated events alike.
+
+Axis names: N hits of a plane, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.nugraph import hdf5, metrics
+from jaxinterp.nugraph.event import Event
+from jaxinterp.nugraph.model import NuGraph2Config
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "nugraph2"
+
+
+class Model(NamedTuple):
+    params: dict
+    config: NuGraph2Config
+    norm: dict  # plane -> [2, 4] (mean, std) of (wire cm, time cm, integral, rms)
+    meta: dict  # everything else model.json holds (training command, held-out metrics, ...)
+
+
+def load_model(path: str | Path | None = None) -> Model:
+    """Loads model.npz + model.json from a folder (a train run, or the shipped asset folder by default)."""
+    folder = ASSET_DIR if path is None else Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    npz, js = folder / "model.npz", folder / "model.json"
+    for f in (npz, js):
+        if not f.exists():
+            raise ValueError(f"params: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
+    desc = json.loads(js.read_text())
+    cfg = desc.pop("config")
+    config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    norm = {p: np.asarray(v, np.float32) for p, v in desc.pop("norm").items()}
+    params: dict = {}
+    with np.load(npz) as z:
+        for name in z.files:
+            node = params
+            *parents, leaf = name.split("/")
+            for k in parents:
+                node = node.setdefault(k, {})
+            node[leaf] = z[name]
+    import jax
+
+    from jaxinterp.nugraph.model import param_shapes
+
+    want = jax.tree.map(tuple, param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
+    got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
+    if want != got:
+        raise ValueError(f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
+    return Model(params, config, norm, desc)
+
+
+def to_events(raws: Sequence[hdf5.RawEvent], model: Model) -> list[Event]:
+    return [hdf5.to_event(r, model.norm, planes=model.config.planes) for r in raws]
+
+
+class EvalResult(NamedTuple):
+    metrics: metrics.Metrics
+    counts: metrics.Counts
+    predictions: list  # predict.Prediction per event
+    seconds_per_event: float  # wall time of inference over the set (batched, compile excluded)
+
+
+def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32) -> EvalResult:
+    """Runs the model on `events` (with labels) and accumulates the figures of merit."""
+    from jaxinterp.nugraph.predict import predict
+
+    events = list(events)
+    if not events:
+        raise ValueError("events: expected at least one event to evaluate, got none")
+    preds = predict(model.params, events, config=model.config, batch_size=batch_size)
+    # timed again on the first batch, whose buckets are compiled by now: inference alone
+    again = events[:batch_size]
+    t0 = time.perf_counter()
+    predict(model.params, again, config=model.config, batch_size=batch_size)
+    dt = (time.perf_counter() - t0) / len(again)
+    counts = metrics.Counts.zeros(model.config.num_classes)
+    for e, pr in zip(events, preds):
+        for p in model.config.planes:
+            y = e.planes[p].y_semantic
+            if y is None:
+                raise ValueError(f"events: event {e.name!r}, plane {p!r} has no y_semantic labels to evaluate against")
+            counts = counts.add(y, pr.semantic[p], pr.filter[p])
+    return EvalResult(metrics.compute(counts, model.config.semantic_classes), counts, preds, dt)
+
+
+def predicted_labels(pred, planes: Sequence[str], *, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    from jaxinterp.nugraph.display import predicted_labels as labels
+
+    return {p: labels(pred.semantic[p], pred.filter[p], threshold=threshold) for p in planes}
+
+
+def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], result: EvalResult, *,
+                  displays: int = 3, extra: dict | None = None) -> list[Path]:
+    """metrics.json, the semantic and filter confusion matrices (by truth, by prediction) and
+    `displays` event displays, as PNGs in out_dir. Returns the written paths."""
+    from jaxinterp import report
+    from jaxinterp.nugraph import display
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [atomic.write_text(out / "metrics.json", json.dumps(
+        {**result.metrics.as_dict(), "seconds_per_event": result.seconds_per_event,
+         "semantic_counts": result.counts.semantic.tolist(), "filter_counts": result.counts.filter.tolist(),
+         **(extra or {})}, indent=1))]
+    classes = model.config.semantic_classes
+    for norm_by in ("truth", "prediction"):
+        fig = display.confusion_figure(result.counts.semantic, classes=classes, normalise=norm_by,
+                                       title=f"semantic, normalised by {norm_by}")
+        report.figure_png(fig, out / f"confusion_semantic_by_{norm_by}.png")
+        written.append(out / f"confusion_semantic_by_{norm_by}.png")
+        fig = display.confusion_figure(result.counts.filter, classes=("background", "signal"), normalise=norm_by,
+                                       title=f"filter, normalised by {norm_by}")
+        report.figure_png(fig, out / f"confusion_filter_by_{norm_by}.png")
+        written.append(out / f"confusion_filter_by_{norm_by}.png")
+    for e, pr in list(zip(events, result.predictions))[:displays]:
+        fig = display.event_display(e, predicted_labels(pr, model.config.planes), planes=model.config.planes,
+                                    title=f"event {e.name}")
+        name = f"display_{e.name or 'event'}.png"
+        report.figure_png(fig, out / name)
+        written.append(out / name)
+    return written
+
+
+def run_cli(args) -> EvalResult:
+    model = load_model(args.params)
+    split = None if args.split == "all" else args.split
+    res = hdf5.read_events(args.file, split, limit=args.limit)
+    events = to_events(res.events, model)
+    print(f"{args.split}: {len(events)} events ({res.skipped_line()})")
+    result = evaluate(model, events, batch_size=args.batch_size)
+    m = result.metrics
+    print(m.line())
+    print("class      efficiency  purity")
+    for c in model.config.semantic_classes:
+        print(f"{c:<10} {m.efficiency[c]:>10.2%}  {m.purity[c]:>6.2%}")
+    print(f"inference: {result.seconds_per_event * 1e3:.1f} ms/event (batch {args.batch_size})")
+    files = write_outputs(args.out, model, events, result, displays=args.displays,
+                          extra={"file": str(args.file), "split": args.split, "skipped": dict(res.skipped),
+                                 "model": dataclasses.asdict(model.config)})
+    print(f"wrote {len(files)} files to {args.out}")
+    return result

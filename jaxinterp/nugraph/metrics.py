@@ -1,0 +1,99 @@
+"""NuGraph2's figures of merit: filter efficiency/purity and semantic efficiency/purity.
+
+- Filter: a hit is kept when x_filter >= threshold (0.5). Efficiency (recall) = kept signal / all
+  signal hits; purity (precision) = kept signal / kept hits. Signal = true label != -1.
+- Semantic: over the hits whose true label is a class (background ignored, as the official
+  torchmetrics use ignore_index=-1), predicted class = argmax. Per class c: efficiency = recall_c,
+  purity = precision_c. Overall efficiency is hit-weighted (the paper's "94.9% efficiency"; with
+  one prediction per hit it equals the overall purity and the accuracy); the macro averages over
+  classes (torchmetrics' default, which the official training logs show) are given beside.
+
+Counts accumulate over batches (`Counts.add`), so metrics of a large set never hold it in memory.
+
+Axis names: H hits, C classes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxinterp.nugraph.event import SEMANTIC_CLASSES
+
+
+class Counts(NamedTuple):
+    semantic: np.ndarray  # [C, C] int: hits by (true class, predicted class), true background excluded
+    filter: np.ndarray  # [2, 2] int: hits by (true signal?, kept?)
+
+    @staticmethod
+    def zeros(num_classes: int = len(SEMANTIC_CLASSES)) -> "Counts":
+        return Counts(np.zeros((num_classes, num_classes), np.int64), np.zeros((2, 2), np.int64))
+
+    def add(self, y: np.ndarray, semantic: np.ndarray, filter_prob: np.ndarray, *,
+            threshold: float = 0.5) -> "Counts":
+        """Adds hits: y [H] true labels (-1 background), semantic [H, C] scores, filter_prob [H]."""
+        y = np.asarray(y).reshape(-1)
+        semantic = np.asarray(semantic)
+        filter_prob = np.asarray(filter_prob).reshape(-1)
+        C = self.semantic.shape[0]
+        if semantic.shape != (y.size, C):
+            raise ValueError(f"semantic: expected shape [{y.size}, {C}], got {list(semantic.shape)}")
+        if filter_prob.shape != (y.size,):
+            raise ValueError(f"filter_prob: expected shape [{y.size}], got {list(filter_prob.shape)}")
+        if y.size and (y.min() < -1 or y.max() >= C):
+            raise ValueError(f"y: labels must lie in [-1, {C - 1}], got [{int(y.min())}, {int(y.max())}]")
+        sig = y >= 0
+        pred = np.argmax(semantic, axis=-1)
+        sem = self.semantic + np.bincount(y[sig] * C + pred[sig], minlength=C * C).reshape(C, C)
+        kept = filter_prob >= threshold
+        fil = self.filter + np.bincount(sig.astype(np.int64) * 2 + kept, minlength=4).reshape(2, 2)
+        return Counts(sem, fil)
+
+    def __add__(self, other: "Counts") -> "Counts":  # type: ignore[override]
+        return Counts(self.semantic + other.semantic, self.filter + other.filter)
+
+
+class Metrics(NamedTuple):
+    filter_efficiency: float
+    filter_purity: float
+    semantic_efficiency: float  # hit-weighted over all classes (= overall purity = accuracy)
+    semantic_purity: float
+    semantic_efficiency_macro: float
+    semantic_purity_macro: float
+    efficiency: dict  # class name -> recall
+    purity: dict  # class name -> precision
+    hits: int  # true-signal hits the semantic figures count
+
+    def as_dict(self) -> dict:
+        return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in self._asdict().items()}
+
+    def line(self) -> str:
+        return (f"filter eff {self.filter_efficiency:.2%} pur {self.filter_purity:.2%} | semantic eff "
+                f"{self.semantic_efficiency:.2%} (macro {self.semantic_efficiency_macro:.2%}) pur macro "
+                f"{self.semantic_purity_macro:.2%}")
+
+
+def _ratio(a, b) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def compute(counts: Counts, classes: tuple[str, ...] = SEMANTIC_CLASSES) -> Metrics:
+    """Efficiencies and purities from accumulated counts (NaN where a denominator is 0)."""
+    m = counts.semantic
+    tp = np.diag(m)
+    rec = [_ratio(tp[c], m[c].sum()) for c in range(len(classes))]
+    prec = [_ratio(tp[c], m[:, c].sum()) for c in range(len(classes))]
+    f = counts.filter
+    overall = _ratio(tp.sum(), m.sum())
+    return Metrics(
+        filter_efficiency=_ratio(f[1, 1], f[1].sum()),
+        filter_purity=_ratio(f[1, 1], f[:, 1].sum()),
+        semantic_efficiency=overall,
+        semantic_purity=overall,
+        semantic_efficiency_macro=float(np.nanmean(rec)) if not np.all(np.isnan(rec)) else float("nan"),
+        semantic_purity_macro=float(np.nanmean(prec)) if not np.all(np.isnan(prec)) else float("nan"),
+        efficiency=dict(zip(classes, rec)),
+        purity=dict(zip(classes, prec)),
+        hits=int(m.sum()),
+    )

@@ -1,0 +1,339 @@
+"""Training NuGraph2 on a processed NuGraph HDF5 file, as the official code does, with resume.
+
+- AdamW (lr 1e-3, weight decay 0.01) under a one-cycle schedule spanning the whole run (PyTorch's
+  OneCycleLR defaults: 30% warm-up from lr/25, cosine down to lr/25e4), batch 64, drop last.
+- Batches as nugraph's BalanceSampler forms them: the largest 10% of graphs (by stored bytes) are
+  dealt round-robin over the batches, then the rest fill them, shuffled per epoch.
+- Padding buckets: each batch is padded to sizes derived from its hit count on the bucket grid, and
+  a batch reuses the smallest size already compiled that holds it, so a run compiles a few times.
+- Orbax checkpoints of (params, optimiser state) with the step, written every `checkpoint_every`
+  steps and at each epoch end. The batch order of an epoch is a function of (seed, epoch), so a run
+  restarted from its last checkpoint continues exactly where it stopped: nothing before it is lost.
+- Validation metrics (filter and semantic efficiency/purity, loss) at each epoch end, kept in
+  `metrics.json` of the run folder; a tqdm bar shows steps, loss and learning rate.
+
+Run folder: checkpoints/ (orbax), run.json (configs; a resume must match), metrics.json,
+model.npz + model.json (the final params and what `load_model` needs: config and feature norm).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from jaxinterp import atomic
+from jaxinterp.nugraph import hdf5, metrics
+from jaxinterp.nugraph.event import PLANES, Event, validate
+from jaxinterp.nugraph.graph import BatchSizes, bucket, pad_batch
+from jaxinterp.nugraph.model import NuGraph2Config
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    balance_frac: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 50  # steps
+    eval_batch_size: int = 32
+
+
+class TrainResult(NamedTuple):
+    params: dict
+    history: list  # one dict per finished epoch: step, losses, validation metrics
+    out_dir: Path
+    steps: int  # optimiser steps taken in total (over all resumed runs)
+    finished: bool  # the schedule ran to its end
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+
+
+def balanced_batches(datasize: Sequence[int], batch_size: int, balance_frac: float,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """nugraph's BalanceSampler: the largest `balance_frac` of graphs spread evenly over the batches."""
+    n = len(datasize)
+    num_batches = n // batch_size
+    if num_batches == 0:
+        raise ValueError(f"batch_size: {batch_size} is more than the {n} training events (batches drop the last)")
+    n_large = int(np.floor(n * balance_frac))
+    order = np.argsort(np.asarray(datasize), kind="stable")
+    large, rest = order[n - n_large:].copy(), order[:n - n_large].copy()
+    rng.shuffle(large)
+    rng.shuffle(rest)
+    bins: list[list[int]] = [[] for _ in range(num_batches)]
+    for i, k in enumerate(large):
+        bins[i % num_batches].append(int(k))
+    offset = n_large % num_batches
+    for i, k in enumerate(rest):
+        b = bins[(i + offset) % num_batches]
+        if len(b) == batch_size:
+            break
+        b.append(int(k))
+    out = []
+    for b in bins:
+        b = np.asarray(b, np.int64)
+        rng.shuffle(b)
+        out.append(b)
+    return out
+
+
+class SizePolicy:
+    """Padded sizes from the hit count alone (ratios bound the rest), reusing compiled sizes."""
+
+    def __init__(self, events: Sequence[Event], planes: tuple[str, ...] = PLANES):
+        # Delaunay edges per hit, space points per hit, over every event and plane of the data set
+        self.edge_ratio = max(e.planes[p].edge_index_plane.shape[1] / max(e.planes[p].x.shape[0], 1)
+                              for e in events for p in planes)
+        # (per mean over planes: summed over a batch, the mean is at most the largest plane's total)
+        self.sp_ratio = max(e.num_sp / max(np.mean([e.planes[p].x.shape[0] for p in planes]), 1) for e in events)
+        self.planes = planes
+        self.used: set[BatchSizes] = set()
+
+    def _want(self, events: Sequence[Event]) -> BatchSizes:
+        hits = max(sum(e.planes[p].x.shape[0] for e in events) for p in self.planes)
+        n = bucket(hits + 1)
+        return BatchSizes(n, bucket(int(np.ceil(self.edge_ratio * n))), bucket(int(np.ceil(self.sp_ratio * n))),
+                          bucket(int(np.ceil(self.sp_ratio * n)) + 1))
+
+    def reserve(self, batches: Sequence[Sequence[Event]]) -> BatchSizes:
+        """Registers the size that holds all of `batches` (e.g. an epoch's), so they compile once."""
+        largest = max((self._want(b) for b in batches), key=lambda s: s.hits)
+        self.used.add(largest)
+        return largest
+
+    def sizes(self, events: Sequence[Event]) -> BatchSizes:
+        want = self._want(events)
+        fits = [s for s in self.used if all(a >= b for a, b in zip(s, want))]
+        choice = min(fits, key=lambda s: s.hits) if fits else want
+        self.used.add(choice)
+        return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted steps (built once per configuration, so repeated runs in one process do not recompile)
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: tuple
+
+
+def _optimizer(lr: float, weight_decay: float, total_steps: int):
+    import optax
+
+    schedule = optax.cosine_onecycle_schedule(max(total_steps, 1), lr, pct_start=0.3, div_factor=25.0,
+                                              final_div_factor=1e4)
+    return optax.adamw(schedule, weight_decay=weight_decay), schedule
+
+
+@functools.lru_cache(maxsize=8)
+def _train_step(mc: NuGraph2Config, lr: float, weight_decay: float, total_steps: int):
+    import jax
+    import optax
+
+    from jaxinterp.nugraph import losses, model
+
+    opt, _ = _optimizer(lr, weight_decay, total_steps)
+
+    def loss_fn(params, batch):
+        out = losses.loss(params, model.apply(params, batch, config=mc), batch)
+        return out.total, out
+
+    def step(state: TrainState, batch):
+        (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), parts
+
+    return jax.jit(step, donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_step(mc: NuGraph2Config):
+    import jax
+
+    from jaxinterp.nugraph import losses, model
+
+    def step(params, batch):
+        out = model.apply(params, batch, config=mc)
+        return jax.nn.softmax(out.x_semantic, axis=-1), out.x_filter, losses.loss(params, out, batch)
+
+    return jax.jit(step)
+
+
+def evaluate_events(params, events: Sequence[Event], mc: NuGraph2Config, *, batch_size: int = 32,
+                    policy: SizePolicy | None = None) -> tuple[metrics.Counts, float]:
+    """Counts over `events` and the mean total loss of their batches."""
+    policy = policy or SizePolicy(events, mc.planes)
+    step = _eval_step(mc)
+    counts, losses_ = metrics.Counts.zeros(mc.num_classes), []
+    for i in range(0, len(events), batch_size):
+        chunk = events[i:i + batch_size]
+        batch = pad_batch(chunk, policy.sizes(chunk), planes=mc.planes, check=False)
+        sem, fil, lo = step(params, batch)
+        m = batch.hit_mask
+        counts = counts.add(batch.y_semantic[m], np.asarray(sem)[m], np.asarray(fil)[m])
+        losses_.append(float(lo.total))
+    return counts, float(np.mean(losses_)) if losses_ else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _manager(out_dir: Path):
+    import orbax.checkpoint as ocp
+
+    return ocp.CheckpointManager(
+        (out_dir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False))
+
+
+def _save(mngr, step: int, state: TrainState, meta: dict) -> None:
+    import orbax.checkpoint as ocp
+
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state._asdict()),
+                                            meta=ocp.args.JsonSave(meta)), force=True)
+    mngr.wait_until_finished()
+
+
+def _restore(mngr, step: int, like: TrainState) -> tuple[TrainState, dict]:
+    import jax
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), like._asdict())
+    got = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                     meta=ocp.args.JsonRestore()))
+    return TrainState(**got["state"]), dict(got["meta"])
+
+
+def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dict | None = None) -> Path:
+    """Writes model.npz (flat 'a/b/c' names) and model.json (config, feature norm, provenance)."""
+    import io
+
+    import jax
+
+    flat = {"/".join(str(k.key) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    buf = io.BytesIO()
+    np.savez(buf, **flat)
+    atomic.write_bytes(out_dir / "model.npz", buf.getvalue())
+    desc = {"config": dataclasses.asdict(mc), "norm": {p: np.asarray(v).tolist() for p, v in norm.items()},
+            **(extra or {})}
+    atomic.write_text(out_dir / "model.json", json.dumps(desc, indent=1))
+    return out_dir / "model.npz"
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainConfig(),
+          model_config: NuGraph2Config = NuGraph2Config(), max_steps: int | None = None,
+          limit_train: int | None = None, limit_val: int | None = None, progress: bool = True,
+          log=print) -> TrainResult:
+    """Trains (or resumes training) on `path`'s train split, validating on its validation split."""
+    import jax
+    from tqdm import tqdm
+
+    from jaxinterp.nugraph import model
+
+    out_dir = Path(out_dir)
+    info = hdf5.read_info(path)
+    if tuple(info.planes) != tuple(model_config.planes):
+        raise ValueError(f"path: the file's planes {list(info.planes)} differ from the model's {list(model_config.planes)}")
+    train_ev, train_res = hdf5.load_events(path, "train", limit=limit_train)
+    val_ev, val_res = hdf5.load_events(path, "validation", limit=limit_val)
+    log(f"train: {len(train_ev)} events ({train_res.skipped_line()}); "
+        f"validation: {len(val_ev)} events ({val_res.skipped_line()})")
+    if not train_ev:
+        raise ValueError(f"path: no usable training events in {path}")
+    for e in train_ev + val_ev:  # once here, so batches skip the check
+        validate(e, planes=model_config.planes)
+    sizes_bytes = [hdf5.datasize(r) for r in train_res.events]
+    nb = len(train_ev) // config.batch_size
+    if nb == 0:
+        raise ValueError(f"batch_size: {config.batch_size} is more than the {len(train_ev)} training events "
+                         "(batches drop the last)")
+    total = nb * config.epochs
+    run_desc = {"train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
+                "file": str(Path(path).name), "train_events": len(train_ev)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_json = out_dir / "run.json"
+    if run_json.exists():
+        before = json.loads(run_json.read_text())
+        if before != json.loads(json.dumps(run_desc)):
+            raise ValueError(f"out_dir: {out_dir} holds a run with other settings ({before}); "
+                             "use a new --out folder, or the same settings to resume")
+    else:
+        atomic.write_text(run_json, json.dumps(run_desc, indent=1))
+
+    opt, schedule = _optimizer(config.lr, config.weight_decay, total)
+    params = model.init(jax.random.key(config.seed), model_config)
+    state = TrainState(params, opt.init(params))
+    mngr = _manager(out_dir)
+    step, history = 0, []
+    if mngr.latest_step() is not None:
+        state, meta = _restore(mngr, mngr.latest_step(), state)
+        step, history = int(meta["step"]), list(meta["history"])
+        log(f"resumed from the checkpoint at step {step} of {total}")
+    train_step = _train_step(model_config, config.lr, config.weight_decay, total)
+    policy = SizePolicy(train_ev + val_ev, model_config.planes)
+    first = balanced_batches(sizes_bytes, config.batch_size, config.balance_frac, np.random.default_rng([config.seed, 0]))
+    policy.reserve([[train_ev[i] for i in b] for b in first])  # balanced batches differ little: one compilation
+    stop = total if max_steps is None else min(total, max_steps)
+    bar = tqdm(total=total, initial=step, desc="training NuGraph2", unit="step", disable=not progress)
+    t0 = time.perf_counter()
+    try:
+        while step < stop:
+            epoch, k = divmod(step, nb)
+            order = balanced_batches(sizes_bytes, config.batch_size, config.balance_frac,
+                                     np.random.default_rng([config.seed, epoch]))
+            chunk = [train_ev[i] for i in order[k]]
+            batch = pad_batch(chunk, policy.sizes(chunk), planes=model_config.planes, check=False)
+            state, parts = train_step(state, batch)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(parts.total):.4f}", lr=f"{float(schedule(step - 1)):.2e}", epoch=epoch)
+            end_of_epoch = step % nb == 0
+            if end_of_epoch and val_ev:
+                counts, vloss = evaluate_events(state.params, val_ev, model_config,
+                                                batch_size=config.eval_batch_size, policy=policy)
+                m = metrics.compute(counts, model_config.semantic_classes)
+                history.append({"epoch": epoch, "step": step, "train_loss": float(parts.total),
+                                "val_loss": vloss, "seconds": time.perf_counter() - t0, **m.as_dict()})
+                (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
+                atomic.write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
+            if end_of_epoch or step % config.checkpoint_every == 0 or step == stop:
+                _save(mngr, step, state, {"step": step, "history": history})
+    finally:
+        bar.close()
+        mngr.close()
+    finished = step >= total
+    if finished:
+        save_model(out_dir, state.params, model_config, info.norm,
+                   {"steps": step, "train_config": dataclasses.asdict(config), "file": str(Path(path).name),
+                    "validation": history[-1] if history else None})
+    return TrainResult(state.params, history, out_dir, step, finished)
+
+
+def run_cli(args) -> TrainResult:
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                     balance_frac=args.balance_frac, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    mc = NuGraph2Config(planar_features=args.planar_features, nexus_features=args.nexus_features,
+                        num_iters=args.iterations)
+    res = train(args.file, args.out, config=tc, model_config=mc, max_steps=args.max_steps,
+                limit_train=args.limit_train, limit_val=args.limit_val)
+    print(f"{'finished' if res.finished else 'stopped'} at step {res.steps}; run folder {res.out_dir}")
+    if res.finished:
+        print(f"wrote {res.out_dir / 'model.npz'} and model.json")
+    return res

@@ -1,0 +1,107 @@
+"""Training: balanced batches, one compilation, resume after a stop or a kill loses nothing."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import hdf5, simulate, train
+from jaxinterp.nugraph.model import NuGraph2Config
+
+TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+TC = train.TrainConfig(epochs=1, batch_size=4, checkpoint_every=1, eval_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    events = simulate.simulate(10, seed=21, config=cfg)
+    names = [e.name for e in events]
+    path = tmp_path_factory.mktemp("data") / "tiny.gnn.h5"
+    return hdf5.write_events(path, events, splits={"train": names[:8], "validation": names[8:], "test": []})
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """The reference: 2 steps (one epoch of 8 events in batches of 4) without interruption."""
+    return train.train(data, tmp_path_factory.mktemp("run") / "straight", config=TC, model_config=TINY,
+                       progress=False, log=lambda s: None)
+
+
+def _same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_straight_run_finishes_with_model_and_metrics(straight):
+    assert straight.finished and straight.steps == 2
+    assert len(straight.history) == 1
+    h = straight.history[0]
+    assert 0 <= h["filter_efficiency"] <= 1 and np.isfinite(h["val_loss"])
+    assert (straight.out_dir / "metrics.json").read_text() == json.dumps(straight.history, indent=1)
+    desc = json.loads((straight.out_dir / "model.json").read_text())
+    assert desc["config"]["planar_features"] == 8 and set(desc["norm"]) == {"u", "v", "y"}
+    # the step compiled once for both batches (the size policy pads them alike)
+    assert train._train_step(TINY, TC.lr, TC.weight_decay, 2)._cache_size() == 1
+
+
+def test_stop_and_resume_equals_straight(data, straight, tmp_path):
+    out = tmp_path / "stopped"
+    first = train.train(data, out, config=TC, model_config=TINY, max_steps=1, progress=False, log=lambda s: None)
+    assert not first.finished and first.steps == 1 and not (out / "model.npz").exists()
+    lines = []
+    second = train.train(data, out, config=TC, model_config=TINY, progress=False, log=lines.append)
+    assert "resumed from the checkpoint at step 1 of 2" in lines
+    assert second.finished and second.steps == 2
+    _same_params(second.params, straight.params)
+    assert second.history[0]["val_loss"] == straight.history[0]["val_loss"]
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(data, straight, tmp_path, monkeypatch):
+    out = tmp_path / "killed"
+    real = train.pad_batch
+    calls = {"n": 0}
+
+    def dies_on_second_batch(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train, "pad_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(data, out, config=TC, model_config=TINY, progress=False, log=lambda s: None)
+    monkeypatch.setattr(train, "pad_batch", real)
+    resumed = train.train(data, out, config=TC, model_config=TINY, progress=False, log=lambda s: None)
+    assert resumed.finished
+    _same_params(resumed.params, straight.params)
+
+
+def test_resume_with_other_settings_is_refused(data, straight):
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        train.train(data, straight.out_dir, config=TC, model_config=NuGraph2Config(planar_features=16,
+                    nexus_features=4, num_iters=1), progress=False, log=lambda s: None)
+
+
+def test_batch_larger_than_data_is_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="batch_size: 64 is more than the 8 training events"):
+        train.train(data, tmp_path / "x", config=train.TrainConfig(), model_config=TINY, progress=False,
+                    log=lambda s: None)
+
+
+@pytest.mark.parametrize("n, batch, frac", [(100, 10, 0.1), (64, 8, 0.25), (37, 5, 0.0), (10, 10, 0.1)])
+def test_balanced_batches_spread_the_largest(n, batch, frac):
+    sizes = np.random.default_rng(n).permutation(n) * 10 + 1
+    bins = train.balanced_batches(sizes, batch, frac, np.random.default_rng(0))
+    assert len(bins) == n // batch and all(len(b) == batch for b in bins)
+    flat = np.concatenate(bins)
+    assert len(np.unique(flat)) == flat.size  # no event twice
+    n_large = int(n * frac)
+    largest = set(np.argsort(sizes)[n - n_large:].tolist())
+    per_bin = [len(largest & set(b.tolist())) for b in bins]
+    assert max(per_bin) - min(per_bin) <= 1 and sum(per_bin) == n_large
+    with pytest.raises(ValueError, match="batch_size: 11 is more than the 10 training events"):
+        train.balanced_batches(sizes[:10], 11, frac, np.random.default_rng(0))
