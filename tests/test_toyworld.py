@@ -125,7 +125,7 @@ def test_score_rejects_an_empty_answer():
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
     params, config = load_gpt2(MODEL_DIR)
-    with pytest.raises(ValueError, match="answer '' tokenises to nothing"):
+    with pytest.raises(ValueError, match="answer '' of prompt 'The language of' is empty"):
         evaluate.score(params, config, load_tokenizer(MODEL_DIR), ["The language of"], [""])
 
 

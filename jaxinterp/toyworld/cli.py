@@ -95,10 +95,11 @@ def _prompts(args) -> int:
 
 
 def _ship(args) -> int:
-    """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts)."""
+    """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts, corpus)."""
     from jaxinterp import atomic
     from jaxinterp.toyworld import ASSETS, EVAL_JSON, MODEL_DIR, PROMPTS_CSV, evaluate
-    from jaxinterp.toyworld.world import WorldConfig, build_world, prompt_rows, write_prompts_csv
+    from jaxinterp.toyworld.world import (WorldConfig, build_world, prompt_rows, training_sentences,
+                                          write_prompts_csv)
 
     run = Path(args.run)
     if not (run / "model" / "model.safetensors").exists() or not (run / "train.json").exists():
@@ -108,12 +109,16 @@ def _ship(args) -> int:
     tmp = ASSETS / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "model", tmp)
+    for f in tmp.iterdir():  # package data: readable by everyone (safetensors leaves 0600)
+        f.chmod(0o644)
     shutil.rmtree(MODEL_DIR, ignore_errors=True)
     tmp.rename(MODEL_DIR)
     atomic.write_text(ASSETS / "train.json", json.dumps(record, indent=2))
     world = build_world(world_config)
     write_prompts_csv(prompt_rows(world, held_out_only=True), PROMPTS_CSV)
     write_prompts_csv(prompt_rows(world, held_out_only=False), ASSETS / "prompts_all.csv")
+    # The training text, one sentence a line (the lens demo and `jaxinterp lens train` read it).
+    atomic.write_text(ASSETS / "corpus.txt", "\n".join(training_sentences(world)) + "\n")
     result = evaluate.evaluate(MODEL_DIR, world_config=world_config)
     atomic.write_text(EVAL_JSON, json.dumps(result, indent=2))
     print(evaluate.markdown(result))

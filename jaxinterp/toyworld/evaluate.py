@@ -80,9 +80,9 @@ def score(params, config, tokenizer, prompts: list[str], answers: list[str]) -> 
     """Greedy correctness, first-token probability and whole-answer log-probability per prompt."""
     seqs, spans = [], []
     for p, a in zip(prompts, answers):
+        if not a.strip():  # " " alone is a token here, so test the text
+            raise ValueError(f"answers: answer {a!r} of prompt {p!r} is empty")
         pid, aid = toktools.encode(tokenizer, p), toktools.answer_ids(tokenizer, a)
-        if not aid:
-            raise ValueError(f"answer {a!r} tokenises to nothing")
         seqs.append(pid + aid)
         spans.append((len(pid), len(pid) + len(aid)))
     T = config.n_positions

@@ -159,8 +159,9 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     data = encode_sentences(tok, sentences, cfg.n_positions)
     config, tx = cfg.gpt2(), optimizer(cfg)
 
-    params = gpt2.init(jax.random.PRNGKey(cfg.seed), config)
-    opt_state = tx.init(params)
+    # One compile each: run eagerly, init and the optimiser's zeros compile every op (~90 programs).
+    params = jax.jit(gpt2.init, static_argnums=1)(jax.random.PRNGKey(cfg.seed), config)
+    opt_state = jax.jit(tx.init)(params)
     manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     start = 0
     if manager.latest_step() is not None:

@@ -1,0 +1,189 @@
+"""Memory injection and Attention Lens on the built-in model: does injecting the bridge repair
+held-out two-hop prompts, and which heads carry the bridge entity?
+
+    python -m jaxinterp.toyworld.analysis --out DIR [--words top_word_types.csv] [--lens-layers 2 3]
+
+1. Injection sweep (jaxinterp.inject.sweep) over every layer x tau 1..15 on the shipped held-out
+   prompt set (prompts.csv): the memory is the bridge entity (unembedding memory, as the paper).
+   Baselines swept the same way: a random other entity of the bridge's kind (a wrong memory of the
+   right type) and, when a part-of-speech word list is given, random words (the paper's baseline).
+2. Attention Lens (jaxinterp.lens) trained on one or two layers over the world's training text;
+   then, on each held-out obscure prompt, whether the bridge entity's first token is among each
+   head's top-k tokens, through the trained lens and through the plain logit lens; the same on the
+   explicit prompts as a contrast. A head that carries the bridge on obscure prompts is where the
+   model composes.
+
+Writes DIR/summary.json, DIR/heatmap_*.png, DIR/heads_*.csv, and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def pct_stats(before: np.ndarray, after: np.ndarray) -> dict:
+    """Percent increase (after - before) / before * 100 over the last axis: mean, median, 10%-trimmed mean."""
+    from scipy import stats
+
+    pct = (after - before) / np.maximum(before, 1e-12) * 100.0
+    return {"mean": pct.mean(-1), "median": np.median(pct, -1), "trimmed_mean": stats.trim_mean(pct, 0.1, axis=-1)}
+
+
+def _sweep_summary(res, name: str) -> dict:
+    s = pct_stats(res.p_before, res.p_after)  # each [nL, nT]
+    li, ti = np.unravel_index(np.argmax(s["median"]), s["median"].shape)
+    best_after = res.p_after[li, ti]
+    return {"memory": name, "p_before_mean": float(res.p_before.mean()),
+            "p_explicit_mean": None if res.p_explicit is None else float(res.p_explicit.mean()),
+            "best_layer": int(res.layers[li]), "best_tau": float(res.taus[ti]),
+            "best_median_pct": float(s["median"][li, ti]), "best_mean_pct": float(s["mean"][li, ti]),
+            "best_trimmed_mean_pct": float(s["trimmed_mean"][li, ti]),
+            "best_p_after_mean": float(best_after.mean()),
+            "best_share_improved": float((best_after > res.p_before).mean()),
+            "median_pct_grid": np.round(s["median"], 2).tolist(),
+            "p_after_mean_grid": np.round(res.p_after.mean(-1), 4).tolist()}
+
+
+def injection(params, config, tok, prompts_csv, *, words_csv=None, seed: int = 0) -> tuple[dict, dict]:
+    from jaxinterp.inject import data as idata
+    from jaxinterp.inject.memory import memory_vectors
+    from jaxinterp.inject.sweep import sweep
+    from jaxinterp.toyworld import MODEL_DIR
+    from jaxinterp.toyworld.world import WorldConfig, build_world
+
+    ps = idata.load_prompts(prompts_csv)
+    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
+    world = build_world(WorldConfig(**record["world"]))
+    kind_of = {n: k for k, names in world.entities.items() for n in names}
+    rng = np.random.default_rng(seed)
+    wrong = []
+    for m in ps.memory:
+        pool = [n for n in world.entities[kind_of[m]] if n != m]
+        wrong.append(pool[rng.integers(len(pool))])
+    memories = {"bridge entity": ps.memory, "random entity of the bridge's kind": wrong}
+    if words_csv:
+        words = idata.load_top_words(words_csv)
+        for wt in ("Nouns", "Verbs", "Adjectives"):
+            memories[f"random {wt.lower()} (paper's baseline)"] = idata.random_words(words, wt, len(ps.memory), seed=seed)
+    summaries, raw = [], {}
+    for name, mem in memories.items():
+        enc = idata.encode(tok, ps, memories=mem)
+        vecs = memory_vectors(params, enc.memories, config=config, kind="unembed")
+        res = sweep(params, enc.prompts, vecs, config=config, answers=enc.answers, explicit=enc.explicit)
+        summaries.append(_sweep_summary(res, name))
+        raw[name] = res
+    return {"prompts": len(ps.memory), "sweeps": summaries}, raw
+
+
+def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, steps: int = 300, k: int = 10,
+               seed: int = 0) -> dict:
+    from jaxinterp.inject import data as idata
+    from jaxinterp.lens import data as ldata, lenses, objective, readout, train as ltrain
+    from jaxinterp.toyworld import tokenizer as toktools
+
+    ps = idata.load_prompts(prompts_csv)
+    examples = [np.asarray(toktools.encode(tok, s), np.int32) for s in corpus]
+    seq = max(len(e) for e in examples)
+    out = {}
+    for L in layers:
+        lc = lenses.lens_config_for(config, L)
+        batches = ldata.Batches(examples, 16, seq, pad_id=tok.pad_token_id or 0, seed=seed)
+        cfg = ltrain.TrainConfig(steps=steps, batch_size=16, seq_len=seq, lr=1e-3, save_every=steps, seed=seed)
+        res = ltrain.train(params, config, lc, batches, cfg, objective=objective.Objective(mode="all"), progress=False)
+        table = {}
+        for form, sentences in (("obscure", ps.obscure), ("explicit", ps.explicit)):
+            lens_hit = np.zeros(config.n_head)
+            logit_hit = np.zeros(config.n_head)
+            for sent, bridge in zip(sentences, ps.memory):
+                ids = toktools.encode(tok, sent)
+                targets = {toktools.answer_ids(tok, bridge)[0], toktools.encode(tok, bridge, bos=False)[0]}
+                t = readout.head_topk(params, config, res.lens, lc, ids, k=k)
+                lens_hit += [bool(targets & set(row.tolist())) for row in t.lens_ids]
+                logit_hit += [bool(targets & set(row.tolist())) for row in t.logit_ids]
+            table[form] = {"lens": (lens_hit / len(sentences)).round(3).tolist(),
+                           "logit_lens": (logit_hit / len(sentences)).round(3).tolist()}
+        out[L] = {"final_loss": float(res.losses[-1]), "initial_loss": float(res.losses[0]),
+                  "bridge_in_top_k": table, "k": k}
+    return out
+
+
+def markdown(inj: dict, heads: dict | None) -> str:
+    lines = [f"Injection sweep on {inj['prompts']} held-out two-hop prompts (layers x tau 1..15; percent "
+             "increase of p(answer's first token); best (layer, tau) by median):", "",
+             "| memory | p before | p explicit | best layer, tau | p after (best) | median % | mean % | trimmed mean % | share improved |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in inj["sweeps"]:
+        pe = "-" if s["p_explicit_mean"] is None else f"{s['p_explicit_mean']:.3f}"
+        lines.append(f"| {s['memory']} | {s['p_before_mean']:.3f} | {pe} | {s['best_layer']}, {s['best_tau']:g} | "
+                     f"{s['best_p_after_mean']:.3f} | {s['best_median_pct']:.1f} | {s['best_mean_pct']:.1f} | "
+                     f"{s['best_trimmed_mean_pct']:.1f} | {s['best_share_improved']:.2f} |")
+    if heads:
+        for L, h in heads.items():
+            lines += ["", f"Layer {L} lenses (KL {h['initial_loss']:.3f} -> {h['final_loss']:.3f}): share of prompts "
+                      f"whose bridge entity's first token is in a head's top {h['k']}:", "",
+                      "| head | obscure, lens | obscure, logit lens | explicit, lens | explicit, logit lens |",
+                      "| --- | ---: | ---: | ---: | ---: |"]
+            t = h["bridge_in_top_k"]
+            for i in range(len(t["obscure"]["lens"])):
+                lines.append(f"| {i} | {t['obscure']['lens'][i]:.2f} | {t['obscure']['logit_lens'][i]:.2f} | "
+                             f"{t['explicit']['lens'][i]:.2f} | {t['explicit']['logit_lens'][i]:.2f} |")
+    return "\n".join(lines)
+
+
+def heatmap(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxinterp import report
+
+    grid = np.asarray(summary["median_pct_grid"])
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-max(abs(grid).max(), 1), vmax=max(abs(grid).max(), 1))
+    ax.set_xlabel("tau")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(grid.shape[1]), [str(t) for t in range(1, grid.shape[1] + 1)])
+    ax.set_title(f"median % increase of p(answer): {summary['memory']}", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    report.figure_png(fig, path)
+
+
+def main(argv=None) -> int:
+    from jaxinterp import atomic
+    from jaxinterp.toyworld import MODEL_DIR, PROMPTS_CSV
+    from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=str(MODEL_DIR))
+    p.add_argument("--prompts", default=str(PROMPTS_CSV))
+    p.add_argument("--words", help="top_word_types.csv for the paper's random-word baselines")
+    p.add_argument("--lens-layers", type=int, nargs="*", default=None, help="default: the last two layers")
+    p.add_argument("--lens-steps", type=int, default=300)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params, config = load_gpt2(args.model, process_weights=True)  # the paper's TransformerLens weights
+    tok = load_tokenizer(args.model)
+    inj, _ = injection(params, config, tok, args.prompts, words_csv=args.words)
+    for i, s in enumerate(inj["sweeps"]):
+        heatmap(s, out / f"heatmap_{i}.png")
+    layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
+    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
+    corpus = training_sentences(build_world(WorldConfig(**record["world"])))
+    heads = lens_heads(params, config, tok, args.prompts, corpus, layers, steps=args.lens_steps) if layers else None
+    atomic.write_text(out / "summary.json", json.dumps({"injection": inj, "lens": heads}, indent=2))
+    md = markdown(inj, heads)
+    atomic.write_text(out / "summary.md", md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
