@@ -25,7 +25,8 @@ def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra:
 
     meta = {"lens_config": json.dumps({**config.__dict__}), "extra": json.dumps(extra or {})}
     with atomic.atomic_path(path) as tmp:
-        save_file({k: np.asarray(v, np.float32) for k, v in lens.items()}, str(tmp), metadata=meta)
+        # safetensors writes a non-contiguous array's memory as is (silently wrong): copy to C order.
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in lens.items()}, str(tmp), metadata=meta)
     return Path(path)
 
 
@@ -54,7 +55,7 @@ def load_lens(path: str | os.PathLike, *, model_config=None, layer: int | None =
     return lens, config
 
 
-def check_fits(config: LensConfig, model_config, *, source: str = "lens") -> None:
+def check_fits(config: LensConfig, model_config, *, source: str = "file") -> None:
     """ValueError if a lens is for another vocabulary, width, head count or a layer the model lacks."""
     want = (model_config.n_head, model_config.n_embd, model_config.vocab_size)
     got = (config.n_head, config.d_model, config.vocab_size)
@@ -91,6 +92,6 @@ def from_torch_state_dict(state: dict[str, np.ndarray], *, layer: int | None) ->
         if t["weight"].shape != (V, D) or t["bias"].shape != (V,):
             raise ValueError(f"lens: linears.{h} has weight {list(t['weight'].shape)} and bias {list(t['bias'].shape)}, "
                              f"expected {[V, D]} and {[V]} like head 0")
-    W = np.stack([heads[h]["weight"].T for h in range(H)])  # torch Linear stores [out, in]
+    W = np.ascontiguousarray(np.stack([heads[h]["weight"].T for h in range(H)]))  # torch Linear stores [out, in]
     b = np.stack([heads[h]["bias"] for h in range(H)])
     return {"W": W, "b": b}, LensConfig(layer, H, D, V, "lensa")

@@ -1,0 +1,59 @@
+"""Lens files: LensA state dicts saved by real torch (.pt, Lightning .ckpt) read without torch give
+torch's top-k tokens; jaxinterp's own files round-trip; lenses that do not fit the model are refused."""
+
+import numpy as np
+import pytest
+
+from jaxinterp.lens import io, lenses, readout
+
+from conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return dict(np.load(FIXTURES / "lens_tiny_expected.npz"))
+
+
+@pytest.mark.parametrize("name", ["lens_tiny_layer1.pt", "lens_tiny_layer1.ckpt"])
+def test_torch_lens_gives_torchs_top_k(tiny_processed, gpt2_ref, expected, name):
+    params, cfg = tiny_processed
+    lens, lc = io.load_lens(FIXTURES / name, model_config=cfg, layer=1)
+    assert lc == lenses.LensConfig(1, 4, 64, 97, "lensa")
+    t = readout.head_topk(params, cfg, lens, lc, gpt2_ref["tokens"][0].tolist(), k=10, chunk=32)
+    np.testing.assert_array_equal(t.lens_ids, expected["topk_ids"])
+    np.testing.assert_array_equal(t.logit_ids, expected["logit_topk_ids"])
+    assert (t.lens_ids != t.logit_ids).any()  # the fixture lens is not the logit lens
+    assert np.all(np.diff(t.lens_logprob, axis=1) <= 0) and np.all(t.lens_logprob < 0)
+
+
+def test_own_format_round_trips(tmp_path):
+    lens, lc = io.load_lens(FIXTURES / "lens_tiny_layer1.pt", layer=1)
+    io.save_lens(tmp_path / "l.safetensors", lens, lc)
+    back, bc = io.load_lens(tmp_path / "l.safetensors")
+    assert bc == lc
+    np.testing.assert_array_equal(back["W"], lens["W"])
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda c: c.__class__(1, 4, 64, 50257), "vocab 50257, but the model has .*vocab 97"),
+    (lambda c: c.__class__(1, 4, 32, 97), "d_model 32, .*but the model has .*d_model 64"),
+    (lambda c: c.__class__(5, 4, 64, 97), "layer 5 out of range"),
+])
+def test_lens_that_does_not_fit_the_model(tiny_processed, mutate, match):
+    with pytest.raises(ValueError, match=match):
+        io.check_fits(mutate(lenses.LensConfig(1, 4, 64, 97)), tiny_processed[1])
+
+
+def test_bad_lens_files(tmp_path, tiny_processed):
+    with pytest.raises(ValueError, match="does not record its layer"):
+        io.load_lens(FIXTURES / "lens_tiny_layer1.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        io.load_lens(tmp_path / "nope.pt", layer=1)
+    with pytest.raises(ValueError, match="no `linears.<head>.weight`"):
+        io.from_torch_state_dict({"model.wte.weight": np.zeros((3, 2))}, layer=0)
+    bad = {"linears.0.weight": np.zeros((97, 64)), "linears.0.bias": np.zeros(97),
+           "linears.1.weight": np.zeros((97, 32)), "linears.1.bias": np.zeros(97)}
+    with pytest.raises(ValueError, match="linears.1 has weight"):
+        io.from_torch_state_dict(bad, layer=0)
+    with pytest.raises(ValueError, match="prompt: 33 tokens is longer"):
+        readout.check_prompt([1] * 33, tiny_processed[1])

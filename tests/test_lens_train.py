@@ -1,0 +1,161 @@
+"""Lens training driver: exact resume after a kill, data, data-parallel over 4 host devices (subprocess),
+and the CLI end to end with its bad-input errors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxinterp.lens import data, lenses, train
+from jaxinterp.lens.io import load_lens
+
+from conftest import TINY_GPT2
+
+
+class WordTokenizer:
+    """Stands in for the tiny model's word-level tokenizer: 'w5 w7' -> [5, 7] (ids taken mod 97)."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
+
+
+def _texts(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 14))) for _ in range(n)]
+
+
+def test_killed_run_resumes_exactly(tiny_processed, tmp_path):
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1)
+    whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
+    part = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=2)
+    rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
+    assert (part.start_step, rest.start_step, rest.steps) == (0, 2, 3)
+    assert part.losses + rest.losses == whole.losses
+    assert whole.losses[-1] < whole.losses[0]
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
+    restored, rc = train.restore_lens(tmp_path / "a")
+    assert rc == lc
+    np.testing.assert_array_equal(restored["W"], whole.lens["W"])
+
+
+def test_batches_are_padded_masked_and_resumable():
+    ex = data.tokenize(["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"], WordTokenizer(), 4)
+    b = data.Batches(ex, 2, 4, pad_id=0, seed=1)
+    first = [b.batch(i) for i in range(5)]
+    again = data.Batches(ex, 2, 4, pad_id=0, seed=1).batch(3)  # a new process asking for batch 3
+    np.testing.assert_array_equal(first[3].tokens, again.tokens)
+    for bt in first:
+        assert bt.tokens.shape == (2, 4) and set(bt.mask.sum(1)) <= {1, 3, 4}  # truncated to 4
+        assert (bt.tokens[bt.mask == 0] == 0).all()
+
+
+def test_read_texts(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\n two \n")
+    (tmp_path / "b.jsonl").write_text('{"text": "three"}\n\n{"text": "four", "x": 1}\n')
+    assert data.read_texts(tmp_path / "a.txt") == ["one", " two "]
+    assert data.read_texts(tmp_path / "b.jsonl") == ["three", "four"]
+    assert data.read_texts(tmp_path) == ["one", " two ", "three", "four"]
+
+
+@pytest.mark.parametrize("content,name,match", [
+    ("", "empty.txt", "holds no text"),
+    ("\n  \n", "blank.txt", "holds no text"),
+    ('{"body": "x"}\n', "f.jsonl", "field 'text'"),
+    ("{oops\n", "g.jsonl", "is not JSON"),
+])
+def test_bad_data(tmp_path, content, name, match):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=match):
+        data.read_texts(tmp_path / name)
+
+
+DP_SCRIPT = textwrap.dedent("""
+    import json, jax, numpy as np, optax
+    from jaxinterp.transformer import gpt2
+    from jaxinterp.lens import data, lenses, objective, train
+    cfg = gpt2.GPT2Config(vocab_size=96, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    params = gpt2.init(jax.random.key(0), cfg)
+    lc = lenses.lens_config_for(cfg, 1)
+    rng = np.random.default_rng(0)
+    ex = [rng.integers(0, 96, rng.integers(1, 12)).astype(np.int32) for _ in range(12)]
+    batches = data.Batches(ex, 3, 12)  # 3 examples: padded to 4 for the 4 devices
+    out = {"devices": len(jax.devices())}
+    for shard in (False, True):
+        tc = train.TrainConfig(steps=2, batch_size=3, seq_len=12, shard_vocab=shard)
+        r = train.train(params, cfg, lc, batches, tc, progress=False)
+        out[str(shard)] = [r.losses, float(np.abs(r.lens["W"]).sum())]
+    # reference: the plain step on one device, unpadded
+    tx, o = optax.adam(1e-3), objective.Objective()
+    lens = lenses.init(*lenses.unembedding(params, cfg), lc)
+    step = jax.jit(train.make_step(cfg, lc, o, tx, 1))
+    state, losses = train.TrainState(lens, tx.init(lens)), []
+    for i in range(2):
+        b = batches.batch(i)
+        state, loss = step(state, params, b.tokens, b.mask, np.ones(3, np.float32))
+        losses.append(float(loss))
+    out["ref"] = [losses, float(np.abs(np.asarray(state.lens["W"])).sum())]
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_data_parallel_over_four_devices_matches_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["devices"] == 4
+    for shard in ("False", "True"):
+        np.testing.assert_allclose(out[shard][0], out["ref"][0], rtol=1e-5)
+        np.testing.assert_allclose(out[shard][1], out["ref"][1], rtol=1e-6)
+
+
+def _cli(*argv):
+    from jaxinterp.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_cli_train_then_show(tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in _texts(12)))
+    out = tmp_path / "run"
+    assert _cli("lens", "train", "--model", TINY_GPT2, "--layer", 2, "--data", tmp_path / "d.jsonl", "--out", out,
+                "--steps", 2, "--seq-len", 8, "--batch-size", 2, "--save-every", 1, "--no-progress") == 0
+    lens, lc = load_lens(out / "lens_layer2.safetensors")
+    assert lc.layer == 2 and lens["W"].shape == (4, 64, 97)
+    (tmp_path / "words.txt").write_text("w1\nw2\nw3\nw4\nw5\n")
+    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", out / "lens_layer2.safetensors", "--prompt",
+                "w5 w6 w7", "--k", 3, "--words", tmp_path / "words.txt", "--csv", tmp_path / "t.csv",
+                "--heatmap", tmp_path / "h.png") == 0
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(lines) == 1 + 4 and lines[0].startswith("layer,head,lens top-3,logit lens top-3,share of top-50")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["train", "--layer", 3, "--data", "{data}"], "layer: expected an integer in \\[0, 3\\)"),
+    (["train", "--layer", 1, "--data", "{empty}"], "holds no text"),
+    (["show", "--lens", "{lens}", "--prompt", " ".join(["w1"] * 33)], "longer than the model's context of 32"),
+    (["show", "--lens", "{lens}", "--layer", 7, "--prompt", "w1"], "layer 7 out of range"),
+])
+def test_cli_bad_input(tmp_path, capsys, argv, match):
+    from conftest import FIXTURES
+
+    (tmp_path / "d.txt").write_text("w1 w2\n")
+    (tmp_path / "e.txt").write_text("")
+    fill = {"{data}": tmp_path / "d.txt", "{empty}": tmp_path / "e.txt", "{lens}": FIXTURES / "lens_tiny_layer1.pt"}
+    argv = [fill.get(a, a) if isinstance(a, str) else a for a in argv]
+    out = tmp_path / "out"
+    extra = ["--out", out] if argv[0] == "train" else []
+    assert _cli("lens", *argv[:1], "--model", TINY_GPT2, *argv[1:], *extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err), err
+    assert not out.exists()  # nothing written
