@@ -118,7 +118,7 @@ def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
     names = list(indices[0])
     plan = _merge.plan(cfg.merge_method, names, n_models=len(cfg.models), has_base=cfg.base_model is not None,
                        parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models],
-                       model_names=[m.model for m in cfg.models])
+                       model_names=refs)
     ref_index = indices[-1] if cfg.base_model else indices[0]
     out_dtypes = {n: cfg.out_dtype or cfg.dtype or ref_index[n].dtype for n in names}
 

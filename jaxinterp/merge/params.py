@@ -151,7 +151,7 @@ def resolve(spec: MethodSpec, *, tensor_name: str, t: float, global_params: Mapp
     shared = {p.name: one(p, [(g, "parameters")], "") for p in spec.params if p.scope == "shared"}
     per_input = []
     for i, mp in enumerate(model_params):
-        label = f"{model_names[i]}." if model_names else f"model {i}: "
+        label = f"{model_names[i]}: " if model_names and i < len(model_names) else f"input {i}: "
         srcs = [(mp or {}, f"models[{i}].parameters"), (g, "parameters")]
         per_input.append({p.name: one(p, srcs, label) for p in spec.params
                           if p.scope == "input" or (p.scope == "non_base" and i != base_index)})

@@ -1,0 +1,197 @@
+"""Merge benchmark: (a) mergekit YAML merges of GPT-2-small-sized safetensors checkpoints, wall time
+and peak memory, beside mergekit on the same files when its CLI is available; (b) loss barrier at 25
+alphas on an MLP, one vmapped call against a Python loop of jitted calls.
+
+    python benchmarks/merge.py [--quick] [--json PATH] [--mergekit PATH/TO/mergekit-yaml] [--workdir DIR]
+
+Each merge runs in its own subprocess (`jaxinterp merge yaml`, or `mergekit-yaml`); wall time is
+measured around it and peak memory is that child's ru_maxrss (os.wait4), so both tools are
+measured the same way. mergekit is found via --mergekit, $MERGEKIT_YAML, or PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from jaxinterp import benchtools
+
+# mergekit 0.1.5 on the project's 2-core machine (shared/PERF_NOTES.md): base + 3 GPT-2 small, f32
+MERGEKIT_REF = {"ties": (82.8, 4.42), "linear": (10.1, 2.37)}
+
+
+def gpt2_shapes(n_layer: int, d: int, vocab: int, n_pos: int) -> dict[str, tuple[int, ...]]:
+    s = {"transformer.wte.weight": (vocab, d), "transformer.wpe.weight": (n_pos, d)}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        s.update({p + "ln_1.weight": (d,), p + "ln_1.bias": (d,), p + "attn.c_attn.weight": (d, 3 * d),
+                  p + "attn.c_attn.bias": (3 * d,), p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+                  p + "ln_2.weight": (d,), p + "ln_2.bias": (d,), p + "mlp.c_fc.weight": (d, 4 * d),
+                  p + "mlp.c_fc.bias": (4 * d,), p + "mlp.c_proj.weight": (4 * d, d), p + "mlp.c_proj.bias": (d,)})
+    s.update({"transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)})
+    return s
+
+
+def make_checkpoints(root: Path, n_layer: int, d: int, vocab: int, n_pos: int) -> list[Path]:
+    """base + 3 fine-tunes (base + small noise), written one tensor at a time is not needed here."""
+    from safetensors.numpy import save_file
+
+    shapes = gpt2_shapes(n_layer, d, vocab, n_pos)
+    cfg = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": n_layer, "n_embd": d,
+           "n_head": max(1, d // 64), "n_positions": n_pos, "n_ctx": n_pos, "vocab_size": vocab,
+           "torch_dtype": "float32"}
+    dirs = [root / name for name in ("base", "ft0", "ft1", "ft2")]
+    if all((p / "model.safetensors").is_file() for p in dirs):
+        return dirs
+    base = {k: np.random.default_rng(zlib.crc32(k.encode())).normal(0, 0.02, s).astype(np.float32)
+            for k, s in shapes.items()}
+    for j, p in enumerate(dirs):
+        p.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(100 + j)
+        t = base if j == 0 else {k: v + rng.normal(0, 0.002, v.shape).astype(np.float32) for k, v in base.items()}
+        save_file(t, str(p / "model.safetensors"), metadata={"format": "pt"})
+        (p / "config.json").write_text(json.dumps(cfg))
+    return dirs
+
+
+def config_yaml(method: str, dirs: list[Path]) -> str:
+    base, fts = dirs[0], dirs[1:]
+    if method == "slerp":
+        return (f"merge_method: slerp\nbase_model: {base}\nmodels:\n  - model: {base}\n  - model: {fts[0]}\n"
+                f"parameters:\n  t: [0.0, 0.5, 1.0]\ndtype: float32\n")
+    if method == "linear":
+        return "merge_method: linear\nmodels:\n" + "".join(f"  - model: {p}\n    parameters: {{weight: 1.0}}\n"
+                                                          for p in fts) + "dtype: float32\n"
+    return (f"merge_method: {method}\nbase_model: {base}\nmodels:\n"
+            + "".join(f"  - model: {p}\n    parameters: {{weight: 1.0, density: 0.5}}\n" for p in fts)
+            + "dtype: float32\n")
+
+
+def run_child(cmd: list[str]) -> tuple[float, float, int]:
+    """(wall s, peak RSS GB of that child, return code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        print(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
+    return wall, ru.ru_maxrss / 1e6, proc.returncode  # ru_maxrss is in KB on Linux
+
+
+def find_mergekit(opt: str | None) -> str | None:
+    for cand in (opt, os.environ.get("MERGEKIT_YAML"), shutil.which("mergekit-yaml")):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def bench_merges(args, rows: list) -> None:
+    quick = args.quick
+    dims = dict(n_layer=2, d=256, vocab=8000, n_pos=256) if quick else dict(n_layer=12, d=768, vocab=50257, n_pos=1024)
+    size = "GPT-2-like tiny (2x256)" if quick else "GPT-2 small"
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="merge_bench_"))
+    dirs = make_checkpoints(work / ("quick" if quick else "full"), **dims)
+    mk = find_mergekit(args.mergekit)
+    print(f"checkpoints in {work}; mergekit: {mk or 'not available (give --mergekit or $MERGEKIT_YAML)'}")
+    methods = ["ties", "dare_ties", "slerp", "linear"]
+    for m in methods:
+        cfg = work / f"{m}.yml"
+        cfg.write_text(config_yaml(m, dirs))
+        out = work / f"out_jax_{m}"
+        wall, rss, rc = run_child([sys.executable, "-m", "jaxinterp.cli", "merge", "yaml", str(cfg),
+                                   "--out", str(out), "--quiet"])
+        ref = MERGEKIT_REF.get(m) if not quick else None
+        mk_wall = mk_rss = None
+        if mk:
+            mk_wall, mk_rss, mk_rc = run_child([mk, str(cfg), str(work / f"out_mk_{m}"), "--quiet"])
+            if mk_rc:
+                mk_wall = mk_rss = None
+            elif m in ("ties", "slerp", "linear"):  # deterministic methods: the outputs must agree
+                print(f"{m}: max |jaxinterp - mergekit| = {max_abs_diff(out, work / f'out_mk_{m}'):.3g}")
+        base_wall = mk_wall or (ref[0] if ref else None)
+        base_rss = mk_rss or (ref[1] if ref else None)
+        src = "mergekit same run" if mk_wall else ("mergekit PERF_NOTES" if ref else None)
+        met_t = None if rc or base_wall is None else wall * 3 <= base_wall
+        met_m = None if rc or base_rss is None else rss < base_rss
+        rows.append(benchtools.row(f"merge {m}, {size}, base+3 f32 (jaxinterp)" if m != "slerp" else
+                                   f"merge slerp, {size}, 2 models f32 (jaxinterp)", wall, "s",
+                                   goal="3x faster than mergekit", met=met_t,
+                                   reference=f"{base_wall:.1f} s ({src})" if base_wall else None))
+        rows.append(benchtools.row(f"merge {m} peak RSS (jaxinterp)", rss, "GB", goal="below mergekit", met=met_m,
+                                   reference=f"{base_rss:.2f} GB ({src})" if base_rss else None))
+        if mk_wall:
+            rows.append(benchtools.row(f"merge {m} (mergekit-yaml, same run)", mk_wall, "s"))
+            rows.append(benchtools.row(f"merge {m} peak RSS (mergekit-yaml, same run)", mk_rss, "GB"))
+        if ref:
+            rows.append(benchtools.row(f"merge {m} (mergekit 0.1.5, PERF_NOTES)", ref[0], "s"))
+            rows.append(benchtools.row(f"merge {m} peak RSS (mergekit 0.1.5, PERF_NOTES)", ref[1], "GB"))
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    from safetensors import safe_open
+
+    worst = 0.0
+    fb = sorted(b.glob("*.safetensors"))
+    with safe_open(str(a / "model.safetensors"), framework="numpy") as fa:
+        handles = [safe_open(str(f), framework="numpy") for f in fb]
+        where = {k: h for h in handles for k in h.keys()}
+        for k in fa.keys():
+            kb = k if k in where else k.removeprefix("transformer.")
+            if kb not in where:
+                kb = "transformer." + k
+            worst = max(worst, float(np.max(np.abs(fa.get_tensor(k) - where[kb].get_tensor(kb)))))
+    return worst
+
+
+def bench_barrier(args, rows: list) -> None:
+    """Landscape-sized workload (the demo's digits MLP on the 450 test examples) with the goal, and a
+    compute-bound one for information: there no call structure can beat the arithmetic."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.merge import landscape, mlp
+
+    for sizes, n, goal in (((64, 128, 128, 10), 450, True), ((64, 512, 512, 10), 4096, False)):
+        pa, pb = mlp.init(jax.random.PRNGKey(0), sizes), mlp.init(jax.random.PRNGKey(1), sizes)
+        rng = np.random.default_rng(0)
+        batch = (jnp.asarray(rng.normal(size=(n, 64)), jnp.float32), jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+        alphas = jnp.linspace(0.0, 1.0, 25)
+        reps = 5 if args.quick else 20
+        vm = benchtools.time_fn(lambda: landscape.path_losses(mlp.loss, pa, pb, batch, alphas), repeats=reps)
+        one = jax.jit(lambda a: mlp.loss(landscape.lerp(pa, pb, a), batch))
+        loop = benchtools.time_fn(lambda: jnp.stack([one(a) for a in alphas]), repeats=reps)
+        wl = f"barrier, 25 alphas, MLP {'-'.join(map(str, sizes))}, {n} examples"
+        rows.append(benchtools.row(f"{wl}: one compiled call", vm.median_s * 1e3, "ms"))
+        rows.append(benchtools.row(f"{wl}: Python loop of jitted calls", loop.median_s * 1e3, "ms"))
+        sp = loop.median_s / vm.median_s
+        rows.append(benchtools.row(f"{wl}: speed-up", sp, "x", goal=">= 5x" if goal else None,
+                                   met=(sp >= 5) if goal else None))
+
+
+def main() -> None:
+    p = benchtools.parser(__doc__.splitlines()[0])
+    p.add_argument("--mergekit", help="path to mergekit's `mergekit-yaml` (or set $MERGEKIT_YAML)")
+    p.add_argument("--workdir", help="folder for the checkpoints (kept between runs); default a temp folder")
+    p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
+    args = p.parse_args()
+    rows: list = []
+    if not args.skip_merges:
+        bench_merges(args, rows)
+    bench_barrier(args, rows)
+    benchtools.report("merge", rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
