@@ -128,3 +128,8 @@ def test_tokens_must_be_two_dimensional_integers(tiny_raw):
         gpt2.forward(params, np.zeros(4, np.int32), config=config)
     with pytest.raises(ValueError, match="must be integers"):
         gpt2.forward(params, jnp.zeros((1, 4)), config=config)
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(ValueError, match=f"model folder {tmp_path / 'nowhere'} does not exist"):
+        load_gpt2(tmp_path / "nowhere")

@@ -130,6 +130,8 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise ValueError(f"expected a folder holding config.json and *.safetensors, got the file {path}")
+    if path.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") > 1:
+        raise ValueError(f"model folder {path} does not exist (and it is no Hugging Face hub name)")
     try:
         from huggingface_hub import snapshot_download
 
