@@ -105,3 +105,24 @@ def test_balanced_batches_spread_the_largest(n, batch, frac):
     assert max(per_bin) - min(per_bin) <= 1 and sum(per_bin) == n_large
     with pytest.raises(ValueError, match="batch_size: 11 is more than the 10 training events"):
         train.balanced_batches(sizes[:10], 11, frac, np.random.default_rng(0))
+
+
+def test_train_command(data, straight, tmp_path, monkeypatch, capsys):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "cli_run"
+    argv = ["nugraph", "train", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+            "--planar-features", "8", "--nexus-features", "4", "--iterations", "1", "--checkpoint-every", "1"]
+    assert cli.main(argv + ["--max-steps", "1"]) == 0  # stopped early on purpose: no model yet
+    assert "stopped at step 1" in capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert "finished at step 2" in capsys.readouterr().out
+    _same_params(evaluate_params(out), straight.params)
+    assert cli.main(["nugraph", "train", str(tmp_path / "missing.h5"), "--out", str(out)]) == 2
+
+
+def evaluate_params(folder):
+    from jaxinterp.nugraph import evaluate
+
+    return evaluate.load_model(folder).params

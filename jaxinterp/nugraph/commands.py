@@ -24,7 +24,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", required=True, help="output file (*.gnn.h5), written atomically")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mean-energy", type=float, default=None, help="mean neutrino energy, GeV (default 1.0)")
-    p.add_argument("--max-hits", type=int, default=None, help="redraw events with more hits in a plane")
+    p.add_argument("--max-hits", type=int, default=None, help="redraw events with more particle hits in a plane (noise hits come on top)")
     p.add_argument("--min-hits", type=int, default=None, help="redraw events with fewer hits in a plane (default 3)")
     p.add_argument("--cosmics", type=float, default=None, help="mean number of cosmic muons per event (default 0.7)")
     p.add_argument("--run", type=int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
@@ -91,8 +91,8 @@ def _simulate(args) -> int:
 def _train(args) -> int:
     from jaxinterp.nugraph import train
 
-    result = train.run_cli(args)
-    return 0 if result is not None else 1
+    train.run_cli(args)
+    return 0
 
 
 def _eval(args) -> int:

@@ -57,7 +57,7 @@ class SimConfig:
     sp_efficiency: float = 0.4
     ghost_fraction: float = 0.08
     min_hits_per_plane: int = 3
-    max_hits_per_plane: int | None = None  # redraw events above this (to bound event sizes)
+    max_hits_per_plane: int | None = None  # redraw events with more particle hits in a plane (noise comes on top)
 
 
 class _Deposits:
@@ -328,6 +328,8 @@ def simulate_event(rng: np.random.Generator, cfg: SimConfig, *, event: int = 0, 
             return None
     sp = det_mod.space_points([r.dep_hit for r in readouts], [r.tick for r in readouts],
                               efficiency=cfg.sp_efficiency, ghost_fraction=cfg.ghost_fraction, rng=rng)
+    if sp.hits.shape[0] == 0:  # NuGraph2 readers skip such events; draw another instead
+        return None
     raw_planes, next_id = {}, 0
     for i, (p, r) in enumerate(zip(planes, readouts)):
         wlo, whi = int(r.wire.min()), int(r.wire.max()) + 1
