@@ -161,3 +161,13 @@ def test_cli_prompts_and_ship_error(tmp_path):
                  "--cities-per-country", "2", "--companies", "2", "--world-seed", "3"]) == 0
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
     assert main(["toyworld", "ship", str(tmp_path)]) == 2  # no finished run there: a clear error
+
+
+def test_percent_increase_statistics():
+    from jaxinterp.toyworld.analysis import pct_stats
+
+    before = np.array([0.1, 0.2, 0.5, 0.01])
+    after = np.array([[0.2, 0.2, 0.25, 0.01]])  # +100, 0, -50, 0 percent
+    s = pct_stats(before, after)
+    np.testing.assert_allclose(s["mean"], [12.5])
+    np.testing.assert_allclose(s["median"], [0.0])

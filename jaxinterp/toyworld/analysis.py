@@ -79,13 +79,27 @@ def injection(params, config, tok, prompts_csv, *, words_csv=None, seed: int = 0
     return {"prompts": len(ps.memory), "sweeps": summaries}, raw
 
 
-def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, steps: int = 300, k: int = 10,
+def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, world, steps: int = 300, k: int = 10,
                seed: int = 0) -> dict:
+    """Per head: the share of prompts whose bridge entity (its first token, with or without the
+    leading space) is among the head's top-k tokens, through a trained lens and the logit lens.
+    Controls: a random other entity of the bridge's kind (a head that promotes, say, cities in
+    general scores about as high on it), and the answer itself."""
     from jaxinterp.inject import data as idata
     from jaxinterp.lens import data as ldata, lenses, objective, readout, train as ltrain
     from jaxinterp.toyworld import tokenizer as toktools
 
     ps = idata.load_prompts(prompts_csv)
+    kind_of = {n: kd for kd, names in world.entities.items() for n in names}
+    rng = np.random.default_rng(seed + 1)
+    control = []
+    for m in ps.memory:
+        pool = [n for n in world.entities[kind_of[m]] if n != m]
+        control.append(pool[rng.integers(len(pool))])
+
+    def first_ids(name):
+        return {toktools.answer_ids(tok, name)[0], toktools.encode(tok, name, bos=False)[0]}
+
     examples = [np.asarray(toktools.encode(tok, s), np.int32) for s in corpus]
     seq = max(len(e) for e in examples)
     out = {}
@@ -96,41 +110,51 @@ def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, s
         res = ltrain.train(params, config, lc, batches, cfg, objective=objective.Objective(mode="all"), progress=False)
         table = {}
         for form, sentences in (("obscure", ps.obscure), ("explicit", ps.explicit)):
-            lens_hit = np.zeros(config.n_head)
-            logit_hit = np.zeros(config.n_head)
-            for sent, bridge in zip(sentences, ps.memory):
-                ids = toktools.encode(tok, sent)
-                targets = {toktools.answer_ids(tok, bridge)[0], toktools.encode(tok, bridge, bos=False)[0]}
-                t = readout.head_topk(params, config, res.lens, lc, ids, k=k)
-                lens_hit += [bool(targets & set(row.tolist())) for row in t.lens_ids]
-                logit_hit += [bool(targets & set(row.tolist())) for row in t.logit_ids]
-            table[form] = {"lens": (lens_hit / len(sentences)).round(3).tolist(),
-                           "logit_lens": (logit_hit / len(sentences)).round(3).tolist()}
-        out[L] = {"final_loss": float(res.losses[-1]), "initial_loss": float(res.losses[0]),
-                  "bridge_in_top_k": table, "k": k}
+            hits = {(t, v): np.zeros(config.n_head) for t in ("bridge", "control", "answer")
+                    for v in ("lens", "logit_lens")}
+            for i, sent in enumerate(sentences):
+                top = readout.head_topk(params, config, res.lens, lc, toktools.encode(tok, sent), k=k)
+                targets = {"bridge": first_ids(ps.memory[i]), "control": first_ids(control[i]),
+                           "answer": first_ids(ps.answer[i])}
+                for t, ids in targets.items():
+                    hits[t, "lens"] += [bool(ids & set(r.tolist())) for r in top.lens_ids]
+                    hits[t, "logit_lens"] += [bool(ids & set(r.tolist())) for r in top.logit_ids]
+            table[form] = {f"{t}/{v}": (h / len(sentences)).round(3).tolist() for (t, v), h in hits.items()}
+        out[L] = {"final_loss": float(res.losses[-1]), "initial_loss": float(res.losses[0]), "k": k,
+                  "in_top_k": table}
     return out
 
 
 def markdown(inj: dict, heads: dict | None) -> str:
-    lines = [f"Injection sweep on {inj['prompts']} held-out two-hop prompts (layers x tau 1..15; percent "
+    lines = [] if not inj else [f"Injection sweep on {inj['prompts']} held-out two-hop prompts (layers x tau 1..15; percent "
              "increase of p(answer's first token); best (layer, tau) by median):", "",
              "| memory | p before | p explicit | best layer, tau | p after (best) | median % | mean % | trimmed mean % | share improved |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for s in inj["sweeps"]:
+    for s in inj.get("sweeps", []):
         pe = "-" if s["p_explicit_mean"] is None else f"{s['p_explicit_mean']:.3f}"
         lines.append(f"| {s['memory']} | {s['p_before_mean']:.3f} | {pe} | {s['best_layer']}, {s['best_tau']:g} | "
                      f"{s['best_p_after_mean']:.3f} | {s['best_median_pct']:.1f} | {s['best_mean_pct']:.1f} | "
                      f"{s['best_trimmed_mean_pct']:.1f} | {s['best_share_improved']:.2f} |")
+    if inj.get("sweeps"):
+        ref = inj["sweeps"][0]  # the true memory: compare every memory in its best cell
+        li, ti = ref["best_layer"], int(round(ref["best_tau"])) - 1
+        lines += ["", f"In the bridge memory's best cell (layer {li}, tau {ti + 1}), median % increase and mean p(answer):", "",
+                  "| memory | median % | mean p after | highest mean p after anywhere |", "| --- | ---: | ---: | ---: |"]
+        for s in inj["sweeps"]:
+            lines.append(f"| {s['memory']} | {s['median_pct_grid'][li][ti]:.1f} | {s['p_after_mean_grid'][li][ti]:.3f} | "
+                         f"{np.max(s['p_after_mean_grid']):.3f} |")
     if heads:
         for L, h in heads.items():
-            lines += ["", f"Layer {L} lenses (KL {h['initial_loss']:.3f} -> {h['final_loss']:.3f}): share of prompts "
-                      f"whose bridge entity's first token is in a head's top {h['k']}:", "",
-                      "| head | obscure, lens | obscure, logit lens | explicit, lens | explicit, logit lens |",
-                      "| --- | ---: | ---: | ---: | ---: |"]
-            t = h["bridge_in_top_k"]
-            for i in range(len(t["obscure"]["lens"])):
-                lines.append(f"| {i} | {t['obscure']['lens'][i]:.2f} | {t['obscure']['logit_lens'][i]:.2f} | "
-                             f"{t['explicit']['lens'][i]:.2f} | {t['explicit']['logit_lens'][i]:.2f} |")
+            lines += ["", f"Layer {L} lenses (KL {h['initial_loss']:.3f} -> {h['final_loss']:.3f}): share of prompts whose "
+                      f"entity's first token is in a head's top {h['k']} (lens / logit lens):", "",
+                      "| head | obscure: bridge | obscure: control entity | obscure: answer | explicit: bridge | explicit: answer |",
+                      "| --- | --- | --- | --- | --- | --- |"]
+            t = h["in_top_k"]
+            for i in range(len(t["obscure"]["bridge/lens"])):
+                cells = [f"{t[f][f'{w}/lens'][i]:.2f} / {t[f][f'{w}/logit_lens'][i]:.2f}"
+                         for f, w in (("obscure", "bridge"), ("obscure", "control"), ("obscure", "answer"),
+                                      ("explicit", "bridge"), ("explicit", "answer"))]
+                lines.append(f"| {i} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -166,18 +190,20 @@ def main(argv=None) -> int:
     p.add_argument("--words", help="top_word_types.csv for the paper's random-word baselines")
     p.add_argument("--lens-layers", type=int, nargs="*", default=None, help="default: the last two layers")
     p.add_argument("--lens-steps", type=int, default=300)
+    p.add_argument("--no-inject", action="store_true", help="lenses only")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     params, config = load_gpt2(args.model, process_weights=True)  # the paper's TransformerLens weights
     tok = load_tokenizer(args.model)
-    inj, _ = injection(params, config, tok, args.prompts, words_csv=args.words)
-    for i, s in enumerate(inj["sweeps"]):
+    inj, _ = injection(params, config, tok, args.prompts, words_csv=args.words) if not args.no_inject else ({}, {})
+    for i, s in enumerate(inj.get("sweeps", [])):
         heatmap(s, out / f"heatmap_{i}.png")
     layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
     record = json.loads((MODEL_DIR.parent / "train.json").read_text())
-    corpus = training_sentences(build_world(WorldConfig(**record["world"])))
-    heads = lens_heads(params, config, tok, args.prompts, corpus, layers, steps=args.lens_steps) if layers else None
+    world = build_world(WorldConfig(**record["world"]))
+    heads = lens_heads(params, config, tok, args.prompts, training_sentences(world), layers, world=world,
+                       steps=args.lens_steps) if layers else None
     atomic.write_text(out / "summary.json", json.dumps({"injection": inj, "lens": heads}, indent=2))
     md = markdown(inj, heads)
     atomic.write_text(out / "summary.md", md)
