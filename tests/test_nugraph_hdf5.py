@@ -133,7 +133,19 @@ def _drop_field(f, name, field):
 def test_bad_file_contents(tmp_path, case, edit, message):
     path = _copy_fixture(tmp_path, edit)
     with pytest.raises(ValueError, match=message):
+        hdf5.load_events(path, "train")
+
+
+def test_raw_events_need_no_splits_or_norm(tmp_path):
+    def strip(f):
+        del f["samples"], f["norm"], f["datasize"]
+
+    path = _copy_fixture(tmp_path, strip)
+    assert len(hdf5.read_events(path).events) == 8  # raw records: fine
+    with pytest.raises(ValueError, match="missing dataset '/samples/train'"):
         hdf5.read_events(path, "train")
+    with pytest.raises(ValueError, match="missing dataset '/norm/u'"):
+        hdf5.load_events(path)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "absent"])

@@ -67,11 +67,12 @@ def event_display(event: Event, predicted: dict[str, np.ndarray] | None = None, 
             ax.tick_params(labelsize=7)
     handles = [plt.Line2D([], [], marker="o", ls="", color=col, label=name)
                for name, col in zip(list(SEMANTIC_CLASSES) + ["background"], list(CLASS_COLOURS) + [BACKGROUND_COLOUR])]
-    top = 1 - 0.22 / len(rows)  # room above the panels for the legend (and the title)
+    height = fig.get_figheight()
+    top = 1 - (0.75 if title else 0.4) / height  # inches above the panels: the title, then the legend
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, bbox_to_anchor=(0.5, top), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=10, y=top + 0.1 / len(rows))
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
     return fig
 
 

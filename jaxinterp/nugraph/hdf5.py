@@ -121,22 +121,26 @@ def _strings(values) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values))
 
 
-def read_info(path: str | os.PathLike) -> FileInfo:
+def read_info(path: str | os.PathLike, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
     """Reads the file's metadata (planes, classes, splits, data sizes, norms); ValueError if absent."""
     with _open(path) as f:
-        return _info(f)
+        return _info(f, need_samples=need_samples, need_norm=need_norm)
 
 
-def _info(f) -> FileInfo:
+def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
+    """Metadata; splits and norms may be absent (files before nugraph's generate_samples/norm) when
+    the caller does not need them."""
     planes = _strings(_need(f, "planes"))
     semantic = _strings(_need(f, "semantic_classes"))
     event_classes = _strings(f["event_classes"][()]) if "event_classes" in f else None
     samples = {s: _strings(_need(f, f"samples/{s}")) if f"samples/{s}" in f else () for s in SPLITS}
-    if not any(samples.values()):
+    if need_samples and not any(samples.values()):
         raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
     datasize = np.asarray(f["datasize/train"][()]) if "datasize/train" in f else None
     norm = {}
     for p in planes:
+        if not need_norm and f"norm/{p}" not in f:
+            continue
         n = np.asarray(_need(f, f"norm/{p}"))
         if n.shape != (2, 4):
             raise ValueError(f"{f.filename}: '/norm/{p}' must have shape [2, 4] (mean, std), got {list(n.shape)}")
@@ -222,7 +226,7 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
     if split is not None and split not in SPLITS:
         raise ValueError(f"split: expected one of {list(SPLITS)} or None, got {split!r}")
     with _open(path) as f:
-        info = _info(f)
+        info = _info(f, need_samples=split is not None, need_norm=False)
         if names is not None:
             todo = list(names)
         elif split is not None:
@@ -262,7 +266,7 @@ def to_event(raw: RawEvent, norm: Mapping[str, np.ndarray], *, planes: Sequence[
 
 def load_events(path: str | os.PathLike, split: str | None = None, **kw) -> tuple[list[Event], ReadResult]:
     """`read_events` then `to_event` with the file's norms: the Events the model takes, and the raw result."""
-    info = read_info(path)
+    info = read_info(path, need_samples=split is not None)
     res = read_events(path, split, **kw)
     return [to_event(r, info.norm, planes=info.planes) for r in res.events], res
 
