@@ -299,3 +299,30 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
 def trace_count() -> int:
     """How many times the sweep core has been traced (compiled) in this process."""
     return _TRACES[0]
+
+
+def sweep_flops(config: GPT2Config, lengths: Sequence[int], layers: Sequence[int], n_taus: int,
+                explicit_lengths: Sequence[int] = ()) -> float:
+    """The useful FLOPs of a sweep (real tokens only, no padding, matmuls and attention):
+    the base pass of every prompt (and explicit prompt), and per (layer L, tau, prompt) block L's MLP,
+    blocks L+1..n-2, the last block's keys and values (plus its last position) and one unembedding."""
+    D, M, V, n = config.n_embd, config.d_mlp, config.vocab_size, config.n_layer
+    mlp = 4 * D * M  # per token
+    full = 8 * D * D + mlp  # per token: QKV, W_O, MLP
+
+    def attn(T):  # q.k and pattern.v over the causal pairs
+        return 2 * D * T * (T + 1)
+
+    def base(T):
+        return n * (T * full + attn(T)) + 2 * D * V
+
+    total = float(sum(base(T) for T in lengths) + sum(base(T) for T in explicit_lengths))
+    for T in lengths:
+        for L in layers:
+            if L == n - 1:
+                f = mlp
+            else:
+                f = T * mlp + (n - 2 - L) * (T * full + attn(T))
+                f += T * 4 * D * D + 4 * D * D + 4 * D * T + mlp  # last block: K, V everywhere; Q, W_O, MLP at the end
+            total += n_taus * (f + 2 * D * V)
+    return total

@@ -1,0 +1,111 @@
+"""Memory-injection sweep: every layer x tau x prompt in one compiled call, against the paper's loop.
+
+GPT-2 small architecture with random (TransformerLens-processed) weights; 106 prompts of 13..17
+tokens (BOS included), 3-token memories, layers 0..11, tau 1..15. Figures:
+  * the sweep's wall time (compile apart) and its compile time;
+  * the paper's approach -- a Python loop over (layer, tau, prompt), one jitted forward of the
+    whole prompt each with the injection, softmax logits at every position -- timed on a subset
+    and extrapolated to the full grid;
+  * the sweep's arithmetic rate (useful FLOPs / wall time, `sweep_flops`) against a jitted
+    1024x768x3072 float32 matmul measured in the same run.
+--quick: 2 layers x 3 taus x 16 prompts (for CI); the goals are judged on the full run only.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp import benchtools
+from jaxinterp.inject.memory import injection, memory_vectors
+from jaxinterp.inject.sweep import DEFAULT_TAUS, sweep, sweep_flops
+from jaxinterp.transformer import PRESETS, init, process_weights
+from jaxinterp.transformer import gpt2
+
+PAPER_LOOP_S = 2050.0  # TransformerLens, 107 ms per forward x 12 x 15 x 106 (PERF_NOTES.md)
+
+
+def matmul_rate(repeats: int) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(1), (1024, 768))
+    b = jax.random.normal(jax.random.PRNGKey(2), (768, 3072))
+    f = jax.jit(lambda a, b: a @ b)
+    t = benchtools.time_fn(lambda: f(a, b), repeats=repeats)
+    return 2 * 1024 * 768 * 3072 / t.median_s
+
+
+def main(argv=None) -> int:
+    args = benchtools.parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = PRESETS["gpt2"]
+    params, config = process_weights(init(jax.random.PRNGKey(0), config), config)
+    params = jax.tree.map(jnp.asarray, params)
+    n_prompts, layers, taus = (16, [3, 9], [1.0, 4.0, 8.0]) if args.quick else (106, list(range(12)), list(DEFAULT_TAUS))
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(13, 18, size=n_prompts)  # 13..17 tokens, mean 15
+    prompts = [np.concatenate([[50256], rng.integers(0, 50256, size=T - 1)]).astype(np.int32) for T in lengths]
+    answers = rng.integers(0, 50257, size=n_prompts)
+    memories = memory_vectors(params, [rng.integers(0, 50257, size=3) for _ in range(n_prompts)], config=config)
+
+    rate0 = matmul_rate(5)
+    t0 = time.perf_counter()
+    sweep(params, prompts, memories, layers, taus, config=config, answers=answers)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(1 if not args.quick else 2):
+        t0 = time.perf_counter()
+        sweep(params, prompts, memories, layers, taus, config=config, answers=answers)
+        times.append(time.perf_counter() - t0)
+    sweep_s = float(np.median(times))
+    compile_s = first - sweep_s
+    rate1 = matmul_rate(5)
+    mm_rate = max(rate0, rate1)
+    flops = sweep_flops(config, lengths, layers, len(taus))
+
+    # The paper's approach: one forward per (layer, tau, prompt), logits and softmax at every position.
+    @jax.jit
+    def one(params, tokens, iv, answer):
+        probs = jax.nn.softmax(gpt2.forward(params, tokens, config=config, interventions=(iv,)), axis=-1)
+        return probs[0, -1, answer]
+
+    sub_layers, sub_taus, sub_prompts = [0, 6, 11], [1.0, 8.0], list(range(4 if args.quick else 8))
+    for i in sub_prompts:  # compile each prompt length first (TransformerLens compiles nothing)
+        jax.block_until_ready(one(params, prompts[i][None], injection(memories[i], 0, 1.0), answers[i]))
+    loop_times = []
+    for L in sub_layers:
+        for tau in sub_taus:
+            for i in sub_prompts:
+                t0 = time.perf_counter()
+                jax.block_until_ready(one(params, prompts[i][None], injection(memories[i], L, tau), answers[i]))
+                loop_times.append(time.perf_counter() - t0)
+    per_forward = float(np.median(loop_times))
+    loop_s = per_forward * len(layers) * len(taus) * n_prompts
+
+    grid = f"{len(layers)}x{len(taus)}x{n_prompts}"
+    full = not args.quick
+    rows = [
+        benchtools.row(f"inject sweep {grid} (GPT-2 small, one compiled call)", sweep_s, "s",
+                       goal="<= paper loop / 10" if full else None, reference=f"TL loop {PAPER_LOOP_S:.0f} s",
+                       met=(sweep_s * 10 <= PAPER_LOOP_S) if full else None),
+        benchtools.row("inject sweep compile time", compile_s, "s", goal="< 30 s", met=compile_s < 30),
+        benchtools.row("paper's loop, jitted forward per (L, tau, prompt)", per_forward * 1e3, "ms/forward",
+                       reference="TL 107 ms"),
+        benchtools.row(f"paper's loop {grid} (extrapolated from {len(loop_times)} forwards)", loop_s, "s"),
+        benchtools.row("speed-up of the sweep over the jitted loop", loop_s / sweep_s, "x",
+                       goal=">= 10" if full else None, met=(loop_s / sweep_s >= 10) if full else None),
+        benchtools.row("speed-up of the sweep over the TL loop (2050 s)", PAPER_LOOP_S / sweep_s, "x",
+                       goal=">= 10" if full else None, met=(PAPER_LOOP_S / sweep_s >= 10) if full else None),
+        benchtools.row("sweep useful FLOPs", flops / 1e12, "TFLOP"),
+        benchtools.row("sweep arithmetic rate", flops / sweep_s / 1e9, "GFLOP/s"),
+        benchtools.row("jitted 1024x768x3072 matmul rate (same run)", mm_rate / 1e9, "GFLOP/s"),
+        benchtools.row("sweep rate / matmul rate", flops / sweep_s / mm_rate * 100, "%",
+                       goal=">= 60 %" if full else None, met=(flops / sweep_s >= 0.6 * mm_rate) if full else None),
+    ]
+    benchtools.report("inject_sweep", rows, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

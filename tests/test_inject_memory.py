@@ -1,0 +1,99 @@
+"""Memory vectors and single-run injection: fixture parity, definitions, bad input."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.inject import heads
+from jaxinterp.inject.memory import inject_logits, layer_encoding, memory_vector, memory_vectors
+from jaxinterp.transformer import forward, load_gpt2, run_with_cache
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_gpt2(FIX / "tiny_gpt2", process_weights=True)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return np.load(FIX / "gpt2_reference.npz")
+
+
+@pytest.mark.parametrize("kind,key", [("unembed", "inject/unembed_logits"), ("embed", "inject/embed_logits")])
+@pytest.mark.parametrize("head", [None, 2])
+def test_fixture_parity(model, ref, kind, key, head):
+    """TransformerLens's hook_attn_out += tau * memory at layer 1, tau 3, memory {5, 17, 42}.
+    Injecting into one head's hook_result (the paper's hook) gives the same logits."""
+    params, config = model
+    m = memory_vector(params, ref["inject/memory_ids"], config=config, kind=kind)
+    logits = inject_logits(params, ref["tokens"], m, config=config, layer=int(ref["inject/layer"]),
+                           tau=float(ref["inject/tau"]), head=head)
+    np.testing.assert_allclose(np.asarray(logits), ref[key], atol=2e-6, rtol=0)
+
+
+def test_memory_definitions(model, ref):
+    params, config = model
+    # multi-hot: a repeated token counts once; W_U.T rows are W_U's columns
+    a = memory_vector(params, [5, 5, 17], config=config)
+    np.testing.assert_allclose(np.asarray(a), ref["tl_W_U"][:, [5, 17]].sum(1), atol=1e-6)
+    b = memory_vector(params, [42, 5], config=config, kind="embed")
+    np.testing.assert_allclose(np.asarray(b), ref["tl_W_E"][[5, 42]].sum(0), atol=1e-6)
+    assert memory_vectors(params, [[1, 2], [3]], config=config).shape == (2, config.n_embd)
+
+
+def test_layer_encoding(model):
+    params, config = model
+    enc = layer_encoding(params, [7, 9], config=config, bos_id=0)
+    names = [f"blocks.{i}.hook_attn_out" for i in range(config.n_layer)]
+    _, cache = run_with_cache(params, jnp.array([[0, 7, 9]]), config=config, names=names)
+    np.testing.assert_allclose(np.asarray(enc), np.stack([cache[n][0, -1] for n in names]), atol=1e-6)
+    assert memory_vectors(params, [[7, 9]], config=config, kind="layer", bos_id=0).shape == (1, 3, config.n_embd)
+
+
+def test_chosen_positions(model):
+    """Injection at the last position only leaves the earlier positions' logits untouched."""
+    params, config = model
+    tokens = jnp.array([[0, 4, 8, 15, 16]])
+    m = memory_vector(params, [3], config=config)
+    pos = np.array([False, False, False, False, True])
+    out = inject_logits(params, tokens, m, config=config, layer=0, tau=5.0, positions=pos)
+    base = forward(params, tokens, config=config)
+    np.testing.assert_allclose(np.asarray(out[0, :4]), np.asarray(base[0, :4]), atol=1e-5)
+    assert float(jnp.abs(out[0, 4] - base[0, 4]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p, c: memory_vector(p, [], config=c), "empty memory"),
+    (lambda p, c: memory_vector(p, [3, 500], config=c), r"ids must lie in \[0, 97\)"),
+    (lambda p, c: memory_vectors(p, [[1], []], config=c), "memory of row 1"),
+    (lambda p, c: memory_vectors(p, [[1]], config=c, kind="bogus"), "memory kind"),
+    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=3, tau=1.0), "layer: expected an int in \\[0, 3\\)"),
+    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=0, tau=1.0, head=4), "head"),
+])
+def test_bad_input(model, call, match):
+    params, config = model
+    with pytest.raises(ValueError, match=match):
+        call(params, config)
+
+
+def test_head_top_tokens(model):
+    params, config = model
+    tokens = [0, 4, 8, 15]
+    top = heads.head_top_tokens(params, tokens, config=config, k=5)
+    assert top.ids.shape == (config.n_layer, config.n_head, 5)
+    names = ["blocks.2.attn.hook_result"]
+    _, cache = run_with_cache(params, jnp.array([tokens]), config=config, names=names)
+    lg = cache[names[0]][0, -1, 1] @ params["lm_head"]["kernel"] + params["lm_head"]["bias"]
+    np.testing.assert_array_equal(top.ids[2, 1], np.asarray(jax.lax.top_k(lg, 5)[1]))
+    # any lens callable (e.g. a trained Attention Lens) replaces the logit lens
+    fixed = heads.head_top_tokens(params, tokens, config=config, k=1,
+                                  lens=lambda layer, x: jnp.zeros((x.shape[0], config.vocab_size)).at[:, 7].set(1.0))
+    assert (fixed.ids == 7).all()
+    assert heads.heads_with_tokens(fixed, [7]) == [(l, h) for l in range(3) for h in range(4)]
+    with pytest.raises(ValueError, match="k: expected"):
+        heads.head_top_tokens(params, tokens, config=config, k=0)
