@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "jaxinterp.toyworld.cli",
     "jaxinterp.lens.cli",
     "jaxinterp.merge.cli",
+    "jaxinterp.inject.cli",
 ]
 
 
