@@ -18,6 +18,7 @@ SECTIONS = [
     "jaxinterp.lens.demo:section",
     "jaxinterp.merge.demo:section",
     "jaxinterp.nugraph.demo:section",
+    "jaxinterp.inject.demo:section",
 ]
 
 
