@@ -1,0 +1,159 @@
+"""mergekit YAML configs and the streaming safetensors merge; every bad-input error has a case."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jaxinterp.merge import checkpoint, config
+from jaxinterp.merge.merge import merge
+
+NAMES = {"wte.weight": (6, 4), "h.0.mlp.c_fc.weight": (4, 8), "h.0.attn.c_attn.weight": (4, 12),
+         "h.1.mlp.c_fc.weight": (4, 8), "h.1.attn.c_attn.weight": (4, 12), "ln_f.bias": (4,)}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    rng = np.random.default_rng(0)
+    out = []
+    for j in range(3):
+        d = root / f"m{j}"
+        d.mkdir()
+        save_file({k: rng.normal(size=s).astype(np.float32) for k, s in NAMES.items()}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "id": j}))
+        out.append(d)
+    return out
+
+
+def write_cfg(tmp_path, text):
+    p = tmp_path / "cfg.yml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_merge_matches_in_memory_merge(ckpts, tmp_path):
+    cfg = write_cfg(tmp_path, f"""
+merge_method: ties
+base_model: {ckpts[0]}
+models:
+  - model: {ckpts[0]}
+  - model: {ckpts[1]}
+    parameters: {{weight: [0.2, 1.0], density: 0.5}}
+  - model: {ckpts[2]}
+    parameters: {{weight: {{filter: mlp, value: 0.7}}, density: 0.6}}
+parameters: {{weight: 0.3}}
+out_dtype: bfloat16
+""")
+    r = checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert r.n_tensors == len(NAMES) and set(got) == set(NAMES)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["id"] == 0  # from the base
+    assert (tmp_path / "out" / "mergekit_config.yml").is_file()
+    trees = [load_file(str(d / "model.safetensors")) for d in ckpts]
+    want = merge("ties", [trees[1], trees[2]], base=trees[0], parameters={"weight": 0.3},
+                 model_parameters=[{"weight": [0.2, 1.0], "density": 0.5},
+                                   {"weight": {"filter": "mlp", "value": 0.7}, "density": 0.6}])
+    for k in NAMES:
+        # keys of a flat dict with dots become nested paths; compare by name
+        w = want[k]
+        assert got[k].dtype.name == "bfloat16"
+        np.testing.assert_allclose(got[k].astype(np.float32), np.asarray(w).astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_config_round_trips_through_yaml(ckpts):
+    d = {"merge_method": "slerp", "base_model": str(ckpts[0]),
+         "models": [{"model": str(ckpts[1])}], "parameters": {"t": [0.0, 0.5, 1.0]}, "dtype": "float32"}
+    cfg = config.from_dict(d)
+    assert config.from_dict(__import__("yaml").safe_load(config.to_yaml(cfg))) == cfg
+
+
+BAD_CONFIGS = [
+    ({"merge_method": "tiess", "models": ["a"]}, "merge_method: expected one of"),
+    ({"merge_method": "ties", "models": ["a", "b"], "parameters": {"densty": 0.5}}, "densty: unknown parameter"),
+    ({"merge_method": "ties", "models": ["a", "b"]}, "needs a base model"),
+    ({"merge_method": "linear", "models": ["a"], "base_model": "b"}, "does not use a base model"),
+    ({"merge_method": "slerp", "models": ["a", "b"], "base_model": "c", "parameters": {"t": 0.5}}, "exactly 2 inputs"),
+    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"t": 0.5}}, "t: unknown parameter"),
+    ({"merge_method": "ties", "models": [{"model": "a", "parameters": {"lambda": 2}}], "base_model": "b"},
+     "shared parameter"),
+    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "dtype": "float8"}, "config.dtype: expected one of"),
+    ({"merge_method": "ties", "models": [], "base_model": "b"}, "config.models: expected a non-empty list"),
+    ({"merge_method": "ties", "modelz": ["a"]}, "unknown keys"),
+    ({"merge_method": "ties", "slices": [{}]}, "slicing is not supported"),
+    ({"models": ["a"]}, "merge_method: required"),
+    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"weight": [{"valu": 1}]}},
+     "expected a condition"),
+]
+
+
+@pytest.mark.parametrize("d,msg", BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
+def test_bad_config_is_reported_before_any_file_is_opened(d, msg):
+    # the model paths do not exist: the config error must come first
+    with pytest.raises(ValueError, match=msg):
+        config.from_dict(d)
+
+
+def test_bad_value_for_one_filtered_tensor_stops_before_writing(ckpts, tmp_path):
+    cfg = write_cfg(tmp_path, f"""
+merge_method: ties
+base_model: {ckpts[0]}
+models:
+  - model: {ckpts[1]}
+    parameters: {{weight: 1.0, density: [{{filter: ln_f, value: 1.5}}, {{value: 0.5}}]}}
+""")
+    with pytest.raises(ValueError, match=r"ln_f.bias.*density of input 0 must be in \(0, 1\], got 1.5"):
+        checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("params,msg", [
+    ({"density": 0.0, "weight": 1.0}, r"density of input 0 must be in \(0, 1\], got 0.0"),
+    ({"density": 0.9, "epsilon": 0.15, "weight": 1.0}, r"density \+- epsilon in \(0, 1\)"),
+    ({"density": 0.1, "epsilon": 0.15, "weight": 1.0}, r"density \+- epsilon in \(0, 1\)"),
+])
+def test_density_errors(params, msg):
+    x = {"w": np.ones((2, 2), np.float32)}
+    with pytest.raises(ValueError, match=msg):
+        merge("della", [x], base=x, parameters=params)
+
+
+@pytest.mark.parametrize("make_b,msg", [
+    (lambda: {"a": np.ones(3), "b": np.ones(3)}, r"differ at b \(only in"),
+    (lambda: {"a": np.ones(4)}, r"differ at a \(shape \(3,\)"),
+    (lambda: {"c": np.ones(3)}, r"differ at a \(missing in"),
+])
+def test_tree_structure_errors_name_first_differing_paths(make_b, msg):
+    with pytest.raises(ValueError, match=msg):
+        merge("linear", [{"a": np.ones(3)}, make_b()], parameters={"weight": 1.0})
+
+
+def test_missing_required_parameter_and_zero_weights():
+    x = {"w": np.ones(2, np.float32)}
+    with pytest.raises(ValueError, match="requires it"):
+        merge("ties", [x], base=x)
+    with pytest.raises(ValueError, match="do not sum to 0"):
+        merge("linear", [x, x], model_parameters=[{"weight": 1.0}, {"weight": -1.0}])
+
+
+def test_checkpoint_mismatch_and_missing_model(ckpts, tmp_path):
+    other = tmp_path / "odd"
+    other.mkdir()
+    save_file({"wte.weight": np.zeros((6, 4), np.float32)}, str(other / "model.safetensors"))
+    with pytest.raises(ValueError, match="differ at h.0"):
+        checkpoint.check_indices([checkpoint.read_index(str(ckpts[0])), checkpoint.read_index(str(other))],
+                                 [str(ckpts[0]), str(other)])
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        checkpoint.read_index(str(tmp_path / "nope"))
+
+
+def test_cli_check_and_bad_yaml(ckpts, tmp_path, capsys):
+    from jaxinterp.cli import main
+
+    cfg = write_cfg(tmp_path, f"merge_method: linear\nmodels:\n  - model: {ckpts[1]}\n  - model: {ckpts[2]}\n"
+                              "parameters: {weight: 1.0}\n")
+    assert main(["merge", "check", str(cfg)]) == 0
+    bad = write_cfg(tmp_path, "merge_method: [unclosed\n")
+    assert main(["merge", "yaml", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
