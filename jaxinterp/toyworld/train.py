@@ -159,18 +159,26 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     data = encode_sentences(tok, sentences, cfg.n_positions)
     config, tx = cfg.gpt2(), optimizer(cfg)
 
-    # One compile each: run eagerly, init and the optimiser's zeros compile every op (~90 programs).
-    params = jax.jit(gpt2.init, static_argnums=1)(jax.random.PRNGKey(cfg.seed), config)
-    opt_state = jax.jit(tx.init)(params)
+    def fresh_state(key):
+        p = gpt2.init(key, config)
+        return {"params": p, "opt_state": tx.init(p)}
+
+    def fresh():
+        # One compile (run eagerly, init compiles every op: ~90 programs), and XLA's backend
+        # optimisation off: it runs once, and that halves its compile time.
+        key = jax.random.PRNGKey(cfg.seed)
+        return jax.jit(fresh_state).lower(key).compile({"xla_backend_optimization_level": 0})(key)
+
     manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
-    start = 0
-    if manager.latest_step() is not None:
-        start = manager.latest_step()
-        state = manager.restore(start, args=ocp.args.StandardRestore({"params": params, "opt_state": opt_state}))
+    start = manager.latest_step() or 0
+    if start:  # resume: only the shapes of a fresh state are needed to restore into
+        state = manager.restore(start, args=ocp.args.StandardRestore(jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))))
         # Plain host arrays again: restored arrays carry orbax's sharding, which would make the
         # jitted step compile a second time.
         state = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), state)
-        params, opt_state = state["params"], state["opt_state"]
+    else:
+        state = fresh()
+    params, opt_state = state["params"], state["opt_state"]
     step_fn = _train_step(cfg)
     losses, running = [], []
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="toyworld train", disable=not progress)
