@@ -15,6 +15,7 @@ from pathlib import Path
 # "module:function" of each section, in the order the report shows them.
 SECTIONS = [
     "jaxinterp.transformer.demo:section",
+    "jaxinterp.toyworld.demo:section",
     "jaxinterp.lens.demo:section",
     "jaxinterp.merge.demo:section",
     "jaxinterp.nugraph.demo:section",
