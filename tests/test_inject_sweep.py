@@ -22,7 +22,7 @@ def setup():
     rng = np.random.default_rng(0)
     # lengths 4, 9, 6: two buckets of 8 positions, and rows that need left padding
     prompts = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (4, 9, 6)]
-    explicit = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (5, 3, 10)]
+    explicit = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (6, 4, 9)]
     answers = rng.integers(1, 97, size=3)
     mems = memory_vectors(params, [rng.integers(1, 97, size=k) for k in (1, 3, 2)], config=config)
     res = sweep(params, prompts, mems, None, TAUS, config=config, answers=answers, explicit=explicit)

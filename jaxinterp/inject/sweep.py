@@ -208,6 +208,18 @@ def _positions_mask(positions, seqs: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+class Plan(NamedTuple):
+    """A sweep's padded, bucketed inputs (device arrays) and how to scatter its outputs back."""
+
+    groups: tuple  # _Group per bucket
+    plain: tuple  # _Plain per bucket of explicit prompts
+    books: list  # per group: (prompt indices, (layer idx, tau idx, prompt idx, valid) per row)
+    plain_idx: list
+    layers: np.ndarray
+    taus: np.ndarray
+    n_prompts: int
+
+
 def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layers: Sequence[int] | None = None,
           taus: Sequence[float] = DEFAULT_TAUS, *, config: GPT2Config, answers: Sequence[int],
           explicit: Sequence[Sequence[int]] | None = None, positions: Sequence[Sequence[int]] | None = None,
@@ -227,6 +239,13 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
 
     Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None.
     """
+    return run(params, plan(prompts, memories, layers, taus, config=config, answers=answers, explicit=explicit,
+                            positions=positions, bucket=bucket, chunk_tokens=chunk_tokens), config=config)
+
+
+def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Config, answers, explicit=None,
+         positions=None, bucket: int = 8, chunk_tokens: int = 2048) -> Plan:
+    """Checks the inputs of `sweep` (ValueError naming the argument and row) and pads them into buckets."""
     seqs = _check_tokens(prompts, config, "prompts")
     N = len(seqs)
     layers = list(range(config.n_layer)) if layers is None else list(layers)
@@ -280,7 +299,23 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
             plain.append(_Plain(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers[sel], jnp.int32)))
             plain_idx.append(idx)
 
-    before, after, ex = _core_jit()(params, tuple(groups), tuple(plain), config=config)
+    return Plan(tuple(groups), tuple(plain), books, plain_idx, np.asarray(layers), taus_arr, N)
+
+
+def compile_plan(params: dict, p: Plan, *, config: GPT2Config):
+    """Compiles the sweep for `p`'s shapes ahead of time (for timing compilation apart)."""
+    return _core_jit().lower(params, p.groups, p.plain, config=config).compile()
+
+
+def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None) -> SweepResult:
+    """Runs a planned sweep (one compiled call; `compiled` from `compile_plan` if given) and
+    scatters the probabilities back per prompt."""
+    if compiled is not None:
+        before, after, ex = compiled(params, p.groups, p.plain)
+    else:
+        before, after, ex = _core_jit()(params, p.groups, p.plain, config=config)
+    books, plain_idx, layers, taus_arr, N = p.books, p.plain_idx, p.layers, p.taus, p.n_prompts
+    expl = p.plain or None
 
     p_before = np.zeros(N, np.float32)
     p_after = np.zeros((len(layers), len(taus_arr), N), np.float32)

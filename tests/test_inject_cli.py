@@ -1,0 +1,70 @@
+"""`jaxinterp inject sweep` end to end on the tiny fixture model, and its input errors."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from jaxinterp import cli
+from jaxinterp.inject import cli as inject_cli
+
+FIX = Path(__file__).parent / "fixtures"
+MODEL = str(FIX / "tiny_gpt2")
+HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+# Sentences made of the tiny tokenizer's vocabulary words (w0..w95).
+ROWS = ["w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\n",
+        "w12 w13,w14 w15 w16,w17,w14 w15,w18\n",
+        "w20 w21 w22 w23,w24 w25 w26 w27 w28 w29 w30 w31 w32,w33 w34 w35,w24 w25,w36\n"]
+
+
+def _run(*argv):
+    return cli.main(["inject", "sweep", *map(str, argv)])
+
+
+def test_sweep_end_to_end(tmp_path):
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "".join(ROWS))
+    words = tmp_path / "words.csv"
+    words.write_text("\ufeffTop 5000 Words,Nouns\nw40,w41\nw42,w43\nw44,\n")
+    out = tmp_path / "out"
+    assert _run("--model", MODEL, "--data", data, "--out", out, "--layers", 0, 2, "--taus", 1, 3,
+                "--baseline-words", words, "--baseline-type", "Nouns", "--seed", 1) == 0
+    assert {p.name for p in out.iterdir()} == {"per_prompt.csv", "prompts.csv", "summary.json", "heatmap.png"}
+    rows = list(csv.DictReader(open(out / "per_prompt.csv")))
+    assert len(rows) == 3 * 2 * 2 and {r["layer"] for r in rows} == {"0", "2"}
+    assert all(0 <= float(r["p_after"]) <= 1 and float(r["p_explicit"]) > 0 for r in rows)
+    assert len(list(csv.DictReader(open(out / "prompts.csv")))) == 3
+    s = json.loads((out / "summary.json").read_text())
+    assert s["layers"] == [0, 2] and s["taus"] == [1.0, 3.0] and s["n_prompts"] == 3
+    pct = s["percent_increase"]
+    assert len(pct["median"]) == 2 and len(pct["trimmed_mean"][0]) == 2
+    assert pct["best"]["mean"]["layer"] in (0, 2)
+    assert s["baseline"]["word_type"] == "Nouns" and set(s["baseline"]["words"]) <= {"w41", "w43"}
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("extra,text,match", [
+    (["--layers", "3"], HEADER + ROWS[0], "--layers: layer 3 out of range, the model has 3 blocks"),
+    ([], HEADER.replace("answer", "reply") + ROWS[0], "missing column 'answer'"),
+    ([], HEADER + "w1,w2,,w4,w5\n", "line 2: empty cell in column 'explicit_entity'"),
+    ([], HEADER + "w1,w2,w3,w4, \n", "line 2: empty cell in column 'answer'"),
+    (["--limit", "0"], HEADER + ROWS[0], "--limit: expected a positive"),
+])
+def test_errors_exit_2_and_write_nothing(tmp_path, capsys, extra, text, match):
+    data = tmp_path / "p.csv"
+    data.write_text(text)
+    out = tmp_path / "out"
+    assert _run("--model", MODEL, "--data", data, "--out", out, *extra) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_model_default(monkeypatch, tmp_path):
+    monkeypatch.setattr(inject_cli, "TOY_MODEL", tmp_path / "absent")
+    with pytest.raises(ValueError, match="--model: expected a local Hugging Face folder"):
+        inject_cli.resolve_model(None)
+    monkeypatch.setattr(inject_cli, "TOY_MODEL", tmp_path)
+    model, note = inject_cli.resolve_model(None)
+    assert model == str(tmp_path) and "shipped toy model" in note
+    assert inject_cli.resolve_model("gpt2") == ("gpt2", None)
