@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from jaxinterp.merge import checkpoint, config
-from jaxinterp.merge.merge import merge
+from jaxinterp.merge.tree_merge import merge
 
 NAMES = {"wte.weight": (6, 4), "h.0.mlp.c_fc.weight": (4, 8), "h.0.attn.c_attn.weight": (4, 12),
          "h.1.mlp.c_fc.weight": (4, 8), "h.1.attn.c_attn.weight": (4, 12), "ln_f.bias": (4,)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxinterp.merge import sparsify
-from jaxinterp.merge.merge import merge, tensor_key
+from jaxinterp.merge.tree_merge import merge, tensor_key
 
 RNG = np.random.default_rng(0)
 SHAPE = (4, 6)

@@ -10,7 +10,7 @@ from jaxinterp.merge.curves import bezier, curve_losses, fit_bezier
 from jaxinterp.merge.fisher import diagonal_fisher, fisher_merge, gram, regmean
 from jaxinterp.merge.landscape import (barrier_chord, barrier_mean, filter_normalized_direction, linear_path,
                                        path_losses, plane_through, random_surface)
-from jaxinterp.merge.merge import merge, plan
+from jaxinterp.merge.tree_merge import merge, plan
 from jaxinterp.merge.rebasin import (PermutationSpec, apply_permutation, cnn_permutation_spec,
                                      gpt2_permutation_spec, mlp_permutation_spec, weight_matching)
 from jaxinterp.merge.registry import METHODS

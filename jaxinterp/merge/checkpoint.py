@@ -109,7 +109,7 @@ def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from jaxinterp.merge import merge as _merge
+    from jaxinterp.merge import tree_merge as _merge
     from jaxinterp.merge import registry
 
     refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])

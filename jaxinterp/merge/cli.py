@@ -19,7 +19,7 @@ def _yaml(args) -> int:
 
 def _check(args) -> int:
     from jaxinterp.merge import checkpoint, config
-    from jaxinterp.merge import merge as _merge
+    from jaxinterp.merge import tree_merge as _merge
 
     cfg = config.read(args.config)
     refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])

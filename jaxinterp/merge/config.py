@@ -89,7 +89,7 @@ def from_dict(d: Any) -> MergeConfig:
     _params.check_names(spec, g, "config.parameters", per_model=False)
     for i, e in enumerate(entries):
         _params.check_names(spec, e.parameters, f"config.models[{i}].parameters", per_model=True)
-    from jaxinterp.merge.merge import check_contract
+    from jaxinterp.merge.tree_merge import check_contract
 
     check_contract(spec, len(entries), base is not None, arg="config.base_model")
     return MergeConfig(d["merge_method"], tuple(entries), base, g, _dtype(d.get("dtype"), "config.dtype"),

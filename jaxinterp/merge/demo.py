@@ -31,7 +31,7 @@ class DemoResult(NamedTuple):
 
 def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
-    from jaxinterp.merge.merge import merge
+    from jaxinterp.merge.tree_merge import merge
 
     d = mlp.load_digits(seed)
     train = (jnp.asarray(d.x_train), jnp.asarray(d.y_train))
