@@ -17,6 +17,8 @@ ROWS = ["w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\n",
         "w12 w13,w14 w15 w16,w17,w14 w15,w18\n",
         "w20 w21 w22 w23,w24 w25 w26 w27 w28 w29 w30 w31 w32,w33 w34 w35,w24 w25,w36\n"]
 
+LONG = " ".join(f"w{i % 90}" for i in range(40))  # 40 words + BOS: longer than the 32 positions
+
 
 def _run(*argv):
     return cli.main(["inject", "sweep", *map(str, argv)])
@@ -50,6 +52,8 @@ def test_sweep_end_to_end(tmp_path):
     ([], HEADER + "w1,w2,,w4,w5\n", "line 2: empty cell in column 'explicit_entity'"),
     ([], HEADER + "w1,w2,w3,w4, \n", "line 2: empty cell in column 'answer'"),
     (["--limit", "0"], HEADER + ROWS[0], "--limit: expected a positive"),
+    ([], HEADER + f"w1,{LONG},w3,w4,w5\n", "prompts: row 0: 41 tokens, the model takes at most 32"),
+    (["--skip-long"], HEADER + f"w1,{LONG},w3,w4,w5\n", "--skip-long: every row is longer than the model's 32"),
 ])
 def test_errors_exit_2_and_write_nothing(tmp_path, capsys, extra, text, match):
     data = tmp_path / "p.csv"

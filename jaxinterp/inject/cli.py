@@ -22,7 +22,7 @@ def resolve_model(model: str | None) -> tuple[str, str | None]:
 
 def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, kind: str = "unembed",
               limit: int | None = None, baseline_words: str | None = None, baseline_type: str = "Nouns",
-              seed: int = 0, bucket: int = 8) -> dict:
+              seed: int = 0, bucket: int = 8, skip_long: bool = False) -> dict:
     import time
 
     import numpy as np
@@ -41,6 +41,17 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     params, config = load_gpt2(model, process_weights=True)
     tok = load_tokenizer(model)
     enc = dt.encode(tok, prompts)
+    if skip_long:  # rows longer than the model's context are dropped (and counted) instead of refused
+        keep = [i for i in range(len(enc.answers))
+                if max(len(enc.prompts[i]), len(enc.explicit[i])) <= config.n_positions]
+        if not keep:
+            raise ValueError(f"--skip-long: every row is longer than the model's {config.n_positions} positions")
+        if len(keep) < len(enc.answers):
+            print(f"--skip-long: dropped {len(enc.answers) - len(keep)} of {len(enc.answers)} rows longer than "
+                  f"{config.n_positions} tokens")
+        prompts = dt.PromptSet(*([getattr(prompts, f)[i] for i in keep] for f in dt.PromptSet._fields[:5]),
+                               prompts.source)
+        enc = dt.encode(tok, prompts)
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     for L in layers:
         if not 0 <= L < config.n_layer:
@@ -85,7 +96,7 @@ def _command(args) -> int:
         raise ValueError(f"--limit: expected a positive number of rows, got {args.limit}")
     run_sweep(model, args.data, args.out, layers=args.layers, taus=args.taus, kind=args.memory_kind,
               limit=args.limit, baseline_words=args.baseline_words, baseline_type=args.baseline_type,
-              seed=args.seed, bucket=args.bucket)
+              seed=args.seed, bucket=args.bucket, skip_long=args.skip_long)
     return 0
 
 
@@ -105,5 +116,6 @@ def add_parser(sub) -> None:
     s.add_argument("--baseline-type", default="Nouns", help="column of the word list (default Nouns)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random words")
     s.add_argument("--bucket", type=int, default=8, help="prompt length bucket (default 8)")
+    s.add_argument("--skip-long", action="store_true", help="drop rows longer than the model's context (else an error)")
     s.set_defaults(func=_command)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
