@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _check(values, weights, senders, receivers):
+def _check(values, weights, senders, receivers, num_receivers, initial):
     if values.ndim != 4:
         raise ValueError(f"values: expected shape [B, C, M, F], got {list(values.shape)}")
     if senders.shape != receivers.shape or senders.ndim != 2:
@@ -34,6 +34,9 @@ def _check(values, weights, senders, receivers):
         raise ValueError(f"values: leading axis must be 1 or B = {b}, got {values.shape[0]}")
     if weights is not None and weights.shape != (b, c, senders.shape[1]):
         raise ValueError(f"weights: expected shape {[b, c, senders.shape[1]]}, got {list(weights.shape)}")
+    if initial is not None and initial.shape != (b, c, num_receivers, values.shape[3]):
+        raise ValueError(f"initial: expected shape {[b, c, num_receivers, values.shape[3]]}, "
+                         f"got {list(initial.shape)}")
 
 
 def _degree(receivers, num_receivers: int, dtype):
@@ -44,15 +47,17 @@ def _degree(receivers, num_receivers: int, dtype):
 
 
 def gather_segment_sum_reference(values: jax.Array, weights: jax.Array | None, senders: jax.Array,
-                                 receivers: jax.Array, num_receivers: int, *, mean: bool = False) -> jax.Array:
+                                 receivers: jax.Array, num_receivers: int, *, mean: bool = False,
+                                 initial: jax.Array | None = None) -> jax.Array:
     """Plain form: `segment_sum` vmapped over graphs and classes (receivers need not be sorted).
 
     Args:
-      values: [B or 1, C, M, F]; weights: [B, C, E] or None (weight 1); senders, receivers: [B, E].
+      values: [B or 1, C, M, F]; weights: [B, C, E] or None (weight 1); senders, receivers: [B, E];
+      initial: [B, C, N, F] or None, added to the result (after the mean).
     Returns:
       [B, C, N, F] with N = num_receivers.
     """
-    _check(values, weights, senders, receivers)
+    _check(values, weights, senders, receivers, num_receivers, initial)
     b = senders.shape[0]
     values = jnp.broadcast_to(values, (b,) + values.shape[1:])
 
@@ -65,17 +70,19 @@ def gather_segment_sum_reference(values: jax.Array, weights: jax.Array | None, s
     out = jax.vmap(one_graph, in_axes=(0, None if weights is None else 0, 0, 0))(values, weights, senders, receivers)
     if mean:
         out = out / _degree(receivers, num_receivers, out.dtype)[:, None, :, None]
-    return out
+    return out if initial is None else initial + out
 
 
 def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: jax.Array,
-                       receivers: jax.Array, num_receivers: int, *, mean: bool = False) -> jax.Array:
+                       receivers: jax.Array, num_receivers: int, *, mean: bool = False,
+                       initial: jax.Array | None = None) -> jax.Array:
     """Fast form: one gather and one sorted scatter-add over flat (graph, class, node) rows.
 
     Same arguments and result as `gather_segment_sum_reference`; `receivers` must be sorted
-    ascending along E within each graph (else the result is undefined).
+    ascending along E within each graph (else the result is undefined). A sum (not a mean) with
+    `initial` scatters straight into `initial`: no zero buffer and no extra pass to add it.
     """
-    _check(values, weights, senders, receivers)
+    _check(values, weights, senders, receivers, num_receivers, initial)
     vb, c, m, f = values.shape
     b, e = senders.shape
     n = num_receivers
@@ -87,7 +94,10 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
     msg = values.reshape(vb * c * m, f)[src]
     if weights is not None:
         msg = msg * weights.reshape(-1, 1)
+    if initial is not None and not mean:
+        flat = initial.reshape(b * c * n, f)
+        return flat.at[dst].add(msg, indices_are_sorted=True, mode="promise_in_bounds").reshape(b, c, n, f)
     out = jax.ops.segment_sum(msg, dst, b * c * n, indices_are_sorted=True).reshape(b, c, n, f)
     if mean:
         out = out / _degree(receivers, n, out.dtype)[:, None, :, None]
-    return out
+    return out if initial is None else initial + out

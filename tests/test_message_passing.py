@@ -57,6 +57,33 @@ def test_fast_matches_reference_values_and_gradients(b, vb, c, m, n, e, f, weigh
         np.testing.assert_array_equal(np.asarray(fast)[:, :, n - 1], 0.0)
 
 
+@pytest.mark.parametrize("mean", [False, True])
+def test_initial_is_added_values_and_gradients(mean):
+    """`initial` (the model scatters messages straight into the self projection) equals adding it."""
+    rng = np.random.default_rng(7)
+    snd, rcv = _graph(rng, 3, 6, 5, 14)
+    v = jnp.asarray(rng.normal(size=(3, 2, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.uniform(size=(3, 2, 14)), jnp.float32)
+    init = jnp.asarray(rng.normal(size=(3, 2, 5, 4)), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=(3, 2, 5, 4)), jnp.float32)
+
+    @jax.jit
+    def both(v, w, init):
+        def loss(fn, v, w, init):
+            return jnp.sum(fn(v, w, snd, rcv, 5, mean=mean, initial=init) * cot)
+        outs = [fn(v, w, snd, rcv, 5, mean=mean, initial=init) for fn in (gather_segment_sum, gather_segment_sum_reference)]
+        plain = gather_segment_sum_reference(v, w, snd, rcv, 5, mean=mean) + init
+        grads = [jax.grad(lambda *a: loss(fn, *a), (0, 1, 2))(v, w, init)
+                 for fn in (gather_segment_sum, gather_segment_sum_reference)]
+        return outs, plain, grads
+
+    (fast, ref), plain, (g_fast, g_ref) = both(v, w, init)
+    np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ref, plain, rtol=1e-5, atol=1e-6)
+    for a, r in zip(g_fast, g_ref):
+        np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
 def test_mean_divides_by_in_degree():
     snd = jnp.asarray([[0, 1, 2]], jnp.int32)
     rcv = jnp.asarray([[0, 0, 1]], jnp.int32)
@@ -70,11 +97,12 @@ def test_mean_divides_by_in_degree():
     (dict(receivers=jnp.zeros((2, 3), jnp.int32)), "senders/receivers: expected equal shapes"),
     (dict(values=jnp.zeros((2, 1, 4, 2))), "values: leading axis must be 1 or B = 3"),
     (dict(weights=jnp.zeros((3, 1, 7))), "weights: expected shape \\[3, 1, 6\\]"),
+    (dict(initial=jnp.zeros((3, 1, 3, 2))), "initial: expected shape \\[3, 1, 4, 2\\], got \\[3, 1, 3, 2\\]"),
 ])
 def test_bad_shapes_are_errors(kwargs, message):
     args = dict(values=jnp.zeros((3, 1, 4, 2)), weights=None, senders=jnp.zeros((3, 6), jnp.int32),
-                receivers=jnp.zeros((3, 6), jnp.int32))
+                receivers=jnp.zeros((3, 6), jnp.int32), initial=None)
     args.update(kwargs)
     for fn in (gather_segment_sum, gather_segment_sum_reference):
         with pytest.raises(ValueError, match=message):
-            fn(args["values"], args["weights"], args["senders"], args["receivers"], 4)
+            fn(args["values"], args["weights"], args["senders"], args["receivers"], 4, initial=args["initial"])

@@ -42,6 +42,18 @@ from jaxinterp.nugraph.graph import GraphBatch
 
 Params = dict[str, Any]
 
+# XLA:CPU options for jitting `apply` (per jit: `jax.jit(..., compiler_options=cpu_compiler_options())`,
+# never global flags). jaxlib 0.10's default also hands elementwise and reduction fusions to
+# YNNPACK; there it fused the class softmax of the edge nets into the per-edge message product and
+# recomputed it for each of the 64 features. Keeping YNNPACK for the products only cut the CPU
+# time of a forward by 25-30% (notes/nugraph_model.md, "Performance"); results agree to 1e-6.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT"}
+
+
+def cpu_compiler_options() -> dict[str, str] | None:
+    """`CPU_COMPILER_OPTIONS` when jax's default backend is the CPU, else None."""
+    return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
+
 
 @dataclasses.dataclass(frozen=True)
 class NuGraph2Config:
@@ -146,39 +158,93 @@ def _per_edge(score, index):
     return jax.vmap(lambda s, i: s[:, i])(score, index)
 
 
-def _edge_softmax(w, h_dst, h_src, dst, src, n_dst_feat):
-    """softmax_C(ClassLinear(concat(h_dst[dst], h_src[src]))) on detached inputs -> [P, C, E].
+def _score(h, k):
+    """Detached per-node edge-net score: h [P, C, M, F], k [P, C, F] -> [P, C, M]."""
+    return jnp.einsum("pcmf,pcf->pcm", jax.lax.stop_gradient(h), k)
 
-    The Linear(concat) is split: per-node scores h.w_dst and h.w_src gathered per edge.
-    h_dst [P, C, N, Fd]; h_src [P or 1, C, M, Fs]; dst, src [P, E].
+
+def _edge_softmax(s_dst, s_src, bias, dst, src):
+    """softmax_C(ClassLinear(concat(h_dst[dst], h_src[src]))) from per-node scores -> [P, C, E].
+
+    The Linear on a concatenation is split into per-node scores (`_score`: h.w_dst, h.w_src, on
+    detached inputs) gathered per edge and added: no 136-wide product per edge.
+    s_dst [P, C, N]; s_src [P, C, M]; bias [P, C]; dst, src [P, E].
     """
-    k = w["kernel"][..., 0]  # [P, C, Fd + Fs]
-    s_dst = jnp.einsum("pcnf,pcf->pcn", jax.lax.stop_gradient(h_dst), k[..., :n_dst_feat])
-    h_src = jnp.broadcast_to(h_src, (k.shape[0],) + h_src.shape[1:])
-    s_src = jnp.einsum("pcmf,pcf->pcm", jax.lax.stop_gradient(h_src), k[..., n_dst_feat:])
-    logits = _per_edge(s_dst, dst) + _per_edge(s_src, src) + w["bias"][..., 0][:, :, None]
+    logits = _per_edge(s_dst, dst) + _per_edge(s_src, src) + bias[:, :, None]
     return jax.nn.softmax(logits, axis=1)
 
 
-def _iteration(weights, h, x_c, batch: GraphBatch, config: NuGraph2Config):
+class _PlaneWeights(NamedTuple):
+    """The plane net's weights rearranged for the split form (built once per forward).
+
+    Its node_net_0 acts on concat(h_i, x_i, m_i) with m_i = sum_j a_ij concat(h_j, x_j); being
+    linear, it equals  h_i W_self + sum_j a_ij (h_j W_msg)  +  (x_i W_xself + b)  +  sum_j a_ij x_j W_xmsg.
+    The x terms do not change across iterations: they are computed once (`_input_terms`).
+    """
+
+    w_self: jax.Array  # [P, C, F, F]: rows of node_net_0 that act on h_i
+    w_msg: jax.Array  # [P, C, F, F]: rows that act on the h_j part of the message
+    edge_dst: jax.Array  # [P, C, F] edge-net weights of h_i
+    edge_src: jax.Array  # [P, C, F] edge-net weights of h_j
+
+
+def _plane_weights(w, f: int, d: int) -> _PlaneWeights:
+    k0 = w["node_net_0"]["kernel"]  # [P, C, 2(F + D), F]: rows h_i, x_i, h_j-message, x_j-message
+    ke = w["edge_net"]["kernel"][..., 0]  # [P, C, 2(F + D)]
+    return _PlaneWeights(k0[:, :, :f], k0[:, :, f + d:2 * f + d], ke[..., :f], ke[..., f + d:2 * f + d])
+
+
+def _input_terms(w, x_c, f: int, d: int):
+    """The loop-invariant parts of the plane net: x [P, C, N, D] ->
+    (x W_x of node_net_0 [P, C, N, 2F] with the bias on the self half, edge scores of x [P, C, N] x 2)."""
+    k0 = w["node_net_0"]["kernel"]
+    kx = jnp.concatenate([k0[:, :, f:f + d], k0[:, :, 2 * f + d:]], axis=-1)  # [P, C, D, 2F]
+    bias = jnp.concatenate([w["node_net_0"]["bias"], jnp.zeros_like(w["node_net_0"]["bias"])], axis=-1)
+    xw = jnp.einsum("pcnd,pcdo->pcno", x_c, kx) + bias[:, :, None, :]
+    ke = w["edge_net"]["kernel"][..., 0]
+    return xw, _score(x_c, ke[..., f:f + d]), _score(x_c, ke[..., 2 * f + d:])
+
+
+def _nexus_up_edges(batch: GraphBatch):
+    """The nexus edges of all planes as one graph from rows (plane, hit) to space points, sorted by
+    space point: ([1, P*X] senders, [1, P*X] receivers)."""
+    P, N = batch.x.shape[:2]
+    hits, sp = jnp.asarray(batch.nexus_hits), jnp.asarray(batch.nexus_sp)
+    hits = hits + N * jnp.arange(P, dtype=hits.dtype)[:, None]
+    order = jnp.argsort(sp.reshape(-1), stable=True)
+    return hits.reshape(1, -1)[:, order], sp.reshape(1, -1)[:, order]
+
+
+def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
     """One message-passing iteration: h [P, C, N, F] -> [P, C, N, F]."""
-    P, C, N, _ = h.shape
+    P, C, N, F = h.shape
     S = batch.sp_mask.shape[-1]
-    h = jnp.concatenate([h, x_c], axis=-1)  # [P, C, N, F + D]
-    # plane net: messages j -> i within each plane
+    pw: _PlaneWeights = weights["plane"]
+    xw, x_dst, x_src, up_hits, up_sp = inputs
+    # plane net: messages j -> i within each plane; h_j is projected (64 -> 64) before it is
+    # aggregated, and the aggregation adds straight into the self half of node_net_0
     w = weights["plane_net"]
-    a = _edge_softmax(w["edge_net"], h, h, batch.plane_receivers, batch.plane_senders, h.shape[-1])
-    m = gather_segment_sum(h, a, batch.plane_senders, batch.plane_receivers, N)
-    h = _node_net(w, jnp.concatenate([h, m], axis=-1))  # [P, C, N, F]
+    a = _edge_softmax(_score(h, pw.edge_dst) + x_dst, _score(h, pw.edge_src) + x_src,
+                      w["edge_net"]["bias"][..., 0], batch.plane_receivers, batch.plane_senders)
+    u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + xw[..., :F]  # [P, C, N, F]
+    u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + xw[..., F:]  # two products: no slice copy
+    pre = gather_segment_sum(u_msg, a, batch.plane_senders, batch.plane_receivers, N, initial=u_self)
+    h = jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))  # [P, C, N, F]
     # nexus up: sum the hits of each space point, plane by plane; then mix the planes
-    n = gather_segment_sum(h, None, batch.nexus_hits, batch.nexus_sp, S)  # [P, C, S, F]
-    n = jnp.concatenate(list(n), axis=-1)  # [C, S, P*F] in plane order
+    # nexus_net_0 is linear in the concatenation of the planes' sums, so each hit is projected
+    # first (64 -> 16 features) and the sums of all planes go into one [C, S, Fn] buffer
     wn = weights["nexus_net"]
-    n = jnp.tanh(jnp.einsum("csi,cio->cso", n, wn["nexus_net_0"]["kernel"]) + wn["nexus_net_0"]["bias"][:, None])
+    k = wn["nexus_net_0"]["kernel"]  # [C, P*F, Fn], rows in plane order
+    k = jnp.moveaxis(k.reshape(C, P, F, k.shape[-1]), 1, 0)  # [P, C, F, Fn]
+    hk = jnp.einsum("pcnf,pcfo->cpno", h, k).reshape(1, C, P * N, k.shape[-1])  # rows (plane, hit)
+    n = gather_segment_sum(hk, None, up_hits, up_sp, S)[0]
+    n = jnp.tanh(n + wn["nexus_net_0"]["bias"][:, None])  # [C, S, Fn]
     n = jnp.tanh(jnp.einsum("csi,cio->cso", n, wn["nexus_net_1"]["kernel"]) + wn["nexus_net_1"]["bias"][:, None])
     # nexus down: each hit takes the mean of its space points' messages
     w = weights["nexus_down"]
-    b = _edge_softmax(w["edge_net"], h, n[None], batch.down_hits, batch.down_sp, h.shape[-1])
+    kd = w["edge_net"]["kernel"][..., 0]  # [P, C, F + Fn]
+    s_sp = jnp.einsum("csf,pcf->pcs", jax.lax.stop_gradient(n), kd[..., F:])
+    b = _edge_softmax(_score(h, kd[..., :F]), s_sp, w["edge_net"]["bias"][..., 0], batch.down_hits, batch.down_sp)
     g = gather_segment_sum(n[None], b, batch.down_sp, batch.down_hits, N, mean=True)  # [P, C, N, Fn]
     return _node_net(w, jnp.concatenate([h, g], axis=-1))
 
@@ -200,11 +266,14 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
         "nexus_down": _stack(params["nexus_net"]["nexus_down"], planes),
         "nexus_net": params["nexus_net"],
     }
+    F, D = config.planar_features, config.in_features
+    weights["plane"] = _plane_weights(weights["plane_net"], F, D)
     x_c = jnp.broadcast_to(x[:, None], (x.shape[0], C) + x.shape[1:])  # [P, C, N, D]
     h = jnp.tanh(_class_linear(_stack(params["encoder"], planes), x_c))
+    inputs = _input_terms(weights["plane_net"], x_c, F, D) + _nexus_up_edges(batch)
 
     def body(h, _):
-        return _iteration(weights, h, x_c, batch, config), None
+        return _iteration(weights, h, inputs, batch, config), None
 
     h, _ = jax.lax.scan(body, h, None, length=config.num_iters)
     sem = _stack({p: params["semantic_decoder"][p] for p in planes}, planes)

@@ -20,7 +20,7 @@ import numpy as np
 from jaxinterp import parallel
 from jaxinterp.nugraph import graph
 from jaxinterp.nugraph.event import Event
-from jaxinterp.nugraph.model import NuGraph2Config, Params, apply
+from jaxinterp.nugraph.model import NuGraph2Config, Params, apply, cpu_compiler_options
 
 _trace_count = [0]  # incremented each time the forward is traced (tests: no recompilation)
 
@@ -42,8 +42,9 @@ def _probabilities(params: Params, batch: graph.GraphBatch, config: NuGraph2Conf
 @functools.lru_cache(maxsize=None)
 def forward(config: NuGraph2Config = NuGraph2Config()):
     """The jitted forward for `config`: (params, GraphBatch [D, ...] or unstacked) ->
-    (probabilities [D, P, N, C], filter [D, P, N]); built once per config, compiled once per bucket."""
-    return jax.jit(functools.partial(_probabilities, config=config))
+    (probabilities [D, P, N, C], filter [D, P, N]); built once per config, compiled once per bucket
+    (with `model.cpu_compiler_options()` on a CPU)."""
+    return jax.jit(functools.partial(_probabilities, config=config), compiler_options=cpu_compiler_options())
 
 
 def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(), mesh=None,
