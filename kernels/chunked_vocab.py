@@ -165,18 +165,18 @@ def _kl_forward(xs, Ws, b, t, chunk, compute_dtype):
     return kl, (lse_z, lse_t, kl)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _kl(xs, Ws, b, t, chunk, compute_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _kl(xs, Ws, b, t, chunk, compute_dtype, wrt_inputs):
     return _kl_forward(xs, Ws, b, t, chunk, compute_dtype)[0]
 
 
-def _kl_fwd(xs, Ws, b, t, chunk, compute_dtype):
+def _kl_fwd(xs, Ws, b, t, chunk, compute_dtype, wrt_inputs):
     kl, (lse_z, lse_t, kl_) = _kl_forward(xs, Ws, b, t, chunk, compute_dtype)
     # Residuals are the inputs and three [N] vectors: no [N, V] logits are saved.
     return kl, (xs, Ws, b, t, lse_z, lse_t, kl_)
 
 
-def _kl_bwd(chunk, compute_dtype, res, g):
+def _kl_bwd(chunk, compute_dtype, wrt_inputs, res, g):
     xs, Ws, b, t, lse_z, lse_t, kl = res
     V = b.shape[0]
     starts, fresh, C = _layout(V, chunk)
@@ -201,11 +201,14 @@ def _kl_bwd(chunk, compute_dtype, res, g):
         for x, W, dx, dW in zip(xs, Ws, dxs, dWs):
             Wc = lax.dynamic_slice_in_dim(W, start, C, axis=1)
             dt_ = compute_dtype or jnp.result_type(x.dtype, W.dtype)
-            new_dxs.append(dx + jnp.matmul(dz.astype(dt_), Wc.T.astype(dt_), preferred_element_type=acc))
+            if wrt_inputs:  # skipped when the caller's xs and t are constants: one read of W fewer
+                dx = dx + jnp.matmul(dz.astype(dt_), Wc.T.astype(dt_), preferred_element_type=acc)
+            new_dxs.append(dx)
             new_dWs.append(add_at(dW, jnp.matmul(x.T.astype(dt_), dz.astype(dt_),
                                                  preferred_element_type=acc), start, 1))
         db = add_at(db, dz.sum(0), start, 0)
-        dt = add_at(dt, dtc, start, 1)
+        if wrt_inputs:
+            dt = add_at(dt, dtc, start, 1)
         return (tuple(new_dxs), tuple(new_dWs), db, dt), None
 
     init = (tuple(jnp.zeros(x.shape, acc) for x in xs), tuple(jnp.zeros_like(W) for W in Ws),
@@ -219,7 +222,7 @@ _kl.defvjp(_kl_fwd, _kl_bwd)
 
 
 def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Array, *,
-           chunk: int = DEFAULT_CHUNK, compute_dtype=None) -> Array:
+           chunk: int = DEFAULT_CHUNK, compute_dtype=None, wrt_inputs: bool = True) -> Array:
     """KL(softmax(target_logits) || softmax(z)) per row [N] (float32), differentiable in every input.
 
     Args:
@@ -227,12 +230,14 @@ def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Ar
       target_logits: [N, V] logits of the target distribution (any offset per row).
       chunk: columns per chunk (memory O(N x chunk) besides the inputs and gradients).
       compute_dtype: dtype of the matmul inputs (e.g. jnp.bfloat16); sums are float32 whatever it is.
+      wrt_inputs: False when xs and target_logits are constants (a lens's activations): their
+        gradients are then returned as zeros without being computed.
     """
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
-    return _kl(xs, Ws, b, target_logits, chunk, compute_dtype)
+    return _kl(xs, Ws, b, target_logits, chunk, compute_dtype, wrt_inputs)
 
 
 def kl_div_reference(xs, Ws, b, target_logits) -> Array:

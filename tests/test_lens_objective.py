@@ -69,19 +69,21 @@ def test_loss_and_gradient_match_full_logits(model, kind, mode, gpt2_ref):
 
 
 def test_padding_is_masked(model, gpt2_ref):
-    """A right-padded example scores its last real token, and padded positions never count."""
+    """Example 1 is example 0's first 6 tokens, right-padded with junk: by causality its rows must be
+    example 0's rows at positions 0..5, and its padding rows must not count."""
     params, cfg = model
-    lc, lens = _init(model, "lensa")
-    short = jnp.asarray(gpt2_ref["tokens"][:1, :6], jnp.int32)
-    padded = jnp.concatenate([short, jnp.zeros((1, 4), jnp.int32)], 1)
-    mask = jnp.asarray([[1] * 6 + [0] * 4], jnp.int32)
-    for mode in ("last", "all"):
-        o = obj.Objective(mode, chunk=64)
-        a = loss(lens, rows(params, short, jnp.ones_like(short), model_config=cfg, lens_config=lc,
-                                    objective=o), lens_config=lc, objective=o)
-        b = loss(lens, rows(params, padded, mask, model_config=cfg, lens_config=lc, objective=o),
-                     lens_config=lc, objective=o)
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+    lc, _ = _init(model, "lensa")
+    full = gpt2_ref["tokens"][:1].astype(np.int32)
+    padded = np.concatenate([full[:, :6], [[50, 51, 52, 53]]], 1).astype(np.int32)
+    tokens = jnp.asarray(np.concatenate([full, padded]))
+    mask = jnp.asarray([[1] * 10, [1] * 6 + [0] * 4], jnp.int32)
+    r = rows(params, tokens, mask, model_config=cfg, lens_config=lc, objective=obj.Objective("last"))
+    np.testing.assert_allclose(r.result[1], gpt2_ref[f"tl/blocks.{LAYER}.attn.hook_result"][0, 5], atol=1e-4)
+    np.testing.assert_allclose(r.target[1] - r.target[1].mean(), gpt2_ref["tl_logits"][0, 5] -
+                               gpt2_ref["tl_logits"][0, 5].mean(), atol=1e-4)
+    r = rows(params, tokens, mask, model_config=cfg, lens_config=lc, objective=obj.Objective("all"))
+    np.testing.assert_allclose(r.result[10:16], r.result[:6], atol=1e-5)
+    np.testing.assert_array_equal(r.weight, np.asarray(mask).reshape(-1))
 
 
 def test_accumulation_equals_one_big_batch_and_step_compiles_once(model, gpt2_ref):

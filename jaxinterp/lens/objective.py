@@ -84,8 +84,9 @@ def rows(model_params: dict, tokens: Array, mask: Array, *, model_config, lens_c
 def loss(lens: dict, r: Rows, *, lens_config: LensConfig, objective: Objective) -> Array:
     """Weighted mean over rows of KL(model || lens) (per_head: summed over heads)."""
     cd = None if objective.compute_dtype is None else jnp.dtype(objective.compute_dtype)
+    # The rows are constants (the model is frozen): no gradient to them is computed.
     kl = lambda xs, Ws, b: chunked_vocab.kl_div(xs, Ws, b, r.target, chunk=objective.chunk,  # noqa: E731
-                                                compute_dtype=cd)
+                                                compute_dtype=cd, wrt_inputs=False)
     denom = jnp.maximum(r.weight.sum(), 1.0)
     if objective.mode == "per_head":
         per = lenses.per_head(kl, lens, r.result, r.resid_pre, lens_config)  # (H, N)

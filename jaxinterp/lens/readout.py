@@ -126,7 +126,7 @@ def heatmap(scores: dict[str, np.ndarray], *, title: str, layers: Sequence[int])
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 0.45 * len(layers) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.6 * len(scores), 0.45 * len(layers) + 2.2), squeeze=False)
     for ax, (name, s) in zip(axes[0], scores.items()):
         im = ax.imshow(np.ma.masked_invalid(s), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(name, fontsize=9)
@@ -135,5 +135,5 @@ def heatmap(scores: dict[str, np.ndarray], *, title: str, layers: Sequence[int])
         ax.set_xticks(range(s.shape[1]))
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)
     return fig

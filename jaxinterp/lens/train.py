@@ -16,6 +16,7 @@ Axis names: E examples in a step (= A x B), A micro-batches, B batch, P position
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -110,6 +111,20 @@ def jit_step(model_config, lens_config, objective, tx, accum, mesh=None, state_s
                    out_shardings=(state_shardings, rep))
 
 
+@functools.lru_cache(maxsize=8)
+def _driver_step(model_config, lens_config: LensConfig, objective: obj.Objective, lr: float, accum: int,
+                 shard_vocab: bool, devices: tuple):
+    """The driver's jitted step, built once per configuration (a resumed run in the same process,
+    or a second layer with the same shapes, reuses the compiled step)."""
+    mesh = parallel.make_mesh(list(devices))
+    tx = optimizer(lr)
+    abstract = jax.eval_shape(lambda: (lambda l: TrainState(l, tx.init(l)))(
+        lenses.init(jnp.zeros((lens_config.d_model, lens_config.vocab_size)), jnp.zeros(lens_config.vocab_size),
+                    lens_config)))
+    shardings = lens_shardings(abstract, mesh, lens_config.vocab_size, shard_vocab)
+    return tx, mesh, shardings, jit_step(model_config, lens_config, objective, tx, accum, mesh, shardings)
+
+
 class TrainResult(NamedTuple):
     lens: dict
     losses: list[float]  # one per step run in this call
@@ -141,17 +156,16 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")
-    mesh = parallel.make_mesh()
-    n_dev = mesh.devices.size
+    n_dev = len(jax.devices())
     if cfg.shard_vocab and lens_config.vocab_size % n_dev:
         raise ValueError(f"shard_vocab: the vocabulary ({lens_config.vocab_size}) must be a multiple of the "
                          f"{n_dev} devices")
 
-    tx = optimizer(cfg.lr)
+    tx, mesh, shardings, step_fn = _driver_step(model_config, lens_config, objective, cfg.lr, cfg.accum,
+                                                cfg.shard_vocab, tuple(jax.devices()))
     W_U, b_U = lenses.unembedding(model_params, model_config)
     lens = lenses.init(W_U, b_U, lens_config)
     state = TrainState(lens, tx.init(lens))
-    shardings = lens_shardings(state, mesh, lens_config.vocab_size, cfg.shard_vocab)
     state = jax.device_put(state, shardings)
     model_params = parallel.replicate(model_params, mesh)
 
@@ -170,7 +184,6 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
                 raise ValueError(f"ckpt_dir: {ckpt_dir} holds a run of lens {meta['lens_config']}, not {dataclasses.asdict(lens_config)}")
             state = TrainState(*restored["state"])
 
-    step_fn = jit_step(model_config, lens_config, objective, tx, cfg.accum, mesh, shardings)
     E = cfg.batch_size * cfg.accum
     E_pad = parallel.padded_size(cfg.batch_size, mesh) * cfg.accum
     losses = []

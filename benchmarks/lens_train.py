@@ -1,0 +1,202 @@
+"""Attention Lens training step: jaxinterp's (chunked vocabulary, heads stacked in one matmul, last
+token only) against a straightforward one (a Python loop over heads materialising every head's
+logits at every position, [B, P, H, V], then the KL at the last position, as the original
+LensA/LightningLens did), both jitted with optax Adam and donated state.
+
+GPT-2 small architecture with random weights (the hub is out of reach), the 12 lenses of layer 6,
+batch 4 x 128 tokens. Each implementation runs in its own subprocess so that its peak memory (peak
+RSS, ru_maxrss) is its own. --quick: a small GPT-2 (vocab 8192, d_model 256, 4 heads), batch 2 x 64.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+IMPLS = ("jaxinterp", "jaxinterp_all_positions", "straightforward")
+
+
+def _sizes(quick: bool):
+    from jaxinterp.transformer import gpt2
+
+    if quick:
+        return gpt2.GPT2Config(vocab_size=8192, n_positions=128, n_embd=256, n_layer=2, n_head=4), 1, 2, 64
+    return gpt2.GPT2Config(), 6, 4, 128  # GPT-2 small, layer 6, batch 4 x 128
+
+
+def naive_step(model_config, layer, tx):
+    """The straightforward step: per-head logits at every position, stacked, summed, KL at the last one."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxinterp.transformer import gpt2
+
+    def step(state, model_params, tokens, mask):
+        lens, opt_state = state
+        name = f"blocks.{layer}.attn.hook_result"
+        resid = gpt2.embed(model_params, tokens, mask, config=model_config)
+        final, cache = gpt2.blocks(model_params, resid, mask, config=model_config, names=(name,))
+        logits = jax.lax.stop_gradient(gpt2.unembed(model_params, final, config=model_config))  # (B, P, V)
+        result = jax.lax.stop_gradient(cache[name])  # (B, P, H, D)
+
+        def loss_fn(lens):
+            heads = [result[:, :, h] @ lens["W"][h] + lens["b"][h] for h in range(model_config.n_head)]
+            lens_logits = jnp.stack(heads, axis=2).sum(2)  # (B, P, H, V) -> (B, P, V)
+            logp = jax.nn.log_softmax(logits[:, -1], -1)
+            logq = jax.nn.log_softmax(lens_logits[:, -1], -1)
+            return (jnp.exp(logp) * (logp - logq)).sum(-1).mean()  # KLDivLoss(batchmean, log_target)
+
+        loss, grads = jax.value_and_grad(loss_fn)(lens)
+        updates, opt_state = tx.update(grads, opt_state, lens)
+        return (optax.apply_updates(lens, updates), opt_state), loss
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def child(impl: str, quick: bool) -> dict:
+    """Runs in a subprocess: times one implementation's step and reports its peak RSS."""
+    import resource
+    import time
+
+    import jax
+    import numpy as np
+    import optax
+
+    from jaxinterp import benchtools
+    from jaxinterp.lens import lenses, objective, train
+    from jaxinterp.transformer import gpt2
+
+    cfg, layer, B, P = _sizes(quick)
+    params = gpt2.init(jax.random.key(0), cfg)
+    lc = lenses.lens_config_for(cfg, layer)
+    tx = optax.adam(1e-3)
+    lens = lenses.init(*lenses.unembedding(params, cfg), lc)
+    state = (lens, tx.init(lens))
+    rng = np.random.default_rng(0)
+    tokens = jax.numpy.asarray(rng.integers(0, cfg.vocab_size, (B, P)), jax.numpy.int32)
+    mask = jax.numpy.ones((B, P), jax.numpy.int32)
+    if impl == "straightforward":
+        step = naive_step(cfg, layer, tx)
+        call = lambda s: step(s, params, tokens, mask)  # noqa: E731
+    else:
+        mode = "all" if impl.endswith("all_positions") else "last"
+        step = jax.jit(train.make_step(cfg, lc, objective.Objective(mode), tx, 1), donate_argnums=(0,))
+        w = jax.numpy.ones((B,), jax.numpy.float32)
+        state = train.TrainState(*state)
+        call = lambda s: step(s, params, tokens, mask, w)  # noqa: E731
+
+    t0 = time.perf_counter()
+    compiled = step.lower(state, params, tokens, mask, *([] if impl == "straightforward" else [w])).compile()
+    compile_s = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    xla_gib = None if ma is None else (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+                                       - ma.alias_size_in_bytes) / 2**30
+    print("XLA" + json.dumps({"xla_gib": xla_gib}), flush=True)  # reaches the parent even if the run is killed
+    holder = [state]
+
+    def run():
+        holder[0], loss = call(holder[0])
+        return loss
+
+    t = benchtools.time_fn(run, repeats=2 if not quick else 3)
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    return {"impl": impl, "step_s": t.median_s, "compile_s": compile_s, "peak_gib": peak_gib, "xla_gib": xla_gib,
+            "lens_params": int(sum(np.size(x) for x in jax.tree.leaves(lens)))}
+
+
+def main() -> None:
+    from jaxinterp import benchtools
+
+    p = benchtools.parser(__doc__.splitlines()[0])
+    p.add_argument("--child", choices=IMPLS, help=argparse_help())
+    p.add_argument("--max-gib", type=float, help="stop a run past this RSS (default 85%% of available memory)")
+    args = p.parse_args()
+    if args.child:
+        print("RESULT" + json.dumps(child(args.child, args.quick)))
+        return
+    budget = args.max_gib or 0.85 * _available_gib()
+    res = {impl: _run_child(impl, args.quick, budget) for impl in IMPLS}
+    ours, all_pos, naive = res["jaxinterp"], res["jaxinterp_all_positions"], res["straightforward"]
+    what = "GPT-2 small, 12 lenses of layer 6, 4x128" if not args.quick else "quick GPT-2, 4 lenses, 2x64"
+    speedup = naive["step_s"] / ours["step_s"]
+    mem_ratio = ours["peak_gib"] / naive["peak_gib"]  # naive killed at the budget: an upper bound
+    xla_ratio = ours["xla_gib"] / naive["xla_gib"] if ours["xla_gib"] and naive["xla_gib"] else float("nan")
+    killed = " (killed at the memory budget: a lower bound)" if naive.get("killed") else ""
+    rows = [
+        benchtools.row(f"lens train step, jaxinterp ({what})", ours["step_s"], "s/step"),
+        benchtools.row(f"lens train step, straightforward ({what}){killed}", naive["step_s"], "s/step"),
+        benchtools.row("lens train step speed-up vs straightforward", speedup, "x", goal=">= 3x",
+                       met=None if killed else bool(speedup >= 3)),
+        benchtools.row(f"lens train peak RSS, jaxinterp ({what})", ours["peak_gib"], "GiB"),
+        benchtools.row(f"lens train peak RSS, straightforward ({what}){killed}", naive["peak_gib"], "GiB"),
+        benchtools.row("lens train peak RSS, jaxinterp / straightforward", mem_ratio, "ratio", goal="<= 0.5",
+                       met=bool(mem_ratio <= 0.5)),
+        benchtools.row(f"lens train XLA buffers (args+temp+out), jaxinterp ({what})", ours["xla_gib"] or 0, "GiB"),
+        benchtools.row(f"lens train XLA buffers (args+temp+out), straightforward ({what})", naive["xla_gib"] or 0, "GiB"),
+        benchtools.row("lens train XLA buffers, jaxinterp / straightforward", xla_ratio, "ratio", goal="<= 0.5",
+                       met=bool(xla_ratio <= 0.5)),
+        benchtools.row(f"lens train step, jaxinterp all positions ({what})", all_pos["step_s"], "s/step"),
+        benchtools.row(f"lens train peak RSS, jaxinterp all positions ({what})", all_pos["peak_gib"], "GiB"),
+        benchtools.row("lens train compile, jaxinterp", ours["compile_s"], "s", goal="< 30 s",
+                       met=ours["compile_s"] < 30),
+    ]
+    benchtools.report("lens_train", rows, args.json)
+
+
+def _available_gib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) / 2**20
+    return 16.0
+
+
+def _rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run_child(impl: str, quick: bool, budget_gib: float) -> dict:
+    """Runs one implementation in a subprocess, watching its RSS: past `budget_gib` it is stopped
+    (rather than letting the kernel's OOM killer pick a process of this shared machine)."""
+    import tempfile
+    import time
+
+    cmd = [sys.executable, __file__, "--child", impl] + (["--quick"] if quick else [])
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        peak, killed = 0.0, False
+        while proc.poll() is None:
+            peak = max(peak, _rss_gib(proc.pid))
+            if peak > budget_gib:
+                proc.kill()
+                killed = True
+            time.sleep(0.05)
+        out.seek(0)
+        text = out.read()
+    if "RESULT" in text:
+        r = json.loads(text.split("RESULT", 1)[1].splitlines()[0])
+        r["peak_gib"] = max(r["peak_gib"], peak)
+        return r
+    if not killed:
+        raise SystemExit(f"{impl} failed:\n{text[-4000:]}")
+    xla = json.loads(text.split("XLA", 1)[1].splitlines()[0])["xla_gib"] if "XLA{" in text else None
+    print(f"# {impl}: stopped at {peak:.1f} GiB RSS (budget {budget_gib:.1f} GiB)", file=sys.stderr)
+    return {"impl": impl, "step_s": float("nan"), "compile_s": float("nan"), "peak_gib": peak, "xla_gib": xla,
+            "killed": True}
+
+
+def argparse_help() -> str:
+    return "internal: run one implementation and print its figures"
+
+
+if __name__ == "__main__":
+    main()
