@@ -59,14 +59,22 @@ def test_second_call_does_not_recompile_and_positions(setup):
     assert res2.p_after[1, 1, 1] == pytest.approx(ref, rel=2e-5)
 
 
-def test_layer_memories_and_subset_of_layers(setup):
+def test_layer_memories_and_layer_order(setup):
+    """Per-layer memories ("layer" kind) and layers in any order; same shapes, so no new program."""
     params, config, prompts, explicit, answers, mems, res = setup
+    n = trace_count()
     per_layer = memory_vectors(params, [[5, 6], [7], [8, 9]], config=config, kind="layer", bos_id=0)
-    r = sweep(params, prompts[:2], per_layer[:2], [2, 0], [2.0], config=config, answers=answers[:2])
-    assert r.p_explicit is None and r.p_after.shape == (2, 1, 2)
+    r = sweep(params, prompts, per_layer, [2, 0, 1], TAUS, config=config, answers=answers, explicit=explicit)
+    assert trace_count() == n and r.p_after.shape == (3, 3, 3)
     for li, L in enumerate([2, 0]):
-        ref = _p(inject_logits(params, prompts[0][None], per_layer[0, L], config=config, layer=L, tau=2.0), answers[0])
-        assert r.p_after[li, 0, 0] == pytest.approx(ref, rel=2e-5)
+        ref = _p(inject_logits(params, prompts[0][None], per_layer[0, L], config=config, layer=L, tau=3.0), answers[0])
+        assert r.p_after[li, 1, 0] == pytest.approx(ref, rel=2e-5)
+
+
+def test_without_explicit(setup):
+    params, config, prompts, explicit, answers, mems, res = setup
+    r = sweep(params, prompts[:1], mems[:1], [1], [3.0], config=config, answers=answers[:1])
+    assert r.p_explicit is None and r.p_after[0, 0, 0] == pytest.approx(res.p_after[1, 1, 0], rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,match", [

@@ -50,7 +50,7 @@ class _Group(NamedTuple):
     tokens: Array  # [Ng, P] int32
     mask: Array  # [Ng, P] int32, 1 real 0 pad
     answer: Array  # [Ng] int32
-    memory: Array  # [Ng, 1 or n, D]
+    memory: Array  # [Ng, n, D] (one memory for all layers is broadcast: one program for both kinds)
     where: Array  # [Ng, P] float32, 1 where the memory is injected
     chunk_layer: Array  # [C] int32
     chunk_prompt: Array  # [C, c] int32, index into the group
@@ -82,12 +82,11 @@ def _base(w: ly.Stacked, tokens: Array, mask: Array, answer: Array, *, config: G
 def _injected(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> Array:
     """log p(answer) for every row of every chunk: [C, c]."""
     n = config.n_layer
-    per_layer_memory = g.memory.shape[1] > 1
 
     def chunk(_, ch):
         L, pidx, tau = ch
         mask = g.mask[pidx]  # (c, P)
-        m = g.memory[pidx, L if per_layer_memory else 0]  # (c, D)
+        m = g.memory[pidx, L]  # (c, D)
         x = mids[L, pidx] + tau[:, None, None] * g.where[pidx][:, :, None] * m[:, None, :]  # (c, P, D)
         wL = ly.layer(w, L)
 
@@ -264,6 +263,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
             or memories.shape[2] != config.n_embd:
         raise ValueError(f"memories: expected shape [{N}, {config.n_embd}] or [{N}, {config.n_layer}, {config.n_embd}], "
                          f"got {list(memories.shape)}")
+    memories = jnp.broadcast_to(memories, (N, config.n_layer, config.n_embd))
     answers = np.asarray(answers)
     if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
             or answers.max() >= config.vocab_size:
