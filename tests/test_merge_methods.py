@@ -255,3 +255,14 @@ def test_per_layer_gradient_and_filter_and_per_model_precedence():
     for i, t in enumerate((0.0, 0.5, 1.0)):
         np.testing.assert_allclose(out[f"h_{i}"]["attn"], 1 * t + 2 * t)  # both from the gradient
         np.testing.assert_allclose(out[f"h_{i}"]["mlp"], 1 * 10.0 + 2 * t)  # model 0's filter wins
+
+
+def test_per_layer_values_reuse_one_compiled_kernel():
+    from jaxinterp.merge import registry
+
+    x = [np.ones((3, 2), np.float32), np.full((3, 2), 2.0, np.float32)]
+    outs = [registry.merge_tensor("slerp", x, base_index=0, shared={"t": t}, per_input=[{}, {}])
+            for t in (0.1, 0.7)]
+    np.testing.assert_allclose(outs[1], 1.7)  # colinear: lerp
+    fn = registry._jitted("slerp", 0, (("t", None),), ((), ()), (("s", "t"),))
+    assert fn._cache_size() == 1

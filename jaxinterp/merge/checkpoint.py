@@ -79,21 +79,30 @@ def check_indices(indices: list[dict[str, TensorInfo]], refs: list[str], limit: 
 
 
 class _Readers:
-    """One open safe_open handle per file, reading one tensor at a time."""
+    """Reads one tensor at a time with plain file reads into a fresh buffer. Not mmap: mapped
+    pages that were touched count in the resident set until unmapped, so a memory-mapped reader
+    grows to the size of every input file over a merge."""
 
     def __init__(self):
         self._open = {}
 
     def get(self, info: TensorInfo, name: str) -> np.ndarray:
-        from safetensors import safe_open
+        import jax.numpy as jnp
 
         if info.file not in self._open:
-            self._open[info.file] = safe_open(str(info.file), framework="numpy").__enter__()
-        return self._open[info.file].get_tensor(name)
+            fh = open(info.file, "rb")
+            (n,) = struct.unpack("<Q", fh.read(8))
+            self._open[info.file] = (fh, 8 + n, json.loads(fh.read(n)))
+        fh, start, header = self._open[info.file]
+        lo, hi = header[name]["data_offsets"]
+        fh.seek(start + lo)
+        buf = np.empty(hi - lo, np.uint8)
+        fh.readinto(memoryview(buf))
+        return buf.view(np.dtype(jnp.dtype(info.dtype))).reshape(info.shape)
 
     def close(self):
-        for h in self._open.values():
-            h.__exit__(None, None, None)
+        for fh, _, _ in self._open.values():
+            fh.close()
         self._open.clear()
 
 

@@ -146,10 +146,36 @@ def raise_if_bad(method: str, bad, name: str) -> None:
                          f"task vectors with balancing weights); choose different weights")
 
 
+# Parameters that enter only as numbers in arithmetic: passed traced, so per-layer gradients of
+# them (slerp's t over 12 layers, a weight ramp) reuse one compiled kernel per shape.
+_TRACED = {"weight", "t", "lambda"}
+_TRACED_METHODS = frozenset(GTA_VARIANTS) | {"linear", "slerp", "nearswap"}
+
+
+def _split(method: str, shared: dict, per_input: list[dict]):
+    if method not in _TRACED_METHODS:
+        return shared, per_input, {}
+    dyn = {}
+    s2 = {k: (None if k in _TRACED else v) for k, v in shared.items()}
+    for k in shared:
+        if k in _TRACED:
+            dyn[("s", k)] = shared[k]
+    p2 = []
+    for i, p in enumerate(per_input):
+        p2.append({k: (None if k in _TRACED else v) for k, v in p.items()})
+        for k in p:
+            if k in _TRACED:
+                dyn[(i, k)] = p[k]
+    return s2, p2, dyn
+
+
 @functools.lru_cache(maxsize=256)
-def _jitted(method: str, base_index: int | None, shared: tuple, per_input: tuple):
-    def run(inputs, key):
-        return kernel_checked(method, list(inputs), base_index, dict(shared), [dict(p) for p in per_input], key)
+def _jitted(method: str, base_index: int | None, shared: tuple, per_input: tuple, dyn_keys: tuple):
+    def run(inputs, key, dyn_vals):
+        sh, pi = dict(shared), [dict(p) for p in per_input]
+        for (where, k), v in zip(dyn_keys, dyn_vals):
+            (sh if where == "s" else pi[where])[k] = v
+        return kernel_checked(method, list(inputs), base_index, sh, pi, key)
 
     return jax.jit(run)
 
@@ -159,7 +185,9 @@ def merge_tensor(method: str, inputs: list[jax.Array], *, base_index: int | None
     """One output tensor of `method` from its inputs (base at `base_index`) and resolved parameters."""
     if key is None:
         key = jax.random.PRNGKey(0)
-    fn = _jitted(method, base_index, _freeze(shared), tuple(_freeze(p) for p in per_input))
-    y, bad = fn(tuple(inputs), key)
+    s2, p2, dyn = _split(method, shared, per_input)
+    dyn_keys = tuple(dyn)
+    fn = _jitted(method, base_index, _freeze(s2), tuple(_freeze(p) for p in p2), dyn_keys)
+    y, bad = fn(tuple(inputs), key, tuple(jnp.float32(dyn[k]) for k in dyn_keys))
     raise_if_bad(method, bad, name)
     return y

@@ -84,6 +84,5 @@ def gta_merge(base: jax.Array, others: list[jax.Array], *, variant: GTAVariant,
         divisor = jnp.where(jnp.abs(divisor) < 1e-8, 1.0, divisor)
     if normalize:
         mixed = mixed / divisor
-    if lam != 1:
-        mixed = mixed * lam
+    mixed = mixed * lam  # lam may be traced (a per-layer value); times 1.0 is exact
     return (b + mixed).astype(dtype)
