@@ -19,6 +19,7 @@ SECTIONS = [
     "jaxinterp.lens.demo:section",
     "jaxinterp.merge.demo:section",
     "jaxinterp.nugraph.demo:section",
+    "jaxinterp.nugraph.demo_events:section",
     "jaxinterp.inject.demo:section",
 ]
 

@@ -1,0 +1,85 @@
+"""A NuGraph2 section of `jaxinterp demo`: the shipped trained model on freshly simulated events.
+
+A few events from the built-in simulation (seeded), the shipped model's predictions as event
+displays (truth above, prediction below), its figures of merit on these events and on its held-out
+test set (from model.json), and its latency per event at batch 1 beside the paper's 0.12 s/event.
+All events are padded to one size, so the section compiles the forward once.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+PAPER_CPU_SECONDS_PER_EVENT = 0.12  # arXiv 2403.11872: official NuGraph2 on a CPU, batch 1
+
+
+def section(out_dir: str | Path, *, quick: bool = False):
+    import jax
+
+    from jaxinterp import benchtools, report
+    from jaxinterp.nugraph import display, evaluate, graph, metrics, simulate
+    from jaxinterp.nugraph.predict import forward
+
+    out_dir = Path(out_dir) / "nugraph"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = evaluate.load_model()
+    mc = model.config
+    n = 3 if quick else 8
+    cfg = simulate.SimConfig(max_hits_per_plane=400 if quick else 1200)
+    raws = simulate.simulate(n, seed=2024, config=cfg, run=7)
+    events = evaluate.to_events(raws, model)
+    sizes = graph.BatchSizes(*np.max([tuple(graph.pick_sizes([e], planes=mc.planes)) for e in events], axis=0))
+    batches = [graph.pad_batch([e], sizes, planes=mc.planes) for e in events]
+    fn = forward(mc)
+    params = jax.tree.map(jax.numpy.asarray, model.params)
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(params, batches[0]))
+    compile_s = time.perf_counter() - t0
+    counts, preds, times = metrics.Counts.zeros(mc.num_classes), [], []
+    for e, b in zip(events, batches):
+        for _ in range(1 if quick else 3):
+            t0 = time.perf_counter()
+            probs, filt = jax.block_until_ready(fn(params, b))
+            times.append(time.perf_counter() - t0)
+        probs, filt = np.asarray(probs), np.asarray(filt)
+        pred = {}
+        for i, p in enumerate(mc.planes):
+            k = e.planes[p].x.shape[0]
+            counts = counts.add(e.planes[p].y_semantic, probs[i, :k], filt[i, :k])
+            pred[p] = display.predicted_labels(probs[i, :k], filt[i, :k])
+        preds.append(pred)
+    m = metrics.compute(counts, mc.semantic_classes)
+    latency = float(np.median(times))
+
+    parts = [report.paragraph(
+        f"The shipped NuGraph2 ({mc.planar_features} planar / {mc.nexus_features} nexus features, "
+        f"{mc.num_iters} iterations) on {n} events of jaxinterp's LArTPC simulation (seed 2024). "
+        "Grey: background (true label -1, or filter score below 0.5).")]
+    for i, (e, pred) in enumerate(zip(events, preds)):
+        if i >= (2 if quick else 3):
+            break
+        hits = "/".join(str(e.planes[p].x.shape[0]) for p in mc.planes)
+        fig = display.event_display(e, pred, planes=mc.planes, title=f"event {e.name}: {hits} hits (u/v/y)")
+        parts.append(report.img(report.figure_png(fig, out_dir / f"display_{e.name}.png"), f"event display {e.name}"))
+    held = model.meta.get("test_metrics") or {}
+    rows = [["filter efficiency", m.filter_efficiency, held.get("filter_efficiency", "n/a"), 0.980],
+            ["filter purity", m.filter_purity, held.get("filter_purity", "n/a"), "n/a"],
+            ["semantic efficiency (hit-weighted)", m.semantic_efficiency, held.get("semantic_efficiency", "n/a"), 0.949],
+            ["semantic efficiency (class mean)", m.semantic_efficiency_macro,
+             held.get("semantic_efficiency_macro", "n/a"), "n/a"],
+            ["semantic purity (class mean)", m.semantic_purity_macro, held.get("semantic_purity_macro", "n/a"), "n/a"]]
+    parts.append(report.table(["figure", f"these {n} events", "held-out test set", "paper (MicroBooNE)"], rows))
+    parts.append(report.table(
+        ["class", "efficiency", "purity"],
+        [[c, m.efficiency[c], m.purity[c]] for c in mc.semantic_classes]))
+    parts.append(report.table(
+        ["latency, batch 1", "seconds/event", "note"],
+        [["jaxinterp (this model)", latency, f"median over {len(times)} calls; compile {compile_s:.1f} s apart; "
+          f"padded to {sizes.hits} hits/plane"],
+         ["paper, official code on a CPU", PAPER_CPU_SECONDS_PER_EVENT, "arXiv 2403.11872"]]))
+    parts.append(report.paragraph(f"Machine: {benchtools.machine_line()}. Training: "
+                                  f"{model.meta.get('command', 'see notes/nugraph_data.md')}"))
+    return report.Section("NuGraph2: LArTPC hit filtering and labelling", "".join(parts))

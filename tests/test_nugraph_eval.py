@@ -1,0 +1,140 @@
+"""Evaluation: metrics by hand, confusion matrices and displays, model files, the eval command, the demo."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import display, evaluate, hdf5, metrics, model, simulate, train
+from jaxinterp.nugraph.model import NuGraph2Config
+
+TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _onehot(pred, c=5):
+    return np.eye(c)[np.asarray(pred)]
+
+
+@pytest.mark.parametrize("y, pred, filt, expect", [
+    # all right
+    ([0, 1, 2, 3, 4, -1], [0, 1, 2, 3, 4, 0], [1, 1, 1, 1, 1, 0],
+     dict(filter_efficiency=1.0, filter_purity=1.0, semantic_efficiency=1.0, semantic_efficiency_macro=1.0)),
+    # one MIP called HIP; one background kept; one signal dropped
+    ([0, 0, 1, 1, -1, -1], [1, 0, 1, 1, 0, 0], [1, 1, 1, 0.2, 0.9, 0.1],
+     dict(filter_efficiency=0.75, filter_purity=0.75, semantic_efficiency=0.75, semantic_efficiency_macro=0.75,
+          semantic_purity_macro=(1.0 + 2 / 3) / 2)),
+    # the semantic figures ignore the filter and background hits, as the official metrics do
+    ([2, 2, -1], [2, 3, 2], [0, 0, 1], dict(filter_efficiency=0.0, filter_purity=0.0, semantic_efficiency=0.5)),
+])
+def test_metrics_by_hand(y, pred, filt, expect):
+    counts = metrics.Counts.zeros().add(np.array(y), _onehot(pred), np.array(filt, float))
+    m = metrics.compute(counts)
+    for k, v in expect.items():
+        assert getattr(m, k) == pytest.approx(v), k
+    assert m.semantic_purity == m.semantic_efficiency
+    # accumulating in two halves gives the same counts
+    h = len(y) // 2
+    a = metrics.Counts.zeros().add(np.array(y[:h]), _onehot(pred[:h]), np.array(filt[:h], float))
+    b = metrics.Counts.zeros().add(np.array(y[h:]), _onehot(pred[h:]), np.array(filt[h:], float))
+    assert np.array_equal((a + b).semantic, counts.semantic) and np.array_equal((a + b).filter, counts.filter)
+
+
+def test_metrics_of_absent_class_is_nan_not_error():
+    m = metrics.compute(metrics.Counts.zeros().add(np.array([0, 0]), _onehot([0, 0]), np.ones(2)))
+    assert m.efficiency["MIP"] == 1.0 and np.isnan(m.efficiency["michel"]) and m.semantic_efficiency_macro == 1.0
+
+
+@pytest.mark.parametrize("y, sem, filt, message", [
+    (np.array([0, 1]), np.zeros((2, 4)), np.ones(2), r"semantic: expected shape \[2, 5\]"),
+    (np.array([0, 1]), np.zeros((2, 5)), np.ones(3), r"filter_prob: expected shape \[2\]"),
+    (np.array([0, 7]), np.zeros((2, 5)), np.ones(2), r"y: labels must lie in \[-1, 4\]"),
+])
+def test_metrics_bad_input(y, sem, filt, message):
+    with pytest.raises(ValueError, match=message):
+        metrics.Counts.zeros().add(y, sem, filt)
+
+
+# --- pictures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def events_and_model(tmp_path_factory):
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    raws = simulate.simulate(5, seed=31, config=cfg)
+    folder = tmp_path_factory.mktemp("model")
+    params = model.init(jax.random.key(1), TINY)
+    train.save_model(folder, params, TINY, hdf5.compute_norm(raws), {"command": "test"})
+    path = hdf5.write_events(folder / "ev.gnn.h5", raws)
+    return raws, folder, path
+
+
+def test_event_display_and_confusion_figures(events_and_model):
+    raws, _, _ = events_and_model
+    ev = hdf5.to_event(raws[0], hdf5.compute_norm(raws))
+    fig = display.event_display(ev, {p: ev.planes[p].y_semantic for p in "uvy"})
+    assert len(fig.axes) == 6
+    fig = display.event_display(ev)
+    assert len(fig.axes) == 3
+    with pytest.raises(ValueError, match=r"predicted\['v'\]: expected shape"):
+        display.event_display(ev, {"u": ev.planes["u"].y_semantic, "v": np.zeros(1), "y": ev.planes["y"].y_semantic})
+    with pytest.raises(ValueError, match="predicted: missing plane"):
+        display.event_display(ev, {"u": ev.planes["u"].y_semantic})
+    with pytest.raises(ValueError, match="normalise: expected 'truth' or 'prediction'"):
+        display.confusion_figure(np.eye(5), normalise="rows")
+    with pytest.raises(ValueError, match=r"matrix: expected shape \[5, 5\]"):
+        display.confusion_figure(np.eye(4))
+    assert display.predicted_labels(np.eye(5)[[1, 2]], np.array([0.9, 0.1])).tolist() == [1, -1]
+
+
+def test_model_files_round_trip_and_errors(events_and_model, tmp_path):
+    _, folder, _ = events_and_model
+    m = evaluate.load_model(folder)
+    assert m.config == TINY and m.meta["command"] == "test" and m.norm["u"].shape == (2, 4)
+    with pytest.raises(ValueError, match="expected model.npz in"):
+        evaluate.load_model(tmp_path)
+    other = NuGraph2Config(planar_features=4, nexus_features=4, num_iters=1)
+    train.save_model(tmp_path, model.init(jax.random.key(0), other), TINY, m.norm)  # params of another size
+    with pytest.raises(ValueError, match="does not hold NuGraph2 params of the config"):
+        evaluate.load_model(tmp_path)
+
+
+def test_eval_command_writes_metrics_and_pictures(events_and_model, tmp_path, capsys, monkeypatch):
+    from jaxinterp import cli
+
+    _, folder, path = events_and_model
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "eval"
+    assert cli.main(["nugraph", "eval", str(path), "--params", str(folder), "--split", "all", "--out", str(out),
+                     "--displays", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "filter eff" in printed and "michel" in printed
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["hits"] == sum(int((r.planes[p].y_semantic >= 0).sum()) for r in events_and_model[0] for p in "uvy")
+    assert np.array(got["semantic_counts"]).sum() == got["hits"]
+    pngs = sorted(f.name for f in out.glob("*.png"))
+    assert pngs[:4] == ["confusion_filter_by_prediction.png", "confusion_filter_by_truth.png",
+                        "confusion_semantic_by_prediction.png", "confusion_semantic_by_truth.png"]
+    assert len([p for p in pngs if p.startswith("display_")]) == 2
+    assert all((out / p).read_bytes()[:8] == PNG for p in pngs)
+    assert cli.main(["nugraph", "eval", str(path), "--params", str(tmp_path / "none"), "--out", str(out)]) == 2
+
+
+def test_shipped_model_loads():
+    m = evaluate.load_model()
+    assert set(m.norm) == {"u", "v", "y"} and "test_metrics" in m.meta and "command" in m.meta
+    assert model.num_params(m.params) > 0
+
+
+def test_demo_section_runs(tmp_path):
+    from jaxinterp.nugraph import demo_events
+
+    sec = demo_events.section(tmp_path, quick=True)
+    assert "NuGraph2" in sec.title and "data:image/png;base64" in sec.html and "0.12" in sec.html
+    assert list((tmp_path / "nugraph").glob("display_*.png"))
