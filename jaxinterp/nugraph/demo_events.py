@@ -78,7 +78,8 @@ def section(out_dir: str | Path, *, quick: bool = False):
     parts.append(report.table(
         ["latency, batch 1", "seconds/event", "note"],
         [["jaxinterp (this model)", latency, f"median over {len(times)} calls; compile {compile_s:.1f} s apart; "
-          f"padded to {sizes.hits} hits/plane"],
+          f"padded to {sizes.hits} hits/plane; {mc.planar_features}/{mc.nexus_features} features (the paper's "
+          "model is 64/16 on ~1000 hits/plane: benchmarks/nugraph_latency.py)"],
          ["paper, official code on a CPU", PAPER_CPU_SECONDS_PER_EVENT, "arXiv 2403.11872"]]))
     parts.append(report.paragraph(f"Machine: {benchtools.machine_line()}. Training: "
                                   f"{model.meta.get('command', 'see notes/nugraph_data.md')}"))
