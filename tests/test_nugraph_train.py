@@ -126,3 +126,23 @@ def evaluate_params(folder):
     from jaxinterp.nugraph import evaluate
 
     return evaluate.load_model(folder).params
+
+
+def test_warm_start_from_a_trained_model(data, straight, tmp_path, monkeypatch, capsys):
+    """--init: a run starts from a trained model's params (run.json names it); other shapes are refused."""
+    from jaxinterp import cli
+
+    out = tmp_path / "warm"
+    res = train.train(data, out, config=TC, model_config=TINY, max_steps=0, progress=False, log=lambda s: None,
+                      init_params=straight.params, init_name="straight")
+    _same_params(res.params, straight.params)  # no step taken: the start is the given params
+    assert json.loads((out / "run.json").read_text())["init"] == "straight"
+    other = NuGraph2Config(planar_features=16, nexus_features=4, num_iters=1)
+    with pytest.raises(ValueError, match="init_params: expected NuGraph2 params of the model config"):
+        train.train(data, tmp_path / "bad", config=TC, model_config=other, init_params=straight.params,
+                    progress=False, log=lambda s: None)
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    argv = ["nugraph", "train", str(data), "--out", str(tmp_path / "cli_warm"), "--epochs", "1", "--batch-size", "4",
+            "--planar-features", "16", "--nexus-features", "4", "--iterations", "1", "--init", str(straight.out_dir)]
+    assert cli.main(argv) == 2
+    assert "--init:" in capsys.readouterr().err

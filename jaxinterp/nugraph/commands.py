@@ -46,6 +46,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training events")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation events")
     p.add_argument("--checkpoint-every", type=_positive(int), default=50, help="steps between checkpoints")
+    p.add_argument("--init", default=None, help="warm start: a model folder (model.npz + model.json, e.g. the "
+                   "shipped jaxinterp/assets/nugraph2) whose params start the run; its config must match")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate NuGraph2 on a split: metrics, confusion matrices, event displays")

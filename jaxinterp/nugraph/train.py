@@ -240,8 +240,13 @@ def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dic
 def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainConfig(),
           model_config: NuGraph2Config = NuGraph2Config(), max_steps: int | None = None,
           limit_train: int | None = None, limit_val: int | None = None, progress: bool = True,
-          log=print) -> TrainResult:
-    """Trains (or resumes training) on `path`'s train split, validating on its validation split."""
+          init_params: dict | None = None, init_name: str | None = None, log=print) -> TrainResult:
+    """Trains (or resumes training) on `path`'s train split, validating on its validation split.
+
+    init_params: start from these params (a warm start, e.g. a trained model fine-tuned with a fresh
+    schedule) instead of a random init; they must have the shapes of `model_config`. `init_name`
+    (where they came from) is kept in run.json, so a resume must name the same start.
+    """
     import jax
     from tqdm import tqdm
 
@@ -249,6 +254,12 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
 
     out_dir = Path(out_dir)
     info = hdf5.read_info(path)
+    if init_params is not None:
+        want = jax.tree.map(tuple, model.param_shapes(model_config), is_leaf=lambda t: isinstance(t, tuple))
+        got = jax.tree.map(lambda a: tuple(np.shape(a)), init_params)
+        if want != got:
+            raise ValueError(f"init_params: expected NuGraph2 params of the model config {model_config}, "
+                             "got a tree of other names or shapes")
     if tuple(info.planes) != tuple(model_config.planes):
         raise ValueError(f"path: the file's planes {list(info.planes)} differ from the model's {list(model_config.planes)}")
     train_ev, train_res = hdf5.load_events(path, "train", limit=limit_train)
@@ -267,6 +278,8 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     total = nb * config.epochs
     run_desc = {"train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
                 "file": str(Path(path).name), "train_events": len(train_ev)}
+    if init_params is not None:
+        run_desc["init"] = init_name or "given params"
     out_dir.mkdir(parents=True, exist_ok=True)
     run_json = out_dir / "run.json"
     if run_json.exists():
@@ -278,7 +291,8 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
         atomic.write_text(run_json, json.dumps(run_desc, indent=1))
 
     opt, schedule = _optimizer(config.lr, config.weight_decay, total)
-    params = model.init(jax.random.key(config.seed), model_config)
+    params = (model.init(jax.random.key(config.seed), model_config) if init_params is None
+              else jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), init_params))
     state = TrainState(params, opt.init(params))
     mngr = _manager(out_dir)
     step, history = 0, []
@@ -331,8 +345,18 @@ def run_cli(args) -> TrainResult:
                      balance_frac=args.balance_frac, seed=args.seed, checkpoint_every=args.checkpoint_every)
     mc = NuGraph2Config(planar_features=args.planar_features, nexus_features=args.nexus_features,
                         num_iters=args.iterations)
+    init = None
+    if getattr(args, "init", None):
+        from jaxinterp.nugraph import evaluate
+
+        start = evaluate.load_model(args.init)
+        if start.config != mc:
+            raise ValueError(f"--init: {args.init} holds a model of config {start.config}, "
+                             f"the run asks for {mc} (set --planar-features/--nexus-features/--iterations to match)")
+        init = start.params
     res = train(args.file, args.out, config=tc, model_config=mc, max_steps=args.max_steps,
-                limit_train=args.limit_train, limit_val=args.limit_val)
+                limit_train=args.limit_train, limit_val=args.limit_val, init_params=init,
+                init_name=str(args.init) if init is not None else None)
     print(f"{'finished' if res.finished else 'stopped'} at step {res.steps}; run folder {res.out_dir}")
     if res.finished:
         print(f"wrote {res.out_dir / 'model.npz'} and model.json")
