@@ -57,10 +57,10 @@ def main(argv=None) -> int:
     memories = memory_vectors(params, [rng.integers(0, 50257, size=3) for _ in range(n_prompts)], config=config)
 
     rate0, cpu_rate0 = matmul_rate(20)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     p = plan(prompts, memories, layers, taus, config=config, answers=answers)
     compiled = compile_plan(params, p, config=config)
-    compile_s = time.perf_counter() - t0
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     times, cpu = [], []
     for _ in range(2 if args.quick else 1):  # the full sweep runs minutes: once
         t0, c0 = time.perf_counter(), time.process_time()
@@ -100,15 +100,16 @@ def main(argv=None) -> int:
     rows = [
         benchtools.row(f"inject sweep {grid} (GPT-2 small, one compiled call)", sweep_s, "s",
                        goal="<= paper loop / 10" if full else None, reference=f"TL loop {PAPER_LOOP_S:.0f} s",
-                       met=(sweep_s * 10 <= PAPER_LOOP_S) if full else None),
-        benchtools.row("inject sweep compile time", compile_s, "s", goal="< 30 s", met=compile_s < 30),
+                       met=bool(sweep_s * 10 <= PAPER_LOOP_S) if full else None),
+        benchtools.row("inject sweep compile time", compile_s, "s", goal="< 30 s", met=bool(compile_s < 30),
+                       reference=f"{compile_cpu_s:.1f} CPU s"),
         benchtools.row("paper's loop, jitted forward per (L, tau, prompt)", per_forward * 1e3, "ms/forward",
                        reference="TL 107 ms"),
         benchtools.row(f"paper's loop {grid} (extrapolated from {len(loop_times)} forwards)", loop_s, "s"),
         benchtools.row("speed-up of the sweep over the jitted loop", loop_s / sweep_s, "x",
-                       goal=">= 10" if full else None, met=(loop_s / sweep_s >= 10) if full else None),
+                       goal=">= 10" if full else None, met=bool(loop_s / sweep_s >= 10) if full else None),
         benchtools.row("speed-up of the sweep over the TL loop (2050 s)", PAPER_LOOP_S / sweep_s, "x",
-                       goal=">= 10" if full else None, met=(PAPER_LOOP_S / sweep_s >= 10) if full else None),
+                       goal=">= 10" if full else None, met=bool(PAPER_LOOP_S / sweep_s >= 10) if full else None),
         benchtools.row("sweep CPU time (user+sys of this process)", cpu_s, "s",
                        reference=f"{os.cpu_count()} cores x wall = {os.cpu_count() * sweep_s:.0f} s"),
         benchtools.row("speed-up over the jitted loop in CPU seconds (robust to a shared machine)",
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
         benchtools.row("sweep arithmetic rate", flops / sweep_s / 1e9, "GFLOP/s"),
         benchtools.row("jitted 1024x768x3072 matmul rate (same run)", mm_rate / 1e9, "GFLOP/s"),
         benchtools.row("sweep rate / matmul rate", flops / sweep_s / mm_rate * 100, "%",
-                       goal=">= 60 %" if full else None, met=(flops / sweep_s >= 0.6 * mm_rate) if full else None),
+                       goal=">= 60 %" if full else None, met=bool(flops / sweep_s >= 0.6 * mm_rate) if full else None),
         benchtools.row("sweep FLOPs per CPU second / matmul's (robust to a shared machine)",
                        flops / cpu_s / mm_cpu_rate * 100, "%"),
     ]
