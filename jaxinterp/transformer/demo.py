@@ -19,6 +19,16 @@ def default_model() -> tuple[Path, str]:
     return TINY_GPT2, "the tiny random GPT-2 of tests/fixtures (3 layers, 4 heads)"
 
 
+def _default_prompt(path: Path, tok) -> str:
+    """A two-hop prompt of the toy world (its first held-out composition), or tiny-model words."""
+    if path == TOY_MODEL:
+        import csv
+
+        with open(TOY_MODEL.parent / "prompts.csv", newline="") as f:
+            return next(csv.DictReader(f))["obscure_sentence"]
+    return " ".join(sorted(w for w in tok.get_vocab() if w.isalnum())[:8])
+
+
 def head_logit_lens(params, result_last: np.ndarray, k: int) -> np.ndarray:
     """result_last [L, H, D] (each head's output at one position) -> top-k token ids [L, H, k]
     of result @ W_U + b_U, with processed weights (W_U after ln_final folding)."""
@@ -39,8 +49,7 @@ def section(out_dir: Path, *, quick: bool = False, model: str | Path | None = No
     params, config = load_gpt2(path, process_weights=True)
     tok = load_tokenizer(path)
     if prompt is None:
-        vocab = [w for w in tok.get_vocab() if w.isalnum()]
-        prompt = " ".join(sorted(vocab)[:8]) if path == TINY_GPT2 else "The birthplace of the founder of"
+        prompt = _default_prompt(path, tok)
     ids = tok(prompt)["input_ids"][: config.n_positions]
     names = [f"blocks.{l}.attn.{h}" for l in range(config.n_layer) for h in ("hook_pattern", "hook_result")]
     _, cache = run_with_cache(params, np.asarray([ids], np.int32), config=config, names=names)
@@ -55,6 +64,10 @@ def section(out_dir: Path, *, quick: bool = False, model: str | Path | None = No
             ax.imshow(pattern[h], cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"L{l}H{h}", fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
+            if h == 0:  # token labels on the first column (queries) and the last row (keys)
+                ax.set_yticks(range(len(labels)), labels, fontsize=6)
+            if l == L - 1:
+                ax.set_xticks(range(len(labels)), labels, fontsize=6, rotation=90)
     fig.suptitle(f"attention pattern (query rows, key columns): {prompt!r}", fontsize=9)
     png = report.figure_png(fig, out_dir / "gpt2_attention_patterns.png")
 
