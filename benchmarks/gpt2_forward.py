@@ -32,7 +32,7 @@ def torch_forward_seconds(config, tokens: np.ndarray, repeats: int) -> float | N
     torch.manual_seed(0)
     model = GPT2LMHeadModel(HFConfig(n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
                                      attn_implementation="eager")).eval()
-    t = torch.as_tensor(tokens, dtype=torch.long)
+    t = torch.tensor(np.array(tokens), dtype=torch.long)
     with torch.no_grad():
         model(t)
         times = []

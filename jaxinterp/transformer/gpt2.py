@@ -170,8 +170,8 @@ class Attention(_Hooked):
         b_O = self.c_proj.bias.astype(self.dtype)
         if self.need_result:
             W_O = self.c_proj.kernel.astype(self.dtype).reshape(c.n_head, c.d_head, c.n_embd)  # (H, E, D)
-            # Same FLOPs as c_proj, but H times the output: on a CPU its cost is writing that
-            # fresh [B, P, H, D] buffer (BUILD_NOTES.md, "hook_result"), not the arithmetic.
+            # Same FLOPs as c_proj, but H times the output: on XLA:CPU the cost is writing the
+            # [B, P, H, D] layout, ~40 ms a layer at 8 x 128 in every form tried (BUILD_NOTES.md).
             result = self.hook("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, W_O), ivs)  # (B, P, H, D)
             return result.sum(axis=2) + b_O
         return self.c_proj(z.reshape(B, P, c.n_embd))
