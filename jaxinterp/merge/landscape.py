@@ -46,11 +46,19 @@ def barrier_chord(alphas: np.ndarray, losses: np.ndarray) -> float:
 
 
 def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
-    """vmap of fn over the leading axis of xs, `chunk` points at a time (None: all at once)."""
+    """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time.
+
+    chunk=None picks by backend: all points vmapped at once on accelerators; one point at a time
+    (`lax.map`) on the CPU, where XLA runs the batched matmuls of a vmap over params (one weight
+    matrix per point) more slowly than plain ones: 25 alphas on a 64-512-512-10 MLP took 600 ms
+    vmapped and 307 ms mapped (BUILD_NOTES.md, merging).
+    """
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    if chunk is None or chunk >= n:
+    if chunk is None:
+        chunk = 1 if jax.default_backend() == "cpu" else n
+    if chunk >= n:
         return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk)
+    return jax.lax.map(fn, xs, batch_size=chunk if chunk > 1 else None)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
