@@ -171,7 +171,14 @@ def load_params(path: str | Path, *, config: NuGraph2Config | None = None) -> Pa
     path = Path(path).absolute()
     if not path.exists():
         raise ValueError(f"load_params: no checkpoint at {path}")
-    params = ocp.PyTreeCheckpointer().restore(path)
+    ckptr = ocp.PyTreeCheckpointer()
+    # Restore onto this process's first device, as the arrays were saved (one host, no mesh):
+    # naming the sharding keeps orbax from guessing it from the saved topology.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          ckptr.metadata(path).item_metadata.tree)
+    params = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
     if config is not None:
         want = jax.tree.map(tuple, param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
         got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
