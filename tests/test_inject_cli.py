@@ -65,10 +65,13 @@ def test_errors_exit_2_and_write_nothing(tmp_path, capsys, extra, text, match):
 
 
 def test_model_default(monkeypatch, tmp_path):
-    monkeypatch.setattr(inject_cli, "TOY_MODEL", tmp_path / "absent")
-    with pytest.raises(ValueError, match="--model: expected a local Hugging Face folder"):
+    from jaxinterp.transformer import builtin
+
+    monkeypatch.setattr(builtin, "TOY_MODEL", tmp_path / "absent")
+    with pytest.raises(ValueError, match="--model: expected a local Hugging Face GPT-2 folder"):
         inject_cli.resolve_model(None)
-    monkeypatch.setattr(inject_cli, "TOY_MODEL", tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(builtin, "TOY_MODEL", tmp_path)
     model, note = inject_cli.resolve_model(None)
     assert model == str(tmp_path) and "shipped toy model" in note
     assert inject_cli.resolve_model("gpt2") == ("gpt2", None)

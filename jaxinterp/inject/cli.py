@@ -7,17 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TOY_MODEL = Path(__file__).resolve().parents[1] / "assets" / "toyworld" / "model"
-
-
-def resolve_model(model: str | None) -> tuple[str, str | None]:
-    """The model to load and a note to print when the shipped toy model stands in for --model."""
-    if model:
-        return model, None
-    if TOY_MODEL.is_dir():
-        return str(TOY_MODEL), f"no --model given: using the shipped toy model {TOY_MODEL}"
-    raise ValueError(f"--model: expected a local Hugging Face folder or hub name; none given and no shipped "
-                     f"toy model at {TOY_MODEL}")
+from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of this command's API)
 
 
 def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, kind: str = "unembed",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toyworld"
+from jaxinterp.transformer.builtin import TOY_PROMPTS, toy_model
 
 
 def section(out_dir, *, quick: bool = False):
@@ -20,8 +20,8 @@ def section(out_dir, *, quick: bool = False):
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
     out = Path(out_dir) / "inject"
-    model_dir, csv_path = TOY_DIR / "model", TOY_DIR / "prompts.csv"
-    if not (model_dir.is_dir() and csv_path.is_file()):
+    model_dir, csv_path = toy_model(), TOY_PROMPTS
+    if model_dir is None or not csv_path.is_file():
         return _random_section(out, quick=quick)
     params, config = load_gpt2(model_dir, process_weights=True)
     tok = load_tokenizer(model_dir)

@@ -8,18 +8,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TOY_MODEL = Path(__file__).resolve().parent.parent / "assets" / "toyworld" / "model"
-
-
 def resolve_model(name: str | None) -> str:
     """--model, or the built-in toy model when it is omitted (and say so)."""
-    if name:
-        return name
-    if (TOY_MODEL / "config.json").is_file():
-        print(f"no --model given: using the built-in toy model {TOY_MODEL}", file=sys.stderr)
-        return str(TOY_MODEL)
-    raise ValueError("model: no --model given and the built-in toy model (jaxinterp/assets/toyworld/model) "
-                     "is not installed; pass a local Hugging Face GPT-2 folder or a hub name")
+    from jaxinterp.transformer.builtin import resolve_model as resolve
+
+    model, note = resolve(name)
+    if note:
+        print(note, file=sys.stderr)
+    return model
 
 
 def _train(args) -> int:

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tiny_gpt2"
+from jaxinterp.transformer.builtin import demo_model
 
-
-def default_model() -> Path:
-    from jaxinterp.lens.cli import TOY_MODEL
-
-    return TOY_MODEL if (TOY_MODEL / "config.json").is_file() else TINY
 
 
 def _texts(tokenizer, model: Path, n: int) -> list[str]:
@@ -44,7 +39,7 @@ def section(out_dir, *, quick: bool = False, model: str | Path | None = None, la
     from jaxinterp.lens import data, lenses, readout, train
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
-    model = Path(model) if model is not None else default_model()
+    model = Path(model) if model is not None else demo_model()[0]
     params, config = load_gpt2(model, process_weights=True)
     tok = load_tokenizer(model)
     layer = config.n_layer // 2 if layer is None else layer

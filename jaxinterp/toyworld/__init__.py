@@ -5,18 +5,13 @@ the model (optax, orbax checkpoints), `evaluate` the accuracy tables. `MODEL_DIR
 model folder (`load_gpt2(MODEL_DIR)`, `load_tokenizer(MODEL_DIR)`), `PROMPTS_CSV` its prompt set.
 """
 
-from pathlib import Path
-
 from jaxinterp.toyworld.world import (  # noqa: F401
     COMPOSITIONS, RELATIONS, Fact, PromptRow, TwoHop, World, WorldConfig, build_world, prompt_rows,
     training_sentences)
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "toyworld"
-MODEL_DIR = ASSETS / "model"
-PROMPTS_CSV = ASSETS / "prompts.csv"
+from jaxinterp.transformer.builtin import TOY_MODEL as MODEL_DIR  # noqa: E402
+from jaxinterp.transformer.builtin import TOY_PROMPTS as PROMPTS_CSV  # noqa: E402
+from jaxinterp.transformer.builtin import toy_model as default_model  # noqa: E402,F401
+
+ASSETS = MODEL_DIR.parent
 EVAL_JSON = ASSETS / "eval.json"
-
-
-def default_model() -> Path | None:
-    """The shipped model folder, or None when the package was installed without it."""
-    return MODEL_DIR if (MODEL_DIR / "config.json").exists() else None

@@ -7,16 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_GPT2 = REPO / "tests" / "fixtures" / "tiny_gpt2"
-TOY_MODEL = Path(__file__).resolve().parents[1] / "assets" / "toyworld" / "model"
-
-
-def default_model() -> tuple[Path, str]:
-    """The shipped toy-world model when present, else the random tiny model of the test fixtures."""
-    if (TOY_MODEL / "config.json").exists():
-        return TOY_MODEL, "the shipped toy-world GPT-2 (trained by jaxinterp)"
-    return TINY_GPT2, "the tiny random GPT-2 of tests/fixtures (3 layers, 4 heads)"
+from jaxinterp.transformer.builtin import TOY_MODEL, TOY_PROMPTS, demo_model
 
 
 def _default_prompt(path: Path, tok) -> str:
@@ -24,7 +15,7 @@ def _default_prompt(path: Path, tok) -> str:
     if path == TOY_MODEL:
         import csv
 
-        with open(TOY_MODEL.parent / "prompts.csv", newline="") as f:
+        with open(TOY_PROMPTS, newline="") as f:
             return next(csv.DictReader(f))["obscure_sentence"]
     return " ".join(sorted(w for w in tok.get_vocab() if w.isalnum())[:8])
 
@@ -45,7 +36,7 @@ def section(out_dir: Path, *, quick: bool = False, model: str | Path | None = No
     from jaxinterp import report
     from jaxinterp.transformer import load_gpt2, load_tokenizer, run_with_cache
 
-    path, described = (Path(model), str(model)) if model else default_model()
+    path, described = (Path(model), str(model)) if model else demo_model()
     params, config = load_gpt2(path, process_weights=True)
     tok = load_tokenizer(path)
     if prompt is None:
