@@ -141,7 +141,7 @@ def test_shipped_model_reproduces_its_stated_figures():
     assert got.greedy.tolist() == [e["greedy"] for e in ex]
     np.testing.assert_allclose(got.first_prob, [e["answer_first_token_prob"] for e in ex], rtol=1e-4, atol=1e-6)
     single = next(r for r in stated["rows"] if r["group"] == "single-hop" and r["kind"] == "all")
-    assert single["greedy"] > 0.9  # the figure notes/toyworld.md reports
+    assert single["greedy"] > 0.9  # the figure BUILD_NOTES.md reports
 
 
 def test_shipped_prompts_match_the_world():

@@ -82,5 +82,5 @@ def section(out_dir: str | Path, *, quick: bool = False):
           "model is 64/16 on ~1000 hits/plane: benchmarks/nugraph_latency.py)"],
          ["paper, official code on a CPU", PAPER_CPU_SECONDS_PER_EVENT, "arXiv 2403.11872"]]))
     parts.append(report.paragraph(f"Machine: {benchtools.machine_line()}. Training: "
-                                  f"{model.meta.get('command', 'see notes/nugraph_data.md')}"))
+                                  f"{model.meta.get('command', 'see BUILD_NOTES.md')}"))
     return report.Section("NuGraph2: LArTPC hit filtering and labelling", "".join(parts))

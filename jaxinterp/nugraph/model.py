@@ -46,7 +46,7 @@ Params = dict[str, Any]
 # never global flags). jaxlib 0.10's default also hands elementwise and reduction fusions to
 # YNNPACK; there it fused the class softmax of the edge nets into the per-edge message product and
 # recomputed it for each of the 64 features. Keeping YNNPACK for the products only cut the CPU
-# time of a forward by 25-30% (notes/nugraph_model.md, "Performance"); results agree to 1e-6.
+# time of a forward by 25-30% (BUILD_NOTES.md, NuGraph2 "Performance"); results agree to 1e-6.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT"}
 
 

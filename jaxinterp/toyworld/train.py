@@ -25,7 +25,7 @@ from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentence
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Model shape and optimisation. Defaults: the shipped model (see notes/toyworld.md for why)."""
+    """Model shape and optimisation. Defaults: the shipped model (see BUILD_NOTES.md, "Built-in model", for why)."""
 
     n_layer: int = 4
     n_embd: int = 128
