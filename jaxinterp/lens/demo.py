@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxinterp.transformer.builtin import demo_model
+from jaxinterp.transformer.builtin import TOY_MODEL, demo_model, toy_two_hop_prompt
 
 
 
@@ -51,8 +51,12 @@ def section(out_dir, *, quick: bool = False, model: str | Path | None = None, la
     cfg = train.TrainConfig(steps=steps, batch_size=8, seq_len=seq, save_every=steps)
     res = train.train(params, config, lc, batches, cfg, progress=False)
 
-    prompt_ids = list(ex[0][: max(2, len(ex[0]) - 1)])
-    prompt = tok.decode(prompt_ids)
+    prompt = toy_two_hop_prompt() if Path(model) == TOY_MODEL else None
+    if prompt is not None:  # the toy world: a held-out two-hop question, whose bridge heads should carry
+        prompt_ids = list(tok(prompt)["input_ids"])
+    else:
+        prompt_ids = list(ex[0][: max(2, len(ex[0]) - 1)])
+        prompt = tok.decode(prompt_ids)
     k = min(8, config.vocab_size)
     t = readout.head_topk(params, config, res.lens, lc, prompt_ids, k=min(50, config.vocab_size))
     lens_tok = readout.decode_ids(tok, t.lens_ids[:, :k])

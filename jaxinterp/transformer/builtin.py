@@ -35,3 +35,13 @@ def resolve_model(name: str | None) -> tuple[str, str | None]:
         return str(TOY_MODEL), f"no --model given: using the shipped toy model {TOY_MODEL}"
     raise ValueError(f"--model: expected a local Hugging Face GPT-2 folder or hub name; none given and no "
                      f"shipped toy model at {TOY_MODEL}")
+
+
+def toy_two_hop_prompt() -> str | None:
+    """The first held-out two-hop question of the toy world (its obscure sentence), if shipped."""
+    if not TOY_PROMPTS.is_file():
+        return None
+    import csv
+
+    with open(TOY_PROMPTS, newline="", encoding="utf-8") as f:
+        return next(csv.DictReader(f))["obscure_sentence"]

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxinterp.transformer.builtin import TOY_MODEL, TOY_PROMPTS, demo_model
+from jaxinterp.transformer.builtin import TOY_MODEL, demo_model, toy_two_hop_prompt
 
 
 def _default_prompt(path: Path, tok) -> str:
     """A two-hop prompt of the toy world (its first held-out composition), or tiny-model words."""
-    if path == TOY_MODEL:
-        import csv
-
-        with open(TOY_PROMPTS, newline="") as f:
-            return next(csv.DictReader(f))["obscure_sentence"]
+    if path == TOY_MODEL and toy_two_hop_prompt():
+        return toy_two_hop_prompt()
     return " ".join(sorted(w for w in tok.get_vocab() if w.isalnum())[:8])
 
 
