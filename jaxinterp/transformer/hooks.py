@@ -51,6 +51,7 @@ GLOBAL_SITES: dict[str, str] = {
     "ln_final.hook_scale": "bpd",
     "ln_final.hook_normalized": "bpd",
 }
+LAYOUTS: dict[str, str] = BLOCK_SITES | GLOBAL_SITES
 MODES = ("add", "replace", "zero", "mean")
 NO_LAYER = -1  # the `layer` of an intervention at a global site
 
@@ -124,7 +125,7 @@ def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale
         raise ValueError(f"intervention mode must be one of {MODES}, got {mode!r}")
     if mode in ("add", "replace") and value is None:
         raise ValueError(f"intervention mode {mode!r} at {name!r} needs a value, got None")
-    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    layout = LAYOUTS[site]
     if heads is not None and layout == "bpd":
         raise ValueError(f"a head mask applies only at per-head sites; {name!r} has no head axis")
     return Intervention(
@@ -140,7 +141,7 @@ def site_shape(site: str, *, n_positions: int, n_embd: int, n_head: int, d_head:
     """The shape of one example's activation at `site` (without the batch axis), for P = n_positions."""
     width = {"mlp.hook_pre": d_mlp, "mlp.hook_post": d_mlp, "attn.hook_result": n_embd,
              "ln1.hook_scale": 1, "ln2.hook_scale": 1, "ln_final.hook_scale": 1}.get(site, n_embd)
-    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    layout = LAYOUTS[site]
     if layout == "bphd":
         return (n_positions, n_head, width if site == "attn.hook_result" else d_head)
     if layout == "bhqk":
@@ -151,7 +152,7 @@ def site_shape(site: str, *, n_positions: int, n_embd: int, n_head: int, d_head:
 def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int) -> None:
     """Raises ValueError if `iv` cannot apply to an activation of per-example `shape` (see site_shape)."""
     where = f"intervention at {iv.site!r}"
-    layout = (BLOCK_SITES | GLOBAL_SITES)[iv.site]
+    layout = LAYOUTS[iv.site]
     if iv.value is not None:
         v = tuple(iv.value.shape)
         per_example = v[1:] if len(v) == len(shape) + 1 else v
@@ -175,7 +176,7 @@ def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int) -
 
 def apply(ivs: Sequence[Intervention], site: str, layer: int, x: Array) -> Array:
     """Applies every intervention in `ivs` at `site` of block `layer` to the activation `x` [B, ...]."""
-    layout = (BLOCK_SITES | GLOBAL_SITES)[site]
+    layout = LAYOUTS[site]
     for iv in ivs:
         if iv.site != site:
             continue
