@@ -51,16 +51,21 @@ def _find(header: list[str], names: Sequence[str]) -> int | None:
     return None
 
 
-def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
-    """Reads a prompt CSV (either format). Raises ValueError naming the missing column or the empty cell."""
-    path = Path(path)
+def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], list[list[str]]]:
+    """(stripped header, all rows including the header) of a CSV that may start with a BOM."""
     if not path.is_file():
-        raise ValueError(f"prompt data: expected a CSV file, got {str(path)!r} (not found)")
+        raise ValueError(f"{what}: expected a CSV file, got {str(path)!r} (not found)")
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows:
-        raise ValueError(f"{path}: empty file, expected a header row with columns {sorted(COLUMNS)}")
-    header = [h.strip() for h in rows[0]]
+        raise ValueError(f"{path}: empty file{empty_hint}")
+    return [h.strip() for h in rows[0]], rows
+
+
+def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
+    """Reads a prompt CSV (either format). Raises ValueError naming the missing column or the empty cell."""
+    path = Path(path)
+    header, rows = _read_csv(path, "prompt data", f", expected a header row with columns {sorted(COLUMNS)}")
     idx = {}
     for col, names in (COLUMNS | OPTIONAL).items():
         i = _find(header, names)
@@ -86,13 +91,7 @@ def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> Prompt
 def load_top_words(path: str | os.PathLike) -> dict[str, list[str]]:
     """top_word_types.csv -> {column: words} (empty cells dropped; the file starts with a BOM)."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"word list: expected a CSV file, got {str(path)!r} (not found)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise ValueError(f"{path}: empty file")
-    header = [h.strip() for h in rows[0]]
+    header, rows = _read_csv(path, "word list")
     words = {h: [] for h in header}
     for row in rows[1:]:
         for h, cell in zip(header, row):
