@@ -66,27 +66,38 @@ def test_bucket(n, want):
     assert graph.bucket(n) == want
 
 
-def test_pad_batch_offsets_and_padding():
+@pytest.mark.parametrize("slots", [2, graph.NEIGHBOUR_SLOTS])
+def test_pad_batch_offsets_and_padding(slots):
     rng = np.random.default_rng(1)
     events = [random_event(rng, (12, 9, 15), 6), random_event(rng, (7, 11, 5), 4)]
-    b = graph.pad_batch(events)
-    N, E, X, S = b.sizes
+    sizes = graph.pick_sizes(events, slots=slots)
+    b = graph.pad_batch(events, sizes)
+    N, E, X, S, K = b.sizes
+    assert K == slots and b.plane_neighbours.shape == (3, N, K)
     assert b.x.shape == (3, N, 4) and N > 15 + 5 and S > 10
+    overflowed = 0
     for pi, p in enumerate(PLANES):
         n0, n1 = events[0].planes[p].x.shape[0], events[1].planes[p].x.shape[0]
         np.testing.assert_array_equal(b.hit_event[pi, :n0 + n1], [0] * n0 + [1] * n1)
         assert not b.hit_mask[pi, n0 + n1:].any() and (b.hit_event[pi, n0 + n1:] == -1).all()
         np.testing.assert_array_equal(b.x[pi, n0:n0 + n1], events[1].planes[p].x)
-        e0 = events[0].planes[p].edge_index_plane.shape[1]
-        e1 = events[1].planes[p].edge_index_plane.shape[1]
-        got = set(zip(b.plane_senders[pi, :e0 + e1], b.plane_receivers[pi, :e0 + e1]))
+        # the neighbour table and the overflow list hold every edge of the union once, and nothing else
+        table = {(j, i) for i in range(N) for j in b.plane_neighbours[pi, i] if j >= 0}
+        real = b.plane_receivers[pi] < N - 1
+        over = list(zip(b.plane_senders[pi, real], b.plane_receivers[pi, real]))
         want = set(map(tuple, events[0].planes[p].edge_index_plane.T)) | set(
             map(tuple, (events[1].planes[p].edge_index_plane + n0).T))
-        assert got == want
+        assert not table & set(over) and len(over) == len(set(over)) and table | set(over) == want
+        overflowed += len(over)
+        # a hit's table row is full before any of its edges overflows; empty slots come last
+        rows = b.plane_neighbours[pi]
+        assert all((rows[i] >= 0).all() for i in b.plane_receivers[pi, real])
+        assert np.all(np.diff((rows >= 0).astype(int), axis=1) <= 0)
         assert np.all(np.diff(b.plane_receivers[pi]) >= 0) and np.all(np.diff(b.nexus_sp[pi]) >= 0)
         assert np.all(np.diff(b.down_hits[pi]) >= 0)
-        assert (b.plane_senders[pi, e0 + e1:] == N - 1).all()  # padding edges stay on the padding hit
+        assert (b.plane_senders[pi, ~real] == N - 1).all()  # padding edges stay on the padding hit
         assert (b.nexus_sp[pi, 10:] == S - 1).all() and (b.nexus_sp[pi, 6:10] >= 6).all()  # sp offsets
+    assert (overflowed > 0) == (slots == 2)
     assert b.sp_mask.sum() == 10 and int(b.num_events) == 2
 
 

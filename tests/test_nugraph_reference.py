@@ -38,12 +38,15 @@ def reference_state_dict() -> dict[str, np.ndarray]:
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def _run(dtype: str):
-    """Per-event outputs, batched outputs, losses and gradients, all as numpy: one compilation."""
+def _run(dtype: str, slots: int):
+    """Per-event outputs, batched outputs, losses and gradients, all as numpy: one compilation.
+
+    `slots`: the neighbour-table width; at 2 most planar edges take the overflow (scatter) path.
+    """
     dt = np.dtype(dtype)
     params = jax.tree.map(jnp.asarray, checkpoint.from_official(reference_state_dict(), CONFIG, dtype=dt))
     events = [reference_event(0), reference_event(1)]
-    sizes = graph.pick_sizes(events)  # every batch padded alike, so one vmapped forward runs them all
+    sizes = graph.pick_sizes(events, slots=slots)  # every batch padded alike, so one vmapped forward runs them all
     batch = graph.pad_batch(events, sizes, dtype=dt)
     stacked = graph.stack([graph.pad_batch([e], sizes, dtype=dt) for e in events] + [batch])
 
@@ -62,10 +65,12 @@ def _run(dtype: str):
     return singles[:2], singles[2], ls, checkpoint.to_official(grads, CONFIG)
 
 
-@pytest.fixture(scope="module", params=["float64", "float32"])
+@pytest.fixture(scope="module", params=[("float64", graph.NEIGHBOUR_SLOTS), ("float32", graph.NEIGHBOUR_SLOTS),
+                                        ("float64", 2)], ids=lambda p: f"{p[0]}-slots{p[1]}")
 def computed(request):
-    with jax.enable_x64(request.param == "float64"):
-        return request.param, _run(request.param)
+    dtype, slots = request.param
+    with jax.enable_x64(dtype == "float64"):
+        return dtype, _run(dtype, slots)
 
 
 def _close(got, want, tol, what):

@@ -5,13 +5,21 @@ model runs each layer as one grouped matmul over (plane, class). Sizes are chose
 (`pick_sizes`) from a small grid (`bucket`), so a stream of events of varying size compiles once
 per bucket.
 
+Planar edges are stored in two parts, for speed on a CPU (`model._plane_messages`): a neighbour
+table `plane_neighbours [P, N, K]` holding the first K senders of each hit (sorted by sender, -1
+where a hit has fewer), which the model aggregates with K dense gathers and no scatter; and the
+rest, the "overflow" edges of hits with more than K incoming edges (Delaunay graphs have about 6
+per hit; a few hits have dozens), as a receiver-sorted edge list for a scatter-add. K is a bucket
+size like the others (default `NEIGHBOUR_SLOTS`).
+
 Padding never needs a mask inside the model: every padded edge joins the last (padding) hit of
 its plane to itself, and every padded nexus edge joins that hit to the last (padding) space point,
 so nothing flows from padding into real hits and all values stay finite. Masks only matter for
 outputs, losses and metrics (`hit_mask`).
 
-Axis names: P planes, N hits per plane (padded), E planar edges per plane (padded), X nexus edges
-per plane (padded), S space points (padded), D devices (data-parallel shards, `stack`).
+Axis names: P planes, N hits per plane (padded), K neighbour slots per hit, E overflow planar edges
+per plane (padded), X nexus edges per plane (padded), S space points (padded), D devices
+(data-parallel shards, `stack`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from jaxinterp.nugraph.event import BACKGROUND, PLANES, Event, validate
 
 _MANTISSAS = (4, 5, 6, 7)  # bucket grid: m * 2^k, so padding wastes at most 25%
+NEIGHBOUR_SLOTS = 8  # K: incoming planar edges per hit held in the dense neighbour table
 
 
 def bucket(n: int, *, minimum: int = 16) -> int:
@@ -40,9 +49,10 @@ class BatchSizes(NamedTuple):
     """Padded sizes of a batch (static under jit: one compilation per distinct BatchSizes)."""
 
     hits: int  # N, per plane, > the most hits of any plane (one padding hit at least)
-    edges: int  # E, per plane
+    edges: int  # E, overflow planar edges per plane (those beyond a hit's first `slots`)
     nexus: int  # X, nexus edges per plane
     sp: int  # S, > the number of space points (one padding space point at least)
+    slots: int = NEIGHBOUR_SLOTS  # K, incoming planar edges per hit in the neighbour table
 
 
 class GraphBatch(NamedTuple):
@@ -52,8 +62,9 @@ class GraphBatch(NamedTuple):
     hit_mask: np.ndarray  # [P, N] bool: real hits
     hit_event: np.ndarray  # [P, N] int32: index of the hit's event in the batch, -1 for padding
     y_semantic: np.ndarray  # [P, N] int32: labels, -1 for background, unlabelled and padding
-    plane_senders: np.ndarray  # [P, E] int32: source j of each planar edge
-    plane_receivers: np.ndarray  # [P, E] int32: target i, sorted ascending
+    plane_neighbours: np.ndarray  # [P, N, K] int32: sources j of the first K edges into hit i, -1 for none
+    plane_senders: np.ndarray  # [P, E] int32: source j of each overflow planar edge
+    plane_receivers: np.ndarray  # [P, E] int32: its target i, sorted ascending
     nexus_hits: np.ndarray  # [P, X] int32: hit of each nexus edge, edges sorted by space point
     nexus_sp: np.ndarray  # [P, X] int32: space point, sorted ascending
     down_hits: np.ndarray  # [P, X] int32: the same edges sorted by hit (nexus down), ascending
@@ -64,16 +75,25 @@ class GraphBatch(NamedTuple):
     @property
     def sizes(self) -> BatchSizes:
         p, n = self.hit_mask.shape[-2:]
-        return BatchSizes(n, self.plane_senders.shape[-1], self.nexus_hits.shape[-1], self.sp_mask.shape[-1])
+        return BatchSizes(n, self.plane_senders.shape[-1], self.nexus_hits.shape[-1], self.sp_mask.shape[-1],
+                          self.plane_neighbours.shape[-1])
 
 
-def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES) -> BatchSizes:
+def overflow_edges(edge_index: np.ndarray, num_hits: int, slots: int = NEIGHBOUR_SLOTS) -> int:
+    """The number of planar edges `[2, E]` that do not fit in a neighbour table of `slots` per hit."""
+    degree = np.bincount(np.asarray(edge_index).reshape(2, -1)[1], minlength=num_hits)
+    return int(np.maximum(degree - slots, 0).sum())
+
+
+def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
+               slots: int = NEIGHBOUR_SLOTS) -> BatchSizes:
     """Bucketed sizes that hold the disjoint union of `events` (computed on the host, outside jit)."""
     hits = max(sum(e.planes[p].x.shape[0] for e in events) for p in planes)
-    edges = max(sum(np.shape(e.planes[p].edge_index_plane)[1] for e in events) for p in planes)
+    edges = max(sum(overflow_edges(e.planes[p].edge_index_plane, e.planes[p].x.shape[0], slots) for e in events)
+                for p in planes)
     nexus = max(sum(np.shape(e.planes[p].edge_index_nexus)[1] for e in events) for p in planes)
     sp = sum(int(e.num_sp) for e in events)
-    return BatchSizes(bucket(hits + 1), bucket(edges), bucket(nexus), bucket(sp + 1))
+    return BatchSizes(bucket(hits + 1), bucket(edges), bucket(nexus), bucket(sp + 1), slots)
 
 
 def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
@@ -89,17 +109,22 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
     if check:
         for e in events:
             validate(e, planes=planes)
-    need = pick_sizes(events, planes=planes) if events else BatchSizes(1, 0, 0, 1)
-    sizes = need if sizes is None else BatchSizes(*sizes)
+    sizes = None if sizes is None else BatchSizes(*sizes)
+    slots = NEIGHBOUR_SLOTS if sizes is None else sizes.slots
+    if slots < 1:
+        raise ValueError(f"pad_batch: sizes.slots must be >= 1, got {slots}")
+    need = pick_sizes(events, planes=planes, slots=slots) if events else BatchSizes(1, 0, 0, 1, slots)
+    sizes = need if sizes is None else sizes
     for field, have, want in zip(BatchSizes._fields, sizes, need):
         if have < want:
             raise ValueError(f"pad_batch: sizes.{field} = {have} is too small for these events; "
                              f"expected at least {want}")
-    P, N, E, X, S = len(planes), sizes.hits, sizes.edges, sizes.nexus, sizes.sp
+    P, N, E, X, S, K = len(planes), sizes.hits, sizes.edges, sizes.nexus, sizes.sp, sizes.slots
     x = np.zeros((P, N, 4), dtype)
     hit_mask = np.zeros((P, N), bool)
     hit_event = np.full((P, N), -1, np.int32)
     y = np.full((P, N), BACKGROUND, np.int32)
+    nbr = np.full((P, N, K), -1, np.int32)
     snd = np.full((P, E), N - 1, np.int32)
     rcv = np.full((P, E), N - 1, np.int32)
     nh = np.full((P, X), N - 1, np.int32)
@@ -123,14 +148,20 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
             hit_off += n
         ei = np.concatenate(edges, axis=1)
         order = np.lexsort((ei[0], ei[1]))  # receivers ascending: segment sums over sorted ids
-        snd[pi, :ei.shape[1]], rcv[pi, :ei.shape[1]] = ei[0, order], ei[1, order]
+        src, dst = ei[0, order], ei[1, order]
+        first = np.searchsorted(dst, np.arange(N))  # each receiver's first edge
+        slot = np.arange(dst.size) - first[dst]  # rank of the edge among its receiver's edges
+        table = slot < K
+        nbr[pi, dst[table], slot[table]] = src[table]
+        over = ~table
+        snd[pi, :over.sum()], rcv[pi, :over.sum()] = src[over], dst[over]
         nx = np.concatenate(nexus, axis=1)
         up = np.lexsort((nx[0], nx[1]))
         nh[pi, :nx.shape[1]], ns[pi, :nx.shape[1]] = nx[0, up], nx[1, up]
         down = np.lexsort((nx[1], nx[0]))
         dh[pi, :nx.shape[1]], ds[pi, :nx.shape[1]] = nx[0, down], nx[1, down]
     sp_mask = np.arange(S) < sp_offsets[-1]
-    return GraphBatch(x, hit_mask, hit_event, y, snd, rcv, nh, ns, dh, ds, sp_mask,
+    return GraphBatch(x, hit_mask, hit_event, y, nbr, snd, rcv, nh, ns, dh, ds, sp_mask,
                       np.asarray(len(events), np.int32))
 
 

@@ -149,6 +149,19 @@ def _class_linear(w, h):
     return jnp.einsum("pcni,pcio->pcno", h, w["kernel"]) + w["bias"][:, :, None, :]
 
 
+def _input_linear(w, x):
+    """A ClassLinear on the raw input: w kernel [P, C, D, O], bias [P, C, O]; x [P, N, D] -> [P, C, N, O].
+
+    With D = 4 a matmul is mostly overhead (YNNPACK took 4 ms for this one product at ~1000 hits
+    per plane); D broadcast multiply-adds fuse into one elementwise pass instead.
+    """
+    k = w["kernel"]
+    out = w["bias"][:, :, None, :]
+    for d in range(k.shape[2]):
+        out = out + x[:, None, :, d, None] * k[:, :, None, d, :]
+    return out
+
+
 def _node_net(w, h):
     return jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(_class_linear(w["node_net_0"], h))))
 
@@ -194,15 +207,37 @@ def _plane_weights(w, f: int, d: int) -> _PlaneWeights:
     return _PlaneWeights(k0[:, :, :f], k0[:, :, f + d:2 * f + d], ke[..., :f], ke[..., f + d:2 * f + d])
 
 
-def _input_terms(w, x_c, f: int, d: int):
-    """The loop-invariant parts of the plane net: x [P, C, N, D] ->
+def _input_terms(w, x, x_c, f: int, d: int):
+    """The loop-invariant parts of the plane net: x [P, N, D] (x_c: broadcast to [P, C, N, D]) ->
     (x W_x of node_net_0 [P, C, N, 2F] with the bias on the self half, edge scores of x [P, C, N] x 2)."""
     k0 = w["node_net_0"]["kernel"]
     kx = jnp.concatenate([k0[:, :, f:f + d], k0[:, :, 2 * f + d:]], axis=-1)  # [P, C, D, 2F]
     bias = jnp.concatenate([w["node_net_0"]["bias"], jnp.zeros_like(w["node_net_0"]["bias"])], axis=-1)
-    xw = jnp.einsum("pcnd,pcdo->pcno", x_c, kx) + bias[:, :, None, :]
+    xw = _input_linear({"kernel": kx, "bias": bias}, x)
     ke = w["edge_net"]["kernel"][..., 0]
     return xw, _score(x_c, ke[..., f:f + d]), _score(x_c, ke[..., 2 * f + d:])
+
+
+def _plane_messages(u, s_dst, s_src, bias, batch: GraphBatch, *, initial):
+    """initial_i + sum over planar edges j -> i of a_ij u_j, a_ij = softmax_C(s_dst_i + s_src_j + bias).
+
+    The first K edges of each hit come from the dense neighbour table: K gathers of [P, C, N, F]
+    that XLA fuses with the weighting and the sum, with no [P, C, E, F] message buffer and no
+    scatter; the few overflow edges go through the sorted scatter-add of `gather_segment_sum`.
+    u, initial [P, C, N, F]; s_dst, s_src [P, C, N]; bias [P, C] -> [P, C, N, F].
+    """
+    N = u.shape[2]
+    nbr = jnp.asarray(batch.plane_neighbours)  # [P, N, K], -1 for an empty slot
+    valid = nbr >= 0
+    nbr = jnp.where(valid, nbr, N - 1)
+    per_slot = jax.vmap(lambda s, i: s[:, i])  # ([C, N], [N, K]) -> [C, N, K], vmapped over planes
+    a = jax.nn.softmax(s_dst[..., None] + per_slot(s_src, nbr) + bias[:, :, None, None], axis=1)
+    a = jnp.where(valid[:, None], a, 0.0)  # [P, C, N, K]
+    out = initial
+    for k in range(nbr.shape[-1]):
+        out = out + a[..., k, None] * jax.vmap(lambda v, i: v[:, i])(u, nbr[:, :, k])
+    over = _edge_softmax(s_dst, s_src, bias, batch.plane_receivers, batch.plane_senders)  # [P, C, E]
+    return gather_segment_sum(u, over, batch.plane_senders, batch.plane_receivers, N, initial=out)
 
 
 def _nexus_up_edges(batch: GraphBatch):
@@ -224,11 +259,10 @@ def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
     # plane net: messages j -> i within each plane; h_j is projected (64 -> 64) before it is
     # aggregated, and the aggregation adds straight into the self half of node_net_0
     w = weights["plane_net"]
-    a = _edge_softmax(_score(h, pw.edge_dst) + x_dst, _score(h, pw.edge_src) + x_src,
-                      w["edge_net"]["bias"][..., 0], batch.plane_receivers, batch.plane_senders)
+    s_dst, s_src = _score(h, pw.edge_dst) + x_dst, _score(h, pw.edge_src) + x_src  # [P, C, N]
     u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + xw[..., :F]  # [P, C, N, F]
     u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + xw[..., F:]  # two products: no slice copy
-    pre = gather_segment_sum(u_msg, a, batch.plane_senders, batch.plane_receivers, N, initial=u_self)
+    pre = _plane_messages(u_msg, s_dst, s_src, w["edge_net"]["bias"][..., 0], batch, initial=u_self)
     h = jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))  # [P, C, N, F]
     # nexus up: sum the hits of each space point, plane by plane; then mix the planes
     # nexus_net_0 is linear in the concatenation of the planes' sums, so each hit is projected
@@ -269,8 +303,8 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
     F, D = config.planar_features, config.in_features
     weights["plane"] = _plane_weights(weights["plane_net"], F, D)
     x_c = jnp.broadcast_to(x[:, None], (x.shape[0], C) + x.shape[1:])  # [P, C, N, D]
-    h = jnp.tanh(_class_linear(_stack(params["encoder"], planes), x_c))
-    inputs = _input_terms(weights["plane_net"], x_c, F, D) + _nexus_up_edges(batch)
+    h = jnp.tanh(_input_linear(_stack(params["encoder"], planes), x))
+    inputs = _input_terms(weights["plane_net"], x, x_c, F, D) + _nexus_up_edges(batch)
 
     def body(h, _):
         return _iteration(weights, h, inputs, batch, config), None

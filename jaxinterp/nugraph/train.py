@@ -30,7 +30,7 @@ import numpy as np
 from jaxinterp import atomic
 from jaxinterp.nugraph import hdf5, metrics
 from jaxinterp.nugraph.event import PLANES, Event, validate
-from jaxinterp.nugraph.graph import BatchSizes, bucket, pad_batch
+from jaxinterp.nugraph.graph import BatchSizes, bucket, overflow_edges, pad_batch
 from jaxinterp.nugraph.model import NuGraph2Config
 
 
@@ -91,9 +91,10 @@ class SizePolicy:
     """Padded sizes from the hit count alone (ratios bound the rest), reusing compiled sizes."""
 
     def __init__(self, events: Sequence[Event], planes: tuple[str, ...] = PLANES):
-        # Delaunay edges per hit, space points per hit, over every event and plane of the data set
-        self.edge_ratio = max(e.planes[p].edge_index_plane.shape[1] / max(e.planes[p].x.shape[0], 1)
-                              for e in events for p in planes)
+        # overflow planar edges (beyond the neighbour table) per hit, space points per hit, over
+        # every event and plane of the data set
+        self.edge_ratio = max(overflow_edges(e.planes[p].edge_index_plane, e.planes[p].x.shape[0])
+                              / max(e.planes[p].x.shape[0], 1) for e in events for p in planes)
         # (per mean over planes: summed over a batch, the mean is at most the largest plane's total)
         self.sp_ratio = max(e.num_sp / max(np.mean([e.planes[p].x.shape[0] for p in planes]), 1) for e in events)
         self.planes = planes
