@@ -15,6 +15,8 @@ Axis names: N inputs that are not the base; the tensor's own axes are kept as th
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
 import jax
@@ -70,19 +72,35 @@ def gta_merge(base: jax.Array, others: list[jax.Array], *, variant: GTAVariant,
                 gamma=gammas[i] if gammas else 0.01, epsilon=epsilons[i] if epsilons else 0.15,
                 key=None if key is None else jax.random.fold_in(key, i))
         taus.append(tau)
-    deltas = jnp.stack(taus)  # [N, ...]
-    w = jnp.asarray(weights, work).reshape((-1,) + (1,) * base.ndim)
-    deltas = deltas * w
-    if variant.consensus:
-        mask = sign_consensus_mask(deltas).astype(work)
-        mixed = (deltas * mask).sum(0)
-        divisor = (w * mask).sum(0)
+    return gta_combine(b, taus, weights, consensus=variant.consensus, normalize=normalize, lam=lam).astype(dtype)
+
+
+def _total(xs: list):
+    return functools.reduce(operator.add, xs)
+
+
+def gta_combine(b: jax.Array, taus: list[jax.Array], weights, *, consensus: bool, normalize: bool,
+                lam=1.0) -> jax.Array:
+    """`b + lam * mixed` from the sparsified task vectors `taus` (work dtype). Elementwise, so the
+    streaming checkpoint merge runs it on flat chunks of a tensor (`stream.py`).
+
+    Written as Python sums over the N models, not a stacked [N, ...] array reduced over axis 0:
+    XLA:CPU ran the stacked form of the sign consensus at ~23 ns per entry and this one at ~1.2
+    (2-core EPYC, 3 models, 2**18-entry chunks)."""
+    work = b.dtype
+    w = [jnp.asarray(weights[i], work) for i in range(len(taus))]
+    deltas = [t * wi for t, wi in zip(taus, w)]
+    if consensus:  # sign of the sum (0 counts as +); a zero delta never agrees
+        majority = jnp.where(_total(deltas) >= 0, 1.0, -1.0).astype(work)
+        masks = [(jnp.sign(d) == majority).astype(work) for d in deltas]
+        mixed = _total([d * m for d, m in zip(deltas, masks)])
+        divisor = _total([wi * m for wi, m in zip(w, masks)])
         divisor = jnp.where(divisor == 0, 1.0, divisor)
     else:
-        mixed = deltas.sum(0)
-        divisor = w.sum(0)
+        mixed = _total(deltas)
+        divisor = _total(w)
         divisor = jnp.where(jnp.abs(divisor) < 1e-8, 1.0, divisor)
     if normalize:
         mixed = mixed / divisor
     mixed = mixed * lam  # lam may be traced (a per-layer value); times 1.0 is exact
-    return (b + mixed).astype(dtype)
+    return b + mixed
