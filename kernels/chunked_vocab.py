@@ -46,6 +46,13 @@ def _layout(V: int, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
     return starts, fresh, C
 
 
+def chunk_layout(V: int, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The chunks every function here walks: (starts [n], fresh [n, C] bool, C); chunk i covers
+    columns starts[i] + [0, C), and `fresh` marks those no earlier chunk covered (for callers that
+    walk the vocabulary themselves, e.g. `jaxinterp.lens.fused_adam`)."""
+    return _layout(V, chunk)
+
+
 def _check(xs: Sequence[Array], Ws: Sequence[Array], b: Array) -> int:
     if len(xs) != len(Ws) or not xs:
         raise ValueError(f"xs and Ws: expected the same number (>= 1) of terms, got {len(xs)} and {len(Ws)}")
@@ -238,6 +245,19 @@ def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Ar
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
     return _kl(xs, Ws, b, target_logits, chunk, compute_dtype, wrt_inputs)
+
+
+def kl_div_stats(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Array, *,
+                 chunk: int = DEFAULT_CHUNK, compute_dtype=None) -> tuple[Array, Array, Array]:
+    """(KL per row, logsumexp of z, logsumexp of the target), each [N], in one pass over the chunks
+    and without gradients: what a caller forming the gradient itself (d KL / d z = q - p, with
+    q = exp(z - lse_z) and p = exp(t - lse_t)) needs."""
+    xs, Ws = tuple(xs), tuple(Ws)
+    V = _check(xs, Ws, b)
+    if target_logits.shape != (xs[0].shape[0], V):
+        raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
+    kl, (lse_z, lse_t, _) = _kl_forward(*lax.stop_gradient((xs, Ws, b, target_logits)), chunk, compute_dtype)
+    return kl, lse_z, lse_t
 
 
 def kl_div_reference(xs, Ws, b, target_logits) -> Array:

@@ -29,7 +29,7 @@ import optax
 from jax import Array
 
 from jaxinterp import parallel
-from jaxinterp.lens import lenses, objective as obj
+from jaxinterp.lens import fused_adam, lenses, objective as obj
 from jaxinterp.lens.data import Batches
 from jaxinterp.lens.lenses import LensConfig
 
@@ -64,12 +64,17 @@ def optimizer(lr: float) -> optax.GradientTransformation:
 
 
 def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, tx: optax.GradientTransformation,
-              accum: int) -> Callable:
+              accum: int, *, fused_adam_lr: float | None = None) -> Callable:
     """The pure step (state, model_params, tokens [E, P], mask [E, P], weight [E]) -> (state, loss).
 
     Examples are grouped [B, A] (so a device's contiguous rows hold whole micro-batch slices):
     micro-batch a is tokens.reshape(B, A, P)[:, a].
+    With `fused_adam_lr`, tx must be `optax.adam(fused_adam_lr)`: the update is then applied chunk
+    by chunk of the vocabulary inside the backward pass (`fused_adam`; same result, no whole gradient).
     """
+    if fused_adam_lr is not None and not fused_adam.supports(objective):
+        raise ValueError(f"fused_adam_lr: the fused Adam step supports objectives 'last' and 'all', "
+                         f"got {objective.mode!r}")
 
     def step(state: TrainState, model_params, tokens: Array, mask: Array, weight: Array):
         E, P = tokens.shape
@@ -82,6 +87,10 @@ def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, t
 
         _, r = jax.lax.scan(one, None, (split(tokens), split(mask), split(weight)))
         r = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), r)  # (A*N, ...)
+        if fused_adam_lr is not None:
+            lens, opt_state, loss = fused_adam.step(state.lens, state.opt_state, r, lens_config=lens_config,
+                                                    objective=objective, lr=fused_adam_lr)
+            return TrainState(lens, opt_state), loss
         loss, grads = jax.value_and_grad(obj.loss)(state.lens, r, lens_config=lens_config, objective=objective)
         updates, opt_state = tx.update(grads, state.opt_state, state.lens)
         return TrainState(optax.apply_updates(state.lens, updates), opt_state), loss
@@ -100,9 +109,10 @@ def lens_shardings(tree, mesh, vocab_size: int, shard_vocab: bool):
     return jax.tree.map(spec, tree)
 
 
-def jit_step(model_config, lens_config, objective, tx, accum, mesh=None, state_shardings=None):
+def jit_step(model_config, lens_config, objective, tx, accum, mesh=None, state_shardings=None, *,
+             fused_adam_lr: float | None = None):
     """The step jitted once, donating the train state (the lens and Adam state are updated in place)."""
-    step = make_step(model_config, lens_config, objective, tx, accum)
+    step = make_step(model_config, lens_config, objective, tx, accum, fused_adam_lr=fused_adam_lr)
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,))
     data = parallel.data_sharding(mesh)
@@ -122,7 +132,10 @@ def _driver_step(model_config, lens_config: LensConfig, objective: obj.Objective
         lenses.init(jnp.zeros((lens_config.d_model, lens_config.vocab_size)), jnp.zeros(lens_config.vocab_size),
                     lens_config)))
     shardings = lens_shardings(abstract, mesh, lens_config.vocab_size, shard_vocab)
-    return tx, mesh, shardings, jit_step(model_config, lens_config, objective, tx, accum, mesh, shardings)
+    # Adam inside the backward pass where it applies (a vocabulary split over devices keeps the plain step)
+    fused = lr if fused_adam.supports(objective, shard_vocab) else None
+    return tx, mesh, shardings, jit_step(model_config, lens_config, objective, tx, accum, mesh, shardings,
+                                         fused_adam_lr=fused)
 
 
 class TrainResult(NamedTuple):
