@@ -49,6 +49,26 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> Timi
     return Timing(compile_s, statistics.median(times), min(times), repeats)
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> dict[str, Timing]:
+    """Times several functions round-robin (a, b, c, a, b, c, ...), first calls apart, medians each.
+
+    On a shared machine the load drifts over seconds; interleaving gives every function the same
+    drift, so their ratios stay meaningful where back-to-back blocks of repeats would not.
+    """
+    compile_s = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        block(fn())
+        compile_s[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(compile_s[name], statistics.median(t), min(t), repeats) for name, t in times.items()}
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -170,9 +170,14 @@ class Attention(_Hooked):
         b_O = self.c_proj.bias.astype(self.dtype)
         if self.need_result:
             W_O = self.c_proj.kernel.astype(self.dtype).reshape(c.n_head, c.d_head, c.n_embd)  # (H, E, D)
-            # Same FLOPs as c_proj, but H times the output: on XLA:CPU the cost is writing the
-            # [B, P, H, D] layout, ~40 ms a layer at 8 x 128 in every form tried (BUILD_NOTES.md).
-            result = self.hook("attn.hook_result", jnp.einsum("bqhe,hed->bqhd", z, W_O), ivs)  # (B, P, H, D)
+            # Same FLOPs as c_proj, but H times the output. One matmul per head, stacked on axis 2:
+            # on XLA:CPU the batched einsum ('bqhe,hed->bqhd') was 2-3x slower, transposing to
+            # head-major and back (BUILD_NOTES.md, "hook_result on a CPU").
+            heads = [z[:, :, h] @ W_O[h] for h in range(c.n_head)]
+            stacked = jnp.stack(heads, axis=2)
+            result = self.hook("attn.hook_result", stacked, ivs)  # (B, P, H, D)
+            if result is stacked:  # not intervened on: sum the small per-head products, not the stack
+                return functools.reduce(jnp.add, heads) + b_O
             return result.sum(axis=2) + b_O
         return self.c_proj(z.reshape(B, P, c.n_embd))
 
