@@ -1,8 +1,23 @@
-"""GPT-2 as a pure-functional Flax module with TransformerLens hook points."""
+"""GPT-2 as a pure-functional Flax module with TransformerLens hook points.
 
-from jaxinterp.transformer.gpt2 import PRESETS, GPT2Config, forward, init, run_with_cache
-from jaxinterp.transformer.hooks import Intervention, hook_names, intervene
-from jaxinterp.transformer.weights import load_gpt2, load_tokenizer, process_weights
+The names below load on first use (PEP 562), so light submodules (`builtin`, used by the CLI's
+argument parsers) import without flax and jax.
+"""
 
-__all__ = ["GPT2Config", "PRESETS", "forward", "init", "run_with_cache", "Intervention", "hook_names",
-           "intervene", "load_gpt2", "load_tokenizer", "process_weights"]
+import importlib
+
+_EXPORTS = {
+    "GPT2Config": "gpt2", "PRESETS": "gpt2", "forward": "gpt2", "init": "gpt2", "run_with_cache": "gpt2",
+    "Intervention": "hooks", "hook_names": "hooks", "intervene": "hooks",
+    "load_gpt2": "weights", "load_tokenizer": "weights", "process_weights": "weights",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
