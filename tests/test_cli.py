@@ -47,3 +47,15 @@ def test_bench_table_marks_failures_and_goals():
 def test_console_script_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "jaxinterp.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "demo" in proc.stdout
+
+
+def test_time_interleaved_runs_round_robin():
+    import jax.numpy as jnp
+
+    from jaxinterp import benchtools
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name) or jnp.zeros(())) for name in ("a", "b")}
+    t = benchtools.time_interleaved(fns, repeats=3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # first calls apart, then alternating
+    assert set(t) == {"a", "b"} and all(x.repeats == 3 and 0 <= x.min_s <= x.median_s for x in t.values())
