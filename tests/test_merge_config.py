@@ -157,3 +157,15 @@ def test_cli_check_and_bad_yaml(ckpts, tmp_path, capsys):
     bad = write_cfg(tmp_path, "merge_method: [unclosed\n")
     assert main(["merge", "yaml", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_is_an_error_and_writes_nothing(ckpts, tmp_path):
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = (ckpts[1] / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[:-40])  # the header is whole, the last tensor is not
+    cfg = write_cfg(tmp_path, f"merge_method: linear\nmodels:\n  - model: {ckpts[0]}\n  - model: {cut}\n"
+                              "parameters: {weight: 1.0}\n")
+    with pytest.raises(ValueError, match="model.safetensors is truncated: its header needs"):
+        checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # found from the headers, before the output folder

@@ -14,6 +14,7 @@ config/tokenizer files of the base (else the first) model and the `mergekit_conf
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,10 @@ def read_index(ref: str) -> dict[str, TensorInfo]:
                 raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected a "
                                  f"floating dtype ({', '.join(_ST_DTYPES)})")
             out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
+        end = 8 + n + max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
+        if f.stat().st_size < end:  # found here, before anything is merged or written
+            raise ValueError(f"model {ref!r}: {f.name} is truncated: its header needs {end} bytes, "
+                             f"the file has {f.stat().st_size}")
     return out
 
 
@@ -92,21 +97,30 @@ class _Readers:
         self._open = {}
         self._bufs: dict[tuple[int, int], np.ndarray] = {}
 
-    def get(self, info: TensorInfo, name: str, slot: tuple[int, int] | None = None) -> np.ndarray:
-        if info.file not in self._open:
-            fh = open(info.file, "rb")
+    def open(self, file) -> None:
+        if file not in self._open:
+            fh = open(file, "rb")
             (n,) = struct.unpack("<Q", fh.read(8))
-            self._open[info.file] = (fh, 8 + n, json.loads(fh.read(n)))
+            self._open[file] = (fh, 8 + n, json.loads(fh.read(n)))
+
+    def get(self, info: TensorInfo, name: str, slot: tuple[int, int] | None = None) -> np.ndarray:
+        self.open(info.file)
         fh, start, header = self._open[info.file]
         lo, hi = header[name]["data_offsets"]
-        fh.seek(start + lo)
         if slot is None:
             buf = np.empty(hi - lo, np.uint8)
         else:
             if self._bufs.get(slot, np.empty(0, np.uint8)).size < hi - lo:
                 self._bufs[slot] = np.empty(hi - lo, np.uint8)
             buf = self._bufs[slot][:hi - lo]
-        fh.readinto(memoryview(buf))
+        # positional reads (no shared file position): threads may read the same file at once,
+        # e.g. a model that is also the base
+        view, done = memoryview(buf), 0
+        while done < view.nbytes:
+            n = os.preadv(fh.fileno(), [view[done:]], start + lo + done)
+            if n <= 0:
+                raise ValueError(f"{info.file}: tensor {name} is truncated (expected {hi - lo} bytes)")
+            done += n
         return buf.view(_np_dtype(info.dtype)).reshape(info.shape)
 
     def close(self):
@@ -121,14 +135,16 @@ def _np_dtype(name: str) -> np.dtype:
     return np.dtype(jnp.dtype(name))  # bfloat16 comes from ml_dtypes through jax
 
 
-def _merge_one(cfg, plan, indices, readers, name, out_dtype, seed, slot):
+def _merge_one(cfg, plan, indices, readers, name, out_dtype, seed, slot, read_pool):
     """Reads one tensor from every model and dispatches its merge -> list of stream.Piece."""
     from jaxinterp.merge import registry, stream
     from jaxinterp.merge import tree_merge as _merge
 
     infos = [idx[name] for idx in indices]
     dtype = cfg.dtype or infos[0].dtype
-    xs = [readers.get(info, name, (slot, i)) for i, info in enumerate(infos)]
+    # one thread per input file (file reads release the GIL: the copies from the page cache run
+    # on both cores; each thread owns its file handle and buffer)
+    xs = list(read_pool.map(lambda i: readers.get(infos[i], name, (slot, i)), range(len(infos))))
     if cfg.dtype:
         xs = [x if x.dtype == _np_dtype(dtype) else x.astype(_np_dtype(dtype)) for x in xs]
     shared, per_input = plan.resolved[name]
@@ -199,10 +215,12 @@ def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
             # XLA:CPU runs these kernels inline in the calling thread: a second thread runs them and
             # writes each tensor where the header puts it, while this one reads the next tensor and
             # computes its statistics (at most one tensor waits, so memory stays at ~2 tensors)
-            with ThreadPoolExecutor(max_workers=1) as pool:
+            for idx in indices:  # open every file here, before reader threads use them
+                readers.open(next(iter(idx.values())).file)
+            with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=len(indices)) as read_pool:
                 pending = None
                 for j, n in enumerate(tqdm(names, desc=f"merge {cfg.merge_method}", unit="tensor", disable=not progress)):
-                    pieces = _merge_one(cfg, plan, indices, readers, n, out_dtypes[n], seed, j % 2)
+                    pieces = _merge_one(cfg, plan, indices, readers, n, out_dtypes[n], seed, j % 2, read_pool)
                     if pending is not None:
                         pending.result()
                     pending = pool.submit(_write, fd, data_start + header[n]["data_offsets"][0], pieces)
