@@ -233,11 +233,12 @@ def _plane_messages(u, s_dst, s_src, bias, batch: GraphBatch, *, initial):
     per_slot = jax.vmap(lambda s, i: s[:, i])  # ([C, N], [N, K]) -> [C, N, K], vmapped over planes
     a = jax.nn.softmax(s_dst[..., None] + per_slot(s_src, nbr) + bias[:, :, None, None], axis=1)
     a = jnp.where(valid[:, None], a, 0.0)  # [P, C, N, K]
-    out = initial
+    # the overflow edges first, so the K-slot sum is the last pass and fuses with what follows
+    over = _edge_softmax(s_dst, s_src, bias, batch.plane_receivers, batch.plane_senders)  # [P, C, E]
+    out = gather_segment_sum(u, over, batch.plane_senders, batch.plane_receivers, N, initial=initial)
     for k in range(nbr.shape[-1]):
         out = out + a[..., k, None] * jax.vmap(lambda v, i: v[:, i])(u, nbr[:, :, k])
-    over = _edge_softmax(s_dst, s_src, bias, batch.plane_receivers, batch.plane_senders)  # [P, C, E]
-    return gather_segment_sum(u, over, batch.plane_senders, batch.plane_receivers, N, initial=out)
+    return out
 
 
 def _nexus_up_edges(batch: GraphBatch):
