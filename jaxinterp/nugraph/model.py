@@ -281,7 +281,11 @@ def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
     s_sp = jnp.einsum("csf,pcf->pcs", jax.lax.stop_gradient(n), kd[..., F:])
     b = _edge_softmax(_score(h, kd[..., :F]), s_sp, w["edge_net"]["bias"][..., 0], batch.down_hits, batch.down_sp)
     g = gather_segment_sum(n[None], b, batch.down_sp, batch.down_hits, N, mean=True)  # [P, C, N, Fn]
-    return _node_net(w, jnp.concatenate([h, g], axis=-1))
+    # node_net_0 on concat(h, g) as two products (rows of h, rows of g): no [P, C, N, F + Fn] copy
+    k0 = w["node_net_0"]["kernel"]  # [P, C, F + Fn, F]
+    pre = (jnp.einsum("pcnf,pcfo->pcno", h, k0[:, :, :F]) + jnp.einsum("pcng,pcgo->pcno", g, k0[:, :, F:])
+           + w["node_net_0"]["bias"][:, :, None, :])
+    return jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))
 
 
 def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> Outputs:
