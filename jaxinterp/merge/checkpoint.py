@@ -135,26 +135,25 @@ def _np_dtype(name: str) -> np.dtype:
     return np.dtype(jnp.dtype(name))  # bfloat16 comes from ml_dtypes through jax
 
 
-def _merge_one(cfg, plan, indices, readers, name, out_dtype, seed, slot, read_pool):
-    """Reads one tensor from every model and dispatches its merge -> list of stream.Piece."""
+def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, slot, read_pool):
+    """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
     from jaxinterp.merge import registry, stream
     from jaxinterp.merge import tree_merge as _merge
 
-    infos = [idx[name] for idx in indices]
-    dtype = cfg.dtype or infos[0].dtype
-    # one thread per input file (file reads release the GIL: the copies from the page cache run
-    # on both cores; each thread owns its file handle and buffer)
-    xs = list(read_pool.map(lambda i: readers.get(infos[i], name, (slot, i)), range(len(infos))))
-    if cfg.dtype:
+    infos = [indices[ref][name] for ref, name in job.inputs]
+    dtype = dtype_cfg or infos[0].dtype
+    # one thread per input (file reads release the GIL: the copies from the page cache run on
+    # both cores; positional reads, so two inputs may come from one file)
+    xs = list(read_pool.map(lambda i: readers.get(infos[i], job.inputs[i][1], (slot, i)), range(len(infos))))
+    if dtype_cfg:
         xs = [x if x.dtype == _np_dtype(dtype) else x.astype(_np_dtype(dtype)) for x in xs]
-    shared, per_input = plan.resolved[name]
-    size = xs[0].size
-    if stream.supported(cfg.merge_method, dtype, size):
-        return stream.merge_flat(cfg.merge_method, [x.reshape(-1) for x in xs], base_index=plan.base_index,
-                                 shared=shared, per_input=per_input, seed=seed, name=name, dtype=dtype,
+    name, size = job.out_name, xs[0].size
+    if stream.supported(method, dtype, size):
+        return stream.merge_flat(method, [x.reshape(-1) for x in xs], base_index=job.base_index,
+                                 shared=job.shared, per_input=job.per_input, seed=seed, name=name, dtype=dtype,
                                  out_dtype=out_dtype)
-    y = registry.merge_tensor(cfg.merge_method, xs, base_index=plan.base_index, shared=shared,
-                              per_input=per_input, key=_merge.tensor_key(seed, name), name=name)
+    y = registry.merge_tensor(method, xs, base_index=job.base_index, shared=job.shared,
+                              per_input=job.per_input, key=_merge.tensor_key(seed, name), name=name)
     y = np.asarray(y).reshape(-1)  # waits; errors (multislerp's) surface here, in this thread
     return [stream.Piece(0, lambda: y.astype(_np_dtype(out_dtype), copy=False), 0, size)]
 
@@ -173,30 +172,62 @@ class MergeResult(NamedTuple):
     n_bytes: int
 
 
-def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
-               progress: bool = True) -> MergeResult:
-    """Validates everything, then merges the checkpoints of `cfg` into out_dir (see module doc)."""
-    import jax.numpy as jnp
-    from tqdm import tqdm
-
+def prepare(cfg) -> tuple[list, dict, int | None]:
+    """Everything but the weights: (one job per output tensor, {model: index}, output layer count
+    for the `slices:` form else None). Reads only headers; every parameter of every tensor is
+    resolved and checked, so a bad config fails here, before anything is read or written."""
+    from jaxinterp.merge import slices
     from jaxinterp.merge import tree_merge as _merge
 
+    if isinstance(cfg, slices.SliceConfig):
+        indices = {r: read_index(r) for r in cfg.refs + ([cfg.base_model] if cfg.base_model else [])}
+        jobs, n_layers = slices.plan_jobs(cfg, indices)
+        for job in jobs:  # every input of an output tensor must have one shape
+            shapes = {indices[r][n].shape for r, n in job.inputs}
+            if len(shapes) != 1:
+                raise ValueError(f"slices: the inputs of {job.out_name} differ in shape: "
+                                 + "; ".join(f"{n} of {r!r} {indices[r][n].shape}" for r, n in job.inputs))
+        return jobs, indices, n_layers
     refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
-    indices = [read_index(r) for r in refs]
-    check_indices(indices, refs)
-    names = list(indices[0])
+    index_list = [read_index(r) for r in refs]
+    check_indices(index_list, refs)
+    names = list(index_list[0])
     plan = _merge.plan(cfg.merge_method, names, n_models=len(cfg.models), has_base=cfg.base_model is not None,
                        parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models],
                        model_names=refs)
-    ref_index = indices[-1] if cfg.base_model else indices[0]
-    out_dtypes = {n: cfg.out_dtype or cfg.dtype or ref_index[n].dtype for n in names}
+    jobs = [slices.Job(n, tuple((r, n) for r in refs), *plan.resolved[n], plan.base_index) for n in names]
+    return jobs, dict(zip(refs, index_list)), None
+
+
+def run_config(cfg, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> MergeResult:
+    """Validates everything, then merges the checkpoints of `cfg` (a `config.MergeConfig`, or a
+    `slices.SliceConfig`: layers stacked from the sources' layer ranges, the output's config.json
+    then gives the new layer count) into out_dir (see module doc)."""
+    from jaxinterp.merge import slices
+
+    jobs, indices, n_layers = prepare(cfg)
+    text = slices.to_yaml(cfg) if isinstance(cfg, slices.SliceConfig) else _config.to_yaml(cfg)
+    return _run_jobs(jobs, indices, cfg, out_dir, text, seed=seed, progress=progress, n_layers=n_layers)
+
+
+def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int, progress: bool,
+              n_layers: int | None = None) -> MergeResult:
+    """Writes one tensor per job into out_dir/model.safetensors (header first, then tensor by tensor)."""
+    import jax.numpy as jnp
+    from tqdm import tqdm
+
+    def info(job):  # the tensor that sets the output's shape and default dtype: the base's, else the first
+        ref, name = job.inputs[-1] if job.base_index is not None else job.inputs[0]
+        return indices[ref][name]
+
+    out_dtypes = {j.out_name: cfg.out_dtype or cfg.dtype or info(j).dtype for j in jobs}
 
     # header first: every output shape and dtype is known from the inputs' headers
     header, offset = {}, 0
-    for n in names:
-        nbytes = int(np.prod(ref_index[n].shape, dtype=np.int64)) * np.dtype(jnp.dtype(out_dtypes[n])).itemsize
-        header[n] = {"dtype": _ST_NAMES[out_dtypes[n]], "shape": list(ref_index[n].shape),
-                     "data_offsets": [offset, offset + nbytes]}
+    for j in jobs:
+        n, shape = j.out_name, info(j).shape
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(jnp.dtype(out_dtypes[n])).itemsize
+        header[n] = {"dtype": _ST_NAMES[out_dtypes[n]], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {"format": "pt", "merged_by": "jaxinterp", "merge_method": cfg.merge_method}
     hbytes = json.dumps(header, separators=(",", ":")).encode()
@@ -215,28 +246,38 @@ def run_config(cfg: _config.MergeConfig, out_dir: str | Path, *, seed: int = 0,
             # XLA:CPU runs these kernels inline in the calling thread: a second thread runs them and
             # writes each tensor where the header puts it, while this one reads the next tensor and
             # computes its statistics (at most one tensor waits, so memory stays at ~2 tensors)
-            for idx in indices:  # open every file here, before reader threads use them
-                readers.open(next(iter(idx.values())).file)
-            with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=len(indices)) as read_pool:
+            for idx in indices.values():  # open every file here, before reader threads use them
+                for f in {i.file for i in idx.values()}:
+                    readers.open(f)
+            width = max(len(j.inputs) for j in jobs)
+            with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=width) as read_pool:
                 pending = None
-                for j, n in enumerate(tqdm(names, desc=f"merge {cfg.merge_method}", unit="tensor", disable=not progress)):
-                    pieces = _merge_one(cfg, plan, indices, readers, n, out_dtypes[n], seed, j % 2, read_pool)
+                for k, job in enumerate(tqdm(jobs, desc=f"merge {cfg.merge_method}", unit="tensor", disable=not progress)):
+                    pieces = _merge_one(job, cfg.merge_method, cfg.dtype, indices, readers, out_dtypes[job.out_name],
+                                        seed, k % 2, read_pool)
                     if pending is not None:
                         pending.result()
-                    pending = pool.submit(_write, fd, data_start + header[n]["data_offsets"][0], pieces)
+                    pending = pool.submit(_write, fd, data_start + header[job.out_name]["data_offsets"][0], pieces)
                 if pending is not None:
                     pending.result()
             fh.flush()
     finally:
         readers.close()
-    src = Path(cfg.base_model or cfg.models[0].model)
+    src = Path(cfg.base_model or jobs[0].inputs[0][0])
     if src.is_dir():
         for f in _SIDE_FILES:
             if (src / f).is_file():
                 shutil.copyfile(src / f, out_dir / f)
-    atomic.write_text(out_dir / "mergekit_config.yml", _config.to_yaml(cfg))
-    return MergeResult(out_dir, len(names), 8 + len(hbytes) + offset)
+    if n_layers is not None and (out_dir / "config.json").is_file():
+        hf = json.loads((out_dir / "config.json").read_text())
+        for key in ("n_layer", "num_hidden_layers", "num_layers"):
+            if key in hf:
+                hf[key] = n_layers
+        atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
+    atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
+    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset)
 
 
 def run_yaml(config_path: str | Path, out_dir: str | Path, **kw) -> MergeResult:
+    """A mergekit YAML file of either form (`models:` or `slices:`)."""
     return run_config(_config.read(config_path), out_dir, **kw)

@@ -19,15 +19,11 @@ def _yaml(args) -> int:
 
 def _check(args) -> int:
     from jaxinterp.merge import checkpoint, config
-    from jaxinterp.merge import tree_merge as _merge
 
     cfg = config.read(args.config)
-    refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
-    idx = [checkpoint.read_index(r) for r in refs]
-    checkpoint.check_indices(idx, refs)
-    _merge.plan(cfg.merge_method, list(idx[0]), n_models=len(cfg.models), has_base=cfg.base_model is not None,
-                parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models])
-    print(f"ok: {cfg.merge_method} of {len(refs)} checkpoints, {len(idx[0])} tensors")
+    jobs, indices, n_layers = checkpoint.prepare(cfg)
+    layers = f", {n_layers} layers" if n_layers is not None else ""
+    print(f"ok: {cfg.merge_method} of {len(indices)} checkpoints, {len(jobs)} tensors{layers}")
     return 0
 
 

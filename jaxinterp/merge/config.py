@@ -13,8 +13,9 @@ Supported (the `models:` form of mergekit's MergeConfiguration):
     dtype: float32                      # computation dtype (inputs are cast to it)
     out_dtype: bfloat16                 # saved dtype (default: dtype, else the inputs')
 
-`slices:` and `modules:` (layer surgery) are rejected with a clear message. Models are local
-paths: nothing is downloaded. A model given both as base_model and in models is the base.
+The `slices:` form (layer ranges stacked, e.g. passthrough frankenmerges) is read by
+`jaxinterp.merge.slices`; `modules:` is rejected with a clear message. Models are local paths:
+nothing is downloaded. A model given both as base_model and in models is the base.
 """
 
 from __future__ import annotations
@@ -52,19 +53,24 @@ def _dtype(v: Any, field: str) -> str | None:
     return v
 
 
-def from_dict(d: Any) -> MergeConfig:
-    """Validates the structure, method and parameter names (no file is opened)."""
+def from_dict(d: Any):
+    """Validates the structure, method and parameter names (no file is opened): a MergeConfig, or a
+    `slices.SliceConfig` for the `slices:` form."""
     if not isinstance(d, dict):
         raise ValueError(f"config: expected a mapping at the top level, got {type(d).__name__}")
     unknown = set(d) - _TOP_KEYS
     if unknown:
         raise ValueError(f"config: unknown keys {sorted(unknown)} (known: {sorted(_TOP_KEYS)})")
-    for k in ("slices", "modules"):
-        if d.get(k):
-            raise ValueError(f"config.{k}: layer slicing is not supported; use the `models:` form")
+    if d.get("modules"):
+        raise ValueError("config.modules: per-module configurations are not supported; use `models:` or `slices:`")
     if "merge_method" not in d:
         raise ValueError("config.merge_method: required, got nothing")
     spec = registry.get(d["merge_method"])
+    if d.get("slices") is not None:
+        from jaxinterp.merge import slices
+
+        return slices.from_dict(d, dtype=_dtype(d.get("dtype"), "config.dtype"),
+                                out_dtype=_dtype(d.get("out_dtype"), "config.out_dtype"))
     raw = d.get("models")
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"config.models: expected a non-empty list of {{model: PATH}}, got {raw!r}")
@@ -96,7 +102,7 @@ def from_dict(d: Any) -> MergeConfig:
                        _dtype(d.get("out_dtype"), "config.out_dtype"))
 
 
-def read(path: str | Path) -> MergeConfig:
+def read(path: str | Path):
     import yaml
 
     path = Path(path)

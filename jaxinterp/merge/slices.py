@@ -1,0 +1,190 @@
+"""mergekit's `slices:` form: the output's layers stacked from layer ranges of the inputs.
+
+    merge_method: passthrough            # a "frankenmerge": layers 0-8 of a, then 4-12 of b
+    slices:
+      - sources: [{model: path/to/a, layer_range: [0, 8]}]
+      - sources: [{model: path/to/b, layer_range: [4, 12]}]
+
+    merge_method: slerp                  # any method over aligned slices
+    base_model: path/to/a
+    slices:
+      - sources:
+          - {model: path/to/a, layer_range: [0, 12]}
+          - {model: path/to/b, layer_range: [0, 12]}
+    parameters: {t: [0, 0.5, 1]}
+
+As mergekit plans it (`mergekit/plan.py`): the sources of a slice must span equally many layers;
+output layers are numbered on from slice to slice; within a slice, layer idx of n is merged with
+the parameters at gradient position t = idx / (n - 1) (t = 1 when n = 1); tensors outside the
+layers come from the first slice's sources (embeddings) or the last slice's (the final norm and
+the LM head), at t = 0. A source that is the base model is the slice's base input.
+
+`plan_jobs` turns a validated config and the inputs' safetensors indices into one job per output
+tensor, which `checkpoint` runs like the `models:` form's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, NamedTuple
+
+from jaxinterp.merge import params as _params
+from jaxinterp.merge import registry
+
+_SLICE_KEYS = {"sources", "parameters"}
+_SOURCE_KEYS = {"model", "layer_range", "parameters"}
+# tensors outside the layers that belong after them (mergekit's post_weights)
+_POST = re.compile(r"(^|\.)(ln_f|norm|final_layer_norm|final_layernorm|lm_head)(\.|$)")
+
+
+class Source(NamedTuple):
+    model: str
+    layer_range: tuple[int, int]  # [start, end): layers start..end-1
+    parameters: dict | None
+
+
+class Slice(NamedTuple):
+    sources: tuple[Source, ...]
+    parameters: dict | None
+
+
+class SliceConfig(NamedTuple):
+    merge_method: str
+    slices: tuple[Slice, ...]
+    base_model: str | None
+    parameters: dict | None
+    dtype: str | None
+    out_dtype: str | None
+
+    @property
+    def refs(self) -> list[str]:
+        """Every input, in order of first appearance."""
+        return list(dict.fromkeys(s.model for sl in self.slices for s in sl.sources))
+
+
+class Job(NamedTuple):
+    """One output tensor: which input tensors, merged with which resolved parameters."""
+
+    out_name: str
+    inputs: tuple[tuple[str, str], ...]  # (model ref, tensor name), the base (if any) last
+    shared: dict
+    per_input: list[dict]
+    base_index: int | None
+
+
+def _mapping(v: Any, where: str) -> dict | None:
+    if v is not None and not isinstance(v, dict):
+        raise ValueError(f"{where}: expected a mapping, got {v!r}")
+    return v
+
+
+def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConfig:
+    """Validates the `slices:` form (structure, layer ranges, method and parameter names)."""
+    from jaxinterp.merge.tree_merge import check_contract
+
+    spec = registry.get(d["merge_method"])
+    if d.get("models"):
+        raise ValueError("config: give either models: or slices:, not both")
+    base = d.get("base_model")
+    if base is not None and not isinstance(base, str):
+        raise ValueError(f"config.base_model: expected a path string, got {base!r}")
+    g = _mapping(d.get("parameters"), "config.parameters")
+    _params.check_names(spec, g, "config.parameters", per_model=False)
+    raw = d["slices"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"config.slices: expected a non-empty list of {{sources: [...]}}, got {raw!r}")
+    slices = []
+    for i, sl in enumerate(raw):
+        where = f"config.slices[{i}]"
+        if not isinstance(sl, dict) or set(sl) - _SLICE_KEYS or not isinstance(sl.get("sources"), list) \
+                or not sl["sources"]:
+            raise ValueError(f"{where}: expected {{sources: [{{model: PATH, layer_range: [A, B]}}, ...]}}, got {sl!r}")
+        sp = _mapping(sl.get("parameters"), f"{where}.parameters")
+        _params.check_names(spec, sp, f"{where}.parameters", per_model=False)
+        sources = []
+        for j, s in enumerate(sl["sources"]):
+            w = f"{where}.sources[{j}]"
+            if not isinstance(s, dict) or set(s) - _SOURCE_KEYS or not isinstance(s.get("model"), str):
+                raise ValueError(f"{w}: expected {{model: PATH, layer_range: [A, B], parameters: {{...}}}}, got {s!r}")
+            lr = s.get("layer_range")
+            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr)
+                    and 0 <= lr[0] < lr[1]):
+                raise ValueError(f"{w}.layer_range: expected [start, end] with 0 <= start < end, got {lr!r}")
+            p = _mapping(s.get("parameters"), f"{w}.parameters")
+            _params.check_names(spec, p, f"{w}.parameters", per_model=True)
+            sources.append(Source(s["model"], (lr[0], lr[1]), p))
+        spans = {s.layer_range[1] - s.layer_range[0] for s in sources}
+        if len(spans) != 1:
+            raise ValueError(f"{where}.sources: every source of a slice must span the same number of layers, "
+                             f"got {[list(s.layer_range) for s in sources]}")
+        n_base = sum(s.model == base for s in sources)
+        check_contract(spec, len(sources) - n_base, n_base > 0, arg=f"{where} (base_model)")
+        slices.append(Slice(tuple(sources), sp))
+    return SliceConfig(d["merge_method"], tuple(slices), base, g, dtype, out_dtype)
+
+
+def _layer_names(index: dict, layer: int, ref: str) -> dict[str, str]:
+    """{name with the layer number replaced by '{}': name} of one layer's tensors."""
+    out = {}
+    for name in index:
+        m = _params._LAYER_RE.search(name)
+        if m and int(m.group(1)) == layer:
+            out[name[:m.start(1)] + "{}" + name[m.end(1):]] = name
+    if not out:
+        raise ValueError(f"layer_range: model {ref!r} has no layer {layer}")
+    return out
+
+
+def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], int]:
+    """(one Job per output tensor, in output order; the number of output layers). Every tensor's
+    parameters are resolved and checked here, before any weight is read."""
+    spec = registry.get(cfg.merge_method)
+
+    def job(out_name, sl: Slice, in_names: list[str], t: float) -> Job:
+        order = [k for k, s in enumerate(sl.sources) if s.model != cfg.base_model]
+        bases = [k for k, s in enumerate(sl.sources) if s.model == cfg.base_model]
+        order += bases[:1]  # the base input last, once
+        base_index = len(order) - 1 if bases and spec.base != "ignored" else None
+        g = {**(cfg.parameters or {}), **(sl.parameters or {})}
+        mps = [None if k in bases else sl.sources[k].parameters for k in order]
+        refs = [sl.sources[k].model for k in order]
+        shared, per_input = _params.resolve(spec, tensor_name=out_name, t=t, global_params=g, model_params=mps,
+                                            base_index=base_index, model_names=refs)
+        _params.check_values(spec, shared, per_input, f"parameters for {out_name}")
+        return Job(out_name, tuple(zip(refs, (in_names[k] for k in order))), shared, per_input, base_index)
+
+    first = cfg.slices[0].sources[0]
+    outside = [n for n in indices[first.model] if _params.layer_index(n) is None]
+    pre = [n for n in outside if not _POST.search(n)]
+    post = [n for n in outside if _POST.search(n)]
+    jobs = [job(n, cfg.slices[0], [n] * len(cfg.slices[0].sources), 0.0) for n in pre]
+    layer = 0
+    for sl in cfg.slices:
+        span = sl.sources[0].layer_range[1] - sl.sources[0].layer_range[0]
+        for idx in range(span):
+            t = idx / (span - 1) if span > 1 else 1.0
+            names = [_layer_names(indices[s.model], s.layer_range[0] + idx, s.model) for s in sl.sources]
+            for template, name0 in names[0].items():
+                missing = [s.model for s, n in zip(sl.sources, names) if template not in n]
+                if missing:
+                    raise ValueError(f"slices: {name0} has no counterpart in {missing[0]!r}")
+                jobs.append(job(template.format(layer), sl, [n[template] for n in names], t))
+            layer += 1
+    last = cfg.slices[-1]
+    jobs += [job(n, last, [n] * len(last.sources), 0.0) for n in post]
+    return jobs, layer
+
+
+def to_yaml(cfg: SliceConfig) -> str:
+    import yaml
+
+    d: dict[str, Any] = {"merge_method": cfg.merge_method}
+    if cfg.base_model:
+        d["base_model"] = cfg.base_model
+    d["slices"] = [{"sources": [{"model": s.model, "layer_range": list(s.layer_range),
+                                 **({"parameters": s.parameters} if s.parameters else {})} for s in sl.sources],
+                    **({"parameters": sl.parameters} if sl.parameters else {})} for sl in cfg.slices]
+    for k in ("parameters", "dtype", "out_dtype"):
+        if getattr(cfg, k):
+            d[k] = getattr(cfg, k)
+    return yaml.safe_dump(d, sort_keys=False)
