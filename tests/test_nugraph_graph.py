@@ -66,6 +66,12 @@ def test_bucket(n, want):
     assert graph.bucket(n) == want
 
 
+@pytest.mark.parametrize("n, want", [(0, 16), (17, 18), (81, 88), (1001, 1024), (1025, 1152), (1153, 1280),
+                                     (1281, 1408), (30000, 30720)])
+def test_hit_bucket_grid(n, want):
+    assert graph.bucket(n, mantissas=graph.HIT_MANTISSAS) == want
+
+
 @pytest.mark.parametrize("slots", [2, graph.NEIGHBOUR_SLOTS])
 def test_pad_batch_offsets_and_padding(slots):
     rng = np.random.default_rng(1)

@@ -31,15 +31,18 @@ import numpy as np
 from jaxinterp.nugraph.event import BACKGROUND, PLANES, Event, validate
 
 _MANTISSAS = (4, 5, 6, 7)  # bucket grid: m * 2^k, so padding wastes at most 25%
+# hits, the size the model's work scales with, on a finer grid from 64 up (at most 12.5% padding; for events of
+# 800-1200 hits per plane, 88% of the padded rows are real hits instead of 81%)
+HIT_MANTISSAS = (8, 9, 10, 11, 12, 13, 14, 15)
 NEIGHBOUR_SLOTS = 8  # K: incoming planar edges per hit held in the dense neighbour table
 
 
-def bucket(n: int, *, minimum: int = 16) -> int:
-    """The smallest size of the grid {4, 5, 6, 7} x 2^k (and >= minimum) that holds n."""
+def bucket(n: int, *, minimum: int = 16, mantissas: tuple[int, ...] = _MANTISSAS) -> int:
+    """The smallest size of the grid `mantissas` x 2^k (default {4, 5, 6, 7} x 2^k; >= minimum) that holds n."""
     n = max(int(n), minimum)
-    k = max(0, int(np.floor(np.log2(n))) - 2)
+    k = max(0, int(np.floor(np.log2(n))) - int(np.log2(mantissas[0])))
     while True:
-        for m in _MANTISSAS:
+        for m in mantissas:
             if m << k >= n:
                 return m << k
         k += 1
@@ -93,7 +96,8 @@ def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
                 for p in planes)
     nexus = max(sum(np.shape(e.planes[p].edge_index_nexus)[1] for e in events) for p in planes)
     sp = sum(int(e.num_sp) for e in events)
-    return BatchSizes(bucket(hits + 1), bucket(edges), bucket(nexus), bucket(sp + 1), slots)
+    return BatchSizes(bucket(hits + 1, minimum=64, mantissas=HIT_MANTISSAS), bucket(edges), bucket(nexus),
+                      bucket(sp + 1), slots)
 
 
 def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
