@@ -208,3 +208,14 @@ def test_checkpoint_without_a_head_is_refused(tmp_path):
     path = _rewrite_ckpt(tmp_path, _filter_head_off)
     with pytest.raises(ValueError, match="hyper_parameters\\['filter_head'\\] is False"):
         checkpoint.load_official_checkpoint(path)
+
+
+def test_pad_batch_does_not_depend_on_edge_order():
+    rng = np.random.default_rng(5)
+    ev = random_event(rng, (30, 25, 40), 12)
+    shuffled = Event({p: h._replace(edge_index_plane=h.edge_index_plane[:, rng.permutation(h.edge_index_plane.shape[1])],
+                                    edge_index_nexus=h.edge_index_nexus[:, ::-1])
+                      for p, h in ev.planes.items()}, ev.num_sp, ev.name)
+    sizes = graph.pick_sizes([ev], slots=3)
+    for a, b in zip(graph.pad_batch([ev], sizes), graph.pad_batch([shuffled], sizes)):
+        np.testing.assert_array_equal(a, b)

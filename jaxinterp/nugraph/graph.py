@@ -151,7 +151,7 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
             nexus.append(nx + np.array([[hit_off], [sp_offsets[k]]]))
             hit_off += n
         ei = np.concatenate(edges, axis=1)
-        order = np.lexsort((ei[0], ei[1]))  # receivers ascending: segment sums over sorted ids
+        order = _order(ei[1], ei[0])  # receivers ascending: segment sums over sorted ids
         src, dst = ei[0, order], ei[1, order]
         first = np.searchsorted(dst, np.arange(N))  # each receiver's first edge
         slot = np.arange(dst.size) - first[dst]  # rank of the edge among its receiver's edges
@@ -160,13 +160,26 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
         over = ~table
         snd[pi, :over.sum()], rcv[pi, :over.sum()] = src[over], dst[over]
         nx = np.concatenate(nexus, axis=1)
-        up = np.lexsort((nx[0], nx[1]))
+        up = _order(nx[1], nx[0])
         nh[pi, :nx.shape[1]], ns[pi, :nx.shape[1]] = nx[0, up], nx[1, up]
-        down = np.lexsort((nx[1], nx[0]))
+        down = _order(nx[0], nx[1])
         dh[pi, :nx.shape[1]], ds[pi, :nx.shape[1]] = nx[0, down], nx[1, down]
     sp_mask = np.arange(S) < sp_offsets[-1]
     return GraphBatch(x, hit_mask, hit_event, y, nbr, snd, rcv, nh, ns, dh, ds, sp_mask,
                       np.asarray(len(events), np.int32))
+
+
+def _order(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray | slice:
+    """The permutation sorting int pairs by (primary, secondary), as np.lexsort((secondary, primary)).
+
+    Delaunay edges (`edges.delaunay_edges`) come sorted by (target, source), and a union of sorted
+    events offset one after another stays sorted: one O(E) check then skips the sort (a two-key
+    lexsort of a 32-event union's edges took most of `pad_batch`'s 2.8 ms per event).
+    """
+    key = primary.astype(np.int64) * (int(secondary.max(initial=0)) + 1) + secondary
+    if np.all(key[1:] >= key[:-1]):
+        return slice(None)
+    return np.argsort(key, kind="stable")
 
 
 def stack(batches: Sequence[GraphBatch]) -> GraphBatch:

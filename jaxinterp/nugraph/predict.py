@@ -83,13 +83,12 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     params = parallel.replicate(jax.tree.map(jnp.asarray, params), mesh)
     fn = forward(config)
     results: list[Prediction] = []
-    for start in range(0, len(events), batch_size):
-        chunk = events[start:start + batch_size]
-        batch = prepare(chunk, config=config, mesh=mesh)
-        probs, filt = jax.device_get(fn(params, batch))
+    d = mesh.devices.size
+
+    def collect(chunk, out):
+        probs, filt = jax.device_get(out)
         if probs.ndim == 3:  # one device: no leading D axis
             probs, filt = probs[None], filt[None]
-        d = mesh.devices.size
         groups = graph.split_events(chunk, d) if d > 1 else [chunk]
         for gi, group in enumerate(groups):
             offsets = {p: 0 for p in config.planes}
@@ -101,4 +100,16 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
                     sem[p], fil[p] = probs[gi, pi, o:o + n], filt[gi, pi, o:o + n]
                     offsets[p] = o + n
                 results.append(Prediction(sem, fil))
+
+    # dispatch is asynchronous on accelerators: the next chunk is padded on the host while this one
+    # runs (XLA:CPU runs calls this size inline, so on a CPU the two alternate)
+    pending = None
+    for start in range(0, len(events), batch_size):
+        chunk = events[start:start + batch_size]
+        out = fn(params, prepare(chunk, config=config, mesh=mesh))
+        if pending is not None:
+            collect(*pending)
+        pending = (chunk, out)
+    if pending is not None:
+        collect(*pending)
     return results
