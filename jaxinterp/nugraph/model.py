@@ -20,7 +20,9 @@ into h. The edge net's Linear on a concatenation is split into two per-node proj
 (`w_i . h_i + w_j . h_j`), computed once per node instead of once per edge.
 
 Internally the planes are stacked and the class axis leads (`[P, C, N, F]`), so every ClassLinear
-is one grouped matmul `einsum('pcni,pcio->pcno')` over 15 (plane, class) groups.
+is one grouped matmul `einsum('pcni,pcio->pcno')` over 15 (plane, class) groups. Planar messages
+come from a dense neighbour table of K slots per hit plus an overflow edge list
+(`_plane_messages`, `graph.GraphBatch.plane_neighbours`).
 
 Axis names: P planes, C classes, N hits per plane (padded), E planar edges, X nexus edges, S space
 points, F features (I in, O out of a Linear).
@@ -162,8 +164,10 @@ def _input_linear(w, x):
     return out
 
 
-def _node_net(w, h):
-    return jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(_class_linear(w["node_net_0"], h))))
+def _node_net_rest(w, pre):
+    """A node net after its first ClassLinear: pre [P, C, N, F] (node_net_0's output, formed by the
+    caller in parts) -> tanh(node_net_1(tanh(pre)))."""
+    return jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))
 
 
 def _per_edge(score, index):
@@ -264,7 +268,7 @@ def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
     u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + xw[..., :F]  # [P, C, N, F]
     u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + xw[..., F:]  # two products: no slice copy
     pre = _plane_messages(u_msg, s_dst, s_src, w["edge_net"]["bias"][..., 0], batch, initial=u_self)
-    h = jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))  # [P, C, N, F]
+    h = _node_net_rest(w, pre)  # [P, C, N, F]
     # nexus up: sum the hits of each space point, plane by plane; then mix the planes
     # nexus_net_0 is linear in the concatenation of the planes' sums, so each hit is projected
     # first (64 -> 16 features) and the sums of all planes go into one [C, S, Fn] buffer
@@ -285,7 +289,7 @@ def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
     k0 = w["node_net_0"]["kernel"]  # [P, C, F + Fn, F]
     pre = (jnp.einsum("pcnf,pcfo->pcno", h, k0[:, :, :F]) + jnp.einsum("pcng,pcgo->pcno", g, k0[:, :, F:])
            + w["node_net_0"]["bias"][:, :, None, :])
-    return jnp.tanh(_class_linear(w["node_net_1"], jnp.tanh(pre)))
+    return _node_net_rest(w, pre)
 
 
 def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> Outputs:
