@@ -31,6 +31,14 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def with_layer(name: str, layer: int) -> str:
+    """`name` with its layer index replaced (`transformer.h.3.attn` -> `transformer.h.7.attn`)."""
+    m = _LAYER_RE.search(name)
+    if m is None:
+        raise ValueError(f"with_layer: {name!r} has no layer index")
+    return name[:m.start(1)] + str(layer) + name[m.end(1):]
+
+
 def layer_t(name: str, num_layers: int) -> float:
     """mergekit's gradient position of a tensor: idx / (L - 1) in the layers, 0 outside them."""
     idx = layer_index(name)

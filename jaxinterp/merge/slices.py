@@ -124,12 +124,8 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
 
 
 def _layer_names(index: dict, layer: int, ref: str) -> dict[str, str]:
-    """{name with the layer number replaced by '{}': name} of one layer's tensors."""
-    out = {}
-    for name in index:
-        m = _params._LAYER_RE.search(name)
-        if m and int(m.group(1)) == layer:
-            out[name[:m.start(1)] + "{}" + name[m.end(1):]] = name
+    """{the name at layer 0: name} of one layer's tensors (the key matches a tensor across layers)."""
+    out = {_params.with_layer(name, 0): name for name in index if _params.layer_index(name) == layer}
     if not out:
         raise ValueError(f"layer_range: model {ref!r} has no layer {layer}")
     return out
@@ -168,7 +164,7 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
                 missing = [s.model for s, n in zip(sl.sources, names) if template not in n]
                 if missing:
                     raise ValueError(f"slices: {name0} has no counterpart in {missing[0]!r}")
-                jobs.append(job(template.format(layer), sl, [n[template] for n in names], t))
+                jobs.append(job(_params.with_layer(template, layer), sl, [n[template] for n in names], t))
             layer += 1
     last = cfg.slices[-1]
     jobs += [job(n, last, [n] * len(last.sources), 0.0) for n in post]
