@@ -52,15 +52,7 @@ def make_events(n: int, *, seed: int = 0, hits=(800, 1200), num_sp: int = 800):
 
 def cpu_time(fn, repeats: int) -> float:
     """Median process CPU time (all threads) of `fn()`, after one warm call."""
-    from jaxinterp.benchtools import block
-
-    block(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        block(fn())
-        times.append(time.process_time() - t0)
-    return statistics.median(times)
+    return benchtools.time_fn(fn, repeats=repeats, clock=time.process_time).median_s
 
 
 def matmul_rate(repeats: int = 5) -> float:
