@@ -19,9 +19,11 @@ detached in the official code: the edge nets learn, but no gradient flows throug
 into h. The edge net's Linear on a concatenation is split into two per-node projections
 (`w_i . h_i + w_j . h_j`), computed once per node instead of once per edge.
 
-Internally the planes are stacked and the class axis leads (`[P, C, N, F]`), so every ClassLinear
-is one grouped matmul `einsum('pcni,pcio->pcno')` over 15 (plane, class) groups. Planar messages
-come from a dense neighbour table of K slots per hit plus an overflow edge list
+Internally the class axis leads (`[P, C, N, F]`), so every ClassLinear is one grouped matmul
+`einsum('pcni,pcio->pcno')` over the (plane, class) groups. The loop-invariant parts are computed
+with the planes stacked; the iterations run each plane as its own chain of ops (P = 1 slices,
+`_Plane`) that meet only at nexus up, so XLA:CPU runs the planes concurrently on the cores. Planar
+messages come from a dense neighbour table of K slots per hit plus an overflow edge list
 (`_plane_messages`, `graph.GraphBatch.plane_neighbours`).
 
 Axis names: P planes, C classes, N hits per plane (padded), E planar edges, X nexus edges, S space
@@ -222,7 +224,27 @@ def _input_terms(w, x, x_c, f: int, d: int):
     return xw, _score(x_c, ke[..., f:f + d]), _score(x_c, ke[..., 2 * f + d:])
 
 
-def _plane_messages(u, s_dst, s_src, bias, batch: GraphBatch, *, initial):
+class _Plane(NamedTuple):
+    """One wire plane's share of a forward: its weights and loop-invariant tensors, each with a
+    leading axis of 1 (the P of the stacked helpers above), sliced once before the iterations."""
+
+    weights: _PlaneWeights
+    plane_net: Params  # the official plane-net weights (biases, node_net_1)
+    nexus_down: Params
+    nexus_k: jax.Array  # [1, C, F, Fn]: this plane's rows of nexus_net_0
+    xw: jax.Array  # [1, C, N, 2F]: x W_x of the plane net's node_net_0 (bias on the self half)
+    x_dst: jax.Array  # [1, C, N]: edge-net scores of x_i
+    x_src: jax.Array  # [1, C, N]: edge-net scores of x_j
+    neighbours: jax.Array  # [1, N, K] the neighbour table, -1 for an empty slot
+    senders: jax.Array  # [1, E] overflow planar edges
+    receivers: jax.Array  # [1, E]
+    up_hits: jax.Array  # [1, X] nexus edges sorted by space point
+    up_sp: jax.Array  # [1, X]
+    down_hits: jax.Array  # [1, X] the same edges sorted by hit
+    down_sp: jax.Array  # [1, X]
+
+
+def _plane_messages(u, s_dst, s_src, bias, plane: _Plane, *, initial):
     """initial_i + sum over planar edges j -> i of a_ij u_j, a_ij = softmax_C(s_dst_i + s_src_j + bias).
 
     The first K edges of each hit come from the dense neighbour table: K gathers of [P, C, N, F]
@@ -231,65 +253,89 @@ def _plane_messages(u, s_dst, s_src, bias, batch: GraphBatch, *, initial):
     u, initial [P, C, N, F]; s_dst, s_src [P, C, N]; bias [P, C] -> [P, C, N, F].
     """
     N = u.shape[2]
-    nbr = jnp.asarray(batch.plane_neighbours)  # [P, N, K], -1 for an empty slot
+    nbr = plane.neighbours  # [P, N, K], -1 for an empty slot
     valid = nbr >= 0
     nbr = jnp.where(valid, nbr, N - 1)
     per_slot = jax.vmap(lambda s, i: s[:, i])  # ([C, N], [N, K]) -> [C, N, K], vmapped over planes
     a = jax.nn.softmax(s_dst[..., None] + per_slot(s_src, nbr) + bias[:, :, None, None], axis=1)
     a = jnp.where(valid[:, None], a, 0.0)  # [P, C, N, K]
     # the overflow edges first, so the K-slot sum is the last pass and fuses with what follows
-    over = _edge_softmax(s_dst, s_src, bias, batch.plane_receivers, batch.plane_senders)  # [P, C, E]
-    out = gather_segment_sum(u, over, batch.plane_senders, batch.plane_receivers, N, initial=initial)
+    over = _edge_softmax(s_dst, s_src, bias, plane.receivers, plane.senders)  # [P, C, E]
+    out = gather_segment_sum(u, over, plane.senders, plane.receivers, N, initial=initial)
     for k in range(nbr.shape[-1]):
         out = out + a[..., k, None] * jax.vmap(lambda v, i: v[:, i])(u, nbr[:, :, k])
     return out
 
 
-def _nexus_up_edges(batch: GraphBatch):
-    """The nexus edges of all planes as one graph from rows (plane, hit) to space points, sorted by
-    space point: ([1, P*X] senders, [1, P*X] receivers)."""
-    P, N = batch.x.shape[:2]
-    hits, sp = jnp.asarray(batch.nexus_hits), jnp.asarray(batch.nexus_sp)
-    hits = hits + N * jnp.arange(P, dtype=hits.dtype)[:, None]
-    order = jnp.argsort(sp.reshape(-1), stable=True)
-    return hits.reshape(1, -1)[:, order], sp.reshape(1, -1)[:, order]
+def _plane_net(plane: _Plane, h):
+    """Messages j -> i within the plane: h [1, C, N, F] -> [1, C, N, F]. h_j is projected
+    (64 -> 64) before it is aggregated, and the aggregation adds straight into the self half of
+    node_net_0."""
+    F = h.shape[-1]
+    pw = plane.weights
+    s_dst, s_src = _score(h, pw.edge_dst) + plane.x_dst, _score(h, pw.edge_src) + plane.x_src  # [1, C, N]
+    u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + plane.xw[..., :F]  # [1, C, N, F]
+    u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + plane.xw[..., F:]  # two products: no slice copy
+    pre = _plane_messages(u_msg, s_dst, s_src, plane.plane_net["edge_net"]["bias"][..., 0], plane, initial=u_self)
+    return _node_net_rest(plane.plane_net, pre)
 
 
-def _iteration(weights, h, inputs, batch: GraphBatch, config: NuGraph2Config):
-    """One message-passing iteration: h [P, C, N, F] -> [P, C, N, F]."""
-    P, C, N, F = h.shape
-    S = batch.sp_mask.shape[-1]
-    pw: _PlaneWeights = weights["plane"]
-    xw, x_dst, x_src, up_hits, up_sp = inputs
-    # plane net: messages j -> i within each plane; h_j is projected (64 -> 64) before it is
-    # aggregated, and the aggregation adds straight into the self half of node_net_0
-    w = weights["plane_net"]
-    s_dst, s_src = _score(h, pw.edge_dst) + x_dst, _score(h, pw.edge_src) + x_src  # [P, C, N]
-    u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + xw[..., :F]  # [P, C, N, F]
-    u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + xw[..., F:]  # two products: no slice copy
-    pre = _plane_messages(u_msg, s_dst, s_src, w["edge_net"]["bias"][..., 0], batch, initial=u_self)
-    h = _node_net_rest(w, pre)  # [P, C, N, F]
-    # nexus up: sum the hits of each space point, plane by plane; then mix the planes
-    # nexus_net_0 is linear in the concatenation of the planes' sums, so each hit is projected
-    # first (64 -> 16 features) and the sums of all planes go into one [C, S, Fn] buffer
-    wn = weights["nexus_net"]
-    k = wn["nexus_net_0"]["kernel"]  # [C, P*F, Fn], rows in plane order
-    k = jnp.moveaxis(k.reshape(C, P, F, k.shape[-1]), 1, 0)  # [P, C, F, Fn]
-    hk = jnp.einsum("pcnf,pcfo->cpno", h, k).reshape(1, C, P * N, k.shape[-1])  # rows (plane, hit)
-    n = gather_segment_sum(hk, None, up_hits, up_sp, S)[0]
-    n = jnp.tanh(n + wn["nexus_net_0"]["bias"][:, None])  # [C, S, Fn]
-    n = jnp.tanh(jnp.einsum("csi,cio->cso", n, wn["nexus_net_1"]["kernel"]) + wn["nexus_net_1"]["bias"][:, None])
-    # nexus down: each hit takes the mean of its space points' messages
-    w = weights["nexus_down"]
-    kd = w["edge_net"]["kernel"][..., 0]  # [P, C, F + Fn]
+def _nexus_up(planes: tuple[_Plane, ...], hs, wn, num_sp: int):
+    """Sum the hits of each space point over all planes, then mix: -> n [C, S, Fn].
+
+    nexus_net_0 is linear in the concatenation of the planes' sums, so each hit is projected first
+    (64 -> Fn features) and every plane's sum adds into one [C, S, Fn] buffer."""
+    n = None
+    for plane, h in zip(planes, hs):
+        hk = jnp.einsum("pcnf,pcfo->pcno", h, plane.nexus_k)  # [1, C, N, Fn]
+        n = gather_segment_sum(hk, None, plane.up_hits, plane.up_sp, num_sp, initial=n)
+    n = jnp.tanh(n[0] + wn["nexus_net_0"]["bias"][:, None])  # [C, S, Fn]
+    return jnp.tanh(jnp.einsum("csi,cio->cso", n, wn["nexus_net_1"]["kernel"]) + wn["nexus_net_1"]["bias"][:, None])
+
+
+def _nexus_down(plane: _Plane, h, n):
+    """Each hit takes the mean of its space points' messages: h [1, C, N, F], n [C, S, Fn] -> [1, C, N, F]."""
+    F, N = h.shape[-1], h.shape[2]
+    w = plane.nexus_down
+    kd = w["edge_net"]["kernel"][..., 0]  # [1, C, F + Fn]
     s_sp = jnp.einsum("csf,pcf->pcs", jax.lax.stop_gradient(n), kd[..., F:])
-    b = _edge_softmax(_score(h, kd[..., :F]), s_sp, w["edge_net"]["bias"][..., 0], batch.down_hits, batch.down_sp)
-    g = gather_segment_sum(n[None], b, batch.down_sp, batch.down_hits, N, mean=True)  # [P, C, N, Fn]
-    # node_net_0 on concat(h, g) as two products (rows of h, rows of g): no [P, C, N, F + Fn] copy
-    k0 = w["node_net_0"]["kernel"]  # [P, C, F + Fn, F]
+    b = _edge_softmax(_score(h, kd[..., :F]), s_sp, w["edge_net"]["bias"][..., 0], plane.down_hits, plane.down_sp)
+    g = gather_segment_sum(n[None], b, plane.down_sp, plane.down_hits, N, mean=True)  # [1, C, N, Fn]
+    # node_net_0 on concat(h, g) as two products (rows of h, rows of g): no [1, C, N, F + Fn] copy
+    k0 = w["node_net_0"]["kernel"]  # [1, C, F + Fn, F]
     pre = (jnp.einsum("pcnf,pcfo->pcno", h, k0[:, :, :F]) + jnp.einsum("pcng,pcgo->pcno", g, k0[:, :, F:])
            + w["node_net_0"]["bias"][:, :, None, :])
     return _node_net_rest(w, pre)
+
+
+def _iteration(planes: tuple[_Plane, ...], wn, hs, num_sp: int):
+    """One message-passing iteration on per-plane embeddings hs: P x [1, C, N, F] -> the same.
+
+    The planes are separate chains that meet only at nexus up, so XLA:CPU's executor runs their
+    ops concurrently on the cores instead of splitting each stacked op across them: at batch 1,
+    11-15% less wall time (BUILD_NOTES.md, NuGraph2 "Performance")."""
+    hs = [_plane_net(plane, h) for plane, h in zip(planes, hs)]
+    n = _nexus_up(planes, hs, wn, num_sp)
+    return tuple(_nexus_down(plane, h, n) for plane, h in zip(planes, hs))
+
+
+def _split_planes(params: Params, batch: GraphBatch, x, config: NuGraph2Config) -> tuple[_Plane, ...]:
+    """The per-plane weights and loop-invariant tensors (`_Plane`), in config.planes order."""
+    planes, C, F, D = config.planes, config.num_classes, config.planar_features, config.in_features
+    plane_net = _stack(params["plane_net"], planes)
+    x_c = jnp.broadcast_to(x[:, None], (x.shape[0], C) + x.shape[1:])  # [P, C, N, D]
+    xw, x_dst, x_src = _input_terms(plane_net, x, x_c, F, D)
+    k = params["nexus_net"]["nexus_net_0"]["kernel"]  # [C, P*F, Fn], rows in plane order
+    nexus_k = jnp.moveaxis(k.reshape(C, len(planes), F, k.shape[-1]), 1, 0)  # [P, C, F, Fn]
+    one = lambda a, p: a[p:p + 1]  # noqa: E731
+    return tuple(_Plane(
+        weights=_plane_weights(jax.tree.map(lambda a: a[None], params["plane_net"][name]), F, D),
+        plane_net=jax.tree.map(lambda a: a[None], params["plane_net"][name]),
+        nexus_down=jax.tree.map(lambda a: a[None], params["nexus_net"]["nexus_down"][name]),
+        nexus_k=one(nexus_k, p), xw=one(xw, p), x_dst=one(x_dst, p), x_src=one(x_src, p),
+        neighbours=one(jnp.asarray(batch.plane_neighbours), p), senders=one(batch.plane_senders, p),
+        receivers=one(batch.plane_receivers, p), up_hits=one(batch.nexus_hits, p), up_sp=one(batch.nexus_sp, p),
+        down_hits=one(batch.down_hits, p), down_sp=one(batch.down_sp, p)) for p, name in enumerate(planes))
 
 
 def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> Outputs:
@@ -303,22 +349,15 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
     if x.ndim != 3 or x.shape[0] != len(planes) or x.shape[2] != config.in_features:
         raise ValueError(f"apply: batch.x must have shape [P={len(planes)}, N, {config.in_features}], "
                          f"got {list(x.shape)}")
-    C = config.num_classes
-    weights = {
-        "plane_net": _stack(params["plane_net"], planes),
-        "nexus_down": _stack(params["nexus_net"]["nexus_down"], planes),
-        "nexus_net": params["nexus_net"],
-    }
-    F, D = config.planar_features, config.in_features
-    weights["plane"] = _plane_weights(weights["plane_net"], F, D)
-    x_c = jnp.broadcast_to(x[:, None], (x.shape[0], C) + x.shape[1:])  # [P, C, N, D]
-    h = jnp.tanh(_input_linear(_stack(params["encoder"], planes), x))
-    inputs = _input_terms(weights["plane_net"], x, x_c, F, D) + _nexus_up_edges(batch)
+    planes_in = _split_planes(params, batch, x, config)
+    h = jnp.tanh(_input_linear(_stack(params["encoder"], planes), x))  # [P, C, N, F]
+    num_sp = batch.sp_mask.shape[-1]
 
-    def body(h, _):
-        return _iteration(weights, h, inputs, batch, config), None
+    def body(hs, _):
+        return _iteration(planes_in, params["nexus_net"], hs, num_sp), None
 
-    h, _ = jax.lax.scan(body, h, None, length=config.num_iters)
+    hs, _ = jax.lax.scan(body, tuple(h[p:p + 1] for p in range(len(planes))), None, length=config.num_iters)
+    h = jnp.concatenate(hs, axis=0)
     sem = _stack({p: params["semantic_decoder"][p] for p in planes}, planes)
     x_semantic = jnp.einsum("pcnf,pcf->pnc", h, sem["kernel"][..., 0]) + sem["bias"][:, None, :, 0]
     fil = _stack({p: params["filter_decoder"][p] for p in planes}, planes)
