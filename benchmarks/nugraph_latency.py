@@ -10,7 +10,9 @@ run concurrently: better use of both cores than one program's intra-op threads).
 Compile time is reported apart. Beside the
 wall-clock figures: the process's CPU time per event (both threads; steadier than wall time on a
 shared machine), the jit matmul rate measured in the same run (a yardstick for the machine's
-state) and the load average.
+state) and the load average. The process retains freed memory (`jaxinterp.hostmem`, as the
+`jaxinterp` command does for its compute jobs); a child with glibc's default allocator times batch
+1 and 32 again for comparison.
 
     python benchmarks/nugraph_latency.py [--quick] [--json PATH]
 """
@@ -23,7 +25,7 @@ import time
 
 import numpy as np
 
-from jaxinterp import benchtools
+from jaxinterp import benchtools, hostmem
 
 PAPER_CPU = 0.12  # s/event, NuGraph2 paper (arXiv 2403.11872), CPU
 PAPER_GPU = 0.005  # s/event batched on a GPU, same paper
@@ -69,11 +71,9 @@ def matmul_rate(repeats: int = 5) -> float:
 DP_DEVICES = 2  # host devices for the data-parallel row (one event per device per call)
 
 
-def data_parallel_child(quick: bool) -> None:
-    """Runs in a child whose XLA_FLAGS split the CPU into DP_DEVICES host devices: `predict` end to
-    end (host padding included) with one event per device per call; prints seconds per event."""
-    import json
-
+def data_parallel_child(quick: bool) -> dict:
+    """In a child whose XLA_FLAGS split the CPU into DP_DEVICES host devices: `predict` end to end
+    (host padding included) with one event per device per call, seconds per event."""
     import jax
 
     from jaxinterp.nugraph import model, predict
@@ -87,34 +87,67 @@ def data_parallel_child(quick: bool) -> None:
         t0 = time.perf_counter()
         predict.predict(params, events, config=config, batch_size=DP_DEVICES)
         times.append((time.perf_counter() - t0) / len(events))
-    print("DP" + json.dumps({"s_per_event": statistics.median(times), "devices": len(jax.devices())}))
+    return {"s_per_event": statistics.median(times), "devices": len(jax.devices())}
 
 
-def data_parallel_row(quick: bool) -> dict | None:
+def default_allocator_child(quick: bool) -> dict:
+    """In a child that keeps glibc's default allocator: batch 1 and batch 32, seconds per event."""
+    import jax
+
+    from jaxinterp.nugraph import model, predict
+
+    config = model.NuGraph2Config()
+    params = model.init(jax.random.PRNGKey(0), config)
+    stream, union = workloads(params, predict.forward(config), quick)
+    repeats = 3 if quick else 7
+    return {"b1": benchtools.time_fn(stream[0], repeats=repeats).median_s / stream[1],
+            "b32": benchtools.time_fn(union[0], repeats=max(2, repeats // 2)).median_s / union[1]}
+
+
+def child(kind: str, quick: bool, env: dict) -> dict | None:
+    """Runs `kind`'s measurement in a fresh process (an allocator or device split must be set
+    before JAX starts); its dict, or None when it failed."""
     import json
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                                       f" --xla_force_host_platform_device_count={DP_DEVICES}").strip())
-    cmd = [sys.executable, __file__, "--dp-child"] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode or "DP{" not in out.stdout:
-        print(f"data-parallel child failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+    cmd = [sys.executable, __file__, "--child", kind] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True)
+    if out.returncode or "RESULT" not in out.stdout:
+        print(f"{kind} child failed:\n{out.stderr[-2000:]}", file=sys.stderr)
         return None
-    r = json.loads(out.stdout.split("DP", 1)[1].splitlines()[0])
-    return benchtools.row(f"nugraph2 predict, {r['devices']} host devices x 1 event per call, end to end (s/event)",
-                          r["s_per_event"], "s/event", goal="<= 0.02 (CPU)", reference=f"official {OFFICIAL_B32}",
-                          met=r["s_per_event"] <= 0.02)
+    return json.loads(out.stdout.split("RESULT", 1)[1].splitlines()[0])
+
+
+def workloads(params, fwd, quick: bool):
+    """(batch-1 stream, events), (batch-32 union, events): callables that run the forward. The
+    stream's buckets are compiled here; the union's compile happens on its first call."""
+    import jax
+
+    from jaxinterp.nugraph import graph
+
+    events = make_events(4 if quick else 16, seed=1)
+    batches = [jax.device_put(graph.pad_batch([e])) for e in events]
+    for size in sorted({b.sizes for b in batches}):
+        benchtools.block(fwd(params, next(b for b in batches if b.sizes == size)))
+    b32 = jax.device_put(graph.pad_batch(make_events(32, seed=2)))
+    return (lambda: [fwd(params, b) for b in batches], len(batches)), (lambda: fwd(params, b32), 32)
 
 
 def main(argv=None) -> None:
     p = benchtools.parser(__doc__.splitlines()[0])
-    p.add_argument("--dp-child", action="store_true", help="internal: the data-parallel measurement")
+    p.add_argument("--child", choices=("dp", "default-allocator"), help="internal: a measurement in a child process")
     args = p.parse_args(argv)
-    if args.dp_child:
-        data_parallel_child(args.quick)
+    if args.child:
+        import json
+
+        if args.child == "dp":
+            hostmem.retain_freed_memory()
+        fn = data_parallel_child if args.child == "dp" else default_allocator_child
+        print("RESULT" + json.dumps(fn(args.quick)))
         return
+    retained = hostmem.retain_freed_memory()  # before JAX's first computation, as the CLI does
+    alloc = "freed memory retained" if retained else "glibc default allocator"
     import jax
 
     from jaxinterp.nugraph import graph, model, predict
@@ -126,56 +159,58 @@ def main(argv=None) -> None:
     repeats = 3 if args.quick else 7
     rows = []
 
-    # batch 1: a stream of events, each in its own bucket
-    n_stream = 4 if args.quick else 16
-    events = make_events(n_stream, seed=1)
-    batches = [jax.device_put(graph.pad_batch([e])) for e in events]
-    compile_s = 0.0
-    for size in sorted({b.sizes for b in batches}):
-        b = next(b for b in batches if b.sizes == size)
-        t0 = time.perf_counter()
-        benchtools.block(fwd(params, b))
-        compile_s = max(compile_s, time.perf_counter() - t0)
-    t = benchtools.time_fn(lambda: [fwd(params, b) for b in batches], repeats=repeats)
-    per_event = t.median_s / n_stream
-    rows.append(benchtools.row("nugraph2 batch 1, ~1000 hits/plane (s/event)", per_event, "s/event",
+    # batch 1: a stream of events, each padded to its own bucket (both compiled first, timed apart)
+    events = make_events(4 if args.quick else 16, seed=1)
+    t0 = time.perf_counter()
+    benchtools.block(fwd(params, jax.device_put(graph.pad_batch([events[0]]))))
+    compile_s = time.perf_counter() - t0
+    (stream, n_stream), (union, _) = workloads(params, fwd, args.quick)
+    per_event = benchtools.time_fn(stream, repeats=repeats).median_s / n_stream
+    rows.append(benchtools.row(f"nugraph2 batch 1, ~1000 hits/plane, {alloc} (s/event)", per_event, "s/event",
                                goal="<= 0.025 (CPU)", reference=f"official {OFFICIAL_B1}; paper CPU {PAPER_CPU}",
                                met=None if on_gpu else per_event <= 0.025))
     if not on_gpu:
-        cpu = cpu_time(lambda: [fwd(params, b) for b in batches], repeats) / n_stream
-        rows.append(benchtools.row("nugraph2 batch 1, CPU time of both threads (s/event)", cpu, "cpu-s/event",
+        rows.append(benchtools.row(f"nugraph2 batch 1, CPU time of both threads, {alloc} (s/event)",
+                                   cpu_time(stream, repeats) / n_stream, "cpu-s/event",
                                    reference=f"official {OFFICIAL_B1} (wall)"))
     rows.append(benchtools.row("nugraph2 compile, one bucket of ~1000 hits (s)", compile_s, "s", goal="<= 30",
                                met=compile_s <= 30))
 
     # batch 32: one padded union of 32 events per call
-    events32 = make_events(32, seed=2)
-    b32 = jax.device_put(graph.pad_batch(events32))
-    t = benchtools.time_fn(lambda: fwd(params, b32), repeats=max(2, repeats // 2))
+    t = benchtools.time_fn(union, repeats=max(2, repeats // 2))
     per_event = t.median_s / 32
     goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
-    rows.append(benchtools.row("nugraph2 batch 32 (s/event)", per_event, "s/event", goal=goal,
+    rows.append(benchtools.row(f"nugraph2 batch 32, {alloc} (s/event)", per_event, "s/event", goal=goal,
                                reference=f"official {OFFICIAL_B32}; paper GPU {PAPER_GPU}", met=met))
     rows.append(benchtools.row("nugraph2 compile, batch 32 (s)", t.compile_s, "s", goal="<= 30", met=t.compile_s <= 30))
     if not on_gpu:
-        cpu = cpu_time(lambda: fwd(params, b32), max(2, repeats // 2)) / 32
-        rows.append(benchtools.row("nugraph2 batch 32, CPU time of both threads (s/event)", cpu, "cpu-s/event",
+        rows.append(benchtools.row(f"nugraph2 batch 32, CPU time of both threads, {alloc} (s/event)",
+                                   cpu_time(union, max(2, repeats // 2)) / 32, "cpu-s/event",
                                    reference=f"official {OFFICIAL_B32} (wall)"))
 
     # batch 256: predict end to end (host padding, 32-event chunks, copy back)
     if not args.quick:
-        events256 = events32 * 8
+        events256 = make_events(32, seed=2) * 8
         predict.predict(params, events256[:32], config=config)  # compile the bucket
         t0 = time.perf_counter()
         predict.predict(params, events256, config=config, batch_size=32)
         per_event = (time.perf_counter() - t0) / 256
         goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
-        rows.append(benchtools.row("nugraph2 predict 256 events, chunks of 32, end to end (s/event)", per_event,
-                                   "s/event", goal=goal, reference=f"paper GPU {PAPER_GPU}", met=met))
-    if not on_gpu:  # the CPU as DP_DEVICES host devices, each running one event (jaxinterp.parallel)
-        row = data_parallel_row(args.quick)
-        if row:
-            rows.append(row)
+        rows.append(benchtools.row(f"nugraph2 predict 256 events, chunks of 32, end to end, {alloc} (s/event)",
+                                   per_event, "s/event", goal=goal, reference=f"paper GPU {PAPER_GPU}", met=met))
+    if not on_gpu:
+        # the CPU as DP_DEVICES host devices, each running one event (jaxinterp.parallel)
+        flags = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DP_DEVICES}").strip()
+        r = child("dp", args.quick, {"XLA_FLAGS": flags})
+        if r:
+            rows.append(benchtools.row(f"nugraph2 predict, {r['devices']} host devices x 1 event per call, end to "
+                                       f"end, {alloc} (s/event)", r["s_per_event"], "s/event", goal="<= 0.02 (CPU)",
+                                       reference=f"official {OFFICIAL_B32}", met=r["s_per_event"] <= 0.02))
+        # the same forwards with glibc's defaults, for comparison (hostmem: why they are slower)
+        r = child("default-allocator", args.quick, {})
+        if r:
+            rows.append(benchtools.row("nugraph2 batch 1, glibc default allocator (s/event)", r["b1"], "s/event"))
+            rows.append(benchtools.row("nugraph2 batch 32, glibc default allocator (s/event)", r["b32"], "s/event"))
     rows.append(benchtools.row("yardstick: jit matmul 2048^3, same run (GFLOP/s)", matmul_rate(), "GFLOP/s"))
     rows.append(benchtools.row("machine load average over 1 min, at the end", os.getloadavg()[0], "runnable"))
     benchtools.report("nugraph_latency", rows, args.json)

@@ -17,3 +17,14 @@ def test_retain_and_restore_apply_on_glibc():
         np.testing.assert_array_equal(np.asarray(big[:2, :2]), 2.0)
     finally:
         assert hostmem.restore_defaults() is True
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_memory_retained_block_applies_then_restores(monkeypatch):
+    calls = []
+    real = hostmem._mallopt()
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.append((k, v)) or real(k, v)))
+    with hostmem.freed_memory_retained() as applied:
+        assert applied is True
+        assert (hostmem._M_ARENA_MAX, 1) in calls and (hostmem._M_MMAP_MAX, 0) in calls
+    assert calls[3:] and (hostmem._M_MMAP_MAX, 65536) in calls[3:]  # glibc's defaults again
