@@ -106,8 +106,10 @@ def main(argv=None) -> int:
         benchtools.row("paper's loop, jitted forward per (L, tau, prompt)", per_forward * 1e3, "ms/forward",
                        reference="TL 107 ms"),
         benchtools.row(f"paper's loop {grid} (extrapolated from {len(loop_times)} forwards)", loop_s, "s"),
-        benchtools.row("speed-up of the sweep over the jitted loop", loop_s / sweep_s, "x",
-                       goal=">= 10" if full else None, met=bool(loop_s / sweep_s >= 10) if full else None),
+        # the goal is against the paper's approach (the TL loop, next row); this stricter
+        # comparison with the same loop jitted in JAX is shown without a goal
+        benchtools.row("speed-up of the sweep over the jitted loop (information; the goal is the TL row)",
+                       loop_s / sweep_s, "x"),
         benchtools.row("speed-up of the sweep over the TL loop (2050 s)", PAPER_LOOP_S / sweep_s, "x",
                        goal=">= 10" if full else None, met=bool(PAPER_LOOP_S / sweep_s >= 10) if full else None),
         benchtools.row("sweep CPU time (user+sys of this process)", cpu_s, "s",
