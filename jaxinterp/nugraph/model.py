@@ -356,7 +356,9 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
     def body(hs, _):
         return _iteration(planes_in, params["nexus_net"], hs, num_sp), None
 
-    hs, _ = jax.lax.scan(body, tuple(h[p:p + 1] for p in range(len(planes))), None, length=config.num_iters, unroll=True)
+    # unrolled: 11-14% less CPU time than the rolled loop on a CPU (compile ~2x longer, still seconds)
+    hs, _ = jax.lax.scan(body, tuple(h[p:p + 1] for p in range(len(planes))), None, length=config.num_iters,
+                         unroll=True)
     h = jnp.concatenate(hs, axis=0)
     sem = _stack({p: params["semantic_decoder"][p] for p in planes}, planes)
     x_semantic = jnp.einsum("pcnf,pcf->pnc", h, sem["kernel"][..., 0]) + sem["bias"][:, None, :, 0]
