@@ -13,7 +13,8 @@ so every call pays a page fault per 4 KiB page of each large buffer:
 
 `retain_freed_memory()` tells glibc to use one arena for all threads, to serve every size from
 its heap and never to trim it, so a buffer freed by one call is reused by the next (NuGraph2 at
-batch 32: 48 faults per call, 18% less wall time; its training 25% more steps per second). The
+batch 32: 48 faults per call, 18% less wall time; a training step: 76,000 faults and 151 ms of
+kernel time -> none and 4 ms, 5.2 -> 7.7 steps per second). The
 price: the process keeps its peak heap (its resident memory does not shrink after a peak), and
 threads share one arena's lock. The arena setting reaches only threads that have not allocated
 yet: call it before JAX's first computation (before `jax.devices()` or the first jitted call).
