@@ -1,0 +1,43 @@
+"""Net2WiderNet for NuGraph2: the widened model computes the same function; bad input is refused."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import graph, model
+from jaxinterp.nugraph.widen import widen
+from test_nugraph_graph import random_event
+
+
+def _outputs(params, config, batch):
+    out = model.apply(jax.tree.map(np.asarray, params), batch, config=config)
+    return np.asarray(out.x_semantic), np.asarray(out.x_filter)
+
+
+def test_widen_keeps_the_function_and_doubles_the_features():
+    config = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+    params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3), config))
+    rng = np.random.default_rng(0)
+    batch = graph.pad_batch([random_event(rng), random_event(rng, hits=(20, 7, 11), num_sp=9)])
+    wide_params, wide = widen(params, config)
+    assert (wide.planar_features, wide.nexus_features) == (16, 8)
+    assert jax.tree.map(np.shape, wide_params) == jax.tree.map(np.shape, model.init(jax.random.PRNGKey(0), wide))
+    sem, fil = _outputs(params, config, batch)
+    wsem, wfil = _outputs(wide_params, wide, batch)
+    mask = np.asarray(batch.hit_mask)
+    np.testing.assert_allclose(wsem[mask], sem[mask], atol=2e-5)
+    np.testing.assert_allclose(wfil[mask], fil[mask], atol=2e-6)
+    noisy, _ = widen(params, config, noise=0.05)
+    nsem, _ = _outputs(noisy, wide, batch)
+    assert 0 < np.abs(nsem[mask] - sem[mask]).max() < 0.5  # the copies differ, the function barely
+
+
+def test_widen_refuses_bad_input():
+    config = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+    params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3), config))
+    with pytest.raises(ValueError, match="factor"):
+        widen(params, config, factor=0)
+    with pytest.raises(ValueError, match="noise"):
+        widen(params, config, noise=-1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        widen(params, model.NuGraph2Config(planar_features=16, nexus_features=4))
