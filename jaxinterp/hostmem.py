@@ -14,23 +14,21 @@ so every call pays a page fault per 4 KiB page of each large buffer:
 `retain_freed_memory()` tells glibc to use one arena for all threads, to serve every size from
 its heap and never to trim it, so a buffer freed by one call is reused by the next (NuGraph2 at
 batch 32: 48 faults per call, 18% less wall time; a training step: 76,000 faults and 151 ms of
-kernel time -> none and 4 ms, 5.2 -> 7.7 steps per second). The
-price: the process keeps its peak heap (its resident memory does not shrink after a peak), and
-threads share one arena's lock. The arena setting reaches only threads that have not allocated
-yet: call it before JAX's first computation (before `jax.devices()` or the first jitted call).
-It is a process-wide choice, so the library never makes it on import; the `jaxinterp` command
-makes it for its compute jobs (`cli.RETAIN_FREED_MEMORY`: not `lens`, where a full-size step got
-12% faster but its peak RSS grew from 6.4 to 7.9 GiB, nor `merge`'s streaming threads). The environment equivalent, set before Python starts:
-`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`.
+kernel time -> none and 4 ms, 5.2 -> 7.7 steps per second). The price: the process keeps its peak
+heap (its resident memory does not shrink after a peak), and threads share one arena's lock. The
+arena setting reaches only threads that have not allocated yet: call it before JAX's first
+computation (before `jax.devices()` or the first jitted call). It is a process-wide choice, so the
+library never makes it on import; the `jaxinterp` command makes it for its compute jobs
+(`cli.RETAIN_FREED_MEMORY`: not `lens`, where a full-size step got 12% faster but its peak RSS grew
+from 6.4 to 7.9 GiB, nor `merge`'s streaming threads). The environment equivalent, set before
+Python starts: `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Iterator
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_MAX = -4
@@ -64,14 +62,3 @@ def restore_defaults() -> bool:
     threads that have not allocated yet); True when applied."""
     return _set(arena_max=8 * (os.cpu_count() or 1), mmap_max=65536, trim_threshold=128 * 1024)
 
-
-@contextlib.contextmanager
-def freed_memory_retained() -> Iterator[bool]:
-    """`retain_freed_memory()` inside the block, glibc's defaults after it (not the state before:
-    a process that set the environment variables above loses them). Yields whether it applied."""
-    applied = retain_freed_memory()
-    try:
-        yield applied
-    finally:
-        if applied:
-            restore_defaults()

@@ -19,12 +19,13 @@ def test_retain_and_restore_apply_on_glibc():
         assert hostmem.restore_defaults() is True
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_freed_memory_retained_block_applies_then_restores(monkeypatch):
-    calls = []
-    real = hostmem._mallopt()
-    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.append((k, v)) or real(k, v)))
-    with hostmem.freed_memory_retained() as applied:
-        assert applied is True
-        assert (hostmem._M_ARENA_MAX, 1) in calls and (hostmem._M_MMAP_MAX, 0) in calls
-    assert calls[3:] and (hostmem._M_MMAP_MAX, 65536) in calls[3:]  # glibc's defaults again
+
+def test_retain_sets_one_arena_no_mmap_no_trim_and_restore_undoes_it(monkeypatch):
+    calls = {}
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
+    assert hostmem.retain_freed_memory() is True
+    assert calls == {hostmem._M_ARENA_MAX: 1, hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}
+    assert hostmem.restore_defaults() is True
+    assert calls[hostmem._M_MMAP_MAX] == 65536 and calls[hostmem._M_ARENA_MAX] > 1
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: None)  # no glibc: nothing applied, False
+    assert hostmem.retain_freed_memory() is False
