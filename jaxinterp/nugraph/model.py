@@ -327,15 +327,18 @@ def _split_planes(params: Params, batch: GraphBatch, x, config: NuGraph2Config) 
     xw, x_dst, x_src = _input_terms(plane_net, x, x_c, F, D)
     k = params["nexus_net"]["nexus_net_0"]["kernel"]  # [C, P*F, Fn], rows in plane order
     nexus_k = jnp.moveaxis(k.reshape(C, len(planes), F, k.shape[-1]), 1, 0)  # [P, C, F, Fn]
-    one = lambda a, p: a[p:p + 1]  # noqa: E731
-    return tuple(_Plane(
-        weights=_plane_weights(jax.tree.map(lambda a: a[None], params["plane_net"][name]), F, D),
-        plane_net=jax.tree.map(lambda a: a[None], params["plane_net"][name]),
-        nexus_down=jax.tree.map(lambda a: a[None], params["nexus_net"]["nexus_down"][name]),
-        nexus_k=one(nexus_k, p), xw=one(xw, p), x_dst=one(x_dst, p), x_src=one(x_src, p),
-        neighbours=one(jnp.asarray(batch.plane_neighbours), p), senders=one(batch.plane_senders, p),
-        receivers=one(batch.plane_receivers, p), up_hits=one(batch.nexus_hits, p), up_sp=one(batch.nexus_sp, p),
-        down_hits=one(batch.down_hits, p), down_sp=one(batch.down_sp, p)) for p, name in enumerate(planes))
+    down = _stack(params["nexus_net"]["nexus_down"], planes)
+    one = lambda tree, p: jax.tree.map(lambda a: a[p:p + 1], tree)  # noqa: E731  plane p, P axis kept
+    out = []
+    for p in range(len(planes)):
+        pn = one(plane_net, p)
+        out.append(_Plane(
+            weights=_plane_weights(pn, F, D), plane_net=pn, nexus_down=one(down, p), nexus_k=one(nexus_k, p),
+            xw=one(xw, p), x_dst=one(x_dst, p), x_src=one(x_src, p),
+            neighbours=one(jnp.asarray(batch.plane_neighbours), p), senders=one(batch.plane_senders, p),
+            receivers=one(batch.plane_receivers, p), up_hits=one(batch.nexus_hits, p), up_sp=one(batch.nexus_sp, p),
+            down_hits=one(batch.down_hits, p), down_sp=one(batch.down_sp, p)))
+    return tuple(out)
 
 
 def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> Outputs:
