@@ -26,6 +26,9 @@ with the planes stacked; the iterations run each plane as its own chain of ops (
 messages come from a dense neighbour table of K slots per hit plus an overflow edge list
 (`_plane_messages`, `graph.GraphBatch.plane_neighbours`).
 
+`jraph_model.apply_graphs` is the same network written plainly as jraph graph networks, hit-major,
+on `jraph.GraphsTuple`s: the readable form, tested against this one and the official code.
+
 Axis names: P planes, C classes, N hits per plane (padded), E planar edges, X nexus edges, S space
 points, F features (I in, O out of a Linear).
 """
