@@ -7,6 +7,7 @@ padding that changes nothing, and bad input.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,8 +101,7 @@ def test_equals_model_apply_values_and_gradients(both_forms):
         np.testing.assert_allclose(fb.x_semantic[pi][:n], fa.x_semantic[pi, :n], rtol=0, atol=1e-12)
         np.testing.assert_allclose(fb.x_filter[pi][:n], fa.x_filter[pi, :n], rtol=0, atol=1e-12)
     np.testing.assert_allclose(vb, va, rtol=1e-12)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-11, err_msg=jax.tree_util.keystr(path))
+    chex.assert_trees_all_close(gb, ga, rtol=0, atol=1e-11)  # same tree, every gradient
     assert all(np.max(np.abs(g)) > 0 for g in jax.tree.leaves(gb["plane_net"]))  # gradients reach the edge nets
 
 
