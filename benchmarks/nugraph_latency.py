@@ -7,6 +7,7 @@ batch 32 is one padded disjoint union per call; batch 256 is `predict` on 256 ev
 32 (host-side padding and the copy back included); and, on a CPU, `predict` in a child process
 whose XLA_FLAGS split the CPU into 2 host devices, one event per device per call (the two events
 run concurrently: better use of both cores than one program's intra-op threads).
+The jraph form of the network (`jraph_model`) runs the batch-1 stream too, for information.
 Compile time is reported apart. Beside the
 wall-clock figures: the process's CPU time per event (both threads; steadier than wall time on a
 shared machine), the jit matmul rate measured in the same run (a yardstick for the machine's
@@ -187,6 +188,21 @@ def main(argv=None) -> None:
         rows.append(benchtools.row(f"nugraph2 batch 32, CPU time of both threads, {alloc} (s/event)",
                                    cpu_time(union, max(2, repeats // 2)) / 32, "cpu-s/event",
                                    reference=f"official {OFFICIAL_B32} (wall)"))
+
+    # the jraph form (jraph_model.apply_graphs) on the same stream, for information: the readable
+    # GraphsTuple version of the network, against which the production form's rearrangements pay
+    if not args.quick:
+        import functools
+
+        from jaxinterp.nugraph import jraph_batch, jraph_model
+
+        jfwd = jax.jit(functools.partial(jraph_model.apply_graphs, config=config))
+        graphs = [jax.device_put(jraph_batch.batch_graphs([e])) for e in make_events(8, seed=1)]
+        for g in graphs:
+            benchtools.block(jfwd(params, g))  # compile every bucket first
+        jt = benchtools.time_fn(lambda: [jfwd(params, g) for g in graphs], repeats=3)
+        rows.append(benchtools.row(f"nugraph2 batch 1, jraph form (GraphsTuple + GraphNetwork), {alloc} (s/event)",
+                                   jt.median_s / len(graphs), "s/event", reference=f"official {OFFICIAL_B1}"))
 
     # batch 256: predict end to end (host padding, 32-event chunks, copy back)
     if not args.quick:

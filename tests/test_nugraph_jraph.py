@@ -122,6 +122,9 @@ def test_padding_changes_nothing():
     loose = jraph_batch.batch_graphs(events, jraph_batch.JraphSizes(
         tuple(n + 37 for n in s.nodes), tuple(e + 11 for e in s.edges), tuple(x + 5 for x in s.nexus), s.sp + 9, s.graphs + 3))
     a, b = fn(tight), fn(loose)
+    compiled = fn._cache_size()
+    fn(jraph_batch.batch_graphs(_corner_events()[2:], loose.sizes))  # other events, same budgets: no new compilation
+    assert fn._cache_size() == compiled == 2
     for pi, m in enumerate(jraph_batch.node_masks(tight)):
         n = int(m.sum())
         np.testing.assert_allclose(b.x_semantic[pi][:n], a.x_semantic[pi][:n], rtol=0, atol=2e-6)

@@ -48,7 +48,8 @@ class JraphBatch(NamedTuple):
 
     @property
     def sizes(self) -> JraphSizes:
-        return JraphSizes(tuple(int(g.n_node.sum()) for g in self.planes),
+        """The budgets, read from static shapes (also inside jit)."""
+        return JraphSizes(tuple(int(g.nodes["x"].shape[0]) for g in self.planes),
                           tuple(int(g.senders.shape[0]) for g in self.planes),
                           tuple(int(h.shape[0]) for h in self.nexus_hits), int(self.sp_mask.shape[0]),
                           int(self.planes[0].n_node.shape[0]))
