@@ -120,7 +120,7 @@ def test_padding_changes_nothing():
     tight = jraph_batch.batch_graphs(events)
     s = tight.sizes
     loose = jraph_batch.batch_graphs(events, jraph_batch.JraphSizes(
-        tuple(n + 37 for n in s.nodes), tuple(e + 11 for e in s.edges), tuple(x + 5 for x in s.nexus), s.sp + 9, s.graphs + 3))
+        tuple(n + 37 for n in s.nodes), tuple(e + 61 for e in s.edges), tuple(x + 5 for x in s.nexus), s.sp + 9, s.graphs + 3))
     a, b = fn(tight), fn(loose)
     compiled = fn._cache_size()
     fn(jraph_batch.batch_graphs(_corner_events()[2:], loose.sizes))  # other events, same budgets: no new compilation
