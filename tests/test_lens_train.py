@@ -47,6 +47,25 @@ def test_killed_run_resumes_exactly(tiny_processed, tmp_path):
     np.testing.assert_array_equal(restored["W"], whole.lens["W"])
 
 
+def test_resume_with_other_settings_is_an_error(tiny_processed, tmp_path):
+    """A checkpoint resumes only the run that wrote it: another accumulation, batch size or lens kind
+    would feed other batches or another model, so it is refused before any state is read."""
+    import dataclasses
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1)
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match="holds another run.*accum: checkpoint 2, this run 1"):
+        train.train(params, cfg, lc, batches, dataclasses.replace(tc, accum=1), ckpt_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="holds another run.*lens_config: checkpoint .*'lensa'.*this run .*'shared'"):
+        train.train(params, cfg, lenses.lens_config_for(cfg, 1, "shared"), batches, tc, ckpt_dir=tmp_path,
+                    progress=False)
+    again = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)  # the same run resumes
+    assert (again.start_step, again.steps) == (1, 3)
+
+
 def test_batches_are_padded_masked_and_resumable():
     ex = data.tokenize(["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"], WordTokenizer(), 4)
     b = data.Batches(ex, 2, 4, pad_id=0, seed=1)
@@ -79,42 +98,65 @@ def test_bad_data(tmp_path, content, name, match):
 
 
 DP_SCRIPT = textwrap.dedent("""
-    import json, jax, numpy as np, optax
+    import dataclasses, json, sys, jax, numpy as np, optax
+    from jax.sharding import PartitionSpec as P
     from jaxinterp.transformer import gpt2
     from jaxinterp.lens import data, lenses, objective, train
-    cfg = gpt2.GPT2Config(vocab_size=96, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+    # a vocabulary of 97 (prime, as GPT-2's 50257 is to every device count): a split pads it to 128
+    cfg = gpt2.GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=4)
     params = gpt2.init(jax.random.key(0), cfg)
     lc = lenses.lens_config_for(cfg, 1)
     rng = np.random.default_rng(0)
-    ex = [rng.integers(0, 96, rng.integers(1, 12)).astype(np.int32) for _ in range(12)]
+    ex = [rng.integers(0, 97, rng.integers(1, 12)).astype(np.int32) for _ in range(12)]
     batches = data.Batches(ex, 3, 12)  # 3 examples: padded to 4 for the 4 devices
-    out = {"devices": len(jax.devices())}
-    # lens params and Adam state split along the vocabulary, examples split over the devices
-    tc = train.TrainConfig(steps=2, batch_size=3, seq_len=12, shard_vocab=True)
-    r = train.train(params, cfg, lc, batches, tc, progress=False)
-    out["dp"] = [r.losses, float(np.abs(r.lens["W"]).sum())]
-    # reference: the plain step on one device, unpadded
+    tc = train.TrainConfig(steps=3, batch_size=3, seq_len=12)
+    out = {"devices": len(jax.devices()), "width": train.padded_vocab(97, 4)}
+    # the split: lens params and Adam state along the vocabulary, examples over the devices
+    stored = dataclasses.replace(lc, vocab_size=out["width"])
+    sh = train._driver_step(cfg, stored, objective.Objective(), 1e-3, 1, True, tuple(jax.devices()))[2]
+    out["specs"] = [str(sh.lens["W"].spec), str(sh.lens["b"].spec), str(sh.opt_state[0].mu["W"].spec)]
+    split = train.train(params, cfg, lc, batches, dataclasses.replace(tc, shard_vocab=True), progress=False)
+    # the default: lens replicated (Adam fused into the backward pass), examples over the devices
+    rep = train.train(params, cfg, lc, batches, tc, progress=False)
+    # reference: the plain step on one device, unpadded, no data parallelism
     tx, o = optax.adam(1e-3), objective.Objective()
     lens = lenses.init(*lenses.unembedding(params, cfg), lc)
     step = jax.jit(train.make_step(cfg, lc, o, tx, 1))
     state, losses = train.TrainState(lens, tx.init(lens)), []
-    for i in range(2):
+    for i in range(3):
         b = batches.batch(i)
         state, loss = step(state, params, b.tokens, b.mask, np.ones(3, np.float32))
         losses.append(float(loss))
-    out["ref"] = [losses, float(np.abs(np.asarray(state.lens["W"])).sum())]
+    np.savez(sys.argv[1], **{f"{name}/{k}": np.asarray(v) for name, lens in
+                             (("split", split.lens), ("rep", rep.lens), ("ref", state.lens)) for k, v in lens.items()})
+    out["losses"] = {"split": split.losses, "rep": rep.losses, "ref": losses}
     print("RESULT" + json.dumps(out))
 """)
 
 
-def test_data_parallel_over_four_devices_matches_one():
+def test_data_parallel_over_four_devices_matches_one(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(tmp_path / "lenses.npz")], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
-    assert out["devices"] == 4
-    np.testing.assert_allclose(out["dp"][0], out["ref"][0], rtol=1e-5)
-    np.testing.assert_allclose(out["dp"][1], out["ref"][1], rtol=1e-6)
+    assert out["devices"] == 4 and out["width"] == 128
+    assert out["specs"] == ["P(None, None, 'data')", "P(None, 'data')", "P(None, None, 'data')"]
+    got = np.load(tmp_path / "lenses.npz")
+    for run in ("split", "rep"):
+        # the KL (~0.008 here) is a difference of log-sum-exps of magnitude ~5, summed in another order
+        # on 4 devices: float32 rounding of those terms is ~3e-7 absolute
+        np.testing.assert_allclose(out["losses"][run], out["losses"]["ref"], rtol=1e-5, atol=1e-6, err_msg=run)
+        for k in ("W", "b"):  # every weight, cut back to the model's 97 columns
+            assert got[f"{run}/{k}"].shape == got[f"ref/{k}"].shape
+            np.testing.assert_allclose(got[f"{run}/{k}"], got[f"ref/{k}"], rtol=1e-5, atol=1e-6, err_msg=f"{run} {k}")
+    assert np.abs(got["ref/W"] - np.asarray(got["ref/W"])[0:1]).max() > 0  # the heads' lenses moved apart
+
+
+@pytest.mark.parametrize("vocab, devices, width", [(96, 4, 96), (97, 4, 128), (50257, 2, 50304), (50257, 4, 50304),
+                                                   (50257, 8, 50304), (50257, 3, 50304), (50257, 1, 50257)])
+def test_padded_vocab(vocab, devices, width):
+    assert train.padded_vocab(vocab, devices) == width
 
 
 def _cli(*argv):

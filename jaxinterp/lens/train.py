@@ -8,7 +8,12 @@ runs once over all of them. That is the exact gradient of the mean over the A mi
 gradient accumulator the size of the lens.
 
 Data parallel: the examples of a step are split over the mesh axis "data" (`jaxinterp.parallel`);
-lens params and Adam state are replicated, or split along the vocabulary (`shard_vocab`).
+lens params and Adam state are replicated, or split along the vocabulary (`shard_vocab`). A split
+must be even, and GPT-2's 50257 is prime to every device count but 1, 29, 1733: a split lens is
+padded to `padded_vocab` columns (50304 for 2, 4, 8, ... devices) whose weights are 0 and biases
+`PAD_LOGIT`, and the model's target logits are padded alike, so the padding columns have
+probability 0 on both sides, take no gradient, and never move. They are cut off again before the
+lens is returned or read back from a checkpoint.
 
 Axis names: E examples in a step (= A x B), A micro-batches, B batch, P positions.
 """
@@ -63,6 +68,30 @@ def optimizer(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
+PAD_LOGIT = -1e30  # bias of the padding columns of a split vocabulary: exp() is 0, yet finite (no inf - inf)
+VOCAB_PAD_MULTIPLE = 128  # padded widths are multiples of this (and of the device count)
+
+
+def padded_vocab(vocab_size: int, devices: int) -> int:
+    """The vocabulary width a lens split over `devices` is stored at: V itself if it divides evenly,
+    else the next multiple of lcm(128, devices) (so 2, 4, 8, ... devices share one width)."""
+    if vocab_size % devices == 0:
+        return vocab_size
+    m = np.lcm(VOCAB_PAD_MULTIPLE, devices)
+    return int(-(-vocab_size // m) * m)
+
+
+def pad_vocab(a: Array, width: int, value: float) -> Array:
+    """a [..., V] -> [..., width], the new columns set to `value`."""
+    extra = width - a.shape[-1]
+    return a if extra == 0 else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)], constant_values=value)
+
+
+def unpad_lens(lens: dict, vocab_size: int) -> dict:
+    """A lens stored at a padded width, cut back to the model's vocabulary."""
+    return {k: v[..., :vocab_size] for k, v in lens.items()}
+
+
 def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, tx: optax.GradientTransformation,
               accum: int, *, fused_adam_lr: float | None = None) -> Callable:
     """The pure step (state, model_params, tokens [E, P], mask [E, P], weight [E]) -> (state, loss).
@@ -87,6 +116,8 @@ def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, t
 
         _, r = jax.lax.scan(one, None, (split(tokens), split(mask), split(weight)))
         r = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), r)  # (A*N, ...)
+        # a lens padded past the model's vocabulary (a split vocabulary): the target's padding has probability 0
+        r = r._replace(target=pad_vocab(r.target, lens_config.vocab_size, PAD_LOGIT))
         if fused_adam_lr is not None:
             lens, opt_state, loss = fused_adam.step(state.lens, state.opt_state, r, lens_config=lens_config,
                                                     objective=objective, lr=fused_adam_lr)
@@ -169,18 +200,20 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")
-    n_dev = len(jax.devices())
-    if cfg.shard_vocab and lens_config.vocab_size % n_dev:
-        raise ValueError(f"shard_vocab: the vocabulary ({lens_config.vocab_size}) must be a multiple of the "
-                         f"{n_dev} devices")
+    V = lens_config.vocab_size
+    width = padded_vocab(V, len(jax.devices())) if cfg.shard_vocab else V
+    stored = dataclasses.replace(lens_config, vocab_size=width)  # the lens as the step sees it
 
-    tx, mesh, shardings, step_fn = _driver_step(model_config, lens_config, objective, cfg.lr, cfg.accum,
+    tx, mesh, shardings, step_fn = _driver_step(model_config, stored, objective, cfg.lr, cfg.accum,
                                                 cfg.shard_vocab, tuple(jax.devices()))
     W_U, b_U = lenses.unembedding(model_params, model_config)
-    lens = lenses.init(W_U, b_U, lens_config)
+    lens = lenses.init(pad_vocab(W_U, width, 0.0), pad_vocab(b_U, width, PAD_LOGIT), stored)
     state = TrainState(lens, tx.init(lens))
     state = jax.device_put(state, shardings)
     model_params = parallel.replicate(model_params, mesh)
+    run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
+           "objective": dataclasses.asdict(objective),
+           **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
 
     start = 0
     mngr = None
@@ -189,12 +222,10 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
         mngr = ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
         if mngr.latest_step() is not None:
             start = mngr.latest_step()
+            meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            _check_resume(meta, run, ckpt_dir)  # before the state is read: a clear error, not orbax's
             abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
-            restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                    meta=ocp.args.JsonRestore()))
-            meta = restored["meta"]
-            if meta["lens_config"] != dataclasses.asdict(lens_config):
-                raise ValueError(f"ckpt_dir: {ckpt_dir} holds a run of lens {meta['lens_config']}, not {dataclasses.asdict(lens_config)}")
+            restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
             state = TrainState(*restored["state"])
 
     E = cfg.batch_size * cfg.accum
@@ -218,15 +249,30 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
         if mngr is not None and (done % cfg.save_every == 0 or done == cfg.steps):
-            meta = {"step": done, "batches_seen": done * cfg.accum, "lens_config": dataclasses.asdict(lens_config),
-                    "train_config": dataclasses.asdict(cfg), "objective": dataclasses.asdict(objective)}
+            meta = {"step": done, "batches_seen": done * cfg.accum, **run, "train_config": dataclasses.asdict(cfg)}
             mngr.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                       force=True)
     bar.close()
     if mngr is not None:
         mngr.wait_until_finished()
         mngr.close()
-    return TrainResult(jax.device_get(state.lens), losses, start, end)
+    return TrainResult(unpad_lens(jax.device_get(state.lens), V), losses, start, end)
+
+
+# what a resumed run must share with the run that wrote the checkpoint: the lens, the objective, the
+# stored vocabulary width, and what decides which batches come next (batch i of the data is a pure
+# function of seed and i, and step s consumed batches s*accum ... s*accum + accum - 1)
+_RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr")
+
+
+def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
+    """ValueError naming every setting where the checkpoint's run and this one differ."""
+    saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
+             **{f: meta.get("train_config", {}).get(f) for f in _RESUME_MUST_MATCH}}
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
+    if diff:
+        raise ValueError(f"ckpt_dir: {ckpt_dir} holds another run; resume it with the same settings or use a "
+                         f"new folder ({'; '.join(diff)})")
 
 
 def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
@@ -241,7 +287,7 @@ def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
         config = LensConfig(**meta["lens_config"])
         state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     lens = state[0] if isinstance(state, (list, tuple)) else state["lens"]
-    return {k: np.asarray(v) for k, v in lens.items()}, config
+    return unpad_lens({k: np.asarray(v) for k, v in lens.items()}, config.vocab_size), config
 
 
 def summary(result: TrainResult) -> str:
