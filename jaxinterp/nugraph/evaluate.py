@@ -78,14 +78,15 @@ class EvalResult(NamedTuple):
     seconds_per_event: float  # wall time of inference over the set (batched, compile excluded)
 
 
-def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32) -> EvalResult:
-    """Runs the model on `events` (with labels) and accumulates the figures of merit."""
+def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32, progress: bool = False) -> EvalResult:
+    """Runs the model on `events` (with labels) and accumulates the figures of merit (`progress`: a
+    tqdm bar over the events)."""
     from jaxinterp.nugraph.predict import predict
 
     events = list(events)
     if not events:
         raise ValueError("events: expected at least one event to evaluate, got none")
-    preds = predict(model.params, events, config=model.config, batch_size=batch_size)
+    preds = predict(model.params, events, config=model.config, batch_size=batch_size, progress=progress)
     # timed again on the first batch, whose buckets are compiled by now: inference alone
     again = events[:batch_size]
     t0 = time.perf_counter()
@@ -145,7 +146,7 @@ def run_cli(args) -> EvalResult:
     res = hdf5.read_events(args.file, split, limit=args.limit)
     events = to_events(res.events, model)
     print(f"{args.split}: {len(events)} events ({res.skipped_line()})")
-    result = evaluate(model, events, batch_size=args.batch_size)
+    result = evaluate(model, events, batch_size=args.batch_size, progress=True)
     m = result.metrics
     print(m.line())
     print("class      efficiency  purity")

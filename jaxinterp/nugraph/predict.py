@@ -70,12 +70,14 @@ def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(
 
 
 def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(),
-            batch_size: int = 32, mesh=None) -> list[Prediction]:
+            batch_size: int = 32, mesh=None, progress: bool = False) -> list[Prediction]:
     """Runs NuGraph2 on `events` (any number), `batch_size` events per jitted call.
 
     Every event is validated first (a ValueError names the event, plane and field). Returns one
-    Prediction per event, in order.
+    Prediction per event, in order. `progress`: a tqdm bar over the events (stderr).
     """
+    from tqdm import tqdm
+
     events = list(events)
     if batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
@@ -108,12 +110,16 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     # dispatch is asynchronous on accelerators: the next chunk is padded on the host while this one
     # runs (XLA:CPU runs calls this size inline, so on a CPU the two alternate)
     pending = None
+    bar = tqdm(total=len(events), desc="NuGraph2", unit="event", disable=not progress)
     for start in range(0, len(events), batch_size):
         chunk = events[start:start + batch_size]
         out = fn(params, prepare(chunk, config=config, mesh=mesh))
         if pending is not None:
             collect(*pending)
+            bar.update(len(pending[0]))
         pending = (chunk, out)
     if pending is not None:
         collect(*pending)
+        bar.update(len(pending[0]))
+    bar.close()
     return results
