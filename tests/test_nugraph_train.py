@@ -146,3 +146,44 @@ def test_warm_start_from_a_trained_model(data, straight, tmp_path, monkeypatch, 
             "--planar-features", "16", "--nexus-features", "4", "--iterations", "1", "--init", str(straight.out_dir)]
     assert cli.main(argv) == 2
     assert "--init:" in capsys.readouterr().err
+
+
+def _torch_onecycle(total, lr, pct=0.3, div=25.0, final_div=1e4, base_m=0.85, max_m=0.95):
+    """PyTorch OneCycleLR's (lr, beta1) at every step, its formulas written out in numpy (cos
+    annealing, two phases; torch ends phase 1 at step pct * total - 1, optax at int(pct * total))."""
+    cos = lambda a, b, t: b + (a - b) / 2 * (np.cos(np.pi * t) + 1)  # noqa: E731
+    ends = [pct * total - 1, total - 1]
+    out = []
+    for step in range(total):
+        start = 0.0
+        for i, end in enumerate(ends):
+            if step <= end or i == 1:
+                t = (step - start) / (end - start)
+                lrs = (lr / div, lr) if i == 0 else (lr, lr / div / final_div)
+                ms = (max_m, base_m) if i == 0 else (base_m, max_m)
+                out.append((cos(*lrs, t), cos(*ms, t)))
+                break
+            start = end
+    return np.array(out)
+
+
+def test_optimizer_follows_torch_onecycle():
+    """Learning rate and Adam's beta1 per step against torch's OneCycleLR (cycle_momentum, its
+    default): the same curves but for optax's phase boundary one step later."""
+    total, lr = 200, 1e-3
+    opt, schedule = train._optimizer(lr, 0.01, total)
+    steps = np.arange(total)
+    beta1 = np.array(train.onecycle_momentum(total)(steps))
+    want = _torch_onecycle(total, lr)
+    lr_ours = np.array([schedule(s) for s in steps])
+    np.testing.assert_allclose(lr_ours, want[:, 0], rtol=0.03, atol=lr * 0.01)  # one step apart at most
+    np.testing.assert_allclose(beta1, want[:, 1], rtol=0, atol=0.003)
+    assert beta1[0] == pytest.approx(0.95) and beta1.min() == pytest.approx(0.85)
+    assert steps[np.argmin(beta1)] == steps[np.argmax(lr_ours)] == 60  # beta1 lowest where the rate peaks
+    # the optimiser uses it: after k updates its injected beta1 is the schedule's value at step k
+    params = {"w": jax.numpy.ones(3)}
+    state = opt.init(params)
+    for _ in range(61):
+        _, state = opt.update({"w": jax.numpy.ones(3)}, state, params)
+    assert float(state.hyperparams["b1"]) == pytest.approx(float(beta1[60]), abs=1e-7)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(float(lr_ours[60]), rel=1e-6)

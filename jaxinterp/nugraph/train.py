@@ -1,7 +1,8 @@
 """Training NuGraph2 on a processed NuGraph HDF5 file, as the official code does, with resume.
 
 - AdamW (lr 1e-3, weight decay 0.01) under a one-cycle schedule spanning the whole run (PyTorch's
-  OneCycleLR defaults: 30% warm-up from lr/25, cosine down to lr/25e4), batch 64, drop last.
+  OneCycleLR defaults: 30% warm-up from lr/25, cosine down to lr/25e4, Adam's beta1 cycling between
+  0.95 and 0.85 against the learning rate), batch 64, drop last.
 - Batches as nugraph's BalanceSampler forms them: the largest 10% of graphs (by stored bytes) are
   dealt round-robin over the batches, then the rest fill them, shuffled per epoch.
 - Padding buckets: each batch is padded to sizes derived from its hit count on the bucket grid, and
@@ -129,12 +130,41 @@ class TrainState(NamedTuple):
     opt_state: tuple
 
 
+ONECYCLE_PCT_START = 0.3  # PyTorch OneCycleLR's defaults, as the official code uses it
+ONECYCLE_MOMENTUM = (0.85, 0.95)  # base_momentum, max_momentum: Adam's beta1 cycles between them
+
+
+def onecycle_momentum(total_steps: int, base: float = ONECYCLE_MOMENTUM[0], peak: float = ONECYCLE_MOMENTUM[1],
+                      pct_start: float = ONECYCLE_PCT_START):
+    """Adam's beta1 under OneCycleLR's `cycle_momentum` (on by default): cosine from `peak` down to
+    `base` while the learning rate warms up, back to `peak` as it anneals; step -> beta1. Phase
+    boundary as `optax.cosine_onecycle_schedule` puts it (step int(pct_start * total_steps))."""
+    import jax.numpy as jnp
+
+    total = max(total_steps, 1)
+    warm = max(int(pct_start * total), 1)
+
+    def cos(a, b, t):  # a at t = 0, b at t = 1
+        return b + (a - b) / 2 * (1 + jnp.cos(jnp.pi * jnp.clip(t, 0.0, 1.0)))
+
+    def schedule(step):
+        return jnp.where(step < warm, cos(peak, base, step / warm),
+                         cos(base, peak, (step - warm) / max(total - warm, 1)))
+
+    return schedule
+
+
 def _optimizer(lr: float, weight_decay: float, total_steps: int):
+    """AdamW under OneCycleLR as the official code configures it (torch defaults): the learning rate
+    from lr/25 up to lr over the first 30% of steps, then cosine down to lr/25e4, and beta1 cycling
+    inversely between 0.95 and 0.85 (`onecycle_momentum`). -> (optimiser, learning-rate schedule)."""
     import optax
 
-    schedule = optax.cosine_onecycle_schedule(max(total_steps, 1), lr, pct_start=0.3, div_factor=25.0,
-                                              final_div_factor=1e4)
-    return optax.adamw(schedule, weight_decay=weight_decay), schedule
+    schedule = optax.cosine_onecycle_schedule(max(total_steps, 1), lr, pct_start=ONECYCLE_PCT_START,
+                                              div_factor=25.0, final_div_factor=1e4)
+    opt = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=onecycle_momentum(total_steps),
+                                                weight_decay=weight_decay)
+    return opt, schedule
 
 
 @functools.lru_cache(maxsize=8)
