@@ -37,9 +37,17 @@ class TopK(NamedTuple):
     indices: Array  # [N, k] int32 vocabulary ids
 
 
+def check_chunk(chunk) -> int:
+    """`chunk` as an int; ValueError unless it is a positive integer (0 would divide by zero, and a
+    negative width would walk no chunk at all and return -inf)."""
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk: expected a positive integer (columns per chunk), got {chunk!r}")
+    return int(chunk)
+
+
 def _layout(V: int, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(starts [n], fresh [n, C] bool, C): chunk i covers columns starts[i] + [0, C)."""
-    C = min(chunk, V)
+    C = min(check_chunk(chunk), V)
     n = -(-V // C)
     starts = np.minimum(np.arange(n) * C, V - C).astype(np.int32)
     fresh = (starts[:, None] + np.arange(C)[None, :]) >= (np.arange(n) * C)[:, None]
@@ -242,6 +250,7 @@ def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Ar
     """
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    check_chunk(chunk)
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
     return _kl(xs, Ws, b, target_logits, chunk, compute_dtype, wrt_inputs)
@@ -254,6 +263,7 @@ def kl_div_stats(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logi
     q = exp(z - lse_z) and p = exp(t - lse_t)) needs."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    check_chunk(chunk)
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
     kl, (lse_z, lse_t, _) = _kl_forward(*lax.stop_gradient((xs, Ws, b, target_logits)), chunk, compute_dtype)
@@ -275,6 +285,7 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
     """The k largest logits of each row and their vocabulary ids, merged chunk by chunk."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    check_chunk(chunk)  # before max(chunk, k) would hide a width of 0
     if not 1 <= k <= V:
         raise ValueError(f"k: expected 1 <= k <= V = {V}, got {k}")
     starts, fresh, C = _layout(V, max(chunk, k))

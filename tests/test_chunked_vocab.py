@@ -92,3 +92,29 @@ def test_top_k(chunk, k):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call(*_terms(7))
+
+
+# A chunk of 0 used to divide by zero; a negative one walked no chunk and returned -inf silently.
+BAD_CHUNKS = [0, -3, 2.5, True]
+CHUNK_CALLS = {
+    "logsumexp": lambda xs, Ws, b, t, c: cv.logsumexp(xs, Ws, b, chunk=c),
+    "log_softmax_at": lambda xs, Ws, b, t, c: cv.log_softmax_at(xs, Ws, b, jnp.zeros((5, 1), jnp.int32), chunk=c),
+    "kl_div": lambda xs, Ws, b, t, c: cv.kl_div(xs, Ws, b, t, chunk=c),
+    "kl_div grad": lambda xs, Ws, b, t, c: jax.grad(lambda W: cv.kl_div(xs, (W, Ws[1]), b, t, chunk=c).sum())(Ws[0]),
+    "kl_div_stats": lambda xs, Ws, b, t, c: cv.kl_div_stats(xs, Ws, b, t, chunk=c),
+    "top_k": lambda xs, Ws, b, t, c: cv.top_k(xs, Ws, b, 3, chunk=c),  # max(chunk, k) must not hide it
+    "chunk_layout": lambda xs, Ws, b, t, c: cv.chunk_layout(37, c),
+}
+
+
+@pytest.mark.parametrize("chunk", BAD_CHUNKS)
+@pytest.mark.parametrize("name", list(CHUNK_CALLS))
+def test_bad_chunk_width(name, chunk):
+    with pytest.raises(ValueError, match=f"chunk: expected a positive integer .*got {chunk!r}"):
+        CHUNK_CALLS[name](*_terms(8), chunk)
+
+
+def test_chunk_width_accepts_numpy_integers():
+    xs, Ws, b, _ = _terms(9)
+    np.testing.assert_allclose(cv.logsumexp(xs, Ws, b, chunk=np.int64(10)), cv.logsumexp_reference(xs, Ws, b),
+                               rtol=1e-5, atol=1e-5)

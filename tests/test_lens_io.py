@@ -44,6 +44,45 @@ def test_lens_that_does_not_fit_the_model(tiny_processed, mutate, match):
         io.check_fits(mutate(lenses.LensConfig(1, 4, 64, 97)), tiny_processed[1])
 
 
+def _zeros(config):
+    return {k: np.zeros(s, np.float32) for k, s in config.shapes().items()}
+
+
+FITS = lenses.LensConfig(1, 4, 64, 97)
+VOCAB50, WIDTH32 = lenses.LensConfig(1, 4, 64, 50), lenses.LensConfig(1, 4, 32, 97)
+
+
+@pytest.mark.parametrize("lens,config,kw,match", [
+    # a lens for another vocabulary of the same width used to run and return ids of that vocabulary
+    (_zeros(VOCAB50), VOCAB50, {}, "vocab 50, but the model has .*vocab 97"),
+    (_zeros(WIDTH32), WIDTH32, {}, "d_model 32, .*but the model has .*d_model 64"),
+    (_zeros(VOCAB50), FITS, {}, r"lens params 'W': expected shape \[4, 64, 97\] .*got \[4, 64, 50\]"),
+    (_zeros(FITS), lenses.LensConfig(5, 4, 64, 97), {}, "layer 5 out of range, the model has 3 blocks"),
+    (_zeros(FITS), FITS, {"ids": []}, "prompt: expected at least one token"),
+    (_zeros(FITS), FITS, {"k": 98}, r"k: expected 1 <= k <= 97, got 98"),
+    (_zeros(FITS), FITS, {"chunk": 0}, "chunk: expected a positive integer .*got 0"),
+])
+def test_head_topk_refuses_before_computing(tiny_processed, monkeypatch, lens, config, kw, match):
+    monkeypatch.setattr(readout, "_head_topk_jit", lambda: pytest.fail("computed before the bad input was refused"))
+    params, cfg = tiny_processed
+    kw = {"ids": [1, 2, 3], **kw}
+    with pytest.raises(ValueError, match=match):
+        readout.head_topk(params, cfg, lens, config, kw.pop("ids"), **kw)
+
+
+@pytest.mark.parametrize("config,meta,match", [
+    (VOCAB50, None, "vocab 50, but the model has .*vocab 97"),
+    (WIDTH32, None, "d_model 32, .*but the model has .*d_model 64"),
+    (lenses.LensConfig(4, 4, 64, 97), None, "layer 4 out of range"),
+    # metadata that fits, tensors that do not: refused from the header's shapes
+    (VOCAB50, FITS, r"lens params 'W': expected shape \[4, 64, 97\] .*got \[4, 64, 50\]"),
+])
+def test_own_lens_file_that_does_not_fit(tmp_path, tiny_processed, config, meta, match):
+    path = io.save_lens(tmp_path / "l.safetensors", _zeros(config), meta or config)
+    with pytest.raises(ValueError, match=match):
+        io.load_lens(path, model_config=tiny_processed[1])
+
+
 def test_bad_lens_files(tmp_path, tiny_processed):
     with pytest.raises(ValueError, match="does not record its layer"):
         io.load_lens(FIXTURES / "lens_tiny_layer1.pt")

@@ -5,8 +5,22 @@ Nothing heavy is imported at module level (jax etc. load inside the handlers).
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then names the option and exits with status 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
 
 def resolve_model(name: str | None) -> str:
     """--model, or the built-in toy model when it is omitted (and say so)."""
@@ -16,6 +30,18 @@ def resolve_model(name: str | None) -> str:
     if note:
         print(note, file=sys.stderr)
     return model
+
+
+def model_config(model: str):
+    """(folder, GPT2Config) of a model from its config.json alone, so layer, lens and length checks
+    come before its weights are read and processed. The sizes (n_layer, n_head, n_embd, vocab_size,
+    n_positions) are those of the processed model too."""
+    from jaxinterp.transformer.weights import _resolve, config_from_hf
+
+    folder = _resolve(model)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json")
+    return folder, config_from_hf(json.loads((folder / "config.json").read_text()))
 
 
 def _train(args) -> int:
@@ -29,11 +55,12 @@ def _train(args) -> int:
     obj = objective.Objective(mode=args.mode, chunk=args.chunk)
     texts = data.read_texts(args.data, text_field=args.text_field)  # empty data fails here, before any work
     model = resolve_model(args.model)
-    params, config = load_gpt2(model, process_weights=True)
-    lens_config = lenses.lens_config_for(config, args.layer, args.kind)
+    folder, config = model_config(model)
+    lens_config = lenses.lens_config_for(config, args.layer, args.kind)  # a layer out of range fails here
     if cfg.seq_len > config.n_positions:
         raise ValueError(f"seq_len: expected at most the model's n_positions = {config.n_positions}, got {cfg.seq_len}")
-    tok = load_tokenizer(model)
+    params, config = load_gpt2(folder, process_weights=True)
+    tok = load_tokenizer(folder)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     batches = data.Batches(data.tokenize(texts, tok, cfg.seq_len), cfg.batch_size, cfg.seq_len, pad_id=pad_id,
                            seed=cfg.seed)
@@ -59,14 +86,20 @@ def _show(args) -> int:
         raise ValueError(f"k, score-k: expected positive integers, got {args.k} and {args.score_k}")
     words = readout.read_words(args.words) if args.words else None
     model = resolve_model(args.model)
-    params, config = load_gpt2(model, process_weights=True)
-    tok = load_tokenizer(model)
+    folder, config = model_config(model)
+    # k beyond the vocabulary, a prompt too long and lenses that do not fit fail before the model's
+    # weights are read.
+    if max(args.k, args.score_k) > config.vocab_size:
+        raise ValueError(f"k, score-k: expected at most the model's vocab_size = {config.vocab_size}, got "
+                         f"{args.k} and {args.score_k}")
+    tok = load_tokenizer(folder)
     ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
     readout.check_prompt(ids, config)
     loaded = [load_lens(p, model_config=config, layer=args.layer) for p in args.lens]
     layers = sorted({c.layer for _, c in loaded})
     if len(layers) != len(loaded):
         raise ValueError(f"lens: expected one lens per layer, got layers {[c.layer for _, c in loaded]}")
+    params, config = load_gpt2(folder, process_weights=True)
 
     kk = max(args.k, args.score_k)
     score_name = f"share of top-{args.score_k} in {Path(args.words).name}" if words else \
@@ -113,16 +146,16 @@ def add_parser(sub) -> None:
     t.add_argument("--kind", default="lensa", choices=["lensa", "shared", "resid"], help="lens kind (default lensa)")
     t.add_argument("--mode", default="last", choices=["last", "all", "per_head"],
                    help="rows of the KL: last real token (paper), all real positions, or each head alone")
-    t.add_argument("--steps", type=int, default=100)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--accum", type=int, default=1, help="micro-batches per optimiser step")
-    t.add_argument("--seq-len", type=int, default=128, help="tokens per example (longer texts are truncated)")
+    t.add_argument("--steps", type=positive_int, default=100)
+    t.add_argument("--batch-size", type=positive_int, default=4)
+    t.add_argument("--accum", type=positive_int, default=1, help="micro-batches per optimiser step")
+    t.add_argument("--seq-len", type=positive_int, default=128, help="tokens per example (longer texts are truncated)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    t.add_argument("--save-every", type=int, default=50, help="orbax checkpoint every N steps")
+    t.add_argument("--save-every", type=positive_int, default=50, help="orbax checkpoint every N steps")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--bf16", action="store_true", help="bfloat16 activations and lens matmuls (params stay float32)")
     t.add_argument("--shard-vocab", action="store_true", help="split lens params along the vocabulary over devices")
-    t.add_argument("--chunk", type=int, default=8192, help="vocabulary chunk width")
+    t.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
     t.add_argument("--text-field", default="text", help="field of .jsonl records / HF datasets (default text)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
@@ -133,10 +166,10 @@ def add_parser(sub) -> None:
                    help="lens files (.safetensors from `lens train`, or PyTorch LensA .pt/.ckpt with --layer)")
     s.add_argument("--layer", type=int, help="layer of a PyTorch lens file (which does not record it)")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--k", type=int, default=10, help="tokens shown per head")
+    s.add_argument("--k", type=positive_int, default=10, help="tokens shown per head")
     s.add_argument("--words", help="word list (one per line): score = share of each head's top tokens in it")
-    s.add_argument("--score-k", type=int, default=50, help="top tokens scored per head (default 50)")
+    s.add_argument("--score-k", type=positive_int, default=50, help="top tokens scored per head (default 50)")
     s.add_argument("--csv", help="write the table as CSV here")
     s.add_argument("--heatmap", help="write a layers x heads heatmap PNG of the score here")
-    s.add_argument("--chunk", type=int, default=8192)
+    s.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
     s.set_defaults(func=_show)

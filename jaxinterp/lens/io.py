@@ -10,6 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,27 +33,42 @@ def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra:
 
 def load_lens(path: str | os.PathLike, *, model_config=None, layer: int | None = None) -> tuple[dict, LensConfig]:
     """Reads a lens: jaxinterp's .safetensors, or a PyTorch LensA .pt/.ckpt (which does not record its
-    layer: pass `layer`). With `model_config`, checks that the lens fits that model (ValueError if not)."""
+    layer: pass `layer`). With `model_config` (a GPT2Config, or any object with n_layer, n_head, n_embd
+    and vocab_size), checks that the lens fits that model (ValueError if not); a .safetensors lens is
+    checked from its header, before its tensors are read."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"lens: {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-            if "lens_config" not in meta:
-                raise ValueError(f"lens: {path} is a safetensors file without jaxinterp lens metadata")
-            lens = {k: f.get_tensor(k) for k in f.keys()}
-        config = LensConfig(**json.loads(meta["lens_config"]))
-        if layer is not None and layer != config.layer:
-            raise ValueError(f"layer: the lens {path} is for layer {config.layer}, got layer {layer}")
+        lens, config = _read_own(path, model_config=model_config, layer=layer)
     else:
         lens, config = from_torch_state_dict(_torch_state_dict(path), layer=layer)
     check_params(lens, config)
     if model_config is not None:
         check_fits(config, model_config, source=str(path))
     return lens, config
+
+
+class _Header(NamedTuple):
+    shape: tuple[int, ...]  # what `check_params` reads of a tensor not yet loaded
+
+
+def _read_own(path: Path, *, model_config, layer: int | None) -> tuple[dict, LensConfig]:
+    """A jaxinterp .safetensors lens: metadata, layer, fit and tensor shapes are checked from the
+    header, so a lens for another model fails before its (up to GBs of) tensors are read."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+        if "lens_config" not in meta:
+            raise ValueError(f"lens: {path} is a safetensors file without jaxinterp lens metadata")
+        config = LensConfig(**json.loads(meta["lens_config"]))
+        if layer is not None and layer != config.layer:
+            raise ValueError(f"layer: the lens {path} is for layer {config.layer}, got layer {layer}")
+        if model_config is not None:
+            check_fits(config, model_config, source=str(path))
+        check_params({k: _Header(tuple(f.get_slice(k).get_shape())) for k in f.keys()}, config)
+        return {k: f.get_tensor(k) for k in f.keys()}, config
 
 
 def check_fits(config: LensConfig, model_config, *, source: str = "file") -> None:

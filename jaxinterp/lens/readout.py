@@ -19,7 +19,8 @@ import numpy as np
 
 from jaxinterp.kernels import chunked_vocab
 from jaxinterp.lens import lenses
-from jaxinterp.lens.lenses import LensConfig
+from jaxinterp.lens.io import check_fits
+from jaxinterp.lens.lenses import LensConfig, check_params
 from jaxinterp.transformer import gpt2
 
 
@@ -65,10 +66,17 @@ def check_prompt(ids: Sequence[int], model_config) -> None:
 
 def head_topk(model_params: dict, model_config, lens: dict, lens_config: LensConfig, ids: Sequence[int], *,
               k: int = 10, chunk: int = chunked_vocab.DEFAULT_CHUNK) -> HeadTopK:
-    """Top-k tokens of every head's lens and of its plain logit lens at the last token of `ids`."""
+    """Top-k tokens of every head's lens and of its plain logit lens at the last token of `ids`.
+
+    ValueError, before anything is computed, if the lens does not fit the model (another vocabulary,
+    width, head count or a layer the model lacks), the prompt is empty or longer than the context, or
+    k or chunk is out of range."""
+    check_params(lens, lens_config)
+    check_fits(lens_config, model_config, source="given to head_topk")
     check_prompt(ids, model_config)
     if not 1 <= k <= model_config.vocab_size:
         raise ValueError(f"k: expected 1 <= k <= {model_config.vocab_size}, got {k}")
+    chunked_vocab.check_chunk(chunk)
     tokens = jnp.asarray([list(ids)], jnp.int32)
     out = _head_topk_jit()(model_params, lens, tokens, model_config=model_config, lens_config=lens_config, k=k,
                      chunk=chunk)
