@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary name in the same folder, then an atomic rename.
 
 A crash (or a kill) while writing leaves the previous file intact and no half-written file behind.
+The temporary file is fsynced before the rename and the folder after it: without the first, a power
+loss can leave the new name pointing at an empty file (ext4, XFS); without the second, the rename
+itself may not survive it.
 """
 
 from __future__ import annotations
@@ -29,10 +32,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    # the writer (h5py, safetensors, ...) has closed the file; reopen it to flush its data to disk
+    fd = os.open(path, os.O_RDWR)  # Windows can only fsync (_commit) a handle open for writing
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Best effort: some platforms (Windows) and file systems cannot open or fsync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -46,8 +74,6 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
     return Path(path)
 
 

@@ -47,6 +47,29 @@ def test_killed_run_resumes_exactly(tiny_processed, tmp_path):
     np.testing.assert_array_equal(restored["W"], whole.lens["W"])
 
 
+def test_bfloat16_training_follows_float32(tiny_processed):
+    """`--bf16` (GPT-2 activations and the lens matmul inputs in bfloat16; params and Adam float32):
+    the same run's losses and weights within bfloat16's precision of the float32 run's."""
+    import dataclasses
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=4, batch_size=2, seq_len=12)
+    f32 = train.train(params, cfg, lc, batches, tc, progress=False)
+    bf16 = train.train(params, cfg, lc, batches, dataclasses.replace(tc, bfloat16=True), progress=False)
+    assert all(v.dtype == np.float32 for v in bf16.lens.values())
+    # bfloat16 keeps 8 bits of mantissa: a relative error of ~0.4% per rounding, a few roundings deep
+    np.testing.assert_allclose(bf16.losses, f32.losses, rtol=0.05)
+    # Adam moves a weight by ~lr whatever its gradient's size, so where a gradient is near 0 bfloat16's
+    # rounding can flip the step: compare the whole update, not each entry
+    start = np.asarray(lenses.init(*lenses.unembedding(params, cfg), lc)["W"])
+    d32, d16 = f32.lens["W"] - start, bf16.lens["W"] - start
+    rel = np.linalg.norm(d16 - d32) / np.linalg.norm(d32)
+    print("relative difference of the bfloat16 run's update", rel)
+    assert rel < 0.1
+
+
 def test_resume_with_other_settings_is_an_error(tiny_processed, tmp_path):
     """A checkpoint resumes only the run that wrote it: another accumulation, batch size or lens kind
     would feed other batches or another model, so it is refused before any state is read."""

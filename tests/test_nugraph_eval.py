@@ -138,3 +138,63 @@ def test_demo_section_runs(tmp_path):
     sec = demo_events.section(tmp_path, quick=True)
     assert "NuGraph2" in sec.title and "data:image/png;base64" in sec.html and "0.12" in sec.html
     assert list((tmp_path / "nugraph").glob("display_*.png"))
+
+
+# --- the nugraph commands' options: out-of-range values stop at parsing, naming the option ----------
+
+
+_SIMULATE = ["nugraph", "simulate", "--events", "2", "--out", "never.gnn.h5"]
+_TRAIN = ["nugraph", "train", "never.gnn.h5", "--out", "never_run"]
+_EVAL = ["nugraph", "eval", "never.gnn.h5", "--out", "never_eval"]
+
+
+@pytest.mark.parametrize("argv, option, message", [
+    (_SIMULATE + ["--mean-energy", "-1"], "--mean-energy", "expected a positive finite number, got -1"),
+    (_SIMULATE + ["--mean-energy", "nan"], "--mean-energy", "expected a positive finite number, got nan"),
+    (_SIMULATE + ["--cosmics", "-0.5"], "--cosmics", "expected a non-negative finite number, got -0.5"),
+    (_SIMULATE + ["--min-hits", "-1"], "--min-hits", "expected a non-negative integer, got -1"),
+    (_TRAIN + ["--max-steps", "-1"], "--max-steps", "expected a positive integer, got -1"),
+    (_TRAIN + ["--max-steps", "0"], "--max-steps", "expected a positive integer, got 0"),
+    (_TRAIN + ["--limit-train", "-1"], "--limit-train", "expected a positive integer, got -1"),
+    (_TRAIN + ["--limit-val", "-1"], "--limit-val", "expected a non-negative integer, got -1"),
+    (_TRAIN + ["--balance-frac", "1.5"], "--balance-frac", r"expected a fraction in [0, 1], got 1.5"),
+    (_TRAIN + ["--balance-frac", "-0.1"], "--balance-frac", r"expected a fraction in [0, 1], got -0.1"),
+    (_TRAIN + ["--weight-decay", "-0.01"], "--weight-decay", "expected a non-negative finite number, got -0.01"),
+    (_EVAL + ["--limit", "-1"], "--limit", "expected a positive integer, got -1"),
+    (_EVAL + ["--displays", "-1"], "--displays", "expected a non-negative integer, got -1"),
+    (_EVAL + ["--limit", "ten"], "--limit", "expected a positive integer, got ten"),
+])
+def test_out_of_range_options_are_usage_errors(argv, option, message, tmp_path, capsys, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # stopped before anything was written
+
+
+@pytest.mark.parametrize("argv, option, value", [
+    (_SIMULATE + ["--cosmics", "0"], "cosmics", 0.0),
+    (_TRAIN + ["--balance-frac", "0"], "balance_frac", 0.0),
+    (_TRAIN + ["--balance-frac", "1"], "balance_frac", 1.0),
+    (_TRAIN + ["--limit-val", "0"], "limit_val", 0),
+    (_EVAL + ["--displays", "0"], "displays", 0),
+])
+def test_option_bounds_are_accepted(argv, option, value, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    assert getattr(cli.build_parser().parse_args(argv), option) == value
+
+
+def test_eval_params_help_names_what_load_model_reads(capsys, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    with pytest.raises(SystemExit):
+        cli.main(["nugraph", "eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a folder with model.npz and model.json" in text and "checkpoint" not in text

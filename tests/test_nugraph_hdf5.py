@@ -231,3 +231,27 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
         hdf5.write_events(target, events)
     assert target.read_bytes() == b"previous content"
     assert os.listdir(tmp_path) == ["out.gnn.h5"]
+
+
+_GOOD = np.array([[0.0] * 4, [1.0] * 4], np.float32)  # mean row, std row
+
+
+@pytest.mark.parametrize("case, plane, value, message", [
+    ("missing plane", "v", None, r"plane 'v' is missing"),
+    ("flat", "u", _GOOD.ravel(), r"norm\['u'\]: expected shape \[2, 4\] \(mean, std\), got \[8\]"),
+    ("transposed", "y", _GOOD.T, r"norm\['y'\]: expected shape \[2, 4\] \(mean, std\), got \[4, 2\]"),
+    ("nan mean", "u", [[np.nan, 0, 0, 0], [1, 1, 1, 1]], r"norm\['u'\]: expected finite values"),
+    ("inf std", "v", [[0, 0, 0, 0], [1, np.inf, 1, 1]], r"norm\['v'\]: expected finite values"),
+    ("zero std", "y", [[0, 0, 0, 0], [1, 1, 0, 1]], r"norm\['y'\]: expected std .* > 0, got \[1.0, 1.0, 0.0, 1.0\]"),
+    ("negative std", "u", [[0, 0, 0, 0], [1, -2, 1, 1]], r"norm\['u'\]: expected std .* > 0"),
+])
+def test_write_rejects_bad_norm_before_opening_the_file(tmp_path, case, plane, value, message):
+    res = hdf5.read_events(FIXTURE)
+    norm = dict(hdf5.read_info(FIXTURE).norm)
+    if value is None:
+        del norm[plane]
+    else:
+        norm[plane] = np.asarray(value)
+    with pytest.raises(ValueError, match=message):
+        hdf5.write_events(tmp_path / "out.gnn.h5", res.events, norm=norm)
+    assert os.listdir(tmp_path) == []

@@ -108,4 +108,7 @@ def test_simulate_command_writes_a_readable_file(tmp_path, capsys, monkeypatch):
     events, res = hdf5.load_events(out)
     assert len(events) == 6 and res.skipped_line() == "skipped 0 events"
     assert "wrote 6 events" in capsys.readouterr().out
-    assert main(["nugraph", "simulate", "--events", "0", "--out", str(tmp_path / "x.h5")]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything runs
+        main(["nugraph", "simulate", "--events", "0", "--out", str(tmp_path / "x.h5")])
+    assert exit_.value.code == 2 and not (tmp_path / "x.h5").exists()
+    assert "argument --events: expected a positive integer, got 0" in capsys.readouterr().err

@@ -10,16 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse then names the option and exits with status 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+from jaxinterp.cliargs import positive_int
 
 
 def resolve_model(name: str | None) -> str:

@@ -349,6 +349,22 @@ def _check_raw(ev: RawEvent, planes: Sequence[str]) -> None:
                     raise ValueError(f"{where}, plane {p!r}, field {attr!r}: row {row} index out of range [0, {bound[row]})")
 
 
+def _check_norm(norm: Mapping[str, np.ndarray], planes: Sequence[str]) -> None:
+    """A norm as `to_event` uses it: [2, 4] per plane, finite, and row 1 (std, the divisor) > 0."""
+    for p in planes:
+        if p not in norm:
+            raise ValueError(f"norm: expected a [2, 4] (mean, std) array for every plane {list(planes)}, "
+                             f"plane {p!r} is missing (got {list(norm)})")
+        shape = np.shape(norm[p])
+        if shape != (2, 4):
+            raise ValueError(f"norm[{p!r}]: expected shape [2, 4] (mean, std), got {list(shape)}")
+        n = np.asarray(norm[p], np.float32)  # as stored: a value finite in float64 may not be in float32
+        if not np.isfinite(n).all():
+            raise ValueError(f"norm[{p!r}]: expected finite values, got {n.tolist()}")
+        if not (n[1] > 0).all():
+            raise ValueError(f"norm[{p!r}]: expected std (row 1, the divisor of the features) > 0, got {n[1].tolist()}")
+
+
 def default_splits(names: Sequence[str], *, seed: int = 0, frac: float = 0.05) -> dict[str, list[str]]:
     """nugraph's generate_samples: 5% validation, 5% test, the rest train, randomly assigned."""
     order = np.random.default_rng(seed).permutation(len(names))
@@ -386,7 +402,10 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
         missing = [n for n in lst if n not in known]
         if missing:
             raise ValueError(f"splits[{s!r}]: names not among the events: {missing[:5]}")
-    norm = compute_norm(events, planes=planes) if norm is None else norm
+    if norm is None:
+        norm = compute_norm(events, planes=planes)
+    else:
+        _check_norm(norm, planes)
     by_name = dict(zip(names, events))
     if datasizes is None:
         datasizes = [datasize(by_name[n]) for n in splits["train"]]

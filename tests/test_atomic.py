@@ -1,0 +1,79 @@
+"""Atomic writes: complete content, no temporary file left, data fsynced before the rename, folder after."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from jaxinterp import atomic
+
+
+@pytest.fixture
+def log(monkeypatch):
+    """Records fsyncs (what was synced: 'file' or 'dir', and its inode) and renames, in order."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace",))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _run(ctx, writer):
+    with ctx as tmp:
+        writer(tmp)
+
+
+def _by_name(tmp):  # a writer that takes a file name and closes the file itself, as h5py does
+    with open(tmp, "wb") as f:
+        f.write(b"written by name")
+
+
+@pytest.mark.parametrize("case, write, expect", [
+    ("write_bytes", lambda p: atomic.write_bytes(p, b"\x00" * 100_000), b"\x00" * 100_000),
+    ("write_text", lambda p: atomic.write_text(p, "café\n"), "café\n".encode()),
+    ("by name", lambda p: _run(atomic.atomic_path(p), _by_name), b"written by name"),
+])
+def test_content_is_synced_before_the_rename_and_the_folder_after(tmp_path, log, case, write, expect):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous content")
+    write(target)
+    assert target.read_bytes() == expect
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert log == [("fsync", "file", target.stat().st_ino), ("replace",), ("fsync", "dir", tmp_path.stat().st_ino)]
+
+
+def test_a_folder_that_cannot_be_synced_is_not_an_error(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def no_folders(path, flags, *a, **kw):
+        if os.path.isdir(path):
+            raise PermissionError(13, "cannot open a folder", str(path))  # as on Windows
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_folders)
+    assert atomic.write_text(tmp_path / "a.txt", "hello").read_text() == "hello"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_a_failed_write_keeps_the_previous_file_and_syncs_nothing(tmp_path, log):
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"previous content")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic.atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"previous content"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert log == []
