@@ -91,3 +91,28 @@ def test_data_parallel_over_four_devices_matches_one(tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ok" in res.stdout
+
+
+def test_a_stream_compiles_once_per_hit_bucket(params, monkeypatch):
+    """The padded sizes of a chunk follow its hit bucket alone: chunks whose other sizes (edges,
+    space points) land in other buckets share one compilation, widened to hold them all."""
+    monkeypatch.setattr(predict_mod, "_SIZES", {})
+    rng = np.random.default_rng(11)
+    events = [random_event(rng, tuple(rng.integers(3, 40, 3)), int(rng.integers(1, 30)), f"s{i}") for i in range(40)]
+    chunks = [events[i:i + 2] for i in range(0, len(events), 2)]
+    needed = [graph.pick_sizes(c) for c in chunks]
+    hit_buckets = {n.hits for n in needed}
+    assert len(set(needed)) > len(hit_buckets)  # the combinations a size per field would compile
+
+    traces = predict_mod._trace_count[0]
+    preds = predict_mod.predict(params, events, config=TINY, batch_size=2)
+    assert predict_mod._trace_count[0] - traces <= len(hit_buckets)
+    assert set(predict_mod._SIZES) == hit_buckets
+    for size, need in zip(predict_mod._bucket_sizes(needed), needed):
+        assert size.hits == need.hits and all(s >= n for s, n in zip(size, need))
+    # the same events, one by one: bigger padding changes nothing but float rounding
+    alone = [predict_mod.predict(params, [e], config=TINY)[0] for e in events[:4]]
+    for a, b in zip(alone, preds[:4]):
+        for p in PLANES:
+            np.testing.assert_allclose(a.semantic[p], b.semantic[p], atol=2e-6)
+            np.testing.assert_allclose(a.filter[p], b.filter[p], atol=2e-6)

@@ -5,6 +5,13 @@ each chunk of events over the devices of `jaxinterp.parallel`'s mesh (one padded
 stacked on a leading axis that is sharded over "data"), and runs one jitted forward per distinct
 bucket, so a stream of events of varying size compiles at most once per bucket.
 
+A bucket is the padded hit count. The other padded sizes (planar edges beyond the neighbour table,
+nexus edges, space points) are bucketed too, but each hit bucket keeps one entry for all of them
+(`_SIZES`: the element-wise largest that a chunk of that bucket has needed so far), so the four
+sizes do not multiply into a compilation per combination: 400 small events at batch 16 compiled 14
+times before, 5 times now (once per hit bucket). A later chunk that needs more than its bucket's
+entry widens it (one more compilation; each size can only grow along its own bucket grid).
+
 On a CPU, call `jaxinterp.hostmem.retain_freed_memory()` before JAX's first computation (the
 `jaxinterp` command does): without it every call page-faults its buffers afresh (batch 32: 18%
 slower).
@@ -51,21 +58,43 @@ def forward(config: NuGraph2Config = NuGraph2Config()):
     return jax.jit(functools.partial(_probabilities, config=config), compiler_options=cpu_compiler_options())
 
 
+_SIZES: dict[int, graph.BatchSizes] = {}  # padded hit count -> the sizes used for that bucket
+
+
+def _needed_sizes(events: Sequence[Event], devices: int, planes: tuple[str, ...]) -> graph.BatchSizes:
+    """The bucketed sizes each device's union must hold: the whole chunk's on one device, else the
+    element-wise largest of its per-device groups."""
+    groups = graph.split_events(events, devices) if devices > 1 else [events]
+    return graph.BatchSizes(*np.max(np.array([graph.pick_sizes(g, planes=planes) for g in groups if g]), axis=0))
+
+
+def _bucket_sizes(needed: Sequence[graph.BatchSizes]) -> list[graph.BatchSizes]:
+    """The sizes to pad each chunk to: its hit bucket's entry of `_SIZES`, first widened to hold
+    every chunk of `needed` (so one call compiles once per hit bucket)."""
+    for need in needed:
+        have = _SIZES.get(need.hits)
+        if have is None or any(h < n for h, n in zip(have, need)):
+            _SIZES[need.hits] = need if have is None else graph.BatchSizes(*np.maximum(have, need).tolist())
+    return [_SIZES[need.hits] for need in needed]
+
+
 def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(), mesh=None,
-            dtype=np.float32) -> graph.GraphBatch:
-    """Host side of `predict`: one padded union per device, stacked and sharded (unstacked for 1 device)."""
+            dtype=np.float32, sizes: graph.BatchSizes | None = None, check: bool = True) -> graph.GraphBatch:
+    """Host side of `predict`: one padded union per device, stacked and sharded (unstacked for 1 device).
+
+    `sizes`: padded sizes for each union (default: the smallest buckets that hold the events);
+    `check=False` skips validating events the caller has validated.
+    """
     mesh = parallel.make_mesh() if mesh is None else mesh
     d = mesh.devices.size
-    if d == 1:
-        return jax.device_put(graph.pad_batch(events, planes=config.planes, dtype=dtype))
-    groups = graph.split_events(events, d)
-    for g in groups:
-        for e in g:
+    if check:
+        for e in events:
             graph.validate(e, planes=config.planes)
-    sizes = [graph.pick_sizes(g, planes=config.planes) for g in groups if g]
-    sizes = graph.BatchSizes(*np.max(np.array(sizes), axis=0))
+    sizes = _needed_sizes(events, d, config.planes) if sizes is None else sizes
+    if d == 1:
+        return jax.device_put(graph.pad_batch(events, sizes, planes=config.planes, dtype=dtype, check=False))
     stacked = graph.stack([graph.pad_batch(g, sizes, planes=config.planes, dtype=dtype, check=False)
-                           for g in groups])
+                           for g in graph.split_events(events, d)])
     return parallel.shard_batch(stacked, mesh)
 
 
@@ -109,11 +138,12 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
 
     # dispatch is asynchronous on accelerators: the next chunk is padded on the host while this one
     # runs (XLA:CPU runs calls this size inline, so on a CPU the two alternate)
+    chunks = [events[start:start + batch_size] for start in range(0, len(events), batch_size)]
+    sizes = _bucket_sizes([_needed_sizes(c, d, config.planes) for c in chunks])
     pending = None
     bar = tqdm(total=len(events), desc="NuGraph2", unit="event", disable=not progress)
-    for start in range(0, len(events), batch_size):
-        chunk = events[start:start + batch_size]
-        out = fn(params, prepare(chunk, config=config, mesh=mesh))
+    for chunk, size in zip(chunks, sizes):
+        out = fn(params, prepare(chunk, config=config, mesh=mesh, sizes=size, check=False))
         if pending is not None:
             collect(*pending)
             bar.update(len(pending[0]))
