@@ -40,6 +40,13 @@ def test_linear_path_matches_a_loop_and_does_not_recompile(chunk):
     assert landscape.path_losses._cache_size() == n
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 4])  # lax.map: point by point, and vmapped chunks with a remainder
+def test_chunked_map_matches_one_full_vmap(chunk):
+    alphas = jnp.linspace(0.0, 1.0, 5)
+    full = landscape.path_losses(mlp.loss, PA, PB, BATCH, alphas, chunk=5)  # chunk >= A: one vmap
+    np.testing.assert_allclose(landscape.path_losses(mlp.loss, PA, PB, BATCH, alphas, chunk=chunk), full, rtol=1e-6)
+
+
 @pytest.mark.parametrize("losses,mean,chord", [
     ([1.0, 3.0, 2.0], 1.5, 1.5),      # max 3 at alpha .5; chord there 1.5
     ([1.0, 1.5, 3.0], 1.0, 0.0),      # monotone: the chord barrier is 0 (the maximum is an end)

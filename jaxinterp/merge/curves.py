@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxinterp.merge.landscape import LossFn, _map
+from jaxinterp.merge import tree
+from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _map
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
@@ -32,8 +33,8 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Calla
                steps: int = 500, learning_rate: float = 1e-2, key: jax.Array | None = None,
                optimizer: optax.GradientTransformation | None = None) -> CurveResult:
     """Trains the bend. `batches` is an iterator of batches or a function step -> batch."""
-    if steps < 1:
-        raise ValueError(f"steps: expected a positive number of training steps, got {steps}")
+    tree.check_same_structure([p0, p1], "p0/p1")
+    _check_count("steps", steps, 1, "a positive number of training steps")
     opt = optimizer or optax.adam(learning_rate)
     bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
     state = opt.init(bend)
@@ -57,5 +58,7 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Calla
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
 def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
                  chunk: int | None = None) -> jax.Array:
-    """[A] losses along the curve at each t, in one compiled call."""
+    """[A] losses along the curve at each t, in one compiled call (checked as in landscape.path_losses)."""
+    tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
+    _check_points("ts", ts, "[A]")
     return _map(lambda t: loss_fn(bezier(p0, bend, p1, t), batch), ts, chunk)

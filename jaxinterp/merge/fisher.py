@@ -47,8 +47,12 @@ def diagonal_fisher(logits_fn: Callable[[Any, jax.Array], jax.Array], params: An
 def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequence[float] | None = None,
                  eps: float = 1e-6) -> Any:
     """sum_i w_i (F_i + eps) theta_i / sum_i w_i (F_i + eps), leaf by leaf."""
+    if not models:
+        raise ValueError("models: expected at least one model, got none")
     if len(models) != len(fishers):
         raise ValueError(f"fishers: expected one Fisher per model ({len(models)}), got {len(fishers)}")
+    if weights is not None and len(weights) != len(models):
+        raise ValueError(f"weights: expected one weight per model ({len(models)}), got {len(weights)}")
     tree.check_same_structure(list(models) + list(fishers), "models+fishers")
     w = [1.0 / len(models)] * len(models) if weights is None else list(weights)
 

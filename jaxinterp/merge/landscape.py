@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.merge import tree
+
 LossFn = Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
 
 
@@ -45,6 +47,25 @@ def barrier_chord(alphas: np.ndarray, losses: np.ndarray) -> float:
     return float(np.max(losses - chord))
 
 
+def _check_count(arg: str, value: Any, least: int, expected: str) -> None:
+    """ValueError unless value is an integer >= least (`expected` says what it counts)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{arg}: expected {expected}, got {value!r}")
+
+
+def _check_chunk(chunk: int | None) -> None:
+    if chunk is not None:
+        _check_count("chunk", chunk, 1, "a positive number of points per vmapped chunk, or None")
+
+
+def _check_points(arg: str, xs: Any, axes: str, trailing: tuple[int, ...] = ()) -> None:
+    """ValueError unless xs is an array [P, *trailing] with P >= 1 (`axes` names it: "[A]", "[G, 2]")."""
+    shape = getattr(xs, "shape", None)
+    if shape is None or len(shape) != 1 + len(trailing) or shape[0] < 1 or tuple(shape[1:]) != trailing:
+        got = f"shape {tuple(shape)}" if shape is not None else type(xs).__name__
+        raise ValueError(f"{arg}: expected an array {axes} of at least one point, got {got}")
+
+
 def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time.
 
@@ -53,6 +74,7 @@ def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     matrix per point) more slowly than plain ones: 25 alphas on a 64-512-512-10 MLP took 600 ms
     vmapped and 307 ms mapped (BUILD_NOTES.md, merging).
     """
+    _check_chunk(chunk)
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     if chunk is None:
         chunk = 1 if jax.default_backend() == "cpu" else n
@@ -64,15 +86,20 @@ def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
 def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
                 chunk: int | None = None) -> jax.Array:
-    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call."""
+    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call.
+
+    Inputs are checked while tracing, before loss_fn is: jit traces again for any new structure,
+    shape or chunk, so no bad input reaches a cached executable, and cached calls pay nothing.
+    """
+    tree.check_same_structure([params_a, params_b], "params_a/params_b")
+    _check_points("alphas", alphas, "[A]")
     return _map(lambda al: loss_fn(lerp(params_a, params_b, al), batch), alphas, chunk)
 
 
 def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, num: int = 25,
                 chunk: int | None = None) -> PathResult:
     """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers."""
-    if num < 2:
-        raise ValueError(f"num: expected at least 2 alphas (the two endpoints), got {num}")
+    _check_count("num", num, 2, "at least 2 alphas (the two endpoints)")
     alphas = np.linspace(0.0, 1.0, num, dtype=np.float32)
     losses = np.asarray(path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
     return PathResult(alphas, losses, barrier_mean(alphas, losses), barrier_chord(alphas, losses))
@@ -89,7 +116,9 @@ def _axpy(alpha, x, y):
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
 def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
                  chunk: int | None = 256) -> jax.Array:
-    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2]."""
+    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2] (checked as in path_losses)."""
+    tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
+    _check_points("coords", coords, "[G, 2]", (2,))
 
     def one(ab):
         p = jax.tree_util.tree_map(lambda o, x, y: o + ab[0] * x + ab[1] * y, origin, d1, d2)
@@ -114,6 +143,11 @@ def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk):
 def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: int = 51,
                   margin: float = 0.2, chunk: int | None = 256) -> Surface:
     """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
+    tree.check_same_structure([p0, p1, p2], "p0/p1/p2")
+    _check_count("n", n, 2, "at least 2 grid points per side")
+    if not margin >= 0:
+        raise ValueError(f"margin: expected a non-negative fraction of the models' span, got {margin}")
+    _check_chunk(chunk)
     u = jax.tree_util.tree_map(jnp.subtract, p1, p0)
     v = jax.tree_util.tree_map(jnp.subtract, p2, p0)
     nu = jnp.sqrt(_dot(u, u))
@@ -159,6 +193,10 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
 def random_surface(loss_fn: LossFn, params: Any, batch: Any, *, key: jax.Array, n: int = 51,
                    extent: float = 1.0, chunk: int | None = 256, filter_axis: int = -1) -> Surface:
     """Loss on params + a d1 + b d2 for a, b in [-extent, extent], filter-normalised d1, d2."""
+    _check_count("n", n, 2, "at least 2 grid points per side")
+    if not 0 < extent < np.inf:
+        raise ValueError(f"extent: expected a positive finite half-width of the grid, got {extent}")
+    _check_chunk(chunk)
     k1, k2 = jax.random.split(key)
     d1 = filter_normalized_direction(k1, params, filter_axis=filter_axis)
     d2 = filter_normalized_direction(k2, params, filter_axis=filter_axis)

@@ -66,6 +66,24 @@ def check_spec(spec: PermutationSpec, params: Any) -> dict[str, int]:
     return sizes
 
 
+def check_init(init: dict[str, Any], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """init as arrays; ValueError unless it holds exactly the spec's permutations, each of its size."""
+    missing, unknown = sorted(set(sizes) - set(init)), sorted(set(init) - set(sizes))
+    if missing or unknown:
+        raise ValueError(f"init: expected one permutation for each of {sorted(sizes)}, got {sorted(init)} "
+                         f"(missing {missing}, not in the spec {unknown})")
+    perms = {p: np.asarray(v) for p, v in init.items()}
+    for p, n in sizes.items():
+        if perms[p].shape != (n,) or not np.issubdtype(perms[p].dtype, np.integer):
+            raise ValueError(f"init[{p!r}]: expected a permutation of range({n}), got an array of shape "
+                             f"{perms[p].shape} and dtype {perms[p].dtype}")
+        absent = np.setdiff1d(np.arange(n), perms[p])
+        if absent.size:
+            raise ValueError(f"init[{p!r}]: expected a permutation of range({n}), got one without indices "
+                             f"{absent[:5].tolist()}")
+    return perms
+
+
 def _permuted(spec: PermutationSpec, perms: dict[str, np.ndarray], name: str, w: np.ndarray,
               except_axis: int | None = None) -> np.ndarray:
     w = _view(spec, name, w)
@@ -101,10 +119,10 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, max_
 
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     sizes = check_spec(spec, params_a)
+    perms = {p: np.arange(n) for p, n in sizes.items()} if init is None else check_init(init, sizes)
     a = {k: np.asarray(v, np.float64) for k, v in tree.named_leaves(params_a).items() if k in spec.axes}
     b = {k: np.asarray(v, np.float64) for k, v in tree.named_leaves(params_b).items() if k in spec.axes}
     p2a = _perm_to_axes(spec)
-    perms = {p: np.arange(n) for p, n in sizes.items()} if init is None else {p: np.asarray(v) for p, v in init.items()}
     rng = np.random.default_rng(seed)
     names = sorted(sizes)
     sweeps = 0
