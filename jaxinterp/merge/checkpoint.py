@@ -29,7 +29,8 @@ from jaxinterp.merge import config as _config
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "vocab.json", "merges.txt", "special_tokens_map.json")
+               "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+               "tokenizer.model", "chat_template.jinja")  # sentencepiece (Llama, Mistral), newer chat templates
 
 
 class TensorInfo(NamedTuple):

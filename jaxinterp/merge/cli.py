@@ -3,17 +3,36 @@
     jaxinterp merge yaml CONFIG.yml --out DIR [--seed 0]        merge HF safetensors checkpoints
     jaxinterp merge check CONFIG.yml                             validate only (no weight is read)
     jaxinterp merge train-mlp --seed 1 --out a.safetensors       a digits MLP (for barrier)
-    jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--png path.png]
+    jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--png P] [--json P]
 """
 
 from __future__ import annotations
 
 
-def _yaml(args) -> int:
-    from jaxinterp.merge import checkpoint
+def _tokenizer_line(cfg, d: dict) -> str:
+    """What the output's tokenizer is: the source's files, copied; never merged (config module doc)."""
+    from pathlib import Path
 
-    r = checkpoint.run_yaml(args.config, args.out, seed=args.seed, progress=not args.quiet)
+    from jaxinterp.merge import checkpoint, config
+
+    first = cfg.models[0].model if isinstance(cfg, config.MergeConfig) else cfg.refs[0]
+    src = Path(cfg.base_model or first)
+    names = [f for f in checkpoint._SIDE_FILES if f not in ("config.json", "generation_config.json")]
+    copied = [f for f in names if src.is_dir() and (src / f).is_file()]
+    what = (f"copied unchanged from {src} ({', '.join(copied)})" if copied
+            else f"none written ({src} has no tokenizer files)")
+    tmpl = "; chat_template not applied" if d.get("chat_template") is not None else ""
+    return f"tokenizer: {what}; jaxinterp writes merged tensors only{tmpl}"
+
+
+def _yaml(args) -> int:
+    from jaxinterp.merge import checkpoint, config
+
+    d = config.read_dict(args.config)
+    cfg = config.from_dict(d)
+    r = checkpoint.run_config(cfg, args.out, seed=args.seed, progress=not args.quiet)
     print(f"wrote {r.n_tensors} tensors ({r.n_bytes / 1e6:.1f} MB) to {r.out_dir}")
+    print(_tokenizer_line(cfg, d))
     return 0
 
 
@@ -78,13 +97,25 @@ def _barrier(args) -> int:
     if args.align:
         spec = rebasin.mlp_permutation_spec(sorted(pa))
         runs.append(("weight matching", rebasin.weight_matching(spec, pa, pb).params))
+    results = {}
     for name, b in runs:
         r = landscape.linear_path(mlp.loss, pa, b, batch, num=args.num)
-        curves[name] = (r.alphas, r.losses)
+        curves[name], results[name] = (r.alphas, r.losses), r
         print(f"{name}: barrier (max - mean of ends) {r.barrier_mean:.4f}, (max - chord) {r.barrier_chord:.4f}")
     if args.png:
         plots.save_png(plots.path_figure(curves, ylabel="test loss"), args.png)
         print(f"wrote {args.png}")
+    if args.json:
+        import json
+
+        from jaxinterp import atomic
+
+        out = {"data": d.name, "loss": "mean cross-entropy on the test split",
+               "paths": {name: {"alphas": r.alphas.tolist(), "losses": r.losses.tolist(),
+                                "barrier_mean": r.barrier_mean, "barrier_chord": r.barrier_chord}
+                         for name, r in results.items()}}
+        atomic.write_text(args.json, json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -111,5 +142,6 @@ def add_parser(sub) -> None:
     b.add_argument("--num", type=int, default=25, help="number of alphas (default 25)")
     b.add_argument("--align", action="store_true", help="also after weight matching B to A")
     b.add_argument("--png", help="write the path plot here")
+    b.add_argument("--json", help="write every path's alphas, losses and barriers here")
     b.set_defaults(func=_barrier)
     p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -16,6 +16,14 @@ Supported (the `models:` form of mergekit's MergeConfiguration):
 The `slices:` form (layer ranges stacked, e.g. passthrough frankenmerges) is read by
 `jaxinterp.merge.slices`; `modules:` is rejected with a clear message. Models are local paths:
 nothing is downloaded. A model given both as base_model and in models is the base.
+
+Tokenizer keys. jaxinterp writes tensors; the output folder gets the base (else first) model's
+tokenizer files copied as they are. So `tokenizer_source: base` (mergekit: the base model's
+vocabulary; with inputs of one shared vocabulary, no tensor changes) and `chat_template` (written
+by mergekit into tokenizer_config.json, never into a tensor) are accepted, and the template is not
+applied. `tokenizer_source: union` or a model, and a `tokenizer:` section (source, added tokens,
+pad_to_multiple_of), make mergekit resize or re-order the embedding and LM-head matrices: they are
+refused, so that no merge silently differs from mergekit's.
 """
 
 from __future__ import annotations
@@ -53,6 +61,23 @@ def _dtype(v: Any, field: str) -> str | None:
     return v
 
 
+def check_tokenizer(d: dict) -> None:
+    """ValueError for the mergekit tokenizer keys that would change tensors (module doc)."""
+    src = d.get("tokenizer_source")
+    if src is not None and src != "base":
+        raise ValueError(f"config.tokenizer_source: expected 'base' or nothing (the tokenizer files of "
+                         f"the base model are copied as they are); 'union' or a model's tokenizer "
+                         f"would resize or re-order the embedding matrices, which jaxinterp does not "
+                         f"do, got {src!r}")
+    if d.get("tokenizer") is not None:
+        raise ValueError(f"config.tokenizer: not supported (its source, added tokens and padding "
+                         f"change the embedding matrices); leave it out or use tokenizer_source: "
+                         f"base, got {d['tokenizer']!r}")
+    tmpl = d.get("chat_template")
+    if tmpl is not None and not isinstance(tmpl, str):
+        raise ValueError(f"config.chat_template: expected a template name or Jinja string, got {tmpl!r}")
+
+
 def from_dict(d: Any):
     """Validates the structure, method and parameter names (no file is opened): a MergeConfig, or a
     `slices.SliceConfig` for the `slices:` form."""
@@ -61,6 +86,7 @@ def from_dict(d: Any):
     unknown = set(d) - _TOP_KEYS
     if unknown:
         raise ValueError(f"config: unknown keys {sorted(unknown)} (known: {sorted(_TOP_KEYS)})")
+    check_tokenizer(d)
     if d.get("modules"):
         raise ValueError("config.modules: per-module configurations are not supported; use `models:` or `slices:`")
     if "merge_method" not in d:
@@ -102,17 +128,21 @@ def from_dict(d: Any):
                        _dtype(d.get("out_dtype"), "config.out_dtype"))
 
 
-def read(path: str | Path):
+def read_dict(path: str | Path) -> Any:
+    """The YAML file as loaded, not yet validated."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config: expected a YAML file, got {str(path)!r} (no such file)")
     try:
-        d = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"config: {path} is not valid YAML: {e}") from None
-    return from_dict(d)
+
+
+def read(path: str | Path):
+    return from_dict(read_dict(path))
 
 
 def to_dict(cfg: MergeConfig) -> dict:
