@@ -105,6 +105,60 @@ def test_model_files_round_trip_and_errors(events_and_model, tmp_path):
         evaluate.load_model(tmp_path)
 
 
+def test_model_json_holds_the_hash_of_its_npz(events_and_model, tmp_path):
+    import hashlib
+
+    _, folder, _ = events_and_model
+    desc = json.loads((folder / "model.json").read_text())
+    assert desc["npz_sha256"] == hashlib.sha256((folder / "model.npz").read_bytes()).hexdigest()
+    assert "npz_sha256" not in evaluate.load_model(folder).meta
+    # a model.json from before the hash (as the shipped one) loads
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.npz").write_bytes((folder / "model.npz").read_bytes())
+    (old / "model.json").write_text(json.dumps({k: v for k, v in desc.items() if k != "npz_sha256"}))
+    assert evaluate.load_model(old).config == TINY
+
+
+def test_save_interrupted_between_the_two_files_is_refused(events_and_model, tmp_path, monkeypatch):
+    _, folder, _ = events_and_model
+    first = evaluate.load_model(folder)
+    train.save_model(tmp_path, first.params, TINY, first.norm, {"command": "first"})
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt("killed between model.npz and model.json")
+
+    monkeypatch.setattr(train.atomic, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_model(tmp_path, model.init(jax.random.key(5), TINY), TINY, first.norm, {"command": "second"})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "model.json").read_text())["command"] == "first"  # the new npz, the old json
+    with pytest.raises(ValueError, match=r"model.npz and model.json do not belong together: model.json records "
+                                         r"model.npz sha256 [0-9a-f]{64}, the file has [0-9a-f]{64}"):
+        evaluate.load_model(tmp_path)
+    # saving again makes them a pair
+    train.save_model(tmp_path, first.params, TINY, first.norm, {"command": "again"})
+    assert evaluate.load_model(tmp_path).meta["command"] == "again"
+
+
+def test_eval_command_reports_skipped_events(events_and_model, tmp_path, capsys, monkeypatch):
+    from jaxinterp import cli
+
+    raws, folder, _ = events_and_model
+    rp = raws[0].planes["v"]
+    empty = hdf5.RawPlane(rp.pos[:0], rp.x[:0], rp.id[:0], rp.y_semantic[:0], rp.y_instance[:0],
+                          np.zeros((2, 0), np.int64), np.zeros((2, 0), np.int64))
+    path = hdf5.write_events(tmp_path / "odd.gnn.h5", [raws[0]._replace(planes={**raws[0].planes, "v": empty}),
+                                                       *raws[1:]])
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "eval"
+    assert cli.main(["nugraph", "eval", str(path), "--params", str(folder), "--split", "all", "--out", str(out),
+                     "--displays", "0", "--limit", "2"]) == 0
+    assert "all: 1 events (skipped 1 events (1 empty plane))" in capsys.readouterr().out
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["skipped"] == {"empty plane": [raws[0].name], "no space points": []}
+
+
 def test_eval_command_writes_metrics_and_pictures(events_and_model, tmp_path, capsys, monkeypatch):
     from jaxinterp import cli
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -112,28 +113,99 @@ def _copy_fixture(tmp_path, edit=None) -> Path:
     return dst
 
 
-def _drop_field(f, name, field):
+def _edit_field(f, name, field, change=None):
+    """Rewrites the record /dataset/{name} with `field` replaced by change(old value), or dropped."""
     rec = f[f"dataset/{name}"][()]
-    keep = [n for n in rec.dtype.names if n != field]
-    new = np.zeros((), dtype=np.dtype([(n, rec.dtype[n]) for n in keep]))
-    for n in keep:
-        new[n] = rec[n]
+    values = {n: np.asarray(rec[n]) for n in rec.dtype.names}
+    if change is None:
+        del values[field]
+    else:
+        values[field] = np.asarray(change(values[field].copy()))
+    new = np.zeros((), dtype=np.dtype([(n, v.dtype, v.shape) for n, v in values.items()]))
+    for n, v in values.items():
+        new[n] = v
     del f[f"dataset/{name}"]
     f.create_dataset(f"dataset/{name}", data=new)
+
+
+def _replace_norm(plane, value):
+    def edit(f):
+        del f[f"norm/{plane}"]
+        f.create_dataset(f"norm/{plane}", data=value)
+
+    return edit
 
 
 @pytest.mark.parametrize("case, edit, message", [
     ("missing planes", lambda f: f.__delitem__("planes"), "missing dataset '/planes'"),
     ("missing norm", lambda f: f.__delitem__("norm/v"), "missing dataset '/norm/v'"),
     ("missing event", lambda f: f.__delitem__("dataset/r1_sr1_evt2"), "missing dataset '/dataset/r1_sr1_evt2'"),
-    ("missing field", lambda f: _drop_field(f, "r1_sr1_evt1", "v/pos"), "event 'r1_sr1_evt1': missing field 'v/pos'"),
-    ("bad norm", lambda f: (f.__delitem__("norm/u"), f.create_dataset("norm/u", data=np.ones((2, 3)))),
-     r"'/norm/u' must have shape \[2, 4\]"),
+    ("missing field", lambda f: _edit_field(f, "r1_sr1_evt1", "v/pos"),
+     "event 'r1_sr1_evt1', plane 'v': missing field 'v/pos'"),
+    ("norm shape", _replace_norm("u", np.ones((2, 3))), r"'/norm/u': expected shape \[2, 4\] \(mean, std\), got \[2, 3\]"),
+    ("norm zero std", _replace_norm("v", [[0, 0, 0, 0], [1, 0, 1, 1]]), r"'/norm/v': expected std .* > 0, got \[1.0, 0.0"),
+    ("norm negative std", _replace_norm("y", [[0, 0, 0, 0], [1, 1, -1, 1]]), r"'/norm/y': expected std .* > 0"),
+    ("norm nan", _replace_norm("u", [[np.nan, 0, 0, 0], [1, 1, 1, 1]]), r"'/norm/u': expected finite values"),
+    ("norm inf", _replace_norm("u", [[0, 0, 0, 0], [1, np.inf, 1, 1]]), r"'/norm/u': expected finite values"),
+    ("norm strings", _replace_norm("v", np.full((2, 4), b"1.0")), r"'/norm/v': expected numbers, got dtype \|S3"),
 ])
 def test_bad_file_contents(tmp_path, case, edit, message):
     path = _copy_fixture(tmp_path, edit)
     with pytest.raises(ValueError, match=message):
         hdf5.load_events(path, "train")
+
+
+def _set_at(index, value):
+    def change(v):
+        v[index] = value
+        return v
+
+    return change
+
+
+# Corrupt records inside a readable file: always a ValueError naming the file, event, plane and field
+# (skip-and-count is for well-formed events NuGraph2 cannot use, see the test below). Event 0 holds
+# 42, 41 and 101 hits in planes u, v, y and 34 space points.
+@pytest.mark.parametrize("field, change, message", [
+    ("u/x", lambda v: np.concatenate([v, v[:, :1]], 1), r"expected shape \[42, 2\] \(42 hits, as 'u/pos'\), got \[42, 3\]"),
+    ("v/pos", lambda v: v[:, :1], r"expected shape \[41, 2\] \(41 hits, as 'v/pos'\), got \[41, 1\]"),
+    ("y/y_semantic", lambda v: v[:-1], r"expected shape \[101\] \(101 hits, as 'y/pos'\), got \[100\]"),
+    ("u/id", lambda v: v[:3], r"expected shape \[42\] .* got \[3\]"),
+    ("u/x", lambda v: v.astype("S8"), r"expected numbers \(<f4\), got dtype \|S8"),
+    ("v/y_semantic", lambda v: v.astype("S2"), r"expected integers \(<i8\), got dtype \|S2"),
+    ("v/y_semantic", lambda v: v.astype(np.float32), r"expected integers \(<i8\), got dtype float32"),
+    ("y_plane_y/edge_index", lambda v: v.astype("S4"), r"expected integers \(<i8\), got dtype \|S4"),
+    ("y/x", _set_at((5, 1), np.nan), r"expected finite values, got NaN or inf at 1 of 101 hits \(first: hit 5\)"),
+    ("u/pos", _set_at((7, 0), np.inf), r"expected finite values, got NaN or inf at 1 of 42 hits \(first: hit 7\)"),
+    ("u/y_semantic", _set_at(3, 5), r"labels must lie in \[-1, 4\] .* got 5"),
+    ("u/y_semantic", _set_at(3, -2), r"labels must lie in \[-1, 4\] .* got -2"),
+    ("u_plane_u/edge_index", _set_at((0, 4), 42), r"row 0 \(hits\) index 42 out of range \[0, 42\)"),
+    ("v_plane_v/edge_index", _set_at((1, 0), -1), r"row 1 \(hits\) index -1 out of range \[0, 41\)"),
+    ("y_nexus_sp/edge_index", _set_at((1, 2), 34), r"row 1 \(space points\) index 34 out of range \[0, 34\)"),
+    ("y_nexus_sp/edge_index", _set_at((0, 2), 101), r"row 0 \(hits\) index 101 out of range \[0, 101\)"),
+    ("u_plane_u/edge_index", lambda v: np.concatenate([v, v[:1]]), r"expected shape \[2, E\], got \[3, 226\]"),
+    ("u_nexus_sp/edge_index", lambda v: v.ravel(), r"expected shape \[2, E\], got \[68\]"),
+])
+def test_corrupt_plane_field(tmp_path, field, change, message):
+    path = _copy_fixture(tmp_path, lambda f: _edit_field(f, "r1_sr1_evt0", field, change))
+    plane = field[0]
+    where = re.escape(f"{path}: event 'r1_sr1_evt0', plane '{plane}', field '{field}': ")
+    for read in (hdf5.read_events, hdf5.load_events):
+        with pytest.raises(ValueError, match=where + message):
+            read(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sp/num_nodes", np.bytes_(b"34"), r"expected an integer, got dtype \|S2"),
+    ("sp/num_nodes", np.float64(34.0), r"expected an integer, got dtype float64"),
+    ("sp/num_nodes", np.int64(-1), r"expected a count >= 0, got -1"),
+    ("evt/y", np.int64(4), r"expected -1 or an index into event_classes \[0, 4\), got 4"),
+    ("evt/y", np.int64(-2), r"expected -1 or an index .* got -2"),
+])
+def test_corrupt_event_field(tmp_path, field, value, message):
+    path = _copy_fixture(tmp_path, lambda f: _edit_field(f, "r1_sr1_evt0", field, lambda v: value))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: event 'r1_sr1_evt0', field '{field}': ") + message):
+        hdf5.read_events(path)
 
 
 def test_raw_events_need_no_splits_or_norm(tmp_path):
@@ -197,7 +269,13 @@ def test_unusable_events_are_skipped_and_counted(tmp_path):
     ("no events", lambda evs: [], "expected at least one event"),
     ("duplicate", lambda evs: [evs[0], evs[0]], "must be unique, 'r1_sr1_evt0' repeats"),
     ("edge out of range", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "u": evs[0].planes["u"]._replace(
-        edge_index_plane=evs[0].planes["u"].edge_index_plane + 1000)})], "field 'edge_index_plane': row 0 index out of range"),
+        edge_index_plane=evs[0].planes["u"].edge_index_plane + 1000)})],
+     r"plane 'u', field 'u_plane_u/edge_index': row 0 \(hits\) index 1041 out of range \[0, 42\)"),
+    ("nan feature", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "v": evs[0].planes["v"]._replace(
+        x=np.where(np.arange(41)[:, None] == 2, np.nan, evs[0].planes["v"].x))})],
+     r"plane 'v', field 'v/x': expected finite values, got NaN or inf at 1 of 41 hits \(first: hit 2\)"),
+    ("label out of range", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "u": evs[0].planes["u"]._replace(
+        y_semantic=evs[0].planes["u"].y_semantic + 5)})], r"field 'u/y_semantic': labels must lie in \[-1, 4\]"),
     ("short labels", lambda evs: [evs[0]._replace(planes={**evs[0].planes, "y": evs[0].planes["y"]._replace(
         y_semantic=evs[0].planes["y"].y_semantic[:-1])})], r"field 'y/y_semantic': expected shape \[101\]"),
     ("missing plane", lambda evs: [evs[0]._replace(planes={"u": evs[0].planes["u"], "v": evs[0].planes["v"]})],

@@ -1,8 +1,9 @@
 """Evaluating a trained NuGraph2: metrics, confusion matrices and event displays, and the shipped model.
 
 A trained model is two files: `model.npz` (params, flat 'a/b/c' names) and `model.json` (the
-NuGraph2Config, the per-plane feature norm of its training file, provenance). `train` writes them
-into its run folder; the package ships one in `jaxinterp/assets/nugraph2/` (`load_model()`).
+NuGraph2Config, the per-plane feature norm of its training file, provenance, and `npz_sha256`, the
+hash of the model.npz written with it). `train` writes them into its run folder; the package ships
+one in `jaxinterp/assets/nugraph2/` (`load_model()`); a model.json from before the hash loads unchecked.
 
 Events are normalised with the model's own norm (what it was trained with), so a model applies to
 any file or freshly simulated events alike.
@@ -13,6 +14,8 @@ Axis names: N hits of a plane, C classes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -45,11 +48,17 @@ def load_model(path: str | Path | None = None) -> Model:
         if not f.exists():
             raise ValueError(f"params: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
     desc = json.loads(js.read_text())
+    data = npz.read_bytes()  # read once: the bytes hashed are the bytes loaded
+    recorded, got = desc.pop("npz_sha256", None), hashlib.sha256(data).hexdigest()
+    if recorded is not None and recorded != got:  # None: a model.json written before the hash existed
+        raise ValueError(f"params: {npz} and {js.name} do not belong together: {js.name} records model.npz "
+                         f"sha256 {recorded}, the file has {got} (a save interrupted between the two files, "
+                         f"or one of them copied from another run)")
     cfg = desc.pop("config")
     config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     norm = {p: np.asarray(v, np.float32) for p, v in desc.pop("norm").items()}
     params: dict = {}
-    with np.load(npz) as z:
+    with np.load(io.BytesIO(data)) as z:
         for name in z.files:
             node = params
             *parents, leaf = name.split("/")

@@ -21,6 +21,11 @@ The raw record (`RawEvent`) keeps every field exactly as stored, so writing what
 same file content; `to_event` applies nugraph's transform `x = (cat(pos, x) - mean) / std` and gives
 the `Event` the model takes.
 
+A corrupt record (a field of the wrong shape or dtype, NaN or inf features, labels or edge indices out
+of range; `check_record`) is a ValueError naming the file, event, plane and field, as is a corrupt
+`/norm/{p}`; a well-formed event NuGraph2 cannot use (an empty plane, no space points; `check_event`)
+is skipped and counted by reason.
+
 Axis names: N hits in a plane, E planar edges, S_p nexus edges of a plane, F = 4 features.
 """
 
@@ -142,23 +147,34 @@ def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
         if not need_norm and f"norm/{p}" not in f:
             continue
         n = np.asarray(_need(f, f"norm/{p}"))
-        if n.shape != (2, 4):
-            raise ValueError(f"{f.filename}: '/norm/{p}' must have shape [2, 4] (mean, std), got {list(n.shape)}")
+        _check_norm_plane(n, f"{f.filename}: '/norm/{p}'")
         norm[p] = n
     return FileInfo(planes, semantic, event_classes, samples, datasize, norm)
+
+
+def _stored_name(p: str, attr: str) -> str:
+    """The compound field of a RawPlane attribute, as pynuml names it."""
+    return {"edge_index_plane": f"{p}_plane_{p}/edge_index",
+            "edge_index_nexus": f"{p}_nexus_sp/edge_index"}.get(attr, f"{p}/{attr}")
 
 
 def _field(rec, name: str, trailing: tuple[int, ...], dtype: str, where: str) -> np.ndarray:
     if name not in rec.dtype.names:
         raise ValueError(f"{where}: missing field {name!r}")
     v = np.asarray(rec[name])
+    # checked before the cast: numpy would parse b"3" into 3 and truncate 0.7 into a label 0
+    kinds, what = ("iu", "integers") if np.dtype(dtype).kind == "i" else ("fiu", "numbers")
+    if v.dtype.kind not in kinds:
+        raise ValueError(f"{where}, field {name!r}: expected {what} ({dtype}), got dtype {v.dtype}")
     if v.ndim == 0:  # pynuml's encoding of an empty tensor
         return np.zeros((2, 0) if name.endswith("edge_index") else (0, *trailing), dtype=dtype)
     return v.astype(dtype, copy=False)
 
 
-def read_event(f, name: str, *, planes: Sequence[str] = PLANES) -> RawEvent:
-    """Reads `/dataset/{name}` from an open h5py file; ValueError naming the event and field if malformed."""
+def read_event(f, name: str, *, planes: Sequence[str] = PLANES, semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
+               event_classes: Sequence[str] | None = EVENT_CLASSES) -> RawEvent:
+    """Reads `/dataset/{name}` from an open h5py file; ValueError naming the event, plane and field if
+    malformed (`check_record`). A well-formed event NuGraph2 cannot use is returned (`check_event`)."""
     where = f"{f.filename}: event {name!r}"
     if f"dataset/{name}" not in f:
         raise ValueError(f"{where}: missing dataset '/dataset/{name}' (listed in the samples, absent from /dataset)")
@@ -174,34 +190,84 @@ def read_event(f, name: str, *, planes: Sequence[str] = PLANES) -> RawEvent:
         cols = {}
         for attr, trailing, dt in _NODE_FIELDS:
             key = f"{p}/{attr}"
-            cols[attr] = _field(rec, key, trailing, dt, where) if (attr in ("pos", "x", "y_semantic")
-                                                                   or key in rec.dtype.names) else None
+            cols[attr] = _field(rec, key, trailing, dt, f"{where}, plane {p!r}") if (
+                attr in ("pos", "x", "y_semantic") or key in rec.dtype.names) else None
             used.add(key)
         n = cols["pos"].shape[0]
         for attr in ("id", "y_instance"):  # optional in other pynuml versions
             if cols[attr] is None:
                 cols[attr] = np.full(n, -1, np.int64)
-        eplane = _field(rec, f"{p}_plane_{p}/edge_index", (), "<i8", where)
-        enexus = _field(rec, f"{p}_nexus_sp/edge_index", (), "<i8", where)
-        used |= {f"{p}_plane_{p}/edge_index", f"{p}_nexus_sp/edge_index"}
-        for attr in ("x", "y_semantic", "id", "y_instance"):
-            if cols[attr].shape[0] != n:
-                raise ValueError(f"{where}, plane {p!r}, field '{p}/{attr}': expected {n} rows (as '{p}/pos'), "
-                                 f"got {cols[attr].shape[0]}")
+        eplane, enexus = (_field(rec, _stored_name(p, a), (), "<i8", f"{where}, plane {p!r}")
+                          for a in ("edge_index_plane", "edge_index_nexus"))
+        used |= {_stored_name(p, "edge_index_plane"), _stored_name(p, "edge_index_nexus")}
         raw_planes[p] = RawPlane(cols["pos"], cols["x"], cols["id"], cols["y_semantic"], cols["y_instance"],
                                  eplane, enexus)
     scalars = {}
     for key, default in (("sp/num_nodes", None), *((f"metadata/{m}", 0) for m in _METADATA), ("evt/y", -1)):
         used.add(key)
         if key in rec.dtype.names:
-            scalars[key] = int(rec[key])
+            v = np.asarray(rec[key])
+            if v.ndim or v.dtype.kind not in "iu":
+                raise ValueError(f"{where}, field {key!r}: expected an integer, got dtype {v.dtype} "
+                                 f"shape {list(v.shape)}")
+            scalars[key] = int(v)
         elif default is None:
             raise ValueError(f"{where}: missing field {key!r}")
         else:
             scalars[key] = default
     extra = {k: np.asarray(rec[k]) for k in rec.dtype.names if k not in used}
-    return RawEvent(raw_planes, scalars["sp/num_nodes"], scalars["metadata/run"], scalars["metadata/subrun"],
-                    scalars["metadata/event"], scalars["evt/y"], extra)
+    ev = RawEvent(raw_planes, scalars["sp/num_nodes"], scalars["metadata/run"], scalars["metadata/subrun"],
+                  scalars["metadata/event"], scalars["evt/y"], extra)
+    check_record(ev, where, planes=planes, semantic_classes=semantic_classes, event_classes=event_classes)
+    return ev
+
+
+def check_record(ev: RawEvent, where: str, *, planes: Sequence[str] = PLANES,
+                 semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
+                 event_classes: Sequence[str] | None = EVENT_CLASSES) -> None:
+    """ValueError `{where}, plane 'p', field 'f': ...` unless the tensors agree: per-hit fields of [N]
+    rows and the stored trailing shape, finite features, labels in range, edge indices [2, E] inside the
+    plane's hits (row 0 of the nexus edges) and the space points (row 1).
+
+    The reader and the writer share it: what one refuses the other does not write. These are corrupt
+    records, so always an error; a well-formed event NuGraph2 cannot use is `check_event`'s (skipped).
+    """
+    if ev.num_sp < 0:
+        raise ValueError(f"{where}, field 'sp/num_nodes': expected a count >= 0, got {ev.num_sp}")
+    n_evt = len(event_classes) if event_classes is not None else None
+    if ev.y < -1 or (n_evt is not None and ev.y >= n_evt):
+        raise ValueError(f"{where}, field 'evt/y': expected -1 or an index into event_classes "
+                         f"[0, {n_evt if n_evt is not None else 'inf'}), got {ev.y}")
+    for p in planes:
+        if p not in ev.planes:
+            raise ValueError(f"{where}: missing plane {p!r}")
+        rp, at = ev.planes[p], f"{where}, plane {p!r}"
+        n = np.shape(rp.pos)[0] if np.ndim(rp.pos) else 0
+        for attr, trailing, _ in _NODE_FIELDS:
+            shape = np.shape(getattr(rp, attr))
+            if shape != (n, *trailing):
+                raise ValueError(f"{at}, field '{p}/{attr}': expected shape {[n, *trailing]} ({n} hits, as "
+                                 f"'{p}/pos'), got {list(shape)}")
+        for attr in ("pos", "x"):
+            bad = np.flatnonzero(~np.isfinite(np.asarray(getattr(rp, attr))).all(axis=1))
+            if bad.size:
+                raise ValueError(f"{at}, field '{p}/{attr}': expected finite values, got NaN or inf at "
+                                 f"{bad.size} of {n} hits (first: hit {bad[0]})")
+        y = np.asarray(rp.y_semantic)
+        if y.size and (y.min() < -1 or y.max() >= len(semantic_classes)):
+            bad = y.min() if y.min() < -1 else y.max()
+            raise ValueError(f"{at}, field '{p}/y_semantic': labels must lie in [-1, {len(semantic_classes) - 1}] "
+                             f"(-1 background, then {list(semantic_classes)}), got {bad}")
+        for attr, bounds in (("edge_index_plane", ((n, "hits"), (n, "hits"))),
+                             ("edge_index_nexus", ((n, "hits"), (ev.num_sp, "space points")))):
+            ei, key = np.asarray(getattr(rp, attr)), _stored_name(p, attr)
+            if ei.ndim != 2 or ei.shape[0] != 2:
+                raise ValueError(f"{at}, field '{key}': expected shape [2, E], got {list(ei.shape)}")
+            for row, (bound, noun) in enumerate(bounds):
+                if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound):
+                    bad = ei[row].min() if ei[row].min() < 0 else ei[row].max()
+                    raise ValueError(f"{at}, field '{key}': row {row} ({noun}) index {bad} out of range "
+                                     f"[0, {bound})")
 
 
 def check_event(ev: RawEvent) -> str | None:
@@ -239,7 +305,8 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
             todo = todo[:limit]
         events, skipped = [], {"empty plane": [], "no space points": []}
         for name in todo:
-            ev = read_event(f, name, planes=info.planes)
+            ev = read_event(f, name, planes=info.planes, semantic_classes=info.semantic_classes,
+                            event_classes=info.event_classes)
             reason = check_event(ev)
             if reason is None:
                 events.append(ev)
@@ -329,40 +396,26 @@ def datasize(ev: RawEvent) -> int:
                    if f not in skip and not (np.asarray(v).ndim == 0 and f.endswith("edge_index"))))
 
 
-def _check_raw(ev: RawEvent, planes: Sequence[str]) -> None:
-    where = f"events: event {ev.name!r}"
-    for p in planes:
-        if p not in ev.planes:
-            raise ValueError(f"{where}: missing plane {p!r}")
-        rp = ev.planes[p]
-        n = np.asarray(rp.pos).shape[0]
-        for attr, trailing, _ in _NODE_FIELDS:
-            shape = np.asarray(getattr(rp, attr)).shape
-            if shape != (n, *trailing):
-                raise ValueError(f"{where}, plane {p!r}, field '{p}/{attr}': expected shape {[n, *trailing]}, got {list(shape)}")
-        for attr, bound in (("edge_index_plane", (n, n)), ("edge_index_nexus", (n, ev.num_sp))):
-            ei = np.asarray(getattr(rp, attr))
-            if ei.ndim != 2 or ei.shape[0] != 2:
-                raise ValueError(f"{where}, plane {p!r}, field {attr!r}: expected shape [2, E], got {list(ei.shape)}")
-            for row in (0, 1):
-                if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound[row]):
-                    raise ValueError(f"{where}, plane {p!r}, field {attr!r}: row {row} index out of range [0, {bound[row]})")
-
-
 def _check_norm(norm: Mapping[str, np.ndarray], planes: Sequence[str]) -> None:
-    """A norm as `to_event` uses it: [2, 4] per plane, finite, and row 1 (std, the divisor) > 0."""
     for p in planes:
         if p not in norm:
             raise ValueError(f"norm: expected a [2, 4] (mean, std) array for every plane {list(planes)}, "
                              f"plane {p!r} is missing (got {list(norm)})")
-        shape = np.shape(norm[p])
-        if shape != (2, 4):
-            raise ValueError(f"norm[{p!r}]: expected shape [2, 4] (mean, std), got {list(shape)}")
-        n = np.asarray(norm[p], np.float32)  # as stored: a value finite in float64 may not be in float32
-        if not np.isfinite(n).all():
-            raise ValueError(f"norm[{p!r}]: expected finite values, got {n.tolist()}")
-        if not (n[1] > 0).all():
-            raise ValueError(f"norm[{p!r}]: expected std (row 1, the divisor of the features) > 0, got {n[1].tolist()}")
+        _check_norm_plane(norm[p], f"norm[{p!r}]")
+
+
+def _check_norm_plane(norm, what: str) -> None:
+    """A plane's norm as `to_event` uses it: [2, 4] numbers, finite, and row 1 (std, the divisor) > 0."""
+    shape = np.shape(norm)
+    if shape != (2, 4):
+        raise ValueError(f"{what}: expected shape [2, 4] (mean, std), got {list(shape)}")
+    if np.asarray(norm).dtype.kind not in "fiu":
+        raise ValueError(f"{what}: expected numbers, got dtype {np.asarray(norm).dtype}")
+    n = np.asarray(norm, np.float32)  # as stored: a value finite in float64 may not be in float32
+    if not np.isfinite(n).all():
+        raise ValueError(f"{what}: expected finite values, got {n.tolist()}")
+    if not (n[1] > 0).all():
+        raise ValueError(f"{what}: expected std (row 1, the divisor of the features) > 0, got {n[1].tolist()}")
 
 
 def default_splits(names: Sequence[str], *, seed: int = 0, frac: float = 0.05) -> dict[str, list[str]]:
@@ -395,7 +448,8 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
     for ev in events:
-        _check_raw(ev, planes)
+        check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
+                     event_classes=event_classes)
     splits = default_splits(names) if splits is None else {s: list(splits.get(s, ())) for s in SPLITS}
     known = set(names)
     for s, lst in splits.items():

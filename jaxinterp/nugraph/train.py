@@ -248,7 +248,13 @@ def _restore(mngr, step: int, like: TrainState) -> tuple[TrainState, dict]:
 
 
 def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dict | None = None) -> Path:
-    """Writes model.npz (flat 'a/b/c' names) and model.json (config, feature norm, provenance)."""
+    """Writes model.npz (flat 'a/b/c' names), then model.json (config, feature norm, provenance and
+    `npz_sha256`, the hash of that model.npz).
+
+    Each file is renamed into place atomically, but not the pair: a crash between the two renames leaves
+    a new model.npz beside the previous model.json, whose hash `evaluate.load_model` then refuses.
+    """
+    import hashlib
     import io
 
     import jax
@@ -257,9 +263,10 @@ def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dic
             for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     buf = io.BytesIO()
     np.savez(buf, **flat)
-    atomic.write_bytes(out_dir / "model.npz", buf.getvalue())
+    data = buf.getvalue()
+    atomic.write_bytes(out_dir / "model.npz", data)
     desc = {"config": dataclasses.asdict(mc), "norm": {p: np.asarray(v).tolist() for p, v in norm.items()},
-            **(extra or {})}
+            **(extra or {}), "npz_sha256": hashlib.sha256(data).hexdigest()}
     atomic.write_text(out_dir / "model.json", json.dumps(desc, indent=1))
     return out_dir / "model.npz"
 
