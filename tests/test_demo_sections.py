@@ -37,12 +37,13 @@ class Case(NamedTuple):
 
 CASES = [
     Case("jaxinterp.toyworld.demo:section", "Built-in model: a GPT-2 trained on a synthetic two-hop world",
-         (), 1,  # its accuracy figure is embedded only: figure_png is called without a path
+         ("toyworld_accuracy.png",), 1,
          ("two-hop held-out", "explicit held-out", "Live answers (top 3 next tokens)", "held-out two hop",
-          "single hop", "trained 1200 steps"),
+          "single hop", "trained 1200 steps", "cities", "countries", "companies"),
          {"greedy": (0, 1), "candidate choice": (0, 1), "chance": (0, 1), "p(answer's first token)": (0, 1)}),
     Case("jaxinterp.lens.demo:section", "Attention Lens", ("lens_loss.png", "lens_heads.png"), 2,
-         ("trained 20 steps of batch 8", "KL from", "The birthplace of", "logit lens"),
+         ("Model: the shipped toy-world GPT-2", "trained 20 steps of batch 8", "KL from", "The birthplace of",
+          "logit lens"),
          {"top-50 overlap": (0, 1), "head": (0, 7)}),
     Case("jaxinterp.merge.demo:section", "Model merging and loss landscape",
          ("merge/path.png", "merge/path_error.png", "merge/plane.png"), 3,

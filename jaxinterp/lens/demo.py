@@ -39,7 +39,7 @@ def section(out_dir, *, quick: bool = False, model: str | Path | None = None, la
     from jaxinterp.lens import data, lenses, readout, train
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
-    model = Path(model) if model is not None else demo_model()[0]
+    model, described = (Path(model), str(model)) if model is not None else demo_model()
     params, config = load_gpt2(model, process_weights=True)
     tok = load_tokenizer(model)
     layer = config.n_layer // 2 if layer is None else layer
@@ -73,7 +73,7 @@ def section(out_dir, *, quick: bool = False, model: str | Path | None = None, la
     heat = report.figure_png(readout.heatmap({"share of lens top-50 also in logit-lens top-50": share[None]},
                                              title="how far each head's lens moved from the logit lens",
                                              layers=[layer]), Path(out_dir) / "lens_heads.png")
-    html = (report.paragraph(f"Model: {model.name} ({config.n_layer} layers, {config.n_head} heads, vocab "
+    html = (report.paragraph(f"Model: {described} ({config.n_layer} layers, {config.n_head} heads, vocab "
                              f"{config.vocab_size}); the lenses of layer {layer} trained {steps} steps of batch 8 "
                              f"on built-in text (KL from {res.losses[0]:.4f} to {res.losses[-1]:.4f}).")
             + report.img(curve, "lens loss", width=480)

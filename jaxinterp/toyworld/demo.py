@@ -8,6 +8,7 @@ next tokens, so the reader sees what "held-out composition" means on this model.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def section(out_dir, *, quick: bool = False):
@@ -63,13 +64,15 @@ def section(out_dir, *, quick: bool = False):
 
     n_facts = len(world.facts)
     held = sum(not t.trained for t in world.two_hops)
-    body = (f"<p>A seeded world of {', '.join(f'{len(v)} {k}s' for k, v in world.entities.items())}: "
+    plural = {"person": "people", "city": "cities", "country": "countries", "company": "companies"}
+    counts = ", ".join(f"{len(v)} {plural.get(k, k + 's')}" for k, v in world.entities.items())
+    body = (f"<p>A seeded world of {counts}: "
             f"{n_facts} single-hop facts, {len(world.two_hops)} two-hop compositions of which {held} were never "
             f"in the training text. The model: GPT-2, {config.n_layer} layers, d_model {config.n_embd}, "
             f"{config.n_head} heads, vocabulary {config.vocab_size} (byte-level BPE), {record['n_params']:,} "
             f"parameters, trained {record['steps_done']} steps on the CPU "
             f"(<code>jaxinterp toyworld train</code>).</p>"
-            + report.img(report.figure_png(fig), "accuracy by prompt group")
+            + report.img(report.figure_png(fig, Path(out_dir) / "toyworld_accuracy.png"), "accuracy by prompt group")
             + report.table(["group", "kind", "prompts", "greedy", "candidate choice", "chance"],
                            [[r["group"], r["kind"], r["prompts"], f"{r['greedy']:.3f}",
                              "-" if r["candidate_choice"] is None else f"{r['candidate_choice']:.3f}",
