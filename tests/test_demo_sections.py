@@ -169,3 +169,14 @@ def test_tables_show_the_promised_figures_all_finite_and_in_range(case):
         assert all(math.isfinite(x) for x in map(_number, cells) if x is not None), (name, cells)
     prose = " ".join(re.findall(r"<p>(.*?)</p>", html.unescape(r.html), flags=re.S))
     assert not re.search(r"(?<![\w'])[-+]?(nan|inf)(?![\w'])", prose, flags=re.I), prose
+
+
+def test_inject_section_without_the_shipped_model_shows_the_machinery(monkeypatch, tmp_path):
+    """A package without the toy model (a trimmed install) still gets a memory-injection section."""
+    import jaxinterp.inject.demo as inject_demo
+
+    monkeypatch.setattr(inject_demo, "toy_model", lambda: None)
+    sec = inject_demo.section(tmp_path, quick=True)
+    assert sec.title == "Memory injection" and "No shipped toy model found" in sec.html
+    data = (tmp_path / "inject" / "heatmap.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and base64.b64encode(data).decode("ascii") in sec.html

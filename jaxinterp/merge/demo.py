@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -102,7 +101,6 @@ def section(out_dir, *, quick: bool):
     from jaxinterp import report
     from jaxinterp.merge import plots
 
-    t0 = time.perf_counter()
     r = run(quick=quick)
     out = Path(out_dir) / "merge"
     curves = {**{f"{k} (train loss)": (r.alphas, v) for k, v in r.path_losses.items()},
@@ -114,7 +112,7 @@ def section(out_dir, *, quick: bool):
     png_plane = plots.save_png(plots.surface_figure(r.plane, title="Test loss on the plane of 3 fine-tunes",
                                                     labels=("ft 0", "ft 1", "ft 2")), out / "plane.png")
     rows = [(k, bm, bc, float(r.path_errors[k].max())) for k, (bm, bc) in r.barriers.items()]
-    html = (report.paragraph(f"Data: {r.data_name}. MLP 64-128-128-10, Adam. {time.perf_counter() - t0:.1f} s.")
+    html = (report.paragraph(f"Data: {r.data_name}. MLP 64-128-128-10, Adam.")
             + report.table(["path", "loss barrier (max - mean of ends)", "loss barrier (max - chord)",
                             "max test error"], rows)
             + report.img(png_path, "loss along the linear path") + report.img(png_err, "error along the path")
