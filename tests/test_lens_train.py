@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -118,6 +119,49 @@ def test_bad_data(tmp_path, content, name, match):
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=match):
         data.read_texts(tmp_path / name)
+
+
+class _FakeSplit:
+    """What `datasets.load_dataset(name, split=...)` returns, as far as read_texts uses it."""
+
+    def __init__(self, columns):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __getitem__(self, field):
+        return self.columns[field]
+
+
+def _fake_datasets(monkeypatch, load):
+    module = types.ModuleType("datasets")
+    module.load_dataset = load
+    monkeypatch.setitem(sys.modules, "datasets", module)
+
+
+def test_hugging_face_dataset_name(monkeypatch):
+    calls = []
+
+    def load(name, split):
+        calls.append((name, split))
+        return _FakeSplit({"text": ["first", "  ", "second"], "label": [0, 1, 2]})
+
+    _fake_datasets(monkeypatch, load)
+    assert data.read_texts("user/corpus", split="validation") == ["first", "second"]
+    assert calls == [("user/corpus", "validation")]
+    with pytest.raises(ValueError, match=r"expected a field 'body', got fields \['text', 'label'\]"):
+        data.read_texts("user/corpus", text_field="body")
+
+
+def test_hugging_face_dataset_failures_are_value_errors(monkeypatch):
+    def load(name, split):
+        raise ConnectionError("hub unreachable")
+
+    _fake_datasets(monkeypatch, load)
+    with pytest.raises(ValueError, match="cannot load Hugging Face dataset 'user/corpus' split 'train': hub unreachable"):
+        data.read_texts("user/corpus")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: import fails
+    with pytest.raises(ValueError, match="is not a file or folder, and the `datasets` package"):
+        data.read_texts("user/corpus")
 
 
 DP_SCRIPT = textwrap.dedent("""

@@ -67,6 +67,9 @@ def _hf_dataset(name: str, text_field: str, split: str) -> list[str]:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 -- any hub failure becomes one clear message
         raise ValueError(f"data: cannot load Hugging Face dataset {name!r} split {split!r}: {e}") from e
+    if text_field not in ds.column_names:
+        raise ValueError(f"data: Hugging Face dataset {name!r} split {split!r}: expected a field {text_field!r}, "
+                         f"got fields {list(ds.column_names)}")
     return [str(t) for t in ds[text_field]]
 
 
