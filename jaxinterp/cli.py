@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Modules that define `add_parser(subparsers)`; each adds one top-level subcommand.
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input: say what was expected and what came, no traceback
         print(f"jaxinterp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `jaxinterp ... | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

@@ -59,3 +59,12 @@ def test_time_interleaved_runs_round_robin():
     t = benchtools.time_interleaved(fns, repeats=3)
     assert calls == ["a", "b"] + ["a", "b"] * 3  # first calls apart, then alternating
     assert set(t) == {"a", "b"} and all(x.repeats == 3 and 0 <= x.min_s <= x.median_s for x in t.values())
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`jaxinterp toyworld facts | head -1`: exit status 141 (SIGPIPE's), no traceback."""
+    cmd = [sys.executable, "-m", "jaxinterp.cli", "toyworld", "facts", "--people", "2000"]  # ~1 MB of text
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"person (2000): ")
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""

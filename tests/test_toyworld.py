@@ -171,3 +171,50 @@ def test_percent_increase_statistics():
     s = pct_stats(before, after)
     np.testing.assert_allclose(s["mean"], [12.5])
     np.testing.assert_allclose(s["median"], [0.0])
+
+
+def test_cli_facts_lists_every_entity_fact_and_composition(capsys):
+    from jaxinterp.cli import main
+
+    assert main(["toyworld", "facts"] + _tiny_world_args()) == 0
+    lines = capsys.readouterr().out.splitlines()
+    world = build_world(TINY_WORLD)
+    for kind, names in world.entities.items():
+        assert f"{kind} ({len(names)}): {', '.join(names)}" in lines
+    assert sum(" = " in line and "(" in line for line in lines) == len(world.facts) + len(world.two_hops)
+    held_out = [th for th in world.two_hops if not th.trained]
+    assert held_out and sum(line.endswith("[held out]") for line in lines) == len(held_out)
+
+
+def test_cli_evaluate_reproduces_the_shipped_eval_json(tmp_path, capsys):
+    from jaxinterp.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["toyworld", "evaluate", "--json", str(out)]) == 0
+    assert f"using the built-in toy-world model at {MODEL_DIR}" in capsys.readouterr().out
+    got, stated = json.loads(out.read_text()), json.loads(EVAL_JSON.read_text())
+    assert got.keys() == stated.keys() and got["rows"] == stated["rows"]
+    for g, s in zip(got["examples"], stated["examples"], strict=True):
+        assert (g["prompt"], g["answer"], g["greedy"]) == (s["prompt"], s["answer"], s["greedy"])
+        assert g["answer_first_token_prob"] == pytest.approx(s["answer_first_token_prob"], rel=1e-4, abs=1e-6)
+
+
+def test_cli_train_then_evaluate_a_tiny_run(tmp_path, capsys):
+    from jaxinterp.cli import main
+
+    run = tmp_path / "run"
+    assert main(["toyworld", "train", "--out", str(run), "--steps", "2", "--layers", "1", "--d-model", "32",
+                 "--heads", "2", "--batch-size", "8", "--checkpoint-every", "2"]
+                + _tiny_world_args()) == 0
+    assert f"wrote {run / 'model'}" in capsys.readouterr().out
+    assert json.loads((run / "train.json").read_text())["steps_done"] == 2
+    assert main(["toyworld", "evaluate", "--model", str(run / "model"), "--no-candidates"] + _tiny_world_args()) == 0
+    assert "| single-hop | all |" in capsys.readouterr().out
+    assert main(["toyworld", "train", "--out", str(run), "--minutes", "0"] + _tiny_world_args()) == 2
+    assert "max_minutes must be positive" in capsys.readouterr().err
+
+
+def _tiny_world_args() -> list[str]:
+    w = TINY_WORLD
+    return ["--countries", str(w.n_countries), "--cities-per-country", str(w.cities_per_country), "--people",
+            str(w.n_people), "--companies", str(w.n_companies), "--world-seed", str(w.seed)]
