@@ -67,6 +67,9 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
+    # torch.save pickles at protocol 2, where Python 3 writes builtins under their Python 2 name
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
 }
 
 
