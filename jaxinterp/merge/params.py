@@ -57,8 +57,6 @@ def _is_scalar(v: Any) -> bool:
 
 
 def _coerce(v: Any, spec: ParamSpec, where: str) -> Any:
-    if v is None and spec.default is None:
-        return None
     if spec.kind is bool:
         if isinstance(v, bool):
             return v
@@ -74,7 +72,8 @@ def _coerce(v: Any, spec: ParamSpec, where: str) -> Any:
             return float(v)  # YAML reads "1e-5" as a string; mergekit's validator accepts it
         except ValueError:
             pass
-    raise ValueError(f"{where}: expected a {spec.kind.__name__}, got {v!r}")
+    article = "an" if spec.kind is int else "a"
+    raise ValueError(f"{where}: expected {article} {spec.kind.__name__}, got {v!r}")
 
 
 def check_setting(setting: Any, where: str) -> None:
