@@ -154,12 +154,20 @@ def _bad_nexus(ev):
     (_bad_edge, "plane 'u', field 'edge_index_plane': row 1 index out of range \\[0, 12\\)"),
     (_bad_nexus, "plane 'v', field 'edge_index_nexus': row 1 index out of range \\[0, 6\\)"),
     (lambda ev: _edit(ev, "u", y_semantic=np.full(12, 7)), "plane 'u', field 'y_semantic': labels must lie in"),
+    (lambda ev: _edit(ev, "u", y_semantic=np.zeros(11, int)),
+     "plane 'u', field 'y_semantic': expected shape \\[12\\], got \\[11\\]"),
+    (lambda ev: _edit(ev, "v", pos=ev.planes["v"].pos[:, :1]), "plane 'v', field 'pos': expected shape \\[9, 2\\], got \\[9, 1\\]"),
+    (lambda ev: _edit(ev, "y", edge_index_plane=ev.planes["y"].edge_index_plane.T),
+     "plane 'y', field 'edge_index_plane': expected shape \\[2, E\\]"),
+    (lambda ev: _edit(ev, "y", edge_index_nexus=ev.planes["y"].edge_index_nexus.astype(np.float32)),
+     "plane 'y', field 'edge_index_nexus': expected integer indices, got float32"),
+    (lambda ev: ev._replace(num_sp=-1), "num_sp must be a non-negative integer, got -1"),
 ])
 def test_bad_event_is_an_error_before_compute(corrupt, message):
     from jaxinterp.nugraph.predict import _trace_count, predict
 
     ev = corrupt(random_event(np.random.default_rng(3), name="bad"))
-    with pytest.raises(ValueError, match="event 'bad', " + message if "missing" not in message else message):
+    with pytest.raises(ValueError, match="event 'bad', " + message if message.startswith("plane") else message):
         validate(ev)
     traces = _trace_count[0]
     with pytest.raises(ValueError, match=message):
