@@ -75,3 +75,14 @@ def test_model_default(monkeypatch, tmp_path):
     model, note = inject_cli.resolve_model(None)
     assert model == str(tmp_path) and "shipped toy model" in note
     assert inject_cli.resolve_model("gpt2") == ("gpt2", None)
+
+
+def test_skip_long_drops_and_counts_the_long_rows(tmp_path, capsys):
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + ROWS[0] + f"w1,{LONG},w3,w4,w5\n" + ROWS[1])
+    out = tmp_path / "out"
+    assert _run("--model", MODEL, "--data", data, "--out", out, "--layers", 1, "--taus", 2, "--skip-long") == 0
+    assert "--skip-long: dropped 1 of 3 rows longer than 32 tokens" in capsys.readouterr().out
+    kept = list(csv.DictReader(open(out / "prompts.csv")))
+    assert [r["obscure_sentence"] for r in kept] == ["w4 w5 w6 w7 w8", "w14 w15 w16"]
+    assert json.loads((out / "summary.json").read_text())["n_prompts"] == 2
