@@ -51,7 +51,6 @@ def test_sweep_end_to_end(tmp_path):
     ([], HEADER.replace("answer", "reply") + ROWS[0], "missing column 'answer'"),
     ([], HEADER + "w1,w2,,w4,w5\n", "line 2: empty cell in column 'explicit_entity'"),
     ([], HEADER + "w1,w2,w3,w4, \n", "line 2: empty cell in column 'answer'"),
-    (["--limit", "0"], HEADER + ROWS[0], "--limit: expected a positive"),
     ([], HEADER + f"w1,{LONG},w3,w4,w5\n", "prompts: row 0: 41 tokens, the model takes at most 32"),
     (["--skip-long"], HEADER + f"w1,{LONG},w3,w4,w5\n", "--skip-long: every row is longer than the model's 32"),
 ])
@@ -62,6 +61,17 @@ def test_errors_exit_2_and_write_nothing(tmp_path, capsys, extra, text, match):
     assert _run("--model", MODEL, "--data", data, "--out", out, *extra) == 2
     assert match in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option,value", [("--limit", "0"), ("--bucket", "-8"), ("--limit", "many")])
+def test_options_out_of_range_are_usage_errors(tmp_path, capsys, option, value):
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + ROWS[0])
+    with pytest.raises(SystemExit) as e:
+        _run("--model", MODEL, "--data", data, "--out", tmp_path / "out", option, value)
+    assert e.value.code == 2
+    assert f"argument {option}: expected a positive integer, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_default(monkeypatch, tmp_path):

@@ -61,7 +61,8 @@ def test_bfloat16_training_follows_float32(tiny_processed):
     bf16 = train.train(params, cfg, lc, batches, dataclasses.replace(tc, bfloat16=True), progress=False)
     assert all(v.dtype == np.float32 for v in bf16.lens.values())
     # bfloat16 keeps 8 bits of mantissa: a relative error of ~0.4% per rounding, a few roundings deep
-    np.testing.assert_allclose(bf16.losses, f32.losses, rtol=0.05)
+    # (measured: 0.12% at most)
+    np.testing.assert_allclose(bf16.losses, f32.losses, rtol=1e-2)
     # Adam moves a weight by ~lr whatever its gradient's size, so where a gradient is near 0 bfloat16's
     # rounding can flip the step: compare the whole update, not each entry
     start = np.asarray(lenses.init(*lenses.unembedding(params, cfg), lc)["W"])

@@ -58,7 +58,9 @@ LANDSCAPE = [  # (call, error expected)
     (lambda: landscape.plane_through(loss, A, B, WIDE, 0.0), rf"p0/p1/p2: {SHAPES}.*\(2, 4\) in p0/p1/p2\[2\]"),
     (lambda: landscape.plane_through(loss, A, B, C, 0.0, n=1), r"n: expected at least 2 grid points per side, got 1"),
     (lambda: landscape.plane_through(loss, A, B, C, 0.0, margin=-0.1),
-     r"margin: expected a non-negative fraction .*got -0\.1"),
+     r"margin: expected a non-negative finite fraction .*got -0\.1"),
+    (lambda: landscape.plane_through(loss, A, B, C, 0.0, margin=float("inf")),
+     r"margin: expected a non-negative finite fraction .*got inf"),
     (lambda: landscape.plane_through(loss, A, B, C, 0.0, chunk=0), r"chunk: .*got 0"),
     # random_surface: before the random directions are drawn
     (lambda: landscape.random_surface(loss, A, 0.0, key=KEY, n=0), r"n: expected at least 2 grid points .*got 0"),

@@ -112,7 +112,7 @@ def test_model_json_holds_the_hash_of_its_npz(events_and_model, tmp_path):
     desc = json.loads((folder / "model.json").read_text())
     assert desc["npz_sha256"] == hashlib.sha256((folder / "model.npz").read_bytes()).hexdigest()
     assert "npz_sha256" not in evaluate.load_model(folder).meta
-    # a model.json from before the hash (as the shipped one) loads
+    # a model.json from before the hash loads
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.npz").write_bytes((folder / "model.npz").read_bytes())

@@ -210,8 +210,10 @@ def test_cli_train_then_evaluate_a_tiny_run(tmp_path, capsys):
     assert json.loads((run / "train.json").read_text())["steps_done"] == 2
     assert main(["toyworld", "evaluate", "--model", str(run / "model"), "--no-candidates"] + _tiny_world_args()) == 0
     assert "| single-hop | all |" in capsys.readouterr().out
-    assert main(["toyworld", "train", "--out", str(run), "--minutes", "0"] + _tiny_world_args()) == 2
-    assert "max_minutes must be positive" in capsys.readouterr().err
+    for option, value in (("--minutes", "0"), ("--steps", "-1"), ("--lr", "nan"), ("--batch-size", "0")):
+        with pytest.raises(SystemExit) as e:
+            main(["toyworld", "train", "--out", str(run), option, value])
+        assert e.value.code == 2 and f"argument {option}: expected a positive" in capsys.readouterr().err
 
 
 def _tiny_world_args() -> list[str]:

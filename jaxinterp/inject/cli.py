@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jaxinterp.cliargs import positive_int
 from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of this command's API)
 
 
@@ -82,8 +83,6 @@ def _command(args) -> int:
     model, note = resolve_model(args.model)
     if note:
         print(note)
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit: expected a positive number of rows, got {args.limit}")
     run_sweep(model, args.data, args.out, layers=args.layers, taus=args.taus, kind=args.memory_kind,
               limit=args.limit, baseline_words=args.baseline_words, baseline_type=args.baseline_type,
               seed=args.seed, bucket=args.bucket, skip_long=args.skip_long)
@@ -101,11 +100,11 @@ def add_parser(sub) -> None:
     s.add_argument("--taus", type=float, nargs="+", help="injection scales (default 1..15)")
     s.add_argument("--memory-kind", default="unembed", choices=["unembed", "embed", "layer"],
                    help="memory vector: multi-hot @ W_U.T (paper), @ W_E, or the memory's own attn_out")
-    s.add_argument("--limit", type=int, help="only the first N rows")
+    s.add_argument("--limit", type=positive_int, help="only the first N rows")
     s.add_argument("--baseline-words", help="top_word_types.csv: also sweep random-word memories")
     s.add_argument("--baseline-type", default="Nouns", help="column of the word list (default Nouns)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random words")
-    s.add_argument("--bucket", type=int, default=8, help="prompt length bucket (default 8)")
+    s.add_argument("--bucket", type=positive_int, default=8, help="prompt length bucket (default 8)")
     s.add_argument("--skip-long", action="store_true", help="drop rows longer than the model's context (else an error)")
     s.set_defaults(func=_command)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

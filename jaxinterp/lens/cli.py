@@ -5,7 +5,6 @@ Nothing heavy is imported at module level (jax etc. load inside the handlers).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path

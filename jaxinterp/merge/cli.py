@@ -92,7 +92,6 @@ def _barrier(args) -> int:
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
     batch = (jnp.asarray(d.x_test), jnp.asarray(d.y_test))
-    curves = {}
     runs = [("naive", pb)]
     if args.align:
         spec = rebasin.mlp_permutation_spec(sorted(pa))
@@ -100,9 +99,10 @@ def _barrier(args) -> int:
     results = {}
     for name, b in runs:
         r = landscape.linear_path(mlp.loss, pa, b, batch, num=args.num)
-        curves[name], results[name] = (r.alphas, r.losses), r
+        results[name] = r
         print(f"{name}: barrier (max - mean of ends) {r.barrier_mean:.4f}, (max - chord) {r.barrier_chord:.4f}")
     if args.png:
+        curves = {name: (r.alphas, r.losses) for name, r in results.items()}
         plots.save_png(plots.path_figure(curves, ylabel="test loss"), args.png)
         print(f"wrote {args.png}")
     if args.json:

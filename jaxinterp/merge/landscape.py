@@ -145,8 +145,8 @@ def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: 
     """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
     tree.check_same_structure([p0, p1, p2], "p0/p1/p2")
     _check_count("n", n, 2, "at least 2 grid points per side")
-    if not margin >= 0:
-        raise ValueError(f"margin: expected a non-negative fraction of the models' span, got {margin}")
+    if not 0 <= margin < np.inf:
+        raise ValueError(f"margin: expected a non-negative finite fraction of the models' span, got {margin}")
     _check_chunk(chunk)
     u = jax.tree_util.tree_map(jnp.subtract, p1, p0)
     v = jax.tree_util.tree_map(jnp.subtract, p2, p0)

@@ -57,8 +57,6 @@ def _simulate(args) -> int:
 
     from jaxinterp.nugraph import hdf5, simulate
 
-    if args.events <= 0:
-        raise ValueError(f"--events: expected a positive number of events, got {args.events}")
     kw = {}
     if args.mean_energy is not None:
         kw.update(mean_energy_gev=args.mean_energy, max_energy_gev=max(4 * args.mean_energy, 0.2))

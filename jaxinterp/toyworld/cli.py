@@ -17,6 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
+from jaxinterp.cliargs import positive_float, positive_int
+
 
 def _world_config(args):
     from jaxinterp.toyworld.world import WorldConfig
@@ -136,16 +138,16 @@ def add_parser(sub) -> None:
 
     t = ts.add_parser("train", help="train the GPT-2 on the world (resumes from OUT/checkpoints)")
     t.add_argument("--out", required=True, help="run folder: checkpoints/, model/, train.json")
-    t.add_argument("--steps", type=int)
-    t.add_argument("--minutes", type=float, help="stop (after a checkpoint) when this run passes this wall time")
-    t.add_argument("--layers", type=int)
-    t.add_argument("--d-model", type=int)
-    t.add_argument("--heads", type=int)
-    t.add_argument("--vocab-size", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
+    t.add_argument("--steps", type=positive_int)
+    t.add_argument("--minutes", type=positive_float, help="stop (after a checkpoint) when this run passes this wall time")
+    t.add_argument("--layers", type=positive_int)
+    t.add_argument("--d-model", type=positive_int)
+    t.add_argument("--heads", type=positive_int)
+    t.add_argument("--vocab-size", type=positive_int)
+    t.add_argument("--batch-size", type=positive_int)
+    t.add_argument("--lr", type=positive_float)
     t.add_argument("--seed", type=int)
-    t.add_argument("--checkpoint-every", type=int)
+    t.add_argument("--checkpoint-every", type=positive_int)
     _add_world_args(t)
     t.set_defaults(func=_train)
 
