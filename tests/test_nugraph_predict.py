@@ -107,8 +107,8 @@ def test_a_stream_compiles_once_per_hit_bucket(params, monkeypatch):
     traces = predict_mod._trace_count[0]
     preds = predict_mod.predict(params, events, config=TINY, batch_size=2)
     assert predict_mod._trace_count[0] - traces <= len(hit_buckets)
-    assert set(predict_mod._SIZES) == hit_buckets
-    for size, need in zip(predict_mod._bucket_sizes(needed), needed):
+    assert set(predict_mod._SIZES) == {(PLANES, 1, h) for h in hit_buckets}
+    for size, need in zip(predict_mod._bucket_sizes(needed, PLANES, 1), needed):
         assert size.hits == need.hits and all(s >= n for s, n in zip(size, need))
     # the same events, one by one: bigger padding changes nothing but float rounding
     alone = [predict_mod.predict(params, [e], config=TINY)[0] for e in events[:4]]

@@ -58,7 +58,9 @@ def forward(config: NuGraph2Config = NuGraph2Config()):
     return jax.jit(functools.partial(_probabilities, config=config), compiler_options=cpu_compiler_options())
 
 
-_SIZES: dict[int, graph.BatchSizes] = {}  # padded hit count -> the sizes used for that bucket
+# (planes, devices per call, padded hit count) -> the sizes used for that hit bucket, kept across
+# calls so that a stream of calls compiles once per bucket too
+_SIZES: dict[tuple[tuple[str, ...], int, int], graph.BatchSizes] = {}
 
 
 def _needed_sizes(events: Sequence[Event], devices: int, planes: tuple[str, ...]) -> graph.BatchSizes:
@@ -68,14 +70,16 @@ def _needed_sizes(events: Sequence[Event], devices: int, planes: tuple[str, ...]
     return graph.BatchSizes(*np.max(np.array([graph.pick_sizes(g, planes=planes) for g in groups if g]), axis=0))
 
 
-def _bucket_sizes(needed: Sequence[graph.BatchSizes]) -> list[graph.BatchSizes]:
+def _bucket_sizes(needed: Sequence[graph.BatchSizes], planes: tuple[str, ...],
+                  devices: int) -> list[graph.BatchSizes]:
     """The sizes to pad each chunk to: its hit bucket's entry of `_SIZES`, first widened to hold
     every chunk of `needed` (so one call compiles once per hit bucket)."""
-    for need in needed:
-        have = _SIZES.get(need.hits)
+    keys = [(tuple(planes), devices, need.hits) for need in needed]
+    for key, need in zip(keys, needed):
+        have = _SIZES.get(key)
         if have is None or any(h < n for h, n in zip(have, need)):
-            _SIZES[need.hits] = need if have is None else graph.BatchSizes(*np.maximum(have, need).tolist())
-    return [_SIZES[need.hits] for need in needed]
+            _SIZES[key] = need if have is None else graph.BatchSizes(*np.maximum(have, need).tolist())
+    return [_SIZES[key] for key in keys]
 
 
 def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(), mesh=None,
@@ -139,7 +143,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     # dispatch is asynchronous on accelerators: the next chunk is padded on the host while this one
     # runs (XLA:CPU runs calls this size inline, so on a CPU the two alternate)
     chunks = [events[start:start + batch_size] for start in range(0, len(events), batch_size)]
-    sizes = _bucket_sizes([_needed_sizes(c, d, config.planes) for c in chunks])
+    sizes = _bucket_sizes([_needed_sizes(c, d, config.planes) for c in chunks], config.planes, d)
     pending = None
     bar = tqdm(total=len(events), desc="NuGraph2", unit="event", disable=not progress)
     for chunk, size in zip(chunks, sizes):
