@@ -150,9 +150,9 @@ def _bad_nexus(ev):
 @pytest.mark.parametrize("corrupt, message", [
     (lambda ev: _edit(ev, "v", drop=True), "missing plane\\(s\\) \\['v'\\]"),
     (lambda ev: _edit(ev, "u", x=ev.planes["u"].x[:, :3]), "plane 'u', field 'x': expected shape \\[N, 4\\], got \\[12, 3\\]"),
-    (_nan_x, "plane 'y', field 'x': non-finite feature .* at hit 3"),
-    (_bad_edge, "plane 'u', field 'edge_index_plane': row 1 index out of range \\[0, 12\\)"),
-    (_bad_nexus, "plane 'v', field 'edge_index_nexus': row 1 index out of range \\[0, 6\\)"),
+    (_nan_x, "plane 'y', field 'x': expected finite values, got NaN or inf at 1 of 15 hits \\(first: hit 3\\)"),
+    (_bad_edge, "plane 'u', field 'edge_index_plane': row 1 \\(hits\\) index 99 out of range \\[0, 12\\)"),
+    (_bad_nexus, "plane 'v', field 'edge_index_nexus': row 1 \\(space points\\) index 6 out of range \\[0, 6\\)"),
     (lambda ev: _edit(ev, "u", y_semantic=np.full(12, 7)), "plane 'u', field 'y_semantic': labels must lie in"),
     (lambda ev: _edit(ev, "u", y_semantic=np.zeros(11, int)),
      "plane 'u', field 'y_semantic': expected shape \\[12\\], got \\[11\\]"),

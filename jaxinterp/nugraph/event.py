@@ -55,29 +55,51 @@ def validate(event: Event, *, planes: tuple[str, ...] = PLANES) -> None:
         x = np.asarray(hits.x)
         if x.ndim != 2 or x.shape[1] != NUM_FEATURES:
             raise ValueError(f"{where}, plane {p!r}, field 'x': expected shape [N, {NUM_FEATURES}], got {list(x.shape)}")
-        if not np.all(np.isfinite(x)):
-            bad = int(np.argwhere(~np.isfinite(x))[0, 0])
-            raise ValueError(f"{where}, plane {p!r}, field 'x': non-finite feature (NaN or inf) at hit {bad}")
+        check_finite(x, f"{where}, plane {p!r}", "x")
         n = x.shape[0]
         pos = np.asarray(hits.pos)
         if pos.shape != (n, 2):
             raise ValueError(f"{where}, plane {p!r}, field 'pos': expected shape [{n}, 2], got {list(pos.shape)}")
-        for field, bound, bound_name in (("edge_index_plane", (n, n), "hits"),
-                                         ("edge_index_nexus", (n, event.num_sp), "hits/space points")):
-            ei = np.asarray(getattr(hits, field))
-            if ei.ndim != 2 or ei.shape[0] != 2:
-                raise ValueError(f"{where}, plane {p!r}, field {field!r}: expected shape [2, E], got {list(ei.shape)}")
-            if ei.size and not np.issubdtype(ei.dtype, np.integer):
-                raise ValueError(f"{where}, plane {p!r}, field {field!r}: expected integer indices, got {ei.dtype}")
-            for row in (0, 1):
-                if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound[row]):
-                    raise ValueError(
-                        f"{where}, plane {p!r}, field {field!r}: row {row} index out of range "
-                        f"[0, {bound[row]}) ({bound_name}): got min {int(ei[row].min())}, max {int(ei[row].max())}")
+        check_edge_index(hits.edge_index_plane, ((n, "hits"), (n, "hits")), f"{where}, plane {p!r}", "edge_index_plane")
+        check_edge_index(hits.edge_index_nexus, ((n, "hits"), (event.num_sp, "space points")), f"{where}, plane {p!r}",
+                         "edge_index_nexus")
         if hits.y_semantic is not None:
             y = np.asarray(hits.y_semantic)
             if y.shape != (n,):
                 raise ValueError(f"{where}, plane {p!r}, field 'y_semantic': expected shape [{n}], got {list(y.shape)}")
-            if n and (y.min() < BACKGROUND or y.max() >= len(SEMANTIC_CLASSES)):
-                raise ValueError(f"{where}, plane {p!r}, field 'y_semantic': labels must lie in "
-                                 f"[-1, {len(SEMANTIC_CLASSES) - 1}], got [{int(y.min())}, {int(y.max())}]")
+            check_labels(y, SEMANTIC_CLASSES, f"{where}, plane {p!r}", "y_semantic")
+
+
+# Checks shared with the HDF5 reader and writer (`hdf5.check_record`), so both say the same thing.
+# `at` names the event and plane ("event 'e1', plane 'u'"), `field` the tensor.
+
+def check_finite(a: np.ndarray, at: str, field: str) -> None:
+    """ValueError unless every row of `a` ([N, ...], one row a hit) is finite."""
+    a = np.asarray(a)
+    bad = np.flatnonzero(~np.isfinite(a).reshape(len(a), -1).all(axis=1)) if a.size else a[:0]
+    if bad.size:
+        raise ValueError(f"{at}, field {field!r}: expected finite values, got NaN or inf at {bad.size} of "
+                         f"{len(a)} hits (first: hit {bad[0]})")
+
+
+def check_edge_index(ei: np.ndarray, bounds: tuple[tuple[int, str], tuple[int, str]], at: str, field: str) -> None:
+    """ValueError unless `ei` is [2, E] integer indices with row r inside [0, bounds[r][0]) (bounds[r][1]
+    names what row r indexes: "hits", "space points")."""
+    ei = np.asarray(ei)
+    if ei.ndim != 2 or ei.shape[0] != 2:
+        raise ValueError(f"{at}, field {field!r}: expected shape [2, E], got {list(ei.shape)}")
+    if ei.size and not np.issubdtype(ei.dtype, np.integer):
+        raise ValueError(f"{at}, field {field!r}: expected integer indices, got {ei.dtype}")
+    for row, (bound, noun) in enumerate(bounds):
+        if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound):
+            bad = ei[row].min() if ei[row].min() < 0 else ei[row].max()
+            raise ValueError(f"{at}, field {field!r}: row {row} ({noun}) index {bad} out of range [0, {bound})")
+
+
+def check_labels(y: np.ndarray, classes: tuple[str, ...], at: str, field: str) -> None:
+    """ValueError unless every label is BACKGROUND (-1) or an index into `classes`."""
+    y = np.asarray(y)
+    if y.size and (y.min() < BACKGROUND or y.max() >= len(classes)):
+        bad = y.min() if y.min() < BACKGROUND else y.max()
+        raise ValueError(f"{at}, field {field!r}: labels must lie in [-1, {len(classes) - 1}] (-1 background, "
+                         f"then {list(classes)}), got {bad}")

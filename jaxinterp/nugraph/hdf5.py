@@ -38,7 +38,8 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from jaxinterp import atomic
-from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES, Event, PlaneHits
+from jaxinterp.nugraph.event import (PLANES, SEMANTIC_CLASSES, Event, PlaneHits, check_edge_index, check_finite,
+                                     check_labels)
 
 EVENT_CLASSES: tuple[str, ...] = ("cc_nue", "cc_numu", "cc_nutau", "nc")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -249,25 +250,11 @@ def check_record(ev: RawEvent, where: str, *, planes: Sequence[str] = PLANES,
                 raise ValueError(f"{at}, field '{p}/{attr}': expected shape {[n, *trailing]} ({n} hits, as "
                                  f"'{p}/pos'), got {list(shape)}")
         for attr in ("pos", "x"):
-            bad = np.flatnonzero(~np.isfinite(np.asarray(getattr(rp, attr))).all(axis=1))
-            if bad.size:
-                raise ValueError(f"{at}, field '{p}/{attr}': expected finite values, got NaN or inf at "
-                                 f"{bad.size} of {n} hits (first: hit {bad[0]})")
-        y = np.asarray(rp.y_semantic)
-        if y.size and (y.min() < -1 or y.max() >= len(semantic_classes)):
-            bad = y.min() if y.min() < -1 else y.max()
-            raise ValueError(f"{at}, field '{p}/y_semantic': labels must lie in [-1, {len(semantic_classes) - 1}] "
-                             f"(-1 background, then {list(semantic_classes)}), got {bad}")
-        for attr, bounds in (("edge_index_plane", ((n, "hits"), (n, "hits"))),
-                             ("edge_index_nexus", ((n, "hits"), (ev.num_sp, "space points")))):
-            ei, key = np.asarray(getattr(rp, attr)), _stored_name(p, attr)
-            if ei.ndim != 2 or ei.shape[0] != 2:
-                raise ValueError(f"{at}, field '{key}': expected shape [2, E], got {list(ei.shape)}")
-            for row, (bound, noun) in enumerate(bounds):
-                if ei.shape[1] and (ei[row].min() < 0 or ei[row].max() >= bound):
-                    bad = ei[row].min() if ei[row].min() < 0 else ei[row].max()
-                    raise ValueError(f"{at}, field '{key}': row {row} ({noun}) index {bad} out of range "
-                                     f"[0, {bound})")
+            check_finite(getattr(rp, attr), at, f"{p}/{attr}")
+        check_labels(rp.y_semantic, tuple(semantic_classes), at, f"{p}/y_semantic")
+        check_edge_index(rp.edge_index_plane, ((n, "hits"), (n, "hits")), at, _stored_name(p, "edge_index_plane"))
+        check_edge_index(rp.edge_index_nexus, ((n, "hits"), (ev.num_sp, "space points")), at,
+                         _stored_name(p, "edge_index_nexus"))
 
 
 def check_event(ev: RawEvent) -> str | None:
