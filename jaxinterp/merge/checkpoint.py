@@ -171,6 +171,8 @@ class MergeResult(NamedTuple):
     out_dir: Path
     n_tensors: int
     n_bytes: int
+    side_source: Path  # the model whose config and tokenizer files were copied (base, else the first)
+    side_files: tuple[str, ...]  # the names of those files that it had
 
 
 def prepare(cfg) -> tuple[list, dict, int | None]:
@@ -265,10 +267,9 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     finally:
         readers.close()
     src = Path(cfg.base_model or jobs[0].inputs[0][0])
-    if src.is_dir():
-        for f in _SIDE_FILES:
-            if (src / f).is_file():
-                shutil.copyfile(src / f, out_dir / f)
+    copied = tuple(f for f in _SIDE_FILES if src.is_dir() and (src / f).is_file())
+    for f in copied:
+        shutil.copyfile(src / f, out_dir / f)
     if n_layers is not None and (out_dir / "config.json").is_file():
         hf = json.loads((out_dir / "config.json").read_text())
         for key in ("n_layer", "num_hidden_layers", "num_layers"):
@@ -276,7 +277,7 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
                 hf[key] = n_layers
         atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
     atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
-    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset)
+    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied)
 
 
 def run_yaml(config_path: str | Path, out_dir: str | Path, **kw) -> MergeResult:

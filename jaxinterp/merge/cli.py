@@ -9,16 +9,10 @@
 from __future__ import annotations
 
 
-def _tokenizer_line(cfg, d: dict) -> str:
+def _tokenizer_line(result, d: dict) -> str:
     """What the output's tokenizer is: the source's files, copied; never merged (config module doc)."""
-    from pathlib import Path
-
-    from jaxinterp.merge import checkpoint, config
-
-    first = cfg.models[0].model if isinstance(cfg, config.MergeConfig) else cfg.refs[0]
-    src = Path(cfg.base_model or first)
-    names = [f for f in checkpoint._SIDE_FILES if f not in ("config.json", "generation_config.json")]
-    copied = [f for f in names if src.is_dir() and (src / f).is_file()]
+    copied = [f for f in result.side_files if f not in ("config.json", "generation_config.json")]
+    src = result.side_source
     what = (f"copied unchanged from {src} ({', '.join(copied)})" if copied
             else f"none written ({src} has no tokenizer files)")
     tmpl = "; chat_template not applied" if d.get("chat_template") is not None else ""
@@ -32,7 +26,7 @@ def _yaml(args) -> int:
     cfg = config.from_dict(d)
     r = checkpoint.run_config(cfg, args.out, seed=args.seed, progress=not args.quiet)
     print(f"wrote {r.n_tensors} tensors ({r.n_bytes / 1e6:.1f} MB) to {r.out_dir}")
-    print(_tokenizer_line(cfg, d))
+    print(_tokenizer_line(r, d))
     return 0
 
 
