@@ -102,8 +102,14 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line() -> str:
+    """One line: "AMD EPYC (2 cores), jax 0.10.2 on the CPU" or "..., jax 0.10.2 on gpu: NVIDIA H100"."""
     m = machine()
-    return f"{m['cpu']} ({m['cores']} cores), {m['platform']}: {', '.join(m['devices'])}; jax {m['jax']}"
+    n = len(m["devices"])
+    if m["platform"] == "cpu":
+        where = "the CPU" + (f" ({n} host devices)" if n > 1 else "")
+    else:
+        where = f"{m['platform']}: {', '.join(m['devices'])}"
+    return f"{m['cpu']} ({m['cores']} cores), jax {m['jax']} on {where}"
 
 
 def row(workload: str, figure: float, unit: str, *, goal: str | None = None,
