@@ -60,6 +60,23 @@ def test_stop_and_resume_equals_straight(data, straight, tmp_path):
     assert second.history[0]["val_loss"] == straight.history[0]["val_loss"]
 
 
+def test_training_seconds_run_on_across_a_resume(data, tmp_path, monkeypatch):
+    """metrics.json's seconds count the first part's training too (they restarted at 0 before)."""
+    clock = {"t": 1000.0}
+
+    def tick():  # every reading of the clock is 10 s after the last
+        clock["t"] += 10.0
+        return clock["t"]
+
+    monkeypatch.setattr(train, "_clock", tick)
+    out = tmp_path / "timed"
+    train.train(data, out, config=TC, model_config=TINY, max_steps=1, progress=False, log=lambda s: None)
+    clock["t"] = 0.0  # a new process: the clock's origin is anywhere
+    second = train.train(data, out, config=TC, model_config=TINY, progress=False, log=lambda s: None)
+    # first part: start 1010, checkpoint 1020 (10 s); second: start 10 (-> 0 s), validation 20, so 10 + 10
+    assert second.history[0]["seconds"] == pytest.approx(20.0)
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(data, straight, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     real = train.pad_batch

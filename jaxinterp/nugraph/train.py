@@ -34,6 +34,8 @@ from jaxinterp.nugraph.event import PLANES, Event, validate
 from jaxinterp.nugraph.graph import BatchSizes, bucket, overflow_edges, pad_batch
 from jaxinterp.nugraph.model import NuGraph2Config
 
+_clock = time.perf_counter  # training seconds (tests replace it)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -333,10 +335,11 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
               else jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), init_params))
     state = TrainState(params, opt.init(params))
     mngr = _manager(out_dir)
-    step, history = 0, []
+    step, history, seconds_before = 0, [], 0.0
     if mngr.latest_step() is not None:
         state, meta = _restore(mngr, mngr.latest_step(), state)
         step, history = int(meta["step"]), list(meta["history"])
+        seconds_before = float(meta.get("seconds", 0.0))  # checkpoints before session 7 lack it
         log(f"resumed from the checkpoint at step {step} of {total}")
     train_step = _train_step(model_config, config.lr, config.weight_decay, total)
     policy = SizePolicy(train_ev + val_ev, model_config.planes)
@@ -344,7 +347,8 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     policy.reserve([[train_ev[i] for i in b] for b in first])  # balanced batches differ little: one compilation
     stop = total if max_steps is None else min(total, max_steps)
     bar = tqdm(total=total, initial=step, desc="training NuGraph2", unit="step", disable=not progress)
-    t0 = time.perf_counter()
+    t0 = _clock() - seconds_before  # training time runs on across resumes (work redone after the
+    # last checkpoint of a killed run not counted twice)
     try:
         while step < stop:
             epoch, k = divmod(step, nb)
@@ -362,11 +366,11 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                                                 batch_size=config.eval_batch_size, policy=policy)
                 m = metrics.compute(counts, model_config.semantic_classes)
                 history.append({"epoch": epoch, "step": step, "train_loss": float(parts.total),
-                                "val_loss": vloss, "seconds": time.perf_counter() - t0, **m.as_dict()})
+                                "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})
                 (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
                 atomic.write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
             if end_of_epoch or step % config.checkpoint_every == 0 or step == stop:
-                _save(mngr, step, state, {"step": step, "history": history})
+                _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0})
     finally:
         bar.close()
         mngr.close()
