@@ -266,3 +266,34 @@ def test_per_layer_values_reuse_one_compiled_kernel():
     np.testing.assert_allclose(outs[1], 1.7)  # colinear: lerp
     fn = registry._jitted("slerp", 0, (("t", None),), ((), ()), (("s", "t"),))
     assert fn._cache_size() == 1
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("linear", [{"weight": w} for w in (0.1, 0.35, 0.9)]),
+    ("slerp", [{"t": t} for t in (0.2, 0.5, 0.8)]),
+    ("ties", [{"weight": w, "density": 0.5, "lambda": lam} for w, lam in ((0.3, 1.0), (0.6, 0.5), (1.0, 2.0))]),
+])
+def test_a_sweep_over_weights_t_or_lambda_compiles_the_tree_once(method, settings):
+    """Weights, t and lambda go into the whole-tree merge traced: a sweep over them (the common
+    use of `merge` in research code) compiles once, and each value still gives its own result."""
+    from jaxinterp.merge import tree_merge
+
+    rng = np.random.default_rng(3)
+    mk = lambda: {f"h_{i}": {"w": rng.normal(size=(4, 3)).astype(np.float32)} for i in range(2)}  # noqa: E731
+    base, a = mk(), mk()
+    has_base = method != "linear"
+    before = tree_merge._tree_fn.cache_info().misses
+    outs = [merge(method, [a] if has_base else [a, base], base=base if has_base else None, parameters=p)
+            for p in settings]
+    assert tree_merge._tree_fn.cache_info().misses - before <= 1
+    from jaxinterp.merge import registry
+
+    for p, out in zip(settings, outs):  # each equals the same merge leaf by leaf, each compiled alone
+        models = [a, base]  # the base last, as merge() orders it
+        plan = tree_merge.plan(method, ["h_0.w", "h_1.w"], n_models=1 if has_base else 2, has_base=has_base,
+                               parameters=p)
+        for name in ("h_0", "h_1"):
+            shared, per_input = plan.resolved[f"{name}.w"]
+            want = registry.merge_tensor(method, [m[name]["w"] for m in models], base_index=plan.base_index,
+                                         shared=shared, per_input=per_input)
+            np.testing.assert_allclose(out[name]["w"], want, rtol=1e-6, atol=1e-6)

@@ -170,12 +170,26 @@ def _split(method: str, shared: dict, per_input: list[dict]):
     return s2, p2, dyn
 
 
+def split_traced(method: str, shared: dict, per_input: list[dict]) -> tuple[tuple, tuple, tuple, tuple]:
+    """(frozen static shared, frozen static per-input, traced keys, their float32 values): the static
+    parts key a compilation cache; the values go in as arguments."""
+    s2, p2, dyn = _split(method, shared, per_input)
+    keys = tuple(dyn)
+    return _freeze(s2), tuple(_freeze(p) for p in p2), keys, tuple(jnp.float32(dyn[k]) for k in keys)
+
+
+def with_traced(shared: tuple, per_input: tuple, dyn_keys: tuple, dyn_vals) -> tuple[dict, list[dict]]:
+    """The parameter dicts of `split_traced`'s parts, traced values put back (inside a jit)."""
+    sh, pi = dict(shared), [dict(p) for p in per_input]
+    for (where, k), v in zip(dyn_keys, dyn_vals):
+        (sh if where == "s" else pi[where])[k] = v
+    return sh, pi
+
+
 @functools.lru_cache(maxsize=256)
 def _jitted(method: str, base_index: int | None, shared: tuple, per_input: tuple, dyn_keys: tuple):
     def run(inputs, key, dyn_vals):
-        sh, pi = dict(shared), [dict(p) for p in per_input]
-        for (where, k), v in zip(dyn_keys, dyn_vals):
-            (sh if where == "s" else pi[where])[k] = v
+        sh, pi = with_traced(shared, per_input, dyn_keys, dyn_vals)
         return kernel_checked(method, list(inputs), base_index, sh, pi, key)
 
     return jax.jit(run)
@@ -186,10 +200,8 @@ def merge_tensor(method: str, inputs: list[jax.Array], *, base_index: int | None
     """One output tensor of `method` from its inputs (base at `base_index`) and resolved parameters."""
     if key is None:
         key = jax.random.PRNGKey(0)
-    s2, p2, dyn = _split(method, shared, per_input)
-    dyn_keys = tuple(dyn)
-    fn = _jitted(method, base_index, _freeze(s2), tuple(_freeze(p) for p in p2), dyn_keys)
-    y, bad = fn(tuple(inputs), key, tuple(jnp.float32(dyn[k]) for k in dyn_keys))
+    s2, p2, dyn_keys, dyn_vals = split_traced(method, shared, per_input)
+    y, bad = _jitted(method, base_index, s2, p2, dyn_keys)(tuple(inputs), key, dyn_vals)
     if method in CAN_BE_BAD:  # reading `bad` waits for the kernel: only where it can be true
         raise_if_bad(method, bad, name)
     return y

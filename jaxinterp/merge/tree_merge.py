@@ -101,10 +101,13 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
     names = list(leaves[0])
     p = plan(method, names, n_models=len(models), has_base=base is not None, parameters=parameters,
              model_parameters=model_parameters)
-    cfgs = tuple((registry._freeze(p.resolved[n][0]), tuple(registry._freeze(q) for q in p.resolved[n][1]))
-                 for n in names)
+    # per leaf: the static parameters key the compilation; weights, t and lambda go in traced, so a
+    # sweep over them reuses one compiled merge
+    split = [registry.split_traced(method, *p.resolved[n]) for n in names]
+    cfgs = tuple(s[:3] for s in split)
     keys = jax.numpy.stack([tensor_key(seed, n) for n in names])
-    outs, bads = _tree_fn(method, p.base_index, cfgs)(tuple(tuple(lv[n] for lv in leaves) for n in names), keys)
+    outs, bads = _tree_fn(method, p.base_index, cfgs)(tuple(tuple(lv[n] for lv in leaves) for n in names), keys,
+                                                      tuple(s[3] for s in split))
     for n, bad in zip(names, bads):
         registry.raise_if_bad(method, bad, n)
     ref = trees[-1] if base is not None else trees[0]
@@ -113,13 +116,14 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
 
 @functools.lru_cache(maxsize=64)
 def _tree_fn(method: str, base_index: int | None, cfgs: tuple):
-    """One compiled call merging every leaf (per-leaf static parameters in `cfgs`)."""
+    """One compiled call merging every leaf (per leaf in `cfgs`: static shared and per-input
+    parameters and the keys of the traced ones, whose values come in `leaf_dyn`)."""
 
-    def run(leaf_inputs, keys):
+    def run(leaf_inputs, keys, leaf_dyn):
         outs, bads = [], []
-        for i, (inputs, (shared, per_input)) in enumerate(zip(leaf_inputs, cfgs)):
-            y, bad = registry.kernel_checked(method, list(inputs), base_index, dict(shared),
-                                             [dict(q) for q in per_input], keys[i])
+        for i, (inputs, (shared, per_input, dyn_keys), dyn) in enumerate(zip(leaf_inputs, cfgs, leaf_dyn)):
+            sh, pi = registry.with_traced(shared, per_input, dyn_keys, dyn)
+            y, bad = registry.kernel_checked(method, list(inputs), base_index, sh, pi, keys[i])
             outs.append(y)
             bads.append(bad)
         return outs, bads
