@@ -77,8 +77,29 @@ parameters: {{t: [0.0, 1.0]}}
         mid = merge("slerp", [B[f"transformer.h.3.{k}"]], base=A[f"transformer.h.1.{k}"], parameters={"t": 1.0})
         np.testing.assert_allclose(got[f"transformer.h.1.{k}"], np.asarray(mid), rtol=1e-6)
     np.testing.assert_allclose(got["transformer.wte.weight"], A["transformer.wte.weight"], rtol=1e-6)  # t = 0
+    # the final norm is a post weight: mergekit plans it at t = 1, so it is b's (at t = 0 it was a's)
+    np.testing.assert_allclose(got["transformer.ln_f.weight"], B["transformer.ln_f.weight"], rtol=1e-5, atol=1e-6)
     assert set(got) == {"transformer.wte.weight", "transformer.ln_f.weight"} | {
         f"transformer.h.{i}.{k}" for i in range(2) for k in LAYER}
+
+
+def test_slice_parameters_fall_back_to_the_global_ones(ckpts):
+    """mergekit's ConfigReader: source, then slice, then global, each consulted only when the one
+    before sets nothing for the tensor (a slice setting whose filters all miss used to hide the
+    global one, so the tensor got the method's default)."""
+    from jaxinterp.merge import slices
+
+    a, b = map(str, ckpts)
+    cfg = slices.from_dict({
+        "merge_method": "ties", "base_model": a, "parameters": {"density": 0.5, "weight": 1.0},
+        "slices": [{"sources": [{"model": a, "layer_range": [0, 2]},
+                                {"model": b, "layer_range": [0, 2], "parameters": {"weight": [{"filter": "ln_1", "value": 2.0}]}}],
+                    "parameters": {"density": [{"filter": "mlp", "value": 0.3}]}}]}, dtype=None, out_dtype=None)
+    jobs, _ = slices.plan_jobs(cfg, {r: checkpoint.read_index(r) for r in (a, b)})
+    got = {j.out_name: j.per_input[0] for j in jobs}
+    assert got["transformer.h.0.mlp.c_fc.weight"] == {"weight": 1.0, "density": 0.3}  # slice filter hits
+    assert got["transformer.h.0.attn.c_attn.weight"] == {"weight": 1.0, "density": 0.5}  # misses: global
+    assert got["transformer.h.1.ln_1.weight"] == {"weight": 2.0, "density": 0.5}  # the source's own
 
 
 @pytest.mark.parametrize("slices,msg", [

@@ -3,14 +3,16 @@
 A setting is one of
   * a scalar (bool, int, float, str);
   * a list of numbers, a gradient over layers: at layer position t in [0, 1] (t = layer / (L - 1),
-    t = 1 when L == 1, t = 0 for tensors outside the layers such as embeddings), with
+    t = 1 when L == 1; outside the layers t = 0 for the embeddings, t = 1 for the final norm and
+    LM head), with
     s = t (len - 1), i0 = int(s): (1 - (s - i0)) v[i0] + (s - i0) v[min(i0 + 1, len - 1)];
     a list of booleans or strings picks v[int(t (len - 1))];
   * a dict {"value": setting, "filter": substring} or a list of them: the first whose filter is
     absent, "*", or a substring of the tensor name applies (none applying means "not set").
 
-Precedence (mergekit's ConfigReader): a model's own parameters, then the global ones; shared
-parameters come from the global ones only. Unset parameters take the method's default, and a
+Precedence (mergekit's ConfigReader): a model's own parameters, then (in the `slices:` form) the
+slice's, then the global ones, each consulted only when the one before sets nothing for the tensor;
+shared parameters come from the slice's and the global ones only. Unset parameters take the method's default, and a
 required one with no value is an error.
 """
 
@@ -39,11 +41,26 @@ def with_layer(name: str, layer: int) -> str:
     return name[:m.start(1)] + str(layer) + name[m.end(1):]
 
 
+# Tensors outside the layers that come after them (mergekit's architecture files' post_weights: the
+# final norm and the LM head of Llama/Mistral/Qwen/Gemma, GPT-2, GPT-NeoX, MPT/Mamba, ChatGLM, phi;
+# TransformerLens' ln_final and unembed);
+# the rest outside the layers (embeddings) are pre weights.
+_POST_RE = re.compile(r"(^|\.)(ln_f|norm|norm_f|final_norm|final_layer_norm|final_layernorm|lm_head|embed_out|"
+                      r"output_layer|ln_final|unembed)(\.|$)")
+
+
+def is_post(name: str) -> bool:
+    """Whether a tensor outside the layers is one of the post weights (final norm, LM head)."""
+    return layer_index(name) is None and _POST_RE.search(name) is not None
+
+
 def layer_t(name: str, num_layers: int) -> float:
-    """mergekit's gradient position of a tensor: idx / (L - 1) in the layers, 0 outside them."""
+    """mergekit's gradient position of a tensor: idx / (L - 1) in the layers (1 when L == 1);
+    outside them 0 for the pre weights (embeddings) and 1 for the post weights (`mergekit/plan.py`
+    reads those with t = 0 and t = 1)."""
     idx = layer_index(name)
     if idx is None:
-        return 0.0
+        return 1.0 if is_post(name) else 0.0
     return idx / (num_layers - 1) if num_layers > 1 else 1.0
 
 
@@ -140,9 +157,11 @@ def check_names(spec: MethodSpec, settings: Mapping[str, Any] | None, where: str
 
 def resolve(spec: MethodSpec, *, tensor_name: str, t: float, global_params: Mapping[str, Any] | None,
             model_params: Sequence[Mapping[str, Any] | None], base_index: int | None,
-            model_names: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
-    """(shared values, per-input values) for one tensor; inputs in order, base at base_index."""
-    g = global_params or {}
+            model_names: Sequence[str] | None = None, slice_params: Mapping[str, Any] | None = None,
+            slice_where: str = "slice.parameters") -> tuple[dict, list[dict]]:
+    """(shared values, per-input values) for one tensor; inputs in order, base at base_index.
+    `slice_params` (the `slices:` form) sit between a model's own and the global ones."""
+    outer = ([(slice_params, slice_where)] if slice_params else []) + [(global_params or {}, "parameters")]
 
     def one(p: ParamSpec, sources: list[tuple[Mapping, str]], label: str) -> Any:
         for src, where in sources:
@@ -155,11 +174,11 @@ def resolve(spec: MethodSpec, *, tensor_name: str, t: float, global_params: Mapp
                              f"{label}{tensor_name}, and none was given")
         return p.default
 
-    shared = {p.name: one(p, [(g, "parameters")], "") for p in spec.params if p.scope == "shared"}
+    shared = {p.name: one(p, outer, "") for p in spec.params if p.scope == "shared"}
     per_input = []
     for i, mp in enumerate(model_params):
         label = f"{model_names[i]}: " if model_names and i < len(model_names) else f"input {i}: "
-        srcs = [(mp or {}, f"models[{i}].parameters"), (g, "parameters")]
+        srcs = [(mp or {}, f"models[{i}].parameters"), *outer]
         per_input.append({p.name: one(p, srcs, label) for p in spec.params
                           if p.scope == "input" or (p.scope == "non_base" and i != base_index)})
     return shared, per_input

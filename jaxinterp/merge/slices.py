@@ -16,8 +16,10 @@
 As mergekit plans it (`mergekit/plan.py`): the sources of a slice must span equally many layers;
 output layers are numbered on from slice to slice; within a slice, layer idx of n is merged with
 the parameters at gradient position t = idx / (n - 1) (t = 1 when n = 1); tensors outside the
-layers come from the first slice's sources (embeddings) or the last slice's (the final norm and
-the LM head), at t = 0. A source that is the base model is the slice's base input.
+layers come from the first slice's sources at t = 0 (embeddings) or the last slice's at t = 1 (the
+final norm and the LM head: `params.is_post`). A source that is the base model is the slice's base
+input. A parameter is looked up in the source's settings, then the slice's, then the global ones,
+each only when the one before sets nothing for the tensor (e.g. its filters all miss).
 
 `plan_jobs` turns a validated config and the inputs' safetensors indices into one job per output
 tensor, which `checkpoint` runs like the `models:` form's.
@@ -25,7 +27,6 @@ tensor, which `checkpoint` runs like the `models:` form's.
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
 from jaxinterp.merge import params as _params
@@ -33,8 +34,6 @@ from jaxinterp.merge import registry
 
 _SLICE_KEYS = {"sources", "parameters"}
 _SOURCE_KEYS = {"model", "layer_range", "parameters"}
-# tensors outside the layers that belong after them (mergekit's post_weights)
-_POST = re.compile(r"(^|\.)(ln_f|norm|final_layer_norm|final_layernorm|lm_head)(\.|$)")
 
 
 class Source(NamedTuple):
@@ -137,22 +136,23 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
     spec = registry.get(cfg.merge_method)
 
     def job(out_name, sl: Slice, in_names: list[str], t: float) -> Job:
+        k_slice = cfg.slices.index(sl)
         order = [k for k, s in enumerate(sl.sources) if s.model != cfg.base_model]
         bases = [k for k, s in enumerate(sl.sources) if s.model == cfg.base_model]
         order += bases[:1]  # the base input last, once
         base_index = len(order) - 1 if bases and spec.base != "ignored" else None
-        g = {**(cfg.parameters or {}), **(sl.parameters or {})}
         mps = [None if k in bases else sl.sources[k].parameters for k in order]
         refs = [sl.sources[k].model for k in order]
-        shared, per_input = _params.resolve(spec, tensor_name=out_name, t=t, global_params=g, model_params=mps,
-                                            base_index=base_index, model_names=refs)
+        shared, per_input = _params.resolve(spec, tensor_name=out_name, t=t, global_params=cfg.parameters,
+                                            model_params=mps, base_index=base_index, model_names=refs,
+                                            slice_params=sl.parameters, slice_where=f"slices[{k_slice}].parameters")
         _params.check_values(spec, shared, per_input, f"parameters for {out_name}")
         return Job(out_name, tuple(zip(refs, (in_names[k] for k in order))), shared, per_input, base_index)
 
     first = cfg.slices[0].sources[0]
     outside = [n for n in indices[first.model] if _params.layer_index(n) is None]
-    pre = [n for n in outside if not _POST.search(n)]
-    post = [n for n in outside if _POST.search(n)]
+    pre = [n for n in outside if not _params.is_post(n)]
+    post = [n for n in outside if _params.is_post(n)]
     jobs = [job(n, cfg.slices[0], [n] * len(cfg.slices[0].sources), 0.0) for n in pre]
     layer = 0
     for sl in cfg.slices:
@@ -167,7 +167,7 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
                 jobs.append(job(_params.with_layer(template, layer), sl, [n[template] for n in names], t))
             layer += 1
     last = cfg.slices[-1]
-    jobs += [job(n, last, [n] * len(last.sources), 0.0) for n in post]
+    jobs += [job(n, last, [n] * len(last.sources), 1.0) for n in post]
     return jobs, layer
 
 
