@@ -48,6 +48,19 @@ def _np_dtype(dtype):
 
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+    # the view's geometry comes from the file: it must stay inside the storage's data (as_strided
+    # would otherwise read memory beyond it, or crash), whatever the file says
+    size, stride = tuple(size), tuple(stride)
+    numbers = (offset, *size, *stride)
+    if len(size) != len(stride) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
+        raise ValueError(f"tensor: expected a non-negative integer offset and sizes and strides of one length, "
+                         f"got offset {offset!r}, size {size!r}, stride {stride!r}")
+    if 0 in size:
+        return np.zeros(size, storage.dtype)
+    last = offset + sum((n - 1) * st for n, st in zip(size, stride))
+    if last >= storage.size:
+        raise ValueError(f"tensor: a view of size {size} and stride {stride} at offset {offset} reaches element "
+                         f"{last} of a storage of {storage.size} elements: the file is corrupt or crafted")
     if not size:
         return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize

@@ -137,6 +137,34 @@ def test_a_foreign_global_is_refused_by_name_and_never_called(tmp_path, fake_tor
         torch_pickle.load(path)
 
 
+@pytest.mark.parametrize("offset, size, stride, match", [
+    (0, (50, 2000), (2000, 1), "reaches element 99999 of a storage of 4 elements"),  # read far past the data
+    (0, (4, 64), (64, 1), "reaches element 255 of a storage of 4"),
+    (3, (2,), (1,), "reaches element 4 of a storage of 4"),
+    (4, (), (), "reaches element 4 of a storage of 4"),  # a 0-d tensor past the end
+    (-1, (), (), "non-negative integer offset"),  # would read from the end
+    (0, (2, 2), (-1, 1), "non-negative integer offset"),  # negative strides walk before the data
+    (0, (2, 2), (1,), "sizes and strides of one length"),
+    (0, (2.0,), (1,), "non-negative integer"),
+])
+def test_views_outside_their_storage_are_refused(tmp_path, fake_torch, offset, size, stride, match):
+    """Offsets, sizes and strides come from the file; a view that reaches beyond its storage's data
+    (which used to segfault or copy heap memory into the tensor) is a ValueError."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
+    path = write(tmp_path / "x.pt", {"w": Tensor(storage, offset, size, stride)})
+    with pytest.raises(ValueError, match=match):
+        torch_pickle.load_state_dict(path)
+
+
+def test_empty_and_edge_views_read(tmp_path, fake_torch):
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
+    path = write(tmp_path / "x.pt", {"empty": Tensor(storage, 4, (0, 3), (3, 1)), "last": Tensor(storage, 3, (), ()),
+                                     "expanded": Tensor(storage, 1, (2, 3), (0, 1))})
+    got = torch_pickle.load_state_dict(path)
+    assert got["empty"].shape == (0, 3) and float(got["last"]) == 3.0
+    np.testing.assert_array_equal(got["expanded"], [[1, 2, 3], [1, 2, 3]])  # stride 0: torch's expand
+
+
 @pytest.mark.parametrize("case,match", [
     ("missing", "does not exist"),
     ("not-zip", "is not a torch zip checkpoint"),
