@@ -1,6 +1,7 @@
 """Lens training driver: exact resume after a kill, data, data-parallel over 4 host devices (subprocess),
 and the CLI end to end with its bad-input errors."""
 
+import csv
 import json
 import os
 import re
@@ -108,6 +109,9 @@ def test_read_texts(tmp_path):
     assert data.read_texts(tmp_path / "a.txt") == ["one", " two "]
     assert data.read_texts(tmp_path / "b.jsonl") == ["three", "four"]
     assert data.read_texts(tmp_path) == ["one", " two ", "three", "four"]
+    # one text per \n-ended line: a form feed or U+2028 inside a line does not split it; \r\n ends one
+    (tmp_path / "c.txt").write_text("first\x0cstill first\r\nsecond \u2028 still second\nthird", newline="")
+    assert data.read_texts(tmp_path / "c.txt") == ["first\x0cstill first", "second \u2028 still second", "third"]
 
 
 @pytest.mark.parametrize("content,name,match", [
@@ -115,6 +119,8 @@ def test_read_texts(tmp_path):
     ("\n  \n", "blank.txt", "holds no text"),
     ('{"body": "x"}\n', "f.jsonl", "field 'text'"),
     ("{oops\n", "g.jsonl", "is not JSON"),
+    ('{"text": "ok"}\n{"text": null}\n', "n.jsonl", "line 2: expected field 'text' to be a string, got NoneType"),
+    ('{"text": ["a", "b"]}\n', "l.jsonl", "line 1: expected field 'text' to be a string, got list"),
 ])
 def test_bad_data(tmp_path, content, name, match):
     (tmp_path / name).write_text(content)
@@ -144,13 +150,15 @@ def test_hugging_face_dataset_name(monkeypatch):
 
     def load(name, split):
         calls.append((name, split))
-        return _FakeSplit({"text": ["first", "  ", "second"], "label": [0, 1, 2]})
+        return _FakeSplit({"text": ["first", "  ", None, "second"], "label": [0, 1, 2, 3]})  # None: a missing row
 
     _fake_datasets(monkeypatch, load)
     assert data.read_texts("user/corpus", split="validation") == ["first", "second"]
     assert calls == [("user/corpus", "validation")]
     with pytest.raises(ValueError, match=r"expected a field 'body', got fields \['text', 'label'\]"):
         data.read_texts("user/corpus", text_field="body")
+    with pytest.raises(ValueError, match="expected field 'label' to hold strings, got int 0"):
+        data.read_texts("user/corpus", text_field="label")
 
 
 def test_hugging_face_dataset_failures_are_value_errors(monkeypatch):
@@ -247,6 +255,12 @@ def test_cli_train_then_show(tmp_path, capsys):
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert len(lines) == 1 + 4 and lines[0].startswith("layer,head,lens top-3,logit lens top-3,share of top-50")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    # --k above --score-k: the table shows k tokens per head (it showed score-k of them)
+    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", out / "lens_layer2.safetensors", "--prompt",
+                "w5 w6 w7", "--k", 8, "--score-k", 2, "--csv", tmp_path / "t8.csv") == 0
+    rows = list(csv.reader((tmp_path / "t8.csv").read_text().splitlines()))
+    assert rows[0][2] == "lens top-8" and all(len(r[2].split("' '")) == 8 and len(r[3].split("' '")) == 8
+                                               for r in rows[1:])
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -100,10 +100,11 @@ def _show(args) -> int:
     for lens, lc in sorted(loaded, key=lambda x: x[1].layer):
         t = readout.head_topk(params, config, lens, lc, ids, k=kk, chunk=args.chunk)
         i = layers.index(lc.layer)
-        lens_tok = readout.decode_ids(tok, t.lens_ids[:, :args.score_k])
-        logit_tok = readout.decode_ids(tok, t.logit_ids[:, :args.score_k])
+        lens_tok = readout.decode_ids(tok, t.lens_ids[:, :kk])  # the table shows k, the score reads score_k
+        logit_tok = readout.decode_ids(tok, t.logit_ids[:, :kk])
         if words:
-            lens_score[i], logit_score[i] = readout.word_share(lens_tok, words), readout.word_share(logit_tok, words)
+            lens_score[i] = readout.word_share([r[:args.score_k] for r in lens_tok], words)
+            logit_score[i] = readout.word_share([r[:args.score_k] for r in logit_tok], words)
         else:
             lens_score[i] = readout.overlap_share(t.lens_ids[:, :args.score_k], t.logit_ids[:, :args.score_k])
         rows += readout.rows_for_table(lc.layer, [r[:args.k] for r in lens_tok], [r[:args.k] for r in logit_tok],

@@ -24,8 +24,9 @@ class Batch(NamedTuple):
 
 
 def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: str = "train") -> list[str]:
-    """Texts from a .txt file (one per non-empty line), a .jsonl file (`text_field` of each record),
-    a folder of those, or a Hugging Face dataset name. ValueError if nothing usable is found."""
+    """Texts from a .txt file (one per non-empty line; lines end at \\n), a .jsonl file (`text_field`
+    of each record, a string), a folder of those, or a Hugging Face dataset name. ValueError if
+    nothing usable is found."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl"))
@@ -46,9 +47,12 @@ def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: st
                     if not isinstance(rec, dict) or text_field not in rec:
                         raise ValueError(f"data: {path} line {i + 1}: expected an object with field "
                                          f"{text_field!r}, got {str(rec)[:80]}")
-                    texts.append(str(rec[text_field]))
-        else:
-            texts = path.read_text(encoding="utf-8").splitlines()
+                    if not isinstance(rec[text_field], str):  # str() would train on "None" or "[1, 2]"
+                        raise ValueError(f"data: {path} line {i + 1}: expected field {text_field!r} to be a "
+                                         f"string, got {type(rec[text_field]).__name__} {str(rec[text_field])[:40]}")
+                    texts.append(rec[text_field])
+        else:  # lines end at \n only (splitlines would also cut at form feeds and U+2028 inside a line)
+            texts = [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n")]
     else:
         texts = _hf_dataset(str(source), text_field, split)
     texts = [t for t in texts if t.strip()]
@@ -70,7 +74,12 @@ def _hf_dataset(name: str, text_field: str, split: str) -> list[str]:
     if text_field not in ds.column_names:
         raise ValueError(f"data: Hugging Face dataset {name!r} split {split!r}: expected a field {text_field!r}, "
                          f"got fields {list(ds.column_names)}")
-    return [str(t) for t in ds[text_field]]
+    texts = [t for t in ds[text_field] if t is not None]  # missing values: skipped like blank lines
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ValueError(f"data: Hugging Face dataset {name!r} split {split!r}: expected field {text_field!r} "
+                         f"to hold strings, got {type(bad).__name__} {str(bad)[:40]}")
+    return texts
 
 
 def tokenize(texts: Sequence[str], tokenizer, seq_len: int) -> list[np.ndarray]:
