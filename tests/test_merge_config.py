@@ -170,3 +170,33 @@ def test_truncated_checkpoint_is_an_error_and_writes_nothing(ckpts, tmp_path):
     with pytest.raises(ValueError, match="model.safetensors is truncated: its header needs"):
         checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # found from the headers, before the output folder
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "slerp"])
+def test_mixed_dtypes_merge_in_the_widest(ckpts, tmp_path, method):
+    """A float32 base with a bfloat16 fine-tune (no dtype configured): the merge computes in float32,
+    as torch's promotion does in mergekit, and writes the base's float32; it used to round every
+    input to the first model's bfloat16 first (an error of ~7% of the task vector)."""
+    import ml_dtypes
+
+    base = load_file(str(ckpts[0] / "model.safetensors"))
+    tuned = {k: (v + 0.01 * np.random.default_rng(1).normal(size=v.shape)).astype(ml_dtypes.bfloat16)
+             for k, v in base.items()}
+    d = tmp_path / "tuned_bf16"
+    d.mkdir()
+    save_file(tuned, str(d / "model.safetensors"))
+    cfg = write_cfg(tmp_path, f"""
+merge_method: {method}
+base_model: {ckpts[0]}
+models:
+  - model: {d}
+parameters: {{weight: 0.5, t: 0.5}}
+""".replace("weight: 0.5, t: 0.5", "weight: 0.5" if method == "task_arithmetic" else "t: 0.5"))
+    checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    params = {"weight": 0.5} if method == "task_arithmetic" else {"t": 0.5}
+    want = merge(method, [{k: v.astype(np.float32) for k, v in tuned.items()}], base=base, parameters=params)
+    for k in NAMES:
+        assert got[k].dtype == np.float32
+        np.testing.assert_allclose(got[k], np.asarray(want[k]), rtol=1e-6, atol=1e-6)
+        assert not np.array_equal(got[k], got[k].astype(ml_dtypes.bfloat16).astype(np.float32))  # not bf16-rounded

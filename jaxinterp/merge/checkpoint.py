@@ -13,6 +13,7 @@ config/tokenizer files of the base (else the first) model and the `mergekit_conf
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -138,16 +139,20 @@ def _np_dtype(name: str) -> np.dtype:
 
 def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, slot, read_pool):
     """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
+    import jax.numpy as jnp
+
     from jaxinterp.merge import registry, stream
     from jaxinterp.merge import tree_merge as _merge
 
     infos = [indices[ref][name] for ref, name in job.inputs]
-    dtype = dtype_cfg or infos[0].dtype
+    # without a configured dtype, the inputs' common one (torch's promotion, as mergekit's arithmetic
+    # gets): a float32 base is never rounded to a bfloat16 fine-tune's precision before the merge
+    dtype = dtype_cfg or functools.reduce(lambda a, b: np.dtype(jnp.promote_types(a, b)).name,
+                                          (i.dtype for i in infos))
     # one thread per input (file reads release the GIL: the copies from the page cache run on
     # both cores; positional reads, so two inputs may come from one file)
     xs = list(read_pool.map(lambda i: readers.get(infos[i], job.inputs[i][1], (slot, i)), range(len(infos))))
-    if dtype_cfg:
-        xs = [x if x.dtype == _np_dtype(dtype) else x.astype(_np_dtype(dtype)) for x in xs]
+    xs = [x if x.dtype == _np_dtype(dtype) else x.astype(_np_dtype(dtype)) for x in xs]
     name, size = job.out_name, xs[0].size
     if stream.supported(method, dtype, size):
         return stream.merge_flat(method, [x.reshape(-1) for x in xs], base_index=job.base_index,
