@@ -69,6 +69,16 @@ def test_config_round_trips_through_yaml(ckpts):
     assert config.from_dict(__import__("yaml").safe_load(config.to_yaml(cfg))) == cfg
 
 
+def test_a_base_listed_for_linear_is_one_of_the_models():
+    """linear has no base: a base_model that is also listed among the models is merged as one of them
+    (mergekit accepts this config; it was refused with 'list it among the models', which it was)."""
+    cfg = config.from_dict({"merge_method": "linear", "base_model": "a",
+                            "models": [{"model": "a", "parameters": {"weight": 0.3}},
+                                       {"model": "b", "parameters": {"weight": 0.7}}]})
+    assert cfg.base_model is None and [(m.model, m.parameters) for m in cfg.models] == [
+        ("a", {"weight": 0.3}), ("b", {"weight": 0.7})]
+
+
 BAD_CONFIGS = [
     ({"merge_method": "tiess", "models": ["a"]}, "merge_method: expected one of"),
     ({"merge_method": "ties", "models": ["a", "b"], "parameters": {"densty": 0.5}}, "densty: unknown parameter"),

@@ -15,7 +15,8 @@ Supported (the `models:` form of mergekit's MergeConfiguration):
 
 The `slices:` form (layer ranges stacked, e.g. passthrough frankenmerges) is read by
 `jaxinterp.merge.slices`; `modules:` is rejected with a clear message. Models are local paths:
-nothing is downloaded. A model given both as base_model and in models is the base.
+nothing is downloaded. A model given both as base_model and in models is the base (for methods
+without a base, such as linear, it is one of the models, as in mergekit).
 
 Tokenizer keys. jaxinterp writes tensors; the output folder gets the base (else first) model's
 tokenizer files copied as they are. So `tokenizer_source: base` (mergekit: the base model's
@@ -112,9 +113,11 @@ def from_dict(d: Any):
         p = m.get("parameters")
         if p is not None and not isinstance(p, dict):
             raise ValueError(f"config.models[{i}].parameters: expected a mapping, got {p!r}")
-        if base is not None and m["model"] == base:
+        if base is not None and m["model"] == base and spec.base != "ignored":
             continue  # mergekit: the base listed among the models is still the base
         entries.append(ModelEntry(m["model"], p))
+    if spec.base == "ignored" and base is not None and any(e.model == base for e in entries):
+        base = None  # a method without a base (linear, ...) merges a listed base_model as one of the models
     g = d.get("parameters")
     if g is not None and not isinstance(g, dict):
         raise ValueError(f"config.parameters: expected a mapping, got {g!r}")
