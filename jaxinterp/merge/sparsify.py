@@ -5,7 +5,9 @@ optionally rescaled so that its L1 norm is unchanged (DARE's rescale, in mergeki
 
 * magnitude: keep the `k = max(1, int(density * n))` largest |tau| (TIES).
 * magnitude_outliers: drop the `int(gamma * n)` largest, then the smallest, to keep `int(density * n)`
-  (Model Breadcrumbs).
+  (Model Breadcrumbs). One deliberate difference: where `int(gamma * n) == 0` (gamma 0, or a tensor
+  under 1/gamma entries) mergekit's `mask[indices[n_bot:-n_top]]` slices `[n_bot:-0]`, an empty
+  range, and keeps nothing; here the `int(density * n)` entries are kept, as the paper means.
 * bernoulli: keep each entry with probability `density` (DARE).
 * della_magprune: keep entry with probability `density - eps + 2 eps * rank_norm`, the rank being
   taken along axis 1 (rows of a matrix; a vector is one row) (DELLA).
