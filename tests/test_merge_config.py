@@ -210,3 +210,29 @@ parameters: {{weight: 0.5, t: 0.5}}
         assert got[k].dtype == np.float32
         np.testing.assert_allclose(got[k], np.asarray(want[k]), rtol=1e-6, atol=1e-6)
         assert not np.array_equal(got[k], got[k].astype(ml_dtypes.bfloat16).astype(np.float32))  # not bf16-rounded
+
+
+def test_integer_buffers_are_copied_when_equal_and_refused_when_not(tmp_path):
+    """BERT-style checkpoints hold int64 position_ids (a buffer): copied with their dtype, never cast
+    to out_dtype or merged (they made the whole merge fail with 'expected a floating dtype')."""
+    rng = np.random.default_rng(2)
+    dirs = []
+    for j, pos in enumerate([np.arange(8), np.arange(8), np.arange(8)[::-1].copy()]):
+        d = tmp_path / f"bert{j}"
+        d.mkdir()
+        save_file({"encoder.layer.0.w": rng.normal(size=(3, 3)).astype(np.float32),
+                   "embeddings.position_ids": pos.astype(np.int64)[None], "mask": np.array([True, False])},
+                  str(d / "model.safetensors"))
+        dirs.append(d)
+    linear = "merge_method: linear\nparameters: {weight: 1.0}\n"
+    cfg = write_cfg(tmp_path, linear + f"models: [{dirs[0]}, {dirs[1]}]\nout_dtype: bfloat16\n")
+    checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert got["embeddings.position_ids"].dtype == np.int64 and got["mask"].dtype == np.bool_
+    np.testing.assert_array_equal(got["embeddings.position_ids"], np.arange(8)[None])
+    np.testing.assert_array_equal(got["mask"], [True, False])
+    assert got["encoder.layer.0.w"].dtype.name == "bfloat16"
+    cfg = write_cfg(tmp_path, linear + f"models: [{dirs[0]}, {dirs[2]}]\n")
+    with pytest.raises(ValueError, match="embeddings.position_ids: a int64 tensor .* differs between"):
+        checkpoint.run_yaml(cfg, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2" / "model.safetensors").exists()

@@ -27,7 +27,10 @@ import numpy as np
 from jaxinterp import atomic
 from jaxinterp.merge import config as _config
 
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              # buffers, not weights (BERT's position_ids, masks): copied, never merged
+              "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_FLOATS = {"float64", "float32", "float16", "bfloat16"}
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
@@ -63,8 +66,8 @@ def read_index(ref: str) -> dict[str, TensorInfo]:
             if name == "__metadata__":
                 continue
             if h["dtype"] not in _ST_DTYPES:
-                raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected a "
-                                 f"floating dtype ({', '.join(_ST_DTYPES)})")
+                raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected one of "
+                                 f"{', '.join(_ST_DTYPES)}")
             out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
         end = 8 + n + max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
         if f.stat().st_size < end:  # found here, before anything is merged or written
@@ -145,6 +148,14 @@ def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, slot, 
     from jaxinterp.merge import tree_merge as _merge
 
     infos = [indices[ref][name] for ref, name in job.inputs]
+    if infos[0].dtype not in _FLOATS:  # an integer or boolean buffer: the same in every input, copied
+        xs = [readers.get(info, ref_name[1], (slot, i)) for i, (info, ref_name) in enumerate(zip(infos, job.inputs))]
+        differ = [ref for (ref, _), x in zip(job.inputs, xs) if x.shape != xs[0].shape or not np.array_equal(x, xs[0])]
+        if differ:
+            raise ValueError(f"{job.out_name}: a {infos[0].dtype} tensor (a buffer, not a weight) differs between "
+                             f"{job.inputs[0][0]!r} and {differ[0]!r}; it cannot be merged, only copied when equal")
+        y = np.array(xs[0]).reshape(-1)  # its own copy: the reader's buffers are reused
+        return [stream.Piece(0, lambda: y, 0, y.size)]
     # without a configured dtype, the inputs' common one (torch's promotion, as mergekit's arithmetic
     # gets): a float32 base is never rounded to a bfloat16 fine-tune's precision before the merge
     dtype = dtype_cfg or functools.reduce(lambda a, b: np.dtype(jnp.promote_types(a, b)).name,
@@ -228,7 +239,8 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
         ref, name = job.inputs[-1] if job.base_index is not None else job.inputs[0]
         return indices[ref][name]
 
-    out_dtypes = {j.out_name: cfg.out_dtype or cfg.dtype or info(j).dtype for j in jobs}
+    out_dtypes = {j.out_name: cfg.out_dtype or cfg.dtype or info(j).dtype if info(j).dtype in _FLOATS
+                  else info(j).dtype for j in jobs}  # buffers keep their integer dtype
 
     # header first: every output shape and dtype is known from the inputs' headers
     header, offset = {}, 0
