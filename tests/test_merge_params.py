@@ -33,12 +33,12 @@ def test_gradient_ends_and_layer_positions():
     ts = [params.layer_t(n, 5) for n in names]
     assert ts == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0]  # outside the layers: t = 0
     assert params.layer_t("h.0.attn.weight", 1) == 1.0  # one layer: the gradient's end
-    # outside the layers: the post weights (final norm, LM head) at t = 1, as mergekit's plan reads them
+    # the post weights (final norm, LM head; taken from the last slice) of the architectures mergekit knows
     post = ["model.norm.weight", "lm_head.weight", "transformer.ln_f.bias", "embed_out.weight",
             "backbone.norm_f.weight", "gpt_neox.final_layer_norm.weight", "params.ln_f.scale", "unembed.W_U"]
-    assert [params.layer_t(n, 5) for n in post] == [1.0] * len(post)
+    assert all(map(params.is_post, post)) and [params.layer_t(n, 5) for n in post] == [0.0] * len(post)
     pre = ["model.embed_tokens.weight", "transformer.wte.weight", "transformer.wpe.weight", "embed.W_E"]
-    assert [params.layer_t(n, 5) for n in pre] == [0.0] * len(pre)
+    assert not any(map(params.is_post, pre))
     assert not params.is_post("model.layers.3.input_layernorm.weight")  # inside the layers
     assert [value([0.0, 0.4, 1.0], t=t) for t in (0.0, 0.25, 1.0)] == pytest.approx([0.0, 0.2, 1.0])
     assert params.with_layer("transformer.h.3.attn.c_attn.weight", 11) == "transformer.h.11.attn.c_attn.weight"
@@ -106,13 +106,3 @@ def test_resolve_precedence_defaults_and_required():
         params.resolve(ties, tensor_name="model.layers.0.mlp.up_proj.weight", t=0.0, global_params={},
                        model_params=[None, {}], base_index=0, model_names=["a", "b"])
 
-
-def test_plan_puts_a_gradient_at_its_end_for_the_final_norm_and_lm_head():
-    """The `models:` form: a gradient t = [0, 1] gives the embeddings 0 and the final norm and the LM
-    head 1 (mergekit/plan.py); before, every tensor outside the layers got 0."""
-    from jaxinterp.merge.tree_merge import plan
-
-    names = ["model.embed_tokens.weight", "model.layers.0.mlp.w", "model.layers.1.mlp.w",
-             "model.norm.weight", "lm_head.weight"]
-    p = plan("slerp", names, n_models=1, has_base=True, parameters={"t": [0.0, 1.0]})
-    assert [p.resolved[n][0]["t"] for n in names] == [0.0, 0.0, 1.0, 1.0, 1.0]

@@ -3,8 +3,7 @@
 A setting is one of
   * a scalar (bool, int, float, str);
   * a list of numbers, a gradient over layers: at layer position t in [0, 1] (t = layer / (L - 1),
-    t = 1 when L == 1; outside the layers t = 0 for the embeddings, t = 1 for the final norm and
-    LM head), with
+    t = 1 when L == 1, t = 0 outside the layers: embeddings, final norm, LM head), with
     s = t (len - 1), i0 = int(s): (1 - (s - i0)) v[i0] + (s - i0) v[min(i0 + 1, len - 1)];
     a list of booleans or strings picks v[int(t (len - 1))];
   * a dict {"value": setting, "filter": substring} or a list of them: the first whose filter is
@@ -55,12 +54,12 @@ def is_post(name: str) -> bool:
 
 
 def layer_t(name: str, num_layers: int) -> float:
-    """mergekit's gradient position of a tensor: idx / (L - 1) in the layers (1 when L == 1);
-    outside them 0 for the pre weights (embeddings) and 1 for the post weights (`mergekit/plan.py`
-    reads those with t = 0 and t = 1)."""
+    """mergekit's gradient position of a tensor: idx / (L - 1) in the layers (1 when L == 1), 0
+    outside them, for the embeddings and the final norm / LM head alike (mergekit 0.1.5's
+    `plan_module` reads both with t = 0; releases before its modules read the post weights at 1)."""
     idx = layer_index(name)
     if idx is None:
-        return 1.0 if is_post(name) else 0.0
+        return 0.0
     return idx / (num_layers - 1) if num_layers > 1 else 1.0
 
 

@@ -16,8 +16,8 @@
 As mergekit plans it (`mergekit/plan.py`): the sources of a slice must span equally many layers;
 output layers are numbered on from slice to slice; within a slice, layer idx of n is merged with
 the parameters at gradient position t = idx / (n - 1) (t = 1 when n = 1); tensors outside the
-layers come from the first slice's sources at t = 0 (embeddings) or the last slice's at t = 1 (the
-final norm and the LM head: `params.is_post`). A source that is the base model is the slice's base
+layers come from the first slice's sources (embeddings) or the last slice's (the final norm and
+the LM head: `params.is_post`), at t = 0 (mergekit 0.1.5; older releases read the post weights at 1). A source that is the base model is the slice's base
 input. A parameter is looked up in the source's settings, then the slice's, then the global ones,
 each only when the one before sets nothing for the tensor (e.g. its filters all miss).
 
@@ -167,7 +167,7 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
                 jobs.append(job(_params.with_layer(template, layer), sl, [n[template] for n in names], t))
             layer += 1
     last = cfg.slices[-1]
-    jobs += [job(n, last, [n] * len(last.sources), 1.0) for n in post]
+    jobs += [job(n, last, [n] * len(last.sources), 0.0) for n in post]
     return jobs, layer
 
 
