@@ -55,6 +55,47 @@ def test_layer_encoding(model):
     assert memory_vectors(params, [[7, 9]], config=config, kind="layer", bos_id=0).shape == (1, 3, config.n_embd)
 
 
+class _Compiles:
+    """Counts XLA compilations (any program, eager ops included) while active."""
+
+    def __enter__(self):
+        self.n = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event, *_, **__):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.n += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+@pytest.mark.parametrize("bos_id", [0, None])
+def test_layer_memories_of_several_lengths_compile_once(model, bos_id):
+    """Memories of 1..7 tokens run right-padded in one program and equal their own unpadded runs;
+    other memories of other lengths (and another count) compile nothing more."""
+    params, config = model
+    names = [f"blocks.{i}.hook_attn_out" for i in range(config.n_layer)]
+
+    def one_at_a_time(ids):  # the per-memory forward at its own shape [1, len (+1)]
+        tokens = ([bos_id] if bos_id is not None else []) + list(ids)
+        _, cache = run_with_cache(params, jnp.array([tokens]), config=config, names=names)
+        return np.stack([cache[n][0, -1] for n in names])
+
+    first = [[7], [3, 1, 4, 1, 5], [7, 9], [2, 6, 5, 3, 5, 8, 9], [11, 12, 13]]
+    second = [[40, 41, 42, 43], [9, 9, 8, 8, 7, 7], [60]]
+    with _Compiles() as c1:
+        got1 = memory_vectors(params, first, config=config, kind="layer", bos_id=bos_id)
+    with _Compiles() as c2:
+        got2 = memory_vectors(params, second, config=config, kind="layer", bos_id=bos_id)
+    assert c1.n <= 1 and c2.n == 0, (c1.n, c2.n)
+    assert got1.shape == (5, config.n_layer, config.n_embd) and got2.shape == (3, config.n_layer, config.n_embd)
+    for ids_list, got in ((first, got1), (second, got2)):
+        for row, ids in enumerate(ids_list):
+            np.testing.assert_allclose(np.asarray(got[row]), one_at_a_time(ids), atol=1e-6, rtol=0)
+
+
 def test_chosen_positions(model):
     """Injection at the last position only leaves the earlier positions' logits untouched."""
     params, config = model
@@ -72,6 +113,9 @@ def test_chosen_positions(model):
     (lambda p, c: memory_vector(p, [3, 500], config=c), r"ids must lie in \[0, 97\)"),
     (lambda p, c: memory_vectors(p, [[1], []], config=c), "memory of row 1"),
     (lambda p, c: memory_vectors(p, [[1]], config=c, kind="bogus"), "memory kind"),
+    (lambda p, c: memory_vectors(p, [[1], [2] * 32], config=c, kind="layer", bos_id=0),
+     "memory of row 1: 33 tokens with BOS, the model takes at most n_positions=32"),
+    (lambda p, c: memory_vectors(p, [[1], [500]], config=c, kind="layer"), r"memory of row 1: .*\[0, 97\)"),
     (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=3, tau=1.0), "layer: expected an int in \\[0, 3\\)"),
     (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=0, tau=1.0, head=4), "head"),
 ])

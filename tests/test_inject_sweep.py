@@ -71,6 +71,29 @@ def test_layer_memories_and_layer_order(setup):
         assert r.p_after[li, 1, 0] == pytest.approx(ref, rel=2e-5)
 
 
+def test_prompt_counts_share_one_program(setup):
+    """9, 10 and 11 prompts of one length pad to the same 16 rows, and the chunks are sized from those
+    rows (the padded ones marked invalid): one program for the three counts, the same numbers."""
+    params, config = setup[:2]
+    rng = np.random.default_rng(1)
+    prompts = [np.concatenate([[0], rng.integers(1, 97, size=11)]).astype(np.int32) for _ in range(11)]
+    answers = rng.integers(1, 97, size=11)
+    mems = memory_vectors(params, [rng.integers(1, 97, size=2) for _ in range(11)], config=config)
+    layers, taus = [0, 1, 2], [1.0, 2.0]
+    n = trace_count()
+    results = {N: sweep(params, prompts[:N], mems[:N], layers, taus, config=config, answers=answers[:N])
+               for N in (9, 10, 11)}
+    assert trace_count() == n + 1
+    for i, tok in enumerate(prompts):
+        for li, L in enumerate(layers):
+            for ti, tau in enumerate(taus):
+                ref = _p(inject_logits(params, tok[None], mems[i], config=config, layer=L, tau=tau), answers[i])
+                for N, r in results.items():
+                    if i < N:
+                        assert r.p_after.shape == (3, 2, N)
+                        assert r.p_after[li, ti, i] == pytest.approx(ref, rel=2e-5), (N, L, tau, i)
+
+
 def test_without_explicit(setup):
     params, config, prompts, explicit, answers, mems, res = setup
     r = sweep(params, prompts[:1], mems[:1], [1], [3.0], config=config, answers=answers[:1])

@@ -121,6 +121,42 @@ def test_train_resume_and_evaluate(tmp_path):
         trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, max_minutes=0)
 
 
+def test_resume_refuses_other_settings(tmp_path):
+    """A run folder records its world, its training settings (all but steps and checkpoint_every) and
+    its tokenizer; a resume asking for others is refused before any training, naming each difference.
+    A folder from before the record: checked against its train.json if it has one, else resumed."""
+    trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, max_minutes=1e-9, progress=False)
+    run_json, train_json = tmp_path / "run.json", tmp_path / "train.json"
+    record, finished = run_json.read_text(), train_json.read_text()
+
+    def refused(world, cfg, match):
+        with pytest.raises(ValueError, match=match) as e:
+            trainmod.train(tmp_path, world_config=world, cfg=cfg, progress=False)
+        # nothing trained or written: still the one checkpoint of step 1, the same records
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+        assert train_json.read_text() == finished
+        return str(e.value)
+
+    longer = dataclasses.replace(TINY_TRAIN, steps=6, checkpoint_every=3)  # these two may change
+    # another world seed, same vocabulary size: ids would now mean other strings
+    msg = refused(dataclasses.replace(TINY_WORLD, seed=4), longer, r"world\.seed: the folder's 3, asked 4")
+    assert "tokenizer_sha256: the folder" in msg and "train.steps" not in msg and "train.checkpoint_every" not in msg
+    refused(TINY_WORLD, dataclasses.replace(longer, learning_rate=1e-2),
+            r"train\.learning_rate: the folder's 0\.004, asked 0\.01")
+    tampered = json.loads(record)
+    tampered["tokenizer_sha256"] = "0" * 64
+    run_json.write_text(json.dumps(tampered))
+    refused(TINY_WORLD, TINY_TRAIN, r"tokenizer_sha256: the folder's 0000000000000000000000000000000000000000000000000000"
+                                    r"000000000000, asked [0-9a-f]{64}")
+    # a folder without run.json (older code) is checked against the train.json its last run wrote...
+    run_json.unlink()
+    refused(dataclasses.replace(TINY_WORLD, seed=4), TINY_TRAIN, r"world\.seed: the folder's 3, asked 4")
+    # ...and without either it resumes as before, and records this run's settings
+    train_json.unlink()
+    second = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False)
+    assert second.resumed_from == 1 and json.loads(run_json.read_text()) == json.loads(record)
+
+
 def test_score_rejects_an_empty_answer():
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 

@@ -15,8 +15,10 @@ Axis names: N memories, D d_model, V vocabulary, n layers, P positions, H heads.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -56,7 +58,7 @@ def memory_vector(params: dict, ids: Sequence[int], *, config: GPT2Config, kind:
     """The memory vector [D] of the token ids `ids` (no BOS).
 
     kind "unembed": multi_hot @ W_U.T (the paper); "embed": multi_hot @ W_E. For "layer" (one vector
-    per layer) use `layer_encoding`.
+    per layer) use `layer_encodings`.
     """
     ids = _check_ids(ids, config)
     if kind == "unembed":
@@ -64,20 +66,72 @@ def memory_vector(params: dict, ids: Sequence[int], *, config: GPT2Config, kind:
         return W_U @ multi_hot(ids, config.vocab_size)
     if kind == "embed":
         return multi_hot(ids, config.vocab_size) @ params["wte"]["embedding"]
-    raise ValueError(f"kind must be 'unembed' or 'embed' here (use layer_encoding for 'layer'), got {kind!r}")
+    raise ValueError(f"kind must be 'unembed' or 'embed' here (use layer_encodings for 'layer'), got {kind!r}")
+
+
+# "layer" memories run right-padded with a mask, LAYER_ROWS to a forward, their lengths (BOS
+# included) rounded up to a multiple of LAYER_BUCKET: one program for memories of 1..7 tokens, one
+# more per further 8, whatever their number. Right padding leaves the real positions exact (a real
+# query never sees a later key, and positions count real tokens).
+LAYER_ROWS = 8
+LAYER_BUCKET = 8
 
 
 def layer_encoding(params: dict, ids: Sequence[int], *, config: GPT2Config, bos_id: int | None = None) -> Array:
     """[n, D]: the memory string's own `blocks.L.hook_attn_out` at its last position, for every L.
 
     `ids` is the memory's token sequence (order matters here); `bos_id`, when given, is prepended
-    (TransformerLens prepends BOS when it runs a string).
+    (TransformerLens prepends BOS when it runs a string). One memory of `layer_encodings`.
     """
-    ids = _check_ids(ids, config)
-    tokens = np.concatenate([[bos_id], ids]) if bos_id is not None else ids
+    return layer_encodings(params, [ids], config=config, bos_id=bos_id)[0]
+
+
+def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config,
+                    bos_id: int | None = None) -> Array:
+    """[N, n, D]: `layer_encoding` of every memory, in batches of LAYER_ROWS right-padded rows.
+
+    Equal to running each memory alone at its own shape [1, len (+1)] (up to float rounding), but
+    compiled once per length bucket instead of once per distinct memory length.
+    """
+    if len(ids_list) == 0:
+        raise ValueError("memories: expected at least one memory, got none")
+    seqs = []
+    for row, ids in enumerate(ids_list):
+        try:
+            ids = _check_ids(ids, config)
+        except ValueError as e:
+            raise ValueError(f"memory of row {row}: {e}") from None
+        seq = np.concatenate([[bos_id], ids]) if bos_id is not None else ids
+        if seq.size > config.n_positions:
+            raise ValueError(f"memory of row {row}: {seq.size} tokens{' with BOS' if bos_id is not None else ''}, "
+                             f"the model takes at most n_positions={config.n_positions}")
+        seqs.append(seq)
+    P = min(-(-max(s.size for s in seqs) // LAYER_BUCKET) * LAYER_BUCKET, config.n_positions)
+    n_rows = -(-len(seqs) // LAYER_ROWS) * LAYER_ROWS
+    tokens = np.zeros((n_rows, P), np.int32)  # filler rows: all padding, their output dropped
+    mask = np.zeros((n_rows, P), np.int32)
+    last = np.zeros((n_rows,), np.int32)
+    for r, seq in enumerate(seqs):
+        tokens[r, :seq.size], mask[r, :seq.size], last[r] = seq, 1, seq.size - 1
+    fn = _layer_encodings_jit()
+    out = [np.asarray(fn(params, tokens[i:i + LAYER_ROWS], mask[i:i + LAYER_ROWS], last[i:i + LAYER_ROWS],
+                         config=config)) for i in range(0, n_rows, LAYER_ROWS)]
+    # device_put, not jnp.asarray: the latter compiles a copy program for every new shape [N, n, D]
+    return jax.device_put(np.concatenate(out)[:len(seqs)])
+
+
+def _layer_encodings(params: dict, tokens: Array, mask: Array, last: Array, *, config: GPT2Config) -> Array:
+    """tokens, mask [B, P] right-padded, last [B] -> hook_attn_out at `last` of every block [B, n, D]."""
     names = tuple(f"blocks.{i}.hook_attn_out" for i in range(config.n_layer))
-    _, cache = gpt2.run_with_cache(params, jnp.asarray(tokens, jnp.int32)[None], config=config, names=names)
-    return jnp.stack([cache[n][0, -1] for n in names])
+    resid = gpt2.embed(params, tokens, mask, config=config)  # (B, P, D); no unembedding needed
+    _, cache = gpt2.blocks(params, resid, mask, config=config, names=names)
+    rows = jnp.arange(tokens.shape[0])
+    return jnp.stack([cache[n][rows, last] for n in names], axis=1)  # (B, n, D)
+
+
+@functools.cache
+def _layer_encodings_jit():
+    return jax.jit(_layer_encodings, static_argnames=("config",))
 
 
 def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config, kind: str = "unembed",
@@ -87,13 +141,12 @@ def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: G
         raise ValueError(f"memory kind must be one of {KINDS}, got {kind!r}")
     if len(ids_list) == 0:
         raise ValueError("memories: expected at least one memory, got none")
+    if kind == "layer":
+        return layer_encodings(params, ids_list, config=config, bos_id=bos_id)
     out = []
     for row, ids in enumerate(ids_list):
         try:
-            if kind == "layer":
-                out.append(layer_encoding(params, ids, config=config, bos_id=bos_id))
-            else:
-                out.append(memory_vector(params, ids, config=config, kind=kind))
+            out.append(memory_vector(params, ids, config=config, kind=kind))
         except ValueError as e:
             raise ValueError(f"memory of row {row}: {e}") from None
     return jnp.stack(out)

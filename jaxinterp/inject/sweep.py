@@ -149,13 +149,19 @@ def _left_pad(seqs: Sequence[np.ndarray], P: int, n_rows: int) -> tuple[np.ndarr
     return tokens, mask
 
 
-def _chunks(n_prompts: int, layers: Sequence[int], taus: np.ndarray, P: int, chunk_tokens: int):
+def _chunks(n_prompts: int, n_slots: int, layers: Sequence[int], taus: np.ndarray, P: int, chunk_tokens: int):
     """Rows (tau, prompt) per layer, cut into equal chunks: layer [C], prompt [C, c], tau [C, c],
-    and the (layer index, tau index, prompt index, valid) of every row for scattering back."""
-    rows = len(taus) * n_prompts
+    and the (layer index, tau index, prompt index, valid) of every row for scattering back.
+
+    C and c follow from the group's padded row count `n_slots`, not from the `n_prompts` real prompts,
+    so every prompt count that pads to the same rows has the same shapes (one program). The real
+    rows come first; the rest (at most n_slots - n_prompts per tau, plus < 1 chunk row) are invalid
+    and their results are dropped."""
+    rows_cap = len(taus) * n_slots
     per_chunk_max = max(1, chunk_tokens // P)
-    n_ch = math.ceil(rows / per_chunk_max)
-    c = math.ceil(rows / n_ch)
+    n_ch = math.ceil(rows_cap / per_chunk_max)
+    c = math.ceil(rows_cap / n_ch)
+    rows = len(taus) * n_prompts
     t_idx = np.repeat(np.arange(len(taus)), n_prompts)
     p_idx = np.tile(np.arange(n_prompts), len(taus))
     pad = n_ch * c - rows
@@ -256,14 +262,15 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     taus_arr = np.asarray(list(taus), np.float32)
     if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
         raise ValueError(f"taus: expected a non-empty list of finite numbers, got {list(taus)!r}")
-    memories = jnp.asarray(memories, jnp.float32)
+    # numpy until the groups are built: eager jnp ops here would compile once per prompt count
+    memories = np.asarray(memories, np.float32)
     if memories.ndim == 2:
         memories = memories[:, None]
     if memories.ndim != 3 or memories.shape[0] != N or memories.shape[1] not in (1, config.n_layer) \
             or memories.shape[2] != config.n_embd:
         raise ValueError(f"memories: expected shape [{N}, {config.n_embd}] or [{N}, {config.n_layer}, {config.n_embd}], "
                          f"got {list(memories.shape)}")
-    memories = jnp.broadcast_to(memories, (N, config.n_layer, config.n_embd))
+    memories = np.broadcast_to(memories, (N, config.n_layer, config.n_embd))
     answers = np.asarray(answers)
     if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
             or answers.max() >= config.vocab_size:
@@ -278,15 +285,17 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     groups, books = [], []
     for P, idx in _buckets([len(s) for s in seqs], bucket).items():
         P = min(P, config.n_positions)
-        n_rows = _round_up(len(idx), 8)  # fewer distinct shapes, fewer compilations
+        # Prompt counts round up to 8 rows, and the chunks below are sized from those rows: one
+        # program for every count in a block of 8, at most 7 wasted prompts' rows per bucket.
+        n_rows = _round_up(len(idx), 8)
         tokens, mask = _left_pad([seqs[i] for i in idx], P, n_rows)
         wh = np.zeros((n_rows, P), np.float32)
         for r, i in enumerate(idx):
             wh[r, P - len(seqs[i]):] = where[i]
         sel = np.concatenate([idx, np.full(n_rows - len(idx), idx[0])])
-        ch_layer, ch_prompt, ch_tau, book = _chunks(len(idx), layers, taus_arr, P, chunk_tokens)
+        ch_layer, ch_prompt, ch_tau, book = _chunks(len(idx), n_rows, layers, taus_arr, P, chunk_tokens)
         groups.append(_Group(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers[sel], jnp.int32),
-                             memories[jnp.asarray(sel)], jnp.asarray(wh), jnp.asarray(ch_layer),
+                             jnp.asarray(memories[sel]), jnp.asarray(wh), jnp.asarray(ch_layer),
                              jnp.asarray(ch_prompt), jnp.asarray(ch_tau)))
         books.append((idx, book))
     plain, plain_idx = [], []

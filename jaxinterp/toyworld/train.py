@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -132,12 +133,92 @@ def _train_step(cfg: TrainConfig):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+RUN_JSON = "run.json"
+# What a resume may change: `steps` lengthens (or shortens) the run, `checkpoint_every` only says
+# when to save. Every other setting decides the data, the model or the update, so it must match.
+RESUME_MAY_CHANGE = ("steps", "checkpoint_every")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of the vocabulary (tokens in id order) and the BPE merges: what an id means.
+
+    Built from the content, not from tokenizers' JSON, so a new serialisation of the same tokenizer
+    keeps its fingerprint (merges are read as pairs whether stored as "a b" or ["a", "b"]).
+    """
+    vocab = tokenizer.get_vocab()
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"].get("merges", [])
+    merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in merges]
+    blob = json.dumps({"vocab": sorted(vocab, key=vocab.get), "merges": merges}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def run_record(world_config: WorldConfig, cfg: TrainConfig, tokenizer) -> dict:
+    """What a run folder's checkpoints belong to (written to out_dir/run.json): the world config, the
+    training config without `RESUME_MAY_CHANGE`, and `tokenizer_fingerprint`. As JSON values."""
+    train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_MAY_CHANGE}
+    record = {"world": dataclasses.asdict(world_config), "train": train,
+              "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}
+    return json.loads(json.dumps(record))
+
+
+def check_resume(out_dir: str | Path, record: dict) -> None:
+    """Raises ValueError naming every setting where the run in `out_dir` differs from `record`.
+
+    Reads out_dir/run.json; without it, the world and training settings of out_dir/train.json
+    (older folders; only the settings it holds are compared); with neither, there is nothing to
+    compare with and it returns.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / RUN_JSON).exists():
+        held, source, partial = json.loads((out_dir / RUN_JSON).read_text()), RUN_JSON, False
+    elif (out_dir / "train.json").exists():
+        old = json.loads((out_dir / "train.json").read_text())
+        held, source, partial = {k: old[k] for k in ("world", "train") if k in old}, "train.json", True
+    else:
+        return
+    held_flat, asked_flat = _flatten(held), _flatten(record)
+    diff = []
+    for key, asked in asked_flat.items():
+        if key not in held_flat:
+            if not partial:
+                diff.append(f"{key}: the folder has none, asked {asked}")
+        elif held_flat[key] != asked:
+            diff.append(f"{key}: the folder's {held_flat[key]}, asked {asked}")
+    if not partial:
+        diff += [f"{key}: the folder's {v}, asked none" for key, v in held_flat.items() if key not in asked_flat]
+    if diff:
+        raise ValueError(f"out_dir: {out_dir} holds checkpoints of a run with other settings ({source}): "
+                         f"{'; '.join(diff)}. Resume it with its own settings ({', '.join(RESUME_MAY_CHANGE)} "
+                         "may change), or train into a new folder")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg: TrainConfig = TrainConfig(),
           max_minutes: float | None = None, progress: bool = True, log_every: int = 50) -> TrainResult:
     """Builds the world and tokenizer, trains (resuming from out_dir/checkpoints when present) and
     writes out_dir/model (config.json, model.safetensors, tokenizer files) and out_dir/train.json.
 
     max_minutes stops early (after a checkpoint) when the wall time of this run passes it.
+
+    out_dir/run.json records what the checkpoints belong to (`run_record`: the world, the training
+    settings but `steps` and `checkpoint_every`, a fingerprint of the tokenizer). A resume that asks
+    for anything else raises ValueError naming each difference, before any state is read or trained:
+    a world of another seed would otherwise go on training on ids that now mean other strings.
+    `steps` may change (a longer or shorter run; the learning-rate schedule follows it, so an
+    extended run is not the run it would have been with the larger `steps` from the start).
+    A folder written before run.json existed is checked against its train.json (world and training
+    settings; written whenever a run returned, e.g. after --minutes) where it has one; one with
+    neither (a run killed before it returned) resumes as before, checked only by the checkpoint's
+    shapes. Either way this run's record is then written, so later resumes are checked.
     """
     import jax
     import orbax.checkpoint as ocp
@@ -171,6 +252,15 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
 
     manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     start = manager.latest_step() or 0
+    record = run_record(world_config, cfg, tok)
+    if start:
+        try:
+            check_resume(out_dir, record)
+        except ValueError:
+            manager.close()
+            raise
+    if not start or not (out_dir / RUN_JSON).exists():  # a fresh run, or a folder from before run.json
+        atomic.write_text(out_dir / RUN_JSON, json.dumps(record, indent=2))
     if start:  # resume: only the shapes of a fresh state are needed to restore into
         state = manager.restore(start, args=ocp.args.StandardRestore(jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))))
         # Plain host arrays again: restored arrays carry orbax's sharding, which would make the
@@ -203,12 +293,12 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     seconds = time.perf_counter() - t0
     params = jax.device_get(params)
     save_gpt2(params, config, out_dir / "model", tokenizer=tok)
-    record = {"world": dataclasses.asdict(world_config), "train": dataclasses.asdict(cfg),
+    summary = {"world": dataclasses.asdict(world_config), "train": dataclasses.asdict(cfg),
               "steps_done": step + 1 if cfg.steps > start else start, "resumed_from": start,
               "seconds_this_run": round(seconds, 1), "final_loss": losses[-1] if losses else None,
               "n_sentences": len(sentences), "n_params": int(sum(np.size(a) for a in jax.tree.leaves(params))),
               "machine": _machine()}
-    atomic.write_text(out_dir / "train.json", json.dumps(record, indent=2))
+    atomic.write_text(out_dir / "train.json", json.dumps(summary, indent=2))
     return TrainResult(params, config, tok, losses, seconds, start)
 
 
