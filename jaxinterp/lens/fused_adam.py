@@ -46,6 +46,26 @@ def _chunk_logits(lens_chunk: dict, r: Rows, lens_config: LensConfig, compute_dt
     return z
 
 
+def _chunk_grad(lens_chunk: dict, r: Rows, lens_config: LensConfig, compute_dtype, dz: Array) -> dict:
+    """d loss / d lens_chunk from dz = d loss / d z[:, chunk] [N, C].
+
+    Each weight's gradient is x^T dz from inputs in the compute dtype, accumulated in float32, as
+    `chunked_vocab.kl_div`'s backward pass forms it; a vjp through the forward's `astype` would
+    round the whole weight gradient to bfloat16 under a bfloat16 compute dtype. The lens's own
+    layout (heads stacked along the contraction, biases summed, H b for a shared lens) is then
+    pulled back by its vjp: reshapes and sums, exact in float32.
+    """
+    xs, Ws, b = lenses.summed_terms(lens_chunk, r.result, r.resid_pre, lens_config)
+    _, pull = jax.vjp(lambda lc: lenses.summed_terms(lc, r.result, r.resid_pre, lens_config)[1:], lens_chunk)
+    dWs = []
+    for x, W in zip(xs, Ws):
+        dt = compute_dtype or jnp.result_type(x.dtype, W.dtype)
+        acc = jnp.promote_types(jnp.float32, W.dtype)
+        dWs.append(jnp.matmul(x.T.astype(dt), dz.astype(dt), preferred_element_type=acc).astype(W.dtype))
+    (grad,) = pull((tuple(dWs), dz.sum(0).astype(b.dtype)))
+    return grad
+
+
 def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: Objective, lr: float):
     """One Adam step on the weighted mean KL of `r`: (lens, opt_state, rows) -> (lens, opt_state, loss).
 
@@ -70,10 +90,11 @@ def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: 
         mu, nu = carry
         start, ok = jnp.asarray(starts)[i], jnp.asarray(fresh)[i]
         cut = lambda a: lax.dynamic_slice_in_dim(a, start, C, axis=a.ndim - 1)  # noqa: E731
-        z, vjp = jax.vjp(lambda lc: _chunk_logits(lc, r, lens_config, cd), jax.tree.map(cut, lens))
+        lens_c = jax.tree.map(cut, lens)
+        z = _chunk_logits(lens_c, r, lens_config, cd)
         logp = lax.dynamic_slice_in_dim(r.target, start, C, axis=1).astype(z.dtype) - lse_t[:, None]
         dz = jnp.where(ok, g[:, None].astype(z.dtype) * (jnp.exp(z - lse_z[:, None]) - jnp.exp(logp)), 0.0)
-        (grad_c,) = vjp(dz)
+        grad_c = _chunk_grad(lens_c, r, lens_config, cd, dz)
 
         def moment(a, new):  # columns of the overlapping last chunk that an earlier chunk did stay
             a_c = cut(a)
