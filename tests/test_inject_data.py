@@ -48,6 +48,18 @@ def test_random_words_errors():
         dt.random_words({"Nouns": []}, "Nouns", 1)
 
 
+def test_cells_are_kept_as_written(tmp_path):
+    """As the reference reads them (pandas, unstripped): a trailing space is part of the prompt or
+    memory (four cells of the paper's data have one); whitespace alone is still an empty cell."""
+    p = tmp_path / "m.csv"
+    p.write_text(HEADER + "w1 w2,w3 in ,Argonne Lab , w6,w7\n")
+    ps = dt.load_prompts(p)
+    assert ps.obscure == ["w3 in "] and ps.memory == ["Argonne Lab "] and ps.obscure_entity == [" w6"]
+    p.write_text(HEADER + "w1,w2,   ,w4,w5\n")
+    with pytest.raises(ValueError, match="line 2: empty cell in column 'explicit_entity'"):
+        dt.load_prompts(p)
+
+
 def test_2wmh_names_and_index(tmp_path):
     p = tmp_path / "m.csv"
     p.write_text(",explicit_sent,obscure_sent,explicit_entity,obscure_entity,fact1,fact2,answer\n"

@@ -78,7 +78,11 @@ def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> Prompt
         if not any(cell.strip() for cell in row):
             continue  # blank line
         for col, i in idx.items():
-            value = row[i].strip() if i is not None and i < len(row) else ("" if i is not None else None)
+            # cells as written (the reference reads them with pandas, unstripped: a trailing space in a
+            # prompt or memory is a token of its own); whitespace alone counts as empty
+            value = row[i] if i is not None and i < len(row) else ("" if i is not None else None)
+            if value is not None and not value.strip():
+                value = ""
             if value == "" and col in COLUMNS:
                 raise ValueError(f"{path}: line {r}: empty cell in column {col!r}")
             out[col].append(value or "")
@@ -104,7 +108,9 @@ def random_words(words: dict[str, list[str]], word_type: str, n: int, *, seed: i
                  limit: int | None = 200) -> list[str]:
     """n words drawn with replacement (seeded) from the first `limit` words of one column.
 
-    The paper drew its random memories from the first 200 words of each part-of-speech list.
+    The paper's baseline (`fake_injection.py`) injected each of the first 200 words of a list into
+    every prompt and averaged per word; one word drawn per prompt, as here, samples that grid
+    (the same expected mean; medians and spreads of the two differ).
     """
     if word_type not in words:
         raise ValueError(f"word_type: expected one of {list(words)}, got {word_type!r}")

@@ -37,7 +37,9 @@ def logit_lens(params: dict, config: GPT2Config) -> Lens:
 
 
 def head_outputs(params: dict, tokens: Sequence[int], *, config: GPT2Config, position: int = -1) -> Array:
-    """[n, H, D]: every head's hook_result at `position` of the prompt `tokens` (BOS included)."""
+    """[n, H, D]: every head's hook_result at `position` of the prompt `tokens`, run as given: BOS is
+    the caller's choice (the reference's `interpret_attn.py` ran GPT-2 prompts without it; the demo
+    passes it, as its toy model was trained with it)."""
     names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))
     _, cache = gpt2.run_with_cache(params, jnp.asarray(np.asarray(tokens), jnp.int32)[None], config=config, names=names)
     return jnp.stack([cache[n][0, position] for n in names])
