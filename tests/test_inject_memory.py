@@ -96,6 +96,25 @@ def test_layer_memories_of_several_lengths_compile_once(model, bos_id):
             np.testing.assert_allclose(np.asarray(got[row]), one_at_a_time(ids), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["unembed", "embed"])
+def test_hot_memories_are_one_gather_for_any_count_and_lengths(model, ref, kind):
+    """multi_hot @ W for every memory in one compiled call (distinct ids, repeats once): equal to the
+    sum of the table's rows, and another count or other lengths in the same buckets compile nothing."""
+    params, config = model
+    table = ref["tl_W_U"].T if kind == "unembed" else ref["tl_W_E"]  # [V, D]
+    first = [[5, 5, 17], [42], [1, 2, 3, 4, 5, 6, 7]]
+    second = [[9, 8], [96, 0, 96], [3], [60, 61, 62]]
+    memory_vectors(params, [[1]], config=config, kind=kind)  # the program for these buckets
+    with _Compiles() as c:
+        got1 = memory_vectors(params, first, config=config, kind=kind)
+        got2 = memory_vectors(params, second, config=config, kind=kind)
+    assert c.n == 0, c.n
+    for ids_list, got in ((first, got1), (second, got2)):
+        assert got.shape == (len(ids_list), config.n_embd)
+        for row, ids in enumerate(ids_list):
+            np.testing.assert_allclose(np.asarray(got[row]), table[sorted(set(ids))].sum(0), atol=1e-6)
+
+
 def test_chosen_positions(model):
     """Injection at the last position only leaves the earlier positions' logits untouched."""
     params, config = model

@@ -49,24 +49,33 @@ def unembedding(params: dict, config: GPT2Config) -> tuple[Array, Array]:
     return params["lm_head"]["kernel"], params["lm_head"]["bias"]
 
 
-def multi_hot(ids, vocab_size: int) -> Array:
-    """[V] float32 with a one at each distinct id (a repeated token counts once, as in the paper)."""
-    return jnp.zeros((vocab_size,), jnp.float32).at[jnp.asarray(np.unique(np.asarray(ids)))].set(1.0)
-
-
 def memory_vector(params: dict, ids: Sequence[int], *, config: GPT2Config, kind: str = "unembed") -> Array:
     """The memory vector [D] of the token ids `ids` (no BOS).
 
     kind "unembed": multi_hot @ W_U.T (the paper); "embed": multi_hot @ W_E. For "layer" (one vector
     per layer) use `layer_encodings`.
     """
-    ids = _check_ids(ids, config)
-    if kind == "unembed":
-        W_U, _ = unembedding(params, config)
-        return W_U @ multi_hot(ids, config.vocab_size)
-    if kind == "embed":
-        return multi_hot(ids, config.vocab_size) @ params["wte"]["embedding"]
-    raise ValueError(f"kind must be 'unembed' or 'embed' here (use layer_encodings for 'layer'), got {kind!r}")
+    if kind not in ("unembed", "embed"):
+        raise ValueError(f"kind must be 'unembed' or 'embed' here (use layer_encodings for 'layer'), got {kind!r}")
+    return memory_vectors(params, [ids], config=config, kind=kind)[0]
+
+
+# "unembed"/"embed" memories: multi_hot @ W is the sum of W's rows (columns of W_U) at the distinct
+# ids, so it is computed as a gather and a masked sum, every memory in one call; memories and their
+# distinct-id counts are padded to multiples of 8 (one program for any set of short memories).
+HOT_BUCKET = 8
+
+
+def _hot_vectors(table: Array, ids: Array, weight: Array, *, axis: int) -> Array:
+    """ids, weight [N, K] (weight 0 on padding) -> [N, D]: sum_k weight W[ids] (rows of a [V, D]
+    table at axis 0, columns of a [D, V] one at axis 1)."""
+    rows = jnp.take(table, ids, axis=axis)  # [N, K, D] or [D, N, K]
+    if axis == 1:
+        return jnp.einsum("dnk,nk->nd", rows, weight)
+    return jnp.einsum("nkd,nk->nd", rows, weight)
+
+
+_hot_vectors_jit = jax.jit(_hot_vectors, static_argnames=("axis",))
 
 
 # "layer" memories run right-padded with a mask, LAYER_ROWS to a forward, their lengths (BOS
@@ -143,13 +152,23 @@ def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: G
         raise ValueError("memories: expected at least one memory, got none")
     if kind == "layer":
         return layer_encodings(params, ids_list, config=config, bos_id=bos_id)
-    out = []
+    distinct = []
     for row, ids in enumerate(ids_list):
         try:
-            out.append(memory_vector(params, ids, config=config, kind=kind))
+            distinct.append(np.unique(_check_ids(ids, config)))  # a repeated token counts once
         except ValueError as e:
             raise ValueError(f"memory of row {row}: {e}") from None
-    return jnp.stack(out)
+    n = -(-len(distinct) // HOT_BUCKET) * HOT_BUCKET
+    k = -(-max(d.size for d in distinct) // HOT_BUCKET) * HOT_BUCKET
+    hot_ids, weight = np.zeros((n, k), np.int32), np.zeros((n, k), np.float32)
+    for r, d in enumerate(distinct):
+        hot_ids[r, :d.size], weight[r, :d.size] = d, 1.0
+    if kind == "unembed":
+        table, axis = unembedding(params, config)[0], 1
+    else:
+        table, axis = params["wte"]["embedding"], 0
+    out = _hot_vectors_jit(table, hot_ids, weight, axis=axis)
+    return jax.device_put(np.asarray(out)[:len(distinct)])  # device_put: no copy program per count
 
 
 def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array | None = None,
