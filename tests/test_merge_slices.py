@@ -93,7 +93,8 @@ def test_slice_parameters_fall_back_to_the_global_ones(ckpts):
     cfg = slices.from_dict({
         "merge_method": "ties", "base_model": a, "parameters": {"density": 0.5, "weight": 1.0},
         "slices": [{"sources": [{"model": a, "layer_range": [0, 2]},
-                                {"model": b, "layer_range": [0, 2], "parameters": {"weight": [{"filter": "ln_1", "value": 2.0}]}}],
+                                {"model": b, "layer_range": [0, 2],
+                                 "parameters": {"weight": [{"filter": "ln_1", "value": 2.0}]}}],
                     "parameters": {"density": [{"filter": "mlp", "value": 0.3}]}}]}, dtype=None, out_dtype=None)
     jobs, _ = slices.plan_jobs(cfg, {r: checkpoint.read_index(r) for r in (a, b)})
     got = {j.out_name: j.per_input[0] for j in jobs}

@@ -239,7 +239,7 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
         ref, name = job.inputs[-1] if job.base_index is not None else job.inputs[0]
         return indices[ref][name]
 
-    out_dtypes = {j.out_name: cfg.out_dtype or cfg.dtype or info(j).dtype if info(j).dtype in _FLOATS
+    out_dtypes = {j.out_name: (cfg.out_dtype or cfg.dtype or info(j).dtype) if info(j).dtype in _FLOATS
                   else info(j).dtype for j in jobs}  # buffers keep their integer dtype
 
     # header first: every output shape and dtype is known from the inputs' headers

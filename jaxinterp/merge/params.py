@@ -11,8 +11,8 @@ A setting is one of
 
 Precedence (mergekit's ConfigReader): a model's own parameters, then (in the `slices:` form) the
 slice's, then the global ones, each consulted only when the one before sets nothing for the tensor;
-shared parameters come from the slice's and the global ones only. Unset parameters take the method's default, and a
-required one with no value is an error.
+shared parameters come from the slice's and the global ones only. Unset parameters take the
+method's default, and a required one with no value is an error.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ def with_layer(name: str, layer: int) -> str:
     return name[:m.start(1)] + str(layer) + name[m.end(1):]
 
 
-# Tensors outside the layers that come after them (mergekit's architecture files' post_weights: the
-# final norm and the LM head of Llama/Mistral/Qwen/Gemma, GPT-2, GPT-NeoX, MPT/Mamba, ChatGLM, phi;
-# TransformerLens' ln_final and unembed);
-# the rest outside the layers (embeddings) are pre weights.
+# Tensors outside the layers that come after them: mergekit's post_weights (the final norm and the
+# LM head of Llama/Mistral/Qwen/Gemma, GPT-2, GPT-NeoX, MPT/Mamba, ChatGLM, phi) and TransformerLens'
+# ln_final / unembed. The rest outside the layers (embeddings) are pre weights.
 _POST_RE = re.compile(r"(^|\.)(ln_f|norm|norm_f|final_norm|final_layer_norm|final_layernorm|lm_head|embed_out|"
                       r"output_layer|ln_final|unembed)(\.|$)")
 

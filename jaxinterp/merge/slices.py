@@ -17,9 +17,10 @@ As mergekit plans it (`mergekit/plan.py`): the sources of a slice must span equa
 output layers are numbered on from slice to slice; within a slice, layer idx of n is merged with
 the parameters at gradient position t = idx / (n - 1) (t = 1 when n = 1); tensors outside the
 layers come from the first slice's sources (embeddings) or the last slice's (the final norm and
-the LM head: `params.is_post`), at t = 0 (mergekit 0.1.5; older releases read the post weights at 1). A source that is the base model is the slice's base
-input. A parameter is looked up in the source's settings, then the slice's, then the global ones,
-each only when the one before sets nothing for the tensor (e.g. its filters all miss).
+the LM head: `params.is_post`), at t = 0 (mergekit 0.1.5; older releases read the post weights at
+t = 1). A source that is the base model is the slice's base input. A parameter is looked up in
+the source's settings, then the slice's, then the global ones, each only when the one before sets
+nothing for the tensor (e.g. its filters all miss).
 
 `plan_jobs` turns a validated config and the inputs' safetensors indices into one job per output
 tensor, which `checkpoint` runs like the `models:` form's.
