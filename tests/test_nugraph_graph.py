@@ -118,6 +118,33 @@ def test_pad_batch_bad_sizes_and_empty():
         graph.stack([graph.pad_batch([ev]), graph.pad_batch([ev], graph.BatchSizes(64, 256, 64, 64))])
 
 
+def test_pad_batch_takes_the_least_sizes_and_no_event():
+    """Budgets are checked against what the events need (one padding hit and space point beyond
+    them), not against the bucketed sizes; no event at all gives an all-padding batch."""
+    rng = np.random.default_rng(5)
+    events = [random_event(rng, name="a"), random_event(rng, hits=(7, 20, 3), num_sp=4, name="b")]
+    least = graph.least_sizes(events, slots=2)
+    # hits: the largest plane's union (9 + 20) + 1; nexus: the largest plane's (6 + 4); sp: 6 + 4 + 1
+    assert (least.hits, least.nexus, least.sp, least.slots) == (9 + 20 + 1, 6 + 4, 6 + 4 + 1, 2)
+    tight, roomy = graph.pad_batch(events, least), graph.pad_batch(events, graph.pick_sizes(events, slots=2))
+    for field in ("x", "y_semantic", "hit_event"):
+        a, b = getattr(tight, field), getattr(roomy, field)
+        np.testing.assert_array_equal(a[tight.hit_mask], b[roomy.hit_mask])
+    for field in graph.BatchSizes._fields[:4]:
+        with pytest.raises(ValueError, match=f"sizes.{field} = .* too small"):
+            graph.pad_batch(events, least._replace(**{field: getattr(least, field) - 1}))
+    empty = graph.pad_batch([], least)  # a device's share of a chunk smaller than the mesh
+    assert not empty.hit_mask.any() and not empty.sp_mask.any() and int(empty.num_events) == 0
+    assert (empty.plane_neighbours == -1).all() and (empty.plane_senders == least.hits - 1).all()
+
+
+def test_an_empty_edge_list_of_any_dtype_is_no_edge():
+    ev = random_event(np.random.default_rng(6), hits=(1, 9, 15))
+    ev = _edit(ev, "u", edge_index_plane=np.zeros((2, 0)))  # np.zeros' float64: still no edge
+    validate(ev)
+    assert graph.pad_batch([ev]).hit_mask.sum() == 1 + 9 + 15
+
+
 # --- bad input: a ValueError naming the plane and field, before anything is computed -------------
 
 def _edit(event: Event, plane: str, **fields) -> Event:
@@ -162,6 +189,9 @@ def _bad_nexus(ev):
     (lambda ev: _edit(ev, "y", edge_index_nexus=ev.planes["y"].edge_index_nexus.astype(np.float32)),
      "plane 'y', field 'edge_index_nexus': expected integer indices, got float32"),
     (lambda ev: ev._replace(num_sp=-1), "num_sp must be a non-negative integer, got -1"),
+    # float labels would be truncated into classes (0.7 -> MIP, NaN -> int min): refused
+    (lambda ev: _edit(ev, "v", y_semantic=np.full(9, 0.7)), "plane 'v', field 'y_semantic': expected integer labels, "
+     "got dtype float64"),
 ])
 def test_bad_event_is_an_error_before_compute(corrupt, message):
     from jaxinterp.nugraph.predict import _trace_count, predict

@@ -333,3 +333,45 @@ def test_write_rejects_bad_norm_before_opening_the_file(tmp_path, case, plane, v
     with pytest.raises(ValueError, match=message):
         hdf5.write_events(tmp_path / "out.gnn.h5", res.events, norm=norm)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(splits={"train": ["r1_sr1_evt0"], "test": ["r1_sr1_evt0"]}),
+     r"splits\['test'\]: event 'r1_sr1_evt0' is already in splits\['train'\]"),
+    (dict(splits={"train": ["r1_sr1_evt1", "r1_sr1_evt1"]}), r"splits\['train'\]: event 'r1_sr1_evt1' is already in"),
+    (dict(splits={"train": ["r1_sr1_evt0"], "val": ["r1_sr1_evt1"]}), r"splits: expected keys among .* got \['val'\]"),
+    (dict(splits={"train": ["r1_sr1_evt0", "r1_sr1_evt1"]}, datasizes=[10]),
+     r"datasizes: expected 2 non-negative integers .* got shape \[1\]"),
+    (dict(splits={"train": ["r1_sr1_evt0"]}, datasizes=[-3]), r"datasizes: expected 1 non-negative integers"),
+])
+def test_write_rejects_splits_that_leak_or_get_lost(tmp_path, kw, message):
+    """An event in two splits would be trained on and tested on; an unknown split name would drop
+    its events silently; /datasize/train must pair with the training events for the sampler."""
+    events = hdf5.read_events(FIXTURE).events
+    with pytest.raises(ValueError, match=message):
+        hdf5.write_events(tmp_path / "out.gnn.h5", events, **kw)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("limit", [-1, 2.5, True])
+def test_read_limit_must_be_a_count(limit):
+    with pytest.raises(ValueError, match="limit: expected None or a non-negative integer"):
+        hdf5.read_events(FIXTURE, limit=limit)
+    assert len(hdf5.read_events(FIXTURE, limit=0).events) == 0
+
+
+def test_events_are_named_by_their_key_when_metadata_is_absent(tmp_path):
+    """The metadata fields are optional (0 when absent): names come from the /dataset key, so such
+    events keep distinct names (eval's displays, a write-back) instead of all being r0_sr0_evt0."""
+    def drop_metadata(f):
+        for name in f["dataset"]:
+            for m in ("run", "subrun", "event"):
+                _edit_field(f, name, f"metadata/{m}")
+
+    path = _copy_fixture(tmp_path, drop_metadata)
+    events = hdf5.read_events(path).events
+    with h5py.File(path) as f:
+        assert [e.name for e in events] == list(f["dataset"]) and {e.run for e in events} == {0}
+    info = hdf5.read_info(path)
+    back = hdf5.write_events(tmp_path / "back.gnn.h5", events, splits=info.samples, norm=info.norm)
+    assert list(hdf5.read_info(back).samples["train"]) == list(info.samples["train"])

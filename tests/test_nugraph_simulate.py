@@ -85,13 +85,31 @@ def test_space_points_and_ghosts():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(n=-1), "n: expected a non-negative number"),
-    (dict(n=1, config=simulate.SimConfig(min_hits_per_plane=10, max_hits_per_plane=5)), "below min_hits_per_plane"),
+    (dict(n=1, seed=-1), "seed: expected a non-negative integer, got -1"),
     (dict(n=1, config=simulate.SimConfig(min_hits_per_plane=5000, max_hits_per_plane=5001), max_tries=2),
      "no event within the size limits after 2 tries"),
 ])
 def test_bad_arguments(kw, message):
     with pytest.raises(ValueError, match=message):
         simulate.simulate(**kw)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("step_cm", 0.0, "a positive finite number"),  # was a ZeroDivisionError deep in the tracking
+    ("mean_energy_gev", float("nan"), "a positive finite number"),
+    ("mean_cosmics", -1.0, "a non-negative finite number"),
+    ("noise_hits_per_plane", float("inf"), "a non-negative finite number"),
+    ("sp_efficiency", 0.0, r"a fraction in \(0, 1\]"),  # was "no event within the size limits" after 100 tries
+    ("ghost_fraction", 1.5, r"a fraction in \[0, 1\]"),
+    ("event_class_probs", (0.5, 0.3, 0.2), "4 non-negative probabilities .* summing to 1"),
+    ("event_class_probs", (0.5, 0.5, 0.5, 0.5), "4 .* summing to 1"),
+    ("event_class_probs", (1.2, -0.2, 0.0, 0.0), "4 non-negative probabilities"),
+    ("min_hits_per_plane", -5, "a non-negative integer"),
+    ("max_hits_per_plane", 2, r"None or an integer >= min_hits_per_plane \(3\)"),
+])
+def test_bad_sim_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=f"SimConfig.{field}: expected {message}"):
+        simulate.SimConfig(**{field: value})
 
 
 def test_simulate_command_writes_a_readable_file(tmp_path, capsys, monkeypatch):

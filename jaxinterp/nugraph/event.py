@@ -97,8 +97,10 @@ def check_edge_index(ei: np.ndarray, bounds: tuple[tuple[int, str], tuple[int, s
 
 
 def check_labels(y: np.ndarray, classes: tuple[str, ...], at: str, field: str) -> None:
-    """ValueError unless every label is BACKGROUND (-1) or an index into `classes`."""
+    """ValueError unless every label is an integer: BACKGROUND (-1) or an index into `classes`."""
     y = np.asarray(y)
+    if y.size and y.dtype.kind not in "iu":  # a float label would be truncated (0.7 -> 0, NaN -> int min)
+        raise ValueError(f"{at}, field {field!r}: expected integer labels, got dtype {y.dtype}")
     if y.size and (y.min() < BACKGROUND or y.max() >= len(classes)):
         bad = y.min() if y.min() < BACKGROUND else y.max()
         raise ValueError(f"{at}, field {field!r}: labels must lie in [-1, {len(classes) - 1}] (-1 background, "

@@ -84,20 +84,28 @@ class GraphBatch(NamedTuple):
 
 def overflow_edges(edge_index: np.ndarray, num_hits: int, slots: int = NEIGHBOUR_SLOTS) -> int:
     """The number of planar edges `[2, E]` that do not fit in a neighbour table of `slots` per hit."""
-    degree = np.bincount(np.asarray(edge_index).reshape(2, -1)[1], minlength=num_hits)
+    degree = np.bincount(np.asarray(edge_index, np.int64).reshape(2, -1)[1], minlength=num_hits)
     return int(np.maximum(degree - slots, 0).sum())
 
 
-def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
-               slots: int = NEIGHBOUR_SLOTS) -> BatchSizes:
-    """Bucketed sizes that hold the disjoint union of `events` (computed on the host, outside jit)."""
+def least_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
+                slots: int = NEIGHBOUR_SLOTS) -> BatchSizes:
+    """The smallest sizes that hold the disjoint union of `events`, before bucketing: one padding
+    hit and one padding space point beyond the real ones, the edges that overflow the table."""
     hits = max(sum(e.planes[p].x.shape[0] for e in events) for p in planes)
     edges = max(sum(overflow_edges(e.planes[p].edge_index_plane, e.planes[p].x.shape[0], slots) for e in events)
                 for p in planes)
     nexus = max(sum(np.shape(e.planes[p].edge_index_nexus)[1] for e in events) for p in planes)
     sp = sum(int(e.num_sp) for e in events)
-    return BatchSizes(bucket(hits + 1, minimum=64, mantissas=HIT_MANTISSAS), bucket(edges), bucket(nexus),
-                      bucket(sp + 1), slots)
+    return BatchSizes(hits + 1, edges, nexus, sp + 1, slots)
+
+
+def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
+               slots: int = NEIGHBOUR_SLOTS) -> BatchSizes:
+    """Bucketed sizes that hold the disjoint union of `events` (computed on the host, outside jit)."""
+    least = least_sizes(events, planes=planes, slots=slots)
+    return BatchSizes(bucket(least.hits, minimum=64, mantissas=HIT_MANTISSAS), bucket(least.edges),
+                      bucket(least.nexus), bucket(least.sp), slots)
 
 
 def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
@@ -117,8 +125,9 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
     slots = NEIGHBOUR_SLOTS if sizes is None else sizes.slots
     if slots < 1:
         raise ValueError(f"pad_batch: sizes.slots must be >= 1, got {slots}")
-    need = pick_sizes(events, planes=planes, slots=slots) if events else BatchSizes(1, 0, 0, 1, slots)
-    sizes = need if sizes is None else sizes
+    if sizes is None:
+        sizes = pick_sizes(events, planes=planes, slots=slots)
+    need = least_sizes(events, planes=planes, slots=slots) if events else BatchSizes(1, 0, 0, 1, slots)
     for field, have, want in zip(BatchSizes._fields, sizes, need):
         if have < want:
             raise ValueError(f"pad_batch: sizes.{field} = {have} is too small for these events; "
@@ -137,7 +146,7 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
     ds = np.full((P, X), S - 1, np.int32)
     sp_offsets = np.cumsum([0] + [int(e.num_sp) for e in events])
     for pi, p in enumerate(planes):
-        hit_off, edges, nexus = 0, [], []
+        hit_off, edges, nexus = 0, [np.zeros((2, 0), np.int64)], [np.zeros((2, 0), np.int64)]  # no event: no edge
         for k, e in enumerate(events):
             hits = e.planes[p]
             n = hits.x.shape[0]

@@ -72,10 +72,13 @@ class RawEvent(NamedTuple):
     event: int
     y: int = -1  # evt/y: index into event_classes
     extra: Mapping[str, np.ndarray] = {}  # fields this module does not interpret, kept for round trips
+    key: str = ""  # the /dataset key it was read from ("" for a new event)
 
     @property
     def name(self) -> str:
-        return f"r{self.run}_sr{self.subrun}_evt{self.event}"
+        """The key it was read from, else `r{run}_sr{subrun}_evt{event}` as pynuml names events (a file
+        without metadata would otherwise name every event r0_sr0_evt0)."""
+        return self.key or f"r{self.run}_sr{self.subrun}_evt{self.event}"
 
 
 class FileInfo(NamedTuple):
@@ -218,7 +221,7 @@ def read_event(f, name: str, *, planes: Sequence[str] = PLANES, semantic_classes
             scalars[key] = default
     extra = {k: np.asarray(rec[k]) for k in rec.dtype.names if k not in used}
     ev = RawEvent(raw_planes, scalars["sp/num_nodes"], scalars["metadata/run"], scalars["metadata/subrun"],
-                  scalars["metadata/event"], scalars["evt/y"], extra)
+                  scalars["metadata/event"], scalars["evt/y"], extra, name)
     check_record(ev, where, planes=planes, semantic_classes=semantic_classes, event_classes=event_classes)
     return ev
 
@@ -278,6 +281,8 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
         raise ValueError(f"on_bad: expected 'skip' or 'error', got {on_bad!r}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split: expected one of {list(SPLITS)} or None, got {split!r}")
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 0):
+        raise ValueError(f"limit: expected None or a non-negative integer, got {limit!r}")
     with _open(path) as f:
         info = _info(f, need_samples=split is not None, need_norm=False)
         if names is not None:
@@ -437,12 +442,21 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
     for ev in events:
         check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
                      event_classes=event_classes)
+    if splits is not None:
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"splits: expected keys among {list(SPLITS)}, got {unknown}")
     splits = default_splits(names) if splits is None else {s: list(splits.get(s, ())) for s in SPLITS}
-    known = set(names)
+    known, seen = set(names), {}
     for s, lst in splits.items():
         missing = [n for n in lst if n not in known]
         if missing:
             raise ValueError(f"splits[{s!r}]: names not among the events: {missing[:5]}")
+        for n in lst:  # an event in two splits (or twice in one) would leak between training and test
+            if n in seen:
+                raise ValueError(f"splits[{s!r}]: event {n!r} is already in splits[{seen[n]!r}]; "
+                                 f"expected each event in at most one split, once")
+            seen[n] = s
     if norm is None:
         norm = compute_norm(events, planes=planes)
     else:
@@ -450,6 +464,11 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
     by_name = dict(zip(names, events))
     if datasizes is None:
         datasizes = [datasize(by_name[n]) for n in splits["train"]]
+    elif np.shape(datasizes) != (len(splits["train"]),) or np.asarray(datasizes).dtype.kind not in "iu" \
+            or (len(datasizes) and np.min(datasizes) < 0):
+        raise ValueError(f"datasizes: expected {len(splits['train'])} non-negative integers (one per training "
+                         f"event, in splits['train'] order), got shape {list(np.shape(datasizes))} "
+                         f"dtype {np.asarray(datasizes).dtype}")
     str_dt = h5py.string_dtype("utf-8")
     with atomic.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:

@@ -59,6 +59,31 @@ class SimConfig:
     min_hits_per_plane: int = 3
     max_hits_per_plane: int | None = None  # redraw events with more particle hits in a plane (noise comes on top)
 
+    def __post_init__(self):
+        """ValueError naming the field for a setting the simulation cannot use (checked before any event)."""
+        def need(ok: bool, field: str, expected: str):
+            if not ok:
+                raise ValueError(f"SimConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        def finite(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and bool(np.isfinite(v))
+
+        for field in ("mean_energy_gev", "max_energy_gev", "step_cm"):
+            need(finite(getattr(self, field)) and getattr(self, field) > 0, field, "a positive finite number")
+        for field in ("mean_cosmics", "noise_hits_per_plane", "mean_diffuse_blobs", "slice_margin_cm"):
+            need(finite(getattr(self, field)) and getattr(self, field) >= 0, field, "a non-negative finite number")
+        need(finite(self.sp_efficiency) and 0 < self.sp_efficiency <= 1, "sp_efficiency", "a fraction in (0, 1]")
+        need(finite(self.ghost_fraction) and 0 <= self.ghost_fraction <= 1, "ghost_fraction", "a fraction in [0, 1]")
+        probs = np.asarray(self.event_class_probs, float)
+        need(probs.shape == (len(EVENT_CLASSES),) and bool(np.isfinite(probs).all()) and probs.min() >= 0
+             and abs(probs.sum() - 1) < 1e-6, "event_class_probs",
+             f"{len(EVENT_CLASSES)} non-negative probabilities ({', '.join(EVENT_CLASSES)}) summing to 1")
+        need(isinstance(self.min_hits_per_plane, (int, np.integer)) and self.min_hits_per_plane >= 0,
+             "min_hits_per_plane", "a non-negative integer")
+        need(self.max_hits_per_plane is None or (isinstance(self.max_hits_per_plane, (int, np.integer))
+                                                 and self.max_hits_per_plane >= self.min_hits_per_plane),
+             "max_hits_per_plane", f"None or an integer >= min_hits_per_plane ({self.min_hits_per_plane})")
+
 
 class _Deposits:
     """Collects deposits (position, charge, owner) and the owners' class and instance."""
@@ -362,9 +387,8 @@ def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int
     """n simulated events (event numbers 0..n-1); event i depends only on (seed, i) and config."""
     if n < 0:
         raise ValueError(f"n: expected a non-negative number of events, got {n}")
-    if config.max_hits_per_plane is not None and config.max_hits_per_plane < config.min_hits_per_plane:
-        raise ValueError(f"config.max_hits_per_plane ({config.max_hits_per_plane}) is below "
-                         f"min_hits_per_plane ({config.min_hits_per_plane})")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     from tqdm import tqdm
 
     out = []
