@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from jaxinterp.cliargs import output_folder
+
 
 def benchmarks_dir() -> Path:
     here = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -70,6 +72,6 @@ def _command(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmark suite; print one table; write bench.json")
     p.add_argument("--quick", action="store_true", help="small sizes; under 3 minutes on 2 cores")
-    p.add_argument("--out", default="bench_out", help="output folder (default bench_out)")
+    p.add_argument("--out", default="bench_out", type=output_folder, help="output folder (default bench_out)")
     p.add_argument("--only", nargs="*", help="only the scripts whose name contains one of these")
     p.set_defaults(func=_command)

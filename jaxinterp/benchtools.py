@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from jaxinterp import atomic
+from jaxinterp.cliargs import output_file
 
 
 class Timing(NamedTuple):
@@ -120,7 +121,7 @@ def row(workload: str, figure: float, unit: str, *, goal: str | None = None,
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--json", metavar="PATH", help="write the rows and the machine as JSON here")
+    p.add_argument("--json", metavar="PATH", type=output_file, help="write the rows and the machine as JSON here")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     return p
 

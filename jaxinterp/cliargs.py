@@ -2,12 +2,16 @@
 
 argparse turns their ArgumentTypeError into its usage message naming the option, and exits with
 status 2 before any command runs: "argument --limit: expected a positive integer, got -1".
+`output_file` and `output_folder` check where a command will write (a file path that is not a
+folder, a folder path that is not a file; writable or creatable) before it does any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 from typing import Callable, TypeVar
 
 T = TypeVar("T", int, float)
@@ -33,3 +37,38 @@ non_negative_int = checked(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = checked(float, lambda v: 0 < v < math.inf, "a positive finite number")
 non_negative_float = checked(float, lambda v: 0 <= v < math.inf, "a non-negative finite number")
 fraction = checked(float, lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+
+
+def _writable_ancestor(path: Path) -> str | None:
+    """None if `path` could be created (its nearest existing ancestor is a writable folder), else why not."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"folder {parent} is not writable"
+    return None
+
+
+def output_file(text: str) -> str:
+    """An output file's path, checked before any work: not a folder, and its folder can be written."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file path, got the folder {text}")
+    why = None if path.exists() and os.access(path, os.W_OK) else _writable_ancestor(path)
+    if why:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {why}")
+    return text
+
+
+def output_folder(text: str) -> str:
+    """An output folder's path, checked before any work: not a file, and writable or creatable."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got the file {text}")
+    why = (None if os.access(path, os.W_OK | os.X_OK) else f"folder {text} is not writable") if path.exists() \
+        else _writable_ancestor(path)
+    if why:
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: {why}")
+    return text

@@ -12,6 +12,8 @@ import time
 import traceback
 from pathlib import Path
 
+from jaxinterp.cliargs import output_folder
+
 # "module:function" of each section, in the order the report shows them.
 SECTIONS = [
     "jaxinterp.transformer.demo:section",
@@ -58,7 +60,7 @@ def _command(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run every capability on built-in data; write DIR/index.html")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--out", default="demo_out", type=output_folder, help="output folder (default demo_out)")
     p.add_argument("--quick", action="store_true", help="smaller runs")
     p.add_argument("--only", nargs="*", help="only the sections whose name contains one of these")
     p.set_defaults(func=_command)

@@ -68,3 +68,50 @@ def test_a_closed_pipe_ends_the_command_quietly():
     assert proc.stdout.readline().startswith(b"person (2000): ")
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141 and proc.stderr.read() == b""
+
+
+def test_output_path_parsers(tmp_path):
+    import argparse
+
+    import pytest
+
+    from jaxinterp.cliargs import output_file, output_folder
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    assert output_file(str(tmp_path / "new" / "deeper" / "out.json")) == str(tmp_path / "new" / "deeper" / "out.json")
+    assert output_file(str(tmp_path / "f")) == str(tmp_path / "f")  # an existing file is replaced (atomically)
+    assert output_folder(str(tmp_path / "d")) == str(tmp_path / "d")
+    assert output_folder(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
+    for parse, path, message in [(output_file, tmp_path / "d", "expected a file path, got the folder"),
+                                 (output_file, tmp_path / "f" / "out.json", "is not a folder"),
+                                 (output_folder, tmp_path / "f", "expected a folder, got the file"),
+                                 (output_folder, tmp_path / "f" / "run", "is not a folder")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]  # nothing made by a check
+
+
+def test_every_output_option_is_checked_when_parsed(tmp_path, capsys):
+    """Each command's output file or folder is refused at parse time when it is the wrong kind of
+    path, before a model loads or a run starts."""
+    import pytest
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    f, d = str(tmp_path / "f"), str(tmp_path / "d")
+    cases = [["demo", "--out", f], ["bench", "--out", f],
+             ["lens", "train", "--model", "m", "--layer", "0", "--data", "x.txt", "--out", f],
+             ["lens", "show", "--model", "m", "--lens", "l", "--prompt", "p", "--csv", d],
+             ["merge", "yaml", "c.yaml", "--out", f], ["merge", "train-mlp", "--out", d],
+             ["merge", "barrier", "a", "b", "--png", d], ["merge", "barrier", "a", "b", "--json", d],
+             ["inject", "sweep", "--out", f], ["toyworld", "train", "--out", f],
+             ["toyworld", "evaluate", "--json", d], ["toyworld", "prompts", "--out", d],
+             ["nugraph", "simulate", "--events", "1", "--out", d], ["nugraph", "train", "x.h5", "--out", f],
+             ["nugraph", "eval", "x.h5", "--out", f]]
+    for argv in cases:
+        with pytest.raises(SystemExit) as exc:
+            cli.build_parser().parse_args(argv)
+        assert exc.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "expected a folder, got the file" in err or "expected a file path, got the folder" in err, (argv, err)

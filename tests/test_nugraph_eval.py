@@ -46,6 +46,22 @@ def test_metrics_by_hand(y, pred, filt, expect):
     assert np.array_equal((a + b).semantic, counts.semantic) and np.array_equal((a + b).filter, counts.filter)
 
 
+def test_macro_averages_follow_torchmetrics():
+    """torchmetrics' macro: a class with true or predicted hits counts, 0/0 as 0. Here michel has a
+    true hit but is never predicted: its purity is 0/0, and it must pull the purity mean down (it
+    was left out: 0.875 instead of 0.7); diffuse, predicted but never true, does the same for the
+    efficiency mean. The per-class figures stay NaN for display."""
+    y = np.array([0, 0, 1, 2, 3, 1])
+    pred = np.array([0, 1, 1, 2, 0, 4])
+    m = metrics.compute(metrics.Counts.zeros().add(y, _onehot(pred), np.ones(len(y))))
+    assert np.isnan(m.purity["michel"]) and np.isnan(m.efficiency["diffuse"])
+    # purity per class: MIP 1/2, HIP 1/2, shower 1, michel 0/0 -> 0, diffuse 0/1
+    assert m.semantic_purity_macro == pytest.approx((0.5 + 0.5 + 1 + 0 + 0) / 5)
+    # efficiency per class: MIP 1/2, HIP 1/2, shower 1, michel 0/1, diffuse 0/0 -> 0
+    assert m.semantic_efficiency_macro == pytest.approx((0.5 + 0.5 + 1 + 0 + 0) / 5)
+    assert np.isnan(metrics.compute(metrics.Counts.zeros()).semantic_efficiency_macro)
+
+
 def test_metrics_of_absent_class_is_nan_not_error():
     m = metrics.compute(metrics.Counts.zeros().add(np.array([0, 0]), _onehot([0, 0]), np.ones(2)))
     assert m.efficiency["MIP"] == 1.0 and np.isnan(m.efficiency["michel"]) and m.semantic_efficiency_macro == 1.0
@@ -102,6 +118,22 @@ def test_model_files_round_trip_and_errors(events_and_model, tmp_path):
     other = NuGraph2Config(planar_features=4, nexus_features=4, num_iters=1)
     train.save_model(tmp_path, model.init(jax.random.key(0), other), TINY, m.norm)  # params of another size
     with pytest.raises(ValueError, match="does not hold NuGraph2 params of the config"):
+        evaluate.load_model(tmp_path)
+    js = tmp_path / "model.json"
+    good = json.loads(js.read_text())
+    good.pop("npz_sha256")
+    for edit, message in [(lambda d: d.pop("norm"), r"must hold the objects 'config' and 'norm'.*\['norm'\]"),
+                          (lambda d: d.update(config=[1]), r"missing or not an object: \['config'\]"),
+                          (lambda d: d["config"].update(dropout=0.1), r"config has unknown keys \['dropout'\]"),
+                          (lambda d: d["norm"].pop("v"), r"norm must hold .* each plane .*; missing or misshapen: \['v'\]"),
+                          (lambda d: d["norm"].update(u=[[0, 0], [1, 1]]), r"missing or misshapen: \['u'\]")]:
+        bad = json.loads(json.dumps(good))
+        edit(bad)
+        js.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            evaluate.load_model(tmp_path)
+    js.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
         evaluate.load_model(tmp_path)
 
 
@@ -217,6 +249,8 @@ _EVAL = ["nugraph", "eval", "never.gnn.h5", "--out", "never_eval"]
     (_EVAL + ["--limit", "-1"], "--limit", "expected a positive integer, got -1"),
     (_EVAL + ["--displays", "-1"], "--displays", "expected a non-negative integer, got -1"),
     (_EVAL + ["--limit", "ten"], "--limit", "expected a positive integer, got ten"),
+    (_SIMULATE + ["--seed", "-1"], "--seed", "expected a non-negative integer, got -1"),
+    (_TRAIN + ["--seed", "-2"], "--seed", "expected a non-negative integer, got -2"),
 ])
 def test_out_of_range_options_are_usage_errors(argv, option, message, tmp_path, capsys, monkeypatch):
     from jaxinterp import cli
@@ -228,6 +262,34 @@ def test_out_of_range_options_are_usage_errors(argv, option, message, tmp_path, 
     assert exc.value.code == 2
     assert f"argument {option}: {message}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # stopped before anything was written
+
+
+@pytest.mark.parametrize("argv, made, message", [
+    (["nugraph", "simulate", "--events", "2", "--out", "taken"], "folder", "--out: expected a file path, got the folder taken"),
+    (_EVAL[:3] + ["--out", "taken"], "file", "--out: expected a folder, got the file taken"),
+    (_TRAIN[:3] + ["--out", "taken"], "file", "--out: expected a folder, got the file taken"),
+    (["nugraph", "simulate", "--events", "2", "--out", "taken/x.gnn.h5"], "file", "cannot write taken/x.gnn.h5: taken is not a folder"),
+    (["nugraph", "convert", "ckpt", "taken"], "folder", "taken: expected a new path or an orbax checkpoint folder"),
+])
+def test_output_paths_are_checked_before_any_work(argv, made, message, tmp_path, capsys, monkeypatch):
+    """A folder where a file goes (or the reverse) stops the command before it simulates, trains or
+    reads anything, and what is there stays as it was (convert: orbax would have deleted the folder)."""
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    monkeypatch.chdir(tmp_path)
+    if made == "folder":
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "notes.txt").write_text("mine")
+    else:
+        (tmp_path / "taken").write_text("mine")
+    try:
+        code = cli.main(argv)  # a ValueError from the command: printed, status 2
+    except SystemExit as exc:  # a usage error from argparse
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err
+    kept = tmp_path / "taken" / "notes.txt" if made == "folder" else tmp_path / "taken"
+    assert kept.read_text() == "mine" and len(list(tmp_path.rglob("*"))) == (2 if made == "folder" else 1)
 
 
 @pytest.mark.parametrize("argv, option, value", [

@@ -65,6 +65,39 @@ def test_orbax_round_trip(params, tmp_path):
         checkpoint.load_params(tmp_path / "missing")
 
 
+def test_save_params_replaces_a_checkpoint_and_nothing_else(params, tmp_path):
+    """orbax's own overwrite deletes the target folder first: whatever a user's folder held, or the
+    old checkpoint before the new one is whole. save_params refuses anything but a checkpoint and
+    keeps the old one until the new one is complete."""
+    path = checkpoint.save_params(tmp_path / "params", params)
+    doubled = jax.tree.map(lambda a: a * 2, params)
+    checkpoint.save_params(path, doubled)
+    for a, b in zip(jax.tree.leaves(checkpoint.load_params(path, config=TINY)), jax.tree.leaves(doubled)):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(os.listdir(tmp_path)) == ["params"]  # no temporary folder left
+
+    import orbax.checkpoint as ocp
+
+    def killed(self, *a, **kw):
+        raise KeyboardInterrupt("killed while writing")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ocp.PyTreeCheckpointer, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save_params(path, params)
+    np.testing.assert_array_equal(jax.tree.leaves(checkpoint.load_params(path))[0], jax.tree.leaves(doubled)[0])
+    assert sorted(os.listdir(tmp_path)) == ["params"]
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("years of work")
+    (tmp_path / "afile").write_text("x")
+    for target in (mine, tmp_path / "afile"):
+        with pytest.raises(ValueError, match="expected a new path or an orbax checkpoint folder"):
+            checkpoint.save_params(target, params)
+    assert (mine / "notes.txt").read_text() == "years of work" and (tmp_path / "afile").read_text() == "x"
+
+
 def test_data_parallel_over_four_devices_matches_one(tmp_path):
     """In a subprocess with 4 host devices: predict sharded over 4 equals predict on 1 device."""
     script = textwrap.dedent("""
@@ -83,6 +116,13 @@ def test_data_parallel_over_four_devices_matches_one(tmp_path):
         err = max(float(np.abs(a.semantic[p] - b.semantic[p]).max()) for a, b in zip(many, one) for p in a.semantic)
         err = max(err, max(float(np.abs(a.filter[p] - b.filter[p]).max()) for a, b in zip(many, one) for p in a.filter))
         assert err < 1e-5, err
+        # chunks of 3, 3 and 1 events over 4 devices: some devices get no event at all
+        short = pm.predict(params, events, config=TINY, batch_size=3)
+        assert len(short) == len(events)
+        for a, b in zip(short, one):
+            for p in a.semantic:
+                np.testing.assert_allclose(a.semantic[p], b.semantic[p], atol=1e-5)
+                np.testing.assert_allclose(a.filter[p], b.filter[p], atol=1e-5)
         print("ok", err)
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

@@ -165,11 +165,49 @@ def test_warm_start_from_a_trained_model(data, straight, tmp_path, monkeypatch, 
     assert "--init:" in capsys.readouterr().err
 
 
-def _torch_onecycle(total, lr, pct=0.3, div=25.0, final_div=1e4, base_m=0.85, max_m=0.95):
+def test_size_policy_holds_what_validate_accepts():
+    """The policy's budgets bound every field by its own ratio to the hit count: here each hit of a
+    plane hangs off one of 10 space points (70 nexus edges a plane), which `validate` accepts and the
+    space-point ratio alone (10 per 70 hits) did not hold; and batches of a few hits pad to sizes
+    `pad_batch` takes (its least sizes, not its bucket grid, are the bound)."""
+    from test_nugraph_graph import random_event
+
+    from jaxinterp.nugraph import graph
+    from jaxinterp.nugraph.event import Event, validate
+
+    rng = np.random.default_rng(0)
+    e = random_event(rng, (70, 70, 70), 10, "shared")
+    e = Event({p: h._replace(edge_index_nexus=np.stack([np.arange(70), np.arange(70) % 10])) for p, h in e.planes.items()},
+              10, "shared")
+    validate(e)
+    small = [random_event(rng, (3, 5, 4), 2, f"s{i}") for i in range(3)]
+    policy = train.SizePolicy([e, *small])
+    for batch in ([e], small, small[:1], [e, *small]):
+        sizes = policy.sizes(batch)
+        assert all(a >= b for a, b in zip(sizes, graph.least_sizes(batch)))
+        graph.pad_batch(batch, sizes)
+
+
+def test_validation_loss_weights_batches_by_their_events(data):
+    """A short last batch counts for the events it holds, not as much as a full one."""
+    from jaxinterp.nugraph import model
+
+    events, _ = hdf5.load_events(data)
+    events = events[:5]
+    params = model.init(jax.random.key(0), TINY)
+    policy = train.SizePolicy(events, TINY.planes)
+    _, loss = train.evaluate_events(params, events, TINY, batch_size=2, policy=policy)
+    parts = [train.evaluate_events(params, events[i:i + 2], TINY, batch_size=2, policy=policy)[1] for i in (0, 2, 4)]
+    assert loss == pytest.approx((2 * parts[0] + 2 * parts[1] + parts[2]) / 5, rel=1e-6)
+    assert loss != pytest.approx(np.mean(parts), rel=1e-6)
+
+
+def _torch_onecycle(total, lr, pct=0.3, div=25.0, final_div=1e4, base_m=0.85, max_m=0.95, ends=None):
     """PyTorch OneCycleLR's (lr, beta1) at every step, its formulas written out in numpy (cos
-    annealing, two phases; torch ends phase 1 at step pct * total - 1, optax at int(pct * total))."""
+    annealing, two phases; torch ends phase 1 at step pct * total - 1 and phase 2 at total - 1,
+    optax at int(pct * total) and total: `ends` moves them)."""
     cos = lambda a, b, t: b + (a - b) / 2 * (np.cos(np.pi * t) + 1)  # noqa: E731
-    ends = [pct * total - 1, total - 1]
+    ends = [pct * total - 1, total - 1] if ends is None else ends
     out = []
     for step in range(total):
         start = 0.0
@@ -195,6 +233,12 @@ def test_optimizer_follows_torch_onecycle():
     lr_ours = np.array([schedule(s) for s in steps])
     np.testing.assert_allclose(lr_ours, want[:, 0], rtol=0.03, atol=lr * 0.01)  # one step apart at most
     np.testing.assert_allclose(beta1, want[:, 1], rtol=0, atol=0.003)
+    # torch's formulas and constants exactly (div 25, final div 1e4, 0.95 -> 0.85), at optax's
+    # boundaries: measured 1.6e-11 abs, 3.2e-5 rel (float32 near lr/25e4); the tolerance above would let
+    # div_factor 20 or final_div 1e3 pass
+    exact = _torch_onecycle(total, lr, ends=[int(0.3 * total), total])
+    np.testing.assert_allclose(lr_ours, exact[:, 0], rtol=1e-4, atol=1e-11)
+    np.testing.assert_allclose(beta1, exact[:, 1], rtol=0, atol=1e-6)
     assert beta1[0] == pytest.approx(0.95) and beta1.min() == pytest.approx(0.85)
     assert steps[np.argmin(beta1)] == steps[np.argmax(lr_ours)] == 60  # beta1 lowest where the rate peaks
     # the optimiser uses it: after k updates its injected beta1 is the schedule's value at step k

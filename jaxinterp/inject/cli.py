@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxinterp.cliargs import positive_int
+from jaxinterp.cliargs import non_negative_int, output_folder, positive_int
 from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of this command's API)
 
 
@@ -95,7 +95,7 @@ def add_parser(sub) -> None:
     s = inner.add_parser("sweep", help="p(answer) before/after injection for every layer x tau x prompt")
     s.add_argument("--model", help="local Hugging Face GPT-2 folder or hub name (default: the shipped toy model)")
     s.add_argument("--data", required=True, help="prompt CSV (explicit/obscure sentence, explicit entity, answer)")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", required=True, type=output_folder, help="output folder")
     s.add_argument("--layers", type=int, nargs="+", help="injection layers (default all)")
     s.add_argument("--taus", type=float, nargs="+", help="injection scales (default 1..15)")
     s.add_argument("--memory-kind", default="unembed", choices=["unembed", "embed", "layer"],
@@ -103,7 +103,7 @@ def add_parser(sub) -> None:
     s.add_argument("--limit", type=positive_int, help="only the first N rows")
     s.add_argument("--baseline-words", help="top_word_types.csv: also sweep random-word memories")
     s.add_argument("--baseline-type", default="Nouns", help="column of the word list (default Nouns)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random words")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random words")
     s.add_argument("--bucket", type=positive_int, default=8, help="prompt length bucket (default 8)")
     s.add_argument("--skip-long", action="store_true", help="drop rows longer than the model's context (else an error)")
     s.set_defaults(func=_command)

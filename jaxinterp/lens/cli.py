@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxinterp.cliargs import positive_int
+from jaxinterp.cliargs import non_negative_int, output_file, output_folder, positive_int
 
 
 def resolve_model(name: str | None) -> str:
@@ -133,7 +133,7 @@ def add_parser(sub) -> None:
     t.add_argument("--model", help="local Hugging Face GPT-2 folder or hub name (default: the built-in toy model)")
     t.add_argument("--layer", type=int, required=True, help="layer whose heads get lenses")
     t.add_argument("--data", required=True, help=".txt (a text per line), .jsonl, a folder of them, or a HF dataset name")
-    t.add_argument("--out", required=True, help="output folder: checkpoints/ and lens_layer<L>.safetensors")
+    t.add_argument("--out", required=True, type=output_folder, help="output folder: checkpoints/ and lens_layer<L>.safetensors")
     t.add_argument("--kind", default="lensa", choices=["lensa", "shared", "resid"], help="lens kind (default lensa)")
     t.add_argument("--mode", default="last", choices=["last", "all", "per_head"],
                    help="rows of the KL: last real token (paper), all real positions, or each head alone")
@@ -143,7 +143,7 @@ def add_parser(sub) -> None:
     t.add_argument("--seq-len", type=positive_int, default=128, help="tokens per example (longer texts are truncated)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     t.add_argument("--save-every", type=positive_int, default=50, help="orbax checkpoint every N steps")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--bf16", action="store_true", help="bfloat16 activations and lens matmuls (params stay float32)")
     t.add_argument("--shard-vocab", action="store_true", help="split lens params along the vocabulary over devices")
     t.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
@@ -160,7 +160,7 @@ def add_parser(sub) -> None:
     s.add_argument("--k", type=positive_int, default=10, help="tokens shown per head")
     s.add_argument("--words", help="word list (one per line): score = share of each head's top tokens in it")
     s.add_argument("--score-k", type=positive_int, default=50, help="top tokens scored per head (default 50)")
-    s.add_argument("--csv", help="write the table as CSV here")
+    s.add_argument("--csv", type=output_file, help="write the table as CSV here")
     s.add_argument("--heatmap", help="write a layers x heads heatmap PNG of the score here")
     s.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
     s.set_defaults(func=_show)

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from jaxinterp.cliargs import non_negative_int, output_file, output_folder
+
 
 def _tokenizer_line(result, d: dict) -> str:
     """What the output's tokenizer is: the source's files, copied; never merged (config module doc)."""
@@ -118,24 +120,24 @@ def add_parser(sub) -> None:
     s = p.add_subparsers(dest="merge_command", metavar="SUBCOMMAND")
     y = s.add_parser("yaml", help="merge the checkpoints of a mergekit YAML config")
     y.add_argument("config")
-    y.add_argument("--out", required=True, help="output folder")
-    y.add_argument("--seed", type=int, default=0, help="seed of random methods (dare, della)")
+    y.add_argument("--out", required=True, type=output_folder, help="output folder")
+    y.add_argument("--seed", type=non_negative_int, default=0, help="seed of random methods (dare, della)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(func=_yaml)
     c = s.add_parser("check", help="validate a mergekit YAML config and the checkpoint headers")
     c.add_argument("config")
     c.set_defaults(func=_check)
     t = s.add_parser("train-mlp", help="train a digits MLP and save it as safetensors")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, type=output_file)
     t.set_defaults(func=_train_mlp)
     b = s.add_parser("barrier", help="loss barrier on the linear path between two digits MLPs")
     b.add_argument("a")
     b.add_argument("b")
     b.add_argument("--num", type=int, default=25, help="number of alphas (default 25)")
     b.add_argument("--align", action="store_true", help="also after weight matching B to A")
-    b.add_argument("--png", help="write the path plot here")
-    b.add_argument("--json", help="write every path's alphas, losses and barriers here")
+    b.add_argument("--png", type=output_file, help="write the path plot here")
+    b.add_argument("--json", type=output_file, help="write every path's alphas, losses and barriers here")
     b.set_defaults(func=_barrier)
     p.set_defaults(func=lambda args: p.print_help() or 2)

@@ -20,6 +20,8 @@ architecture is refused before anything is built).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -154,12 +156,41 @@ def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialC
 # orbax
 
 
+def check_params_target(path: str | Path) -> Path:
+    """The absolute `path` if `save_params` may write there: a new path, or an orbax checkpoint it
+    replaces. Anything else (a file, a folder of other things) is a ValueError: orbax's own overwrite
+    deletes the whole folder first."""
+    path = Path(path).absolute()
+    if path.exists() and not (path.is_dir() and (path / "_CHECKPOINT_METADATA").is_file()):
+        raise ValueError(f"{path}: expected a new path or an orbax checkpoint folder to replace, got an existing "
+                         f"{'folder that holds no checkpoint' if path.is_dir() else 'file'} (nothing was written)")
+    return path
+
+
 def save_params(path: str | Path, params: Params) -> Path:
-    """Saves params with orbax at the absolute `path` (a directory; orbax writes it atomically)."""
+    """Saves params with orbax at the absolute `path` (a directory) and returns it.
+
+    Written beside it first, then renamed into place; a checkpoint already at `path` is removed only
+    after the new one is complete, so a crash leaves at least one of them whole (`check_params_target`).
+    """
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
-    ocp.PyTreeCheckpointer().save(path, params, force=True)
+    path = check_params_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = None
+    try:
+        ocp.PyTreeCheckpointer().save(tmp / "params", params)
+        if path.exists():
+            old = tmp / "old"
+            path.rename(old)
+        (tmp / "params").rename(path)
+    except BaseException:
+        if old is not None and not path.exists():
+            old.rename(path)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 def _convert(args) -> int:
     from jaxinterp.nugraph import checkpoint, model
 
+    checkpoint.check_params_target(args.out)  # before the checkpoint is read
     ckpt = checkpoint.load_official_checkpoint(args.ckpt)
     out = checkpoint.save_params(args.out, ckpt.params)
     print(f"wrote {out}: NuGraph2 {ckpt.config}, {model.num_params(ckpt.params):,} parameters")

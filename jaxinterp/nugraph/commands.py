@@ -5,24 +5,25 @@ Registered by `jaxinterp/nugraph/cli.py` through `add_subcommands(nugraph_subpar
 
 from __future__ import annotations
 
-from jaxinterp.cliargs import fraction, non_negative_float, non_negative_int, positive_float, positive_int
+from jaxinterp.cliargs import (fraction, non_negative_float, non_negative_int, output_file, output_folder, positive_float,
+                                positive_int)
 
 
 def add_subcommands(sub) -> None:
     p = sub.add_parser("simulate", help="simulate LArTPC events into a processed NuGraph HDF5 file")
     p.add_argument("--events", type=positive_int, required=True, help="number of events")
-    p.add_argument("--out", required=True, help="output file (*.gnn.h5), written atomically")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=output_file, help="output file (*.gnn.h5), written atomically")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--mean-energy", type=positive_float, default=None, help="mean neutrino energy, GeV (default 1.0)")
     p.add_argument("--max-hits", type=non_negative_int, default=None, help="redraw events with more particle hits in a plane (noise hits come on top)")
     p.add_argument("--min-hits", type=non_negative_int, default=None, help="redraw events with fewer hits in a plane (default 3)")
     p.add_argument("--cosmics", type=non_negative_float, default=None, help="mean number of cosmic muons per event (default 0.7)")
-    p.add_argument("--run", type=int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
+    p.add_argument("--run", type=non_negative_int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train", help="train NuGraph2 on a processed NuGraph HDF5 file (resumes from --out)")
     p.add_argument("file", help="*.gnn.h5 with samples/train and samples/validation")
-    p.add_argument("--out", default="nugraph_run", help="run folder: checkpoints, metrics (default nugraph_run)")
+    p.add_argument("--out", default="nugraph_run", type=output_folder, help="run folder: checkpoints, metrics (default nugraph_run)")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate of the one-cycle schedule")
@@ -31,7 +32,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--planar-features", type=positive_int, default=64)
     p.add_argument("--nexus-features", type=positive_int, default=16)
     p.add_argument("--iterations", type=positive_int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps (the schedule still spans --epochs)")
     p.add_argument("--limit-train", type=positive_int, default=None, help="use only the first N training events")
     p.add_argument("--limit-val", type=non_negative_int, default=None, help="use only the first N validation events (0: no validation)")
@@ -45,7 +46,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--params", default=None, help="a folder with model.npz and model.json, as a finished `nugraph train` "
                    "run writes them (or a file in that folder); default: the shipped model")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
-    p.add_argument("--out", default="nugraph_eval", help="output folder for metrics.json and PNGs")
+    p.add_argument("--out", default="nugraph_eval", type=output_folder, help="output folder for metrics.json and PNGs")
     p.add_argument("--displays", type=non_negative_int, default=3, help="event displays to draw")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N events")
     p.add_argument("--batch-size", type=positive_int, default=32)

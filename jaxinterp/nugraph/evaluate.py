@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxinterp import atomic
 from jaxinterp.nugraph import hdf5, metrics
-from jaxinterp.nugraph.event import Event
+from jaxinterp.nugraph.event import NUM_FEATURES, Event
 from jaxinterp.nugraph.model import NuGraph2Config
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "nugraph2"
@@ -47,7 +47,14 @@ def load_model(path: str | Path | None = None) -> Model:
     for f in (npz, js):
         if not f.exists():
             raise ValueError(f"params: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
-    desc = json.loads(js.read_text())
+    try:
+        desc = json.loads(js.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"params: {js} is not valid JSON ({e})") from None
+    missing = [k for k in ("config", "norm") if not isinstance(desc, dict) or not isinstance(desc.get(k), dict)]
+    if missing:
+        raise ValueError(f"params: {js} must hold the objects 'config' and 'norm' (as `nugraph train` writes "
+                         f"them), missing or not an object: {missing}")
     data = npz.read_bytes()  # read once: the bytes hashed are the bytes loaded
     recorded, got = desc.pop("npz_sha256", None), hashlib.sha256(data).hexdigest()
     if recorded is not None and recorded != got:  # None: a model.json written before the hash existed
@@ -55,8 +62,16 @@ def load_model(path: str | Path | None = None) -> Model:
                          f"sha256 {recorded}, the file has {got} (a save interrupted between the two files, "
                          f"or one of them copied from another run)")
     cfg = desc.pop("config")
+    fields = {f.name for f in dataclasses.fields(NuGraph2Config)}
+    if set(cfg) - fields:
+        raise ValueError(f"params: {js} config has unknown keys {sorted(set(cfg) - fields)}; expected among "
+                         f"{sorted(fields)}")
     config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     norm = {p: np.asarray(v, np.float32) for p, v in desc.pop("norm").items()}
+    bad = [p for p in config.planes if p not in norm or norm[p].shape != (2, NUM_FEATURES)]
+    if bad:
+        raise ValueError(f"params: {js} norm must hold a [2, {NUM_FEATURES}] (mean, std) array for each plane "
+                         f"{list(config.planes)}; missing or misshapen: {bad}")
     params: dict = {}
     with np.load(io.BytesIO(data)) as z:
         for name in z.files:

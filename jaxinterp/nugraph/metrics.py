@@ -6,7 +6,8 @@
   torchmetrics use ignore_index=-1), predicted class = argmax. Per class c: efficiency = recall_c,
   purity = precision_c. Overall efficiency is hit-weighted (the paper's "94.9% efficiency"; with
   one prediction per hit it equals the overall purity and the accuracy); the macro averages over
-  classes (torchmetrics' default, which the official training logs show) are given beside.
+  classes (torchmetrics' default, which the official training logs show) are given beside, with
+  torchmetrics' rule for classes without hits (`_macro`).
 
 Counts accumulate over batches (`Counts.add`), so metrics of a large set never hold it in memory.
 
@@ -78,6 +79,16 @@ def _ratio(a, b) -> float:
     return float(a / b) if b else float("nan")
 
 
+def _macro(scores: list[float], m: np.ndarray) -> float:
+    """torchmetrics' macro average: a class counts when it has a true or a predicted hit
+    (tp + fp + fn > 0), its 0/0 score as 0; a class seen nowhere is left out (NaN if all are).
+    A class never predicted thus drags the purity mean down instead of dropping out of it."""
+    seen = (m.sum(0) + m.sum(1)) > 0
+    if not seen.any():
+        return float("nan")
+    return float(np.nan_to_num(np.asarray(scores))[seen].mean())
+
+
 def compute(counts: Counts, classes: tuple[str, ...] = SEMANTIC_CLASSES) -> Metrics:
     """Efficiencies and purities from accumulated counts (NaN where a denominator is 0)."""
     m = counts.semantic
@@ -91,8 +102,8 @@ def compute(counts: Counts, classes: tuple[str, ...] = SEMANTIC_CLASSES) -> Metr
         filter_purity=_ratio(f[1, 1], f[:, 1].sum()),
         semantic_efficiency=overall,
         semantic_purity=overall,
-        semantic_efficiency_macro=float(np.nanmean(rec)) if not np.all(np.isnan(rec)) else float("nan"),
-        semantic_purity_macro=float(np.nanmean(prec)) if not np.all(np.isnan(prec)) else float("nan"),
+        semantic_efficiency_macro=_macro(rec, m),
+        semantic_purity_macro=_macro(prec, m),
         efficiency=dict(zip(classes, rec)),
         purity=dict(zip(classes, prec)),
         hits=int(m.sum()),

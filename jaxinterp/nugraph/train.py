@@ -100,13 +100,16 @@ class SizePolicy:
                               / max(e.planes[p].x.shape[0], 1) for e in events for p in planes)
         # (per mean over planes: summed over a batch, the mean is at most the largest plane's total)
         self.sp_ratio = max(e.num_sp / max(np.mean([e.planes[p].x.shape[0] for p in planes]), 1) for e in events)
+        # nexus edges per hit of their plane: at most num_sp in NuGraph files, but not required to be
+        self.nexus_ratio = max(np.shape(e.planes[p].edge_index_nexus)[1] / max(e.planes[p].x.shape[0], 1)
+                               for e in events for p in planes)
         self.planes = planes
         self.used: set[BatchSizes] = set()
 
     def _want(self, events: Sequence[Event]) -> BatchSizes:
         hits = max(sum(e.planes[p].x.shape[0] for e in events) for p in self.planes)
         n = bucket(hits + 1)
-        return BatchSizes(n, bucket(int(np.ceil(self.edge_ratio * n))), bucket(int(np.ceil(self.sp_ratio * n))),
+        return BatchSizes(n, bucket(int(np.ceil(self.edge_ratio * n))), bucket(int(np.ceil(self.nexus_ratio * n))),
                           bucket(int(np.ceil(self.sp_ratio * n)) + 1))
 
     def reserve(self, batches: Sequence[Sequence[Event]]) -> BatchSizes:
@@ -205,10 +208,11 @@ def _eval_step(mc: NuGraph2Config):
 
 def evaluate_events(params, events: Sequence[Event], mc: NuGraph2Config, *, batch_size: int = 32,
                     policy: SizePolicy | None = None) -> tuple[metrics.Counts, float]:
-    """Counts over `events` and the mean total loss of their batches."""
+    """Counts over `events` and the total loss averaged over their events (each batch's mean loss
+    weighted by its number of events, so a short last batch counts for what it holds)."""
     policy = policy or SizePolicy(events, mc.planes)
     step = _eval_step(mc)
-    counts, losses_ = metrics.Counts.zeros(mc.num_classes), []
+    counts, losses_, weights = metrics.Counts.zeros(mc.num_classes), [], []
     for i in range(0, len(events), batch_size):
         chunk = events[i:i + batch_size]
         batch = pad_batch(chunk, policy.sizes(chunk), planes=mc.planes, check=False)
@@ -216,7 +220,8 @@ def evaluate_events(params, events: Sequence[Event], mc: NuGraph2Config, *, batc
         m = batch.hit_mask
         counts = counts.add(batch.y_semantic[m], np.asarray(sem)[m], np.asarray(fil)[m])
         losses_.append(float(lo.total))
-    return counts, float(np.mean(losses_)) if losses_ else float("nan")
+        weights.append(len(chunk))
+    return counts, float(np.average(losses_, weights=weights)) if losses_ else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxinterp.cliargs import output_folder
+
 
 def pct_stats(before: np.ndarray, after: np.ndarray) -> dict:
     """Percent increase (after - before) / before * 100 over the last axis: mean, median, 10%-trimmed mean."""
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=output_folder)
     p.add_argument("--model", default=str(MODEL_DIR))
     p.add_argument("--prompts", default=str(PROMPTS_CSV))
     p.add_argument("--words", help="top_word_types.csv for the paper's random-word baselines")

@@ -17,7 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
-from jaxinterp.cliargs import positive_float, positive_int
+from jaxinterp.cliargs import non_negative_int, output_file, output_folder, positive_float, positive_int
 
 
 def _world_config(args):
@@ -137,7 +137,7 @@ def add_parser(sub) -> None:
     f.set_defaults(func=_facts)
 
     t = ts.add_parser("train", help="train the GPT-2 on the world (resumes from OUT/checkpoints)")
-    t.add_argument("--out", required=True, help="run folder: checkpoints/, model/, train.json")
+    t.add_argument("--out", required=True, type=output_folder, help="run folder: checkpoints/, model/, train.json")
     t.add_argument("--steps", type=positive_int)
     t.add_argument("--minutes", type=positive_float, help="stop (after a checkpoint) when this run passes this wall time")
     t.add_argument("--layers", type=positive_int)
@@ -146,20 +146,20 @@ def add_parser(sub) -> None:
     t.add_argument("--vocab-size", type=positive_int)
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=non_negative_int)
     t.add_argument("--checkpoint-every", type=positive_int)
     _add_world_args(t)
     t.set_defaults(func=_train)
 
     e = ts.add_parser("evaluate", help="single-hop, two-hop and explicit-form accuracy tables")
     e.add_argument("--model", help="model folder (default: the built-in toy-world model)")
-    e.add_argument("--json", help="also write the figures here")
+    e.add_argument("--json", type=output_file, help="also write the figures here")
     e.add_argument("--no-candidates", action="store_true", help="skip the (slower) candidate-choice accuracy")
     _add_world_args(e)
     e.set_defaults(func=_evaluate)
 
     q = ts.add_parser("prompts", help="write the memory-injection prompt CSV of the world")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, type=output_file)
     q.add_argument("--all", action="store_true", help="trained compositions too (default: held-out only)")
     _add_world_args(q)
     q.set_defaults(func=_prompts)
