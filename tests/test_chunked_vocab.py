@@ -71,7 +71,9 @@ def test_bfloat16_compute_stays_close():
     xs, Ws, b, t = _terms(5)
     got = cv.kl_div(xs, Ws, b, t, chunk=8, compute_dtype=jnp.bfloat16)
     assert got.dtype == jnp.float32
-    np.testing.assert_allclose(got, cv.kl_div_reference(xs, Ws, b, t), rtol=0.05, atol=0.05)
+    ref = cv.kl_div_reference(xs, Ws, b, t)
+    err = float(np.abs(np.asarray(got) - np.asarray(ref)).max())
+    assert 1e-5 < err < 0.02, err  # measured 6.5e-3 (float32: 9.5e-7, so bfloat16 did run)
 
 
 @pytest.mark.parametrize("chunk,k", [(8, 1), (10, 12), (64, 37)])

@@ -7,7 +7,10 @@ import pytest
 
 from jaxinterp.transformer import gpt2, run_with_cache
 
-ATOL = 1e-4  # float32 against float64 references
+# float32 against float64 references: measured (session 8) logits 7.4e-8 (transformers) and 1.5e-7
+# (TransformerLens), every cached activation <= 1.5e-7, W_U / b_U / W_E <= 1.5e-8. At 5e-7 the
+# exact-erf GELU in place of GPT-2's tanh form (1.4e-6 off) fails; 1e-4 let it pass.
+ATOL = 5e-7
 
 
 def test_raw_weights_give_transformers_logits(tiny_raw, gpt2_ref):
@@ -79,7 +82,9 @@ def test_bfloat16_activations_stay_close(tiny_processed, gpt2_ref):
     logits = gpt2.forward(params, gpt2_ref["tokens"].astype(np.int32), config=dataclasses.replace(config, dtype="bfloat16"))
     assert logits.dtype == jnp.float32
     ref = gpt2_ref["tl_logits"]
-    # bfloat16 keeps 8 bits of mantissa: compare against the logits' scale, not 1e-4.
-    assert np.abs(np.asarray(logits) - ref).max() < 0.05 * np.abs(ref).max()
+    # bfloat16 keeps 8 bits of mantissa: measured 2.3e-3 on logits of at most 0.6, 2.5e-5 on the
+    # probabilities (at most 0.019 with this vocabulary of 97: a uniform softmax is 8e-3 off).
+    err = np.abs(np.asarray(logits) - ref).max()
+    assert 1e-5 < err < 6e-3, err  # above float32's 1.5e-7: bfloat16 did run
     # (argmax is no test here: the fixture's random model has near ties, 5e-4 apart.)
-    np.testing.assert_allclose(jax.nn.softmax(logits), jax.nn.softmax(jnp.asarray(ref)), atol=5e-3)
+    np.testing.assert_allclose(jax.nn.softmax(logits), jax.nn.softmax(jnp.asarray(ref)), atol=1e-4)

@@ -24,6 +24,10 @@ def test_torch_lens_gives_torchs_top_k(tiny_processed, gpt2_ref, expected, name)
     np.testing.assert_array_equal(t.logit_ids, expected["logit_topk_ids"])
     assert (t.lens_ids != t.logit_ids).any()  # the fixture lens is not the logit lens
     assert np.all(np.diff(t.lens_logprob, axis=1) <= 0) and np.all(t.lens_logprob < 0)
+    # torch's values too, up to each row's constant (measured 1.8e-7): the ids alone would pass
+    # any monotone distortion of the scores
+    lp, tv = np.asarray(t.lens_logprob, np.float64), expected["topk_values"].astype(np.float64)
+    np.testing.assert_allclose(lp - lp[:, :1], tv - tv[:, :1], rtol=0, atol=1e-6)
 
 
 def test_own_format_round_trips(tmp_path):

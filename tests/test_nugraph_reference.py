@@ -1,7 +1,8 @@
 """NuGraph2 against the official code (tests/fixtures/nugraph2_reference.npz, exatrkx/NuGraph v24.4.0).
 
-Outputs per event and batched, the three losses and every gradient, in float64 to 1e-8 and in
-float32 to 1e-4; and the official Lightning checkpoint read without torch.
+Outputs per event and batched, the three losses and every gradient, in float64 to 1e-12 and in
+float32 to 1e-6 (outputs), 3e-6 (losses) and 1e-3 of each gradient tensor's largest entry; and the
+official Lightning checkpoint read without torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from jaxinterp.nugraph.event import PLANES, Event, PlaneHits
 FIXTURES = Path(__file__).parent / "fixtures"
 REF = np.load(FIXTURES / "nugraph2_reference.npz")
 CONFIG = model.NuGraph2Config()
-TOL = {"float64": 1e-8, "float32": 1e-4}
+# Measured (session 8): float64 outputs 1.1e-16, losses 8.9e-16, gradients 6.7e-16; float32 outputs
+# 6.5e-8, losses 3.2e-7, gradients 3.9e-7 absolute and at most 1.1e-4 of their tensor's largest entry.
+# Gradients are checked per tensor against that tensor's scale: 60 of the 268 fixture gradients are
+# below 1e-4 everywhere (the smallest 1.8e-8), so one absolute float32 tolerance let a zero pass.
+TOL = {"float64": 1e-12, "float32": 1e-6}  # outputs
+LOSS_TOL = {"float64": 1e-12, "float32": 3e-6}
+GRAD_TOL = {"float64": (1e-12, 0.0), "float32": (1e-9, 1e-3)}  # (absolute, relative to the tensor's max |g|)
 
 
 def reference_event(i: int) -> Event:
@@ -99,15 +106,17 @@ def test_batched_outputs(computed):
 def test_losses(computed):
     dtype, (_, _, ls, _) = computed
     for name in ("total", "semantic", "filter"):
-        _close(getattr(ls, name), REF[f"batch/loss_{name}"], TOL[dtype], f"loss_{name}")
+        _close(getattr(ls, name), REF[f"batch/loss_{name}"], LOSS_TOL[dtype], f"loss_{name}")
 
 
 def test_every_gradient(computed):
     dtype, (_, _, _, grads) = computed
     names = [k[len("grad/"):] for k in REF.files if k.startswith("grad/")]
     assert sorted(names) == sorted(grads)
+    atol, rtol = GRAD_TOL[dtype]
     for name in names:
-        _close(grads[name], REF[f"grad/{name}"], TOL[dtype], f"grad {name}")
+        want = REF[f"grad/{name}"]
+        _close(grads[name], want, atol + rtol * float(np.abs(want).max()), f"grad {name}")
 
 
 def test_official_checkpoint_matches_fixture_weights():
