@@ -128,7 +128,7 @@ def child(impl: str, quick: bool) -> dict:
         holder[0], loss = call(holder[0])
         return loss
 
-    t = benchtools.time_fn(run, repeats=2 if not quick else 3)
+    t = benchtools.time_fn(run, repeats=5 if not quick else 3)  # a median of 5 (two would be their mean)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"impl": impl, "step_s": t.median_s, "compile_s": compile_s, "peak_gib": peak_gib, "xla_gib": xla_gib,
             "lens_params": int(sum(np.size(x) for x in jax.tree.leaves(lens)))}
