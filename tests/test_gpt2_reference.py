@@ -8,9 +8,10 @@ import pytest
 from jaxinterp.transformer import gpt2, run_with_cache
 
 # float32 against float64 references: measured (session 8) logits 7.4e-8 (transformers) and 1.5e-7
-# (TransformerLens), every cached activation <= 1.5e-7, W_U / b_U / W_E <= 1.5e-8. At 5e-7 the
-# exact-erf GELU in place of GPT-2's tanh form (1.4e-6 off) fails; 1e-4 let it pass.
-ATOL = 5e-7
+# (TransformerLens; 1.8e-7 in an earlier session), every cached activation <= 1.5e-7, W_U / b_U / W_E
+# <= 1.5e-8. At 6e-7 the exact-erf GELU in place of GPT-2's tanh form (1.4e-6 off) fails; the 1e-4
+# used before let it pass.
+ATOL = 6e-7
 
 
 def test_raw_weights_give_transformers_logits(tiny_raw, gpt2_ref):
