@@ -21,6 +21,8 @@ DATA = "data"
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh over `devices` (default: all of them) with the axis "data"."""
     devices = list(jax.devices() if devices is None else devices)
+    if not devices:  # else an empty mesh, and padded_size divides by zero
+        raise ValueError("devices: expected at least one device, got none")
     return Mesh(np.asarray(devices), (DATA,))
 
 
@@ -43,6 +45,9 @@ def pad_batch(tree: Any, size: int) -> Any:
     """Pads every leaf's leading axis to `size` with zeros (outside jit); callers mask the rows."""
     def pad(x):
         x = np.asarray(x)
+        if x.ndim == 0:
+            raise ValueError(f"pad_batch: expected every leaf to have a leading (batch) axis, "
+                             f"got a leaf of shape {list(x.shape)}")
         if x.shape[0] > size:
             raise ValueError(f"batch of {x.shape[0]} does not fit the padded size {size}")
         return np.concatenate([x, np.zeros((size - x.shape[0],) + x.shape[1:], x.dtype)]) if x.shape[0] < size else x

@@ -45,8 +45,14 @@ def check_chunk(chunk) -> int:
     return int(chunk)
 
 
+def _check_vocab(V: int) -> None:
+    if V < 1:  # else the chunk layout divides by zero
+        raise ValueError(f"V: expected at least one vocabulary column, got V = {V}")
+
+
 def _layout(V: int, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(starts [n], fresh [n, C] bool, C): chunk i covers columns starts[i] + [0, C)."""
+    _check_vocab(V)
     C = min(check_chunk(chunk), V)
     n = -(-V // C)
     starts = np.minimum(np.arange(n) * C, V - C).astype(np.int32)
@@ -64,13 +70,15 @@ def chunk_layout(V: int, chunk: int) -> tuple[np.ndarray, np.ndarray, int]:
 def _check(xs: Sequence[Array], Ws: Sequence[Array], b: Array) -> int:
     if len(xs) != len(Ws) or not xs:
         raise ValueError(f"xs and Ws: expected the same number (>= 1) of terms, got {len(xs)} and {len(Ws)}")
-    V = b.shape[-1]
     if b.ndim != 1:
         raise ValueError(f"b: expected shape [V], got {list(b.shape)}")
-    N = xs[0].shape[0]
+    V = b.shape[0]
+    _check_vocab(V)
+    N = xs[0].shape[0] if xs[0].ndim else None  # a 0-d x is refused below, not an IndexError here
     for i, (x, W) in enumerate(zip(xs, Ws)):
         if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0] or W.shape[1] != V or x.shape[0] != N:
-            raise ValueError(f"term {i}: expected x [N={N}, K] and W [K, V={V}], got x {list(x.shape)} "
+            n = "N" if N is None else f"N={N}"
+            raise ValueError(f"term {i}: expected x [{n}, K] and W [K, V={V}], got x {list(x.shape)} "
                              f"and W {list(W.shape)}")
     return V
 
@@ -132,7 +140,18 @@ def log_softmax_at(xs: Sequence[Array], Ws: Sequence[Array], b: Array, ids: Arra
                    chunk: int = DEFAULT_CHUNK, compute_dtype=None) -> Array:
     """log_softmax(z)[n, ids[n, j]] [N, J] without full logits (only the columns `ids` are formed)."""
     xs, Ws = tuple(xs), tuple(Ws)
-    _check(xs, Ws, b)
+    V = _check(xs, Ws, b)
+    N = xs[0].shape[0]
+    if ids.ndim != 2 or ids.shape[0] != N:
+        raise ValueError(f"ids: expected shape [N={N}, J], got {list(ids.shape)}")
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"ids: expected integer vocabulary ids, got dtype {ids.dtype}")
+    # values only when concrete: out of range, b[ids] would clamp (or wrap) them silently
+    if not isinstance(ids, jax.core.Tracer) and ids.size:
+        host = np.asarray(ids)
+        lo, hi = int(host.min()), int(host.max())
+        if lo < 0 or hi >= V:
+            raise ValueError(f"ids: expected vocabulary ids in [0, {V}), got ids from {lo} to {hi}")
     lse = logsumexp(xs, Ws, b, chunk=chunk, compute_dtype=compute_dtype)
     acc = _acc(xs, Ws, b)
     z = b[ids].astype(acc)
@@ -289,20 +308,25 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
     if not 1 <= k <= V:
         raise ValueError(f"k: expected 1 <= k <= V = {V}, got {k}")
     starts, fresh, C = _layout(V, max(chunk, k))
-    N = xs[0].shape[0]
+
+    def chunk_top(start, ok):
+        z = jnp.where(ok, _chunk_logits(xs, Ws, b, start, C, compute_dtype), _NEG)
+        cv, ci = lax.top_k(z, k)
+        return cv, ci.astype(jnp.int32) + start
 
     def body(carry, inp):
         vals, idx = carry
-        start, ok = inp
-        z = jnp.where(ok, _chunk_logits(xs, Ws, b, start, C, compute_dtype), _NEG)
-        cv, ci = lax.top_k(z, k)
+        cv, ci = chunk_top(*inp)
+        # the running top-k first: on ties (-inf logits) the lower ids win, as in lax.top_k
         allv = jnp.concatenate([vals, cv], axis=-1)
-        alli = jnp.concatenate([idx, ci.astype(jnp.int32) + start], axis=-1)
+        alli = jnp.concatenate([idx, ci], axis=-1)
         v, j = lax.top_k(allv, k)
         return (v, jnp.take_along_axis(alli, j, axis=-1)), None
 
-    init = (jnp.full((N, k), _NEG, _acc(xs, Ws, b)), jnp.zeros((N, k), jnp.int32))
-    (vals, idx), _ = lax.scan(body, init, (jnp.asarray(starts), jnp.asarray(fresh)))
+    # Started from the first chunk (k <= C real words), not from k placeholder (-inf, id 0) entries:
+    # those won ties with real -inf logits and put id 0 in the result more than once.
+    init = chunk_top(starts[0], fresh[0])
+    (vals, idx), _ = lax.scan(body, init, (jnp.asarray(starts[1:]), jnp.asarray(fresh[1:])))
     return TopK(vals, idx)
 
 

@@ -86,8 +86,11 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
     vb, c, m, f = values.shape
     b, e = senders.shape
     n = num_receivers
-    graph = jnp.arange(b, dtype=senders.dtype)[:, None, None]
-    cls = jnp.arange(c, dtype=senders.dtype)[None, :, None]
+    # Flat rows in at least int32: ids that fit a small dtype (uint8, int16) would wrap in it.
+    idx = jnp.promote_types(senders.dtype, jnp.int32)
+    senders, receivers = senders.astype(idx), receivers.astype(idx)
+    graph = jnp.arange(b, dtype=idx)[:, None, None]
+    cls = jnp.arange(c, dtype=idx)[None, :, None]
     src_graph = graph if vb == b else jnp.zeros_like(graph)
     src = ((src_graph * c + cls) * m + senders[:, None, :]).reshape(-1)  # [B*C*E] rows of values
     dst = ((graph * c + cls) * n + receivers[:, None, :]).reshape(-1)  # sorted: graph, class, receiver

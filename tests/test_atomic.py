@@ -77,3 +77,21 @@ def test_a_failed_write_keeps_the_previous_file_and_syncs_nothing(tmp_path, log)
     assert target.read_bytes() == b"previous content"
     assert os.listdir(tmp_path) == ["out.bin"]
     assert log == []
+
+
+def test_the_temporary_name_keeps_the_suffix_for_writers_that_read_it(tmp_path):
+    """Writers that choose the format by the file name's suffix (matplotlib's savefig, named in the
+    docstring) or append one (numpy's save) used to get '....tmp': savefig raised "Format 'tmp' is
+    not supported", and np.save wrote a stray '....tmp.npy' and left the target empty."""
+    np = pytest.importorskip("numpy")
+    target = tmp_path / "a.npy"
+    with atomic.atomic_path(target) as tmp:
+        assert tmp.suffix == ".npy" and tmp.name.startswith(".a.npy.")
+        np.save(tmp, np.arange(3))
+    np.testing.assert_array_equal(np.load(target), [0, 1, 2])
+    assert os.listdir(tmp_path) == ["a.npy"]
+    figure = pytest.importorskip("matplotlib.figure")
+    with atomic.atomic_path(tmp_path / "fig.png") as tmp:
+        figure.Figure(figsize=(1, 1)).savefig(tmp)  # no pyplot: no backend, no global state
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.npy", "fig.png"]

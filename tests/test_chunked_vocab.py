@@ -90,6 +90,8 @@ def test_top_k(chunk, k):
     (lambda xs, Ws, b, t: cv.kl_div(xs, Ws, b, t[:, :5]), "target_logits"),
     (lambda xs, Ws, b, t: cv.top_k(xs, Ws, b, 0), "k: expected"),
     (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[None]), "b: expected"),
+    (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[0]), r"b: expected shape \[V\], got \[\]"),  # was IndexError
+    (lambda xs, Ws, b, t: cv.logsumexp((xs[0][0, 0], xs[1]), Ws, b), r"term 0: .*got x \[\]"),  # was IndexError
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
@@ -120,3 +122,55 @@ def test_chunk_width_accepts_numpy_integers():
     xs, Ws, b, _ = _terms(9)
     np.testing.assert_allclose(cv.logsumexp(xs, Ws, b, chunk=np.int64(10)), cv.logsumexp_reference(xs, Ws, b),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 5, 8])
+def test_top_k_with_fewer_finite_logits_than_k(chunk):
+    """Words masked to -inf (a banned vocabulary): top-k must still name k distinct words, as the
+    reference does. The running top-k used to start from k fake (-inf, id 0) entries that won ties
+    with real -inf logits: ids [4, 0, 0] instead of [4, 0, 1]."""
+    xs, Ws = (jnp.zeros((2, 2)),), (jnp.zeros((2, 5)),)
+    b = jnp.array([0.0, -jnp.inf, -jnp.inf, -jnp.inf, 1.0])
+    got, ref = cv.top_k(xs, Ws, b, 3, chunk=chunk), cv.top_k_reference(xs, Ws, b, 3)
+    np.testing.assert_array_equal(got.indices, ref.indices)  # [[4, 0, 1]] * 2
+    np.testing.assert_array_equal(got.values, ref.values)
+    b_all = jnp.full((5,), -jnp.inf)
+    got = cv.top_k(xs, Ws, b_all, 5, chunk=chunk)
+    np.testing.assert_array_equal(got.indices, cv.top_k_reference(xs, Ws, b_all, 5).indices)  # each id once
+
+
+# An empty vocabulary used to raise ZeroDivisionError from the chunk layout.
+EMPTY_VOCAB_CALLS = {
+    "logsumexp": lambda xs, Ws, b: cv.logsumexp(xs, Ws, b, chunk=4),
+    "log_softmax_at": lambda xs, Ws, b: cv.log_softmax_at(xs, Ws, b, jnp.zeros((2, 1), jnp.int32), chunk=4),
+    "kl_div": lambda xs, Ws, b: cv.kl_div(xs, Ws, b, jnp.zeros((2, 0)), chunk=4),
+    "kl_div_stats": lambda xs, Ws, b: cv.kl_div_stats(xs, Ws, b, jnp.zeros((2, 0)), chunk=4),
+    "chunk_layout": lambda xs, Ws, b: cv.chunk_layout(0, 4),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_VOCAB_CALLS))
+def test_empty_vocabulary_is_refused(name):
+    with pytest.raises(ValueError, match="V: expected at least one vocabulary column, got V = 0"):
+        EMPTY_VOCAB_CALLS[name]((jnp.ones((2, 3)),), (jnp.ones((3, 0)),), jnp.zeros((0,)))
+
+
+@pytest.mark.parametrize("ids, match", [
+    (jnp.array([[7], [0]]), r"ids: expected vocabulary ids in \[0, 6\), got ids from 0 to 7"),  # was clamped to 5
+    (jnp.array([[-1], [0]]), r"ids: expected vocabulary ids in \[0, 6\), got ids from -1 to 0"),  # was wrapped to 5
+    (jnp.array([0, 1]), r"ids: expected shape \[N=2, J\], got \[2\]"),  # was an einsum subscript error
+    (jnp.zeros((3, 1), jnp.int32), r"ids: expected shape \[N=2, J\], got \[3, 1\]"),
+    (jnp.zeros((2, 1)), "ids: expected integer vocabulary ids, got dtype float32"),
+])
+def test_log_softmax_at_bad_ids(ids, match):
+    xs, Ws, b = (jnp.ones((2, 3)),), (jnp.ones((3, 6)),), jnp.arange(6.0)
+    with pytest.raises(ValueError, match=match):
+        cv.log_softmax_at(xs, Ws, b, ids, chunk=4)
+
+
+def test_log_softmax_at_checks_only_shapes_under_jit():
+    xs, Ws, b, _ = _terms(10)
+    ids = jnp.array([[0, 36]] * 5)
+    got = jax.jit(lambda ids: cv.log_softmax_at(xs, Ws, b, ids, chunk=10))(ids)
+    full = jax.nn.log_softmax(cv._logits(xs, Ws, b), axis=-1)
+    np.testing.assert_allclose(got, jnp.take_along_axis(full, ids, axis=1), rtol=1e-5, atol=1e-5)

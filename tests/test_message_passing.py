@@ -106,3 +106,21 @@ def test_bad_shapes_are_errors(kwargs, message):
     for fn in (gather_segment_sum, gather_segment_sum_reference):
         with pytest.raises(ValueError, match=message):
             fn(args["values"], args["weights"], args["senders"], args["receivers"], 4, initial=args["initial"])
+
+
+@pytest.mark.parametrize("index_dtype", [jnp.uint8, jnp.int16])
+@pytest.mark.parametrize("mean, with_initial", [(False, False), (True, False), (False, True)])
+def test_small_index_dtypes_do_not_overflow_the_flat_rows(index_dtype, mean, with_initial):
+    """Node ids that fit their dtype, in a batch whose flat (graph, class, node) rows do not: the flat
+    row index used to be formed in the ids' dtype and wrapped (uint8: 3 x 5 x 20 = 300 rows; int16:
+    3 x 5 x 2200 = 33,000), so messages landed in another graph's or class's rows."""
+    n = 20 if index_dtype == jnp.uint8 else 2200
+    rng = np.random.default_rng(11)
+    snd, rcv = _graph(rng, 3, n, n, 40)
+    snd, rcv = snd.astype(index_dtype), rcv.astype(index_dtype)
+    v = jnp.asarray(rng.normal(size=(3, 5, n, 2)), jnp.float32)
+    w = jnp.asarray(rng.uniform(size=(3, 5, 40)), jnp.float32)
+    init = jnp.asarray(rng.normal(size=(3, 5, n, 2)), jnp.float32) if with_initial else None
+    fast = gather_segment_sum(v, w, snd, rcv, n, mean=mean, initial=init)
+    ref = gather_segment_sum_reference(v, w, snd.astype(jnp.int32), rcv.astype(jnp.int32), n, mean=mean, initial=init)
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-6)

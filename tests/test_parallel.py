@@ -31,3 +31,13 @@ def test_padded_size_and_shard_batch_on_one_device():
     assert jax.tree.leaves(params)[0].sharding == parallel.replicated(mesh)
     with pytest.raises(ValueError, match=r"leading axis must be a multiple of the 1 devices, got a leaf of shape \[\]"):
         parallel.shard_batch({"scalar": np.float32(1.0)}, mesh)
+
+
+def test_bad_inputs_are_value_errors():
+    # a scalar leaf has no batch axis to pad (was an IndexError from x.shape[0])
+    with pytest.raises(ValueError, match=r"pad_batch: expected every leaf to have a leading \(batch\) axis, "
+                                         r"got a leaf of shape \[\]"):
+        parallel.pad_batch({"x": np.ones((3, 2)), "scale": np.float32(2.0)}, 4)
+    # no device (e.g. jax.devices()[:0]): was an empty mesh, then a ZeroDivisionError in padded_size
+    with pytest.raises(ValueError, match="devices: expected at least one device, got none"):
+        parallel.make_mesh([])
