@@ -1,6 +1,7 @@
 """Bad input raises ValueError naming what was expected and what came, before any compute."""
 
 import json
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -30,6 +31,9 @@ def test_sequence_longer_than_n_positions(tiny_raw):
     ("blocks.1.attn.hook_nonsense", "unknown hook name 'blocks.1.attn.hook_nonsense'"),
     ("hook_resid_pre", "unknown hook name 'hook_resid_pre'"),
     ("blocks.7.hook_resid_pre", "layer 7 out of range, the model has 3 blocks"),
+    # A layer spelt otherwise than the model writes it was accepted, then never captured.
+    ("blocks.01.hook_resid_pre", "unknown hook name 'blocks.01.hook_resid_pre'"),
+    ("blocks.\u0661.hook_resid_pre", "unknown hook name 'blocks.\u0661.hook_resid_pre'"),
 ])
 def test_unknown_hook_name(tiny_raw, name, match):
     params, config = tiny_raw
@@ -133,3 +137,74 @@ def test_tokens_must_be_two_dimensional_integers(tiny_raw):
 def test_missing_model_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match=f"model folder {tmp_path / 'nowhere'} does not exist"):
         load_gpt2(tmp_path / "nowhere")
+
+
+def test_token_ids_past_int32_are_refused_not_wrapped(tiny_raw):
+    # With x64 off, jnp.asarray wraps 2**32 + 5 to 5, a valid id: the range is checked on the ids as given.
+    params, config = tiny_raw
+    with pytest.raises(ValueError, match=r"\[0, 97\).*got ids from 1 to 4294967301"):
+        gpt2.forward(params, np.array([[2**32 + 5, 1]], np.int64), config=config)
+
+
+@pytest.mark.parametrize("mask,match", [
+    ([[1, 1, 2, 1]], r"only 0 \(padding\) and 1 \(real token\), got \[2\]"),  # would skip position 2
+    ([[0.5, 1, 1, 1]], r"only 0 \(padding\) and 1 \(real token\), got \[0.5\]"),  # int cast: padding
+])
+def test_attention_mask_of_values_other_than_0_and_1(tiny_raw, mask, match):
+    params, config = tiny_raw
+    with pytest.raises(ValueError, match=match):
+        gpt2.forward(params, np.zeros((1, 4), np.int32), config=config, attention_mask=np.asarray(mask))
+
+
+def test_attention_mask_as_a_list_like_the_tokens(tiny_raw):
+    params, config = tiny_raw
+    tokens = [[3, 4, 5, 6]]
+    np.testing.assert_array_equal(gpt2.forward(params, tokens, config=config, attention_mask=[[0, 1, 1, 1]]),
+                                  gpt2.forward(params, tokens, config=config, attention_mask=np.array([[0, 1, 1, 1]])))
+
+
+def test_intervention_value_with_another_batch_size(tiny_raw):
+    params, config = tiny_raw
+    iv = intervene("blocks.1.hook_attn_out", np.ones((3, 4, 64)))
+    with pytest.raises(ValueError, match=r"value of shape \[3, 4, 64\] has a batch axis of 3, but the batch holds 2"):
+        gpt2.forward(params, np.zeros((2, 4), np.int32), config=config, interventions=[iv])
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"n_embd": "64"}, "n_embd must be an integer of at least 1, got '64'"),
+    ({"n_head": 0}, "n_head must be an integer of at least 1, got 0"),
+    ({"n_layer": None}, "n_layer must be an integer of at least 0, got None"),
+    ({"vocab_size": -3}, "vocab_size must be an integer of at least 1, got -3"),
+    ({"n_positions": 1.5}, "n_positions must be an integer of at least 1, got 1.5"),
+    ({"n_inner": True}, "n_inner must be an integer of at least 1, got True"),
+    ({"layer_norm_epsilon": "1e-5"}, "layer_norm_epsilon must be a positive number, got '1e-5'"),
+    ({"n_layer": "DELETE"}, r"GPT-2 config is missing \['n_layer'\]"),
+])
+def test_malformed_hf_config(edit, match):
+    hf = json.loads((TINY_GPT2 / "config.json").read_text()) | edit
+    hf = {k: v for k, v in hf.items() if v != "DELETE"}
+    with pytest.raises(ValueError, match=match):
+        config_from_hf(hf)
+
+
+def test_hf_config_that_is_no_json_object():
+    with pytest.raises(ValueError, match="must hold a JSON object, got list"):
+        config_from_hf([1, 2])
+
+
+@pytest.mark.parametrize("k", ["-3", "0"])
+def test_gpt2_run_refuses_a_top_k_below_one(capsys, k):
+    # -3 printed every token but the last 3 (argsort(-p)[:-3]); 0 printed none.
+    from jaxinterp.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["gpt2", "run", "--model", str(TINY_GPT2), "--prompt", "the", "--top-k", k])
+    assert exit_.value.code == 2
+    assert f"argument --top-k: expected a positive integer, got {k}" in capsys.readouterr().err
+
+
+def test_config_json_that_is_no_json_names_the_file(tmp_path):
+    shutil.copy(TINY_GPT2 / "model.safetensors", tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text((TINY_GPT2 / "config.json").read_text()[:100])  # cut short
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'} is not valid JSON: Unterminated string")):
+        load_gpt2(tmp_path)

@@ -89,3 +89,24 @@ def test_bfloat16_activations_stay_close(tiny_processed, gpt2_ref):
     assert 1e-5 < err < 6e-3, err  # above float32's 1.5e-7: bfloat16 did run
     # (argmax is no test here: the fixture's random model has near ties, 5e-4 apart.)
     np.testing.assert_allclose(jax.nn.softmax(logits), jax.nn.softmax(jnp.asarray(ref)), atol=1e-4)
+
+
+@pytest.mark.parametrize("flags,divisor", [
+    # HF's eager attention: scores / sqrt(d_head) if scale_attn_weights, then / (layer + 1) if
+    # scale_attn_by_inverse_layer_idx (the Stanford CRFM GPT-2s). The fixture covers only the default.
+    (dict(scale_attn_weights=False), lambda layer: 1.0 / 4.0),  # d_head 16: unscaled is 4x the default
+    (dict(scale_attn_by_inverse_layer_idx=True), lambda layer: layer + 1.0),
+])
+def test_attention_scaling_options_follow_transformers(tiny_raw, gpt2_ref, flags, divisor):
+    import dataclasses
+
+    params, config = tiny_raw
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    names = [f"blocks.{layer}.attn.hook_{s}" for layer in range(config.n_layer) for s in ("q", "k", "attn_scores")]
+    _, cache = run_with_cache(params, tokens, config=dataclasses.replace(config, **flags), names=names)
+    causal = np.tril(np.ones((tokens.shape[1],) * 2, bool))
+    for layer in range(config.n_layer):
+        q, k = (np.asarray(cache[f"blocks.{layer}.attn.hook_{s}"], np.float64) for s in ("q", "k"))
+        expect = np.einsum("bqhe,bkhe->bhqk", q, k) / config.d_head ** 0.5 / divisor(layer)
+        got = np.asarray(cache[f"blocks.{layer}.attn.hook_attn_scores"])
+        np.testing.assert_allclose(got[..., causal], expect[..., causal], rtol=1e-5, atol=1e-6, err_msg=f"layer {layer}")

@@ -26,12 +26,14 @@ def _run(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from jaxinterp.cliargs import positive_int
+
     p = sub.add_parser("gpt2", help="run GPT-2 (Hugging Face folder or hub name) on a prompt")
     gsub = p.add_subparsers(dest="gpt2_command", metavar="SUBCOMMAND", required=True)
     r = gsub.add_parser("run", help="next-token probabilities and cached activations for one prompt")
     r.add_argument("--model", required=True, help="local Hugging Face folder or hub name")
     r.add_argument("--prompt", required=True)
-    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--top-k", type=positive_int, default=5)  # a negative k sliced off the last -k tokens
     r.add_argument("--cache", nargs="*", metavar="HOOK", help="TransformerLens hook names to capture")
     r.add_argument("--process-weights", action="store_true", help="TransformerLens weight processing")
     r.set_defaults(func=_run)

@@ -56,6 +56,18 @@ class GPT2Config:
     dtype: str = "float32"  # activations; "bfloat16" on accelerators (params stay float32)
 
     def __post_init__(self):
+        # A malformed config.json arrives here: refuse it by name, not with a TypeError or
+        # ZeroDivisionError from the arithmetic below (bool is an int to Python, not a size).
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
+            value = getattr(self, name)
+            if value is None and name == "n_inner":
+                continue
+            least = 0 if name == "n_layer" else 1  # a zero-layer model (embed, unembed) is a bigram model
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
+        eps = self.layer_norm_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
+            raise ValueError(f"layer_norm_epsilon must be a positive number, got {eps!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.activation_function not in ACTIVATIONS:
@@ -292,12 +304,19 @@ def check_inputs(tokens: Array, attention_mask: Array | None, interventions: Seq
         if lo < 0 or hi >= config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {config.vocab_size}) (the vocabulary size), "
                              f"got ids from {lo} to {hi}")
-    if attention_mask is not None and tuple(attention_mask.shape) != (B, P):
-        raise ValueError(f"attention_mask must have the shape of tokens {[B, P]}, got {list(attention_mask.shape)}")
+    if attention_mask is not None:
+        if tuple(np.shape(attention_mask)) != (B, P):
+            raise ValueError(f"attention_mask must have the shape of tokens {[B, P]}, got {list(np.shape(attention_mask))}")
+        if not isinstance(attention_mask, jax.core.Tracer):
+            # Positions are the cumulative sum of the mask: a 2 would skip a position, a 0.5 (cast
+            # to int) would turn a real token into padding.
+            bad = np.setdiff1d(np.asarray(attention_mask), [0, 1])
+            if bad.size:
+                raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (real token), got {bad[:5].tolist()}")
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise ValueError(f"interventions must be Intervention objects (see hooks.intervene), got {type(iv).__name__}")
-        hooks.check_intervention(iv, config.site_shape(iv.site, P), config.n_layer)
+        hooks.check_intervention(iv, config.site_shape(iv.site, P), config.n_layer, batch=B)
 
 
 def _run(params: dict, tokens: Array, attention_mask: Array, interventions: tuple, *,
@@ -330,9 +349,12 @@ def run_with_cache(params: dict, tokens: Array, *, config: GPT2Config, names: Se
         At real positions the logits equal those of the unpadded prompt.
       interventions: `hooks.intervene(...)` objects, applied in order at their hook points.
     """
-    tokens = jnp.asarray(tokens)
+    if not isinstance(tokens, jax.Array):
+        # Checked as given: jnp.asarray would wrap int64 ids past 2**31 (x64 off) into the vocabulary.
+        tokens = np.asarray(tokens)
     interventions = tuple(interventions)
     check_inputs(tokens, attention_mask, interventions, config)
+    tokens = jnp.asarray(tokens)
     names = hooks.check_names(names, config.n_layer)
     mask = jnp.ones(tokens.shape, jnp.int32) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     return _run_jit()(params, tokens, mask, interventions, config=config, names=names)

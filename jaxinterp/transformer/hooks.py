@@ -72,7 +72,10 @@ def split_name(name: str) -> tuple[str, int]:
     if name in GLOBAL_SITES:
         return name, NO_LAYER
     parts = name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in BLOCK_SITES:
+    # The layer as the model writes it ("3", not "03" or a non-ASCII digit): capture matches names
+    # exactly, so any other spelling would pass here and never be captured.
+    if (len(parts) == 3 and parts[0] == "blocks" and parts[1].isascii() and parts[1].isdigit()
+            and parts[1] == str(int(parts[1])) and parts[2] in BLOCK_SITES):
         return parts[2], int(parts[1])
     raise ValueError(f"unknown hook name {name!r}: expected one of {sorted(GLOBAL_SITES)} or "
                      f"'blocks.<layer>.<site>' with site in {sorted(BLOCK_SITES)}")
@@ -149,13 +152,17 @@ def site_shape(site: str, *, n_positions: int, n_embd: int, n_head: int, d_head:
     return (n_positions, width)
 
 
-def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int) -> None:
-    """Raises ValueError if `iv` cannot apply to an activation of per-example `shape` (see site_shape)."""
+def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int, *, batch: int | None = None) -> None:
+    """Raises ValueError if `iv` cannot apply to an activation of per-example `shape` (see site_shape)
+    in a batch of `batch` examples (not checked when None)."""
     where = f"intervention at {iv.site!r}"
     layout = LAYOUTS[iv.site]
     if iv.value is not None:
         v = tuple(iv.value.shape)
         per_example = v[1:] if len(v) == len(shape) + 1 else v
+        if batch is not None and len(v) == len(shape) + 1 and v[0] not in (1, batch):
+            raise ValueError(f"{where}: value of shape {list(v)} has a batch axis of {v[0]}, "
+                             f"but the batch holds {batch} examples")
         if len(per_example) > len(shape) or any(a not in (1, b) for a, b in zip(reversed(per_example), reversed(shape))):
             raise ValueError(f"{where}: value of shape {list(v)} does not broadcast to the activation {list(shape)} "
                              f"(expected width {shape[-1]} in the last axis, got {v[-1] if v else 'a scalar'})")

@@ -33,6 +33,11 @@ _UNSUPPORTED = {"add_cross_attention": False, "reorder_and_upcast_attn": None}
 
 def config_from_hf(hf: Mapping[str, Any]) -> GPT2Config:
     """GPT2Config from a Hugging Face `config.json` dict; rejects options this model does not implement."""
+    if not isinstance(hf, Mapping):
+        raise ValueError(f"a GPT-2 config.json must hold a JSON object, got {type(hf).__name__}")
+    missing = [k for k in ("vocab_size", "n_embd", "n_layer", "n_head") if k not in hf]
+    if missing:
+        raise ValueError(f"GPT-2 config is missing {missing}")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"expected a GPT-2 config (model_type 'gpt2'), got model_type {hf.get('model_type')!r}")
     if hf.get("add_cross_attention", False):
@@ -154,7 +159,11 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     folder = _resolve(name_or_path)
     if not (folder / "config.json").exists():
         raise ValueError(f"{folder} has no config.json")
-    config = dataclasses.replace(config_from_hf(json.loads((folder / "config.json").read_text())), dtype=dtype)
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:  # a ValueError already, but one that does not say which file
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
+    config = dataclasses.replace(config_from_hf(hf), dtype=dtype)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
