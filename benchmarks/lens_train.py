@@ -136,10 +136,11 @@ def child(impl: str, quick: bool) -> dict:
 
 def main() -> None:
     from jaxinterp import benchtools
+    from jaxinterp.cliargs import positive_float
 
     p = benchtools.parser(__doc__.splitlines()[0])
     p.add_argument("--child", choices=IMPLS, help=argparse_help())
-    p.add_argument("--max-gib", type=float, help="stop a run past this RSS (default 85%% of available memory)")
+    p.add_argument("--max-gib", type=positive_float, help="stop a run past this RSS (default 85%% of available memory)")
     args = p.parse_args()
     if args.child:
         print("RESULT" + json.dumps(child(args.child, args.quick)))

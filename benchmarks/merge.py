@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxinterp import benchtools
+from jaxinterp.cliargs import output_folder
 
 # mergekit 0.1.5 on the project's 2-core machine (shared/PERF_NOTES.md): base + 3 GPT-2 small, f32
 MERGEKIT_REF = {"ties": (82.8, 4.42), "linear": (10.1, 2.37)}
@@ -78,12 +79,13 @@ def config_yaml(method: str, dirs: list[Path]) -> str:
 
 def run_child(cmd: list[str]) -> tuple[float, float, int]:
     """(wall s, peak RSS GB of that child, return code)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
+    with tempfile.TemporaryFile() as errf:  # not a pipe: nobody reads it during wait4, a full one would hang the child
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        errf.seek(0)
+        err = errf.read().decode(errors="replace")
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         print(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
@@ -213,9 +215,12 @@ def main() -> None:
         return
     p = benchtools.parser(__doc__.splitlines()[0])
     p.add_argument("--mergekit", help="path to mergekit's `mergekit-yaml` (or set $MERGEKIT_YAML)")
-    p.add_argument("--workdir", help="folder for the checkpoints (kept between runs); default a temp folder")
+    p.add_argument("--workdir", type=output_folder,
+                   help="folder for the checkpoints (kept between runs); default a temp folder")
     p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
     args = p.parse_args()
+    if args.mergekit and not Path(args.mergekit).is_file():  # else silently measured without mergekit
+        p.error(f"argument --mergekit: expected the path of mergekit-yaml, got {args.mergekit} (no such file)")
     rows: list = []
     if not args.skip_merges:
         bench_merges(args, rows)

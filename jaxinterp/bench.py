@@ -24,16 +24,20 @@ def benchmarks_dir() -> Path:
 
 def scripts(only: list[str] | None = None) -> list[Path]:
     found = sorted(p for p in benchmarks_dir().glob("*.py") if not p.name.startswith("_"))
+    unmatched = [o for o in only or () if not any(o in p.stem for p in found)]
+    if unmatched:  # a typo would otherwise run nothing and exit 0
+        raise ValueError(f"only: expected parts of script names ({', '.join(p.stem for p in found)}), got {unmatched}")
     return [p for p in found if not only or any(o in p.stem for o in only)]
 
 
 def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> dict:
     from jaxinterp import atomic, benchtools
 
+    todo = scripts(only)  # bad `only` refused before the folder is made
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"machine": benchtools.machine(), "quick": quick, "benchmarks": []}
-    for script in scripts(only):
+    for script in todo:
         json_path = out_dir / f"{script.stem}.json"
         cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
         print(f"== {script.name}", flush=True)

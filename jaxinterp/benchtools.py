@@ -94,6 +94,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
+        # what this process may run on (taskset, a container's cpuset): XLA's threads follow it
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "platform": devices[0].platform,
         "devices": [d.device_kind for d in devices],
         "jax": jax.__version__,
@@ -110,7 +112,8 @@ def machine_line() -> str:
         where = "the CPU" + (f" ({n} host devices)" if n > 1 else "")
     else:
         where = f"{m['platform']}: {', '.join(m['devices'])}"
-    return f"{m['cpu']} ({m['cores']} cores), jax {m['jax']} on {where}"
+    cores = f"{m['cores']} cores" if m["cores_usable"] == m["cores"] else f"{m['cores_usable']} of {m['cores']} cores"
+    return f"{m['cpu']} ({cores}), jax {m['jax']} on {where}"
 
 
 def row(workload: str, figure: float, unit: str, *, goal: str | None = None,

@@ -56,7 +56,7 @@ def output_file(text: str) -> str:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a file path, got the folder {text}")
-    why = None if path.exists() and os.access(path, os.W_OK) else _writable_ancestor(path)
+    why = _writable_ancestor(path)  # written atomically: a temporary file beside it, then a rename, even over an old one
     if why:
         raise argparse.ArgumentTypeError(f"cannot write {text}: {why}")
     return text

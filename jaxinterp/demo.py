@@ -32,6 +32,9 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
 
     from jaxinterp import atomic, benchtools, report
 
+    unmatched = [o for o in only or () if not any(o in s for s in SECTIONS)]
+    if unmatched:  # a typo would otherwise give an empty report and exit 0
+        raise ValueError(f"only: expected parts of section names ({', '.join(SECTIONS)}), got {unmatched}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, failed = [], []

@@ -115,3 +115,56 @@ def test_every_output_option_is_checked_when_parsed(tmp_path, capsys):
         assert exc.value.code == 2, argv
         err = capsys.readouterr().err
         assert "expected a folder, got the file" in err or "expected a file path, got the folder" in err, (argv, err)
+
+
+def test_an_only_that_matches_nothing_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A typo in `--only` used to run nothing, write an empty report (or bench.json) and exit 0."""
+    for argv in (["demo", "--only", "nugrpah"], ["demo", "--only", "lens", "nugrpah"],
+                 ["bench", "--only", "nugrpah"], ["bench", "--only", "merge", "nugrpah"]):
+        out = tmp_path / argv[0]
+        assert cli.main([argv[0], "--out", str(out)] + argv[1:]) == 2, argv
+        err = capsys.readouterr().err
+        assert "only: expected parts of" in err and "got ['nugrpah']" in err, (argv, err)
+        assert not out.exists(), argv
+    assert [p.name for p in bench.scripts(["nugraph", "lens"])] == ["lens_train.py", "nugraph_latency.py"]
+
+
+def test_output_file_refuses_an_existing_file_in_a_folder_it_cannot_write(tmp_path, monkeypatch):
+    """The file is replaced atomically (a temporary file beside it, then a rename): a writable old
+    file in a folder where no file can be made (read-only permissions, `chattr +i`) must be refused
+    when parsed, not after the work when the write fails."""
+    import argparse
+    import os
+
+    import pytest
+
+    from jaxinterp import cliargs
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    (folder / "out.json").write_text("old")
+    access = os.access
+    monkeypatch.setattr(cliargs.os, "access", lambda p, mode: False if os.fspath(p) == str(folder) else access(p, mode))
+    with pytest.raises(argparse.ArgumentTypeError, match="folder .*ro is not writable"):
+        cliargs.output_file(str(folder / "out.json"))
+
+
+def test_demo_shows_a_failed_section_as_its_escaped_error_and_exits_1(tmp_path, monkeypatch, capsys):
+    import types
+
+    from jaxinterp import report
+
+    fake = types.ModuleType("_fake_demo_sections")
+    fake.good = lambda out_dir, *, quick: report.Section("Good <b>", report.table(["a<b"], [["<i>"]]))
+    fake.bad = lambda out_dir, *, quick: (_ for _ in ()).throw(RuntimeError("boom </div><script>x</script>"))
+    fake.none = lambda out_dir, *, quick: None
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:{f}" for f in ("good", "bad", "none")])
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "section failed: _fake_demo_sections:bad" in out and "section failed: _fake_demo_sections:none" in out
+    page = (tmp_path / "index.html").read_text()
+    assert "<h2 id='s0'>Good &lt;b&gt;</h2><table>" in page and "<td>&lt;i&gt;</td>" in page
+    assert page.count("<div class='err'>") == 2 and "<script>" not in page
+    assert "RuntimeError: boom &lt;/div&gt;&lt;script&gt;x&lt;/script&gt;" in page
+    assert page.endswith("</body></html>")
