@@ -83,6 +83,7 @@ BAD_CONFIGS = [
     ({"merge_method": "tiess", "models": ["a"]}, "merge_method: expected one of"),
     ({"merge_method": "ties", "models": ["a", "b"], "parameters": {"densty": 0.5}}, "densty: unknown parameter"),
     ({"merge_method": "ties", "models": ["a", "b"]}, "needs a base model"),
+    ({"merge_method": "ties", "models": ["b"], "base_model": "b"}, r"'ties' takes at least 1 non-base models, got 0"),
     ({"merge_method": "linear", "models": ["a"], "base_model": "b"}, "does not use a base model"),
     ({"merge_method": "slerp", "models": ["a", "b"], "base_model": "c", "parameters": {"t": 0.5}}, "exactly 2 inputs"),
     ({"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"t": 0.5}}, "t: unknown parameter"),
@@ -236,3 +237,58 @@ def test_integer_buffers_are_copied_when_equal_and_refused_when_not(tmp_path):
     with pytest.raises(ValueError, match="embeddings.position_ids: a int64 tensor .* differs between"):
         checkpoint.run_yaml(cfg, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("into", ["base", "model", "file"])
+def test_an_output_folder_that_holds_an_input_is_refused_before_anything_is_written(ckpts, tmp_path, into):
+    import shutil
+
+    dirs = []  # copies: a merge that wrongly went ahead must not destroy the module's fixture
+    for j, d in enumerate(ckpts):
+        dirs.append(tmp_path / f"c{j}")
+        shutil.copytree(d, dirs[-1])
+    single = tmp_path / "single"  # a model given as one .safetensors file
+    single.mkdir()
+    shutil.copyfile(dirs[2] / "model.safetensors", single / "ft.safetensors")
+    cfg = write_cfg(tmp_path, f"merge_method: task_arithmetic\nbase_model: {dirs[0]}\n"
+                              f"models: [{dirs[1]}, {single / 'ft.safetensors'}]\nparameters: {{weight: 0.5}}\n")
+    out = {"base": dirs[0], "model": dirs[1], "file": single}[into]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match=r"out: expected a folder that holds no input model, got .* which holds "
+                                         r"(model|ft)\.safetensors of model"):
+        checkpoint.run_yaml(cfg, out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten, nothing added
+    checkpoint.run_yaml(cfg, tmp_path / "out", progress=False)  # a folder of its own is fine
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_crash_while_copying_the_side_files_leaves_the_previous_ones_whole(ckpts, tmp_path, monkeypatch):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(ckpts[0], base)
+    (base / "config.json").write_text(json.dumps({"model_type": "gpt2", "pad": list(range(500))}))
+    cfg = write_cfg(tmp_path, f"merge_method: task_arithmetic\nbase_model: {base}\nmodels: [{ckpts[1]}]\n"
+                              "parameters: {weight: 0.5}\n")
+    out = tmp_path / "out"
+    checkpoint.run_yaml(cfg, out, progress=False)
+    good = (out / "config.json").read_bytes()
+
+    def dies_half_way(src, dst, **_):  # a kill or a full disk during the copy
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read(100))
+        raise OSError("simulated crash while copying")
+
+    monkeypatch.setattr(shutil, "copyfile", dies_half_way)
+    with pytest.raises(OSError, match="simulated crash"):
+        checkpoint.run_yaml(cfg, out, progress=False)
+    assert (out / "config.json").read_bytes() == good
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_a_tensor_in_two_files_of_one_model_is_refused(tmp_path):
+    save_file({"h.0.w": np.zeros((2, 2), np.float32)}, str(tmp_path / "model-00001-of-00001.safetensors"))
+    save_file({"h.0.w": np.ones((3, 3), np.float32)}, str(tmp_path / "model.safetensors"))  # a stale copy
+    with pytest.raises(ValueError, match=r"tensor h.0.w is in both model-00001-of-00001.safetensors and "
+                                         r"model.safetensors; expected each tensor in one file"):
+        checkpoint.read_index(str(tmp_path))

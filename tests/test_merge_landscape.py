@@ -167,6 +167,26 @@ def test_fisher_merge_and_empirical_fisher():
         fisher.diagonal_fisher(mlp.apply, PA, X)
 
 
+def test_diagonal_fisher_of_a_second_model_does_not_recompile():
+    """One Fisher per model to merge: models of one shape on one data set share one program."""
+    compiles = []
+
+    def listen(event, *_, **__):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    fisher.diagonal_fisher(mlp.apply, PA, X[:6], labels=Y[:6])  # compiles (and warms the eager ops)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        f = fisher.diagonal_fisher(mlp.apply, PB, X[:6], labels=Y[:6])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    g = [jax.grad(lambda p, i=i: -mlp.loss(p, (X[i:i + 1], Y[i:i + 1])))(PB) for i in range(6)]
+    want = jax.tree_util.tree_map(lambda *gs: np.mean(np.square(np.stack(gs)), 0), *g)
+    for x, y in zip(jax.tree_util.tree_leaves(f), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+
 def test_regmean_matches_closed_form():
     rng = np.random.default_rng(0)
     ws = [rng.normal(size=(3, 2)).astype(np.float32) for _ in range(2)]

@@ -15,6 +15,11 @@ CASES = [  # method, shared, per_input (base last where there is one), base_inde
                                                  dict(weight=0.5, density=0.3, gamma=0.05), {}], 2),
     ("breadcrumbs_ties", dict(GTA, normalize=False, rescale=True),
      [dict(weight=1.0, density=0.6, gamma=0.02), dict(weight=0.5, density=0.4, gamma=0.0), {}], 2),
+    # density 1 (the default): sparsify leaves that task vector whole, no outliers dropped
+    ("breadcrumbs", dict(GTA, normalize=False), [dict(weight=1.0, density=1.0, gamma=0.01),
+                                                 dict(weight=0.5, density=0.5, gamma=0.01), {}], 2),
+    ("breadcrumbs_ties", dict(GTA, normalize=False, rescale=True),
+     [dict(weight=1.0, density=1.0, gamma=0.05), dict(weight=0.5, density=0.4, gamma=0.02), {}], 2),
     ("task_arithmetic", dict(GTA, normalize=False), [dict(weight=1.0, density=1.0), dict(weight=-0.5, density=1.0), {}], 2),
     ("linear", dict(normalize=True), [dict(weight=1.0), dict(weight=0.5), dict(weight=2.0)], None),
     ("slerp", dict(t=0.3), [{}, {}], 1),

@@ -68,6 +68,9 @@ def read_index(ref: str) -> dict[str, TensorInfo]:
             if h["dtype"] not in _ST_DTYPES:
                 raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected one of "
                                  f"{', '.join(_ST_DTYPES)}")
+            if name in out:  # e.g. a stale model.safetensors beside shards: which one is meant is unknown
+                raise ValueError(f"model {ref!r}: tensor {name} is in both {out[name].file.name} and {f.name}; "
+                                 f"expected each tensor in one file")
             out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
         end = 8 + n + max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
         if f.stat().st_size < end:  # found here, before anything is merged or written
@@ -218,6 +221,21 @@ def prepare(cfg) -> tuple[list, dict, int | None]:
     return jobs, dict(zip(refs, index_list)), None
 
 
+def check_out_dir(out_dir: str | Path, indices: dict[str, dict[str, TensorInfo]]) -> None:
+    """ValueError if out_dir holds a file of an input model: the merge would overwrite that model's
+    model.safetensors (or sit beside its shards) and its config, so it is refused before anything is written."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return
+    out = out.resolve()
+    for ref, idx in indices.items():
+        for f in sorted({i.file for i in idx.values()}):
+            if Path(f).resolve().parent == out:
+                raise ValueError(f"out: expected a folder that holds no input model, got {str(out_dir)!r}, which "
+                                 f"holds {Path(f).name} of model {ref!r}; the merge would overwrite or mix with "
+                                 f"its weights, so choose another folder")
+
+
 def run_config(cfg, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> MergeResult:
     """Validates everything, then merges the checkpoints of `cfg` (a `config.MergeConfig`, or a
     `slices.SliceConfig`: layers stacked from the sources' layer ranges, the output's config.json
@@ -225,6 +243,7 @@ def run_config(cfg, out_dir: str | Path, *, seed: int = 0, progress: bool = True
     from jaxinterp.merge import slices
 
     jobs, indices, n_layers = prepare(cfg)
+    check_out_dir(out_dir, indices)
     text = slices.to_yaml(cfg) if isinstance(cfg, slices.SliceConfig) else _config.to_yaml(cfg)
     return _run_jobs(jobs, indices, cfg, out_dir, text, seed=seed, progress=progress, n_layers=n_layers)
 
@@ -285,8 +304,9 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
         readers.close()
     src = Path(cfg.base_model or jobs[0].inputs[0][0])
     copied = tuple(f for f in _SIDE_FILES if src.is_dir() and (src / f).is_file())
-    for f in copied:
-        shutil.copyfile(src / f, out_dir / f)
+    for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
+        with atomic.atomic_path(out_dir / f) as tmp:
+            shutil.copyfile(src / f, tmp)
     if n_layers is not None and (out_dir / "config.json").is_file():
         hf = json.loads((out_dir / "config.json").read_text())
         for key in ("n_layer", "num_hidden_layers", "num_layers"):

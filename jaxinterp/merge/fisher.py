@@ -13,6 +13,7 @@ Axis names: N examples, C classes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -30,18 +31,20 @@ def diagonal_fisher(logits_fn: Callable[[Any, jax.Array], jax.Array], params: An
     """
     if labels is None and key is None:
         raise ValueError("labels/key: expected labels [N] (empirical Fisher) or a key to sample them, got neither")
+    if labels is None:
+        labels = jax.random.categorical(key, logits_fn(params, inputs))
+    return _fisher(logits_fn, params, inputs, jnp.asarray(labels))
 
+
+# jitted once at module level with logits_fn static: the Fisher of every model of one shape (one per
+# model to merge) reuses one program instead of compiling a fresh closure per call
+@functools.partial(jax.jit, static_argnames=("logits_fn",))
+def _fisher(logits_fn, params, inputs, labels):
     def logp(p, x, y):
         return jax.nn.log_softmax(logits_fn(p, x[None])[0])[y]
 
-    @jax.jit
-    def run(params, inputs, labels):
-        g = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0))(params, inputs, labels)
-        return jax.tree_util.tree_map(lambda x: jnp.mean(jnp.square(x), 0), g)
-
-    if labels is None:
-        labels = jax.random.categorical(key, logits_fn(params, inputs))
-    return run(params, inputs, jnp.asarray(labels))
+    g = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0))(params, inputs, labels)
+    return jax.tree_util.tree_map(lambda x: jnp.mean(jnp.square(x), 0), g)
 
 
 def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequence[float] | None = None,

@@ -58,7 +58,10 @@ def _gta_spec(name: str) -> MethodSpec:
         ps.append(ParamSpec("gamma", "non_base", 0.01))
     if v.sparsification == "della_magprune":
         ps.append(ParamSpec("epsilon", "non_base", 0.15))
-    return MethodSpec(name, tuple(ps), base="required")
+    # at least one model beside the base: with none there is no task vector to merge (the kernels
+    # would fail deep inside; mergekit returns the base unchanged), so a config listing only the base
+    # is refused up front
+    return MethodSpec(name, tuple(ps), base="required", min_non_base=1)
 
 
 METHODS: dict[str, MethodSpec] = {name: _gta_spec(name) for name in GTA_VARIANTS}

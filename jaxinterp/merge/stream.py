@@ -229,8 +229,10 @@ def _gta_runner(method, xs, base_index, shared, per_input, seed, name, dtype, ou
     nb = [p for i, p in enumerate(per_input) if i != base_index]
     n, N = base.size, len(others)
     sp, rescale = variant.sparsification, bool(shared["rescale"])
-    thr = np.full((N, 2), -1.0, np.float32)  # -1: keep everything
-    cut = np.full((N, 2), n, np.int32)
+    # column 0 (kept: the top k) -1: keep everything; column 1 (the outliers that breadcrumbs drops
+    # from those) +inf: drop nothing, so a model left at density 1 keeps its whole task vector
+    thr = np.stack([np.full(N, -1.0, np.float32), np.full(N, np.inf, np.float32)], 1)
+    cut = np.stack([np.full(N, n, np.int32), np.full(N, -1, np.int32)], 1)
     scale = np.ones(N, np.float32)
     masks = []
     b32 = f32(base) if sp else None
