@@ -116,3 +116,14 @@ def test_non_positive_integer_options(capsys, tmp_path, files, no_weights, comma
     assert code == 2
     assert re.search(rf"argument {option}: expected a positive integer, got '?{value}'?", err), err
     assert not out.exists()
+
+
+def test_show_heatmap_path_that_cannot_be_written(capsys, tmp_path, files, no_weights):
+    """--heatmap under a file (not a folder): refused by argparse before any work; it failed with a
+    FileExistsError traceback after the model ran and the CSV was written."""
+    (tmp_path / "a_file").write_text("x")
+    csv = tmp_path / "t.csv"
+    code, err = _run(capsys, "lens", "show", "--model", TINY_GPT2, "--lens", files["{fits}"], "--prompt", "w1",
+                     "--csv", csv, "--heatmap", tmp_path / "a_file" / "h.png")
+    assert code == 2 and re.search(r"argument --heatmap: .*a_file is not a folder", err), err
+    assert not csv.exists()

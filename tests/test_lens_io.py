@@ -63,6 +63,9 @@ VOCAB50, WIDTH32 = lenses.LensConfig(1, 4, 64, 50), lenses.LensConfig(1, 4, 32, 
     (_zeros(VOCAB50), FITS, {}, r"lens params 'W': expected shape \[4, 64, 97\] .*got \[4, 64, 50\]"),
     (_zeros(FITS), lenses.LensConfig(5, 4, 64, 97), {}, "layer 5 out of range, the model has 3 blocks"),
     (_zeros(FITS), FITS, {"ids": []}, "prompt: expected at least one token"),
+    # an id past the vocabulary gave ids [0, 1, 2] with NaN scores; a negative one wrapped to id 96
+    (_zeros(FITS), FITS, {"ids": [5, 200]}, r"prompt: expected integer token ids in \[0, 97\), got \[200\]"),
+    (_zeros(FITS), FITS, {"ids": [5, -1]}, r"prompt: expected integer token ids in \[0, 97\), got \[-1\]"),
     (_zeros(FITS), FITS, {"k": 98}, r"k: expected 1 <= k <= 97, got 98"),
     (_zeros(FITS), FITS, {"chunk": 0}, "chunk: expected a positive integer .*got 0"),
 ])
@@ -100,3 +103,30 @@ def test_bad_lens_files(tmp_path, tiny_processed):
         io.from_torch_state_dict(bad, layer=0)
     with pytest.raises(ValueError, match="prompt: 33 tokens is longer"):
         readout.check_prompt([1] * 33, tiny_processed[1])
+
+
+def test_head_topk_pads_prompts_compiles_once_and_reads_the_last_real_token(tiny_processed):
+    """Prompts of 3, 6 and 8 tokens share one compiled shape (padded to 8 outside jit; they compiled
+    once per length), and each gives the top-k of full logits at its own last token, unpadded."""
+    import jax
+
+    from jaxinterp.transformer import gpt2
+
+    params, cfg = tiny_processed
+    lens, lc = io.load_lens(FIXTURES / "lens_tiny_layer1.pt", model_config=cfg, layer=1)
+    W_U, b_U = (np.asarray(a) for a in lenses.unembedding(params, cfg))
+    rng = np.random.default_rng(0)
+    sizes = []
+    for n in (3, 6, 8):
+        ids = rng.integers(1, 97, n).tolist()
+        t = readout.head_topk(params, cfg, lens, lc, ids, k=5, chunk=32)
+        name = "blocks.1.attn.hook_result"
+        _, cache = gpt2.run_with_cache(params, np.asarray([ids], np.int32), config=cfg, names=[name])
+        x = np.asarray(cache[name])[0, -1]  # (H, D) at the last token of the unpadded prompt
+        for logits, got_ids, got_lp in ((np.einsum("hd,hdv->hv", x, lens["W"]) + lens["b"], t.lens_ids, t.lens_logprob),
+                                        (x @ W_U + b_U, t.logit_ids, t.logit_logprob)):
+            lp = np.asarray(jax.nn.log_softmax(logits, -1))
+            np.testing.assert_array_equal(got_ids, np.argsort(-lp, axis=-1, kind="stable")[:, :5])
+            np.testing.assert_allclose(got_lp, np.take_along_axis(lp, got_ids, -1), rtol=0, atol=1e-5)
+        sizes.append(readout._head_topk_jit()._cache_size())
+    assert sizes[1:] == sizes[:1] * 2  # no compile after the first prompt

@@ -35,7 +35,7 @@ def test_killed_run_resumes_exactly(tiny_processed, tmp_path):
     params, cfg = tiny_processed
     lc = lenses.lens_config_for(cfg, 1)
     batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
-    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1)
+    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1, seed=3)
     whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
     part = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=2)
     rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
@@ -57,7 +57,7 @@ def test_bfloat16_training_follows_float32(tiny_processed):
     params, cfg = tiny_processed
     lc = lenses.lens_config_for(cfg, 1)
     batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
-    tc = train.TrainConfig(steps=4, batch_size=2, seq_len=12)
+    tc = train.TrainConfig(steps=4, batch_size=2, seq_len=12, seed=3)
     f32 = train.train(params, cfg, lc, batches, tc, progress=False)
     bf16 = train.train(params, cfg, lc, batches, dataclasses.replace(tc, bfloat16=True), progress=False)
     assert all(v.dtype == np.float32 for v in bf16.lens.values())
@@ -82,12 +82,17 @@ def test_resume_with_other_settings_is_an_error(tiny_processed, tmp_path):
     params, cfg = tiny_processed
     lc = lenses.lens_config_for(cfg, 1)
     batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
-    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1)
+    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1, seed=3)
     train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
     with pytest.raises(ValueError, match="holds another run.*accum: checkpoint 2, this run 1"):
         train.train(params, cfg, lc, batches, dataclasses.replace(tc, accum=1), ckpt_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="holds another run.*lens_config: checkpoint .*'lensa'.*this run .*'shared'"):
         train.train(params, cfg, lenses.lens_config_for(cfg, 1, "shared"), batches, tc, ckpt_dir=tmp_path,
+                    progress=False)
+    # Batches of another seed (another data order) with the same TrainConfig resumed silently with
+    # other batches: the checkpoint's seed check read TrainConfig.seed, which did not drive the data
+    with pytest.raises(ValueError, match=r"batches: expected seed 3 \(TrainConfig.seed\), got 4"):
+        train.train(params, cfg, lc, data.Batches(batches.examples, 2, 12, seed=4), tc, ckpt_dir=tmp_path,
                     progress=False)
     again = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)  # the same run resumes
     assert (again.start_step, again.steps) == (1, 3)

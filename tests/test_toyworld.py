@@ -52,6 +52,10 @@ def test_lookup_error():
 @pytest.mark.parametrize("field,value,message", [
     ("steps", 0, "TrainConfig.steps must be at least 1"),
     ("learning_rate", 0.0, "TrainConfig.learning_rate must be positive"),
+    # these trained silently: a clip norm of 0 zeroes every update, a negative warmup shifts the schedule
+    ("clip_norm", 0.0, "TrainConfig.clip_norm must be positive, got 0.0"),
+    ("warmup_steps", -3, "TrainConfig.warmup_steps must be at least 0, got -3"),
+    ("weight_decay", -0.1, "TrainConfig.weight_decay must be at least 0, got -0.1"),
 ])
 def test_train_config_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -119,6 +123,12 @@ def test_train_resume_and_evaluate(tmp_path):
     assert "| single-hop | all |" in evaluate.markdown(res)
     with pytest.raises(ValueError, match="max_minutes must be positive"):
         trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, max_minutes=0)
+
+
+def test_log_every_below_one_is_refused_before_any_write(tmp_path):
+    with pytest.raises(ValueError, match="log_every must be at least 1, got 0"):
+        trainmod.train(tmp_path / "run", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=0)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_refuses_other_settings(tmp_path):

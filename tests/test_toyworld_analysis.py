@@ -57,3 +57,26 @@ def test_head_table_logit_lens_columns_and_lens_training(summary):
     assert all(0 <= v <= 1 for form in t.values() for col in form.values() for v in col)
     md = (out / "summary.md").read_text()
     assert "| bridge entity | 0.182 | 0.999 | 1, 6 |" in md and "Layer 3 lenses" in md
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--lens-layers", "9"], r"layer: expected an integer in \[0, 4\) \(the model has 4 blocks\), got 9"),
+    (["--lens-layers", "3", "-1"], r"layer: expected an integer in \[0, 4\) .*got -1"),
+])
+def test_bad_lens_layer_is_refused_before_the_sweep(tmp_path, monkeypatch, argv, match):
+    """A lens layer the model lacks: refused before the injection sweep runs and before anything is
+    written (it failed only after the whole sweep, with its heatmaps written)."""
+    from jaxinterp.toyworld import analysis
+
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the bad layer was refused"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        main(["--out", str(out), *argv])
+    assert not out.exists()
+
+
+def test_non_positive_lens_steps_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "out"), "--lens-steps", "0"])
+    assert e.value.code == 2 and "argument --lens-steps: expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

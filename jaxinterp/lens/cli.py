@@ -161,6 +161,6 @@ def add_parser(sub) -> None:
     s.add_argument("--words", help="word list (one per line): score = share of each head's top tokens in it")
     s.add_argument("--score-k", type=positive_int, default=50, help="top tokens scored per head (default 50)")
     s.add_argument("--csv", type=output_file, help="write the table as CSV here")
-    s.add_argument("--heatmap", help="write a layers x heads heatmap PNG of the score here")
+    s.add_argument("--heatmap", type=output_file, help="write a layers x heads heatmap PNG of the score here")
     s.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
     s.set_defaults(func=_show)

@@ -31,14 +31,14 @@ class HeadTopK(NamedTuple):
     logit_logprob: np.ndarray  # [H, k]
 
 
-def _head_topk(model_params, lens, tokens, *, model_config, lens_config: LensConfig, k: int, chunk: int):
+def _head_topk(model_params, lens, tokens, mask, last, *, model_config, lens_config: LensConfig, k: int, chunk: int):
     L = lens_config.layer
     names = (f"blocks.{L}.attn.hook_result", f"blocks.{L}.hook_resid_pre")
-    mask = jnp.ones(tokens.shape, jnp.int32)
     resid = gpt2.embed(model_params, tokens, mask, config=model_config)
     _, cache = gpt2.blocks(model_params, resid, mask, config=model_config, stop=L + 1, names=names)
-    result = cache[names[0]][:, -1]  # (1, H, D) at the last token
-    resid_pre = cache[names[1]][:, -1] if lens_config.needs_resid else None
+    at_last = lambda a: jax.lax.dynamic_index_in_dim(a, last, axis=1, keepdims=False)  # noqa: E731
+    result = at_last(cache[names[0]])  # (1, H, D) at the last real token
+    resid_pre = at_last(cache[names[1]]) if lens_config.needs_resid else None
 
     def top(xs, Ws, b):
         t = chunked_vocab.top_k(xs, Ws, b, k, chunk=chunk)
@@ -62,6 +62,10 @@ def check_prompt(ids: Sequence[int], model_config) -> None:
     if len(ids) > model_config.n_positions:
         raise ValueError(f"prompt: {len(ids)} tokens is longer than the model's context of "
                          f"{model_config.n_positions} positions")
+    # an id past the vocabulary gave NaN scores, a negative one wrapped to another token: both silently
+    bad = [i for i in ids if not (isinstance(i, (int, np.integer)) and 0 <= i < model_config.vocab_size)]
+    if bad:
+        raise ValueError(f"prompt: expected integer token ids in [0, {model_config.vocab_size}), got {bad[:5]}")
 
 
 def head_topk(model_params: dict, model_config, lens: dict, lens_config: LensConfig, ids: Sequence[int], *,
@@ -77,9 +81,15 @@ def head_topk(model_params: dict, model_config, lens: dict, lens_config: LensCon
     if not 1 <= k <= model_config.vocab_size:
         raise ValueError(f"k: expected 1 <= k <= {model_config.vocab_size}, got {k}")
     chunked_vocab.check_chunk(chunk)
-    tokens = jnp.asarray([list(ids)], jnp.int32)
-    out = _head_topk_jit()(model_params, lens, tokens, model_config=model_config, lens_config=lens_config, k=k,
-                     chunk=chunk)
+    # Right-padded to a power of two (at most the context), so prompts of different lengths share a
+    # few compiled shapes; causal attention keeps the padding out of the real positions.
+    n = len(ids)
+    P = min(max(8, 1 << (n - 1).bit_length()), model_config.n_positions)
+    tokens = np.zeros((1, P), np.int32)
+    tokens[0, :n] = list(ids)
+    mask = (np.arange(P) < n).astype(np.int32)[None]
+    out = _head_topk_jit()(model_params, lens, jnp.asarray(tokens), jnp.asarray(mask), jnp.int32(n - 1),
+                           model_config=model_config, lens_config=lens_config, k=k, chunk=chunk)
     return HeadTopK(*(np.asarray(a) for a in out))
 
 

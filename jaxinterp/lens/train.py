@@ -195,6 +195,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     if batches.batch_size != cfg.batch_size or batches.seq_len != cfg.seq_len:
         raise ValueError(f"batches: expected batch_size {cfg.batch_size} and seq_len {cfg.seq_len}, got "
                          f"{batches.batch_size} and {batches.seq_len}")
+    if batches.seed != cfg.seed:  # the data order is the batches' seed; a resume checks cfg.seed
+        raise ValueError(f"batches: expected seed {cfg.seed} (TrainConfig.seed), got {batches.seed}")
     if cfg.seq_len > model_config.n_positions:
         raise ValueError(f"seq_len: expected at most n_positions = {model_config.n_positions}, got {cfg.seq_len}")
     if cfg.bfloat16:

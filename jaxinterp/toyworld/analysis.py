@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxinterp.cliargs import output_folder
+from jaxinterp.cliargs import output_folder, positive_int
 
 
 def pct_stats(before: np.ndarray, after: np.ndarray) -> dict:
@@ -181,6 +181,7 @@ def heatmap(summary: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     from jaxinterp import atomic
+    from jaxinterp.lens.lenses import lens_config_for
     from jaxinterp.toyworld import MODEL_DIR, PROMPTS_CSV
     from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
     from jaxinterp.transformer import load_gpt2, load_tokenizer
@@ -191,17 +192,19 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", default=str(PROMPTS_CSV))
     p.add_argument("--words", help="top_word_types.csv for the paper's random-word baselines")
     p.add_argument("--lens-layers", type=int, nargs="*", default=None, help="default: the last two layers")
-    p.add_argument("--lens-steps", type=int, default=300)
+    p.add_argument("--lens-steps", type=positive_int, default=300)
     p.add_argument("--no-inject", action="store_true", help="lenses only")
     args = p.parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     params, config = load_gpt2(args.model, process_weights=True)  # the paper's TransformerLens weights
+    layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
+    for L in layers:  # a layer out of range fails here, before the sweep and before anything is written
+        lens_config_for(config, L)
+    out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.model)
     inj, _ = injection(params, config, tok, args.prompts, words_csv=args.words) if not args.no_inject else ({}, {})
     for i, s in enumerate(inj.get("sweeps", [])):
         heatmap(s, out / f"heatmap_{i}.png")
-    layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
     record = json.loads((MODEL_DIR.parent / "train.json").read_text())
     world = build_world(WorldConfig(**record["world"]))
     heads = lens_heads(params, config, tok, args.prompts, training_sentences(world), layers, world=world,

@@ -48,6 +48,14 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{field} must be at least 1, got {getattr(self, field)}")
         if self.learning_rate <= 0:
             raise ValueError(f"TrainConfig.learning_rate must be positive, got {self.learning_rate}")
+        # a clip norm of 0 zeroes every update (the run trains nothing); a negative warmup shifts the
+        # cosine decay; a negative weight decay grows the weights: all silently
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be at least 0, got {self.warmup_steps}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"TrainConfig.clip_norm must be positive, got {self.clip_norm}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig.weight_decay must be at least 0, got {self.weight_decay}")
 
     def gpt2(self):
         from jaxinterp.transformer.gpt2 import GPT2Config
@@ -231,6 +239,8 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     out_dir = Path(out_dir).resolve()
     if max_minutes is not None and max_minutes <= 0:
         raise ValueError(f"max_minutes must be positive, got {max_minutes}")
+    if log_every < 1:  # was a ZeroDivisionError at the first step, after run.json was written
+        raise ValueError(f"log_every must be at least 1, got {log_every}")
     t0 = time.perf_counter()
     world = build_world(world_config)
     sentences = training_sentences(world)
