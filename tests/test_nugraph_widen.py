@@ -41,3 +41,33 @@ def test_widen_refuses_bad_input():
         widen(params, config, noise=-1.0)
     with pytest.raises(ValueError, match="shapes"):
         widen(params, model.NuGraph2Config(planar_features=16, nexus_features=4))
+
+
+def test_widen_command_writes_a_model_that_train_init_can_start_from(tmp_path):
+    """`jaxinterp nugraph widen`: the folder it writes loads with evaluate.load_model (hash checked),
+    has the doubled config and the source's norm, and computes the source's function at noise 0."""
+    import json
+
+    from jaxinterp import cli
+    from jaxinterp.nugraph import evaluate
+    from jaxinterp.nugraph.event import PLANES
+    from jaxinterp.nugraph.train import save_model
+
+    config = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+    params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3), config))
+    norm = {p: np.stack([np.arange(4.0), np.ones(4)]).astype(np.float32) for p in PLANES}
+    save_model(tmp_path / "small", params, config, norm)
+    out = tmp_path / "wide"
+    assert cli.main(["nugraph", "widen", "--params", str(tmp_path / "small"), "--out", str(out)]) == 0
+    wide = evaluate.load_model(out)
+    assert (wide.config.planar_features, wide.config.nexus_features) == (16, 8)
+    assert all(np.array_equal(wide.norm[p], norm[p]) for p in PLANES)
+    assert "factor 2, noise 0.0" in json.loads((out / "model.json").read_text())["widened_from"]
+    rng = np.random.default_rng(0)
+    batch = graph.pad_batch([random_event(rng)])
+    mask = np.asarray(batch.hit_mask)
+    np.testing.assert_allclose(_outputs(wide.params, wide.config, batch)[0][mask],
+                               _outputs(params, config, batch)[0][mask], atol=2e-5)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit):  # an output that is a file: argparse refuses it before any work
+        cli.main(["nugraph", "widen", "--params", str(tmp_path / "small"), "--out", str(tmp_path / "afile")])

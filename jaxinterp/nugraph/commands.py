@@ -1,4 +1,4 @@
-"""`jaxinterp nugraph simulate | train | eval`: argparse set-up and handlers (heavy imports inside).
+"""`jaxinterp nugraph simulate | train | eval | widen`: argparse set-up and handlers (heavy imports inside).
 
 Registered by `jaxinterp/nugraph/cli.py` through `add_subcommands(nugraph_subparsers)`.
 """
@@ -52,6 +52,16 @@ def add_subcommands(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("widen", help="a trained model made wider with the same function (Net2WiderNet), to "
+                       "warm-start a larger one with train --init")
+    p.add_argument("--params", default=None, help="model folder (model.npz + model.json); default: the shipped model")
+    p.add_argument("--out", required=True, type=output_folder, help="folder for the widened model.npz and model.json")
+    p.add_argument("--factor", type=positive_int, default=2, help="planar and nexus features times this (default 2)")
+    p.add_argument("--noise", type=non_negative_float, default=0.0, help="Gaussian noise on the widened kernels, "
+                   "times each kernel's std (0: the same function; a few percent breaks the copies' symmetry)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise")
+    p.set_defaults(func=_widen)
+
 
 def _simulate(args) -> int:
     import numpy as np
@@ -91,4 +101,20 @@ def _eval(args) -> int:
     from jaxinterp.nugraph import evaluate
 
     evaluate.run_cli(args)
+    return 0
+
+
+def _widen(args) -> int:
+    from pathlib import Path
+
+    from jaxinterp.nugraph import evaluate, model, widen
+    from jaxinterp.nugraph.train import save_model
+
+    start = evaluate.load_model(args.params)
+    params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
+    source = args.params or "the shipped model"
+    save_model(Path(args.out), params, config, start.norm,
+               {"widened_from": f"{source} (factor {args.factor}, noise {args.noise}, seed {args.seed})"})
+    print(f"wrote {args.out}: {config.planar_features} planar / {config.nexus_features} nexus features, "
+          f"{model.num_params(params):,} parameters (from {model.num_params(start.params):,})")
     return 0
