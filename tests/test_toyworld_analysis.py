@@ -80,3 +80,28 @@ def test_non_positive_lens_steps_is_an_argparse_error(tmp_path, capsys):
         main(["--out", str(tmp_path / "out"), "--lens-steps", "0"])
     assert e.value.code == 2 and "argument --lens-steps: expected a positive integer, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_world_is_the_models_own(tmp_path, monkeypatch):
+    """The world (entities for the controls, the lens corpus) comes from the train.json beside the
+    model folder given, not always from the shipped model's (another run's model was analysed with the
+    shipped world); a model folder without one is refused before the sweep and before any write."""
+    import json
+    import shutil
+
+    from jaxinterp.toyworld import MODEL_DIR, analysis
+    from jaxinterp.toyworld.world import WorldConfig, build_world
+
+    run = tmp_path / "run"
+    shutil.copytree(MODEL_DIR, run / "model")
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the world was read"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"train.json beside it .*found no .*run/train.json"):
+        main(["--out", str(out), "--model", str(run / "model")])
+    assert not out.exists()
+
+    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
+    record["world"]["seed"] = 5
+    (run / "train.json").write_text(json.dumps(record))
+    assert analysis.model_world(run / "model") == build_world(WorldConfig(**record["world"]))
+    assert analysis.model_world(run / "model") != analysis.model_world(MODEL_DIR)

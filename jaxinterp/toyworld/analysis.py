@@ -50,16 +50,27 @@ def _sweep_summary(res, name: str) -> dict:
             "p_after_mean_grid": np.round(res.p_after.mean(-1), 4).tolist()}
 
 
-def injection(params, config, tok, prompts_csv, *, words_csv=None, seed: int = 0) -> tuple[dict, dict]:
+def model_world(model_dir: str | Path):
+    """The world a toy-world model was trained on: from the train.json beside its model folder (a
+    `toyworld train` run folder holds model/ and train.json, as the shipped assets do)."""
+    from jaxinterp.toyworld.world import WorldConfig, build_world
+
+    path = Path(model_dir).parent / "train.json"
+    if not path.is_file():
+        raise ValueError(f"model: expected a toy-world model folder with train.json beside it (its world), "
+                         f"found no {path}")
+    return build_world(WorldConfig(**json.loads(path.read_text())["world"]))
+
+
+def injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, seed: int = 0) -> tuple[dict, dict]:
+    """`world`: the model's (`model_world`); default the shipped model's."""
     from jaxinterp.inject import data as idata
     from jaxinterp.inject.memory import memory_vectors
     from jaxinterp.inject.sweep import sweep
     from jaxinterp.toyworld import MODEL_DIR
-    from jaxinterp.toyworld.world import WorldConfig, build_world
 
     ps = idata.load_prompts(prompts_csv)
-    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
-    world = build_world(WorldConfig(**record["world"]))
+    world = model_world(MODEL_DIR) if world is None else world
     kind_of = {n: k for k, names in world.entities.items() for n in names}
     rng = np.random.default_rng(seed)
     wrong = []
@@ -183,7 +194,7 @@ def main(argv=None) -> int:
     from jaxinterp import atomic
     from jaxinterp.lens.lenses import lens_config_for
     from jaxinterp.toyworld import MODEL_DIR, PROMPTS_CSV
-    from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
+    from jaxinterp.toyworld.world import training_sentences
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -196,17 +207,17 @@ def main(argv=None) -> int:
     p.add_argument("--no-inject", action="store_true", help="lenses only")
     args = p.parse_args(argv)
     out = Path(args.out)
+    world = model_world(args.model)  # the model's own world, not the shipped one's
     params, config = load_gpt2(args.model, process_weights=True)  # the paper's TransformerLens weights
     layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
     for L in layers:  # a layer out of range fails here, before the sweep and before anything is written
         lens_config_for(config, L)
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(args.model)
-    inj, _ = injection(params, config, tok, args.prompts, words_csv=args.words) if not args.no_inject else ({}, {})
+    inj, _ = (injection(params, config, tok, args.prompts, world=world, words_csv=args.words)
+              if not args.no_inject else ({}, {}))
     for i, s in enumerate(inj.get("sweeps", [])):
         heatmap(s, out / f"heatmap_{i}.png")
-    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
-    world = build_world(WorldConfig(**record["world"]))
     heads = lens_heads(params, config, tok, args.prompts, training_sentences(world), layers, world=world,
                        steps=args.lens_steps) if layers else None
     atomic.write_text(out / "summary.json", json.dumps({"injection": inj, "lens": heads}, indent=2))
