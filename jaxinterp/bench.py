@@ -47,18 +47,21 @@ def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> d
         if proc.returncode == 0 and json_path.exists():
             entry.update(json.loads(json_path.read_text()))
         results["benchmarks"].append(entry)
-    atomic.write_text(out_dir / "bench.json", json.dumps(results, indent=2))
+    atomic.write_text(out_dir / "bench.json", json.dumps(results, indent=2, allow_nan=False))
     return results
 
 
 def table(results: dict) -> str:
+    from jaxinterp import benchtools
+
     lines = [f"{'workload':<58} {'figure':>12} {'unit':<10} {'goal':<22} {'reference':<26} met"]
     for b in results["benchmarks"]:
         if b["returncode"] != 0:
             lines.append(f"{b['script']:<58} FAILED (exit {b['returncode']})")
         for r in b.get("rows", []):
             met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-            lines.append(f"{r['workload']:<58} {r['figure']:>12.5g} {r['unit']:<10} {r['goal'] or '-':<22} "
+            lines.append(f"{r['workload']:<58} {benchtools.figure_text(r['figure']):>12} {r['unit']:<10} "
+                         f"{r['goal'] or '-':<22} "
                          f"{r['reference'] or '-':<26} {met}")
     return "\n".join(lines)
 

@@ -5,13 +5,16 @@ Every benchmark prints its figures and, with `--json PATH`, writes
     {"benchmark": NAME, "machine": {...}, "rows": [ROW, ...]}
 
 where a ROW is {"workload", "figure", "unit", "goal", "reference", "met"}; `jaxinterp bench`
-gathers the rows of every script into one table and `bench.json`.
+gathers the rows of every script into one table and `bench.json`. The JSON is strict: a figure that
+could not be measured (a run killed at its memory budget, a ratio with nothing to divide) is null,
+not NaN, which json.dumps would write and other readers (jq, JavaScript) refuse.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -118,8 +121,14 @@ def machine_line() -> str:
 
 def row(workload: str, figure: float, unit: str, *, goal: str | None = None,
         reference: str | None = None, met: bool | None = None) -> dict[str, Any]:
-    return {"workload": workload, "figure": float(figure), "unit": unit, "goal": goal,
-            "reference": reference, "met": met}
+    figure = float(figure)
+    return {"workload": workload, "figure": figure if math.isfinite(figure) else None, "unit": unit,
+            "goal": goal, "reference": reference, "met": met}
+
+
+def figure_text(figure: float | None) -> str:
+    """A row's figure for a table: 5 significant digits, or "n/a" where it was not measured."""
+    return "n/a" if figure is None else f"{figure:.5g}"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -136,6 +145,7 @@ def report(name: str, rows: list[dict[str, Any]], json_path: str | None) -> None
         met = {True: "met", False: "NOT met", None: ""}[r["met"]]
         goal = f"goal {r['goal']}" if r["goal"] else ""
         ref = f"ref {r['reference']}" if r["reference"] else ""
-        print(f"{r['workload']:<58} {r['figure']:>12.5g} {r['unit']:<10} {goal:<22} {ref:<24} {met}")
+        print(f"{r['workload']:<58} {figure_text(r['figure']):>12} {r['unit']:<10} {goal:<22} {ref:<24} {met}")
     if json_path:
-        atomic.write_text(json_path, json.dumps({"benchmark": name, "machine": machine(), "rows": rows}, indent=2))
+        atomic.write_text(json_path, json.dumps({"benchmark": name, "machine": machine(), "rows": rows}, indent=2,
+                                                allow_nan=False))

@@ -6,6 +6,7 @@ stub that fails, so a test that let bad input through fails at once instead of r
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import threading
 from pathlib import Path
@@ -120,3 +121,26 @@ def test_the_machine_names_the_cores_this_process_may_use(monkeypatch):
     assert "(1 of 2 cores)" in benchtools.machine_line()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert "(2 cores)" in benchtools.machine_line()
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_figure_that_was_not_measured_is_null_in_strict_json(tmp_path, capsys):
+    """A lens run killed at its memory budget made NaN figures, and bench.json then held bare NaN
+    (not JSON: jq and JavaScript refuse the file). They are null now, "n/a" in the tables."""
+    from jaxinterp import bench, benchtools
+
+    rows = [benchtools.row("killed run", float("nan"), "s/step"), benchtools.row("ratio", float("inf"), "x"),
+            benchtools.row("measured", 1.25, "s", goal="<= 2 s", met=True)]
+    assert [r["figure"] for r in rows] == [None, None, 1.25]
+    path = tmp_path / "b.json"
+    benchtools.report("b", rows, str(path))
+    printed = capsys.readouterr().out
+    assert printed.count("n/a") == 2 and "1.25" in printed
+    assert [r["figure"] for r in _strict(path.read_text())["rows"]] == [None, None, 1.25]
+    text = bench.table({"benchmarks": [{"script": "b.py", "returncode": 0, "rows": rows}]})
+    assert text.count("n/a") == 2 and "nan" not in text.lower()
