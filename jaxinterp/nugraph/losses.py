@@ -52,11 +52,34 @@ def recall_loss(logits: jax.Array, y: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(per_hit) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def binary_cross_entropy(prob: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
-    """torch.nn.BCELoss (mean, logs clamped at -100) over the hits where mask is True."""
+BCE_EPSILON = 1e-12  # torch's binary_cross_entropy_backward: (p - t) / max(p (1 - p), EPSILON)
+
+
+@jax.custom_jvp
+def _bce_per_hit(prob: jax.Array, target: jax.Array) -> jax.Array:
     log_p = jnp.maximum(jnp.log(prob), -100.0)
     log_q = jnp.maximum(jnp.log1p(-prob), -100.0)
-    per_hit = -(target * log_p + (1.0 - target) * log_q)
+    return -(target * log_p + (1.0 - target) * log_q)
+
+
+@_bce_per_hit.defjvp
+def _bce_per_hit_jvp(primals, tangents):
+    # torch's own derivative. Differentiating the clamped logs instead gives 0 * inf = NaN wherever
+    # prob is exactly 0 or 1 (a float32 sigmoid is 1.0 from a logit of ~17), on a padding hit too,
+    # since jnp.where masks the value but not the NaN in its backward pass.
+    prob, target = primals
+    d_prob, d_target = tangents
+    log_p = jnp.maximum(jnp.log(prob), -100.0)
+    log_q = jnp.maximum(jnp.log1p(-prob), -100.0)
+    out = -(target * log_p + (1.0 - target) * log_q)
+    grad_prob = (prob - target) / jnp.maximum(prob * (1.0 - prob), BCE_EPSILON)
+    return out, grad_prob * d_prob + (log_q - log_p) * d_target
+
+
+def binary_cross_entropy(prob: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+    """torch.nn.BCELoss (mean, logs clamped at -100) over the hits where mask is True, with torch's
+    gradient (finite where prob is 0 or 1)."""
+    per_hit = _bce_per_hit(prob, target.astype(prob.dtype))
     return jnp.sum(jnp.where(mask, per_hit, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
