@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
@@ -107,6 +108,29 @@ def test_bezier_curve_endpoints_and_training_lowers_loss():
     mid = lambda bend: float(curves.curve_losses(mlp.loss, PA, bend, PB, BATCH, jnp.array([0.5]))[0])  # noqa: E731
     straight = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), PA, PB)
     assert mid(r.bend) < mid(straight)
+
+
+def test_fit_bezier_compiles_once_across_calls_and_learning_rates():
+    """Each call built a new jitted step around a new optax.adam: every call compiled again (a sweep
+    over pairs of endpoints or learning rates paid a compile per curve). The default Adam now keeps
+    its learning rate in the state: the same function as optax.adam(lr), one compiled step."""
+    loss = lambda p, b: mlp.loss(p, b)  # noqa: E731  (a loss function no other test uses)
+    r1 = curves.fit_bezier(loss, PA, PB, lambda i: BATCH, steps=3, learning_rate=1e-2)
+    size = curves._step._cache_size()
+    r2 = curves.fit_bezier(loss, PB, PA, lambda i: BATCH, steps=3, learning_rate=3e-2)
+    assert curves._step._cache_size() == size
+    # float64: in float32, Adam's g / (|g| + eps) turns the rounding noise of near-zero gradients
+    # (which two programs round differently) into update differences of ~1e-4 relative
+    with jax.enable_x64(True):
+        f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(np.asarray(a), jnp.float64), t)  # noqa: E731
+        p0, p1, batch = f64(PB), f64(PA), (f64(BATCH[0]), BATCH[1])
+        ours = curves.fit_bezier(loss, p0, p1, lambda i: batch, steps=5, learning_rate=3e-2)
+        ref = curves.fit_bezier(loss, p0, p1, lambda i: batch, steps=5, optimizer=optax.adam(3e-2))
+        for a, b in zip(jax.tree_util.tree_leaves(ours.bend), jax.tree_util.tree_leaves(ref.bend)):
+            assert a.dtype == jnp.float64
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ours.train_losses, ref.train_losses, rtol=1e-12)
+    assert not np.allclose(r1.train_losses, r2.train_losses)
 
 
 def test_weight_matching_recovers_a_permutation_of_the_same_mlp():

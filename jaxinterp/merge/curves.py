@@ -29,28 +29,45 @@ class CurveResult(NamedTuple):
     train_losses: np.ndarray  # [steps]
 
 
+@functools.lru_cache(maxsize=None)
+def _adam() -> optax.GradientTransformation:
+    """optax.adam with its learning rate in the state: one object, so one compiled step for any rate."""
+    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "opt"))
+def _step(bend, state, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.GradientTransformation):
+    t = jax.random.uniform(k)
+    loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, m, p1, t), batch))(bend)
+    upd, state = opt.update(g, state, bend)
+    return optax.apply_updates(bend, upd), state, loss
+
+
 def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Callable[[int], Any], *,
                steps: int = 500, learning_rate: float = 1e-2, key: jax.Array | None = None,
                optimizer: optax.GradientTransformation | None = None) -> CurveResult:
-    """Trains the bend. `batches` is an iterator of batches or a function step -> batch."""
+    """Trains the bend. `batches` is an iterator of batches or a function step -> batch.
+
+    The step is compiled once per (loss_fn, optimizer, shapes): further calls with the same loss
+    function, e.g. over many pairs of endpoints or learning rates, reuse it (pass the same
+    `optimizer` object, or none for Adam at `learning_rate`)."""
     tree.check_same_structure([p0, p1], "p0/p1")
     _check_count("steps", steps, 1, "a positive number of training steps")
-    opt = optimizer or optax.adam(learning_rate)
     bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
-    state = opt.init(bend)
+    if optimizer is None:
+        opt = _adam()
+        state = opt.init(bend)
+        lr = state.hyperparams["learning_rate"]
+        state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, lr.dtype)
+    else:
+        opt = optimizer
+        state = opt.init(bend)
     key = jax.random.PRNGKey(0) if key is None else key
-
-    @jax.jit
-    def step(bend, state, batch, k, p0, p1):
-        t = jax.random.uniform(k)
-        loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, m, p1, t), batch))(bend)
-        upd, state = opt.update(g, state, bend)
-        return optax.apply_updates(bend, upd), state, loss
 
     get = batches if callable(batches) else (lambda _i, it=batches: next(it))
     losses = []
     for i in range(steps):
-        bend, state, loss = step(bend, state, get(i), jax.random.fold_in(key, i), p0, p1)
+        bend, state, loss = _step(bend, state, get(i), jax.random.fold_in(key, i), p0, p1, loss_fn=loss_fn, opt=opt)
         losses.append(loss)
     return CurveResult(bend, np.asarray(jnp.stack(losses)))
 
