@@ -31,7 +31,7 @@ import numpy as np
 from jax import Array
 
 from jaxinterp.inject import layers as ly
-from jaxinterp.transformer.gpt2 import GPT2Config
+from jaxinterp.transformer.gpt2 import GPT2Config, check_dtype
 
 DEFAULT_TAUS = tuple(float(t) for t in range(1, 16))  # the paper's tweak factors 1..15
 
@@ -251,6 +251,7 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
 def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Config, answers, explicit=None,
          positions=None, bucket: int = 8, chunk_tokens: int = 2048) -> Plan:
     """Checks the inputs of `sweep` (ValueError naming the argument and row) and pads them into buckets."""
+    check_dtype(config)  # a float64 config under 32-bit JAX: refused here as in the model
     seqs = _check_tokens(prompts, config, "prompts")
     N = len(seqs)
     layers = list(range(config.n_layer)) if layers is None else list(layers)

@@ -76,6 +76,12 @@ class GPT2Config:
             raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {self.dtype!r}")
 
     @property
+    def compute_dtype(self):
+        """Where low precision would hurt (layer-norm statistics, attention scores, logits): float32,
+        or float64 when the activations are float64."""
+        return jnp.promote_types(jnp.dtype(self.dtype), jnp.float32)
+
+    @property
     def d_head(self) -> int:
         return self.n_embd // self.n_head
 
@@ -86,6 +92,15 @@ class GPT2Config:
     def site_shape(self, site: str, n_pos: int) -> tuple[int, ...]:
         return hooks.site_shape(site, n_positions=n_pos, n_embd=self.n_embd, n_head=self.n_head,
                                 d_head=self.d_head, d_mlp=self.d_mlp)
+
+
+def check_dtype(config: GPT2Config) -> None:
+    """Raises ValueError for a float64 config while JAX runs in 32-bit mode: every float64 array
+    would silently become float32 (with a warning at most), so the model would not be what was asked."""
+    if jnp.dtype(config.dtype) == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise ValueError("dtype: expected jax_enable_x64 on for float64 activations "
+                         "(jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1), got it off: "
+                         "the model would run in float32; enable jax_enable_x64 or use dtype='float32'")
 
 
 PRESETS: dict[str, GPT2Config] = {
@@ -142,7 +157,7 @@ class LayerNorm(_Hooked):
         d = x.shape[-1]
         scale_p = self.param("scale", nn.initializers.ones, (d,))
         bias_p = self.param("bias", nn.initializers.zeros, (d,))
-        x = x.astype(jnp.float32)  # statistics in float32 whatever the activation dtype
+        x = x.astype(self.config.compute_dtype)  # statistics in float32 at least (float64 stays float64)
         x = x - x.mean(-1, keepdims=True)
         scale = self.hook(f"{self.prefix}.hook_scale",
                           jnp.sqrt((x * x).mean(-1, keepdims=True) + self.config.layer_norm_epsilon), ivs)
@@ -173,7 +188,7 @@ class Attention(_Hooked):
             scale /= c.d_head ** 0.5
         if c.scale_attn_by_inverse_layer_idx:
             scale /= self.layer + 1
-        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) * scale  # (B, H, Q, K)
+        scores = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(c.compute_dtype) * scale  # (B, H, Q, K)
         # The most negative finite value rather than -inf: a fully masked row (a padding query)
         # becomes uniform instead of NaN, and a real row is unchanged (exp underflows to 0).
         scores = self.hook("attn.hook_attn_scores", jnp.where(allowed, scores, jnp.finfo(jnp.float32).min), ivs)
@@ -239,7 +254,7 @@ class GPT2(_Hooked):
                   for i in range(c.n_layer)]
         self.ln_f = LayerNorm(prefix="ln_final", **kw)
         if not c.tie_word_embeddings:
-            self.lm_head = Conv1D(c.n_embd, c.vocab_size, jnp.float32)
+            self.lm_head = Conv1D(c.n_embd, c.vocab_size, c.compute_dtype)
 
     def embed(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention]) -> Array:
         """tokens [B, P] -> resid_pre of block 0 [B, P, D]. Positions count real tokens only, so a
@@ -260,10 +275,11 @@ class GPT2(_Hooked):
         return resid
 
     def unembed(self, resid: Array, ivs: Sequence[Intervention]) -> Array:
-        """resid [..., D] (after the last block) -> logits [..., V] in float32."""
-        x = self.ln_f(resid, ivs).astype(jnp.float32)
+        """resid [..., D] (after the last block) -> logits [..., V] in float32 (float64 for float64 activations)."""
+        dtype = self.config.compute_dtype
+        x = self.ln_f(resid, ivs).astype(dtype)
         if self.config.tie_word_embeddings:
-            return x @ self.wte.embedding.T
+            return x @ self.wte.embedding.T.astype(dtype)
         return self.lm_head(x)
 
     def __call__(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention] = ()) -> Array:
@@ -277,6 +293,7 @@ class GPT2(_Hooked):
 def module(config: GPT2Config, names: Sequence[str] = (), interventions: Sequence[Intervention] = ()) -> GPT2:
     """The linen module that captures `names` and can apply `interventions` (their sites decide
     whether per-head results must be formed)."""
+    check_dtype(config)
     result_iv = any(iv.site == "attn.hook_result" for iv in interventions)
     return GPT2(config, capture=frozenset(names), all_results=result_iv)
 
@@ -339,7 +356,7 @@ def _run_jit():
 def run_with_cache(params: dict, tokens: Array, *, config: GPT2Config, names: Sequence[str] = (),
                    attention_mask: Array | None = None,
                    interventions: Sequence[Intervention] = ()) -> tuple[Array, dict[str, Array]]:
-    """Logits [B, P, V] (float32) and the activations at the hook points `names` (nothing else is kept).
+    """Logits [B, P, V] (float32; float64 for a float64 config) and the activations at the hook points `names` (nothing else is kept).
 
     Args:
       params: GPT-2 params (`init`, `load_gpt2`).
@@ -353,6 +370,7 @@ def run_with_cache(params: dict, tokens: Array, *, config: GPT2Config, names: Se
         # Checked as given: jnp.asarray would wrap int64 ids past 2**31 (x64 off) into the vocabulary.
         tokens = np.asarray(tokens)
     interventions = tuple(interventions)
+    check_dtype(config)
     check_inputs(tokens, attention_mask, interventions, config)
     tokens = jnp.asarray(tokens)
     names = hooks.check_names(names, config.n_layer)

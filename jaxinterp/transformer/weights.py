@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jaxinterp import atomic
-from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config, init
+from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config, check_dtype, init
 
 _BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _BLOCK = re.compile(r"^h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)$")
@@ -156,6 +156,7 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     """
     from safetensors.numpy import load_file
 
+    check_dtype(dataclasses.replace(GPT2Config(), dtype=dtype))  # before any file is read or downloaded
     folder = _resolve(name_or_path)
     if not (folder / "config.json").exists():
         raise ValueError(f"{folder} has no config.json")
