@@ -41,3 +41,44 @@ def test_float64_config_with_x64_computes_in_float64(gpt2_ref):
         assert logits.dtype == np.float64
         assert all(v.dtype == np.float64 for v in cache.values())
         np.testing.assert_allclose(np.asarray(logits), gpt2_ref["hf_logits"], atol=1e-12, rtol=0)
+
+
+def _model_folder(tmp_path, state, extra=None):
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    out = tmp_path / "model"
+    out.mkdir(parents=True)
+    shutil.copy(TINY_GPT2 / "config.json", out / "config.json")
+    save_file(state, str(out / "model.safetensors"))
+    for name, tensors in (extra or {}).items():
+        save_file(tensors, str(out / name))
+    return out
+
+
+def _state():
+    from safetensors.numpy import load_file
+
+    return load_file(str(TINY_GPT2 / "model.safetensors"))
+
+
+def test_checkpoint_with_a_weight_twice_or_malformed_is_refused(tmp_path):
+    """Malformed checkpoints that loaded silently: a tensor in two files (the last file's copy won), one
+    weight under two names (with and without 'transformer.'; one dropped), a tied lm_head of any shape,
+    integer weights (cast to float32)."""
+    state = _state()
+    wte = state["transformer.wte.weight"]
+    cases = [
+        (dict(state), {"model-00002.safetensors": {"transformer.wte.weight": np.zeros_like(wte)}},
+         r"tensor 'transformer.wte.weight' is in both model-00002.safetensors and model.safetensors"),
+        ({**state, "wte.weight": np.zeros_like(wte)}, None,
+         r"tensors 'transformer.wte.weight' and 'wte.weight' are the same weight \(wte/embedding\)"),
+        ({**state, "lm_head.weight": np.zeros((5, 3), np.float32)}, None,
+         r"tensor 'lm_head.weight': expected shape \[97, 64\] \(tied to wte\), got \[5, 3\]"),
+        ({**state, "transformer.h.0.ln_1.weight": np.ones(64, np.int32)}, None,
+         r"tensor 'transformer.h.0.ln_1.weight': expected floating-point weights, got dtype int32"),
+    ]
+    for i, (st, extra, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            load_gpt2(_model_folder(tmp_path / str(i), st, extra))

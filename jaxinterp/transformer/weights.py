@@ -85,19 +85,29 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) 
     """Params from HF tensors; every expected tensor present with its shape, nothing unknown."""
     expected = {path: leaf.shape for path, leaf in _flat(jax.eval_shape(lambda: init(jax.random.PRNGKey(0), config))).items()}
     flat: dict[tuple[str, ...], np.ndarray] = {}
+    source: dict[tuple[str, ...], str] = {}
     for name, tensor in state.items():
         path = hf_path(name)
         if path is None:
             continue
+        if not np.issubdtype(np.asarray(tensor).dtype, np.floating):
+            raise ValueError(f"tensor {name!r}: expected floating-point weights, got dtype {np.asarray(tensor).dtype}")
         if path == ("lm_head", "kernel"):
             if config.tie_word_embeddings:
-                continue  # the same matrix as wte
+                # the same matrix as wte (HF ties it on load), but its shape must still be one
+                if tuple(np.shape(tensor)) != (config.vocab_size, config.n_embd):
+                    raise ValueError(f"tensor {name!r}: expected shape {[config.vocab_size, config.n_embd]} "
+                                     f"(tied to wte), got {list(np.shape(tensor))}")
+                continue
             tensor, path = np.asarray(tensor).T, path  # nn.Linear [V, D] -> kernel [D, V]
         if path not in expected:
             raise ValueError(f"tensor {name!r} does not belong to a GPT-2 with {config.n_layer} layers")
+        if path in source:  # "transformer.wte.weight" and "wte.weight": one of them would be dropped silently
+            raise ValueError(f"tensors {source[path]!r} and {name!r} are the same weight ({'/'.join(path)}); "
+                             "expected one of them")
         if tuple(tensor.shape) != tuple(expected[path]):
             raise ValueError(f"tensor {name!r}: expected shape {list(expected[path])}, got {list(tensor.shape)}")
-        flat[path] = np.asarray(tensor, np.float32)
+        flat[path], source[path] = np.asarray(tensor, np.float32), name
     if ("lm_head", "bias") in expected and ("lm_head", "kernel") in flat:
         flat.setdefault(("lm_head", "bias"), np.zeros(config.vocab_size, np.float32))
     missing = [p for p in expected if p not in flat]
@@ -169,8 +179,13 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     if not files:
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
     state: dict[str, np.ndarray] = {}
+    where: dict[str, str] = {}
     for f in files:
-        state.update(load_file(f))
+        for name, tensor in load_file(f).items():
+            if name in where:  # a stale full checkpoint beside shards: one copy would win silently
+                raise ValueError(f"tensor {name!r} is in both {where[name]} and {f.name}; expected each tensor "
+                                 f"in one *.safetensors file of {folder}")
+            state[name], where[name] = tensor, f.name
     params = params_from_state_dict(state, config)
     if process_weights:
         params, config = _process(params, config)
