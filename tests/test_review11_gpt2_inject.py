@@ -82,3 +82,28 @@ def test_checkpoint_with_a_weight_twice_or_malformed_is_refused(tmp_path):
     for i, (st, extra, match) in enumerate(cases):
         with pytest.raises(ValueError, match=match):
             load_gpt2(_model_folder(tmp_path / str(i), st, extra))
+
+
+def test_intervention_scale_and_masks_are_checked(tiny_raw):
+    """A non-scalar scale broadcast into the activation ([P, 1]: a scale per position) or failed inside the
+    trace ([2]: a TypeError); integer position/head indices were cast to bool ([3, 0, 0, 0] selected
+    position 0, not 3)."""
+    from jaxinterp.transformer import intervene
+
+    params, config = tiny_raw
+    tokens = np.zeros((1, 4), np.int32)
+    vec = np.ones(config.n_embd, np.float32)
+    for scale in (np.ones(2), np.ones((4, 1))):
+        iv = intervene("blocks.0.hook_attn_out", vec, scale=scale)
+        with pytest.raises(ValueError, match=rf"scale must be a scalar, got shape \{list(scale.shape)}"):
+            gpt2.forward(params, tokens, config=config, interventions=[iv])
+    with pytest.raises(ValueError, match=r"positions at 'blocks.0.hook_attn_out': expected a boolean mask .* got values \[3\]"):
+        intervene("blocks.0.hook_attn_out", vec, positions=np.array([3, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"heads at 'blocks.0.attn.hook_z': expected a boolean mask .* got values \[2\]"):
+        intervene("blocks.0.attn.hook_z", mode="zero", heads=[2, 0, 0, 0])
+    # 0/1 masks keep working, and mean what a boolean mask means
+    a = gpt2.forward(params, tokens, config=config,
+                     interventions=[intervene("blocks.0.hook_attn_out", vec, positions=np.array([0, 0, 0, 1]))])
+    b = gpt2.forward(params, tokens, config=config,
+                     interventions=[intervene("blocks.0.hook_attn_out", vec, positions=np.arange(4) == 3)])
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

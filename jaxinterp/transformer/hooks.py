@@ -131,6 +131,14 @@ def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale
     layout = LAYOUTS[site]
     if heads is not None and layout == "bpd":
         raise ValueError(f"a head mask applies only at per-head sites; {name!r} has no head axis")
+    for what, m in (("positions", positions), ("heads", heads)):
+        # Masks, not indices: casting [3, 0, 0, 0] to bool would select position 0, not 3.
+        if m is not None and not isinstance(m, jax.core.Tracer) and np.asarray(m).dtype != bool:
+            bad = np.setdiff1d(np.asarray(m), [0, 1])
+            if bad.size:
+                raise ValueError(f"{what} at {name!r}: expected a boolean mask (True/False or 0/1 per "
+                                 f"{'position' if what == 'positions' else 'head'}), got values {bad[:5].tolist()} "
+                                 "(indices? use e.g. np.arange(P) == i)")
     return Intervention(
         site=site, mode=mode, layer=jnp.asarray(layer, jnp.int32),
         value=None if value is None else jnp.asarray(value),
@@ -175,6 +183,8 @@ def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int, *
             raise ValueError(f"{where}: heads mask must have shape [{n_head}], got {list(iv.heads.shape)}")
     if iv.layer.ndim != 0:
         raise ValueError(f"{where}: layer must be a scalar, got shape {list(iv.layer.shape)}")
+    if iv.scale.ndim != 0:  # a [P, 1] scale broadcast into the activation; a [2] one failed inside the trace
+        raise ValueError(f"{where}: scale must be a scalar, got shape {list(iv.scale.shape)}")
     if iv.site in BLOCK_SITES and not isinstance(iv.layer, jax.core.Tracer):
         layer = int(np.asarray(iv.layer))
         if not 0 <= layer < n_layer:
