@@ -107,3 +107,28 @@ def test_intervention_scale_and_masks_are_checked(tiny_raw):
     b = gpt2.forward(params, tokens, config=config,
                      interventions=[intervene("blocks.0.hook_attn_out", vec, positions=np.arange(4) == 3)])
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_injection_inputs_that_were_clamped_or_nan(tiny_processed):
+    """A head read-out position past the prompt (jnp indexing clamped it to the last position), a BOS id
+    outside the vocabulary for layer memories (the embedding gather clamped it), a NaN tau (every logit
+    NaN) and a bool layer (True was layer 1 in a sweep) were accepted."""
+    from jaxinterp.inject import heads
+    from jaxinterp.inject.memory import inject_logits, layer_encodings
+
+    params, config = tiny_processed
+    tokens = np.array([0, 5, 6, 7], np.int32)
+    for position in (4, -5, 1.0):
+        with pytest.raises(ValueError, match=r"position: expected an index into the prompt's 4 tokens \(-4..3\)"):
+            heads.head_top_tokens(params, tokens, config=config, k=2, position=position)
+    top = heads.head_top_tokens(params, tokens, config=config, k=2, position=-4)
+    assert top.ids.shape == (config.n_layer, config.n_head, 2)
+    for bos in (97, -1):
+        with pytest.raises(ValueError, match=rf"bos_id: expected a token id in \[0, 97\), got {bos}"):
+            layer_encodings(params, [[5, 6]], config=config, bos_id=bos)
+    with pytest.raises(ValueError, match="tau: expected a finite number, got nan"):
+        inject_logits(params, tokens[None], np.ones(config.n_embd), config=config, layer=1, tau=float("nan"))
+    with pytest.raises(ValueError, match=r"layer: expected an int in \[0, 3\).*got True"):
+        inject_logits(params, tokens[None], np.ones(config.n_embd), config=config, layer=True, tau=1.0)
+    with pytest.raises(ValueError, match="layers: layer True out of range"):
+        sweep(params, [tokens], np.zeros((1, config.n_embd)), [True], [1.0], config=config, answers=[3])

@@ -40,6 +40,10 @@ def head_outputs(params: dict, tokens: Sequence[int], *, config: GPT2Config, pos
     """[n, H, D]: every head's hook_result at `position` of the prompt `tokens`, run as given: BOS is
     the caller's choice (the reference's `interpret_attn.py` ran GPT-2 prompts without it; the demo
     passes it, as its toy model was trained with it)."""
+    n = len(tokens)
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -n <= position < n:
+        # jnp indexing clamps: position 10 of a 4-token prompt read the last position's heads
+        raise ValueError(f"position: expected an index into the prompt's {n} tokens (-{n}..{n - 1}), got {position!r}")
     names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))
     _, cache = gpt2.run_with_cache(params, jnp.asarray(np.asarray(tokens), jnp.int32)[None], config=config, names=names)
     return jnp.stack([cache[n][0, position] for n in names])

@@ -104,6 +104,10 @@ def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: 
     """
     if len(ids_list) == 0:
         raise ValueError("memories: expected at least one memory, got none")
+    if bos_id is not None and (isinstance(bos_id, bool) or not isinstance(bos_id, (int, np.integer))
+                               or not 0 <= bos_id < config.vocab_size):
+        # an id outside the vocabulary is clamped by the embedding gather: a wrong memory, no error
+        raise ValueError(f"bos_id: expected a token id in [0, {config.vocab_size}), got {bos_id!r}")
     seqs = []
     for row, ids in enumerate(ids_list):
         try:
@@ -181,6 +185,8 @@ def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array
     memory = jnp.asarray(memory)
     if memory.ndim != 1:
         raise ValueError(f"memory: expected one vector [d_model], got shape {list(memory.shape)}")
+    if not isinstance(tau, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(tau, np.float64))):
+        raise ValueError(f"tau: expected a finite number, got {tau!r}")  # NaN made every logit NaN
     if head is None:
         return intervene(f"blocks.{layer}.hook_attn_out", memory, scale=tau, positions=positions)
     if n_head is None or not 0 <= head < n_head:
@@ -191,7 +197,7 @@ def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array
 
 
 def check_layer(layer: int, config: GPT2Config, what: str = "layer") -> int:
-    if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < config.n_layer:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < config.n_layer:
         raise ValueError(f"{what}: expected an int in [0, {config.n_layer}) (the model has {config.n_layer} blocks), "
                          f"got {layer!r}")
     return int(layer)

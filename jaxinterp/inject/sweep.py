@@ -258,7 +258,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     if not layers:
         raise ValueError("layers: expected at least one layer, got none")
     for L in layers:
-        if not isinstance(L, (int, np.integer)) or not 0 <= int(L) < config.n_layer:
+        if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= int(L) < config.n_layer:
             raise ValueError(f"layers: layer {L!r} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
     taus_arr = np.asarray(list(taus), np.float32)
     if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
