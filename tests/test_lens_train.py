@@ -94,6 +94,10 @@ def test_resume_with_other_settings_is_an_error(tiny_processed, tmp_path):
     with pytest.raises(ValueError, match=r"batches: expected seed 3 \(TrainConfig.seed\), got 4"):
         train.train(params, cfg, lc, data.Batches(batches.examples, 2, 12, seed=4), tc, ckpt_dir=tmp_path,
                     progress=False)
+    # other text under the same seed resumed silently: the checkpoint named no data (now its fingerprint)
+    other = data.Batches(data.tokenize(_texts(seed=1), WordTokenizer(), 12), 2, 12, seed=3)
+    with pytest.raises(ValueError, match=r"holds another run.*data: checkpoint '[0-9a-f]{64}', this run '[0-9a-f]{64}'"):
+        train.train(params, cfg, lc, other, tc, ckpt_dir=tmp_path, progress=False)
     again = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)  # the same run resumes
     assert (again.start_step, again.steps) == (1, 3)
 
@@ -288,3 +292,20 @@ def test_cli_bad_input(tmp_path, capsys, argv, match):
     err = capsys.readouterr().err
     assert re.search(match, err), err
     assert not out.exists()  # nothing written
+
+
+def test_checkpoint_without_a_data_fingerprint_still_resumes(tiny_processed, tmp_path):
+    """Checkpoints written before the data's fingerprint was recorded resume as before (nothing to check)."""
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=2, batch_size=2, seq_len=12, save_every=1, seed=3)
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    metas = [p for p in (tmp_path / "1").rglob("*") if p.is_file() and p.read_bytes().startswith(b"{")
+             and b'"batches_seen"' in p.read_bytes()]
+    assert len(metas) == 1
+    meta = json.loads(metas[0].read_text())
+    assert len(meta.pop("data")) == 64
+    metas[0].write_text(json.dumps(meta))
+    again = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)
+    assert (again.start_step, again.steps) == (1, 2)

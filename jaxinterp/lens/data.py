@@ -10,6 +10,7 @@ Axis names: B batch, P positions (fixed: the sequence length, so jit compiles on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -104,6 +105,14 @@ class Batches:
         self.pad_id, self.seed = pad_id, seed
         # Fewer examples than a batch: an epoch repeats them (a batch always has batch_size rows).
         self.per_epoch = max(1, len(examples) // batch_size)
+
+    def fingerprint(self) -> str:
+        """sha256 of the examples' token ids and lengths, in order: a resumed run checks that its data
+        is the data the checkpoint was trained on (the seed alone fixes the order, not the text)."""
+        h = hashlib.sha256(np.asarray([len(e) for e in self.examples], np.int64).tobytes())
+        for e in self.examples:
+            h.update(np.ascontiguousarray(e, np.int32).tobytes())
+        return h.hexdigest()
 
     def _order(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])

@@ -214,7 +214,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     state = jax.device_put(state, shardings)
     model_params = parallel.replicate(model_params, mesh)
     run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
-           "objective": dataclasses.asdict(objective),
+           "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
            **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
 
     start = 0
@@ -262,7 +262,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
 
 
 # what a resumed run must share with the run that wrote the checkpoint: the lens, the objective, the
-# stored vocabulary width, and what decides which batches come next (batch i of the data is a pure
+# stored vocabulary width, the data (its fingerprint), and what decides which batches come next (batch i of the data is a pure
 # function of seed and i, and step s consumed batches s*accum ... s*accum + accum - 1)
 _RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr")
 
@@ -270,6 +270,8 @@ _RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr")
 def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
     """ValueError naming every setting where the checkpoint's run and this one differ."""
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
+             # checkpoints written before the data's fingerprint was recorded cannot be checked for it
+             "data": meta.get("data", run["data"]),
              **{f: meta.get("train_config", {}).get(f) for f in _RESUME_MUST_MATCH}}
     diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
     if diff:
