@@ -58,7 +58,10 @@ def retain_freed_memory() -> bool:
 
 
 def restore_defaults() -> bool:
-    """glibc's defaults again (mmap for large blocks, 128 KiB trim threshold, 8 arenas a core for
-    threads that have not allocated yet); True when applied."""
+    """glibc's default values again (mmap for large blocks, 128 KiB trim threshold, 8 arenas a core
+    for threads that have not allocated yet); True when applied. Not quite a fresh process: setting
+    any of these turned off glibc's dynamic mmap threshold (which otherwise rises to the size of
+    freed mmapped blocks, up to 32 MiB), and mallopt has no way to turn it back on, so the threshold
+    stays where it was; compare against the default allocator in a fresh process."""
     return _set(arena_max=8 * (os.cpu_count() or 1), mmap_max=65536, trim_threshold=128 * 1024)
 
