@@ -5,8 +5,9 @@
   0.95 and 0.85 against the learning rate), batch 64, drop last.
 - Batches as nugraph's BalanceSampler forms them: the largest 10% of graphs (by stored bytes) are
   dealt round-robin over the batches, then the rest fill them, shuffled per epoch.
-- Padding buckets: each batch is padded to sizes derived from its hit count on the bucket grid, and
-  a batch reuses the smallest size already compiled that holds it, so a run compiles a few times.
+- Padding buckets: sizes derived from the hit count on the bucket grid; every training batch of the
+  run is padded to the one size that holds the largest of them (validation to one of its own), so the
+  train step compiles once and a resumed run pads, and rounds, exactly as an uninterrupted one.
 - Orbax checkpoints of (params, optimiser state) with the step, written every `checkpoint_every`
   steps and at each epoch end. The batch order of an epoch is a function of (seed, epoch), so a run
   restarted from its last checkpoint continues exactly where it stopped: nothing before it is lost.
@@ -19,6 +20,7 @@ model.npz + model.json (the final params and what `load_model` needs: config and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -347,9 +349,21 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
         seconds_before = float(meta.get("seconds", 0.0))  # checkpoints before session 7 lack it
         log(f"resumed from the checkpoint at step {step} of {total}")
     train_step = _train_step(model_config, config.lr, config.weight_decay, total)
+    # Padded sizes are a function of the data and the settings alone, never of what this process has
+    # compiled before: padding changes the rounding of the sums (a batch padded to 192 or 384 hits
+    # gives params 2e-7 apart after one step), so a size picked from the sizes seen so far (shared
+    # with validation) padded a resumed run's batches otherwise than the uninterrupted run's. Every
+    # batch of every epoch (its order drawn from (seed, epoch)) fits one reserved size: one
+    # compilation; validation keeps sizes of its own, reserved for its fixed batches alike.
     policy = SizePolicy(train_ev + val_ev, model_config.planes)
-    first = balanced_batches(sizes_bytes, config.batch_size, config.balance_frac, np.random.default_rng([config.seed, 0]))
-    policy.reserve([[train_ev[i] for i in b] for b in first])  # balanced batches differ little: one compilation
+    val_policy = copy.copy(policy)
+    val_policy.used = set()
+    policy.reserve([[train_ev[i] for i in b] for epoch in range(config.epochs)
+                    for b in balanced_batches(sizes_bytes, config.batch_size, config.balance_frac,
+                                              np.random.default_rng([config.seed, epoch]))])
+    if val_ev:
+        val_policy.reserve([val_ev[i:i + config.eval_batch_size]
+                            for i in range(0, len(val_ev), config.eval_batch_size)])
     stop = total if max_steps is None else min(total, max_steps)
     bar = tqdm(total=total, initial=step, desc="training NuGraph2", unit="step", disable=not progress)
     t0 = _clock() - seconds_before  # training time runs on across resumes (work redone after the
@@ -368,7 +382,7 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
             end_of_epoch = step % nb == 0
             if end_of_epoch and val_ev:
                 counts, vloss = evaluate_events(state.params, val_ev, model_config,
-                                                batch_size=config.eval_batch_size, policy=policy)
+                                                batch_size=config.eval_batch_size, policy=val_policy)
                 m = metrics.compute(counts, model_config.semantic_classes)
                 history.append({"epoch": epoch, "step": step, "train_loss": float(parts.total),
                                 "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})

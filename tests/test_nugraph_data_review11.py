@@ -1,0 +1,70 @@
+"""NuGraph2 data, training and evaluation: findings of review 11, each failing on the code before it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import hdf5, simulate, train
+from jaxinterp.nugraph.model import NuGraph2Config
+
+TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory):
+    """12 events of varied sizes (8 train, 4 validation): with batches of 2 and validation batches of
+    8, an epoch-2 batch outgrows epoch 0's padded size while the validation's size holds it."""
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.6, max_hits_per_plane=120)
+    raws = simulate.simulate(12, seed=22, config=cfg)
+    names = [e.name for e in raws]
+    path = tmp_path_factory.mktemp("varied") / "varied.gnn.h5"
+    return hdf5.write_events(path, raws, splits={"train": names[:8], "validation": names[8:], "test": []})
+
+
+def _record_padding(monkeypatch) -> dict:
+    """Stand-in steps (no compilation, state unchanged) and a pad_batch that records what it padded
+    into the list `log["calls"]` (the caller swaps it)."""
+    real_pad = train.pad_batch
+    log = {"calls": []}
+
+    def pad(chunk, sizes, **kw):
+        log["calls"].append((tuple(e.name for e in chunk), tuple(sizes)))
+        return real_pad(chunk, sizes, **kw)
+
+    def fake_train_step(mc, lr, wd, total):
+        return lambda state, batch: (state, SimpleNamespace(total=np.float32(0.0)))
+
+    def fake_eval_step(mc):
+        def step(params, batch):
+            p, n = batch.hit_mask.shape
+            return (np.full((p, n, mc.num_classes), 1.0 / mc.num_classes, np.float32), np.zeros((p, n), np.float32),
+                    SimpleNamespace(total=np.float32(0.0)))
+        return step
+
+    monkeypatch.setattr(train, "pad_batch", pad)
+    monkeypatch.setattr(train, "_train_step", fake_train_step)
+    monkeypatch.setattr(train, "_eval_step", fake_eval_step)
+    return log
+
+
+def test_resumed_run_pads_every_batch_as_an_uninterrupted_one(varied, tmp_path, monkeypatch):
+    """A batch's padded size (hence the rounding of its sums: 2e-7 in the params after one step on the
+    same events padded to 192 or 384 hits) must not depend on what the process compiled before: the
+    sizes came from one pool shared with validation, so after a resume at an epoch's end the next
+    batch padded to its own 256 hits where the uninterrupted run reused validation's 384."""
+    tc = train.TrainConfig(epochs=3, batch_size=2, checkpoint_every=100, eval_batch_size=8)
+    straight, resumed = [], []
+    log = _record_padding(monkeypatch)
+    log["calls"] = straight
+    train.train(varied, tmp_path / "straight", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    log["calls"] = resumed
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, max_steps=8, progress=False,
+                log=lambda s: None)
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    assert resumed == straight
+    # every training batch of the run pads to one size (the train step compiles once)
+    val = {e.name for e in hdf5.read_events(varied, "validation").events}
+    assert len({s for names, s in straight if not set(names) & val}) == 1
