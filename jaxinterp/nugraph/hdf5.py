@@ -117,13 +117,33 @@ def _open(path: str | os.PathLike, mode: str = "r"):
         raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file (truncated or corrupt?): {e}") from None
 
 
-def _need(f, key: str):
-    if key not in f:
-        raise ValueError(f"{f.filename}: missing dataset '/{key}' (expected the processed NuGraph layout)")
+# What h5py raises for damaged metadata inside a file it could open (a broken link, header or heap):
+# KeyError, RuntimeError or OSError, depending on where the damage lies.
+_H5_ERRORS = (OSError, KeyError, RuntimeError)
+
+
+def _read(f, key: str, where: str | None = None):
+    """`f[key][()]`, or None if the file has no `key`; ValueError naming the file and dataset if it cannot
+    be read (damaged, or a group or named datatype where a dataset belongs)."""
+    import h5py
+
+    where = where or f.filename
     try:
-        return f[key][()]
-    except (OSError, KeyError) as e:
-        raise ValueError(f"{f.filename}: dataset '/{key}' cannot be read (truncated or corrupt?): {e}") from None
+        if key not in f:
+            return None
+        obj = f[key]
+        if not isinstance(obj, h5py.Dataset):
+            raise ValueError(f"{where}: '/{key}' is a {type(obj).__name__}, expected a dataset (corrupt file?)")
+        return obj[()]
+    except _H5_ERRORS as e:
+        raise ValueError(f"{where}: dataset '/{key}' cannot be read (truncated or corrupt?): {e}") from None
+
+
+def _need(f, key: str):
+    v = _read(f, key)
+    if v is None:
+        raise ValueError(f"{f.filename}: missing dataset '/{key}' (expected the processed NuGraph layout)")
+    return v
 
 
 def _strings(values) -> tuple[str, ...]:
@@ -141,16 +161,19 @@ def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
     the caller does not need them."""
     planes = _strings(_need(f, "planes"))
     semantic = _strings(_need(f, "semantic_classes"))
-    event_classes = _strings(f["event_classes"][()]) if "event_classes" in f else None
-    samples = {s: _strings(_need(f, f"samples/{s}")) if f"samples/{s}" in f else () for s in SPLITS}
+    event_classes = _read(f, "event_classes")
+    event_classes = _strings(event_classes) if event_classes is not None else None
+    samples = {s: _strings(v) if (v := _read(f, f"samples/{s}")) is not None else () for s in SPLITS}
     if need_samples and not any(samples.values()):
         raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
-    datasize = np.asarray(f["datasize/train"][()]) if "datasize/train" in f else None
+    datasize = _read(f, "datasize/train")
+    datasize = np.asarray(datasize) if datasize is not None else None
     norm = {}
     for p in planes:
-        if not need_norm and f"norm/{p}" not in f:
+        n = _read(f, f"norm/{p}")
+        if n is None and not need_norm:
             continue
-        n = np.asarray(_need(f, f"norm/{p}"))
+        n = np.asarray(_need(f, f"norm/{p}") if n is None else n)
         _check_norm_plane(n, f"{f.filename}: '/norm/{p}'")
         norm[p] = n
     return FileInfo(planes, semantic, event_classes, samples, datasize, norm)
@@ -180,12 +203,9 @@ def read_event(f, name: str, *, planes: Sequence[str] = PLANES, semantic_classes
     """Reads `/dataset/{name}` from an open h5py file; ValueError naming the event, plane and field if
     malformed (`check_record`). A well-formed event NuGraph2 cannot use is returned (`check_event`)."""
     where = f"{f.filename}: event {name!r}"
-    if f"dataset/{name}" not in f:
+    rec = _read(f, f"dataset/{name}", where)
+    if rec is None:
         raise ValueError(f"{where}: missing dataset '/dataset/{name}' (listed in the samples, absent from /dataset)")
-    try:
-        rec = f[f"dataset/{name}"][()]
-    except OSError as e:
-        raise ValueError(f"{where}: cannot be read (truncated or corrupt?): {e}") from None
     if rec.dtype.names is None:
         raise ValueError(f"{where}: expected a compound record, got dtype {rec.dtype}")
     used = set()
@@ -290,9 +310,17 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
         elif split is not None:
             todo = list(info.samples[split])
         else:
-            if "dataset" not in f:
-                raise ValueError(f"{f.filename}: missing group '/dataset'")
-            todo = list(f["dataset"].keys())
+            import h5py
+
+            try:
+                group = f["dataset"] if "dataset" in f else None
+                if not isinstance(group, h5py.Group):
+                    raise ValueError(f"{f.filename}: missing group '/dataset'" + (
+                        f" (got a {type(group).__name__})" if group is not None else ""))
+                todo = list(group.keys())
+            except _H5_ERRORS as e:
+                raise ValueError(f"{f.filename}: group '/dataset' cannot be listed (truncated or corrupt?): "
+                                 f"{e}") from None
         if limit is not None:
             todo = todo[:limit]
         events, skipped = [], {"empty plane": [], "no space points": []}
