@@ -139,3 +139,21 @@ def test_corrupt_bytes_give_a_value_error(tmp_path):
         except ValueError:
             pass
         path.unlink()
+
+
+def test_eval_of_a_file_without_the_model_planes_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """A file whose planes are not the model's (here u and v only): `nugraph eval` stops with an error
+    naming the planes before computing or writing anything (was KeyError 'y' from to_event)."""
+    from jaxinterp import cli
+
+    raws = simulate.simulate(3, seed=21, config=simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5,
+                                                                     max_hits_per_plane=60))
+    two = [r._replace(planes={p: v for p, v in r.planes.items() if p != "y"}) for r in raws]
+    path = hdf5.write_events(tmp_path / "uv.gnn.h5", two, planes=("u", "v"), splits={"test": [r.name for r in two]})
+    with pytest.raises(ValueError, match=r"event 'r1_sr1_evt0': no plane\(s\) \['y'\]"):
+        hdf5.to_event(hdf5.read_events(path, "test").events[0], hdf5.compute_norm(raws))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "eval"
+    assert cli.main(["nugraph", "eval", str(path), "--out", str(out)]) == 2
+    assert "the model takes planes ['u', 'v', 'y']" in capsys.readouterr().err
+    assert not out.exists()

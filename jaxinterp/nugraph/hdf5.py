@@ -339,6 +339,10 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
 
 def to_event(raw: RawEvent, norm: Mapping[str, np.ndarray], *, planes: Sequence[str] = PLANES) -> Event:
     """nugraph's PositionFeatures + FeatureNorm: x = (cat(pos, x) - mean) / std per plane, float32."""
+    missing = [p for p in planes if p not in raw.planes]
+    if missing:
+        raise ValueError(f"event {raw.name!r}: no plane(s) {missing}; the model takes planes {list(planes)}, "
+                         f"the event has {list(raw.planes)}")
     out = {}
     for p in planes:
         rp = raw.planes[p]
