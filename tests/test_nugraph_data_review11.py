@@ -157,3 +157,22 @@ def test_eval_of_a_file_without_the_model_planes_is_a_clear_error(tmp_path, monk
     assert cli.main(["nugraph", "eval", str(path), "--out", str(out)]) == 2
     assert "the model takes planes ['u', 'v', 'y']" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_evaluate_refuses_unlabelled_events_before_predicting(monkeypatch):
+    """An event without y_semantic is refused before the model runs over the whole set (the check came
+    after predict)."""
+    from jaxinterp.nugraph import evaluate, predict
+
+    model = evaluate.load_model()
+    raws = simulate.simulate(2, seed=21, config=simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5,
+                                                                     max_hits_per_plane=60))
+    events = evaluate.to_events(raws, model)
+    events[1] = events[1]._replace(planes={**events[1].planes, "v": events[1].planes["v"]._replace(y_semantic=None)})
+
+    def no_predict(*a, **kw):
+        raise AssertionError("predict ran before the labels were checked")
+
+    monkeypatch.setattr(predict, "predict", no_predict)
+    with pytest.raises(ValueError, match="event 'r1_sr1_evt1', plane 'v' has no y_semantic labels"):
+        evaluate.evaluate(model, events)

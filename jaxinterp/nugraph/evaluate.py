@@ -110,6 +110,10 @@ def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32, pro
     events = list(events)
     if not events:
         raise ValueError("events: expected at least one event to evaluate, got none")
+    for e in events:  # before the model runs over the set (a missing plane is predict's error)
+        for p in model.config.planes:
+            if p in e.planes and e.planes[p].y_semantic is None:
+                raise ValueError(f"events: event {e.name!r}, plane {p!r} has no y_semantic labels to evaluate against")
     preds = predict(model.params, events, config=model.config, batch_size=batch_size, progress=progress)
     # timed again on the first batch, whose buckets are compiled by now: inference alone
     again = events[:batch_size]
@@ -119,10 +123,7 @@ def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32, pro
     counts = metrics.Counts.zeros(model.config.num_classes)
     for e, pr in zip(events, preds):
         for p in model.config.planes:
-            y = e.planes[p].y_semantic
-            if y is None:
-                raise ValueError(f"events: event {e.name!r}, plane {p!r} has no y_semantic labels to evaluate against")
-            counts = counts.add(y, pr.semantic[p], pr.filter[p])
+            counts = counts.add(e.planes[p].y_semantic, pr.semantic[p], pr.filter[p])
     return EvalResult(metrics.compute(counts, model.config.semantic_classes), counts, preds, dt)
 
 
