@@ -30,3 +30,53 @@ def test_bce_gradient_is_torchs_where_the_sigmoid_saturates(jit):
     # directly on probabilities: torch's (p - t) / max(p (1 - p), 1e-12), divided by the 3 real hits
     gp = np.asarray(jax.grad(lambda q: losses.binary_cross_entropy(q, target, mask))(jnp.array([1.0, 0.25, 1.0, 0.0])))
     np.testing.assert_allclose(gp, [0.0, (0.25 / (0.25 * 0.75)) / 3, 1e12 / 3, 0.0], rtol=1e-6)
+
+
+# --- predict: bad input refused before anything runs ---------------------------------------------
+
+from jaxinterp.nugraph import model, predict as predict_mod  # noqa: E402
+from test_nugraph_graph import random_event  # noqa: E402
+
+TINY = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0), TINY))
+
+
+def _no_trace(monkeypatch):
+    def traced(*a, **kw):
+        raise AssertionError("the forward ran")
+    monkeypatch.setattr(predict_mod, "forward", traced)
+
+
+def test_predict_refuses_params_of_another_config_by_name(tiny_params, monkeypatch):
+    # params of a 8/4-feature model with the default (64/16) config failed inside the traced
+    # einsum: "Size of label 'f' for operand 1 (4) does not match previous terms (0)"
+    _no_trace(monkeypatch)
+    events = [random_event(np.random.default_rng(0))]
+    with pytest.raises(ValueError, match=r"predict: params: encoder/u/kernel expected shape \[5, 4, 64\] .*got \[5, 4, 8\]"):
+        predict_mod.predict(tiny_params, events)
+    no_encoder = {k: v for k, v in tiny_params.items() if k != "encoder"}
+    with pytest.raises(ValueError, match=r"missing keys \['encoder'\], unknown keys \[\]"):  # was KeyError 'encoder'
+        predict_mod.predict(no_encoder, events, config=TINY)
+    bad = {**tiny_params, "nexus_net": {**tiny_params["nexus_net"], "nexus_net_1": np.zeros(3)}}
+    with pytest.raises(ValueError, match="nexus_net/nexus_net_1 expected a dict"):
+        predict_mod.predict(bad, events, config=TINY)
+    model.check_params(tiny_params, TINY)  # the right ones pass, numpy or jax
+    model.check_params(jax.tree.map(jnp.asarray, tiny_params), TINY)
+
+
+@pytest.mark.parametrize("batch_size", [2.0, None, True, "4"])
+def test_predict_batch_size_must_be_an_integer(tiny_params, monkeypatch, batch_size):
+    # 2.0 was a TypeError from range(), None one from '<' (BUILD_NOTES' API line shows batch_size=None)
+    _no_trace(monkeypatch)
+    with pytest.raises(ValueError, match="predict: batch_size must be an integer, got"):
+        predict_mod.predict(tiny_params, [random_event(np.random.default_rng(0))], config=TINY, batch_size=batch_size)
+
+
+def test_prepare_of_no_event_without_sizes_names_the_problem():
+    # was numpy's "zero-size array to reduction operation maximum which has no identity"
+    with pytest.raises(ValueError, match="prepare: events must hold at least one Event"):
+        predict_mod.prepare([], config=TINY)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +107,29 @@ def param_shapes(config: NuGraph2Config) -> dict[str, Any]:
         "semantic_decoder": {"temp": (), **{p: cl(F, 1) for p in config.planes}},
         "filter_decoder": {"temp": (), **{p: {"kernel": (C, F), "bias": ()} for p in config.planes}},
     }
+
+
+def check_params(params: Params, config: NuGraph2Config, *, where: str = "params") -> None:
+    """ValueError naming the first entry of `params` that is missing, unknown or not of
+    `param_shapes(config)`'s shape (params of another width or class count than `config`'s)."""
+
+    def walk(want, got, path):
+        name = "/".join(path) or "the root"
+        if isinstance(want, tuple):
+            shape = tuple(np.shape(got))
+            if shape != want:
+                raise ValueError(f"{where}: {name} expected shape {list(want)} for {config}, got {list(shape)}")
+            return
+        if not isinstance(got, Mapping):
+            raise ValueError(f"{where}: {name} expected a dict with keys {sorted(want)}, got {type(got).__name__}")
+        missing, unknown = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        if missing or unknown:
+            raise ValueError(f"{where}: {name} does not match NuGraph2 {config}: missing keys {missing}, "
+                             f"unknown keys {unknown}")
+        for k in want:
+            walk(want[k], got[k], path + (k,))
+
+    walk(param_shapes(config), params, ())
 
 
 def init(rng: jax.Array, config: NuGraph2Config = NuGraph2Config(), *, dtype=jnp.float32) -> Params:

@@ -31,7 +31,7 @@ import numpy as np
 from jaxinterp import parallel
 from jaxinterp.nugraph import graph
 from jaxinterp.nugraph.event import Event
-from jaxinterp.nugraph.model import NuGraph2Config, Params, apply, cpu_compiler_options
+from jaxinterp.nugraph.model import NuGraph2Config, Params, apply, check_params, cpu_compiler_options
 
 _trace_count = [0]  # incremented each time the forward is traced (tests: no recompilation)
 
@@ -67,6 +67,8 @@ def _needed_sizes(events: Sequence[Event], devices: int, planes: tuple[str, ...]
     """The bucketed sizes each device's union must hold: the whole chunk's on one device, else the
     element-wise largest of its per-device groups."""
     groups = graph.split_events(events, devices) if devices > 1 else [events]
+    if not any(groups):
+        raise ValueError("prepare: events must hold at least one Event (or give sizes), got an empty list")
     return graph.BatchSizes(*np.max(np.array([graph.pick_sizes(g, planes=planes) for g in groups if g]), axis=0))
 
 
@@ -106,14 +108,18 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
             batch_size: int = 32, mesh=None, progress: bool = False) -> list[Prediction]:
     """Runs NuGraph2 on `events` (any number), `batch_size` events per jitted call.
 
-    Every event is validated first (a ValueError names the event, plane and field). Returns one
-    Prediction per event, in order. `progress`: a tqdm bar over the events (stderr).
+    Every event is validated first (a ValueError names the event, plane and field), and params
+    against `config` (a ValueError names the entry). Returns one Prediction per event, in order.
+    `progress`: a tqdm bar over the events (stderr).
     """
     from tqdm import tqdm
 
     events = list(events)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise ValueError(f"predict: batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
     if batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    check_params(params, config, where="predict: params")
     for e in events:
         if not isinstance(e, Event):
             raise ValueError(f"predict: events must be Event tuples, got {type(e).__name__}")
