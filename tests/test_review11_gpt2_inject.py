@@ -132,3 +132,26 @@ def test_injection_inputs_that_were_clamped_or_nan(tiny_processed):
         inject_logits(params, tokens[None], np.ones(config.n_embd), config=config, layer=True, tau=1.0)
     with pytest.raises(ValueError, match="layers: layer True out of range"):
         sweep(params, [tokens], np.zeros((1, config.n_embd)), [True], [1.0], config=config, answers=[3])
+
+
+def test_sweep_of_a_float64_config_computes_in_float64():
+    """The sweep stacked every weight as float32 whatever the config: a float64 model (x64 on) was swept
+    in float32, 5e-7 off its own float64 forward. Now the grid equals one float64 run per cell up to the
+    float32 rounding of the stored probabilities (0 measured)."""
+    from jaxinterp.inject.memory import inject_logits, memory_vectors
+
+    with jax.enable_x64(True):
+        params, config = load_gpt2(TINY_GPT2, dtype="float64", process_weights=True)
+        rng = np.random.default_rng(0)
+        prompts = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (4, 9, 6)]
+        answers = rng.integers(1, 97, size=3)
+        mems = memory_vectors(params, [rng.integers(1, 97, size=k) for k in (1, 3, 2)], config=config)
+        res = sweep(params, prompts, mems, None, [1.0, 7.5], config=config, answers=answers)
+        for i, tok in enumerate(prompts):
+            p = jax.nn.softmax(gpt2.forward(params, tok[None], config=config)[0, -1])[answers[i]]
+            np.testing.assert_allclose(res.p_before[i], np.float32(p), rtol=1e-7)
+            for li, layer in enumerate(res.layers):
+                for ti, tau in enumerate(res.taus):
+                    logits = inject_logits(params, tok[None], mems[i], config=config, layer=int(layer), tau=float(tau))
+                    p = jax.nn.softmax(logits[0, -1])[answers[i]]
+                    np.testing.assert_allclose(res.p_after[li, ti, i], np.float32(p), rtol=1e-7)

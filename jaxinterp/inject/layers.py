@@ -45,7 +45,9 @@ class Stacked(NamedTuple):
 
 
 def stack(params: dict, config: GPT2Config) -> Stacked:
-    """Stacks the per-block params `h_{i}` (works on arrays and on tracers)."""
+    """Stacks the per-block params `h_{i}` (works on arrays and on tracers), in float32 (float64 for a
+    float64 config, which would otherwise be swept in float32)."""
+    dt = config.compute_dtype
     h = [params[f"h_{i}"] for i in range(config.n_layer)]
 
     def s(*path):
@@ -54,20 +56,20 @@ def stack(params: dict, config: GPT2Config) -> Stacked:
             x = blk
             for p in path:
                 x = x[p]
-            out.append(jnp.asarray(x, jnp.float32))
+            out.append(jnp.asarray(x, dt))
         return jnp.stack(out)
 
     if config.tie_word_embeddings:
-        w_u = jnp.asarray(params["wte"]["embedding"], jnp.float32).T
-        b_u = jnp.zeros((config.vocab_size,), jnp.float32)
+        w_u = jnp.asarray(params["wte"]["embedding"], dt).T
+        b_u = jnp.zeros((config.vocab_size,), dt)
     else:
         w_u, b_u = params["lm_head"]["kernel"], params["lm_head"]["bias"]
     return Stacked(
         s("ln_1", "scale"), s("ln_1", "bias"), s("attn", "c_attn", "kernel"), s("attn", "c_attn", "bias"),
         s("attn", "c_proj", "kernel"), s("attn", "c_proj", "bias"), s("ln_2", "scale"), s("ln_2", "bias"),
         s("mlp", "c_fc", "kernel"), s("mlp", "c_fc", "bias"), s("mlp", "c_proj", "kernel"), s("mlp", "c_proj", "bias"),
-        params["ln_f"]["scale"], params["ln_f"]["bias"], jnp.asarray(w_u, jnp.float32), jnp.asarray(b_u, jnp.float32),
-        params["wte"]["embedding"], params["wpe"]["embedding"])
+        jnp.asarray(params["ln_f"]["scale"], dt), jnp.asarray(params["ln_f"]["bias"], dt), jnp.asarray(w_u, dt),
+        jnp.asarray(b_u, dt), jnp.asarray(params["wte"]["embedding"], dt), jnp.asarray(params["wpe"]["embedding"], dt))
 
 
 def layer(w: Stacked, i: Array | int) -> Stacked:
