@@ -176,3 +176,22 @@ def test_evaluate_refuses_unlabelled_events_before_predicting(monkeypatch):
     monkeypatch.setattr(predict, "predict", no_predict)
     with pytest.raises(ValueError, match="event 'r1_sr1_evt1', plane 'v' has no y_semantic labels"):
         evaluate.evaluate(model, events)
+
+
+def test_training_padding_does_not_depend_on_the_validation_events(varied, tmp_path, monkeypatch):
+    """--limit-val is not part of a run's settings (run.json), so a run may resume with another; the
+    training batches' padding (hence their rounding) must not move with it. The size ratios came from
+    the training and validation events together: here the validation events raise the overflow-edge
+    ratio from 0.25 to 0.80 per hit, and a run resumed with --limit-val 0 padded its batches smaller."""
+    tc = train.TrainConfig(epochs=2, batch_size=2, checkpoint_every=100, eval_batch_size=8)
+    val = {e.name for e in hdf5.read_events(varied, "validation").events}
+    straight, resumed = [], []
+    log = _record_padding(monkeypatch)
+    log["calls"] = straight
+    train.train(varied, tmp_path / "straight", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    log["calls"] = resumed
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, max_steps=5, progress=False,
+                log=lambda s: None)
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, limit_val=0, progress=False,
+                log=lambda s: None)
+    assert [c for c in resumed if not set(c[0]) & val] == [c for c in straight if not set(c[0]) & val]

@@ -20,7 +20,6 @@ model.npz + model.json (the final params and what `load_model` needs: config and
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -354,10 +353,11 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     # gives params 2e-7 apart after one step), so a size picked from the sizes seen so far (shared
     # with validation) padded a resumed run's batches otherwise than the uninterrupted run's. Every
     # batch of every epoch (its order drawn from (seed, epoch)) fits one reserved size: one
-    # compilation; validation keeps sizes of its own, reserved for its fixed batches alike.
-    policy = SizePolicy(train_ev + val_ev, model_config.planes)
-    val_policy = copy.copy(policy)
-    val_policy.used = set()
+    # compilation; validation keeps sizes of its own, reserved for its fixed batches alike. The
+    # training sizes' ratios come from the training events alone (the validation events, which a
+    # resume may limit otherwise, would move them).
+    policy = SizePolicy(train_ev, model_config.planes)
+    val_policy = SizePolicy(val_ev, model_config.planes) if val_ev else None
     policy.reserve([[train_ev[i] for i in b] for epoch in range(config.epochs)
                     for b in balanced_batches(sizes_bytes, config.batch_size, config.balance_frac,
                                               np.random.default_rng([config.seed, epoch]))])
