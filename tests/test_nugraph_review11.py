@@ -80,3 +80,52 @@ def test_prepare_of_no_event_without_sizes_names_the_problem():
     # was numpy's "zero-size array to reduction operation maximum which has no identity"
     with pytest.raises(ValueError, match="prepare: events must hold at least one Event"):
         predict_mod.prepare([], config=TINY)
+
+
+# --- widen and official checkpoints: bad input refused by name ------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from jaxinterp import torch_pickle  # noqa: E402
+from jaxinterp.nugraph import checkpoint, widen  # noqa: E402
+
+CKPT = Path(__file__).parent / "fixtures" / "nugraph2_reference.ckpt"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"noise": float("nan")}, "noise must be a finite number >= 0, got nan"),  # was: every widened kernel NaN
+    ({"noise": float("inf")}, "noise must be a finite number >= 0, got inf"),
+    ({"factor": 2.0}, "factor must be an integer >= 1, got 2.0"),  # was a TypeError from np.tile
+    ({"factor": 1.5}, "factor must be an integer >= 1, got 1.5"),
+])
+def test_widen_refuses_non_finite_noise_and_fractional_factor(tiny_params, kw, message):
+    with pytest.raises(ValueError, match=message):
+        widen.widen(tiny_params, TINY, **kw)
+
+
+@pytest.fixture(scope="module")
+def official_ckpt():
+    return torch_pickle.load(CKPT)
+
+
+def _load_with_hparams(monkeypatch, ckpt, **hp):
+    edited = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], **hp}}
+    monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path: edited)
+    return checkpoint.load_official_checkpoint(CKPT)
+
+
+def test_official_checkpoint_names_given_as_tuples_load(monkeypatch, official_ckpt):
+    # a model built with planes=('u', 'v', 'y') pickles a tuple: int(tuple) raised a TypeError
+    got = _load_with_hparams(monkeypatch, official_ckpt, planes=("u", "v", "y"),
+                             semantic_classes=("MIP", "HIP", "shower", "michel", "diffuse"), planar_features=64.0)
+    assert got.config == model.NuGraph2Config()
+
+
+@pytest.mark.parametrize("hp, message", [
+    ({"planes": "uvy"}, r"hyper_parameters\['planes'\] must be a list of names, got 'uvy'"),  # was int('uvy')
+    ({"planar_features": [64]}, r"hyper_parameters\['planar_features'\] must be a positive integer, got \[64\]"),
+    ({"num_iters": 2.5}, r"hyper_parameters\['num_iters'\] must be a positive integer, got 2.5"),  # was 2 silently
+])
+def test_official_checkpoint_bad_hyper_parameters_are_named(monkeypatch, official_ckpt, hp, message):
+    with pytest.raises(ValueError, match=message):
+        _load_with_hparams(monkeypatch, official_ckpt, **hp)

@@ -133,6 +133,23 @@ class OfficialCheckpoint(NamedTuple):
 _CONFIG_KEYS = ("in_features", "planar_features", "nexus_features", "num_iters", "planes", "semantic_classes")
 
 
+def _config_value(path, key: str, value):
+    """A NuGraph2Config field from the checkpoint's hyper_parameters: names as a tuple (the model
+    may have been built with a list or a tuple), sizes as an int; anything else a ValueError."""
+    if key in ("planes", "semantic_classes"):
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"{path}: hyper_parameters[{key!r}] must be a list of names, got {value!r}")
+    try:  # 64, 64.0 or "64" as before; not 64.5, True, a list
+        n = int(value)
+        ok = not isinstance(value, bool) and n >= 1 and (n == value or str(value).strip() == str(n))
+    except (TypeError, ValueError):
+        ok = False
+    if ok:
+        return n
+    raise ValueError(f"{path}: hyper_parameters[{key!r}] must be a positive integer, got {value!r}")
+
+
 def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialCheckpoint:
     """Reads an official NuGraph2 PyTorch Lightning `.ckpt` (without torch) into params and config."""
     obj = torch_pickle.load(path)
@@ -143,8 +160,7 @@ def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialC
         if head in hp and not hp[head]:
             raise ValueError(f"{path}: hyper_parameters[{head!r}] is False; jaxinterp's NuGraph2 needs "
                              f"both the semantic and the filter heads")
-    kwargs = {k: (tuple(hp[k]) if isinstance(hp[k], list) else int(hp[k])) for k in _CONFIG_KEYS if k in hp}
-    config = NuGraph2Config(**kwargs)
+    config = NuGraph2Config(**{k: _config_value(path, k, hp[k]) for k in _CONFIG_KEYS if k in hp})
     try:
         params = from_official(obj["state_dict"], config, dtype=dtype)
     except ValueError as e:

@@ -25,10 +25,10 @@ def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: flo
     noise = 0 gives exactly the same outputs (up to float rounding); a few percent breaks the copies'
     symmetry for training.
     """
-    if factor < 1:
-        raise ValueError(f"widen: factor must be >= 1, got {factor}")
-    if noise < 0:
-        raise ValueError(f"widen: noise must be >= 0, got {noise}")
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"widen: factor must be an integer >= 1, got {factor!r}")
+    if not isinstance(noise, (int, float, np.integer, np.floating)) or not 0 <= noise < np.inf:
+        raise ValueError(f"widen: noise must be a finite number >= 0, got {noise!r}")  # NaN: NaN params
     got = _shapes(params)
     if got != param_shapes(config):
         raise ValueError(f"widen: params do not have the shapes of {config}")
