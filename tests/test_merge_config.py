@@ -183,6 +183,27 @@ def test_truncated_checkpoint_is_an_error_and_writes_nothing(ckpts, tmp_path):
     assert not (tmp_path / "out").exists()  # found from the headers, before the output folder
 
 
+def test_a_file_cut_short_after_its_header_was_read_is_an_error_not_a_crash(ckpts, tmp_path):
+    """Inputs are memory-mapped a tensor at a time; a file truncated after the headers were checked
+    (another process rewriting it) would fault on the mapping (SIGBUS kills the process). The reader
+    checks the size before each mapping."""
+    import shutil
+
+    src = tmp_path / "m"
+    shutil.copytree(ckpts[0], src)
+    index = checkpoint.read_index(str(src))
+    readers = checkpoint._Readers()
+    name = max(index, key=lambda n: int(np.prod(index[n].shape)))
+    whole = readers.get(index[name], name)
+    np.testing.assert_array_equal(whole, load_file(str(ckpts[0] / "model.safetensors"))[name])
+    with open(src / "model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 4)
+    last = max(index, key=lambda n: readers._open[index[n].file][2][n]["data_offsets"][1])
+    with pytest.raises(ValueError, match=f"tensor {last} is truncated"):
+        readers.get(index[last], last)
+    readers.close()
+
+
 @pytest.mark.parametrize("method", ["task_arithmetic", "slerp"])
 def test_mixed_dtypes_merge_in_the_widest(ckpts, tmp_path, method):
     """A float32 base with a bfloat16 fine-tune (no dtype configured): the merge computes in float32,
