@@ -155,3 +155,15 @@ def test_sweep_of_a_float64_config_computes_in_float64():
                     logits = inject_logits(params, tok[None], mems[i], config=config, layer=int(layer), tau=float(tau))
                     p = jax.nn.softmax(logits[0, -1])[answers[i]]
                     np.testing.assert_allclose(res.p_after[li, ti, i], np.float32(p), rtol=1e-7)
+
+
+def test_sweep_positions_must_be_integer_indices(tiny_processed):
+    """`sweep` takes position indices while `injection` takes [P] boolean masks: a mask given to the sweep
+    was read as indices (False, False, False, True -> positions 0, 0, 0, 1), and 2.7 was truncated to 2."""
+    params, config = tiny_processed
+    mem = np.ones((1, config.n_embd), np.float32)
+    for pos in (np.array([False, False, False, True]), [2.7], [[3]]):
+        with pytest.raises(ValueError, match="positions: row 0: expected a list of integer positions"):
+            sweep(params, [[0, 5, 6, 7]], mem, [1], [5.0], config=config, answers=[3], positions=[pos])
+    none = sweep(params, [[0, 5, 6, 7]], mem, [1], [5.0], config=config, answers=[3], positions=[[]])
+    assert none.p_after[0, 0, 0] == pytest.approx(none.p_before[0], rel=1e-6)  # no position: no injection

@@ -204,6 +204,12 @@ def _positions_mask(positions, seqs: list[np.ndarray]) -> list[np.ndarray]:
         raise ValueError(f"positions: expected one list per prompt ({len(seqs)}), got {len(positions)}")
     out = []
     for i, (pos, s) in enumerate(zip(positions, seqs)):
+        arr = np.asarray(pos)
+        if arr.size and (arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer)):
+            # Indices, unlike the [P] boolean masks of `injection`: a mask [F, F, F, T] read as indices
+            # injected at positions 0 and 1, and 2.7 became 2.
+            raise ValueError(f"positions: row {i}: expected a list of integer positions (indices into the "
+                             f"prompt), got {arr.dtype} values of shape {list(arr.shape)}")
         w = np.zeros(len(s), np.float32)
         for p in pos:
             if not -len(s) <= int(p) < len(s):
