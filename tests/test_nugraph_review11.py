@@ -129,3 +129,14 @@ def test_official_checkpoint_names_given_as_tuples_load(monkeypatch, official_ck
 def test_official_checkpoint_bad_hyper_parameters_are_named(monkeypatch, official_ckpt, hp, message):
     with pytest.raises(ValueError, match=message):
         _load_with_hparams(monkeypatch, official_ckpt, **hp)
+
+
+def test_load_params_of_a_file_or_a_folder_without_a_checkpoint_is_a_value_error(tmp_path):
+    # were NotADirectoryError and AttributeError ('NoneType' object has no attribute 'tree')
+    (tmp_path / "params.npz").write_bytes(b"not orbax")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="load_params: expected an orbax checkpoint folder .*got the file"):
+        checkpoint.load_params(tmp_path / "params.npz")
+    with pytest.raises(ValueError, match="load_params: expected an orbax checkpoint folder .*a folder that holds none"):
+        checkpoint.load_params(tmp_path / "run", config=TINY)

@@ -218,12 +218,18 @@ def load_params(path: str | Path, *, config: NuGraph2Config | None = None) -> Pa
     path = Path(path).absolute()
     if not path.exists():
         raise ValueError(f"load_params: no checkpoint at {path}")
+    if not path.is_dir():
+        raise ValueError(f"load_params: expected an orbax checkpoint folder (as save_params writes), got the file {path}")
     ckptr = ocp.PyTreeCheckpointer()
+    meta = ckptr.metadata(path)
+    if meta is None or getattr(meta, "item_metadata", None) is None:
+        raise ValueError(f"load_params: expected an orbax checkpoint folder (as save_params writes), got {path}, "
+                         f"a folder that holds none")
     # Restore onto this process's first device, as the arrays were saved (one host, no mesh):
     # naming the sharding keeps orbax from guessing it from the saved topology.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          ckptr.metadata(path).item_metadata.tree)
+                          meta.item_metadata.tree)
     params = ckptr.restore(path, args=ocp.args.PyTreeRestore(
         restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
     if config is not None:
