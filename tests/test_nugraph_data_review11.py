@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -195,3 +196,32 @@ def test_training_padding_does_not_depend_on_the_validation_events(varied, tmp_p
     train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, limit_val=0, progress=False,
                 log=lambda s: None)
     assert [c for c in resumed if not set(c[0]) & val] == [c for c in straight if not set(c[0]) & val]
+
+
+def test_resume_on_other_data_under_the_same_file_name_is_refused(tmp_path, monkeypatch):
+    """run.json held the file's name and its number of training events, so a file simulated again
+    under the same name (another seed, same events count and names) resumed the run silently on other
+    data; the training events' content is now part of the run's settings."""
+    _record_padding(monkeypatch)
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    path = tmp_path / "sim.gnn.h5"
+    tc = train.TrainConfig(epochs=1, batch_size=2, checkpoint_every=1, eval_batch_size=8)
+
+    def write(seed):
+        raws = simulate.simulate(5, seed=seed, config=cfg)
+        names = [e.name for e in raws]
+        hdf5.write_events(path, raws, splits={"train": names[:4], "validation": names[4:], "test": []})
+
+    write(21)
+    train.train(path, tmp_path / "run", config=tc, model_config=TINY, max_steps=1, progress=False, log=lambda s: None)
+    write(21)  # the same data written again: resumes
+    train.train(path, tmp_path / "run", config=tc, model_config=TINY, max_steps=1, progress=False, log=lambda s: None)
+    write(22)
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        train.train(path, tmp_path / "run", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    # a run.json written before the digest existed still resumes (on the file's name, as before)
+    desc = json.loads((tmp_path / "run" / "run.json").read_text())
+    del desc["train_data_sha256"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(desc))
+    assert train.train(path, tmp_path / "run", config=tc, model_config=TINY, progress=False,
+                       log=lambda s: None).finished

@@ -283,6 +283,26 @@ def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dic
 # The driver
 
 
+def _events_digest(events: Sequence[Event], planes: tuple[str, ...]) -> str:
+    """sha256 of what training reads from the events (names, normalised features, edges, labels, space
+    points): run.json keeps it, so a resume on other data under the same file name is refused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in events:
+        h.update(f"{e.name}\0{e.num_sp}\0".encode())
+        for p in planes:
+            hits = e.planes[p]
+            for a in (hits.x, hits.edge_index_plane, hits.edge_index_nexus, hits.y_semantic):
+                if a is None:  # no labels
+                    h.update(b"None")
+                    continue
+                a = np.ascontiguousarray(a)
+                h.update(f"{a.dtype.str}{a.shape}".encode())
+                h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainConfig(),
           model_config: NuGraph2Config = NuGraph2Config(), max_steps: int | None = None,
           limit_train: int | None = None, limit_val: int | None = None, progress: bool = True,
@@ -323,13 +343,16 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                          "(batches drop the last)")
     total = nb * config.epochs
     run_desc = {"train_config": dataclasses.asdict(config), "model_config": dataclasses.asdict(model_config),
-                "file": str(Path(path).name), "train_events": len(train_ev)}
+                "file": str(Path(path).name), "train_events": len(train_ev),
+                "train_data_sha256": _events_digest(train_ev, model_config.planes)}
     if init_params is not None:
         run_desc["init"] = init_name or "given params"
     out_dir.mkdir(parents=True, exist_ok=True)
     run_json = out_dir / "run.json"
     if run_json.exists():
         before = json.loads(run_json.read_text())
+        if "train_data_sha256" not in before:  # run.json of a run begun before the digest existed
+            run_desc.pop("train_data_sha256")
         if before != json.loads(json.dumps(run_desc)):
             raise ValueError(f"out_dir: {out_dir} holds a run with other settings ({before}); "
                              "use a new --out folder, or the same settings to resume")
