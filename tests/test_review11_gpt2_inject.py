@@ -167,3 +167,16 @@ def test_sweep_positions_must_be_integer_indices(tiny_processed):
             sweep(params, [[0, 5, 6, 7]], mem, [1], [5.0], config=config, answers=[3], positions=[pos])
     none = sweep(params, [[0, 5, 6, 7]], mem, [1], [5.0], config=config, answers=[3], positions=[[]])
     assert none.p_after[0, 0, 0] == pytest.approx(none.p_before[0], rel=1e-6)  # no position: no injection
+
+
+def test_load_prompts_refuses_a_limit_below_one(tmp_path):
+    """limit=-2 sliced rows[1:-1]: every row but the last two, silently; 0 said 'no data rows'."""
+    from jaxinterp.inject.data import load_prompts
+
+    path = tmp_path / "p.csv"
+    rows = ["explicit_sentence,obscure_sentence,explicit_entity,answer"] + [f"e{i},o{i},m{i},a{i}" for i in range(5)]
+    path.write_text("\n".join(rows) + "\n")
+    assert len(load_prompts(path, limit=3).answer) == 3
+    for limit in (-2, 0, 1.5):
+        with pytest.raises(ValueError, match=rf"limit: expected a positive number of rows \(or None for all\), got {limit}"):
+            load_prompts(path, limit=limit)
