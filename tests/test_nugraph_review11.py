@@ -34,7 +34,7 @@ def test_bce_gradient_is_torchs_where_the_sigmoid_saturates(jit):
 
 # --- predict: bad input refused before anything runs ---------------------------------------------
 
-from jaxinterp.nugraph import model, predict as predict_mod  # noqa: E402
+from jaxinterp.nugraph import graph, model, predict as predict_mod  # noqa: E402
 from test_nugraph_graph import random_event  # noqa: E402
 
 TINY = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
@@ -140,3 +140,21 @@ def test_load_params_of_a_file_or_a_folder_without_a_checkpoint_is_a_value_error
         checkpoint.load_params(tmp_path / "params.npz")
     with pytest.raises(ValueError, match="load_params: expected an orbax checkpoint folder .*a folder that holds none"):
         checkpoint.load_params(tmp_path / "run", config=TINY)
+
+
+def test_predict_keeps_float64_inputs_with_float64_params():
+    # predict padded every event's features as float32 whatever the params: with float64 params
+    # (jax_enable_x64) the official fixtures came out 2.8e-10 off instead of 1e-16
+    rng = np.random.default_rng(4)
+    e = random_event(rng, (9, 6, 11), 4, "d")
+    e = e._replace(planes={p: h._replace(x=rng.normal(size=h.x.shape)) for p, h in e.planes.items()})  # not float32
+    with jax.enable_x64(True):
+        params = model.init(jax.random.PRNGKey(2), TINY, dtype=jnp.float64)
+        pred, = predict_mod.predict(params, [e], config=TINY)
+        out = jax.jit(lambda b: model.apply(params, b, config=TINY),
+                      compiler_options={"xla_backend_optimization_level": 0})(graph.pad_batch([e], dtype=np.float64))
+        for pi, p in enumerate(e.planes):
+            n = e.planes[p].x.shape[0]
+            assert pred.filter[p].dtype == np.float64
+            np.testing.assert_allclose(pred.filter[p], out.x_filter[pi, :n], rtol=0, atol=1e-13)
+            np.testing.assert_allclose(pred.semantic[p], jax.nn.softmax(out.x_semantic[pi, :n]), rtol=0, atol=1e-13)

@@ -126,6 +126,9 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
         graph.validate(e, planes=config.planes)
     mesh = parallel.make_mesh() if mesh is None else mesh
     params = parallel.replicate(jax.tree.map(jnp.asarray, params), mesh)
+    # hits padded in the params' precision (at least float32): float64 params (jax_enable_x64)
+    # computed on features rounded to float32 were 3e-10 off the official float64 outputs
+    dtype = np.dtype(jnp.promote_types(jnp.float32, jnp.result_type(*jax.tree.leaves(params))))
     fn = forward(config)
     results: list[Prediction] = []
     d = mesh.devices.size
@@ -153,7 +156,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     pending = None
     bar = tqdm(total=len(events), desc="NuGraph2", unit="event", disable=not progress)
     for chunk, size in zip(chunks, sizes):
-        out = fn(params, prepare(chunk, config=config, mesh=mesh, sizes=size, check=False))
+        out = fn(params, prepare(chunk, config=config, mesh=mesh, dtype=dtype, sizes=size, check=False))
         if pending is not None:
             collect(*pending)
             bar.update(len(pending[0]))
