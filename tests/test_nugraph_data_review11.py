@@ -225,3 +225,30 @@ def test_resume_on_other_data_under_the_same_file_name_is_refused(tmp_path, monk
     (tmp_path / "run" / "run.json").write_text(json.dumps(desc))
     assert train.train(path, tmp_path / "run", config=tc, model_config=TINY, progress=False,
                        log=lambda s: None).finished
+
+
+def _with_classes(tmp_path, classes):
+    path = tmp_path / "classes.gnn.h5"
+    shutil.copy(FIXTURE, path)
+    with h5py.File(path, "r+") as f:
+        del f["semantic_classes"]
+        f.create_dataset("semantic_classes", data=np.array(classes, dtype=object), dtype=h5py.string_dtype("utf-8"))
+    return path
+
+
+def test_eval_and_train_refuse_a_file_of_other_semantic_classes(tmp_path, monkeypatch, capsys):
+    """Labels are indices into the file's /semantic_classes, the model's outputs into its own: a file
+    listing the classes in another order was evaluated (and trained on) silently, every per-class
+    figure under another class's name. Both commands now refuse it before computing or writing."""
+    from jaxinterp import cli
+
+    swapped = _with_classes(tmp_path, ["HIP", "MIP", "shower", "michel", "diffuse"])
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "eval"
+    assert cli.main(["nugraph", "eval", str(swapped), "--split", "all", "--out", str(out)]) == 2
+    assert "semantic classes ['HIP', 'MIP', 'shower', 'michel', 'diffuse']" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"semantic classes \['HIP', 'MIP'"):
+        train.train(swapped, tmp_path / "run", config=train.TrainConfig(batch_size=2), model_config=TINY,
+                    progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()

@@ -168,6 +168,11 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
 def run_cli(args) -> EvalResult:
     model = load_model(args.params)
     split = None if args.split == "all" else args.split
+    info = hdf5.read_info(args.file, need_samples=split is not None, need_norm=False)
+    if tuple(info.semantic_classes) != tuple(model.config.semantic_classes):
+        # labels index the file's list, predictions the model's: per-class figures would swap names
+        raise ValueError(f"file: {args.file} has semantic classes {list(info.semantic_classes)}, the model "
+                         f"predicts {list(model.config.semantic_classes)} (the same names in the same order expected)")
     res = hdf5.read_events(args.file, split, limit=args.limit)
     events = to_events(res.events, model)
     print(f"{args.split}: {len(events)} events ({res.skipped_line()})")

@@ -328,6 +328,9 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                              "got a tree of other names or shapes")
     if tuple(info.planes) != tuple(model_config.planes):
         raise ValueError(f"path: the file's planes {list(info.planes)} differ from the model's {list(model_config.planes)}")
+    if tuple(info.semantic_classes) != tuple(model_config.semantic_classes):  # labels index the file's list
+        raise ValueError(f"path: the file's semantic classes {list(info.semantic_classes)} differ from the model's "
+                         f"{list(model_config.semantic_classes)} (the same names in the same order expected)")
     train_ev, train_res = hdf5.load_events(path, "train", limit=limit_train)
     val_ev, val_res = hdf5.load_events(path, "validation", limit=limit_val)
     log(f"train: {len(train_ev)} events ({train_res.skipped_line()}); "
