@@ -180,3 +180,12 @@ def test_load_prompts_refuses_a_limit_below_one(tmp_path):
     for limit in (-2, 0, 1.5):
         with pytest.raises(ValueError, match=rf"limit: expected a positive number of rows \(or None for all\), got {limit}"):
             load_prompts(path, limit=limit)
+
+
+def test_sweep_refuses_a_memory_that_is_not_finite(tiny_processed):
+    """A NaN in one memory gave NaN for every cell of that prompt (and NaN mean/median grids)."""
+    params, config = tiny_processed
+    mems = np.ones((2, config.n_embd), np.float32)
+    mems[1, 3] = np.nan
+    with pytest.raises(ValueError, match="memories: expected finite values, got NaN or inf in the memory of row 1"):
+        sweep(params, [[0, 5, 6], [0, 7, 8]], mems, [1], [2.0], config=config, answers=[3, 4])

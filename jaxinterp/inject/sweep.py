@@ -277,6 +277,9 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
             or memories.shape[2] != config.n_embd:
         raise ValueError(f"memories: expected shape [{N}, {config.n_embd}] or [{N}, {config.n_layer}, {config.n_embd}], "
                          f"got {list(memories.shape)}")
+    bad = np.nonzero(~np.isfinite(memories).all(axis=(1, 2)))[0]
+    if bad.size:  # a NaN memory made that prompt's every cell NaN, and the aggregates with it
+        raise ValueError(f"memories: expected finite values, got NaN or inf in the memory of row {int(bad[0])}")
     memories = np.broadcast_to(memories, (N, config.n_layer, config.n_embd))
     answers = np.asarray(answers)
     if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
