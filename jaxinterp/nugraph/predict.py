@@ -119,11 +119,11 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
         raise ValueError(f"predict: batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
     if batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-    check_params(params, config, where="predict: params")
     for e in events:
         if not isinstance(e, Event):
             raise ValueError(f"predict: events must be Event tuples, got {type(e).__name__}")
         graph.validate(e, planes=config.planes)
+    check_params(params, config, where="predict: params")
     mesh = parallel.make_mesh() if mesh is None else mesh
     params = parallel.replicate(jax.tree.map(jnp.asarray, params), mesh)
     # hits padded in the params' precision (at least float32): float64 params (jax_enable_x64)
