@@ -252,3 +252,22 @@ def test_eval_and_train_refuse_a_file_of_other_semantic_classes(tmp_path, monkey
         train.train(swapped, tmp_path / "run", config=train.TrainConfig(batch_size=2), model_config=TINY,
                     progress=False, log=lambda s: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("batch_size", 0), ("batch_size", 2.5), ("lr", 0.0), ("lr", float("nan")), ("weight_decay", -0.1),
+    ("balance_frac", 1.5), ("seed", -1), ("checkpoint_every", 0), ("eval_batch_size", 0)])
+def test_bad_train_config_names_the_field(field, value):
+    """TrainConfig took any value: checkpoint_every=0 died of ZeroDivisionError after the first step,
+    with run.json written; epochs=0 saved the untrained params as a finished model; eval_batch_size=0
+    failed in range(). Each is now a ValueError naming the field, before anything runs."""
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}: expected"):
+        train.TrainConfig(**{field: value})
+
+
+def test_train_config_zero_checkpoint_every_used_to_fail_after_writing(varied, tmp_path, monkeypatch):
+    _record_padding(monkeypatch)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train.train(varied, tmp_path / "run", config=train.TrainConfig(batch_size=2, checkpoint_every=0),
+                    model_config=TINY, progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()

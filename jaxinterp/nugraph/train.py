@@ -49,6 +49,25 @@ class TrainConfig:
     checkpoint_every: int = 50  # steps
     eval_batch_size: int = 32
 
+    def __post_init__(self):
+        """ValueError naming the field for a setting training cannot use (checked before anything runs)."""
+        def need(ok: bool, field: str, expected: str):
+            if not ok:
+                raise ValueError(f"TrainConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        def integer(v) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def finite(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+        for field in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
+            need(integer(getattr(self, field)) and getattr(self, field) >= 1, field, "a positive integer")
+        need(integer(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
+        need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number")
+        need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a non-negative finite number")
+        need(finite(self.balance_frac) and 0 <= self.balance_frac <= 1, "balance_frac", "a fraction in [0, 1]")
+
 
 class TrainResult(NamedTuple):
     params: dict
