@@ -156,28 +156,35 @@ def check_names(spec: MethodSpec, settings: Mapping[str, Any] | None, where: str
 def resolve(spec: MethodSpec, *, tensor_name: str, t: float, global_params: Mapping[str, Any] | None,
             model_params: Sequence[Mapping[str, Any] | None], base_index: int | None,
             model_names: Sequence[str] | None = None, slice_params: Mapping[str, Any] | None = None,
-            slice_where: str = "slice.parameters") -> tuple[dict, list[dict]]:
+            slice_where: str = "slice.parameters",
+            input_names: Sequence[str] | None = None) -> tuple[dict, list[dict]]:
     """(shared values, per-input values) for one tensor; inputs in order, base at base_index.
-    `slice_params` (the `slices:` form) sit between a model's own and the global ones."""
+    `slice_params` (the `slices:` form) sit between a model's own and the global ones.
+
+    As mergekit's `resolve_parameters`: shared values are read for the output `tensor_name`, each
+    input's for the name of the tensor read from that input (`input_names`, default the output
+    name). The two differ in the `slices:` form, where a source's layer 3 can be output layer 1: a
+    filter on `h.3.` then applies to that source's input."""
     outer = ([(slice_params, slice_where)] if slice_params else []) + [(global_params or {}, "parameters")]
 
-    def one(p: ParamSpec, sources: list[tuple[Mapping, str]], label: str) -> Any:
+    def one(p: ParamSpec, sources: list[tuple[Mapping, str]], label: str, name: str) -> Any:
         for src, where in sources:
             if p.name in src:
-                v = evaluate(src[p.name], p, tensor_name=tensor_name, t=t, where=f"{where}.{p.name}")
+                v = evaluate(src[p.name], p, tensor_name=name, t=t, where=f"{where}.{p.name}")
                 if v is not None:
                     return v
         if p.default is MISSING:
             raise ValueError(f"parameters.{p.name}: merge_method {spec.name!r} requires it for "
-                             f"{label}{tensor_name}, and none was given")
+                             f"{label}{name}, and none was given")
         return p.default
 
-    shared = {p.name: one(p, outer, "") for p in spec.params if p.scope == "shared"}
+    shared = {p.name: one(p, outer, "", tensor_name) for p in spec.params if p.scope == "shared"}
     per_input = []
     for i, mp in enumerate(model_params):
         label = f"{model_names[i]}: " if model_names and i < len(model_names) else f"input {i}: "
+        name = input_names[i] if input_names is not None else tensor_name
         srcs = [(mp or {}, f"models[{i}].parameters"), *outer]
-        per_input.append({p.name: one(p, srcs, label) for p in spec.params
+        per_input.append({p.name: one(p, srcs, label, name) for p in spec.params
                           if p.scope == "input" or (p.scope == "non_base" and i != base_index)})
     return shared, per_input
 

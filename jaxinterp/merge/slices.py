@@ -20,7 +20,9 @@ layers come from the first slice's sources (embeddings) or the last slice's (the
 the LM head: `params.is_post`), at t = 0 (mergekit 0.1.5; older releases read the post weights at
 t = 1). A source that is the base model is the slice's base input. A parameter is looked up in
 the source's settings, then the slice's, then the global ones, each only when the one before sets
-nothing for the tensor (e.g. its filters all miss).
+nothing for the tensor (e.g. its filters all miss); as in mergekit, a source's (per-input)
+parameters are evaluated on the name of the tensor read from it (`h.5.` of a source read at layer
+5), the shared ones on the output name.
 
 `plan_jobs` turns a validated config and the inputs' safetensors indices into one job per output
 tensor, which `checkpoint` runs like the `models:` form's.
@@ -144,9 +146,11 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
         base_index = len(order) - 1 if bases and spec.base != "ignored" else None
         mps = [None if k in bases else sl.sources[k].parameters for k in order]
         refs = [sl.sources[k].model for k in order]
+        # per-input parameters read the source's own tensor name (mergekit's resolve_parameters)
         shared, per_input = _params.resolve(spec, tensor_name=out_name, t=t, global_params=cfg.parameters,
                                             model_params=mps, base_index=base_index, model_names=refs,
-                                            slice_params=sl.parameters, slice_where=f"slices[{k_slice}].parameters")
+                                            slice_params=sl.parameters, slice_where=f"slices[{k_slice}].parameters",
+                                            input_names=[in_names[k] for k in order])
         _params.check_values(spec, shared, per_input, f"parameters for {out_name}")
         return Job(out_name, tuple(zip(refs, (in_names[k] for k in order))), shared, per_input, base_index)
 

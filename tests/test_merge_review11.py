@@ -1,0 +1,79 @@
+"""Review 11 of the merge package against mergekit 0.1.5's source (read from its installed copy):
+each test failed before its fix. No torch or mergekit is needed: expected values follow mergekit's
+rules, written out here."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from jaxinterp.merge import checkpoint, config, slices
+
+LAYER = {"ln_1.weight": (4,), "mlp.c_fc.weight": (4, 8)}
+
+
+def _tensors(rng, n_layer):
+    t = {"transformer.wte.weight": rng.normal(size=(6, 4)), "transformer.ln_f.weight": rng.normal(size=(4,))}
+    for i in range(n_layer):
+        t.update({f"transformer.h.{i}.{k}": rng.normal(size=s) for k, s in LAYER.items()})
+    return {k: v.astype(np.float32) for k, v in t.items()}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("review11")
+    rng = np.random.default_rng(0)
+    out = []
+    for j in range(3):
+        d = root / f"m{j}"
+        d.mkdir()
+        save_file(_tensors(rng, 4), str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 4}))
+        out.append(str(d))
+    return out
+
+
+def test_slice_source_parameters_are_resolved_by_the_source_tensor_name(ckpts):
+    """mergekit's `resolve_parameters` evaluates a source's per-input parameters (its own, the
+    slice's and the global ones) on that source's input tensor name (`inputs={model: w.name}` of the
+    layer read from it), the shared ones on the output name. A filter naming a layer therefore
+    matches the source's layer: here a's layer 3, which is output layer 1. The output name was used
+    for everything, so the filter looked for output layer 3 (there is none) and never hit.
+    Checked against mergekit-yaml 0.1.5 on tiny GPT-2 checkpoints (ties over a slice [1, 3] with a
+    source filter on `h.2.`: max |diff| 2.3 before, 0 after)."""
+    base, a, b = ckpts
+    cfg = slices.from_dict({
+        "merge_method": "ties", "base_model": base,
+        "parameters": {"density": 0.5, "weight": [{"filter": "h.3.", "value": 0.25}, {"value": 1.0}]},
+        "slices": [{"sources": [{"model": base, "layer_range": [2, 4]},
+                                {"model": a, "layer_range": [2, 4],
+                                 "parameters": {"weight": [{"filter": "h.3.", "value": 2.0}, {"value": 0.5}]}},
+                                {"model": b, "layer_range": [0, 2]}]}]}, dtype=None, out_dtype=None)
+    jobs, n_layers = slices.plan_jobs(cfg, {r: checkpoint.read_index(r) for r in ckpts})
+    assert n_layers == 2
+    got = {j.out_name: ([p.get("weight") for p in j.per_input], j.inputs) for j in jobs}
+    w0, inputs0 = got["transformer.h.0.mlp.c_fc.weight"]
+    w1, inputs1 = got["transformer.h.1.mlp.c_fc.weight"]
+    assert [n for _, n in inputs0] == ["transformer.h.2.mlp.c_fc.weight", "transformer.h.0.mlp.c_fc.weight",
+                                       "transformer.h.2.mlp.c_fc.weight"]
+    # inputs: a (source layer 2, then 3), b (source layer 0, then 1), the base last
+    assert w0 == [0.5, 1.0, None]  # a's filter misses h.2; b's input h.0 misses the global filter
+    assert w1 == [2.0, 1.0, None]  # a reads h.3 (its filter hits); b reads h.1 (the global filter misses)
+    # outside the layers the input and output names are one: the global default
+    assert got["transformer.wte.weight"][0] == [0.5, 1.0, None]
+
+
+def test_slice_global_filter_reads_each_source_layer(ckpts):
+    """The global per-input filter on `h.1.` hits the source that reads layer 1, whatever output
+    layer it lands in: b's layer 1 is output layer 1, a's layer 1 is output layer 0."""
+    base, a, b = ckpts
+    cfg = slices.from_dict({
+        "merge_method": "task_arithmetic", "base_model": base,
+        "parameters": {"weight": [{"filter": "h.1.", "value": 0.25}, {"value": 1.0}]},
+        "slices": [{"sources": [{"model": base, "layer_range": [1, 3]}, {"model": a, "layer_range": [1, 3]},
+                                {"model": b, "layer_range": [0, 2]}]}]}, dtype=None, out_dtype=None)
+    jobs, _ = slices.plan_jobs(cfg, {r: checkpoint.read_index(r) for r in ckpts})
+    got = {j.out_name: [p.get("weight") for p in j.per_input] for j in jobs}
+    assert got["transformer.h.0.ln_1.weight"] == [0.25, 1.0, None]
+    assert got["transformer.h.1.ln_1.weight"] == [1.0, 0.25, None]
