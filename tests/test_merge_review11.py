@@ -77,3 +77,22 @@ def test_slice_global_filter_reads_each_source_layer(ckpts):
     got = {j.out_name: [p.get("weight") for p in j.per_input] for j in jobs}
     assert got["transformer.h.0.ln_1.weight"] == [0.25, 1.0, None]
     assert got["transformer.h.1.ln_1.weight"] == [1.0, 0.25, None]
+
+
+@pytest.mark.parametrize("method,params", [("nuslerp", {"weight": 0.5}), ("multislerp", {"weight": 0.5})])
+def test_a_slice_without_the_configured_base_is_refused(method, params):
+    """mergekit's InputContract.validate_ids: a base_model that is not among a slice's sources is
+    an error ("Base input is not present in merge inputs") for every method that uses a base. For
+    nuslerp and multislerp (base optional) the slice was merged without it, on the raw weights
+    instead of the task vectors, with exit 0."""
+    d = {"merge_method": method, "base_model": "base",
+         "slices": [{"sources": [{"model": "a", "layer_range": [0, 2], "parameters": params},
+                                 {"model": "b", "layer_range": [0, 2], "parameters": params}]}]}
+    with pytest.raises(ValueError, match=r"config.slices\[0\].sources: expected the base_model 'base' among "
+                                         r"the sources .* got \['a', 'b'\]"):
+        config.from_dict(d)
+    # with the base among the sources, or no base_model at all, it is accepted
+    d["slices"][0]["sources"].append({"model": "base", "layer_range": [0, 2]})
+    assert config.from_dict(d).base_model == "base"
+    del d["base_model"], d["slices"][0]["sources"][2]
+    assert config.from_dict(d).base_model is None

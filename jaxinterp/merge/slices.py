@@ -120,6 +120,11 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
             raise ValueError(f"{where}.sources: every source of a slice must span the same number of layers, "
                              f"got {[list(s.layer_range) for s in sources]}")
         n_base = sum(s.model == base for s in sources)
+        if base is not None and not n_base and spec.base != "ignored":
+            # mergekit refuses it too ("Base input is not present in merge inputs"); for nuslerp and
+            # multislerp (base optional) the slice would be merged on the raw weights, not on task vectors
+            raise ValueError(f"{where}.sources: expected the base_model {base!r} among the sources of every "
+                             f"slice (merge_method {spec.name!r} uses it), got {[s.model for s in sources]}")
         check_contract(spec, len(sources) - n_base, n_base > 0, arg=f"{where} (base_model)")
         slices.append(Slice(tuple(sources), sp))
     return SliceConfig(d["merge_method"], tuple(slices), base, g, dtype, out_dtype)
