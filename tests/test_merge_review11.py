@@ -96,3 +96,29 @@ def test_a_slice_without_the_configured_base_is_refused(method, params):
     assert config.from_dict(d).base_model == "base"
     del d["base_model"], d["slices"][0]["sources"][2]
     assert config.from_dict(d).base_model is None
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_tree_nearswap_keeps_the_dtype_of_its_inputs(dtype):
+    """`merge` returns the dtypes of the base. nearswap's t goes into the kernel as a traced float32
+    (a per-layer gradient reuses one compile), and its result was returned in float32 for bfloat16
+    or float16 inputs, unlike every other method and unlike `merge yaml`, which casts it to the
+    checkpoint's dtype. mergekit: w = clamp(t / max(|base - x|, 1e-6), 0, 1); w x + (1 - w) base."""
+    import jax.numpy as jnp
+
+    from jaxinterp.merge.tree_merge import merge
+
+    rng = np.random.default_rng(1)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    base = {"h.0.w": rng.normal(size=(3, 5)).astype(np_dtype), "wte": rng.normal(size=(7,)).astype(np_dtype)}
+    other = {k: (v.astype(np.float32) + rng.normal(0, 0.5, v.shape)).astype(np_dtype) for k, v in base.items()}
+    got = merge("nearswap", [other], base=base, parameters={"t": 0.3})
+    for k in base:
+        assert got[k].dtype == np_dtype
+        b, x = base[k].astype(np.float32), other[k].astype(np.float32)
+        w = np.clip(np.float32(0.3) / np.maximum(np.abs(b - x), np.float32(1e-6)), 0, 1)
+        # |base - x| is taken in the inputs' dtype (as mergekit does), the rest in float32: within a
+        # few units in the last place of the float32 reference
+        eps = float(jnp.finfo(np_dtype).eps)
+        np.testing.assert_allclose(np.asarray(got[k]).astype(np.float32), w * x + (1 - w) * b,
+                                   rtol=0, atol=4 * eps * float(np.abs(b).max() + np.abs(x).max()))

@@ -86,7 +86,8 @@ def sce(base: jax.Array, others: list[jax.Array], *, select_topk: float = 1.0) -
 
 def nearswap(base: jax.Array, other: jax.Array, *, t: float) -> jax.Array:
     w = jnp.clip(t / jnp.maximum(jnp.abs(base - other), 1e-6), 0, 1)
-    return w * other + (1 - w) * base
+    # t comes in as a traced float32 (registry._TRACED), which promotes bfloat16/float16 inputs
+    return (w * other + (1 - w) * base).astype(base.dtype)
 
 
 def arcee_fusion_importance(x: jax.Array, base: jax.Array) -> jax.Array:
