@@ -122,3 +122,27 @@ def test_tree_nearswap_keeps_the_dtype_of_its_inputs(dtype):
         eps = float(jnp.finfo(np_dtype).eps)
         np.testing.assert_allclose(np.asarray(got[k]).astype(np.float32), w * x + (1 - w) * b,
                                    rtol=0, atol=4 * eps * float(np.abs(b).max() + np.abs(x).max()))
+
+
+def test_tree_merge_copies_equal_integer_leaves_and_refuses_differing_ones():
+    """Integer and boolean leaves (step counters, position ids, masks) are buffers, not weights:
+    mergekit (copy_non_floating_buffer) and `merge yaml` copy them when every input holds the same
+    values and refuse them by name otherwise. `merge` ran them through the float kernels and cast
+    back, so linear of positions [0..3] and [1..4] silently gave [0, 1, 2, 3] (0.5, 1.5, ... truncated)
+    and ties gave [0, 1, 3, 4]."""
+    from jaxinterp.merge.tree_merge import merge
+
+    a = {"w": np.ones(3, np.float32), "pos": np.arange(4), "mask": np.array([True, False])}
+    b = {"w": np.zeros(3, np.float32), "pos": np.arange(4), "mask": np.array([True, False])}
+    out = merge("linear", [a, b], parameters={"weight": 1.0})
+    np.testing.assert_array_equal(out["w"], [0.5, 0.5, 0.5])
+    assert np.asarray(out["pos"]).dtype == a["pos"].dtype and np.asarray(out["mask"]).dtype == bool
+    np.testing.assert_array_equal(out["pos"], a["pos"])
+    np.testing.assert_array_equal(out["mask"], a["mask"])
+    c = dict(b, pos=np.arange(4) + 1)
+    for method, kw in [("linear", {"parameters": {"weight": 1.0}}),
+                       ("ties", {"base": a, "parameters": {"weight": 1.0, "density": 0.5}})]:
+        models = [a, c] if method == "linear" else [c]
+        with pytest.raises(ValueError, match=r"pos: expected the same values in every input for a int64 "
+                                             r"leaf \(a buffer, copied, not merged\); input 1 differs from input 0"):
+            merge(method, models, **kw)

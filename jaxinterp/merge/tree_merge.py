@@ -17,6 +17,7 @@ import zlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
+import numpy as np
 
 from jaxinterp.merge import params as _params
 from jaxinterp.merge import registry, tree
@@ -101,17 +102,41 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
     names = list(leaves[0])
     p = plan(method, names, n_models=len(models), has_base=base is not None, parameters=parameters,
              model_parameters=model_parameters)
+    ref_i = len(trees) - 1 if base is not None else 0
+    buffers = _check_buffers(leaves, names, ref_i)
+    floats = [n for n in names if n not in buffers]
     # per leaf: the static parameters key the compilation; weights, t and lambda go in traced, so a
     # sweep over them reuses one compiled merge
-    split = [registry.split_traced(method, *p.resolved[n]) for n in names]
+    split = [registry.split_traced(method, *p.resolved[n]) for n in floats]
     cfgs = tuple(s[:3] for s in split)
-    keys = jax.numpy.stack([tensor_key(seed, n) for n in names])
-    outs, bads = _tree_fn(method, p.base_index, cfgs)(tuple(tuple(lv[n] for lv in leaves) for n in names), keys,
+    keys = jax.numpy.stack([tensor_key(seed, n) for n in floats]) if floats else None
+    outs, bads = _tree_fn(method, p.base_index, cfgs)(tuple(tuple(lv[n] for lv in leaves) for n in floats), keys,
                                                       tuple(s[3] for s in split))
-    for n, bad in zip(names, bads):
+    for n, bad in zip(floats, bads):
         registry.raise_if_bad(method, bad, n)
-    ref = trees[-1] if base is not None else trees[0]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(ref), list(outs))
+    merged = dict(zip(floats, outs), **buffers)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(trees[ref_i]), [merged[n] for n in names])
+
+
+def _check_buffers(leaves: list[dict[str, Any]], names: Sequence[str], ref_i: int) -> dict[str, Any]:
+    """{name: leaf} of the integer and boolean leaves, copied from input `ref_i`. They are buffers
+    (step counters, position ids, masks), not weights: as mergekit's copy_non_floating_buffer and
+    `merge yaml`, they are copied when every input holds the same values, else refused by name."""
+    out = {}
+    def dtype(x):  # without copying a device array to the host
+        return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+
+    for n in names:
+        if all(jax.numpy.issubdtype(dtype(lv[n]), jax.numpy.inexact) for lv in leaves):
+            continue
+        xs = [np.asarray(lv[n]) for lv in leaves]
+        for i, x in enumerate(xs[1:], start=1):
+            if x.dtype != xs[0].dtype or not np.array_equal(x, xs[0]):
+                raise ValueError(f"{n}: expected the same values in every input for a {xs[0].dtype} leaf (a "
+                                 f"buffer, copied, not merged); input {i} differs from input 0 "
+                                 f"({x.dtype} {x.ravel()[:4].tolist()}... vs {xs[0].ravel()[:4].tolist()}...)")
+        out[n] = leaves[ref_i][n]
+    return out
 
 
 @functools.lru_cache(maxsize=64)
