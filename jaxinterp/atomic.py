@@ -9,6 +9,8 @@ itself may not survive it.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -82,3 +84,21 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes `text` (UTF-8) to `path` atomically and returns the path."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def _strict(obj):
+    """obj with every non-finite float (NaN, inf; numpy's too) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
+    """Writes `obj` as strict JSON atomically and returns the path. A figure that is not a number
+    (the efficiency of a class with no hits, a diverged loss) is written as null: json.dumps would
+    write a bare NaN, which is not JSON (jq, JavaScript and strict parsers refuse the file)."""
+    return write_text(path, json.dumps(_strict(obj), indent=indent, allow_nan=False))

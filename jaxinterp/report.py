@@ -42,9 +42,12 @@ def img(png: bytes, alt: str, *, width: int | None = None) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain HTML table; floats are shown with 4 significant digits."""
+    """A plain HTML table; floats are shown with 4 significant digits, None (a figure strict JSON
+    stored as null: not measured, or 0/0) as n/a."""
 
     def cell(v: object) -> str:
+        if v is None:
+            return "n/a"
         if isinstance(v, float):
             return f"{v:.4g}"
         return html.escape(str(v))

@@ -95,3 +95,20 @@ def test_the_temporary_name_keeps_the_suffix_for_writers_that_read_it(tmp_path):
         figure.Figure(figsize=(1, 1)).savefig(tmp)  # no pyplot: no backend, no global state
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == ["a.npy", "fig.png"]
+
+
+def test_write_json_is_strict_json(tmp_path):
+    """json.dumps writes NaN and Infinity bare (not JSON); metrics.json of an evaluation where a class
+    has no hit, or a diverged training's loss, then failed in jq and JavaScript. They are null now."""
+    import json
+
+    import numpy as np
+
+    obj = {"eff": [0.5, float("nan"), np.float64("inf")], "nested": ({"loss": -float("inf")},), "n": 3, "s": "x"}
+    path = atomic.write_json(tmp_path / "m.json", obj, indent=1)
+
+    def refuse(name):
+        raise AssertionError(f"{name} in JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "eff": [0.5, None, None], "nested": [{"loss": None}], "n": 3, "s": "x"}

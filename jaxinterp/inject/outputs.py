@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +90,6 @@ def write(out_dir: str | Path, data: PromptSet, result: SweepResult, agg: Aggreg
              "summary": out / "summary.json", "heatmap": out / "heatmap.png"}
     atomic.write_text(paths["per_prompt"], _csv(rows))
     atomic.write_text(paths["prompts"], _csv(prow))
-    atomic.write_text(paths["summary"], json.dumps(summary, indent=2))
+    atomic.write_json(paths["summary"], summary)
     figure_png(heatmap(agg, result.layers, result.taus, meta.get("title", "")), paths["heatmap"])
     return paths

@@ -102,15 +102,13 @@ def _barrier(args) -> int:
         plots.save_png(plots.path_figure(curves, ylabel="test loss"), args.png)
         print(f"wrote {args.png}")
     if args.json:
-        import json
-
         from jaxinterp import atomic
 
         out = {"data": d.name, "loss": "mean cross-entropy on the test split",
                "paths": {name: {"alphas": r.alphas.tolist(), "losses": r.losses.tolist(),
                                 "barrier_mean": r.barrier_mean, "barrier_chord": r.barrier_chord}
                          for name, r in results.items()}}
-        atomic.write_text(args.json, json.dumps(out, indent=1))
+        atomic.write_json(args.json, out, indent=1)
         print(f"wrote {args.json}")
     return 0
 

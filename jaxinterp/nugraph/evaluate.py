@@ -142,10 +142,10 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [atomic.write_text(out / "metrics.json", json.dumps(
-        {**result.metrics.as_dict(), "seconds_per_event": result.seconds_per_event,
-         "semantic_counts": result.counts.semantic.tolist(), "filter_counts": result.counts.filter.tolist(),
-         **(extra or {})}, indent=1))]
+    written = [atomic.write_json(out / "metrics.json", {
+        **result.metrics.as_dict(), "seconds_per_event": result.seconds_per_event,
+        "semantic_counts": result.counts.semantic.tolist(), "filter_counts": result.counts.filter.tolist(),
+        **(extra or {})}, indent=1)]
     classes = model.config.semantic_classes
     for norm_by in ("truth", "prediction"):
         fig = display.confusion_figure(result.counts.semantic, classes=classes, normalise=norm_by,

@@ -294,7 +294,7 @@ def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dic
     atomic.write_bytes(out_dir / "model.npz", data)
     desc = {"config": dataclasses.asdict(mc), "norm": {p: np.asarray(v).tolist() for p, v in norm.items()},
             **(extra or {}), "npz_sha256": hashlib.sha256(data).hexdigest()}
-    atomic.write_text(out_dir / "model.json", json.dumps(desc, indent=1))
+    atomic.write_json(out_dir / "model.json", desc, indent=1)
     return out_dir / "model.npz"
 
 
@@ -432,7 +432,7 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                 history.append({"epoch": epoch, "step": step, "train_loss": float(parts.total),
                                 "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})
                 (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
-                atomic.write_text(out_dir / "metrics.json", json.dumps(history, indent=1))
+                atomic.write_json(out_dir / "metrics.json", history, indent=1)
             if end_of_epoch or step % config.checkpoint_every == 0 or step == stop:
                 _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0})
     finally:

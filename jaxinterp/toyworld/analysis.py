@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         heatmap(s, out / f"heatmap_{i}.png")
     heads = lens_heads(params, config, tok, args.prompts, training_sentences(world), layers, world=world,
                        steps=args.lens_steps) if layers else None
-    atomic.write_text(out / "summary.json", json.dumps({"injection": inj, "lens": heads}, indent=2))
+    atomic.write_json(out / "summary.json", {"injection": inj, "lens": heads})
     md = markdown(inj, heads)
     atomic.write_text(out / "summary.md", md)
     print(md)
