@@ -146,3 +146,28 @@ def test_tree_merge_copies_equal_integer_leaves_and_refuses_differing_ones():
         with pytest.raises(ValueError, match=r"pos: expected the same values in every input for a int64 "
                                              r"leaf \(a buffer, copied, not merged\); input 1 differs from input 0"):
             merge(method, models, **kw)
+
+
+@pytest.mark.parametrize("d,msg", [
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1.0}},
+                                           {"model": "b", "parameters": {"weight": 1.0}},
+                                           {"model": "./a", "parameters": {"weight": 2.0}}]},
+     r"config.models\[2\]: expected each model once, got 'a' again \(as '\./a'; first at models\[0\]\)"),
+    ({"merge_method": "ties", "base_model": "base",
+      "models": [{"model": "a", "parameters": {"weight": 1.0}}, {"model": "a", "parameters": {"weight": 1.0}}]},
+     r"config.models\[1\]: expected each model once, got 'a' again"),
+    ({"merge_method": "ties", "base_model": "base",
+      "models": ["base", "base", {"model": "a", "parameters": {"weight": 1.0}}]},
+     r"config.models\[1\]: expected each model once, got 'base' again"),
+    ({"merge_method": "ties", "base_model": "base",
+      "slices": [{"sources": [{"model": "base", "layer_range": [0, 2]},
+                              {"model": "a", "layer_range": [0, 2], "parameters": {"weight": 1.0}},
+                              {"model": "a", "layer_range": [2, 4], "parameters": {"weight": 1.0}}]}]},
+     r"config.slices\[0\].sources\[2\]: expected each model once in a slice, got 'a' again"),
+])
+def test_a_model_listed_twice_is_refused(d, msg):
+    """mergekit (InputContract.validate_ids) refuses 'Duplicate merge inputs'. jaxinterp merged the
+    model twice: its task vector counted double in ties' sign election and sums, a linear weight
+    was split over two entries; with exit 0."""
+    with pytest.raises(ValueError, match=msg):
+        config.from_dict(d)

@@ -29,6 +29,7 @@ refused, so that no merge silently differs from mergekit's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,6 +80,17 @@ def check_tokenizer(d: dict) -> None:
         raise ValueError(f"config.chat_template: expected a template name or Jinja string, got {tmpl!r}")
 
 
+def check_once(seen: dict[str, tuple[int, str]], model: str, i: int, where: str, what: str, in_what: str = "") -> None:
+    """ValueError if `model` (as a normalised path) is already in `seen` (else it is added): mergekit
+    refuses duplicate merge inputs; merged twice, a model's task vector would count double."""
+    key = os.path.normpath(model)
+    if key in seen:
+        j, first = seen[key]
+        alias = f"as {model!r}; " if model != first else ""
+        raise ValueError(f"{where}: expected each model once{in_what}, got {first!r} again ({alias}first at {what}[{j}])")
+    seen[key] = (i, model)
+
+
 def from_dict(d: Any):
     """Validates the structure, method and parameter names (no file is opened): a MergeConfig, or a
     `slices.SliceConfig` for the `slices:` form."""
@@ -105,11 +117,13 @@ def from_dict(d: Any):
     if base is not None and not isinstance(base, str):
         raise ValueError(f"config.base_model: expected a path string, got {base!r}")
     entries = []
+    seen: dict[str, tuple[int, str]] = {}
     for i, m in enumerate(raw):
         if isinstance(m, str):
             m = {"model": m}
         if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
             raise ValueError(f"config.models[{i}]: expected {{model: PATH, parameters: {{...}}}}, got {m!r}")
+        check_once(seen, m["model"], i, f"config.models[{i}]", "models")
         p = m.get("parameters")
         if p is not None and not isinstance(p, dict):
             raise ValueError(f"config.models[{i}].parameters: expected a mapping, got {p!r}")

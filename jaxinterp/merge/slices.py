@@ -82,6 +82,7 @@ def _mapping(v: Any, where: str) -> dict | None:
 
 def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConfig:
     """Validates the `slices:` form (structure, layer ranges, method and parameter names)."""
+    from jaxinterp.merge.config import check_once
     from jaxinterp.merge.tree_merge import check_contract
 
     spec = registry.get(d["merge_method"])
@@ -104,10 +105,12 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
         sp = _mapping(sl.get("parameters"), f"{where}.parameters")
         _params.check_names(spec, sp, f"{where}.parameters", per_model=False)
         sources = []
+        seen: dict[str, tuple[int, str]] = {}
         for j, s in enumerate(sl["sources"]):
             w = f"{where}.sources[{j}]"
             if not isinstance(s, dict) or set(s) - _SOURCE_KEYS or not isinstance(s.get("model"), str):
                 raise ValueError(f"{w}: expected {{model: PATH, layer_range: [A, B], parameters: {{...}}}}, got {s!r}")
+            check_once(seen, s["model"], j, w, "sources", " in a slice")
             lr = s.get("layer_range")
             if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr)
                     and 0 <= lr[0] < lr[1]):
