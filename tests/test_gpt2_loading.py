@@ -36,6 +36,17 @@ def test_names_without_prefix_buffers_and_an_untied_unembedding(tmp_path, tiny_r
     np.testing.assert_array_equal(params["h_2"]["mlp"]["c_fc"]["kernel"], tiny_raw[0]["h_2"]["mlp"]["c_fc"]["kernel"])
 
 
+@pytest.mark.parametrize("process", [False, True])
+def test_params_come_back_on_the_device(process):
+    """load_gpt2 returned numpy params: every call of a jitted function then copied the whole model
+    to the accelerator again (GPT-2 small: 0.5 GB per call). They are jax arrays on the default device."""
+    import jax
+
+    params, _ = load_gpt2(TINY_GPT2, process_weights=process)
+    leaves = jax.tree.leaves(params)
+    assert leaves and all(isinstance(x, jax.Array) and x.devices() == {jax.devices()[0]} for x in leaves)
+
+
 def test_a_tied_checkpoint_may_carry_its_lm_head(tmp_path, tiny_raw):
     state = {**STATE, "lm_head.weight": STATE["transformer.wte.weight"]}  # as GPT2LMHeadModel saves it
     params, _ = load_gpt2(folder_with(tmp_path, state))

@@ -159,7 +159,8 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
 
 def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
               dtype: str = "float32") -> tuple[dict, GPT2Config]:
-    """Reads a Hugging Face GPT-2 (local folder or hub name): returns (params, config).
+    """Reads a Hugging Face GPT-2 (local folder or hub name): returns (params, config), the params
+    as jax arrays on the default device.
 
     process_weights=True applies TransformerLens's processing (`process_weights` below), as the
     Attention Lens and memory-injection papers did.
@@ -187,9 +188,17 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
                                  f"in one *.safetensors file of {folder}")
             state[name], where[name] = tensor, f.name
     params = params_from_state_dict(state, config)
+    del state
     if process_weights:
         params, config = _process(params, config)
-    return params, config
+    # On the default device: numpy params would be copied host -> accelerator on every call of a
+    # jitted function. Leaf by leaf, each numpy leaf dropped once copied, so loading needs one
+    # tensor more than the model, not two models (on a CPU the copy is a copy too).
+    leaves, treedef = jax.tree.flatten(params)
+    del params
+    for i in range(len(leaves)):
+        leaves[i] = jax.device_put(leaves[i])
+    return jax.tree.unflatten(treedef, leaves), config
 
 
 def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *, tokenizer=None) -> Path:
