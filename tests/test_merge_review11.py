@@ -171,3 +171,43 @@ def test_a_model_listed_twice_is_refused(d, msg):
     was split over two entries; with exit 0."""
     with pytest.raises(ValueError, match=msg):
         config.from_dict(d)
+
+
+@pytest.mark.parametrize("method,kw,n", [
+    ("nuslerp", {"parameters": {"weight": 1.0}}, 2), ("multislerp", {"parameters": {"weight": 1.0}}, 3),
+    ("model_stock", {}, 2), ("sce", {}, 3), ("arcee_fusion", {}, 1),
+    ("ties", {"parameters": {"weight": 1.0, "density": 0.5}}, 3), ("slerp", {"parameters": {"t": 0.3}}, 1),
+])
+def test_tree_merge_of_mixed_dtypes_returns_the_base_dtype_as_merge_yaml_does(method, kw, n, tmp_path):
+    """`merge` documents the base's dtypes, and `merge yaml` writes the base's dtype (computing in
+    the inputs' common one). With a bfloat16 base and float32 fine-tunes, nuslerp, multislerp,
+    model_stock, sce and arcee_fusion returned float32 leaves (jnp promotion), the other methods
+    bfloat16; and the kernels saw the mixed inputs as they came, where merge yaml (and mergekit's
+    promoted_dtype) first cast them to the common float32: arcee_fusion's softmax of the bfloat16
+    base moved its threshold and kept another entry. Now every method merges in the common dtype
+    and returns the base's, with the values `merge yaml` writes."""
+    import jax.numpy as jnp
+
+    from jaxinterp.merge.tree_merge import merge
+
+    bf16 = np.dtype(jnp.bfloat16)
+    rng = np.random.default_rng(2)
+    names = {"transformer.h.0.mlp.c_fc.weight": (4, 6), "transformer.h.1.ln_1.weight": (6,)}
+    base = {k: rng.normal(size=s).astype(bf16) for k, s in names.items()}
+    fts = [{k: (v.astype(np.float32) + rng.normal(0, 0.3, v.shape)).astype(np.float32) for k, v in base.items()}
+           for _ in range(n)]
+    got = merge(method, fts, base=base, **kw)
+    refs = []
+    for j, t in enumerate([base] + fts):
+        d = tmp_path / f"m{j}"
+        d.mkdir()
+        save_file(t, str(d / "model.safetensors"))
+        refs.append(str(d))
+    cfg = {"merge_method": method, "base_model": refs[0], "models": refs[1:], "parameters": kw.get("parameters")}
+    checkpoint.run_config(config.from_dict(cfg), tmp_path / "out", progress=False)
+    from safetensors.numpy import load_file
+
+    want = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for k in names:
+        assert got[k].dtype == bf16 and want[k].dtype == bf16
+        np.testing.assert_array_equal(np.asarray(got[k]).astype(np.float32), want[k].astype(np.float32))

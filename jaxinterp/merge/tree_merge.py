@@ -148,8 +148,14 @@ def _tree_fn(method: str, base_index: int | None, cfgs: tuple):
         outs, bads = [], []
         for i, (inputs, (shared, per_input, dyn_keys), dyn) in enumerate(zip(leaf_inputs, cfgs, leaf_dyn)):
             sh, pi = registry.with_traced(shared, per_input, dyn_keys, dyn)
-            y, bad = registry.kernel_checked(method, list(inputs), base_index, sh, pi, keys[i])
-            outs.append(y)
+            # inputs of mixed dtypes are merged in their common one (mergekit's promoted_dtype, as
+            # `merge yaml` does) and returned in the base's (else the first model's) dtype, as
+            # documented and as `merge yaml` writes
+            out_dtype = inputs[base_index if base_index is not None else 0].dtype
+            work = jax.numpy.result_type(*inputs)
+            xs = [x.astype(work) for x in inputs]
+            y, bad = registry.kernel_checked(method, xs, base_index, sh, pi, keys[i])
+            outs.append(y.astype(out_dtype))
             bads.append(bad)
         return outs, bads
 
