@@ -211,3 +211,28 @@ def test_tree_merge_of_mixed_dtypes_returns_the_base_dtype_as_merge_yaml_does(me
     for k in names:
         assert got[k].dtype == bf16 and want[k].dtype == bf16
         np.testing.assert_array_equal(np.asarray(got[k]).astype(np.float32), want[k].astype(np.float32))
+
+
+def test_a_slice_source_that_is_the_base_merges_as_a_model_for_methods_without_a_base(ckpts, tmp_path):
+    """BUILD_NOTES: a base_model with a method that ignores the base (linear, karcher, passthrough)
+    merges as one of the models when it is listed among them, as in mergekit (whose contract drops
+    the base for these methods; every source is an input with its own parameters). The `models:`
+    form did so; the `slices:` form refused it ('does not use a base model; list it among the
+    models instead'), although it was listed. mergekit-yaml 0.1.5 merges it: linear, weights 0.3
+    (the base) and 1.0, max |diff| 0 against this formula."""
+    from safetensors.numpy import load_file
+
+    base, a, _ = ckpts
+    cfg = config.from_dict({
+        "merge_method": "linear", "base_model": base,
+        "slices": [{"sources": [{"model": base, "layer_range": [0, 2], "parameters": {"weight": 0.3}},
+                                {"model": a, "layer_range": [1, 3], "parameters": {"weight": 1.0}}]}]})
+    checkpoint.run_config(cfg, tmp_path / "out", progress=False)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    B, A = load_file(base + "/model.safetensors"), load_file(a + "/model.safetensors")
+    for out_layer in range(2):
+        for k in LAYER:
+            want = (0.3 * B[f"transformer.h.{out_layer}.{k}"] + 1.0 * A[f"transformer.h.{out_layer + 1}.{k}"]) / 1.3
+            np.testing.assert_allclose(got[f"transformer.h.{out_layer}.{k}"], want, rtol=1e-6, atol=1e-6)
+    want = (0.3 * B["transformer.wte.weight"] + A["transformer.wte.weight"]) / 1.3
+    np.testing.assert_allclose(got["transformer.wte.weight"], want, rtol=1e-6, atol=1e-6)

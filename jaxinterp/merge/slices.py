@@ -122,7 +122,9 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
         if len(spans) != 1:
             raise ValueError(f"{where}.sources: every source of a slice must span the same number of layers, "
                              f"got {[list(s.layer_range) for s in sources]}")
-        n_base = sum(s.model == base for s in sources)
+        # a method without a base (linear, karcher, passthrough) merges a source that is the base as
+        # one of its models, with its own parameters (mergekit's contract drops the base for them)
+        n_base = sum(s.model == base for s in sources) if spec.base != "ignored" else 0
         if base is not None and not n_base and spec.base != "ignored":
             # mergekit refuses it too ("Base input is not present in merge inputs"); for nuslerp and
             # multislerp (base optional) the slice would be merged on the raw weights, not on task vectors
@@ -148,10 +150,11 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
 
     def job(out_name, sl: Slice, in_names: list[str], t: float) -> Job:
         k_slice = cfg.slices.index(sl)
-        order = [k for k, s in enumerate(sl.sources) if s.model != cfg.base_model]
-        bases = [k for k, s in enumerate(sl.sources) if s.model == cfg.base_model]
+        uses_base = spec.base != "ignored"  # else a source that is the base is one of the models
+        order = [k for k, s in enumerate(sl.sources) if s.model != cfg.base_model or not uses_base]
+        bases = [k for k, s in enumerate(sl.sources) if s.model == cfg.base_model and uses_base]
         order += bases[:1]  # the base input last, once
-        base_index = len(order) - 1 if bases and spec.base != "ignored" else None
+        base_index = len(order) - 1 if bases else None
         mps = [None if k in bases else sl.sources[k].parameters for k in order]
         refs = [sl.sources[k].model for k in order]
         # per-input parameters read the source's own tensor name (mergekit's resolve_parameters)
