@@ -234,6 +234,32 @@ parameters: {{weight: 0.5, t: 0.5}}
         assert not np.array_equal(got[k], got[k].astype(ml_dtypes.bfloat16).astype(np.float32))  # not bf16-rounded
 
 
+def test_output_dtype_and_config_follow_mergekit(ckpts, tmp_path):
+    """A bfloat16 base with a float32 fine-tune and no dtype configured: mergekit computes in the
+    common float32 and writes float32; this wrote the base's bfloat16 (0.008 off mergekit 0.1.5, a
+    review finding). With an out_dtype, the output config.json's torch_dtype says it, as mergekit's does."""
+    import ml_dtypes
+
+    base = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(str(ckpts[0] / "model.safetensors")).items()}
+    d = tmp_path / "base_bf16"
+    d.mkdir()
+    save_file(base, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "torch_dtype": "bfloat16"}))
+    text = f"merge_method: task_arithmetic\nbase_model: {d}\nmodels:\n  - model: {ckpts[1]}\n" \
+           "parameters: {weight: 0.5}\n"
+    checkpoint.run_yaml(write_cfg(tmp_path, text), tmp_path / "out", progress=False)
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    tuned = load_file(str(ckpts[1] / "model.safetensors"))
+    for k in NAMES:
+        assert got[k].dtype == np.float32
+        b = base[k].astype(np.float32)
+        np.testing.assert_allclose(got[k], b + 0.5 * (tuned[k] - b), rtol=1e-6, atol=1e-6)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "bfloat16"  # base's, untouched
+    checkpoint.run_yaml(write_cfg(tmp_path, text + "out_dtype: float16\n"), tmp_path / "out16", progress=False)
+    assert all(v.dtype == np.float16 for v in load_file(str(tmp_path / "out16" / "model.safetensors")).values())
+    assert json.loads((tmp_path / "out16" / "config.json").read_text())["torch_dtype"] == "float16"
+
+
 def test_integer_buffers_are_copied_when_equal_and_refused_when_not(tmp_path):
     """BERT-style checkpoints hold int64 position_ids (a buffer): copied with their dtype, never cast
     to out_dtype or merged (they made the whole merge fail with 'expected a floating dtype')."""

@@ -142,10 +142,17 @@ def _np_dtype(name: str) -> np.dtype:
     return np.dtype(jnp.dtype(name))  # bfloat16 comes from ml_dtypes through jax
 
 
-def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_pool):
-    """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
+def _common_dtype(infos) -> str:
+    """The inputs' common dtype (torch's promotion, as mergekit's arithmetic gets it): what a merge
+    computes in without a configured dtype, and what it writes without an out_dtype. A float32
+    base is never rounded to a bfloat16 fine-tune's precision, before the merge or after it."""
     import jax.numpy as jnp
 
+    return functools.reduce(lambda a, b: np.dtype(jnp.promote_types(a, b)).name, (i.dtype for i in infos))
+
+
+def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_pool):
+    """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
     from jaxinterp.merge import registry, stream
     from jaxinterp.merge import tree_merge as _merge
 
@@ -158,10 +165,7 @@ def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_p
                              f"{job.inputs[0][0]!r} and {differ[0]!r}; it cannot be merged, only copied when equal")
         y = np.array(xs[0]).reshape(-1)  # its own copy, not a view of the mapped input
         return [stream.Piece(0, lambda: y, 0, y.size)]
-    # without a configured dtype, the inputs' common one (torch's promotion, as mergekit's arithmetic
-    # gets): a float32 base is never rounded to a bfloat16 fine-tune's precision before the merge
-    dtype = dtype_cfg or functools.reduce(lambda a, b: np.dtype(jnp.promote_types(a, b)).name,
-                                          (i.dtype for i in infos))
+    dtype = dtype_cfg or _common_dtype(infos)
     # one thread per input: mmap releases the GIL while MAP_POPULATE faults the pages in (reads
     # them from disk when the page cache does not hold them), so the inputs come in side by side
     xs = list(read_pool.map(lambda i: readers.get(infos[i], job.inputs[i][1]), range(len(infos))))
@@ -253,12 +257,14 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    def info(job):  # the tensor that sets the output's shape and default dtype: the base's, else the first
+    def info(job):  # the tensor that sets the output's shape: the base's, else the first
         ref, name = job.inputs[-1] if job.base_index is not None else job.inputs[0]
         return indices[ref][name]
 
-    out_dtypes = {j.out_name: (cfg.out_dtype or cfg.dtype or info(j).dtype) if info(j).dtype in _FLOATS
-                  else info(j).dtype for j in jobs}  # buffers keep their integer dtype
+    # out_dtype, else dtype, else the inputs' common dtype, as mergekit writes its result (a bfloat16
+    # base with float32 fine-tunes gives float32; this wrote the base's bfloat16 before session 11)
+    out_dtypes = {j.out_name: (cfg.out_dtype or cfg.dtype or _common_dtype([indices[r][n] for r, n in j.inputs]))
+                  if info(j).dtype in _FLOATS else info(j).dtype for j in jobs}  # buffers keep their integer dtype
 
     # header first: every output shape and dtype is known from the inputs' headers
     header, offset = {}, 0
@@ -306,11 +312,14 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
         with atomic.atomic_path(out_dir / f) as tmp:
             shutil.copyfile(src / f, tmp)
-    if n_layers is not None and (out_dir / "config.json").is_file():
+    if (n_layers is not None or cfg.out_dtype or cfg.dtype) and (out_dir / "config.json").is_file():
         hf = json.loads((out_dir / "config.json").read_text())
         for key in ("n_layer", "num_hidden_layers", "num_layers"):
-            if key in hf:
+            if key in hf and n_layers is not None:
                 hf[key] = n_layers
+        if cfg.out_dtype or cfg.dtype:  # as mergekit sets the output config's torch_dtype
+            for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # newer transformers write "dtype"
+                hf[key] = cfg.out_dtype or cfg.dtype
         atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
     atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
     return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied)

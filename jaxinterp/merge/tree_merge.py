@@ -92,7 +92,9 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
       model_parameters: per-model settings, one mapping (or None) per model; they win over globals.
       seed: random methods (dare_*, della*) draw their masks from (seed, tensor name).
     Returns:
-      the merged pytree, with the structure and dtypes of the base (or first model).
+      the merged pytree, with the structure of the base (or first model); each leaf in the inputs'
+      common dtype (the base's when all agree; float32 for a bfloat16 base with float32 models, as
+      mergekit writes it).
     """
     if not isinstance(models, (list, tuple)) or not models:
         raise ValueError(f"models: expected a non-empty list of params trees, got {type(models).__name__}")
@@ -148,14 +150,12 @@ def _tree_fn(method: str, base_index: int | None, cfgs: tuple):
         outs, bads = [], []
         for i, (inputs, (shared, per_input, dyn_keys), dyn) in enumerate(zip(leaf_inputs, cfgs, leaf_dyn)):
             sh, pi = registry.with_traced(shared, per_input, dyn_keys, dyn)
-            # inputs of mixed dtypes are merged in their common one (mergekit's promoted_dtype, as
-            # `merge yaml` does) and returned in the base's (else the first model's) dtype, as
-            # documented and as `merge yaml` writes
-            out_dtype = inputs[base_index if base_index is not None else 0].dtype
+            # inputs of mixed dtypes are merged and returned in their common one (mergekit's
+            # promoted_dtype, and what it writes; `merge yaml` does the same)
             work = jax.numpy.result_type(*inputs)
             xs = [x.astype(work) for x in inputs]
             y, bad = registry.kernel_checked(method, xs, base_index, sh, pi, keys[i])
-            outs.append(y.astype(out_dtype))
+            outs.append(y.astype(work))
             bads.append(bad)
         return outs, bads
 
