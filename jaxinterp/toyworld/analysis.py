@@ -3,8 +3,8 @@ held-out two-hop prompts, and which heads carry the bridge entity?
 
     python -m jaxinterp.toyworld.analysis --out DIR [--words top_word_types.csv] [--lens-layers 2 3]
 
-1. Injection sweep (jaxinterp.inject.sweep) over every layer x tau 1..15 on the shipped held-out
-   prompt set (prompts.csv): the memory is the bridge entity (unembedding memory, as the paper).
+1. Injection sweep (jaxinterp.inject.sweep) over every layer x tau 1..15 on the held-out prompt set
+   of the model's own world (for the shipped model, its prompts.csv; or --prompts): the memory is the bridge entity (unembedding memory, as the paper).
    Baselines swept the same way: a random other entity of the bridge's kind (a wrong memory of the
    right type) and, when a part-of-speech word list is given, random words (the paper's baseline).
 2. Attention Lens (jaxinterp.lens) trained on one or two layers over the world's training text;
@@ -13,7 +13,8 @@ held-out two-hop prompts, and which heads carry the bridge entity?
    explicit prompts as a contrast. A head that carries the bridge on obscure prompts is where the
    model composes.
 
-Writes DIR/summary.json, DIR/heatmap_*.png, DIR/heads_*.csv, and prints markdown tables.
+Writes DIR/summary.json, DIR/heatmap_*.png, DIR/heads_*.csv (DIR/prompts.csv, the prompts used, when
+--prompts is not given), and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def model_world(model_dir: str | Path):
     return build_world(WorldConfig(**json.loads(path.read_text())["world"]))
 
 
+def _check_memories(memories, world, where) -> None:
+    """Every memory (bridge) must be an entity of the model's world: its baselines draw from its kind."""
+    known = {n for names in world.entities.values() for n in names}
+    unknown = [m for m in memories if m not in known]
+    if unknown:
+        raise ValueError(f"prompts: expected memories that are entities of the model's world, got "
+                         f"{sorted(set(unknown))[:5]} in {where} (prompts of another world?)")
+
+
 def injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, seed: int = 0) -> tuple[dict, dict]:
     """`world`: the model's (`model_world`); default the shipped model's."""
     from jaxinterp.inject import data as idata
@@ -71,6 +81,7 @@ def injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, s
 
     ps = idata.load_prompts(prompts_csv)
     world = model_world(MODEL_DIR) if world is None else world
+    _check_memories(ps.memory, world, prompts_csv)
     kind_of = {n: k for k, names in world.entities.items() for n in names}
     rng = np.random.default_rng(seed)
     wrong = []
@@ -103,6 +114,7 @@ def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, w
     from jaxinterp.toyworld import tokenizer as toktools
 
     ps = idata.load_prompts(prompts_csv)
+    _check_memories(ps.memory, world, prompts_csv)
     kind_of = {n: kd for kd, names in world.entities.items() for n in names}
     rng = np.random.default_rng(seed + 1)
     control = []
@@ -192,15 +204,17 @@ def heatmap(summary: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     from jaxinterp import atomic
+    from jaxinterp.inject import data as idata
     from jaxinterp.lens.lenses import lens_config_for
-    from jaxinterp.toyworld import MODEL_DIR, PROMPTS_CSV
-    from jaxinterp.toyworld.world import training_sentences
+    from jaxinterp.toyworld import MODEL_DIR
+    from jaxinterp.toyworld.world import prompt_rows, training_sentences, write_prompts_csv
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=output_folder)
     p.add_argument("--model", default=str(MODEL_DIR))
-    p.add_argument("--prompts", default=str(PROMPTS_CSV))
+    p.add_argument("--prompts", help="prompt CSV (default: the held-out two-hop prompts of the model's own world, "
+                                     "written to OUT/prompts.csv)")
     p.add_argument("--words", help="top_word_types.csv for the paper's random-word baselines")
     p.add_argument("--lens-layers", type=int, nargs="*", default=None, help="default: the last two layers")
     p.add_argument("--lens-steps", type=positive_int, default=300)
@@ -212,7 +226,16 @@ def main(argv=None) -> int:
     layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
     for L in layers:  # a layer out of range fails here, before the sweep and before anything is written
         lens_config_for(config, L)
+    # The model's own held-out prompts: the shipped prompts.csv belongs to the shipped world, and for a
+    # run of another world (or train_fraction) named entities it does not know, or compositions it was
+    # trained on, as "held out".
+    rows = prompt_rows(world, held_out_only=True) if args.prompts is None else None
+    if args.prompts is not None:
+        _check_memories(idata.load_prompts(args.prompts).memory, world, args.prompts)
     out.mkdir(parents=True, exist_ok=True)
+    if rows is not None:
+        args.prompts = str(out / "prompts.csv")
+        write_prompts_csv(rows, args.prompts)
     tok = load_tokenizer(args.model)
     inj, _ = (injection(params, config, tok, args.prompts, world=world, words_csv=args.words)
               if not args.no_inject else ({}, {}))
