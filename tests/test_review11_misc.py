@@ -58,3 +58,34 @@ def test_analysis_refuses_prompts_of_another_world_before_writing(tmp_path, monk
     with pytest.raises(ValueError, match=r"prompts: expected memories that are entities of the model's world, got \["):
         analysis.main(["--out", str(out), "--model", str(run / "model"), "--prompts", str(other), "--lens-layers"])
     assert not out.exists()
+
+
+def test_cli_evaluate_uses_the_world_the_model_was_trained_on(tmp_path, monkeypatch, capsys):
+    """`toyworld evaluate --model RUN/model` evaluated on the default world unless every world option
+    of the run was repeated: for a run with another train_fraction its "two-hop held-out" group held
+    compositions the model was trained on. The world now comes from RUN/train.json; world options that
+    contradict it are refused before the model loads."""
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    run, config = _run_of_another_split(tmp_path, train_fraction=0.25)
+    seen = []
+
+    def fake_evaluate(model, *, world_config, candidates=True, params_config_tokenizer=None):
+        seen.append(world_config)
+        return {"rows": []}
+
+    monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluate, "markdown", lambda result: "")
+    assert cli.main(["toyworld", "evaluate", "--model", str(run / "model")]) == 0
+    assert seen == [config]
+    assert cli.main(["toyworld", "evaluate", "--model", str(run / "model"), "--train-fraction", "0.25"]) == 0
+    assert seen[-1] == config  # repeating the model's own setting is fine
+    assert cli.main(["toyworld", "evaluate", "--model", str(run / "model"), "--world-seed", "4"]) == 2
+    assert len(seen) == 2
+    assert "--world-seed: the model's 0, got 4" in capsys.readouterr().err
+    # a folder without train.json (any GPT-2 folder): the command line's world, defaults filled in
+    bare = tmp_path / "bare"
+    os.symlink(MODEL_DIR, bare)
+    assert cli.main(["toyworld", "evaluate", "--model", str(bare), "--people", "6"]) == 0
+    assert seen[-1] == WorldConfig(n_people=6)

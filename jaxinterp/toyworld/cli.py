@@ -2,7 +2,7 @@
 
     jaxinterp toyworld facts                       # the world's facts and held-out compositions
     jaxinterp toyworld train --out RUN [--steps N --minutes M]   # resumes from RUN/checkpoints
-    jaxinterp toyworld evaluate [--model DIR] [--json PATH]      # accuracy tables
+    jaxinterp toyworld evaluate [--model DIR] [--json PATH]      # accuracy tables, on the model's world
     jaxinterp toyworld prompts --out CSV [--all]   # memory-injection prompt set
     jaxinterp toyworld ship RUN                    # copy RUN's model, eval and prompts into the package
 
@@ -20,26 +20,63 @@ from pathlib import Path
 from jaxinterp.cliargs import non_negative_int, output_file, output_folder, positive_float, positive_int
 
 
-def _world_config(args):
+# option dest -> WorldConfig field
+_WORLD_ARGS = {"countries": "n_countries", "cities_per_country": "cities_per_country", "people": "n_people",
+               "companies": "n_companies", "train_fraction": "train_fraction", "world_seed": "seed"}
+
+
+def _given_world(args) -> dict:
+    """The WorldConfig fields named on the command line."""
+    return {field: getattr(args, dest) for dest, field in _WORLD_ARGS.items() if getattr(args, dest) is not None}
+
+
+def _world_config(args, base=None):
+    """`base` (default: WorldConfig()'s defaults) with the world options given on the command line."""
     from jaxinterp.toyworld.world import WorldConfig
 
-    return WorldConfig(n_countries=args.countries, cities_per_country=args.cities_per_country,
-                       n_people=args.people, n_companies=args.companies, train_fraction=args.train_fraction,
-                       seed=args.world_seed)
+    return dataclasses.replace(WorldConfig() if base is None else base, **_given_world(args))
+
+
+def _model_world(args, model):
+    """The world to evaluate `model` on: the one in the train.json beside it (a `toyworld train` run
+    folder holds model/ and train.json, as the shipped assets do), else the command line's. World
+    options that contradict the model's own world are refused: its held-out split would be another."""
+    from jaxinterp.toyworld.world import WorldConfig
+
+    record = Path(model).parent / "train.json"
+    try:
+        world = json.loads(record.read_text()).get("world") if record.is_file() else None
+    except (OSError, ValueError):
+        world = None
+    if not isinstance(world, dict):
+        return _world_config(args)
+    try:
+        own = WorldConfig(**world)
+    except TypeError as e:
+        raise ValueError(f"model: expected the world settings of a toyworld run in {record}, got {world}") from e
+    asked = _given_world(args)
+    diff = [f"--{dest.replace('_', '-')}: the model's {getattr(own, field)}, got {asked[field]}"
+            for dest, field in _WORLD_ARGS.items() if field in asked and asked[field] != getattr(own, field)]
+    if diff:
+        raise ValueError(f"world options: expected the world of the model (in {record}) or none, got "
+                         f"{'; '.join(diff)}")
+    return own
 
 
 def _add_world_args(p: argparse.ArgumentParser) -> None:
     from jaxinterp.toyworld.world import WorldConfig
 
     d = WorldConfig()
-    g = p.add_argument_group("world")
-    g.add_argument("--countries", type=int, default=d.n_countries)
-    g.add_argument("--cities-per-country", type=int, default=d.cities_per_country)
-    g.add_argument("--people", type=int, default=d.n_people)
-    g.add_argument("--companies", type=int, default=d.n_companies)
-    g.add_argument("--train-fraction", type=float, default=d.train_fraction,
-                   help="share of each composition's subjects whose two-hop sentences are trained")
-    g.add_argument("--world-seed", type=int, default=d.seed)
+    g = p.add_argument_group("world (default: the built-in model's)")
+    # no argparse defaults: `evaluate` tells given options from absent ones (the model's own world)
+    g.add_argument("--countries", type=int, help=f"default {d.n_countries}")
+    g.add_argument("--cities-per-country", type=int, help=f"default {d.cities_per_country}")
+    g.add_argument("--people", type=int, help=f"default {d.n_people}")
+    g.add_argument("--companies", type=int, help=f"default {d.n_companies}")
+    g.add_argument("--train-fraction", type=float,
+                   help=f"share of each composition's subjects whose two-hop sentences are trained (default "
+                        f"{d.train_fraction})")
+    g.add_argument("--world-seed", type=int, help=f"default {d.seed}")
 
 
 def _facts(args) -> int:
@@ -79,7 +116,8 @@ def _evaluate(args) -> int:
         raise ValueError("--model: no model named and the built-in toy-world model is not installed")
     if not args.model:
         print(f"using the built-in toy-world model at {model}")
-    result = evaluate.evaluate(model, world_config=_world_config(args), candidates=not args.no_candidates)
+    world_config = _model_world(args, model)  # before the model loads
+    result = evaluate.evaluate(model, world_config=world_config, candidates=not args.no_candidates)
     print(evaluate.markdown(result))
     if args.json:
         atomic.write_text(args.json, json.dumps(result, indent=2))
@@ -151,7 +189,8 @@ def add_parser(sub) -> None:
     _add_world_args(t)
     t.set_defaults(func=_train)
 
-    e = ts.add_parser("evaluate", help="single-hop, two-hop and explicit-form accuracy tables")
+    e = ts.add_parser("evaluate", help="single-hop, two-hop and explicit-form accuracy tables (on the world "
+                                       "in the train.json beside the model, where there is one)")
     e.add_argument("--model", help="model folder (default: the built-in toy-world model)")
     e.add_argument("--json", type=output_file, help="also write the figures here")
     e.add_argument("--no-candidates", action="store_true", help="skip the (slower) candidate-choice accuracy")
