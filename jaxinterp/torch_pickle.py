@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,9 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str):
         super().__init__(file)
-        self._archive, self._prefix = archive, prefix
+        self._archive, self._prefix, self._byteorder = archive, prefix, byteorder
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -110,7 +111,12 @@ class _Unpickler(pickle.Unpickler):
         storage_type, key = pid[1], pid[2]
         dtype = _TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype
         raw = self._archive.read(f"{self._prefix}/data/{key}")
-        return np.frombuffer(raw, dtype=_np_dtype(dtype))
+        dtype = _np_dtype(dtype)
+        if self._byteorder != sys.byteorder and dtype.itemsize > 1:
+            # written on a machine of the other byte order (torch swaps on load too); swapped as
+            # unsigned integers of the item's width, which also covers bfloat16
+            return np.frombuffer(raw, dtype=np.dtype(f"u{dtype.itemsize}")).byteswap().view(dtype)
+        return np.frombuffer(raw, dtype=dtype)
 
 
 def load(path: str | os.PathLike) -> Any:
@@ -127,8 +133,14 @@ def load(path: str | os.PathLike) -> Any:
         if len(pkls) != 1:
             raise ValueError(f"{path}: expected one <name>/data.pkl in the archive, found {len(pkls)}")
         prefix = pkls[0][: -len("/data.pkl")]
+        # the byte order of the storages (torch >= 2.1 records it; older files are little-endian, as
+        # torch assumes when the record is missing)
+        byteorder = (archive.read(f"{prefix}/byteorder").decode("ascii", "replace")
+                     if f"{prefix}/byteorder" in archive.namelist() else "little")
+        if byteorder not in ("little", "big"):
+            raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         with archive.open(pkls[0]) as f:
-            return _Unpickler(f, archive, prefix).load()
+            return _Unpickler(f, archive, prefix, byteorder).load()
 
 
 def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:

@@ -89,3 +89,91 @@ def test_cli_evaluate_uses_the_world_the_model_was_trained_on(tmp_path, monkeypa
     os.symlink(MODEL_DIR, bare)
     assert cli.main(["toyworld", "evaluate", "--model", str(bare), "--people", "6"]) == 0
     assert seen[-1] == WorldConfig(n_people=6)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch_pickle: files written here without torch, in torch.save's zip layout.
+
+def _fake_torch(monkeypatch):
+    """Modules named torch and torch._utils whose attributes pickle as torch's globals (never called)."""
+    import sys
+    import types
+
+    for module, attrs in {"torch": ["FloatStorage", "DoubleStorage", "BFloat16Storage", "bfloat16"],
+                          "torch._utils": ["_rebuild_tensor_v2"]}.items():
+        fake = types.ModuleType(module)
+        for a in attrs:
+            def stand_in(*args):
+                raise AssertionError("never called")
+            stand_in.__module__, stand_in.__qualname__ = module, a
+            setattr(fake, a, stand_in)
+        monkeypatch.setitem(sys.modules, module, fake)
+
+
+def _write_torch_zip(path, tensors: dict, *, byteorder: bytes | None, storage_bytes=None):
+    """{name: (storage kind, array)} as torch.save writes it; the storages' bytes in `byteorder`."""
+    import collections
+    import io
+    import pickle
+    import sys
+
+    import numpy as np
+
+    class Storage:
+        def __init__(self, kind, key):
+            self.kind, self.key = kind, key
+
+    class Tensor:
+        def __init__(self, storage, shape):
+            self.storage, self.shape = storage, shape
+
+        def __reduce__(self):
+            stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+            return (sys.modules["torch._utils"]._rebuild_tensor_v2,
+                    (self.storage, 0, self.shape, stride, False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Storage):
+                return ("storage", getattr(sys.modules["torch"], obj.kind), obj.key, "cpu", 0)
+            return None
+
+    buf, files = io.BytesIO(), {}
+    obj = {}
+    for i, (name, (kind, a)) in enumerate(tensors.items()):
+        obj[name] = Tensor(Storage(kind, str(i)), a.shape)
+        data = a.tobytes() if byteorder in (None, sys.byteorder.encode()) else a.byteswap().tobytes()
+        files[f"archive/data/{i}"] = data if storage_bytes is None else storage_bytes
+    Pickler(buf, protocol=2).dump(obj)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        if byteorder is not None:
+            z.writestr("archive/byteorder", byteorder)
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+import zipfile  # noqa: E402
+
+
+def test_torch_reader_honours_the_files_byte_order(tmp_path, monkeypatch):
+    """torch.save records the writer's byte order (`<name>/byteorder`, torch >= 2.1) and torch.load
+    swaps storages written on a machine of the other order; the reader read them as native bytes:
+    a big-endian file's 1.0 came back as 4.6e-41, silently."""
+    import ml_dtypes
+    import numpy as np
+
+    from jaxinterp import torch_pickle
+
+    _fake_torch(monkeypatch)
+    want = {"w": ("FloatStorage", np.array([[1.0, -2.5], [3.0, 1e-3]], np.float32)),
+            "d": ("DoubleStorage", np.array([0.1, 2.0])),
+            "b": ("BFloat16Storage", np.array([1.5, -3.0], ml_dtypes.bfloat16))}
+    for order in (b"big", b"little", None):  # None: a file from before the record (little-endian)
+        got = torch_pickle.load_state_dict(_write_torch_zip(tmp_path / "m.pt", want, byteorder=order))
+        for name, (_, a) in want.items():
+            assert got[name].dtype == a.dtype and got[name].dtype.isnative, (order, name)
+            np.testing.assert_array_equal(got[name], a, err_msg=f"{order} {name}")
+    with pytest.raises(ValueError, match=r"expected byteorder 'little' or 'big' in archive/byteorder, got 'middle'"):
+        torch_pickle.load(_write_torch_zip(tmp_path / "m.pt", want, byteorder=b"middle"))
