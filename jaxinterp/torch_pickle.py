@@ -51,6 +51,9 @@ def _np_dtype(dtype):
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
     # the view's geometry comes from the file: it must stay inside the storage's data (as_strided
     # would otherwise read memory beyond it, or crash), whatever the file says
+    if not isinstance(storage, np.ndarray) or not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise ValueError(f"tensor: expected a storage and tuples of sizes and strides, got {type(storage).__name__}, "
+                         f"{size!r}, {stride!r}")
     size, stride = tuple(size), tuple(stride)
     numbers = (offset, *size, *stride)
     if len(size) != len(stride) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
@@ -106,11 +109,16 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         # ('storage', storage_type, key, location, numel)
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                and isinstance(pid[1], (_StorageType, _DType)) and isinstance(pid[2], str)):
             raise ValueError(f"unexpected persistent id {pid!r} in torch checkpoint")
         storage_type, key = pid[1], pid[2]
         dtype = _TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype
-        raw = self._archive.read(f"{self._prefix}/data/{key}")
+        try:
+            raw = self._archive.read(f"{self._prefix}/data/{key}")
+        except KeyError:
+            raise ValueError(f"torch checkpoint: the pickle names storage {self._prefix}/data/{key}, which the "
+                             f"archive does not hold (a truncated or corrupt file)") from None
         dtype = _np_dtype(dtype)
         if self._byteorder != sys.byteorder and dtype.itemsize > 1:
             # written on a machine of the other byte order (torch swaps on load too); swapped as

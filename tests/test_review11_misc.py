@@ -177,3 +177,56 @@ def test_torch_reader_honours_the_files_byte_order(tmp_path, monkeypatch):
             np.testing.assert_array_equal(got[name], a, err_msg=f"{order} {name}")
     with pytest.raises(ValueError, match=r"expected byteorder 'little' or 'big' in archive/byteorder, got 'middle'"):
         torch_pickle.load(_write_torch_zip(tmp_path / "m.pt", want, byteorder=b"middle"))
+
+
+def test_torch_reader_refuses_corrupt_files_with_value_errors(tmp_path, monkeypatch):
+    """A storage the archive lacks was a KeyError, a persistent id of the wrong shape an IndexError or
+    AttributeError, a tensor built on something other than a storage an AttributeError: tracebacks
+    from `jaxinterp nugraph convert/info`, which report ValueErrors as one line."""
+    import io
+    import pickle
+
+    import numpy as np
+
+    from jaxinterp import torch_pickle
+
+    _fake_torch(monkeypatch)
+    w = {"w": ("FloatStorage", np.arange(4, dtype=np.float32))}
+    with pytest.raises(ValueError, match=r"names storage archive/data/0, which the archive does not hold"):
+        torch_pickle.load(_drop(_write_torch_zip(tmp_path / "a.pt", w, byteorder=b"little"), "archive/data/0"))
+
+    class Pid(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj[1] if isinstance(obj, tuple) and obj and obj[0] == "pid" else None
+
+    for pid in (("storage",), ("storage", "FloatStorage", "0", "cpu", 4), ("storage", 1.5, "0")):
+        path = tmp_path / "p.pt"
+        buf = io.BytesIO()
+        Pid(buf, protocol=2).dump({"w": ("pid", pid)})
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", buf.getvalue())
+        with pytest.raises(ValueError, match="unexpected persistent id"):
+            torch_pickle.load(path)
+
+    class NotAStorage:
+        def __reduce__(self):
+            import collections
+            import sys
+            return sys.modules["torch._utils"]._rebuild_tensor_v2, ({"x": 1}, 0, (2,), (1,), False, collections.OrderedDict())
+
+    buf = io.BytesIO()
+    pickle.Pickler(buf, protocol=2).dump({"w": NotAStorage()})
+    with zipfile.ZipFile(tmp_path / "n.pt", "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+    with pytest.raises(ValueError, match=r"tensor: expected a storage and tuples of sizes and strides, got dict"):
+        torch_pickle.load(tmp_path / "n.pt")
+
+
+def _drop(path, member):
+    """The zip at `path` without `member`."""
+    with zipfile.ZipFile(path) as z:
+        items = [(n, z.read(n)) for n in z.namelist() if n != member]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in items:
+            z.writestr(n, data)
+    return path
