@@ -230,3 +230,21 @@ def _drop(path, member):
         for n, data in items:
             z.writestr(n, data)
     return path
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--d-model", "30", "--heads", "4"], "TrainConfig.n_embd must be a multiple of n_head=4, got 30"),
+    (["--vocab-size", "100"], r"TrainConfig.vocab_size must be at least 300 .*got 100"),
+])
+def test_toyworld_train_settings_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv, match):
+    """A head count that does not divide d_model, or a vocabulary below the tokenizer's floor, was
+    refused only after the world was built and the tokenizer trained."""
+    import re
+
+    from jaxinterp import cli
+    from jaxinterp.toyworld import tokenizer as toktools
+
+    monkeypatch.setattr(toktools, "train_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was trained first"))
+    assert cli.main(["toyworld", "train", "--out", str(tmp_path / "run"), *argv]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()

@@ -56,6 +56,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.clip_norm must be positive, got {self.clip_norm}")
         if self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be at least 0, got {self.weight_decay}")
+        # checked here, not first by GPT2Config or the tokenizer trainer once the world is built and
+        # the tokenizer trained
+        if self.n_embd % self.n_head:
+            raise ValueError(f"TrainConfig.n_embd must be a multiple of n_head={self.n_head}, got {self.n_embd}")
+        if self.n_positions < 2:
+            raise ValueError(f"TrainConfig.n_positions must be at least 2 (BOS and a token), got {self.n_positions}")
 
     def gpt2(self):
         from jaxinterp.transformer.gpt2 import GPT2Config
@@ -241,6 +247,11 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
         raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     if log_every < 1:  # was a ZeroDivisionError at the first step, after run.json was written
         raise ValueError(f"log_every must be at least 1, got {log_every}")
+    # the tokenizer trainer's floor, before the world is built and the tokenizer trained (not in
+    # TrainConfig: a small world's tokenizer may hold fewer, and the model is then sized to it)
+    if cfg.vocab_size < 300:
+        raise ValueError(f"TrainConfig.vocab_size must be at least 300 (256 bytes, BOS and some merges), "
+                         f"got {cfg.vocab_size}")
     t0 = time.perf_counter()
     world = build_world(world_config)
     sentences = training_sentences(world)
