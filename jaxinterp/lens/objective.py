@@ -62,6 +62,9 @@ def rows(model_params: dict, tokens: Array, mask: Array, *, model_config, lens_c
     `example_weight` [B] zeroes whole examples (padding examples added to fill a device batch).
     """
     L = lens_config.layer
+    # Padding is masked, but its token still goes through the embedding: a pad id outside the vocabulary
+    # (a tokenizer's added pad token) embedded as NaN, and NaN values times 0 attention made every row NaN.
+    tokens = jnp.where(mask > 0, tokens, 0)
     names = (f"blocks.{L}.attn.hook_result",) + ((f"blocks.{L}.hook_resid_pre",) if lens_config.needs_resid else ())
     resid = gpt2.embed(model_params, tokens, mask, config=model_config)
     final, cache = gpt2.blocks(model_params, resid, mask, config=model_config, names=names)

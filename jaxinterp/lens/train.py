@@ -199,6 +199,11 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
         raise ValueError(f"batches: expected seed {cfg.seed} (TrainConfig.seed), got {batches.seed}")
     if cfg.seq_len > model_config.n_positions:
         raise ValueError(f"seq_len: expected at most n_positions = {model_config.n_positions}, got {cfg.seq_len}")
+    # an id outside the model's vocabulary embeds as NaN (or as another token): a NaN lens, silently
+    ids = np.concatenate([np.asarray(e).reshape(-1) for e in batches.examples])
+    if ids.size and (ids.min() < 0 or ids.max() >= model_config.vocab_size):
+        raise ValueError(f"batches: expected token ids in [0, {model_config.vocab_size}) (the model's vocabulary), "
+                         f"got ids from {int(ids.min())} to {int(ids.max())}")
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")
