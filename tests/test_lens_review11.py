@@ -35,3 +35,26 @@ def test_token_ids_outside_the_vocabulary_are_refused_before_anything_is_written
                                          rf"to {max(bad_id, 20)}"):
         train.train(params, cfg, lc, data.Batches(ex, 2, 8), tc, ckpt_dir=tmp_path / "ck", progress=False)
     assert not (tmp_path / "ck").exists()
+
+
+def test_last_mode_reads_the_last_real_token_of_left_padded_rows(tiny_processed, gpt2_ref):
+    """rows() takes a mask with padding on either side (as the GPT-2 forward does), but "last" took
+    position mask.sum() - 1: for a left-padded row, a padding position (or the first real token),
+    weighted 1 in the loss."""
+    import jax.numpy as jnp
+
+    from jaxinterp.lens import objective as obj
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    o = obj.Objective("last", chunk=32)
+    ids = gpt2_ref["tokens"][:1, :6].astype(np.int32)
+    pad = np.full((1, 4), 11, np.int32)
+    right = obj.rows(params, jnp.asarray(np.concatenate([ids, pad], 1)), jnp.asarray([[1] * 6 + [0] * 4]),
+                     model_config=cfg, lens_config=lc, objective=o)
+    left = obj.rows(params, jnp.asarray(np.concatenate([pad, ids], 1)), jnp.asarray([[0] * 4 + [1] * 6]),
+                    model_config=cfg, lens_config=lc, objective=o)
+    np.testing.assert_allclose(left.result, gpt2_ref["tl/blocks.1.attn.hook_result"][:1, 5], atol=1e-6)
+    np.testing.assert_allclose(left.result, right.result, atol=1e-6)
+    np.testing.assert_allclose(left.target, right.target, atol=1e-5)
+    np.testing.assert_array_equal(left.weight, [1.0])

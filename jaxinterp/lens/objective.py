@@ -76,7 +76,8 @@ def rows(model_params: dict, tokens: Array, mask: Array, *, model_config, lens_c
         sel = lambda a: a.reshape((B * P,) + a.shape[2:])  # noqa: E731
         weight = (mask.astype(jnp.float32) * ew[:, None]).reshape(B * P)
     else:
-        last = jnp.maximum(mask.sum(-1) - 1, 0)  # last real token
+        # the last real token, where the padding is (mask.sum() - 1 is a padding position of a left-padded row)
+        last = P - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=-1)
         sel = lambda a: a[jnp.arange(B), last]  # noqa: E731
         weight = ew * (mask.sum(-1) > 0)
     target = gpt2.unembed(model_params, sel(final), config=model_config)
