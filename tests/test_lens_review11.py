@@ -58,3 +58,19 @@ def test_last_mode_reads_the_last_real_token_of_left_padded_rows(tiny_processed,
     np.testing.assert_allclose(left.result, right.result, atol=1e-6)
     np.testing.assert_allclose(left.target, right.target, atol=1e-5)
     np.testing.assert_array_equal(left.weight, [1.0])
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    """Files saved by Windows editors start with a UTF-8 BOM: a .jsonl was refused ('line 1 is not
+    JSON'), a .txt trained on '\\ufeff' + its first line, and a --words list lost its first word
+    ('\\ufefftoxic' matches no token), so that head's word-list score came out low."""
+    from jaxinterp.lens import readout
+
+    (tmp_path / "d.jsonl").write_text('{"text": "w1 w2"}\n{"text": "w3"}\n', encoding="utf-8-sig")
+    (tmp_path / "d.txt").write_text("w1 w2\nw3\n", encoding="utf-8-sig")
+    (tmp_path / "words.txt").write_text("Toxic\nword\n", encoding="utf-8-sig")
+    assert data.read_texts(tmp_path / "d.jsonl") == ["w1 w2", "w3"]
+    assert data.read_texts(tmp_path / "d.txt") == ["w1 w2", "w3"]
+    words = readout.read_words(tmp_path / "words.txt")
+    assert words == {"toxic", "word"}
+    np.testing.assert_array_equal(readout.word_share([[" toxic", "x"], ["word", " Toxic"]], words), [0.5, 1.0])

@@ -37,7 +37,7 @@ def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: st
     elif path.is_file():
         if path.suffix == ".jsonl":
             texts = []
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not text
                 for i, line in enumerate(f):
                     if not line.strip():
                         continue
@@ -53,7 +53,7 @@ def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: st
                                          f"string, got {type(rec[text_field]).__name__} {str(rec[text_field])[:40]}")
                     texts.append(rec[text_field])
         else:  # lines end at \n only (splitlines would also cut at form feeds and U+2028 inside a line)
-            texts = [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+            texts = [line.rstrip("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     else:
         texts = _hf_dataset(str(source), text_field, split)
     texts = [t for t in texts if t.strip()]

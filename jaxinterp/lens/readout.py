@@ -115,7 +115,7 @@ def read_words(path) -> set[str]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"words: {p} does not exist")
-    words = {w.strip().lower() for w in p.read_text(encoding="utf-8").splitlines() if w.strip()}
+    words = {w.strip().lower() for w in p.read_text(encoding="utf-8-sig").splitlines() if w.strip()}
     if not words:
         raise ValueError(f"words: {p} holds no word")
     return words
