@@ -190,6 +190,17 @@ def test_shipped_model_reproduces_its_stated_figures():
     assert single["greedy"] > 0.9  # the figure BUILD_NOTES.md reports
 
 
+def test_chance_of_an_all_row_is_the_prompt_weighted_chance_of_its_kinds():
+    """chance is what a random pick among the answer's kind scores on these prompts: an "all" row
+    weighs each kind by its prompts. It was an unweighted mean over kinds (two-hop held-out 0.078
+    where the prompts give 0.092, so "3x chance" read higher than it is)."""
+    rows = json.loads(EVAL_JSON.read_text())["rows"]
+    for r in (r for r in rows if r["kind"] == "all"):
+        kinds = [q for q in rows if q["group"] == r["group"] and q["kind"] != "all"]
+        assert sum(q["prompts"] for q in kinds) == r["prompts"]
+        assert r["chance"] == pytest.approx(sum(q["prompts"] * q["chance"] for q in kinds) / r["prompts"], rel=1e-12)
+
+
 def test_shipped_prompts_match_the_world():
     train_record = json.loads((MODEL_DIR.parent / "train.json").read_text())
     world = build_world(WorldConfig(**train_record["world"]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -148,11 +149,12 @@ def evaluate(model, *, world_config: WorldConfig = WorldConfig(), candidates: bo
         groups[i.group, "all"].append(k)
     for (group, kind), ks in groups.items():
         c = cand[ks][~np.isnan(cand[ks])]
-        kinds = {_answer_kind(its[k]) for k in ks}
         rows.append({"group": group, "kind": kind, "prompts": len(ks), "greedy": float(s.greedy[ks].mean()),
                      "answer_first_token_prob": float(s.first_prob[ks].mean()),
                      "candidate_choice": float(c.mean()) if c.size else None, "candidate_prompts": int(c.size),
-                     "chance": float(np.mean([1 / len(world.entities[kd]) for kd in kinds]))})
+                     # a random pick among the answer's kind, averaged over the prompts (an "all" row
+                     # weighs each kind by its prompts; it was an unweighted mean over kinds)
+                     "chance": float(sum(Fraction(1, len(world.entities[_answer_kind(its[k])])) for k in ks) / len(ks))})
     order = ["single-hop", "two-hop held-out", "explicit held-out", "two-hop trained"]
     rows.sort(key=lambda r: (order.index(r["group"]), r["kind"] != "all", r["kind"]))
 
