@@ -74,3 +74,27 @@ def test_a_byte_order_mark_is_not_text(tmp_path):
     words = readout.read_words(tmp_path / "words.txt")
     assert words == {"toxic", "word"}
     np.testing.assert_array_equal(readout.word_share([[" toxic", "x"], ["word", " Toxic"]], words), [0.5, 1.0])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("lr", float("inf"), "lr: expected a positive finite learning rate, got inf"),
+    ("lr", float("nan"), "lr: expected a positive finite learning rate, got nan"),
+    ("lr", 0.0, "lr: expected a positive finite"),
+    ("steps", 2.5, "steps: expected a positive integer, got 2.5"),
+    ("batch_size", 1.5, "batch_size: expected a positive integer, got 1.5"),
+    ("save_every", True, "save_every: expected a positive integer, got True"),
+    ("seed", -1, "seed: expected a non-negative integer, got -1"),
+    ("seed", 0.5, "seed: expected a non-negative integer, got 0.5"),
+])
+def test_train_config_refuses_what_it_cannot_train_with(field, value, match):
+    """lr = inf trained every weight to NaN (inf * 0 at the untouched columns), steps = 2.5 passed
+    int() and failed in range() after the checkpoint folder was made, a negative seed failed in the
+    first batch."""
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig(**{field: value})
+
+
+def test_train_config_still_takes_numpy_integers():
+    tc = train.TrainConfig(steps=np.int64(3), batch_size=np.int32(2), seed=np.int64(0), lr=np.float32(1e-3))
+    assert (tc.steps, tc.batch_size, tc.seed, tc.lr) == (3, 2, 0, float(np.float32(1e-3)))
+    assert all(type(getattr(tc, f)) is int for f in ("steps", "batch_size", "seed")) and type(tc.lr) is float

@@ -52,11 +52,20 @@ class TrainConfig:
     shard_vocab: bool = False
 
     def __post_init__(self):
+        # int() let 2.5 through (range() then failed after the checkpoint folder was made); lr = inf
+        # trained every weight to NaN; a negative seed failed in the first batch
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
         for f in ("steps", "batch_size", "accum", "seq_len", "save_every"):
-            if int(getattr(self, f)) < 1:
-                raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
+            if not is_int(getattr(self, f)) or getattr(self, f) < 1:
+                raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float, np.floating, np.integer)) \
+                or not (0 < self.lr < float("inf")):
+            raise ValueError(f"lr: expected a positive finite learning rate, got {self.lr!r}")
+        for f in ("steps", "batch_size", "accum", "seq_len", "save_every", "seed"):  # numpy scalars: JSON in checkpoints
+            object.__setattr__(self, f, int(getattr(self, f)))
+        object.__setattr__(self, "lr", float(self.lr))
 
 
 class TrainState(NamedTuple):
