@@ -98,3 +98,37 @@ def test_train_config_still_takes_numpy_integers():
     tc = train.TrainConfig(steps=np.int64(3), batch_size=np.int32(2), seed=np.int64(0), lr=np.float32(1e-3))
     assert (tc.steps, tc.batch_size, tc.seed, tc.lr) == (3, 2, 0, float(np.float32(1e-3)))
     assert all(type(getattr(tc, f)) is int for f in ("steps", "batch_size", "seed")) and type(tc.lr) is float
+
+
+def _safetensors_with_meta(path, lens_config_text):
+    from safetensors.numpy import save_file
+
+    save_file({"W": np.zeros((4, 64, 97), np.float32), "b": np.zeros((4, 97), np.float32)}, str(path),
+              metadata={"lens_config": lens_config_text, "extra": "{}"})
+    return path
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: p.write_bytes(b"not a safetensors file"), "is not a readable safetensors file"),
+    (lambda p: p.write_bytes(b""), "is not a readable safetensors file"),
+    (lambda p: _safetensors_with_meta(p, '{"n_head": 4, "d_model": 64, "vocab_size": 97}'),
+     "expected lens_config metadata with the fields of LensConfig"),
+    (lambda p: _safetensors_with_meta(p, '{"layer": 1, "n_head": 4, "d_model": 64, "vocab_size": 97, "x": 1}'),
+     "expected lens_config metadata"),
+    (lambda p: _safetensors_with_meta(p, '{"layer": 1,'), "expected lens_config metadata"),
+])
+def test_a_damaged_lens_file_is_a_value_error(tmp_path, tiny_processed, capsys, make, match):
+    """A truncated or foreign .safetensors raised safetensors' SafetensorError (not a ValueError: `lens
+    show` printed a traceback), metadata without a field a TypeError."""
+    from jaxinterp.cli import main
+    from jaxinterp.lens import io
+
+    from conftest import TINY_GPT2
+
+    path = tmp_path / "lens.safetensors"
+    make(path)
+    with pytest.raises(ValueError, match=match):
+        io.load_lens(path, model_config=tiny_processed[1])
+    assert main(["lens", "show", "--model", str(TINY_GPT2), "--lens", str(path), "--prompt", "w1 w2"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err

@@ -58,11 +58,20 @@ def _read_own(path: Path, *, model_config, layer: int | None) -> tuple[dict, Len
     header, so a lens for another model fails before its (up to GBs of) tensors are read."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "np") as f:
+    try:
+        handle = safe_open(str(path), "np")
+    except Exception as e:  # noqa: BLE001 -- safetensors' SafetensorError is no ValueError: a traceback
+        raise ValueError(f"lens: {path} is not a readable safetensors file: {e}") from e
+    with handle as f:
         meta = f.metadata() or {}
         if "lens_config" not in meta:
             raise ValueError(f"lens: {path} is a safetensors file without jaxinterp lens metadata")
-        config = LensConfig(**json.loads(meta["lens_config"]))
+        try:
+            fields = json.loads(meta["lens_config"])
+            config = LensConfig(**fields)
+        except (json.JSONDecodeError, TypeError) as e:  # TypeError: missing or unknown fields
+            raise ValueError(f"lens: {path}: expected lens_config metadata with the fields of LensConfig "
+                             f"(layer, n_head, d_model, vocab_size, kind), got {meta['lens_config'][:200]!r}") from e
         if layer is not None and layer != config.layer:
             raise ValueError(f"layer: the lens {path} is for layer {config.layer}, got layer {layer}")
         if model_config is not None:
