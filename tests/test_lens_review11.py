@@ -1,5 +1,7 @@
 """Review findings (session 11) on the Attention Lens package: each test failed before its fix."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,15 @@ def test_a_damaged_lens_file_is_a_value_error(tmp_path, tiny_processed, capsys, 
     assert main(["lens", "show", "--model", str(TINY_GPT2), "--lens", str(path), "--prompt", "w1 w2"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("weight", [np.zeros(97), np.zeros((2, 97, 64)), np.array(3.0)])
+def test_a_torch_lens_whose_weight_is_not_a_matrix(weight):
+    """It failed with Python's 'not enough / too many values to unpack', naming neither the tensor nor
+    the shape expected."""
+    from jaxinterp.lens import io
+
+    state = {"attn_lens.linears.0.weight": weight, "attn_lens.linears.0.bias": np.zeros(97)}
+    match = r"linears.0.weight: expected shape \[V, D\].*got " + re.escape(str(list(weight.shape)))
+    with pytest.raises(ValueError, match=match):
+        io.from_torch_state_dict(state, layer=1)

@@ -112,6 +112,9 @@ def from_torch_state_dict(state: dict[str, np.ndarray], *, layer: int | None) ->
     H = len(heads)
     if sorted(heads) != list(range(H)) or any(set(h) != {"weight", "bias"} for h in heads.values()):
         raise ValueError(f"lens: expected linears.0..{H - 1} each with weight and bias, got heads {sorted(heads)}")
+    if heads[0]["weight"].ndim != 2:  # else unpacking its shape failed with 'not enough values to unpack'
+        raise ValueError(f"lens: linears.0.weight: expected shape [V, D] (torch Linear's [out, in]), got "
+                         f"{list(heads[0]['weight'].shape)}")
     V, D = heads[0]["weight"].shape
     for h, t in heads.items():
         if t["weight"].shape != (V, D) or t["bias"].shape != (V,):
