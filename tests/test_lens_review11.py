@@ -146,3 +146,36 @@ def test_a_torch_lens_whose_weight_is_not_a_matrix(weight):
     match = r"linears.0.weight: expected shape \[V, D\].*got " + re.escape(str(list(weight.shape)))
     with pytest.raises(ValueError, match=match):
         io.from_torch_state_dict(state, layer=1)
+
+
+def test_a_shared_lens_trains_and_leaves_the_model_alone(tiny_processed):
+    """lenses.init returned the model's own float32 W_U and b_U as the shared lens (jnp.asarray does not
+    copy), so the train step, which donates the lens, failed on every run ('Attempt to use a buffer
+    that was previously donated': `jaxinterp lens train --kind shared` always crashed), and would
+    have overwritten the model's unembedding where the donation went through."""
+    import jax
+    import optax
+
+    from jaxinterp.lens import objective as obj
+
+    params, cfg = tiny_processed
+    W_U, b_U = lenses.unembedding(params, cfg)
+    before = np.asarray(W_U).copy(), np.asarray(b_U).copy()
+    lc = lenses.lens_config_for(cfg, 1, "shared")
+    lens = lenses.init(W_U, b_U, lc)
+    np.testing.assert_array_equal(lens["W"], before[0])
+    batches = data.Batches(_examples(), 2, 8)
+    got = train.train(params, cfg, lc, batches, train.TrainConfig(steps=2, batch_size=2, seq_len=8), progress=False)
+    W_U, b_U = lenses.unembedding(params, cfg)
+    np.testing.assert_array_equal(W_U, before[0])
+    np.testing.assert_array_equal(b_U, before[1])
+    # the plain step (jax.grad + optax.adam), undonated
+    tx = optax.adam(1e-3)
+    step = jax.jit(train.make_step(cfg, lc, obj.Objective(), tx, 1))
+    state = train.TrainState(lens, tx.init(lens))
+    for i in range(2):
+        b = batches.batch(i)
+        state, _ = step(state, params, b.tokens, b.mask, np.ones(2, np.float32))
+    for k in lens:
+        assert np.abs(np.asarray(got.lens[k]) - before[0 if k == "W" else 1]).max() > 1e-4, k
+        np.testing.assert_allclose(got.lens[k], state.lens[k], rtol=1e-5, atol=1e-6, err_msg=k)

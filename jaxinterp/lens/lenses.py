@@ -81,7 +81,9 @@ def init(W_U: Array, b_U: Array, config: LensConfig) -> dict:
     D, V = config.d_model, config.vocab_size
     if tuple(W_U.shape) != (D, V) or tuple(b_U.shape) != (V,):
         raise ValueError(f"W_U, b_U: expected shapes {[D, V]} and {[V]}, got {list(W_U.shape)} and {list(b_U.shape)}")
-    W_U, b_U = jnp.asarray(W_U, jnp.float32), jnp.asarray(b_U, jnp.float32)
+    # copies (jnp.array), never the model's own buffers: asarray returned float32 W_U itself, so a shared
+    # lens was the model's lm_head, and the train step, which donates the lens, refused (or clobbered) it
+    W_U, b_U = jnp.array(W_U, jnp.float32), jnp.array(b_U, jnp.float32)
     if config.kind == "shared":
         return {"W": W_U, "b": b_U}
     H = config.n_head
