@@ -179,3 +179,20 @@ def test_a_shared_lens_trains_and_leaves_the_model_alone(tiny_processed):
     for k in lens:
         assert np.abs(np.asarray(got.lens[k]) - before[0 if k == "W" else 1]).max() > 1e-4, k
         np.testing.assert_allclose(got.lens[k], state.lens[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("make", [None, "file", "empty"])
+def test_restore_lens_from_no_checkpoint_writes_nothing(tmp_path, make):
+    """restore_lens on a mistyped path created that folder, parents and all (orbax's manager does by
+    default), and only then said it held no checkpoint."""
+    path = tmp_path / "runs" / "ck"
+    if make == "file":
+        path.parent.mkdir()
+        path.write_text("x")
+    elif make == "empty":
+        path.mkdir(parents=True)
+    want = {None: "does not exist", "file": "is a file", "empty": "holds no checkpoint"}[make]
+    with pytest.raises(ValueError, match=f"ckpt_dir: .*{want}"):
+        train.restore_lens(path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
+        {None: [], "file": ["runs", "runs/ck"], "empty": ["runs", "runs/ck"]}[make]

@@ -297,7 +297,12 @@ def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
     """The lens of the latest orbax checkpoint in `ckpt_dir` (without the Adam state)."""
     import orbax.checkpoint as ocp
 
-    with ocp.CheckpointManager(Path(ckpt_dir).absolute()) as mngr:
+    # orbax's manager creates a missing folder (and its parents) by default: a mistyped path was made
+    if not Path(ckpt_dir).is_dir():
+        raise ValueError(f"ckpt_dir: expected a folder of lens checkpoints, got {ckpt_dir}, which "
+                         f"{'is a file' if Path(ckpt_dir).exists() else 'does not exist'}")
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options) as mngr:
         step = mngr.latest_step()
         if step is None:
             raise ValueError(f"ckpt_dir: {ckpt_dir} holds no checkpoint")
