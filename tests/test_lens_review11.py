@@ -196,3 +196,18 @@ def test_restore_lens_from_no_checkpoint_writes_nothing(tmp_path, make):
         train.restore_lens(path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == \
         {None: [], "file": ["runs", "runs/ck"], "empty": ["runs", "runs/ck"]}[make]
+
+
+def test_a_checkpoint_past_the_asked_steps_reports_its_own_step(tiny_processed, tmp_path):
+    """Resuming a folder whose checkpoint is at step 3 with steps=2 returned that 3-step lens as
+    TrainResult.steps == 2 (and `lens train` saved it with "steps": 2 in its metadata)."""
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(_examples(), 2, 8)
+    tc = train.TrainConfig(steps=3, batch_size=2, seq_len=8, save_every=1)
+    done = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)
+    again = train.train(params, cfg, lc, batches, train.TrainConfig(steps=2, batch_size=2, seq_len=8, save_every=1),
+                        ckpt_dir=tmp_path, progress=False)
+    assert (again.start_step, again.steps, again.losses) == (3, 3, [])
+    for k in done.lens:
+        np.testing.assert_array_equal(again.lens[k], done.lens[k])

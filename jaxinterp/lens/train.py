@@ -248,6 +248,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     E_pad = parallel.padded_size(cfg.batch_size, mesh) * cfg.accum
     losses = []
     end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    end = max(end, start)  # a checkpoint past cfg.steps: its lens, at its own step (it said cfg.steps)
     bar = tqdm(range(start, end), desc=f"lens layer {lens_config.layer}", unit="step", disable=not progress,
                initial=start, total=cfg.steps)
     for step in bar:
