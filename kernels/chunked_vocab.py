@@ -305,8 +305,10 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
     check_chunk(chunk)  # before max(chunk, k) would hide a width of 0
-    if not 1 <= k <= V:
-        raise ValueError(f"k: expected 1 <= k <= V = {V}, got {k}")
+    # an integer: 2.0 failed inside lax.top_k with a TypeError (or, as the chunk width, blamed `chunk`)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
+        raise ValueError(f"k: expected an integer with 1 <= k <= V = {V}, got {k!r}")
+    k = int(k)
     starts, fresh, C = _layout(V, max(chunk, k))
 
     def chunk_top(start, ok):

@@ -211,3 +211,18 @@ def test_a_checkpoint_past_the_asked_steps_reports_its_own_step(tiny_processed, 
     assert (again.start_step, again.steps, again.losses) == (3, 3, [])
     for k in done.lens:
         np.testing.assert_array_equal(again.lens[k], done.lens[k])
+
+
+@pytest.mark.parametrize("k", [2.0, 2.5, True, "3"])
+def test_top_k_refuses_a_k_that_is_not_an_integer(k):
+    """k = 2.0 passed `1 <= k <= V` and failed inside lax.top_k with a TypeError about shapes, or, below
+    the chunk width, was blamed on `chunk`; True was taken as 1."""
+    import jax.numpy as jnp
+
+    from jaxinterp.kernels import chunked_vocab as cv
+
+    x, W, b = jnp.ones((2, 3)), jnp.ones((3, 10)), jnp.zeros(10)
+    for chunk in (1, 4):
+        with pytest.raises(ValueError, match=r"k: expected an integer with 1 <= k <= V = 10, got " + re.escape(repr(k))):
+            cv.top_k([x], [W], b, k, chunk=chunk)
+    assert cv.top_k([x], [W], b, np.int64(3), chunk=4).indices.shape == (2, 3)
