@@ -226,3 +226,15 @@ def test_top_k_refuses_a_k_that_is_not_an_integer(k):
         with pytest.raises(ValueError, match=r"k: expected an integer with 1 <= k <= V = 10, got " + re.escape(repr(k))):
             cv.top_k([x], [W], b, k, chunk=chunk)
     assert cv.top_k([x], [W], b, np.int64(3), chunk=4).indices.shape == (2, 3)
+
+
+def test_batches_refuse_an_example_longer_than_the_sequence(tiny_processed, tmp_path):
+    """Batches took examples longer than seq_len; the first batch holding one failed inside numpy
+    ('could not broadcast input array from shape (12,) into shape (8,)'), after train() had made its
+    checkpoint folder and compiled the step."""
+    ex = _examples() + [np.arange(12, dtype=np.int32)]
+    with pytest.raises(ValueError, match=r"data: expected examples of at most seq_len = 8 tokens .*got example 3 of 12"):
+        data.Batches(ex, 2, 8)
+    with pytest.raises(ValueError, match="seq_len: expected a positive integer, got 0"):
+        data.Batches(_examples(), 2, 0)
+    assert data.Batches(ex, 2, 12).batch(0).tokens.shape == (2, 12)

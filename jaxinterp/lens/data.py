@@ -101,6 +101,13 @@ class Batches:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if not examples:
             raise ValueError("data: no examples")
+        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+        # else batch() failed at the first long one, inside numpy, after training had started
+        longest = max(range(len(examples)), key=lambda i: len(examples[i]))
+        if len(examples[longest]) > seq_len:
+            raise ValueError(f"data: expected examples of at most seq_len = {seq_len} tokens (tokenize() truncates "
+                             f"to it), got example {longest} of {len(examples[longest])} tokens")
         self.examples, self.batch_size, self.seq_len = examples, batch_size, seq_len
         self.pad_id, self.seed = pad_id, seed
         # Fewer examples than a batch: an epoch repeats them (a batch always has batch_size rows).
