@@ -10,14 +10,9 @@ from safetensors.numpy import save_file
 
 from jaxinterp.merge import checkpoint, config, slices
 
+from test_merge_slices import _tensors
+
 LAYER = {"ln_1.weight": (4,), "mlp.c_fc.weight": (4, 8)}
-
-
-def _tensors(rng, n_layer):
-    t = {"transformer.wte.weight": rng.normal(size=(6, 4)), "transformer.ln_f.weight": rng.normal(size=(4,))}
-    for i in range(n_layer):
-        t.update({f"transformer.h.{i}.{k}": rng.normal(size=s) for k, s in LAYER.items()})
-    return {k: v.astype(np.float32) for k, v in t.items()}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +23,7 @@ def ckpts(tmp_path_factory):
     for j in range(3):
         d = root / f"m{j}"
         d.mkdir()
-        save_file(_tensors(rng, 4), str(d / "model.safetensors"))
+        save_file(_tensors(rng, 4, LAYER), str(d / "model.safetensors"))
         (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 4}))
         out.append(str(d))
     return out

@@ -13,10 +13,11 @@ from jaxinterp.merge.tree_merge import merge
 LAYER = {"ln_1.weight": (4,), "attn.c_attn.weight": (4, 12), "mlp.c_fc.weight": (4, 8)}
 
 
-def _tensors(rng, n_layer):
+def _tensors(rng, n_layer, layer=LAYER):
+    """A GPT-2-shaped checkpoint of n_layer blocks, each with the tensors of `layer` (name -> shape)."""
     t = {"transformer.wte.weight": rng.normal(size=(6, 4)), "transformer.ln_f.weight": rng.normal(size=(4,))}
     for i in range(n_layer):
-        t.update({f"transformer.h.{i}.{k}": rng.normal(size=s) for k, s in LAYER.items()})
+        t.update({f"transformer.h.{i}.{k}": rng.normal(size=s) for k, s in layer.items()})
     return {k: v.astype(np.float32) for k, v in t.items()}
 
 

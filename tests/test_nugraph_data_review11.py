@@ -54,20 +54,28 @@ def _record_padding(monkeypatch) -> dict:
     return log
 
 
+def _straight_and_resumed(varied, tmp_path, monkeypatch, tc, *, stop_at, **resume_kw):
+    """The padding of every step of an uninterrupted run, and of a run stopped after `stop_at`
+    steps and resumed (with `resume_kw`), both recorded by stand-in steps."""
+    straight, resumed = [], []
+    log = _record_padding(monkeypatch)
+    log["calls"] = straight
+    train.train(varied, tmp_path / "straight", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    log["calls"] = resumed
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, max_steps=stop_at, progress=False,
+                log=lambda s: None)
+    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, progress=False, log=lambda s: None,
+                **resume_kw)
+    return straight, resumed
+
+
 def test_resumed_run_pads_every_batch_as_an_uninterrupted_one(varied, tmp_path, monkeypatch):
     """A batch's padded size (hence the rounding of its sums: 2e-7 in the params after one step on the
     same events padded to 192 or 384 hits) must not depend on what the process compiled before: the
     sizes came from one pool shared with validation, so after a resume at an epoch's end the next
     batch padded to its own 256 hits where the uninterrupted run reused validation's 384."""
     tc = train.TrainConfig(epochs=3, batch_size=2, checkpoint_every=100, eval_batch_size=8)
-    straight, resumed = [], []
-    log = _record_padding(monkeypatch)
-    log["calls"] = straight
-    train.train(varied, tmp_path / "straight", config=tc, model_config=TINY, progress=False, log=lambda s: None)
-    log["calls"] = resumed
-    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, max_steps=8, progress=False,
-                log=lambda s: None)
-    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, progress=False, log=lambda s: None)
+    straight, resumed = _straight_and_resumed(varied, tmp_path, monkeypatch, tc, stop_at=8)
     assert resumed == straight
     # every training batch of the run pads to one size (the train step compiles once)
     val = {e.name for e in hdf5.read_events(varied, "validation").events}
@@ -186,15 +194,7 @@ def test_training_padding_does_not_depend_on_the_validation_events(varied, tmp_p
     ratio from 0.25 to 0.80 per hit, and a run resumed with --limit-val 0 padded its batches smaller."""
     tc = train.TrainConfig(epochs=2, batch_size=2, checkpoint_every=100, eval_batch_size=8)
     val = {e.name for e in hdf5.read_events(varied, "validation").events}
-    straight, resumed = [], []
-    log = _record_padding(monkeypatch)
-    log["calls"] = straight
-    train.train(varied, tmp_path / "straight", config=tc, model_config=TINY, progress=False, log=lambda s: None)
-    log["calls"] = resumed
-    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, max_steps=5, progress=False,
-                log=lambda s: None)
-    train.train(varied, tmp_path / "resumed", config=tc, model_config=TINY, limit_val=0, progress=False,
-                log=lambda s: None)
+    straight, resumed = _straight_and_resumed(varied, tmp_path, monkeypatch, tc, stop_at=5, limit_val=0)
     assert [c for c in resumed if not set(c[0]) & val] == [c for c in straight if not set(c[0]) & val]
 
 
