@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxinterp.nugraph.model import NuGraph2Config, Params, param_shapes
+from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params, param_shapes
 from jaxinterp import torch_pickle
 
 
@@ -233,9 +233,5 @@ def load_params(path: str | Path, *, config: NuGraph2Config | None = None) -> Pa
     params = ckptr.restore(path, args=ocp.args.PyTreeRestore(
         restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
     if config is not None:
-        want = jax.tree.map(tuple, param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
-        got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
-        if jax.tree.structure(want, is_leaf=lambda s: isinstance(s, tuple)) != jax.tree.structure(
-                got, is_leaf=lambda s: isinstance(s, tuple)) or want != got:
-            raise ValueError(f"load_params: {path} does not hold NuGraph2 params for {config}")
+        check_params(params, config, where=f"load_params: {path} does not hold NuGraph2 params for {config}")
     return params

@@ -80,14 +80,9 @@ def load_model(path: str | Path | None = None) -> Model:
             for k in parents:
                 node = node.setdefault(k, {})
             node[leaf] = z[name]
-    import jax
+    from jaxinterp.nugraph.model import check_params
 
-    from jaxinterp.nugraph.model import param_shapes
-
-    want = jax.tree.map(tuple, param_shapes(config), is_leaf=lambda s: isinstance(s, tuple))
-    got = jax.tree.map(lambda a: tuple(np.shape(a)), params)
-    if want != got:
-        raise ValueError(f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
+    check_params(params, config, where=f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
     return Model(params, config, norm, desc)
 
 

@@ -340,11 +340,8 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     out_dir = Path(out_dir)
     info = hdf5.read_info(path)
     if init_params is not None:
-        want = jax.tree.map(tuple, model.param_shapes(model_config), is_leaf=lambda t: isinstance(t, tuple))
-        got = jax.tree.map(lambda a: tuple(np.shape(a)), init_params)
-        if want != got:
-            raise ValueError(f"init_params: expected NuGraph2 params of the model config {model_config}, "
-                             "got a tree of other names or shapes")
+        model.check_params(init_params, model_config,
+                           where="init_params: expected NuGraph2 params of the model config, got a tree where")
     if tuple(info.planes) != tuple(model_config.planes):
         raise ValueError(f"path: the file's planes {list(info.planes)} differ from the model's {list(model_config.planes)}")
     if tuple(info.semantic_classes) != tuple(model_config.semantic_classes):  # labels index the file's list

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxinterp.nugraph.model import NuGraph2Config, Params, param_shapes
+from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params
 
 
 def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: float = 0.0,
@@ -29,9 +29,7 @@ def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: flo
         raise ValueError(f"widen: factor must be an integer >= 1, got {factor!r}")
     if not isinstance(noise, (int, float, np.integer, np.floating)) or not 0 <= noise < np.inf:
         raise ValueError(f"widen: noise must be a finite number >= 0, got {noise!r}")  # NaN: NaN params
-    got = _shapes(params)
-    if got != param_shapes(config):
-        raise ValueError(f"widen: params do not have the shapes of {config}")
+    check_params(params, config, where="widen: params do not have the shapes of the config")
     F, Fn, D, P = config.planar_features, config.nexus_features, config.in_features, len(config.planes)
     f_idx, n_idx = np.tile(np.arange(F), factor), np.tile(np.arange(Fn), factor)
     rng = np.random.default_rng(seed)
@@ -77,8 +75,3 @@ def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: flo
     wide = dataclasses.replace(config, planar_features=factor * F, nexus_features=factor * Fn)
     return out, wide
 
-
-def _shapes(tree):
-    if isinstance(tree, dict):
-        return {k: _shapes(v) for k, v in tree.items()}
-    return tuple(np.shape(tree))
