@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
+from jaxinterp.checks import is_integer
+
 DEFAULT_CHUNK = 8192
 _NEG = -jnp.inf
 
@@ -40,7 +42,7 @@ class TopK(NamedTuple):
 def check_chunk(chunk) -> int:
     """`chunk` as an int; ValueError unless it is a positive integer (0 would divide by zero, and a
     negative width would walk no chunk at all and return -inf)."""
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    if not is_integer(chunk) or chunk < 1:
         raise ValueError(f"chunk: expected a positive integer (columns per chunk), got {chunk!r}")
     return int(chunk)
 
@@ -306,7 +308,7 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
     V = _check(xs, Ws, b)
     check_chunk(chunk)  # before max(chunk, k) would hide a width of 0
     # an integer: 2.0 failed inside lax.top_k with a TypeError (or, as the chunk width, blamed `chunk`)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V:
+    if not is_integer(k) or not 1 <= k <= V:
         raise ValueError(f"k: expected an integer with 1 <= k <= V = {V}, got {k!r}")
     k = int(k)
     starts, fresh, C = _layout(V, max(chunk, k))

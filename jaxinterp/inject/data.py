@@ -17,6 +17,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from jaxinterp.checks import is_integer
+
 # canonical column -> accepted spellings
 COLUMNS = {
     "explicit_sentence": ("explicit_sentence", "explicit_sent"),
@@ -65,7 +67,7 @@ def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], l
 def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
     """Reads a prompt CSV (either format). Raises ValueError naming the missing column or the empty cell."""
     path = Path(path)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+    if limit is not None and (not is_integer(limit) or limit < 1):
         # rows[1:1 + limit]: a negative limit dropped rows from the end instead
         raise ValueError(f"limit: expected a positive number of rows (or None for all), got {limit!r}")
     header, rows = _read_csv(path, "prompt data", f", expected a header row with columns {sorted(COLUMNS)}")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxinterp.checks import is_integer
 from jaxinterp.inject.memory import unembedding
 from jaxinterp.transformer import gpt2
 from jaxinterp.transformer.gpt2 import GPT2Config
@@ -41,7 +42,7 @@ def head_outputs(params: dict, tokens: Sequence[int], *, config: GPT2Config, pos
     the caller's choice (the reference's `interpret_attn.py` ran GPT-2 prompts without it; the demo
     passes it, as its toy model was trained with it)."""
     n = len(tokens)
-    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -n <= position < n:
+    if not is_integer(position) or not -n <= position < n:
         # jnp indexing clamps: position 10 of a 4-token prompt read the last position's heads
         raise ValueError(f"position: expected an index into the prompt's {n} tokens (-{n}..{n - 1}), got {position!r}")
     names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxinterp.checks import is_integer
 from jaxinterp.transformer import gpt2
 from jaxinterp.transformer.gpt2 import GPT2Config
 from jaxinterp.transformer.hooks import Intervention, intervene
@@ -104,7 +105,7 @@ def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: 
     """
     if len(ids_list) == 0:
         raise ValueError("memories: expected at least one memory, got none")
-    if bos_id is not None and (isinstance(bos_id, bool) or not isinstance(bos_id, (int, np.integer))
+    if bos_id is not None and (not is_integer(bos_id)
                                or not 0 <= bos_id < config.vocab_size):
         # an id outside the vocabulary is clamped by the embedding gather: a wrong memory, no error
         raise ValueError(f"bos_id: expected a token id in [0, {config.vocab_size}), got {bos_id!r}")
@@ -197,7 +198,7 @@ def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array
 
 
 def check_layer(layer: int, config: GPT2Config, what: str = "layer") -> int:
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < config.n_layer:
+    if not is_integer(layer) or not 0 <= int(layer) < config.n_layer:
         raise ValueError(f"{what}: expected an int in [0, {config.n_layer}) (the model has {config.n_layer} blocks), "
                          f"got {layer!r}")
     return int(layer)

@@ -18,6 +18,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from jaxinterp.checks import is_integer
+
 
 class Batch(NamedTuple):
     tokens: np.ndarray  # [B, P] int32, right-padded with pad_id
@@ -101,7 +103,7 @@ class Batches:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         if not examples:
             raise ValueError("data: no examples")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+        if not is_integer(seq_len) or seq_len < 1:
             raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
         # else batch() failed at the first long one, inside numpy, after training had started
         longest = max(range(len(examples)), key=lambda i: len(examples[i]))

@@ -34,6 +34,7 @@ import optax
 from jax import Array
 
 from jaxinterp import parallel
+from jaxinterp.checks import is_integer
 from jaxinterp.lens import fused_adam, lenses, objective as obj
 from jaxinterp.lens.data import Batches
 from jaxinterp.lens.lenses import LensConfig
@@ -54,11 +55,10 @@ class TrainConfig:
     def __post_init__(self):
         # int() let 2.5 through (range() then failed after the checkpoint folder was made); lr = inf
         # trained every weight to NaN; a negative seed failed in the first batch
-        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
         for f in ("steps", "batch_size", "accum", "seq_len", "save_every"):
-            if not is_int(getattr(self, f)) or getattr(self, f) < 1:
+            if not is_integer(getattr(self, f)) or getattr(self, f) < 1:
                 raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)!r}")
-        if not is_int(self.seed) or self.seed < 0:
+        if not is_integer(self.seed) or self.seed < 0:
             raise ValueError(f"seed: expected a non-negative integer, got {self.seed!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float, np.floating, np.integer)) \
                 or not (0 < self.lr < float("inf")):

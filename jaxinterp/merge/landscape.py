@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.merge import tree
 
 LossFn = Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
@@ -49,7 +50,7 @@ def barrier_chord(alphas: np.ndarray, losses: np.ndarray) -> float:
 
 def _check_count(arg: str, value: Any, least: int, expected: str) -> None:
     """ValueError unless value is an integer >= least (`expected` says what it counts)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+    if not is_integer(value) or value < least:
         raise ValueError(f"{arg}: expected {expected}, got {value!r}")
 
 

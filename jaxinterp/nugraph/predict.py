@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp import parallel
+from jaxinterp.checks import is_integer
 from jaxinterp.nugraph import graph
 from jaxinterp.nugraph.event import Event
 from jaxinterp.nugraph.model import NuGraph2Config, Params, apply, check_params, cpu_compiler_options
@@ -115,7 +116,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     from tqdm import tqdm
 
     events = list(events)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+    if not is_integer(batch_size):
         raise ValueError(f"predict: batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
     if batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")

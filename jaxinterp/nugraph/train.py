@@ -30,6 +30,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxinterp import atomic
+from jaxinterp.checks import is_integer
 from jaxinterp.nugraph import hdf5, metrics
 from jaxinterp.nugraph.event import PLANES, Event, validate
 from jaxinterp.nugraph.graph import BatchSizes, bucket, overflow_edges, pad_batch
@@ -55,15 +56,12 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
 
-        def integer(v) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
         def finite(v) -> bool:
             return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
         for field in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
-            need(integer(getattr(self, field)) and getattr(self, field) >= 1, field, "a positive integer")
-        need(integer(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
+            need(is_integer(getattr(self, field)) and getattr(self, field) >= 1, field, "a positive integer")
+        need(is_integer(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
         need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number")
         need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a non-negative finite number")
         need(finite(self.balance_frac) and 0 <= self.balance_frac <= 1, "balance_frac", "a fraction in [0, 1]")

@@ -15,6 +15,7 @@ import dataclasses
 
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params
 
 
@@ -25,7 +26,7 @@ def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: flo
     noise = 0 gives exactly the same outputs (up to float rounding); a few percent breaks the copies'
     symmetry for training.
     """
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+    if not is_integer(factor) or factor < 1:
         raise ValueError(f"widen: factor must be an integer >= 1, got {factor!r}")
     if not isinstance(noise, (int, float, np.integer, np.floating)) or not 0 <= noise < np.inf:
         raise ValueError(f"widen: noise must be a finite number >= 0, got {noise!r}")  # NaN: NaN params

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxinterp.checks import is_integer
 from jaxinterp.transformer import hooks
 from jaxinterp.transformer.hooks import Intervention
 
@@ -63,7 +64,7 @@ class GPT2Config:
             if value is None and name == "n_inner":
                 continue
             least = 0 if name == "n_layer" else 1  # a zero-layer model (embed, unembed) is a bigram model
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            if not is_integer(value) or value < least:
                 raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}")
         eps = self.layer_norm_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
