@@ -20,7 +20,6 @@ Writes DIR/summary.json, DIR/heatmap_*.png, DIR/heads_*.csv (DIR/prompts.csv, th
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +53,13 @@ def _sweep_summary(res, name: str) -> dict:
 def model_world(model_dir: str | Path):
     """The world a toy-world model was trained on: from the train.json beside its model folder (a
     `toyworld train` run folder holds model/ and train.json, as the shipped assets do)."""
-    from jaxinterp.toyworld.world import WorldConfig, build_world
+    from jaxinterp.toyworld.world import build_world, run_world_config
 
-    path = Path(model_dir).parent / "train.json"
-    if not path.is_file():
+    config = run_world_config(model_dir)
+    if config is None:
         raise ValueError(f"model: expected a toy-world model folder with train.json beside it (its world), "
-                         f"found no {path}")
-    return build_world(WorldConfig(**json.loads(path.read_text())["world"]))
+                         f"found no {Path(model_dir).parent / 'train.json'} recording one")
+    return build_world(config)
 
 
 def _check_memories(memories, world, where) -> None:

@@ -41,19 +41,12 @@ def _model_world(args, model):
     """The world to evaluate `model` on: the one in the train.json beside it (a `toyworld train` run
     folder holds model/ and train.json, as the shipped assets do), else the command line's. World
     options that contradict the model's own world are refused: its held-out split would be another."""
-    from jaxinterp.toyworld.world import WorldConfig
+    from jaxinterp.toyworld.world import run_world_config
 
-    record = Path(model).parent / "train.json"
-    try:
-        world = json.loads(record.read_text()).get("world") if record.is_file() else None
-    except (OSError, ValueError):
-        world = None
-    if not isinstance(world, dict):
+    own = run_world_config(model)
+    if own is None:
         return _world_config(args)
-    try:
-        own = WorldConfig(**world)
-    except TypeError as e:
-        raise ValueError(f"model: expected the world settings of a toyworld run in {record}, got {world}") from e
+    record = Path(model).parent / "train.json"
     asked = _given_world(args)
     diff = [f"--{dest.replace('_', '-')}: the model's {getattr(own, field)}, got {asked[field]}"
             for dest, field in _WORLD_ARGS.items() if field in asked and asked[field] != getattr(own, field)]

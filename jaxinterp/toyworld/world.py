@@ -21,7 +21,9 @@ Everything is a plain function of (WorldConfig, seed): the same config gives the
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from pathlib import Path
 from typing import NamedTuple
 
 # Syllable inventory: consonant onsets, vowels and optional codas. Names are 2-3 syllables.
@@ -84,6 +86,23 @@ class WorldConfig:
         if self.n_countries * self.cities_per_country > 200 or self.n_countries > 60:
             raise ValueError(f"the syllable inventory names at most 60 countries and 200 cities, got "
                              f"{self.n_countries} countries x {self.cities_per_country} cities")
+
+
+def run_world_config(model_dir) -> WorldConfig | None:
+    """The WorldConfig a toy-world model was trained on, from the train.json beside its model folder
+    (a `toyworld train` run folder holds model/ and train.json, as the shipped assets do); None where
+    there is no such file or it records no world. ValueError if the settings are not a WorldConfig's."""
+    path = Path(model_dir).parent / "train.json"
+    try:
+        world = json.loads(path.read_text()).get("world") if path.is_file() else None
+    except (OSError, ValueError):
+        world = None
+    if not isinstance(world, dict):
+        return None
+    try:
+        return WorldConfig(**world)
+    except TypeError as e:
+        raise ValueError(f"model: expected the world settings of a toyworld run in {path}, got {world}") from e
 
 
 class Fact(NamedTuple):
