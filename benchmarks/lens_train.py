@@ -2,7 +2,8 @@
 token only) against a straightforward one (a Python loop over heads materialising every head's
 logits at every position, [B, P, H, V], then the KL at the last position, as the original
 LensA/LightningLens did; its backward pass and its Adam step are two jits, as `loss.backward()`
-and `optimizer.step()` are), both with optax Adam and donated state.
+and `optimizer.step()` are), both with optax Adam and donated state. jaxinterp also runs with Adam's
+moments stored in bfloat16 (`lens train --adam-moments bfloat16`; weights and arithmetic float32).
 
 GPT-2 small architecture with random weights (the hub is out of reach), the 12 lenses of layer 6,
 batch 4 x 128 tokens. Each implementation runs in its own subprocess so that its peak memory (peak
@@ -15,7 +16,7 @@ import json
 import subprocess
 import sys
 
-IMPLS = ("jaxinterp", "jaxinterp_all_positions", "straightforward")
+IMPLS = ("jaxinterp", "jaxinterp_bf16_moments", "jaxinterp_all_positions", "straightforward")
 
 
 def _sizes(quick: bool):
@@ -79,7 +80,6 @@ def child(impl: str, quick: bool) -> dict:
 
     import jax
     import numpy as np
-    import optax
 
     from jaxinterp import benchtools
     from jaxinterp.lens import lenses, objective, train
@@ -88,7 +88,8 @@ def child(impl: str, quick: bool) -> dict:
     cfg, layer, B, P = _sizes(quick)
     params = gpt2.init(jax.random.key(0), cfg)
     lc = lenses.lens_config_for(cfg, layer)
-    tx = optax.adam(1e-3)
+    # `lens train --adam-moments bfloat16`: Adam's moments in bfloat16 (stochastically rounded)
+    tx = train.optimizer(1e-3, "bfloat16" if impl.endswith("bf16_moments") else "float32")
     lens = lenses.init(*lenses.unembedding(params, cfg), lc)
     state = (lens, tx.init(lens))
     rng = np.random.default_rng(0)
@@ -148,6 +149,7 @@ def main() -> None:
     budget = args.max_gib or 0.85 * _available_gib()
     res = {impl: _run_child(impl, args.quick, budget) for impl in IMPLS}
     ours, all_pos, naive = res["jaxinterp"], res["jaxinterp_all_positions"], res["straightforward"]
+    half = res["jaxinterp_bf16_moments"]
     what = "GPT-2 small, 12 lenses of layer 6, 4x128" if not args.quick else "quick GPT-2, 4 lenses, 2x64"
     speedup = naive["step_s"] / ours["step_s"]
     mem_ratio = ours["peak_gib"] / naive["peak_gib"]  # naive killed at the budget: an upper bound
@@ -166,6 +168,14 @@ def main() -> None:
         benchtools.row(f"lens train XLA buffers (args+temp+out), straightforward ({what})", naive["xla_gib"] or 0, "GiB"),
         benchtools.row("lens train XLA buffers, jaxinterp / straightforward", xla_ratio, "ratio", goal="<= 0.5",
                        met=bool(xla_ratio <= 0.5)),
+        benchtools.row(f"lens train step, jaxinterp, bfloat16 Adam moments ({what})", half["step_s"], "s/step"),
+        benchtools.row("lens train step speed-up vs straightforward, bfloat16 Adam moments",
+                       naive["step_s"] / half["step_s"], "x", goal=">= 3x",
+                       met=None if killed else bool(naive["step_s"] / half["step_s"] >= 3)),
+        benchtools.row(f"lens train peak RSS, jaxinterp, bfloat16 Adam moments ({what})", half["peak_gib"], "GiB"),
+        benchtools.row("lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward",
+                       half["peak_gib"] / naive["peak_gib"], "ratio", goal="<= 0.5",
+                       met=bool(half["peak_gib"] / naive["peak_gib"] <= 0.5)),
         benchtools.row(f"lens train step, jaxinterp all positions ({what})", all_pos["step_s"], "s/step"),
         benchtools.row(f"lens train peak RSS, jaxinterp all positions ({what})", all_pos["peak_gib"], "GiB"),
         benchtools.row("lens train compile, jaxinterp", ours["compile_s"], "s", goal="< 30 s",

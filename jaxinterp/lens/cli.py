@@ -41,7 +41,7 @@ def _train(args) -> int:
 
     cfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, accum=args.accum, seq_len=args.seq_len,
                             lr=args.lr, save_every=args.save_every, seed=args.seed, bfloat16=args.bf16,
-                            shard_vocab=args.shard_vocab)
+                            shard_vocab=args.shard_vocab, adam_moments=args.adam_moments)
     obj = objective.Objective(mode=args.mode, chunk=args.chunk)
     texts = data.read_texts(args.data, text_field=args.text_field)  # empty data fails here, before any work
     model = resolve_model(args.model)
@@ -145,6 +145,9 @@ def add_parser(sub) -> None:
     t.add_argument("--save-every", type=positive_int, default=50, help="orbax checkpoint every N steps")
     t.add_argument("--seed", type=non_negative_int, default=0)
     t.add_argument("--bf16", action="store_true", help="bfloat16 activations and lens matmuls (params stay float32)")
+    t.add_argument("--adam-moments", default="float32", choices=["float32", "bfloat16"],
+                   help="dtype Adam's two moments are stored in; bfloat16 (stochastically rounded) halves the "
+                        "optimiser state (default float32)")
     t.add_argument("--shard-vocab", action="store_true", help="split lens params along the vocabulary over devices")
     t.add_argument("--chunk", type=positive_int, default=8192, help="vocabulary chunk width")
     t.add_argument("--text-field", default="text", help="field of .jsonl records / HF datasets (default text)")

@@ -10,7 +10,9 @@ then take their update in one elementwise pass. No gradient larger than one chun
 
 The result is optax.adam's update (same formulas, same state layout: `(ScaleByAdamState(count, mu,
 nu), EmptyState())`), so checkpoints and resumption are unchanged; tests compare the two step by
-step. Objectives "last" and "all" (the lens summed over heads); "per_head" uses the plain step.
+step. Moments stored in bfloat16 (`bf16_moments`, the state's dtype says which) are rounded as
+`bf16_moments.adam` rounds them, element for element. Objectives "last" and "all" (the lens summed
+over heads); "per_head" uses the plain step.
 
 Axis names: N rows, V vocabulary, C chunk width.
 """
@@ -23,11 +25,10 @@ import optax
 from jax import Array, lax
 
 from jaxinterp.kernels import chunked_vocab
-from jaxinterp.lens import lenses
+from jaxinterp.lens import bf16_moments, lenses
+from jaxinterp.lens.bf16_moments import B1, B2  # optax.adam's defaults (and torch.optim.Adam's)
 from jaxinterp.lens.lenses import LensConfig
 from jaxinterp.lens.objective import Objective, Rows
-
-B1, B2, EPS = 0.9, 0.999, 1e-8  # optax.adam's defaults (and torch.optim.Adam's)
 
 
 def supports(objective: Objective, shard_vocab: bool = False) -> bool:
@@ -69,8 +70,8 @@ def _chunk_grad(lens_chunk: dict, r: Rows, lens_config: LensConfig, compute_dtyp
 def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: Objective, lr: float):
     """One Adam step on the weighted mean KL of `r`: (lens, opt_state, rows) -> (lens, opt_state, loss).
 
-    opt_state is `optax.adam(lr).init(lens)`'s layout; the result equals
-    `optax.adam(lr).update(jax.grad(objective.loss)(lens, r), opt_state, lens)` applied to lens.
+    opt_state is `optax.adam(lr).init(lens)`'s layout (or `bf16_moments.adam(lr)`'s); the result
+    equals that optimiser's update of `jax.grad(objective.loss)(lens, r)` applied to lens.
     """
     if not supports(objective):
         raise ValueError(f"objective.mode: the fused Adam step supports 'last' and 'all', got {objective.mode!r}")
@@ -96,14 +97,20 @@ def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: 
         dz = jnp.where(ok, g[:, None].astype(z.dtype) * (jnp.exp(z - lse_z[:, None]) - jnp.exp(logp)), 0.0)
         grad_c = _chunk_grad(lens_c, r, lens_config, cd, dz)
 
-        def moment(a, new):  # columns of the overlapping last chunk that an earlier chunk did stay
+        def moment(a, new, seed):  # columns of the overlapping last chunk that an earlier chunk did stay
             a_c = cut(a)
-            return lax.dynamic_update_slice_in_dim(a, jnp.where(ok, new(a_c), a_c), start, axis=a.ndim - 1)
+            a_new = bf16_moments.store(new(a_c.astype(bf16_moments.wide(a_c))), a_c, seed, a.shape[-1], start)
+            return lax.dynamic_update_slice_in_dim(a, jnp.where(ok, a_new, a_c), start, axis=a.ndim - 1)
 
-        # optax.scale_by_adam's moment updates; each reads only its own buffer, so XLA updates both in place
-        mu = jax.tree.map(lambda m, gr: moment(m, lambda m_c: (1 - B1) * gr + B1 * m_c), mu, grad_c)
-        nu = jax.tree.map(lambda v, gr: moment(v, lambda v_c: (1 - B2) * (gr * gr) + B2 * v_c), nu, grad_c)
-        return mu, nu
+        # optax.scale_by_adam's moment updates (float32, stored in the moments' dtype as
+        # bf16_moments stores them); each reads only its own buffer, so XLA updates both in place
+        grads, treedef = jax.tree.flatten(grad_c)
+        mu, nu = treedef.flatten_up_to(mu), treedef.flatten_up_to(nu)
+        mu = [moment(m, lambda m_c: (1 - B1) * gr + B1 * m_c, bf16_moments.leaf_seed(i, bf16_moments.MU, count))
+              for i, (m, gr) in enumerate(zip(mu, grads))]
+        nu = [moment(v, lambda v_c: (1 - B2) * (gr * gr) + B2 * v_c, bf16_moments.leaf_seed(i, bf16_moments.NU, count))
+              for i, (v, gr) in enumerate(zip(nu, grads))]
+        return jax.tree.unflatten(treedef, mu), jax.tree.unflatten(treedef, nu)
 
     mu, nu = lax.fori_loop(0, len(starts), body, (adam.mu, adam.nu))
 
@@ -111,9 +118,7 @@ def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: 
     # them inside the loop as well would make each chunk's update read three buffers while writing
     # them, and XLA then copies a whole moment buffer per chunk.
     def weight(p, m, v):
-        m_hat = m / (1 - B1 ** count).astype(m.dtype)
-        v_hat = v / (1 - B2 ** count).astype(v.dtype)
-        return (p + (-lr * (m_hat / (jnp.sqrt(v_hat) + EPS))).astype(p.dtype)).astype(p.dtype)
+        return (p + (-lr * bf16_moments.direction(m, v, count)).astype(p.dtype)).astype(p.dtype)
 
     lens = jax.tree.map(weight, lens, mu, nu)
     return lens, (adam._replace(count=count, mu=mu, nu=nu), rest), loss

@@ -35,7 +35,7 @@ from jax import Array
 
 from jaxinterp import parallel
 from jaxinterp.checks import is_integer
-from jaxinterp.lens import fused_adam, lenses, objective as obj
+from jaxinterp.lens import bf16_moments, fused_adam, lenses, objective as obj
 from jaxinterp.lens.data import Batches
 from jaxinterp.lens.lenses import LensConfig
 
@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     bfloat16: bool = False  # GPT-2 activations and lens matmul inputs in bfloat16
     shard_vocab: bool = False
+    adam_moments: str = "float32"  # or "bfloat16": Adam's state in half the bytes (bf16_moments)
 
     def __post_init__(self):
         # int() let 2.5 through (range() then failed after the checkpoint folder was made); lr = inf
@@ -63,6 +64,8 @@ class TrainConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float, np.floating, np.integer)) \
                 or not (0 < self.lr < float("inf")):
             raise ValueError(f"lr: expected a positive finite learning rate, got {self.lr!r}")
+        if self.adam_moments not in bf16_moments.DTYPES:
+            raise ValueError(f"adam_moments: expected one of {bf16_moments.DTYPES}, got {self.adam_moments!r}")
         for f in ("steps", "batch_size", "accum", "seq_len", "save_every", "seed"):  # numpy scalars: JSON in checkpoints
             object.__setattr__(self, f, int(getattr(self, f)))
         object.__setattr__(self, "lr", float(self.lr))
@@ -73,8 +76,9 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
 
 
-def optimizer(lr: float) -> optax.GradientTransformation:
-    return optax.adam(lr)
+def optimizer(lr: float, moments: str = "float32") -> optax.GradientTransformation:
+    """Adam at `lr`, its moments stored in `moments` (optax.adam's own for "float32")."""
+    return bf16_moments.optimizer(lr, moments)
 
 
 PAD_LOGIT = -1e30  # bias of the padding columns of a split vocabulary: exp() is 0, yet finite (no inf - inf)
@@ -107,7 +111,7 @@ def make_step(model_config, lens_config: LensConfig, objective: obj.Objective, t
 
     Examples are grouped [B, A] (so a device's contiguous rows hold whole micro-batch slices):
     micro-batch a is tokens.reshape(B, A, P)[:, a].
-    With `fused_adam_lr`, tx must be `optax.adam(fused_adam_lr)`: the update is then applied chunk
+    With `fused_adam_lr`, tx must be `optimizer(fused_adam_lr, ...)`: the update is then applied chunk
     by chunk of the vocabulary inside the backward pass (`fused_adam`; same result, no whole gradient).
     """
     if fused_adam_lr is not None and not fused_adam.supports(objective):
@@ -163,11 +167,11 @@ def jit_step(model_config, lens_config, objective, tx, accum, mesh=None, state_s
 
 @functools.lru_cache(maxsize=8)
 def _driver_step(model_config, lens_config: LensConfig, objective: obj.Objective, lr: float, accum: int,
-                 shard_vocab: bool, devices: tuple):
+                 shard_vocab: bool, devices: tuple, moments: str = "float32"):
     """The driver's jitted step, built once per configuration (a resumed run in the same process,
     or a second layer with the same shapes, reuses the compiled step)."""
     mesh = parallel.make_mesh(list(devices))
-    tx = optimizer(lr)
+    tx = optimizer(lr, moments)
     abstract = jax.eval_shape(lambda: (lambda l: TrainState(l, tx.init(l)))(
         lenses.init(jnp.zeros((lens_config.d_model, lens_config.vocab_size)), jnp.zeros(lens_config.vocab_size),
                     lens_config)))
@@ -221,7 +225,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     stored = dataclasses.replace(lens_config, vocab_size=width)  # the lens as the step sees it
 
     tx, mesh, shardings, step_fn = _driver_step(model_config, stored, objective, cfg.lr, cfg.accum,
-                                                cfg.shard_vocab, tuple(jax.devices()))
+                                                cfg.shard_vocab, tuple(jax.devices()), cfg.adam_moments)
     W_U, b_U = lenses.unembedding(model_params, model_config)
     lens = lenses.init(pad_vocab(W_U, width, 0.0), pad_vocab(b_U, width, PAD_LOGIT), stored)
     state = TrainState(lens, tx.init(lens))
@@ -279,7 +283,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
 # what a resumed run must share with the run that wrote the checkpoint: the lens, the objective, the
 # stored vocabulary width, the data (its fingerprint), and what decides which batches come next (batch i of the data is a pure
 # function of seed and i, and step s consumed batches s*accum ... s*accum + accum - 1)
-_RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr")
+_RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr", "adam_moments")
+_RESUME_DEFAULTS = {"adam_moments": "float32"}  # settings a checkpoint written before them ran with
 
 
 def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
@@ -287,7 +292,7 @@ def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
              # checkpoints written before the data's fingerprint was recorded cannot be checked for it
              "data": meta.get("data", run["data"]),
-             **{f: meta.get("train_config", {}).get(f) for f in _RESUME_MUST_MATCH}}
+             **{f: meta.get("train_config", {}).get(f, _RESUME_DEFAULTS.get(f)) for f in _RESUME_MUST_MATCH}}
     diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
     if diff:
         raise ValueError(f"ckpt_dir: {ckpt_dir} holds another run; resume it with the same settings or use a "
