@@ -51,6 +51,35 @@ def test_delaunay_edges_are_symmetric_unique_and_sorted(pos, n_edges):
     assert np.all(np.diff(ei[1]) >= 0)  # sorted by target
 
 
+def _fixture_planes():
+    """(name, pos, edges) of every plane of the reference events: nugraph2_reference.npz's two events
+    (edges from the official code's preprocessing) and the eight events pynuml 24.6.0 wrote to
+    nugraph2_events.gnn.h5."""
+    import h5py
+
+    ref = np.load(FIXTURES / "nugraph2_reference.npz")
+    for i in (0, 1):
+        for p in PLANES:
+            yield f"npz ev{i} {p}", ref[f"ev{i}/{p}/pos"], ref[f"ev{i}/{p}/edge_index_plane"]
+    with h5py.File(FIXTURES / "nugraph2_events.gnn.h5") as f:
+        for name in f["dataset"]:
+            rec = f["dataset"][name][()]
+            for p in PLANES:
+                yield f"h5 {name} {p}", rec[f"{p}/pos"], rec[f"{p}_plane_{p}/edge_index"]
+
+
+def test_delaunay_edges_are_the_reference_edges():
+    """The planar edges the reference preprocessing built from the same hit positions: the same set of
+    directed edges for all 30 planes (nothing else compared `pos` with `edge_index_plane`)."""
+    planes = list(_fixture_planes())
+    assert len(planes) == 2 * 3 + 8 * 3
+    for what, pos, want in planes:
+        got = delaunay_edges(pos)
+        assert want.shape[0] == 2 and want.shape[1] > len(pos), what  # a real triangulation, not an empty list
+        assert got.shape == want.shape, what
+        assert set(map(tuple, got.T)) == set(map(tuple, want.T)), what
+
+
 def test_delaunay_edges_bad_input():
     with pytest.raises(ValueError, match="pos must have shape \\[N, 2\\], got \\[4, 3\\]"):
         delaunay_edges(np.zeros((4, 3)))
