@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.merge import tree
 
 
@@ -66,20 +67,23 @@ def check_spec(spec: PermutationSpec, params: Any) -> dict[str, int]:
     return sizes
 
 
-def check_init(init: dict[str, Any], sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    """init as arrays; ValueError unless it holds exactly the spec's permutations, each of its size."""
+def check_init(init: dict[str, Any], sizes: dict[str, int], arg: str = "init") -> dict[str, np.ndarray]:
+    """init as arrays; ValueError (naming `arg`) unless it holds exactly the spec's permutations, each
+    a permutation of range(its size)."""
+    if not isinstance(init, dict):
+        raise ValueError(f"{arg}: expected a dict permutation name -> indices, got {type(init).__name__}")
     missing, unknown = sorted(set(sizes) - set(init)), sorted(set(init) - set(sizes))
     if missing or unknown:
-        raise ValueError(f"init: expected one permutation for each of {sorted(sizes)}, got {sorted(init)} "
+        raise ValueError(f"{arg}: expected one permutation for each of {sorted(sizes)}, got {sorted(init)} "
                          f"(missing {missing}, not in the spec {unknown})")
     perms = {p: np.asarray(v) for p, v in init.items()}
     for p, n in sizes.items():
         if perms[p].shape != (n,) or not np.issubdtype(perms[p].dtype, np.integer):
-            raise ValueError(f"init[{p!r}]: expected a permutation of range({n}), got an array of shape "
+            raise ValueError(f"{arg}[{p!r}]: expected a permutation of range({n}), got an array of shape "
                              f"{perms[p].shape} and dtype {perms[p].dtype}")
         absent = np.setdiff1d(np.arange(n), perms[p])
         if absent.size:
-            raise ValueError(f"init[{p!r}]: expected a permutation of range({n}), got one without indices "
+            raise ValueError(f"{arg}[{p!r}]: expected a permutation of range({n}), got one without indices "
                              f"{absent[:5].tolist()}")
     return perms
 
@@ -94,7 +98,13 @@ def _permuted(spec: PermutationSpec, perms: dict[str, np.ndarray], name: str, w:
 
 
 def apply_permutation(spec: PermutationSpec, perms: dict[str, np.ndarray], params: Any) -> Any:
-    """params with every permuted axis reordered (`perms[p][i]`: which unit of params goes to i)."""
+    """params with every permuted axis reordered (`perms[p][i]`: which unit of params goes to i).
+
+    The spec and perms are checked first (ValueError): a spec leaf missing from params (a typo would
+    leave that tensor unpermuted, so the result would compute another function) or a perm that is
+    missing, of the wrong size, or not a permutation.
+    """
+    perms = check_init(perms, check_spec(spec, params), "perms")
     leaves = tree.named_leaves(params)
     out = []
     for name, w in leaves.items():
@@ -117,6 +127,8 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, max_
     """Permutations of params_b's units that maximise its inner product with params_a."""
     from scipy.optimize import linear_sum_assignment
 
+    if not is_integer(max_iter) or max_iter < 1:
+        raise ValueError(f"max_iter: expected a positive number of sweeps, got {max_iter!r}")
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     sizes = check_spec(spec, params_a)
     perms = {p: np.arange(n) for p, n in sizes.items()} if init is None else check_init(init, sizes)
@@ -170,6 +182,10 @@ def cnn_permutation_spec(conv_names: list[str], dense_names: list[str], *, norm_
     """
     axes = {}
     layers = [(n, "conv") for n in conv_names] + [(n, "dense") for n in dense_names]
+    unknown = sorted(set(norm_names or {}) - {n for n, _ in layers})
+    if unknown:  # a typo would leave that norm layer unpermuted: another function, silently
+        raise ValueError(f"norm_names: expected keys among the conv and dense layers {[n for n, _ in layers]}, "
+                         f"got {unknown}")
     for i, (layer, kind) in enumerate(layers):
         p_in = f"P_{i - 1}" if i > 0 else None
         p_out = f"P_{i}" if i < len(layers) - 1 else None

@@ -1,0 +1,45 @@
+"""Review 12 of the merge geometry (re-basin, Fisher/RegMean, soups, landscape, curves): each test
+failed on the code before its fix."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
+
+SIZES = (5, 7, 6, 3)
+PA = mlp.init(jax.random.PRNGKey(0), SIZES)
+X = jax.random.normal(jax.random.PRNGKey(2), (12, 5))
+Y = jnp.arange(12) % 3
+SPEC = rebasin.mlp_permutation_spec(["Dense_0", "Dense_1", "Dense_2"])
+IDENT = {"P_0": np.arange(7), "P_1": np.arange(6)}
+
+
+# ----------------------------------------------------------------------------- re-basin
+
+
+@pytest.mark.parametrize("spec, perms, match", [
+    # a spec naming a leaf params lack (a typo): that tensor stayed unpermuted, another function
+    (rebasin.mlp_permutation_spec(["Dense_0", "Dense_1", "Dense_X"]), IDENT, r"spec: leaf 'Dense_X\.kernel' is not in params"),
+    # not a permutation: unit 0 copied 7 times, silently
+    (SPEC, {"P_0": np.zeros(7, int), "P_1": np.arange(6)}, r"perms\['P_0'\]: expected a permutation of range\(7\)"),
+    (SPEC, {"P_0": np.arange(7)}, r"perms: expected one permutation for each of \['P_0', 'P_1'\].*missing \['P_1'\]"),
+    (SPEC, {"P_0": np.arange(6), "P_1": np.arange(6)}, r"perms\['P_0'\]: .*got an array of shape \(6,\)"),
+])
+def test_apply_permutation_refuses_a_bad_spec_or_perms(spec, perms, match):
+    with pytest.raises(ValueError, match=match):
+        rebasin.apply_permutation(spec, perms, PA)
+
+
+def test_cnn_spec_refuses_a_norm_of_an_unknown_layer():
+    # the typo 'Conv0' left BatchNorm_0 unpermuted: the "aligned" model computed another function
+    with pytest.raises(ValueError, match=r"norm_names: expected keys among .*'Conv_0'.*got \['Conv0'\]"):
+        rebasin.cnn_permutation_spec(["Conv_0"], ["Dense_0"], norm_names={"Conv0": "BatchNorm_0"})
+
+
+@pytest.mark.parametrize("max_iter", [0, -1, 1.5, True])
+def test_weight_matching_refuses_a_bad_max_iter(max_iter):
+    # 0 returned the identity with sweeps=0 as if converged; 1.5 was a TypeError from range()
+    with pytest.raises(ValueError, match=r"max_iter: expected a positive number of sweeps"):
+        rebasin.weight_matching(SPEC, PA, PA, max_iter=max_iter)
