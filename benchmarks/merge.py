@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxinterp import benchtools
+from jaxinterp import atomic, benchtools
 from jaxinterp.cliargs import output_folder
 
 # mergekit 0.1.5 on the project's 2-core machine (shared/PERF_NOTES.md): base + 3 GPT-2 small, f32
@@ -43,7 +43,9 @@ def gpt2_shapes(n_layer: int, d: int, vocab: int, n_pos: int) -> dict[str, tuple
 
 
 def make_checkpoints(root: Path, n_layer: int, d: int, vocab: int, n_pos: int) -> list[Path]:
-    """base + 3 fine-tunes (base + small noise), written one tensor at a time is not needed here."""
+    """base + 3 fine-tunes (base + small noise). A later run with the same --workdir reuses them, so
+    each file is written atomically, model.safetensors last: a run killed while writing leaves no
+    half-written checkpoint for the next one to merge."""
     from safetensors.numpy import save_file
 
     shapes = gpt2_shapes(n_layer, d, vocab, n_pos)
@@ -59,8 +61,9 @@ def make_checkpoints(root: Path, n_layer: int, d: int, vocab: int, n_pos: int) -
         p.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(100 + j)
         t = base if j == 0 else {k: v + rng.normal(0, 0.002, v.shape).astype(np.float32) for k, v in base.items()}
-        save_file(t, str(p / "model.safetensors"), metadata={"format": "pt"})
-        (p / "config.json").write_text(json.dumps(cfg))
+        atomic.write_text(p / "config.json", json.dumps(cfg))
+        with atomic.atomic_path(p / "model.safetensors") as tmp:
+            save_file(t, str(tmp), metadata={"format": "pt"})
     return dirs
 
 

@@ -39,3 +39,35 @@ def test_bench_names_the_machine_only_after_the_scripts_ran(monkeypatch, tmp_pat
     assert events == ["gpt2_forward", "merge", "machine"]
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert saved["machine"] == results["machine"] == {"cpu": "test"} and list(saved)[0] == "machine"
+
+
+def test_merge_benchmark_leaves_no_half_written_checkpoint_for_the_next_run(monkeypatch, tmp_path):
+    """The checkpoints (kept between runs in --workdir, reused when every model.safetensors exists)
+    were written in place: a run killed while writing one left a truncated file that the next run
+    took as a checkpoint and merged."""
+    import safetensors.numpy
+
+    merge = _load("merge")
+    real, calls = safetensors.numpy.save_file, []
+
+    def killed_on_the_second(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"\0" * 64)  # part of the file, then the kill
+            raise KeyboardInterrupt
+        real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", killed_on_the_second)
+    dims = dict(n_layer=1, d=8, vocab=16, n_pos=8)
+    try:
+        merge.make_checkpoints(tmp_path, **dims)
+    except KeyboardInterrupt:
+        pass
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+    assert not (tmp_path / "ft0" / "model.safetensors").exists()
+    assert [p.name for p in (tmp_path / "ft0").iterdir()] == ["config.json"]  # no temporary left behind
+    monkeypatch.setattr(safetensors.numpy, "save_file", real)
+    dirs = merge.make_checkpoints(tmp_path, **dims)
+    for p in dirs:  # the next run wrote them whole
+        assert set(safetensors.numpy.load_file(str(p / "model.safetensors"))) == set(merge.gpt2_shapes(**dims))
+        assert json.loads((p / "config.json").read_text())["n_embd"] == 8
