@@ -12,7 +12,8 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -25,23 +26,54 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
         with atomic_path("out.h5") as tmp:
             with h5py.File(tmp, "w") as f: ...
+
+    The file gets the permissions of the file it replaces (as `open(path, "w")` keeps them: a
+    private 0600 file stays private), or a new file's usual ones (0666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # ".out.png.<random>.tmp.png": the target's suffix last, for writers that choose the format by
-    # it (savefig) or append one when it is missing (np.save)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-    tmp = Path(tmp)
+    tmp, new_file_mode = _new_temporary(path)
     try:
         yield tmp
         _fsync_file(tmp)
+        # after the writer (a read-only old file's mode would have refused it) and the fsync (which
+        # opens the file for writing); also mends writers that recreate the file 0600 (safetensors)
+        os.chmod(tmp, _mode_of(path, default=new_file_mode))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_temporary(path: Path) -> tuple[Path, int]:
+    """A new empty file beside `path` and its permissions, which the kernel set from 0666 and the umask.
+
+    ".out.png.<random>.tmp.png": the target's suffix last, for writers that choose the format by it
+    (savefig) or append one when it is missing (np.save). Not mkstemp (0600) then a chmod with the
+    umask read through os.umask: reading it sets the process-wide umask to 0 for a moment, and a file
+    that another thread creates meanwhile (orbax's and merge's writer threads) is world-writable.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"no free temporary name beside {path} after 100 tries")
+
+
+def _mode_of(path: Path, *, default: int) -> int:
+    """The permission bits of the regular file at `path` (no set-id bits), or `default` if there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return default
+    return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else default
 
 
 def _fsync_file(path: Path) -> None:
@@ -65,12 +97,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
