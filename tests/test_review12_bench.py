@@ -71,3 +71,38 @@ def test_merge_benchmark_leaves_no_half_written_checkpoint_for_the_next_run(monk
     for p in dirs:  # the next run wrote them whole
         assert set(safetensors.numpy.load_file(str(p / "model.safetensors"))) == set(merge.gpt2_shapes(**dims))
         assert json.loads((p / "config.json").read_text())["n_embd"] == 8
+
+
+def _merge_children(monkeypatch, merge, *, jax_rc: int):
+    """Stubs the merge benchmark's children: `jaxinterp merge yaml` exits `jax_rc` after 5 s and
+    1 GB, mergekit-yaml succeeds after 10 s and 2 GB, and --_diff fails as the real one does when
+    an output is missing (check=True)."""
+
+    def run_child(cmd):
+        return (5.0, 1.0, jax_rc) if "jaxinterp.cli" in cmd else (10.0, 2.0, 0)
+
+    def run(cmd, *args, **kwargs):
+        if "--_diff" in cmd:
+            raise subprocess.CalledProcessError(1, cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="0.0")
+
+    monkeypatch.setattr(merge, "run_child", run_child)
+    monkeypatch.setattr(merge.subprocess, "run", run)
+    monkeypatch.setattr(merge, "find_mergekit", lambda opt: "/opt/mergekit/bin/mergekit-yaml")
+
+
+def test_merge_benchmark_reports_a_failed_merge_as_not_measured(monkeypatch, tmp_path):
+    """When `jaxinterp merge yaml` failed and mergekit did not, the benchmark compared their
+    outputs anyway (a CalledProcessError ended the whole run), and a failed merge's rows showed the
+    seconds and memory it took to fail as its figures."""
+    from types import SimpleNamespace
+
+    merge = _load("merge")
+    _merge_children(monkeypatch, merge, jax_rc=1)
+    rows: list = []
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(tmp_path), mergekit=None), rows)
+    ours = [r for r in rows if r["workload"].endswith("(jaxinterp)")]
+    theirs = [r for r in rows if "mergekit-yaml, same run" in r["workload"]]
+    assert len(ours) == len(theirs) == 8  # 4 methods x (wall, peak RSS)
+    assert all(r["figure"] is None and r["met"] is None for r in ours)
+    assert sorted({r["figure"] for r in theirs}) == [2.0, 10.0]
