@@ -43,3 +43,22 @@ def test_weight_matching_refuses_a_bad_max_iter(max_iter):
     # 0 returned the identity with sweeps=0 as if converged; 1.5 was a TypeError from range()
     with pytest.raises(ValueError, match=r"max_iter: expected a positive number of sweeps"):
         rebasin.weight_matching(SPEC, PA, PA, max_iter=max_iter)
+
+
+# ----------------------------------------------------------------------------- soups
+
+
+def _w(v):
+    return {"w": jnp.array([float(v)])}
+
+
+def test_greedy_soup_ranks_a_nan_score_last_and_ties_in_order():
+    models = [_w(0), _w(1), _w(3)]
+    # model 1 diverged (nan): it was sorted first and became the whole soup
+    g = soups.greedy_soup(models, lambda p: float("nan") if float(p["w"][0]) == 1.0 else -float(p["w"][0]))
+    assert g.selected == [0] and float(g.params["w"][0]) == 0.0
+    # equal scores: the paper's stable sort starts from the first model (it started from the last)
+    g = soups.greedy_soup(models, lambda p: 1.0 if float(p["w"][0]) in (0.0, 3.0) else 0.0)
+    assert g.selected[0] == 0
+    with pytest.raises(ValueError, match=r"score_fn: expected a score for at least one model, got nan for all 3"):
+        soups.greedy_soup(models, lambda p: float("nan"))

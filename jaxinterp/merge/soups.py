@@ -1,8 +1,9 @@
 """Model soups (Wortsman et al. 2022) and TSV-merge (Gargiulo et al. 2025).
 
 * uniform soup: the mean of the models.
-* greedy soup: models sorted by held-out score (best first); each is added to the soup when the
-  average with it scores at least as well as without it (`>=`, the paper's rule).
+* greedy soup: models sorted by held-out score (best first, ties in the given order, nan last);
+  each is added to the soup when the average with it scores at least as well as without it (`>=`,
+  the paper's rule).
 * TSV-merge ("Task Singular Vectors"): for each matrix leaf, each task vector tau_i = U_i S_i V_i^T
   keeps its top `k = max(1, int(rank / T * sv_reduction_scale))` singular triplets (1/T of the rank
   for T tasks); the kept U's and V's are concatenated and whitened (U -> P Q^T from the SVD
@@ -41,7 +42,11 @@ def greedy_soup(models: Sequence[Any], score_fn: Callable[[Any], float]) -> Gree
         raise ValueError("models: expected at least one params tree, got none")
     tree.check_same_structure(list(models), "models")
     scores = [float(score_fn(m)) for m in models]
-    order = list(np.argsort(scores)[::-1])
+    if all(np.isnan(scores)):
+        raise ValueError(f"score_fn: expected a score for at least one model, got nan for all {len(models)}")
+    # best first; ties keep the models' order (the paper's stable sort) and a nan score (a diverged
+    # fine-tune) ranks last: argsort puts nan last, so the reversed order put it first as the "best"
+    order = sorted(range(len(models)), key=lambda i: (np.isnan(scores[i]), -scores[i]))
     selected = [int(order[0])]
     best = scores[order[0]]
     for i in order[1:]:
