@@ -103,10 +103,19 @@ def find_mergekit(opt: str | None) -> str | None:
 
 
 def bench_merges(args, rows: list) -> None:
+    if args.workdir:
+        merge_in(Path(args.workdir), args, rows)
+        return
+    # at full size the checkpoints and merged models take up to ~6 GB: not left behind in the temp folder
+    with tempfile.TemporaryDirectory(prefix="merge_bench_") as work:
+        merge_in(Path(work), args, rows)
+
+
+def merge_in(work: Path, args, rows: list) -> None:
+    """Writes the checkpoints into `work` (or reuses them), merges them with each tool, adds the rows."""
     quick = args.quick
     dims = dict(n_layer=2, d=256, vocab=8000, n_pos=256) if quick else dict(n_layer=12, d=768, vocab=50257, n_pos=1024)
     size = "GPT-2-like tiny (2x256)" if quick else "GPT-2 small"
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="merge_bench_"))
     # heavy work of this process (writing checkpoints, comparing outputs) runs in helper children:
     # a child's ru_maxrss starts from this process's resident set at fork (Linux copies the
     # pre-exec high-water mark), so a large parent would inflate every measured peak
@@ -221,7 +230,7 @@ def main() -> None:
     p = benchtools.parser(__doc__.splitlines()[0])
     p.add_argument("--mergekit", help="path to mergekit's `mergekit-yaml` (or set $MERGEKIT_YAML)")
     p.add_argument("--workdir", type=output_folder,
-                   help="folder for the checkpoints (kept between runs); default a temp folder")
+                   help="folder for the checkpoints (kept between runs); default a temp folder, removed after the run")
     p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
     args = p.parse_args()
     if args.mergekit and not Path(args.mergekit).is_file():  # else silently measured without mergekit

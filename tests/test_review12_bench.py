@@ -106,3 +106,23 @@ def test_merge_benchmark_reports_a_failed_merge_as_not_measured(monkeypatch, tmp
     assert len(ours) == len(theirs) == 8  # 4 methods x (wall, peak RSS)
     assert all(r["figure"] is None and r["met"] is None for r in ours)
     assert sorted({r["figure"] for r in theirs}) == [2.0, 10.0]
+
+
+def test_merge_benchmark_removes_its_own_temporary_folder(monkeypatch, tmp_path):
+    """Without --workdir the checkpoints, configs and merged models went to a new temporary folder
+    that was never removed: up to ~6 GB left in /tmp by every full run (and every `jaxinterp bench`)."""
+    import tempfile
+    from types import SimpleNamespace
+
+    merge = _load("merge")
+    _merge_children(monkeypatch, merge, jax_rc=0)
+    monkeypatch.setattr(merge, "find_mergekit", lambda opt: None)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    rows: list = []
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=None, mergekit=None), rows)
+    assert len(rows) == 8 and list((tmp_path / "tmp").iterdir()) == []
+    kept = tmp_path / "kept"  # a --workdir stays, for the next run to reuse
+    kept.mkdir()
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(kept), mergekit=None), rows)
+    assert (kept / "ties.yml").is_file()
