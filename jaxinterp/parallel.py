@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxinterp.checks import is_integer
+
 DATA = "data"
 
 
@@ -23,6 +25,9 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if not devices:  # else an empty mesh, and padded_size divides by zero
         raise ValueError("devices: expected at least one device, got none")
+    repeated = sorted({str(d) for d in devices if devices.count(d) > 1})
+    if repeated:  # else a mesh that fails later, in device_put, with safe_zip's length error
+        raise ValueError(f"devices: expected distinct devices, got {', '.join(repeated)} more than once")
     return Mesh(np.asarray(devices), (DATA,))
 
 
@@ -37,12 +42,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def padded_size(n: int, mesh: Mesh) -> int:
     """The smallest multiple of the mesh size that holds n examples."""
+    _check_size("padded_size: n", n)
     d = mesh.devices.size
     return -(-n // d) * d
 
 
 def pad_batch(tree: Any, size: int) -> Any:
     """Pads every leaf's leading axis to `size` with zeros (outside jit); callers mask the rows."""
+    _check_size("pad_batch: size", size)
+
     def pad(x):
         x = np.asarray(x)
         if x.ndim == 0:
@@ -52,6 +60,11 @@ def pad_batch(tree: Any, size: int) -> Any:
             raise ValueError(f"batch of {x.shape[0]} does not fit the padded size {size}")
         return np.concatenate([x, np.zeros((size - x.shape[0],) + x.shape[1:], x.dtype)]) if x.shape[0] < size else x
     return jax.tree.map(pad, tree)
+
+
+def _check_size(name: str, v) -> None:
+    if not is_integer(v) or v < 0:  # -5 gave a padded size of -4, 2.5 one of 4.0 (then numpy's TypeError)
+        raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
 
 
 def shard_batch(tree: Any, mesh: Mesh) -> Any:

@@ -67,3 +67,52 @@ def test_a_new_file_gets_the_usual_mode_even_if_the_writer_made_it_private(tmp_p
         os.unlink(tmp)
         os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600))
     assert _mode(tmp_path / "m.bin") == 0o644
+
+
+_FOUR_DEVICES = r'''
+import jax, numpy as np
+from jaxinterp import parallel
+
+devs = jax.devices()
+assert len(devs) == 4
+for devices in (devs, devs[:3]):  # every batch size, even and uneven, on 4 and on 3 of the devices
+    mesh = parallel.make_mesh(devices)
+    for n in range(10):
+        size = parallel.padded_size(n, mesh)
+        batch = parallel.shard_batch(parallel.pad_batch({"x": np.arange(2.0 * n).reshape(n, 2),
+                                                         "mask": np.ones(n, bool)}, size), mesh)
+        assert size % len(devices) == 0 and size - len(devices) < n <= size, (n, size)
+        assert batch["x"].sharding == parallel.data_sharding(mesh)
+        np.testing.assert_array_equal(np.asarray(batch["x"])[:n], np.arange(2.0 * n).reshape(n, 2))
+        assert int(np.asarray(batch["mask"]).sum()) == n
+try:
+    parallel.make_mesh([devs[0], devs[1], devs[0]])
+except ValueError as e:
+    print("refused:", e)
+'''
+
+
+def test_a_mesh_with_a_device_twice_is_refused_and_uneven_batches_shard_on_four_devices(tmp_path):
+    """make_mesh([d0, d1, d0]) built a mesh whose first shard_batch failed deep in device_put
+    ("safe_zip() argument 1 has length ..."); it is a ValueError naming the device now."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "refused: devices: expected distinct devices, got cpu:0 more than once" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p, mesh: p.padded_size(-5, mesh), r"padded_size: n: expected a non-negative integer, got -5"),
+    (lambda p, mesh: p.padded_size(2.5, mesh), r"padded_size: n: expected a non-negative integer, got 2.5"),
+    (lambda p, mesh: p.pad_batch({"x": p.np.ones((2, 2))}, 3.0), r"pad_batch: size: expected a non-negative integer, got 3.0"),
+    (lambda p, mesh: p.pad_batch({"x": p.np.ones((2, 2))}, True), r"pad_batch: size: expected a non-negative integer, got True"),
+])
+def test_padded_sizes_must_be_non_negative_integers(call, match):
+    """padded_size(-5) was -4 and padded_size(2.5) was 4.0; pad_batch(size=3.0) a numpy TypeError."""
+    from jaxinterp import parallel
+
+    with pytest.raises(ValueError, match=match):
+        call(parallel, parallel.make_mesh())
