@@ -66,4 +66,4 @@ def test_data_parallel_logits_equal_single_device(tmp_path, gpt2_ref):
     env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.abs(np.load(tmp_path / "out.npy")).max() < 1e-5
+    assert np.abs(np.load(tmp_path / "out.npy")).max() < 2e-6  # measured 1.2e-7 (1e-5 before)
