@@ -13,23 +13,44 @@ one gather, one multiply and one scatter-add over receivers that are sorted (the
 `segment_sum` over graphs and classes (2.7 ms against 4.3 ms for 3 planes x 5 classes x 6000 edges
 x 68 features). `gather_segment_sum_reference` is the plain vmapped form, for tests.
 
+Indices out of range follow the reference's rules in both forms: an edge whose receiver lies
+outside [0, N) is dropped (as `segment_sum` drops it; it counts in no mean), and a sender outside
+[0, M) is clamped into it (as a jnp gather clamps). The flat rows of the fast form would otherwise
+send such an edge into the next graph's or class's rows.
+
 Axis names: B graphs (1 in `values` broadcasts), C classes, M senders' nodes, N receivers' nodes,
 E edges, F features.
 """
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def _check(values, weights, senders, receivers, num_receivers, initial):
+def _check(values, weights, senders, receivers, num_receivers, initial) -> int:
+    """ValueError for bad shapes or dtypes (at trace time); returns num_receivers as an int."""
+    try:
+        n = operator.index(num_receivers)  # an int, a numpy integer or a concrete integer array
+    except TypeError:
+        n = -1
+    if n < 0 or isinstance(num_receivers, (bool, np.bool_)):
+        raise ValueError(f"num_receivers: expected a static non-negative integer, got {num_receivers!r}")
+    num_receivers = n
+    for name, ids in (("senders", senders), ("receivers", receivers)):
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"{name}: expected an integer dtype, got {ids.dtype}")
     if values.ndim != 4:
         raise ValueError(f"values: expected shape [B, C, M, F], got {list(values.shape)}")
     if senders.shape != receivers.shape or senders.ndim != 2:
         raise ValueError(f"senders/receivers: expected equal shapes [B, E], got {list(senders.shape)} "
                          f"and {list(receivers.shape)}")
     b, c = senders.shape[0], values.shape[1]
+    if values.shape[2] == 0 and senders.shape[1] > 0:
+        raise ValueError(f"values: {senders.shape[1]} edges need sender nodes, got M = 0 in shape {list(values.shape)}")
     if values.shape[0] not in (1, b):
         raise ValueError(f"values: leading axis must be 1 or B = {b}, got {values.shape[0]}")
     if weights is not None and weights.shape != (b, c, senders.shape[1]):
@@ -37,6 +58,7 @@ def _check(values, weights, senders, receivers, num_receivers, initial):
     if initial is not None and initial.shape != (b, c, num_receivers, values.shape[3]):
         raise ValueError(f"initial: expected shape {[b, c, num_receivers, values.shape[3]]}, "
                          f"got {list(initial.shape)}")
+    return n
 
 
 def _degree(receivers, num_receivers: int, dtype):
@@ -57,9 +79,10 @@ def gather_segment_sum_reference(values: jax.Array, weights: jax.Array | None, s
     Returns:
       [B, C, N, F] with N = num_receivers.
     """
-    _check(values, weights, senders, receivers, num_receivers, initial)
+    num_receivers = _check(values, weights, senders, receivers, num_receivers, initial)
     b = senders.shape[0]
     values = jnp.broadcast_to(values, (b,) + values.shape[1:])
+    senders = jnp.clip(senders, 0, max(values.shape[2] - 1, 0))  # a negative index would wrap, not clamp
 
     def one_graph(v, w, s, r):  # v [C, M, F], w [C, E]
         msg = v[:, s, :]
@@ -82,13 +105,21 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
     ascending along E within each graph (else the result is undefined). A sum (not a mean) with
     `initial` scatters straight into `initial`: no zero buffer and no extra pass to add it.
     """
-    _check(values, weights, senders, receivers, num_receivers, initial)
+    n = _check(values, weights, senders, receivers, num_receivers, initial)
     vb, c, m, f = values.shape
     b, e = senders.shape
-    n = num_receivers
+    if n == 0:  # no receiver rows: nothing to scatter into (a promised in-bounds scatter would not be)
+        out = jnp.zeros((b, c, 0, f), jnp.result_type(values, *(() if weights is None else (weights,))))
+        return out if initial is None else initial + out
     # Flat rows in at least int32: ids that fit a small dtype (uint8, int16) would wrap in it.
-    idx = jnp.promote_types(senders.dtype, jnp.int32)
+    idx = jnp.promote_types(jnp.promote_types(senders.dtype, receivers.dtype), jnp.int32)
     senders, receivers = senders.astype(idx), receivers.astype(idx)
+    # Out-of-range ids would land in another graph's or class's flat rows: clamp them (clamping keeps
+    # sorted receivers sorted) and zero the messages of edges whose receiver was out of range.
+    valid = (receivers >= 0) & (receivers < n)  # [B, E]
+    degree_receivers = receivers
+    senders = jnp.clip(senders, 0, max(m - 1, 0))
+    receivers = jnp.clip(receivers, 0, max(n - 1, 0))
     graph = jnp.arange(b, dtype=idx)[:, None, None]
     cls = jnp.arange(c, dtype=idx)[None, :, None]
     src_graph = graph if vb == b else jnp.zeros_like(graph)
@@ -97,10 +128,11 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
     msg = values.reshape(vb * c * m, f)[src]
     if weights is not None:
         msg = msg * weights.reshape(-1, 1)
+    msg = jnp.where(jnp.broadcast_to(valid[:, None, :], (b, c, e)).reshape(-1, 1), msg, 0)
     if initial is not None and not mean:
-        flat = initial.reshape(b * c * n, f)
+        flat = initial.reshape(b * c * n, f).astype(jnp.result_type(initial, msg))  # as initial + out promotes
         return flat.at[dst].add(msg, indices_are_sorted=True, mode="promise_in_bounds").reshape(b, c, n, f)
     out = jax.ops.segment_sum(msg, dst, b * c * n, indices_are_sorted=True).reshape(b, c, n, f)
     if mean:
-        out = out / _degree(receivers, n, out.dtype)[:, None, :, None]
+        out = out / _degree(degree_receivers, n, out.dtype)[:, None, :, None]
     return out if initial is None else initial + out

@@ -1,0 +1,91 @@
+"""Review 12 of NuGraph2's message passing, graph building and simulation: one test per defect found."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxinterp.kernels.message_passing import gather_segment_sum, gather_segment_sum_reference
+
+
+# ---- kernels/message_passing.py ------------------------------------------------------------------
+
+def _both(values, weights, senders, receivers, n, **kw):
+    return (gather_segment_sum(values, weights, senders, receivers, n, **kw),
+            gather_segment_sum_reference(values, weights, senders, receivers, n, **kw))
+
+
+@pytest.mark.parametrize("mean, with_initial", [(False, False), (True, False), (False, True), (True, True)])
+def test_out_of_range_ids_do_not_leak_into_another_graphs_rows(mean, with_initial):
+    """Receivers outside [0, N) (sorted: negatives first, too large last) are dropped by the reference's
+    segment_sum; the fast form's flat rows sent them into the neighbouring graph's or class's rows.
+    Senders >= M are clamped by the reference's gather; the fast form read another graph's node."""
+    rng = np.random.default_rng(3)
+    b, c, m, n, f = 3, 2, 4, 3, 2
+    rcv = jnp.asarray([[-1, 0, 1, 3, 5], [-2, -1, 0, 2, 3], [0, 1, 2, 2, 4]], jnp.int32)  # sorted per graph
+    snd = jnp.asarray([[0, 1, 4, 2, 3], [1, 2, 3, 7, 0], [0, 5, 1, 2, 3]], jnp.int32)
+    v = jnp.asarray(rng.normal(size=(b, c, m, f)), jnp.float32)
+    w = jnp.asarray(rng.uniform(size=(b, c, 5)), jnp.float32)
+    init = jnp.asarray(rng.normal(size=(b, c, n, f)), jnp.float32) if with_initial else None
+    cot = jnp.asarray(rng.normal(size=(b, c, n, f)), jnp.float32)
+    for jit in (False, True):
+        fast, ref = (jax.jit(g, static_argnums=4, static_argnames="mean") if jit else g
+                     for g in (gather_segment_sum, gather_segment_sum_reference))
+        np.testing.assert_allclose(fast(v, w, snd, rcv, n, mean=mean, initial=init),
+                                   ref(v, w, snd, rcv, n, mean=mean, initial=init), rtol=1e-6, atol=1e-6)
+    grads = [jax.grad(lambda v, w, g=g: jnp.sum(g(v, w, snd, rcv, n, mean=mean, initial=init) * cot), (0, 1))(v, w)
+             for g in (gather_segment_sum, gather_segment_sum_reference)]
+    for a, r in zip(*grads):
+        np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-6)
+
+
+def test_negative_senders_are_clamped_in_both_forms():
+    """The reference's jnp gather wrapped a negative sender to the last node (numpy's rule) while the
+    fast form read the previous graph's row; both now clamp it to node 0."""
+    v = jnp.arange(2 * 1 * 3 * 1, dtype=jnp.float32).reshape(2, 1, 3, 1) + 1
+    snd = jnp.asarray([[0, -1], [-1, 1]], jnp.int32)
+    rcv = jnp.asarray([[0, 1], [0, 1]], jnp.int32)
+    fast, ref = _both(v, None, snd, rcv, 3)
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(np.asarray(fast)[:, 0, :, 0], [[1, 1, 0], [4, 5, 0]])
+
+
+def test_initial_of_a_narrower_dtype_promotes_as_the_reference_does():
+    """With bfloat16 `initial` and float32 weights the reference returned float32 (initial + out) and the
+    fast form scattered the float32 messages into the bfloat16 buffer, rounding them."""
+    rng = np.random.default_rng(0)
+    v = jnp.asarray(rng.normal(size=(1, 1, 3, 2)), jnp.bfloat16)
+    w = jnp.asarray([[[0.1234567, 0.7654321]]], jnp.float32)
+    init = jnp.asarray(rng.normal(size=(1, 1, 3, 2)), jnp.bfloat16)
+    snd, rcv = jnp.asarray([[0, 2]], jnp.int32), jnp.asarray([[1, 1]], jnp.int32)
+    fast, ref = _both(v, w, snd, rcv, 3, initial=init)
+    assert fast.dtype == ref.dtype == jnp.float32
+    np.testing.assert_allclose(fast, ref, rtol=1e-6)
+
+
+def test_no_receivers_gives_an_empty_result():
+    v = jnp.ones((2, 1, 3, 2))
+    snd = rcv = jnp.zeros((2, 4), jnp.int32)
+    for kw in (dict(), dict(mean=True), dict(initial=jnp.zeros((2, 1, 0, 2)))):
+        fast, ref = _both(v, None, snd, rcv, 0, **kw)
+        assert fast.shape == ref.shape == (2, 1, 0, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_receivers=2.5), r"num_receivers: expected a static non-negative integer, got 2.5"),
+    (dict(num_receivers=-1), r"num_receivers: expected a static non-negative integer, got -1"),
+    (dict(num_receivers=True), r"num_receivers: expected a static non-negative integer, got True"),
+    (dict(senders=jnp.zeros((2, 3), jnp.float32)), "senders: expected an integer dtype, got float32"),
+    (dict(receivers=jnp.zeros((2, 3), jnp.float32)), "receivers: expected an integer dtype, got float32"),
+    (dict(values=jnp.zeros((2, 1, 0, 2))), r"values: 3 edges need sender nodes, got M = 0"),
+])
+def test_bad_ids_and_sizes_are_value_errors(kwargs, message):
+    """These were a TypeError from inside jnp (float ids, a float size, no sender node) or passed (True)."""
+    args = dict(values=jnp.zeros((2, 1, 4, 2)), weights=None, senders=jnp.zeros((2, 3), jnp.int32),
+                receivers=jnp.zeros((2, 3), jnp.int32), num_receivers=4)
+    args.update(kwargs)
+    for fn in (gather_segment_sum, gather_segment_sum_reference):
+        with pytest.raises(ValueError, match=message):
+            fn(args["values"], args["weights"], args["senders"], args["receivers"], args["num_receivers"])
