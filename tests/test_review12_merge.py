@@ -62,3 +62,18 @@ def test_greedy_soup_ranks_a_nan_score_last_and_ties_in_order():
     assert g.selected[0] == 0
     with pytest.raises(ValueError, match=r"score_fn: expected a score for at least one model, got nan for all 3"):
         soups.greedy_soup(models, lambda p: float("nan"))
+
+
+# ----------------------------------------------------------------------------- Fisher / RegMean
+
+
+@pytest.mark.parametrize("labels, match", [
+    # out of range: jit clamped 3 to class 2 and wrapped -1 to class 2, another class's gradient
+    (Y + 1, r"labels: expected class indices in \[0, 3\) for logits of 3 classes, got values in \[1, 3\]"),
+    (Y - 1, r"labels: expected class indices in \[0, 3\) .*got values in \[-1, 1\]"),
+    (Y[:4], r"labels: expected integer class indices \[12\] \(one per input\), got shape \(4,\)"),
+    (Y.astype(jnp.float32), r"labels: expected integer class indices \[12\] .*dtype float32"),
+])
+def test_diagonal_fisher_refuses_bad_labels(labels, match):
+    with pytest.raises(ValueError, match=match):
+        fisher.diagonal_fisher(mlp.apply, PA, X, labels=labels)

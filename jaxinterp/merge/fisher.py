@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxinterp.merge import tree
 
@@ -33,7 +34,26 @@ def diagonal_fisher(logits_fn: Callable[[Any, jax.Array], jax.Array], params: An
         raise ValueError("labels/key: expected labels [N] (empirical Fisher) or a key to sample them, got neither")
     if labels is None:
         labels = jax.random.categorical(key, logits_fn(params, inputs))
+    else:
+        _check_labels(labels, jax.eval_shape(logits_fn, params, inputs).shape)
     return _fisher(logits_fn, params, inputs, jnp.asarray(labels))
+
+
+def _check_labels(labels: Any, logits_shape: tuple[int, ...]) -> None:
+    """ValueError unless labels are integers [N] in [0, C) for logits [N, C]: an index out of range
+    is clamped (or wraps, when negative) under jit, which gave another class's gradient, silently."""
+    if len(logits_shape) != 2:
+        raise ValueError(f"logits_fn: expected logits [N, C] for inputs [N, ...], got shape {tuple(logits_shape)}")
+    n, c = logits_shape
+    shape, dtype = tuple(np.shape(labels)), getattr(labels, "dtype", np.asarray(labels).dtype)
+    if shape != (n,) or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"labels: expected integer class indices [{n}] (one per input), got shape {shape} "
+                         f"and dtype {dtype}")
+    if not isinstance(labels, jax.core.Tracer) and n:
+        lo, hi = int(np.min(labels)), int(np.max(labels))
+        if lo < 0 or hi >= c:
+            raise ValueError(f"labels: expected class indices in [0, {c}) for logits of {c} classes, got values "
+                             f"in [{lo}, {hi}]")
 
 
 # jitted once at module level with logits_fn static: the Fisher of every model of one shape (one per
