@@ -41,9 +41,18 @@ def test_presets_have_the_published_sizes():
 
 
 def test_tokenizer_of_the_tiny_model():
+    """The fixture's word-level vocabulary: <|endoftext|> 0 (also unk, bos, eos, pad), then w0..w95
+    as 1..96. ("the" is no word of it: the check was only that its ids were below 97, which the
+    unknown token 0 always is.)"""
+    import json
+
     tok = load_tokenizer(TINY_GPT2)
-    ids = tok("the")["input_ids"]
-    assert len(ids) >= 1 and max(ids) < 97
+    vocab = json.loads((TINY_GPT2 / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(tok) == len(vocab) == 97
+    assert tok("w1 w2 w95")["input_ids"] == [vocab["w1"], vocab["w2"], vocab["w95"]] == [2, 3, 96]
+    assert tok("the")["input_ids"] == [0] and tok("w0 w96")["input_ids"] == [1, 0]  # unknown words
+    assert tok.eos_token_id == tok.bos_token_id == tok.pad_token_id == 0
+    assert tok.decode([2, 3, 96]) == "w1 w2 w95"
 
 
 def test_data_parallel_logits_equal_single_device(tmp_path, gpt2_ref):
