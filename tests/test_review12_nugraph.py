@@ -89,3 +89,23 @@ def test_bad_ids_and_sizes_are_value_errors(kwargs, message):
     for fn in (gather_segment_sum, gather_segment_sum_reference):
         with pytest.raises(ValueError, match=message):
             fn(args["values"], args["weights"], args["senders"], args["receivers"], args["num_receivers"])
+
+
+# ---- jaxinterp/nugraph/detector.py -----------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("wire_pitch_cm", 0.0, "a positive finite number"),  # was an OverflowError (infinitely many wires)
+    ("wire_pitch_cm", -0.3, "a positive finite number"),  # was "no event within the size limits" after 100 tries
+    ("tick_cm", 0.0, "a positive finite number"),  # was divide-by-zero warnings, then no event
+    ("lifetime_ticks", 0.0, "a positive finite number"),
+    ("drift_cm", float("nan"), "a positive finite number"),
+    ("noise_adc", -1.0, "a non-negative finite number"),
+    ("readout_ticks", 6400.5, "a positive integer"),
+    ("plane_angles_deg", (60.0, float("inf"), 0.0), "one wire angle per plane"),
+    ("shaping_ticks", (3.0, 3.0), r"one positive pulse width per plane \(3, as plane_angles_deg\)"),  # was an IndexError
+])
+def test_bad_detector_names_the_field(field, value, message):
+    from jaxinterp.nugraph import detector
+
+    with pytest.raises(ValueError, match=f"Detector.{field}: expected {message}"):
+        detector.Detector(**{field: value})

@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxinterp import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class Detector:
@@ -45,6 +47,32 @@ class Detector:
     threshold_adc: float = 16.0
     noise_adc: float = 3.0
     gain_spread: float = 0.05
+
+    def __post_init__(self):
+        """ValueError naming the field for a geometry or readout setting the simulation cannot use."""
+        def number(v) -> bool:
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+
+        def need(ok: bool, field: str, expected: str):
+            if not ok:
+                raise ValueError(f"Detector.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        for field in ("drift_cm", "height_cm", "length_cm", "wire_pitch_cm", "tick_cm", "adc_per_mev",
+                      "lifetime_ticks", "gap_ticks", "max_hit_ticks"):
+            v = getattr(self, field)
+            need(number(v) and v > 0, field, "a positive finite number")
+        for field in ("trigger_tick", "diffusion_l_cm2_per_tick", "diffusion_t_cm2_per_tick", "threshold_adc",
+                      "noise_adc", "gain_spread"):
+            v = getattr(self, field)
+            need(number(v) and v >= 0, field, "a non-negative finite number")
+        need(checks.is_integer(self.readout_ticks) and self.readout_ticks > 0, "readout_ticks", "a positive integer")
+        angles = self.plane_angles_deg
+        need(isinstance(angles, (tuple, list)) and len(angles) > 0 and all(number(a) and abs(a) <= 90 for a in angles),
+             "plane_angles_deg", "one wire angle per plane, in degrees from vertical within [-90, 90]")
+        shaping = self.shaping_ticks
+        need(isinstance(shaping, (tuple, list)) and len(shaping) == len(angles)
+             and all(number(t) and t > 0 for t in shaping), "shaping_ticks",
+             f"one positive pulse width per plane ({len(angles)}, as plane_angles_deg)")
 
     def wire_coordinate(self, plane: int, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """cm across the wires of `plane` (0 at the first wire)."""
