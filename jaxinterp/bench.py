@@ -24,8 +24,9 @@ def benchmarks_dir() -> Path:
 
 def scripts(only: list[str] | None = None) -> list[Path]:
     found = sorted(p for p in benchmarks_dir().glob("*.py") if not p.name.startswith("_"))
-    unmatched = [o for o in only or () if not any(o in p.stem for p in found)]
-    if unmatched:  # a typo would otherwise run nothing and exit 0
+    # a typo would otherwise run nothing and exit 0; an empty name is part of every name (all would run)
+    unmatched = [o for o in only or () if not o or not any(o in p.stem for p in found)]
+    if unmatched:
         raise ValueError(f"only: expected parts of script names ({', '.join(p.stem for p in found)}), got {unmatched}")
     return [p for p in found if not only or any(o in p.stem for o in only)]
 
@@ -83,5 +84,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="run the benchmark suite; print one table; write bench.json")
     p.add_argument("--quick", action="store_true", help="small sizes; under 3 minutes on 2 cores")
     p.add_argument("--out", default="bench_out", type=output_folder, help="output folder (default bench_out)")
-    p.add_argument("--only", nargs="*", help="only the scripts whose name contains one of these")
+    # nargs "+": `--only` with no name (an empty shell variable) is refused, not a run of the whole suite
+    p.add_argument("--only", nargs="+", help="only the scripts whose name contains one of these")
     p.set_defaults(func=_command)

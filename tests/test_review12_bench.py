@@ -126,3 +126,79 @@ def test_merge_benchmark_removes_its_own_temporary_folder(monkeypatch, tmp_path)
     kept.mkdir()
     merge.bench_merges(SimpleNamespace(quick=True, workdir=str(kept), mergekit=None), rows)
     assert (kept / "ties.yml").is_file()
+
+
+def _fake_torch(monkeypatch, *, cuda: bool) -> list:
+    """Minimal torch and transformers modules that record where the model and input go, each
+    forward and each CUDA synchronisation."""
+    import contextlib
+    import types
+
+    calls: list = []
+    torch = types.ModuleType("torch")
+    torch.long = "long"
+    torch.manual_seed = lambda seed: None
+    torch.no_grad = contextlib.nullcontext
+    torch.tensor = lambda data, dtype=None, device=None: calls.append(("input on", device or "cpu")) or data
+    torch.cuda = types.SimpleNamespace(is_available=lambda: cuda, synchronize=lambda: calls.append("sync"))
+
+    class Model:
+        def __init__(self, config):
+            pass
+
+        def eval(self):
+            return self
+
+        def to(self, device):
+            calls.append(("model on", device))
+            return self
+
+        def __call__(self, tokens):
+            calls.append("forward")
+
+    transformers = types.ModuleType("transformers")
+    transformers.GPT2Config = lambda **kw: kw
+    transformers.GPT2LMHeadModel = Model
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "transformers", transformers)
+    return calls
+
+
+def test_gpt2_forward_times_pytorch_on_the_gpu_jax_runs_on(monkeypatch, capsys):
+    """On a GPU the PyTorch baseline ran on the CPU (the model was never moved, no CUDA call
+    synchronised) and the ratio was judged against the CPU goal (1.2x): JAX on the GPU was compared
+    with PyTorch on the CPU, where the issue asks for faster than PyTorch on the GPU."""
+    import numpy as np
+
+    from jaxinterp.transformer import PRESETS
+
+    gpt2_forward = _load("gpt2_forward")
+    tokens = np.zeros((2, 4), np.int32)
+    calls = _fake_torch(monkeypatch, cuda=True)
+    assert gpt2_forward.torch_forward_seconds(PRESETS["gpt2"], tokens, 3, on_gpu=True) >= 0
+    assert calls[:2] == [("model on", "cuda"), ("input on", "cuda")]
+    assert calls[2:] == ["forward", "sync"] * 4  # first call apart, then 3 timed; each waited for
+
+    calls = _fake_torch(monkeypatch, cuda=False)
+    assert gpt2_forward.torch_forward_seconds(PRESETS["gpt2"], tokens, 3, on_gpu=True) is None
+    assert calls == [] and "torch has no CUDA here" in capsys.readouterr().out
+
+    calls = _fake_torch(monkeypatch, cuda=False)  # on a CPU: as before
+    assert gpt2_forward.torch_forward_seconds(PRESETS["gpt2"], tokens, 3, on_gpu=False) >= 0
+    assert calls[:2] == [("model on", "cpu"), ("input on", "cpu")] and "sync" not in calls
+
+
+def test_bench_only_without_a_name_is_refused(monkeypatch, tmp_path, capsys):
+    """`jaxinterp bench --only` with no name (or an empty one, as `--only "$WHICH"` gives) ran the
+    whole suite, minutes of work the user had asked to narrow, instead of an error."""
+    import pytest
+
+    from jaxinterp import bench, cli
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a benchmark ran"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--only", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and "--only: expected at least one argument" in capsys.readouterr().err
+    assert cli.main(["bench", "--only", "", "--out", str(tmp_path / "out")]) == 2
+    assert "only: expected parts of script names" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
