@@ -77,3 +77,20 @@ def test_greedy_soup_ranks_a_nan_score_last_and_ties_in_order():
 def test_diagonal_fisher_refuses_bad_labels(labels, match):
     with pytest.raises(ValueError, match=match):
         fisher.diagonal_fisher(mlp.apply, PA, X, labels=labels)
+
+
+@pytest.mark.parametrize("weights", [[1.0, -1.0], [0.0, 0.0], [1.0, float("nan")]])
+def test_fisher_merge_refuses_weights_that_do_not_make_a_mean(weights):
+    # [1, -1]: sum_i w_i F_i was 0 wherever the Fishers agree: an all-nan/inf merge, silently
+    f = jax.tree_util.tree_map(jnp.ones_like, PA)
+    with pytest.raises(ValueError, match=r"weights: expected finite non-negative weights with a positive sum"):
+        fisher.fisher_merge([PA, PA], [f, f], weights=weights)
+
+
+def test_regmean_refuses_no_models_and_grams_for_a_leaf_in_some_models_only():
+    with pytest.raises(ValueError, match=r"models: expected at least one params tree, got none"):
+        fisher.regmean([], [])  # was an IndexError
+    g = {"Dense_0.kernel": jnp.eye(5)}
+    # model 1 had no Gram for Dense_0.kernel: the leaf was averaged, model 0's Gram ignored
+    with pytest.raises(ValueError, match=r"grams\[1\]: expected Gram matrices for the same leaves as grams\[0\]"):
+        fisher.regmean([PA, PA], [g, {}])

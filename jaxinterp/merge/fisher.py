@@ -77,7 +77,10 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
     if weights is not None and len(weights) != len(models):
         raise ValueError(f"weights: expected one weight per model ({len(models)}), got {len(weights)}")
     tree.check_same_structure(list(models) + list(fishers), "models+fishers")
-    w = [1.0 / len(models)] * len(models) if weights is None else list(weights)
+    w = [1.0 / len(models)] * len(models) if weights is None else [float(x) for x in weights]
+    # the merge is a weighted mean per entry: a negative weight or a zero sum divides by ~0 (inf/nan)
+    if not all(np.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights: expected finite non-negative weights with a positive sum, got {w}")
 
     def one(*leaves):
         ps, fs = leaves[: len(models)], leaves[len(models):]
@@ -96,6 +99,8 @@ def gram(x: jax.Array) -> jax.Array:
 
 def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, alpha: float = 0.9) -> Any:
     """RegMean over models; `grams[i][leaf_name]` is G_i [in, in] for the kernel leaf `leaf_name`."""
+    if not models:
+        raise ValueError("models: expected at least one params tree, got none")
     if len(models) != len(grams):
         raise ValueError(f"grams: expected one mapping per model ({len(models)}), got {len(grams)}")
     if not 0 <= alpha <= 1:
@@ -110,6 +115,11 @@ def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, 
             if leaves[0][name].ndim != 2 or tuple(G.shape) != (din, din):
                 raise ValueError(f"grams[{i}][{name!r}]: expected [{din}, {din}] for a kernel "
                                  f"{tuple(leaves[0][name].shape)}, got {tuple(G.shape)}")
+    for i, g in enumerate(grams[1:], start=1):
+        # a leaf with a Gram matrix in some models only would be averaged as if it had none
+        if set(g) != set(grams[0]):
+            raise ValueError(f"grams[{i}]: expected Gram matrices for the same leaves as grams[0] "
+                             f"({sorted(grams[0])}), got {sorted(g)}")
     out = []
     for name in leaves[0]:
         if all(name in g for g in grams):
