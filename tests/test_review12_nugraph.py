@@ -109,3 +109,40 @@ def test_bad_detector_names_the_field(field, value, message):
 
     with pytest.raises(ValueError, match=f"Detector.{field}: expected {message}"):
         detector.Detector(**{field: value})
+
+
+# ---- jaxinterp/nugraph/simulate.py -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(n=2.5), "n: expected a non-negative number of events, got 2.5"),  # was a TypeError from range()
+    (dict(n=1, seed=True), "seed: expected a non-negative integer, got True"),  # ran as seed 1
+    (dict(n=1, max_tries=0), "max_tries: expected a positive integer, got 0"),  # was "no event ... after 0 tries"
+    (dict(n=1, run="a"), "run: expected a non-negative integer, got 'a'"),  # was accepted
+    (dict(n=1, subrun=-2), "subrun: expected a non-negative integer, got -2"),
+    (dict(n=1, config=None), "config: expected a simulate.SimConfig, got NoneType"),
+])
+def test_bad_simulate_arguments_are_named(kw, message):
+    from jaxinterp.nugraph import simulate
+
+    with pytest.raises(ValueError, match=message):
+        simulate.simulate(**kw)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("detector", None, r"a detector.Detector with 3 wire planes"),  # was an AttributeError in the first event
+    ("min_hits_per_plane", True, "a non-negative integer"),  # bool passed as 1
+    ("step_cm", True, "a positive finite number"),
+])
+def test_bad_sim_config_fields_are_named(field, value, message):
+    from jaxinterp.nugraph import simulate
+
+    with pytest.raises(ValueError, match=f"SimConfig.{field}: expected {message}"):
+        simulate.SimConfig(**{field: value})
+
+
+def test_a_two_plane_detector_is_refused_by_the_simulation():
+    from jaxinterp.nugraph import detector, simulate
+
+    two = detector.Detector(plane_angles_deg=(60.0, -60.0), shaping_ticks=(3.0, 3.0))
+    with pytest.raises(ValueError, match=r"SimConfig.detector: expected a detector.Detector with 3 wire planes"):
+        simulate.SimConfig(detector=two)

@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from jaxinterp import checks
 from jaxinterp.nugraph import detector as det_mod
 from jaxinterp.nugraph.event import PLANES
 from jaxinterp.nugraph.hdf5 import EVENT_CLASSES, RawEvent, RawPlane
@@ -66,7 +67,10 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
 
         def finite(v) -> bool:
-            return isinstance(v, (int, float, np.number)) and bool(np.isfinite(v))
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v))
+
+        need(isinstance(self.detector, det_mod.Detector) and len(self.detector.plane_angles_deg) == len(PLANES),
+             "detector", f"a detector.Detector with {len(PLANES)} wire planes ({', '.join(PLANES)})")
 
         for field in ("mean_energy_gev", "max_energy_gev", "step_cm"):
             need(finite(getattr(self, field)) and getattr(self, field) > 0, field, "a positive finite number")
@@ -78,9 +82,9 @@ class SimConfig:
         need(probs.shape == (len(EVENT_CLASSES),) and bool(np.isfinite(probs).all()) and probs.min() >= 0
              and abs(probs.sum() - 1) < 1e-6, "event_class_probs",
              f"{len(EVENT_CLASSES)} non-negative probabilities ({', '.join(EVENT_CLASSES)}) summing to 1")
-        need(isinstance(self.min_hits_per_plane, (int, np.integer)) and self.min_hits_per_plane >= 0,
+        need(checks.is_integer(self.min_hits_per_plane) and self.min_hits_per_plane >= 0,
              "min_hits_per_plane", "a non-negative integer")
-        need(self.max_hits_per_plane is None or (isinstance(self.max_hits_per_plane, (int, np.integer))
+        need(self.max_hits_per_plane is None or (checks.is_integer(self.max_hits_per_plane)
                                                  and self.max_hits_per_plane >= self.min_hits_per_plane),
              "max_hits_per_plane", f"None or an integer >= min_hits_per_plane ({self.min_hits_per_plane})")
 
@@ -385,10 +389,17 @@ def simulate_event(rng: np.random.Generator, cfg: SimConfig, *, event: int = 0, 
 def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int = 1, subrun: int = 1,
              progress: bool = False, max_tries: int = 100) -> list[RawEvent]:
     """n simulated events (event numbers 0..n-1); event i depends only on (seed, i) and config."""
-    if n < 0:
-        raise ValueError(f"n: expected a non-negative number of events, got {n}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not checks.is_integer(n) or n < 0:
+        raise ValueError(f"n: expected a non-negative number of events, got {n!r}")
+    if not checks.is_integer(seed) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if not checks.is_integer(max_tries) or max_tries < 1:
+        raise ValueError(f"max_tries: expected a positive integer, got {max_tries!r}")
+    for name, v in (("run", run), ("subrun", subrun)):
+        if not checks.is_integer(v) or v < 0:
+            raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+    if not isinstance(config, SimConfig):
+        raise ValueError(f"config: expected a simulate.SimConfig, got {type(config).__name__}")
     from tqdm import tqdm
 
     out = []
