@@ -116,3 +116,118 @@ def test_padded_sizes_must_be_non_negative_integers(call, match):
 
     with pytest.raises(ValueError, match=match):
         call(parallel, parallel.make_mesh())
+
+
+@pytest.fixture
+def fake_assets(tmp_path, monkeypatch):
+    """A package assets folder in tmp_path holding an 'old' shipped model, and a finished run beside it."""
+    import dataclasses
+    import json
+
+    import jaxinterp.toyworld as toyworld
+    from jaxinterp.toyworld.world import WorldConfig
+
+    assets = tmp_path / "assets"
+    (assets / "model").mkdir(parents=True)
+    (assets / "model" / "model.safetensors").write_text("old model")
+    (assets / "train.json").write_text("old record")
+    (assets / "eval.json").write_text("old figures")
+    monkeypatch.setattr(toyworld, "ASSETS", assets)
+    monkeypatch.setattr(toyworld, "MODEL_DIR", assets / "model")
+    monkeypatch.setattr(toyworld, "EVAL_JSON", assets / "eval.json")
+    monkeypatch.setattr(toyworld, "PROMPTS_CSV", assets / "prompts.csv")
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "model.safetensors").write_text("new model")
+    world = dataclasses.asdict(WorldConfig(n_countries=2, cities_per_country=2, n_people=4, n_companies=2))
+    (run / "train.json").write_text(json.dumps({"world": world, "steps_done": 1}))
+    return assets, run
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ship_evaluates_the_run_before_it_replaces_the_shipped_model(fake_assets, monkeypatch):
+    """`toyworld ship` deleted the shipped model, copied the run's in, rewrote train.json and the
+    prompts, and only then evaluated: a run whose model failed to load left the package with that
+    model and the old model's figures. Now the run is evaluated first; a failure changes nothing."""
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    assets, run = fake_assets
+    before = _snapshot(assets)
+
+    def broken(model, **kw):
+        raise RuntimeError("cannot load the run's model")
+
+    monkeypatch.setattr(evaluate, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="cannot load"):
+        cli.main(["toyworld", "ship", str(run)])
+    assert _snapshot(assets) == before
+
+
+def test_ship_keeps_the_shipped_model_when_the_swap_fails(fake_assets, monkeypatch):
+    """The old model was removed before the new one was renamed into place: a failure (or a kill)
+    between the two left no model at all. The old one is set aside and put back now."""
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    assets, run = fake_assets
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, **kw: {"rows": []})
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src).endswith("model.tmp"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        cli.main(["toyworld", "ship", str(run)])
+    assert (assets / "model" / "model.safetensors").read_text() == "old model"
+    assert not (assets / "model.old").exists()
+
+
+def test_ship_replaces_the_model_and_writes_strict_json(fake_assets, monkeypatch, capsys):
+    import json
+
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    assets, run = fake_assets
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, **kw: {"rows": [], "p": float("nan")})
+    monkeypatch.setattr(evaluate, "markdown", lambda result: "table")
+    assert cli.main(["toyworld", "ship", str(run)]) == 0
+    assert (assets / "model" / "model.safetensors").read_text() == "new model"
+    assert sorted(p.name for p in assets.iterdir()) == ["corpus.txt", "eval.json", "model", "prompts.csv",
+                                                       "prompts_all.csv", "train.json"]
+    assert json.loads((assets / "eval.json").read_text(), parse_constant=pytest.fail) == {"rows": [], "p": None}
+    assert json.loads((assets / "train.json").read_text())["steps_done"] == 1
+
+
+def test_ship_of_a_run_without_world_settings_is_a_clear_error(fake_assets, capsys):
+    """A train.json without "world" was a KeyError traceback (exit 1)."""
+    from jaxinterp import cli
+
+    assets, run = fake_assets
+    (run / "train.json").write_text('{"steps_done": 1}')
+    before = _snapshot(assets)
+    assert cli.main(["toyworld", "ship", str(run)]) == 2
+    assert 'expected the world settings ("world")' in capsys.readouterr().err
+    assert _snapshot(assets) == before
+
+
+def test_toyworld_evaluate_json_is_strict(fake_assets, monkeypatch, tmp_path, capsys):
+    """`toyworld evaluate --json` wrote json.dumps' bare NaN (not JSON: jq and JavaScript refuse it)."""
+    import json
+
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    assets, run = fake_assets
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, **kw: {"rows": [{"greedy": float("nan")}]})
+    monkeypatch.setattr(evaluate, "markdown", lambda result: "table")
+    out = tmp_path / "figures.json"
+    assert cli.main(["toyworld", "evaluate", "--model", str(run / "model"), "--json", str(out)]) == 0
+    assert json.loads(out.read_text(), parse_constant=pytest.fail) == {"rows": [{"greedy": None}]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def _evaluate(args) -> int:
     result = evaluate.evaluate(model, world_config=world_config, candidates=not args.no_candidates)
     print(evaluate.markdown(result))
     if args.json:
-        atomic.write_text(args.json, json.dumps(result, indent=2))
+        atomic.write_json(args.json, result)  # strict JSON: a NaN (a diverged model's probability) as null
         print(f"wrote {args.json}")
     return 0
 
@@ -128,32 +129,46 @@ def _prompts(args) -> int:
 
 
 def _ship(args) -> int:
-    """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts, corpus)."""
+    """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts, corpus).
+
+    The run is read and evaluated before anything in the package changes, and the model folder is
+    swapped in by renames (the old one set aside until the new one is in place), so a run that
+    fails to load or a crash leaves the shipped model and its figures as they were.
+    """
     from jaxinterp import atomic
     from jaxinterp.toyworld import ASSETS, EVAL_JSON, MODEL_DIR, PROMPTS_CSV, evaluate
-    from jaxinterp.toyworld.world import (WorldConfig, build_world, prompt_rows, training_sentences,
-                                          write_prompts_csv)
+    from jaxinterp.toyworld.world import build_world, prompt_rows, run_world_config, training_sentences, write_prompts_csv
 
     run = Path(args.run)
     if not (run / "model" / "model.safetensors").exists() or not (run / "train.json").exists():
         raise ValueError(f"run: {run} holds no finished training run (model/model.safetensors and train.json)")
+    world_config = run_world_config(run / "model")
+    if world_config is None:
+        raise ValueError(f"run: expected the world settings (\"world\") in {run / 'train.json'}, found none")
     record = json.loads((run / "train.json").read_text())
-    world_config = WorldConfig(**record["world"])
-    tmp = ASSETS / "model.tmp"
+    result = evaluate.evaluate(run / "model", world_config=world_config)  # before the package changes
+    tmp, old = ASSETS / "model.tmp", ASSETS / "model.old"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "model", tmp)
     for f in tmp.iterdir():  # package data: readable by everyone (safetensors leaves 0600)
         f.chmod(0o644)
-    shutil.rmtree(MODEL_DIR, ignore_errors=True)
-    tmp.rename(MODEL_DIR)
-    atomic.write_text(ASSETS / "train.json", json.dumps(record, indent=2))
+    if MODEL_DIR.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(MODEL_DIR, old)
+    try:
+        os.rename(tmp, MODEL_DIR)
+    except BaseException:
+        if old.exists() and not MODEL_DIR.exists():
+            os.rename(old, MODEL_DIR)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    atomic.write_json(ASSETS / "train.json", record)
     world = build_world(world_config)
     write_prompts_csv(prompt_rows(world, held_out_only=True), PROMPTS_CSV)
     write_prompts_csv(prompt_rows(world, held_out_only=False), ASSETS / "prompts_all.csv")
     # The training text, one sentence a line (the lens demo and `jaxinterp lens train` read it).
     atomic.write_text(ASSETS / "corpus.txt", "\n".join(training_sentences(world)) + "\n")
-    result = evaluate.evaluate(MODEL_DIR, world_config=world_config)
-    atomic.write_text(EVAL_JSON, json.dumps(result, indent=2))
+    atomic.write_json(EVAL_JSON, result)
     print(evaluate.markdown(result))
     print(f"shipped {run} to {ASSETS}")
     return 0
