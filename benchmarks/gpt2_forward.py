@@ -23,22 +23,36 @@ def forward_flops(config, B: int, P: int) -> float:
     return B * P * (L * (24 * D * D + 4 * P * D) + 2 * D * V)
 
 
-def torch_forward_seconds(config, tokens: np.ndarray, repeats: int) -> float | None:
+def torch_forward_seconds(config, tokens: np.ndarray, repeats: int, *, on_gpu: bool) -> float | None:
+    """Median seconds of transformers' GPT2LMHeadModel (eager PyTorch) on `tokens`, first call apart.
+
+    On the GPU when JAX runs on one (the goal there is to be faster than PyTorch on the same GPU),
+    each call synchronised; None (and why, printed) when torch or transformers does not import, or
+    when JAX has a GPU and torch cannot use it."""
     try:
         import torch
         from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
     except ImportError:
+        print("torch is not importable: the PyTorch comparison is skipped (install torch to include it)")
         return None
+    if on_gpu and not torch.cuda.is_available():
+        print("torch has no CUDA here: the PyTorch comparison is skipped (PyTorch on the CPU against JAX "
+              "on the GPU would compare the devices, not the implementations)")
+        return None
+    device = "cuda" if on_gpu else "cpu"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)  # CUDA calls return before the work is done
     torch.manual_seed(0)
     model = GPT2LMHeadModel(HFConfig(n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-                                     attn_implementation="eager")).eval()
-    t = torch.tensor(np.array(tokens), dtype=torch.long)
+                                     attn_implementation="eager")).eval().to(device)
+    t = torch.tensor(np.array(tokens), dtype=torch.long, device=device)
     with torch.no_grad():
         model(t)
+        sync()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(t)
+            sync()
             times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -76,12 +90,16 @@ def main(argv=None) -> None:
 
     flops = forward_flops(config, B, P)
     rate = flops / plain.median_s / 1e9
-    torch_s = torch_forward_seconds(config, np.asarray(tokens), repeats)
-    ref_torch = "PyTorch eager 1.39 s (PERF_NOTES, 8x128)"
+    on_gpu = jax.devices()[0].platform == "gpu"
+    torch_s = torch_forward_seconds(config, np.asarray(tokens), repeats, on_gpu=on_gpu)
+    device = "GPU" if on_gpu else "CPU"
+    # the issue's goals: within 1.2x of PyTorch eager on a CPU, faster than it on a GPU
+    limit, within = ("< 1", lambda r: r < 1) if on_gpu else ("<= 1.2", lambda r: r <= 1.2)
+    ref_torch = "PyTorch eager 1.39 s (PERF_NOTES, 8x128, CPU)"
     rows = [
         benchtools.row(f"gpt2 forward {B}x{P}, no cache", plain.median_s * 1e3, "ms",
-                       goal="<= 1.2x PyTorch eager" if torch_s else None, reference=ref_torch,
-                       met=(plain.median_s <= 1.2 * torch_s) if torch_s else None),
+                       goal=f"{limit}x PyTorch eager ({device})" if torch_s else None, reference=ref_torch,
+                       met=within(plain.median_s / torch_s) if torch_s else None),
         benchtools.row(f"gpt2 forward {B}x{P}, 12 hook_result cached ({allocator})", cached.median_s * 1e3, "ms",
                        goal="<= 1.1x no cache", reference="TransformerLens 1.98 s",
                        met=cached.median_s <= 1.1 * plain.median_s),
@@ -100,11 +118,10 @@ def main(argv=None) -> None:
                        met=default["cached"].compile_s < 30),
     ]
     if torch_s is not None:
-        rows.append(benchtools.row(f"transformers GPT2LMHeadModel eager {B}x{P} (this run)", torch_s * 1e3, "ms"))
-        rows.append(benchtools.row("jaxinterp / PyTorch eager", plain.median_s / torch_s, "ratio", goal="<= 1.2",
-                                   met=plain.median_s / torch_s <= 1.2))
-    else:
-        print("torch is not importable: the PyTorch comparison is skipped (install torch to include it)")
+        rows.append(benchtools.row(f"transformers GPT2LMHeadModel eager {B}x{P} on the {device} (this run)",
+                                   torch_s * 1e3, "ms"))
+        rows.append(benchtools.row(f"jaxinterp / PyTorch eager, both on the {device}", plain.median_s / torch_s,
+                                   "ratio", goal=limit, met=within(plain.median_s / torch_s)))
     benchtools.report("gpt2_forward", rows, args.json)
 
 
