@@ -94,3 +94,26 @@ def test_regmean_refuses_no_models_and_grams_for_a_leaf_in_some_models_only():
     # model 1 had no Gram for Dense_0.kernel: the leaf was averaged, model 0's Gram ignored
     with pytest.raises(ValueError, match=r"grams\[1\]: expected Gram matrices for the same leaves as grams\[0\]"):
         fisher.regmean([PA, PA], [g, {}])
+
+
+# ----------------------------------------------------------------------------- curves
+
+
+def test_fit_bezier_takes_a_list_and_refuses_too_few_batches():
+    pb = mlp.init(jax.random.PRNGKey(1), SIZES)
+    # a list of batches was a TypeError ('list' object is not an iterator); now as the iterator
+    r_list = curves.fit_bezier(mlp.loss, PA, pb, [(X, Y)] * 3, steps=3)
+    r_iter = curves.fit_bezier(mlp.loss, PA, pb, iter([(X, Y)] * 3), steps=3)
+    np.testing.assert_array_equal(r_list.train_losses, r_iter.train_losses)
+    with pytest.raises(ValueError, match=r"batches: expected at least steps=3 batches, got 2"):
+        curves.fit_bezier(mlp.loss, PA, pb, [(X, Y)] * 2, steps=3)
+    # an iterator that ends early raised a bare StopIteration (which ends a caller's generator silently)
+    with pytest.raises(ValueError, match=r"batches: expected at least steps=3 batches, the iterator ended after 2"):
+        curves.fit_bezier(mlp.loss, PA, pb, iter([(X, Y)] * 2), steps=3)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-2, float("nan")])
+def test_fit_bezier_refuses_a_bad_learning_rate(lr):
+    # lr < 0 climbed the loss; nan gave a nan bend, silently
+    with pytest.raises(ValueError, match=r"learning_rate: expected a positive finite rate"):
+        curves.fit_bezier(mlp.loss, PA, PA, lambda i: (X, Y), steps=2, learning_rate=lr)

@@ -9,7 +9,7 @@ paper's estimator). The bend starts at the midpoint, where the curve is the stra
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,16 +43,27 @@ def _step(bend, state, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.Gradient
     return optax.apply_updates(bend, upd), state, loss
 
 
-def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Callable[[int], Any], *,
+def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Callable[[int], Any], *,
                steps: int = 500, learning_rate: float = 1e-2, key: jax.Array | None = None,
                optimizer: optax.GradientTransformation | None = None) -> CurveResult:
-    """Trains the bend. `batches` is an iterator of batches or a function step -> batch.
+    """Trains the bend. `batches` is an iterable of at least `steps` batches (an iterator, a list)
+    or a function step -> batch.
 
     The step is compiled once per (loss_fn, optimizer, shapes): further calls with the same loss
     function, e.g. over many pairs of endpoints or learning rates, reuse it (pass the same
     `optimizer` object, or none for Adam at `learning_rate`)."""
     tree.check_same_structure([p0, p1], "p0/p1")
     _check_count("steps", steps, 1, "a positive number of training steps")
+    if optimizer is None and not 0 < learning_rate < np.inf:
+        raise ValueError(f"learning_rate: expected a positive finite rate, got {learning_rate!r}")
+    if not callable(batches):
+        if hasattr(batches, "__len__") and len(batches) < steps:
+            raise ValueError(f"batches: expected at least steps={steps} batches, got {len(batches)}")
+        try:
+            it = iter(batches)
+        except TypeError:
+            raise ValueError(f"batches: expected an iterable of batches or a function step -> batch, "
+                             f"got {type(batches).__name__}") from None
     bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
     if optimizer is None:
         opt = _adam()
@@ -64,7 +75,15 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterator[Any] | Calla
         state = opt.init(bend)
     key = jax.random.PRNGKey(0) if key is None else key
 
-    get = batches if callable(batches) else (lambda _i, it=batches: next(it))
+    def get(i):
+        if callable(batches):
+            return batches(i)
+        try:
+            return next(it)
+        except StopIteration:  # escaping a caller's generator it would end that generator silently
+            raise ValueError(f"batches: expected at least steps={steps} batches, the iterator ended "
+                             f"after {i}") from None
+
     losses = []
     for i in range(steps):
         bend, state, loss = _step(bend, state, get(i), jax.random.fold_in(key, i), p0, p1, loss_fn=loss_fn, opt=opt)
