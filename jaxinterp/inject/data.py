@@ -11,6 +11,7 @@ target the first token of " " + answer. Files are read from a path; nothing is b
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -53,15 +54,40 @@ def _find(header: list[str], names: Sequence[str]) -> int | None:
     return None
 
 
-def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], list[list[str]]]:
-    """(stripped header, all rows including the header) of a CSV that may start with a BOM."""
+def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(stripped header, data rows as (line number, cells)) of a UTF-8 CSV that may start with a BOM.
+
+    Blank lines are dropped here, so a row limit counts data rows. A row's number is the line it starts
+    on, as an editor shows it (a quoted cell may span lines). A row with more non-empty cells than the
+    header is refused: pandas (the reference's reader) refuses it too, and read by position its cells
+    would shift into the wrong columns (an unquoted comma in a sentence).
+    """
     if not path.is_file():
         raise ValueError(f"{what}: expected a CSV file, got {str(path)!r} (not found)")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                         "save the file as UTF-8") from None
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    rows, start = [], 1
+    try:
+        for row in reader:
+            if any(cell.strip() for cell in row):  # blank lines (and rows of empty cells) are skipped
+                rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num}: not a readable CSV ({e})") from None
     if not rows:
         raise ValueError(f"{path}: empty file{empty_hint}")
-    return [h.strip() for h in rows[0]], rows
+    header = [h.strip() for h in rows[0][1]]
+    for line, row in rows[1:]:
+        if any(cell.strip() for cell in row[len(header):]):
+            raise ValueError(f"{path}: line {line}: {len(row)} cells, the header has {len(header)} "
+                             "(a comma inside a cell that is not quoted?)")
+    return header, rows[1:]
 
 
 def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
@@ -78,10 +104,8 @@ def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> Prompt
             raise ValueError(f"{path}: missing column {col!r} (accepted names {list(names)}); the header has {header}")
         idx[col] = i
     out = {c: [] for c in idx}
-    body = rows[1:] if limit is None else rows[1:1 + limit]
-    for r, row in enumerate(body, start=2):  # line numbers as an editor shows them (header is line 1)
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
+    body = rows if limit is None else rows[:limit]
+    for r, row in body:
         for col, i in idx.items():
             # cells as written (the reference reads them with pandas, unstripped: a trailing space in a
             # prompt or memory is a token of its own); whitespace alone counts as empty
@@ -102,7 +126,7 @@ def load_top_words(path: str | os.PathLike) -> dict[str, list[str]]:
     path = Path(path)
     header, rows = _read_csv(path, "word list")
     words = {h: [] for h in header}
-    for row in rows[1:]:
+    for _, row in rows:
         for h, cell in zip(header, row):
             if cell.strip():
                 words[h].append(cell.strip())

@@ -1,0 +1,50 @@
+"""Review 12 findings on memory injection (jaxinterp/inject), each failing on the code before its fix."""
+
+import pytest
+
+from jaxinterp.inject import data as dt
+
+HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+
+
+def test_limit_counts_data_rows_not_blank_lines(tmp_path):
+    """`limit` sliced the file's records before blank lines were skipped: --limit 2 on a file with a
+    blank line between its rows gave one prompt."""
+    p = tmp_path / "p.csv"
+    p.write_text(HEADER + "w1,w2,w3,w4,w5\n\nw6,w7,w8,w9,w10\nw11,w12,w13,w14,w15\n")
+    ps = dt.load_prompts(p, limit=2)
+    assert ps.answer == ["w5", "w10"]
+
+
+def test_line_numbers_count_lines_of_quoted_cells(tmp_path):
+    """The error named the record number as a line: a quoted cell spanning two lines made every later
+    line number one short."""
+    p = tmp_path / "p.csv"
+    p.write_text(HEADER + 'w1,"w2\nw2b",w3,w4,w5\nw6,w7,,w9,w10\n')
+    with pytest.raises(ValueError, match="line 4: empty cell in column 'explicit_entity'"):
+        dt.load_prompts(p)
+
+
+def test_unquoted_comma_is_refused_not_shifted(tmp_path):
+    """A row with more cells than the header (an unquoted comma in a sentence) was read by position:
+    its cells shifted into the wrong columns and the sweep ran on garbage (pandas, the reference's
+    reader, refuses such a row)."""
+    p = tmp_path / "p.csv"
+    p.write_text(HEADER + "w1,w2,w3,w4,w5\nw6,w7, w8,w9,w10,w11\n")
+    with pytest.raises(ValueError, match=r"line 3: 6 cells, the header has 5 \(a comma inside a cell"):
+        dt.load_prompts(p)
+    p.write_text(HEADER + "w1,w2,w3,w4,w5,,\n")  # trailing empty cells are harmless
+    assert dt.load_prompts(p).answer == ["w5"]
+    w = tmp_path / "words.csv"
+    w.write_text("Nouns,Verbs\ntime,be,extra\n")
+    with pytest.raises(ValueError, match="line 2: 3 cells, the header has 2"):
+        dt.load_top_words(w)
+
+
+def test_non_utf8_file_is_named(tmp_path):
+    """A Latin-1 file raised UnicodeDecodeError ("'utf-8' codec can't decode byte 0xe1 in position 82"),
+    naming neither the file nor the line."""
+    p = tmp_path / "latin.csv"
+    p.write_bytes((HEADER + "w1,w2,w3,w4,w5\nw1,w2,Dus\xe1n,w4,w5\n").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv: line 3: not UTF-8 text \(byte 0xe1"):
+        dt.load_prompts(p)
