@@ -92,7 +92,7 @@ def run_child(cmd: list[str]) -> tuple[float, float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         print(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err[-2000:]}", file=sys.stderr)
-    return wall, ru.ru_maxrss / 1e6, proc.returncode  # ru_maxrss is in KB on Linux
+    return wall, ru.ru_maxrss * 1024 / 1e9, proc.returncode  # ru_maxrss is in KiB on Linux
 
 
 def find_mergekit(opt: str | None) -> str | None:

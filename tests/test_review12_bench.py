@@ -202,3 +202,18 @@ def test_bench_only_without_a_name_is_refused(monkeypatch, tmp_path, capsys):
     assert cli.main(["bench", "--only", "", "--out", str(tmp_path / "out")]) == 2
     assert "only: expected parts of script names" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_benchmark_peak_memory_is_in_gigabytes(monkeypatch):
+    """ru_maxrss counts KiB (1024 bytes); dividing it by 1e6 printed peaks 2.4% below the GB of
+    their unit."""
+    merge = _load("merge")
+    real = merge.os.wait4
+
+    def wait4(pid, options):
+        pid, status, ru = real(pid, options)
+        return pid, status, type("RUsage", (), {"ru_maxrss": 1_000_000})()  # 1e6 KiB = 1.024e9 bytes
+
+    monkeypatch.setattr(merge.os, "wait4", wait4)
+    wall, peak_gb, rc = merge.run_child([sys.executable, "-c", "pass"])
+    assert rc == 0 and abs(peak_gb - 1.024) < 1e-12
