@@ -231,3 +231,12 @@ def test_toyworld_evaluate_json_is_strict(fake_assets, monkeypatch, tmp_path, ca
     out = tmp_path / "figures.json"
     assert cli.main(["toyworld", "evaluate", "--model", str(run / "model"), "--json", str(out)]) == 0
     assert json.loads(out.read_text(), parse_constant=pytest.fail) == {"rows": [{"greedy": None}]}
+
+
+def test_toyworld_without_a_subcommand_shows_its_own_help(capsys):
+    """`jaxinterp toyworld` printed the top-level help (demo, bench, gpt2, ...), not toyworld's."""
+    from jaxinterp import cli
+
+    assert cli.main(["toyworld"]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jaxinterp toyworld") and "ship" in out

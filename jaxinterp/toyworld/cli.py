@@ -177,6 +177,7 @@ def _ship(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("toyworld", help="the synthetic two-hop world and its built-in GPT-2")
     ts = p.add_subparsers(dest="toyworld_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])  # no subcommand: this help, not the top one
 
     f = ts.add_parser("facts", help="print the world's facts and which compositions are held out")
     _add_world_args(f)
