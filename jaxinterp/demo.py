@@ -8,6 +8,7 @@ non-zero), so one broken capability does not hide the others.
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -45,9 +46,12 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
         try:
             sec = getattr(importlib.import_module(module), func)(out_dir, quick=quick)
             sections.append(sec._replace(html=sec.html + f"<p><small>{time.perf_counter() - t0:.1f} s</small></p>"))
-        except Exception:  # noqa: BLE001 -- shown in the report, counted in the exit code
+        except Exception as e:  # noqa: BLE001 -- shown in the report, counted in the exit code
             failed.append(spec)
             sections.append(report.Section(spec, f"<div class='err'>{report.html.escape(traceback.format_exc())}</div>"))
+            # the reason on the terminal too, as it happens (it was only in index.html)
+            why = "".join(traceback.format_exception_only(e)).strip().splitlines()[-1]
+            tqdm.write(f"section failed: {spec}: {why} (traceback in {out_dir / 'index.html'})", file=sys.stderr)
     index = out_dir / "index.html"
     atomic.write_text(index, report.render("jaxinterp demo", sections, footer=f"Run on {benchtools.machine_line()}"))
     return index, failed

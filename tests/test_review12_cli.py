@@ -240,3 +240,21 @@ def test_toyworld_without_a_subcommand_shows_its_own_help(capsys):
     assert cli.main(["toyworld"]) == 2
     out = capsys.readouterr().out
     assert out.startswith("usage: jaxinterp toyworld") and "ship" in out
+
+
+def test_a_failed_demo_section_says_why_on_stderr(tmp_path, monkeypatch, capsys):
+    """The command printed only "section failed: <name>"; the reason was only in index.html."""
+    import sys
+    import types
+
+    from jaxinterp import cli, demo, report
+
+    fake = types.ModuleType("_fake_review12_sections")
+    fake.good = lambda out_dir, *, quick: report.Section("Good", "<p>ok</p>")
+    fake.bad = lambda out_dir, *, quick: {}["missing fixture"]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:{f}" for f in ("bad", "good")])
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "section failed: _fake_review12_sections:bad: KeyError: 'missing fixture'" in err, err
+    assert "<p>ok</p>" in (tmp_path / "index.html").read_text()  # the section after it still ran
