@@ -146,3 +146,41 @@ def test_a_two_plane_detector_is_refused_by_the_simulation():
     two = detector.Detector(plane_angles_deg=(60.0, -60.0), shaping_ticks=(3.0, 3.0))
     with pytest.raises(ValueError, match=r"SimConfig.detector: expected a detector.Detector with 3 wire planes"):
         simulate.SimConfig(detector=two)
+
+
+# ---- jaxinterp/nugraph/display.py ---------------------------------------------------------------------
+
+def _display_event(n=5):
+    from jaxinterp.nugraph.event import Event, PlaneHits
+
+    rng = np.random.default_rng(0)
+    hits = lambda: PlaneHits(np.zeros((n, 4), np.float32), rng.uniform(size=(n, 2)), np.zeros((2, 0), np.int64),  # noqa: E731
+                             np.zeros((2, 0), np.int64), np.array([0, 1, -1, 4, 2]))
+    return Event({"u": hits(), "v": hits(), "y": hits()}, 0)
+
+
+def test_predicted_labels_refuses_a_semantic_vector_without_the_class_axis():
+    """A [N] semantic vector used to argmax to one class for every hit, silently."""
+    from jaxinterp.nugraph import display
+
+    with pytest.raises(ValueError, match=r"semantic_probs: expected shape \[\.\.\., N, C\]"):
+        display.predicted_labels(np.array([0.1, 0.9, 0.3]), np.array([0.9, 0.9, 0.9]))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, 5, 2, 3]), r"predicted\['u'\]: expected labels below 5 .* got 5"),  # was drawn grey, as background
+    (np.array([0, 1, 6, 2, 3]), r"predicted\['u'\]: expected labels below 5 .* got 6"),  # was an IndexError
+    (np.array([0.0, 1, 2, 2, 3]), r"predicted\['u'\]: expected integer class labels"),  # was an IndexError
+])
+def test_event_display_refuses_labels_it_cannot_colour(labels, message):
+    from jaxinterp.nugraph import display
+
+    with pytest.raises(ValueError, match=message):
+        display.event_display(_display_event(), {p: labels for p in "uvy"})
+
+
+def test_event_display_of_a_plane_the_event_lacks_is_a_value_error():
+    from jaxinterp.nugraph import display
+
+    with pytest.raises(ValueError, match=r"planes: the event has no plane\(s\) \['x'\]"):  # was a KeyError
+        display.event_display(_display_event(), planes=("u", "x"))

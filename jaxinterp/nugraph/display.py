@@ -32,24 +32,47 @@ def _colours(labels: np.ndarray) -> np.ndarray:
 
 
 def predicted_labels(semantic_probs: np.ndarray, filter_probs: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
-    """Class index per hit from the two decoders: argmax of semantic, -1 where filter < threshold."""
-    return np.where(np.asarray(filter_probs) >= threshold, np.argmax(semantic_probs, axis=-1), -1)
+    """Class index per hit from the two decoders: argmax of semantic `[..., N, C]`, -1 where filter
+    `[..., N]` < threshold."""
+    semantic_probs, filter_probs = np.asarray(semantic_probs), np.asarray(filter_probs)
+    if semantic_probs.ndim < 1 or semantic_probs.shape[:-1] != filter_probs.shape:
+        # a [N] semantic vector would argmax to one class for every hit
+        raise ValueError(f"semantic_probs: expected shape [..., N, C] with [..., N] = filter_probs' "
+                         f"{list(filter_probs.shape)}, got {list(semantic_probs.shape)}")
+    return np.where(filter_probs >= threshold, np.argmax(semantic_probs, axis=-1), -1)
+
+
+def _check_labels(name: str, labels: np.ndarray, n: int) -> None:
+    """ValueError unless labels is [n] integers below the number of classes (negative: background)."""
+    if np.shape(labels) != (n,):
+        raise ValueError(f"{name}: expected shape [{n}], got {list(np.shape(labels))}")
+    labels = np.asarray(labels)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name}: expected integer class labels, got dtype {labels.dtype}")
+    if labels.size and labels.max() >= len(CLASS_COLOURS):
+        # label 5 was drawn in the background's grey, larger ones an IndexError
+        raise ValueError(f"{name}: expected labels below {len(CLASS_COLOURS)} ({', '.join(SEMANTIC_CLASSES)}; "
+                         f"negative for background), got {int(labels.max())}")
 
 
 def event_display(event: Event, predicted: dict[str, np.ndarray] | None = None, *,
                   planes: Sequence[str] = PLANES, title: str | None = None, marker_size: float = 3.0):
     """A matplotlib figure of `event` (truth from y_semantic) and optionally `predicted[p]` [N] labels."""
-    plt = _plt()
+    absent = [p for p in planes if p not in event.planes]
+    if absent:
+        raise ValueError(f"planes: the event has no plane(s) {absent} (it has {list(event.planes)})")
+    for p in planes:
+        if event.planes[p].y_semantic is not None:
+            _check_labels(f"event plane {p!r} y_semantic", event.planes[p].y_semantic, event.planes[p].pos.shape[0])
     rows = [("true", {p: event.planes[p].y_semantic for p in planes})]
     if predicted is not None:
         missing = [p for p in planes if p not in predicted]
         if missing:
             raise ValueError(f"predicted: missing plane(s) {missing}")
         for p in planes:
-            if np.shape(predicted[p]) != (event.planes[p].pos.shape[0],):
-                raise ValueError(f"predicted[{p!r}]: expected shape [{event.planes[p].pos.shape[0]}], "
-                                 f"got {list(np.shape(predicted[p]))}")
+            _check_labels(f"predicted[{p!r}]", predicted[p], event.planes[p].pos.shape[0])
         rows.append(("predicted", predicted))
+    plt = _plt()
     fig, axes = plt.subplots(len(rows), len(planes), figsize=(4.2 * len(planes), 3.4 * len(rows)), squeeze=False)
     for r, (kind, labels) in enumerate(rows):
         for c, p in enumerate(planes):
