@@ -48,3 +48,31 @@ def test_non_utf8_file_is_named(tmp_path):
     p.write_bytes((HEADER + "w1,w2,w3,w4,w5\nw1,w2,Dus\xe1n,w4,w5\n").encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin\.csv: line 3: not UTF-8 text \(byte 0xe1"):
         dt.load_prompts(p)
+
+
+def test_head_outputs_compile_once_per_bucket_and_match_unpadded(tiny_processed):
+    """head_outputs ran each prompt at its own shape [1, len]: reading the heads of a data set's
+    prompts compiled GPT-2 once per distinct length (5 compilations for lengths 4..8). Now prompts are
+    left-padded to buckets of 8 with a mask, and the heads equal the unpadded run's."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxinterp.inject import heads
+    from jaxinterp.transformer import gpt2
+
+    params, config = tiny_processed
+    names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, config.vocab_size, size=n) for n in range(3, 9)]
+    before = gpt2._run_jit()._cache_size()
+    got = {len(tok): [heads.head_outputs(params, tok, config=config, position=pos) for pos in (-1, 1)] for tok in prompts}
+    assert gpt2._run_jit()._cache_size() - before <= 1  # lengths 3..8 share bucket 8
+    for tok in prompts:
+        cache = gpt2.run_with_cache(params, jnp.asarray(tok[None], jnp.int32), config=config, names=names)[1]
+        for g, pos in zip(got[len(tok)], (-1, 1)):
+            want = np.stack([np.asarray(cache[n][0, pos]) for n in names])
+            np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"tokens: 33 tokens, the model takes at most n_positions=32"):
+        heads.head_outputs(params, np.zeros(33, int), config=config)
+    with pytest.raises(ValueError, match=r"k: expected an int in 1\.\.97, got 2\.5"):
+        heads.head_top_tokens(params, prompts[0], config=config, k=2.5)

@@ -37,24 +37,38 @@ def logit_lens(params: dict, config: GPT2Config) -> Lens:
     return lambda layer, x: x @ W_U + b_U
 
 
+# Prompts are left-padded to a multiple of HEAD_BUCKET positions (with an attention mask, so the real
+# positions are exact): one compiled forward per bucket instead of one per prompt length.
+HEAD_BUCKET = 8
+
+
 def head_outputs(params: dict, tokens: Sequence[int], *, config: GPT2Config, position: int = -1) -> Array:
     """[n, H, D]: every head's hook_result at `position` of the prompt `tokens`, run as given: BOS is
     the caller's choice (the reference's `interpret_attn.py` ran GPT-2 prompts without it; the demo
     passes it, as its toy model was trained with it)."""
-    n = len(tokens)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise ValueError(f"tokens: expected a non-empty 1-D list of token ids, got shape {list(tokens.shape)}")
+    n = tokens.size
+    if n > config.n_positions:
+        raise ValueError(f"tokens: {n} tokens, the model takes at most n_positions={config.n_positions}")
     if not is_integer(position) or not -n <= position < n:
         # jnp indexing clamps: position 10 of a 4-token prompt read the last position's heads
         raise ValueError(f"position: expected an index into the prompt's {n} tokens (-{n}..{n - 1}), got {position!r}")
+    P = min(-(-n // HEAD_BUCKET) * HEAD_BUCKET, config.n_positions)
+    padded, mask = np.zeros((1, P), tokens.dtype), np.zeros((1, P), np.int32)
+    padded[0, P - n:], mask[0, P - n:] = tokens, 1
     names = tuple(f"blocks.{i}.attn.hook_result" for i in range(config.n_layer))
-    _, cache = gpt2.run_with_cache(params, jnp.asarray(np.asarray(tokens), jnp.int32)[None], config=config, names=names)
-    return jnp.stack([cache[n][0, position] for n in names])
+    _, cache = gpt2.run_with_cache(params, padded, config=config, names=names, attention_mask=mask)
+    at = P - n + int(position) % n
+    return jnp.stack([cache[name][0, at] for name in names])
 
 
 def head_top_tokens(params: dict, tokens: Sequence[int], *, config: GPT2Config, k: int = 10,
                     lens: Lens | None = None, position: int = -1) -> HeadTokens:
     """Top-k tokens of each head's output through `lens` (default: the logit lens)."""
-    if k < 1 or k > config.vocab_size:
-        raise ValueError(f"k: expected 1..{config.vocab_size}, got {k}")
+    if not is_integer(k) or not 1 <= k <= config.vocab_size:
+        raise ValueError(f"k: expected an int in 1..{config.vocab_size}, got {k!r}")
     lens = lens or logit_lens(params, config)
     out = head_outputs(params, tokens, config=config, position=position)
     vals, ids = zip(*(jax.lax.top_k(lens(i, out[i]), k) for i in range(config.n_layer)))
