@@ -117,3 +117,18 @@ def test_fit_bezier_refuses_a_bad_learning_rate(lr):
     # lr < 0 climbed the loss; nan gave a nan bend, silently
     with pytest.raises(ValueError, match=r"learning_rate: expected a positive finite rate"):
         curves.fit_bezier(mlp.loss, PA, PA, lambda i: (X, Y), steps=2, learning_rate=lr)
+
+
+# ----------------------------------------------------------------------------- landscape
+
+
+def test_filter_normalized_direction_keeps_1d_leaves_as_li_et_al_and_checks_filter_axis():
+    p = jax.tree_util.tree_map(lambda x: x + 0.5, PA)  # biases not zero
+    d = landscape.filter_normalized_direction(jax.random.PRNGKey(0), p, ignore_1d=False)
+    for i in range(3):  # Li et al.: d.copy_(w) for biases/BN when not ignored (was a random vector)
+        np.testing.assert_array_equal(d[f"Dense_{i}"]["bias"], p[f"Dense_{i}"]["bias"])
+    # axis 2 of the [in, out] kernels wrapped to axis 0 (filters over inputs), silently
+    with pytest.raises(ValueError, match=r"filter_axis: expected an axis of every leaf .*got 2 for 'Dense_0\.kernel'"):
+        landscape.filter_normalized_direction(jax.random.PRNGKey(0), PA, filter_axis=2)
+    with pytest.raises(ValueError, match=r"filter_axis: expected an integer axis, got 1\.0"):
+        landscape.filter_normalized_direction(jax.random.PRNGKey(0), PA, filter_axis=1.0)

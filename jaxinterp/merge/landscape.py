@@ -174,15 +174,23 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
     """A random direction with each filter's norm equal to the params' (Li et al. 2018).
 
     A filter is one slice along `filter_axis` (Flax kernels are [..., in, out]: an output unit).
-    1-D leaves (biases, norms) get a zero direction when `ignore_1d` (the paper's default).
+    1-D leaves (biases, norm scales) have one entry per unit: a zero direction when `ignore_1d`
+    (the paper's default, "biasbn"), else the leaf itself, as in Li et al.'s code (each entry is
+    its own filter, whose norm-matched direction is the weight).
     """
     leaves, treedef = jax.tree_util.tree_flatten(params)
+    if not is_integer(filter_axis):
+        raise ValueError(f"filter_axis: expected an integer axis, got {filter_axis!r}")
+    for name, p in tree.named_leaves(params).items():
+        if np.ndim(p) >= 2 and not -np.ndim(p) <= filter_axis < np.ndim(p):
+            raise ValueError(f"filter_axis: expected an axis of every leaf with 2 or more axes, got {filter_axis} "
+                             f"for {name!r} of shape {tuple(np.shape(p))}")
     keys = jax.random.split(key, len(leaves))
     out = []
     for k, p in zip(keys, leaves):
         d = jax.random.normal(k, p.shape, jnp.float32)
         if p.ndim <= 1:
-            out.append(jnp.zeros_like(d) if ignore_1d else d * jnp.linalg.norm(p) / (jnp.linalg.norm(d) + 1e-10))
+            out.append(jnp.zeros_like(d) if ignore_1d else jnp.asarray(p, jnp.float32))
             continue
         ax = tuple(i for i in range(p.ndim) if i != filter_axis % p.ndim)
         pn = jnp.sqrt(jnp.sum(jnp.square(p), axis=ax, keepdims=True))
