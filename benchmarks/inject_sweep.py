@@ -8,7 +8,8 @@ tokens (BOS included), 3-token memories, layers 0..11, tau 1..15. Figures:
     and extrapolated to the full grid;
   * the sweep's arithmetic rate (useful FLOPs / wall time, `sweep_flops`) against a jitted
     1024x768x3072 float32 matmul measured in the same run.
---quick: 2 layers x 3 taus x 16 prompts (for CI); the goals are judged on the full run only.
+--quick: 2 layers x 3 taus x 16 prompts (for CI); the goals are judged on the full run only: on a
+CPU against the TL loop and the matmul rate, on a GPU against the loop run on that GPU.
 """
 
 from __future__ import annotations
@@ -96,22 +97,33 @@ def main(argv=None) -> int:
     loop_s = per_forward * n_runs
 
     grid = f"{len(layers)}x{len(taus)}x{n_prompts}"
-    full = not args.quick
+    # the issue's goals: on a 2-core CPU, >= 10x the paper's TransformerLens loop (2050 s, a CPU
+    # figure) and >= 60% of the matmul rate; on a GPU, >= 50x, judged against the loop run on the
+    # same GPU here (a GPU sweep against the CPU's TL figure would compare the devices)
+    on_gpu = jax.devices()[0].platform == "gpu"
+    cpu_goals, gpu_goals = not args.quick and not on_gpu, not args.quick and on_gpu
+    sweep_goal, sweep_met = None, None
+    if cpu_goals:
+        sweep_goal, sweep_met = "<= TL loop / 10", bool(sweep_s * 10 <= PAPER_LOOP_S)
+    elif gpu_goals:
+        sweep_goal, sweep_met = "<= same-run loop / 50", bool(sweep_s * 50 <= loop_s)
     rows = [
-        benchtools.row(f"inject sweep {grid} (GPT-2 small, one compiled call)", sweep_s, "s",
-                       goal="<= paper loop / 10" if full else None, reference=f"TL loop {PAPER_LOOP_S:.0f} s",
-                       met=bool(sweep_s * 10 <= PAPER_LOOP_S) if full else None),
+        benchtools.row(f"inject sweep {grid} (GPT-2 small, one compiled call)", sweep_s, "s", goal=sweep_goal,
+                       reference=f"TL loop {PAPER_LOOP_S:.0f} s (CPU)", met=sweep_met),
         benchtools.row("inject sweep compile time", compile_s, "s", goal="< 30 s", met=bool(compile_s < 30),
                        reference=f"{compile_cpu_s:.1f} CPU s"),
         benchtools.row("paper's loop, jitted forward per (L, tau, prompt)", per_forward * 1e3, "ms/forward",
                        reference="TL 107 ms"),
         benchtools.row(f"paper's loop {grid} (extrapolated from {len(loop_times)} forwards)", loop_s, "s"),
-        # the issue's goal is against the paper's approach (the TL loop, next row); this stricter
-        # comparison with the same loop jitted in JAX is shown without a goal
-        benchtools.row("speed-up of the sweep over the jitted loop (information; the goal is the TL row)",
-                       loop_s / sweep_s, "x"),
-        benchtools.row("speed-up of the sweep over the TL loop (2050 s)", PAPER_LOOP_S / sweep_s, "x",
-                       goal=">= 10" if full else None, met=bool(PAPER_LOOP_S / sweep_s >= 10) if full else None),
+        # on a CPU the issue's goal is against the paper's approach (the TL loop, next row); this
+        # stricter comparison with the same loop jitted in JAX is shown without a goal there
+        benchtools.row("speed-up of the sweep over the jitted loop, same device"
+                       + ("" if on_gpu else " (information; the goal is the TL row)"),
+                       loop_s / sweep_s, "x", goal=">= 50 (GPU)" if gpu_goals else None,
+                       met=bool(loop_s / sweep_s >= 50) if gpu_goals else None),
+        benchtools.row("speed-up of the sweep over the TL loop (2050 s on a CPU)", PAPER_LOOP_S / sweep_s, "x",
+                       goal=">= 10 (CPU)" if cpu_goals else None,
+                       met=bool(PAPER_LOOP_S / sweep_s >= 10) if cpu_goals else None),
         benchtools.row("sweep CPU time (user+sys of this process)", cpu_s, "s",
                        reference=f"{os.cpu_count()} cores x wall = {os.cpu_count() * sweep_s:.0f} s"),
         benchtools.row("speed-up over the jitted loop in CPU seconds (robust to a shared machine)",
@@ -120,7 +132,8 @@ def main(argv=None) -> int:
         benchtools.row("sweep arithmetic rate", flops / sweep_s / 1e9, "GFLOP/s"),
         benchtools.row("jitted 1024x768x3072 matmul rate (same run)", mm_rate / 1e9, "GFLOP/s"),
         benchtools.row("sweep rate / matmul rate", flops / sweep_s / mm_rate * 100, "%",
-                       goal=">= 60 %" if full else None, met=bool(flops / sweep_s >= 0.6 * mm_rate) if full else None),
+                       goal=">= 60 % (CPU)" if cpu_goals else None,
+                       met=bool(flops / sweep_s >= 0.6 * mm_rate) if cpu_goals else None),
         benchtools.row("sweep FLOPs per CPU second / matmul's (robust to a shared machine)",
                        flops / cpu_s / mm_cpu_rate * 100, "%"),
     ]
