@@ -258,3 +258,19 @@ def test_a_failed_demo_section_says_why_on_stderr(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "section failed: _fake_review12_sections:bad: KeyError: 'missing fixture'" in err, err
     assert "<p>ok</p>" in (tmp_path / "index.html").read_text()  # the section after it still ran
+
+
+def test_the_per_head_logit_lens_ranks_the_heads_own_contribution():
+    """The GPT-2 section's 'tokens each head's output promotes' added b_U to each head's result @ W_U:
+    the bias, larger than one head's contribution, set most of every head's list (on the shipped toy
+    model L0H0's top five were b_U's own: ' is', ' was', ' in'). A head promotes what result @ W_U ranks."""
+    import numpy as np
+
+    from jaxinterp.transformer.demo import head_logit_lens
+
+    W_U = np.eye(4, 6, dtype=np.float32)  # d_model 4, vocabulary 6: head direction i promotes token i
+    b_U = np.array([0, 0, 0, 0, 5.0, 4.0], np.float32)  # tokens 4 and 5 favoured by the bias alone
+    result = np.zeros((1, 2, 4), np.float32)
+    result[0, 0, 2], result[0, 1, 0] = 0.3, 0.2  # head 0 writes towards token 2, head 1 towards token 0
+    top = head_logit_lens({"lm_head": {"kernel": W_U, "bias": b_U}}, result, k=1)
+    assert top[0, :, 0].tolist() == [2, 0]
