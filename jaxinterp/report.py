@@ -10,8 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
+
+import numpy as np
 
 from jaxinterp import atomic
 
@@ -42,14 +45,15 @@ def img(png: bytes, alt: str, *, width: int | None = None) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain HTML table; floats are shown with 4 significant digits, None (a figure strict JSON
-    stored as null: not measured, or 0/0) as n/a."""
+    """A plain HTML table; floats (numpy's too) are shown with 4 significant digits, None (a figure
+    strict JSON stored as null: not measured, or 0/0) and NaN or inf (the same figure before it was
+    stored, e.g. the efficiency of a class with no hits) as n/a."""
 
     def cell(v: object) -> str:
         if v is None:
             return "n/a"
-        if isinstance(v, float):
-            return f"{v:.4g}"
+        if isinstance(v, (float, np.floating)):
+            return f"{v:.4g}" if math.isfinite(v) else "n/a"
         return html.escape(str(v))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)

@@ -265,3 +265,15 @@ def test_inject_sweep_judges_a_gpu_run_by_the_gpu_goal(monkeypatch, tmp_path):
         else:
             assert loop["goal"] is None and loop["met"] is None
             assert tl["goal"] == ">= 10 (CPU)" and rate["goal"] == ">= 60 % (CPU)" and rate["met"] is not None
+
+
+def test_report_table_shows_an_undefined_figure_as_n_a_and_numpy_floats_rounded():
+    """The demo's NuGraph2 table showed a class with no hits as "nan" beside the held-out column's
+    "n/a" (the same figure, stored as null), and a numpy float32 with all its digits."""
+    import numpy as np
+
+    from jaxinterp import report
+
+    html = report.table(["a", "b", "c", "d", "e"], [[float("nan"), np.float32(0.123456789), None, 0.98765, "x<y"]])
+    cells = html.split("<tbody>")[1].replace("</td>", "").replace("</tr></tbody></table>", "").split("<td>")[1:]
+    assert cells == ["n/a", "0.1235", "n/a", "0.9877", "x&lt;y"]
