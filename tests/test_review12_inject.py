@@ -1,8 +1,12 @@
 """Review 12 findings on memory injection (jaxinterp/inject), each failing on the code before its fix."""
 
+import re
+
 import pytest
 
 from jaxinterp.inject import data as dt
+
+from conftest import TINY_GPT2
 
 HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
 
@@ -76,3 +80,35 @@ def test_head_outputs_compile_once_per_bucket_and_match_unpadded(tiny_processed)
         heads.head_outputs(params, np.zeros(33, int), config=config)
     with pytest.raises(ValueError, match=r"k: expected an int in 1\.\.97, got 2\.5"):
         heads.head_top_tokens(params, prompts[0], config=config, k=2.5)
+
+
+CLI_ROWS = "w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\nw12 w13,w14 w15 w16,w17,w14 w15,w18\n"
+
+
+@pytest.mark.parametrize("extra,words,match", [
+    # the word list's Nouns column is empty: refused only after the main sweep had run
+    (["--baseline-type", "Nouns"], "Nouns,Verbs\n,be\n,have\n", "word_type 'Nouns': the list is empty"),
+    # a NaN tau: refused by the sweep, after the model was loaded and the memories computed
+    (["--taus", "1", "nan"], None, r"--taus: expected finite numbers, got \[1.0, nan\]"),
+    (["--layers", "-1"], None, "--layers: layer -1 out of range, layers count from 0"),
+])
+def test_cli_input_errors_come_before_the_model_and_the_sweep(tmp_path, monkeypatch, capsys, extra, words, match):
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+    from jaxinterp.inject import sweep as sw
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model or the sweep before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    monkeypatch.setattr(sw, "sweep", refuse)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + CLI_ROWS)
+    argv = ["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--out", str(tmp_path / "out"),
+            *extra]
+    if words is not None:
+        (tmp_path / "w.csv").write_text(words)
+        argv += ["--baseline-words", str(tmp_path / "w.csv")]
+    assert cli.main(argv) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of t
 def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, kind: str = "unembed",
               limit: int | None = None, baseline_words: str | None = None, baseline_type: str = "Nouns",
               seed: int = 0, bucket: int = 8, skip_long: bool = False) -> dict:
+    import math
     import time
 
     import numpy as np
@@ -25,13 +26,22 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     from jaxinterp.inject.sweep import DEFAULT_TAUS, sweep
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
-    prompts = dt.load_prompts(data_path, limit=limit)  # input errors before any model is loaded
+    # Every input is checked before the model is loaded and before anything is computed or written.
+    prompts = dt.load_prompts(data_path, limit=limit)
+    taus = list(DEFAULT_TAUS) if taus is None else list(taus)
+    if not taus or not all(math.isfinite(t) for t in taus):
+        raise ValueError(f"--taus: expected finite numbers, got {taus}")
+    for L in layers or ():
+        if L < 0:
+            raise ValueError(f"--layers: layer {L} out of range, layers count from 0")
     words = dt.load_top_words(baseline_words) if baseline_words else None
-    if words is not None and baseline_type not in words:
-        raise ValueError(f"--baseline-type: expected one of {list(words)}, got {baseline_type!r}")
-    params, config = load_gpt2(model, process_weights=True)
+    if words is not None:
+        if baseline_type not in words:
+            raise ValueError(f"--baseline-type: expected one of {list(words)}, got {baseline_type!r}")
+        dt.random_words(words, baseline_type, 0)  # an empty column: refused now, not after the main sweep
     tok = load_tokenizer(model)
     enc = dt.encode(tok, prompts)
+    params, config = load_gpt2(model, process_weights=True)
     if skip_long:  # rows longer than the model's context are dropped (and counted) instead of refused
         keep = [i for i in range(len(enc.answers))
                 if max(len(enc.prompts[i]), len(enc.explicit[i])) <= config.n_positions]
@@ -47,22 +57,25 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     for L in layers:
         if not 0 <= L < config.n_layer:
             raise ValueError(f"--layers: layer {L} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
-    taus = list(DEFAULT_TAUS) if taus is None else list(taus)
     bos = dt.bos_id(tok)
+    mems = memory_vectors(params, enc.memories, config=config, kind=kind, bos_id=bos)
+    rand = b_mems = None
+    if words is not None:  # drawn, tokenised and made vectors now: a bad word is refused before the sweep
+        rand = dt.random_words(words, baseline_type, len(prompts.answer), seed=seed)
+        b_mems = memory_vectors(params, dt.encode(tok, prompts, memories=rand).memories, config=config, kind=kind,
+                                bos_id=bos)
 
-    def run(mem_ids):
-        mems = memory_vectors(params, mem_ids, config=config, kind=kind, bos_id=bos)
+    def run(mems):
         t0 = time.perf_counter()
         res = sweep(params, enc.prompts, mems, layers, taus, config=config, answers=enc.answers,
                     explicit=enc.explicit, bucket=bucket)
         return res, time.perf_counter() - t0
 
-    result, wall = run(enc.memories)
+    result, wall = run(mems)
     agg = aggregate(result)
     baseline = None
     if words is not None:
-        rand = dt.random_words(words, baseline_type, len(prompts.answer), seed=seed)
-        b_res, _ = run(dt.encode(tok, prompts, memories=rand).memories)
+        b_res, _ = run(b_mems)
         b_agg = aggregate(b_res)
         baseline = {"word_type": baseline_type, "seed": seed, "words": rand,
                     "percent_increase": outputs.aggregate_json(b_agg)}
