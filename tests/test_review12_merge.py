@@ -132,3 +132,17 @@ def test_filter_normalized_direction_keeps_1d_leaves_as_li_et_al_and_checks_filt
         landscape.filter_normalized_direction(jax.random.PRNGKey(0), PA, filter_axis=2)
     with pytest.raises(ValueError, match=r"filter_axis: expected an integer axis, got 1\.0"):
         landscape.filter_normalized_direction(jax.random.PRNGKey(0), PA, filter_axis=1.0)
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_greedy_soup_validation_is_held_out_from_the_fine_tunes():
+    # the greedy soup ranked by x_train[-300:], examples the base and the class shards trained on
+    from jaxinterp.merge import demo
+
+    d = mlp.load_digits(0)
+    (x_fit, _), (x_val, y_val) = demo.held_out_split(d)
+    assert len(x_val) == len(y_val) == 300 and len(x_fit) + len(x_val) == len(d.x_train)
+    fit_rows = {r.tobytes() for r in x_fit}
+    assert not any(r.tobytes() in fit_rows for r in x_val)

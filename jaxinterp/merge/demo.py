@@ -28,6 +28,12 @@ class DemoResult(NamedTuple):
     bezier_losses: np.ndarray
 
 
+def held_out_split(d, n_val: int = 300) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(x, y) to fit the base and the fine-tunes on, and the last `n_val` training examples apart from
+    them: the held-out set the greedy soup ranks by (Wortsman et al.), not the test set."""
+    return (d.x_train[:-n_val], d.y_train[:-n_val]), (d.x_train[-n_val:], d.y_train[-n_val:])
+
+
 def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
     from jaxinterp.merge.tree_merge import merge
@@ -52,12 +58,14 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     bend = curves.fit_bezier(mlp.loss, pa, pb, batches, steps=300 if quick else 1500, learning_rate=3e-3, key=key).bend
     bez = np.asarray(curves.curve_losses(mlp.loss, pa, bend, pb, train, jnp.asarray(paths["naive"].alphas)))
 
-    # 2. fine-tunes of one base on three class-skewed shards, merged by every method
-    base = mlp.train(mlp.init(jax.random.PRNGKey(seed + 3), sizes), d.x_train, d.y_train, steps=steps // 4, seed=3)
+    # 2. fine-tunes of one base on three class-skewed shards, merged by every method; the greedy
+    # soup ranks by a validation split that neither the base nor any fine-tune trained on
+    (x_fit, y_fit), val = held_out_split(d)
+    base = mlp.train(mlp.init(jax.random.PRNGKey(seed + 3), sizes), x_fit, y_fit, steps=steps // 4, seed=3)
     fts, shards = [], []
     for j, classes in enumerate(([0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9])):
-        keep = np.isin(d.y_train, classes) | (np.random.default_rng(j).random(len(d.y_train)) < 0.15)
-        shards.append((d.x_train[keep], d.y_train[keep]))
+        keep = np.isin(y_fit, classes) | (np.random.default_rng(j).random(len(y_fit)) < 0.15)
+        shards.append((x_fit[keep], y_fit[keep]))
         fts.append(mlp.train(base, *shards[-1], steps=steps // 2, seed=10 + j))
     acc = lambda p: float(mlp.accuracy(p, *test))  # noqa: E731
     accs = {"base": acc(base), **{f"fine-tune {j}": acc(f) for j, f in enumerate(fts)}}
@@ -87,7 +95,7 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
              for f, (x, _) in zip(fts, shards)]
     accs["regmean"] = acc(fisher.regmean(fts, grams))
     accs["uniform soup"] = acc(soups.uniform_soup(fts))
-    val = (jnp.asarray(d.x_train[-300:]), jnp.asarray(d.y_train[-300:]))
+    val = (jnp.asarray(val[0]), jnp.asarray(val[1]))
     accs["greedy soup"] = acc(soups.greedy_soup(fts, lambda p: float(mlp.accuracy(p, *val))).params)
     accs["tsv"] = acc(soups.tsv_merge(fts, base))
 
