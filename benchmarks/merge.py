@@ -148,8 +148,8 @@ def merge_in(work: Path, args, rows: list) -> None:
         src = "mergekit same run" if mk_wall else ("mergekit PERF_NOTES" if ref else None)
         met_t = None if rc or base_wall is None else wall * 3 <= base_wall
         met_m = None if rc or base_rss is None else rss < base_rss
-        rows.append(benchtools.row(f"merge {m}, {size}, base+3 f32 (jaxinterp)" if m != "slerp" else
-                                   f"merge slerp, {size}, 2 models f32 (jaxinterp)", wall, "s",
+        models = {"slerp": "2 models", "linear": "3 models"}.get(m, "base+3")  # what config_yaml merges
+        rows.append(benchtools.row(f"merge {m}, {size}, {models} f32 (jaxinterp)", wall, "s",
                                    goal="3x faster than mergekit", met=met_t,
                                    reference=f"{base_wall:.1f} s ({src})" if base_wall else None))
         rows.append(benchtools.row(f"merge {m} peak RSS (jaxinterp)", rss, "GB", goal="below mergekit", met=met_m,

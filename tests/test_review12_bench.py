@@ -277,3 +277,21 @@ def test_report_table_shows_an_undefined_figure_as_n_a_and_numpy_floats_rounded(
     html = report.table(["a", "b", "c", "d", "e"], [[float("nan"), np.float32(0.123456789), None, 0.98765, "x<y"]])
     cells = html.split("<tbody>")[1].replace("</td>", "").replace("</tr></tbody></table>", "").split("<td>")[1:]
     assert cells == ["n/a", "0.1235", "n/a", "0.9877", "x&lt;y"]
+
+
+def test_merge_benchmark_rows_name_the_models_each_method_merges(monkeypatch, tmp_path):
+    """The linear row said "base+3" but its config merges the three fine-tunes only (as mergekit's
+    reference figure, "linear (3 checkpoints)", does)."""
+    from types import SimpleNamespace
+
+    merge = _load("merge")
+    dirs = [tmp_path / n for n in ("base", "ft0", "ft1", "ft2")]
+    models = {m: merge.config_yaml(m, dirs).count("- model:") for m in ("ties", "dare_ties", "slerp", "linear")}
+    assert models == {"ties": 3, "dare_ties": 3, "slerp": 2, "linear": 3}  # + base_model for ties and dare_ties
+    _merge_children(monkeypatch, merge, jax_rc=0)
+    monkeypatch.setattr(merge, "find_mergekit", lambda opt: None)
+    rows: list = []
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(tmp_path), mergekit=None), rows)
+    named = [r["workload"] for r in rows if r["unit"] == "s"]
+    assert named == [f"merge {m}, GPT-2-like tiny (2x256), {n} f32 (jaxinterp)" for m, n in
+                     (("ties", "base+3"), ("dare_ties", "base+3"), ("slerp", "2 models"), ("linear", "3 models"))]
