@@ -119,11 +119,11 @@ def machine_line() -> str:
     return f"{m['cpu']} ({cores}), jax {m['jax']} on {where}"
 
 
-def row(workload: str, figure: float, unit: str, *, goal: str | None = None,
+def row(workload: str, figure: float | None, unit: str, *, goal: str | None = None,
         reference: str | None = None, met: bool | None = None) -> dict[str, Any]:
-    figure = float(figure)
-    return {"workload": workload, "figure": figure if math.isfinite(figure) else None, "unit": unit,
-            "goal": goal, "reference": reference, "met": met}
+    """One row; a figure that was not measured (None, NaN or inf) is stored as null."""
+    figure = None if figure is None or not math.isfinite(float(figure)) else float(figure)
+    return {"workload": workload, "figure": figure, "unit": unit, "goal": goal, "reference": reference, "met": met}
 
 
 def figure_text(figure: float | None) -> str:

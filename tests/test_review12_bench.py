@@ -295,3 +295,14 @@ def test_merge_benchmark_rows_name_the_models_each_method_merges(monkeypatch, tm
     named = [r["workload"] for r in rows if r["unit"] == "s"]
     assert named == [f"merge {m}, GPT-2-like tiny (2x256), {n} f32 (jaxinterp)" for m, n in
                      (("ties", "base+3"), ("dare_ties", "base+3"), ("slerp", "2 models"), ("linear", "3 models"))]
+
+
+def test_a_row_takes_none_for_a_figure_that_was_not_measured(tmp_path, capsys):
+    """benchtools.row(..., None, ...) was a TypeError, so a script with an unmeasured figure wrote
+    0 instead (lens_train's XLA buffers when the memory analysis is missing: "0 GiB")."""
+    from jaxinterp import benchtools
+
+    rows = [benchtools.row("XLA buffers", None, "GiB"), benchtools.row("measured", 2, "GiB")]
+    benchtools.report("b", rows, str(tmp_path / "b.json"))
+    assert [r["figure"] for r in json.loads((tmp_path / "b.json").read_text())["rows"]] == [None, 2.0]
+    assert "n/a" in capsys.readouterr().out
