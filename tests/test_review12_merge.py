@@ -146,3 +146,21 @@ def test_demo_greedy_soup_validation_is_held_out_from_the_fine_tunes():
     assert len(x_val) == len(y_val) == 300 and len(x_fit) + len(x_val) == len(d.x_train)
     fit_rows = {r.tobytes() for r in x_fit}
     assert not any(r.tobytes() in fit_rows for r in x_val)
+
+
+def test_fisher_merge_floors_each_fisher_and_normalizes_as_the_papers_code():
+    a, b = {"w": jnp.array([1.0, 2.0, 4.0])}, {"w": jnp.array([3.0, 6.0, 8.0])}
+    fa, fb = {"w": jnp.array([0.0, 3e-6, 2.0])}, {"w": jnp.array([1e-6, 1e-6, 6.0])}
+    # max(F, 1e-6) as the reference's fisher_floor: entry 0 is the plain mean (adding eps gave (a + 2b) / 3)
+    out = fisher.fisher_merge([a, b], [fa, fb])
+    np.testing.assert_allclose(out["w"], [2.0, (3 * 2 + 6) / 4, (2 * 4 + 6 * 8) / 8], rtol=1e-6)
+    # normalize_fishers: w_i / ||F_i||_2 (model b's Fisher is 3x larger: it no longer counts 3x)
+    na, nb = np.linalg.norm(np.maximum(fa["w"], 0)), np.linalg.norm(fb["w"])
+    out = fisher.fisher_merge([a, b], [fa, fb], normalize=True)
+    wa, wb = 0.5 / na, 0.5 / nb
+    np.testing.assert_allclose(out["w"][2], (wa * 2 * 4 + wb * 6 * 8) / (wa * 2 + wb * 6), rtol=1e-6)
+    # bfloat16 models merge to bfloat16 (float32 Fishers promoted them)
+    bf = [jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), m) for m in (a, b)]
+    assert fisher.fisher_merge(bf, [fa, fb])["w"].dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match=r"eps: expected a positive finite floor"):
+        fisher.fisher_merge([a, b], [fa, fb], eps=0.0)

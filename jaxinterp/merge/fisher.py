@@ -2,7 +2,10 @@
 
 * Fisher merging (Matena & Raffel 2022): theta = sum_i w_i F_i theta_i / sum_i w_i F_i per entry,
   F_i the diagonal Fisher of model i, E_x[(d log p(y|x) / d theta)^2] with y the label
-  (empirical Fisher) or drawn from the model; `eps` (1e-6, the paper's floor) is added to each F.
+  (empirical Fisher) or drawn from the model. As in the paper's code, each F is floored at `eps`
+  (1e-6; max(F, eps), so an entry no model's data touched gets the weighted mean) and, with
+  `normalize` (the code's `normalize_fishers`; off by default, the paper's formula), w_i is divided
+  by the L2 norm of model i's whole Fisher, so no model dominates by the scale of its Fisher alone.
 * RegMean (Jin et al. 2023): for each linear layer with kernel W_i [in, out] and the Gram matrix of
   its inputs G_i = X_i^T X_i [in, in], W = (sum_i G~_i)^{-1} sum_i G~_i W_i, where
   G~ = alpha G + (1 - alpha) diag(G) (alpha 0.9 by default) regularises the inverse. Leaves
@@ -68,8 +71,11 @@ def _fisher(logits_fn, params, inputs, labels):
 
 
 def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequence[float] | None = None,
-                 eps: float = 1e-6) -> Any:
-    """sum_i w_i (F_i + eps) theta_i / sum_i w_i (F_i + eps), leaf by leaf."""
+                 eps: float = 1e-6, normalize: bool = False) -> Any:
+    """sum_i w_i max(F_i, eps) theta_i / sum_i w_i max(F_i, eps), leaf by leaf, in the models' dtype.
+
+    With `normalize`, w_i / ||F_i||_2 (the norm over every leaf of F_i) in place of w_i.
+    """
     if not models:
         raise ValueError("models: expected at least one model, got none")
     if len(models) != len(fishers):
@@ -81,12 +87,21 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
     # the merge is a weighted mean per entry: a negative weight or a zero sum divides by ~0 (inf/nan)
     if not all(np.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
         raise ValueError(f"weights: expected finite non-negative weights with a positive sum, got {w}")
+    if not 0 < eps < np.inf:  # eps = 0 makes 0 / 0 wherever every Fisher is 0
+        raise ValueError(f"eps: expected a positive finite floor for the Fishers, got {eps!r}")
+    if normalize:
+        norms = [float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(f))))
+                 for f in fishers]
+        if not all(0 < n < np.inf for n in norms):
+            raise ValueError(f"fishers: expected Fishers of positive finite norm to normalize by, got norms {norms}")
+        w = [wi / n for wi, n in zip(w, norms)]
 
     def one(*leaves):
         ps, fs = leaves[: len(models)], leaves[len(models):]
-        num = sum(wi * (f + eps) * p for wi, f, p in zip(w, fs, ps))
-        den = sum(wi * (f + eps) for wi, f in zip(w, fs))
-        return num / den
+        fs = [jnp.maximum(f, eps) for f in fs]
+        num = sum(wi * f * p for wi, f, p in zip(w, fs, ps))
+        den = sum(wi * f for wi, f in zip(w, fs))
+        return (num / den).astype(jnp.result_type(*ps))
 
     return jax.tree_util.tree_map(one, *models, *fishers)
 
