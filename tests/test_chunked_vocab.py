@@ -85,11 +85,13 @@ def test_top_k(chunk, k):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws[:1], b, t), "same number"),
-    (lambda xs, Ws, b, t: cv.kl_div(xs, (Ws[0], Ws[1][:2]), b, t), "term 1"),
-    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws, b, t[:, :5]), "target_logits"),
-    (lambda xs, Ws, b, t: cv.top_k(xs, Ws, b, 0), "k: expected"),
-    (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[None]), "b: expected"),
+    # each message whole, expected and got (the matches were a word or two: "term 1", "k: expected")
+    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws[:1], b, t), r"xs and Ws: expected the same number \(>= 1\) of terms, got 2 and 1"),
+    (lambda xs, Ws, b, t: cv.kl_div(xs, (Ws[0], Ws[1][:2]), b, t),
+     r"term 1: expected x \[N=5, K\] and W \[K, V=37\], got x \[5, 3\] and W \[2, 37\]"),
+    (lambda xs, Ws, b, t: cv.kl_div(xs, Ws, b, t[:, :5]), r"target_logits: expected shape \[5, 37\], got \[5, 5\]"),
+    (lambda xs, Ws, b, t: cv.top_k(xs, Ws, b, 0), r"k: expected an integer with 1 <= k <= V = 37, got 0"),
+    (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[None]), r"b: expected shape \[V\], got \[1, 37\]"),
     (lambda xs, Ws, b, t: cv.logsumexp(xs, Ws, b[0]), r"b: expected shape \[V\], got \[\]"),  # was IndexError
     (lambda xs, Ws, b, t: cv.logsumexp((xs[0][0, 0], xs[1]), Ws, b), r"term 0: .*got x \[\]"),  # was IndexError
 ])

@@ -42,11 +42,13 @@ def test_widen_keeps_the_function_and_doubles_the_features():
 def test_widen_refuses_bad_input():
     config = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
     params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3), config))
-    with pytest.raises(ValueError, match="factor"):
+    # (the matches were the bare words "factor", "noise" and "shapes")
+    with pytest.raises(ValueError, match=r"widen: factor must be an integer >= 1, got 0"):
         widen(params, config, factor=0)
-    with pytest.raises(ValueError, match="noise"):
+    with pytest.raises(ValueError, match=r"widen: noise must be a finite number >= 0, got -1.0"):
         widen(params, config, noise=-1.0)
-    with pytest.raises(ValueError, match="shapes"):
+    with pytest.raises(ValueError, match=r"widen: params do not have the shapes of the config: encoder/u/kernel "
+                                         r"expected shape \[5, 4, 16\] .*got \[5, 4, 8\]"):
         widen(params, model.NuGraph2Config(planar_features=16, nexus_features=4))
 
 
