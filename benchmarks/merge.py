@@ -233,8 +233,12 @@ def main() -> None:
                    help="folder for the checkpoints (kept between runs); default a temp folder, removed after the run")
     p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
     args = p.parse_args()
-    if args.mergekit and not Path(args.mergekit).is_file():  # else silently measured without mergekit
+    # else silently measured without mergekit, against PERF_NOTES' figures
+    if args.mergekit and not Path(args.mergekit).is_file():
         p.error(f"argument --mergekit: expected the path of mergekit-yaml, got {args.mergekit} (no such file)")
+    env = os.environ.get("MERGEKIT_YAML")
+    if not args.mergekit and env and not Path(env).is_file():
+        p.error(f"$MERGEKIT_YAML: expected the path of mergekit-yaml, got {env} (no such file)")
     rows: list = []
     if not args.skip_merges:
         bench_merges(args, rows)

@@ -306,3 +306,29 @@ def test_a_row_takes_none_for_a_figure_that_was_not_measured(tmp_path, capsys):
     benchtools.report("b", rows, str(tmp_path / "b.json"))
     assert [r["figure"] for r in json.loads((tmp_path / "b.json").read_text())["rows"]] == [None, 2.0]
     assert "n/a" in capsys.readouterr().out
+
+
+def test_merge_refuses_a_mergekit_yaml_variable_that_names_no_file(monkeypatch, capsys, tmp_path):
+    """A wrong $MERGEKIT_YAML (the way BUILD_NOTES runs the suite with mergekit) was skipped
+    silently: the run went on without mergekit and judged the goals by PERF_NOTES' figures.
+    --mergekit was already checked; an explicit --mergekit still wins over the variable."""
+    import pytest
+
+    merge = _load("merge")
+    monkeypatch.setattr(merge, "bench_merges", lambda *a: pytest.fail("bad input reached the benchmark"))
+    monkeypatch.setattr(merge, "bench_barrier", lambda *a: pytest.fail("bad input reached the benchmark"))
+    monkeypatch.setenv("MERGEKIT_YAML", str(tmp_path / "mergekit-yaml"))
+    monkeypatch.setattr(sys, "argv", [merge.__file__, "--quick"])
+    with pytest.raises(SystemExit) as exc:
+        merge.main()
+    assert exc.value.code == 2
+    assert f"$MERGEKIT_YAML: expected the path of mergekit-yaml, got {tmp_path / 'mergekit-yaml'}" in capsys.readouterr().err
+    tool = tmp_path / "mk"
+    tool.write_text("")
+    ran = []
+    monkeypatch.setattr(merge, "bench_merges", lambda args, rows: ran.append(args.mergekit))
+    monkeypatch.setattr(merge, "bench_barrier", lambda args, rows: None)
+    monkeypatch.setattr(merge.benchtools, "report", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", [merge.__file__, "--quick", "--mergekit", str(tool)])
+    merge.main()
+    assert ran == [str(tool)]
