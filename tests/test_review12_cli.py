@@ -274,3 +274,21 @@ def test_the_per_head_logit_lens_ranks_the_heads_own_contribution():
     result[0, 0, 2], result[0, 1, 0] = 0.3, 0.2  # head 0 writes towards token 2, head 1 towards token 0
     top = head_logit_lens({"lm_head": {"kernel": W_U, "bias": b_U}}, result, k=1)
     assert top[0, :, 0].tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--mean-energy", "1000", "expected a mean energy (GeV) of at most 20, got 1000"),
+    ("--mean-energy", "0", "expected a positive finite number, got 0"),
+    ("--cosmics", "1e9", "expected a mean number of cosmics of at most 100, got 1e9"),
+])
+def test_simulate_refuses_sizes_that_run_away_when_parsed(tmp_path, capsys, option, value, message):
+    """`nugraph simulate --mean-energy 1000` took 15 GB for one event (100: > 8 GB for three) and
+    `--cosmics 1e9` looped over a billion muons; the parser accepted any positive number."""
+    from jaxinterp import cli
+
+    argv = ["nugraph", "simulate", "--events", "1", "--out", str(tmp_path / "s.h5")]
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(argv + [option, value])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    args = cli.build_parser().parse_args(argv + ["--mean-energy", "20", "--cosmics", "100"])  # the bounds
+    assert (args.mean_energy, args.cosmics) == (20.0, 100.0)

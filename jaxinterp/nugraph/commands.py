@@ -5,8 +5,30 @@ Registered by `jaxinterp/nugraph/cli.py` through `add_subcommands(nugraph_subpar
 
 from __future__ import annotations
 
+import argparse
+
 from jaxinterp.cliargs import (fraction, non_negative_float, non_negative_int, output_file, output_folder, positive_float,
                                 positive_int)
+
+# Upper bounds of the simulation's knobs: a MicroBooNE-sized detector and its ~1 GeV beam. Above them
+# the command ran away instead of failing: --mean-energy 100 took > 8 GB and > 40 s for 3 events
+# (1000: 15 GB for one), --cosmics 1e9 looped over a billion muons. At the bounds: 1.5 s, 90 MB (20
+# GeV) and 2.3 s, 100 MB (100 cosmics) an event.
+MAX_MEAN_ENERGY_GEV = 20.0
+MAX_MEAN_COSMICS = 100.0
+
+
+def _at_most(parse, limit: float, what: str):
+    def parse_at_most(text: str):
+        value = parse(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"expected {what} of at most {limit:g}, got {text}")
+        return value
+    return parse_at_most
+
+
+mean_energy = _at_most(positive_float, MAX_MEAN_ENERGY_GEV, "a mean energy (GeV)")
+mean_cosmics = _at_most(non_negative_float, MAX_MEAN_COSMICS, "a mean number of cosmics")
 
 
 def add_subcommands(sub) -> None:
@@ -14,10 +36,12 @@ def add_subcommands(sub) -> None:
     p.add_argument("--events", type=positive_int, required=True, help="number of events")
     p.add_argument("--out", required=True, type=output_file, help="output file (*.gnn.h5), written atomically")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--mean-energy", type=positive_float, default=None, help="mean neutrino energy, GeV (default 1.0)")
+    p.add_argument("--mean-energy", type=mean_energy, default=None,
+                   help=f"mean neutrino energy, GeV (default 1.0, at most {MAX_MEAN_ENERGY_GEV:g})")
     p.add_argument("--max-hits", type=non_negative_int, default=None, help="redraw events with more particle hits in a plane (noise hits come on top)")
     p.add_argument("--min-hits", type=non_negative_int, default=None, help="redraw events with fewer hits in a plane (default 3)")
-    p.add_argument("--cosmics", type=non_negative_float, default=None, help="mean number of cosmic muons per event (default 0.7)")
+    p.add_argument("--cosmics", type=mean_cosmics, default=None,
+                   help=f"mean number of cosmic muons per event (default 0.7, at most {MAX_MEAN_COSMICS:g})")
     p.add_argument("--run", type=non_negative_int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
     p.set_defaults(func=_simulate)
 
