@@ -23,6 +23,15 @@ def forward_flops(config, B: int, P: int) -> float:
     return B * P * (L * (24 * D * D + 4 * P * D) + 2 * D * V)
 
 
+def matmul_rate(repeats: int) -> float:
+    """GFLOP/s of a jitted GPT-2-sized matmul (1024x768 @ 768x3072), median of `repeats`: the
+    machine's rate in this run, to read the forward's against."""
+    a = jax.random.normal(jax.random.PRNGKey(2), (1024, 768))
+    w = jax.random.normal(jax.random.PRNGKey(3), (768, 3072))
+    mm = jax.jit(jnp.matmul)  # one jit: a new one per call takes jit's slow Python path (~60 us) every time
+    return 2 * 1024 * 768 * 3072 / benchtools.time_fn(lambda: mm(a, w), repeats=repeats).median_s / 1e9
+
+
 def torch_forward_seconds(config, tokens: np.ndarray, repeats: int, *, on_gpu: bool) -> float | None:
     """Median seconds of transformers' GPT2LMHeadModel (eager PyTorch) on `tokens`, first call apart.
 
@@ -82,11 +91,7 @@ def main(argv=None) -> None:
     hostmem.restore_defaults()
     plain, cached, injected = t["plain"], t["cached"], t["injected"]
     allocator = "freed memory retained, jaxinterp.hostmem" if retained else "glibc default"
-    # The machine's matmul rate, measured in this run (a GPT-2-sized matmul), to read the others against.
-    a = jax.random.normal(jax.random.PRNGKey(2), (1024, 768))
-    w = jax.random.normal(jax.random.PRNGKey(3), (768, 3072))
-    mm = benchtools.time_fn(lambda: jax.jit(jnp.matmul)(a, w), repeats=repeats * 3)
-    matmul_rate = 2 * 1024 * 768 * 3072 / mm.median_s / 1e9
+    mm_rate = matmul_rate(repeats * 3)
 
     flops = forward_flops(config, B, P)
     rate = flops / plain.median_s / 1e9
@@ -105,7 +110,7 @@ def main(argv=None) -> None:
                        met=cached.median_s <= 1.1 * plain.median_s),
         benchtools.row(f"gpt2 forward {B}x{P}, one intervention", injected.median_s * 1e3, "ms"),
         benchtools.row("gpt2 forward rate", rate, "GFLOP/s", reference="PyTorch ~180 GFLOP/s"),
-        benchtools.row("jit matmul 1024x768x3072 rate (this run)", matmul_rate, "GFLOP/s"),
+        benchtools.row("jit matmul 1024x768x3072 rate (this run)", mm_rate, "GFLOP/s"),
         benchtools.row(f"cached / plain ({allocator})", cached.median_s / plain.median_s, "ratio", goal="<= 1.1",
                        met=cached.median_s / plain.median_s <= 1.1),
         benchtools.row("cached / plain (glibc default allocator)", default["cached"].median_s / default["plain"].median_s,

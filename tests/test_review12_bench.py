@@ -332,3 +332,16 @@ def test_merge_refuses_a_mergekit_yaml_variable_that_names_no_file(monkeypatch, 
     monkeypatch.setattr(sys, "argv", [merge.__file__, "--quick", "--mergekit", str(tool)])
     merge.main()
     assert ran == [str(tool)]
+
+
+def test_gpt2_forward_times_one_jitted_matmul(monkeypatch):
+    """The yardstick matmul was timed as `jax.jit(jnp.matmul)(a, w)`: a new jit object per call,
+    each taking jit's slow Python path (~60 us on the CPU, about the matmul's own time on a GPU),
+    so the machine's matmul rate read low."""
+    import jax
+
+    gpt2_forward = _load("gpt2_forward")
+    real, made = jax.jit, []
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: made.append(a) or real(*a, **k))
+    assert gpt2_forward.matmul_rate(2) > 0
+    assert len(made) == 1
