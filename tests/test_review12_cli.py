@@ -292,3 +292,29 @@ def test_simulate_refuses_sizes_that_run_away_when_parsed(tmp_path, capsys, opti
     assert exc.value.code == 2 and message in capsys.readouterr().err
     args = cli.build_parser().parse_args(argv + ["--mean-energy", "20", "--cosmics", "100"])  # the bounds
     assert (args.mean_energy, args.cosmics) == (20.0, 100.0)
+
+
+def test_make_reinstalls_when_setup_py_changes(tmp_path):
+    """The install stamp depended on pyproject.toml only: a change to setup.py (which maps kernels/
+    to jaxinterp.kernels) left .venv with the old install, and `make test` ran against it."""
+    import shutil
+    import subprocess
+    import time
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("Makefile", "pyproject.toml", "setup.py"):
+        shutil.copy(repo / name, tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.touch()
+    now = time.time()
+    os.utime(tmp_path / "pyproject.toml", (now - 100, now - 100))
+    os.utime(stamp, (now - 50, now - 50))
+    dry = lambda: subprocess.run(["make", "-n", "venv"], cwd=tmp_path, capture_output=True, text=True, timeout=30).stdout  # noqa: E731
+    os.utime(tmp_path / "setup.py", (now - 100, now - 100))
+    assert "pip install" not in dry()  # up to date
+    os.utime(tmp_path / "setup.py", (now, now))
+    assert "pip install" in dry()
