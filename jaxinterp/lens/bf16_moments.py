@@ -14,8 +14,12 @@ is unbiased: the stored moment's expectation is the float32 one. The random bits
 for an element whichever program computes it (the whole-gradient step here, the chunk-by-chunk
 one of `fused_adam`), and a resumed run draws the bits the uninterrupted run drew.
 
-The state has optax.adam's layout (`(ScaleByAdamState(count, mu, nu), EmptyState())`) with
-bfloat16 moments, so checkpoints, sharding and `fused_adam` take it unchanged.
+The state has optax.adam's layout (`(ScaleByAdamState(count, mu, nu), EmptyState())`), so
+checkpoints, sharding and `fused_adam` take it unchanged; its moments are the uint16 bit patterns of
+their bfloat16 values (`load` reads them). Not bfloat16 arrays, because XLA:CPU computes bfloat16 in
+float32: `fused_adam`'s update of one vocabulary chunk of a bfloat16 moment became a conversion of
+the whole buffer to float32 and back, per chunk (2 GiB of temporaries and 7x the step time for a
+GPT-2-small lens), and a bitcast to uint16 at the step's edges is a copy of the buffer.
 """
 
 from __future__ import annotations
@@ -46,16 +50,24 @@ def leaf_seed(leaf: int, moment: int, count: Array) -> Array:
     return _mix(c * np.uint32(0x9E3779B9) + np.uint32((leaf * 2 + moment) * 0x85EBCA6B % 2**32))
 
 
-def random_bits(seed: Array, shape: tuple[int, ...], width: int, start: Array | int = 0) -> Array:
-    """uint32 bits [shape] for the elements of columns start ... start + shape[-1] - 1 of a leaf
-    whose last axis is `width` wide: a hash of each element's flat index in the whole leaf."""
+def random_bits(seed: Array, shape: tuple[int, ...], start: Array | int = 0) -> Array:
+    """uint32 bits [shape] for the elements of columns start ... start + shape[-1] - 1 of a leaf: a
+    hash of each row's (leading axes') index, plus the column, hashed again.
+
+    Only the small [..., 1] row hash is independent of `start`: a full-size index that is the same
+    in every chunk was hoisted out of `fused_adam`'s loop by XLA and kept as a 0.28 GiB buffer.
+    """
     if not shape:
         return _mix(seed)
+    rows = jnp.arange(int(np.prod(shape[:-1])), dtype=jnp.uint32).reshape(shape[:-1] + (1,))
     col = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1) + jnp.asarray(start).astype(jnp.uint32)
-    row = jnp.zeros(shape, jnp.uint32)
-    for axis, n in enumerate(shape[:-1]):  # the row-major index of the leading axes
-        row = row * np.uint32(n) + lax.broadcasted_iota(jnp.uint32, shape, axis)
-    return _mix((row * np.uint32(width) + col) ^ seed)
+    return _mix(_mix(rows ^ seed) + col)
+
+
+def _round_bits(x: Array, bits: Array) -> Array:
+    """float32 x -> the uint16 bit pattern of x in bfloat16, rounded stochastically (`stochastic_round`)."""
+    u = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return ((u + (bits & np.uint32(0xFFFF))) >> 16).astype(jnp.uint16)
 
 
 def stochastic_round(x: Array, bits: Array) -> Array:
@@ -65,32 +77,35 @@ def stochastic_round(x: Array, bits: Array) -> Array:
     of two (the next bfloat16 is 2^16 further in the bit pattern either way); infinities and NaNs
     stay what they are, and a value above bfloat16's largest may round to infinity, as it should.
     """
-    u = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-    u = (u + (bits & np.uint32(0xFFFF))) & np.uint32(0xFFFF0000)
-    return lax.bitcast_convert_type(u, jnp.float32).astype(jnp.bfloat16)
+    return lax.bitcast_convert_type(_round_bits(x, bits), jnp.bfloat16)
 
 
-def store(x: Array, like: Array, seed: Array, width: int, start: Array | int = 0) -> Array:
-    """A moment computed in `wide(like)`, stored in `like`'s dtype: bfloat16 stochastically, else as is."""
-    if like.dtype == jnp.bfloat16:
-        return stochastic_round(x, random_bits(seed, x.shape, width, start))
+def load(a: Array) -> Array:
+    """A stored moment (float32, or uint16 bfloat16 bits) in the dtype it is computed in."""
+    if a.dtype == jnp.uint16:
+        return lax.bitcast_convert_type(a.astype(jnp.uint32) << 16, jnp.float32)
+    return a.astype(wide(a))
+
+
+def store(x: Array, like: Array, seed: Array, start: Array | int = 0) -> Array:
+    """A moment computed in `wide(like)`, stored as `like` is: bfloat16 bits stochastically rounded,
+    else as is."""
+    if like.dtype == jnp.uint16:
+        return _round_bits(x, random_bits(seed, x.shape, start))
     return x.astype(like.dtype)
 
 
 def wide(a) -> jnp.dtype:
     """The dtype a moment is computed in: float32, or wider if the moment is."""
-    return jnp.promote_types(jnp.float32, a.dtype)
-
-
-def _width(a) -> int:
-    return a.shape[-1] if np.ndim(a) else 1
+    return jnp.float32 if a.dtype == jnp.uint16 else jnp.promote_types(jnp.float32, a.dtype)
 
 
 def scale_by_adam() -> optax.GradientTransformation:
-    """optax.scale_by_adam (default b1, b2, eps) with bfloat16 moments, stochastically rounded."""
+    """optax.scale_by_adam (default b1, b2, eps) with bfloat16 moments (held as uint16 bits), rounded
+    stochastically."""
 
     def init(params):
-        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.bfloat16)  # noqa: E731
+        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.uint16)  # noqa: E731  (the bits of bfloat16 0.0)
         return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=jax.tree.map(zeros, params),
                                       nu=jax.tree.map(zeros, params))
 
@@ -102,8 +117,8 @@ def scale_by_adam() -> optax.GradientTransformation:
         new_mu, new_nu, updates = [], [], []
         for i, (g_i, m, v) in enumerate(zip(g, mu, nu)):
             g_i = g_i.astype(wide(m))
-            m = store((1 - B1) * g_i + B1 * m.astype(wide(m)), m, leaf_seed(i, MU, count), _width(m))
-            v = store((1 - B2) * (g_i * g_i) + B2 * v.astype(wide(v)), v, leaf_seed(i, NU, count), _width(v))
+            m = store((1 - B1) * g_i + B1 * load(m), m, leaf_seed(i, MU, count))
+            v = store((1 - B2) * (g_i * g_i) + B2 * load(v), v, leaf_seed(i, NU, count))
             new_mu.append(m)
             new_nu.append(v)
             updates.append(direction(m, v, count).astype(g_i.dtype))
@@ -115,8 +130,8 @@ def scale_by_adam() -> optax.GradientTransformation:
 
 def direction(m: Array, v: Array, count: Array) -> Array:
     """Adam's bias-corrected step direction m_hat / (sqrt(v_hat) + eps), in float32 (or wider)."""
-    m_hat = m.astype(wide(m)) / (1 - B1 ** count).astype(wide(m))
-    v_hat = v.astype(wide(v)) / (1 - B2 ** count).astype(wide(v))
+    m_hat = load(m) / (1 - B1 ** count).astype(wide(m))
+    v_hat = load(v) / (1 - B2 ** count).astype(wide(v))
     return m_hat / (jnp.sqrt(v_hat) + EPS)
 
 

@@ -10,7 +10,7 @@ then take their update in one elementwise pass. No gradient larger than one chun
 
 The result is optax.adam's update (same formulas, same state layout: `(ScaleByAdamState(count, mu,
 nu), EmptyState())`), so checkpoints and resumption are unchanged; tests compare the two step by
-step. Moments stored in bfloat16 (`bf16_moments`, the state's dtype says which) are rounded as
+step. Moments stored in bfloat16 (`bf16_moments`: uint16 leaves) are rounded as
 `bf16_moments.adam` rounds them, element for element. Objectives "last" and "all" (the lens summed
 over heads); "per_head" uses the plain step.
 
@@ -99,7 +99,7 @@ def step(lens: dict, opt_state, r: Rows, *, lens_config: LensConfig, objective: 
 
         def moment(a, new, seed):  # columns of the overlapping last chunk that an earlier chunk did stay
             a_c = cut(a)
-            a_new = bf16_moments.store(new(a_c.astype(bf16_moments.wide(a_c))), a_c, seed, a.shape[-1], start)
+            a_new = bf16_moments.store(new(bf16_moments.load(a_c)), a_c, seed, start)
             return lax.dynamic_update_slice_in_dim(a, jnp.where(ok, a_new, a_c), start, axis=a.ndim - 1)
 
         # optax.scale_by_adam's moment updates (float32, stored in the moments' dtype as
