@@ -164,3 +164,19 @@ def test_fisher_merge_floors_each_fisher_and_normalizes_as_the_papers_code():
     assert fisher.fisher_merge(bf, [fa, fb])["w"].dtype == jnp.bfloat16
     with pytest.raises(ValueError, match=r"eps: expected a positive finite floor"):
         fisher.fisher_merge([a, b], [fa, fb], eps=0.0)
+
+
+@pytest.mark.parametrize("alphas, losses, match", [
+    # a chord between L(0.25) and L(0.75) taken as L(0) and L(1): 0.25 where the chord barrier is 0.5
+    ([0.25, 0.5, 0.75], [1.0, 2.0, 1.0], r"alphas: expected a path from alpha 0 \(model A\) to alpha 1 .*got 0\.25 to 0\.75"),
+    ([0.0, 0.5, 1.0], [1.0, 2.0], r"alphas/losses: expected two arrays \[A\] of the same length >= 2, got shapes \(3,\) and \(2,\)"),
+    ([0.0], [1.0], r"alphas/losses: .*got shapes \(1,\) and \(1,\)"),
+])
+@pytest.mark.parametrize("barrier", [landscape.barrier_mean, landscape.barrier_chord])
+def test_barriers_refuse_a_path_that_is_not_from_0_to_1(barrier, alphas, losses, match):
+    with pytest.raises(ValueError, match=match):
+        barrier(np.asarray(alphas), np.asarray(losses))
+
+
+def test_barriers_take_lists():
+    assert landscape.barrier_chord([0.0, 0.5, 1.0], [1.0, 3.0, 1.0]) == 2.0  # was a TypeError (1 - list)

@@ -38,12 +38,26 @@ class PathResult(NamedTuple):
     barrier_chord: float
 
 
+def _check_path(alphas: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
+    """alphas, losses as float arrays; ValueError unless both are [A], A >= 2, alphas from 0 to 1:
+    both barriers read L(0) and L(1) at the ends (the chord of other end points would be wrong)."""
+    a, l = np.asarray(alphas, np.float64), np.asarray(losses, np.float64)
+    if a.ndim != 1 or a.shape != l.shape or a.size < 2:
+        raise ValueError(f"alphas/losses: expected two arrays [A] of the same length >= 2, got shapes "
+                         f"{a.shape} and {l.shape}")
+    if a[0] != 0 or a[-1] != 1:
+        raise ValueError(f"alphas: expected a path from alpha 0 (model A) to alpha 1 (model B), got "
+                         f"{a[0]} to {a[-1]}")
+    return a, l
+
+
 def barrier_mean(alphas: np.ndarray, losses: np.ndarray) -> float:
-    del alphas
+    _, losses = _check_path(alphas, losses)
     return float(np.max(losses) - 0.5 * (losses[0] + losses[-1]))
 
 
 def barrier_chord(alphas: np.ndarray, losses: np.ndarray) -> float:
+    alphas, losses = _check_path(alphas, losses)
     chord = (1 - alphas) * losses[0] + alphas * losses[-1]
     return float(np.max(losses - chord))
 
