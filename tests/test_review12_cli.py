@@ -318,3 +318,14 @@ def test_make_reinstalls_when_setup_py_changes(tmp_path):
     assert "pip install" not in dry()  # up to date
     os.utime(tmp_path / "setup.py", (now, now))
     assert "pip install" in dry()
+
+
+def test_nugraph_reference_section_without_the_source_trees_fixtures_is_a_documented_skip(tmp_path, monkeypatch):
+    """The section reads tests/fixtures, which an installed wheel lacks: it was a FileNotFoundError
+    traceback in the report (and demo's exit 1); it says why it is skipped now."""
+    from jaxinterp.nugraph import demo as nugraph_demo
+
+    monkeypatch.setattr(nugraph_demo, "FIXTURES", tmp_path / "no_fixtures")
+    sec = nugraph_demo.section(tmp_path)
+    assert sec.title.startswith("NuGraph2: official checkpoint") and "Skipped" in sec.html
+    assert "nugraph2_reference.npz" in sec.html and "make demo" in sec.html

@@ -32,8 +32,16 @@ def section(out_dir: Path, *, quick: bool = False):
     from jaxinterp.nugraph import checkpoint, model, predict
     from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES
 
-    ref = np.load(FIXTURES / "nugraph2_reference.npz")
-    ckpt = checkpoint.load_official_checkpoint(FIXTURES / "nugraph2_reference.ckpt")
+    needed = [FIXTURES / "nugraph2_reference.npz", FIXTURES / "nugraph2_reference.ckpt"]
+    if not all(p.is_file() for p in needed):
+        # the reference files ship with the source tree (tests/fixtures), not with an installed wheel:
+        # a documented skip, not a FileNotFoundError in place of the section
+        return report.Section("NuGraph2: official checkpoint, parity, predictions", report.paragraph(
+            f"Skipped: the official checkpoint and the official code's outputs on its reference events "
+            f"({', '.join(p.name for p in needed)}) are test fixtures of the source tree, not found in "
+            f"{FIXTURES}. Run the demo from a clone of the repository (make demo) to see this section."))
+    ref = np.load(needed[0])
+    ckpt = checkpoint.load_official_checkpoint(needed[1])
     events = _reference_events(ref)
     t0 = time.perf_counter()
     preds = predict.predict(ckpt.params, events, config=ckpt.config)
