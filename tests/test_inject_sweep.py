@@ -9,6 +9,7 @@ import pytest
 
 from jaxinterp.inject.memory import inject_logits, memory_vectors
 from jaxinterp.inject.metrics import aggregate, percent_increase, trimmed_mean
+from jaxinterp.inject import sweep as sweep_module
 from jaxinterp.inject.sweep import SweepResult, sweep, sweep_flops, trace_count
 from jaxinterp.transformer import PRESETS, forward, load_gpt2
 
@@ -144,3 +145,54 @@ def test_flop_count_scales():
     assert sweep_flops(c, [15, 15], [5], 1) == pytest.approx(2 * one)
     # more layers above the injection cost more
     assert sweep_flops(c, [15], [0], 1) > sweep_flops(c, [15], [10], 1) > sweep_flops(c, [15], [11], 1)
+
+
+_STEPS_JIT = sweep_module._steps_jit  # the step programs, before any test patches them
+
+
+def _steps(monkeypatch, stop_after=None):
+    """The sweep's step programs with layer_step counted (and interrupted after `stop_after` calls)."""
+    bases, layer_step = _STEPS_JIT()
+    calls = []
+
+    def counted(*args, **kwargs):
+        if stop_after is not None and len(calls) == stop_after:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return layer_step(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases, counted))
+    return calls
+
+
+def test_steps_give_the_one_call_numbers_and_resume(setup, tmp_path, monkeypatch):
+    """progress/state run one program per (bucket, layer): the same probabilities as the one call; an
+    interrupted run leaves its finished layers in the state file and a second run computes only the rest."""
+    params, config, prompts, explicit, answers, mems, res = setup
+    args = (params, prompts, mems, None, TAUS)
+    kw = dict(config=config, answers=answers, explicit=explicit)
+    state = tmp_path / "sweep_state.npz"
+    calls = _steps(monkeypatch, stop_after=4)  # 2 buckets x 3 layers = 6 steps; stopped after 4
+    with pytest.raises(KeyboardInterrupt):
+        sweep(*args, **kw, progress=True, state=state)
+    assert state.is_file() and int(np.load(state)["done"].sum()) == 4
+    calls = _steps(monkeypatch)
+    r = sweep(*args, **kw, state=state)
+    assert len(calls) == 2 and not state.exists()  # the rest only; the state is removed once done
+    for got, want in zip(r, res):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+    # a state of another sweep (other taus) does not match: it is ignored and every step runs
+    calls = _steps(monkeypatch, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(params, prompts, mems, None, [2.0, 4.0, 6.0], **kw, state=state)
+    calls = _steps(monkeypatch)
+    sweep(*args, **kw, state=state)
+    assert len(calls) == 6
+
+
+def test_precompiled_sweep_runs_in_one_call(setup):
+    sw = sweep_module
+    params, config, prompts, explicit, answers, mems, res = setup
+    p = sw.plan(prompts, mems, None, TAUS, config=config, answers=answers)
+    with pytest.raises(ValueError, match="compiled: a precompiled sweep runs in one call; leave progress and state off"):
+        sw.run(params, p, config=config, compiled=sw.compile_plan(params, p, config=config), progress=True)

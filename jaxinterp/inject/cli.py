@@ -11,6 +11,10 @@ from jaxinterp.cliargs import non_negative_int, output_folder, positive_int
 from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of this command's API)
 
 
+# the sweeps' resumable states in the output folder (removed when a sweep finishes)
+STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
+
+
 def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, kind: str = "unembed",
               limit: int | None = None, baseline_words: str | None = None, baseline_type: str = "Nouns",
               seed: int = 0, bucket: int = 8, skip_long: bool = False) -> dict:
@@ -65,17 +69,19 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         b_mems = memory_vectors(params, dt.encode(tok, prompts, memories=rand).memories, config=config, kind=kind,
                                 bos_id=bos)
 
-    def run(mems):
+    def run(mems, state):
+        # one step per (prompt bucket, layer) with a progress bar; finished layers are kept in
+        # `state` in the output folder, so an interrupted sweep started again resumes there
         t0 = time.perf_counter()
         res = sweep(params, enc.prompts, mems, layers, taus, config=config, answers=enc.answers,
-                    explicit=enc.explicit, bucket=bucket)
+                    explicit=enc.explicit, bucket=bucket, progress=True, state=Path(out) / state)
         return res, time.perf_counter() - t0
 
-    result, wall = run(mems)
+    result, wall = run(mems, STATE_FILES[0])
     agg = aggregate(result)
     baseline = None
     if words is not None:
-        b_res, _ = run(b_mems)
+        b_res, _ = run(b_mems, STATE_FILES[1])
         b_agg = aggregate(b_res)
         baseline = {"word_type": baseline_type, "seed": seed, "words": rand,
                     "percent_increase": outputs.aggregate_json(b_agg)}

@@ -22,7 +22,11 @@ C chunks, c rows per chunk.
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import math
+import os
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import jax
@@ -123,6 +127,32 @@ def _core(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...]
 @functools.cache
 def _core_jit():
     return jax.jit(_core, static_argnames=("config",))
+
+
+# The same work in steps, for progress and resuming (`run(..., progress=True)` / `state=`): one call for
+# the base passes, then one per (bucket, injection layer). A layer's chunks have the same shapes for
+# every layer, so each bucket compiles one step program; the cost is moving resid_mid between calls.
+
+def _bases(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
+    """The stacked weights (returned once, for the steps), resid_mid and p_before per group, p_explicit."""
+    _TRACES[0] += 1
+    w = ly.stack(params, config)
+    mids, before = [], []
+    for g in groups:
+        m, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
+        mids.append(m)
+        before.append(jnp.exp(logp))
+    return w, mids, before, [jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]) for e in explicit]
+
+
+def _layer_step(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> Array:
+    _TRACES[0] += 1
+    return jnp.exp(_injected(w, g, mids, config=config))
+
+
+@functools.cache
+def _steps_jit():
+    return (jax.jit(_bases, static_argnames=("config",)), jax.jit(_layer_step, static_argnames=("config",)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +264,8 @@ class Plan(NamedTuple):
 def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layers: Sequence[int] | None = None,
           taus: Sequence[float] = DEFAULT_TAUS, *, config: GPT2Config, answers: Sequence[int],
           explicit: Sequence[Sequence[int]] | None = None, positions: Sequence[Sequence[int]] | None = None,
-          bucket: int = 8, chunk_tokens: int = 2048) -> SweepResult:
+          bucket: int = 8, chunk_tokens: int = 2048, progress: bool = False,
+          state: str | os.PathLike | None = None) -> SweepResult:
     """p(answer) for every injection layer x tau x prompt, in one compiled call.
 
     Args:
@@ -247,11 +278,14 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
       positions: per prompt, the positions (indices into its tokens, negatives from the end) that
         receive the memory; None means every position (the paper).
       bucket: prompts are left-padded to a multiple of this; chunk_tokens: rows per scan step x P.
+      progress, state: run in steps with a progress bar, saving finished layers to the file `state`
+        to resume an interrupted sweep (see `run`).
 
     Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None.
     """
     return run(params, plan(prompts, memories, layers, taus, config=config, answers=answers, explicit=explicit,
-                            positions=positions, bucket=bucket, chunk_tokens=chunk_tokens), config=config)
+                            positions=positions, bucket=bucket, chunk_tokens=chunk_tokens), config=config,
+               progress=progress, state=state)
 
 
 def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Config, answers, explicit=None,
@@ -326,10 +360,20 @@ def compile_plan(params: dict, p: Plan, *, config: GPT2Config):
     return _core_jit().lower(params, p.groups, p.plain, config=config).compile()
 
 
-def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None) -> SweepResult:
-    """Runs a planned sweep (one compiled call; `compiled` from `compile_plan` if given) and
-    scatters the probabilities back per prompt."""
-    if compiled is not None:
+def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None, progress: bool = False,
+        state: str | os.PathLike | None = None) -> SweepResult:
+    """Runs a planned sweep and scatters the probabilities back per prompt.
+
+    By default one compiled call (`compiled` from `compile_plan` if given). With `progress` (a tqdm bar
+    on stderr) or `state` (a file), it runs in steps instead, one per (bucket, injection layer), with
+    the same numbers: after every step the finished layers are saved atomically to `state`, and a run
+    given the state of an interrupted run of the same plan skips them (the file is removed at the end).
+    """
+    if progress or state is not None:
+        if compiled is not None:
+            raise ValueError("compiled: a precompiled sweep runs in one call; leave progress and state off")
+        before, after, ex = _run_steps(params, p, config=config, progress=progress, state=state)
+    elif compiled is not None:
         before, after, ex = compiled(params, p.groups, p.plain)
     else:
         before, after, ex = _core_jit()(params, p.groups, p.plain, config=config)
@@ -348,6 +392,57 @@ def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None) -> SweepRes
         for idx, e in zip(plain_idx, ex):
             p_explicit[np.asarray(idx)] = np.asarray(e)[:len(idx)]
     return SweepResult(np.asarray(layers), taus_arr, p_before, p_after, p_explicit)
+
+
+def _fingerprint(p: Plan, config: GPT2Config) -> str:
+    """What a saved state must match: the config and every input array of the plan (the memories
+    come from the weights, so another model's state does not match)."""
+    h = hashlib.sha256(repr(config).encode())
+    for leaf in jax.tree.leaves((p.groups, p.plain)):
+        a = np.asarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(np.asarray(p.layers).tobytes() + p.taus.tobytes())
+    return h.hexdigest()
+
+
+def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, state):
+    from tqdm import tqdm
+
+    from jaxinterp import atomic
+
+    nL = len(p.layers)
+    key = _fingerprint(p, config)
+    done = np.zeros((len(p.groups), nL), bool)
+    after = [np.zeros(np.shape(g.chunk_tau), np.float32) for g in p.groups]  # [C, c] per group, layer-major
+    if state is not None and Path(state).is_file():
+        with np.load(state) as z:
+            if str(z["fingerprint"]) == key:
+                done = z["done"].copy()
+                after = [z[f"after_{i}"].copy() for i in range(len(p.groups))]
+    bases, layer_step = _steps_jit()
+    w, mids, before, ex = bases(params, p.groups, p.plain, config=config)
+    bar = tqdm(total=done.size, initial=int(done.sum()), desc="injection sweep (bucket x layer)", unit="step", disable=not progress)
+    for gi, g in enumerate(p.groups):
+        # sliced on the host: slicing the device arrays would compile a slice program per layer
+        ch_layer, ch_prompt, ch_tau = (np.asarray(a) for a in (g.chunk_layer, g.chunk_prompt, g.chunk_tau))
+        n_ch = len(ch_layer) // nL  # chunks of one layer (the same for every layer)
+        for li in range(nL):
+            if done[gi, li]:
+                continue
+            rows = slice(li * n_ch, (li + 1) * n_ch)
+            one = g._replace(chunk_layer=ch_layer[rows], chunk_prompt=ch_prompt[rows], chunk_tau=ch_tau[rows])
+            after[gi][rows] = np.asarray(layer_step(w, one, mids[gi], config=config))
+            done[gi, li] = True
+            if state is not None:
+                buf = io.BytesIO()
+                np.savez(buf, fingerprint=key, done=done, **{f"after_{i}": a for i, a in enumerate(after)})
+                atomic.write_bytes(state, buf.getvalue())
+            bar.update(1)
+    bar.close()
+    if state is not None:
+        Path(state).unlink(missing_ok=True)
+    return before, after, ex
 
 
 def trace_count() -> int:
