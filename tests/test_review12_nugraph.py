@@ -184,3 +184,15 @@ def test_event_display_of_a_plane_the_event_lacks_is_a_value_error():
 
     with pytest.raises(ValueError, match=r"planes: the event has no plane\(s\) \['x'\]"):  # was a KeyError
         display.event_display(_display_event(), planes=("u", "x"))
+
+
+def test_summary_of_no_events_says_so():
+    from jaxinterp.nugraph import simulate
+
+    with pytest.raises(ValueError, match="events: expected at least one event to summarise, got none"):
+        simulate.summary([])
+    events = simulate.simulate(2, seed=0)
+    # an iterator was read up by the hit counts, leaving no labels: "need at least one array to concatenate"
+    s, it = simulate.summary(events), simulate.summary(iter(events))
+    assert s.space_points.shape == (2,) and sum(s.class_mix.values()) == pytest.approx(1.0)
+    assert it.class_mix == s.class_mix and np.array_equal(it.hits_percentiles, s.hits_percentiles)

@@ -427,6 +427,9 @@ def summary(events: Sequence[RawEvent]) -> Summary:
     """Size distribution and class mix of a set of events (for notes and the simulate command)."""
     from jaxinterp.nugraph.event import SEMANTIC_CLASSES
 
+    events = list(events)
+    if not events:  # np.concatenate's "need at least one array" said nothing of what was wrong
+        raise ValueError("events: expected at least one event to summarise, got none")
     hits = np.array([np.mean([e.planes[p].pos.shape[0] for p in e.planes]) for e in events])
     y = np.concatenate([e.planes[p].y_semantic for e in events for p in e.planes])
     names = ["background"] + list(SEMANTIC_CLASSES)
