@@ -111,17 +111,21 @@ def _injected(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> A
     return logp
 
 
+def _prepare(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
+    """The stacked weights, resid_mid [n, Ng, P, D] and p_before [Ng] per group, p(answer) per explicit group."""
+    w = ly.stack(params, config)
+    mids, before = [], []
+    for g in groups:
+        m, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
+        mids.append(m)
+        before.append(jnp.exp(logp))
+    return w, mids, before, [jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]) for e in explicit]
+
+
 def _core(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
     _TRACES[0] += 1
-    w = ly.stack(params, config)
-    before, after, expl = [], [], []
-    for g in groups:
-        mids, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
-        before.append(jnp.exp(logp))
-        after.append(jnp.exp(_injected(w, g, mids, config=config)))
-    for e in explicit:
-        expl.append(jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]))
-    return before, after, expl
+    w, mids, before, expl = _prepare(params, groups, explicit, config=config)
+    return before, [jnp.exp(_injected(w, g, m, config=config)) for g, m in zip(groups, mids)], expl
 
 
 @functools.cache
@@ -134,15 +138,9 @@ def _core_jit():
 # every layer, so each bucket compiles one step program; the cost is moving resid_mid between calls.
 
 def _bases(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
-    """The stacked weights (returned once, for the steps), resid_mid and p_before per group, p_explicit."""
+    """`_prepare` as a step of its own (the stacked weights come back once, for the layer steps)."""
     _TRACES[0] += 1
-    w = ly.stack(params, config)
-    mids, before = [], []
-    for g in groups:
-        m, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
-        mids.append(m)
-        before.append(jnp.exp(logp))
-    return w, mids, before, [jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]) for e in explicit]
+    return _prepare(params, groups, explicit, config=config)
 
 
 def _layer_step(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> Array:
