@@ -90,7 +90,8 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) 
         path = hf_path(name)
         if path is None:
             continue
-        if not np.issubdtype(np.asarray(tensor).dtype, np.floating):
+        # jax's issubdtype: numpy's says bfloat16 (ml_dtypes, as safetensors reads BF16) is no float
+        if not jax.dtypes.issubdtype(np.asarray(tensor).dtype, np.floating):
             raise ValueError(f"tensor {name!r}: expected floating-point weights, got dtype {np.asarray(tensor).dtype}")
         if path == ("lm_head", "kernel"):
             if config.tie_word_embeddings:

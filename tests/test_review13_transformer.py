@@ -1,0 +1,35 @@
+"""Review 13 of the GPT-2 implementation, weight loading and the helpers around them."""
+
+import json
+import shutil
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from jaxinterp.transformer import gpt2, load_gpt2
+
+from conftest import TINY_GPT2
+
+STATE = load_file(str(TINY_GPT2 / "model.safetensors"))
+
+
+def test_a_bfloat16_checkpoint_loads_as_its_float32_values(tmp_path, tiny_raw, gpt2_ref):
+    """safetensors reads BF16 tensors as ml_dtypes.bfloat16, which numpy's issubdtype does not count
+    as floating: every bfloat16 checkpoint was refused ('expected floating-point weights, got dtype
+    bfloat16'). float16 ones loaded."""
+    folder = tmp_path / "bf16"
+    folder.mkdir()
+    shutil.copy(TINY_GPT2 / "config.json", folder)
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in STATE.items()}, str(folder / "model.safetensors"))
+    params, config = load_gpt2(folder)
+    assert config == tiny_raw[1]
+    rounded = jax.tree.map(lambda a: np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32), tiny_raw[0])
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(rounded)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    np.testing.assert_array_equal(gpt2.forward(params, tokens, config=config),
+                                  gpt2.forward(rounded, tokens, config=config))
