@@ -33,3 +33,17 @@ def test_a_bfloat16_checkpoint_loads_as_its_float32_values(tmp_path, tiny_raw, g
     tokens = gpt2_ref["tokens"].astype(np.int32)
     np.testing.assert_array_equal(gpt2.forward(params, tokens, config=config),
                                   gpt2.forward(rounded, tokens, config=config))
+
+
+def test_hook_names_given_as_a_generator_are_captured(tiny_raw):
+    """check_names iterated the names to check them, then again to return them: a generator came
+    back empty and run_with_cache captured nothing, silently."""
+    params, config = tiny_raw
+    tokens = np.array([[1, 2, 3, 4]], np.int32)
+    _, cache = gpt2.run_with_cache(params, tokens, config=config,
+                                   names=(f"blocks.{layer}.attn.hook_z" for layer in range(3)))
+    _, want = gpt2.run_with_cache(params, tokens, config=config,
+                                  names=[f"blocks.{layer}.attn.hook_z" for layer in range(3)])
+    assert sorted(cache) == sorted(want) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.2.attn.hook_z"]
+    for name in want:
+        np.testing.assert_array_equal(cache[name], want[name])

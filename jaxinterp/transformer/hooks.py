@@ -83,8 +83,8 @@ def split_name(name: str) -> tuple[str, int]:
 
 def check_names(names: Sequence[str], n_layer: int) -> tuple[str, ...]:
     """Validates hook names against a model with `n_layer` blocks; returns them as a sorted tuple."""
-    if isinstance(names, str):
-        names = (names,)
+    # a tuple first: a generator was used up by the checks below and nothing was captured
+    names = (names,) if isinstance(names, str) else tuple(names)
     for name in names:
         _, layer = split_name(name)
         if layer >= n_layer:
