@@ -1,0 +1,68 @@
+"""Review 13 findings on memory injection (jaxinterp/inject) and the toy world, each failing on the
+code before its fix."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.inject import sweep as sweep_module
+from jaxinterp.inject.memory import memory_vectors
+from jaxinterp.transformer import load_gpt2
+
+FIX = Path(__file__).parent / "fixtures"
+TAUS = [1.0, 3.0]
+STEPS_JIT = sweep_module._steps_jit  # the real programs (the helper below patches the name)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    params, config = load_gpt2(FIX / "tiny_gpt2", process_weights=True)
+    rng = np.random.default_rng(0)
+    prompts = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (4, 9, 6)]
+    answers = rng.integers(1, 97, size=3)
+    mems = memory_vectors(params, [rng.integers(1, 97, size=k) for k in (1, 3, 2)], config=config)
+    return params, config, prompts, answers, mems
+
+
+def _interrupt_after(monkeypatch, n):
+    """The step mode's layer program, raising KeyboardInterrupt before its (n+1)-th call."""
+    bases, layer_step = STEPS_JIT()
+    calls = []
+
+    def counted(*args, **kwargs):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return layer_step(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases, counted))
+    return calls
+
+
+def test_a_state_of_another_model_with_the_same_memories_is_not_resumed(setup, tmp_path, monkeypatch):
+    """The state's fingerprint held the config and the plan's arrays only: a second model with the same
+    embedding (so the same memories, as a fine-tune with frozen embeddings or a merge has) resumed the
+    first model's finished layers as its own: 4.6% off in p(answer), silently."""
+    params, config, prompts, answers, mems = setup
+    other = jax.tree.map(lambda a: a, params)
+    other["h_2"]["attn"]["c_proj"]["kernel"] = params["h_2"]["attn"]["c_proj"]["kernel"] * 3.0
+    kw = dict(config=config, answers=answers)
+    want = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw)
+    state = tmp_path / "state.npz"
+    _interrupt_after(monkeypatch, 4)  # 2 buckets x 3 layers: 4 of the first model's 6 steps saved
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module.sweep(params, prompts, mems, None, TAUS, **kw, state=state)
+    calls = _interrupt_after(monkeypatch, 100)
+    got = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
+    assert len(calls) == 6  # nothing of the first model's taken
+    np.testing.assert_array_equal(got.p_after, want.p_after)
+    # the same model still resumes
+    _interrupt_after(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
+    calls = _interrupt_after(monkeypatch, 100)
+    again = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(again.p_after, want.p_after)
