@@ -47,3 +47,22 @@ def test_hook_names_given_as_a_generator_are_captured(tiny_raw):
     assert sorted(cache) == sorted(want) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z", "blocks.2.attn.hook_z"]
     for name in want:
         np.testing.assert_array_equal(cache[name], want[name])
+
+
+def test_a_model_folder_without_a_tokenizer_is_refused_by_load_tokenizer(tmp_path):
+    """From a folder with config.json and weights but no tokenizer files (what save_gpt2 writes
+    without tokenizer=), transformers built a GPT-2 tokenizer with an empty vocabulary: every prompt
+    became [] silently ('jaxinterp gpt2 run' then said the prompt 'tokenises to nothing')."""
+    from jaxinterp.transformer import load_tokenizer
+
+    folder = tmp_path / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(TINY_GPT2 / name, folder)
+    with pytest.raises(ValueError, match=r"no_tokenizer: expected a tokenizer \(tokenizer.json, or vocab.json and "
+                                         r"merges.txt\), got a folder without one \(its tokenizer would have an "
+                                         r"empty vocabulary\)"):
+        load_tokenizer(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(TINY_GPT2 / name, folder)
+    assert load_tokenizer(folder)("w1 w2")["input_ids"] == [2, 3]

@@ -224,7 +224,14 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = Path(name_or_path)
-    return AutoTokenizer.from_pretrained(str(path if path.is_dir() else _resolve(name_or_path)))
+    folder = path if path.is_dir() else _resolve(name_or_path)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if not tok.vocab_size:
+        # transformers builds a GPT-2 tokenizer with an empty vocabulary from a folder without one
+        # (a config.json is enough): every text would become no tokens at all
+        raise ValueError(f"{folder}: expected a tokenizer (tokenizer.json, or vocab.json and merges.txt), "
+                         f"got a folder without one (its tokenizer would have an empty vocabulary)")
+    return tok
 
 
 def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Config]:
