@@ -157,24 +157,44 @@ ONECYCLE_PCT_START = 0.3  # PyTorch OneCycleLR's defaults, as the official code 
 ONECYCLE_MOMENTUM = (0.85, 0.95)  # base_momentum, max_momentum: Adam's beta1 cycles between them
 
 
+def _onecycle(total_steps: int, start: float, mid: float, end: float, pct_start: float = ONECYCLE_PCT_START):
+    """step -> a value annealed by cosine from `start` to `mid` and on to `end`, with PyTorch
+    OneCycleLR's phase boundaries (two phases): phase 1 ends at step pct_start * total - 1 (a float,
+    possibly negative: then every step is in phase 2, which starts from that point), phase 2 at total - 1,
+    so the last step gets `end` exactly. (optax's cosine_onecycle_schedule puts them at int(pct_start *
+    total) and total: its peak came one step late and its last step above `end`; over 10 steps the rate
+    was up to 0.48 lr off torch's, over 2 steps it started at the peak.)"""
+    import jax.numpy as jnp
+
+    end1, end2 = float(pct_start * total_steps) - 1, float(total_steps - 1)
+
+    def cos(a, b, t):  # torch's _annealing_cos: a at t = 0, b at t = 1
+        return b + (a - b) / 2 * (jnp.cos(jnp.pi * t) + 1)
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        in_warmup = step <= end1
+        t1 = step / (end1 if end1 > 0 else 1.0)  # used only where step <= end1 (so end1 >= 0; 0 only at step 0)
+        t2 = (step - end1) / (end2 - end1)
+        return jnp.where(in_warmup, cos(start, mid, t1), cos(mid, end, t2))
+
+    return schedule
+
+
+def onecycle_lr(total_steps: int, lr: float, *, pct_start: float = ONECYCLE_PCT_START, div_factor: float = 25.0,
+                final_div_factor: float = 1e4):
+    """PyTorch OneCycleLR's learning rate (cosine, two phases): lr / div_factor up to lr over the first
+    pct_start of the steps, then down to lr / div_factor / final_div_factor at the last step; step -> lr."""
+    initial = lr / div_factor
+    return _onecycle(total_steps, initial, lr, initial / final_div_factor, pct_start)
+
+
 def onecycle_momentum(total_steps: int, base: float = ONECYCLE_MOMENTUM[0], peak: float = ONECYCLE_MOMENTUM[1],
                       pct_start: float = ONECYCLE_PCT_START):
     """Adam's beta1 under OneCycleLR's `cycle_momentum` (on by default): cosine from `peak` down to
-    `base` while the learning rate warms up, back to `peak` as it anneals; step -> beta1. Phase
-    boundary as `optax.cosine_onecycle_schedule` puts it (step int(pct_start * total_steps))."""
-    import jax.numpy as jnp
-
-    total = max(total_steps, 1)
-    warm = max(int(pct_start * total), 1)
-
-    def cos(a, b, t):  # a at t = 0, b at t = 1
-        return b + (a - b) / 2 * (1 + jnp.cos(jnp.pi * jnp.clip(t, 0.0, 1.0)))
-
-    def schedule(step):
-        return jnp.where(step < warm, cos(peak, base, step / warm),
-                         cos(base, peak, (step - warm) / max(total - warm, 1)))
-
-    return schedule
+    `base` while the learning rate warms up, back to `peak` as it anneals, on the learning rate's
+    phases (`onecycle_lr`); step -> beta1."""
+    return _onecycle(total_steps, peak, base, peak, pct_start)
 
 
 def _optimizer(lr: float, weight_decay: float, total_steps: int):
@@ -183,8 +203,7 @@ def _optimizer(lr: float, weight_decay: float, total_steps: int):
     inversely between 0.95 and 0.85 (`onecycle_momentum`). -> (optimiser, learning-rate schedule)."""
     import optax
 
-    schedule = optax.cosine_onecycle_schedule(max(total_steps, 1), lr, pct_start=ONECYCLE_PCT_START,
-                                              div_factor=25.0, final_div_factor=1e4)
+    schedule = onecycle_lr(total_steps, lr)
     opt = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=onecycle_momentum(total_steps),
                                                 weight_decay=weight_decay)
     return opt, schedule

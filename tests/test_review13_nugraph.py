@@ -1,0 +1,42 @@
+"""Review 13 of the NuGraph2 package (model, losses, metrics, training, predict, data): each test
+pins one defect found and fixed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import train
+
+
+def _torch_onecycle(total_steps, start, mid, end, pct_start=0.3):
+    """What torch.optim.lr_scheduler.OneCycleLR.get_lr computes (anneal_strategy 'cos', three_phase
+    False) at every step for a value going start -> mid -> end (the rate: lr/25, lr, lr/25e4; Adam's
+    beta1 under cycle_momentum: 0.95, 0.85, 0.95), its loop written out in plain Python floats."""
+    phases = [(float(pct_start * total_steps) - 1, start, mid), (total_steps - 1, mid, end)]
+    out = []
+    for step in range(total_steps):
+        start_step = 0.0
+        for i, (end_step, a, b) in enumerate(phases):
+            if step <= end_step or i == len(phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                out.append(b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1))
+                break
+            start_step = end_step
+    return np.array(out)
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 5, 10, 27, 64])
+def test_onecycle_of_a_short_run_is_torchs(total):
+    """The schedule was optax's cosine_onecycle_schedule, whose phases end at int(0.3 T) and T where
+    torch's end at 0.3 T - 1 and T - 1: over 10 steps the rate was up to 0.48 lr off torch's (step 1:
+    0.28 lr for 0.52 lr), a 2-step run started at the peak (torch: 0.81 lr, then lr/25e4), and the last
+    step never reached lr/25e4; beta1 was up to 0.1 off."""
+    lr = 1e-3
+    _, schedule = train._optimizer(lr, 0.01, total)
+    ours = np.array([float(schedule(s)) for s in range(total)])
+    np.testing.assert_allclose(ours, _torch_onecycle(total, lr / 25, lr, lr / 25e4), rtol=1e-5, atol=1e-12)
+    beta1 = np.array(train.onecycle_momentum(total)(np.arange(total)))
+    np.testing.assert_allclose(beta1, _torch_onecycle(total, 0.95, 0.85, 0.95), rtol=0, atol=1e-6)
