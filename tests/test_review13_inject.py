@@ -66,3 +66,32 @@ def test_a_state_of_another_model_with_the_same_memories_is_not_resumed(setup, t
     again = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
     assert len(calls) == 2
     np.testing.assert_array_equal(again.p_after, want.p_after)
+
+
+def test_a_state_path_that_cannot_be_a_state_is_refused_before_any_step(setup, tmp_path, monkeypatch):
+    """A folder as `state` failed at the first save (IsADirectoryError, after the base passes and a
+    layer ran); a file that is not a sweep state (the user's own, named by mistake) gave numpy's
+    'contains pickled data' ValueError or a KeyError. Now ValueErrors naming the path, nothing run,
+    the file left as it was."""
+    params, config, prompts, answers, mems = setup
+    calls = _interrupt_after(monkeypatch, 100)
+    bases_calls = []
+    bases, counted = sweep_module._steps_jit()
+    monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases_calls.append(1) or bases, counted))
+    script = tmp_path / "analysis.py"
+    script.write_text("print('mine')\n")
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.arange(3))
+    cases = [(tmp_path, f"state: expected a file name, got '{tmp_path}' (a folder or other non-file)"),
+             (script / "state.npz", f"state: expected a file name in a folder, got '{script / 'state.npz'}' "
+                                    f"('{script}' is a file)"),
+             (script, f"state: expected a sweep state file (or a new name), got '{script}', which is not one "
+                      "(ValueError: This file contains pickled"),
+             (other, f"state: expected a sweep state file (or a new name), got '{other}', which is not one "
+                     "(KeyError: 'fingerprint is not a file in the archive')")]
+    for state, message in cases:
+        with pytest.raises(ValueError) as e:
+            sweep_module.sweep(params, prompts, mems, None, TAUS, config=config, answers=answers, state=state)
+        assert str(e.value).startswith(message), str(e.value)
+    assert not bases_calls and not calls
+    assert script.read_text() == "print('mine')\n" and set(np.load(other)) == {"x"}

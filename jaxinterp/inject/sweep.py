@@ -26,6 +26,7 @@ import hashlib
 import io
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -407,20 +408,39 @@ def _fingerprint(params: dict, p: Plan, config: GPT2Config) -> str:
     return h.hexdigest()
 
 
+def _check_state_path(path: Path) -> None:
+    """Refuses a state path that cannot be written before anything is computed (the first save, after
+    the base passes and a layer, failed on it)."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"state: expected a file name, got {str(path)!r} (a folder or other non-file)")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"state: expected a file name in a folder, got {str(path)!r} ({str(folder)!r} is a file)")
+
+
 def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, state):
     from tqdm import tqdm
 
     from jaxinterp import atomic
 
     nL = len(p.layers)
+    if state is not None:
+        _check_state_path(Path(state))
     key = _fingerprint(params, p, config)
     done = np.zeros((len(p.groups), nL), bool)
     after = [np.zeros(np.shape(g.chunk_tau), np.float32) for g in p.groups]  # [C, c] per group, layer-major
     if state is not None and Path(state).is_file():
-        with np.load(state) as z:
-            if str(z["fingerprint"]) == key:
-                done = z["done"].copy()
-                after = [z[f"after_{i}"].copy() for i in range(len(p.groups))]
+        try:
+            with np.load(state) as z:
+                if str(z["fingerprint"]) == key:
+                    done = z["done"].copy()
+                    after = [z[f"after_{i}"].copy() for i in range(len(p.groups))]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            # not replaced: it may be the user's own file, named by mistake
+            raise ValueError(f"state: expected a sweep state file (or a new name), got {str(state)!r}, which is "
+                             f"not one ({type(e).__name__}: {e})") from None
     bases, layer_step = _steps_jit()
     w, mids, before, ex = bases(params, p.groups, p.plain, config=config)
     bar = tqdm(total=done.size, initial=int(done.sum()), desc="injection sweep (bucket x layer)", unit="step", disable=not progress)
