@@ -66,3 +66,26 @@ def test_a_model_folder_without_a_tokenizer_is_refused_by_load_tokenizer(tmp_pat
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(TINY_GPT2 / name, folder)
     assert load_tokenizer(folder)("w1 w2")["input_ids"] == [2, 3]
+
+
+def test_save_gpt2_writes_the_tokenizers_bos_and_eos_ids(tmp_path, tiny_raw):
+    """config.json said bos_token_id = eos_token_id = 0 for every model: for GPT-2 that is '!', and
+    transformers' generate() stops at the config's eos. Now the tokenizer's ids, or none without one
+    (transformers' default, GPT-2's 50256)."""
+    from types import SimpleNamespace
+
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+
+    class Tok(SimpleNamespace):
+        def save_pretrained(self, folder):
+            pass
+
+    save_gpt2(params, config, tmp_path / "with", tokenizer=Tok(bos_token_id=50256, eos_token_id=50256))
+    hf = json.loads((tmp_path / "with" / "config.json").read_text())
+    assert (hf["bos_token_id"], hf["eos_token_id"]) == (50256, 50256)
+    save_gpt2(params, config, tmp_path / "without")
+    hf = json.loads((tmp_path / "without" / "config.json").read_text())
+    assert "bos_token_id" not in hf and "eos_token_id" not in hf
+    assert load_gpt2(tmp_path / "without")[1] == config

@@ -55,13 +55,20 @@ def config_from_hf(hf: Mapping[str, Any]) -> GPT2Config:
     )
 
 
-def config_to_hf(config: GPT2Config) -> dict[str, Any]:
-    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocab_size,
-            "n_positions": config.n_positions, "n_embd": config.n_embd, "n_layer": config.n_layer,
-            "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": config.activation_function,
-            "layer_norm_epsilon": config.layer_norm_epsilon, "scale_attn_weights": config.scale_attn_weights,
-            "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
-            "tie_word_embeddings": config.tie_word_embeddings, "bos_token_id": 0, "eos_token_id": 0}
+def config_to_hf(config: GPT2Config, *, tokenizer=None) -> dict[str, Any]:
+    """A Hugging Face `config.json` dict; its bos/eos token ids are the tokenizer's when one is given,
+    else left out (transformers then takes GPT-2's 50256)."""
+    hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": config.vocab_size,
+          "n_positions": config.n_positions, "n_embd": config.n_embd, "n_layer": config.n_layer,
+          "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": config.activation_function,
+          "layer_norm_epsilon": config.layer_norm_epsilon, "scale_attn_weights": config.scale_attn_weights,
+          "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+          "tie_word_embeddings": config.tie_word_embeddings}
+    # Not a fixed 0: for GPT-2 that is '!', where transformers' generate() would stop.
+    for key in ("bos_token_id", "eos_token_id"):
+        if getattr(tokenizer, key, None) is not None:
+            hf[key] = int(getattr(tokenizer, key))
+    return hf
 
 
 def hf_path(name: str) -> tuple[str, ...] | None:
@@ -211,7 +218,7 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict_from_params(params, config).items()}
     with atomic.atomic_path(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config), indent=2))
+    atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config, tokenizer=tokenizer), indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(folder))
     return folder
