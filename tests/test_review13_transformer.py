@@ -89,3 +89,24 @@ def test_save_gpt2_writes_the_tokenizers_bos_and_eos_ids(tmp_path, tiny_raw):
     hf = json.loads((tmp_path / "without" / "config.json").read_text())
     assert "bos_token_id" not in hf and "eos_token_id" not in hf
     assert load_gpt2(tmp_path / "without")[1] == config
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(n_layer=2), r"n_layer 2, n_embd 64, vocab_size 97, tie_word_embeddings True\): missing \[\], unexpected "
+                      r"\['h_2/attn/c_attn/bias', 'h_2/attn/c_attn/kernel', 'h_2/attn/c_proj/bias'\], wrong shape \[\]$"),
+    (dict(n_positions=16), r"n_layer 3, n_embd 64, vocab_size 97, tie_word_embeddings True\): missing \[\], unexpected "
+                           r"\[\], wrong shape \['wpe/embedding: expected \[16, 64\], got \[32, 64\]'\]$"),
+    (dict(tie_word_embeddings=False), r"n_layer 3, n_embd 64, vocab_size 97, tie_word_embeddings False\): missing "
+                                      r"\['lm_head/bias', 'lm_head/kernel'\], unexpected \[\], wrong shape \[\]$"),
+])
+def test_save_gpt2_refuses_params_of_another_config_before_writing(tmp_path, tiny_raw, change, match):
+    """save_gpt2 wrote any params under any config: the folder's config.json and weights disagreed,
+    and load_gpt2 refused what had been saved. Now a ValueError, and no folder."""
+    import dataclasses
+
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    with pytest.raises(ValueError, match=r"params do not fit the config \(" + match):
+        save_gpt2(params, dataclasses.replace(config, **change), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
