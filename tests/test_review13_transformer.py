@@ -110,3 +110,23 @@ def test_save_gpt2_refuses_params_of_another_config_before_writing(tmp_path, tin
     with pytest.raises(ValueError, match=r"params do not fit the config \(" + match):
         save_gpt2(params, dataclasses.replace(config, **change), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_save_gpt2_refuses_a_folder_holding_another_checkpoint(tmp_path, tiny_raw):
+    """Saved into a sharded model's folder, model.safetensors sat beside the shards and load_gpt2
+    refused the folder (each tensor in two files). Now refused before writing; saving over a
+    model.safetensors of an earlier save still works."""
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_file({k: v for k, v in STATE.items() if "h.0." in k}, str(folder / "model-00001-of-00002.safetensors"))
+    with pytest.raises(ValueError, match=r"sharded: expected a folder without other \*.safetensors checkpoints to "
+                                         r"save into \(load_gpt2 reads them all\), got "
+                                         r"\['model-00001-of-00002.safetensors'\]$"):
+        save_gpt2(params, config, folder)
+    assert not (folder / "model.safetensors").exists() and not (folder / "config.json").exists()
+    save_gpt2(params, config, tmp_path / "again")
+    save_gpt2(params, config, tmp_path / "again")
+    assert load_gpt2(tmp_path / "again")[1] == config

@@ -229,6 +229,12 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
 
     folder = Path(folder)
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict_from_params(params, config).items()}
+    # load_gpt2 reads every *.safetensors of the folder: beside another checkpoint's (a sharded
+    # one's), the model saved here could not be loaded again
+    others = sorted(f.name for f in folder.glob("*.safetensors") if f.name != "model.safetensors")
+    if others:
+        raise ValueError(f"{folder}: expected a folder without other *.safetensors checkpoints to save into "
+                         f"(load_gpt2 reads them all), got {others}")
     folder.mkdir(parents=True, exist_ok=True)  # after the checks: a refused model leaves no folder
     with atomic.atomic_path(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
