@@ -95,3 +95,18 @@ def test_a_state_path_that_cannot_be_a_state_is_refused_before_any_step(setup, t
         assert str(e.value).startswith(message), str(e.value)
     assert not bases_calls and not calls
     assert script.read_text() == "print('mine')\n" and set(np.load(other)) == {"x"}
+
+
+@pytest.mark.parametrize("head", [True, 1.0, 1.5])
+def test_injection_head_must_be_an_int(setup, head):
+    """head=True passed `0 <= head < n_head` and indexed the head mask as a boolean: the memory went
+    into every head, n_head times the injection (logits 0.49 off head 1's); 1.5 was an IndexError."""
+    from jaxinterp.inject.memory import inject_logits
+
+    params, config, prompts, answers, mems = setup
+    with pytest.raises(ValueError) as e:
+        inject_logits(params, prompts[0][None], mems[0], config=config, layer=1, tau=2.0, head=head)
+    assert str(e.value) == f"head: expected an int in [0, n_head) with n_head given, got head={head!r}, n_head=4"
+    one = inject_logits(params, prompts[0][None], mems[0], config=config, layer=1, tau=2.0, head=np.int64(1))
+    ref = inject_logits(params, prompts[0][None], mems[0], config=config, layer=1, tau=2.0)
+    np.testing.assert_allclose(one, ref, rtol=0, atol=2e-6)

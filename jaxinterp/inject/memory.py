@@ -190,8 +190,9 @@ def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array
         raise ValueError(f"tau: expected a finite number, got {tau!r}")  # NaN made every logit NaN
     if head is None:
         return intervene(f"blocks.{layer}.hook_attn_out", memory, scale=tau, positions=positions)
-    if n_head is None or not 0 <= head < n_head:
-        raise ValueError(f"head: expected an index in [0, n_head) with n_head given, got head={head}, n_head={n_head}")
+    if n_head is None or not is_integer(head) or not 0 <= head < n_head:
+        # head=True indexed the head mask as a boolean: the memory went into every head (n_head times)
+        raise ValueError(f"head: expected an int in [0, n_head) with n_head given, got head={head!r}, n_head={n_head}")
     heads = np.zeros(n_head, bool)
     heads[head] = True
     return intervene(f"blocks.{layer}.attn.hook_result", memory, scale=tau, positions=positions, heads=heads)
