@@ -40,3 +40,32 @@ def test_onecycle_of_a_short_run_is_torchs(total):
     np.testing.assert_allclose(ours, _torch_onecycle(total, lr / 25, lr, lr / 25e4), rtol=1e-5, atol=1e-12)
     beta1 = np.array(train.onecycle_momentum(total)(np.arange(total)))
     np.testing.assert_allclose(beta1, _torch_onecycle(total, 0.95, 0.85, 0.95), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("planar_features", -2, "an integer >= 1"),  # was: TypeError in init's reshape, after run.json
+    ("planar_features", 2.5, "an integer >= 1"),  # was: TypeError 'Shapes must be ... integer type'
+    ("nexus_features", 0, "an integer >= 1"),  # was: a training step, then orbax refused the empty arrays
+    ("in_features", True, "an integer >= 1"),
+    ("num_iters", -1, "an integer >= 0"),  # was: an MLIR error inside the jitted train step
+    ("planes", (), "a non-empty list of distinct names"),
+    ("planes", ("u", "u", "y"), "a non-empty list of distinct names"),
+    ("semantic_classes", "MIP", "a non-empty list of distinct names"),
+    ("semantic_classes", ("MIP", 3), "a non-empty list of distinct names"),
+])
+def test_bad_model_config_names_the_field(field, value, expected):
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    with pytest.raises(ValueError) as err:
+        NuGraph2Config(**{field: value})
+    assert str(err.value) == f"NuGraph2Config.{field}: expected {expected}, got {value!r}"
+
+
+def test_model_config_takes_lists_and_numpy_integers_as_the_defaults():
+    """The config is a jit and lru_cache key: a list of planes was unhashable there."""
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    cfg = NuGraph2Config(planes=["u", "v", "y"], planar_features=np.int64(64), num_iters=np.int32(5))
+    assert cfg == NuGraph2Config() and hash(cfg) == hash(NuGraph2Config())
+    assert type(cfg.planar_features) is int and cfg.planes == ("u", "v", "y")
+

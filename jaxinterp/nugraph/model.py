@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.kernels.message_passing import gather_segment_sum
 from jaxinterp.nugraph.event import NUM_FEATURES, PLANES, SEMANTIC_CLASSES
 from jaxinterp.nugraph.graph import GraphBatch
@@ -72,6 +73,23 @@ class NuGraph2Config:
     num_iters: int = 5
     planes: tuple[str, ...] = PLANES
     semantic_classes: tuple[str, ...] = SEMANTIC_CLASSES
+
+    def __post_init__(self):
+        """ValueError naming the field for a value NuGraph2 cannot be built with, before anything uses
+        the config (a negative or fractional width failed inside init, a zero width after a training
+        step, when orbax refused the empty arrays, both after `train` had written run.json). Names
+        given as a list become a tuple: the config is a jit and cache key."""
+        for field in ("in_features", "planar_features", "nexus_features", "num_iters"):
+            v, least = getattr(self, field), 0 if field == "num_iters" else 1
+            if not is_integer(v) or v < least:
+                raise ValueError(f"NuGraph2Config.{field}: expected an integer >= {least}, got {v!r}")
+            object.__setattr__(self, field, int(v))
+        for field in ("planes", "semantic_classes"):
+            v = getattr(self, field)
+            names = tuple(v) if isinstance(v, (list, tuple)) else None
+            if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"NuGraph2Config.{field}: expected a non-empty list of distinct names, got {v!r}")
+            object.__setattr__(self, field, names)
 
     @property
     def num_classes(self) -> int:
