@@ -130,3 +130,34 @@ def test_save_gpt2_refuses_a_folder_holding_another_checkpoint(tmp_path, tiny_ra
     save_gpt2(params, config, tmp_path / "again")
     save_gpt2(params, config, tmp_path / "again")
     assert load_gpt2(tmp_path / "again")[1] == config
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    # Python's slice of the blocks: -1 ran only the last block, 5 of 3 none, both silently
+    (dict(start=-1), r"blocks: expected 0 <= start <= stop <= n_layer \(3\), got start -1, stop None$"),
+    (dict(start=5), r"blocks: expected 0 <= start <= stop <= n_layer \(3\), got start 5, stop None$"),
+    (dict(start=2, stop=1), r"blocks: expected 0 <= start <= stop <= n_layer \(3\), got start 2, stop 1$"),
+    (dict(stop=1.0), r"blocks: expected 0 <= start <= stop <= n_layer \(3\), got start 0, stop 1.0$"),
+    # names these blocks never meet were missing from the cache, silently
+    (dict(stop=1, names=("blocks.2.hook_attn_out",)),
+     r"blocks: names must be hook points of blocks 0..0, got \['blocks.2.hook_attn_out'\]$"),
+    (dict(names=("hook_embed",)), r"blocks: names must be hook points of blocks 0..2, got \['hook_embed'\]$"),
+    (dict(names=("blocks.1.attn.hook_zz",)), r"unknown hook name 'blocks.1.attn.hook_zz'"),
+])
+def test_network_slice_refuses_blocks_and_names_it_does_not_run(tiny_raw, kwargs, match):
+    params, config = tiny_raw
+    resid = np.zeros((1, 4, config.n_embd), np.float32)
+    with pytest.raises(ValueError, match=match):
+        gpt2.blocks(params, resid, np.ones((1, 4), np.int32), config=config, **kwargs)
+
+
+def test_network_slices_still_compose_and_capture(tiny_raw, gpt2_ref):
+    params, config = tiny_raw
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    mask = np.ones_like(tokens)
+    resid = gpt2.embed(params, tokens, mask, config=config)
+    resid, cache = gpt2.blocks(params, resid, mask, config=config, stop=2, names=["blocks.1.hook_attn_out"])
+    resid, _ = gpt2.blocks(params, resid, mask, config=config, start=2, stop=3)
+    _, want = gpt2.run_with_cache(params, tokens, config=config, names=["blocks.1.hook_attn_out"])
+    np.testing.assert_allclose(cache["blocks.1.hook_attn_out"], want["blocks.1.hook_attn_out"], atol=1e-6, rtol=0)  # measured 1.5e-8
+    np.testing.assert_allclose(gpt2.unembed(params, resid, config=config), gpt2_ref["hf_logits"], atol=6e-7, rtol=0)

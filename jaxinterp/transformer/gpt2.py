@@ -387,7 +387,8 @@ def forward(params: dict, tokens: Array, *, config: GPT2Config, attention_mask: 
 
 
 # Slices of the network, for callers that reuse the lower layers (a sweep that injects at layer L
-# runs blocks [0, L) once and only blocks [L, n) per intervention). Pure and jittable; no checks.
+# runs blocks [0, L) once and only blocks [L, n) per intervention). Pure and jittable; no checks of
+# the arrays (the caller's), only of the static arguments.
 
 def embed(params: dict, tokens: Array, attention_mask: Array, *, config: GPT2Config,
           interventions: Sequence[Intervention] = ()) -> Array:
@@ -400,6 +401,15 @@ def blocks(params: dict, resid: Array, attention_mask: Array, *, config: GPT2Con
            stop: int | None = None, interventions: Sequence[Intervention] = (),
            names: Sequence[str] = ()) -> tuple[Array, dict[str, Array]]:
     """Blocks [start, stop) on resid [B, P, D] -> (resid_post of block stop-1, captured activations)."""
+    stop_ = config.n_layer if stop is None else stop
+    # Python's slice of the blocks would take start=-1 as the last block, start=5 of 3 as none
+    if not (is_integer(start) and is_integer(stop_) and 0 <= start <= stop_ <= config.n_layer):
+        raise ValueError(f"blocks: expected 0 <= start <= stop <= n_layer ({config.n_layer}), got start {start!r}, "
+                         f"stop {stop!r}")
+    names = hooks.check_names(names, config.n_layer)
+    outside = [n for n in names if not start <= hooks.split_name(n)[1] < stop_]
+    if outside:  # never met by these blocks: the cache would lack them
+        raise ValueError(f"blocks: names must be hook points of blocks {start}..{stop_ - 1}, got {outside}")
     out, state = module(config, names, interventions).apply(
         {"params": params}, resid, attention_mask, tuple(interventions), start, stop,
         method=GPT2.blocks, mutable=["intermediates"])
