@@ -1,6 +1,7 @@
 """Review 13 findings on memory injection (jaxinterp/inject) and the toy world, each failing on the
 code before its fix."""
 
+import json
 from pathlib import Path
 
 import jax
@@ -110,3 +111,33 @@ def test_injection_head_must_be_an_int(setup, head):
     one = inject_logits(params, prompts[0][None], mems[0], config=config, layer=1, tau=2.0, head=np.int64(1))
     ref = inject_logits(params, prompts[0][None], mems[0], config=config, layer=1, tau=2.0)
     np.testing.assert_allclose(one, ref, rtol=0, atol=2e-6)
+
+
+def test_an_interrupted_baseline_sweep_does_not_redo_the_main_sweep(tmp_path, monkeypatch):
+    """`jaxinterp inject sweep --baseline-words` removed the main sweep's state as soon as that sweep
+    finished: interrupted in the baseline sweep, the command started again computed every layer of
+    the main sweep a second time. Now both states stay until the outputs are written."""
+    from jaxinterp import cli
+    from jaxinterp.inject import cli as inject_cli
+
+    data = tmp_path / "p.csv"
+    data.write_text("explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+                    "w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\nw12 w13,w14 w15 w16,w17,w14 w15,w18\n")
+    words = tmp_path / "words.csv"
+    words.write_text("Nouns\nw40\nw41\n")
+    argv = ["inject", "sweep", "--model", str(FIX / "tiny_gpt2"), "--data", str(data), "--layers", "0", "2",
+            "--taus", "1", "3", "--baseline-words", str(words)]
+    assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "out"
+    calls = _interrupt_after(monkeypatch, 3)  # one bucket x 2 layers each: stopped in the baseline sweep
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([*argv, "--out", str(out)])
+    assert all((out / name).is_file() for name in inject_cli.STATE_FILES)
+    calls = _interrupt_after(monkeypatch, 100)
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert len(calls) == 1  # the baseline's last layer only
+    assert not any((out / name).exists() for name in inject_cli.STATE_FILES)
+    for name in ("per_prompt.csv", "prompts.csv"):
+        assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "whole"))
+    assert got["percent_increase"] == want["percent_increase"] and got["baseline"] == want["baseline"]

@@ -11,7 +11,8 @@ from jaxinterp.cliargs import non_negative_int, output_folder, positive_int
 from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of this command's API)
 
 
-# the sweeps' resumable states in the output folder (removed when a sweep finishes)
+# the sweeps' resumable states in the output folder (removed once the outputs are written: the main
+# sweep's state stays while the baseline sweep runs, so an interruption there does not redo it)
 STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
 
 
@@ -74,7 +75,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         # `state` in the output folder, so an interrupted sweep started again resumes there
         t0 = time.perf_counter()
         res = sweep(params, enc.prompts, mems, layers, taus, config=config, answers=enc.answers,
-                    explicit=enc.explicit, bucket=bucket, progress=True, state=Path(out) / state)
+                    explicit=enc.explicit, bucket=bucket, progress=True, state=Path(out) / state, keep_state=True)
         return res, time.perf_counter() - t0
 
     result, wall = run(mems, STATE_FILES[0])
@@ -88,6 +89,8 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     meta = {"model": str(model), "data": str(data_path), "memory_kind": kind, "sweep_wall_s": round(wall, 3),
             "title": f"{Path(str(model)).name} on {Path(data_path).name} ({kind} memories)"}
     paths = outputs.write(out, prompts, result, agg, meta, baseline)
+    for name in STATE_FILES:
+        (Path(out) / name).unlink(missing_ok=True)
     best = agg.best
     print(f"{len(prompts.answer)} prompts, {len(layers)} layers x {len(taus)} taus in {wall:.2f} s "
           f"(compile included); mean p_before {np.mean(result.p_before):.4g}")

@@ -264,7 +264,7 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
           taus: Sequence[float] = DEFAULT_TAUS, *, config: GPT2Config, answers: Sequence[int],
           explicit: Sequence[Sequence[int]] | None = None, positions: Sequence[Sequence[int]] | None = None,
           bucket: int = 8, chunk_tokens: int = 2048, progress: bool = False,
-          state: str | os.PathLike | None = None) -> SweepResult:
+          state: str | os.PathLike | None = None, keep_state: bool = False) -> SweepResult:
     """p(answer) for every injection layer x tau x prompt, in one compiled call.
 
     Args:
@@ -278,13 +278,14 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
         receive the memory; None means every position (the paper).
       bucket: prompts are left-padded to a multiple of this; chunk_tokens: rows per scan step x P.
       progress, state: run in steps with a progress bar, saving finished layers to the file `state`
-        to resume an interrupted sweep (see `run`).
+        to resume an interrupted sweep (see `run`); keep_state: leave the finished state in place
+        (a caller with more work after this sweep removes it once all is done).
 
     Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None.
     """
     return run(params, plan(prompts, memories, layers, taus, config=config, answers=answers, explicit=explicit,
                             positions=positions, bucket=bucket, chunk_tokens=chunk_tokens), config=config,
-               progress=progress, state=state)
+               progress=progress, state=state, keep_state=keep_state)
 
 
 def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Config, answers, explicit=None,
@@ -360,19 +361,21 @@ def compile_plan(params: dict, p: Plan, *, config: GPT2Config):
 
 
 def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None, progress: bool = False,
-        state: str | os.PathLike | None = None) -> SweepResult:
+        state: str | os.PathLike | None = None, keep_state: bool = False) -> SweepResult:
     """Runs a planned sweep and scatters the probabilities back per prompt.
 
     By default one compiled call (`compiled` from `compile_plan` if given). With `progress` (a tqdm bar
     on stderr) or `state` (a file), it runs in steps instead, one per (bucket, injection layer), with
     the same numbers: after every step the finished layers are saved atomically to `state`, and a run
     given the state of an interrupted run of the same plan and weights skips them (a state of another
-    plan or model is ignored and replaced; the file is removed at the end).
+    plan or model is ignored and replaced; the file is removed at the end, unless `keep_state`: then a
+    run of the same plan again computes nothing but the base passes).
     """
     if progress or state is not None:
         if compiled is not None:
             raise ValueError("compiled: a precompiled sweep runs in one call; leave progress and state off")
-        before, after, ex = _run_steps(params, p, config=config, progress=progress, state=state)
+        before, after, ex = _run_steps(params, p, config=config, progress=progress, state=state,
+                                       keep_state=keep_state)
     elif compiled is not None:
         before, after, ex = compiled(params, p.groups, p.plain)
     else:
@@ -420,7 +423,7 @@ def _check_state_path(path: Path) -> None:
         raise ValueError(f"state: expected a file name in a folder, got {str(path)!r} ({str(folder)!r} is a file)")
 
 
-def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, state):
+def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, state, keep_state: bool = False):
     from tqdm import tqdm
 
     from jaxinterp import atomic
@@ -461,7 +464,7 @@ def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, sta
                 atomic.write_bytes(state, buf.getvalue())
             bar.update(1)
     bar.close()
-    if state is not None:
+    if state is not None and not keep_state:
         Path(state).unlink(missing_ok=True)
     return before, after, ex
 
