@@ -69,3 +69,27 @@ def test_model_config_takes_lists_and_numpy_integers_as_the_defaults():
     assert cfg == NuGraph2Config() and hash(cfg) == hash(NuGraph2Config())
     assert type(cfg.planar_features) is int and cfg.planes == ("u", "v", "y")
 
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda n: n["u"][1].__setitem__(2, 0.0), "expected std (row 1, the divisor of the features) > 0, got "
+                                               "[1.0, 1.0, 0.0, 1.0]"),
+    (lambda n: n["v"][0].__setitem__(0, np.nan), "expected finite values, got [[nan, 0.0, 0.0, 0.0], "
+                                                  "[1.0, 1.0, 1.0, 1.0]]"),  # NaN is stored as null
+])
+def test_model_norm_that_cannot_normalise_is_refused_when_loaded(tmp_path, edit, expected):
+    """A model.json norm with a zero std (or a NaN, written as null) loaded, then turned every event's
+    features into inf/NaN, and predict refused the *event*: "event 'r1_sr1_evt0', plane 'u', field 'x':
+    expected finite values"."""
+    import jax
+
+    from jaxinterp.nugraph import evaluate, model
+
+    tiny = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+    norm = {p: np.array([[0, 0, 0, 0], [1, 1, 1, 1]], np.float32) for p in tiny.planes}
+    edit(norm)
+    train.save_model(tmp_path, model.init(jax.random.key(0), tiny), tiny, norm)
+    plane = next(p for p in tiny.planes if not np.array_equal(norm[p], [[0, 0, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError) as err:
+        evaluate.load_model(tmp_path)
+    assert str(err.value) == f"params: {tmp_path / 'model.json'} norm[{plane!r}]: {expected}"

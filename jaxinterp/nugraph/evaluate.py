@@ -72,6 +72,9 @@ def load_model(path: str | Path | None = None) -> Model:
     if bad:
         raise ValueError(f"params: {js} norm must hold a [2, {NUM_FEATURES}] (mean, std) array for each plane "
                          f"{list(config.planes)}; missing or misshapen: {bad}")
+    for p in config.planes:  # std 0 or NaN (null) divided every event's features into inf/NaN, which
+        # predict then blamed on the event ("field 'x': expected finite values")
+        hdf5._check_norm_plane(norm[p], f"params: {js} norm[{p!r}]")
     params: dict = {}
     with np.load(io.BytesIO(data)) as z:
         for name in z.files:
