@@ -161,3 +161,17 @@ def test_network_slices_still_compose_and_capture(tiny_raw, gpt2_ref):
     _, want = gpt2.run_with_cache(params, tokens, config=config, names=["blocks.1.hook_attn_out"])
     np.testing.assert_allclose(cache["blocks.1.hook_attn_out"], want["blocks.1.hook_attn_out"], atol=1e-6, rtol=0)  # measured 1.5e-8
     np.testing.assert_allclose(gpt2.unembed(params, resid, config=config), gpt2_ref["hf_logits"], atol=6e-7, rtol=0)
+
+
+def test_init_compiles_once_per_config():
+    """init jitted a new lambda on every call, so every call compiled again (GPT-2 small: ~2 s of
+    its ~5 s on two busy cores)."""
+    config = gpt2.GPT2Config(vocab_size=11, n_positions=8, n_embd=8, n_layer=2, n_head=2)
+    first = gpt2.init(jax.random.PRNGKey(0), config)
+    jitted = gpt2._init_jit(config)
+    size = jitted._cache_size()
+    second = gpt2.init(jax.random.PRNGKey(1), config)
+    assert gpt2._init_jit(config) is jitted and jitted._cache_size() == size == 1
+    assert not np.array_equal(first["wte"]["embedding"], second["wte"]["embedding"])  # a new key, new weights
+    np.testing.assert_array_equal(gpt2.init(jax.random.PRNGKey(0), config)["h_1"]["mlp"]["c_fc"]["kernel"],
+                                  first["h_1"]["mlp"]["c_fc"]["kernel"])

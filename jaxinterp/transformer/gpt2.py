@@ -301,9 +301,19 @@ def module(config: GPT2Config, names: Sequence[str] = (), interventions: Sequenc
 
 def init(rng: Array, config: GPT2Config) -> dict:
     """Random GPT-2 params (HF's initialisation: normal(0.02), residual projections scaled)."""
-    tokens = jnp.zeros((1, min(8, config.n_positions)), jnp.int32)
+    check_dtype(config)
+    return _init_jit(config)(rng)
+
+
+@functools.cache
+def _init_jit(config: GPT2Config):
     # Jitted: run eagerly, init dispatches ~90 small programs (one per initializer), ~10 s on 2 cores.
-    return jax.jit(lambda key: module(config).init(key, tokens, jnp.ones_like(tokens))["params"])(rng)
+    # One jit per config: a new one per call compiled again every time (GPT-2 small: ~2 s each).
+    def init_params(key):
+        tokens = jnp.zeros((1, min(8, config.n_positions)), jnp.int32)
+        return module(config).init(key, tokens, jnp.ones_like(tokens))["params"]
+
+    return jax.jit(init_params)
 
 
 def check_inputs(tokens: Array, attention_mask: Array | None, interventions: Sequence[Intervention],
