@@ -175,3 +175,22 @@ def test_init_compiles_once_per_config():
     assert not np.array_equal(first["wte"]["embedding"], second["wte"]["embedding"])  # a new key, new weights
     np.testing.assert_array_equal(gpt2.init(jax.random.PRNGKey(0), config)["h_1"]["mlp"]["c_fc"]["kernel"],
                                   first["h_1"]["mlp"]["c_fc"]["kernel"])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--prompt", "w1", "--cache", "blocks.0.attn.hook_zz"], "unknown hook name 'blocks.0.attn.hook_zz'"),
+    (["--prompt", ""], "prompt '' tokenises to nothing"),
+])
+def test_gpt2_run_refuses_bad_input_before_reading_the_weights(monkeypatch, capsys, argv, match):
+    """A misspelt --cache name or an empty prompt was refused only after the whole model had been
+    read (for a hub name, downloaded)."""
+    from jaxinterp import cli
+    from jaxinterp.transformer import weights
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were read before the input was checked")
+
+    monkeypatch.setattr(weights, "load_gpt2", no_load)
+    monkeypatch.setattr("jaxinterp.transformer.load_gpt2", no_load, raising=False)
+    assert cli.main(["gpt2", "run", "--model", str(TINY_GPT2), *argv]) == 2
+    assert match in capsys.readouterr().err

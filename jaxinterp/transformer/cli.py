@@ -7,13 +7,16 @@ def _run(args) -> int:
     import jax
     import numpy as np
 
-    from jaxinterp.transformer import load_gpt2, load_tokenizer, run_with_cache
+    from jaxinterp.transformer import hooks, load_gpt2, load_tokenizer, run_with_cache
 
-    params, config = load_gpt2(args.model, process_weights=args.process_weights)
+    # Bad input before the weights are read: a misspelt hook name, a prompt of no tokens.
+    for name in args.cache or ():
+        hooks.split_name(name)
     tok = load_tokenizer(args.model)
     ids = tok(args.prompt)["input_ids"]
     if not ids:
         raise ValueError(f"prompt {args.prompt!r} tokenises to nothing")
+    params, config = load_gpt2(args.model, process_weights=args.process_weights)
     logits, cache = run_with_cache(params, np.asarray([ids], np.int32), config=config, names=args.cache or ())
     probs = np.asarray(jax.nn.softmax(logits[0, -1]))
     top = np.argsort(-probs)[: args.top_k]
