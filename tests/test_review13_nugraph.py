@@ -93,3 +93,46 @@ def test_model_norm_that_cannot_normalise_is_refused_when_loaded(tmp_path, edit,
     with pytest.raises(ValueError) as err:
         evaluate.load_model(tmp_path)
     assert str(err.value) == f"params: {tmp_path / 'model.json'} norm[{plane!r}]: {expected}"
+
+
+def _official_balanced_batches(datasize, batch_size, balance_frac, rng):
+    """nugraph's BalanceSampler.__iter__ (its shuffles drawn from `rng`), then what the DataLoader
+    does with the indices it yields: batches of batch_size, drop_last=True."""
+    n = len(datasize)
+    num_batches = n // batch_size
+    num_outliers = int(np.floor(n * balance_frac))
+    order = np.argsort(datasize, kind="stable")
+    largest, rest = order[n - num_outliers:].copy(), order[:n - num_outliers].copy()
+    rng.shuffle(largest)
+    rng.shuffle(rest)
+    bins = [[] for _ in range(num_batches)]
+    idx = -1
+    for i, k in enumerate(largest):
+        idx = i % num_batches
+        bins[idx].append(k)
+    offset = idx + 1
+    for i, k in enumerate(rest):
+        idx = (i + offset) % num_batches
+        if len(bins[idx]) == batch_size:
+            break
+        bins[idx].append(k)
+    indices = []
+    for b in bins:
+        b = np.asarray(b, np.int64)
+        rng.shuffle(b)
+        indices += list(b)
+    return [indices[i * batch_size:(i + 1) * batch_size] for i in range(len(indices) // batch_size)]
+
+
+@pytest.mark.parametrize("n, batch, frac", [(10, 4, 1.0), (10, 4, 0.9), (23, 5, 0.95), (100, 10, 0.1),
+                                            (64, 8, 0.5), (37, 5, 0.0)])
+def test_balanced_batches_hold_batch_size_events_as_the_official_loader(n, batch, frac):
+    """When the largest balance_frac of the events outnumber the batches' places (frac near 1, which
+    TrainConfig allows), a batch held more than batch_size events: [5, 5] for 10 events in batches of
+    4 at frac 1.0 (all 10 trained on, each step's mean over 5 events). The official sampler's bins are
+    cut into batches of batch_size by the DataLoader: [4, 4]."""
+    sizes = np.random.default_rng(n).integers(100, 10_000, n)
+    got = train.balanced_batches(sizes, batch, frac, np.random.default_rng([7, n]))
+    want = _official_balanced_batches(sizes, batch, frac, np.random.default_rng([7, n]))
+    assert [len(b) for b in got] == [batch] * (n // batch)
+    assert [list(b) for b in got] == [list(b) for b in want]

@@ -105,7 +105,11 @@ def balanced_batches(datasize: Sequence[int], batch_size: int, balance_frac: flo
         b = np.asarray(b, np.int64)
         rng.shuffle(b)
         out.append(b)
-    return out
+    # The sampler yields the bins one after another and the DataLoader cuts that sequence into batches
+    # of batch_size (drop last). The bins hold batch_size each, unless the largest alone outnumber the
+    # batches' places (balance_frac near 1): then a bin holds more, and the cut, not the bin, is the batch.
+    flat = np.concatenate(out)
+    return [flat[i * batch_size:(i + 1) * batch_size] for i in range(num_batches)]
 
 
 class SizePolicy:
