@@ -141,3 +141,25 @@ def test_an_interrupted_baseline_sweep_does_not_redo_the_main_sweep(tmp_path, mo
         assert (out / name).read_text() == (tmp_path / "whole" / name).read_text()
     got, want = (json.loads((d / "summary.json").read_text()) for d in (out, tmp_path / "whole"))
     assert got["percent_increase"] == want["percent_increase"] and got["baseline"] == want["baseline"]
+
+
+@pytest.mark.parametrize("words,match", [
+    (None, "word list: expected a CSV file, got '{path}' (not found)"),
+    ("Nouns,Adjectives\ntime,good\n", "word_type: expected one of ['Nouns', 'Adjectives'], got 'Verbs'"),
+    ("Nouns,Verbs,Adjectives\ntime,,good\n", "word_type 'Verbs': the list is empty"),
+])
+def test_toyworld_analysis_refuses_a_bad_word_list_before_writing(tmp_path, monkeypatch, words, match):
+    """`python -m jaxinterp.toyworld.analysis --words CSV`: a missing file or a word list without a
+    Nouns/Verbs/Adjectives column was refused only inside the injection step, after OUT and
+    OUT/prompts.csv were written. Now before anything is written or swept."""
+    from jaxinterp.toyworld import analysis
+
+    path = tmp_path / "words.csv"
+    if words is not None:
+        path.write_text(words)
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the words were checked"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        analysis.main(["--out", str(out), "--words", str(path), "--lens-layers"])
+    assert str(e.value) == match.format(path=path)
+    assert not out.exists()

@@ -27,6 +27,20 @@ import numpy as np
 from jaxinterp.cliargs import output_folder, positive_int
 
 
+# the part-of-speech columns of the paper's word list swept as random-word baselines
+BASELINE_WORD_TYPES = ("Nouns", "Verbs", "Adjectives")
+
+
+def load_baseline_words(words_csv) -> dict[str, list[str]]:
+    """The word list's columns for the random-word baselines; ValueError naming a missing or empty one."""
+    from jaxinterp.inject import data as idata
+
+    words = idata.load_top_words(words_csv)
+    for wt in BASELINE_WORD_TYPES:
+        idata.random_words(words, wt, 0)
+    return words
+
+
 def pct_stats(before: np.ndarray, after: np.ndarray) -> dict:
     """Percent increase (after - before) / before * 100 over the last axis: mean, median, 10%-trimmed mean."""
     from scipy import stats
@@ -89,8 +103,8 @@ def injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, s
         wrong.append(pool[rng.integers(len(pool))])
     memories = {"bridge entity": ps.memory, "random entity of the bridge's kind": wrong}
     if words_csv:
-        words = idata.load_top_words(words_csv)
-        for wt in ("Nouns", "Verbs", "Adjectives"):
+        words = load_baseline_words(words_csv)
+        for wt in BASELINE_WORD_TYPES:
             memories[f"random {wt.lower()} (paper's baseline)"] = idata.random_words(words, wt, len(ps.memory), seed=seed)
     summaries, raw = [], {}
     for name, mem in memories.items():
@@ -231,6 +245,8 @@ def main(argv=None) -> int:
     rows = prompt_rows(world, held_out_only=True) if args.prompts is None else None
     if args.prompts is not None:
         _check_memories(idata.load_prompts(args.prompts).memory, world, args.prompts)
+    if args.words:  # a missing file or column failed in the sweeps, after OUT/prompts.csv was written
+        load_baseline_words(args.words)
     out.mkdir(parents=True, exist_ok=True)
     if rows is not None:
         args.prompts = str(out / "prompts.csv")
