@@ -208,3 +208,41 @@ def test_process_weights_returns_params_on_the_device(tiny_raw, gpt2_ref):
                           and x.devices() == {jax.devices()[0]} for x in leaves)
     np.testing.assert_allclose(gpt2.forward(params, gpt2_ref["tokens"].astype(np.int32), config=config),
                                gpt2_ref["tl_logits"], atol=6e-7, rtol=0)
+
+
+@pytest.mark.parametrize("case,match", [
+    # processed params (their lm_head, wte centred, ln_f folded) under the tied config they came from:
+    # the unembedding used wte, logits 0.11 from TransformerLens's
+    ("processed_tied", r"n_layer 3, n_embd 64, vocab_size 97, tie_word_embeddings True\): missing \[\], unexpected "
+                       r"\['lm_head/bias', 'lm_head/kernel'\], wrong shape \[\]$"),
+    # 3-layer params under a 2-layer config: two blocks ran
+    ("two_layers", r"n_layer 2, n_embd 64, vocab_size 97, tie_word_embeddings True\): missing \[\], unexpected "
+                   r"\['h_2/attn/c_attn/bias', 'h_2/attn/c_attn/kernel', 'h_2/attn/c_proj/bias'\], wrong shape \[\]$"),
+    ("raw_untied", r"n_layer 3, n_embd 64, vocab_size 97, tie_word_embeddings False\): missing "
+                   r"\['lm_head/bias', 'lm_head/kernel'\], unexpected \[\], wrong shape \[\]$"),
+    ("narrow_wte", r"n_layer 3, n_embd 64, vocab_size 97, tie_word_embeddings True\): missing \[\], unexpected \[\], wrong shape \['wte/embedding: expected \[97, 64\], got \[97, 32\]'\]$"),
+])
+def test_forward_refuses_params_of_another_config(tiny_raw, tiny_processed, gpt2_ref, case, match):
+    """linen reads the parameters it needs and ignores the rest, so params that did not fit the
+    config ran silently as another model."""
+    import dataclasses
+
+    (raw, config), (processed, processed_config) = tiny_raw, tiny_processed
+    params, config = {
+        "processed_tied": (processed, config), "two_layers": (raw, dataclasses.replace(config, n_layer=2)),
+        "raw_untied": (raw, processed_config),
+        "narrow_wte": ({**raw, "wte": {"embedding": np.zeros((97, 32), np.float32)}}, config)}[case]
+    with pytest.raises(ValueError, match=r"params do not fit the config \(" + match):
+        gpt2.forward(params, gpt2_ref["tokens"].astype(np.int32), config=config)
+
+
+def test_forward_takes_params_as_a_frozen_dict_under_jit_and_vmap(tiny_raw, gpt2_ref):
+    from flax.core import freeze
+
+    params, config = tiny_raw
+    tokens = gpt2_ref["tokens"].astype(np.int32)
+    want = gpt2.forward(params, tokens, config=config)
+    np.testing.assert_array_equal(gpt2.forward(freeze(params), tokens, config=config), want)
+    both = jax.tree.map(lambda a: np.stack([a, a]), params)  # two models, as merge interpolates them
+    got = jax.jit(jax.vmap(lambda p: gpt2.forward(p, tokens, config=config)))(both)
+    np.testing.assert_allclose(got[1], want, atol=1e-6, rtol=0)

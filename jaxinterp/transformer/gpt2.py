@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import flax.traverse_util
@@ -316,6 +316,48 @@ def _init_jit(config: GPT2Config):
     return jax.jit(init_params)
 
 
+@functools.cache
+def param_shapes(config: GPT2Config) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """The shape of every parameter of a GPT-2 of `config`, by its path ('h_0', 'attn', 'c_attn', 'kernel')."""
+    tree = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), config))
+    return {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(tree).items()}
+
+
+@functools.cache
+def _param_layout(config: GPT2Config) -> tuple[Any, tuple[tuple[int, ...], ...]]:
+    tree = jax.eval_shape(lambda: init(jax.random.PRNGKey(0), config))
+    return jax.tree.structure(tree), tuple(tuple(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def check_params(params: Any, config: GPT2Config) -> None:
+    """Raises ValueError for params that are not those of a GPT-2 of `config`. linen reads the
+    parameters it needs and ignores the rest: 3-layer params under a 2-layer config ran two blocks,
+    processed params (their lm_head) under the tied config they came from unembedded with wte."""
+    leaves, treedef = jax.tree.flatten(params)
+    if (treedef, tuple(getattr(x, "shape", None) or np.shape(x) for x in leaves)) == _param_layout(config):
+        return  # the usual case, ~0.1 ms for GPT-2 small; below, paths for a message (or a FrozenDict)
+
+    def flat(tree, prefix=()):
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                yield from flat(value, prefix + (key,))
+            else:
+                yield prefix + (key,), tuple(np.shape(value))
+
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a nested dict of arrays (gpt2.init, load_gpt2), got {type(params).__name__}")
+    expected, got = param_shapes(config), dict(flat(params))
+    if got != expected:
+        wrong = [p for p in expected if p in got and got[p] != expected[p]]
+        raise ValueError(
+            "params do not fit the config (n_layer {}, n_embd {}, vocab_size {}, tie_word_embeddings {}): "
+            "missing {}, unexpected {}, wrong shape {}".format(
+                config.n_layer, config.n_embd, config.vocab_size, config.tie_word_embeddings,
+                ["/".join(map(str, p)) for p in expected if p not in got][:3],
+                ["/".join(map(str, p)) for p in got if p not in expected][:3],
+                [f"{'/'.join(p)}: expected {list(expected[p])}, got {list(got[p])}" for p in wrong][:3]))
+
+
 def check_inputs(tokens: Array, attention_mask: Array | None, interventions: Sequence[Intervention],
                  config: GPT2Config) -> None:
     """Raises ValueError for inputs the model cannot take (shapes always; token values when concrete)."""
@@ -382,6 +424,7 @@ def run_with_cache(params: dict, tokens: Array, *, config: GPT2Config, names: Se
         tokens = np.asarray(tokens)
     interventions = tuple(interventions)
     check_dtype(config)
+    check_params(params, config)
     check_inputs(tokens, attention_mask, interventions, config)
     tokens = jnp.asarray(tokens)
     names = hooks.check_names(names, config.n_layer)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jaxinterp import atomic
-from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config, check_dtype, init
+from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config, check_dtype, check_params, param_shapes
 
 _BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _BLOCK = re.compile(r"^h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)$")
@@ -90,7 +90,7 @@ def hf_path(name: str) -> tuple[str, ...] | None:
 
 def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) -> dict:
     """Params from HF tensors; every expected tensor present with its shape, nothing unknown."""
-    expected = _expected_shapes(config)
+    expected = param_shapes(config)
     flat: dict[tuple[str, ...], np.ndarray] = {}
     source: dict[tuple[str, ...], str] = {}
     for name, tensor in state.items():
@@ -125,22 +125,10 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) 
     return _unflat(flat)
 
 
-def _expected_shapes(config: GPT2Config) -> dict[tuple[str, ...], tuple[int, ...]]:
-    return {path: leaf.shape for path, leaf in _flat(jax.eval_shape(lambda: init(jax.random.PRNGKey(0), config))).items()}
-
-
 def state_dict_from_params(params: Mapping, config: GPT2Config) -> dict[str, np.ndarray]:
     """HF tensor names -> arrays (the inverse of params_from_state_dict). Raises ValueError for
     params that are not those of a GPT-2 of `config` (a checkpoint that load_gpt2 would refuse)."""
-    expected, got = _expected_shapes(config), {path: tuple(np.shape(leaf)) for path, leaf in _flat(params).items()}
-    if got != expected:
-        wrong = [p for p in expected if p in got and got[p] != tuple(expected[p])]
-        raise ValueError(
-            "params do not fit the config (n_layer {}, n_embd {}, vocab_size {}, tie_word_embeddings {}): "
-            "missing {}, unexpected {}, wrong shape {}".format(
-                config.n_layer, config.n_embd, config.vocab_size, config.tie_word_embeddings,
-                ["/".join(p) for p in expected if p not in got][:3], ["/".join(p) for p in got if p not in expected][:3],
-                [f"{'/'.join(p)}: expected {list(expected[p])}, got {list(got[p])}" for p in wrong][:3]))
+    check_params(params, config)
     out = {}
     for path, leaf in _flat(params).items():
         top, *rest = path
