@@ -163,3 +163,13 @@ def test_toyworld_analysis_refuses_a_bad_word_list_before_writing(tmp_path, monk
         analysis.main(["--out", str(out), "--words", str(path), "--lens-layers"])
     assert str(e.value) == match.format(path=path)
     assert not out.exists()
+
+
+def test_a_progress_bar_without_a_state_hashes_nothing(setup, monkeypatch):
+    """The state's fingerprint reads every weight (~0.3 s a GPT-2 small, seconds a GPT-2 large): a
+    sweep run in steps for its progress bar alone, with no state to match, does not compute it."""
+    params, config, prompts, answers, mems = setup
+    want = sweep_module.sweep(params, prompts, mems, None, TAUS, config=config, answers=answers)
+    monkeypatch.setattr(sweep_module, "_fingerprint", lambda *a: pytest.fail("hashed without a state"))
+    got = sweep_module.sweep(params, prompts, mems, None, TAUS, config=config, answers=answers, progress=True)
+    np.testing.assert_array_equal(got.p_after, want.p_after)

@@ -431,7 +431,7 @@ def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, sta
     nL = len(p.layers)
     if state is not None:
         _check_state_path(Path(state))
-    key = _fingerprint(params, p, config)
+    key = _fingerprint(params, p, config) if state is not None else None  # hashing the weights costs time
     done = np.zeros((len(p.groups), nL), bool)
     after = [np.zeros(np.shape(g.chunk_tau), np.float32) for g in p.groups]  # [C, c] per group, layer-major
     if state is not None and Path(state).is_file():
