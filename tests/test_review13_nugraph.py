@@ -136,3 +136,15 @@ def test_balanced_batches_hold_batch_size_events_as_the_official_loader(n, batch
     want = _official_balanced_batches(sizes, batch, frac, np.random.default_rng([7, n]))
     assert [len(b) for b in got] == [batch] * (n // batch)
     assert [list(b) for b in got] == [list(b) for b in want]
+
+
+@pytest.mark.parametrize("classes", [("MIP", "HIP", "shower"), ("MIP", "HIP", "shower", "michel", "diffuse", "x", "y")])
+def test_metrics_of_counts_and_class_names_that_disagree_is_a_value_error(classes):
+    """compute(counts of 5 classes, 3 names) was an IndexError from the macro mean ('boolean index did
+    not match'), 7 names an IndexError from the recall loop."""
+    from jaxinterp.nugraph import metrics
+
+    counts = metrics.Counts.zeros(5).add(np.arange(5), np.eye(5), np.ones(5))
+    with pytest.raises(ValueError) as err:
+        metrics.compute(counts, classes)
+    assert str(err.value) == f"classes: expected 5 names (the counts' classes), got {len(classes)}: {list(classes)}"

@@ -92,6 +92,9 @@ def _macro(scores: list[float], m: np.ndarray) -> float:
 def compute(counts: Counts, classes: tuple[str, ...] = SEMANTIC_CLASSES) -> Metrics:
     """Efficiencies and purities from accumulated counts (NaN where a denominator is 0)."""
     m = counts.semantic
+    if len(classes) != m.shape[0]:  # zip would drop names, the macro mean index past them (IndexError)
+        raise ValueError(f"classes: expected {m.shape[0]} names (the counts' classes), got {len(classes)}: "
+                         f"{list(classes)}")
     tp = np.diag(m)
     rec = [_ratio(tp[c], m[c].sum()) for c in range(len(classes))]
     prec = [_ratio(tp[c], m[:, c].sum()) for c in range(len(classes))]
