@@ -173,3 +173,42 @@ def test_a_progress_bar_without_a_state_hashes_nothing(setup, monkeypatch):
     monkeypatch.setattr(sweep_module, "_fingerprint", lambda *a: pytest.fail("hashed without a state"))
     got = sweep_module.sweep(params, prompts, mems, None, TAUS, config=config, answers=answers, progress=True)
     np.testing.assert_array_equal(got.p_after, want.p_after)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("steps", 3.5, "TrainConfig.steps must be an integer, got 3.5"),
+    ("batch_size", 4.0, "TrainConfig.batch_size must be an integer, got 4.0"),
+    ("n_layer", True, "TrainConfig.n_layer must be an integer, got True"),
+    ("checkpoint_every", 1.5, "TrainConfig.checkpoint_every must be an integer, got 1.5"),
+    ("learning_rate", float("nan"), "TrainConfig.learning_rate must be a finite number, got nan"),
+    ("weight_decay", float("nan"), "TrainConfig.weight_decay must be a finite number, got nan"),
+    ("seed", -1, "TrainConfig.seed must be at least 0, got -1"),
+])
+def test_toyworld_train_config_refuses_non_integers_before_any_write(tmp_path, field, value, message):
+    """3.5 steps or a batch of 4.0 passed TrainConfig and failed inside the training loop (TypeError),
+    after run.json and checkpoints/ were written; checkpoint_every=1.5 trained on; a NaN learning rate
+    or weight decay trained the weights into NaN; a negative seed failed at the first batch."""
+    import dataclasses
+
+    from jaxinterp.toyworld import train as trainmod
+
+    with pytest.raises(ValueError) as e:
+        dataclasses.replace(trainmod.TrainConfig(n_layer=1, n_embd=32, n_head=2, steps=2), **{field: value})
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("n_people", 2.5, "WorldConfig.n_people must be an integer, got 2.5"),
+    ("n_countries", True, "WorldConfig.n_countries must be an integer, got True"),
+    ("seed", 1.5, "WorldConfig.seed must be an integer, got 1.5"),
+    ("train_fraction", "0.5", "WorldConfig.train_fraction must be a number, got '0.5'"),
+])
+def test_toyworld_world_config_refuses_non_integers(field, value, message):
+    """n_people=2.5 spun through 100000 name draws and said 'could not draw 2.5 distinct names from the
+    syllable inventory'; n_countries=True built a world of one country; a float seed built a world
+    from its hash; a string train fraction was a TypeError."""
+    from jaxinterp.toyworld.world import WorldConfig
+
+    with pytest.raises(ValueError) as e:
+        WorldConfig(**{field: value})
+    assert str(e.value) == message

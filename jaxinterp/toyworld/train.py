@@ -14,12 +14,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.toyworld import tokenizer as toktools
 from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
 
@@ -43,6 +45,19 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # checked as integers and finite numbers here: 3.5 steps or a batch of 4.0 failed inside the
+        # training loop (TypeError), after run.json and checkpoints/ were written; a NaN learning rate
+        # or weight decay trained the weights into NaN
+        for field in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size", "batch_size", "steps",
+                      "warmup_steps", "checkpoint_every", "seed"):
+            if not is_integer(getattr(self, field)):
+                raise ValueError(f"TrainConfig.{field} must be an integer, got {getattr(self, field)!r}")
+        for field in ("learning_rate", "weight_decay", "clip_norm"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v):
+                raise ValueError(f"TrainConfig.{field} must be a finite number, got {v!r}")
+        if self.seed < 0:  # numpy's batch order takes no negative seed (a ValueError at the first step)
+            raise ValueError(f"TrainConfig.seed must be at least 0, got {self.seed}")
         for field in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "checkpoint_every"):
             if getattr(self, field) < 1:
                 raise ValueError(f"TrainConfig.{field} must be at least 1, got {getattr(self, field)}")

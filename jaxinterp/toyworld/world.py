@@ -26,6 +26,10 @@ import random
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
+from jaxinterp.checks import is_integer
+
 # Syllable inventory: consonant onsets, vowels and optional codas. Names are 2-3 syllables.
 _ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "sh", "th", "br", "dr", "kr", "tr"]
 _VOWELS = ["a", "e", "i", "o", "u"]
@@ -78,6 +82,12 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for field in ("n_countries", "cities_per_country", "n_people", "n_companies", "seed"):
+            # 2.5 people spun through 100000 draws for 'could not draw 2.5 distinct names'; True was 1
+            if not is_integer(getattr(self, field)):
+                raise ValueError(f"WorldConfig.{field} must be an integer, got {getattr(self, field)!r}")
+        if isinstance(self.train_fraction, bool) or not isinstance(self.train_fraction, (int, float, np.floating)):
+            raise ValueError(f"WorldConfig.train_fraction must be a number, got {self.train_fraction!r}")
         for field in ("n_countries", "cities_per_country", "n_people", "n_companies"):
             if getattr(self, field) < 1:
                 raise ValueError(f"WorldConfig.{field} must be at least 1, got {getattr(self, field)}")
