@@ -212,3 +212,15 @@ def test_toyworld_world_config_refuses_non_integers(field, value, message):
     with pytest.raises(ValueError) as e:
         WorldConfig(**{field: value})
     assert str(e.value) == message
+
+
+def test_a_run_folders_bad_world_settings_name_the_file(tmp_path):
+    """A train.json whose world WorldConfig refuses (a count as a string, now an integer check) is
+    reported with the file it came from, as an unknown field already was."""
+    from jaxinterp.toyworld.world import run_world_config
+
+    (tmp_path / "train.json").write_text(json.dumps({"world": {"n_people": "64"}}))
+    with pytest.raises(ValueError) as e:
+        run_world_config(tmp_path / "model")
+    assert str(e.value) == (f"model: expected the world settings of a toyworld run in {tmp_path / 'train.json'}, "
+                            "got {'n_people': '64'} (WorldConfig.n_people must be an integer, got '64')")

@@ -111,8 +111,8 @@ def run_world_config(model_dir) -> WorldConfig | None:
         return None
     try:
         return WorldConfig(**world)
-    except TypeError as e:
-        raise ValueError(f"model: expected the world settings of a toyworld run in {path}, got {world}") from e
+    except (TypeError, ValueError) as e:  # an unknown field; a value WorldConfig refuses (named with the file)
+        raise ValueError(f"model: expected the world settings of a toyworld run in {path}, got {world} ({e})") from None
 
 
 class Fact(NamedTuple):
