@@ -246,3 +246,20 @@ def test_forward_takes_params_as_a_frozen_dict_under_jit_and_vmap(tiny_raw, gpt2
     both = jax.tree.map(lambda a: np.stack([a, a]), params)  # two models, as merge interpolates them
     got = jax.jit(jax.vmap(lambda p: gpt2.forward(p, tokens, config=config)))(both)
     np.testing.assert_allclose(got[1], want, atol=1e-6, rtol=0)
+
+
+def test_network_slices_refuse_params_of_another_config(tiny_raw, tiny_processed):
+    """The slices ran params that did not fit the config as forward did: unembed with processed
+    params under the tied config used wte and ln_f's identity, blocks of 3-layer params under
+    n_layer=2 ran two."""
+    import dataclasses
+
+    (raw, config), (processed, _) = tiny_raw, tiny_processed
+    resid, mask = np.ones((1, 4, config.n_embd), np.float32), np.ones((1, 4), np.int32)
+    prefix = r"params do not fit the config \(n_layer {}, n_embd 64, vocab_size 97, tie_word_embeddings True\): "
+    with pytest.raises(ValueError, match=prefix.format(3) + r"missing \[\], unexpected \['lm_head/bias', 'lm_head/kernel'\]"):
+        gpt2.unembed(processed, resid, config=config)
+    with pytest.raises(ValueError, match=prefix.format(2) + r"missing \[\], unexpected \['h_2/attn/c_attn/bias'"):
+        gpt2.blocks(raw, resid, mask, config=dataclasses.replace(config, n_layer=2))
+    with pytest.raises(ValueError, match=prefix.format(3) + r"missing \[\], unexpected \['lm_head/bias', 'lm_head/kernel'\]"):
+        gpt2.embed(processed, mask, mask, config=config)

@@ -441,11 +441,12 @@ def forward(params: dict, tokens: Array, *, config: GPT2Config, attention_mask: 
 
 # Slices of the network, for callers that reuse the lower layers (a sweep that injects at layer L
 # runs blocks [0, L) once and only blocks [L, n) per intervention). Pure and jittable; no checks of
-# the arrays (the caller's), only of the static arguments.
+# the arrays' values (the caller's), only of shapes and static arguments (free under jit: at trace time).
 
 def embed(params: dict, tokens: Array, attention_mask: Array, *, config: GPT2Config,
           interventions: Sequence[Intervention] = ()) -> Array:
     """tokens [B, P] -> resid_pre of block 0 [B, P, D]."""
+    check_params(params, config)
     return module(config, (), interventions).apply({"params": params}, tokens, attention_mask, tuple(interventions),
                                                    method=GPT2.embed)
 
@@ -459,6 +460,7 @@ def blocks(params: dict, resid: Array, attention_mask: Array, *, config: GPT2Con
     if not (is_integer(start) and is_integer(stop_) and 0 <= start <= stop_ <= config.n_layer):
         raise ValueError(f"blocks: expected 0 <= start <= stop <= n_layer ({config.n_layer}), got start {start!r}, "
                          f"stop {stop!r}")
+    check_params(params, config)
     names = hooks.check_names(names, config.n_layer)
     outside = [n for n in names if not start <= hooks.split_name(n)[1] < stop_]
     if outside:  # never met by these blocks: the cache would lack them
@@ -471,4 +473,5 @@ def blocks(params: dict, resid: Array, attention_mask: Array, *, config: GPT2Con
 
 def unembed(params: dict, resid: Array, *, config: GPT2Config) -> Array:
     """resid [..., D] after the last block -> logits [..., V] (ln_f, then W_U)."""
+    check_params(params, config)
     return module(config).apply({"params": params}, resid, (), method=GPT2.unembed)
