@@ -224,3 +224,31 @@ def test_a_run_folders_bad_world_settings_name_the_file(tmp_path):
         run_world_config(tmp_path / "model")
     assert str(e.value) == (f"model: expected the world settings of a toyworld run in {tmp_path / 'train.json'}, "
                             "got {'n_people': '64'} (WorldConfig.n_people must be an integer, got '64')")
+
+
+def _toy_run(tmp_path, world):
+    """A run folder holding the shipped model with the given world in its train.json."""
+    import shutil
+
+    from jaxinterp.toyworld import MODEL_DIR
+
+    run = tmp_path / "run"
+    shutil.copytree(MODEL_DIR, run / "model")
+    (run / "train.json").write_text(json.dumps({"world": world}))
+    return run / "model"
+
+
+def test_toyworld_analysis_of_a_world_with_one_entity_of_a_bridge_kind(tmp_path, monkeypatch):
+    """A world of one country (a valid WorldConfig): the random-entity control of a country bridge has
+    no other country to draw, and the analysis failed with numpy's 'high <= 0' after writing
+    OUT/prompts.csv. Now refused, naming the kind, before anything is written."""
+    from jaxinterp.toyworld import analysis
+
+    model = _toy_run(tmp_path, {"n_countries": 1, "cities_per_country": 3, "n_people": 8, "n_companies": 2, "seed": 0})
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the check"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        analysis.main(["--out", str(out), "--model", str(model), "--lens-layers"])
+    assert str(e.value) == ("prompts: expected at least 2 entities of each bridge's kind (the random-entity "
+                            "controls draw another), got 1 country in the model's world (its held-out prompts)")
+    assert not out.exists()

@@ -83,6 +83,11 @@ def _check_memories(memories, world, where) -> None:
     if unknown:
         raise ValueError(f"prompts: expected memories that are entities of the model's world, got "
                          f"{sorted(set(unknown))[:5]} in {where} (prompts of another world?)")
+    kind_of = {n: k for k, names in world.entities.items() for n in names}
+    alone = sorted({kind_of[m] for m in memories if len(world.entities[kind_of[m]]) < 2})
+    if alone:  # the controls draw another entity of the bridge's kind (numpy's 'high <= 0' otherwise)
+        raise ValueError(f"prompts: expected at least 2 entities of each bridge's kind (the random-entity "
+                         f"controls draw another), got 1 {alone[0]} in the model's world ({where})")
 
 
 def injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, seed: int = 0) -> tuple[dict, dict]:
@@ -245,6 +250,8 @@ def main(argv=None) -> int:
     rows = prompt_rows(world, held_out_only=True) if args.prompts is None else None
     if args.prompts is not None:
         _check_memories(idata.load_prompts(args.prompts).memory, world, args.prompts)
+    else:
+        _check_memories([r.explicit_entity for r in rows], world, "its held-out prompts")
     if args.words:  # a missing file or column failed in the sweeps, after OUT/prompts.csv was written
         load_baseline_words(args.words)
     out.mkdir(parents=True, exist_ok=True)
