@@ -252,3 +252,18 @@ def test_toyworld_analysis_of_a_world_with_one_entity_of_a_bridge_kind(tmp_path,
     assert str(e.value) == ("prompts: expected at least 2 entities of each bridge's kind (the random-entity "
                             "controls draw another), got 1 country in the model's world (its held-out prompts)")
     assert not out.exists()
+
+
+def test_toyworld_analysis_of_a_world_without_held_out_prompts(tmp_path, monkeypatch):
+    """A model trained with train_fraction 1 has no held-out two-hop prompts: the analysis wrote an
+    empty OUT/prompts.csv and its sweep refused it ('no data rows'). Now refused before writing."""
+    from jaxinterp.toyworld import analysis
+
+    model = _toy_run(tmp_path, {"train_fraction": 1.0})
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the check"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        analysis.main(["--out", str(out), "--model", str(model), "--lens-layers"])
+    assert str(e.value) == ("model: expected held-out two-hop prompts in its world, got none (train_fraction 1.0); "
+                            "name a prompt set with --prompts")
+    assert not out.exists()

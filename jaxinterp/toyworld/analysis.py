@@ -251,6 +251,9 @@ def main(argv=None) -> int:
     if args.prompts is not None:
         _check_memories(idata.load_prompts(args.prompts).memory, world, args.prompts)
     else:
+        if not rows:  # train_fraction 1: an empty prompts.csv, refused by the sweep after it was written
+            raise ValueError(f"model: expected held-out two-hop prompts in its world, got none (train_fraction "
+                             f"{world.config.train_fraction}); name a prompt set with --prompts")
         _check_memories([r.explicit_entity for r in rows], world, "its held-out prompts")
     if args.words:  # a missing file or column failed in the sweeps, after OUT/prompts.csv was written
         load_baseline_words(args.words)
