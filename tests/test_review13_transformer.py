@@ -263,3 +263,22 @@ def test_network_slices_refuse_params_of_another_config(tiny_raw, tiny_processed
         gpt2.blocks(raw, resid, mask, config=dataclasses.replace(config, n_layer=2))
     with pytest.raises(ValueError, match=prefix.format(3) + r"missing \[\], unexpected \['lm_head/bias', 'lm_head/kernel'\]"):
         gpt2.embed(processed, mask, mask, config=config)
+
+
+@pytest.mark.parametrize("name,shape,why", [
+    # it said "expected width 64 in the last axis, got 64" for every one of these
+    ("blocks.0.hook_attn_out", (5, 64), r"\[5, 64\] does not broadcast to the activation \[4, 64\] "
+                                        r"\(expected 4 or 1 in axis 0, got 5\)$"),
+    ("blocks.0.attn.hook_z", (2, 4, 3, 16), r"\[2, 4, 3, 16\] does not broadcast to the activation \[4, 4, 16\] "
+                                            r"\(expected 4 or 1 in axis 2, got 3\)$"),
+    ("blocks.0.hook_attn_out", (1, 1, 4, 64), r"\[1, 1, 4, 64\] does not broadcast to the activation \[4, 64\] "
+                                              r"\(expected at most 2 axes per example, got 4\)$"),
+    ("blocks.0.hook_attn_out", (65,), r"\[65\] does not broadcast to the activation \[4, 64\] "
+                                      r"\(expected width 64 in the last axis, got 65\)$"),
+])
+def test_an_intervention_value_that_does_not_broadcast_names_the_axis(tiny_raw, name, shape, why):
+    from jaxinterp.transformer import intervene
+
+    params, config = tiny_raw
+    with pytest.raises(ValueError, match=r"intervention at '[a-z_.]+': value of shape " + why):
+        gpt2.forward(params, np.ones((2, 4), np.int32), config=config, interventions=[intervene(name, np.ones(shape))])

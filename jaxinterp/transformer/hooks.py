@@ -171,9 +171,15 @@ def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int, *
         if batch is not None and len(v) == len(shape) + 1 and v[0] not in (1, batch):
             raise ValueError(f"{where}: value of shape {list(v)} has a batch axis of {v[0]}, "
                              f"but the batch holds {batch} examples")
-        if len(per_example) > len(shape) or any(a not in (1, b) for a, b in zip(reversed(per_example), reversed(shape))):
-            raise ValueError(f"{where}: value of shape {list(v)} does not broadcast to the activation {list(shape)} "
-                             f"(expected width {shape[-1]} in the last axis, got {v[-1] if v else 'a scalar'})")
+        bad = [k for k, (a, b) in enumerate(zip(reversed(per_example), reversed(shape)), 1) if a not in (1, b)]
+        if len(per_example) > len(shape) or bad:
+            if len(per_example) > len(shape):
+                why = f"expected at most {len(shape)} axes per example, got {len(per_example)}"
+            elif bad[0] == 1:
+                why = f"expected width {shape[-1]} in the last axis, got {v[-1]}"
+            else:  # the width fits: name the axis that does not (it said 'expected width 64, got 64')
+                why = f"expected {shape[-bad[0]]} or 1 in axis {len(v) - bad[0]}, got {v[-bad[0]]}"
+            raise ValueError(f"{where}: value of shape {list(v)} does not broadcast to the activation {list(shape)} ({why})")
     n_pos = shape[1] if layout == "bhqk" else shape[0]
     if iv.positions is not None and tuple(iv.positions.shape) != (n_pos,):
         raise ValueError(f"{where}: positions mask must have shape [{n_pos}], got {list(iv.positions.shape)}")
