@@ -361,8 +361,8 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     out_dir = Path(out_dir)
     # a fractional max_steps was never equal to the step, so the run stopped past it without the
     # checkpoint its stop writes (2.5: 3 steps taken, none saved, a resume started again from step 0)
-    if max_steps is not None and not (is_integer(max_steps) and max_steps >= 1):
-        raise ValueError(f"max_steps: expected None or a positive integer, got {max_steps!r}")
+    if max_steps is not None and not (is_integer(max_steps) and max_steps >= 0):
+        raise ValueError(f"max_steps: expected None or an integer >= 0, got {max_steps!r}")
     info = hdf5.read_info(path)
     if init_params is not None:
         model.check_params(init_params, model_config,
