@@ -282,3 +282,30 @@ def test_an_intervention_value_that_does_not_broadcast_names_the_axis(tiny_raw, 
     params, config = tiny_raw
     with pytest.raises(ValueError, match=r"intervention at '[a-z_.]+': value of shape " + why):
         gpt2.forward(params, np.ones((2, 4), np.int32), config=config, interventions=[intervene(name, np.ones(shape))])
+
+
+def test_save_gpt2_writes_the_tokenizer_atomically(tmp_path, tiny_raw):
+    """The tokenizer was written in place by transformers' save_pretrained: a crash while saving
+    over an earlier model left a half-written tokenizer.json. Now each file lands whole, by rename."""
+    from pathlib import Path
+
+    from jaxinterp.transformer import load_tokenizer
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    tok = load_tokenizer(TINY_GPT2)
+    save_gpt2(params, config, tmp_path / "m", tokenizer=tok)
+    assert load_tokenizer(tmp_path / "m")("w1 w2 w95")["input_ids"] == [2, 3, 96]
+    before = (tmp_path / "m" / "tokenizer.json").read_bytes()
+
+    class Crashing:
+        bos_token_id = eos_token_id = 0
+
+        def save_pretrained(self, folder):
+            (Path(folder) / "tokenizer.json").write_text('{"half": ')
+            raise KeyboardInterrupt  # killed while writing
+
+    with pytest.raises(KeyboardInterrupt):
+        save_gpt2(params, config, tmp_path / "m", tokenizer=Crashing())
+    assert (tmp_path / "m" / "tokenizer.json").read_bytes() == before
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temporary left behind

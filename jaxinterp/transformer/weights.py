@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -233,7 +234,12 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config, tokenizer=tokenizer), indent=2))
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(folder))
+        # transformers writes its files in place: into a temporary folder, then each file atomically
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer.") as tmp:
+            tokenizer.save_pretrained(tmp)
+            for f in sorted(Path(tmp).rglob("*")):
+                if f.is_file():
+                    atomic.write_bytes(folder / f.relative_to(tmp), f.read_bytes())
     return folder
 
 
