@@ -217,6 +217,14 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     if ids.size and (ids.min() < 0 or ids.max() >= model_config.vocab_size):
         raise ValueError(f"batches: expected token ids in [0, {model_config.vocab_size}) (the model's vocabulary), "
                          f"got ids from {int(ids.min())} to {int(ids.max())}")
+    if ckpt_dir is not None:  # a file there failed inside orbax's writer thread after save_every steps of work
+        import argparse
+
+        from jaxinterp.cliargs import output_folder
+        try:
+            output_folder(os.fspath(ckpt_dir))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"ckpt_dir: {e}") from None
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")

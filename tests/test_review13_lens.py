@@ -1,0 +1,31 @@
+"""Review findings (session 13) on the Attention Lens package: each test failed before its fix."""
+
+import re
+
+import numpy as np
+import pytest
+
+from jaxinterp.lens import data, lenses, train
+
+
+def _examples():
+    return [np.array([5, 20, 7], np.int32), np.array([3, 4], np.int32), np.array([9, 1, 2, 8], np.int32)]
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_a_checkpoint_folder_that_is_a_file_is_refused_before_training(tiny_processed, tmp_path, monkeypatch, where):
+    """It trained save_every steps, then failed with NotADirectoryError inside orbax's writer thread
+    (and its threads then logged timeouts); the file is left as it was."""
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    (tmp_path / "f").write_text("keep")
+    ckpt = tmp_path / "f" if where == "file" else tmp_path / "f" / "ck"
+    ran = []
+    monkeypatch.setattr(train, "_driver_step", lambda *a, **k: ran.append(1))
+    tc = train.TrainConfig(steps=2, batch_size=2, seq_len=8, save_every=1)
+    f = tmp_path / "f"
+    msg = f"ckpt_dir: expected a folder, got the file {f}" if where == "file" else \
+        f"ckpt_dir: cannot write into {ckpt}: {f} is not a folder"
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        train.train(params, cfg, lc, data.Batches(_examples(), 2, 8), tc, ckpt_dir=ckpt, progress=False)
+    assert not ran and (tmp_path / "f").read_text() == "keep"
