@@ -85,7 +85,15 @@ def test_head_topk_refuses_before_computing(tiny_processed, monkeypatch, lens, c
     (VOCAB50, FITS, r"lens params 'W': expected shape \[4, 64, 97\] .*got \[4, 64, 50\]"),
 ])
 def test_own_lens_file_that_does_not_fit(tmp_path, tiny_processed, config, meta, match):
-    path = io.save_lens(tmp_path / "l.safetensors", _zeros(config), meta or config)
+    if meta is None:
+        path = io.save_lens(tmp_path / "l.safetensors", _zeros(config), config)
+    else:  # a file whose metadata and tensors disagree (save_lens refuses to write one)
+        import json
+
+        from safetensors.numpy import save_file
+
+        path = tmp_path / "l.safetensors"
+        save_file(_zeros(config), str(path), metadata={"lens_config": json.dumps(meta.__dict__), "extra": "{}"})
     with pytest.raises(ValueError, match=match):
         io.load_lens(path, model_config=tiny_processed[1])
 

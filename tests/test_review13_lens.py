@@ -29,3 +29,25 @@ def test_a_checkpoint_folder_that_is_a_file_is_refused_before_training(tiny_proc
     with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
         train.train(params, cfg, lc, data.Batches(_examples(), 2, 8), tc, ckpt_dir=ckpt, progress=False)
     assert not ran and (tmp_path / "f").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name, config, match", [
+    ("l.safetensors", lenses.LensConfig(1, 4, 64, 50), r"lens params 'W': expected shape [4, 64, 50] (heads 4, "
+                                                       r"d_model 64, vocab 50), got [4, 64, 97]"),
+    ("l.safetensors", lenses.LensConfig(1, 4, 64, 97, "shared"), r"lens params 'W': expected shape [64, 97] "
+                                                                 r"(heads 4, d_model 64, vocab 97), got [4, 64, 97]"),
+    ("l.st", lenses.LensConfig(1, 4, 64, 97), None),
+])
+def test_save_lens_refuses_what_load_lens_cannot_read(tiny_processed, tmp_path, name, config, match):
+    """save_lens wrote params of other shapes than their config (or under another suffix, which
+    load_lens reads as a PyTorch file) without a word: the file was written, and refused on loading."""
+    from jaxinterp.lens import io
+
+    params, cfg = tiny_processed
+    lens = lenses.init(*lenses.unembedding(params, cfg), lenses.lens_config_for(cfg, 1))
+    if match is None:
+        match = (f"path: expected a .safetensors file name (load_lens reads other suffixes as PyTorch files), "
+                 f"got {tmp_path / name}")
+    with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
+        io.save_lens(tmp_path / name, lens, config)
+    assert list(tmp_path.iterdir()) == []

@@ -21,8 +21,15 @@ _LINEAR = re.compile(r"^(?:.*\.)?linears\.(\d+)\.(weight|bias)$")
 
 
 def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra: dict | None = None) -> Path:
-    """Writes the lens params and its config to one .safetensors file (atomically)."""
+    """Writes the lens params and its config to one .safetensors file (atomically). ValueError, before
+    anything is written, for another suffix (load_lens would read it as a PyTorch file) or params
+    that do not have the config's shapes (the file could not be loaded)."""
     from safetensors.numpy import save_file
+
+    if Path(path).suffix != ".safetensors":
+        raise ValueError(f"path: expected a .safetensors file name (load_lens reads other suffixes as PyTorch "
+                         f"files), got {path}")
+    check_params(lens, config)
 
     meta = {"lens_config": json.dumps({**config.__dict__}), "extra": json.dumps(extra or {})}
     with atomic.atomic_path(path) as tmp:
