@@ -51,3 +51,27 @@ def test_save_lens_refuses_what_load_lens_cannot_read(tiny_processed, tmp_path, 
     with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
         io.save_lens(tmp_path / name, lens, config)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("example, kw, match", [
+    (np.array([1.7, 2.2]), {}, "data: expected each example to be a 1-D array of integer token ids, got example 3 of "
+                               "shape [2] and dtype float64"),
+    (np.array([[1, 2], [3, 4]]), {}, "data: expected each example to be a 1-D array of integer token ids, got "
+                                     "example 3 of shape [2, 2] and dtype int64"),
+    (np.array([True, False]), {}, "data: expected each example to be a 1-D array of integer token ids, got "
+                                  "example 3 of shape [2] and dtype bool"),
+    (np.array([1, 2]), {"batch_size": 2.5}, "batch_size: expected a positive integer, got 2.5"),
+    (np.array([1, 2]), {"pad_id": 1.5}, "pad_id: expected an integer token id, got 1.5"),
+])
+def test_batches_refuse_examples_that_are_not_token_ids(example, kw, match):
+    """Float ids were truncated into the int32 batch (1.7 -> token 1, trained on silently), a 2-D
+    example failed inside numpy at its first batch, a float batch size in np.full."""
+    with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
+        data.Batches(_examples() + [example], kw.get("batch_size", 2), 8, pad_id=kw.get("pad_id", 0)).batch(0)
+
+
+def test_batches_take_lists_and_empty_examples():
+    """Python lists and an empty example (all padding, weight 0 in the loss) are still taken."""
+    batch = data.Batches([[5, 20, 7], [], np.array([3], np.int64)], 3, 4, seed=0).batch(0)
+    rows = sorted(tuple(t[m > 0].tolist()) for t, m in zip(batch.tokens, batch.mask))
+    assert rows == [(), (3,), (5, 20, 7)]

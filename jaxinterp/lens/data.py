@@ -99,10 +99,18 @@ class Batches:
 
     def __init__(self, examples: list[np.ndarray], batch_size: int, seq_len: int, *, pad_id: int = 0,
                  seed: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        if not is_integer(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
         if not examples:
             raise ValueError("data: no examples")
+        # batch() copies them into int32 rows: float ids were truncated (1.7 -> token 1) silently
+        for i, e in enumerate(examples):
+            a = np.asarray(e)
+            if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+                raise ValueError(f"data: expected each example to be a 1-D array of integer token ids, got "
+                                 f"example {i} of shape {list(a.shape)} and dtype {a.dtype}")
+        if not is_integer(pad_id):
+            raise ValueError(f"pad_id: expected an integer token id, got {pad_id!r}")
         if not is_integer(seq_len) or seq_len < 1:
             raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
         # else batch() failed at the first long one, inside numpy, after training had started
