@@ -309,3 +309,27 @@ def test_save_gpt2_writes_the_tokenizer_atomically(tmp_path, tiny_raw):
         save_gpt2(params, config, tmp_path / "m", tokenizer=Crashing())
     assert (tmp_path / "m" / "tokenizer.json").read_bytes() == before
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+@pytest.mark.parametrize("process", [False, True])
+def test_loading_drops_each_host_weight_once_it_is_on_the_device(monkeypatch, process):
+    """load_gpt2 (and process_weights) put the weights on the device leaf by leaf so that each numpy
+    leaf is freed once copied (one tensor more than the model, not two models); since process_weights
+    returned device arrays (edab2a7), load_gpt2 kept its own reference to the whole numpy tree while
+    they were copied."""
+    import weakref
+
+    from jaxinterp.transformer import weights
+
+    put, alive = jax.device_put, []
+
+    def device_put(x, *args, **kwargs):
+        if isinstance(x, np.ndarray) and x.size > 1000:  # the weights (ln/bias leaves may be shared views)
+            assert all(ref() is None for ref in alive), "an earlier host weight was still held"
+            alive.append(weakref.ref(x))
+            x = np.array(x)  # a copy: on a CPU jax may keep the array itself (zero-copy), and so keep it alive
+        return put(x, *args, **kwargs)
+
+    monkeypatch.setattr(weights.jax, "device_put", device_put)
+    params, _ = load_gpt2(TINY_GPT2, process_weights=process)
+    assert len(alive) >= 14  # wte, wpe, four matrices a block
