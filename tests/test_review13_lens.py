@@ -75,3 +75,38 @@ def test_batches_take_lists_and_empty_examples():
     batch = data.Batches([[5, 20, 7], [], np.array([3], np.int64)], 3, 4, seed=0).batch(0)
     rows = sorted(tuple(t[m > 0].tolist()) for t, m in zip(batch.tokens, batch.mask))
     assert rows == [(), (3,), (5, 20, 7)]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"chunk": 2.5}, "chunk: expected a positive integer (columns per chunk), got 2.5"),
+    ({"chunk": "8"}, "chunk: expected a positive integer (columns per chunk), got '8'"),
+    ({"compute_dtype": "int8"}, "compute_dtype: expected None or a floating dtype such as 'bfloat16', got 'int8'"),
+    ({"compute_dtype": "bf16"}, "compute_dtype: expected None or a floating dtype such as 'bfloat16', got 'bf16'"),
+])
+def test_objective_refuses_a_bad_chunk_or_compute_dtype_when_made(kw, match):
+    """A chunk of 2.5 was refused only when the step was traced (after the checkpoint folder was
+    made), '8' was a TypeError, and an int8 compute dtype trained on truncated activations."""
+    from jaxinterp.lens import objective as obj
+
+    with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
+        obj.Objective(**kw)
+
+
+def test_a_compute_dtype_given_as_a_jax_type_checkpoints(tiny_processed, tmp_path):
+    """Objective(compute_dtype=jnp.bfloat16) trained, then failed at the first checkpoint: its JSON
+    record of the objective could not hold the type. It is held by name, as --bf16 gives it, and a
+    resume with the name resumes."""
+    import jax.numpy as jnp
+
+    from jaxinterp.lens import objective as obj
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    o = obj.Objective(compute_dtype=jnp.bfloat16)
+    assert o == obj.Objective(compute_dtype="bfloat16") and o.compute_dtype == "bfloat16"
+    tc = train.TrainConfig(steps=2, batch_size=2, seq_len=8, save_every=1)
+    b = data.Batches(_examples(), 2, 8)
+    part = train.train(params, cfg, lc, b, tc, objective=o, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    rest = train.train(params, cfg, lc, b, tc, objective=obj.Objective(compute_dtype="bfloat16"), ckpt_dir=tmp_path,
+                       progress=False)
+    assert (part.steps, rest.start_step, rest.steps) == (1, 1, 2) and np.isfinite(part.losses + rest.losses).all()

@@ -37,13 +37,24 @@ MODES = ("last", "all", "per_head")
 class Objective:
     mode: str = "last"
     chunk: int = chunked_vocab.DEFAULT_CHUNK
-    compute_dtype: str | None = None  # "bfloat16": lens matmul inputs in bf16 (sums stay float32)
+    compute_dtype: str | None = None  # "bfloat16" (or jnp.bfloat16): lens matmul inputs in bf16 (sums stay float32)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {list(MODES)}, got {self.mode!r}")
-        if self.chunk < 1:
-            raise ValueError(f"chunk: expected a positive integer, got {self.chunk}")
+        # checked when made, not when the step is traced (after a checkpoint folder was created): a width
+        # of 2.5 failed there, and an integer compute dtype (int8) truncated the activations silently
+        object.__setattr__(self, "chunk", chunked_vocab.check_chunk(self.chunk))
+        if self.compute_dtype is not None:
+            try:
+                dtype = jnp.dtype(self.compute_dtype)
+            except TypeError:
+                dtype = None
+            if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(f"compute_dtype: expected None or a floating dtype such as 'bfloat16', "
+                                 f"got {self.compute_dtype!r}")
+            # by name: checkpoints record the objective as JSON (jnp.bfloat16 itself failed at the first save)
+            object.__setattr__(self, "compute_dtype", dtype.name)
 
 
 class Rows(NamedTuple):
