@@ -110,3 +110,15 @@ def test_a_compute_dtype_given_as_a_jax_type_checkpoints(tiny_processed, tmp_pat
     rest = train.train(params, cfg, lc, b, tc, objective=obj.Objective(compute_dtype="bfloat16"), ckpt_dir=tmp_path,
                        progress=False)
     assert (part.steps, rest.start_step, rest.steps) == (1, 1, 2) and np.isfinite(part.losses + rest.losses).all()
+
+
+def test_lens_config_for_takes_numpy_integer_layers(tiny_processed):
+    """A layer from np.arange (a sweep over layers) was refused: 'expected an integer in [0, 3) ...,
+    got 1'; True was taken as layer 1."""
+    _, cfg = tiny_processed
+    for L in np.arange(cfg.n_layer):
+        lc = lenses.lens_config_for(cfg, L)
+        assert lc == lenses.lens_config_for(cfg, int(L)) and type(lc.layer) is int
+    with pytest.raises(ValueError, match=re.escape("layer: expected an integer in [0, 3) (the model has 3 blocks), "
+                                                   "got True")):
+        lenses.lens_config_for(cfg, True)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxinterp.checks import is_integer
+
 KINDS = ("lensa", "shared", "resid")
 
 
@@ -62,10 +64,11 @@ class LensConfig:
 
 def lens_config_for(model_config, layer: int, kind: str = "lensa") -> LensConfig:
     """The LensConfig of `layer` of a GPT2Config; ValueError if the layer does not exist."""
-    if not isinstance(layer, int) or not 0 <= layer < model_config.n_layer:
+    # numpy integers too (a layer from np.arange or a config array was refused as 'got 1'); not True
+    if not is_integer(layer) or not 0 <= layer < model_config.n_layer:
         raise ValueError(f"layer: expected an integer in [0, {model_config.n_layer}) (the model has "
                          f"{model_config.n_layer} blocks), got {layer!r}")
-    return LensConfig(layer, model_config.n_head, model_config.n_embd, model_config.vocab_size, kind)
+    return LensConfig(int(layer), model_config.n_head, model_config.n_embd, model_config.vocab_size, kind)
 
 
 def unembedding(model_params: dict, model_config) -> tuple[Array, Array]:
