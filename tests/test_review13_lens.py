@@ -122,3 +122,19 @@ def test_lens_config_for_takes_numpy_integer_layers(tiny_processed):
     with pytest.raises(ValueError, match=re.escape("layer: expected an integer in [0, 3) (the model has 3 blocks), "
                                                    "got True")):
         lenses.lens_config_for(cfg, True)
+
+
+def test_a_folder_with_one_empty_file_is_read(tmp_path):
+    """Each file of a folder was read as a data set of its own: one empty (or blank) shard refused
+    the whole folder ('data: .../b.txt holds no text'). A folder of nothing but blank files is still
+    refused, naming the folder."""
+    (tmp_path / "a.txt").write_text("w1 w2\n\nw3\n")
+    (tmp_path / "b.txt").write_text("")
+    (tmp_path / "c.jsonl").write_text('{"text": "w4"}\n{"text": "  "}\n')
+    assert data.read_texts(tmp_path) == ["w1 w2", "w3", "w4"]
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.txt").write_text("\n \n")
+    (blank / "b.jsonl").write_text("")
+    with pytest.raises(ValueError, match=f"^{re.escape(f'data: {blank} holds no text (empty file or only blank lines)')}$"):
+        data.read_texts(blank)

@@ -32,35 +32,42 @@ def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: st
     nothing usable is found."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl"))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
             raise ValueError(f"data: folder {path} holds no .txt or .jsonl file")
-        texts = [t for f in files for t in read_texts(f, text_field=text_field)]
+        # one empty shard is not an empty folder (read_texts of each file refused the whole folder)
+        texts = [t for f in files for t in _read_file(f, text_field)]
     elif path.is_file():
-        if path.suffix == ".jsonl":
-            texts = []
-            with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not text
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"data: {path} line {i + 1} is not JSON: {e}") from e
-                    if not isinstance(rec, dict) or text_field not in rec:
-                        raise ValueError(f"data: {path} line {i + 1}: expected an object with field "
-                                         f"{text_field!r}, got {str(rec)[:80]}")
-                    if not isinstance(rec[text_field], str):  # str() would train on "None" or "[1, 2]"
-                        raise ValueError(f"data: {path} line {i + 1}: expected field {text_field!r} to be a "
-                                         f"string, got {type(rec[text_field]).__name__} {str(rec[text_field])[:40]}")
-                    texts.append(rec[text_field])
-        else:  # lines end at \n only (splitlines would also cut at form feeds and U+2028 inside a line)
-            texts = [line.rstrip("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
+        texts = _read_file(path, text_field)
     else:
         texts = _hf_dataset(str(source), text_field, split)
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError(f"data: {source} holds no text (empty file or only blank lines)")
+    return texts
+
+
+def _read_file(path: Path, text_field: str) -> list[str]:
+    """The texts of one .txt or .jsonl file (blank ones included)."""
+    if path.suffix == ".jsonl":
+        texts = []
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not text
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"data: {path} line {i + 1} is not JSON: {e}") from e
+                if not isinstance(rec, dict) or text_field not in rec:
+                    raise ValueError(f"data: {path} line {i + 1}: expected an object with field "
+                                     f"{text_field!r}, got {str(rec)[:80]}")
+                if not isinstance(rec[text_field], str):  # str() would train on "None" or "[1, 2]"
+                    raise ValueError(f"data: {path} line {i + 1}: expected field {text_field!r} to be a "
+                                     f"string, got {type(rec[text_field]).__name__} {str(rec[text_field])[:40]}")
+                texts.append(rec[text_field])
+    else:  # lines end at \n only (splitlines would also cut at form feeds and U+2028 inside a line)
+        texts = [line.rstrip("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     return texts
 
 
