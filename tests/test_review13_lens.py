@@ -138,3 +138,28 @@ def test_a_folder_with_one_empty_file_is_read(tmp_path):
     (blank / "b.jsonl").write_text("")
     with pytest.raises(ValueError, match=f"^{re.escape(f'data: {blank} holds no text (empty file or only blank lines)')}$"):
         data.read_texts(blank)
+
+
+def test_a_lens_config_of_numpy_integers_checkpoints_and_saves(tiny_processed, tmp_path):
+    """LensConfig(np.int64(1), ...) trained, then failed at the first checkpoint (and save_lens)
+    with 'Object of type int64 is not JSON serializable'."""
+    from jaxinterp.lens import io
+
+    params, cfg = tiny_processed
+    lc = lenses.LensConfig(np.int64(1), np.int64(cfg.n_head), cfg.n_embd, np.int32(cfg.vocab_size))
+    assert lc == lenses.lens_config_for(cfg, 1) and all(type(v) is int for v in (lc.layer, lc.n_head, lc.vocab_size))
+    tc = train.TrainConfig(steps=1, batch_size=2, seq_len=8)
+    r = train.train(params, cfg, lc, data.Batches(_examples(), 2, 8), tc, ckpt_dir=tmp_path / "ck", progress=False)
+    assert train.restore_lens(tmp_path / "ck")[1] == lc
+    assert io.load_lens(io.save_lens(tmp_path / "l.safetensors", r.lens, lc))[1] == lc
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"layer": -1}, "layer: expected a non-negative integer, got -1"),
+    ({"layer": 1.0}, "layer: expected a non-negative integer, got 1.0"),
+    ({"n_head": 2.5}, "n_head: expected a positive integer, got 2.5"),
+    ({"vocab_size": 0}, "vocab_size: expected a positive integer, got 0"),
+])
+def test_lens_config_refuses_what_is_not_a_count(kw, match):
+    with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
+        lenses.LensConfig(**{"layer": 1, "n_head": 4, "d_model": 64, "vocab_size": 97, **kw})

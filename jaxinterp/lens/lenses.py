@@ -44,9 +44,15 @@ class LensConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {list(KINDS)}, got {self.kind!r}")
+        if not is_integer(self.layer) or self.layer < 0:
+            raise ValueError(f"layer: expected a non-negative integer, got {self.layer!r}")
         for f in ("n_head", "d_model", "vocab_size"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)}")
+            if not is_integer(getattr(self, f)) or getattr(self, f) < 1:
+                raise ValueError(f"{f}: expected a positive integer, got {getattr(self, f)!r}")
+        # plain ints: checkpoints and lens files record the config as JSON (np.int64 trained, then
+        # failed at the first checkpoint or at save_lens)
+        for f in ("layer", "n_head", "d_model", "vocab_size"):
+            object.__setattr__(self, f, int(getattr(self, f)))
 
     @property
     def needs_resid(self) -> bool:
