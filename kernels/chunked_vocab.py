@@ -158,7 +158,10 @@ def log_softmax_at(xs: Sequence[Array], Ws: Sequence[Array], b: Array, ids: Arra
     acc = _acc(xs, Ws, b)
     z = b[ids].astype(acc)
     for x, W in zip(xs, Ws):
-        z = z + jnp.einsum("nk,knj->nj", x.astype(acc), W[:, ids].astype(acc))
+        # the matmul inputs in the dtype the normaliser's were (_chunk_logits): float32 logits less a
+        # bfloat16-input lse gave log-probabilities above 0
+        dt = compute_dtype or jnp.result_type(x.dtype, W.dtype)
+        z = z + jnp.einsum("nk,knj->nj", x.astype(dt), W[:, ids].astype(dt), preferred_element_type=acc)
     return z - lse[:, None]
 
 

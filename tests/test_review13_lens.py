@@ -163,3 +163,26 @@ def test_a_lens_config_of_numpy_integers_checkpoints_and_saves(tiny_processed, t
 def test_lens_config_refuses_what_is_not_a_count(kw, match):
     with pytest.raises(ValueError, match=f"^{re.escape(match)}$"):
         lenses.LensConfig(**{"layer": 1, "n_head": 4, "d_model": 64, "vocab_size": 97, **kw})
+
+
+def test_log_softmax_at_forms_its_logits_in_the_normalisers_compute_dtype():
+    """With compute_dtype=bfloat16 the normaliser came from bfloat16 matmul inputs but the logits at
+    `ids` from float32 ones: the top token's log-probability came out +0.0068 (p > 1), 0.079 off the
+    log-softmax of the bfloat16-input logits (measured; float32 logits of magnitude ~30)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.kernels import chunked_vocab as cv
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(4, 256)) * 3, jnp.float32)
+    W = jnp.asarray(rng.normal(size=(256, 1000)) * 0.3, jnp.float32)
+    b = jnp.asarray(rng.normal(size=1000), jnp.float32)
+    ids = jnp.asarray(np.argsort(-np.asarray(x @ W + b), axis=1)[:, :3].astype(np.int32))
+    for cd in (None, jnp.bfloat16):
+        dt = cd or jnp.float32
+        z = jnp.matmul(x.astype(dt), W.astype(dt), preferred_element_type=jnp.float32) + b
+        want = jnp.take_along_axis(jax.nn.log_softmax(z, -1), ids, 1)
+        got = cv.log_softmax_at((x,), (W,), b, ids, chunk=128, compute_dtype=cd)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=str(cd))  # measured <= 2e-5
+        assert (np.asarray(got) <= 0).all()
