@@ -355,3 +355,36 @@ def test_process_weights_holds_one_block_in_float64_not_the_model(tiny_raw):
     finally:
         tracemalloc.stop()
     assert peak < 1.0 * size, (peak, size)  # measured 0.59 (3.11 before)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(value=np.where(np.arange(64) == 3, np.nan, 1.0)),
+     r"value at 'blocks.1.hook_attn_out': expected no NaN entries, got 1$"),
+    (dict(value=np.full(64, np.nan), mode="replace", positions=np.arange(4) == 2),
+     r"value at 'blocks.1.hook_attn_out': expected no NaN entries, got 64$"),
+    (dict(value=np.ones(64), scale=float("nan")), r"scale at 'blocks.1.hook_attn_out': expected a finite number, got nan$"),
+    (dict(value=np.ones(64), scale=np.inf), r"scale at 'blocks.1.hook_attn_out': expected a finite number, got inf$"),
+])
+def test_an_intervention_that_would_make_the_logits_nan_is_refused(tiny_raw, kwargs, match):
+    """A NaN in the value (or a non-finite scale) went in silently and every logit from that
+    position on came out NaN (attention mixes it into later positions)."""
+    from jaxinterp.transformer import intervene
+
+    with pytest.raises(ValueError, match=match):
+        intervene("blocks.1.hook_attn_out", **kwargs)
+
+
+def test_minus_infinity_still_masks_attention_scores(tiny_raw, gpt2_ref):
+    """-inf replacing attention scores is how a key is masked; it stays allowed (only NaN is refused)."""
+    from jaxinterp.transformer import intervene
+
+    params, config = tiny_raw
+    tokens = gpt2_ref["tokens"].astype(np.int32)[:, :4]
+    scores = np.zeros((config.n_head, 4, 4))
+    scores[:, :, 0] = -np.inf  # no query (but the first, which sees only key 0) may attend to key 0
+    iv = intervene("blocks.0.attn.hook_attn_scores", scores, mode="add", positions=np.arange(4) > 0)
+    logits, cache = gpt2.run_with_cache(params, tokens, config=config, interventions=[iv],
+                                        names=["blocks.0.attn.hook_pattern"])
+    assert np.isfinite(np.asarray(logits)).all()
+    pattern = np.asarray(cache["blocks.0.attn.hook_pattern"])
+    assert (pattern[:, :, 1:, 0] == 0).all() and (pattern[:, :, 0, 0] == 1).all()

@@ -128,6 +128,13 @@ def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale
         raise ValueError(f"intervention mode must be one of {MODES}, got {mode!r}")
     if mode in ("add", "replace") and value is None:
         raise ValueError(f"intervention mode {mode!r} at {name!r} needs a value, got None")
+    # A NaN reaches every later position's logits (attention mixes it in): refused while concrete.
+    # Infinities are not: -inf replacing attention scores is how a key is masked.
+    if (mode in ("add", "replace") and not isinstance(value, jax.core.Tracer)
+            and bool(jnp.isnan(jnp.asarray(value)).any())):
+        raise ValueError(f"value at {name!r}: expected no NaN entries, got {int(jnp.isnan(jnp.asarray(value)).sum())}")
+    if mode == "add" and not isinstance(scale, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(scale))):
+        raise ValueError(f"scale at {name!r}: expected a finite number, got {scale!r}")
     layout = LAYOUTS[site]
     if heads is not None and layout == "bpd":
         raise ValueError(f"a head mask applies only at per-head sites; {name!r} has no head axis")
