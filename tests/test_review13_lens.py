@@ -186,3 +186,14 @@ def test_log_softmax_at_forms_its_logits_in_the_normalisers_compute_dtype():
         got = cv.log_softmax_at((x,), (W,), b, ids, chunk=128, compute_dtype=cd)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4, err_msg=str(cd))  # measured <= 2e-5
         assert (np.asarray(got) <= 0).all()
+
+
+@pytest.mark.parametrize("seq_len", [-1, 0, 2.0])
+def test_tokenize_refuses_a_sequence_length_that_is_not_positive(seq_len):
+    """tokenize(texts, tok, -1) cut every text's last token silently (x[:-1]); 0 said 'no text gives
+    any token'; 2.0 failed inside the slice with a TypeError."""
+    from test_lens_train import WordTokenizer
+
+    assert [e.tolist() for e in data.tokenize(["w1 w2 w3", "w4"], WordTokenizer(), 2)] == [[1, 2], [4]]
+    with pytest.raises(ValueError, match=f"^{re.escape(f'seq_len: expected a positive integer, got {seq_len!r}')}$"):
+        data.tokenize(["w1 w2 w3", "w4"], WordTokenizer(), seq_len)

@@ -94,6 +94,9 @@ def _hf_dataset(name: str, text_field: str, split: str) -> list[str]:
 
 def tokenize(texts: Sequence[str], tokenizer, seq_len: int) -> list[np.ndarray]:
     """Token ids of each text, truncated to seq_len; texts that tokenise to nothing are dropped."""
+    # x[:-1] cut each text's last token silently, x[:0] reported 'no text gives any token'
+    if not is_integer(seq_len) or seq_len < 1:
+        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     out = [np.asarray(x[:seq_len], np.int32) for x in ids if len(x)]
     if not out:
