@@ -212,6 +212,7 @@ def prepare(cfg) -> tuple[list, dict, int | None]:
             if len(shapes) != 1:
                 raise ValueError(f"slices: the inputs of {job.out_name} differ in shape: "
                                  + "; ".join(f"{n} of {r!r} {indices[r][n].shape}" for r, n in job.inputs))
+        check_buffer_dtypes(jobs, indices)
         return jobs, indices, n_layers
     refs = [m.model for m in cfg.models] + ([cfg.base_model] if cfg.base_model else [])
     index_list = [read_index(r) for r in refs]
@@ -221,7 +222,22 @@ def prepare(cfg) -> tuple[list, dict, int | None]:
                        parameters=cfg.parameters, model_parameters=[m.parameters for m in cfg.models],
                        model_names=refs)
     jobs = [slices.Job(n, tuple((r, n) for r in refs), *plan.resolved[n], plan.base_index) for n in names]
-    return jobs, dict(zip(refs, index_list)), None
+    indices = dict(zip(refs, index_list))
+    check_buffer_dtypes(jobs, indices)
+    return jobs, indices, None
+
+
+def check_buffer_dtypes(jobs, indices: dict[str, dict[str, TensorInfo]]) -> None:
+    """ValueError for an output tensor whose inputs are not all floats and differ in dtype (int32
+    position_ids in one model, int64 in another; a float in one, an integer in another). A buffer is
+    copied, not merged: its bytes came from the first input while the header took the base's dtype,
+    so int32 ids were written into an int64 slot (garbage values, silently)."""
+    for job in jobs:
+        dtypes = [indices[r][n].dtype for r, n in job.inputs]
+        if len(set(dtypes)) > 1 and not set(dtypes) <= _FLOATS:
+            got = "; ".join(f"{n} of {r!r} {d}" for (r, n), d in zip(job.inputs, dtypes))
+            raise ValueError(f"{job.out_name}: expected one dtype in every input for an integer or boolean "
+                             f"tensor (a buffer, copied, not merged), got {got}")
 
 
 def check_out_dir(out_dir: str | Path, indices: dict[str, dict[str, TensorInfo]]) -> None:
