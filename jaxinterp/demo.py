@@ -33,8 +33,9 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
 
     from jaxinterp import atomic, benchtools, report
 
-    unmatched = [o for o in only or () if not any(o in s for s in SECTIONS)]
-    if unmatched:  # a typo would otherwise give an empty report and exit 0
+    # a typo would otherwise give an empty report and exit 0; an empty name is part of every name
+    unmatched = [o for o in only or () if not o or not any(o in s for s in SECTIONS)]
+    if unmatched:
         raise ValueError(f"only: expected parts of section names ({', '.join(SECTIONS)}), got {unmatched}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,5 +70,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run every capability on built-in data; write DIR/index.html")
     p.add_argument("--out", default="demo_out", type=output_folder, help="output folder (default demo_out)")
     p.add_argument("--quick", action="store_true", help="smaller runs")
-    p.add_argument("--only", nargs="*", help="only the sections whose name contains one of these")
+    # nargs "+": `--only` with no name (an empty shell variable) is refused, not a run of every section
+    p.add_argument("--only", nargs="+", help="only the sections whose name contains one of these")
     p.set_defaults(func=_command)
