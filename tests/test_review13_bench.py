@@ -40,3 +40,33 @@ def test_demo_only_without_a_name_is_refused(monkeypatch, tmp_path, capsys):
     assert cli.main(["demo", "--only", "lens", "", "--out", str(tmp_path / "out")]) == 2
     assert "got ['']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(monkeypatch, tmp_path):
+    """Where XLA gave no memory analysis (xla_gib None: a backend without one, or the straightforward
+    run stopped at the memory budget before it printed its own), the buffer rows read "0 GiB" and the
+    ratio's goal was judged "NOT met" on a figure that did not exist."""
+    import json
+
+    lens_train = _load("lens_train")
+
+    def fake_child(impl, quick, budget):
+        return {"impl": impl, "step_s": 0.5 if impl != "straightforward" else 2.0, "compile_s": 1.0,
+                "peak_gib": 1.0 if impl != "straightforward" else 4.0,
+                "xla_gib": None if impl == "straightforward" else 0.25}
+
+    monkeypatch.setattr(lens_train, "_run_child", fake_child)
+    out = tmp_path / "lens.json"
+    monkeypatch.setattr(sys, "argv", ["lens_train.py", "--quick", "--json", str(out)])
+    lens_train.main()
+    rows = {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
+    ours = rows["lens train XLA buffers (args+temp+out), jaxinterp (quick GPT-2, 4 lenses, 2x64)"]
+    naive = rows["lens train XLA buffers (args+temp+out), straightforward (quick GPT-2, 4 lenses, 2x64)"]
+    ratio = rows["lens train XLA buffers, jaxinterp / straightforward"]
+    assert ours["figure"] == 0.25 and naive["figure"] is None
+    assert ratio["figure"] is None and ratio["met"] is None and ratio["goal"] == "<= 0.5"
+    # measured rows are still judged
+    assert rows["lens train peak RSS, jaxinterp / straightforward"] == {
+        "workload": "lens train peak RSS, jaxinterp / straightforward", "figure": 0.25, "unit": "ratio",
+        "goal": "<= 0.5", "reference": None, "met": True}
+    assert rows["lens train step speed-up vs straightforward"]["met"] is True
