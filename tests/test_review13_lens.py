@@ -197,3 +197,48 @@ def test_tokenize_refuses_a_sequence_length_that_is_not_positive(seq_len):
     assert [e.tolist() for e in data.tokenize(["w1 w2 w3", "w4"], WordTokenizer(), 2)] == [[1, 2], [4]]
     with pytest.raises(ValueError, match=f"^{re.escape(f'seq_len: expected a positive integer, got {seq_len!r}')}$"):
         data.tokenize(["w1 w2 w3", "w4"], WordTokenizer(), seq_len)
+
+
+RESTORE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from jaxinterp.transformer import gpt2
+from jaxinterp.lens import data, lenses, train
+cfg = gpt2.GPT2Config(vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=4)
+lc = lenses.lens_config_for(cfg, 1)
+out = {"devices": len(jax.devices())}
+for split in (False, True):
+    ck = sys.argv[2] + f"/split{int(split)}"
+    if sys.argv[1] == "train":
+        rng = np.random.default_rng(0)
+        ex = [rng.integers(0, 97, rng.integers(1, 12)).astype(np.int32) for _ in range(12)]
+        tc = train.TrainConfig(steps=2, batch_size=4, seq_len=12, shard_vocab=split)
+        r = train.train(gpt2.init(jax.random.key(0), cfg), cfg, lc, data.Batches(ex, 4, 12), tc, ckpt_dir=ck,
+                        progress=False)
+        np.save(ck + ".W.npy", r.lens["W"])
+    else:
+        lens, config = train.restore_lens(ck)
+        out[f"split{int(split)}"] = [config == lc, lens["W"].shape == (4, 32, 97),
+                                     bool(np.array_equal(lens["W"], np.load(ck + ".W.npy")))]
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_restore_lens_reads_a_checkpoint_written_on_another_number_of_devices(tmp_path):
+    """A data-parallel run's checkpoint (lens replicated over 4 devices, or split along the
+    vocabulary) read back on one device was orbax's 'Topology mismatch detected' ValueError: the
+    lens of any multi-device run could not be read on another machine."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(what, devices):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+        proc = subprocess.run([sys.executable, "-c", RESTORE_SCRIPT, what, str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+    assert run("train", 4)["devices"] == 4
+    assert run("restore", 1) == {"devices": 1, "split0": [True, True, True], "split1": [True, True, True]}

@@ -316,13 +316,20 @@ def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
         raise ValueError(f"ckpt_dir: expected a folder of lens checkpoints, got {ckpt_dir}, which "
                          f"{'is a file' if Path(ckpt_dir).exists() else 'does not exist'}")
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options) as mngr:
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options, item_handlers=handlers) as mngr:
         step = mngr.latest_step()
         if step is None:
             raise ValueError(f"ckpt_dir: {ckpt_dir} holds no checkpoint")
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         config = LensConfig(**meta["lens_config"])
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        # onto this process's first device: restored without a target, a checkpoint of a run on another
+        # number of devices (any data-parallel run read on one machine) was orbax's "Topology mismatch"
+        tree = mngr.item_metadata(step)["state"]
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                              getattr(tree, "tree", tree), is_leaf=lambda a: hasattr(a, "shape") and hasattr(a, "dtype"))
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     lens = state[0] if isinstance(state, (list, tuple)) else state["lens"]
     return unpad_lens({k: np.asarray(v) for k, v in lens.items()}, config.vocab_size), config
 
