@@ -9,7 +9,7 @@
 * RegMean (Jin et al. 2023): for each linear layer with kernel W_i [in, out] and the Gram matrix of
   its inputs G_i = X_i^T X_i [in, in], W = (sum_i G~_i)^{-1} sum_i G~_i W_i, where
   G~ = alpha G + (1 - alpha) diag(G) (alpha 0.9 by default) regularises the inverse. Leaves
-  without a Gram matrix are averaged.
+  without a Gram matrix are averaged (as `soups.uniform_soup`: integer leaves copied when equal).
 
 Axis names: N examples, C classes.
 """
@@ -149,5 +149,5 @@ def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, 
             rhs = jnp.where(dead[:, None], mean_w, rhs)
             out.append(jnp.linalg.solve(lhs, rhs).astype(leaves[0][name].dtype))
         else:
-            out.append(sum(lv[name] for lv in leaves) / len(leaves))
+            out.append(tree.mean_leaf([lv[name] for lv in leaves], name))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)

@@ -1,6 +1,7 @@
 """Model soups (Wortsman et al. 2022) and TSV-merge (Gargiulo et al. 2025).
 
-* uniform soup: the mean of the models.
+* uniform soup: the mean of the models (summed in float32, in their dtype; integer leaves copied when
+  equal).
 * greedy soup: models sorted by held-out score (best first, ties in the given order, nan last);
   each is added to the soup when the average with it scores at least as well as without it (`>=`,
   the paper's rule).
@@ -27,7 +28,10 @@ def uniform_soup(models: Sequence[Any]) -> Any:
     if not models:
         raise ValueError("models: expected at least one params tree, got none")
     tree.check_same_structure(list(models), "models")
-    return jax.tree_util.tree_map(lambda *xs: sum(xs) / len(xs), *models)
+    names = tree.leaf_names(models[0])
+    leaves = [jax.tree_util.tree_leaves(m) for m in models]
+    out = [tree.mean_leaf([lv[i] for lv in leaves], n) for i, n in enumerate(names)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)
 
 
 class GreedySoup(NamedTuple):
@@ -85,12 +89,20 @@ def tsv_merge(models: Sequence[Any], base: Any, *, alpha: float = 1.0, sv_reduct
         raise ValueError(f"sv_reduction_scale: expected a value in (0, {len(models)}], got {sv_reduction_scale}")
     tree.check_same_structure(list(models) + [base], "models+[base]")
 
-    def one(b, *xs):
-        taus = [x - b for x in xs]
+    def one(name, b, *xs):
+        if not all(jnp.issubdtype(tree.leaf_dtype(x), jnp.inexact) for x in (b, *xs)):  # a buffer: copied when equal
+            return tree.mean_leaf([b, *xs], name, "[base, *models]")
+        # task vectors in float32: in bfloat16 each difference and the running mean would round
+        work = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
+        b32 = jnp.asarray(b, work)
+        taus = [jnp.asarray(x, work) - b32 for x in xs]
         if b.ndim == 2 and min(b.shape) > 1:
             delta = _tsv_matrix(taus, sv_reduction_scale)
         else:
             delta = sum(taus) / len(taus)
-        return (b + alpha * delta).astype(b.dtype)
+        return (b32 + alpha * delta).astype(b.dtype)
 
-    return jax.tree_util.tree_map(one, base, *models)
+    names = tree.leaf_names(base)
+    leaves = [jax.tree_util.tree_leaves(t) for t in [base, *models]]
+    out = [one(n, *(lv[i] for lv in leaves)) for i, n in enumerate(names)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(base), out)
