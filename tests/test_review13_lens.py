@@ -242,3 +242,15 @@ def test_restore_lens_reads_a_checkpoint_written_on_another_number_of_devices(tm
 
     assert run("train", 4)["devices"] == 4
     assert run("restore", 1) == {"devices": 1, "split0": [True, True, True], "split1": [True, True, True]}
+
+
+@pytest.mark.parametrize("name", ["shard.txt", "shard.jsonl"])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, name):
+    """A UTF-16 (or Latin-1) file among the data failed with "'utf-8' codec can't decode byte 0xff
+    in position 0", naming neither the file nor what was expected."""
+    (tmp_path / "a.txt").write_text("w1 w2\n")
+    (tmp_path / name).write_bytes("w3 w4\n".encode("utf-16"))
+    want = f"data: expected UTF-8 text, got {tmp_path / name} with invalid start byte at byte 0"
+    for source in (tmp_path / name, tmp_path):
+        with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+            data.read_texts(source)

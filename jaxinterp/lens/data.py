@@ -49,6 +49,13 @@ def read_texts(source: str | os.PathLike, *, text_field: str = "text", split: st
 
 def _read_file(path: Path, text_field: str) -> list[str]:
     """The texts of one .txt or .jsonl file (blank ones included)."""
+    try:
+        return _read_utf8_file(path, text_field)
+    except UnicodeDecodeError as e:  # a ValueError, but naming neither the file nor what was expected
+        raise ValueError(f"data: expected UTF-8 text, got {path} with {e.reason} at byte {e.start}") from e
+
+
+def _read_utf8_file(path: Path, text_field: str) -> list[str]:
     if path.suffix == ".jsonl":
         texts = []
         with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not text
