@@ -72,7 +72,8 @@ def _fisher(logits_fn, params, inputs, labels):
 
 def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequence[float] | None = None,
                  eps: float = 1e-6, normalize: bool = False) -> Any:
-    """sum_i w_i max(F_i, eps) theta_i / sum_i w_i max(F_i, eps), leaf by leaf, in the models' dtype.
+    """sum_i w_i max(F_i, eps) theta_i / sum_i w_i max(F_i, eps), leaf by leaf, computed in float32
+    (float64 for float64 models) and returned in the models' dtype.
 
     With `normalize`, w_i / ||F_i||_2 (the norm over every leaf of F_i) in place of w_i.
     """
@@ -98,10 +99,14 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
 
     def one(*leaves):
         ps, fs = leaves[: len(models)], leaves[len(models):]
-        fs = [jnp.maximum(f, eps) for f in fs]
-        num = sum(wi * f * p for wi, f, p in zip(w, fs, ps))
+        dtype = jnp.result_type(*ps)
+        # in float32: bfloat16 products and running sums (bfloat16 Fishers of bfloat16 models) put
+        # 5 models' merge 1.6% off, half of the entries other than the rounded weighted mean
+        work = jnp.float64 if dtype == jnp.float64 else jnp.float32
+        fs = [jnp.maximum(jnp.asarray(f, work), eps) for f in fs]
+        num = sum(wi * f * jnp.asarray(p, work) for wi, f, p in zip(w, fs, ps))
         den = sum(wi * f for wi, f in zip(w, fs))
-        return (num / den).astype(jnp.result_type(*ps))
+        return (num / den).astype(dtype)
 
     return jax.tree_util.tree_map(one, *models, *fishers)
 
