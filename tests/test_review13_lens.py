@@ -254,3 +254,13 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path, name):
     for source in (tmp_path / name, tmp_path):
         with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
             data.read_texts(source)
+
+
+def test_a_word_list_that_is_not_utf8_is_named(tmp_path):
+    """`lens show --words` of a UTF-16 list failed with "'utf-8' codec can't decode byte 0xff", no file named."""
+    from jaxinterp.lens import readout
+
+    (tmp_path / "words.txt").write_bytes("toxic\nword\n".encode("utf-16"))
+    want = f"words: expected UTF-8 text, got {tmp_path / 'words.txt'} with invalid start byte at byte 0"
+    with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
+        readout.read_words(tmp_path / "words.txt")

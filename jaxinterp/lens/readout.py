@@ -115,7 +115,11 @@ def read_words(path) -> set[str]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"words: {p} does not exist")
-    words = {w.strip().lower() for w in p.read_text(encoding="utf-8-sig").splitlines() if w.strip()}
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:  # a ValueError, but naming neither the file nor what was expected
+        raise ValueError(f"words: expected UTF-8 text, got {p} with {e.reason} at byte {e.start}") from e
+    words = {w.strip().lower() for w in text.splitlines() if w.strip()}
     if not words:
         raise ValueError(f"words: {p} holds no word")
     return words
