@@ -110,14 +110,17 @@ def test_accumulation_equals_one_big_batch_and_step_compiles_once(model, gpt2_re
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda cfg: lenses.lens_config_for(cfg, 3), "layer: expected an integer in \\[0, 3\\)"),
-    (lambda cfg: lenses.lens_config_for(cfg, -1), "layer: expected"),
-    (lambda cfg: lenses.lens_config_for(cfg, 1, "lensb"), "kind: expected one of"),
-    (lambda cfg: obj.Objective("first"), "mode: expected one of"),
-    (lambda cfg: lenses.init(jnp.zeros((64, 50)), jnp.zeros(50), lenses.lens_config_for(cfg, 1)), "W_U, b_U"),
+    # each message whole, expected and got (the matches were a word or two: "layer: expected", "W_U, b_U")
+    (lambda cfg: lenses.lens_config_for(cfg, 3), r"layer: expected an integer in \[0, 3\) \(the model has 3 blocks\), got 3$"),
+    (lambda cfg: lenses.lens_config_for(cfg, -1), r"layer: expected an integer in \[0, 3\) \(the model has 3 blocks\), got -1$"),
+    (lambda cfg: lenses.lens_config_for(cfg, 1, "lensb"), r"kind: expected one of \['lensa', 'shared', 'resid'\], got 'lensb'$"),
+    (lambda cfg: obj.Objective("first"), r"mode: expected one of \['last', 'all', 'per_head'\], got 'first'$"),
+    (lambda cfg: lenses.init(jnp.zeros((64, 50)), jnp.zeros(50), lenses.lens_config_for(cfg, 1)),
+     r"W_U, b_U: expected shapes \[64, 97\] and \[97\], got \[64, 50\] and \[50\]$"),
     (lambda cfg: lenses.check_params({"W": jnp.zeros((4, 64, 50)), "b": jnp.zeros((4, 50))},
-                                     lenses.lens_config_for(cfg, 1)), "expected shape \\[4, 64, 97\\]"),
-    (lambda cfg: train.TrainConfig(accum=0), "accum: expected a positive integer"),
+                                     lenses.lens_config_for(cfg, 1)),
+     r"lens params 'W': expected shape \[4, 64, 97\] \(heads 4, d_model 64, vocab 97\), got \[4, 64, 50\]$"),
+    (lambda cfg: train.TrainConfig(accum=0), "accum: expected a positive integer, got 0$"),
 ])
 def test_bad_input(model, call, match):
     with pytest.raises(ValueError, match=match):
