@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from jaxinterp.merge import checkpoint, config, fisher, soups
+from jaxinterp.merge import checkpoint, config, fisher, soups, tree_merge
 
 
 # ----------------------------------------------------------------------------- merge yaml
@@ -96,3 +96,24 @@ def test_fisher_merge_of_bfloat16_models_is_the_rounded_weighted_mean():
     f = np.stack([np.asarray(x["w"], np.float64) for x in fishers]) * w[:, None]
     want = np.asarray(jnp.asarray((f * p).sum(0) / f.sum(0), jnp.bfloat16), np.float64)
     np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize("weight, t", [
+    (np.float32(0.25), np.float32(0.25)),            # entries of np.linspace(..., dtype=float32)
+    (np.int64(1) * 0.25, jnp.float32(0.25)),          # a 0-d jax array
+    (np.array(0.25), np.array([0.25, 0.25])),         # a 0-d array; a 1-D array as a gradient over layers
+])
+def test_numpy_and_jax_scalars_are_taken_as_parameters(weight, t):
+    # a sweep over np.linspace values was refused: "expected a scalar, a list or a condition, got
+    # np.float32(0.25)"
+    a, b = {"h_0": {"w": jnp.ones(3)}, "h_1": {"w": jnp.ones(3)}}, {"h_0": {"w": jnp.zeros(3)}, "h_1": {"w": jnp.zeros(3)}}
+    out = tree_merge.merge("linear", [a, b], model_parameters=[{"weight": weight}, {"weight": 0.75}])
+    np.testing.assert_allclose(out["h_0"]["w"], 0.25)
+    out = tree_merge.merge("slerp", [b], base=a, parameters={"t": t})
+    want = tree_merge.merge("slerp", [b], base=a, parameters={"t": 0.25})
+    np.testing.assert_array_equal(out["h_1"]["w"], want["h_1"]["w"])
+    out = tree_merge.merge("ties", [b], base=a, parameters={"weight": np.int64(2), "normalize": np.bool_(False)})
+    np.testing.assert_allclose(out["h_0"]["w"], -1.0)

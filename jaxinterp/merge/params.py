@@ -1,11 +1,11 @@
 """Parameter settings as mergekit reads them: scalars, per-layer gradients, tensor-name filters.
 
 A setting is one of
-  * a scalar (bool, int, float, str);
+  * a scalar (bool, int, float, str; numpy scalars and 0-d arrays too);
   * a list of numbers, a gradient over layers: at layer position t in [0, 1] (t = layer / (L - 1),
     t = 1 when L == 1, t = 0 outside the layers: embeddings, final norm, LM head), with
     s = t (len - 1), i0 = int(s): (1 - (s - i0)) v[i0] + (s - i0) v[min(i0 + 1, len - 1)];
-    a list of booleans or strings picks v[int(t (len - 1))];
+    a list of booleans or strings picks v[int(t (len - 1))]; a 1-D array is read as a list;
   * a dict {"value": setting, "filter": substring} or a list of them: the first whose filter is
     absent, "*", or a substring of the tensor name applies (none applying means "not set").
 
@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import re
 from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
 
 from jaxinterp.merge.registry import MISSING, MethodSpec, ParamSpec
 
@@ -67,11 +70,23 @@ def num_layers(names: Sequence[str]) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def _plain(v: Any) -> Any:
+    """numpy and concrete jax values as Python ones: np.float32(0.5) or np.int64(1) (a sweep's values,
+    an entry of np.linspace), a 0-d array, and a 1-D array as a gradient list. They were refused as
+    'expected a scalar, a list or a condition, got np.float32(0.25)'."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (np.ndarray, jax.Array)) and not isinstance(v, jax.core.Tracer) and v.ndim <= 1:
+        return v.tolist()
+    return v
+
+
 def _is_scalar(v: Any) -> bool:
-    return isinstance(v, (bool, int, float, str))
+    return isinstance(_plain(v), (bool, int, float, str))
 
 
 def _coerce(v: Any, spec: ParamSpec, where: str) -> Any:
+    v = _plain(v)
     if spec.kind is bool:
         if isinstance(v, bool):
             return v
@@ -93,6 +108,7 @@ def _coerce(v: Any, spec: ParamSpec, where: str) -> Any:
 
 def check_setting(setting: Any, where: str) -> None:
     """Raises ValueError if `setting` is not a scalar, a gradient list, or filter conditions."""
+    setting = _plain(setting)
     if _is_scalar(setting):
         return
     if isinstance(setting, Mapping):
@@ -119,6 +135,7 @@ def check_setting(setting: Any, where: str) -> None:
 
 def evaluate(setting: Any, spec: ParamSpec, *, tensor_name: str, t: float, where: str) -> Any:
     """The value of one setting for one tensor at layer position t (None: not set here)."""
+    setting = _plain(setting)
     if isinstance(setting, Mapping):
         setting = [setting]
     if _is_scalar(setting):
