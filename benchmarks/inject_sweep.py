@@ -29,6 +29,7 @@ from jaxinterp.transformer import PRESETS, init, process_weights
 from jaxinterp.transformer import gpt2
 
 PAPER_LOOP_S = 2050.0  # TransformerLens, 107 ms per forward x 12 x 15 x 106 (PERF_NOTES.md)
+PAPER_RUNS = 12 * 15 * 106  # the forwards of that loop: its grid, layers x taus x prompts
 
 
 def matmul_rate(repeats: int) -> tuple[float, float]:
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
     per_forward = float(np.median(loop_times))
     n_runs = len(layers) * len(taus) * n_prompts
     loop_s = per_forward * n_runs
+    # the TL loop over this run's grid (the whole 2050 s against the --quick grid's sweep read 200x high)
+    tl_loop_s = PAPER_LOOP_S * n_runs / PAPER_RUNS
 
     grid = f"{len(layers)}x{len(taus)}x{n_prompts}"
     # the goals: on a 2-core CPU, >= 10x the paper's TransformerLens loop (2050 s, a CPU
@@ -104,12 +107,12 @@ def main(argv=None) -> int:
     cpu_goals, gpu_goals = not args.quick and not on_gpu, not args.quick and on_gpu
     sweep_goal, sweep_met = None, None
     if cpu_goals:
-        sweep_goal, sweep_met = "<= TL loop / 10", bool(sweep_s * 10 <= PAPER_LOOP_S)
+        sweep_goal, sweep_met = "<= TL loop / 10", bool(sweep_s * 10 <= tl_loop_s)
     elif gpu_goals:
         sweep_goal, sweep_met = "<= same-run loop / 50", bool(sweep_s * 50 <= loop_s)
     rows = [
         benchtools.row(f"inject sweep {grid} (GPT-2 small, one compiled call)", sweep_s, "s", goal=sweep_goal,
-                       reference=f"TL loop {PAPER_LOOP_S:.0f} s (CPU)", met=sweep_met),
+                       reference=f"TL loop {tl_loop_s:.4g} s (CPU)", met=sweep_met),
         benchtools.row("inject sweep compile time", compile_s, "s", goal="< 30 s", met=bool(compile_s < 30),
                        reference=f"{compile_cpu_s:.1f} CPU s"),
         benchtools.row("paper's loop, jitted forward per (L, tau, prompt)", per_forward * 1e3, "ms/forward",
@@ -121,9 +124,9 @@ def main(argv=None) -> int:
                        + ("" if on_gpu else " (information; the goal is the TL row)"),
                        loop_s / sweep_s, "x", goal=">= 50 (GPU)" if gpu_goals else None,
                        met=bool(loop_s / sweep_s >= 50) if gpu_goals else None),
-        benchtools.row("speed-up of the sweep over the TL loop (2050 s on a CPU)", PAPER_LOOP_S / sweep_s, "x",
+        benchtools.row(f"speed-up of the sweep over the TL loop ({tl_loop_s:.4g} s on a CPU)", tl_loop_s / sweep_s, "x",
                        goal=">= 10 (CPU)" if cpu_goals else None,
-                       met=bool(PAPER_LOOP_S / sweep_s >= 10) if cpu_goals else None),
+                       met=bool(tl_loop_s / sweep_s >= 10) if cpu_goals else None),
         benchtools.row("sweep CPU time (user+sys of this process)", cpu_s, "s",
                        reference=f"{os.cpu_count()} cores x wall = {os.cpu_count() * sweep_s:.0f} s"),
         benchtools.row("speed-up over the jitted loop in CPU seconds (robust to a shared machine)",

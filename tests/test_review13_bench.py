@@ -70,3 +70,25 @@ def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(
         "workload": "lens train peak RSS, jaxinterp / straightforward", "figure": 0.25, "unit": "ratio",
         "goal": "<= 0.5", "reference": None, "met": True}
     assert rows["lens train step speed-up vs straightforward"]["met"] is True
+
+
+def test_inject_sweep_compares_the_quick_grid_with_the_tl_loop_over_the_same_grid(monkeypatch, tmp_path):
+    """The TransformerLens loop's 2050 s is the full grid's (12 layers x 15 taus x 106 prompts); the
+    --quick sweep (2 x 3 x 16 = 96 forwards' worth) was divided into it, a speed-up 199x too high
+    (2265x on the 2-core machine). Now the TL loop is scaled to the grid run: 107 ms x 96 = 10.3 s."""
+    import json
+
+    from test_review12_bench import _stub_inject_sweep
+
+    for argv, grid, runs in ((["--quick"], "2x3x16", 2 * 3 * 16), ([], "12x15x106", 12 * 15 * 106)):
+        inject_sweep = _stub_inject_sweep(monkeypatch, "cpu")
+        path = tmp_path / f"{grid}.json"
+        assert inject_sweep.main(argv + ["--json", str(path)]) == 0
+        rows = {r["workload"].split(" (")[0]: r for r in json.loads(path.read_text())["rows"]}
+        sweep = rows[f"inject sweep {grid}"]
+        tl = rows["speed-up of the sweep over the TL loop"]
+        tl_s = 2050.0 * runs / (12 * 15 * 106)
+        assert abs(tl["figure"] * sweep["figure"] / tl_s - 1) < 1e-9, (grid, tl, sweep)
+        assert tl["workload"] == f"speed-up of the sweep over the TL loop ({tl_s:.4g} s on a CPU)"
+        assert sweep["reference"] == f"TL loop {tl_s:.4g} s (CPU)"
+    assert tl_s == 2050.0 and tl["goal"] == ">= 10 (CPU)" and tl["met"] is True  # the full run: as before
