@@ -128,15 +128,22 @@ def test_chosen_positions(model):
 
 
 @pytest.mark.parametrize("call,match", [
-    (lambda p, c: memory_vector(p, [], config=c), "empty memory"),
-    (lambda p, c: memory_vector(p, [3, 500], config=c), r"ids must lie in \[0, 97\)"),
-    (lambda p, c: memory_vectors(p, [[1], []], config=c), "memory of row 1"),
-    (lambda p, c: memory_vectors(p, [[1]], config=c, kind="bogus"), "memory kind"),
+    # each message whole (the matches were a word or two: "empty memory", "memory kind", "head")
+    (lambda p, c: memory_vector(p, [], config=c), r"memory of row 0: memory ids: expected a non-empty 1-D list of token ids, "
+                                                  r"got shape \[0\] \(an empty memory carries nothing to inject\)$"),
+    (lambda p, c: memory_vector(p, [3, 500], config=c), r"memory of row 0: memory ids: ids must lie in \[0, 97\), got 3..500$"),
+    (lambda p, c: memory_vectors(p, [[1], []], config=c), r"memory of row 1: memory ids: expected a non-empty 1-D list of token ids, "
+                                                          r"got shape \[0\] \(an empty memory carries nothing to inject\)$"),
+    (lambda p, c: memory_vectors(p, [[1]], config=c, kind="bogus"),
+     r"memory kind must be one of \('unembed', 'embed', 'layer'\), got 'bogus'$"),
     (lambda p, c: memory_vectors(p, [[1], [2] * 32], config=c, kind="layer", bos_id=0),
      "memory of row 1: 33 tokens with BOS, the model takes at most n_positions=32"),
-    (lambda p, c: memory_vectors(p, [[1], [500]], config=c, kind="layer"), r"memory of row 1: .*\[0, 97\)"),
-    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=3, tau=1.0), "layer: expected an int in \\[0, 3\\)"),
-    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=0, tau=1.0, head=4), "head"),
+    (lambda p, c: memory_vectors(p, [[1], [500]], config=c, kind="layer"),
+     r"memory of row 1: memory ids: ids must lie in \[0, 97\), got 500..500$"),
+    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=3, tau=1.0),
+     r"layer: expected an int in \[0, 3\) \(the model has 3 blocks\), got 3$"),
+    (lambda p, c: inject_logits(p, jnp.array([[0, 1]]), jnp.ones(64), config=c, layer=0, tau=1.0, head=4),
+     r"head: expected an int in \[0, n_head\) with n_head given, got head=4, n_head=4$"),
 ])
 def test_bad_input(model, call, match):
     params, config = model
@@ -158,5 +165,5 @@ def test_head_top_tokens(model):
                                   lens=lambda layer, x: jnp.zeros((x.shape[0], config.vocab_size)).at[:, 7].set(1.0))
     assert (fixed.ids == 7).all()
     assert heads.heads_with_tokens(fixed, [7]) == [(l, h) for l in range(3) for h in range(4)]
-    with pytest.raises(ValueError, match="k: expected"):
+    with pytest.raises(ValueError, match=r"k: expected an int in 1..97, got 0$"):
         heads.head_top_tokens(params, tokens, config=config, k=0)
