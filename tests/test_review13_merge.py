@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from jaxinterp.merge import checkpoint, config, fisher, soups, tree_merge
+from jaxinterp.merge import checkpoint, config, fisher, landscape, mlp, soups, tree_merge
 
 
 # ----------------------------------------------------------------------------- merge yaml
@@ -117,3 +117,25 @@ def test_numpy_and_jax_scalars_are_taken_as_parameters(weight, t):
     np.testing.assert_array_equal(out["h_1"]["w"], want["h_1"]["w"])
     out = tree_merge.merge("ties", [b], base=a, parameters={"weight": np.int64(2), "normalize": np.bool_(False)})
     np.testing.assert_allclose(out["h_0"]["w"], -1.0)
+
+
+# ----------------------------------------------------------------------------- landscape
+
+
+def test_plane_through_bfloat16_models_puts_them_where_they_are():
+    # the geometry ran in bfloat16: p1 was marked at 45.75 for |p1 - p0| = 45.84, the grid missed
+    # the models by 0.25% of that, and the loss at p1's grid point was 4e-4 off its own
+    bf = lambda p: jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), p)  # noqa: E731
+    ps = [bf(mlp.init(jax.random.PRNGKey(i), (64, 256, 256, 10))) for i in range(3)]
+    batch = (jax.random.normal(jax.random.PRNGKey(3), (64, 64)), jnp.arange(64) % 10)
+    s = landscape.plane_through(mlp.loss, *ps, batch, n=2, margin=0.0)
+    flat = [np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree_util.tree_leaves(p)]) for p in ps]
+    u, v = flat[1] - flat[0], flat[2] - flat[0]
+    nu = np.linalg.norm(u)
+    proj = v @ u / nu
+    np.testing.assert_allclose(s.points[1], [nu, 0.0], rtol=1e-5)
+    np.testing.assert_allclose(s.points[2], [proj, np.linalg.norm(v - proj * u / nu)], rtol=1e-5)
+    f32 = lambda p: jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), p)  # noqa: E731
+    # grid corners (a: 0 and nu when p2 projects inside; b: 0 and p2's height): p0 and p1 on the b=0 row
+    assert s.a[0] == 0.0 and s.b[0] == 0.0
+    np.testing.assert_allclose(s.losses[0], [mlp.loss(f32(ps[0]), batch), mlp.loss(f32(ps[1]), batch)], rtol=2e-6)

@@ -155,6 +155,15 @@ def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk):
     return np.asarray(plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)).reshape(aa.shape)
 
 
+def _in_work_dtype(params: Any) -> Any:
+    """Floating leaves in float32 (float64 ones kept), others as they are."""
+    def one(x):
+        dt = jnp.result_type(x)
+        return jnp.asarray(x, jnp.float32) if jnp.issubdtype(dt, jnp.floating) and dt != jnp.float64 else x
+
+    return jax.tree_util.tree_map(one, params)
+
+
 def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: int = 51,
                   margin: float = 0.2, chunk: int | None = 256) -> Surface:
     """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
@@ -163,8 +172,12 @@ def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: 
     if not 0 <= margin < np.inf:
         raise ValueError(f"margin: expected a non-negative finite fraction of the models' span, got {margin}")
     _check_chunk(chunk)
-    u = jax.tree_util.tree_map(jnp.subtract, p1, p0)
-    v = jax.tree_util.tree_map(jnp.subtract, p2, p0)
+    # the plane's geometry in float32: in bfloat16 the norms, the projection and the coordinates of
+    # the models were rounded (an MLP 64-256-256-10: p1 marked at 45.75 for |p1 - p0| = 45.84, the grid
+    # missing the models by 0.25% of their distance)
+    w0, w1, w2 = (_in_work_dtype(p) for p in (p0, p1, p2))
+    u = jax.tree_util.tree_map(jnp.subtract, w1, w0)
+    v = jax.tree_util.tree_map(jnp.subtract, w2, w0)
     nu = jnp.sqrt(_dot(u, u))
     if float(nu) == 0:
         raise ValueError("p1: expected a model different from p0 (they coincide, so no plane)")
@@ -174,7 +187,7 @@ def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: 
     if float(nv) < 1e-5 * float(nu):  # float32 rounding of exactly collinear models
         raise ValueError("p2: expected a model off the line through p0 and p1 (they are collinear)")
     v = jax.tree_util.tree_map(lambda x: x / nv, v)
-    d2_ = jax.tree_util.tree_map(jnp.subtract, p2, p0)
+    d2_ = jax.tree_util.tree_map(jnp.subtract, w2, w0)
     pts = np.array([[0.0, 0.0], [float(nu), 0.0], [float(_dot(d2_, u)), float(nv)]])
     lo, hi = pts.min(0), pts.max(0)
     span = hi - lo
