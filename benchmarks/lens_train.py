@@ -7,7 +7,8 @@ moments stored in bfloat16 (`lens train --adam-moments bfloat16`; weights and ar
 
 GPT-2 small architecture with random weights (the hub is out of reach), the 12 lenses of layer 6,
 batch 4 x 128 tokens. Each implementation runs in its own subprocess so that its peak memory (peak
-RSS, ru_maxrss) is its own. --quick: a small GPT-2 (vocab 8192, d_model 256, 4 heads), batch 2 x 64.
+RSS, ru_maxrss) is its own. --quick: a small GPT-2 (vocab 8192, d_model 256, 4 heads), batch 2 x 64;
+its figures are shown, the goals (set for GPT-2 small) judged on the full run only.
 """
 
 from __future__ import annotations
@@ -156,31 +157,37 @@ def main() -> None:
     # None where XLA gave no memory analysis (or a run was stopped before it printed one): not measured
     xla_ratio = ours["xla_gib"] / naive["xla_gib"] if ours["xla_gib"] and naive["xla_gib"] else None
     killed = " (killed at the memory budget: a lower bound)" if naive.get("killed") else ""
+
+    def judged(ok: bool | None) -> bool | None:
+        """The goals are set for GPT-2 small's 12 lenses at 4x128: --quick's small model is shown, not
+        judged by them (its peak RSS is mostly the runtime's own, so <= 0.5x could never be met)."""
+        return None if args.quick or ok is None else bool(ok)
+
     rows = [
         benchtools.row(f"lens train step, jaxinterp ({what})", ours["step_s"], "s/step"),
         benchtools.row(f"lens train step, straightforward ({what}){killed}", naive["step_s"], "s/step"),
         benchtools.row("lens train step speed-up vs straightforward", speedup, "x", goal=">= 3x",
-                       met=None if killed else bool(speedup >= 3)),
+                       met=judged(None if killed else speedup >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp ({what})", ours["peak_gib"], "GiB"),
         benchtools.row(f"lens train peak RSS, straightforward ({what}){killed}", naive["peak_gib"], "GiB"),
         benchtools.row("lens train peak RSS, jaxinterp / straightforward", mem_ratio, "ratio", goal="<= 0.5",
-                       met=bool(mem_ratio <= 0.5)),
+                       met=judged(mem_ratio <= 0.5)),
         benchtools.row(f"lens train XLA buffers (args+temp+out), jaxinterp ({what})", ours["xla_gib"], "GiB"),
         benchtools.row(f"lens train XLA buffers (args+temp+out), straightforward ({what})", naive["xla_gib"], "GiB"),
         benchtools.row("lens train XLA buffers, jaxinterp / straightforward", xla_ratio, "ratio", goal="<= 0.5",
-                       met=None if xla_ratio is None else bool(xla_ratio <= 0.5)),
+                       met=judged(None if xla_ratio is None else xla_ratio <= 0.5)),
         benchtools.row(f"lens train step, jaxinterp, bfloat16 Adam moments ({what})", half["step_s"], "s/step"),
         benchtools.row("lens train step speed-up vs straightforward, bfloat16 Adam moments",
                        naive["step_s"] / half["step_s"], "x", goal=">= 3x",
-                       met=None if killed else bool(naive["step_s"] / half["step_s"] >= 3)),
+                       met=judged(None if killed else naive["step_s"] / half["step_s"] >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp, bfloat16 Adam moments ({what})", half["peak_gib"], "GiB"),
         benchtools.row("lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward",
                        half["peak_gib"] / naive["peak_gib"], "ratio", goal="<= 0.5",
-                       met=bool(half["peak_gib"] / naive["peak_gib"] <= 0.5)),
+                       met=judged(half["peak_gib"] / naive["peak_gib"] <= 0.5)),
         benchtools.row(f"lens train step, jaxinterp all positions ({what})", all_pos["step_s"], "s/step"),
         benchtools.row(f"lens train peak RSS, jaxinterp all positions ({what})", all_pos["peak_gib"], "GiB"),
         benchtools.row("lens train compile, jaxinterp", ours["compile_s"], "s", goal="< 30 s",
-                       met=ours["compile_s"] < 30),
+                       met=judged(ours["compile_s"] < 30)),
     ]
     benchtools.report("lens_train", rows, args.json)
 

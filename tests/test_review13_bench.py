@@ -42,10 +42,8 @@ def test_demo_only_without_a_name_is_refused(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(monkeypatch, tmp_path):
-    """Where XLA gave no memory analysis (xla_gib None: a backend without one, or the straightforward
-    run stopped at the memory budget before it printed its own), the buffer rows read "0 GiB" and the
-    ratio's goal was judged "NOT met" on a figure that did not exist."""
+def _lens_train_rows(monkeypatch, tmp_path, argv, xla_naive):
+    """lens_train's rows with each implementation's child replaced by fixed figures."""
     import json
 
     lens_train = _load("lens_train")
@@ -53,15 +51,23 @@ def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(
     def fake_child(impl, quick, budget):
         return {"impl": impl, "step_s": 0.5 if impl != "straightforward" else 2.0, "compile_s": 1.0,
                 "peak_gib": 1.0 if impl != "straightforward" else 4.0,
-                "xla_gib": None if impl == "straightforward" else 0.25}
+                "xla_gib": xla_naive if impl == "straightforward" else 0.25}
 
     monkeypatch.setattr(lens_train, "_run_child", fake_child)
     out = tmp_path / "lens.json"
-    monkeypatch.setattr(sys, "argv", ["lens_train.py", "--quick", "--json", str(out)])
+    monkeypatch.setattr(sys, "argv", ["lens_train.py", *argv, "--json", str(out)])
     lens_train.main()
-    rows = {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
-    ours = rows["lens train XLA buffers (args+temp+out), jaxinterp (quick GPT-2, 4 lenses, 2x64)"]
-    naive = rows["lens train XLA buffers (args+temp+out), straightforward (quick GPT-2, 4 lenses, 2x64)"]
+    return {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
+
+
+def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(monkeypatch, tmp_path):
+    """Where XLA gave no memory analysis (xla_gib None: a backend without one, or the straightforward
+    run stopped at the memory budget before it printed its own), the buffer rows read "0 GiB" and the
+    ratio's goal was judged "NOT met" on a figure that did not exist."""
+    rows = _lens_train_rows(monkeypatch, tmp_path, [], xla_naive=None)
+    what = "GPT-2 small, 12 lenses of layer 6, 4x128"
+    ours = rows[f"lens train XLA buffers (args+temp+out), jaxinterp ({what})"]
+    naive = rows[f"lens train XLA buffers (args+temp+out), straightforward ({what})"]
     ratio = rows["lens train XLA buffers, jaxinterp / straightforward"]
     assert ours["figure"] == 0.25 and naive["figure"] is None
     assert ratio["figure"] is None and ratio["met"] is None and ratio["goal"] == "<= 0.5"
@@ -70,6 +76,19 @@ def test_lens_train_shows_xla_buffers_without_a_memory_analysis_as_not_measured(
         "workload": "lens train peak RSS, jaxinterp / straightforward", "figure": 0.25, "unit": "ratio",
         "goal": "<= 0.5", "reference": None, "met": True}
     assert rows["lens train step speed-up vs straightforward"]["met"] is True
+
+
+def test_lens_train_quick_run_is_not_judged_by_the_goals_of_gpt2_small(monkeypatch, tmp_path):
+    """The goals (>= 3x, <= 0.5x the peak RSS, compile < 30 s) are set for GPT-2 small's 12 lenses at
+    4x128; --quick's small model (vocab 8192, d_model 256) was judged by them: `make bench` printed
+    NO for a memory ratio of 0.92 that is mostly the runtime's own 0.47 GiB, on a workload the goal
+    was never set for. Its figures are shown, unjudged, as inject_sweep's quick run is."""
+    full = _lens_train_rows(monkeypatch, tmp_path, [], xla_naive=0.5)
+    quick = _lens_train_rows(monkeypatch, tmp_path, ["--quick"], xla_naive=0.5)
+    goals = [w for w, r in full.items() if r["goal"]]
+    assert len(goals) == 6 and all(full[w]["met"] is True for w in goals)
+    assert all(r["met"] is None for r in quick.values())
+    assert [r["figure"] for r in quick.values()] == [r["figure"] for r in full.values()]
 
 
 def test_inject_sweep_compares_the_quick_grid_with_the_tl_loop_over_the_same_grid(monkeypatch, tmp_path):
