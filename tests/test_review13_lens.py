@@ -264,3 +264,25 @@ def test_a_word_list_that_is_not_utf8_is_named(tmp_path):
     want = f"words: expected UTF-8 text, got {tmp_path / 'words.txt'} with invalid start byte at byte 0"
     with pytest.raises(ValueError, match=f"^{re.escape(want)}$"):
         readout.read_words(tmp_path / "words.txt")
+
+
+def test_show_takes_an_own_lens_beside_a_pytorch_lens_of_another_layer(tmp_path, capsys):
+    """--layer names the PyTorch files' layer (they do not record it), but it was checked against
+    every .safetensors lens too: an own lens of layer 0 beside a PyTorch lens of layer 1 was refused
+    ('layer: the lens ... is for layer 0, got layer 1'). With .safetensors lenses alone it still
+    checks their layer."""
+    from jaxinterp.cli import main
+    from jaxinterp.lens import io
+
+    from conftest import FIXTURES, TINY_GPT2
+
+    own = io.save_lens(tmp_path / "l0.safetensors", {"W": np.zeros((4, 64, 97), np.float32),
+                                                     "b": np.zeros((4, 97), np.float32)}, lenses.LensConfig(0, 4, 64, 97))
+    csv = tmp_path / "t.csv"
+    assert main(["lens", "show", "--model", str(TINY_GPT2), "--lens", str(own), str(FIXTURES / "lens_tiny_layer1.pt"),
+                 "--layer", "1", "--prompt", "w5 w6", "--k", "2", "--csv", str(csv)]) == 0
+    assert [r.split(",")[:2] for r in csv.read_text().splitlines()[1:]] == [[str(L), str(h)] for L in (0, 1)
+                                                                            for h in range(4)]
+    capsys.readouterr()
+    assert main(["lens", "show", "--model", str(TINY_GPT2), "--lens", str(own), "--layer", "1", "--prompt", "w5"]) == 2
+    assert capsys.readouterr().err == f"jaxinterp lens: error: layer: the lens {own} is for layer 0, got layer 1\n"

@@ -85,7 +85,11 @@ def _show(args) -> int:
     tok = load_tokenizer(folder)
     ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
     readout.check_prompt(ids, config)
-    loaded = [load_lens(p, model_config=config, layer=args.layer) for p in args.lens]
+    # --layer is the PyTorch files' layer; a .safetensors lens records its own (checked against --layer
+    # only when no PyTorch file needs it: an own lens of layer 1 beside a PyTorch one of layer 2 was refused)
+    own = [Path(p).suffix == ".safetensors" for p in args.lens]
+    loaded = [load_lens(p, model_config=config, layer=None if is_own and not all(own) else args.layer)
+              for p, is_own in zip(args.lens, own)]
     layers = sorted({c.layer for _, c in loaded})
     if len(layers) != len(loaded):
         raise ValueError(f"lens: expected one lens per layer, got layers {[c.layer for _, c in loaded]}")
@@ -158,7 +162,8 @@ def add_parser(sub) -> None:
     s.add_argument("--model", help="local Hugging Face GPT-2 folder or hub name (default: the built-in toy model)")
     s.add_argument("--lens", nargs="+", required=True,
                    help="lens files (.safetensors from `lens train`, or PyTorch LensA .pt/.ckpt with --layer)")
-    s.add_argument("--layer", type=int, help="layer of a PyTorch lens file (which does not record it)")
+    s.add_argument("--layer", type=int, help="layer of the PyTorch lens files (which do not record it); with "
+                                             ".safetensors lenses only, a check of their layer")
     s.add_argument("--prompt", required=True)
     s.add_argument("--k", type=positive_int, default=10, help="tokens shown per head")
     s.add_argument("--words", help="word list (one per line): score = share of each head's top tokens in it")
