@@ -139,3 +139,20 @@ def test_plane_through_bfloat16_models_puts_them_where_they_are():
     # grid corners (a: 0 and nu when p2 projects inside; b: 0 and p2's height): p0 and p1 on the b=0 row
     assert s.a[0] == 0.0 and s.b[0] == 0.0
     np.testing.assert_allclose(s.losses[0], [mlp.loss(f32(ps[0]), batch), mlp.loss(f32(ps[1]), batch)], rtol=2e-6)
+
+
+# ----------------------------------------------------------------------------- cli
+
+
+@pytest.mark.parametrize("steps", ["-1", "0"])
+def test_train_mlp_refuses_a_non_positive_step_count_at_parse_time(tmp_path, capsys, steps):
+    # -1 loaded the data, then failed with numpy's 'negative dimensions are not allowed'; 0 wrote an
+    # untrained model as if trained
+    from jaxinterp import cli
+
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["merge", "train-mlp", "--steps", steps, "--out", str(out)])
+    assert e.value.code == 2
+    assert f"argument --steps: expected a positive integer, got {steps}" in capsys.readouterr().err
+    assert not out.exists()

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from jaxinterp.cliargs import non_negative_int, output_file, output_folder
+from jaxinterp.cliargs import non_negative_int, output_file, output_folder, positive_int
 
 
 def _tokenizer_line(result, d: dict) -> str:
@@ -127,7 +127,7 @@ def add_parser(sub) -> None:
     c.set_defaults(func=_check)
     t = s.add_parser("train-mlp", help="train a digits MLP and save it as safetensors")
     t.add_argument("--seed", type=non_negative_int, default=0)
-    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--steps", type=positive_int, default=1000)
     t.add_argument("--out", required=True, type=output_file)
     t.set_defaults(func=_train_mlp)
     b = s.add_parser("barrier", help="loss barrier on the linear path between two digits MLPs")
