@@ -40,6 +40,8 @@ def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> d
     results = {"machine": None, "quick": quick, "benchmarks": []}
     for script in todo:
         json_path = out_dir / f"{script.stem}.json"
+        # a previous run's file would be read as this run's figures (or left beside a FAILED entry)
+        json_path.unlink(missing_ok=True)
         cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
         print(f"== {script.name}", flush=True)
         t0 = time.perf_counter()
@@ -62,6 +64,8 @@ def table(results: dict) -> str:
     for b in results["benchmarks"]:
         if b["returncode"] != 0:
             lines.append(f"{b['script']:<58} FAILED (exit {b['returncode']})")
+        elif "rows" not in b:
+            lines.append(f"{b['script']:<58} FAILED (exit 0, but no JSON written)")
         for r in b.get("rows", []):
             met = {True: "yes", False: "NO", None: "-"}[r["met"]]
             lines.append(f"{r['workload']:<58} {benchtools.figure_text(r['figure']):>12} {r['unit']:<10} "
@@ -77,7 +81,7 @@ def _command(args) -> int:
     print(f"\n# jaxinterp bench on {benchtools.machine_line()}")
     print(table(results))
     print(f"\nwrote {Path(args.out) / 'bench.json'}")
-    return 1 if any(b["returncode"] != 0 for b in results["benchmarks"]) else 0
+    return 1 if any(b["returncode"] != 0 or "rows" not in b for b in results["benchmarks"]) else 0
 
 
 def add_parser(sub) -> None:

@@ -111,3 +111,36 @@ def test_inject_sweep_compares_the_quick_grid_with_the_tl_loop_over_the_same_gri
         assert tl["workload"] == f"speed-up of the sweep over the TL loop ({tl_s:.4g} s on a CPU)"
         assert sweep["reference"] == f"TL loop {tl_s:.4g} s (CPU)"
     assert tl_s == 2050.0 and tl["goal"] == ">= 10 (CPU)" and tl["met"] is True  # the full run: as before
+
+
+def test_bench_does_not_keep_or_read_a_previous_runs_json(monkeypatch, tmp_path, capsys):
+    """Each script's JSON in the output folder was left from the previous run when the script now
+    failed (bench_out/gpt2_forward.json beside a FAILED entry, read by anyone who looks at the files),
+    and a script that exited 0 without writing one had the previous run's figures read as its own."""
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    from jaxinterp import bench, benchtools
+
+    out = tmp_path / "bench_out"
+    out.mkdir()
+    stale = {"benchmark": "old", "machine": {}, "rows": [
+        {"workload": "last week's figure", "figure": 1.0, "unit": "s", "goal": None, "reference": None, "met": None}]}
+    for stem in ("gpt2_forward", "merge"):
+        (out / f"{stem}.json").write_text(json.dumps(stale))
+    codes = {"gpt2_forward": 1, "merge": 0}  # neither writes its JSON this time
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(
+        cmd, codes[Path(cmd[1]).stem]))
+    monkeypatch.setattr(benchtools, "machine", lambda: {"cpu": "test"})
+    monkeypatch.setattr(benchtools, "machine_line", lambda: "test machine")
+    args = SimpleNamespace(out=str(out), quick=True, only=["gpt2", "merge"])
+    assert bench._command(args) == 1
+    text = capsys.readouterr().out
+    assert "last week's figure" not in text
+    assert "gpt2_forward.py" in text and "FAILED (exit 1)" in text
+    assert "merge.py" in text and "FAILED (exit 0, but no JSON written)" in text
+    assert not (out / "gpt2_forward.json").exists() and not (out / "merge.json").exists()
+    saved = json.loads((out / "bench.json").read_text())
+    assert [b.get("rows") for b in saved["benchmarks"]] == [None, None]
