@@ -286,3 +286,33 @@ def test_show_takes_an_own_lens_beside_a_pytorch_lens_of_another_layer(tmp_path,
     capsys.readouterr()
     assert main(["lens", "show", "--model", str(TINY_GPT2), "--lens", str(own), "--layer", "1", "--prompt", "w5"]) == 2
     assert capsys.readouterr().err == f"jaxinterp lens: error: layer: the lens {own} is for layer 0, got layer 1\n"
+
+
+@pytest.mark.parametrize("blocker", ["lens_layer1.safetensors/", "checkpoints"])
+def test_train_cli_refuses_a_blocked_output_before_loading_the_model(tmp_path, capsys, monkeypatch, blocker):
+    """A folder at OUT/lens_layer<L>.safetensors made the final rename fail after every step had run
+    (IsADirectoryError, the trained lens lost but for its checkpoint); a file at OUT/checkpoints
+    failed once the model was loaded. Both are refused before the weights are read."""
+    import jaxinterp.transformer
+    from jaxinterp.cli import main
+
+    from conftest import TINY_GPT2
+
+    (tmp_path / "d.txt").write_text("w1 w2 w3\nw4 w5\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocker.endswith("/"):
+        (out / blocker).mkdir()
+        want = f"out: expected {out / blocker.rstrip('/')} to be free for the lens file, got a folder there"
+    else:
+        (out / blocker).write_text("")
+        want = f"out: expected {out / blocker} to be a folder of checkpoints, got a file"
+
+    def refuse(*_, **__):
+        raise AssertionError("the model was loaded before the bad output was refused")
+
+    monkeypatch.setattr(jaxinterp.transformer, "load_gpt2", refuse)
+    capsys.readouterr()
+    assert main(["lens", "train", "--model", str(TINY_GPT2), "--layer", "1", "--data", str(tmp_path / "d.txt"),
+                 "--out", str(out), "--steps", "1", "--seq-len", "8", "--batch-size", "2", "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"jaxinterp lens: error: {want}\n"

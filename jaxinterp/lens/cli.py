@@ -49,6 +49,13 @@ def _train(args) -> int:
     lens_config = lenses.lens_config_for(config, args.layer, args.kind)  # a layer out of range fails here
     if cfg.seq_len > config.n_positions:
         raise ValueError(f"seq_len: expected at most the model's n_positions = {config.n_positions}, got {cfg.seq_len}")
+    # where the run writes, checked before the model loads: a folder at the lens file's name failed its
+    # rename after every step had run, a file at checkpoints/ inside orbax after the first save
+    lens_path = Path(args.out) / f"lens_layer{lens_config.layer}.safetensors"
+    if lens_path.is_dir():
+        raise ValueError(f"out: expected {lens_path} to be free for the lens file, got a folder there")
+    if (Path(args.out) / "checkpoints").exists() and not (Path(args.out) / "checkpoints").is_dir():
+        raise ValueError(f"out: expected {Path(args.out) / 'checkpoints'} to be a folder of checkpoints, got a file")
     params, config = load_gpt2(folder, process_weights=True)
     tok = load_tokenizer(folder)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
@@ -57,7 +64,7 @@ def _train(args) -> int:
     out = Path(args.out)
     result = train.train(params, config, lens_config, batches, cfg, objective=obj, ckpt_dir=out / "checkpoints",
                          progress=not args.no_progress)
-    path = save_lens(out / f"lens_layer{args.layer}.safetensors", result.lens, lens_config,
+    path = save_lens(lens_path, result.lens, lens_config,
                      extra={"model": model, "steps": result.steps, "mode": args.mode})
     print(f"trained steps {result.start_step}..{result.steps}; final loss "
           f"{result.losses[-1] if result.losses else float('nan'):.5f}; wrote {path}")
