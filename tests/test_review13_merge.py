@@ -156,3 +156,32 @@ def test_train_mlp_refuses_a_non_positive_step_count_at_parse_time(tmp_path, cap
     assert e.value.code == 2
     assert f"argument --steps: expected a positive integer, got {steps}" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method, kw, match", [
+    ("linear", dict(model_parameters=[{"weight": float("nan")}, {"weight": 1.0}]), r"weight of input 0 must be a finite number, got nan"),
+    ("slerp", dict(base=True, parameters={"t": float("inf")}), r"t must be a finite number, got inf"),
+    ("task_arithmetic", dict(base=True, parameters={"weight": 1.0, "lambda": float("-inf")}), r"lambda must be a finite number, got -inf"),
+    ("karcher", dict(parameters={"tol": float("nan")}), r"tol must be a finite number, got nan"),
+])
+def test_non_finite_parameters_are_refused_before_merging(method, kw, match):
+    # every leaf came out NaN or inf, silently
+    a, b = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+    models = [b] if kw.get("base") else [a, b]
+    kw = {**kw, "base": a} if kw.get("base") else kw
+    with pytest.raises(ValueError, match=r"parameters for w: " + match):
+        tree_merge.merge(method, models, **kw)
+
+
+def test_non_finite_parameters_are_refused_in_a_yaml_config(tmp_path):
+    rng = np.random.default_rng(0)
+    refs = []
+    for j in range(2):
+        (tmp_path / f"m{j}").mkdir()
+        save_file({"w": rng.normal(size=(4,)).astype(np.float32)}, str(tmp_path / f"m{j}" / "model.safetensors"))
+        refs.append(str(tmp_path / f"m{j}"))
+    cfg = config.from_dict({"merge_method": "slerp", "base_model": refs[0], "models": [{"model": refs[1]}],
+                            "parameters": {"t": [0.0, float("nan")]}})
+    with pytest.raises(ValueError, match=r"t must be a finite number, got nan"):
+        checkpoint.run_config(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ method's default, and a required one with no value is an error.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Mapping, Sequence
 
@@ -210,6 +211,11 @@ def check_values(spec: MethodSpec, shared: dict, per_input: list[dict], where: s
     """Value ranges that mergekit would only reject mid-merge (or not at all)."""
     from jaxinterp.merge.task_arithmetic import GTA_VARIANTS
 
+    # a NaN or infinite weight, t, lambda, eps or tol merged every tensor into NaN or inf, silently
+    for label, values in [("", shared)] + [(f" of input {i}", p) for i, p in enumerate(per_input)]:
+        for k, v in values.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{where}: {k}{label} must be a finite number, got {v}")
     if spec.name in GTA_VARIANTS:
         for i, p in enumerate(per_input):
             if "density" not in p:
