@@ -144,3 +144,41 @@ def test_bench_does_not_keep_or_read_a_previous_runs_json(monkeypatch, tmp_path,
     assert not (out / "gpt2_forward.json").exists() and not (out / "merge.json").exists()
     saved = json.loads((out / "bench.json").read_text())
     assert [b.get("rows") for b in saved["benchmarks"]] == [None, None]
+
+
+def test_nugraph_latency_keeps_the_rows_of_a_child_that_failed(monkeypatch, tmp_path):
+    """The data-parallel and default-allocator measurements run in children; when one failed its
+    rows were left out, so the table (and bench.json) silently had three rows fewer, the
+    data-parallel goal among them, and the script still exited 0. Now they stay, as n/a, unjudged."""
+    import json
+
+    import jax.numpy as jnp
+
+    from jaxinterp.nugraph import model, predict
+
+    nugraph_latency = _load("nugraph_latency")
+    monkeypatch.setattr(nugraph_latency.hostmem, "retain_freed_memory", lambda: True)  # not this process's malloc
+    monkeypatch.setattr(model, "init", lambda key, config: {})
+    monkeypatch.setattr(predict, "forward", lambda config: None)
+    monkeypatch.setattr(nugraph_latency, "workloads", lambda params, fwd, quick: (
+        (lambda: jnp.zeros(1), 4), (lambda: jnp.zeros(1), 32), 1.0))
+    monkeypatch.setattr(nugraph_latency, "cpu_time", lambda fn, repeats: 0.1)
+    monkeypatch.setattr(nugraph_latency, "matmul_rate", lambda: 100.0)
+    ran = []
+    monkeypatch.setattr(nugraph_latency, "child", lambda kind, quick, env: ran.append(kind))  # None: failed
+    path = tmp_path / "nugraph.json"
+    nugraph_latency.main(["--quick", "--json", str(path)])
+    assert ran == ["dp", "default-allocator"]
+    rows = {r["workload"]: r for r in json.loads(path.read_text())["rows"]}
+    dp = rows["nugraph2 predict, 2 host devices x 1 event per call, end to end, freed memory retained (s/event)"]
+    assert dp["figure"] is None and dp["goal"] == "<= 0.02 (CPU)" and dp["met"] is None
+    for b in (1, 32):
+        assert rows[f"nugraph2 batch {b}, glibc default allocator (s/event)"]["figure"] is None
+    # and a child that ran gives its figures, judged as before
+    monkeypatch.setattr(nugraph_latency, "child", lambda kind, quick, env: (
+        {"s_per_event": 0.01, "devices": 2} if kind == "dp" else {"b1": 0.05, "b32": 0.04}))
+    nugraph_latency.main(["--quick", "--json", str(path)])
+    rows = {r["workload"]: r for r in json.loads(path.read_text())["rows"]}
+    dp = rows["nugraph2 predict, 2 host devices x 1 event per call, end to end, freed memory retained (s/event)"]
+    assert dp["figure"] == 0.01 and dp["met"] is True
+    assert rows["nugraph2 batch 32, glibc default allocator (s/event)"]["figure"] == 0.04
