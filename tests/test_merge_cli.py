@@ -127,10 +127,11 @@ def test_barrier_writes_paths_whose_ends_are_the_two_models(mlps, tmp_path, caps
         alphas, losses = np.array(p["alphas"]), np.array(p["losses"])
         np.testing.assert_allclose(alphas, np.linspace(0, 1, 5), atol=1e-7)
         # alpha 1 of "weight matching" is B permuted: the same function, so the same loss
-        np.testing.assert_allclose([losses[0], losses[-1]], [la, lb], rtol=1e-5)
-        assert p["barrier_mean"] == pytest.approx(losses.max() - (la + lb) / 2, rel=1e-5, abs=1e-6)
+        # measured: ends 6.2e-8 relative, barriers 1.5e-8 absolute (were held to 1e-5)
+        np.testing.assert_allclose([losses[0], losses[-1]], [la, lb], rtol=1e-6)
+        assert p["barrier_mean"] == pytest.approx(losses.max() - (la + lb) / 2, rel=0, abs=3e-7)
         assert p["barrier_chord"] == pytest.approx(np.max(losses - ((1 - alphas) * la + alphas * lb)),
-                                                   rel=1e-5, abs=1e-5)
+                                                   rel=0, abs=3e-7)
         assert p["barrier_mean"] >= 0 and p["barrier_chord"] >= 0  # the ends are on the path
         assert f"{name}: barrier (max - mean of ends) {p['barrier_mean']:.4f}" in out
 
