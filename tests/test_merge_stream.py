@@ -83,7 +83,7 @@ def test_dare_masks_are_seeded_by_name_and_keep_the_density_and_l1_norm():
     assert not np.array_equal(a, other)
     kept = a != b
     assert abs(kept.mean() - 0.3) < 0.01
-    np.testing.assert_allclose(np.abs(a - b).sum(), np.abs(x - b).sum(), rtol=1e-4)  # L1 rescale
+    np.testing.assert_allclose(np.abs(a - b).sum(), np.abs(x - b).sum(), rtol=5e-6)  # L1 rescale (measured 2.0e-7)
 
 
 def test_supported_methods_and_dtypes():
