@@ -185,3 +185,16 @@ def test_non_finite_parameters_are_refused_in_a_yaml_config(tmp_path):
     with pytest.raises(ValueError, match=r"t must be a finite number, got nan"):
         checkpoint.run_config(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("weights, base", [([1.0, -1.0], False), ([1.0, -1.0], True), ([0.0, 0.0], False)])
+def test_multislerp_refuses_normalized_weights_that_sum_to_zero(weights, base):
+    # w / sum(w) made every entry NaN, silently (as linear's check for its normalize)
+    a, b = {"w": jnp.array([1.0, 2.0, 3.0])}, {"w": jnp.array([3.0, 1.0, 0.0])}
+    kw = dict(base={"w": jnp.zeros(3)}) if base else {}
+    mps = [{"weight": w} for w in weights]
+    with pytest.raises(ValueError, match=r"multislerp with normalize_weights needs weights that do not sum to 0, "
+                                         r"got \[" + f"{weights[0]}, {weights[1]}" + r"\]"):
+        tree_merge.merge("multislerp", [a, b], model_parameters=mps, **kw)
+    out = tree_merge.merge("multislerp", [a, b], model_parameters=mps, parameters={"normalize_weights": False}, **kw)
+    assert np.isfinite(np.asarray(out["w"])).all()  # without normalising, the same weights are valid

@@ -233,3 +233,8 @@ def check_values(spec: MethodSpec, shared: dict, per_input: list[dict], where: s
     if spec.name == "linear" and shared["normalize"] and abs(sum(p["weight"] for p in per_input)) < 1e-12:
         raise ValueError(f"{where}: linear with normalize needs weights that do not sum to 0, got "
                          f"{[p['weight'] for p in per_input]}")
+    if spec.name == "multislerp" and shared["normalize_weights"]:
+        ws = [p["weight"] for p in per_input if "weight" in p]  # the base has none
+        if len(ws) > 1 and abs(sum(ws)) < 1e-12:  # w / sum(w): every entry NaN, silently
+            raise ValueError(f"{where}: multislerp with normalize_weights needs weights that do not sum to 0, "
+                             f"got {ws}")
