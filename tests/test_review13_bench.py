@@ -182,3 +182,39 @@ def test_nugraph_latency_keeps_the_rows_of_a_child_that_failed(monkeypatch, tmp_
     dp = rows["nugraph2 predict, 2 host devices x 1 event per call, end to end, freed memory retained (s/event)"]
     assert dp["figure"] == 0.01 and dp["met"] is True
     assert rows["nugraph2 batch 32, glibc default allocator (s/event)"]["figure"] == 0.04
+
+
+def test_nugraph_latency_quick_medians_are_of_three_calls(monkeypatch, tmp_path):
+    """--quick timed batch 32 (wall and CPU time, in this process and in the default-allocator child)
+    and the data-parallel predict twice: the "median" of two is their mean, as sensitive to one slow
+    call on a shared machine as a mean. Now every median in the quick run is of 3 calls at least."""
+    import jax.numpy as jnp
+
+    from jaxinterp import benchtools
+    from jaxinterp.nugraph import model, predict
+
+    nugraph_latency = _load("nugraph_latency")
+    monkeypatch.setattr(nugraph_latency.hostmem, "retain_freed_memory", lambda: True)
+    monkeypatch.setattr(model, "init", lambda key, config: {})
+    monkeypatch.setattr(predict, "forward", lambda config: None)
+    monkeypatch.setattr(nugraph_latency, "workloads", lambda params, fwd, quick: (
+        (lambda: jnp.zeros(1), 4), (lambda: jnp.zeros(1), 32), 1.0))
+    monkeypatch.setattr(nugraph_latency, "matmul_rate", lambda: 100.0)
+    monkeypatch.setattr(nugraph_latency, "child", lambda kind, quick, env: None)
+    seen = []
+    real = benchtools.time_fn
+
+    def time_fn(fn, *, repeats=5, **kwargs):
+        seen.append(repeats)
+        return real(fn, repeats=repeats, **kwargs)
+
+    monkeypatch.setattr(benchtools, "time_fn", time_fn)
+    nugraph_latency.main(["--quick", "--json", str(tmp_path / "n.json")])
+    nugraph_latency.default_allocator_child(quick=True)
+    assert len(seen) == 6 and min(seen) >= 3, seen  # b1, b1 CPU, b32, b32 CPU; the child's b1, b32
+
+    calls = []
+    monkeypatch.setattr(nugraph_latency, "make_events", lambda n, seed: list(range(n)))
+    monkeypatch.setattr(predict, "predict", lambda params, events, config, batch_size: calls.append(len(events)))
+    nugraph_latency.data_parallel_child(quick=True)
+    assert calls == [8] * 4  # the compile, then 3 timed passes
