@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     compiled = compile_plan(params, p, config=config)
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     times, cpu = [], []
-    for _ in range(2 if args.quick else 1):  # the full sweep runs minutes: once
+    for _ in range(3 if args.quick else 1):  # a median of 3 (of two: their mean); the full sweep runs minutes: once
         t0, c0 = time.perf_counter(), time.process_time()
         run(params, p, config=config, compiled=compiled)
         times.append(time.perf_counter() - t0)
