@@ -198,3 +198,21 @@ def test_multislerp_refuses_normalized_weights_that_sum_to_zero(weights, base):
         tree_merge.merge("multislerp", [a, b], model_parameters=mps, **kw)
     out = tree_merge.merge("multislerp", [a, b], model_parameters=mps, parameters={"normalize_weights": False}, **kw)
     assert np.isfinite(np.asarray(out["w"])).all()  # without normalising, the same weights are valid
+
+
+def test_fit_bezier_trains_the_bend_of_bfloat16_endpoints():
+    # the default Adam took its hyperparameters in the params' dtype: b2 = 0.999 is 1 in bfloat16,
+    # the bias correction divided by 0 and the bend was NaN from the second step on
+    from jaxinterp.merge import curves
+
+    bf = lambda p: jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), p)  # noqa: E731
+    x = jax.random.normal(jax.random.PRNGKey(2), (64, 8))
+    y = jnp.arange(64) % 4
+    pa, pb = (bf(mlp.train(mlp.init(jax.random.PRNGKey(s), (8, 32, 4)), np.asarray(x), np.asarray(y), steps=100, seed=s))
+              for s in (0, 1))
+    r = curves.fit_bezier(mlp.loss, pa, pb, lambda i: (x, y), steps=40, learning_rate=1e-2)
+    assert np.isfinite(r.train_losses).all()
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(r.bend))
+    straight = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), pa, pb)
+    mid = lambda bend: float(curves.curve_losses(mlp.loss, pa, bend, pb, (x, y), jnp.array([0.5]))[0])  # noqa: E731
+    assert mid(r.bend) < mid(straight)

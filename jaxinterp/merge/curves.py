@@ -30,9 +30,12 @@ class CurveResult(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _adam() -> optax.GradientTransformation:
-    """optax.adam with its learning rate in the state: one object, so one compiled step for any rate."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
+def _adam(hyperparam_dtype: np.dtype) -> optax.GradientTransformation:
+    """optax.adam with its learning rate in the state: one object (per hyperparameter dtype), so one
+    compiled step for any rate. The hyperparameters are float32 at least: inject_hyperparams casts
+    them to the params' dtype by default, and in bfloat16 b2 = 0.999 rounds to 1, so Adam's bias
+    correction divided by 1 - b2^t = 0 and the bend of bfloat16 endpoints was NaN after one step."""
+    return optax.inject_hyperparams(optax.adam, hyperparam_dtype=hyperparam_dtype)(learning_rate=1e-2)
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "opt"))
@@ -66,7 +69,8 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
                              f"got {type(batches).__name__}") from None
     bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
     if optimizer is None:
-        opt = _adam()
+        leaves = jax.tree_util.tree_leaves(bend)
+        opt = _adam(np.dtype(jnp.promote_types(jnp.result_type(*leaves) if leaves else jnp.float32, jnp.float32)))
         state = opt.init(bend)
         lr = state.hyperparams["learning_rate"]
         state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, lr.dtype)
