@@ -216,3 +216,11 @@ def test_fit_bezier_trains_the_bend_of_bfloat16_endpoints():
     straight = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), pa, pb)
     mid = lambda bend: float(curves.curve_losses(mlp.loss, pa, bend, pb, (x, y), jnp.array([0.5]))[0])  # noqa: E731
     assert mid(r.bend) < mid(straight)
+
+
+@pytest.mark.parametrize("kw", [dict(labels=jnp.zeros((0,), jnp.int32)), dict(key=jax.random.PRNGKey(0))])
+def test_diagonal_fisher_refuses_no_examples(kw):
+    # the mean of no squared gradient: every Fisher entry NaN, and fisher_merge's result NaN, silently
+    p = mlp.init(jax.random.PRNGKey(0), (5, 7, 3))
+    with pytest.raises(ValueError, match=r"inputs: expected at least one example \[N >= 1, \.\.\.\], got shape \(0, 5\)"):
+        fisher.diagonal_fisher(mlp.apply, p, jnp.zeros((0, 5)), **kw)

@@ -35,6 +35,9 @@ def diagonal_fisher(logits_fn: Callable[[Any, jax.Array], jax.Array], params: An
     """
     if labels is None and key is None:
         raise ValueError("labels/key: expected labels [N] (empirical Fisher) or a key to sample them, got neither")
+    shape = getattr(inputs, "shape", None)
+    if shape is not None and (len(shape) == 0 or shape[0] == 0):  # the mean over no example: NaN Fishers
+        raise ValueError(f"inputs: expected at least one example [N >= 1, ...], got shape {tuple(shape)}")
     if labels is None:
         labels = jax.random.categorical(key, logits_fn(params, inputs))
     else:
