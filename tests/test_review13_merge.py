@@ -224,3 +224,19 @@ def test_diagonal_fisher_refuses_no_examples(kw):
     p = mlp.init(jax.random.PRNGKey(0), (5, 7, 3))
     with pytest.raises(ValueError, match=r"inputs: expected at least one example \[N >= 1, \.\.\.\], got shape \(0, 5\)"):
         fisher.diagonal_fisher(mlp.apply, p, jnp.zeros((0, 5)), **kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(parameters=[("weight", 1.0)]), r"parameters: expected a mapping of parameter names to settings, got list"),
+    (dict(model_parameters={"weight": 1.0}), r"model_parameters: expected a list with one mapping \(or None\) per "
+                                             r"model, got dict"),
+    (dict(model_parameters=[[("weight", 1.0)]]), r"models\[0\]\.parameters: expected a mapping .*got list"),
+    (dict(seed=1.5), r"seed: expected an integer, got 1\.5"),
+])
+def test_merge_refuses_malformed_arguments_with_a_value_error(kw, match):
+    # AttributeErrors ('list' object has no attribute 'items') and, for seed 1.5, a TypeError from
+    # inside the compiled merge
+    a, b = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+    kw = {"parameters": {"weight": 1.0, "density": 0.5}, **kw}
+    with pytest.raises(ValueError, match=match):
+        tree_merge.merge("dare_ties", [b], base=a, **kw)

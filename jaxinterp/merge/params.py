@@ -159,6 +159,9 @@ def evaluate(setting: Any, spec: ParamSpec, *, tensor_name: str, t: float, where
 
 def check_names(spec: MethodSpec, settings: Mapping[str, Any] | None, where: str, *, per_model: bool) -> None:
     """Unknown parameter names and misplaced scopes are errors (mergekit would ignore them)."""
+    if settings is not None and not isinstance(settings, Mapping):  # a list of pairs was an AttributeError
+        raise ValueError(f"{where}: expected a mapping of parameter names to settings, got {type(settings).__name__} "
+                         f"{settings!r}")
     for name, setting in (settings or {}).items():
         p = spec.param(name)
         if p is None:

@@ -19,6 +19,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.merge import params as _params
 from jaxinterp.merge import registry, tree
 
@@ -53,6 +54,9 @@ def plan(method: str, names: Sequence[str], *, n_models: int, has_base: bool,
     """Validates the method, parameters and values for every tensor name; nothing is computed."""
     spec = registry.get(method)
     check_contract(spec, n_models, has_base)
+    if model_parameters is not None and not isinstance(model_parameters, (list, tuple)):
+        raise ValueError(f"model_parameters: expected a list with one mapping (or None) per model, got "
+                         f"{type(model_parameters).__name__} {model_parameters!r}")
     if model_parameters is not None and len(model_parameters) != n_models:
         raise ValueError(f"model_parameters: expected {n_models} entries (one per model), "
                          f"got {len(model_parameters)}")
@@ -98,6 +102,8 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
     """
     if not isinstance(models, (list, tuple)) or not models:
         raise ValueError(f"models: expected a non-empty list of params trees, got {type(models).__name__}")
+    if not is_integer(seed):  # 1.5 failed inside the compiled merge ('PRNG key seed must be an integer')
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
     trees = list(models) + ([base] if base is not None else [])
     tree.check_same_structure(trees, "models" if base is None else "models+[base]")
     leaves = [tree.named_leaves(t) for t in trees]
