@@ -192,7 +192,6 @@ def bench_barrier(args, rows: list) -> None:
         batch = (jnp.asarray(rng.normal(size=(n, 64)), jnp.float32), jnp.asarray(rng.integers(0, 10, n), jnp.int32))
         alphas = jnp.linspace(0.0, 1.0, 25)
         reps = 5 if args.quick else 20
-        vm = benchtools.time_fn(lambda: landscape.path_losses(mlp.loss, pa, pb, batch, alphas), repeats=reps)
         # the loop a researcher writes (Li et al.'s loss-landscape code does this): interpolate the
         # params in Python, op by op, then evaluate a jitted loss
         loss = jax.jit(mlp.loss)
@@ -204,9 +203,14 @@ def bench_barrier(args, rows: list) -> None:
                 out.append(loss(p, batch))
             return jnp.stack(out)
 
-        eager = benchtools.time_fn(eager_loop, repeats=reps)
         one = jax.jit(lambda a: mlp.loss(landscape.lerp(pa, pb, a), batch))  # interpolation inside the jit
-        loop = benchtools.time_fn(lambda: jnp.stack([one(a) for a in alphas]), repeats=reps)
+        # interleaved (vm, eager, loop, vm, ...): the speed-ups are ratios of these, and timed one block
+        # after the other they compared the machine's load in one second with its load in another
+        t = benchtools.time_interleaved({
+            "vm": lambda: landscape.path_losses(mlp.loss, pa, pb, batch, alphas),
+            "eager": eager_loop,
+            "loop": lambda: jnp.stack([one(a) for a in alphas])}, repeats=reps)
+        vm, eager, loop = t["vm"], t["eager"], t["loop"]
         wl = f"barrier, 25 alphas, MLP {'-'.join(map(str, sizes))}, {n} examples"
         rows.append(benchtools.row(f"{wl}: one compiled call (landscape.path_losses)", vm.median_s * 1e3, "ms"))
         rows.append(benchtools.row(f"{wl}: Python loop, eager tree_map interpolation + jitted loss",
