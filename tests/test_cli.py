@@ -20,11 +20,30 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(capsys):
     assert "n_positions is only 32" in capsys.readouterr().err
 
 
-def test_gpt2_run_prints_next_tokens_and_cache_shapes(capsys):
-    assert cli.main(["gpt2", "run", "--model", str(TINY_GPT2), "--prompt", "w1 w2 w3",
+def test_gpt2_run_prints_next_tokens_and_cache_shapes(capsys, gpt2_ref):
+    """The fixture's first prompt (its ids are the word-level tokens w<id-1>): the top 5 next tokens and
+    their probabilities are transformers' (hf_logits), the cached pattern's statistics TransformerLens's.
+    (This checked only the cache line's shape.)"""
+    import re
+
+    import numpy as np
+
+    ids = gpt2_ref["tokens"][0]
+    assert cli.main(["gpt2", "run", "--model", str(TINY_GPT2), "--prompt", " ".join(f"w{i - 1}" for i in ids),
                      "--cache", "blocks.0.attn.hook_pattern"]) == 0
-    out = capsys.readouterr().out
-    assert "blocks.0.attn.hook_pattern: shape [1, 4, 3, 3]" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{TINY_GPT2}: 3 layers, 4 heads, d_model 64; 10 tokens"
+    logits = gpt2_ref["hf_logits"][0, -1].astype(np.float64)
+    p_ref = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    top = np.argsort(-p_ref)[:5]  # probabilities 0.0170 0.0148 0.0142 0.0137 0.0137: apart by >= 4.5e-5
+    printed = [re.fullmatch(r" +'w(\d+)'  p=(0\.\d{4})", line).groups() for line in lines[1:6]]
+    assert [int(w) + 1 for w, _ in printed] == top.tolist()
+    np.testing.assert_allclose([float(p) for _, p in printed], p_ref[top], rtol=0, atol=5e-5 + 1e-7)  # 4 decimals
+    pattern = gpt2_ref["tl/blocks.0.attn.hook_pattern"][0]
+    m = re.fullmatch(r"  blocks\.0\.attn\.hook_pattern: shape \[1, 4, 10, 10\], mean \+(0\.\d{4}), std (0\.\d{4})", lines[6])
+    assert m and lines[7:] == [], lines[6:]
+    assert m.group(1) == "0.1000"  # each causal row sums to 1: the mean is 1 / 10 positions
+    assert abs(float(m.group(2)) - pattern.std()) <= 5e-5 + 1e-7, (m.group(2), pattern.std())
 
 
 def test_demo_gpt2_section_writes_a_self_contained_report(tmp_path):
