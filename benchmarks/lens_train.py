@@ -133,7 +133,7 @@ def child(impl: str, quick: bool) -> dict:
     t = benchtools.time_fn(run, repeats=5 if not quick else 3)  # a median of 5 (two would be their mean)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     return {"impl": impl, "step_s": t.median_s, "compile_s": compile_s, "peak_gib": peak_gib, "xla_gib": xla_gib,
-            "lens_params": int(sum(np.size(x) for x in jax.tree.leaves(lens)))}
+            "lens_params": int(sum(np.size(x) for x in jax.tree.leaves(lens))), "platform": jax.devices()[0].platform}
 
 
 def main() -> None:
@@ -163,6 +163,11 @@ def main() -> None:
         judged by them (its peak RSS is mostly the runtime's own, so <= 0.5x could never be met)."""
         return None if args.quick or ok is None else bool(ok)
 
+    # peak RSS is host memory: on an accelerator the step's memory is the device's, which the XLA
+    # buffer rows measure (and judge); there the RSS rows are shown for information only
+    on_host = ours.get("platform", "cpu") == "cpu"
+    host_note = "" if on_host else " (host memory; the device's: XLA buffers)"
+
     rows = [
         benchtools.row(f"lens train step, jaxinterp ({what})", ours["step_s"], "s/step"),
         benchtools.row(f"lens train step, straightforward ({what}){killed}", naive["step_s"], "s/step"),
@@ -170,8 +175,8 @@ def main() -> None:
                        met=judged(None if killed else speedup >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp ({what})", ours["peak_gib"], "GiB"),
         benchtools.row(f"lens train peak RSS, straightforward ({what}){killed}", naive["peak_gib"], "GiB"),
-        benchtools.row("lens train peak RSS, jaxinterp / straightforward", mem_ratio, "ratio", goal="<= 0.5",
-                       met=judged(mem_ratio <= 0.5)),
+        benchtools.row(f"lens train peak RSS, jaxinterp / straightforward{host_note}", mem_ratio, "ratio",
+                       goal="<= 0.5", met=judged(mem_ratio <= 0.5 if on_host else None)),
         benchtools.row(f"lens train XLA buffers (args+temp+out), jaxinterp ({what})", ours["xla_gib"], "GiB"),
         benchtools.row(f"lens train XLA buffers (args+temp+out), straightforward ({what})", naive["xla_gib"], "GiB"),
         benchtools.row("lens train XLA buffers, jaxinterp / straightforward", xla_ratio, "ratio", goal="<= 0.5",
@@ -181,9 +186,9 @@ def main() -> None:
                        naive["step_s"] / half["step_s"], "x", goal=">= 3x",
                        met=judged(None if killed else naive["step_s"] / half["step_s"] >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp, bfloat16 Adam moments ({what})", half["peak_gib"], "GiB"),
-        benchtools.row("lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward",
+        benchtools.row(f"lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward{host_note}",
                        half["peak_gib"] / naive["peak_gib"], "ratio", goal="<= 0.5",
-                       met=judged(half["peak_gib"] / naive["peak_gib"] <= 0.5)),
+                       met=judged(half["peak_gib"] / naive["peak_gib"] <= 0.5 if on_host else None)),
         benchtools.row(f"lens train step, jaxinterp all positions ({what})", all_pos["step_s"], "s/step"),
         benchtools.row(f"lens train peak RSS, jaxinterp all positions ({what})", all_pos["peak_gib"], "GiB"),
         benchtools.row("lens train compile, jaxinterp", ours["compile_s"], "s", goal="< 30 s",
