@@ -55,12 +55,23 @@ def test_demo_gpt2_section_writes_a_self_contained_report(tmp_path):
 
 
 def test_bench_table_marks_failures_and_goals():
+    """Every line whole (this checked only that 'b.py', 'FAILED' and 'yes' occur somewhere): a met, a
+    missed and an ungoaled row, a script that failed and one that wrote no JSON."""
     results = {"benchmarks": [
         {"script": "a.py", "returncode": 0, "rows": [
-            {"workload": "w", "figure": 1.5, "unit": "s", "goal": "<= 2 s", "reference": "3 s", "met": True}]},
-        {"script": "b.py", "returncode": 1}]}
-    text = bench.table(results)
-    assert "b.py" in text and "FAILED" in text and "yes" in text
+            {"workload": "w", "figure": 1.5, "unit": "s", "goal": "<= 2 s", "reference": "3 s", "met": True},
+            {"workload": "v", "figure": 2.5, "unit": "GB", "goal": "<= 2 GB", "reference": None, "met": False},
+            {"workload": "u", "figure": 7.0, "unit": "x", "goal": None, "reference": "4 x", "met": None}]},
+        {"script": "b.py", "returncode": 1},
+        {"script": "c.py", "returncode": 0}]}
+    cols = lambda *c: f"{c[0]:<58} {c[1]:>12} {c[2]:<10} {c[3]:<22} {c[4]:<26} {c[5]}"  # noqa: E731
+    assert bench.table(results).splitlines() == [
+        cols("workload", "figure", "unit", "goal", "reference", "met"),
+        cols("w", "1.5", "s", "<= 2 s", "3 s", "yes"),
+        cols("v", "2.5", "GB", "<= 2 GB", "-", "NO"),
+        cols("u", "7", "x", "-", "4 x", "-"),
+        f"{'b.py':<58} FAILED (exit 1)",
+        f"{'c.py':<58} FAILED (exit 0, but no JSON written)"]
 
 
 def test_console_script_entry_point_runs():
