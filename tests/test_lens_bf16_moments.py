@@ -122,11 +122,11 @@ def test_bf16_moments_train_as_float32_moments_do(tiny_processed):
     f32 = train.train(params, cfg, lc, batches, tc, progress=False)
     b16 = train.train(params, cfg, lc, batches, dataclasses.replace(tc, adam_moments="bfloat16"), progress=False)
     assert b16.losses != f32.losses  # the rounded moments did run
-    np.testing.assert_allclose(b16.losses, f32.losses, rtol=1e-2)
+    np.testing.assert_allclose(b16.losses, f32.losses, rtol=1e-3)  # measured 3.4e-5 (was 1e-2)
     start = np.asarray(lenses.init(*lenses.unembedding(params, cfg), lc)["W"])
     d32, d16 = f32.lens["W"] - start, b16.lens["W"] - start
     rel = np.linalg.norm(d16 - d32) / np.linalg.norm(d32)
-    assert rel < 0.05, rel
+    assert rel < 0.05, rel  # measured 2.5e-3
     assert b16.losses[-1] < b16.losses[0]
 
 
