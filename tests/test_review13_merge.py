@@ -240,3 +240,27 @@ def test_merge_refuses_malformed_arguments_with_a_value_error(kw, match):
     kw = {"parameters": {"weight": 1.0, "density": 0.5}, **kw}
     with pytest.raises(ValueError, match=match):
         tree_merge.merge("dare_ties", [b], base=a, **kw)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_multislerp_of_float16_models_is_finite(with_base):
+    # in float16 the 1e-8 added to the tangent's norm rounds to 0: where the task vectors are
+    # colinear (a 1-entry tensor, or b = 2 a) the result was sin(0) / 0 = NaN
+    rng = np.random.default_rng(0)
+    tr = lambda: {"s": rng.normal(), "one": rng.normal(size=(1,)), "v": rng.normal(size=(3,))}  # noqa: E731
+    a = tr()
+    b = {**tr(), "v": 2 * a["v"]}
+    base = {k: np.zeros_like(v) for k, v in a.items()} if with_base else None
+    as_ = lambda t, dt: None if t is None else {k: jnp.asarray(v, dt) for k, v in t.items()}  # noqa: E731
+    kw = dict(parameters={"weight": 1.0})
+    got = tree_merge.merge("multislerp", [as_(a, jnp.float16), as_(b, jnp.float16)], base=as_(base, jnp.float16), **kw)
+    # the same merge of the float16 values in float32, rounded to float16
+    a32, b32 = (as_(as_(t, jnp.float16), jnp.float32) for t in (a, b))
+    want = tree_merge.merge("multislerp", [a32, b32], base=as_(base, jnp.float32), **kw)
+    for k in a:
+        assert got[k].dtype == jnp.float16
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k].astype(jnp.float16)))
+        assert np.isfinite(np.asarray(got[k], np.float32)).all()

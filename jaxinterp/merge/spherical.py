@@ -82,9 +82,13 @@ def multislerp(others: list[jax.Array], weights: list[float], base: jax.Array | 
     mean of more than two unit vectors); the caller turns it into a ValueError."""
     if len(others) == 1:
         return others[0], jnp.bool_(False)
-    x = jnp.stack(others)
+    # in float32 (as slerp and karcher): in float16 the eps of 1e-8 added to the tangent's norm
+    # rounds to 0, so wherever the task vectors are colinear (every 1-entry tensor, a logit scale)
+    # the result was sin(0) / 0 = NaN; mergekit computes in the inputs' dtype and has the same NaN
+    dtype = others[0].dtype
+    x = jnp.stack(others).astype(_work(others[0]))
     if base is not None:
-        x = x - base
+        x = x - base.astype(x.dtype)
     flat = x.reshape(x.shape[0], -1)
     w = jnp.asarray(weights, x.dtype)
     if normalize_weights:
@@ -105,7 +109,7 @@ def multislerp(others: list[jax.Array], weights: list[float], base: jax.Array | 
         bad = jnp.bool_(False)
     else:
         bad = degenerate
-    return (res + base if base is not None else res), bad
+    return (res + base.astype(res.dtype) if base is not None else res).astype(dtype), bad
 
 
 def karcher(tensors: list[jax.Array], alphas: list[float] | None = None, *, max_iter: int = 10,
