@@ -307,3 +307,19 @@ def test_lens_train_on_an_accelerator_judges_memory_by_the_device_not_the_host_r
     assert gpu["lens train XLA buffers, jaxinterp / straightforward"]["met"] is True
     cpu = _lens_train_rows(monkeypatch, tmp_path, [], xla_naive=1.0, naive_peak=host_bound)  # judged as before
     assert cpu["lens train peak RSS, jaxinterp / straightforward"]["met"] is False
+
+
+def test_only_given_as_one_string_is_refused_before_anything_runs(monkeypatch, tmp_path):
+    """demo.run(out, only="lens") and bench.run(out, only="lens") took the string's letters as the
+    names: every section or script with an l, e, n or s in its name ran (the whole demo, minutes), and
+    the one asked for was not singled out. Now a ValueError, before the folder is made."""
+    from jaxinterp import bench, demo
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a benchmark ran"))
+    monkeypatch.setattr(demo, "SECTIONS", ["_no_such_module_13:section"])  # importing it would fail the run
+    with pytest.raises(ValueError, match="only: expected a list of parts of section names, got the string 'lens'"):
+        demo.run(tmp_path / "demo", only="lens")
+    with pytest.raises(ValueError, match="only: expected a list of parts of script names, got the string 'lens'"):
+        bench.run(tmp_path / "bench", quick=True, only="lens")
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "bench").exists()
+    assert [p.stem for p in bench.scripts(["lens"])] == ["lens_train"]
