@@ -54,8 +54,8 @@ def test_intervention_of_the_wrong_width(tiny_raw, name, shape, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(mode="scale"), "mode must be one of"),
-    (dict(mode="add"), "needs a value"),
+    (dict(mode="scale"), r"intervention mode must be one of \('add', 'replace', 'zero', 'mean'\), got 'scale'$"),
+    (dict(mode="add"), "intervention mode 'add' at 'blocks.0.hook_attn_out' needs a value, got None$"),
     (dict(mode="zero", heads=np.ones(4, bool)), "head mask applies only at per-head sites"),
 ])
 def test_malformed_intervention(kwargs, match):
@@ -115,8 +115,8 @@ def test_checkpoint_folder_without_weights(tmp_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    ({"model_type": "llama"}, "model_type 'llama'"),
-    ({"add_cross_attention": True}, "add_cross_attention"),
+    ({"model_type": "llama"}, r"expected a GPT-2 config \(model_type 'gpt2'\), got model_type 'llama'$"),
+    ({"add_cross_attention": True}, r"add_cross_attention=True \(encoder-decoder GPT-2\) is not supported$"),
     ({"activation_function": "mish"}, "activation_function 'mish' is not supported"),
     ({"n_head": 5}, r"n_embd \(64\) must be divisible by n_head \(5\)"),
 ])
@@ -130,7 +130,7 @@ def test_tokens_must_be_two_dimensional_integers(tiny_raw):
     params, config = tiny_raw
     with pytest.raises(ValueError, match=r"shape \[batch, positions\], got shape \[4\]"):
         gpt2.forward(params, np.zeros(4, np.int32), config=config)
-    with pytest.raises(ValueError, match="must be integers"):
+    with pytest.raises(ValueError, match="tokens must be integers, got dtype float32$"):
         gpt2.forward(params, jnp.zeros((1, 4)), config=config)
 
 
