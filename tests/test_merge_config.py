@@ -1,6 +1,7 @@
 """mergekit YAML configs and the streaming safetensors merge; every bad-input error has a case."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,31 +83,48 @@ def test_a_base_listed_for_linear_is_one_of_the_models():
         ("a", {"weight": 0.3}), ("b", {"weight": 0.7})]
 
 
+# each message whole, expected and got (the matches were a word or two: "unknown keys", "shared parameter")
+TIES_PARAMETERS = "(its parameters: int8_mask, normalize, rescale, lambda, weight, density)"
 BAD_CONFIGS = [
-    ({"merge_method": "tiess", "models": ["a"]}, "merge_method: expected one of"),
-    ({"merge_method": "ties", "models": ["a", "b"], "parameters": {"densty": 0.5}}, "densty: unknown parameter"),
-    ({"merge_method": "ties", "models": ["a", "b"]}, "needs a base model"),
-    ({"merge_method": "ties", "models": ["b"], "base_model": "b"}, r"'ties' takes at least 1 non-base models, got 0"),
-    ({"merge_method": "linear", "models": ["a"], "base_model": "b"}, "does not use a base model"),
-    ({"merge_method": "slerp", "models": ["a", "b"], "base_model": "c", "parameters": {"t": 0.5}}, "exactly 2 inputs"),
-    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"t": 0.5}}, "t: unknown parameter"),
-    ({"merge_method": "ties", "models": [{"model": "a", "parameters": {"lambda": 2}}], "base_model": "b"},
-     "shared parameter"),
-    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "dtype": "float8"}, "config.dtype: expected one of"),
-    ({"merge_method": "ties", "models": [], "base_model": "b"}, "config.models: expected a non-empty list"),
-    ({"merge_method": "ties", "modelz": ["a"]}, "unknown keys"),
-    ({"merge_method": "ties", "slices": [{}]}, "slices\\[0\\]: expected {sources"),
-    ({"merge_method": "ties", "modules": {"text": {}}}, "config.modules: per-module configurations are not supported"),
-    ({"models": ["a"]}, "merge_method: required"),
-    ({"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"weight": [{"valu": 1}]}},
-     "expected a condition"),
+    ("method", {"merge_method": "tiess", "models": ["a"]},
+     "merge_method: expected one of ['arcee_fusion', 'breadcrumbs', 'breadcrumbs_ties', 'dare_linear', 'dare_ties', "
+     "'della', 'della_linear', 'karcher', 'linear', 'model_stock', 'multislerp', 'nearswap', 'nuslerp', 'passthrough', "
+     "'sce', 'slerp', 'task_arithmetic', 'ties'], got 'tiess'"),
+    ("parameter", {"merge_method": "ties", "models": ["a", "b"], "parameters": {"densty": 0.5}},
+     f"config.parameters.densty: unknown parameter for merge_method 'ties' {TIES_PARAMETERS}"),
+    ("no base", {"merge_method": "ties", "models": ["a", "b"]},
+     "config.base_model: merge_method 'ties' needs a base model, got none"),
+    ("only the base", {"merge_method": "ties", "models": ["b"], "base_model": "b"},
+     "models: merge_method 'ties' takes at least 1 non-base models, got 0"),
+    ("unused base", {"merge_method": "linear", "models": ["a"], "base_model": "b"},
+     "config.base_model: merge_method 'linear' does not use a base model; list it among the models instead"),
+    ("slerp inputs", {"merge_method": "slerp", "models": ["a", "b"], "base_model": "c", "parameters": {"t": 0.5}},
+     "models: merge_method 'slerp' takes exactly 2 inputs, got 3"),
+    ("another method's parameter", {"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"t": 0.5}},
+     f"config.parameters.t: unknown parameter for merge_method 'ties' {TIES_PARAMETERS}"),
+    ("shared per model", {"merge_method": "ties", "models": [{"model": "a", "parameters": {"lambda": 2}}], "base_model": "b"},
+     "config.models[0].parameters.lambda: a shared parameter of 'ties'; set it in the global parameters, not per model"),
+    ("dtype", {"merge_method": "ties", "models": ["a"], "base_model": "b", "dtype": "float8"},
+     "config.dtype: expected one of float32, float16, bfloat16, float64, got 'float8'"),
+    ("no models", {"merge_method": "ties", "models": [], "base_model": "b"},
+     "config.models: expected a non-empty list of {model: PATH}, got []"),
+    ("unknown key", {"merge_method": "ties", "modelz": ["a"]},
+     "config: unknown keys ['modelz'] (known: ['base_model', 'chat_template', 'dtype', 'merge_method', 'models', "
+     "'modules', 'name', 'out_dtype', 'parameters', 'slices', 'tokenizer', 'tokenizer_source'])"),
+    ("empty slice", {"merge_method": "ties", "slices": [{}]},
+     "config.slices[0]: expected {sources: [{model: PATH, layer_range: [A, B]}, ...]}, got {}"),
+    ("modules", {"merge_method": "ties", "modules": {"text": {}}},
+     "config.modules: per-module configurations are not supported; use `models:` or `slices:`"),
+    ("no method", {"models": ["a"]}, "config.merge_method: required, got nothing"),
+    ("condition", {"merge_method": "ties", "models": ["a"], "base_model": "b", "parameters": {"weight": [{"valu": 1}]}},
+     "config.parameters.weight[0]: expected a condition {value, filter}, got keys ['valu']"),
 ]
 
 
-@pytest.mark.parametrize("d,msg", BAD_CONFIGS, ids=[m for _, m in BAD_CONFIGS])
+@pytest.mark.parametrize("d,msg", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_reported_before_any_file_is_opened(d, msg):
     # the model paths do not exist: the config error must come first
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ValueError, match=re.escape(msg) + "$"):
         config.from_dict(d)
 
 
@@ -125,8 +143,10 @@ models:
 
 @pytest.mark.parametrize("params,msg", [
     ({"density": 0.0, "weight": 1.0}, r"density of input 0 must be in \(0, 1\], got 0.0"),
-    ({"density": 0.9, "epsilon": 0.15, "weight": 1.0}, r"density \+- epsilon in \(0, 1\)"),
-    ({"density": 0.1, "epsilon": 0.15, "weight": 1.0}, r"density \+- epsilon in \(0, 1\)"),
+    ({"density": 0.9, "epsilon": 0.15, "weight": 1.0},
+     r"parameters for w: della needs density \+- epsilon in \(0, 1\), got density 0.9 and epsilon 0.15 for input 0$"),
+    ({"density": 0.1, "epsilon": 0.15, "weight": 1.0},
+     r"parameters for w: della needs density \+- epsilon in \(0, 1\), got density 0.1 and epsilon 0.15 for input 0$"),
 ])
 def test_density_errors(params, msg):
     x = {"w": np.ones((2, 2), np.float32)}
@@ -135,20 +155,21 @@ def test_density_errors(params, msg):
 
 
 @pytest.mark.parametrize("make_b,msg", [
-    (lambda: {"a": np.ones(3), "b": np.ones(3)}, r"differ at b \(only in"),
-    (lambda: {"a": np.ones(4)}, r"differ at a \(shape \(3,\)"),
-    (lambda: {"c": np.ones(3)}, r"differ at a \(missing in"),
+    (lambda: {"a": np.ones(3), "b": np.ones(3)}, r"differ at b \(only in models\[1\]\)$"),
+    (lambda: {"a": np.ones(4)}, r"differ at a \(shape \(3,\) in models\[0\], \(4,\) in models\[1\]\)$"),
+    (lambda: {"c": np.ones(3)}, r"differ at a \(missing in models\[1\]\); c \(only in models\[1\]\)$"),
 ])
 def test_tree_structure_errors_name_first_differing_paths(make_b, msg):
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ValueError, match=r"models: expected trees of the same structure and shapes; models\[0\] and "
+                                         r"models\[1\] " + msg):
         merge("linear", [{"a": np.ones(3)}, make_b()], parameters={"weight": 1.0})
 
 
 def test_missing_required_parameter_and_zero_weights():
     x = {"w": np.ones(2, np.float32)}
-    with pytest.raises(ValueError, match="requires it"):
+    with pytest.raises(ValueError, match="parameters.weight: merge_method 'ties' requires it for input 0: w, and none was given$"):
         merge("ties", [x], base=x)
-    with pytest.raises(ValueError, match="do not sum to 0"):
+    with pytest.raises(ValueError, match=r"parameters for w: linear with normalize needs weights that do not sum to 0, got \[1.0, -1.0\]$"):
         merge("linear", [x, x], model_parameters=[{"weight": 1.0}, {"weight": -1.0}])
 
 
@@ -156,10 +177,13 @@ def test_checkpoint_mismatch_and_missing_model(ckpts, tmp_path):
     other = tmp_path / "odd"
     other.mkdir()
     save_file({"wte.weight": np.zeros((6, 4), np.float32)}, str(other / "model.safetensors"))
-    with pytest.raises(ValueError, match="differ at h.0"):
+    missing = "; ".join(f"{k} (missing in {other})" for k in sorted(NAMES) if k != "wte.weight")
+    with pytest.raises(ValueError, match=re.escape(f"models: expected checkpoints with the same tensors and shapes; "
+                                                   f"{ckpts[0]} and {other} differ at {missing}") + "$"):
         checkpoint.check_indices([checkpoint.read_index(str(ckpts[0])), checkpoint.read_index(str(other))],
                                  [str(ckpts[0]), str(other)])
-    with pytest.raises(ValueError, match="nothing is downloaded"):
+    with pytest.raises(ValueError, match=re.escape(f"model '{tmp_path / 'nope'}': expected a local folder or "
+                                                   ".safetensors file (nothing is downloaded)") + "$"):
         checkpoint.read_index(str(tmp_path / "nope"))
 
 
