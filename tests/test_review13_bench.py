@@ -323,3 +323,25 @@ def test_only_given_as_one_string_is_refused_before_anything_runs(monkeypatch, t
         bench.run(tmp_path / "bench", quick=True, only="lens")
     assert not (tmp_path / "demo").exists() and not (tmp_path / "bench").exists()
     assert [p.stem for p in bench.scripts(["lens"])] == ["lens_train"]
+
+
+def test_inject_sweep_on_a_gpu_shows_no_cpu_second_ratios(monkeypatch, tmp_path):
+    """The two ratios "robust to a shared machine" divide by the process's CPU seconds: on a GPU the
+    sweep runs on the device, so its host CPU time is launches and waits, and the rows printed a
+    speed-up and a share of the matmul rate that measured neither. They are CPU rows (as
+    nugraph_latency's CPU-time rows are), left out on a GPU."""
+    import json
+
+    from test_review12_bench import _stub_inject_sweep
+
+    names = {}
+    for platform in ("gpu", "cpu"):
+        inject_sweep = _stub_inject_sweep(monkeypatch, platform)
+        path = tmp_path / f"{platform}.json"
+        assert inject_sweep.main(["--json", str(path)]) == 0
+        names[platform] = [r["workload"] for r in json.loads(path.read_text())["rows"]]
+    cpu_only = ["speed-up over the jitted loop in CPU seconds (robust to a shared machine)",
+                "sweep FLOPs per CPU second / matmul's (robust to a shared machine)"]
+    assert all(w in names["cpu"] for w in cpu_only)
+    assert [w for w in names["cpu"] if w not in cpu_only] == [
+        w.replace("same device", "same device (information; the goal is the TL row)") for w in names["gpu"]]
