@@ -264,3 +264,16 @@ def test_multislerp_of_float16_models_is_finite(with_base):
         assert got[k].dtype == jnp.float16
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k].astype(jnp.float16)))
         assert np.isfinite(np.asarray(got[k], np.float32)).all()
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_merges_a_0d_leaf(method):
+    # a scalar parameter (CLIP's logit_scale) failed: 'axis 1 is out of bounds for array of dimension 1'
+    base = {"logit_scale": jnp.float32(2.0), "w": jnp.zeros((2, 3))}
+    fts = [{"logit_scale": jnp.float32(3.0 + i), "w": jnp.full((2, 3), 1.0 + i)} for i in range(2)]
+    for seed in range(4):
+        out = tree_merge.merge(method, fts, base=base, parameters={"weight": 1.0, "density": 0.5}, seed=seed)
+        assert out["logit_scale"].shape == ()
+        # each task vector (1 and 2) is kept whole or dropped; ties-style (della) or plain sums
+        kept = float(out["logit_scale"]) - 2.0
+        assert kept in ({0.0, 1.0, 2.0, 1.5} if method == "della" else {0.0, 1.0, 2.0, 3.0})

@@ -99,7 +99,7 @@ def bernoulli(tau: jax.Array, density: float, *, key: jax.Array, rescale: bool =
 
 def della_probabilities(tau: jax.Array, density: float, epsilon: float) -> jax.Array:
     """Keep probabilities `density - eps + 2 eps (rank - min) / (max - min)`, ranks along axis 1."""
-    t = tau[None] if tau.ndim < 2 else tau
+    t = tau.reshape(1, -1) if tau.ndim < 2 else tau  # a vector, or a 0-d scalar, is one row
     ranks = jnp.argsort(jnp.argsort(jnp.abs(t), axis=1), axis=1).astype(jnp.float32) + 1
     lo = ranks.min(axis=1, keepdims=True)
     hi = ranks.max(axis=1, keepdims=True)
@@ -116,7 +116,7 @@ def della_magprune(tau: jax.Array, density: float, *, epsilon: float, key: jax.A
         return jnp.zeros_like(tau)
     probs = della_probabilities(tau, density, epsilon)
     mask = jax.random.bernoulli(key, probs).astype(jnp.float32)
-    t = (tau[None] if tau.ndim < 2 else tau).astype(jnp.float32)
+    t = (tau.reshape(1, -1) if tau.ndim < 2 else tau).astype(jnp.float32)
     return rescale_l1(t, mask, rescale).astype(tau.dtype).reshape(tau.shape)
 
 
