@@ -24,6 +24,40 @@ def _run(*argv):
     return cli.main(["inject", "sweep", *map(str, argv)])
 
 
+def _check_rows_against_single_runs(rows):
+    """Each per_prompt.csv row (written to 6 significant digits) against one run of the model for its
+    prompt, layer and tau: p_before and p_explicit from forward on BOS + the sentence, p_after from
+    inject_logits with the explicit entity's unembed memory (this test checked only that they were
+    probabilities, so rows written under another layer, tau or prompt passed)."""
+    import jax
+    import numpy as np
+
+    from jaxinterp.inject import data as dt
+    from jaxinterp.inject.memory import inject_logits, memory_vector
+    from jaxinterp.transformer import forward, load_gpt2, load_tokenizer
+
+    params, config = load_gpt2(MODEL, process_weights=True)
+    tok = load_tokenizer(MODEL)
+    cells = [line.rstrip("\n").split(",") for line in ROWS]
+
+    def ids(text):
+        return np.concatenate([[dt.bos_id(tok)], dt.token_ids(tok, text)]).astype(np.int32)[None]
+
+    def p(logits, answer):
+        return float(jax.nn.softmax(logits[0, -1])[dt.token_ids(tok, " " + answer)[0]])
+
+    for r in rows:
+        explicit, obscure, entity, _, answer = cells[int(r["row"])]
+        assert (r["obscure_sentence"], r["memory"], r["answer"]) == (obscure, entity, answer)
+        prompt = ids(obscure)
+        memory = memory_vector(params, dt.token_ids(tok, entity), config=config)
+        after = inject_logits(params, prompt, memory, config=config, layer=int(r["layer"]), tau=float(r["tau"]))
+        for column, want in (("p_before", p(forward(params, prompt, config=config), answer)),
+                             ("p_explicit", p(forward(params, ids(explicit), config=config), answer)),
+                             ("p_after", p(after, answer))):
+            assert float(r[column]) == pytest.approx(want, rel=1e-5, abs=0), (r, column, want)
+
+
 def test_sweep_end_to_end(tmp_path):
     data = tmp_path / "p.csv"
     data.write_text(HEADER + "".join(ROWS))
@@ -36,6 +70,7 @@ def test_sweep_end_to_end(tmp_path):
     rows = list(csv.DictReader(open(out / "per_prompt.csv")))
     assert len(rows) == 3 * 2 * 2 and {r["layer"] for r in rows} == {"0", "2"}
     assert all(0 <= float(r["p_after"]) <= 1 and float(r["p_explicit"]) > 0 for r in rows)
+    _check_rows_against_single_runs(rows)
     assert len(list(csv.DictReader(open(out / "prompts.csv")))) == 3
     s = json.loads((out / "summary.json").read_text())
     assert s["layers"] == [0, 2] and s["taus"] == [1.0, 3.0] and s["n_prompts"] == 3
