@@ -277,3 +277,17 @@ def test_della_merges_a_0d_leaf(method):
         # each task vector (1 and 2) is kept whole or dropped; ties-style (della) or plain sums
         kept = float(out["logit_scale"]) - 2.0
         assert kept in ({0.0, 1.0, 2.0, 1.5} if method == "della" else {0.0, 1.0, 2.0, 3.0})
+
+
+@pytest.mark.parametrize("method, n, kw", [
+    ("arcee_fusion", 1, dict(base=True)), ("multislerp", 3, dict(parameters={"weight": 1.0})),
+    ("multislerp", 3, dict(base=True, parameters={"weight": 1.0})), ("ties", 2, dict(base=True, parameters={"weight": 1.0, "density": 0.5})),
+])
+def test_an_empty_leaf_merges_to_an_empty_leaf(method, n, kw):
+    # arcee_fusion: IndexError from its quantiles of no entry; multislerp of 3 models: 'weighted mean
+    # direction is zero' for a tensor with no entries
+    rng = np.random.default_rng(0)
+    tr = lambda: {"e": jnp.zeros((0, 3)), "w": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}  # noqa: E731
+    kw = {**kw, "base": tr()} if kw.get("base") else kw
+    out = tree_merge.merge(method, [tr() for _ in range(n)], **kw)
+    assert out["e"].shape == (0, 3) and out["e"].dtype == jnp.float32

@@ -140,6 +140,9 @@ def _freeze(d: dict) -> tuple:
 def kernel_checked(method: str, inputs: list[jax.Array], base_index: int | None, shared: dict,
                    per_input: list[dict], key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """(merged tensor, bad): `bad` flags inputs that mergekit rejects mid-merge (multislerp)."""
+    if inputs[0].size == 0:  # nothing to merge: arcee_fusion's quantiles indexed an empty sort
+        # (IndexError) and multislerp called the zero norms of 3 empty task vectors antipodal
+        return inputs[base_index if base_index is not None else 0], jnp.bool_(False)
     y = _kernel(method, inputs, base_index, shared, per_input, key)
     return y if isinstance(y, tuple) else (y, jnp.bool_(False))
 
