@@ -291,3 +291,12 @@ def test_an_empty_leaf_merges_to_an_empty_leaf(method, n, kw):
     kw = {**kw, "base": tr()} if kw.get("base") else kw
     out = tree_merge.merge(method, [tr() for _ in range(n)], **kw)
     assert out["e"].shape == (0, 3) and out["e"].dtype == jnp.float32
+
+
+def test_arcee_fusion_merges_a_0d_leaf_as_a_1_entry_one():
+    # the softmax over the last axis of a 0-d leaf failed: 'axis -1 is out of bounds for array of dimension 0'
+    base = {"s": jnp.float32(2.0), "v": jnp.array([2.0])}
+    other = {"s": jnp.float32(3.5), "v": jnp.array([3.5])}
+    out = tree_merge.merge("arcee_fusion", [other], base=base)
+    assert out["s"].shape == ()
+    np.testing.assert_array_equal(out["s"], out["v"][0])

@@ -99,6 +99,8 @@ def arcee_fusion_importance(x: jax.Array, base: jax.Array) -> jax.Array:
 
 
 def arcee_fusion(base: jax.Array, other: jax.Array) -> jax.Array:
+    if base.ndim == 0:  # a scalar is a row of one entry (its softmax over the last axis failed)
+        return arcee_fusion(base.reshape(1), other.reshape(1)).reshape(())
     imp = arcee_fusion_importance(other, base)
     # mergekit samples 1M entries (with replacement) above 1M; we use every entry (deterministic)
     s = jnp.sort(imp.reshape(-1))
