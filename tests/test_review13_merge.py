@@ -300,3 +300,20 @@ def test_arcee_fusion_merges_a_0d_leaf_as_a_1_entry_one():
     out = tree_merge.merge("arcee_fusion", [other], base=base)
     assert out["s"].shape == ()
     np.testing.assert_array_equal(out["s"], out["v"][0])
+
+
+@pytest.mark.parametrize("method, kw", [
+    ("model_stock", dict(base=True, parameters={"filter_wise": True})),
+    ("nuslerp", dict(parameters={"weight": 1.0, "nuslerp_flatten": False})),
+    ("nuslerp", dict(parameters={"weight": 1.0, "nuslerp_flatten": False, "nuslerp_row_wise": True})),
+    ("nuslerp", dict(base=True, parameters={"weight": 1.0, "nuslerp_flatten": False})),
+])
+def test_row_wise_options_merge_a_0d_leaf_as_a_1_entry_one(method, kw):
+    # 'axis -1 is out of bounds for array of dimension 0' (IndexError with nuslerp_row_wise)
+    vals = [2.0, 3.5, -1.0, 0.5]
+    tr = lambda v: {"s": jnp.float32(v), "v": jnp.array([v], jnp.float32)}  # noqa: E731
+    models = [tr(v) for v in vals[1:3]] if method == "nuslerp" else [tr(v) for v in vals[1:]]
+    kw = {**kw, "base": tr(vals[0])} if kw.get("base") else kw
+    out = tree_merge.merge(method, models, **kw)
+    assert out["s"].shape == ()
+    np.testing.assert_array_equal(out["s"], out["v"][0])

@@ -31,9 +31,9 @@ def linear(tensors: list[jax.Array], weights: list[float], *, normalize: bool = 
 
 def model_stock(base: jax.Array, others: list[jax.Array], *, filter_wise: bool = False) -> jax.Array:
     shape = base.shape
-    if filter_wise:
-        w0 = base[None] if base.ndim == 1 else base
-        ws = [w[None] if base.ndim == 1 else w for w in others]
+    if filter_wise:  # a vector, or a 0-d scalar (its norm over the last axis failed), is one row
+        w0 = base.reshape(1, -1) if base.ndim <= 1 else base
+        ws = [w.reshape(1, -1) if base.ndim <= 1 else w for w in others]
     else:
         w0 = base.reshape(-1)
         ws = [w.reshape(-1) for w in others]

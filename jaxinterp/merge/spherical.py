@@ -47,6 +47,8 @@ def slerp(t: float | jax.Array, v0: jax.Array, v1: jax.Array, *, dot_threshold: 
 def nuslerp(t: float, v0: jax.Array, v1: jax.Array, *, row_wise: bool = False, flatten: bool = True,
             eps: float = 1e-8) -> jax.Array:
     """mergekit's `nuslerp` on two tensors (no base)."""
+    if v0.ndim == 0:  # a scalar is a vector of one entry (its norm over the last axis failed)
+        return nuslerp(t, v0.reshape(1), v1.reshape(1), row_wise=row_wise, flatten=flatten, eps=eps).reshape(())
     shape = v0.shape
     if flatten:
         v0, v1 = v0.reshape(-1), v1.reshape(-1)
