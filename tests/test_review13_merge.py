@@ -317,3 +317,31 @@ def test_row_wise_options_merge_a_0d_leaf_as_a_1_entry_one(method, kw):
     out = tree_merge.merge(method, models, **kw)
     assert out["s"].shape == ()
     np.testing.assert_array_equal(out["s"], out["v"][0])
+
+
+@pytest.mark.parametrize("method", ["linear", "task_arithmetic", "karcher"])
+def test_merge_yaml_of_float64_checkpoints_computes_in_float64(tmp_path, method):
+    # JAX's default 32-bit arrays computed the merge in float32 and wrote float64 of float32
+    # precision: entries 1 +- 1e-9 averaged 9.4e-10 off, their differences lost (mergekit: float64)
+    rng = np.random.default_rng(0)
+    refs, xs = [], []
+    for j in range(3):
+        (tmp_path / f"m{j}").mkdir()
+        xs.append(1 + 1e-9 * rng.normal(size=(8,)))
+        save_file({"w": xs[-1]}, str(tmp_path / f"m{j}" / "model.safetensors"))
+        refs.append(str(tmp_path / f"m{j}"))
+    d = {"merge_method": method, "models": [{"model": r} for r in refs], "parameters": {"weight": 1 / 3}}
+    if method == "task_arithmetic":
+        d = {**d, "base_model": refs[0], "models": d["models"][1:], "parameters": {"weight": 0.3}}
+    if method == "karcher":
+        del d["parameters"]
+    checkpoint.run_config(config.from_dict(d), tmp_path / "out", progress=False)
+    from safetensors.numpy import load_file
+
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))["w"]
+    assert got.dtype == np.float64
+    if method == "task_arithmetic":
+        want = xs[0] + 0.3 * ((xs[1] - xs[0]) + (xs[2] - xs[0]))
+    else:  # linear normalises the weights; karcher of near-parallel vectors is their mean to 1e-18
+        want = np.mean(xs, 0)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)

@@ -153,6 +153,8 @@ def _common_dtype(infos) -> str:
 
 def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_pool):
     """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
+    import jax
+
     from jaxinterp.merge import registry, stream
     from jaxinterp.merge import tree_merge as _merge
 
@@ -175,9 +177,13 @@ def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_p
         return stream.merge_flat(method, [x.reshape(-1) for x in xs], base_index=job.base_index,
                                  shared=job.shared, per_input=job.per_input, seed=seed, name=name, dtype=dtype,
                                  out_dtype=out_dtype)
-    y = registry.merge_tensor(method, xs, base_index=job.base_index, shared=job.shared,
-                              per_input=job.per_input, key=_merge.tensor_key(seed, name), name=name)
-    y = np.asarray(y).reshape(-1)  # waits; errors (multislerp's) surface here, in this thread
+    # float64 (configured, or float64 checkpoints) in float64: with JAX's default of 32-bit arrays
+    # the kernels computed in float32 and wrote float64 of float32 precision (mergekit computes in
+    # float64: entries 1 +- 1e-9 averaged 9e-10 off, their differences lost)
+    with jax.enable_x64(dtype == "float64"):
+        y = registry.merge_tensor(method, xs, base_index=job.base_index, shared=job.shared,
+                                  per_input=job.per_input, key=_merge.tensor_key(seed, name), name=name)
+        y = np.asarray(y).reshape(-1)  # waits; errors (multislerp's) surface here, in this thread
     return [stream.Piece(0, lambda: y.astype(_np_dtype(out_dtype), copy=False), 0, size)]
 
 

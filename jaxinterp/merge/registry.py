@@ -177,11 +177,14 @@ def _split(method: str, shared: dict, per_input: list[dict]):
 
 
 def split_traced(method: str, shared: dict, per_input: list[dict]) -> tuple[tuple, tuple, tuple, tuple]:
-    """(frozen static shared, frozen static per-input, traced keys, their float32 values): the static
+    """(frozen static shared, frozen static per-input, traced keys, their float values): the static
     parts key a compilation cache; the values go in as arguments."""
     s2, p2, dyn = _split(method, shared, per_input)
     keys = tuple(dyn)
-    return _freeze(s2), tuple(_freeze(p) for p in p2), keys, tuple(jnp.float32(dyn[k]) for k in keys)
+    # float64 where arrays may be (a float64 merge would otherwise take weights rounded to float32);
+    # every kernel casts them to its work dtype
+    ftype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    return _freeze(s2), tuple(_freeze(p) for p in p2), keys, tuple(jnp.asarray(dyn[k], ftype) for k in keys)
 
 
 def with_traced(shared: tuple, per_input: tuple, dyn_keys: tuple, dyn_vals) -> tuple[dict, list[dict]]:
