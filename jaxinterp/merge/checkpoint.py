@@ -13,6 +13,7 @@ config/tokenizer files of the base (else the first) model and the `mergekit_conf
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import mmap
@@ -180,7 +181,7 @@ def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_p
     # float64 (configured, or float64 checkpoints) in float64: with JAX's default of 32-bit arrays
     # the kernels computed in float32 and wrote float64 of float32 precision (mergekit computes in
     # float64: entries 1 +- 1e-9 averaged 9e-10 off, their differences lost)
-    with jax.enable_x64(dtype == "float64"):
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
         y = registry.merge_tensor(method, xs, base_index=job.base_index, shared=job.shared,
                                   per_input=job.per_input, key=_merge.tensor_key(seed, name), name=name)
         y = np.asarray(y).reshape(-1)  # waits; errors (multislerp's) surface here, in this thread
