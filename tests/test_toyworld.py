@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -116,6 +117,13 @@ def test_train_resume_and_evaluate(tmp_path):
     assert trainmod._train_step(dataclasses.replace(TINY_TRAIN, vocab_size=first.config.vocab_size))._cache_size() == 1
     params, config = load_gpt2(tmp_path / "model")
     assert config.n_layer == 1 and json.loads((tmp_path / "train.json").read_text())["steps_done"] == 4
+    # the stopped-and-resumed run is the uninterrupted one: the same 4 losses and weights (this checked
+    # only how many losses each part logged)
+    straight = trainmod.train(tmp_path / "straight", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False,
+                              log_every=1)
+    assert straight.resumed_from == 0 and list(first.losses) + list(second.losses) == list(straight.losses)
+    for name, w in load_gpt2(tmp_path / "straight" / "model")[0].items():
+        jax.tree.map(np.testing.assert_array_equal, params[name], w)
     res = evaluate.evaluate(tmp_path / "model", world_config=TINY_WORLD, candidates=False)
     groups = {r["group"] for r in res["rows"]}
     assert groups == {"single-hop", "two-hop held-out", "explicit held-out", "two-hop trained"}
