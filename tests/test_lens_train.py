@@ -125,16 +125,17 @@ def test_read_texts(tmp_path):
 
 
 @pytest.mark.parametrize("content,name,match", [
-    ("", "empty.txt", "holds no text"),
-    ("\n  \n", "blank.txt", "holds no text"),
-    ('{"body": "x"}\n', "f.jsonl", "field 'text'"),
-    ("{oops\n", "g.jsonl", "is not JSON"),
-    ('{"text": "ok"}\n{"text": null}\n', "n.jsonl", "line 2: expected field 'text' to be a string, got NoneType"),
-    ('{"text": ["a", "b"]}\n', "l.jsonl", "line 1: expected field 'text' to be a string, got list"),
+    # each message whole after "data: <file> " (the matches were a word or two: "holds no text", "is not JSON")
+    ("", "empty.txt", r"holds no text \(empty file or only blank lines\)$"),
+    ("\n  \n", "blank.txt", r"holds no text \(empty file or only blank lines\)$"),
+    ('{"body": "x"}\n', "f.jsonl", r"line 1: expected an object with field 'text', got \{'body': 'x'\}$"),
+    ("{oops\n", "g.jsonl", "line 1 is not JSON: Expecting property name enclosed in double quotes"),  # json's words
+    ('{"text": "ok"}\n{"text": null}\n', "n.jsonl", "line 2: expected field 'text' to be a string, got NoneType None$"),
+    ('{"text": ["a", "b"]}\n', "l.jsonl", r"line 1: expected field 'text' to be a string, got list \['a', 'b'\]$"),
 ])
 def test_bad_data(tmp_path, content, name, match):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=re.escape(f"data: {tmp_path / name} ") + match):
         data.read_texts(tmp_path / name)
 
 
@@ -274,10 +275,12 @@ def test_cli_train_then_show(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["train", "--layer", 3, "--data", "{data}"], "layer: expected an integer in \\[0, 3\\)"),
-    (["train", "--layer", 1, "--data", "{empty}"], "holds no text"),
-    (["show", "--lens", "{lens}", "--prompt", " ".join(["w1"] * 33)], "longer than the model's context of 32"),
-    (["show", "--lens", "{lens}", "--layer", 7, "--prompt", "w1"], "layer 7 out of range"),
+    # the whole stderr line (the matches were a few words: "holds no text", "layer 7 out of range")
+    (["train", "--layer", 3, "--data", "{data}"], r"layer: expected an integer in \[0, 3\) \(the model has 3 blocks\), got 3"),
+    (["train", "--layer", 1, "--data", "{empty}"], r"data: {empty} holds no text \(empty file or only blank lines\)"),
+    (["show", "--lens", "{lens}", "--prompt", " ".join(["w1"] * 33)],
+     "prompt: 33 tokens is longer than the model's context of 32 positions"),
+    (["show", "--lens", "{lens}", "--layer", 7, "--prompt", "w1"], "lens {lens}: layer 7 out of range, the model has 3 blocks"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, match):
     from conftest import FIXTURES
@@ -290,7 +293,9 @@ def test_cli_bad_input(tmp_path, capsys, argv, match):
     extra = ["--out", out] if argv[0] == "train" else []
     assert _cli("lens", *argv[:1], "--model", TINY_GPT2, *argv[1:], *extra) == 2
     err = capsys.readouterr().err
-    assert re.search(match, err), err
+    for key, path in fill.items():
+        match = match.replace(key, re.escape(str(path)))
+    assert re.fullmatch("jaxinterp lens: error: " + match + "\n", err), err
     assert not out.exists()  # nothing written
 
 
