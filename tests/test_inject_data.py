@@ -1,5 +1,6 @@
 """Prompt CSVs (the paper's formats), word lists, tokenisation of prompts, memories and answers."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,10 @@ def test_2wmh_names_and_index(tmp_path):
     ("explicit_sentence,explicit_entity,answer\na,b,c\n", "missing column 'obscure_sentence'"),
     (HEADER + "a,b,c,d,e\na,b, ,d,e\n", "line 3: empty cell in column 'explicit_entity'"),
     (HEADER + "a,b,c,d\n", "line 2: empty cell in column 'answer'"),
-    ("", "empty file"),
-    (HEADER, "no data rows"),
+    # these two matched a word or two ("empty file", "no data rows"): now the whole message after the file
+    ("", r"empty file, expected a header row with columns \['answer', 'explicit_entity', 'explicit_sentence', "
+         r"'obscure_sentence'\]$"),
+    (HEADER, "no data rows after the header$"),
 ])
 def test_bad_csv(tmp_path, text, match):
     p = tmp_path / "bad.csv"
@@ -84,7 +87,8 @@ def test_bad_csv(tmp_path, text, match):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="not found"):
+    with pytest.raises(ValueError, match=re.escape(f"prompt data: expected a CSV file, got '{tmp_path / 'nope.csv'}' "
+                                                   "(not found)") + "$"):
         dt.load_prompts(tmp_path / "nope.csv")
 
 
