@@ -1,6 +1,8 @@
 """Lens files: LensA state dicts saved by real torch (.pt, Lightning .ckpt) read without torch give
 torch's top-k tokens; jaxinterp's own files round-trip; lenses that do not fit the model are refused."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -39,9 +41,12 @@ def test_own_format_round_trips(tmp_path):
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda c: c.__class__(1, 4, 64, 50257), "vocab 50257, but the model has .*vocab 97"),
-    (lambda c: c.__class__(1, 4, 32, 97), "d_model 32, .*but the model has .*d_model 64"),
-    (lambda c: c.__class__(5, 4, 64, 97), "layer 5 out of range"),
+    # each message whole (the matches were a few words: "layer 5 out of range", "vocab 50257, but ...")
+    (lambda c: c.__class__(1, 4, 64, 50257),
+     "lens file: made for heads 4, d_model 64, vocab 50257, but the model has heads 4, d_model 64, vocab 97$"),
+    (lambda c: c.__class__(1, 4, 32, 97),
+     "lens file: made for heads 4, d_model 32, vocab 97, but the model has heads 4, d_model 64, vocab 97$"),
+    (lambda c: c.__class__(5, 4, 64, 97), "lens file: layer 5 out of range, the model has 3 blocks$"),
 ])
 def test_lens_that_does_not_fit_the_model(tiny_processed, mutate, match):
     with pytest.raises(ValueError, match=match):
@@ -99,17 +104,21 @@ def test_own_lens_file_that_does_not_fit(tmp_path, tiny_processed, config, meta,
 
 
 def test_bad_lens_files(tmp_path, tiny_processed):
-    with pytest.raises(ValueError, match="does not record its layer"):
+    # each message whole (the matches were a few words: "does not exist", "linears.1 has weight")
+    with pytest.raises(ValueError, match="layer: a PyTorch lens file does not record its layer; pass the layer it "
+                                         "was trained on$"):
         io.load_lens(FIXTURES / "lens_tiny_layer1.pt")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match=re.escape(f"lens: {tmp_path / 'nope.pt'} does not exist") + "$"):
         io.load_lens(tmp_path / "nope.pt", layer=1)
-    with pytest.raises(ValueError, match="no `linears.<head>.weight`"):
+    with pytest.raises(ValueError, match=r"lens: no `linears.<head>.weight` tensors in the state dict \(first names: "
+                                         r"\['model.wte.weight'\]\)$"):
         io.from_torch_state_dict({"model.wte.weight": np.zeros((3, 2))}, layer=0)
     bad = {"linears.0.weight": np.zeros((97, 64)), "linears.0.bias": np.zeros(97),
            "linears.1.weight": np.zeros((97, 32)), "linears.1.bias": np.zeros(97)}
-    with pytest.raises(ValueError, match="linears.1 has weight"):
+    with pytest.raises(ValueError, match=r"lens: linears.1 has weight \[97, 32\] and bias \[97\], expected \[97, 64\] "
+                                         r"and \[97\] like head 0$"):
         io.from_torch_state_dict(bad, layer=0)
-    with pytest.raises(ValueError, match="prompt: 33 tokens is longer"):
+    with pytest.raises(ValueError, match="prompt: 33 tokens is longer than the model's context of 32 positions$"):
         readout.check_prompt([1] * 33, tiny_processed[1])
 
 
