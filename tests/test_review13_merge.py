@@ -362,3 +362,11 @@ def test_bfloat16_merges_compute_in_float32_as_build_notes_say(method, k, params
     want = tree_merge.merge(method, [up(bf(x)) for x in ins], base=up(bf(base)), parameters=params)["w"]
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want.astype(jnp.bfloat16), np.float32))
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf")])
+def test_tsv_merge_refuses_a_non_finite_alpha(alpha):
+    base = {"m": jnp.zeros((3, 3))}
+    fts = [{"m": jnp.eye(3) * (i + 1)} for i in range(2)]
+    with pytest.raises(ValueError, match=r"alpha: expected a finite scale of the merged task vector, got"):
+        soups.tsv_merge(fts, base, alpha=alpha)

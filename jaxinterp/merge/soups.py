@@ -85,6 +85,8 @@ def tsv_merge(models: Sequence[Any], base: Any, *, alpha: float = 1.0, sv_reduct
     """TSV-merge of fine-tuned `models` of `base` (see the module docstring)."""
     if not models:
         raise ValueError("models: expected at least one fine-tuned params tree, got none")
+    if not np.isfinite(alpha):  # every leaf came out NaN or inf
+        raise ValueError(f"alpha: expected a finite scale of the merged task vector, got {alpha}")
     if not 0 < sv_reduction_scale <= len(models):
         raise ValueError(f"sv_reduction_scale: expected a value in (0, {len(models)}], got {sv_reduction_scale}")
     tree.check_same_structure(list(models) + [base], "models+[base]")
