@@ -380,3 +380,32 @@ def test_filter_normalized_direction_of_bfloat16_params_matches_their_filter_nor
         want = np.linalg.norm(np.asarray(p[layer]["kernel"], np.float64), axis=0)
         got = np.linalg.norm(np.asarray(d[layer]["kernel"], np.float64), axis=0)
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _loss_with_positions(p, batch):
+    x, y = batch
+    return mlp.loss({k: v for k, v in p.items() if k != "pos"}, (x[p["pos"]], y[p["pos"]]))
+
+
+def _mlp_with_positions(seed, pos=None):
+    return {**mlp.init(jax.random.PRNGKey(seed), (5, 7, 3)), "pos": jnp.arange(8, dtype=jnp.int32) if pos is None else pos}
+
+
+def test_paths_and_planes_keep_integer_buffers():
+    # lerp and the plane made the int32 position ids float: 'Indexer must have integer or boolean type'
+    batch = (jax.random.normal(jax.random.PRNGKey(3), (16, 5)), jnp.arange(16) % 3)
+    a, b, c = (_mlp_with_positions(s) for s in range(3))
+    r = landscape.linear_path(_loss_with_positions, a, b, batch, num=3)
+    np.testing.assert_allclose(r.losses[[0, -1]], [_loss_with_positions(a, batch), _loss_with_positions(b, batch)],
+                               rtol=1e-6)
+    s = landscape.plane_through(_loss_with_positions, a, b, c, batch, n=2, margin=0.0)
+    np.testing.assert_allclose(s.losses[0], [_loss_with_positions(a, batch), _loss_with_positions(b, batch)], rtol=1e-5)
+    s = landscape.random_surface(_loss_with_positions, a, batch, key=jax.random.PRNGKey(0), n=3)
+    np.testing.assert_allclose(s.losses[1, 1], _loss_with_positions(a, batch), rtol=1e-6)  # the centre is a
+    d = landscape.filter_normalized_direction(jax.random.PRNGKey(0), a)
+    assert not np.asarray(d["pos"]).any()
+    other = _mlp_with_positions(1, pos=jnp.arange(8, dtype=jnp.int32)[::-1])
+    with pytest.raises(ValueError, match=r"pos: expected the same values in every tree for a int32 leaf"):
+        landscape.linear_path(_loss_with_positions, a, other, batch, num=3)
+    with pytest.raises(ValueError, match=r"pos: expected the same values in every tree"):
+        landscape.plane_through(_loss_with_positions, a, b, other, batch, n=2)

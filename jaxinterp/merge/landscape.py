@@ -27,8 +27,14 @@ from jaxinterp.merge import tree
 LossFn = Callable[[Any, Any], jax.Array]  # (params, batch) -> scalar
 
 
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
 def lerp(a: Any, b: Any, alpha: jax.Array) -> Any:
-    return jax.tree_util.tree_map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
+    """(1 - alpha) a + alpha b; integer and boolean leaves (buffers: position ids, masks) are a's, not
+    interpolated (they became float, and a loss indexing with them failed)."""
+    return jax.tree_util.tree_map(lambda x, y: (1 - alpha) * x + alpha * y if _is_float(x) else x, a, b)
 
 
 class PathResult(NamedTuple):
@@ -115,6 +121,8 @@ def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, nu
                 chunk: int | None = None) -> PathResult:
     """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers."""
     _check_count("num", num, 2, "at least 2 alphas (the two endpoints)")
+    tree.check_same_structure([params_a, params_b], "params_a/params_b")
+    tree.check_buffers([params_a, params_b], "[params_a, params_b]")
     alphas = np.linspace(0.0, 1.0, num, dtype=np.float32)
     losses = np.asarray(path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
     return PathResult(alphas, losses, barrier_mean(alphas, losses), barrier_chord(alphas, losses))
@@ -135,8 +143,8 @@ def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coo
     tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
     _check_points("coords", coords, "[G, 2]", (2,))
 
-    def one(ab):
-        p = jax.tree_util.tree_map(lambda o, x, y: o + ab[0] * x + ab[1] * y, origin, d1, d2)
+    def one(ab):  # integer and boolean leaves (buffers) stay the origin's
+        p = jax.tree_util.tree_map(lambda o, x, y: o + ab[0] * x + ab[1] * y if _is_float(o) else o, origin, d1, d2)
         return loss_fn(p, batch)
 
     return _map(one, coords, chunk)
@@ -168,6 +176,7 @@ def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: 
                   margin: float = 0.2, chunk: int | None = 256) -> Surface:
     """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
     tree.check_same_structure([p0, p1, p2], "p0/p1/p2")
+    tree.check_buffers([p0, p1, p2], "[p0, p1, p2]")  # equal, they add nothing to the plane's axes
     _check_count("n", n, 2, "at least 2 grid points per side")
     if not 0 <= margin < np.inf:
         raise ValueError(f"margin: expected a non-negative finite fraction of the models' span, got {margin}")
@@ -216,6 +225,9 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
     out = []
     for k, p in zip(keys, leaves):
         d = jax.random.normal(k, p.shape, jnp.float32)
+        if not _is_float(p):  # a buffer (position ids): no direction
+            out.append(jnp.zeros_like(d))
+            continue
         if p.ndim <= 1:
             out.append(jnp.zeros_like(d) if ignore_1d else jnp.asarray(p, jnp.float32))
             continue

@@ -71,3 +71,12 @@ def mean_leaf(xs: Sequence[Any], name: str, arg: str = "models") -> Any:
     dtype = jax.numpy.result_type(*dtypes)
     work = np.float64 if dtype == np.float64 else np.float32
     return (sum(jax.numpy.asarray(x, work) for x in xs) / len(xs)).astype(dtype)
+
+
+def check_buffers(trees: Sequence[Any], arg: str) -> None:
+    """ValueError unless every integer or boolean leaf (a buffer) holds the same values in every tree:
+    paths and planes between models take the buffers as they are, never between them."""
+    leaves = [named_leaves(t) for t in trees]
+    for name, x in leaves[0].items():
+        if not jax.numpy.issubdtype(leaf_dtype(x), jax.numpy.inexact):
+            mean_leaf([lv[name] for lv in leaves], name, arg)
