@@ -409,3 +409,29 @@ def test_paths_and_planes_keep_integer_buffers():
         landscape.linear_path(_loss_with_positions, a, other, batch, num=3)
     with pytest.raises(ValueError, match=r"pos: expected the same values in every tree"):
         landscape.plane_through(_loss_with_positions, a, b, other, batch, n=2)
+
+
+# ----------------------------------------------------------------------------- re-basin
+
+
+def test_cnn_spec_aligns_convs_without_a_bias_before_batchnorm():
+    # Conv(use_bias=False) + BatchNorm, the usual layout that norm_names is for, was refused:
+    # "spec: leaf 'Conv_0.bias' is not in params"
+    from jaxinterp.merge import rebasin
+
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    p = {"Conv_0": {"kernel": jax.random.normal(k[0], (3, 3, 2, 4))},
+         "BatchNorm_0": {"scale": jax.random.normal(k[1], (4,)), "bias": jax.random.normal(k[2], (4,))},
+         "Dense_0": {"kernel": jax.random.normal(k[3], (4, 3)), "bias": jnp.zeros(3)}}
+    spec = rebasin.cnn_permutation_spec(["Conv_0"], ["Dense_0"], norm_names={"Conv_0": "BatchNorm_0"}, no_bias=["Conv_0"])
+    perm = np.array([2, 0, 3, 1])
+    q = rebasin.apply_permutation(spec, {"P_0": perm}, p)
+    np.testing.assert_array_equal(q["BatchNorm_0"]["bias"], p["BatchNorm_0"]["bias"][perm])
+    np.testing.assert_array_equal(q["Dense_0"]["kernel"], p["Dense_0"]["kernel"][perm])
+    r = rebasin.weight_matching(spec, p, q)
+    assert r.perms["P_0"].tolist() == np.argsort(perm).tolist()
+    mspec = rebasin.mlp_permutation_spec(["Dense_0", "Dense_1"], no_bias=["Dense_0"])
+    assert "Dense_0.bias" not in mspec.axes and mspec.axes["Dense_1.bias"] == (None,)
+    with pytest.raises(ValueError, match=r"no_bias: expected a list of layer names among \['Conv_0', 'Dense_0'\], "
+                                         r"got \['Conv0'\]"):
+        rebasin.cnn_permutation_spec(["Conv_0"], ["Dense_0"], no_bias=["Conv0"])

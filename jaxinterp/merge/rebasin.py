@@ -161,27 +161,40 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, max_
 # ----------------------------------------------------------------------------- specs
 
 
-def mlp_permutation_spec(layer_names: list[str], *, kernel: str = "kernel", bias: str = "bias") -> PermutationSpec:
-    """Dense stack (Flax kernels [in, out]): the outputs of every layer but the last are permuted."""
+def _check_no_bias(no_bias, layers: list[str]) -> set[str]:
+    unknown = sorted(set(no_bias) - set(layers))
+    if isinstance(no_bias, str) or unknown:  # a typo would ask for a bias the layer lacks, or skip one it has
+        raise ValueError(f"no_bias: expected a list of layer names among {layers}, got {no_bias!r}")
+    return set(no_bias)
+
+
+def mlp_permutation_spec(layer_names: list[str], *, kernel: str = "kernel", bias: str = "bias",
+                         no_bias: list[str] = ()) -> PermutationSpec:
+    """Dense stack (Flax kernels [in, out]): the outputs of every layer but the last are permuted.
+    Layers in `no_bias` have no bias leaf (Flax's use_bias=False)."""
+    skip = _check_no_bias(no_bias, list(layer_names))
     axes = {}
     for i, layer in enumerate(layer_names):
         p_in = f"P_{i - 1}" if i > 0 else None
         p_out = f"P_{i}" if i < len(layer_names) - 1 else None
         axes[f"{layer}.{kernel}"] = (p_in, p_out)
-        axes[f"{layer}.{bias}"] = (p_out,)
+        if layer not in skip:
+            axes[f"{layer}.{bias}"] = (p_out,)
     return PermutationSpec(axes, {})
 
 
 def cnn_permutation_spec(conv_names: list[str], dense_names: list[str], *, norm_names: dict[str, str] | None = None,
-                         kernel: str = "kernel", bias: str = "bias") -> PermutationSpec:
+                         kernel: str = "kernel", bias: str = "bias", no_bias: list[str] = ()) -> PermutationSpec:
     """Conv stack (Flax kernels [kh, kw, in, out]) then global pooling then a dense stack.
 
     `norm_names` maps a conv name to the norm layer after it (its scale and bias share the conv's
     output permutation; BatchNorm running statistics live outside params and must be permuted the
-    same way by the caller, or recomputed).
+    same way by the caller, or recomputed). Layers in `no_bias` have no bias leaf (use_bias=False,
+    as convs before a BatchNorm usually are: the spec asked for their bias and was refused).
     """
     axes = {}
     layers = [(n, "conv") for n in conv_names] + [(n, "dense") for n in dense_names]
+    skip = _check_no_bias(no_bias, [n for n, _ in layers])
     unknown = sorted(set(norm_names or {}) - {n for n, _ in layers})
     if unknown:  # a typo would leave that norm layer unpermuted: another function, silently
         raise ValueError(f"norm_names: expected keys among the conv and dense layers {[n for n, _ in layers]}, "
@@ -190,7 +203,8 @@ def cnn_permutation_spec(conv_names: list[str], dense_names: list[str], *, norm_
         p_in = f"P_{i - 1}" if i > 0 else None
         p_out = f"P_{i}" if i < len(layers) - 1 else None
         axes[f"{layer}.{kernel}"] = (None, None, p_in, p_out) if kind == "conv" else (p_in, p_out)
-        axes[f"{layer}.{bias}"] = (p_out,)
+        if layer not in skip:
+            axes[f"{layer}.{bias}"] = (p_out,)
         if norm_names and layer in norm_names:
             axes[f"{norm_names[layer]}.scale"] = (p_out,)
             axes[f"{norm_names[layer]}.bias"] = (p_out,)
