@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -113,7 +114,8 @@ def test_model_files_round_trip_and_errors(events_and_model, tmp_path):
     _, folder, _ = events_and_model
     m = evaluate.load_model(folder)
     assert m.config == TINY and m.meta["command"] == "test" and m.norm["u"].shape == (2, 4)
-    with pytest.raises(ValueError, match="expected model.npz in"):
+    with pytest.raises(ValueError, match=re.escape(f"params: expected model.npz in {tmp_path} (a `nugraph train` run "
+                                                   "folder), not found") + "$"):  # matched "expected model.npz in"
         evaluate.load_model(tmp_path)
     other = NuGraph2Config(planar_features=4, nexus_features=4, num_iters=1)
     train.save_model(tmp_path, model.init(jax.random.key(0), other), TINY, m.norm)  # params of another size
@@ -133,7 +135,7 @@ def test_model_files_round_trip_and_errors(events_and_model, tmp_path):
         with pytest.raises(ValueError, match=message):
             evaluate.load_model(tmp_path)
     js.write_text("{not json")
-    with pytest.raises(ValueError, match="is not valid JSON"):
+    with pytest.raises(ValueError, match=re.escape(f"params: {js} is not valid JSON (Expecting property name")):
         evaluate.load_model(tmp_path)
 
 
