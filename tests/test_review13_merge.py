@@ -435,3 +435,24 @@ def test_cnn_spec_aligns_convs_without_a_bias_before_batchnorm():
     with pytest.raises(ValueError, match=r"no_bias: expected a list of layer names among \['Conv_0', 'Dense_0'\], "
                                          r"got \['Conv0'\]"):
         rebasin.cnn_permutation_spec(["Conv_0"], ["Dense_0"], no_bias=["Conv0"])
+
+
+def test_fisher_merging_of_models_with_an_integer_buffer():
+    # diagonal_fisher: 'grad requires real- or complex-valued inputs ... got int32' for the whole
+    # tree; fisher_merge: the buffer's weighted mean came back truncated to int32
+    x, y = jax.random.normal(jax.random.PRNGKey(2), (6, 5)), jnp.arange(6) % 3
+
+    def apply(p, inputs):
+        return mlp.apply({k: v for k, v in p.items() if k != "step"}, inputs)
+
+    ms = [{**mlp.init(jax.random.PRNGKey(s), (5, 7, 3)), "step": jnp.int32(3)} for s in range(2)]
+    fs = [fisher.diagonal_fisher(apply, m, x, labels=y) for m in ms]
+    plain = fisher.diagonal_fisher(mlp.apply, {k: v for k, v in ms[0].items() if k != "step"}, x, labels=y)
+    for a, b in zip(jax.tree_util.tree_leaves({k: v for k, v in fs[0].items() if k != "step"}),
+                    jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(a, b)
+    assert float(fs[0]["step"]) == 0.0
+    out = fisher.fisher_merge(ms, fs)
+    assert out["step"].dtype == jnp.int32 and int(out["step"]) == 3
+    with pytest.raises(ValueError, match=r"step: expected the same values in every tree for a int32 leaf"):
+        fisher.fisher_merge([ms[0], {**ms[1], "step": jnp.int32(4)}], fs)

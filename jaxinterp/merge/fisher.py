@@ -69,8 +69,12 @@ def _fisher(logits_fn, params, inputs, labels):
     def logp(p, x, y):
         return jax.nn.log_softmax(logits_fn(p, x[None])[0])[y]
 
-    g = jax.vmap(jax.grad(logp), in_axes=(None, 0, 0))(params, inputs, labels)
-    return jax.tree_util.tree_map(lambda x: jnp.mean(jnp.square(x), 0), g)
+    # integer leaves (buffers: step counters, position ids) have no gradient: a Fisher of zeros
+    # (jax.grad refused the whole tree: 'grad requires real- or complex-valued inputs')
+    g = jax.vmap(jax.grad(logp, allow_int=True), in_axes=(None, 0, 0))(params, inputs, labels)
+    return jax.tree_util.tree_map(
+        lambda x, p: jnp.mean(jnp.square(x), 0) if jnp.issubdtype(jnp.result_type(p), jnp.inexact)
+        else jnp.zeros(jnp.shape(p), jnp.float32), g, params)
 
 
 def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequence[float] | None = None,
@@ -100,9 +104,11 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
             raise ValueError(f"fishers: expected Fishers of positive finite norm to normalize by, got norms {norms}")
         w = [wi / n for wi, n in zip(w, norms)]
 
-    def one(*leaves):
+    def one(name, *leaves):
         ps, fs = leaves[: len(models)], leaves[len(models):]
         dtype = jnp.result_type(*ps)
+        if not jnp.issubdtype(dtype, jnp.inexact) or not all(jnp.issubdtype(tree.leaf_dtype(p), jnp.inexact) for p in ps):
+            return tree.mean_leaf(ps, name)  # a buffer: copied when equal (its weighted mean was truncated)
         # in float32: bfloat16 products and running sums (bfloat16 Fishers of bfloat16 models) put
         # 5 models' merge 1.6% off, half of the entries other than the rounded weighted mean
         work = jnp.float64 if dtype == jnp.float64 else jnp.float32
@@ -111,7 +117,10 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
         den = sum(wi * f for wi, f in zip(w, fs))
         return (num / den).astype(dtype)
 
-    return jax.tree_util.tree_map(one, *models, *fishers)
+    names = tree.leaf_names(models[0])
+    leaves = [jax.tree_util.tree_leaves(t) for t in [*models, *fishers]]
+    out = [one(n, *(lv[i] for lv in leaves)) for i, n in enumerate(names)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)
 
 
 def gram(x: jax.Array) -> jax.Array:
