@@ -206,6 +206,22 @@ def test_eval_command_writes_metrics_and_pictures(events_and_model, tmp_path, ca
     got = json.loads((out / "metrics.json").read_text())
     assert got["hits"] == sum(int((r.planes[p].y_semantic >= 0).sum()) for r in events_and_model[0] for p in "uvy")
     assert np.array(got["semantic_counts"]).sum() == got["hits"]
+    # the confusion counts and filter figures against predict's outputs counted here in numpy (this
+    # checked only that the semantic counts summed to the hits)
+    from jaxinterp.nugraph.predict import predict
+
+    m = evaluate.load_model(folder)
+    events = evaluate.to_events(hdf5.read_events(path, None).events, m)
+    sem, fil = np.zeros((5, 5), int), np.zeros((2, 2), int)
+    for e, pr in zip(events, predict(m.params, events, config=m.config), strict=True):
+        for p in "uvy":
+            y, signal = e.planes[p].y_semantic, e.planes[p].y_semantic >= 0
+            np.add.at(sem, (y[signal], np.argmax(pr.semantic[p], -1)[signal]), 1)
+            np.add.at(fil, (signal.astype(int), (pr.filter[p] >= 0.5).astype(int)), 1)
+    assert got["semantic_counts"] == sem.tolist() and got["filter_counts"] == fil.tolist()
+    assert got["filter_efficiency"] == pytest.approx(fil[1, 1] / fil[1].sum(), rel=1e-12)
+    assert got["filter_purity"] == pytest.approx(fil[1, 1] / fil[:, 1].sum(), rel=1e-12)
+    assert got["semantic_efficiency"] == pytest.approx(np.trace(sem) / sem.sum(), rel=1e-12)
     pngs = sorted(f.name for f in out.glob("*.png"))
     assert pngs[:4] == ["confusion_filter_by_prediction.png", "confusion_filter_by_truth.png",
                         "confusion_semantic_by_prediction.png", "confusion_semantic_by_truth.png"]
