@@ -456,3 +456,28 @@ def test_fisher_merging_of_models_with_an_integer_buffer():
     assert out["step"].dtype == jnp.int32 and int(out["step"]) == 3
     with pytest.raises(ValueError, match=r"step: expected the same values in every tree for a int32 leaf"):
         fisher.fisher_merge([ms[0], {**ms[1], "step": jnp.int32(4)}], fs)
+
+
+def test_bezier_curves_keep_integer_buffers():
+    # fit_bezier: jax.grad refused the whole bend ('grad requires real- or complex-valued inputs');
+    # the curve made the position ids float ('Indexer must have integer or boolean type')
+    from jaxinterp.merge import curves
+
+    batch = (jax.random.normal(jax.random.PRNGKey(3), (16, 5)), jnp.arange(16) % 3)
+    a, b = _mlp_with_positions(0), _mlp_with_positions(1)
+    r = curves.fit_bezier(_loss_with_positions, a, b, lambda i: batch, steps=20)
+    assert np.isfinite(r.train_losses).all() and r.bend["pos"].dtype == jnp.int32
+    np.testing.assert_array_equal(r.bend["pos"], a["pos"])
+    ends = curves.curve_losses(_loss_with_positions, a, r.bend, b, batch, jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(ends, [_loss_with_positions(a, batch), _loss_with_positions(b, batch)], rtol=1e-6)
+    straight = jax.tree_util.tree_map(lambda x, y: x if x.dtype == jnp.int32 else 0.5 * (x + y), a, b)
+    mid = lambda bend: float(curves.curve_losses(_loss_with_positions, a, bend, b, batch, jnp.array([0.5]))[0])  # noqa: E731
+    assert mid(r.bend) < mid(straight)
+    # the same training as without the buffer
+    plain = curves.fit_bezier(lambda p, bt: mlp.loss(p, (bt[0][:8], bt[1][:8])),
+                              {k: v for k, v in a.items() if k != "pos"}, {k: v for k, v in b.items() if k != "pos"},
+                              lambda i: batch, steps=20)
+    np.testing.assert_allclose(r.train_losses, plain.train_losses, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"pos: expected the same values in every tree"):
+        curves.fit_bezier(_loss_with_positions, a, _mlp_with_positions(1, jnp.arange(8, dtype=jnp.int32)[::-1]),
+                          lambda i: batch, steps=2)

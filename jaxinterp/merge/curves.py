@@ -17,11 +17,13 @@ import numpy as np
 import optax
 
 from jaxinterp.merge import tree
-from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _map
+from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _is_float, _map
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
-    return jax.tree_util.tree_map(lambda a, m, b: (1 - t) ** 2 * a + 2 * t * (1 - t) * m + t**2 * b, p0, bend, p1)
+    """The curve at t; integer and boolean leaves (buffers: position ids) are p0's, not interpolated."""
+    return jax.tree_util.tree_map(
+        lambda a, m, b: (1 - t) ** 2 * a + 2 * t * (1 - t) * m + t**2 * b if _is_float(a) else a, p0, bend, p1)
 
 
 class CurveResult(NamedTuple):
@@ -38,10 +40,19 @@ def _adam(hyperparam_dtype: np.dtype) -> optax.GradientTransformation:
     return optax.inject_hyperparams(optax.adam, hyperparam_dtype=hyperparam_dtype)(learning_rate=1e-2)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "opt"))
-def _step(bend, state, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.GradientTransformation):
+def _join(split, trained, fixed):
+    """The bend from its trained (float) leaves and its fixed (integer) ones; split None: all trained."""
+    if split is None:
+        return trained
+    treedef, floats = split
+    tr, fx = iter(trained), iter(fixed)
+    return jax.tree_util.tree_unflatten(treedef, [next(tr) if f else next(fx) for f in floats])
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "split"))
+def _step(bend, state, fixed, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.GradientTransformation, split=None):
     t = jax.random.uniform(k)
-    loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, m, p1, t), batch))(bend)
+    loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, _join(split, m, fixed), p1, t), batch))(bend)
     upd, state = opt.update(g, state, bend)
     return optax.apply_updates(bend, upd), state, loss
 
@@ -67,7 +78,15 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
         except TypeError:
             raise ValueError(f"batches: expected an iterable of batches or a function step -> batch, "
                              f"got {type(batches).__name__}") from None
-    bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b), p0, p1)
+    bend = jax.tree_util.tree_map(lambda a, b: 0.5 * (a + b) if _is_float(a) else a, p0, p1)
+    all_leaves, treedef = jax.tree_util.tree_flatten(bend)
+    floats = tuple(_is_float(x) for x in all_leaves)
+    split, fixed = None, []
+    if not all(floats):  # integer buffers are not trained (jax.grad refused the whole bend)
+        tree.check_buffers([p0, p1], "[p0, p1]")
+        split = (treedef, floats)
+        fixed = [x for x, f in zip(all_leaves, floats) if not f]
+        bend = [x for x, f in zip(all_leaves, floats) if f]
     if optimizer is None:
         leaves = jax.tree_util.tree_leaves(bend)
         opt = _adam(np.dtype(jnp.promote_types(jnp.result_type(*leaves) if leaves else jnp.float32, jnp.float32)))
@@ -90,9 +109,10 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
 
     losses = []
     for i in range(steps):
-        bend, state, loss = _step(bend, state, get(i), jax.random.fold_in(key, i), p0, p1, loss_fn=loss_fn, opt=opt)
+        bend, state, loss = _step(bend, state, fixed, get(i), jax.random.fold_in(key, i), p0, p1, loss_fn=loss_fn,
+                                  opt=opt, split=split)
         losses.append(loss)
-    return CurveResult(bend, np.asarray(jnp.stack(losses)))
+    return CurveResult(_join(split, bend, fixed), np.asarray(jnp.stack(losses)))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
