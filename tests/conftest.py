@@ -28,3 +28,28 @@ def tiny_processed():
     from jaxinterp.transformer import load_gpt2
 
     return load_gpt2(TINY_GPT2, process_weights=True)
+
+
+@pytest.fixture
+def sweep_steps(monkeypatch):
+    """`sweep_steps(stop_after=None)` counts the inject sweep's layer steps from then on (the list it
+    returns grows by one per step) and raises KeyboardInterrupt in place of step stop_after + 1, as a
+    killed run would stop."""
+    from jaxinterp.inject import sweep
+
+    real = sweep._steps_jit  # the real programs (each call below patches the name)
+
+    def patch(stop_after=None):
+        bases, layer_step = real()
+        calls = []
+
+        def counted(*args, **kwargs):
+            if stop_after is not None and len(calls) == stop_after:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return layer_step(*args, **kwargs)
+
+        monkeypatch.setattr(sweep, "_steps_jit", lambda: (bases, counted))
+        return calls
+
+    return patch

@@ -133,31 +133,19 @@ def test_skip_long_drops_and_counts_the_long_rows(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["n_prompts"] == 2
 
 
-def test_an_interrupted_sweep_resumes_from_its_output_folder(tmp_path, monkeypatch, capsys):
+def test_an_interrupted_sweep_resumes_from_its_output_folder(tmp_path, sweep_steps, capsys):
     """The sweep keeps its finished layers in the output folder: run again after an interruption, it
     computes only the rest, writes what an uninterrupted run writes, and removes its state."""
-    from jaxinterp.inject import sweep as sw
-
     data = tmp_path / "p.csv"
     data.write_text(HEADER + "".join(ROWS))
     argv = ["--model", MODEL, "--data", data, "--layers", 0, 1, 2, "--taus", 1, 3]
     assert _run(*argv, "--out", tmp_path / "whole") == 0
-    bases, layer_step = sw._steps_jit()
-    calls = []
-
-    def step(*args, **kwargs):
-        if len(calls) == 2:  # buckets 8 and 16 x 3 layers = 6 steps; interrupted after 2
-            raise KeyboardInterrupt
-        calls.append(1)
-        return layer_step(*args, **kwargs)
-
-    monkeypatch.setattr(sw, "_steps_jit", lambda: (bases, step))
     out = tmp_path / "out"
+    sweep_steps(stop_after=2)  # buckets 8 and 16 x 3 layers = 6 steps; interrupted after 2
     with pytest.raises(KeyboardInterrupt):
         _run(*argv, "--out", out)
     assert (out / inject_cli.STATE_FILES[0]).is_file()
-    calls.clear()
-    monkeypatch.setattr(sw, "_steps_jit", lambda: (bases, lambda *a, **k: (calls.append(1), layer_step(*a, **k))[1]))
+    calls = sweep_steps()
     assert _run(*argv, "--out", out) == 0
     assert len(calls) == 4 and not (out / inject_cli.STATE_FILES[0]).exists()
     assert "injection sweep (bucket x layer)" in capsys.readouterr().err  # the progress bar

@@ -147,45 +147,27 @@ def test_flop_count_scales():
     assert sweep_flops(c, [15], [0], 1) > sweep_flops(c, [15], [10], 1) > sweep_flops(c, [15], [11], 1)
 
 
-_STEPS_JIT = sweep_module._steps_jit  # the step programs, before any test patches them
-
-
-def _steps(monkeypatch, stop_after=None):
-    """The sweep's step programs with layer_step counted (and interrupted after `stop_after` calls)."""
-    bases, layer_step = _STEPS_JIT()
-    calls = []
-
-    def counted(*args, **kwargs):
-        if stop_after is not None and len(calls) == stop_after:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return layer_step(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases, counted))
-    return calls
-
-
-def test_steps_give_the_one_call_numbers_and_resume(setup, tmp_path, monkeypatch):
+def test_steps_give_the_one_call_numbers_and_resume(setup, tmp_path, sweep_steps):
     """progress/state run one program per (bucket, layer): the same probabilities as the one call; an
     interrupted run leaves its finished layers in the state file and a second run computes only the rest."""
     params, config, prompts, explicit, answers, mems, res = setup
     args = (params, prompts, mems, None, TAUS)
     kw = dict(config=config, answers=answers, explicit=explicit)
     state = tmp_path / "sweep_state.npz"
-    calls = _steps(monkeypatch, stop_after=4)  # 2 buckets x 3 layers = 6 steps; stopped after 4
+    calls = sweep_steps(stop_after=4)  # 2 buckets x 3 layers = 6 steps; stopped after 4
     with pytest.raises(KeyboardInterrupt):
         sweep(*args, **kw, progress=True, state=state)
     assert state.is_file() and int(np.load(state)["done"].sum()) == 4
-    calls = _steps(monkeypatch)
+    calls = sweep_steps()
     r = sweep(*args, **kw, state=state)
     assert len(calls) == 2 and not state.exists()  # the rest only; the state is removed once done
     for got, want in zip(r, res):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
     # a state of another sweep (other taus) does not match: it is ignored and every step runs
-    calls = _steps(monkeypatch, stop_after=1)
+    calls = sweep_steps(stop_after=1)
     with pytest.raises(KeyboardInterrupt):
         sweep(params, prompts, mems, None, [2.0, 4.0, 6.0], **kw, state=state)
-    calls = _steps(monkeypatch)
+    calls = sweep_steps()
     sweep(*args, **kw, state=state)
     assert len(calls) == 6
 

@@ -14,7 +14,6 @@ from jaxinterp.transformer import load_gpt2
 
 FIX = Path(__file__).parent / "fixtures"
 TAUS = [1.0, 3.0]
-STEPS_JIT = sweep_module._steps_jit  # the real programs (the helper below patches the name)
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +26,7 @@ def setup():
     return params, config, prompts, answers, mems
 
 
-def _interrupt_after(monkeypatch, n):
-    """The step mode's layer program, raising KeyboardInterrupt before its (n+1)-th call."""
-    bases, layer_step = STEPS_JIT()
-    calls = []
-
-    def counted(*args, **kwargs):
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return layer_step(*args, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases, counted))
-    return calls
-
-
-def test_a_state_of_another_model_with_the_same_memories_is_not_resumed(setup, tmp_path, monkeypatch):
+def test_a_state_of_another_model_with_the_same_memories_is_not_resumed(setup, tmp_path, monkeypatch, sweep_steps):
     """The state's fingerprint held the config and the plan's arrays only: a second model with the same
     embedding (so the same memories, as a fine-tune with frozen embeddings or a merge has) resumed the
     first model's finished layers as its own: 4.6% off in p(answer), silently."""
@@ -52,30 +36,30 @@ def test_a_state_of_another_model_with_the_same_memories_is_not_resumed(setup, t
     kw = dict(config=config, answers=answers)
     want = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw)
     state = tmp_path / "state.npz"
-    _interrupt_after(monkeypatch, 4)  # 2 buckets x 3 layers: 4 of the first model's 6 steps saved
+    sweep_steps(4)  # 2 buckets x 3 layers: 4 of the first model's 6 steps saved
     with pytest.raises(KeyboardInterrupt):
         sweep_module.sweep(params, prompts, mems, None, TAUS, **kw, state=state)
-    calls = _interrupt_after(monkeypatch, 100)
+    calls = sweep_steps(100)
     got = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
     assert len(calls) == 6  # nothing of the first model's taken
     np.testing.assert_array_equal(got.p_after, want.p_after)
     # the same model still resumes
-    _interrupt_after(monkeypatch, 4)
+    sweep_steps(4)
     with pytest.raises(KeyboardInterrupt):
         sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
-    calls = _interrupt_after(monkeypatch, 100)
+    calls = sweep_steps(100)
     again = sweep_module.sweep(other, prompts, mems, None, TAUS, **kw, state=state)
     assert len(calls) == 2
     np.testing.assert_array_equal(again.p_after, want.p_after)
 
 
-def test_a_state_path_that_cannot_be_a_state_is_refused_before_any_step(setup, tmp_path, monkeypatch):
+def test_a_state_path_that_cannot_be_a_state_is_refused_before_any_step(setup, tmp_path, monkeypatch, sweep_steps):
     """A folder as `state` failed at the first save (IsADirectoryError, after the base passes and a
     layer ran); a file that is not a sweep state (the user's own, named by mistake) gave numpy's
     'contains pickled data' ValueError or a KeyError. Now ValueErrors naming the path, nothing run,
     the file left as it was."""
     params, config, prompts, answers, mems = setup
-    calls = _interrupt_after(monkeypatch, 100)
+    calls = sweep_steps(100)
     bases_calls = []
     bases, counted = sweep_module._steps_jit()
     monkeypatch.setattr(sweep_module, "_steps_jit", lambda: (bases_calls.append(1) or bases, counted))
@@ -113,7 +97,7 @@ def test_injection_head_must_be_an_int(setup, head):
     np.testing.assert_allclose(one, ref, rtol=0, atol=2e-6)
 
 
-def test_an_interrupted_baseline_sweep_does_not_redo_the_main_sweep(tmp_path, monkeypatch):
+def test_an_interrupted_baseline_sweep_does_not_redo_the_main_sweep(tmp_path, monkeypatch, sweep_steps):
     """`jaxinterp inject sweep --baseline-words` removed the main sweep's state as soon as that sweep
     finished: interrupted in the baseline sweep, the command started again computed every layer of
     the main sweep a second time. Now both states stay until the outputs are written."""
@@ -129,11 +113,11 @@ def test_an_interrupted_baseline_sweep_does_not_redo_the_main_sweep(tmp_path, mo
             "--taus", "1", "3", "--baseline-words", str(words)]
     assert cli.main([*argv, "--out", str(tmp_path / "whole")]) == 0
     out = tmp_path / "out"
-    calls = _interrupt_after(monkeypatch, 3)  # one bucket x 2 layers each: stopped in the baseline sweep
+    calls = sweep_steps(3)  # one bucket x 2 layers each: stopped in the baseline sweep
     with pytest.raises(KeyboardInterrupt):
         cli.main([*argv, "--out", str(out)])
     assert all((out / name).is_file() for name in inject_cli.STATE_FILES)
-    calls = _interrupt_after(monkeypatch, 100)
+    calls = sweep_steps(100)
     assert cli.main([*argv, "--out", str(out)]) == 0
     assert len(calls) == 1  # the baseline's last layer only
     assert not any((out / name).exists() for name in inject_cli.STATE_FILES)
