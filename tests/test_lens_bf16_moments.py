@@ -197,3 +197,25 @@ def test_state_layout_is_optax_adams():
     u_theirs, _ = optax.adam(1e-3).update(g, theirs, p)
     for k in p:
         np.testing.assert_allclose(u_ours[k], u_theirs[k], rtol=2**-7, atol=1e-10)
+
+
+def test_checkpoint_with_bfloat16_moment_arrays_resumes_exactly(tiny_processed, tmp_path, monkeypatch):
+    """The first `--adam-moments bfloat16` (13a107c, in stop 21) stored the moments as bfloat16 arrays;
+    today's state holds their uint16 bits, and orbax restoring bfloat16 into uint16 casts the values
+    (1e-3 -> 0, -2.5 -> 65534): such a checkpoint is read as bfloat16 and bitcast, resuming exactly."""
+    import orbax.checkpoint as ocp
+
+    params, cfg = tiny_processed
+    lc, batches, tc = _run(params, cfg, steps=3, adam_moments="bfloat16")
+    whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
+    save = ocp.args.StandardSave
+    as_bf16 = lambda a: jax.lax.bitcast_convert_type(a, jnp.bfloat16) if a.dtype == jnp.uint16 else a  # noqa: E731
+    with monkeypatch.context() as m:  # the old layout: the same tree, bfloat16 moments
+        m.setattr(ocp.args, "StandardSave", lambda state: save(jax.tree.map(as_bf16, state)))
+        train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=2)
+    with ocp.CheckpointManager((tmp_path / "b").absolute(), item_handlers=train._handlers()) as mngr:
+        assert train._bf16_moment_arrays(mngr.item_metadata(2)["state"])
+    rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
+    assert rest.start_step == 2 and rest.losses == whole.losses[2:]
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])

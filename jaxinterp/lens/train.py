@@ -247,14 +247,20 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     mngr = None
     if ckpt_dir is not None:
         options = ocp.CheckpointManagerOptions(save_interval_steps=cfg.save_every, max_to_keep=2, create=True)
-        mngr = ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options)
+        mngr = ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options, item_handlers=_handlers())
         if mngr.latest_step() is not None:
             start = mngr.latest_step()
             meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             _check_resume(meta, run, ckpt_dir)  # before the state is read: a clear error, not orbax's
             abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+            legacy = _bf16_moment_arrays(mngr.item_metadata(start)["state"])
+            if legacy:  # read as bfloat16, then the bits: orbax would cast the values to uint16 (1e-3 -> 0)
+                abstract = jax.tree.map(lambda a: a.update(dtype=jnp.bfloat16) if a.dtype == jnp.uint16 else a, abstract)
             restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
             state = TrainState(*restored["state"])
+            if legacy:
+                state = jax.tree.map(lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16) if a.dtype == jnp.bfloat16
+                                     else a, state)
 
     E = cfg.batch_size * cfg.accum
     E_pad = parallel.padded_size(cfg.batch_size, mesh) * cfg.accum
@@ -295,6 +301,20 @@ _RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr", "adam_mome
 _RESUME_DEFAULTS = {"adam_moments": "float32"}  # settings a checkpoint written before them ran with
 
 
+def _handlers() -> dict:
+    """The checkpoint's items and their handlers (a manager needs them to read an item's metadata)."""
+    import orbax.checkpoint as ocp
+
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+def _bf16_moment_arrays(stored) -> bool:
+    """Whether a checkpoint's state holds bfloat16 arrays: bfloat16 Adam moments as the first version of
+    `--adam-moments bfloat16` stored them (13a107c; since 9622cfb they are uint16 bits, the lens is float32)."""
+    leaves = jax.tree.leaves(getattr(stored, "tree", stored), is_leaf=lambda a: hasattr(a, "dtype"))
+    return any(np.dtype(a.dtype) == jnp.bfloat16 for a in leaves)
+
+
 def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
     """ValueError naming every setting where the checkpoint's run and this one differ."""
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
@@ -316,8 +336,7 @@ def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
         raise ValueError(f"ckpt_dir: expected a folder of lens checkpoints, got {ckpt_dir}, which "
                          f"{'is a file' if Path(ckpt_dir).exists() else 'does not exist'}")
     options = ocp.CheckpointManagerOptions(create=False, read_only=True)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options, item_handlers=handlers) as mngr:
+    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options, item_handlers=_handlers()) as mngr:
         step = mngr.latest_step()
         if step is None:
             raise ValueError(f"ckpt_dir: {ckpt_dir} holds no checkpoint")
