@@ -61,16 +61,23 @@ def mean_leaf(xs: Sequence[Any], name: str, arg: str = "models") -> Any:
     ValueError naming the leaf (their mean is no buffer of any of them)."""
     dtypes = [leaf_dtype(x) for x in xs]
     if not all(jax.numpy.issubdtype(d, jax.numpy.inexact) for d in dtypes):  # bfloat16 is not a numpy inexact
-        ys = [np.asarray(x) for x in xs]
-        for i, y in enumerate(ys[1:], start=1):
-            if y.dtype != ys[0].dtype or not np.array_equal(y, ys[0]):
-                raise ValueError(f"{name}: expected the same values in every tree for a {ys[0].dtype} leaf (a "
-                                 f"buffer, copied, not averaged); {arg}[{i}] differs from {arg}[0] ({y.dtype} "
-                                 f"{y.ravel()[:4].tolist()}... vs {ys[0].ravel()[:4].tolist()}...)")
+        check_same_buffer(xs, name, ith=arg + "[{}]")
         return xs[0]
     dtype = jax.numpy.result_type(*dtypes)
     work = np.float64 if dtype == np.float64 else np.float32
     return (sum(jax.numpy.asarray(x, work) for x in xs) / len(xs)).astype(dtype)
+
+
+def check_same_buffer(xs: Sequence[Any], name: str, *, each: str = "tree", ith: str = "models[{}]",
+                      not_what: str = "averaged") -> None:
+    """ValueError unless the integer or boolean leaf `name` has the same dtype and values in every x
+    (`ith` formats the index of the differing one)."""
+    ys = [np.asarray(x) for x in xs]
+    for i, y in enumerate(ys[1:], start=1):
+        if y.dtype != ys[0].dtype or not np.array_equal(y, ys[0]):
+            raise ValueError(f"{name}: expected the same values in every {each} for a {ys[0].dtype} leaf (a "
+                             f"buffer, copied, not {not_what}); {ith.format(i)} differs from {ith.format(0)} "
+                             f"({y.dtype} {y.ravel()[:4].tolist()}... vs {ys[0].ravel()[:4].tolist()}...)")
 
 
 def check_buffers(trees: Sequence[Any], arg: str) -> None:

@@ -17,7 +17,6 @@ import zlib
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
-import numpy as np
 
 from jaxinterp.checks import is_integer
 from jaxinterp.merge import params as _params
@@ -131,18 +130,10 @@ def _check_buffers(leaves: list[dict[str, Any]], names: Sequence[str], ref_i: in
     (step counters, position ids, masks), not weights: as mergekit's copy_non_floating_buffer and
     `merge yaml`, they are copied when every input holds the same values, else refused by name."""
     out = {}
-    def dtype(x):  # without copying a device array to the host
-        return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
-
     for n in names:
-        if all(jax.numpy.issubdtype(dtype(lv[n]), jax.numpy.inexact) for lv in leaves):
+        if all(jax.numpy.issubdtype(tree.leaf_dtype(lv[n]), jax.numpy.inexact) for lv in leaves):
             continue
-        xs = [np.asarray(lv[n]) for lv in leaves]
-        for i, x in enumerate(xs[1:], start=1):
-            if x.dtype != xs[0].dtype or not np.array_equal(x, xs[0]):
-                raise ValueError(f"{n}: expected the same values in every input for a {xs[0].dtype} leaf (a "
-                                 f"buffer, copied, not merged); input {i} differs from input 0 "
-                                 f"({x.dtype} {x.ravel()[:4].tolist()}... vs {xs[0].ravel()[:4].tolist()}...)")
+        tree.check_same_buffer([lv[n] for lv in leaves], n, each="input", ith="input {}", not_what="merged")
         out[n] = leaves[ref_i][n]
     return out
 
