@@ -1,7 +1,5 @@
 """Review 13 of the merge package: each test failed on the code before its fix."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
