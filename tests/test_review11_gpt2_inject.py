@@ -136,8 +136,9 @@ def test_injection_inputs_that_were_clamped_or_nan(tiny_processed):
 
 def test_sweep_of_a_float64_config_computes_in_float64():
     """The sweep stacked every weight as float32 whatever the config: a float64 model (x64 on) was swept
-    in float32, 5e-7 off its own float64 forward. Now the grid equals one float64 run per cell up to the
-    float32 rounding of the stored probabilities (0 measured)."""
+    in float32, 5e-7 off its own float64 forward. Its taus, memories and probabilities were float32
+    too (tau 0.1 was 0.1000000015, memories rounded: 1e-7 off), and `intervene` stored the scale as
+    float32 (3.7e-9 in the logits): now the grid is float64 and equals one float64 run per cell."""
     from jaxinterp.inject.memory import inject_logits, memory_vectors
 
     with jax.enable_x64(True):
@@ -146,15 +147,16 @@ def test_sweep_of_a_float64_config_computes_in_float64():
         prompts = [np.concatenate([[0], rng.integers(1, 97, size=n - 1)]).astype(np.int32) for n in (4, 9, 6)]
         answers = rng.integers(1, 97, size=3)
         mems = memory_vectors(params, [rng.integers(1, 97, size=k) for k in (1, 3, 2)], config=config)
-        res = sweep(params, prompts, mems, None, [1.0, 7.5], config=config, answers=answers)
+        res = sweep(params, prompts, mems, None, [0.1, 7.5], config=config, answers=answers)
+        assert res.p_after.dtype == res.taus.dtype == np.float64 and res.taus[0] == 0.1
         for i, tok in enumerate(prompts):
             p = jax.nn.softmax(gpt2.forward(params, tok[None], config=config)[0, -1])[answers[i]]
-            np.testing.assert_allclose(res.p_before[i], np.float32(p), rtol=1e-7)
+            np.testing.assert_allclose(res.p_before[i], p, rtol=1e-13)
             for li, layer in enumerate(res.layers):
                 for ti, tau in enumerate(res.taus):
                     logits = inject_logits(params, tok[None], mems[i], config=config, layer=int(layer), tau=float(tau))
                     p = jax.nn.softmax(logits[0, -1])[answers[i]]
-                    np.testing.assert_allclose(res.p_after[li, ti, i], np.float32(p), rtol=1e-7)
+                    np.testing.assert_allclose(res.p_after[li, ti, i], p, rtol=1e-13)
 
 
 def test_sweep_positions_must_be_integer_indices(tiny_processed):

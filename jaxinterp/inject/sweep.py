@@ -56,10 +56,10 @@ class _Group(NamedTuple):
     mask: Array  # [Ng, P] int32, 1 real 0 pad
     answer: Array  # [Ng] int32
     memory: Array  # [Ng, n, D] (one memory for all layers is broadcast: one program for both kinds)
-    where: Array  # [Ng, P] float32, 1 where the memory is injected
+    where: Array  # [Ng, P] float32 (float64 for a float64 model), 1 where the memory is injected
     chunk_layer: Array  # [C] int32
     chunk_prompt: Array  # [C, c] int32, index into the group
-    chunk_tau: Array  # [C, c] float32
+    chunk_tau: Array  # [C, c] float32 (float64 for a float64 model)
 
 
 class _Plain(NamedTuple):
@@ -197,7 +197,7 @@ def _chunks(n_prompts: int, n_slots: int, layers: Sequence[int], taus: np.ndarra
     t_idx = np.concatenate([t_idx, np.zeros(pad, int)])
     p_idx = np.concatenate([p_idx, np.zeros(pad, int)])
     valid = np.arange(n_ch * c) < rows
-    tau_rows = np.where(valid, taus[t_idx], 0.0).astype(np.float32)
+    tau_rows = np.where(valid, taus[t_idx], 0.0).astype(taus.dtype)
     C = n_ch * len(layers)
     return (np.repeat(np.asarray(layers, np.int32), n_ch),
             np.tile(p_idx.reshape(n_ch, c), (len(layers), 1)).astype(np.int32),
@@ -206,6 +206,10 @@ def _chunks(n_prompts: int, n_slots: int, layers: Sequence[int], taus: np.ndarra
              np.tile(t_idx.reshape(n_ch, c), (len(layers), 1)),
              np.tile(p_idx.reshape(n_ch, c), (len(layers), 1)),
              np.tile(valid.reshape(n_ch, c), (len(layers), 1))))
+
+
+def _work_dtype(config: GPT2Config) -> type:
+    return np.float64 if jnp.dtype(config.dtype) == jnp.float64 else np.float32
 
 
 def _check_tokens(seqs, config: GPT2Config, what: str) -> list[np.ndarray]:
@@ -300,11 +304,14 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     for L in layers:
         if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= int(L) < config.n_layer:
             raise ValueError(f"layers: layer {L!r} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
-    taus_arr = np.asarray(list(taus), np.float32)
+    # float64 for a float64 model (x64 on): the taus, memories and probabilities of float32 were 1e-7 off
+    # its own float64 forward; float32 otherwise
+    work = _work_dtype(config)
+    taus_arr = np.asarray(list(taus), work)
     if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
         raise ValueError(f"taus: expected a non-empty list of finite numbers, got {list(taus)!r}")
     # numpy until the groups are built: eager jnp ops here would compile once per prompt count
-    memories = np.asarray(memories, np.float32)
+    memories = np.asarray(memories, work)
     if memories.ndim == 2:
         memories = memories[:, None]
     if memories.ndim != 3 or memories.shape[0] != N or memories.shape[1] not in (1, config.n_layer) \
@@ -333,7 +340,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
         # program for every count in a block of 8, at most 7 wasted prompts' rows per bucket.
         n_rows = _round_up(len(idx), 8)
         tokens, mask = _left_pad([seqs[i] for i in idx], P, n_rows)
-        wh = np.zeros((n_rows, P), np.float32)
+        wh = np.zeros((n_rows, P), work)
         for r, i in enumerate(idx):
             wh[r, P - len(seqs[i]):] = where[i]
         sel = np.concatenate([idx, np.full(n_rows - len(idx), idx[0])])
@@ -383,15 +390,15 @@ def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None, progress: b
     books, plain_idx, layers, taus_arr, N = p.books, p.plain_idx, p.layers, p.taus, p.n_prompts
     expl = p.plain or None
 
-    p_before = np.zeros(N, np.float32)
-    p_after = np.zeros((len(layers), len(taus_arr), N), np.float32)
+    p_before = np.zeros(N, taus_arr.dtype)
+    p_after = np.zeros((len(layers), len(taus_arr), N), taus_arr.dtype)
     for (idx, (li, ti, pi, valid)), b, a in zip(books, before, after):
         idx = np.asarray(idx)
         p_before[idx] = np.asarray(b)[:len(idx)]
         p_after[li[valid], ti[valid], idx[pi[valid]]] = np.asarray(a)[valid]
     p_explicit = None
     if expl is not None:
-        p_explicit = np.zeros(N, np.float32)
+        p_explicit = np.zeros(N, taus_arr.dtype)
         for idx, e in zip(plain_idx, ex):
             p_explicit[np.asarray(idx)] = np.asarray(e)[:len(idx)]
     return SweepResult(np.asarray(layers), taus_arr, p_before, p_after, p_explicit)
@@ -433,7 +440,7 @@ def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, sta
         _check_state_path(Path(state))
     key = _fingerprint(params, p, config) if state is not None else None  # hashing the weights costs time
     done = np.zeros((len(p.groups), nL), bool)
-    after = [np.zeros(np.shape(g.chunk_tau), np.float32) for g in p.groups]  # [C, c] per group, layer-major
+    after = [np.zeros(np.shape(g.chunk_tau), p.taus.dtype) for g in p.groups]  # [C, c] per group, layer-major
     if state is not None and Path(state).is_file():
         try:
             with np.load(state) as z:

@@ -149,7 +149,7 @@ def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale
     return Intervention(
         site=site, mode=mode, layer=jnp.asarray(layer, jnp.int32),
         value=None if value is None else jnp.asarray(value),
-        scale=jnp.asarray(scale, jnp.float32),
+        scale=jnp.asarray(scale, jnp.result_type(float)),  # float64 with x64 on: 0.1 was float32's 0.1000000015
         positions=None if positions is None else jnp.asarray(positions, bool),
         heads=None if heads is None else jnp.asarray(heads, bool),
     )
