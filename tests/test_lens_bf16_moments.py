@@ -12,8 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxinterp.lens import bf16_moments as bm, data, lenses, objective as obj, train
+from jaxinterp.lens import bf16_moments as bm, data, lenses, train
 
+from test_lens_fused_adam import plain_and_fused_steps
 from test_lens_train import WordTokenizer, _cli, _texts
 from conftest import TINY_GPT2
 
@@ -78,20 +79,7 @@ def test_fused_step_stores_the_plain_steps_moments(tiny_processed, gpt2_ref, kin
     params, cfg = tiny_processed
     lc = lenses.lens_config_for(cfg, 1, kind)
     lens = lenses.init(*lenses.unembedding(params, cfg), lc)
-    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
-    mask = jnp.asarray([[1] * 10, [1] * 6 + [0] * 4], jnp.int32)
-    weight = jnp.ones((2,), jnp.float32)
-    o = obj.Objective(mode, chunk=40)  # V = 97: chunks at 0, 40, 57
-    lr = 1e-2
-    tx = train.optimizer(lr, "bfloat16")
-    plain = jax.jit(train.make_step(cfg, lc, o, tx, 1))
-    fused = jax.jit(train.make_step(cfg, lc, o, tx, 1, fused_adam_lr=lr), donate_argnums=(0,))
-    a = train.TrainState(lens, tx.init(lens))
-    b = jax.tree.map(jnp.copy, a)
-    for _ in range(3):
-        a, loss_a = plain(a, params, tokens, mask, weight)
-        b, loss_b = fused(b, params, tokens, mask, weight)
-        np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5, atol=2e-6)
+    a, b = plain_and_fused_steps(params, cfg, lc, lens, gpt2_ref, mode, "bfloat16")  # V = 97: chunks at 0, 40, 57
     for k in lens:
         for m_b, m_a in ((b.opt_state[0].mu[k], a.opt_state[0].mu[k]), (b.opt_state[0].nu[k], a.opt_state[0].nu[k])):
             assert m_a.dtype == m_b.dtype == jnp.uint16  # bfloat16 bits

@@ -12,6 +12,26 @@ from jaxinterp.lens import fused_adam, lenses, objective as obj, train
 LAYER = 1
 
 
+def plain_and_fused_steps(params, cfg, lc, lens, gpt2_ref, mode, moments, compute_dtype=None):
+    """Three steps of jax.grad + Adam (moments "float32": optax.adam; "bfloat16": bf16_moments) and of
+    the fused step from the same start: their states (a, b); the losses checked equal on the way."""
+    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
+    mask = jnp.asarray([[1] * 10, [1] * 6 + [0] * 4], jnp.int32)  # second example right-padded
+    weight = jnp.ones((2,), jnp.float32)
+    o = obj.Objective(mode, chunk=40, compute_dtype=compute_dtype)  # V = 97: chunks at 0, 40, 57 (overlapping)
+    lr = 1e-2  # large enough that three steps move every weight well past rounding
+    tx = train.optimizer(lr, moments)
+    plain = jax.jit(train.make_step(cfg, lc, o, tx, 1))
+    fused = jax.jit(train.make_step(cfg, lc, o, tx, 1, fused_adam_lr=lr), donate_argnums=(0,))
+    a = train.TrainState(lens, tx.init(lens))
+    b = jax.tree.map(jnp.copy, a)
+    for _ in range(3):
+        a, loss_a = plain(a, params, tokens, mask, weight)
+        b, loss_b = fused(b, params, tokens, mask, weight)
+        np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5, atol=2e-6)
+    return a, b
+
+
 @pytest.mark.parametrize("kind,mode,compute_dtype", [
     ("lensa", "last", None), ("lensa", "all", None), ("shared", "all", None), ("resid", "last", None),
     # bfloat16 inputs to the matmuls, float32 accumulation: the fused gradient is formed as the plain
@@ -22,20 +42,7 @@ def test_fused_step_equals_grad_then_optax_adam(tiny_processed, gpt2_ref, kind, 
     params, cfg = tiny_processed
     lc = lenses.lens_config_for(cfg, LAYER, kind)
     lens = lenses.init(*lenses.unembedding(params, cfg), lc)
-    tokens = jnp.asarray(gpt2_ref["tokens"], jnp.int32)
-    mask = jnp.asarray([[1] * 10, [1] * 6 + [0] * 4], jnp.int32)  # second example right-padded
-    weight = jnp.ones((2,), jnp.float32)
-    o = obj.Objective(mode, chunk=40, compute_dtype=compute_dtype)  # V = 97: chunks at 0, 40, 57 (overlapping)
-    lr = 1e-2  # large enough that three steps move every weight well past rounding
-    tx = optax.adam(lr)
-    plain = jax.jit(train.make_step(cfg, lc, o, tx, 1))
-    fused = jax.jit(train.make_step(cfg, lc, o, tx, 1, fused_adam_lr=lr), donate_argnums=(0,))
-    a = train.TrainState(lens, tx.init(lens))
-    b = jax.tree.map(jnp.copy, a)
-    for _ in range(3):
-        a, loss_a = plain(a, params, tokens, mask, weight)
-        b, loss_b = fused(b, params, tokens, mask, weight)
-        np.testing.assert_allclose(loss_b, loss_a, rtol=1e-5, atol=2e-6)
+    a, b = plain_and_fused_steps(params, cfg, lc, lens, gpt2_ref, mode, "float32", compute_dtype)
     for k in lens:
         moved = np.abs(np.asarray(a.lens[k]) - np.asarray(lens[k])).max()
         assert moved > 1e-3, f"{k} did not train"

@@ -222,32 +222,25 @@ def _toy_run(tmp_path, world):
     return run / "model"
 
 
-def test_toyworld_analysis_of_a_world_with_one_entity_of_a_bridge_kind(tmp_path, monkeypatch):
-    """A world of one country (a valid WorldConfig): the random-entity control of a country bridge has
-    no other country to draw, and the analysis failed with numpy's 'high <= 0' after writing
-    OUT/prompts.csv. Now refused, naming the kind, before anything is written."""
+@pytest.mark.parametrize("world, message", [
+    # a world of one country (a valid WorldConfig): the random-entity control of a country bridge has no
+    # other country to draw, and the analysis failed with numpy's 'high <= 0' after writing OUT/prompts.csv
+    ({"n_countries": 1, "cities_per_country": 3, "n_people": 8, "n_companies": 2, "seed": 0},
+     "prompts: expected at least 2 entities of each bridge's kind (the random-entity controls draw another), "
+     "got 1 country in the model's world (its held-out prompts)"),
+    # train_fraction 1: no held-out two-hop prompts; the analysis wrote an empty OUT/prompts.csv and its
+    # sweep refused it ('no data rows')
+    ({"train_fraction": 1.0},
+     "model: expected held-out two-hop prompts in its world, got none (train_fraction 1.0); "
+     "name a prompt set with --prompts"),
+])
+def test_toyworld_analysis_refuses_a_world_it_cannot_analyse_before_writing(tmp_path, monkeypatch, world, message):
     from jaxinterp.toyworld import analysis
 
-    model = _toy_run(tmp_path, {"n_countries": 1, "cities_per_country": 3, "n_people": 8, "n_companies": 2, "seed": 0})
+    model = _toy_run(tmp_path, world)
     monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the check"))
     out = tmp_path / "out"
     with pytest.raises(ValueError) as e:
         analysis.main(["--out", str(out), "--model", str(model), "--lens-layers"])
-    assert str(e.value) == ("prompts: expected at least 2 entities of each bridge's kind (the random-entity "
-                            "controls draw another), got 1 country in the model's world (its held-out prompts)")
-    assert not out.exists()
-
-
-def test_toyworld_analysis_of_a_world_without_held_out_prompts(tmp_path, monkeypatch):
-    """A model trained with train_fraction 1 has no held-out two-hop prompts: the analysis wrote an
-    empty OUT/prompts.csv and its sweep refused it ('no data rows'). Now refused before writing."""
-    from jaxinterp.toyworld import analysis
-
-    model = _toy_run(tmp_path, {"train_fraction": 1.0})
-    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran before the check"))
-    out = tmp_path / "out"
-    with pytest.raises(ValueError) as e:
-        analysis.main(["--out", str(out), "--model", str(model), "--lens-layers"])
-    assert str(e.value) == ("model: expected held-out two-hop prompts in its world, got none (train_fraction 1.0); "
-                            "name a prompt set with --prompts")
+    assert str(e.value) == message
     assert not out.exists()
