@@ -137,7 +137,7 @@ def _freeze(d: dict) -> tuple:
     return tuple(sorted(d.items()))
 
 
-# the GTA family, linear, slerp, multislerp and karcher cast to float32 themselves
+# the GTA family, linear, slerp, multislerp, karcher and arcee_fusion cast to float32 themselves
 _IN_FLOAT32 = frozenset({"model_stock", "sce", "nuslerp", "nearswap"})
 
 

@@ -8,7 +8,8 @@
   weighted by its mean square (normalised over models), divided by the kept weight (>= 1e-6).
 * nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1), result = w x + (1 - w) base.
 * arcee_fusion: importance = |x - base| * KL(softmax(x) || softmax(base)) per row (last axis);
-  keep the update where importance >= median + 1.5 IQR (quantiles by index floor(q (n - 1))).
+  keep the update where importance >= median + 1.5 IQR (quantiles by index floor(q (n - 1))); in
+  float32 for bfloat16/float16 inputs, returned in their dtype.
 * passthrough: the single input, times `scale` when given.
 """
 
@@ -101,13 +102,19 @@ def arcee_fusion_importance(x: jax.Array, base: jax.Array) -> jax.Array:
 def arcee_fusion(base: jax.Array, other: jax.Array) -> jax.Array:
     if base.ndim == 0:  # a scalar is a row of one entry (its softmax over the last axis failed)
         return arcee_fusion(base.reshape(1), other.reshape(1)).reshape(())
-    imp = arcee_fusion_importance(other, base)
+    # in float32 (float64 kept), as linear, slerp and the task-arithmetic family, then rounded once:
+    # in bfloat16 the softmaxes, the KL and the threshold rounded (another set of entries kept) and
+    # base + (other - base) rounded the difference, so a kept entry was not the other model's value
+    dtype = base.dtype
+    work = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    b, x = base.astype(work), other.astype(work)
+    imp = arcee_fusion_importance(x, b)
     # mergekit samples 1M entries (with replacement) above 1M; we use every entry (deterministic)
     s = jnp.sort(imp.reshape(-1))
     idx = [int(q * (s.size - 1)) for q in (0.25, 0.5, 0.75)]
     q1, med, q3 = s[idx[0]], s[idx[1]], s[idx[2]]
-    mask = (imp >= med + 1.5 * (q3 - q1)).astype(base.dtype)
-    return base + (other - base) * mask
+    mask = (imp >= med + 1.5 * (q3 - q1)).astype(work)
+    return (b + (x - b) * mask).astype(dtype)
 
 
 def passthrough(x: jax.Array, *, scale: float | None = None) -> jax.Array:
