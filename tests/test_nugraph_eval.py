@@ -217,7 +217,7 @@ def test_eval_command_writes_metrics_and_pictures(events_and_model, tmp_path, ca
         for p in "uvy":
             y, signal = e.planes[p].y_semantic, e.planes[p].y_semantic >= 0
             np.add.at(sem, (y[signal], np.argmax(pr.semantic[p], -1)[signal]), 1)
-            np.add.at(fil, (signal.astype(int), (pr.filter[p] >= 0.5).astype(int)), 1)
+            np.add.at(fil, (signal.astype(int), (pr.filter[p] > 0.5).astype(int)), 1)
     assert got["semantic_counts"] == sem.tolist() and got["filter_counts"] == fil.tolist()
     assert got["filter_efficiency"] == pytest.approx(fil[1, 1] / fil[1].sum(), rel=1e-12)
     assert got["filter_purity"] == pytest.approx(fil[1, 1] / fil[:, 1].sum(), rel=1e-12)

@@ -1,7 +1,7 @@
 """Pictures of NuGraph2 results: event displays and confusion matrices (matplotlib, Agg).
 
 An event display shows each wire plane as wire (cm) against drift time (cm), one point per hit,
-coloured by semantic class; background hits (true label -1, or predicted filter < threshold) are
+coloured by semantic class; background hits (true label -1, or predicted filter <= threshold) are
 grey. With predictions it has two rows: truth on top, prediction below.
 """
 
@@ -33,13 +33,13 @@ def _colours(labels: np.ndarray) -> np.ndarray:
 
 def predicted_labels(semantic_probs: np.ndarray, filter_probs: np.ndarray, *, threshold: float = 0.5) -> np.ndarray:
     """Class index per hit from the two decoders: argmax of semantic `[..., N, C]`, -1 where filter
-    `[..., N]` < threshold."""
+    `[..., N]` <= threshold (kept only above it, as `metrics.Counts.add` counts it)."""
     semantic_probs, filter_probs = np.asarray(semantic_probs), np.asarray(filter_probs)
     if semantic_probs.ndim < 1 or semantic_probs.shape[:-1] != filter_probs.shape:
         # a [N] semantic vector would argmax to one class for every hit
         raise ValueError(f"semantic_probs: expected shape [..., N, C] with [..., N] = filter_probs' "
                          f"{list(filter_probs.shape)}, got {list(semantic_probs.shape)}")
-    return np.where(filter_probs >= threshold, np.argmax(semantic_probs, axis=-1), -1)
+    return np.where(filter_probs > threshold, np.argmax(semantic_probs, axis=-1), -1)
 
 
 def _check_labels(name: str, labels: np.ndarray, n: int) -> None:

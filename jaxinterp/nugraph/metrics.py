@@ -1,13 +1,24 @@
 """NuGraph2's figures of merit: filter efficiency/purity and semantic efficiency/purity.
 
-- Filter: a hit is kept when x_filter >= threshold (0.5). Efficiency (recall) = kept signal / all
-  signal hits; purity (precision) = kept signal / kept hits. Signal = true label != -1.
+- Filter: a hit is kept when x_filter > threshold (0.5), strictly, as torchmetrics' binary metrics
+  the official code uses decide (`preds > threshold`: a probability of exactly 0.5 is not kept).
+  Efficiency (recall) = kept signal / all signal hits; purity (precision) = kept signal / kept hits.
+  Signal = true label != -1.
 - Semantic: over the hits whose true label is a class (background ignored, as the official
   torchmetrics use ignore_index=-1), predicted class = argmax. Per class c: efficiency = recall_c,
   purity = precision_c. Overall efficiency is hit-weighted (the paper's "94.9% efficiency"; with
   one prediction per hit it equals the overall purity and the accuracy); the macro averages over
-  classes (torchmetrics' default, which the official training logs show) are given beside, with
-  torchmetrics' rule for classes without hits (`_macro`).
+  classes are given beside, with torchmetrics' rule for classes without hits (`_macro`).
+
+Every figure here is pooled: the counts of all hits of the whole set (every event, every plane) are
+summed first (`Counts.add`), and each ratio is taken once from the totals, so a set's figures do not
+depend on how it was batched. The official validation logs are not computed this way and need not
+equal these figures: nugraph's `validation_step` logs each batch's torchmetrics value (filter recall
+and precision of that batch's hits; semantic recall and precision macro-averaged over the classes
+present in that batch) and Lightning's epoch value is the mean of those per-batch values weighted by
+each batch's number of events. Ours weighs every hit equally and averages classes once over the
+whole set; theirs weighs batches by events, and a class rare in one batch moves that batch's macro
+mean as much as a common one. The two agree for a set evaluated as one batch.
 
 Counts accumulate over batches (`Counts.add`), so metrics of a large set never hold it in memory.
 
@@ -33,7 +44,8 @@ class Counts(NamedTuple):
 
     def add(self, y: np.ndarray, semantic: np.ndarray, filter_prob: np.ndarray, *,
             threshold: float = 0.5) -> "Counts":
-        """Adds hits: y [H] true labels (-1 background), semantic [H, C] scores, filter_prob [H]."""
+        """Adds hits: y [H] true labels (-1 background), semantic [H, C] scores, filter_prob [H]
+        (a hit is kept when filter_prob > threshold, strictly, as torchmetrics decides)."""
         y = np.asarray(y).reshape(-1)
         semantic = np.asarray(semantic)
         filter_prob = np.asarray(filter_prob).reshape(-1)
@@ -47,7 +59,7 @@ class Counts(NamedTuple):
         sig = y >= 0
         pred = np.argmax(semantic, axis=-1)
         sem = self.semantic + np.bincount(y[sig] * C + pred[sig], minlength=C * C).reshape(C, C)
-        kept = filter_prob >= threshold
+        kept = filter_prob > threshold  # torchmetrics: `preds > threshold`
         fil = self.filter + np.bincount(sig.astype(np.int64) * 2 + kept, minlength=4).reshape(2, 2)
         return Counts(sem, fil)
 
