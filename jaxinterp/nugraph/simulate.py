@@ -4,13 +4,15 @@ Not GEANT4: a few lines of physics per particle type, chosen so the hit classes 
 and behave as they do in the detector.
 
 - Muons and charged pions (MIP): long tracks, multiple Coulomb scattering (Highland formula,
-  X0 = 14 cm), dE/dx from the residual range (Bragg-Kleeman, R = alpha T^1.7, at least 2.1 MeV/cm);
-  a stopping muon ends in a Michel electron (10-53 MeV) 75% of the time, a stopping pi+ 40%; a pion
-  may be absorbed, leaving short proton stubs.
+  X0 = 14 cm), range and dE/dx from the Bethe formula for argon (`stopping`: the residual range sets
+  dE/dx, at least 2.1 MeV/cm); a stopping mu- decays to a Michel electron (10-53 MeV) 26% of the
+  time (the rest are captured by the argon nucleus: 0.567 us against the free 2.197 us lifetime), a
+  stopping pion gives a Michel 40% of the time (pi+ -> mu+ -> e+); a pion may be absorbed, leaving
+  short proton stubs.
 - Protons (HIP): short tracks whose dE/dx climbs to a Bragg peak; recombination (modified box
   model) quenches their charge.
 - Electrons and photons (shower): a branching cascade: above 30 MeV an electron radiates a photon of
-  10-60% of its energy every ~X0; a photon flies an exponential gap (9/7 X0) and converts to e+e-;
+  10-60% of its energy after an exponential path of mean 0.7 X0; a photon flies an exponential gap (9/7 X0) and converts to e+e-;
   below 30 MeV an electron ranges out with strong scattering. Photons under 2 MeV Compton scatter
   away from the shower into isolated blobs labelled diffuse.
 - Diffuse: isolated low-energy blobs around the vertex (de-excitation gammas, neutrons).
@@ -33,15 +35,16 @@ import numpy as np
 
 from jaxinterp import checks
 from jaxinterp.nugraph import detector as det_mod
+from jaxinterp.nugraph import stopping
 from jaxinterp.nugraph.event import PLANES
 from jaxinterp.nugraph.hdf5 import EVENT_CLASSES, RawEvent, RawPlane
 
 MIP, HIP, SHOWER, MICHEL, DIFFUSE, BACKGROUND = 0, 1, 2, 3, 4, -1
-M_MU, M_PI, M_P, M_E = 105.7, 139.6, 938.3, 0.511  # MeV
+M_MU, M_PI, M_PI0, M_P, M_E = 105.658, 139.570, 134.977, 938.272, 0.511  # MeV
 X0_CM = 14.0
 MIP_DEDX = 2.1  # MeV/cm
-# Bragg-Kleeman range R = alpha * T^1.7 (cm, MeV) for protons in argon; other masses scale with M.
-_BK_P, _BK_ALPHA_P = 1.7, 0.0031
+# a stopped mu- in argon decays rather than being captured with probability tau_Ar / tau_free
+MU_MINUS_DECAY_FRACTION = 0.567 / 2.197
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +122,8 @@ def _recombination(dedx: np.ndarray) -> np.ndarray:
     return np.log(0.93 + b) / b
 
 
-def _range_cm(t: np.ndarray | float, mass: float) -> np.ndarray:
-    alpha = _BK_ALPHA_P * (M_P / mass) ** (_BK_P - 1)
-    return alpha * np.power(np.maximum(t, 0.0), _BK_P)
-
-
-def _kinetic(r: np.ndarray, mass: float) -> np.ndarray:
-    alpha = _BK_ALPHA_P * (M_P / mass) ** (_BK_P - 1)
-    return np.power(np.maximum(r, 1e-3) / alpha, 1 / _BK_P)
+_range_cm = stopping.csda_range_cm
+_kinetic = stopping.kinetic_mev
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -215,7 +212,7 @@ def _michel(rng, dep, pos, cfg, *, cls=MICHEL, inst=-1):
     _em_cascade(rng, dep, pos, _unit(rng.normal(size=3)), e, photon=False, cls=cls, inst=inst, cfg=cfg)
 
 
-def _muon(rng, dep, vertex, d, t, inst, cfg, *, cls=MIP, michel_prob=0.75):
+def _muon(rng, dep, vertex, d, t, inst, cfg, *, cls=MIP, michel_prob=MU_MINUS_DECAY_FRACTION):
     det = cfg.detector
     pts, q, stopped, end, _ = _walk(rng, vertex, d, float(_range_cm(t, M_MU)), M_MU, cfg.step_cm, det)
     dep.add(pts, q, dep.new_owner(cls, inst))
@@ -321,7 +318,7 @@ def _neutrino(rng, dep, cfg) -> tuple[int, np.ndarray]:
         t = float(np.clip(share[n_p + i] - M_PI * 0.3, 15.0, 1500.0))
         _pion(rng, dep, vertex, _unit(rng.normal(size=3) + [0, 0, 0.7]), t, next_inst(), cfg, next_inst)
     for i in range(n_pi0):
-        e = max(share[n_p + n_pi + i], M_PI) + 0.0
+        e = max(share[n_p + n_pi + i], M_PI0)
         a = rng.uniform(0.2, 0.8)
         d0 = _unit(rng.normal(size=3) + [0, 0, 0.7])
         for frac, sgn in ((a, 1), (1 - a, -1)):
