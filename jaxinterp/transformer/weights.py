@@ -28,8 +28,10 @@ _BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 _BLOCK = re.compile(r"^h\.(\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)$")
 _TOP = {"wte.weight": ("wte", "embedding"), "wpe.weight": ("wpe", "embedding"),
         "ln_f.weight": ("ln_f", "scale"), "ln_f.bias": ("ln_f", "bias")}
-# HF config keys that change the computation and that this implementation does not support.
-_UNSUPPORTED = {"add_cross_attention": False, "reorder_and_upcast_attn": None}
+# safetensors metadata key: the config.json (config_to_hf's, without token ids) that save_gpt2 wrote
+# the weights with. The two files are renamed into place one after the other; a crash between them
+# left new weights beside the old config.json, which loaded (a tied config ignores an untied lm_head).
+_SAVED_CONFIG = "jaxinterp_config"
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> GPT2Config:
@@ -190,6 +192,8 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
+    for f in files:  # from the headers, before any tensor is read
+        _check_saved_config(f, config)
     state: dict[str, np.ndarray] = {}
     where: dict[str, str] = {}
     for f in files:
@@ -207,6 +211,31 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     return _on_device(box), config
 
 
+def _check_saved_config(file: Path, config: GPT2Config) -> None:
+    """ValueError if `file` was saved by save_gpt2 with another config than the config.json beside it
+    (files saved before the config was recorded, or by other tools, record none and are not checked)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "np") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 -- safetensors' SafetensorError is no ValueError
+        raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+    if _SAVED_CONFIG not in meta:
+        return
+    config_json = file.parent / "config.json"
+    try:
+        saved = dataclasses.replace(config_from_hf(json.loads(meta[_SAVED_CONFIG])), dtype=config.dtype)
+    except ValueError as e:  # json.JSONDecodeError is one
+        raise ValueError(f"{file}: expected {_SAVED_CONFIG!r} metadata holding a GPT-2 config.json, got "
+                         f"{meta[_SAVED_CONFIG][:200]!r} ({e})") from e
+    if saved != config:
+        diff = [f"{k.name}: {file.name} {getattr(saved, k.name)!r}, config.json {getattr(config, k.name)!r}"
+                for k in dataclasses.fields(config) if getattr(saved, k.name) != getattr(config, k.name)]
+        raise ValueError(f"{config_json} and {file} do not belong together (a save interrupted between the two?): "
+                         f"expected the config the weights were saved with, got {'; '.join(diff)}")
+
+
 def _on_device(box: list) -> dict:
     """The params in `box` (a list holding their only reference, emptied here) as jax arrays on the
     default device: numpy params would be copied host -> accelerator on every call of a jitted
@@ -220,7 +249,10 @@ def _on_device(box: list) -> dict:
 
 
 def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *, tokenizer=None) -> Path:
-    """Writes config.json and model.safetensors (and the tokenizer, if given) that `load_gpt2` reads."""
+    """Writes config.json and model.safetensors (and the tokenizer, if given) that `load_gpt2` reads.
+
+    Each file is written atomically, the weights first; they record the config they were saved with,
+    and load_gpt2 refuses a config.json that disagrees (a crash between the two renames)."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
@@ -233,7 +265,7 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
                          f"(load_gpt2 reads them all), got {others}")
     folder.mkdir(parents=True, exist_ok=True)  # after the checks: a refused model leaves no folder
     with atomic.atomic_path(folder / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        save_file(tensors, str(tmp), metadata={"format": "pt", _SAVED_CONFIG: json.dumps(config_to_hf(config))})
     atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config, tokenizer=tokenizer), indent=2))
     if tokenizer is not None:
         # transformers writes its files in place: into a temporary folder, then each file atomically
