@@ -52,3 +52,45 @@ def test_arcee_fusion_of_low_precision_inputs_is_the_float32_result_rounded_once
     out = load_file(str(tmp_path / "out" / "model.safetensors"))["w"]
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, want)
+
+
+# ----------------------------------------------------------------------------- layer order of `merge barrier --align`
+
+
+@pytest.mark.parametrize("names,want", [
+    (["Dense_10", "Dense_2", "Dense_0", "Dense_1"], ["Dense_0", "Dense_1", "Dense_2", "Dense_10"]),
+    (["h_11.mlp", "h_9.attn", "h_9.mlp", "h_100.mlp"], ["h_9.attn", "h_9.mlp", "h_11.mlp", "h_100.mlp"]),
+    (["b", "a10", "a9", "a"], ["a", "a9", "a10", "b"]),
+])
+def test_natural_sorted_orders_numeric_suffixes_as_numbers(names, want):
+    from jaxinterp.merge import tree
+
+    assert tree.natural_sorted(names) == want
+
+
+def test_barrier_align_of_a_12_layer_mlp_permutes_b_into_the_same_function(tmp_path):
+    # names sorted as text (Dense_0, Dense_1, Dense_10, Dense_11, Dense_2, ...) chained the permutations
+    # out of order: Dense_11, the output layer, got an output permutation shared with Dense_2's input,
+    # so this MLP was refused (exit 2, "permutation 'P_3' has size 10 elsewhere but ... 8"), and one of
+    # equal widths had its logits permuted (another function than B at alpha 1)
+    import json
+
+    import jax
+
+    from jaxinterp import cli
+    from jaxinterp.merge import cli as merge_cli
+    from jaxinterp.merge import mlp
+
+    sizes = (64,) + (8,) * 11 + (10,)
+    paths = []
+    for seed in (1, 2):
+        p = tmp_path / f"{seed}.safetensors"
+        merge_cli._save_params(mlp.init(jax.random.PRNGKey(seed), sizes), p)
+        paths.append(p)
+    js = tmp_path / "path.json"
+    assert cli.main(["merge", "barrier", *map(str, paths), "--align", "--num", "3", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())["paths"]
+    d = mlp.load_digits()
+    lb = float(mlp.loss(merge_cli._load_mlp(str(paths[1])), (jnp.asarray(d.x_test), jnp.asarray(d.y_test))))
+    assert len(merge_cli._load_mlp(str(paths[1]))) == 12
+    np.testing.assert_allclose([r["naive"]["losses"][-1], r["weight matching"]["losses"][-1]], [lb, lb], rtol=1e-6)

@@ -83,14 +83,14 @@ def _train_mlp(args) -> int:
 def _barrier(args) -> int:
     import jax.numpy as jnp
 
-    from jaxinterp.merge import landscape, mlp, plots, rebasin
+    from jaxinterp.merge import landscape, mlp, plots, rebasin, tree
 
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
     batch = (jnp.asarray(d.x_test), jnp.asarray(d.y_test))
     runs = [("naive", pb)]
     if args.align:
-        spec = rebasin.mlp_permutation_spec(sorted(pa))
+        spec = rebasin.mlp_permutation_spec(tree.natural_sorted(pa))  # Dense_2 before Dense_10
         runs.append(("weight matching", rebasin.weight_matching(spec, pa, pb).params))
     results = {}
     for name, b in runs:

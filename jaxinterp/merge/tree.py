@@ -6,6 +6,7 @@ Names join the pytree path with dots (`h_0.attn.c_attn.kernel`), so mergekit's s
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +22,17 @@ def _key_str(k: Any) -> str:
 
 def leaf_names(tree: Any) -> list[str]:
     return [".".join(_key_str(k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key reading each run of digits as a number: `Dense_2` < `Dense_10` (as text, `Dense_10`
+    came first, so the permutation spec of a 12-layer MLP chained its layers out of order)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def natural_sorted(names: Any) -> list[str]:
+    """Layer names in layer order (`natural_key`)."""
+    return sorted(names, key=natural_key)
 
 
 def named_leaves(tree: Any) -> dict[str, Any]:
