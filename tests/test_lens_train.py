@@ -252,26 +252,80 @@ def _cli(*argv):
     return main([str(a) for a in argv])
 
 
-def test_cli_train_then_show(tmp_path, capsys):
+def _direct_topk(model, lens_path, prompt, k, *, shown):
+    """Per head (lens top-k, logit-lens top-k) token strings and ids at the prompt's last token, computed
+    here from the saved lens params and a plain forward pass (no readout code): the CLI table's reference.
+    `shown`: how many of the k the table prints in order (the rest count only as a set)."""
+    from jaxinterp.transformer import gpt2, load_tokenizer
+
+    params, cfg = model
+    tok = load_tokenizer(TINY_GPT2)
+    lens, lc = load_lens(lens_path)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    name = f"blocks.{lc.layer}.attn.hook_result"
+    _, cache = gpt2.run_with_cache(params, np.asarray([ids], np.int32), config=cfg, names=[name])
+    x = np.asarray(cache[name], np.float64)[0, -1]  # (H, D) at the last token
+    W_U, b_U = (np.asarray(a, np.float64) for a in lenses.unembedding(params, cfg))
+    lens_logits = np.einsum("hd,hdv->hv", x, np.asarray(lens["W"], np.float64)) + np.asarray(lens["b"], np.float64)
+    logit_logits = x @ W_U + b_U
+    top = lambda z: np.argsort(-z, axis=-1, kind="stable")[:, :k]  # noqa: E731
+    # no near-tie where the order matters (the first `shown`, and the cut at k): float32 rounding of
+    # these logits (~0.1) is ~1e-8, so a gap of 1e-6 cannot flip between the CLI's path and this one
+    for z in (lens_logits, logit_logits):
+        s = -np.sort(-z, axis=-1)
+        assert (s[:, :shown] - s[:, 1:shown + 1]).min() > 1e-6 and (s[:, k - 1] - s[:, k]).min() > 1e-6
+    decode = lambda a: [[tok.decode([int(i)]) for i in row] for row in a]  # noqa: E731
+    return decode(top(lens_logits)), decode(top(logit_logits)), top(lens_logits), top(logit_logits)
+
+
+def test_cli_train_then_show(tiny_processed, tmp_path, capsys):
+    """`lens train` then `lens show`: the table's rows are the layer's heads, each row's lens top-k the
+    top-k of that head's trained lens (from the saved params, computed here without the readout code),
+    its logit-lens top-k the plain logit lens's, its score the share of top-50 tokens in the word list;
+    the CSV holds the same table and stdout prints it."""
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in _texts(12)))
     out = tmp_path / "run"
+    # lr 0.005: two Adam steps move the lens weights by ~0.01, enough for the lens top tokens to leave
+    # the logit lens's and to differ between heads (at 0.02 the shared bias update makes every head alike)
     assert _cli("lens", "train", "--model", TINY_GPT2, "--layer", 2, "--data", tmp_path / "d.jsonl", "--out", out,
-                "--steps", 2, "--seq-len", 8, "--batch-size", 2, "--save-every", 1, "--no-progress") == 0
-    lens, lc = load_lens(out / "lens_layer2.safetensors")
+                "--steps", 2, "--seq-len", 8, "--batch-size", 2, "--save-every", 1, "--lr", 0.005,
+                "--no-progress") == 0
+    lens_path = out / "lens_layer2.safetensors"
+    lens, lc = load_lens(lens_path)
     assert lc.layer == 2 and lens["W"].shape == (4, 64, 97)
-    (tmp_path / "words.txt").write_text("w1\nw2\nw3\nw4\nw5\n")
-    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", out / "lens_layer2.safetensors", "--prompt",
+    capsys.readouterr()
+    lens_tok, logit_tok, _, _ = _direct_topk(tiny_processed, lens_path, "w5 w6 w7", 50, shown=3)
+    assert lens_tok != logit_tok  # the lens was trained away from the logit lens: a swapped column fails
+    # the word list: head 0's lens top-50 (each other head has a token outside it, so the scores differ);
+    # upper case in the file: the score compares lower-cased stripped tokens
+    words = {t.strip().lower() for t in lens_tok[0]}
+    (tmp_path / "words.txt").write_text("\n".join(sorted(words)).upper() + "\n")
+    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", lens_path, "--prompt",
                 "w5 w6 w7", "--k", 3, "--words", tmp_path / "words.txt", "--csv", tmp_path / "t.csv",
                 "--heatmap", tmp_path / "h.png") == 0
-    lines = (tmp_path / "t.csv").read_text().splitlines()
-    assert len(lines) == 1 + 4 and lines[0].startswith("layer,head,lens top-3,logit lens top-3,share of top-50")
+    printed = capsys.readouterr().out
+    share = [sum(t.strip().lower() in words for t in row) / 50 for row in lens_tok]
+    assert len(set(share)) > 1  # heads tell apart: a row order or score mix-up fails
+    expect = [["2", str(h), " ".join(map(repr, lens_tok[h][:3])), " ".join(map(repr, logit_tok[h][:3])),
+               repr(share[h])] for h in range(4)]
+    rows = list(csv.reader((tmp_path / "t.csv").read_text().splitlines()))
+    assert rows[0] == ["layer", "head", "lens top-3", "logit lens top-3", "share of top-50 in words.txt"]
+    assert rows[1:] == expect
+    for h, r in enumerate(expect):
+        assert f"L2   H{h:<3} score {share[h]:.3f}\n    lens:       {r[2]}\n    logit lens: {r[3]}\n" in printed
+    assert printed.startswith("prompt: 'w5 w6 w7' (3 tokens), last token 'w7'\n")
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
-    # --k above --score-k: the table shows k tokens per head (it showed score-k of them)
-    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", out / "lens_layer2.safetensors", "--prompt",
-                "w5 w6 w7", "--k", 8, "--score-k", 2, "--csv", tmp_path / "t8.csv") == 0
+    # --k above --score-k: the table shows k tokens per head (it showed score-k of them); without a word
+    # list the score is the share of the lens's top-5 ids among the logit lens's top-5
+    assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", lens_path, "--prompt",
+                "w5 w6 w7", "--k", 8, "--score-k", 5, "--csv", tmp_path / "t8.csv") == 0
+    lens_tok, logit_tok, lens_ids, logit_ids = _direct_topk(tiny_processed, lens_path, "w5 w6 w7", 8, shown=8)
+    overlap = [len(set(a[:5].tolist()) & set(b[:5].tolist())) / 5 for a, b in zip(lens_ids, logit_ids)]
     rows = list(csv.reader((tmp_path / "t8.csv").read_text().splitlines()))
-    assert rows[0][2] == "lens top-8" and all(len(r[2].split("' '")) == 8 and len(r[3].split("' '")) == 8
-                                               for r in rows[1:])
+    assert rows[0] == ["layer", "head", "lens top-8", "logit lens top-8",
+                       "share of lens top-5 also in logit-lens top-5"]
+    assert rows[1:] == [["2", str(h), " ".join(map(repr, lens_tok[h])), " ".join(map(repr, logit_tok[h])),
+                         repr(overlap[h])] for h in range(4)]
 
 
 @pytest.mark.parametrize("argv,match", [
