@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxinterp import atomic
-from jaxinterp.transformer import load_gpt2
+from jaxinterp.transformer import gpt2, load_gpt2
 from jaxinterp.transformer.weights import save_gpt2
 
 from conftest import TINY_GPT2
@@ -82,3 +82,18 @@ def test_an_unreadable_weights_file_names_itself(tmp_path, tiny_raw):
     (folder / "model.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
         load_gpt2(folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# init: Hugging Face's initialisation
+
+def test_init_draws_wpe_like_hugging_face():
+    """HF GPT2PreTrainedModel._init_weights: every nn.Embedding (wte and wpe) normal(initializer_range
+    = 0.02); wpe was drawn with 0.01."""
+    import jax
+
+    config = gpt2.GPT2Config(vocab_size=256, n_positions=256, n_embd=64, n_layer=2, n_head=2)
+    p = gpt2.init(jax.random.key(0), config)
+    # 16384 draws each: the sample std's standard error is 0.02 / sqrt(2 * 16384) = 1.1e-4
+    for name in ("wte", "wpe"):
+        assert abs(float(np.std(np.asarray(p[name]["embedding"]))) - 0.02) < 5e-4, name

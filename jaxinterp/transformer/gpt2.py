@@ -249,7 +249,9 @@ class GPT2(_Hooked):
         c = self.config
         kw = dict(config=c, capture=self.capture)
         self.wte = nn.Embed(c.vocab_size, c.n_embd, embedding_init=nn.initializers.normal(0.02))
-        self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=nn.initializers.normal(0.01))
+        # HF's _init_weights gives every nn.Embedding normal(initializer_range = 0.02), wpe too
+        # (OpenAI's TensorFlow code used 0.01 for wpe; transformers does not)
+        self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=nn.initializers.normal(0.02))
         result_captured = {int(n.split(".")[1]) for n in self.capture if n.endswith("attn.hook_result")}
         self.h = [Block(layer=i, need_result=(i in result_captured) or self.all_results, name=f"h_{i}", **kw)
                   for i in range(c.n_layer)]
@@ -300,7 +302,8 @@ def module(config: GPT2Config, names: Sequence[str] = (), interventions: Sequenc
 
 
 def init(rng: Array, config: GPT2Config) -> dict:
-    """Random GPT-2 params (HF's initialisation: normal(0.02), residual projections scaled)."""
+    """Random GPT-2 params (HF's initialisation: wte, wpe and every kernel normal(0.02), the residual
+    projections (attn and mlp c_proj) normal(0.02 / sqrt(2 n_layer)), biases 0, layer norms 1 and 0)."""
     check_dtype(config)
     return _init_jit(config)(rng)
 
