@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,7 +81,7 @@ def test_no_receivers_gives_an_empty_result():
     (dict(num_receivers=True), r"num_receivers: expected a static non-negative integer, got True"),
     (dict(senders=jnp.zeros((2, 3), jnp.float32)), "senders: expected an integer dtype, got float32"),
     (dict(receivers=jnp.zeros((2, 3), jnp.float32)), "receivers: expected an integer dtype, got float32"),
-    (dict(values=jnp.zeros((2, 1, 0, 2))), r"values: 3 edges need sender nodes, got M = 0"),
+    (dict(values=jnp.zeros((2, 1, 0, 2))), "values: 3 edges need sender nodes, got M = 0 in shape [2, 1, 0, 2]"),
 ])
 def test_bad_ids_and_sizes_are_value_errors(kwargs, message):
     """These were a TypeError from inside jnp (float ids, a float size, no sender node) or passed (True)."""
@@ -87,7 +89,7 @@ def test_bad_ids_and_sizes_are_value_errors(kwargs, message):
                 receivers=jnp.zeros((2, 3), jnp.int32), num_receivers=4)
     args.update(kwargs)
     for fn in (gather_segment_sum, gather_segment_sum_reference):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):  # the whole message
             fn(args["values"], args["weights"], args["senders"], args["receivers"], args["num_receivers"])
 
 
@@ -101,13 +103,14 @@ def test_bad_ids_and_sizes_are_value_errors(kwargs, message):
     ("drift_cm", float("nan"), "a positive finite number"),
     ("noise_adc", -1.0, "a non-negative finite number"),
     ("readout_ticks", 6400.5, "a positive integer"),
-    ("plane_angles_deg", (60.0, float("inf"), 0.0), "one wire angle per plane"),
-    ("shaping_ticks", (3.0, 3.0), r"one positive pulse width per plane \(3, as plane_angles_deg\)"),  # was an IndexError
+    ("plane_angles_deg", (60.0, float("inf"), 0.0), "one wire angle per plane, in degrees from vertical within [-90, 90]"),
+    ("shaping_ticks", (3.0, 3.0), "one positive pulse width per plane (3, as plane_angles_deg)"),  # was an IndexError
 ])
 def test_bad_detector_names_the_field(field, value, message):
     from jaxinterp.nugraph import detector
 
-    with pytest.raises(ValueError, match=f"Detector.{field}: expected {message}"):
+    # the whole message: the field, what it expects and the value that came
+    with pytest.raises(ValueError, match="^" + re.escape(f"Detector.{field}: expected {message}, got {value!r}") + "$"):
         detector.Detector(**{field: value})
 
 
@@ -124,19 +127,19 @@ def test_bad_detector_names_the_field(field, value, message):
 def test_bad_simulate_arguments_are_named(kw, message):
     from jaxinterp.nugraph import simulate
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         simulate.simulate(**kw)
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("detector", None, r"a detector.Detector with 3 wire planes"),  # was an AttributeError in the first event
+    ("detector", None, "a detector.Detector with 3 wire planes (u, v, y)"),  # was an AttributeError in the first event
     ("min_hits_per_plane", True, "a non-negative integer"),  # bool passed as 1
     ("step_cm", True, "a positive finite number"),
 ])
 def test_bad_sim_config_fields_are_named(field, value, message):
     from jaxinterp.nugraph import simulate
 
-    with pytest.raises(ValueError, match=f"SimConfig.{field}: expected {message}"):
+    with pytest.raises(ValueError, match="^" + re.escape(f"SimConfig.{field}: expected {message}, got {value!r}") + "$"):
         simulate.SimConfig(**{field: value})
 
 
@@ -144,7 +147,8 @@ def test_a_two_plane_detector_is_refused_by_the_simulation():
     from jaxinterp.nugraph import detector, simulate
 
     two = detector.Detector(plane_angles_deg=(60.0, -60.0), shaping_ticks=(3.0, 3.0))
-    with pytest.raises(ValueError, match=r"SimConfig.detector: expected a detector.Detector with 3 wire planes"):
+    with pytest.raises(ValueError, match=r"^SimConfig\.detector: expected a detector\.Detector with 3 wire planes "
+                                         r"\(u, v, y\), got Detector\(.*, plane_angles_deg=\(60\.0, -60\.0\), .*\)$"):
         simulate.SimConfig(detector=two)
 
 
@@ -163,33 +167,38 @@ def test_predicted_labels_refuses_a_semantic_vector_without_the_class_axis():
     """A [N] semantic vector used to argmax to one class for every hit, silently."""
     from jaxinterp.nugraph import display
 
-    with pytest.raises(ValueError, match=r"semantic_probs: expected shape \[\.\.\., N, C\]"):
+    with pytest.raises(ValueError, match=r"^semantic_probs: expected shape \[\.\.\., N, C\] with \[\.\.\., N\] = "
+                                         r"filter_probs' \[3\], got \[3\]$"):
         display.predicted_labels(np.array([0.1, 0.9, 0.3]), np.array([0.9, 0.9, 0.9]))
 
 
+CLASSES = "MIP, HIP, shower, michel, diffuse; negative for background"
+
+
 @pytest.mark.parametrize("labels, message", [
-    (np.array([0, 1, 5, 2, 3]), r"predicted\['u'\]: expected labels below 5 .* got 5"),  # was drawn grey, as background
-    (np.array([0, 1, 6, 2, 3]), r"predicted\['u'\]: expected labels below 5 .* got 6"),  # was an IndexError
-    (np.array([0.0, 1, 2, 2, 3]), r"predicted\['u'\]: expected integer class labels"),  # was an IndexError
+    (np.array([0, 1, 5, 2, 3]), f"predicted['u']: expected labels below 5 ({CLASSES}), got 5"),  # was drawn grey
+    (np.array([0, 1, 6, 2, 3]), f"predicted['u']: expected labels below 5 ({CLASSES}), got 6"),  # was an IndexError
+    (np.array([0.0, 1, 2, 2, 3]), "predicted['u']: expected integer class labels, got dtype float64"),  # an IndexError
 ])
 def test_event_display_refuses_labels_it_cannot_colour(labels, message):
     from jaxinterp.nugraph import display
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         display.event_display(_display_event(), {p: labels for p in "uvy"})
 
 
 def test_event_display_of_a_plane_the_event_lacks_is_a_value_error():
     from jaxinterp.nugraph import display
 
-    with pytest.raises(ValueError, match=r"planes: the event has no plane\(s\) \['x'\]"):  # was a KeyError
+    # was a KeyError
+    with pytest.raises(ValueError, match=r"^planes: the event has no plane\(s\) \['x'\] \(it has \['u', 'v', 'y'\]\)$"):
         display.event_display(_display_event(), planes=("u", "x"))
 
 
 def test_summary_of_no_events_says_so():
     from jaxinterp.nugraph import simulate
 
-    with pytest.raises(ValueError, match="events: expected at least one event to summarise, got none"):
+    with pytest.raises(ValueError, match="^events: expected at least one event to summarise, got none$"):
         simulate.summary([])
     events = simulate.simulate(2, seed=0)
     # an iterator was read up by the hit counts, leaving no labels: "need at least one array to concatenate"
