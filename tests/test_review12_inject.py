@@ -25,7 +25,7 @@ def test_line_numbers_count_lines_of_quoted_cells(tmp_path):
     line number one short."""
     p = tmp_path / "p.csv"
     p.write_text(HEADER + 'w1,"w2\nw2b",w3,w4,w5\nw6,w7,,w9,w10\n')
-    with pytest.raises(ValueError, match="line 4: empty cell in column 'explicit_entity'"):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{p}: line 4: empty cell in column 'explicit_entity'") + "$"):
         dt.load_prompts(p)
 
 
@@ -35,13 +35,14 @@ def test_unquoted_comma_is_refused_not_shifted(tmp_path):
     reader, refuses such a row)."""
     p = tmp_path / "p.csv"
     p.write_text(HEADER + "w1,w2,w3,w4,w5\nw6,w7, w8,w9,w10,w11\n")
-    with pytest.raises(ValueError, match=r"line 3: 6 cells, the header has 5 \(a comma inside a cell"):
+    comma = " (a comma inside a cell that is not quoted?)"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{p}: line 3: 6 cells, the header has 5{comma}") + "$"):
         dt.load_prompts(p)
     p.write_text(HEADER + "w1,w2,w3,w4,w5,,\n")  # trailing empty cells are harmless
     assert dt.load_prompts(p).answer == ["w5"]
     w = tmp_path / "words.csv"
     w.write_text("Nouns,Verbs\ntime,be,extra\n")
-    with pytest.raises(ValueError, match="line 2: 3 cells, the header has 2"):
+    with pytest.raises(ValueError, match="^" + re.escape(f"{w}: line 2: 3 cells, the header has 2{comma}") + "$"):
         dt.load_top_words(w)
 
 
@@ -50,7 +51,8 @@ def test_non_utf8_file_is_named(tmp_path):
     naming neither the file nor the line."""
     p = tmp_path / "latin.csv"
     p.write_bytes((HEADER + "w1,w2,w3,w4,w5\nw1,w2,Dus\xe1n,w4,w5\n").encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.csv: line 3: not UTF-8 text \(byte 0xe1"):
+    message = f"{p}: line 3: not UTF-8 text (byte 0xe1 at offset 97); save the file as UTF-8"
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         dt.load_prompts(p)
 
 
@@ -76,9 +78,9 @@ def test_head_outputs_compile_once_per_bucket_and_match_unpadded(tiny_processed)
         for g, pos in zip(got[len(tok)], (-1, 1)):
             want = np.stack([np.asarray(cache[n][0, pos]) for n in names])
             np.testing.assert_allclose(np.asarray(g), want, rtol=0, atol=1e-7)  # measured 2.8e-9 (was 1e-5/1e-6)
-    with pytest.raises(ValueError, match=r"tokens: 33 tokens, the model takes at most n_positions=32"):
+    with pytest.raises(ValueError, match=r"^tokens: 33 tokens, the model takes at most n_positions=32$"):
         heads.head_outputs(params, np.zeros(33, int), config=config)
-    with pytest.raises(ValueError, match=r"k: expected an int in 1\.\.97, got 2\.5"):
+    with pytest.raises(ValueError, match=r"^k: expected an int in 1\.\.97, got 2\.5$"):
         heads.head_top_tokens(params, prompts[0], config=config, k=2.5)
 
 
@@ -89,7 +91,7 @@ CLI_ROWS = "w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\nw12 w13,w14 w15 w16,w17
     # the word list's Nouns column is empty: refused only after the main sweep had run
     (["--baseline-type", "Nouns"], "Nouns,Verbs\n,be\n,have\n", "word_type 'Nouns': the list is empty"),
     # a NaN tau: refused by the sweep, after the model was loaded and the memories computed
-    (["--taus", "1", "nan"], None, r"--taus: expected finite numbers, got \[1.0, nan\]"),
+    (["--taus", "1", "nan"], None, r"--taus: expected finite numbers, got \[1\.0, nan\]"),
     (["--layers", "-1"], None, "--layers: layer -1 out of range, layers count from 0"),
 ])
 def test_cli_input_errors_come_before_the_model_and_the_sweep(tmp_path, monkeypatch, capsys, extra, words, match):
@@ -110,5 +112,6 @@ def test_cli_input_errors_come_before_the_model_and_the_sweep(tmp_path, monkeypa
         (tmp_path / "w.csv").write_text(words)
         argv += ["--baseline-words", str(tmp_path / "w.csv")]
     assert cli.main(argv) == 2
-    assert re.search(match, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert re.fullmatch("jaxinterp inject: error: " + match + "\n", err), err  # the whole stderr
     assert not (tmp_path / "out").exists()
