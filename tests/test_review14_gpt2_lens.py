@@ -97,3 +97,113 @@ def test_init_draws_wpe_like_hugging_face():
     # 16384 draws each: the sample std's standard error is 0.02 / sqrt(2 * 16384) = 1.1e-4
     for name in ("wte", "wpe"):
         assert abs(float(np.std(np.asarray(p[name]["embedding"]))) - 0.02) < 5e-4, name
+
+
+# ----------------------------------------------------------------------------------------------
+# lens training: resuming with the same learning rate
+
+class _WordTokenizer:
+    """'w5 w7' -> [5, 7] (ids mod 97: the tiny model's vocabulary)."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
+
+
+def _batches():
+    from jaxinterp.lens import data
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 10))) for _ in range(12)]
+    return data.Batches(data.tokenize(texts, _WordTokenizer(), 10), 2, 10, seed=1)
+
+
+@pytest.mark.parametrize("first,then", [(np.float32(1e-3), 1e-3), (1e-3, np.float32(1e-3))])
+def test_resume_takes_the_same_learning_rate_in_float32_or_float64(tiny_processed, tmp_path, first, then):
+    """TrainConfig(lr=np.float32(1e-3)) recorded 0.0010000000474974513: resuming the run with lr 1e-3
+    (the same update: Adam applies lr in float32) was refused as 'another run'. A different rate is
+    still refused."""
+    from jaxinterp.lens import lenses, train
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    tc = train.TrainConfig(steps=2, batch_size=2, seq_len=10, save_every=1, seed=1, lr=first)
+    whole = train.train(params, cfg, lc, _batches(), tc, progress=False)
+    train.train(params, cfg, lc, _batches(), tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"holds another run.*lr: checkpoint 0\.001.*, this run 0\.0011"):
+        train.train(params, cfg, lc, _batches(), dataclasses.replace(tc, lr=1.1e-3), ckpt_dir=tmp_path,
+                    progress=False)
+    rest = train.train(params, cfg, lc, _batches(), dataclasses.replace(tc, lr=then), ckpt_dir=tmp_path,
+                       progress=False)
+    assert (rest.start_step, rest.steps) == (1, 2)
+    assert rest.losses == whole.losses[1:]
+    for k in whole.lens:
+        np.testing.assert_array_equal(rest.lens[k], whole.lens[k])
+
+
+def test_resume_refuses_a_learning_rate_one_float32_step_away(tiny_processed, tmp_path):
+    from jaxinterp.lens import lenses, train
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    tc = train.TrainConfig(steps=2, batch_size=2, seq_len=10, save_every=1, seed=1, lr=1e-3)
+    train.train(params, cfg, lc, _batches(), tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    near = float(np.nextafter(np.float32(1e-3), np.float32(1)))
+    with pytest.raises(ValueError, match="holds another run.*lr: checkpoint 0.001, this run"):
+        train.train(params, cfg, lc, _batches(), dataclasses.replace(tc, lr=near), ckpt_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# lens read-out and files: bad input
+
+@pytest.mark.parametrize("kw,match", [
+    ({"ids": [5, True]}, r"prompt: expected integer token ids in \[0, 97\), got \[True\]"),
+    ({"ids": [np.bool_(False), 5]}, r"prompt: expected integer token ids in \[0, 97\), got \[np.False_\]"),
+    ({"k": True}, r"k: expected 1 <= k <= 97, got True"),
+    ({"k": 2.5}, r"k: expected 1 <= k <= 97, got 2.5"),
+])
+def test_read_out_refuses_bools_and_fractions(tiny_processed, monkeypatch, kw, match):
+    """True passed as a token id (read as id 1) and as k (one token shown); 2.5 as k failed inside jit."""
+    from jaxinterp.lens import lenses, readout
+
+    monkeypatch.setattr(readout, "_head_topk_jit", lambda: pytest.fail("computed before the bad input was refused"))
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    lens = {k: np.zeros(s, np.float32) for k, s in lc.shapes().items()}
+    with pytest.raises(ValueError, match=match):
+        readout.head_topk(params, cfg, lens, lc, **{"ids": [1, 2, 3], **kw})
+    if "ids" in kw:
+        with pytest.raises(ValueError, match=match):
+            readout.check_prompt(kw["ids"], cfg)
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"layer": 1, "n_head": 4, "d_model": 64, "vocab_size": 97, "kind": "bogus"}, r"kind: expected one of"),
+    ({"layer": -1, "n_head": 4, "d_model": 64, "vocab_size": 97}, r"layer: expected a non-negative integer"),
+])
+def test_a_lens_file_with_a_bad_config_field_names_the_file(tmp_path, fields, match):
+    """LensConfig's own error ('kind: expected one of ...') came out alone, naming no file."""
+    from safetensors.numpy import save_file
+
+    from jaxinterp.lens.io import load_lens
+
+    path = tmp_path / "damaged.safetensors"
+    save_file({"W": np.zeros((4, 64, 97), np.float32), "b": np.zeros((4, 97), np.float32)}, str(path),
+              metadata={"lens_config": json.dumps(fields), "extra": "{}"})
+    with pytest.raises(ValueError, match=rf"lens: .*damaged\.safetensors: expected lens_config metadata .*{match}"):
+        load_lens(path)
+
+
+def test_a_checkpoint_with_a_bad_lens_config_names_the_folder(tiny_processed, tmp_path):
+    from jaxinterp.lens import lenses, train
+
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    tc = train.TrainConfig(steps=1, batch_size=2, seq_len=10, seed=1)
+    train.train(params, cfg, lc, _batches(), tc, ckpt_dir=tmp_path / "ck", progress=False)
+    metas = [p for p in (tmp_path / "ck").rglob("*") if p.is_file() and '"lens_config"' in p.read_text(errors="ignore")]
+    assert len(metas) == 1
+    meta = json.loads(metas[0].read_text())
+    meta["lens_config"]["kind"] = "bogus"
+    metas[0].write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"ckpt_dir: .*ck step 1: expected lens_config metadata .*kind: expected one of"):
+        train.restore_lens(tmp_path / "ck")

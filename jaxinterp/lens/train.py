@@ -315,13 +315,22 @@ def _bf16_moment_arrays(stored) -> bool:
     return any(np.dtype(a.dtype) == jnp.bfloat16 for a in leaves)
 
 
+def _same(setting: str, saved, now) -> bool:
+    """Whether a checkpoint's setting is this run's. The learning rate is compared as the float32 the
+    update applies (lens and Adam state are float32): np.float32(1e-3) was recorded as 0.0010000000474974513
+    and a resume with lr 1e-3, the same run to the bit, was refused as another run."""
+    if setting == "lr" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (saved, now)):
+        return bool(np.float32(saved) == np.float32(now))
+    return saved == now
+
+
 def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
     """ValueError naming every setting where the checkpoint's run and this one differ."""
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
              # checkpoints written before the data's fingerprint was recorded cannot be checked for it
              "data": meta.get("data", run["data"]),
              **{f: meta.get("train_config", {}).get(f, _RESUME_DEFAULTS.get(f)) for f in _RESUME_MUST_MATCH}}
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if saved.get(k) != v]
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if not _same(k, saved.get(k), v)]
     if diff:
         raise ValueError(f"ckpt_dir: {ckpt_dir} holds another run; resume it with the same settings or use a "
                          f"new folder ({'; '.join(diff)})")
@@ -341,7 +350,12 @@ def restore_lens(ckpt_dir: str | os.PathLike) -> tuple[dict, LensConfig]:
         if step is None:
             raise ValueError(f"ckpt_dir: {ckpt_dir} holds no checkpoint")
         meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        config = LensConfig(**meta["lens_config"])
+        try:
+            config = LensConfig(**meta["lens_config"])
+        except (KeyError, TypeError, ValueError) as e:  # LensConfig's own message names no checkpoint
+            raise ValueError(f"ckpt_dir: {ckpt_dir} step {step}: expected lens_config metadata with the fields of "
+                             f"LensConfig (layer, n_head, d_model, vocab_size, kind), got "
+                             f"{str(meta.get('lens_config'))[:200]} ({e})") from e
         # onto this process's first device: restored without a target, a checkpoint of a run on another
         # number of devices (any data-parallel run read on one machine) was orbax's "Topology mismatch"
         tree = mngr.item_metadata(step)["state"]
