@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.kernels import chunked_vocab
 from jaxinterp.lens import lenses
 from jaxinterp.lens.io import check_fits
@@ -63,7 +64,8 @@ def check_prompt(ids: Sequence[int], model_config) -> None:
         raise ValueError(f"prompt: {len(ids)} tokens is longer than the model's context of "
                          f"{model_config.n_positions} positions")
     # an id past the vocabulary gave NaN scores, a negative one wrapped to another token: both silently
-    bad = [i for i in ids if not (isinstance(i, (int, np.integer)) and 0 <= i < model_config.vocab_size)]
+    # not True either: a bool is no token (it read as id 1)
+    bad = [i for i in ids if not (is_integer(i) and 0 <= i < model_config.vocab_size)]
     if bad:
         raise ValueError(f"prompt: expected integer token ids in [0, {model_config.vocab_size}), got {bad[:5]}")
 
@@ -78,8 +80,8 @@ def head_topk(model_params: dict, model_config, lens: dict, lens_config: LensCon
     check_params(lens, lens_config)
     check_fits(lens_config, model_config, source="given to head_topk")
     check_prompt(ids, model_config)
-    if not 1 <= k <= model_config.vocab_size:
-        raise ValueError(f"k: expected 1 <= k <= {model_config.vocab_size}, got {k}")
+    if not is_integer(k) or not 1 <= k <= model_config.vocab_size:
+        raise ValueError(f"k: expected 1 <= k <= {model_config.vocab_size}, got {k!r}")
     chunked_vocab.check_chunk(chunk)
     # Right-padded to a power of two (at most the context), so prompts of different lengths share a
     # few compiled shapes; causal attention keeps the padding out of the real positions.
