@@ -76,9 +76,12 @@ def _read_own(path: Path, *, model_config, layer: int | None) -> tuple[dict, Len
         try:
             fields = json.loads(meta["lens_config"])
             config = LensConfig(**fields)
-        except (json.JSONDecodeError, TypeError) as e:  # TypeError: missing or unknown fields
+        # TypeError: missing or unknown fields; ValueError: JSON's, or LensConfig's for a bad field
+        # (a kind or layer that names no file: 'kind: expected one of ...')
+        except (TypeError, ValueError) as e:
             raise ValueError(f"lens: {path}: expected lens_config metadata with the fields of LensConfig "
-                             f"(layer, n_head, d_model, vocab_size, kind), got {meta['lens_config'][:200]!r}") from e
+                             f"(layer, n_head, d_model, vocab_size, kind), got {meta['lens_config'][:200]!r} "
+                             f"({e})") from e
         if layer is not None and layer != config.layer:
             raise ValueError(f"layer: the lens {path} is for layer {config.layer}, got layer {layer}")
         if model_config is not None:
