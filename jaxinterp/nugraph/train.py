@@ -204,13 +204,25 @@ def onecycle_momentum(total_steps: int, base: float = ONECYCLE_MOMENTUM[0], peak
 def _optimizer(lr: float, weight_decay: float, total_steps: int):
     """AdamW under OneCycleLR as the official code configures it (torch defaults): the learning rate
     from lr/25 up to lr over the first 30% of steps, then cosine down to lr/25e4, and beta1 cycling
-    inversely between 0.95 and 0.85 (`onecycle_momentum`). -> (optimiser, learning-rate schedule)."""
+    inversely between 0.95 and 0.85 (`onecycle_momentum`). -> (optimiser, learning-rate schedule).
+
+    The moments and hyperparameters are float32 whatever the params' precision (float64 moments for
+    float64 params): optax keeps Adam's moments in the params' dtype and inject_hyperparams casts b2,
+    eps and the weight decay to it, so bfloat16 params had bfloat16 moments and b2 = 0.999 rounded
+    to 1, whose bias correction 1 - b2^t = 0 made the first update NaN (as fit_bezier's Adam did)."""
+    import jax
+    import jax.numpy as jnp
     import optax
 
     schedule = onecycle_lr(total_steps, lr)
-    opt = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=onecycle_momentum(total_steps),
-                                                weight_decay=weight_decay)
-    return opt, schedule
+    adamw = optax.inject_hyperparams(optax.adamw, hyperparam_dtype=jnp.float32)(
+        learning_rate=schedule, b1=onecycle_momentum(total_steps), weight_decay=weight_decay)
+
+    def init(params):  # moments (mu and nu) float32 at least; updates then follow them
+        return adamw.init(jax.tree.map(lambda a: jnp.asarray(a, jnp.promote_types(jnp.result_type(a), jnp.float32)),
+                                       params))
+
+    return optax.GradientTransformation(init, adamw.update), schedule
 
 
 @functools.lru_cache(maxsize=8)
