@@ -36,9 +36,9 @@ def test_linear_path_matches_a_loop_and_does_not_recompile(chunk):
     r = landscape.linear_path(mlp.loss, PA, PB, BATCH, num=9, chunk=chunk)
     want = [np_loss(np_lerp(PA, PB, a), X, Y) for a in r.alphas]
     np.testing.assert_allclose(r.losses, want, rtol=2e-6)  # float32 against float64: measured 1.2e-7
-    n = landscape.path_losses._cache_size()
+    n = landscape._path_losses._cache_size()
     landscape.linear_path(mlp.loss, PB, PA, BATCH, num=9, chunk=chunk)
-    assert landscape.path_losses._cache_size() == n
+    assert landscape._path_losses._cache_size() == n
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4])  # lax.map: point by point, and vmapped chunks with a remainder

@@ -94,3 +94,63 @@ def test_barrier_align_of_a_12_layer_mlp_permutes_b_into_the_same_function(tmp_p
     lb = float(mlp.loss(merge_cli._load_mlp(str(paths[1])), (jnp.asarray(d.x_test), jnp.asarray(d.y_test))))
     assert len(merge_cli._load_mlp(str(paths[1]))) == 12
     np.testing.assert_allclose([r["naive"]["losses"][-1], r["weight matching"]["losses"][-1]], [lb, lb], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- buffers of path/plane/curve losses
+
+
+def _loss_with_step(p, batch):
+    x, y = batch
+    from jaxinterp.merge import mlp
+
+    return mlp.loss({k: v for k, v in p.items() if k != "step"}, (x, y)) + 0.0 * p["step"]
+
+
+def _with_step(seed, step):
+    import jax
+
+    from jaxinterp.merge import mlp
+
+    return {**mlp.init(jax.random.PRNGKey(seed), (5, 7, 3)), "step": jnp.int32(step)}
+
+
+def test_path_plane_and_curve_losses_refuse_different_buffers_before_compute():
+    # they took the int32 leaf from the first tree unchecked: a step 3 and a step 4 model gave a path
+    # with step 3 at alpha 1 (not model B), where linear_path, plane_through and fit_bezier refuse
+    import jax
+
+    from jaxinterp.merge import curves, landscape
+
+    calls = []
+
+    def loss(p, batch):
+        calls.append(1)
+        return _loss_with_step(p, batch)
+
+    batch = (jax.random.normal(jax.random.PRNGKey(3), (6, 5)), jnp.arange(6) % 3)
+    a, b, c = _with_step(0, 3), _with_step(1, 3), _with_step(2, 3)
+    b4 = _with_step(1, 4)
+    ts = jnp.linspace(0.0, 1.0, 3)
+    msg = r"step: expected the same values in every tree for a int32 leaf \(a buffer, copied, not interpolated\); "
+    with pytest.raises(ValueError, match=msg + r"\[params_a, params_b\]\[1\] differs .*\(int32 \[4\]\.\.\. vs \[3\]"):
+        landscape.path_losses(loss, a, b4, batch, ts)
+    with pytest.raises(ValueError, match=msg + r"\[p0, bend, p1\]\[2\] differs"):
+        curves.curve_losses(loss, a, b, b4, batch, ts)
+    with pytest.raises(ValueError, match=msg + r"\[p0, bend, p1\]\[1\] differs"):
+        curves.curve_losses(loss, a, b4, b, batch, ts)
+    d1 = jax.tree_util.tree_map(jnp.subtract, b, a)  # the buffer's direction is 0: allowed
+    d2 = jax.tree_util.tree_map(jnp.subtract, b4, a)  # 1 on the buffer: it would be dropped
+    coords = jnp.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"d2: expected zero at step, a int32 leaf of origin \(a buffer, kept, not "
+                                         r"moved along a direction\), got 1 nonzero entries \(\[1\]\.\.\.\)"):
+        landscape.plane_losses(loss, a, d1, d2, batch, coords)
+    assert not calls  # refused before the loss was traced
+
+    # equal buffers pass, with the same numbers as before, and a call under jit (tracers) is not refused
+    np.testing.assert_allclose(np.asarray(landscape.path_losses(loss, a, b, batch, ts))[[0, -1]],
+                               [_loss_with_step(a, batch), _loss_with_step(b, batch)], rtol=1e-6)
+    assert np.isfinite(np.asarray(curves.curve_losses(loss, a, c, b, batch, ts))).all()
+    np.testing.assert_allclose(landscape.plane_losses(loss, a, d1, d1, batch, coords),
+                               [_loss_with_step(a, batch)] * 2, rtol=1e-6)
+    traced = jax.jit(lambda pa, pb: landscape.path_losses(loss, pa, pb, batch, ts))(a, b4)
+    assert traced.shape == (3,)

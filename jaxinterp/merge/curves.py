@@ -116,9 +116,21 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
-def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
-                 chunk: int | None = None) -> jax.Array:
-    """[A] losses along the curve at each t, in one compiled call (checked as in landscape.path_losses)."""
+def _curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
+                  chunk: int | None = None) -> jax.Array:
     tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
     _check_points("ts", ts, "[A]")
     return _map(lambda t: loss_fn(bezier(p0, bend, p1, t), batch), ts, chunk)
+
+
+def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
+                 chunk: int | None = None) -> jax.Array:
+    """[A] losses along the curve at each t, in one compiled call (`_curve_losses`).
+
+    Checked as in landscape.path_losses: integer and boolean leaves (buffers) are p0's along the
+    curve, so they must hold the same values in bend and p1 (ValueError otherwise), compared on
+    the host when concrete and skipped only for tracers (a call under an outer jit, vmap or grad).
+    """
+    tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
+    tree.check_buffers([p0, bend, p1], "[p0, bend, p1]", not_what="interpolated")
+    return _curve_losses(loss_fn, p0, bend, p1, batch, ts, chunk=chunk)

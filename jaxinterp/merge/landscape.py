@@ -105,16 +105,27 @@ def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
-def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
-                chunk: int | None = None) -> jax.Array:
-    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call.
-
-    Inputs are checked while tracing, before loss_fn is: jit traces again for any new structure,
-    shape or chunk, so no bad input reaches a cached executable, and cached calls pay nothing.
-    """
+def _path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
+                 chunk: int | None = None) -> jax.Array:
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     _check_points("alphas", alphas, "[A]")
     return _map(lambda al: loss_fn(lerp(params_a, params_b, al), batch), alphas, chunk)
+
+
+def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
+                chunk: int | None = None) -> jax.Array:
+    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call (`_path_losses`).
+
+    Shapes are checked while tracing, before loss_fn is: jit traces again for any new structure,
+    shape or chunk, so no bad input reaches a cached executable. Integer and boolean leaves
+    (buffers: step counters, position ids) are params_a's along the whole path, so they must hold
+    the same values in params_b (ValueError otherwise); that is checked on every call, before the
+    compiled one, by comparing their values on the host. Under an outer jit, vmap or grad those
+    leaves are tracers with no values to compare, and only then is the check skipped.
+    """
+    tree.check_same_structure([params_a, params_b], "params_a/params_b")
+    tree.check_buffers([params_a, params_b], "[params_a, params_b]", not_what="interpolated")
+    return _path_losses(loss_fn, params_a, params_b, batch, alphas, chunk=chunk)
 
 
 def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, num: int = 25,
@@ -122,9 +133,9 @@ def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, nu
     """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers."""
     _check_count("num", num, 2, "at least 2 alphas (the two endpoints)")
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
-    tree.check_buffers([params_a, params_b], "[params_a, params_b]")
+    tree.check_buffers([params_a, params_b], "[params_a, params_b]", not_what="interpolated")
     alphas = np.linspace(0.0, 1.0, num, dtype=np.float32)
-    losses = np.asarray(path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
+    losses = np.asarray(_path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
     return PathResult(alphas, losses, barrier_mean(alphas, losses), barrier_chord(alphas, losses))
 
 
@@ -137,9 +148,8 @@ def _axpy(alpha, x, y):
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
-def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
-                 chunk: int | None = 256) -> jax.Array:
-    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2] (checked as in path_losses)."""
+def _plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
+                  chunk: int | None = 256) -> jax.Array:
     tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
     _check_points("coords", coords, "[G, 2]", (2,))
 
@@ -148,6 +158,19 @@ def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coo
         return loss_fn(p, batch)
 
     return _map(one, coords, chunk)
+
+
+def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
+                 chunk: int | None = 256) -> jax.Array:
+    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2], in one compiled call.
+
+    Checked as in path_losses; integer and boolean leaves of origin (buffers) stay origin's at every
+    point, so d1 and d2 must be zero there (ValueError otherwise), checked when their values are
+    concrete and skipped only for tracers (a call under an outer jit, vmap or grad).
+    """
+    tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
+    tree.check_still_buffers(origin, [d1, d2], ["d1", "d2"])
+    return _plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)
 
 
 class Surface(NamedTuple):
@@ -160,7 +183,7 @@ class Surface(NamedTuple):
 def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk):
     aa, bb = np.meshgrid(a, b)  # [n_b, n_a]
     coords = jnp.asarray(np.stack([aa.ravel(), bb.ravel()], 1), jnp.float32)
-    return np.asarray(plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)).reshape(aa.shape)
+    return np.asarray(_plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)).reshape(aa.shape)
 
 
 def _in_work_dtype(params: Any) -> Any:

@@ -92,10 +92,35 @@ def check_same_buffer(xs: Sequence[Any], name: str, *, each: str = "tree", ith: 
                              f"({y.dtype} {y.ravel()[:4].tolist()}... vs {ys[0].ravel()[:4].tolist()}...)")
 
 
-def check_buffers(trees: Sequence[Any], arg: str) -> None:
+def is_traced(x: Any) -> bool:
+    """Whether x is a tracer (under jit, vmap or grad): it has a shape and dtype but no values."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def check_buffers(trees: Sequence[Any], arg: str, *, not_what: str = "averaged") -> None:
     """ValueError unless every integer or boolean leaf (a buffer) holds the same values in every tree:
-    paths and planes between models take the buffers as they are, never between them."""
+    paths and planes between models take the buffers as they are, never between them. A leaf that
+    is a tracer in any tree (the caller is being traced) has no values to compare: it is skipped."""
     leaves = [named_leaves(t) for t in trees]
     for name, x in leaves[0].items():
         if not jax.numpy.issubdtype(leaf_dtype(x), jax.numpy.inexact):
-            mean_leaf([lv[name] for lv in leaves], name, arg)
+            xs = [lv[name] for lv in leaves]
+            if not any(map(is_traced, xs)):
+                check_same_buffer(xs, name, ith=arg + "[{}]", not_what=not_what)
+
+
+def check_still_buffers(origin: Any, directions: Sequence[Any], args: Sequence[str]) -> None:
+    """ValueError unless every direction is zero on each integer or boolean leaf of `origin` (a buffer:
+    points origin + a d1 + b d2 keep origin's, so a nonzero entry there would be dropped silently).
+    Tracers are skipped, as in `check_buffers`."""
+    ref = named_leaves(origin)
+    for d, arg in zip(directions, args):
+        for name, y in named_leaves(d).items():
+            x = ref[name]
+            if jax.numpy.issubdtype(leaf_dtype(x), jax.numpy.inexact) or is_traced(x) or is_traced(y):
+                continue
+            v = np.asarray(y)
+            if np.any(v != 0):
+                raise ValueError(f"{arg}: expected zero at {name}, a {leaf_dtype(x)} leaf of origin (a buffer, "
+                                 f"kept, not moved along a direction), got {np.count_nonzero(v)} nonzero "
+                                 f"entries ({v.ravel()[:4].tolist()}...)")
