@@ -158,8 +158,14 @@ def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[
         key = "state_dict" if isinstance(obj, dict) and "state_dict" in obj else None
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
-            raise ValueError(f"{path}: expected a dict with key {key!r}, got {type(obj).__name__}")
+            # the keys it has (it said only "got dict")
+            got = f"dict with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, dict) else type(obj).__name__
+            raise ValueError(f"{path}: expected a dict with key {key!r}, got {got}")
         obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a mapping of names to tensors, got {type(obj).__name__}")
+    bad = [(k, v) for k, v in obj.items() if not isinstance(v, np.ndarray)]
+    if bad:  # the entry that is not a tensor (it said only "got dict")
+        raise ValueError(f"{path}: expected a mapping of names to tensors, got dict with {bad[0][0]!r}: "
+                         f"{type(bad[0][1]).__name__}")
     return dict(obj)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 import sys
 import types
 import zipfile
@@ -133,26 +134,35 @@ def test_views_offsets_scalars_parameters_and_lightning_layout(tmp_path, fake_to
 
 def test_a_foreign_global_is_refused_by_name_and_never_called(tmp_path, fake_torch):
     path = write(tmp_path / "evil.pt", {"state_dict": {"w": Foreign()}})
-    with pytest.raises(ValueError, match=r"refusing to load global shady\.run .*no code from the file is run"):
+    with pytest.raises(ValueError, match=r"^refusing to load global shady\.run from a torch checkpoint: only tensors and "
+                                         r"plain containers are read \(no code from the file is run\)$"):
         torch_pickle.load(path)
 
 
 @pytest.mark.parametrize("offset, size, stride, match", [
-    (0, (50, 2000), (2000, 1), "reaches element 99999 of a storage of 4 elements"),  # read far past the data
-    (0, (4, 64), (64, 1), "reaches element 255 of a storage of 4"),
-    (3, (2,), (1,), "reaches element 4 of a storage of 4"),
-    (4, (), (), "reaches element 4 of a storage of 4"),  # a 0-d tensor past the end
-    (-1, (), (), "non-negative integer offset"),  # would read from the end
-    (0, (2, 2), (-1, 1), "non-negative integer offset"),  # negative strides walk before the data
-    (0, (2, 2), (1,), "sizes and strides of one length"),
-    (0, (2.0,), (1,), "non-negative integer"),
+    # each message whole: the view that came (offset, size, stride) and the element it reaches or what
+    # was expected (the matches were a few words, which any of these messages would pass)
+    (0, (50, 2000), (2000, 1), "reaches element 99999"),  # read far past the data
+    (0, (4, 64), (64, 1), "reaches element 255"),
+    (3, (2,), (1,), "reaches element 4"),
+    (4, (), (), "reaches element 4"),  # a 0-d tensor past the end
+    (-1, (), (), "bad geometry"),  # would read from the end
+    (0, (2, 2), (-1, 1), "bad geometry"),  # negative strides walk before the data
+    (0, (2, 2), (1,), "bad geometry"),
+    (0, (2.0,), (1,), "bad geometry"),
 ])
 def test_views_outside_their_storage_are_refused(tmp_path, fake_torch, offset, size, stride, match):
     """Offsets, sizes and strides come from the file; a view that reaches beyond its storage's data
     (which used to segfault or copy heap memory into the tensor) is a ValueError."""
     storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
     path = write(tmp_path / "x.pt", {"w": Tensor(storage, offset, size, stride)})
-    with pytest.raises(ValueError, match=match):
+    if match == "bad geometry":
+        message = (f"tensor: expected a non-negative integer offset and sizes and strides of one length, got offset "
+                   f"{offset!r}, size {size!r}, stride {stride!r}")
+    else:
+        message = (f"tensor: a view of size {size} and stride {stride} at offset {offset} {match} of a storage of 4 "
+                   f"elements: the file is corrupt or crafted")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         torch_pickle.load_state_dict(path)
 
 
@@ -166,12 +176,15 @@ def test_empty_and_edge_views_read(tmp_path, fake_torch):
 
 
 @pytest.mark.parametrize("case,match", [
-    ("missing", "does not exist"),
-    ("not-zip", "is not a torch zip checkpoint"),
-    ("two-pickles", "expected one <name>/data.pkl in the archive, found 2"),
-    ("bad-pid", "unexpected persistent id 'tensor-0'"),
-    ("no-key", "expected a dict with key 'weights', got dict"),
-    ("not-tensors", "expected a mapping of names to tensors, got dict"),
+    # each message whole, with the file ({path}) and what it holds (the matches were a few words)
+    ("missing", "torch checkpoint {path} does not exist"),
+    ("not-zip", "{path} is not a torch zip checkpoint (torch.save since 1.6): File is not a zip file"),
+    ("two-pickles", "{path}: expected one <name>/data.pkl in the archive, found 2"),
+    ("bad-pid", "unexpected persistent id 'tensor-0' in torch checkpoint"),
+    # these said "got dict", not what the dict held: now its keys, the entry that is not a tensor
+    ("no-key", "{path}: expected a dict with key 'weights', got dict with keys ['state_dict']"),
+    ("not-tensors", "{path}: expected a mapping of names to tensors, got dict with 'b': float"),
+    ("not-a-dict", "{path}: expected a mapping of names to tensors, got list"),
 ])
 def test_bad_files(tmp_path, fake_torch, case, match):
     path, key = tmp_path / "x.pt", None
@@ -185,6 +198,9 @@ def test_bad_files(tmp_path, fake_torch, case, match):
         write(path, {"state_dict": {}}, prefix="x")
         key = "weights"
     elif case == "not-tensors":
-        write(path, {"w": 1.5})
-    with pytest.raises(ValueError, match=match):
+        write(path, {"w": Tensor(Storage(_global("torch", "FloatStorage"), "0", np.zeros(1, np.float32)), 0, (), ()),
+                     "b": 1.5})
+    elif case == "not-a-dict":
+        write(path, [1.5])
+    with pytest.raises(ValueError, match="^" + re.escape(match.replace("{path}", str(path))) + "$"):
         torch_pickle.load_state_dict(path, key=key)
