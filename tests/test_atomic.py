@@ -70,7 +70,7 @@ def test_a_folder_that_cannot_be_synced_is_not_an_error(tmp_path, monkeypatch):
 def test_a_failed_write_keeps_the_previous_file_and_syncs_nothing(tmp_path, log):
     target = tmp_path / "out.bin"
     target.write_bytes(b"previous content")
-    with pytest.raises(RuntimeError, match="writer failed"):
+    with pytest.raises(RuntimeError, match="^writer failed$"):  # the writer's own error, neither wrapped nor replaced
         with atomic.atomic_path(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("writer failed")
