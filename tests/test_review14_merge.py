@@ -154,3 +154,55 @@ def test_path_plane_and_curve_losses_refuse_different_buffers_before_compute():
                                [_loss_with_step(a, batch)] * 2, rtol=1e-6)
     traced = jax.jit(lambda pa, pb: landscape.path_losses(loss, pa, pb, batch, ts))(a, b4)
     assert traced.shape == (3,)
+
+
+# ----------------------------------------------------------------------------- stale shards in the output folder
+
+
+def test_merge_yaml_removes_the_stale_shards_of_an_earlier_merge_and_nothing_else(tmp_path, capsys):
+    # a merge into a folder holding an earlier sharded merge left model-0000k-of-00003.safetensors and
+    # the index beside the new model.safetensors: loaders following the index read the old weights
+    import json
+
+    import yaml
+
+    from jaxinterp import cli
+
+    rng = np.random.default_rng(0)
+    refs = []
+    for j in range(2):
+        d = tmp_path / f"m{j}"
+        d.mkdir()
+        save_file({"a": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=(3,)).astype(np.float32)},
+                  str(d / "model.safetensors"))
+        refs.append(str(d))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+    for k, name in enumerate(stale):
+        save_file({f"old{k}": np.zeros(2, np.float32)}, str(out / name))
+    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {f"old{k}": n for k, n in enumerate(stale)}}))
+    kept = {"README.md": "notes", "adapter_model.safetensors": "x", "model-00001-of-00003.safetensors.bak": "y",
+            "pytorch_model-00001-of-00002.bin": "z"}
+    for name, text in kept.items():
+        (out / name).write_text(text)
+    (out / "sub").mkdir()
+    (out / "sub" / "model-00001-of-00002.safetensors").write_text("w")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": r, "parameters": {"weight": 1.0}}
+                                                                        for r in refs]}))
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert ("removed 4 stale file(s) of an earlier sharded checkpoint in " + str(out)) in printed
+    assert ", ".join(stale + ["model.safetensors.index.json"]) in printed
+    assert not any((out / n).exists() for n in stale + ["model.safetensors.index.json"])
+    for name, text in kept.items():
+        assert (out / name).read_text() == text
+    assert (out / "sub" / "model-00001-of-00002.safetensors").read_text() == "w"
+    merged = load_file(str(out / "model.safetensors"))
+    assert sorted(merged) == ["a", "b"]
+    a = [load_file(str(tmp_path / f"m{j}" / "model.safetensors"))["a"] for j in range(2)]
+    np.testing.assert_allclose(merged["a"], (a[0] + a[1]) / 2, rtol=1e-6)
+    # a second merge into the folder finds nothing stale and says nothing about it
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert "stale" not in capsys.readouterr().out

@@ -8,7 +8,10 @@ Order of work, so that mistakes surface before any weight is read:
      one tensor), merge it, append its bytes. Peak memory stays near one tensor per model.
 
 The output is one `model.safetensors` (written under a temporary name, then renamed), with the
-config/tokenizer files of the base (else the first) model and the `mergekit_config.yml`.
+config/tokenizer files of the base (else the first) model and the `mergekit_config.yml`. Once they
+are in place, the shards of an earlier merge into the same folder (`model-00001-of-00003.safetensors`,
+`model.safetensors.index.json`) are removed: a loader that follows the index (vLLM keeps only the
+files its weight_map names) or globs `*.safetensors` would read the old weights. Nothing else is.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import functools
 import json
 import mmap
 import os
+import re
 import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -202,6 +206,21 @@ class MergeResult(NamedTuple):
     n_bytes: int
     side_source: Path  # the model whose config and tokenizer files were copied (base, else the first)
     side_files: tuple[str, ...]  # the names of those files that it had
+    removed: tuple[str, ...] = ()  # stale shards and index of an earlier merge into out_dir, removed
+
+
+# Hugging Face's names of a sharded checkpoint (save_pretrained, mergekit): never written by this merge
+_SHARD_RE = re.compile(r"model-\d+-of-\d+\.safetensors|model\.safetensors\.index\.json")
+
+
+def remove_stale_shards(out_dir: Path) -> tuple[str, ...]:
+    """Removes the files of out_dir named as a sharded safetensors checkpoint (shards and index) and
+    returns their names; called after the merge's own `model.safetensors` is in place. The inputs'
+    files are never among them: `check_out_dir` refused a folder holding any."""
+    stale = sorted(f.name for f in out_dir.iterdir() if _SHARD_RE.fullmatch(f.name) and not f.is_dir())
+    for name in stale:
+        (out_dir / name).unlink()
+    return tuple(stale)
 
 
 def prepare(cfg) -> tuple[list, dict, int | None]:
@@ -345,7 +364,8 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
                 hf[key] = cfg.out_dtype or cfg.dtype
         atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
     atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
-    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied)
+    removed = remove_stale_shards(out_dir)
+    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied, removed)
 
 
 def run_yaml(config_path: str | Path, out_dir: str | Path, **kw) -> MergeResult:

@@ -28,6 +28,9 @@ def _yaml(args) -> int:
     cfg = config.from_dict(d)
     r = checkpoint.run_config(cfg, args.out, seed=args.seed, progress=not args.quiet)
     print(f"wrote {r.n_tensors} tensors ({r.n_bytes / 1e6:.1f} MB) to {r.out_dir}")
+    if r.removed:
+        print(f"removed {len(r.removed)} stale file(s) of an earlier sharded checkpoint in {r.out_dir}, which "
+              f"loaders would read instead of or beside the new model.safetensors: {', '.join(r.removed)}")
     print(_tokenizer_line(r, d))
     return 0
 
