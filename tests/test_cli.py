@@ -1,5 +1,6 @@
 """The `jaxinterp` command: help, the GPT-2 subcommand, the demo report, the bench table."""
 
+import re
 import subprocess
 import sys
 
@@ -118,11 +119,13 @@ def test_output_path_parsers(tmp_path):
     assert output_file(str(tmp_path / "f")) == str(tmp_path / "f")  # an existing file is replaced (atomically)
     assert output_folder(str(tmp_path / "d")) == str(tmp_path / "d")
     assert output_folder(str(tmp_path / "new" / "run")) == str(tmp_path / "new" / "run")
-    for parse, path, message in [(output_file, tmp_path / "d", "expected a file path, got the folder"),
-                                 (output_file, tmp_path / "f" / "out.json", "is not a folder"),
-                                 (output_folder, tmp_path / "f", "expected a folder, got the file"),
-                                 (output_folder, tmp_path / "f" / "run", "is not a folder")]:
-        with pytest.raises(argparse.ArgumentTypeError, match=message):
+    f, d = tmp_path / "f", tmp_path / "d"
+    # each message whole: the path that came and why it cannot be written (the matches were a few words)
+    for parse, path, message in [(output_file, d, f"expected a file path, got the folder {d}"),
+                                 (output_file, f / "out.json", f"cannot write {f / 'out.json'}: {f} is not a folder"),
+                                 (output_folder, f, f"expected a folder, got the file {f}"),
+                                 (output_folder, f / "run", f"cannot write into {f / 'run'}: {f} is not a folder")]:
+        with pytest.raises(argparse.ArgumentTypeError, match="^" + re.escape(message) + "$"):
             parse(str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"]  # nothing made by a check
 
@@ -149,7 +152,10 @@ def test_every_output_option_is_checked_when_parsed(tmp_path, capsys):
             cli.build_parser().parse_args(argv)
         assert exc.value.code == 2, argv
         err = capsys.readouterr().err
-        assert "expected a folder, got the file" in err or "expected a file path, got the folder" in err, (argv, err)
+        # the option, and which wrong kind of path came (either message passed for any case)
+        option, value = next((a, b) for a, b in zip(argv, argv[1:]) if b in (f, d))
+        why = f"expected a folder, got the file {f}" if value == f else f"expected a file path, got the folder {d}"
+        assert err.endswith(f": error: argument {option}: {why}\n"), (argv, err)
 
 
 def test_an_only_that_matches_nothing_is_refused_before_anything_is_written(tmp_path, capsys):
@@ -159,7 +165,10 @@ def test_an_only_that_matches_nothing_is_refused_before_anything_is_written(tmp_
         out = tmp_path / argv[0]
         assert cli.main([argv[0], "--out", str(out)] + argv[1:]) == 2, argv
         err = capsys.readouterr().err
-        assert "only: expected parts of" in err and "got ['nugrpah']" in err, (argv, err)
+        names = ", ".join(demo.SECTIONS) if argv[0] == "demo" else ", ".join(p.stem for p in bench.scripts())
+        kind = "section" if argv[0] == "demo" else "script"
+        assert err == f"jaxinterp {argv[0]}: error: only: expected parts of {kind} names ({names}), got ['nugrpah']\n", \
+            (argv, err)
         assert not out.exists(), argv
     assert [p.name for p in bench.scripts(["nugraph", "lens"])] == ["lens_train.py", "nugraph_latency.py"]
 
@@ -180,7 +189,8 @@ def test_output_file_refuses_an_existing_file_in_a_folder_it_cannot_write(tmp_pa
     (folder / "out.json").write_text("old")
     access = os.access
     monkeypatch.setattr(cliargs.os, "access", lambda p, mode: False if os.fspath(p) == str(folder) else access(p, mode))
-    with pytest.raises(argparse.ArgumentTypeError, match="folder .*ro is not writable"):
+    message = f"cannot write {folder / 'out.json'}: folder {folder} is not writable"
+    with pytest.raises(argparse.ArgumentTypeError, match="^" + re.escape(message) + "$"):
         cliargs.output_file(str(folder / "out.json"))
 
 
