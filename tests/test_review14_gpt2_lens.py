@@ -207,3 +207,14 @@ def test_a_checkpoint_with_a_bad_lens_config_names_the_folder(tiny_processed, tm
     metas[0].write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"ckpt_dir: .*ck step 1: expected lens_config metadata .*kind: expected one of"):
         train.restore_lens(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_batches_refuse_a_seed_that_is_no_non_negative_integer(seed):
+    """Batches took any seed; batch() then failed with numpy's 'expected non-negative integer' (-1),
+    a TypeError (1.5), or drew seed 1's batches (True)."""
+    from jaxinterp.lens import data
+
+    with pytest.raises(ValueError, match=rf"seed: expected a non-negative integer, got {seed!r}"):
+        data.Batches([np.arange(3)], 2, 4, seed=seed)
+    assert data.Batches([np.arange(3)], 2, 4, seed=np.int64(2)).seed == 2

@@ -130,6 +130,10 @@ class Batches:
             raise ValueError(f"pad_id: expected an integer token id, got {pad_id!r}")
         if not is_integer(seq_len) or seq_len < 1:
             raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+        # else batch() failed with numpy's 'expected non-negative integer' (-1) or a TypeError (1.5),
+        # and True drew the batches of seed 1
+        if not is_integer(seed) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
         # else batch() failed at the first long one, inside numpy, after training had started
         longest = max(range(len(examples)), key=lambda i: len(examples[i]))
         if len(examples[longest]) > seq_len:
