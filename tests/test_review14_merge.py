@@ -206,3 +206,37 @@ def test_merge_yaml_removes_the_stale_shards_of_an_earlier_merge_and_nothing_els
     # a second merge into the folder finds nothing stale and says nothing about it
     assert cli.main(["merge", "yaml", str(cfg), "--out", str(out), "--quiet"]) == 0
     assert "stale" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- sce's weights and divisor
+
+
+def _np_sce(base, xs):
+    """mergekit's sce (select_topk 1) in float64: mean-square weights (equal when their sum is 0),
+    TIES sign mask, divisor 0 -> 1."""
+    taus = np.stack([x.astype(np.float64) - base.astype(np.float64) for x in xs])
+    w = (taus**2).reshape(len(xs), -1).mean(1)
+    w = w / w.sum() if w.sum() != 0 else np.full(len(xs), 1 / len(xs))
+    ew = w.reshape((-1,) + (1,) * base.ndim) * (np.sign(taus) == np.where(taus.sum(0) >= 0, 1.0, -1.0))
+    div = ew.sum(0)
+    return base + (taus * ew).sum(0) / np.where(div == 0, 1, div)
+
+
+@pytest.mark.parametrize("case", ["small task vectors", "only a light model moves an entry"])
+def test_sce_weights_task_vectors_as_mergekit_at_any_scale(case):
+    # a sum of mean squares under 1e-6 (task vectors of ~1e-4) gave equal weights, and a kept weight
+    # under 1e-6 was divided by 1e-6: an entry moved only by a model of weight 1e-8 got 1e-2 of its update
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1e-3, (16, 32)).astype(np.float32)
+    if case == "small task vectors":
+        xs = [base + rng.normal(0, s, base.shape).astype(np.float32) for s in (1e-4, 2e-4, 4e-4)]
+    else:
+        heavy = rng.normal(0, 1e-1, base.shape).astype(np.float32)
+        heavy[0] = 0.0  # row 0: only the light model moves it
+        xs = [base + rng.normal(0, 1e-5, base.shape).astype(np.float32), base + heavy]
+    want = _np_sce(base, xs)
+    got = np.asarray(tree_merge.merge("sce", [{"w": jnp.asarray(x)} for x in xs], base={"w": jnp.asarray(base)})["w"])
+    # against the float64 reference: the update itself to 1e-5 of its size
+    np.testing.assert_allclose(got - base, want - base, rtol=1e-4, atol=1e-5 * np.abs(want - base).max())
+    if case != "small task vectors":
+        np.testing.assert_allclose(got[0] - base[0], xs[0][0] - base[0], rtol=1e-4)  # the light model's update

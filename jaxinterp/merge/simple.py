@@ -5,7 +5,8 @@
   `filter_wise`), t = N cos / (1 + (N-1) cos) (t = 0 where |denominator| < 1e-6),
   result = t * mean(x_i) + (1 - t) * base.
 * sce: optional top-k by variance across models (`select_topk`), TIES sign mask, each task vector
-  weighted by its mean square (normalised over models), divided by the kept weight (>= 1e-6).
+  weighted by its mean square (normalised over models; equal when all are 0), divided by the kept
+  weight (0 -> 1).
 * nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1), result = w x + (1 - w) base.
 * arcee_fusion: importance = |x - base| * KL(softmax(x) || softmax(base)) per row (last axis);
   keep the update where importance >= median + 1.5 IQR (quantiles by index floor(q (n - 1))); in
@@ -54,9 +55,12 @@ def model_stock(base: jax.Array, others: list[jax.Array], *, filter_wise: bool =
 
 
 def sce_weights(taus: jax.Array) -> jax.Array:
+    """Each task vector's mean square over their sum; equal weights only when the sum is 0 (mergekit's
+    `get_sce_weight`). A cut at 1e-6 made every merge of fine-tunes with small task vectors (mean
+    squares ~1e-8, common for LLMs) an unweighted mean."""
     w = jnp.square(taus).reshape(taus.shape[0], -1).mean(1)
     s = w.sum()
-    return jnp.where(jnp.abs(s) < 1e-6, jnp.ones_like(w) / w.shape[0], w / jnp.where(s == 0, 1, s))
+    return jnp.where(s == 0, jnp.ones_like(w) / w.shape[0], w / jnp.where(s == 0, 1, s))
 
 
 def sce_topk_mask(taus: jax.Array, density: float) -> jax.Array:
@@ -82,7 +86,10 @@ def sce(base: jax.Array, others: list[jax.Array], *, select_topk: float = 1.0) -
     mask = sign_consensus_mask(taus).astype(taus.dtype)
     w = sce_weights(taus).reshape((-1,) + (1,) * base.ndim)
     ew = w * mask
-    return base + (taus * ew).sum(0) / jnp.maximum(ew.sum(0), 1e-6)
+    # divisor 0 -> 1, as mergekit: a floor of 1e-6 shrank the update of an entry where only models of
+    # small weight agree (the others' task vector 0 there) to a fraction of it
+    divisor = ew.sum(0)
+    return base + (taus * ew).sum(0) / jnp.where(divisor == 0, 1, divisor)
 
 
 def nearswap(base: jax.Array, other: jax.Array, *, t: float) -> jax.Array:
