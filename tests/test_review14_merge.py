@@ -240,3 +240,31 @@ def test_sce_weights_task_vectors_as_mergekit_at_any_scale(case):
     np.testing.assert_allclose(got - base, want - base, rtol=1e-4, atol=1e-5 * np.abs(want - base).max())
     if case != "small task vectors":
         np.testing.assert_allclose(got[0] - base[0], xs[0][0] - base[0], rtol=1e-4)  # the light model's update
+
+
+# ----------------------------------------------------------------------------- nearswap
+
+
+def test_nearswap_weights_tiny_differences_as_mergekit():
+    # |base - x| was floored at 1e-6: entries 5e-7 apart took weight 1e-8 / 1e-6 = 0.01, not 0.02
+    base = np.array([1e-6, -2e-6, 3e-6, 4e-6], np.float32)  # small: float32 resolves updates of 1e-8
+    other = base + np.array([0.0, 5e-7, -4e-6, 1.0], np.float32)
+    t = 1e-8
+    d = np.abs(other.astype(np.float64) - base)
+    w = np.where(d == 0, 1.0, np.clip(t / np.where(d == 0, 1, d), 0, 1))
+    want = w * other + (1 - w) * base
+    got = simple.nearswap(jnp.asarray(base), jnp.asarray(other), t=t)
+    np.testing.assert_allclose(np.asarray(got, np.float64) - base, want - base, rtol=1e-4, atol=0)  # float32: 1.2e-5
+    got = tree_merge.merge("nearswap", [{"w": jnp.asarray(other)}], base={"w": jnp.asarray(base)},
+                           parameters={"t": t})["w"]
+    np.testing.assert_allclose(np.asarray(got, np.float64) - base, want - base, rtol=1e-4, atol=0)  # float32: 1.2e-5
+
+
+@pytest.mark.parametrize("t, bad", [(0.0, 0.0), (-0.5, -0.5), ([0.0, 0.4], 0.0)])
+def test_nearswap_refuses_a_threshold_that_is_not_positive(t, bad):
+    # t <= 0 gave weight 0 everywhere: the base came back, silently (mergekit raises)
+    base = {"h_0": {"w": jnp.ones(3)}, "h_1": {"w": jnp.ones(3)}}
+    other = {"h_0": {"w": jnp.zeros(3)}, "h_1": {"w": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match=r"parameters for h_0\.w: nearswap needs a similarity threshold t > 0 "
+                                         rf"\(as mergekit\), got {bad}"):
+        tree_merge.merge("nearswap", [other], base=base, parameters={"t": t})

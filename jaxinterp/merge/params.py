@@ -231,6 +231,8 @@ def check_values(spec: MethodSpec, shared: dict, per_input: list[dict], where: s
                                  f"and epsilon {p['epsilon']} for input {i}")
             if "gamma" in p and not 0 <= p["gamma"] <= 1:
                 raise ValueError(f"{where}: gamma of input {i} must be in [0, 1], got {p['gamma']}")
+    if spec.name == "nearswap" and not shared["t"] > 0:  # t <= 0 returned the base silently
+        raise ValueError(f"{where}: nearswap needs a similarity threshold t > 0 (as mergekit), got {shared['t']}")
     if spec.name == "sce" and not 0 <= shared["select_topk"] <= 1:
         raise ValueError(f"{where}: select_topk must be in [0, 1], got {shared['select_topk']}")
     if spec.name == "linear" and shared["normalize"] and abs(sum(p["weight"] for p in per_input)) < 1e-12:

@@ -7,7 +7,7 @@
 * sce: optional top-k by variance across models (`select_topk`), TIES sign mask, each task vector
   weighted by its mean square (normalised over models; equal when all are 0), divided by the kept
   weight (0 -> 1).
-* nearswap: w = clamp(t / max(|base - x|, 1e-6), 0, 1), result = w x + (1 - w) base.
+* nearswap: w = clamp(t / |base - x|, 0, 1) (1 where equal; t > 0), result = w x + (1 - w) base.
 * arcee_fusion: importance = |x - base| * KL(softmax(x) || softmax(base)) per row (last axis);
   keep the update where importance >= median + 1.5 IQR (quantiles by index floor(q (n - 1))); in
   float32 for bfloat16/float16 inputs, returned in their dtype.
@@ -93,7 +93,10 @@ def sce(base: jax.Array, others: list[jax.Array], *, select_topk: float = 1.0) -
 
 
 def nearswap(base: jax.Array, other: jax.Array, *, t: float) -> jax.Array:
-    w = jnp.clip(t / jnp.maximum(jnp.abs(base - other), 1e-6), 0, 1)
+    # t / |base - other| unfloored, 1 where they are equal (mergekit's nan_to_num of t / 0): a floor of
+    # 1e-6 on the difference halved the weight of entries 5e-7 apart for t = 1e-8
+    diff = jnp.abs(base - other)
+    w = jnp.where(diff == 0, 1.0, jnp.clip(t / jnp.where(diff == 0, 1, diff), 0, 1))
     # t comes in as a traced float32 (registry._TRACED), which promotes bfloat16/float16 inputs
     return (w * other + (1 - w) * base).astype(base.dtype)
 
