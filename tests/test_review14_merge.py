@@ -1,5 +1,7 @@
 """Review 14 of the merge package: each test failed on the code before its fix."""
 
+import re
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -268,3 +270,41 @@ def test_nearswap_refuses_a_threshold_that_is_not_positive(t, bad):
     with pytest.raises(ValueError, match=r"parameters for h_0\.w: nearswap needs a similarity threshold t > 0 "
                                          rf"\(as mergekit\), got {bad}"):
         tree_merge.merge("nearswap", [other], base=base, parameters={"t": t})
+
+
+# ----------------------------------------------------------------------------- merge barrier's models
+
+
+def _mlp_file(path, tensors):
+    save_file({k: np.asarray(v, np.float32) for k, v in tensors.items()}, str(path))
+    return str(path)
+
+
+def _dense(shapes):
+    rng = np.random.default_rng(0)
+    return {k: rng.normal(size=s) for layer, (i, o) in shapes.items()
+            for k, s in ((f"{layer}.kernel", (i, o)), (f"{layer}.bias", (o,)))}
+
+
+@pytest.mark.parametrize("tensors,msg", [
+    # a 5-logit MLP for 10 classes: the barrier came out NaN, exit 0
+    (_dense({"Dense_0": (64, 8), "Dense_1": (8, 5)}), r"model a \(.*\): expected 10 logits \(one per class of the "
+                                                      r"data\) from Dense_1, got 5"),
+    # the rest failed inside the compiled loss (KeyError, dot_general shapes) or as 'not enough values to unpack'
+    (_dense({"Dense_0": (64, 8), "Dense_2": (8, 10)}), r"model a \(.*\): expected layers \['Dense_0', 'Dense_1'\] "
+                                                      r"\(Dense_0 to Dense_1, as `init` names them\), got "
+                                                      r"\['Dense_0', 'Dense_2'\]"),
+    (_dense({"Dense_0": (64, 8), "Dense_1": (7, 10)}), r"expected Dense_1 to hold a float kernel \[8, out\] and bias "
+                                                      r"\[out\], got kernel float32 \(7, 10\) and bias float32 \(10,\)"),
+    (_dense({"Dense_0": (32, 8), "Dense_1": (8, 10)}), r"expected Dense_0 to hold a float kernel \[64, out\]"),
+    ({"w": np.zeros(3)}, r"model: expected tensors named layer\.leaf \(Dense_0\.kernel, .*got 'w' in "),
+])
+def test_barrier_refuses_an_mlp_that_does_not_fit_the_data_before_computing(tmp_path, capsys, tensors, msg):
+    from jaxinterp import cli
+
+    a = _mlp_file(tmp_path / "a.safetensors", tensors)
+    js = tmp_path / "p.json"
+    assert cli.main(["merge", "barrier", a, a, "--num", "3", "--json", str(js)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxinterp merge: error: ") and re.search(msg, err), err
+    assert not js.exists()

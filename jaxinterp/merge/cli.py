@@ -66,7 +66,10 @@ def _load_mlp(path):
     flat = load_file(path)
     out: dict = {}
     for k, v in flat.items():
-        layer, leaf = k.split(".")
+        layer, dot, leaf = k.partition(".")
+        if not dot or "." in leaf:  # was 'not enough values to unpack (expected 2, got 1)'
+            raise ValueError(f"model: expected tensors named layer.leaf (Dense_0.kernel, as `merge train-mlp` "
+                             f"writes them), got {k!r} in {path}")
         out.setdefault(layer, {})[leaf] = v
     return out
 
@@ -90,6 +93,8 @@ def _barrier(args) -> int:
 
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
+    for arg, p in (("a", pa), ("b", pb)):  # before anything is computed: a wrong MLP gave a NaN barrier
+        mlp.check_params(p, d.x_test.shape[1], int(d.y_train.max()) + 1, f"model {arg} ({getattr(args, arg)})")
     batch = (jnp.asarray(d.x_test), jnp.asarray(d.y_test))
     runs = [("naive", pb)]
     if args.align:

@@ -52,6 +52,31 @@ def init(key: jax.Array, sizes: tuple[int, ...] = (64, 128, 128, 10)) -> dict:
             for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
 
 
+def check_params(params: dict, n_features: int, n_classes: int, arg: str = "params") -> None:
+    """ValueError unless params are `init`'s layout for this data: layers Dense_0..Dense_{L-1}, each a
+    float kernel [in, out] and bias [out], chained, from n_features inputs to n_classes logits. An MLP
+    of 5 logits for 10 classes gave a NaN loss (labels 5-9 index past the logits), silently."""
+    want = [f"Dense_{i}" for i in range(len(params))]
+    if sorted(params) != sorted(want):
+        raise ValueError(f"{arg}: expected layers {want[:3]}{'...' if len(want) > 3 else ''} (Dense_0 to "
+                         f"Dense_{len(want) - 1}, as `init` names them), got {sorted(params)[:6]}")
+    width = n_features
+    for name in want:
+        layer = params[name]
+        k, b = layer.get("kernel"), layer.get("bias")
+        if set(layer) != {"kernel", "bias"}:
+            raise ValueError(f"{arg}: expected {name} to hold kernel and bias, got {sorted(layer)}")
+        if (np.ndim(k) != 2 or np.shape(k)[0] != width or np.shape(b) != (np.shape(k)[1],)
+                or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in (k, b))):
+            raise ValueError(f"{arg}: expected {name} to hold a float kernel [{width}, out] and bias [out], got "
+                             f"kernel {jnp.result_type(k)} {tuple(np.shape(k))} and bias {jnp.result_type(b)} "
+                             f"{tuple(np.shape(b))}")
+        width = np.shape(k)[1]
+    if width != n_classes:
+        raise ValueError(f"{arg}: expected {n_classes} logits (one per class of the data) from "
+                         f"Dense_{len(want) - 1}, got {width}")
+
+
 def apply(params: dict, x: jax.Array, *, capture: bool = False):
     """Logits [N, C]; with capture, also the input of every Dense layer (for RegMean)."""
     n = len(params)
