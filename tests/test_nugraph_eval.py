@@ -306,7 +306,9 @@ def test_out_of_range_options_are_usage_errors(argv, option, message, tmp_path, 
     (_EVAL[:3] + ["--out", "taken"], "file", "--out: expected a folder, got the file taken"),
     (_TRAIN[:3] + ["--out", "taken"], "file", "--out: expected a folder, got the file taken"),
     (["nugraph", "simulate", "--events", "2", "--out", "taken/x.gnn.h5"], "file", "cannot write taken/x.gnn.h5: taken is not a folder"),
-    (["nugraph", "convert", "ckpt", "taken"], "folder", "taken: expected a new path or an orbax checkpoint folder"),
+    (["nugraph", "convert", "ckpt", "taken", "--norm", "x.gnn.h5"], "file", "argument out: expected a folder, got the file taken"),
+    (["nugraph", "convert", "ckpt", "out", "--norm", "x.gnn.h5", "--orbax", "taken"], "folder",
+     "taken: expected a new path or an orbax checkpoint folder"),
 ])
 def test_output_paths_are_checked_before_any_work(argv, made, message, tmp_path, capsys, monkeypatch):
     """A folder where a file goes (or the reverse) stops the command before it simulates, trains or

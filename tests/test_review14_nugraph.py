@@ -3,6 +3,7 @@ defect found and fixed."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,110 @@ def test_adamw_keeps_float32_moments_for_bfloat16_params():
     for a, b in zip(jax.tree.leaves((adam.mu, adam.nu)), jax.tree.leaves((f32.mu, f32.nu))):
         scale = float(np.abs(np.asarray(b)).max()) or 1.0
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0.05 * scale)
+
+
+def _cli(argv, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # usage errors
+        return exc.code
+
+
+def test_converted_checkpoint_is_a_model_that_eval_reads(tmp_path, monkeypatch, capsys):
+    """`nugraph convert` wrote orbax params, which `nugraph eval --params` (model.npz + model.json with
+    the config and the feature norm) could not read: the official model was unusable by eval/predict.
+    Now it writes that model folder, with the checkpoint's config and the norm of `--norm FILE.gnn.h5`,
+    and eval on it computes what the checkpoint's own params compute."""
+    import json
+
+    import jax
+
+    from jaxinterp.nugraph import checkpoint, evaluate, hdf5, predict
+
+    ckpt_path, h5 = FIXTURES / "nugraph2_reference.ckpt", FIXTURES / "nugraph2_events.gnn.h5"
+    out, orbax = tmp_path / "official", tmp_path / "orbax"
+    assert _cli(["nugraph", "convert", str(ckpt_path), str(out), "--norm", str(h5), "--orbax", str(orbax)],
+                monkeypatch) == 0
+    assert "360,890 parameters" in capsys.readouterr().out
+    ckpt = checkpoint.load_official_checkpoint(ckpt_path)
+    got = evaluate.load_model(out)
+    assert got.config == ckpt.config and got.meta["converted_from"] == str(ckpt_path)
+    norm = hdf5.read_info(h5).norm
+    assert set(got.norm) == set("uvy") and all(np.array_equal(got.norm[p], norm[p]) for p in "uvy")
+    for a, b, c in zip(jax.tree.leaves(got.params), jax.tree.leaves(ckpt.params),
+                       jax.tree.leaves(checkpoint.load_params(orbax, config=ckpt.config))):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
+    # eval on the folder: the figures of the checkpoint's params on the file's events, normalised by its norm
+    assert _cli(["nugraph", "eval", str(h5), "--params", str(out), "--split", "all", "--displays", "0",
+                 "--out", str(tmp_path / "eval")], monkeypatch) == 0
+    metrics_json = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    events = [hdf5.to_event(r, norm) for r in hdf5.read_events(h5, None).events]
+    want = evaluate.evaluate(evaluate.Model(ckpt.params, ckpt.config, norm, {}), events)
+    assert metrics_json["semantic_counts"] == want.counts.semantic.tolist()
+    assert metrics_json["filter_counts"] == want.counts.filter.tolist()
+    assert metrics_json["semantic_counts"] != np.zeros((5, 5)).tolist()
+    ours = predict.predict(got.params, evaluate.to_events(hdf5.read_events(h5, None).events, got), config=got.config)
+    for a, b in zip(ours, want.predictions, strict=True):
+        for p in "uvy":
+            np.testing.assert_array_equal(a.semantic[p], b.semantic[p])
+            np.testing.assert_array_equal(a.filter[p], b.filter[p])
+
+
+def _h5_copy(tmp_path, edit):
+    import shutil
+
+    import h5py
+
+    path = tmp_path / "edited.gnn.h5"
+    shutil.copy(FIXTURES / "nugraph2_events.gnn.h5", path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _drop_plane_y(f):
+    del f["planes"]
+    f["planes"] = np.array([b"u", b"v"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no --norm", "the following arguments are required: --norm"),
+    ("no norm in the file", "missing dataset '/norm/v'"),
+    ("a plane short", r"holds a feature norm for planes \['u', 'v'\], the checkpoint's model needs one for each of "
+                      r"\['u', 'v', 'y'\] \(missing \['y'\]\)"),
+    ("out a file", "argument out: expected a folder, got the file"),
+])
+def test_convert_refuses_before_writing(case, message, tmp_path, monkeypatch, capsys):
+    norm = {"no --norm": lambda: None, "no norm in the file": lambda: _h5_copy(tmp_path, lambda f: f.__delitem__("norm/v")),
+            "a plane short": lambda: _h5_copy(tmp_path, _drop_plane_y),
+            "out a file": lambda: FIXTURES / "nugraph2_events.gnn.h5"}[case]()
+    out = tmp_path / "model"
+    if case == "out a file":
+        out.write_text("mine")
+    argv = ["nugraph", "convert", str(FIXTURES / "nugraph2_reference.ckpt"), str(out)]
+    before = sorted(tmp_path.rglob("*"))
+    assert _cli(argv + (["--norm", str(norm)] if norm else []), monkeypatch) == 2
+    assert re.search(message, " ".join(capsys.readouterr().err.split()))
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_model_without_a_norm_says_how_to_get_one(tmp_path, monkeypatch):
+    """eval of a model folder without a feature norm (a hand-made model.json, or one written before
+    convert took --norm) is refused naming the norm and how a converted checkpoint gets one."""
+    import json
+
+    from jaxinterp.nugraph import evaluate
+
+    out = tmp_path / "m"
+    assert _cli(["nugraph", "convert", str(FIXTURES / "nugraph2_reference.ckpt"), str(out), "--norm",
+                 str(FIXTURES / "nugraph2_events.gnn.h5")], monkeypatch) == 0
+    desc = json.loads((out / "model.json").read_text())
+    desc["norm"] = None
+    (out / "model.json").write_text(json.dumps(desc))
+    with pytest.raises(ValueError, match=r"missing or not an object: \['norm'\].*an official checkpoint carries "
+                                         r"none: `jaxinterp nugraph convert CKPT OUT --norm FILE.gnn.h5`"):
+        evaluate.load_model(out)

@@ -168,6 +168,34 @@ def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialC
     return OfficialCheckpoint(params, config, hp, obj.get("epoch"))
 
 
+def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path) -> OfficialCheckpoint:
+    """Official `.ckpt` -> `out_dir`/model.npz + model.json, the model folder `evaluate.load_model`
+    (and `nugraph eval/train --init/widen --params`) reads: params, the config from the checkpoint's
+    hyper_parameters, and the feature norm of `norm_file`.
+
+    The norm is required: the network sees features normalised by the (mean, std) per plane of the
+    file it was trained on, and the official checkpoint carries none (nugraph reads it from the
+    processed HDF5 file, `/norm/{plane}`), so `norm_file` is that file (or one of the same norm).
+    Everything is read and checked before anything is written; each file is written atomically.
+    """
+    from jaxinterp.nugraph import hdf5
+    from jaxinterp.nugraph.train import save_model
+
+    info = hdf5.read_info(norm_file, need_samples=False, need_norm=True)  # checks each plane's [2, 4]
+    ckpt = load_official_checkpoint(ckpt_path)
+    missing = [p for p in ckpt.config.planes if p not in info.norm]
+    if missing:
+        raise ValueError(f"norm_file: {norm_file} holds a feature norm for planes {list(info.norm)}, the checkpoint's "
+                         f"model needs one for each of {list(ckpt.config.planes)} (missing {missing})")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir: expected a folder for model.npz and model.json, got the file {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(out, ckpt.params, ckpt.config, {p: info.norm[p] for p in ckpt.config.planes},
+               {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file)})
+    return ckpt
+
+
 # ---------------------------------------------------------------------------------------------
 # orbax
 

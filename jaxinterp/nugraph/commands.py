@@ -68,7 +68,7 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate NuGraph2 on a split: metrics, confusion matrices, event displays")
     p.add_argument("file", help="*.gnn.h5")
     p.add_argument("--params", default=None, help="a folder with model.npz and model.json, as a finished `nugraph train` "
-                   "run writes them (or a file in that folder); default: the shipped model")
+                   "run or `nugraph convert` writes them (or a file in that folder); default: the shipped model")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
     p.add_argument("--out", default="nugraph_eval", type=output_folder, help="output folder for metrics.json and PNGs")
     p.add_argument("--displays", type=non_negative_int, default=3, help="event displays to draw")

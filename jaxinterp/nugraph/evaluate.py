@@ -2,8 +2,9 @@
 
 A trained model is two files: `model.npz` (params, flat 'a/b/c' names) and `model.json` (the
 NuGraph2Config, the per-plane feature norm of its training file, provenance, and `npz_sha256`, the
-hash of the model.npz written with it). `train` writes them into its run folder; the package ships
-one in `jaxinterp/assets/nugraph2/` (`load_model()`); a model.json from before the hash loads unchecked.
+hash of the model.npz written with it). `train` writes them into its run folder, `convert` from an
+official checkpoint (with the norm of a processed file, `--norm`); the package ships one in
+`jaxinterp/assets/nugraph2/` (`load_model()`); a model.json from before the hash loads unchecked.
 
 Events are normalised with the model's own norm (what it was trained with), so a model applies to
 any file or freshly simulated events alike.
@@ -53,8 +54,11 @@ def load_model(path: str | Path | None = None) -> Model:
         raise ValueError(f"params: {js} is not valid JSON ({e})") from None
     missing = [k for k in ("config", "norm") if not isinstance(desc, dict) or not isinstance(desc.get(k), dict)]
     if missing:
-        raise ValueError(f"params: {js} must hold the objects 'config' and 'norm' (as `nugraph train` writes "
-                         f"them), missing or not an object: {missing}")
+        raise ValueError(f"params: {js} must hold the objects 'config' and 'norm' (as `nugraph train` and "
+                         f"`nugraph convert` write them), missing or not an object: {missing}"
+                         + (" (the norm is the per-plane feature mean and std the model was trained with; an "
+                            "official checkpoint carries none: `jaxinterp nugraph convert CKPT OUT --norm "
+                            "FILE.gnn.h5` takes it from the processed file)" if "norm" in missing else ""))
     data = npz.read_bytes()  # read once: the bytes hashed are the bytes loaded
     recorded, got = desc.pop("npz_sha256", None), hashlib.sha256(data).hexdigest()
     if recorded is not None and recorded != got:  # None: a model.json written before the hash existed
