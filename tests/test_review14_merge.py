@@ -308,3 +308,19 @@ def test_barrier_refuses_an_mlp_that_does_not_fit_the_data_before_computing(tmp_
     err = capsys.readouterr().err
     assert err.startswith("jaxinterp merge: error: ") and re.search(msg, err), err
     assert not js.exists()
+
+
+@pytest.mark.parametrize("method,parameters,msg", [
+    # karcher with tol 0 (or below) and multislerp with eps 0 made every entry NaN, silently
+    ("karcher", {"tol": 0.0}, r"karcher needs tol > 0 and max_iter >= 0, got tol 0\.0 and max_iter 10"),
+    ("karcher", {"tol": -1.0}, r"karcher needs tol > 0 .*got tol -1\.0"),
+    ("karcher", {"max_iter": -3}, r"karcher needs tol > 0 and max_iter >= 0, got tol 1e-05 and max_iter -3"),
+    ("multislerp", {"weight": 1.0, "eps": 0.0}, r"multislerp needs eps > 0, got 0\.0"),
+    ("multislerp", {"weight": 1.0, "eps": -1e-3}, r"multislerp needs eps > 0, got -0\.001"),
+])
+def test_spherical_methods_refuse_a_tolerance_that_is_not_positive(method, parameters, msg):
+    a, c = {"w": jnp.array([1.0, 0.0, 0.0])}, {"w": jnp.array([0.0, 2.0, 0.0])}
+    ok = {k: v for k, v in parameters.items() if k == "weight"}
+    assert np.isfinite(np.asarray(tree_merge.merge(method, [a, a, c], parameters=ok)["w"])).all()
+    with pytest.raises(ValueError, match=r"parameters for w: " + msg):
+        tree_merge.merge(method, [a, a, c], parameters=parameters)

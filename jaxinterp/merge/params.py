@@ -231,6 +231,13 @@ def check_values(spec: MethodSpec, shared: dict, per_input: list[dict], where: s
                                  f"and epsilon {p['epsilon']} for input {i}")
             if "gamma" in p and not 0 <= p["gamma"] <= 1:
                 raise ValueError(f"{where}: gamma of input {i} must be in [0, 1], got {p['gamma']}")
+    # karcher's theta / sin(theta) at theta = 0 and multislerp's x / (|x| + eps) at x = 0 are 0 / 0
+    # without a positive tol / eps: every entry of the tensor NaN, silently (mergekit's too)
+    if spec.name == "karcher" and not (shared["tol"] > 0 and shared["max_iter"] >= 0):
+        raise ValueError(f"{where}: karcher needs tol > 0 and max_iter >= 0, got tol {shared['tol']} and "
+                         f"max_iter {shared['max_iter']}")
+    if spec.name == "multislerp" and not shared["eps"] > 0:
+        raise ValueError(f"{where}: multislerp needs eps > 0, got {shared['eps']}")
     if spec.name == "nearswap" and not shared["t"] > 0:  # t <= 0 returned the base silently
         raise ValueError(f"{where}: nearswap needs a similarity threshold t > 0 (as mergekit), got {shared['t']}")
     if spec.name == "sce" and not 0 <= shared["select_topk"] <= 1:
