@@ -324,3 +324,33 @@ def test_spherical_methods_refuse_a_tolerance_that_is_not_positive(method, param
     assert np.isfinite(np.asarray(tree_merge.merge(method, [a, a, c], parameters=ok)["w"])).all()
     with pytest.raises(ValueError, match=r"parameters for w: " + msg):
         tree_merge.merge(method, [a, a, c], parameters=parameters)
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+@pytest.mark.parametrize("missing_in, which, name", [
+    ("b", "last", "lm_head.weight"),               # the LM head comes from the last slice's sources
+    ("b", "first", "model.embed_tokens.weight"),   # the embeddings from the first slice's
+])
+def test_slices_refuse_a_source_without_a_tensor_outside_the_layers(tmp_path, missing_in, which, name):
+    # was KeyError: 'lm_head.weight' from checkpoint.prepare (a traceback, not an exit 2)
+    full = {"model.embed_tokens.weight": np.ones((4, 2), np.float32), "model.layers.0.w": np.ones(2, np.float32),
+            "lm_head.weight": np.ones((4, 2), np.float32)}
+    refs = {}
+    for m in ("a", "b"):
+        d = tmp_path / m
+        d.mkdir()
+        save_file({k: v for k, v in full.items() if not (m == missing_in and k == name)}, str(d / "model.safetensors"))
+        refs[m] = str(d)
+    if which == "last":
+        slices = [{"sources": [{"model": refs["a"], "layer_range": [0, 1]}]},
+                  {"sources": [{"model": refs["b"], "layer_range": [0, 1]}]}]
+    else:
+        slices = [{"sources": [{"model": refs["a"], "layer_range": [0, 1]}, {"model": refs["b"], "layer_range": [0, 1]}]}]
+    cfg = config.from_dict({"merge_method": "passthrough" if which == "last" else "linear", "slices": slices,
+                            **({"parameters": {"weight": 1.0}} if which == "first" else {})})
+    with pytest.raises(ValueError, match=rf"slices: {re.escape(name)} \(outside the layers, of '.*a'\) is read from "
+                                         rf"every source of the {which} slice, and '.*b' has no such tensor"):
+        checkpoint.run_config(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

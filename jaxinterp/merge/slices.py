@@ -169,6 +169,14 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
     outside = [n for n in indices[first.model] if _params.layer_index(n) is None]
     pre = [n for n in outside if not _params.is_post(n)]
     post = [n for n in outside if _params.is_post(n)]
+    # the embeddings come from the first slice's sources, the final norm and LM head from the last's:
+    # one that lacks it (tied embeddings, no lm_head) was a KeyError from deep inside `prepare`
+    for names, sl, which in ((pre, cfg.slices[0], "first"), (post, cfg.slices[-1], "last")):
+        for n in names:
+            missing = [s.model for s in sl.sources if n not in indices[s.model]]
+            if missing:
+                raise ValueError(f"slices: {n} (outside the layers, of {first.model!r}) is read from every source "
+                                 f"of the {which} slice, and {missing[0]!r} has no such tensor")
     jobs = [job(n, cfg.slices[0], [n] * len(cfg.slices[0].sources), 0.0) for n in pre]
     layer = 0
     for sl in cfg.slices:
