@@ -354,3 +354,51 @@ def test_slices_refuse_a_source_without_a_tensor_outside_the_layers(tmp_path, mi
                                          rf"every source of the {which} slice, and '.*b' has no such tensor"):
         checkpoint.run_config(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- safetensors headers
+
+
+def _st(header, pad=64):
+    import json
+    import struct
+
+    b = json.dumps(header).encode()
+    return struct.pack("<Q", len(b)) + b + b"\0" * pad
+
+
+@pytest.mark.parametrize("content,msg", [
+    # a Git LFS pointer (a clone without `git lfs pull`): MemoryError reading a header of 2.3e18 bytes
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 548105171\n",
+     r"is not a safetensors file \(it is a Git LFS pointer: run `git lfs pull`\): expected an "
+     r"8-byte header length within its 72 bytes, got 2336927755350992246"),
+    (b"", r"is not a safetensors file: expected an 8-byte header length within its 0 bytes, got none"),  # struct.error
+    (b"\x04\0\0\0\0\0\0\0\xff\xfe\xfd\xfc", r"is not a safetensors file: its header is not JSON"),
+    (_st([1, 2]), r"expected a JSON object as header, got list"),  # AttributeError
+    # 3 float32 entries in 8 bytes: 'cannot reshape array of size 2 into shape (3,)' mid-merge
+    (_st({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}),
+     r"tensor w has header .*; expected a dtype, a shape and data_offsets \[begin, end\] spanning exactly"),
+    (_st({"w": {"dtype": "F32", "shape": [2]}}), r"tensor w has header \{'dtype': 'F32', 'shape': \[2\]\}"),  # KeyError
+])
+def test_merge_refuses_a_file_that_is_not_safetensors_before_writing(tmp_path, capsys, content, msg):
+    import yaml
+
+    from jaxinterp import cli
+
+    refs = []
+    for m in ("a", "b"):
+        d = tmp_path / m
+        d.mkdir()
+        if m == "a":
+            (d / "model.safetensors").write_bytes(content)
+        else:
+            save_file({"w": np.ones(2, np.float32)}, str(d / "model.safetensors"))
+        refs.append(str(d))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": r, "parameters": {"weight": 1.0}}
+                                                                        for r in refs]}))
+    for cmd in (["check", str(cfg)], ["yaml", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]):
+        assert cli.main(["merge", *cmd]) == 2
+        err = capsys.readouterr().err
+        assert re.search(r"jaxinterp merge: error: model '.*a': model\.safetensors:? " + msg, err), err
+    assert not (tmp_path / "out").exists()

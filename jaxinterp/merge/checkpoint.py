@@ -61,13 +61,47 @@ def safetensors_files(ref: str) -> list[Path]:
     raise ValueError(f"model {ref!r}: expected a local folder or .safetensors file (nothing is downloaded)")
 
 
+def _read_header(f: Path, ref: str) -> tuple[int, dict]:
+    """(header length, header) of one safetensors file; ValueError for a file that is not one. A Git
+    LFS pointer (a clone without `git lfs pull`) announced a header of ~8e18 bytes: MemoryError; an
+    empty file was struct.error; a tensor whose byte range does not fit its shape failed mid-merge."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if n is None or n > size - 8:
+            lfs = " (it is a Git LFS pointer: run `git lfs pull`)" if head.startswith(b"version ") else ""
+            raise ValueError(f"model {ref!r}: {f.name} is not a safetensors file{lfs}: expected an 8-byte header "
+                             f"length within its {size} bytes, got {'none' if n is None else n}")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"model {ref!r}: {f.name} is not a safetensors file: its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"model {ref!r}: {f.name}: expected a JSON object as header, got {type(header).__name__}")
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(h, dict) and isinstance(h.get("shape"), list) and isinstance(h.get("data_offsets"), list)
+              and len(h["data_offsets"]) == 2 and all(isinstance(x, int) and x >= 0 for x in h["shape"] + h["data_offsets"])
+              and h.get("dtype") in _ST_DTYPES)
+        if ok and h["data_offsets"][1] - h["data_offsets"][0] != (
+                int(np.prod(h["shape"], dtype=np.int64)) * _np_dtype(_ST_DTYPES[h["dtype"]]).itemsize):
+            ok = False
+        if not ok and isinstance(h, dict) and isinstance(h.get("dtype"), str) and h["dtype"] not in _ST_DTYPES:
+            continue  # an unknown dtype: read_index names it
+        if not ok:
+            raise ValueError(f"model {ref!r}: {f.name}: tensor {name} has header {h!r}; expected a dtype, a shape "
+                             f"and data_offsets [begin, end] spanning exactly the shape's bytes")
+    return n, header
+
+
 def read_index(ref: str) -> dict[str, TensorInfo]:
     """name -> (file, shape, dtype) from the headers alone."""
     out = {}
     for f in safetensors_files(ref):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
+        n, header = _read_header(f, ref)
         for name, h in header.items():
             if name == "__metadata__":
                 continue
