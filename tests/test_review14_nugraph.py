@@ -181,3 +181,29 @@ def test_model_without_a_norm_says_how_to_get_one(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"missing or not an object: \['norm'\].*an official checkpoint carries "
                                          r"none: `jaxinterp nugraph convert CKPT OUT --norm FILE.gnn.h5`"):
         evaluate.load_model(out)
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.nan, r"entry 'encoder/u/bias': expected finite values, got 1 non-finite of \d+ \(a diverged training run\?\)"),
+    (np.inf, r"entry 'encoder/u/bias': expected finite values, got 1 non-finite"),
+    ("int", r"entry 'encoder/u/bias': expected floating-point values, got dtype int64"),
+])
+def test_model_with_non_finite_params_is_refused(value, message, tmp_path):
+    """A model folder whose params hold a NaN (a diverged run saves one) loaded without a word, and
+    eval printed numbers for it: every score NaN, argmax class 0, no hit kept (shipped model with one
+    NaN bias: MIP efficiency 100%, filter efficiency 0%). load_model now refuses it, naming the entry."""
+    import jax
+
+    from jaxinterp.nugraph import evaluate
+    from jaxinterp.nugraph.train import save_model
+
+    shipped = evaluate.load_model()
+    params = jax.tree.map(np.array, shipped.params)
+    bias = params["encoder"]["u"]["bias"]
+    if value == "int":
+        params["encoder"]["u"]["bias"] = bias.astype(np.int64)
+    else:
+        bias[0, 0] = value
+    save_model(tmp_path, params, shipped.config, shipped.norm)
+    with pytest.raises(ValueError, match=message):
+        evaluate.load_model(tmp_path)

@@ -86,7 +86,16 @@ def load_model(path: str | Path | None = None) -> Model:
             *parents, leaf = name.split("/")
             for k in parents:
                 node = node.setdefault(k, {})
-            node[leaf] = z[name]
+            arr = z[name]
+            # a NaN (a diverged run's params) ran through predict without a word: every hit's scores
+            # NaN, argmax class 0 and no hit kept, so eval printed MIP efficiency 100%, filter 0%
+            if arr.dtype.kind != "f":
+                raise ValueError(f"params: {npz} entry {name!r}: expected floating-point values, got dtype {arr.dtype}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"params: {npz} entry {name!r}: expected finite values, got "
+                                 f"{int(np.size(arr) - np.isfinite(arr).sum())} non-finite of {arr.size} "
+                                 f"(a diverged training run?)")
+            node[leaf] = arr
     from jaxinterp.nugraph.model import check_params
 
     check_params(params, config, where=f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
