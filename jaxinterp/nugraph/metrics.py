@@ -14,8 +14,8 @@ Every figure here is pooled: the counts of all hits of the whole set (every even
 summed first (`Counts.add`), and each ratio is taken once from the totals, so a set's figures do not
 depend on how it was batched. The official validation logs are not computed this way and need not
 equal these figures: nugraph's `validation_step` logs each batch's torchmetrics value (filter recall
-and precision of that batch's hits; semantic recall and precision macro-averaged over the classes
-present in that batch) and Lightning's epoch value is the mean of those per-batch values weighted by
+and precision of that batch's hits; semantic recall and precision macro-averaged over classes by
+`_macro`'s rule applied to that batch alone) and Lightning's epoch value is the mean of those per-batch values weighted by
 each batch's number of events. Ours weighs every hit equally and averages classes once over the
 whole set; theirs weighs batches by events, and a class rare in one batch moves that batch's macro
 mean as much as a common one. The two agree for a set evaluated as one batch.
