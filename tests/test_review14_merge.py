@@ -183,7 +183,8 @@ def test_merge_yaml_removes_the_stale_shards_of_an_earlier_merge_and_nothing_els
     stale = [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
     for k, name in enumerate(stale):
         save_file({f"old{k}": np.zeros(2, np.float32)}, str(out / name))
-    (out / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {f"old{k}": n for k, n in enumerate(stale)}}))
+    index = {"weight_map": {f"old{k}": n for k, n in enumerate(stale)}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
     kept = {"README.md": "notes", "adapter_model.safetensors": "x", "model-00001-of-00003.safetensors.bak": "y",
             "pytorch_model-00001-of-00002.bin": "z"}
     for name, text in kept.items():
@@ -294,8 +295,9 @@ def _dense(shapes):
     (_dense({"Dense_0": (64, 8), "Dense_2": (8, 10)}), r"model a \(.*\): expected layers \['Dense_0', 'Dense_1'\] "
                                                       r"\(Dense_0 to Dense_1, as `init` names them\), got "
                                                       r"\['Dense_0', 'Dense_2'\]"),
-    (_dense({"Dense_0": (64, 8), "Dense_1": (7, 10)}), r"expected Dense_1 to hold a float kernel \[8, out\] and bias "
-                                                      r"\[out\], got kernel float32 \(7, 10\) and bias float32 \(10,\)"),
+    (_dense({"Dense_0": (64, 8), "Dense_1": (7, 10)}),
+     r"expected Dense_1 to hold a float kernel \[8, out\] and bias \[out\], got kernel float32 \(7, 10\) and bias "
+     r"float32 \(10,\)"),
     (_dense({"Dense_0": (32, 8), "Dense_1": (8, 10)}), r"expected Dense_0 to hold a float kernel \[64, out\]"),
     ({"w": np.zeros(3)}, r"model: expected tensors named layer\.leaf \(Dense_0\.kernel, .*got 'w' in "),
 ])
@@ -347,7 +349,7 @@ def test_slices_refuse_a_source_without_a_tensor_outside_the_layers(tmp_path, mi
         slices = [{"sources": [{"model": refs["a"], "layer_range": [0, 1]}]},
                   {"sources": [{"model": refs["b"], "layer_range": [0, 1]}]}]
     else:
-        slices = [{"sources": [{"model": refs["a"], "layer_range": [0, 1]}, {"model": refs["b"], "layer_range": [0, 1]}]}]
+        slices = [{"sources": [{"model": refs[m], "layer_range": [0, 1]} for m in ("a", "b")]}]
     cfg = config.from_dict({"merge_method": "passthrough" if which == "last" else "linear", "slices": slices,
                             **({"parameters": {"weight": 1.0}} if which == "first" else {})})
     with pytest.raises(ValueError, match=rf"slices: {re.escape(name)} \(outside the layers, of '.*a'\) is read from "

@@ -84,8 +84,8 @@ def _read_header(f: Path, ref: str) -> tuple[int, dict]:
         if name == "__metadata__":
             continue
         ok = (isinstance(h, dict) and isinstance(h.get("shape"), list) and isinstance(h.get("data_offsets"), list)
-              and len(h["data_offsets"]) == 2 and all(isinstance(x, int) and x >= 0 for x in h["shape"] + h["data_offsets"])
-              and h.get("dtype") in _ST_DTYPES)
+              and len(h["data_offsets"]) == 2 and h.get("dtype") in _ST_DTYPES
+              and all(isinstance(x, int) and x >= 0 for x in h["shape"] + h["data_offsets"]))
         if ok and h["data_offsets"][1] - h["data_offsets"][0] != (
                 int(np.prod(h["shape"], dtype=np.int64)) * _np_dtype(_ST_DTYPES[h["dtype"]]).itemsize):
             ok = False
