@@ -294,7 +294,7 @@ def test_cli_train_then_show(tiny_processed, tmp_path, capsys):
     lens, lc = load_lens(lens_path)
     assert lc.layer == 2 and lens["W"].shape == (4, 64, 97)
     capsys.readouterr()
-    lens_tok, logit_tok, _, _ = _direct_topk(tiny_processed, lens_path, "w5 w6 w7", 50, shown=3)
+    lens_tok, logit_tok, lens_ids, logit_ids = _direct_topk(tiny_processed, lens_path, "w5 w6 w7", 50, shown=8)
     assert lens_tok != logit_tok  # the lens was trained away from the logit lens: a swapped column fails
     # the word list: head 0's lens top-50 (each other head has a token outside it, so the scores differ);
     # upper case in the file: the score compares lower-cased stripped tokens
@@ -319,7 +319,7 @@ def test_cli_train_then_show(tiny_processed, tmp_path, capsys):
     # list the score is the share of the lens's top-5 ids among the logit lens's top-5
     assert _cli("lens", "show", "--model", TINY_GPT2, "--lens", lens_path, "--prompt",
                 "w5 w6 w7", "--k", 8, "--score-k", 5, "--csv", tmp_path / "t8.csv") == 0
-    lens_tok, logit_tok, lens_ids, logit_ids = _direct_topk(tiny_processed, lens_path, "w5 w6 w7", 8, shown=8)
+    lens_tok, logit_tok = [r[:8] for r in lens_tok], [r[:8] for r in logit_tok]
     overlap = [len(set(a[:5].tolist()) & set(b[:5].tolist())) / 5 for a, b in zip(lens_ids, logit_ids)]
     rows = list(csv.reader((tmp_path / "t8.csv").read_text().splitlines()))
     assert rows[0] == ["layer", "head", "lens top-8", "logit lens top-8",
