@@ -129,7 +129,8 @@ def test_read_texts(tmp_path):
     ("", "empty.txt", r"holds no text \(empty file or only blank lines\)$"),
     ("\n  \n", "blank.txt", r"holds no text \(empty file or only blank lines\)$"),
     ('{"body": "x"}\n', "f.jsonl", r"line 1: expected an object with field 'text', got \{'body': 'x'\}$"),
-    ("{oops\n", "g.jsonl", "line 1 is not JSON: Expecting property name enclosed in double quotes"),  # json's words
+    ("{oops\n", "g.jsonl",  # json's words, with where
+     r"line 1 is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 \(char 1\)$"),
     ('{"text": "ok"}\n{"text": null}\n', "n.jsonl", "line 2: expected field 'text' to be a string, got NoneType None$"),
     ('{"text": ["a", "b"]}\n', "l.jsonl", r"line 1: expected field 'text' to be a string, got list \['a', 'b'\]$"),
 ])
@@ -166,9 +167,10 @@ def test_hugging_face_dataset_name(monkeypatch):
     _fake_datasets(monkeypatch, load)
     assert data.read_texts("user/corpus", split="validation") == ["first", "second"]
     assert calls == [("user/corpus", "validation")]
-    with pytest.raises(ValueError, match=r"expected a field 'body', got fields \['text', 'label'\]"):
+    where = r"^data: Hugging Face dataset 'user/corpus' split 'train': "  # each message whole
+    with pytest.raises(ValueError, match=where + r"expected a field 'body', got fields \['text', 'label'\]$"):
         data.read_texts("user/corpus", text_field="body")
-    with pytest.raises(ValueError, match="expected field 'label' to hold strings, got int 0"):
+    with pytest.raises(ValueError, match=where + "expected field 'label' to hold strings, got int 0$"):
         data.read_texts("user/corpus", text_field="label")
 
 
@@ -177,10 +179,12 @@ def test_hugging_face_dataset_failures_are_value_errors(monkeypatch):
         raise ConnectionError("hub unreachable")
 
     _fake_datasets(monkeypatch, load)
-    with pytest.raises(ValueError, match="cannot load Hugging Face dataset 'user/corpus' split 'train': hub unreachable"):
+    with pytest.raises(ValueError, match="^data: cannot load Hugging Face dataset 'user/corpus' split 'train': "
+                                         "hub unreachable$"):
         data.read_texts("user/corpus")
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed: import fails
-    with pytest.raises(ValueError, match="is not a file or folder, and the `datasets` package"):
+    with pytest.raises(ValueError, match=r"^data: 'user/corpus' is not a file or folder, and the `datasets` package "
+                                         r"\(needed for Hugging Face dataset names\) is not installed$"):
         data.read_texts("user/corpus")
 
 
