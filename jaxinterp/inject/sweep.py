@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxinterp import fingerprint
 from jaxinterp.inject import layers as ly
 from jaxinterp.transformer.gpt2 import GPT2Config, check_dtype
 
@@ -409,11 +410,7 @@ def _fingerprint(params: dict, p: Plan, config: GPT2Config) -> str:
     The weights are hashed too: memories come from the embedding or unembedding alone, so two models
     that share them (a fine-tune with frozen embeddings, a merge) give the same plan (~0.3 s a
     GPT-2 small)."""
-    h = hashlib.sha256(repr(config).encode())
-    for path, leaf in jax.tree_util.tree_flatten_with_path((params, p.groups, p.plain))[0]:
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}{a.dtype}{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
+    h = fingerprint.update(hashlib.sha256(repr(config).encode()), (params, p.groups, p.plain))
     h.update(np.asarray(p.layers).tobytes() + p.taus.tobytes())
     return h.hexdigest()
 

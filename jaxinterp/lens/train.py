@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -33,7 +34,7 @@ import numpy as np
 import optax
 from jax import Array
 
-from jaxinterp import parallel
+from jaxinterp import fingerprint, parallel
 from jaxinterp.checks import is_integer
 from jaxinterp.lens import bf16_moments, fused_adam, lenses, objective as obj
 from jaxinterp.lens.data import Batches
@@ -196,8 +197,10 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
 
     With `ckpt_dir`, an orbax checkpoint (lens, Adam state, step, batches consumed) is written every
     `save_every` steps and at the end, and an existing checkpoint there is resumed: a killed run
-    continues from its last checkpoint with the batches it would have seen. `stop_after` ends the
-    call after that many steps of this call (without a final save unless due): a kill, for tests.
+    continues from its last checkpoint with the batches it would have seen; a checkpoint of another run
+    (another model, its weights fingerprinted, or other settings) is refused with a ValueError before any
+    step runs. `stop_after` ends the call after that many steps of this call (without a final save
+    unless due): a kill, for tests.
     """
     import orbax.checkpoint as ocp
     from tqdm import tqdm
@@ -225,6 +228,10 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
             output_folder(os.fspath(ckpt_dir))
         except argparse.ArgumentTypeError as e:
             raise ValueError(f"ckpt_dir: {e}") from None
+    # the model a checkpoint's lenses belong to: every weight and the config (its dtype is recorded apart,
+    # as the effective activations dtype); another GPT-2 of the same shape resumed the run silently
+    model_sha256 = None if ckpt_dir is None else fingerprint.fingerprint(
+        model_params, config=dataclasses.replace(model_config, dtype="float32"))
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")
@@ -241,6 +248,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     model_params = parallel.replicate(model_params, mesh)
     run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
            "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
+           "model": model_sha256,
            **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
 
     start = 0
@@ -251,7 +259,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
         if mngr.latest_step() is not None:
             start = mngr.latest_step()
             meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            _check_resume(meta, run, ckpt_dir)  # before the state is read: a clear error, not orbax's
+            # before the state is read: a clear error, not orbax's
+            _check_resume(meta, run, ckpt_dir)
             abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
             legacy = _bf16_moment_arrays(mngr.item_metadata(start)["state"])
             if legacy:  # read as bfloat16, then the bits: orbax would cast the values to uint16 (1e-3 -> 0)
@@ -294,11 +303,13 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     return TrainResult(unpad_lens(jax.device_get(state.lens), V), losses, start, end)
 
 
-# what a resumed run must share with the run that wrote the checkpoint: the lens, the objective, the
-# stored vocabulary width, the data (its fingerprint), and what decides which batches come next (batch i of the data is a pure
-# function of seed and i, and step s consumed batches s*accum ... s*accum + accum - 1)
+# what a resumed run must share with the run that wrote the checkpoint: the model (its fingerprint), the
+# lens, the objective, the stored vocabulary width, the data (its fingerprint), and
+# what decides which batches come next (batch i of the data is a pure function of seed and i, and step s
+# consumed batches s*accum ... s*accum + accum - 1)
 _RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr", "adam_moments")
 _RESUME_DEFAULTS = {"adam_moments": "float32"}  # settings a checkpoint written before them ran with
+_log = logging.getLogger(__name__)
 
 
 def _handlers() -> dict:
@@ -325,11 +336,22 @@ def _same(setting: str, saved, now) -> bool:
 
 
 def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
-    """ValueError naming every setting where the checkpoint's run and this one differ."""
+    """ValueError naming every setting where the checkpoint's run and this one differ (first the model,
+    if that differs)."""
+    train_config = meta.get("train_config", {})
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
              # checkpoints written before the data's fingerprint was recorded cannot be checked for it
              "data": meta.get("data", run["data"]),
-             **{f: meta.get("train_config", {}).get(f, _RESUME_DEFAULTS.get(f)) for f in _RESUME_MUST_MATCH}}
+             **{f: train_config.get(f, _RESUME_DEFAULTS.get(f)) for f in _RESUME_MUST_MATCH}}
+    if "model" not in meta:
+        _log.warning("lens checkpoint %s was written before the model's fingerprint was recorded: resuming it "
+                     "without checking that this is the model it was trained on", ckpt_dir)
+        saved["model"] = run["model"]
+    elif saved["model"] != run["model"]:
+        raise ValueError(f"ckpt_dir: {ckpt_dir} holds a run on another model: the weights or config of the "
+                         f"model given differ from those the checkpoint was trained on (model fingerprint: "
+                         f"checkpoint {saved['model']!r}, this model {run['model']!r}); resume it with the "
+                         f"model it was started on or use a new folder")
     diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if not _same(k, saved.get(k), v)]
     if diff:
         raise ValueError(f"ckpt_dir: {ckpt_dir} holds another run; resume it with the same settings or use a "

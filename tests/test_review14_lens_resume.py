@@ -1,0 +1,129 @@
+"""Review 14 (lens resume and saved files): a lens checkpoint resumed on another model or with another
+activations dtype, a lens file's extra metadata that is not JSON, and save_gpt2's tokenizer files."""
+
+import dataclasses
+import json
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp import fingerprint
+from jaxinterp.lens import data, lenses, objective as obj, train
+from jaxinterp.transformer import load_gpt2
+
+from conftest import TINY_GPT2
+
+
+class WordTokenizer:
+    """The tiny model's word-level stand-in: 'w5 w7' -> [5, 7] (as in test_lens_train)."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
+
+
+def _texts(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 14))) for _ in range(n)]
+
+
+def _run(tiny_processed):
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    batches = data.Batches(data.tokenize(_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=3, batch_size=2, accum=2, seq_len=12, save_every=1, seed=3)
+    return params, cfg, lc, batches, tc
+
+
+def _meta_file(ckpt_dir, step):
+    """The JSON file of a checkpoint's `meta` item."""
+    metas = [p for p in (ckpt_dir / str(step)).rglob("*") if p.is_file() and p.read_bytes().startswith(b"{")
+             and b'"batches_seen"' in p.read_bytes()]
+    assert len(metas) == 1
+    return metas[0]
+
+
+def _edit_meta(ckpt_dir, step, edit):
+    path = _meta_file(ckpt_dir, step)
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def _changed(params, delta=1e-3):
+    """The same model with one weight changed."""
+    leaves, treedef = jax.tree.flatten(params)
+    i = max(range(len(leaves)), key=lambda j: np.size(leaves[j]))  # some matrix
+    a = np.array(leaves[i])
+    a.reshape(-1)[7] += delta
+    leaves[i] = a
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _steps(ckpt_dir):
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+
+
+# ----------------------------------------------------------------------------------------------
+# lens resume: the model
+
+def test_resume_on_another_model_of_the_same_shape_is_refused(tiny_processed, tmp_path):
+    """Any GPT-2 of the same shape (here the fixture with one weight changed by 1e-3) continued another
+    model's run silently, mixing two models' lenses; refused now, naming the folder, before any step."""
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    ckpt = tmp_path / "ckpt"
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False, stop_after=1)
+    meta = json.loads(_meta_file(ckpt, 1).read_text())
+    assert meta["model"] == fingerprint.fingerprint(params, config=cfg)
+    before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
+    other = _changed(params)
+    with pytest.raises(ValueError, match=rf"ckpt_dir: {ckpt} holds a run on another model: the weights or config "
+                                         rf"of the model given differ .*checkpoint '{meta['model']}', this model "
+                                         rf"'[0-9a-f]{{64}}'"):
+        train.train(other, cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before  # no step ran, nothing was written
+    # another config with the same weights (a model that computes otherwise) is another model too
+    with pytest.raises(ValueError, match="holds a run on another model"):
+        train.train(params, dataclasses.replace(cfg, layer_norm_epsilon=1e-3), lc, batches, tc, ckpt_dir=ckpt,
+                    progress=False)
+    # random weights of the same shape
+    rng = np.random.default_rng(0)
+    random = jax.tree.map(lambda a: rng.normal(0, 0.02, np.shape(a)).astype(np.float32), params)
+    with pytest.raises(ValueError, match="holds a run on another model"):
+        train.train(random, cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False)
+    assert _steps(ckpt) == [1]
+    again = train.train(params, cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False)  # its own model resumes
+    assert (again.start_step, again.steps) == (1, 3)
+
+
+def test_resume_on_the_same_model_loaded_again_is_bit_identical(tiny_processed, tmp_path):
+    """The fingerprint is the model's, not the arrays' identity: the same checkpoint loaded again (another
+    process's load) resumes, and the resumed run is the uninterrupted one to the bit."""
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
+    part = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=2)
+    params2, cfg2 = load_gpt2(TINY_GPT2, process_weights=True)
+    assert params2 is not params
+    rest = train.train(params2, cfg2, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
+    assert (part.start_step, rest.start_step, rest.steps) == (0, 2, 3)
+    assert part.losses + rest.losses == whole.losses
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
+    # the numpy copy of the same weights is the same model
+    host = jax.tree.map(np.asarray, params)
+    assert fingerprint.fingerprint(host, config=cfg) == fingerprint.fingerprint(params2, config=cfg2)
+
+
+def test_checkpoint_without_a_model_fingerprint_still_resumes_and_says_so(tiny_processed, tmp_path, caplog):
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    whole = train.train(params, cfg, lc, batches, tc, progress=False)
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    _edit_meta(tmp_path, 1, lambda m: m.pop("model"))  # as written before
+    with caplog.at_level(logging.WARNING, logger="jaxinterp.lens.train"):
+        rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)
+    assert (rest.start_step, rest.steps) == (1, 3)
+    assert any(f"lens checkpoint {tmp_path} was written before the model's fingerprint was recorded" in r.message
+               for r in caplog.records), caplog.text
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
