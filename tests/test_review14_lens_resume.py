@@ -119,7 +119,7 @@ def test_checkpoint_without_a_model_fingerprint_still_resumes_and_says_so(tiny_p
     params, cfg, lc, batches, tc = _run(tiny_processed)
     whole = train.train(params, cfg, lc, batches, tc, progress=False)
     train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False, stop_after=1)
-    _edit_meta(tmp_path, 1, lambda m: m.pop("model"))  # as written before
+    _edit_meta(tmp_path, 1, lambda m: (m.pop("model"), m.pop("model_dtype")))  # as written before
     with caplog.at_level(logging.WARNING, logger="jaxinterp.lens.train"):
         rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path, progress=False)
     assert (rest.start_step, rest.steps) == (1, 3)
@@ -127,3 +127,39 @@ def test_checkpoint_without_a_model_fingerprint_still_resumes_and_says_so(tiny_p
                for r in caplog.records), caplog.text
     for k in whole.lens:
         np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
+
+
+# ----------------------------------------------------------------------------------------------
+# lens resume: the activations dtype however it was set
+
+def test_resume_with_bf16_toggled_under_an_explicit_compute_dtype_is_refused(tiny_processed, tmp_path):
+    """bfloat16 was checked only through the objective's compute_dtype: an objective that named bfloat16
+    itself resumed with --bf16 toggled (GPT-2's activations switched dtype mid-run), silently."""
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    objective = obj.Objective(compute_dtype="bfloat16")
+    bf16 = dataclasses.replace(tc, bfloat16=True)
+    train.train(params, cfg, lc, batches, tc, objective=objective, ckpt_dir=tmp_path / "a", progress=False,
+                stop_after=1)
+    with pytest.raises(ValueError, match=r"holds another run.*model_dtype: checkpoint 'float32', this run 'bfloat16'"):
+        train.train(params, cfg, lc, batches, bf16, objective=objective, ckpt_dir=tmp_path / "a", progress=False)
+    train.train(params, cfg, lc, batches, bf16, objective=objective, ckpt_dir=tmp_path / "b", progress=False,
+                stop_after=1)
+    with pytest.raises(ValueError, match=r"holds another run.*model_dtype: checkpoint 'bfloat16', this run 'float32'"):
+        train.train(params, cfg, lc, batches, tc, objective=objective, ckpt_dir=tmp_path / "b", progress=False)
+    assert _steps(tmp_path / "a") == _steps(tmp_path / "b") == [1]
+    # the same effective dtypes set another way (the config's dtype instead of --bf16) are the same run
+    again = train.train(params, dataclasses.replace(cfg, dtype="bfloat16"), lc, batches, tc, objective=objective,
+                        ckpt_dir=tmp_path / "b", progress=False)
+    assert (again.start_step, again.steps) == (1, 3)
+
+
+def test_a_checkpoint_without_the_dtype_record_is_checked_through_its_bf16_flag(tiny_processed, tmp_path):
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    objective = obj.Objective(compute_dtype="bfloat16")
+    train.train(params, cfg, lc, batches, tc, objective=objective, ckpt_dir=tmp_path, progress=False, stop_after=1)
+    _edit_meta(tmp_path, 1, lambda m: m.pop("model_dtype"))
+    with pytest.raises(ValueError, match=r"model_dtype: checkpoint 'float32', this run 'bfloat16'"):
+        train.train(params, cfg, lc, batches, dataclasses.replace(tc, bfloat16=True), objective=objective,
+                    ckpt_dir=tmp_path, progress=False)
+    again = train.train(params, cfg, lc, batches, tc, objective=objective, ckpt_dir=tmp_path, progress=False)
+    assert (again.start_step, again.steps) == (1, 3)

@@ -232,6 +232,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     # as the effective activations dtype); another GPT-2 of the same shape resumed the run silently
     model_sha256 = None if ckpt_dir is None else fingerprint.fingerprint(
         model_params, config=dataclasses.replace(model_config, dtype="float32"))
+    config_dtype = model_config.dtype  # the activations of checkpoints that did not record them, but for --bf16
     if cfg.bfloat16:
         model_config = dataclasses.replace(model_config, dtype="bfloat16")
         objective = dataclasses.replace(objective, compute_dtype="bfloat16")
@@ -248,7 +249,9 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     model_params = parallel.replicate(model_params, mesh)
     run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
            "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
-           "model": model_sha256,
+           # the effective compute dtypes: the objective's covers the lens matmuls, this the GPT-2 activations
+           # (`bfloat16` sets both, but an objective with its own compute_dtype left --bf16 unchecked)
+           "model_dtype": model_config.dtype, "model": model_sha256,
            **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
 
     start = 0
@@ -260,7 +263,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
             start = mngr.latest_step()
             meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             # before the state is read: a clear error, not orbax's
-            _check_resume(meta, run, ckpt_dir)
+            _check_resume(meta, run, ckpt_dir, config_dtype=config_dtype)
             abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
             legacy = _bf16_moment_arrays(mngr.item_metadata(start)["state"])
             if legacy:  # read as bfloat16, then the bits: orbax would cast the values to uint16 (1e-3 -> 0)
@@ -304,7 +307,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
 
 
 # what a resumed run must share with the run that wrote the checkpoint: the model (its fingerprint), the
-# lens, the objective, the stored vocabulary width, the data (its fingerprint), and
+# lens, the objective, the activations dtype, the stored vocabulary width, the data (its fingerprint), and
 # what decides which batches come next (batch i of the data is a pure function of seed and i, and step s
 # consumed batches s*accum ... s*accum + accum - 1)
 _RESUME_MUST_MATCH = ("batch_size", "accum", "seq_len", "seed", "lr", "adam_moments")
@@ -335,14 +338,17 @@ def _same(setting: str, saved, now) -> bool:
     return saved == now
 
 
-def _check_resume(meta: dict, run: dict, ckpt_dir) -> None:
+def _check_resume(meta: dict, run: dict, ckpt_dir, *, config_dtype: str) -> None:
     """ValueError naming every setting where the checkpoint's run and this one differ (first the model,
-    if that differs)."""
+    if that differs). `config_dtype`: this run's GPT2Config.dtype before `bfloat16` replaced it."""
     train_config = meta.get("train_config", {})
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
              # checkpoints written before the data's fingerprint was recorded cannot be checked for it
              "data": meta.get("data", run["data"]),
              **{f: train_config.get(f, _RESUME_DEFAULTS.get(f)) for f in _RESUME_MUST_MATCH}}
+    if "model_dtype" not in meta:  # written before it was recorded: `bfloat16` set it, else the config's
+        saved["model_dtype"] = ("bfloat16" if train_config["bfloat16"] else config_dtype) \
+            if "bfloat16" in train_config else run["model_dtype"]
     if "model" not in meta:
         _log.warning("lens checkpoint %s was written before the model's fingerprint was recorded: resuming it "
                      "without checking that this is the model it was trained on", ckpt_dir)
