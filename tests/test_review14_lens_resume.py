@@ -163,3 +163,53 @@ def test_a_checkpoint_without_the_dtype_record_is_checked_through_its_bf16_flag(
                     ckpt_dir=tmp_path, progress=False)
     again = train.train(params, cfg, lc, batches, tc, objective=objective, ckpt_dir=tmp_path, progress=False)
     assert (again.start_step, again.steps) == (1, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# save_lens: extra metadata that JSON cannot hold
+
+def _lens(tiny_processed):
+    params, cfg = tiny_processed
+    lc = lenses.lens_config_for(cfg, 1)
+    return {k: np.asarray(v) for k, v in lenses.init(*lenses.unembedding(params, cfg), lc).items()}, lc
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"model": "m", "steps": np.int64(3)}, r"key 'steps' \(a int64 value\), which JSON cannot hold: "
+                                           r"Object of type int64 is not JSON serializable"),
+    ({"ok": 1, "losses": np.zeros(2)}, r"key 'losses' \(a ndarray value\)"),
+    ({"path": __import__("pathlib").Path("x")}, r"key 'path' \(a PosixPath value\)"),
+    ({(1, 2): "a tuple key"}, r"key \(1, 2\) \(a str value\), which JSON cannot hold: keys must be"),
+    ({"nested": {"deep": {1, 2}}}, r"key 'nested' \(a dict value\).*Object of type set"),
+    (["not", "a", "dict"], r"a dict of JSON-serialisable values, got list"),
+])
+def test_save_lens_with_extra_that_is_not_json_is_a_value_error(tiny_processed, tmp_path, extra, match):
+    """json.dumps's TypeError named no key, and came from save_lens after its other checks; now a
+    ValueError naming the key, before anything is written."""
+    from jaxinterp.lens.io import save_lens
+
+    lens, lc = _lens(tiny_processed)
+    with pytest.raises(ValueError, match=r"^extra: expected .*" + match):
+        save_lens(tmp_path / "out" / "lens.safetensors", lens, lc, extra=extra)
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+    previous = save_lens(tmp_path / "lens.safetensors", lens, lc, extra={"run": 1})
+    before = previous.read_bytes()
+    with pytest.raises(ValueError, match=r"extra: expected"):
+        save_lens(previous, lens, lc, extra=extra)
+    assert previous.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lens.safetensors"]  # no temporary left behind
+
+
+def test_save_lens_extra_round_trips(tiny_processed, tmp_path):
+    from safetensors import safe_open
+
+    from jaxinterp.lens.io import load_lens, save_lens
+
+    lens, lc = _lens(tiny_processed)
+    for extra, stored in [(None, {}), ({}, {}), ({"model": "m", "steps": 3, "nested": [1, {"a": None}]}, None)]:
+        path = save_lens(tmp_path / "lens.safetensors", lens, lc, extra=extra)
+        with safe_open(str(path), "np") as f:
+            assert json.loads(f.metadata()["extra"]) == (extra if stored is None else stored)
+        loaded, lc2 = load_lens(path)
+        assert lc2 == lc
+        np.testing.assert_array_equal(loaded["W"], lens["W"])

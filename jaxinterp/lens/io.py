@@ -22,20 +22,36 @@ _LINEAR = re.compile(r"^(?:.*\.)?linears\.(\d+)\.(weight|bias)$")
 
 def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra: dict | None = None) -> Path:
     """Writes the lens params and its config to one .safetensors file (atomically). ValueError, before
-    anything is written, for another suffix (load_lens would read it as a PyTorch file) or params
-    that do not have the config's shapes (the file could not be loaded)."""
+    anything is written, for another suffix (load_lens would read it as a PyTorch file), params
+    that do not have the config's shapes (the file could not be loaded) or an `extra` (a dict stored
+    as JSON metadata) that JSON cannot hold."""
     from safetensors.numpy import save_file
 
     if Path(path).suffix != ".safetensors":
         raise ValueError(f"path: expected a .safetensors file name (load_lens reads other suffixes as PyTorch "
                          f"files), got {path}")
     check_params(lens, config)
-
-    meta = {"lens_config": json.dumps({**config.__dict__}), "extra": json.dumps(extra or {})}
+    meta = {"lens_config": json.dumps({**config.__dict__}), "extra": _extra_json(extra)}
     with atomic.atomic_path(path) as tmp:
         # safetensors writes a non-contiguous array's memory as is (silently wrong): copy to C order.
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in lens.items()}, str(tmp), metadata=meta)
     return Path(path)
+
+
+def _extra_json(extra: dict | None) -> str:
+    """`extra` as the JSON object stored in the lens file; ValueError naming the key whose value (or the
+    key itself) JSON cannot hold (json.dumps raised a TypeError that named neither key nor file)."""
+    if extra is None:
+        return "{}"
+    if not isinstance(extra, dict):
+        raise ValueError(f"extra: expected a dict of JSON-serialisable values, got {type(extra).__name__}")
+    for key, value in extra.items():
+        try:
+            json.dumps({key: value})
+        except (TypeError, ValueError) as e:  # ValueError: a circular reference
+            raise ValueError(f"extra: expected JSON-serialisable keys and values, got key {key!r} (a "
+                             f"{type(value).__name__} value), which JSON cannot hold: {e}") from None
+    return json.dumps(extra)
 
 
 def load_lens(path: str | os.PathLike, *, model_config=None, layer: int | None = None) -> tuple[dict, LensConfig]:
