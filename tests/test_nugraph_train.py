@@ -68,6 +68,31 @@ def test_stop_and_resume_equals_straight(data, straight, tmp_path):
     assert second.finished and second.steps == 2
     _same_params(second.params, straight.params)
     assert second.history[0]["val_loss"] == straight.history[0]["val_loss"]
+    # the epoch's mean training loss counts the step before the stop once, as the straight run does
+    assert second.history[0]["train_loss"] == straight.history[0]["train_loss"]
+    assert second.history[0]["train_loss_steps"] == 2
+
+
+def test_epoch_train_loss_is_the_mean_over_its_steps(data, tmp_path, monkeypatch):
+    """It was the loss of the epoch's last batch (one batch of 4 events standing for the epoch)."""
+    real, losses = train._train_step, []
+
+    def recording(*a):
+        step = real(*a)
+
+        def run(state, batch):
+            state, parts = step(state, batch)
+            losses.append(float(parts.total))
+            return state, parts
+        return run
+
+    monkeypatch.setattr(train, "_train_step", recording)
+    two = train.TrainConfig(epochs=2, batch_size=4, checkpoint_every=1, eval_batch_size=8)
+    res = train.train(data, tmp_path / "run", config=two, model_config=TINY, progress=False, log=lambda s: None)
+    assert len(losses) == 4 and losses[0] != losses[1]
+    for epoch, h in enumerate(res.history):
+        mine = losses[2 * epoch: 2 * epoch + 2]
+        assert h["train_loss"] == sum(mine) / 2 and h["train_loss_steps"] == 2 and h["train_loss_last"] == mine[1]
 
 
 def test_training_seconds_run_on_across_a_resume(data, tmp_path, monkeypatch):

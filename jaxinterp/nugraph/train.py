@@ -421,10 +421,15 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     state = TrainState(params, opt.init(params))
     mngr = _manager(out_dir)
     step, history, seconds_before = 0, [], 0.0
+    # the epoch's training loss is the mean over its steps, as Lightning logs an on_epoch loss; the
+    # running sum and count ride in the checkpoints, so a resumed epoch's mean counts every step once
+    loss_sum, loss_steps = 0.0, 0
     if mngr.latest_step() is not None:
         state, meta = _restore(mngr, mngr.latest_step(), state)
         step, history = int(meta["step"]), list(meta["history"])
         seconds_before = float(meta.get("seconds", 0.0))  # checkpoints before session 7 lack it
+        # checkpoints before session 14 lack the sum: the epoch's mean then covers the steps run since
+        loss_sum, loss_steps = float(meta.get("epoch_loss_sum", 0.0)), int(meta.get("epoch_loss_steps", 0))
         log(f"resumed from the checkpoint at step {step} of {total}")
     train_step = _train_step(model_config, config.lr, config.weight_decay, total)
     # Padded sizes are a function of the data and the settings alone, never of what this process has
@@ -456,19 +461,25 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
             batch = pad_batch(chunk, policy.sizes(chunk), planes=model_config.planes, check=False)
             state, parts = train_step(state, batch)
             step += 1
+            loss = float(parts.total)
+            loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{float(parts.total):.4f}", lr=f"{float(schedule(step - 1)):.2e}", epoch=epoch)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(schedule(step - 1)):.2e}", epoch=epoch)
             end_of_epoch = step % nb == 0
             if end_of_epoch and val_ev:
                 counts, vloss = evaluate_events(state.params, val_ev, model_config,
                                                 batch_size=config.eval_batch_size, policy=val_policy)
                 m = metrics.compute(counts, model_config.semantic_classes)
-                history.append({"epoch": epoch, "step": step, "train_loss": float(parts.total),
+                history.append({"epoch": epoch, "step": step, "train_loss": loss_sum / loss_steps,
+                                "train_loss_steps": loss_steps, "train_loss_last": loss,
                                 "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})
                 (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
                 atomic.write_json(out_dir / "metrics.json", history, indent=1)
+            if end_of_epoch:
+                loss_sum, loss_steps = 0.0, 0
             if end_of_epoch or step % config.checkpoint_every == 0 or step == stop:
-                _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0})
+                _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0,
+                                          "epoch_loss_sum": loss_sum, "epoch_loss_steps": loss_steps})
     finally:
         bar.close()
         mngr.close()
