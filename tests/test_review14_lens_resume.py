@@ -213,3 +213,138 @@ def test_save_lens_extra_round_trips(tiny_processed, tmp_path):
         loaded, lc2 = load_lens(path)
         assert lc2 == lc
         np.testing.assert_array_equal(loaded["W"], lens["W"])
+
+
+# ----------------------------------------------------------------------------------------------
+# save_gpt2: the tokenizer files belong to the weights too
+
+def _two_tokenizers():
+    import copy
+
+    from jaxinterp.transformer import load_tokenizer
+
+    old = load_tokenizer(TINY_GPT2)
+    new = copy.deepcopy(old)
+    new.add_tokens(["w_new_token"])  # tokenizer.json differs
+    new.model_max_length = 64  # tokenizer_config.json too
+    assert len(new) == len(old) + 1
+    return old, new
+
+
+def test_a_crash_before_the_tokenizer_files_is_refused_by_load_tokenizer(tmp_path, tiny_raw, monkeypatch):
+    """save_gpt2 wrote the tokenizer files after config.json: a crash between left the new model beside the
+    old tokenizer, which loaded silently (other token ids). The weights now record the tokenizer's digests."""
+    from jaxinterp import atomic
+    from jaxinterp.transformer import load_tokenizer
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    old_tok, new_tok = _two_tokenizers()
+    folder = save_gpt2(params, config, tmp_path / "m", tokenizer=old_tok)
+    assert len(load_tokenizer(folder)) == len(old_tok)
+    new_params = _changed(params, 0.5)
+    real = atomic.write_bytes
+
+    def crash_at_tokenizer(path, data):
+        if path.name.startswith("tokenizer"):
+            raise KeyboardInterrupt  # killed after the weights' and config.json's renames
+        return real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", crash_at_tokenizer)
+    with pytest.raises(KeyboardInterrupt):
+        save_gpt2(new_params, config, folder, tokenizer=new_tok)
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                        "tokenizer_config.json"]  # no temporary left
+    with pytest.raises(ValueError, match=rf"the tokenizer files in {folder} and model\.safetensors do not belong "
+                                         r"together \(a save interrupted between them\?\).*tokenizer\.json another "
+                                         r"file; tokenizer_config\.json another file"):
+        load_tokenizer(folder)
+    p2, _ = load_gpt2(folder)  # the weights and config.json are the new model's, and agree
+    np.testing.assert_array_equal(np.asarray(p2["h_0"]["mlp"]["c_fc"]["kernel"]),
+                                  np.asarray(new_params["h_0"]["mlp"]["c_fc"]["kernel"]))
+    # a crash after the first tokenizer file: the second is still the old one
+    calls = []
+
+    def crash_at_second(path, data):
+        if path.name.startswith("tokenizer"):
+            calls.append(path.name)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return real(path, data)
+
+    save_gpt2(params, config, folder, tokenizer=old_tok)
+    monkeypatch.setattr(atomic, "write_bytes", crash_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        save_gpt2(new_params, config, folder, tokenizer=new_tok)
+    monkeypatch.undo()
+    assert calls == ["tokenizer.json", "tokenizer_config.json"]
+    with pytest.raises(ValueError, match=r"do not belong together .*got tokenizer_config\.json another file; save"):
+        load_tokenizer(folder)
+    # the save run again completes the folder
+    save_gpt2(new_params, config, folder, tokenizer=new_tok)
+    assert len(load_tokenizer(folder)) == len(new_tok)
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match=r"got tokenizer_config\.json missing"):
+        load_tokenizer(folder)
+
+
+def test_a_failing_tokenizer_leaves_the_folder_as_it_was(tmp_path, tiny_raw):
+    """The tokenizer is saved (to a temporary folder) before the weights: one that fails changes nothing."""
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    old_tok, _ = _two_tokenizers()
+    folder = save_gpt2(params, config, tmp_path / "m", tokenizer=old_tok)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    class Broken:
+        eos_token_id = 0
+
+        def save_pretrained(self, path):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_gpt2(_changed(params, 0.5), config, folder, tokenizer=Broken())
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_tokenizers_without_the_record_load_as_before(tmp_path, tiny_raw):
+    """Folders saved before the digests were recorded (and Hugging Face's own), and a model saved without a
+    tokenizer into a folder that holds one (the tokenizer kept on purpose), load their tokenizer unchecked."""
+    from safetensors.numpy import load_file, save_file
+
+    from jaxinterp.transformer import load_tokenizer
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    old_tok, new_tok = _two_tokenizers()
+    assert len(load_tokenizer(TINY_GPT2)) == len(old_tok)
+    folder = save_gpt2(params, config, tmp_path / "m", tokenizer=new_tok)
+    save_gpt2(_changed(params, 0.5), config, folder)  # new weights, the tokenizer kept
+    assert len(load_tokenizer(folder)) == len(new_tok)
+    folder2 = save_gpt2(params, config, tmp_path / "old", tokenizer=new_tok)
+    with __import__("safetensors").safe_open(str(folder2 / "model.safetensors"), "np") as f:
+        meta = f.metadata()
+    save_file(load_file(folder2 / "model.safetensors"), str(folder2 / "model.safetensors"),
+              metadata={k: v for k, v in meta.items() if k != "jaxinterp_tokenizer"})
+    old_tok.save_pretrained(folder2)
+    assert len(load_tokenizer(folder2)) == len(old_tok)
+
+
+@pytest.mark.parametrize("recorded", ["{not json", "[1, 2]"])
+def test_a_damaged_tokenizer_record_is_a_clear_error(tmp_path, tiny_raw, recorded):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    from jaxinterp.transformer import load_tokenizer
+    from jaxinterp.transformer.weights import save_gpt2
+
+    params, config = tiny_raw
+    folder = save_gpt2(params, config, tmp_path / "m", tokenizer=_two_tokenizers()[0])
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        meta = dict(f.metadata(), jaxinterp_tokenizer=recorded)
+    save_file(load_file(folder / "model.safetensors"), str(folder / "model.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"model\.safetensors: expected 'jaxinterp_tokenizer' metadata holding a "
+                                         r"JSON object of tokenizer file digests, got '"):
+        load_tokenizer(folder)

@@ -10,6 +10,7 @@ built; the only names skipped are the causal-mask buffers old checkpoints carry 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -32,6 +33,10 @@ _TOP = {"wte.weight": ("wte", "embedding"), "wpe.weight": ("wpe", "embedding"),
 # the weights with. The two files are renamed into place one after the other; a crash between them
 # left new weights beside the old config.json, which loaded (a tied config ignores an untied lm_head).
 _SAVED_CONFIG = "jaxinterp_config"
+# safetensors metadata key: {file name: sha256} of the tokenizer files save_gpt2 wrote after the weights.
+# A crash before they were all renamed into place left the new model beside the old tokenizer (other
+# token ids, silently); load_tokenizer refuses tokenizer files that are not the recorded ones.
+_SAVED_TOKENIZER = "jaxinterp_tokenizer"
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> GPT2Config:
@@ -251,8 +256,10 @@ def _on_device(box: list) -> dict:
 def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *, tokenizer=None) -> Path:
     """Writes config.json and model.safetensors (and the tokenizer, if given) that `load_gpt2` reads.
 
-    Each file is written atomically, the weights first; they record the config they were saved with,
-    and load_gpt2 refuses a config.json that disagrees (a crash between the two renames)."""
+    Each file is written atomically, the weights first; they record the config they were saved with
+    and the digests of the tokenizer's files, and load_gpt2 refuses a config.json, load_tokenizer
+    tokenizer files, that disagree (a crash between the renames). Without a tokenizer, the tokenizer
+    files already in `folder` are left as they are, unrecorded (not checked)."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
@@ -264,27 +271,69 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
         raise ValueError(f"{folder}: expected a folder without other *.safetensors checkpoints to save into "
                          f"(load_gpt2 reads them all), got {others}")
     folder.mkdir(parents=True, exist_ok=True)  # after the checks: a refused model leaves no folder
-    with atomic.atomic_path(folder / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", _SAVED_CONFIG: json.dumps(config_to_hf(config))})
-    atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config, tokenizer=tokenizer), indent=2))
+    meta = {"format": "pt", _SAVED_CONFIG: json.dumps(config_to_hf(config))}
+    tok_files: dict[str, bytes] = {}
     if tokenizer is not None:
-        # transformers writes its files in place: into a temporary folder, then each file atomically
+        # transformers writes its files in place: into a temporary folder (before the weights, whose
+        # metadata records their digests; a failing tokenizer leaves the folder as it was), then each
+        # file atomically, last
         with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer.") as tmp:
             tokenizer.save_pretrained(tmp)
-            for f in sorted(Path(tmp).rglob("*")):
-                if f.is_file():
-                    atomic.write_bytes(folder / f.relative_to(tmp), f.read_bytes())
+            tok_files = {f.relative_to(tmp).as_posix(): f.read_bytes() for f in sorted(Path(tmp).rglob("*"))
+                         if f.is_file()}
+        meta[_SAVED_TOKENIZER] = json.dumps({name: hashlib.sha256(b).hexdigest() for name, b in tok_files.items()})
+    with atomic.atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    atomic.write_text(folder / "config.json", json.dumps(config_to_hf(config, tokenizer=tokenizer), indent=2))
+    for name, data in tok_files.items():
+        atomic.write_bytes(folder / name, data)
     return folder
 
 
+def _check_saved_tokenizer(folder: Path) -> None:
+    """ValueError if the weights in `folder` were saved by save_gpt2 with a tokenizer whose files are not
+    the ones there now (folders without the record, and unreadable weights, which load_gpt2 reports,
+    are not checked)."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "np") as f:
+                recorded = (f.metadata() or {}).get(_SAVED_TOKENIZER)
+        except Exception:  # noqa: BLE001 -- SafetensorError: not this check's to report
+            continue
+        if recorded is None:
+            continue
+        try:
+            digests = json.loads(recorded)
+            if not isinstance(digests, dict):
+                raise ValueError(f"a JSON {type(digests).__name__}")
+        except ValueError as e:  # json.JSONDecodeError is one
+            raise ValueError(f"{file}: expected {_SAVED_TOKENIZER!r} metadata holding a JSON object of tokenizer "
+                             f"file digests, got {recorded[:200]!r} ({e})") from e
+        differ = []
+        for name, digest in sorted(digests.items()):
+            path = folder / name
+            if not path.is_file():
+                differ.append(f"{name} missing")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                differ.append(f"{name} another file")
+        if differ:
+            raise ValueError(f"the tokenizer files in {folder} and {file.name} do not belong together (a save "
+                             f"interrupted between them?): expected the tokenizer the weights were saved with, "
+                             f"got {'; '.join(differ)}; save the model and its tokenizer again")
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
-    """transformers' AutoTokenizer for a local folder or hub name."""
+    """transformers' AutoTokenizer for a local folder or hub name. ValueError if the folder's weights
+    record other tokenizer files than those beside them (`save_gpt2` interrupted before they were in place)."""
     # Only tokenizers are used from transformers: its advice that PyTorch is missing is noise here.
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     path = Path(name_or_path)
     folder = path if path.is_dir() else _resolve(name_or_path)
+    _check_saved_tokenizer(folder)
     tok = AutoTokenizer.from_pretrained(str(folder))
     if not tok.vocab_size:
         # transformers builds a GPT-2 tokenizer with an empty vocabulary from a folder without one
