@@ -64,13 +64,16 @@ def sce_weights(taus: jax.Array) -> jax.Array:
 
 
 def sce_topk_mask(taus: jax.Array, density: float) -> jax.Array:
-    """1 on the `int(nonzero(var) * density)` entries of largest variance across models."""
+    """1 on the `int(nonzero(var) * density)` entries (the product in float32) of largest variance across models."""
     if density <= 0:
         return jnp.zeros(taus.shape[1:], taus.dtype)
     if density >= 1:
         return jnp.ones(taus.shape[1:], taus.dtype)
     var = jnp.var(taus, axis=0)
-    k = (jnp.count_nonzero(var) * density).astype(jnp.int32)  # traced: k varies with the data
+    # traced: k varies with the data. In float32 whatever the tensors' dtype, as mergekit's
+    # `int(density * count_nonzero(var))`: torch promotes an int64 tensor times a Python float to its
+    # default float32. Under x64 (float64 merges) this was float64: 0.7 of 90 gave 62, mergekit 63.
+    k = (jnp.count_nonzero(var).astype(jnp.float32) * jnp.float32(density)).astype(jnp.int32)
     # top-k with a traced k: rank by a stable descending sort of the variance
     order = jnp.argsort(-var.reshape(-1), stable=True)
     ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.size))
