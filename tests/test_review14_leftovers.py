@@ -36,3 +36,50 @@ def test_sce_topk_count_is_computed_in_float32_as_mergekit(density, n, want, x64
         base = jnp.zeros(n, dtype)
         out = np.asarray(simple.sce(base, [base + taus[0], base + taus[1]], select_topk=density))
         assert np.count_nonzero(out) <= want and not out[np.asarray(mask) == 0].any()
+
+
+# --- 2. slices: a layer tensor only the slice's later sources hold was dropped from the output
+
+def _ckpt(folder, n_layer, extra=(), config=None):
+    """A GPT-2-named checkpoint of n_layer blocks; `extra`: (layer, name) tensors added."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(len(str(folder)))
+    t = {"transformer.wte.weight": rng.normal(size=(6, 4)), "transformer.ln_f.weight": rng.normal(size=(4,))}
+    for i in range(n_layer):
+        t.update({f"transformer.h.{i}.ln_1.weight": rng.normal(size=(4,)),
+                  f"transformer.h.{i}.mlp.c_fc.weight": rng.normal(size=(4, 8))})
+    for i, name in extra:
+        t[f"transformer.h.{i}.{name}"] = rng.normal(size=(4,))
+    folder.mkdir(parents=True)
+    save_file({k: v.astype(np.float32) for k, v in t.items()}, str(folder / "model.safetensors"))
+    if config is not None:
+        import json
+
+        (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("extra_in,msg", [
+    # b holds a tensor a lacks: it was silently left out of the output
+    ("b", "slices: transformer.h.3.ln_2.weight of '{b}' has no counterpart in '{a}', the slice's first source "
+          "(whose layer 1 tensors name the output's); expected the same tensors in every source"),
+    # a holds a tensor b lacks: refused before too (the message is unchanged)
+    ("a", "slices: transformer.h.1.ln_2.weight has no counterpart in '{b}'"),
+])
+def test_slices_refuse_a_layer_tensor_the_first_source_lacks(tmp_path, extra_in, msg):
+    import re
+
+    from jaxinterp.merge import checkpoint
+
+    a = _ckpt(tmp_path / "a", 3, extra=[(1, "ln_2.weight")] if extra_in == "a" else [])
+    b = _ckpt(tmp_path / "b", 4, extra=[(3, "ln_2.weight")] if extra_in == "b" else [])
+    (tmp_path / "cfg.yml").write_text(f"""
+merge_method: linear
+slices:
+  - sources: [{{model: {a}, layer_range: [0, 2]}}, {{model: {b}, layer_range: [2, 4]}}]
+parameters: {{weight: 1.0}}
+""")
+    with pytest.raises(ValueError, match="^" + re.escape(msg.format(a=a, b=b)) + "$"):
+        checkpoint.run_yaml(tmp_path / "cfg.yml", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -184,6 +184,14 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
         for idx in range(span):
             t = idx / (span - 1) if span > 1 else 1.0
             names = [_layer_names(indices[s.model], s.layer_range[0] + idx, s.model) for s in sl.sources]
+            # the first source's tensors name the output's: one only the others hold was dropped
+            # silently (mergekit refuses a required tensor a source lacks, "required but not present")
+            for s, n in zip(sl.sources[1:], names[1:]):
+                extra = [name for template, name in n.items() if template not in names[0]]
+                if extra:
+                    raise ValueError(f"slices: {extra[0]} of {s.model!r} has no counterpart in {sl.sources[0].model!r}, "
+                                     f"the slice's first source (whose layer {sl.sources[0].layer_range[0] + idx} "
+                                     f"tensors name the output's); expected the same tensors in every source")
             for template, name0 in names[0].items():
                 missing = [s.model for s, n in zip(sl.sources, names) if template not in n]
                 if missing:
