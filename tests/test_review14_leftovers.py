@@ -83,3 +83,54 @@ parameters: {{weight: 1.0}}
     with pytest.raises(ValueError, match="^" + re.escape(msg.format(a=a, b=b)) + "$"):
         checkpoint.run_yaml(tmp_path / "cfg.yml", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+# --- 3. a merge into a folder of an earlier merge: the earlier run's tokenizer files stay, said so
+
+def _merge_cli(tmp_path, text, out, name):
+    from jaxinterp import cli
+
+    (tmp_path / name).write_text(text)
+    return cli.main(["merge", "yaml", str(tmp_path / name), "--out", str(out), "--quiet"])
+
+
+def test_side_files_of_an_earlier_merge_are_reported_and_left_unedited(tmp_path, capsys):
+    import json
+
+    a = _ckpt(tmp_path / "a", 4, config={"model_type": "gpt2", "n_layer": 4})
+    (a / "tokenizer.json").write_text('{"model": "a"}')
+    (a / "vocab.json").write_text('{"x": 0}')
+    b = _ckpt(tmp_path / "b", 4)  # weights only: no config, no tokenizer
+    out = tmp_path / "out"
+    first = f"merge_method: passthrough\nslices:\n  - sources: [{{model: {a}, layer_range: [0, 4]}}]\n"
+    assert _merge_cli(tmp_path, first, out, "first.yml") == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == (f"tokenizer: copied unchanged from {a} (tokenizer.json, vocab.json); "
+                    f"jaxinterp writes merged tensors only")
+    before = {f: (out / f).read_bytes() for f in ("config.json", "tokenizer.json", "vocab.json")}
+    assert json.loads(before["config.json"])["n_layer"] == 4
+
+    second = f"merge_method: passthrough\nslices:\n  - sources: [{{model: {b}, layer_range: [0, 2]}}]\n"
+    assert _merge_cli(tmp_path, second, out, "second.yml") == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    # it said "none written" while a's tokenizer stayed beside b's weights
+    assert line == (f"tokenizer: none written ({b} has no tokenizer files); config.json, tokenizer.json, vocab.json "
+                    f"in {out} remain from an earlier run, not written by this merge (loaders read them with these "
+                    f"weights: remove them if they do not fit); jaxinterp writes merged tensors only")
+    # never removed (they may be the user's), and the earlier config is not edited (it set n_layer 2 in a's)
+    assert {f: (out / f).read_bytes() for f in before} == before
+
+
+def test_kept_side_files_are_only_those_this_merge_did_not_write(tmp_path):
+    from jaxinterp.merge import checkpoint
+
+    a = _ckpt(tmp_path / "a", 2, config={"model_type": "gpt2", "n_layer": 2})
+    (a / "tokenizer.model").write_text("sentencepiece")
+    c = _ckpt(tmp_path / "c", 2, config={"model_type": "gpt2", "n_layer": 2})
+    (c / "tokenizer.json").write_text("{}")
+    out = tmp_path / "out"
+    for src, want_copied, want_kept in ((a, ("config.json", "tokenizer.model"), ()),
+                                        (c, ("config.json", "tokenizer.json"), ("tokenizer.model",))):
+        (tmp_path / "m.yml").write_text(f"merge_method: passthrough\nmodels: [{{model: {src}}}]\n")
+        r = checkpoint.run_yaml(tmp_path / "m.yml", out, progress=False)
+        assert (r.side_files, r.kept_side_files) == (want_copied, want_kept)

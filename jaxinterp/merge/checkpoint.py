@@ -11,7 +11,9 @@ The output is one `model.safetensors` (written under a temporary name, then rena
 config/tokenizer files of the base (else the first) model and the `mergekit_config.yml`. Once they
 are in place, the shards of an earlier merge into the same folder (`model-00001-of-00003.safetensors`,
 `model.safetensors.index.json`) are removed: a loader that follows the index (vLLM keeps only the
-files its weight_map names) or globs `*.safetensors` would read the old weights. Nothing else is.
+files its weight_map names) or globs `*.safetensors` would read the old weights. Nothing else is:
+config/tokenizer files of an earlier run that this merge does not rewrite (its source lacks them)
+stay, and are reported (`MergeResult.kept_side_files`, the CLI's tokenizer line).
 """
 
 from __future__ import annotations
@@ -241,6 +243,9 @@ class MergeResult(NamedTuple):
     side_source: Path  # the model whose config and tokenizer files were copied (base, else the first)
     side_files: tuple[str, ...]  # the names of those files that it had
     removed: tuple[str, ...] = ()  # stale shards and index of an earlier merge into out_dir, removed
+    # config/tokenizer files already in out_dir (an earlier run's) that this merge did not write: kept
+    # (they may be the user's), reported, since loaders read them beside these weights
+    kept_side_files: tuple[str, ...] = ()
 
 
 # Hugging Face's names of a sharded checkpoint (save_pretrained, mergekit): never written by this merge
@@ -388,7 +393,8 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
         with atomic.atomic_path(out_dir / f) as tmp:
             shutil.copyfile(src / f, tmp)
-    if (n_layers is not None or cfg.out_dtype or cfg.dtype) and (out_dir / "config.json").is_file():
+    # only a config.json this merge copied: an earlier run's (the source has none) is not edited
+    if (n_layers is not None or cfg.out_dtype or cfg.dtype) and "config.json" in copied:
         hf = json.loads((out_dir / "config.json").read_text())
         for key in ("n_layer", "num_hidden_layers", "num_layers"):
             if key in hf and n_layers is not None:
@@ -399,7 +405,8 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
         atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
     atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
     removed = remove_stale_shards(out_dir)
-    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied, removed)
+    kept = tuple(f for f in _SIDE_FILES if f not in copied and (out_dir / f).is_file())
+    return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied, removed, kept)
 
 
 def run_yaml(config_path: str | Path, out_dir: str | Path, **kw) -> MergeResult:

@@ -17,6 +17,10 @@ def _tokenizer_line(result, d: dict) -> str:
     src = result.side_source
     what = (f"copied unchanged from {src} ({', '.join(copied)})" if copied
             else f"none written ({src} has no tokenizer files)")
+    kept = result.kept_side_files
+    if kept:  # "none written" while an earlier merge's tokenizer sat beside the new weights
+        what += (f"; {', '.join(kept)} in {result.out_dir} remain from an earlier run, not written by this merge "
+                 f"(loaders read them with these weights: remove them if they do not fit)")
     tmpl = "; chat_template not applied" if d.get("chat_template") is not None else ""
     return f"tokenizer: {what}; jaxinterp writes merged tensors only{tmpl}"
 
