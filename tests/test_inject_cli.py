@@ -82,7 +82,7 @@ def test_sweep_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("extra,text,match", [
-    (["--layers", "3"], HEADER + ROWS[0], "--layers: layer 3 out of range, the model has 3 blocks"),
+    (["--layers", "3"], HEADER + ROWS[0], "--layers: expected 0..2 for this 3-layer model, got 3"),
     ([], HEADER.replace("answer", "reply") + ROWS[0], "missing column 'answer'"),
     ([], HEADER + "w1,w2,,w4,w5\n", "line 2: empty cell in column 'explicit_entity'"),
     ([], HEADER + "w1,w2,w3,w4, \n", "line 2: empty cell in column 'answer'"),

@@ -92,7 +92,7 @@ CLI_ROWS = "w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\nw12 w13,w14 w15 w16,w17
     (["--baseline-type", "Nouns"], "Nouns,Verbs\n,be\n,have\n", "word_type 'Nouns': the list is empty"),
     # a NaN tau: refused by the sweep, after the model was loaded and the memories computed
     (["--taus", "1", "nan"], None, r"--taus: expected finite numbers, got \[1\.0, nan\]"),
-    (["--layers", "-1"], None, "--layers: layer -1 out of range, layers count from 0"),
+    (["--layers", "-1"], None, r"--layers: expected 0\.\.2 for this 3-layer model, got -1"),
 ])
 def test_cli_input_errors_come_before_the_model_and_the_sweep(tmp_path, monkeypatch, capsys, extra, words, match):
     import jaxinterp.transformer as tr

@@ -3,6 +3,8 @@ merge, inject's --layers range message, torch checkpoint messages."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,46 @@ def test_kept_side_files_are_only_those_this_merge_did_not_write(tmp_path):
         (tmp_path / "m.yml").write_text(f"merge_method: passthrough\nmodels: [{{model: {src}}}]\n")
         r = checkpoint.run_yaml(tmp_path / "m.yml", out, progress=False)
         assert (r.side_files, r.kept_side_files) == (want_copied, want_kept)
+
+
+# --- 4. inject sweep --layers: the message gives the valid range (it said "layers count from 0")
+
+PROMPTS = ("explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+           "w1 w2 w3,w4 w5 w6 w7 w8,w9 w10,w4 w5 w6,w11\n")
+
+
+@pytest.mark.parametrize("layers,got", [([-1], -1), ([0, 3], 3), ([2, 7], 7)])
+@pytest.mark.parametrize("local_config", [True, False])
+def test_inject_layers_out_of_range_name_the_valid_range(tmp_path, monkeypatch, layers, got, local_config):
+    import re
+
+    from conftest import TINY_GPT2
+
+    import jaxinterp.transformer as tr
+    from jaxinterp.inject import cli as inject_cli
+    from jaxinterp.inject import sweep as sw
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model or the sweep before --layers was checked")
+
+    monkeypatch.setattr(sw, "sweep", refuse)
+    if local_config:  # the folder's config.json gives the layer count: refused before the model loads
+        monkeypatch.setattr(tr, "load_gpt2", refuse)
+    else:  # no readable layer count (a hub name): refused once the model is loaded, with the same words
+        monkeypatch.setattr(inject_cli, "_local_n_layer", lambda model: None)
+    (tmp_path / "p.csv").write_text(PROMPTS)
+    msg = f"--layers: expected 0..2 for this 3-layer model, got {got}"
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        inject_cli.run_sweep(str(TINY_GPT2), str(tmp_path / "p.csv"), str(tmp_path / "out"), layers=layers,
+                             taus=[1.0])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config", [None, "not json", '["a list"]', '{"n_layer": "3"}', '{"n_layer": 0}'])
+def test_inject_local_n_layer_leaves_unreadable_configs_to_the_loader(tmp_path, config):
+    from jaxinterp.inject.cli import _local_n_layer
+
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    assert _local_n_layer(str(tmp_path)) is None
+    assert _local_n_layer("gpt2") is None or (Path("gpt2") / "config.json").is_file()

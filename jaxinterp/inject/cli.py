@@ -16,6 +16,24 @@ from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of t
 STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
 
 
+def _local_n_layer(model) -> int | None:
+    """n_layer of a local model folder's config.json; None when it cannot be read here (a hub name,
+    no or a broken config.json: load_gpt2 reports those)."""
+    import json
+
+    try:
+        n = json.loads((Path(model) / "config.json").read_text()).get("n_layer")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _check_layers(layers, n_layer: int) -> None:
+    for L in layers:
+        if not 0 <= L < n_layer:
+            raise ValueError(f"--layers: expected 0..{n_layer - 1} for this {n_layer}-layer model, got {L}")
+
+
 def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, kind: str = "unembed",
               limit: int | None = None, baseline_words: str | None = None, baseline_type: str = "Nouns",
               seed: int = 0, bucket: int = 8, skip_long: bool = False) -> dict:
@@ -36,9 +54,11 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     taus = list(DEFAULT_TAUS) if taus is None else list(taus)
     if not taus or not all(math.isfinite(t) for t in taus):
         raise ValueError(f"--taus: expected finite numbers, got {taus}")
-    for L in layers or ():
-        if L < 0:
-            raise ValueError(f"--layers: layer {L} out of range, layers count from 0")
+    # the layer count from a local folder's config.json, so --layers is checked before the model is
+    # loaded (a hub name is checked once it is loaded, with the same message)
+    n_layer = _local_n_layer(model)
+    if n_layer is not None:
+        _check_layers(layers or (), n_layer)
     words = dt.load_top_words(baseline_words) if baseline_words else None
     if words is not None:
         if baseline_type not in words:
@@ -59,9 +79,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
                                prompts.source)
         enc = dt.encode(tok, prompts)
     layers = list(range(config.n_layer)) if layers is None else list(layers)
-    for L in layers:
-        if not 0 <= L < config.n_layer:
-            raise ValueError(f"--layers: layer {L} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
+    _check_layers(layers, config.n_layer)
     bos = dt.bos_id(tok)
     mems = memory_vectors(params, enc.memories, config=config, kind=kind, bos_id=bos)
     rand = b_mems = None
