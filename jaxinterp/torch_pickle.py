@@ -91,9 +91,9 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str, path: Path):
         super().__init__(file)
-        self._archive, self._prefix, self._byteorder = archive, prefix, byteorder
+        self._archive, self._prefix, self._byteorder, self._path = archive, prefix, byteorder, path
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -111,7 +111,8 @@ class _Unpickler(pickle.Unpickler):
         # ('storage', storage_type, key, location, numel)
         if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
                 and isinstance(pid[1], (_StorageType, _DType)) and isinstance(pid[2], str)):
-            raise ValueError(f"unexpected persistent id {pid!r} in torch checkpoint")
+            raise ValueError(f"{self._path}: unexpected persistent id {pid!r} in the torch checkpoint, expected "
+                             f"('storage', <storage type>, <key>, <location>, <numel>)")
         storage_type, key = pid[1], pid[2]
         dtype = _TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype
         try:
@@ -130,6 +131,8 @@ class _Unpickler(pickle.Unpickler):
 def load(path: str | os.PathLike) -> Any:
     """Unpickles a torch zip checkpoint; tensors come back as numpy arrays."""
     path = Path(path)
+    if path.is_dir():  # it said "does not exist"
+        raise ValueError(f"torch checkpoint {path} is a folder, expected a file (a torch.save .pt or Lightning .ckpt)")
     if not path.is_file():
         raise ValueError(f"torch checkpoint {path} does not exist")
     try:
@@ -148,7 +151,7 @@ def load(path: str | os.PathLike) -> Any:
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         with archive.open(pkls[0]) as f:
-            return _Unpickler(f, archive, prefix, byteorder).load()
+            return _Unpickler(f, archive, prefix, byteorder, path).load()
 
 
 def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:

@@ -179,3 +179,45 @@ def test_inject_local_n_layer_leaves_unreadable_configs_to_the_loader(tmp_path, 
         (tmp_path / "config.json").write_text(config)
     assert _local_n_layer(str(tmp_path)) is None
     assert _local_n_layer("gpt2") is None or (Path("gpt2") / "config.json").is_file()
+
+
+# --- 5. torch checkpoints: the persistent id message names the file; a folder is not "missing"
+
+@pytest.mark.parametrize("pid", [("storage",), ("tensor", "0"), "raw"])
+def test_torch_bad_persistent_id_names_the_file(tmp_path, pid):
+    import io
+    import pickle
+    import re
+    import zipfile
+
+    from jaxinterp import torch_pickle
+
+    class Pid(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj[1] if isinstance(obj, tuple) and obj and obj[0] == "pid" else None
+
+    buf = io.BytesIO()
+    Pid(buf, protocol=2).dump({"w": ("pid", pid)})
+    path = tmp_path / "m.ckpt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+    msg = (f"{path}: unexpected persistent id {pid!r} in the torch checkpoint, expected "
+           f"('storage', <storage type>, <key>, <location>, <numel>)")
+    with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
+        torch_pickle.load(path)
+
+
+def test_torch_checkpoint_path_that_is_a_folder_is_not_called_missing(tmp_path):
+    import re
+
+    from jaxinterp import torch_pickle
+
+    (tmp_path / "run").mkdir()
+    for f in (torch_pickle.load, torch_pickle.load_state_dict):
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"torch checkpoint {tmp_path / 'run'} is a folder, expected a file (a torch.save .pt or "
+                f"Lightning .ckpt)") + "$"):
+            f(tmp_path / "run")
+        with pytest.raises(ValueError, match="^" + re.escape(f"torch checkpoint {tmp_path / 'gone.pt'} does not exist")
+                           + "$"):
+            f(tmp_path / "gone.pt")

@@ -180,7 +180,8 @@ def test_empty_and_edge_views_read(tmp_path, fake_torch):
     ("missing", "torch checkpoint {path} does not exist"),
     ("not-zip", "{path} is not a torch zip checkpoint (torch.save since 1.6): File is not a zip file"),
     ("two-pickles", "{path}: expected one <name>/data.pkl in the archive, found 2"),
-    ("bad-pid", "unexpected persistent id 'tensor-0' in torch checkpoint"),
+    ("bad-pid", "{path}: unexpected persistent id 'tensor-0' in the torch checkpoint, expected "
+                "('storage', <storage type>, <key>, <location>, <numel>)"),
     # these said "got dict", not what the dict held: now its keys, the entry that is not a tensor
     ("no-key", "{path}: expected a dict with key 'weights', got dict with keys ['state_dict']"),
     ("not-tensors", "{path}: expected a mapping of names to tensors, got dict with 'b': float"),
