@@ -404,3 +404,18 @@ def test_merge_refuses_a_file_that_is_not_safetensors_before_writing(tmp_path, c
         err = capsys.readouterr().err
         assert re.search(r"jaxinterp merge: error: model '.*a': model\.safetensors:? " + msg, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_mean_leaf_of_numpy_float64_without_x64_is_float32_without_a_warning():
+    """numpy float64 leaves (a RegMean test's inputs) warned of a truncation in result_type: JAX holds
+    them as float32 unless jax_enable_x64 is on, and the mean is that float32 mean."""
+    import warnings
+
+    from jaxinterp.merge import tree
+
+    xs = [np.array([0.1, 0.2, 0.3]), np.array([0.4, 0.5, 0.6])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = tree.mean_leaf(xs, "w")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(got), (xs[0].astype(np.float32) + xs[1].astype(np.float32)) / 2)

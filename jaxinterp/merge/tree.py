@@ -75,7 +75,8 @@ def mean_leaf(xs: Sequence[Any], name: str, arg: str = "models") -> Any:
     if not all(jax.numpy.issubdtype(d, jax.numpy.inexact) for d in dtypes):  # bfloat16 is not a numpy inexact
         check_same_buffer(xs, name, ith=arg + "[{}]")
         return xs[0]
-    dtype = jax.numpy.result_type(*dtypes)
+    # numpy float64 leaves without jax_enable_x64 are float32 to JAX: say so, not warn of a truncation
+    dtype = jax.numpy.result_type(*map(jax.dtypes.canonicalize_dtype, dtypes))
     work = np.float64 if dtype == np.float64 else np.float32
     return (sum(jax.numpy.asarray(x, work) for x in xs) / len(xs)).astype(dtype)
 
