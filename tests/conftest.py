@@ -17,6 +17,19 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_GPT2 = FIXTURES / "tiny_gpt2"
 
 
+class WordTokenizer:
+    """Stands in for the tiny model's word-level tokenizer: 'w5 w7' -> [5, 7] (ids taken mod 97)."""
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
+
+
+def word_texts(n=24, seed=0):
+    """n lines of 1-13 words 'w1'..'w95' that WordTokenizer reads."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 14))) for _ in range(n)]
+
+
 @pytest.fixture(scope="session")
 def gpt2_ref():
     return dict(np.load(FIXTURES / "gpt2_reference.npz"))

@@ -16,19 +16,7 @@ import pytest
 from jaxinterp.lens import data, lenses, train
 from jaxinterp.lens.io import load_lens
 
-from conftest import TINY_GPT2
-
-
-class WordTokenizer:
-    """Stands in for the tiny model's word-level tokenizer: 'w5 w7' -> [5, 7] (ids taken mod 97)."""
-
-    def __call__(self, texts, add_special_tokens=False):
-        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
-
-
-def _texts(n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 14))) for _ in range(n)]
+from conftest import TINY_GPT2, WordTokenizer, word_texts as _texts
 
 
 def test_killed_run_resumes_exactly(tiny_processed, tmp_path):

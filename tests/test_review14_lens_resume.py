@@ -13,19 +13,7 @@ from jaxinterp import fingerprint
 from jaxinterp.lens import data, lenses, objective as obj, train
 from jaxinterp.transformer import load_gpt2
 
-from conftest import TINY_GPT2
-
-
-class WordTokenizer:
-    """The tiny model's word-level stand-in: 'w5 w7' -> [5, 7] (as in test_lens_train)."""
-
-    def __call__(self, texts, add_special_tokens=False):
-        return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
-
-
-def _texts(n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(f"w{i}" for i in rng.integers(1, 96, rng.integers(1, 14))) for _ in range(n)]
+from conftest import TINY_GPT2, WordTokenizer, word_texts as _texts
 
 
 def _run(tiny_processed):
