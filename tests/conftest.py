@@ -14,6 +14,7 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY_GPT2 = FIXTURES / "tiny_gpt2"
 
 
@@ -22,6 +23,16 @@ class WordTokenizer:
 
     def __call__(self, texts, add_special_tokens=False):
         return {"input_ids": [[int(w[1:]) % 97 for w in t.split()] for t in texts]}
+
+
+def load_benchmark(name: str, prefix: str = "_bench_"):
+    """benchmarks/<name>.py as a module (the folder is no package), named prefix + name."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{prefix}{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def word_texts(n=24, seed=0):

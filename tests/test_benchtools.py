@@ -5,22 +5,17 @@ stub that fails, so a test that let bad input through fails at once instead of r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name, "_bench_")
 
 
 def _no_work(*args, **kwargs):

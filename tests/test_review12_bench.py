@@ -4,20 +4,16 @@ test failed on the code it was written against. The scripts' work is stubbed: no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench12_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name, "_bench12_")
 
 
 def test_bench_names_the_machine_only_after_the_scripts_ran(monkeypatch, tmp_path):

@@ -5,20 +5,16 @@ section runs here: their work is stubbed.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import load_benchmark
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bench13_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(name, "_bench13_")
 
 
 def test_demo_only_without_a_name_is_refused(monkeypatch, tmp_path, capsys):
