@@ -240,32 +240,21 @@ def _edge_softmax(s_dst, s_src, bias, dst, src):
 class _PlaneWeights(NamedTuple):
     """The plane net's weights rearranged for the split form (built once per forward).
 
-    Its node_net_0 acts on concat(h_i, x_i, m_i) with m_i = sum_j a_ij concat(h_j, x_j); being
-    linear, it equals  h_i W_self + sum_j a_ij (h_j W_msg)  +  (x_i W_xself + b)  +  sum_j a_ij x_j W_xmsg.
-    The x terms do not change across iterations: they are computed once (`_input_terms`).
+    Its node_net_0 acts on concat(hx_i, m_i), hx = concat(h, x) (the official re-concatenation of
+    the input), m_i = sum_j a_ij hx_j; being linear, it equals
+    hx_i W_self + b + sum_j a_ij (hx_j W_msg): rows of the official kernel, first F + D and last F + D.
     """
 
-    w_self: jax.Array  # [P, C, F, F]: rows of node_net_0 that act on h_i
-    w_msg: jax.Array  # [P, C, F, F]: rows that act on the h_j part of the message
-    edge_dst: jax.Array  # [P, C, F] edge-net weights of h_i
-    edge_src: jax.Array  # [P, C, F] edge-net weights of h_j
+    w_self: jax.Array  # [P, C, F + D, F]: rows of node_net_0 that act on hx_i
+    w_msg: jax.Array  # [P, C, F + D, F]: rows that act on the message
+    edge_dst: jax.Array  # [P, C, F + D] edge-net weights of hx_i
+    edge_src: jax.Array  # [P, C, F + D] edge-net weights of hx_j
 
 
 def _plane_weights(w, f: int, d: int) -> _PlaneWeights:
     k0 = w["node_net_0"]["kernel"]  # [P, C, 2(F + D), F]: rows h_i, x_i, h_j-message, x_j-message
     ke = w["edge_net"]["kernel"][..., 0]  # [P, C, 2(F + D)]
-    return _PlaneWeights(k0[:, :, :f], k0[:, :, f + d:2 * f + d], ke[..., :f], ke[..., f + d:2 * f + d])
-
-
-def _input_terms(w, x, x_c, f: int, d: int):
-    """The loop-invariant parts of the plane net: x [P, N, D] (x_c: broadcast to [P, C, N, D]) ->
-    (x W_x of node_net_0 [P, C, N, 2F] with the bias on the self half, edge scores of x [P, C, N] x 2)."""
-    k0 = w["node_net_0"]["kernel"]
-    kx = jnp.concatenate([k0[:, :, f:f + d], k0[:, :, 2 * f + d:]], axis=-1)  # [P, C, D, 2F]
-    bias = jnp.concatenate([w["node_net_0"]["bias"], jnp.zeros_like(w["node_net_0"]["bias"])], axis=-1)
-    xw = _input_linear({"kernel": kx, "bias": bias}, x)
-    ke = w["edge_net"]["kernel"][..., 0]
-    return xw, _score(x_c, ke[..., f:f + d]), _score(x_c, ke[..., 2 * f + d:])
+    return _PlaneWeights(k0[:, :, :f + d], k0[:, :, f + d:], ke[..., :f + d], ke[..., f + d:])
 
 
 class _Plane(NamedTuple):
@@ -276,9 +265,7 @@ class _Plane(NamedTuple):
     plane_net: Params  # the official plane-net weights (biases, node_net_1)
     nexus_down: Params
     nexus_k: jax.Array  # [1, C, F, Fn]: this plane's rows of nexus_net_0
-    xw: jax.Array  # [1, C, N, 2F]: x W_x of the plane net's node_net_0 (bias on the self half)
-    x_dst: jax.Array  # [1, C, N]: edge-net scores of x_i
-    x_src: jax.Array  # [1, C, N]: edge-net scores of x_j
+    x_c: jax.Array  # [1, C, N, D]: the plane's input, broadcast over the classes
     neighbours: jax.Array  # [1, N, K] the neighbour table, -1 for an empty slot
     senders: jax.Array  # [1, E] overflow planar edges
     receivers: jax.Array  # [1, E]
@@ -312,14 +299,20 @@ def _plane_messages(u, s_dst, s_src, bias, plane: _Plane, *, initial):
 
 
 def _plane_net(plane: _Plane, h):
-    """Messages j -> i within the plane: h [1, C, N, F] -> [1, C, N, F]. h_j is projected
-    (64 -> 64) before it is aggregated, and the aggregation adds straight into the self half of
-    node_net_0."""
-    F = h.shape[-1]
+    """Messages j -> i within the plane: h [1, C, N, F] -> [1, C, N, F]. hx_j = concat(h_j, x_j) is
+    projected (68 -> 64) before it is aggregated, and the aggregation adds straight into the self
+    half of node_net_0.
+
+    x enters the products through the concatenation, not as a separate loop-invariant term added
+    to them: XLA fused such a term into each of the K gathers of `_plane_messages` and recomputed it
+    per slot (its 4 multiply-adds per gathered element doubled the gather pass's time); this way
+    the gathered rows are one product's output (BUILD_NOTES.md, NuGraph2 "Performance", session 15).
+    """
     pw = plane.weights
-    s_dst, s_src = _score(h, pw.edge_dst) + plane.x_dst, _score(h, pw.edge_src) + plane.x_src  # [1, C, N]
-    u_self = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_self) + plane.xw[..., :F]  # [1, C, N, F]
-    u_msg = jnp.einsum("pcnf,pcfo->pcno", h, pw.w_msg) + plane.xw[..., F:]  # two products: no slice copy
+    hx = jnp.concatenate([h, plane.x_c], axis=-1)  # [1, C, N, F + D]
+    s_dst, s_src = _score(hx, pw.edge_dst), _score(hx, pw.edge_src)  # [1, C, N]
+    u_self = jnp.einsum("pcnf,pcfo->pcno", hx, pw.w_self) + plane.plane_net["node_net_0"]["bias"][:, :, None, :]
+    u_msg = jnp.einsum("pcnf,pcfo->pcno", hx, pw.w_msg)  # two products: no slice copy
     pre = _plane_messages(u_msg, s_dst, s_src, plane.plane_net["edge_net"]["bias"][..., 0], plane, initial=u_self)
     return _node_net_rest(plane.plane_net, pre)
 
@@ -368,7 +361,6 @@ def _split_planes(params: Params, batch: GraphBatch, x, config: NuGraph2Config) 
     planes, C, F, D = config.planes, config.num_classes, config.planar_features, config.in_features
     plane_net = _stack(params["plane_net"], planes)
     x_c = jnp.broadcast_to(x[:, None], (x.shape[0], C) + x.shape[1:])  # [P, C, N, D]
-    xw, x_dst, x_src = _input_terms(plane_net, x, x_c, F, D)
     k = params["nexus_net"]["nexus_net_0"]["kernel"]  # [C, P*F, Fn], rows in plane order
     nexus_k = jnp.moveaxis(k.reshape(C, len(planes), F, k.shape[-1]), 1, 0)  # [P, C, F, Fn]
     down = _stack(params["nexus_net"]["nexus_down"], planes)
@@ -378,7 +370,7 @@ def _split_planes(params: Params, batch: GraphBatch, x, config: NuGraph2Config) 
         pn = one(plane_net, p)
         out.append(_Plane(
             weights=_plane_weights(pn, F, D), plane_net=pn, nexus_down=one(down, p), nexus_k=one(nexus_k, p),
-            xw=one(xw, p), x_dst=one(x_dst, p), x_src=one(x_src, p),
+            x_c=one(x_c, p),
             neighbours=one(jnp.asarray(batch.plane_neighbours), p), senders=one(batch.plane_senders, p),
             receivers=one(batch.plane_receivers, p), up_hits=one(batch.nexus_hits, p), up_sp=one(batch.nexus_sp, p),
             down_hits=one(batch.down_hits, p), down_sp=one(batch.down_sp, p)))
