@@ -51,10 +51,19 @@ def _set(**values: int) -> bool:
     return mallopt is not None and all([bool(mallopt(names[k], v)) for k, v in values.items()])
 
 
-def retain_freed_memory() -> bool:
-    """One arena, no mmap for large blocks, no heap trimming; True when applied, False where there
-    is no glibc (nothing is changed there)."""
-    return _set(arena_max=1, mmap_max=0, trim_threshold=2**31 - 1)
+def retain_freed_memory(*, one_arena: bool = True) -> bool:
+    """No mmap for large blocks, no heap trimming and (`one_arena`) one arena for all threads; True
+    when applied, False where there is no glibc (nothing is changed there).
+
+    `one_arena=False` keeps glibc's arena per thread: for several host devices
+    (`--xla_force_host_platform_device_count`) computing side by side with temporaries below the
+    64 MiB a thread arena holds. There one shared arena cost ~10%: NuGraph2 `predict` on 2 host
+    devices x 1 event per call, 20.4-21.5 ms/event with one arena, 18.3-19.3 with an arena per
+    thread (BUILD_NOTES.md, NuGraph2 "Latency", session 15).
+    """
+    if one_arena:
+        return _set(arena_max=1, mmap_max=0, trim_threshold=2**31 - 1)
+    return _set(mmap_max=0, trim_threshold=2**31 - 1)
 
 
 def restore_defaults() -> bool:

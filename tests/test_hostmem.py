@@ -19,7 +19,6 @@ def test_retain_and_restore_apply_on_glibc():
         assert hostmem.restore_defaults() is True
 
 
-
 def test_retain_sets_one_arena_no_mmap_no_trim_and_restore_undoes_it(monkeypatch):
     calls = {}
     monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
@@ -29,3 +28,12 @@ def test_retain_sets_one_arena_no_mmap_no_trim_and_restore_undoes_it(monkeypatch
     assert calls[hostmem._M_MMAP_MAX] == 65536 and calls[hostmem._M_ARENA_MAX] > 1
     monkeypatch.setattr(hostmem, "_mallopt", lambda: None)  # no glibc: nothing applied, False
     assert hostmem.retain_freed_memory() is False
+
+
+def test_retain_with_an_arena_per_thread_leaves_the_arena_count(monkeypatch):
+    """one_arena=False (several host devices computing side by side): no mmap, no trim, and glibc's
+    arena per thread left as it is."""
+    calls = {}
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
+    assert hostmem.retain_freed_memory(one_arena=False) is True
+    assert calls == {hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}

@@ -166,7 +166,7 @@ def test_nugraph_latency_keeps_the_rows_of_a_child_that_failed(monkeypatch, tmp_
     nugraph_latency.main(["--quick", "--json", str(path)])
     assert ran == ["dp", "default-allocator"]
     rows = {r["workload"]: r for r in json.loads(path.read_text())["rows"]}
-    dp = rows["nugraph2 predict, 2 host devices x 1 event per call, end to end, freed memory retained (s/event)"]
+    dp = rows["nugraph2 predict 8 events, 2 host devices x 1 event per call, end to end, freed memory retained, an arena per thread (s/event)"]
     assert dp["figure"] is None and dp["goal"] == "<= 0.02 (CPU)" and dp["met"] is None
     for b in (1, 32):
         assert rows[f"nugraph2 batch {b}, glibc default allocator (s/event)"]["figure"] is None
@@ -175,7 +175,7 @@ def test_nugraph_latency_keeps_the_rows_of_a_child_that_failed(monkeypatch, tmp_
         {"s_per_event": 0.01, "devices": 2} if kind == "dp" else {"b1": 0.05, "b32": 0.04}))
     nugraph_latency.main(["--quick", "--json", str(path)])
     rows = {r["workload"]: r for r in json.loads(path.read_text())["rows"]}
-    dp = rows["nugraph2 predict, 2 host devices x 1 event per call, end to end, freed memory retained (s/event)"]
+    dp = rows["nugraph2 predict 8 events, 2 host devices x 1 event per call, end to end, freed memory retained, an arena per thread (s/event)"]
     assert dp["figure"] == 0.01 and dp["met"] is True
     assert rows["nugraph2 batch 32, glibc default allocator (s/event)"]["figure"] == 0.04
 
