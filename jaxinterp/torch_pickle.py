@@ -104,7 +104,7 @@ class _Unpickler(pickle.Unpickler):
             return _DType(name)
         if module == "torch" and name == "UntypedStorage":
             return _StorageType(np.uint8)
-        raise ValueError(f"refusing to load global {module}.{name} from a torch checkpoint: only tensors and "
+        raise ValueError(f"{self._path}: refusing to load global {module}.{name} from a torch checkpoint: only tensors and "
                          f"plain containers are read (no code from the file is run)")
 
     def persistent_load(self, pid):
@@ -118,7 +118,7 @@ class _Unpickler(pickle.Unpickler):
         try:
             raw = self._archive.read(f"{self._prefix}/data/{key}")
         except KeyError:
-            raise ValueError(f"torch checkpoint: the pickle names storage {self._prefix}/data/{key}, which the "
+            raise ValueError(f"torch checkpoint {self._path}: the pickle names storage {self._prefix}/data/{key}, which the "
                              f"archive does not hold (a truncated or corrupt file)") from None
         dtype = _np_dtype(dtype)
         if self._byteorder != sys.byteorder and dtype.itemsize > 1:
