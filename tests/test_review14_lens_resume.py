@@ -336,3 +336,18 @@ def test_a_damaged_tokenizer_record_is_a_clear_error(tmp_path, tiny_raw, recorde
     with pytest.raises(ValueError, match=r"model\.safetensors: expected 'jaxinterp_tokenizer' metadata holding a "
                                          r"JSON object of tokenizer file digests, got '"):
         load_tokenizer(folder)
+
+
+def test_resume_on_another_model_names_the_other_settings_that_differ_too(tiny_processed, tmp_path):
+    """The model's refusal was raised alone: a run on another model with another learning rate named
+    only the model, and the rate came up after the user fixed that. Now both are named in one error."""
+    params, cfg, lc, batches, tc = _run(tiny_processed)
+    ckpt = tmp_path / "ckpt"
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"holds a run on another model: .* \(other settings differ too: "
+                                         rf"lr: checkpoint {tc.lr!r}, this run {tc.lr * 2!r}\)$"):
+        train.train(_changed(params), cfg, lc, batches, dataclasses.replace(tc, lr=tc.lr * 2), ckpt_dir=ckpt,
+                    progress=False)
+    with pytest.raises(ValueError, match=r"holds a run on another model: .*use a new folder$"):  # the model alone
+        train.train(_changed(params), cfg, lc, batches, tc, ckpt_dir=ckpt, progress=False)
+    assert _steps(ckpt) == [1]

@@ -353,12 +353,14 @@ def _check_resume(meta: dict, run: dict, ckpt_dir, *, config_dtype: str) -> None
         _log.warning("lens checkpoint %s was written before the model's fingerprint was recorded: resuming it "
                      "without checking that this is the model it was trained on", ckpt_dir)
         saved["model"] = run["model"]
-    elif saved["model"] != run["model"]:
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items()
+            if k != "model" and not _same(k, saved.get(k), v)]
+    if saved["model"] != run["model"]:
         raise ValueError(f"ckpt_dir: {ckpt_dir} holds a run on another model: the weights or config of the "
                          f"model given differ from those the checkpoint was trained on (model fingerprint: "
                          f"checkpoint {saved['model']!r}, this model {run['model']!r}); resume it with the "
-                         f"model it was started on or use a new folder")
-    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {v!r}" for k, v in run.items() if not _same(k, saved.get(k), v)]
+                         f"model it was started on or use a new folder"
+                         + (f" (other settings differ too: {'; '.join(diff)})" if diff else ""))
     if diff:
         raise ValueError(f"ckpt_dir: {ckpt_dir} holds another run; resume it with the same settings or use a "
                          f"new folder ({'; '.join(diff)})")
