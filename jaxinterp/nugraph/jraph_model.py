@@ -16,14 +16,14 @@ F planar features, Fn nexus features, D = 4 input features.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jraph
 
 from jaxinterp.nugraph.jraph_batch import JraphBatch
-from jaxinterp.nugraph.model import NuGraph2Config, Params
+from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params
 
 
 class GraphOutputs(NamedTuple):
@@ -85,16 +85,36 @@ def nexus_down(w: Params, h: jax.Array, n: jax.Array, hits: jax.Array, sp: jax.A
 
 
 def apply_graphs(params: Params, batch: JraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> GraphOutputs:
-    """NuGraph2 forward on a JraphBatch (jit it with `config` static)."""
+    """NuGraph2 forward on a JraphBatch (jit it with `config` static).
+
+    Params not of `config`'s shapes and a batch of the wrong structure (plane count, feature width,
+    index arrays of mismatched shapes) are a ValueError at trace time, before anything is computed.
+    """
     planes, C = config.planes, config.num_classes
     if len(batch.planes) != len(planes):
         raise ValueError(f"apply_graphs: expected {len(planes)} plane graphs ({', '.join(planes)}), "
                          f"got {len(batch.planes)}")
-    for p, g in zip(planes, batch.planes):
+    if len(batch.nexus_hits) != len(planes) or len(batch.nexus_sp) != len(planes):
+        raise ValueError(f"apply_graphs: expected {len(planes)} nexus index arrays in nexus_hits and nexus_sp, "
+                         f"got {len(batch.nexus_hits)} and {len(batch.nexus_sp)}")
+    if jnp.ndim(batch.sp_mask) != 1:
+        raise ValueError(f"apply_graphs: sp_mask must have shape [S], got {list(jnp.shape(batch.sp_mask))}")
+    for p, g, hits, sp in zip(planes, batch.planes, batch.nexus_hits, batch.nexus_sp):
+        if not isinstance(g.nodes, Mapping) or "x" not in g.nodes:
+            raise ValueError(f"apply_graphs: plane '{p}' nodes must be a dict with the input features under 'x', "
+                             f"got {type(g.nodes).__name__}" + (f" with keys {sorted(g.nodes)}"
+                                                                if isinstance(g.nodes, Mapping) else ""))
         x = g.nodes["x"]
         if x.ndim != 2 or x.shape[1] != config.in_features:
             raise ValueError(f"apply_graphs: plane '{p}' nodes['x'] must have shape [N, {config.in_features}], "
                              f"got {list(x.shape)}")
+        shapes = {"senders": jnp.shape(g.senders), "receivers": jnp.shape(g.receivers)}
+        if len(set(shapes.values())) != 1 or jnp.ndim(g.senders) != 1:
+            raise ValueError(f"apply_graphs: plane '{p}' senders and receivers must have one shape [E], got {shapes}")
+        shapes = {"nexus_hits": jnp.shape(hits), "nexus_sp": jnp.shape(sp)}
+        if len(set(shapes.values())) != 1 or jnp.ndim(hits) != 1:
+            raise ValueError(f"apply_graphs: plane '{p}' nexus_hits and nexus_sp must have one shape [X], got {shapes}")
+    check_params(params, config, where="apply_graphs: params")
     xs = [jnp.broadcast_to(g.nodes["x"][:, None, :], (g.nodes["x"].shape[0], C, config.in_features))
           for g in batch.planes]  # P x [N, C, D]
     hs = [jnp.tanh(class_linear(params["encoder"][p], x)) for p, x in zip(planes, xs)]

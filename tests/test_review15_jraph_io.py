@@ -1,0 +1,54 @@
+"""Review 15: NuGraph2's jraph form and event I/O (jraph_model, jraph_batch, event, hdf5)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import jraph_batch, jraph_model, model
+from jaxinterp.nugraph.event import PLANES
+from test_nugraph_graph import random_event
+
+TINY = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+
+
+def _events():
+    rng = np.random.default_rng(15)
+    return [random_event(rng, (12, 2, 7), 4, "a"), random_event(rng, (5, 9, 1), 3, "b")]
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return model.init(jax.random.PRNGKey(0), TINY)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_apply_graphs_refuses_params_of_another_config(jit):
+    """Params of a wider model ran silently under a narrower config (the output was the wider model's)."""
+    wide = model.init(jax.random.PRNGKey(0), model.NuGraph2Config(planar_features=16, nexus_features=4, num_iters=2))
+    jb = jraph_batch.batch_graphs(_events())
+    fn = lambda p, b: jraph_model.apply_graphs(p, b, config=TINY)  # noqa: E731
+    with pytest.raises(ValueError, match=r"apply_graphs: params: encoder/u/kernel expected shape \[5, 4, 8\].*got \[5, 4, 16\]"):
+        (jax.jit(fn) if jit else fn)(wide, jb)
+
+
+def test_apply_graphs_refuses_malformed_batches(tiny_params):
+    """Mismatched index arrays and nodes without 'x' were jnp broadcasting/KeyError/IndexError messages."""
+    jb = jraph_batch.batch_graphs(_events())
+    cases = [
+        (jb._replace(nexus_sp=(jb.nexus_sp[0][:-3],) + jb.nexus_sp[1:]),
+         r"plane 'u' nexus_hits and nexus_sp must have one shape \[X\]"),
+        (jb._replace(nexus_hits=jb.nexus_hits[:2]), r"expected 3 nexus index arrays in nexus_hits and nexus_sp, got 2 and 3"),
+        (jb._replace(planes=(jb.planes[0]._replace(nodes={"h": jb.planes[0].nodes["x"]}),) + jb.planes[1:]),
+         r"plane 'u' nodes must be a dict with the input features under 'x', got dict with keys \['h'\]"),
+        (jb._replace(planes=jb.planes[:1] + (jb.planes[1]._replace(nodes=jb.planes[1].nodes["x"]),) + jb.planes[2:]),
+         r"plane 'v' nodes must be a dict .* got ndarray"),
+        (jb._replace(planes=jb.planes[:2] + (jb.planes[2]._replace(receivers=jb.planes[2].receivers[:-1]),)),
+         r"plane 'y' senders and receivers must have one shape \[E\]"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            jraph_model.apply_graphs(tiny_params, bad, config=TINY)
+    out = jraph_model.apply_graphs(tiny_params, jb, config=TINY)  # the well-formed batch still runs
+    assert [o.shape[0] for o in out.x_filter] == list(jb.sizes.nodes)
