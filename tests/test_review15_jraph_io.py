@@ -52,3 +52,19 @@ def test_apply_graphs_refuses_malformed_batches(tiny_params):
             jraph_model.apply_graphs(tiny_params, bad, config=TINY)
     out = jraph_model.apply_graphs(tiny_params, jb, config=TINY)  # the well-formed batch still runs
     assert [o.shape[0] for o in out.x_filter] == list(jb.sizes.nodes)
+
+
+@pytest.mark.parametrize("dtype", [object, "U3"])
+def test_validate_names_non_numeric_features(dtype):
+    """x of strings or objects was a TypeError from np.isfinite, naming neither plane nor field."""
+    e = _events()[0]
+    bad = e._replace(planes={**e.planes, "v": e.planes["v"]._replace(x=np.zeros((2, 4), dtype))})
+    with pytest.raises(ValueError, match=r"event 'a', plane 'v', field 'x': expected numbers, got dtype"):
+        jraph_batch.batch_graphs([bad])
+
+
+def test_validate_refuses_a_bool_space_point_count():
+    """num_sp=True passed as the integer 1 and the error blamed the nexus edges ('out of range [0, True)')."""
+    e = _events()[0]
+    with pytest.raises(ValueError, match=r"event 'a': num_sp must be a non-negative integer, got True"):
+        jraph_batch.batch_graphs([e._replace(num_sp=True)])

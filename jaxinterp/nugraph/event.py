@@ -44,7 +44,7 @@ def validate(event: Event, *, planes: tuple[str, ...] = PLANES) -> None:
     integers in range (hits of the plane; space points below num_sp); labels in -1..C-1.
     """
     where = f"event {event.name!r}" if event.name else "event"
-    if not isinstance(event.num_sp, (int, np.integer)) or event.num_sp < 0:
+    if not isinstance(event.num_sp, (int, np.integer)) or isinstance(event.num_sp, bool) or event.num_sp < 0:
         raise ValueError(f"{where}: num_sp must be a non-negative integer, got {event.num_sp!r}")
     missing = [p for p in planes if p not in event.planes]
     if missing:
@@ -74,8 +74,10 @@ def validate(event: Event, *, planes: tuple[str, ...] = PLANES) -> None:
 # `at` names the event and plane ("event 'e1', plane 'u'"), `field` the tensor.
 
 def check_finite(a: np.ndarray, at: str, field: str) -> None:
-    """ValueError unless every row of `a` ([N, ...], one row a hit) is finite."""
+    """ValueError unless `a` ([N, ...], one row a hit) holds numbers and every row is finite."""
     a = np.asarray(a)
+    if a.dtype.kind not in "fiu":  # np.isfinite raises a TypeError on strings and objects
+        raise ValueError(f"{at}, field {field!r}: expected numbers, got dtype {a.dtype}")
     bad = np.flatnonzero(~np.isfinite(a).reshape(len(a), -1).all(axis=1)) if a.size else a[:0]
     if bad.size:
         raise ValueError(f"{at}, field {field!r}: expected finite values, got NaN or inf at {bad.size} of "
