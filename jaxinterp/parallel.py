@@ -31,6 +31,18 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA,))
 
 
+def check_mesh(mesh: Any, *, where: str = "mesh") -> Mesh:
+    """`mesh` if it is a `jax.sharding.Mesh` with the axis "data" (as `make_mesh` builds), else a
+    ValueError saying so (a list of devices or a device count failed later, with an AttributeError
+    on `.devices.size`; a mesh without "data" in `device_put`, naming a "resource axis")."""
+    if not isinstance(mesh, Mesh):
+        raise ValueError(f"{where}: expected a jax.sharding.Mesh (parallel.make_mesh(devices)), "
+                         f"got {type(mesh).__name__}")
+    if DATA not in mesh.axis_names:
+        raise ValueError(f"{where}: expected a mesh with the axis {DATA!r}, got axes {mesh.axis_names}")
+    return mesh
+
+
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over "data", the rest replicated."""
     return NamedSharding(mesh, P(DATA))

@@ -96,7 +96,7 @@ def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(
     `sizes`: padded sizes for each union (default: the smallest buckets that hold the events);
     `check=False` skips validating events the caller has validated.
     """
-    mesh = parallel.make_mesh() if mesh is None else mesh
+    mesh = parallel.make_mesh() if mesh is None else parallel.check_mesh(mesh, where="prepare: mesh")
     d = mesh.devices.size
     if check:
         for e in events:
@@ -115,6 +115,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
 
     Every event is validated first (a ValueError names the event, plane and field), and params
     against `config` (a ValueError names the entry). Returns one Prediction per event, in order.
+    `mesh`: a `parallel.make_mesh(devices)` (default: all devices; a ValueError for anything else).
     `progress`: a tqdm bar over the events (stderr).
     """
     from tqdm import tqdm
@@ -124,6 +125,8 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
         raise ValueError(f"predict: batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
     if batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+    if mesh is not None:
+        parallel.check_mesh(mesh, where="predict: mesh")
     for e in events:
         if not isinstance(e, Event):
             raise ValueError(f"predict: events must be Event tuples, got {type(e).__name__}")
