@@ -68,3 +68,47 @@ def test_validate_refuses_a_bool_space_point_count():
     e = _events()[0]
     with pytest.raises(ValueError, match=r"event 'a': num_sp must be a non-negative integer, got True"):
         jraph_batch.batch_graphs([e._replace(num_sp=True)])
+
+
+FIXTURE_H5 = "tests/fixtures/nugraph2_events.gnn.h5"
+
+
+def _raw_and_norm():
+    from jaxinterp.nugraph import hdf5
+
+    return hdf5.read_events(FIXTURE_H5).events[0], hdf5.read_info(FIXTURE_H5).norm
+
+
+def test_to_event_refuses_a_bad_norm():
+    """A norm without a plane was KeyError 'y', one of the wrong width a numpy broadcast error, and a
+    zero std turned every feature into inf (the error then blamed 'x', not the norm)."""
+    from jaxinterp.nugraph import hdf5
+
+    raw, norm = _raw_and_norm()
+    cases = [
+        ({p: v for p, v in norm.items() if p != "y"}, r"norm: .* plane 'y' is missing"),
+        ({**norm, "u": norm["u"][:, :3]}, r"norm\['u'\]: expected shape \[2, 4\] \(mean, std\), got \[2, 3\]"),
+        ({**norm, "v": np.stack([norm["v"][0], np.zeros(4, np.float32)])}, r"norm\['v'\]: expected std .* > 0"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=rf"event '{raw.name}': {msg}"):
+            hdf5.to_event(raw, bad)
+    assert hdf5.to_event(raw, norm).planes["u"].x.shape == (raw.planes["u"].pos.shape[0], 4)
+
+
+def test_to_event_refuses_bad_raw_hits():
+    """pos and x of different hit counts were a numpy concatenate error; NaN in a raw x came out as NaN features."""
+    from jaxinterp.nugraph import hdf5
+
+    raw, norm = _raw_and_norm()
+    u = raw.planes["u"]
+    n = u.pos.shape[0]
+    cases = [
+        (u._replace(x=u.x[:-1]), rf"plane 'u', field 'u/x': expected \[{n}, 2\] .* got \[{n - 1}, 2\]"),
+        (u._replace(pos=u.pos[:, :1]), rf"plane 'u', field 'u/pos': expected \[{n}, 2\] .* got \[{n}, 1\]"),
+        (u._replace(x=np.where(np.arange(n)[:, None] == 3, np.nan, u.x)),
+         r"plane 'u', field 'u/x': expected finite values, got NaN or inf at 1 of .* \(first: hit 3\)"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            hdf5.to_event(raw._replace(planes={**raw.planes, "u": bad}), norm)

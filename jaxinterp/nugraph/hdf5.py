@@ -338,17 +338,27 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
 
 
 def to_event(raw: RawEvent, norm: Mapping[str, np.ndarray], *, planes: Sequence[str] = PLANES) -> Event:
-    """nugraph's PositionFeatures + FeatureNorm: x = (cat(pos, x) - mean) / std per plane, float32."""
+    """nugraph's PositionFeatures + FeatureNorm: x = (cat(pos, x) - mean) / std per plane, float32.
+
+    A norm that is not a finite [2, 4] (mean, std > 0) for every plane, and pos or x not [N, 2] finite
+    numbers, are a ValueError naming the event, plane and field (as `check_record` would)."""
     missing = [p for p in planes if p not in raw.planes]
     if missing:
         raise ValueError(f"event {raw.name!r}: no plane(s) {missing}; the model takes planes {list(planes)}, "
                          f"the event has {list(raw.planes)}")
+    try:
+        _check_norm(norm, planes)
+    except ValueError as e:
+        raise ValueError(f"event {raw.name!r}: {e}") from None
     out = {}
     for p in planes:
-        rp = raw.planes[p]
-        if rp.x.shape[1:] != (2,):
-            raise ValueError(f"event {raw.name!r}, plane {p!r}, field '{p}/x': expected [N, 2] (integral, rms), "
-                             f"got {list(rp.x.shape)}")
+        rp, at = raw.planes[p], f"event {raw.name!r}, plane {p!r}"
+        n = np.shape(rp.pos)[0] if np.ndim(rp.pos) else 0
+        for attr, want in (("pos", "wire cm, time cm"), ("x", "integral, rms")):
+            if np.shape(getattr(rp, attr)) != (n, 2):
+                raise ValueError(f"{at}, field '{p}/{attr}': expected [{n}, 2] ({want}; {n} hits, as '{p}/pos'), "
+                                 f"got {list(np.shape(getattr(rp, attr)))}")
+            check_finite(getattr(rp, attr), at, f"{p}/{attr}")
         mean, std = np.asarray(norm[p], np.float32)
         x = (np.concatenate([rp.pos, rp.x], axis=1).astype(np.float32) - mean) / std
         out[p] = PlaneHits(x, rp.pos, rp.edge_index_plane, rp.edge_index_nexus, rp.y_semantic)
