@@ -33,6 +33,7 @@ import os
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+_DEFAULT_ARENA_MAX = 8 * (os.cpu_count() or 1)  # glibc's limit on a 64-bit machine: 8 arenas a core
 
 
 def _mallopt():
@@ -59,11 +60,16 @@ def retain_freed_memory(*, one_arena: bool = True) -> bool:
     (`--xla_force_host_platform_device_count`) computing side by side with temporaries below the
     64 MiB a thread arena holds. There one shared arena cost ~10%: NuGraph2 `predict` on 2 host
     devices x 1 event per call, 20.4-21.5 ms/event with one arena, 18.3-19.3 with an arena per
-    thread (BUILD_NOTES.md, NuGraph2 "Latency", session 15).
+    thread (BUILD_NOTES.md, NuGraph2 "Latency", session 15). It sets glibc's default arena limit
+    (8 a core) again, so it also undoes an earlier `retain_freed_memory()` (which had left every
+    later thread in the one arena while this call said True); a `MALLOC_ARENA_MAX` in the
+    environment is left as it is.
     """
     if one_arena:
         return _set(arena_max=1, mmap_max=0, trim_threshold=2**31 - 1)
-    return _set(mmap_max=0, trim_threshold=2**31 - 1)
+    if "MALLOC_ARENA_MAX" in os.environ:  # the user's own limit, set before Python started
+        return _set(mmap_max=0, trim_threshold=2**31 - 1)
+    return _set(arena_max=_DEFAULT_ARENA_MAX, mmap_max=0, trim_threshold=2**31 - 1)
 
 
 def restore_defaults() -> bool:
@@ -72,5 +78,5 @@ def restore_defaults() -> bool:
     any of these turned off glibc's dynamic mmap threshold (which otherwise rises to the size of
     freed mmapped blocks, up to 32 MiB), and mallopt has no way to turn it back on, so the threshold
     stays where it was; compare against the default allocator in a fresh process."""
-    return _set(arena_max=8 * (os.cpu_count() or 1), mmap_max=65536, trim_threshold=128 * 1024)
+    return _set(arena_max=_DEFAULT_ARENA_MAX, mmap_max=65536, trim_threshold=128 * 1024)
 

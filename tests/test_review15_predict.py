@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -134,3 +135,40 @@ def test_a_mesh_that_is_not_a_data_mesh_is_a_value_error(mesh, message):
     with pytest.raises(ValueError, match=message.replace("predict:", "prepare:")):
         predict_mod.prepare(events, config=TINY, mesh=mesh)
     assert parallel.check_mesh(parallel.make_mesh()).axis_names == (parallel.DATA,)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_an_arena_per_thread_after_an_earlier_one_arena_call():
+    """retain_freed_memory(one_arena=False) after retain_freed_memory() said True but left glibc's
+    limit at one arena: 4 threads allocating side by side shared 1 heap (malloc_info). Now they get
+    arenas of their own, as in a process that never asked for one arena."""
+    script = """
+        import ctypes, ctypes.util, os, re, sys, tempfile, threading
+        from jaxinterp import hostmem
+        os.environ.pop("MALLOC_ARENA_MAX", None)
+        assert hostmem.retain_freed_memory() and hostmem.retain_freed_memory(one_arena=False)
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        barrier = threading.Barrier(4)
+
+        def work():
+            barrier.wait()  # all four threads alive at once: none can take over a finished one's arena
+            blocks = [libc.malloc(1 << 20) for _ in range(4)]
+            barrier.wait()
+            for b in blocks:
+                libc.free(b)
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+        libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "info.xml")
+            f = libc.fopen(path.encode(), b"w")
+            libc.malloc_info(0, f)
+            libc.fclose(f)
+            print("heaps", len(re.findall(r"<heap nr=", open(path).read())))
+    """
+    out = _run(script, 1)
+    assert int(out.split()[-1]) >= 4  # main's heap and 3 or 4 threads' (was 1)
