@@ -112,3 +112,29 @@ def test_to_event_refuses_bad_raw_hits():
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
             hdf5.to_event(raw._replace(planes={**raw.planes, "u": bad}), norm)
+
+
+def test_write_events_refuses_names_it_cannot_read_back(tmp_path):
+    """A key with '/' was written as nested groups: the file was written, then reading it failed
+    ("'/dataset/a' is a Group"). Now refused before anything is written."""
+    from jaxinterp.nugraph import hdf5
+
+    raw, norm = _raw_and_norm()
+    out = tmp_path / "w.gnn.h5"
+    with pytest.raises(ValueError, match=r"events: expected event names usable as an HDF5 dataset name .* got 'a/b'"):
+        hdf5.write_events(out, [raw._replace(key="a/b")], splits={"train": ["a/b"]}, norm=norm)
+    assert list(tmp_path.iterdir()) == []
+    hdf5.write_events(out, [raw._replace(key="a_b")], splits={"train": ["a_b"]}, norm=norm)
+    assert [e.name for e in hdf5.read_events(out).events] == ["a_b"]
+
+
+def test_write_events_to_a_folder_is_refused_before_writing(tmp_path):
+    """The whole file was written to a temporary name, then the rename failed with IsADirectoryError."""
+    from jaxinterp.nugraph import hdf5
+
+    raw, norm = _raw_and_norm()
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"path: expected a file name to write, got the folder"):
+        hdf5.write_events(folder, [raw], splits={"train": [raw.name]}, norm=norm)
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []

@@ -477,7 +477,13 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
 
     if not events:
         raise ValueError("events: expected at least one event, got none")
+    if Path(path).is_dir():
+        raise ValueError(f"path: expected a file name to write, got the folder {str(path)!r}")
     names = [e.name for e in events]
+    for n in names:  # '/dataset/{name}': a '/' would nest groups, which the reader lists as one event
+        if not isinstance(n, str) or not n or "/" in n or n in (".", ".."):
+            raise ValueError(f"events: expected event names usable as an HDF5 dataset name (no '/', not empty, "
+                             f"'.' or '..'), got {n!r}")
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
