@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import Mesh
 
 from jaxinterp import parallel
-from jaxinterp.nugraph import model, predict as predict_mod
+from jaxinterp.nugraph import graph, model, predict as predict_mod
 from test_nugraph_graph import random_event
 
 TINY = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
@@ -172,3 +172,12 @@ def test_an_arena_per_thread_after_an_earlier_one_arena_call():
     """
     out = _run(script, 1)
     assert int(out.split()[-1]) >= 4  # main's heap and 3 or 4 threads' (was 1)
+
+
+@pytest.mark.parametrize("shards", [0, -1, 2.5, True])
+def test_split_events_into_no_group_is_a_value_error(shards):
+    """shards 0 or -1 returned no group, dropping every event silently; 2.5 was numpy's TypeError."""
+    events = [random_event(np.random.default_rng(k), (4, 5, 6), 2, str(k)) for k in range(3)]
+    with pytest.raises(ValueError, match=rf"split_events: shards must be an integer >= 1, got {shards!r}"):
+        graph.split_events(events, shards)
+    assert [[e.name for e in g] for g in graph.split_events(events, 4)] == [["0"], ["1"], [], ["2"]]

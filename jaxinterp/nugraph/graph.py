@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.nugraph.event import BACKGROUND, PLANES, Event, validate
 
 _MANTISSAS = (4, 5, 6, 7)  # bucket grid: m * 2^k, so padding wastes at most 25%
@@ -201,6 +202,8 @@ def stack(batches: Sequence[GraphBatch]) -> GraphBatch:
 
 def split_events(events: Sequence[Event], shards: int) -> list[list[Event]]:
     """Splits events into `shards` contiguous groups of near-equal count (some may be empty)."""
+    if not is_integer(shards) or shards < 1:  # 0 and -1 gave no group at all: every event dropped
+        raise ValueError(f"split_events: shards must be an integer >= 1, got {shards!r}")
     events = list(events)
     bounds = np.linspace(0, len(events), shards + 1).round().astype(int)
     return [events[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
