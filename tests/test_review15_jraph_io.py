@@ -170,3 +170,23 @@ def test_readme_jraph_snippet_runs_as_written_and_matches_model_apply(tiny_param
         assert mask.sum() == n and mask[:n].all()
         np.testing.assert_allclose(out.x_semantic[pi][:n], ref.x_semantic[pi, :n], rtol=0, atol=2e-6)
         np.testing.assert_allclose(out.x_filter[pi][:n], ref.x_filter[pi, :n], rtol=0, atol=2e-6)
+
+
+def test_apply_graphs_refuses_out_of_range_indices_eagerly(tiny_params):
+    """A hand-built batch with an edge or nexus index past its node set ran: jnp gathers clamped it and
+    segment sums dropped it, so the outputs were silently wrong."""
+    jb = jraph_batch.batch_graphs(_events())
+    N = jb.sizes.nodes
+    g = jb.planes[1]
+    cases = [
+        (jb._replace(planes=jb.planes[:1] + (g._replace(senders=np.where(np.arange(len(g.senders)) == 0, N[1],
+                                                                        g.senders)),) + jb.planes[2:]),
+         rf"plane 'v' senders: index {N[1]} out of range \[0, {N[1]}\)"),
+        (jb._replace(nexus_hits=(np.r_[jb.nexus_hits[0][:-1], -1].astype(np.int32),) + jb.nexus_hits[1:]),
+         rf"plane 'u' nexus_hits: index -1 out of range \[0, {N[0]}\)"),
+        (jb._replace(nexus_sp=jb.nexus_sp[:2] + (jb.nexus_sp[2] + jb.sizes.sp,)),
+         rf"plane 'y' nexus_sp: index \d+ out of range \[0, {jb.sizes.sp}\) \({jb.sizes.sp} space points\)"),
+    ]
+    for bad, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            jraph_model.apply_graphs(tiny_params, bad, config=TINY)

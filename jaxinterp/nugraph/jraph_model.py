@@ -21,6 +21,7 @@ from typing import Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 from jaxinterp.nugraph.jraph_batch import JraphBatch
 from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params
@@ -84,11 +85,31 @@ def nexus_down(w: Params, h: jax.Array, n: jax.Array, hits: jax.Array, sp: jax.A
     return _node_net(w, jnp.concatenate([h, g], axis=-1))
 
 
+def _check_indices(batch: JraphBatch, planes: tuple[str, ...]) -> None:
+    """ValueError naming the plane and array of the first index outside its node set: gathers would clamp
+    it and segment sums drop it, silently. Only concrete indices are checked (an eager call); under jit they
+    are traced and unchecked here (`jraph_batch.batch_graphs` checks the events it builds from)."""
+    S = int(jnp.shape(batch.sp_mask)[0])
+    for p, g, hits, sp in zip(planes, batch.planes, batch.nexus_hits, batch.nexus_sp):
+        N = int(g.nodes["x"].shape[0])
+        for name, a, bound, noun in (("senders", g.senders, N, "nodes"), ("receivers", g.receivers, N, "nodes"),
+                                     ("nexus_hits", hits, N, "nodes"), ("nexus_sp", sp, S, "space points")):
+            if isinstance(a, jax.core.Tracer) or not jnp.size(a):
+                continue
+            a = np.asarray(a)
+            if a.min() < 0 or a.max() >= bound:
+                bad = a.min() if a.min() < 0 else a.max()
+                raise ValueError(f"apply_graphs: plane '{p}' {name}: index {bad} out of range [0, {bound}) "
+                                 f"({bound} {noun})")
+
+
 def apply_graphs(params: Params, batch: JraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> GraphOutputs:
     """NuGraph2 forward on a JraphBatch (jit it with `config` static).
 
     Params not of `config`'s shapes and a batch of the wrong structure (plane count, feature width,
-    index arrays of mismatched shapes) are a ValueError at trace time, before anything is computed.
+    index arrays of mismatched shapes) are a ValueError at trace time, before anything is computed; so
+    are indices out of range when they are concrete (called eagerly; under jit they are traced and
+    `jraph_batch.batch_graphs` has checked them).
     """
     planes, C = config.planes, config.num_classes
     if len(batch.planes) != len(planes):
@@ -114,6 +135,7 @@ def apply_graphs(params: Params, batch: JraphBatch, *, config: NuGraph2Config = 
         shapes = {"nexus_hits": jnp.shape(hits), "nexus_sp": jnp.shape(sp)}
         if len(set(shapes.values())) != 1 or jnp.ndim(hits) != 1:
             raise ValueError(f"apply_graphs: plane '{p}' nexus_hits and nexus_sp must have one shape [X], got {shapes}")
+    _check_indices(batch, planes)
     check_params(params, config, where="apply_graphs: params")
     xs = [jnp.broadcast_to(g.nodes["x"][:, None, :], (g.nodes["x"].shape[0], C, config.in_features))
           for g in batch.planes]  # P x [N, C, D]
