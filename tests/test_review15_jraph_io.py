@@ -190,3 +190,27 @@ def test_apply_graphs_refuses_out_of_range_indices_eagerly(tiny_params):
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
             jraph_model.apply_graphs(tiny_params, bad, config=TINY)
+
+
+def test_read_events_refuses_a_single_name_string_and_an_absent_split(tmp_path):
+    """names="r1_sr1_evt0" was read character by character ("missing dataset '/dataset/r'"), and a split
+    whose /samples dataset is absent read as zero events, silently."""
+    import shutil
+
+    import h5py
+
+    from jaxinterp.nugraph import hdf5
+
+    raw, _ = _raw_and_norm()
+    with pytest.raises(ValueError, match=rf"names: expected a list of event names, got the single string '{raw.name}'"):
+        hdf5.read_events(FIXTURE_H5, names=raw.name)
+    assert [e.name for e in hdf5.read_events(FIXTURE_H5, names=[raw.name]).events] == [raw.name]
+    path = tmp_path / "no_test.gnn.h5"
+    shutil.copy(FIXTURE_H5, path)
+    with h5py.File(path, "r+") as f:
+        del f["samples/test"]
+    with pytest.raises(ValueError, match=r"missing dataset '/samples/test' \(the file has splits \['train', 'validation'\]\)"):
+        hdf5.read_events(path, "test")
+    with pytest.raises(ValueError, match=r"missing dataset '/samples/test'"):
+        hdf5.load_events(path, "test")
+    assert len(hdf5.read_events(path, "train").events) > 0

@@ -301,6 +301,9 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
         raise ValueError(f"on_bad: expected 'skip' or 'error', got {on_bad!r}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split: expected one of {list(SPLITS)} or None, got {split!r}")
+    if isinstance(names, (str, bytes)):  # list() would read each character as an event name
+        raise ValueError(f"names: expected a list of event names, got the single string {names!r} "
+                         f"(use names=[{names!r}])")
     if limit is not None and (not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 0):
         raise ValueError(f"limit: expected None or a non-negative integer, got {limit!r}")
     with _open(path) as f:
@@ -308,6 +311,9 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
         if names is not None:
             todo = list(names)
         elif split is not None:
+            if _read(f, f"samples/{split}") is None:  # absent, not empty: read as no events at all
+                raise ValueError(f"{f.filename}: missing dataset '/samples/{split}' (the file has splits "
+                                 f"{[s for s in SPLITS if _read(f, f'samples/{s}') is not None]})")
             todo = list(info.samples[split])
         else:
             import h5py
