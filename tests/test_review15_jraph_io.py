@@ -33,6 +33,18 @@ def test_apply_graphs_refuses_params_of_another_config(jit):
         (jax.jit(fn) if jit else fn)(wide, jb)
 
 
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_model_apply_refuses_params_of_another_config(jit):
+    """The production form too: params of another width were a TypeError from a reshape deep inside."""
+    from jaxinterp.nugraph import graph
+
+    wide = model.init(jax.random.PRNGKey(0), model.NuGraph2Config(planar_features=16, nexus_features=4, num_iters=2))
+    batch = graph.pad_batch(_events())
+    fn = lambda p, b: model.apply(p, b, config=TINY)  # noqa: E731
+    with pytest.raises(ValueError, match=r"apply: params: encoder/u/kernel expected shape \[5, 4, 8\].*got \[5, 4, 16\]"):
+        (jax.jit(fn) if jit else fn)(wide, batch)
+
 def test_apply_graphs_refuses_malformed_batches(tiny_params):
     """Mismatched index arrays and nodes without 'x' were jnp broadcasting/KeyError/IndexError messages."""
     jb = jraph_batch.batch_graphs(_events())

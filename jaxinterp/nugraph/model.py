@@ -388,6 +388,7 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
     if x.ndim != 3 or x.shape[0] != len(planes) or x.shape[2] != config.in_features:
         raise ValueError(f"apply: batch.x must have shape [P={len(planes)}, N, {config.in_features}], "
                          f"got {list(x.shape)}")
+    check_params(params, config, where="apply: params")  # shapes only: at trace time under jit
     planes_in = _split_planes(params, batch, x, config)
     h = jnp.tanh(_input_linear(_stack(params["encoder"], planes), x))  # [P, C, N, F]
     num_sp = batch.sp_mask.shape[-1]
