@@ -24,26 +24,21 @@ def tiny_params():
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_apply_graphs_refuses_params_of_another_config(jit):
-    """Params of a wider model ran silently under a narrower config (the output was the wider model's)."""
-    wide = model.init(jax.random.PRNGKey(0), model.NuGraph2Config(planar_features=16, nexus_features=4, num_iters=2))
-    jb = jraph_batch.batch_graphs(_events())
-    fn = lambda p, b: jraph_model.apply_graphs(p, b, config=TINY)  # noqa: E731
-    with pytest.raises(ValueError, match=r"apply_graphs: params: encoder/u/kernel expected shape \[5, 4, 8\].*got \[5, 4, 16\]"):
-        (jax.jit(fn) if jit else fn)(wide, jb)
-
-
-
-@pytest.mark.parametrize("jit", [False, True])
-def test_model_apply_refuses_params_of_another_config(jit):
-    """The production form too: params of another width were a TypeError from a reshape deep inside."""
+@pytest.mark.parametrize("form", ["apply_graphs", "apply"])
+def test_both_forms_refuse_params_of_another_config(form, jit):
+    """Params of a wider model ran silently under a narrower config in the jraph form (the output was
+    the wider model's), and were a TypeError from a reshape deep inside the production form."""
     from jaxinterp.nugraph import graph
 
     wide = model.init(jax.random.PRNGKey(0), model.NuGraph2Config(planar_features=16, nexus_features=4, num_iters=2))
-    batch = graph.pad_batch(_events())
-    fn = lambda p, b: model.apply(p, b, config=TINY)  # noqa: E731
-    with pytest.raises(ValueError, match=r"apply: params: encoder/u/kernel expected shape \[5, 4, 8\].*got \[5, 4, 16\]"):
+    if form == "apply_graphs":
+        batch, run = jraph_batch.batch_graphs(_events()), jraph_model.apply_graphs
+    else:
+        batch, run = graph.pad_batch(_events()), model.apply
+    fn = lambda p, b: run(p, b, config=TINY)  # noqa: E731
+    with pytest.raises(ValueError, match=rf"^{form}: params: encoder/u/kernel expected shape \[5, 4, 8\].*got \[5, 4, 16\]"):
         (jax.jit(fn) if jit else fn)(wide, batch)
+
 
 def test_apply_graphs_refuses_malformed_batches(tiny_params):
     """Mismatched index arrays and nodes without 'x' were jnp broadcasting/KeyError/IndexError messages."""
