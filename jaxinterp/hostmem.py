@@ -65,11 +65,9 @@ def retain_freed_memory(*, one_arena: bool = True) -> bool:
     later thread in the one arena while this call said True); a `MALLOC_ARENA_MAX` in the
     environment is left as it is.
     """
-    if one_arena:
-        return _set(arena_max=1, mmap_max=0, trim_threshold=2**31 - 1)
-    if "MALLOC_ARENA_MAX" in os.environ:  # the user's own limit, set before Python started
-        return _set(mmap_max=0, trim_threshold=2**31 - 1)
-    return _set(arena_max=_DEFAULT_ARENA_MAX, mmap_max=0, trim_threshold=2**31 - 1)
+    arenas = {"arena_max": 1} if one_arena else \
+        {} if "MALLOC_ARENA_MAX" in os.environ else {"arena_max": _DEFAULT_ARENA_MAX}  # the user's own limit stays
+    return _set(**arenas, mmap_max=0, trim_threshold=2**31 - 1)
 
 
 def restore_defaults() -> bool:

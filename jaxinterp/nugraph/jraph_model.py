@@ -85,6 +85,15 @@ def nexus_down(w: Params, h: jax.Array, n: jax.Array, hits: jax.Array, sp: jax.A
     return _node_net(w, jnp.concatenate([h, g], axis=-1))
 
 
+def _check_pair(plane: str, size: str, **arrays) -> None:
+    """ValueError unless the two index arrays (senders/receivers, or a plane's nexus hits/space
+    points) are 1-D of one shape [size]."""
+    shapes = {k: jnp.shape(a) for k, a in arrays.items()}
+    if len(set(shapes.values())) != 1 or len(next(iter(shapes.values()))) != 1:
+        raise ValueError(f"apply_graphs: plane '{plane}' {' and '.join(shapes)} must have one shape [{size}], "
+                         f"got {shapes}")
+
+
 def _check_indices(batch: JraphBatch, planes: tuple[str, ...]) -> None:
     """ValueError naming the plane and array of the first index outside its node set: gathers would clamp
     it and segment sums drop it, silently. Only concrete indices are checked (an eager call); under jit they
@@ -129,12 +138,8 @@ def apply_graphs(params: Params, batch: JraphBatch, *, config: NuGraph2Config = 
         if x.ndim != 2 or x.shape[1] != config.in_features:
             raise ValueError(f"apply_graphs: plane '{p}' nodes['x'] must have shape [N, {config.in_features}], "
                              f"got {list(x.shape)}")
-        shapes = {"senders": jnp.shape(g.senders), "receivers": jnp.shape(g.receivers)}
-        if len(set(shapes.values())) != 1 or jnp.ndim(g.senders) != 1:
-            raise ValueError(f"apply_graphs: plane '{p}' senders and receivers must have one shape [E], got {shapes}")
-        shapes = {"nexus_hits": jnp.shape(hits), "nexus_sp": jnp.shape(sp)}
-        if len(set(shapes.values())) != 1 or jnp.ndim(hits) != 1:
-            raise ValueError(f"apply_graphs: plane '{p}' nexus_hits and nexus_sp must have one shape [X], got {shapes}")
+        _check_pair(p, "E", senders=g.senders, receivers=g.receivers)
+        _check_pair(p, "X", nexus_hits=hits, nexus_sp=sp)
     _check_indices(batch, planes)
     check_params(params, config, where="apply_graphs: params")
     xs = [jnp.broadcast_to(g.nodes["x"][:, None, :], (g.nodes["x"].shape[0], C, config.in_features))
