@@ -16,7 +16,8 @@ Supported (the `models:` form of mergekit's MergeConfiguration):
 The `slices:` form (layer ranges stacked, e.g. passthrough frankenmerges) is read by
 `jaxinterp.merge.slices`; `modules:` is rejected with a clear message. Models are local paths:
 nothing is downloaded. A model given both as base_model and in models is the base (for methods
-without a base, such as linear, it is one of the models, as in mergekit).
+without a base, such as linear, it is one of the models, as in mergekit); the two are compared as
+paths (`model_key`: `./m`, `m/` and /abs/m are one folder), not as text.
 
 Tokenizer keys. jaxinterp writes tensors; the output folder gets the base (else first) model's
 tokenizer files copied as they are. So `tokenizer_source: base` (mergekit: the base model's
@@ -80,10 +81,22 @@ def check_tokenizer(d: dict) -> None:
         raise ValueError(f"config.chat_template: expected a template name or Jinja string, got {tmpl!r}")
 
 
+def model_key(model: str) -> str:
+    """What identifies a model path: its resolved path (symlinks, `.`, `..`, the working directory)
+    when it exists, so `./m`, `m/`, `/abs/m` and a link to it are one model; else the normalised
+    text (a name not on this disk is compared as written, up to `./` and trailing slashes)."""
+    return os.path.realpath(model) if os.path.exists(model) else os.path.normpath(model)
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model paths name the same model (`model_key`); None matches nothing."""
+    return a is not None and b is not None and (a == b or model_key(a) == model_key(b))
+
+
 def check_once(seen: dict[str, tuple[int, str]], model: str, i: int, where: str, what: str, in_what: str = "") -> None:
-    """ValueError if `model` (as a normalised path) is already in `seen` (else it is added): mergekit
+    """ValueError if `model` (as `model_key`) is already in `seen` (else it is added): mergekit
     refuses duplicate merge inputs; merged twice, a model's task vector would count double."""
-    key = os.path.normpath(model)
+    key = model_key(model)
     if key in seen:
         j, first = seen[key]
         alias = f"as {model!r}; " if model != first else ""
@@ -127,10 +140,12 @@ def from_dict(d: Any):
         p = m.get("parameters")
         if p is not None and not isinstance(p, dict):
             raise ValueError(f"config.models[{i}].parameters: expected a mapping, got {p!r}")
-        if base is not None and m["model"] == base and spec.base != "ignored":
+        # compared as paths: `./m`, `m/` or the absolute path of m as base_model, with `m` listed,
+        # merged the base once more as a model (its task vector zero, its weight counted)
+        if same_model(m["model"], base) and spec.base != "ignored":
             continue  # mergekit: the base listed among the models is still the base
         entries.append(ModelEntry(m["model"], p))
-    if spec.base == "ignored" and base is not None and any(e.model == base for e in entries):
+    if spec.base == "ignored" and base is not None and any(same_model(e.model, base) for e in entries):
         base = None  # a method without a base (linear, ...) merges a listed base_model as one of the models
     g = d.get("parameters")
     if g is not None and not isinstance(g, dict):

@@ -82,7 +82,7 @@ def _mapping(v: Any, where: str) -> dict | None:
 
 def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConfig:
     """Validates the `slices:` form (structure, layer ranges, method and parameter names)."""
-    from jaxinterp.merge.config import check_once
+    from jaxinterp.merge.config import check_once, same_model
     from jaxinterp.merge.tree_merge import check_contract
 
     spec = registry.get(d["merge_method"])
@@ -124,7 +124,7 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
                              f"got {[list(s.layer_range) for s in sources]}")
         # a method without a base (linear, karcher, passthrough) merges a source that is the base as
         # one of its models, with its own parameters (mergekit's contract drops the base for them)
-        n_base = sum(s.model == base for s in sources) if spec.base != "ignored" else 0
+        n_base = sum(same_model(s.model, base) for s in sources) if spec.base != "ignored" else 0
         if base is not None and not n_base and spec.base != "ignored":
             # mergekit refuses it too ("Base input is not present in merge inputs"); for nuslerp and
             # multislerp (base optional) the slice would be merged on the raw weights, not on task vectors
@@ -146,13 +146,16 @@ def _layer_names(index: dict, layer: int, ref: str) -> dict[str, str]:
 def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], int]:
     """(one Job per output tensor, in output order; the number of output layers). Every tensor's
     parameters are resolved and checked here, before any weight is read."""
+    from jaxinterp.merge.config import same_model
+
     spec = registry.get(cfg.merge_method)
 
     def job(out_name, sl: Slice, in_names: list[str], t: float) -> Job:
         k_slice = cfg.slices.index(sl)
         uses_base = spec.base != "ignored"  # else a source that is the base is one of the models
-        order = [k for k, s in enumerate(sl.sources) if s.model != cfg.base_model or not uses_base]
-        bases = [k for k, s in enumerate(sl.sources) if s.model == cfg.base_model and uses_base]
+        is_base = [same_model(s.model, cfg.base_model) for s in sl.sources]
+        order = [k for k, b in enumerate(is_base) if not b or not uses_base]
+        bases = [k for k, b in enumerate(is_base) if b and uses_base]
         order += bases[:1]  # the base input last, once
         base_index = len(order) - 1 if bases else None
         mps = [None if k in bases else sl.sources[k].parameters for k in order]
