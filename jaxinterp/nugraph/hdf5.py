@@ -193,7 +193,11 @@ def _field(rec, name: str, trailing: tuple[int, ...], dtype: str, where: str) ->
     kinds, what = ("iu", "integers") if np.dtype(dtype).kind == "i" else ("fiu", "numbers")
     if v.dtype.kind not in kinds:
         raise ValueError(f"{where}, field {name!r}: expected {what} ({dtype}), got dtype {v.dtype}")
-    if v.ndim == 0:  # pynuml's encoding of an empty tensor
+    if v.ndim == 0:  # pynuml's encoding of an empty tensor is the scalar 0, and only that
+        want = "[2, E]" if name.endswith("edge_index") else str(["N", *trailing]).replace("'", "")
+        if v != 0:
+            raise ValueError(f"{where}, field {name!r}: expected shape {want} or the scalar 0 (pynuml's encoding "
+                             f"of an empty tensor), got the scalar {v.item()!r}")
         return np.zeros((2, 0) if name.endswith("edge_index") else (0, *trailing), dtype=dtype)
     return v.astype(dtype, copy=False)
 
@@ -218,6 +222,15 @@ def read_event(f, name: str, *, planes: Sequence[str] = PLANES, semantic_classes
                 attr in ("pos", "x", "y_semantic") or key in rec.dtype.names) else None
             used.add(key)
         n = cols["pos"].shape[0]
+        # a per-hit field stored empty (scalar 0) beside one with rows would read as [0, ...] and be
+        # blamed on the other field; name the one stored empty
+        rows = {a: v.shape[0] for a, v in cols.items() if v is not None and np.ndim(rec[f"{p}/{a}"])}
+        for a, v in cols.items():
+            if v is not None and not np.ndim(rec[f"{p}/{a}"]) and any(rows.values()):
+                ref = "pos" if rows.get("pos") else next(b for b, r in rows.items() if r)
+                want = [rows[ref], *dict((f, t) for f, t, _ in _NODE_FIELDS)[a]]
+                raise ValueError(f"{where}, plane {p!r}, field '{p}/{a}': expected shape {want} ({rows[ref]} hits, "
+                                 f"as '{p}/{ref}'), got the scalar 0 (pynuml's encoding of an empty tensor)")
         for attr in ("id", "y_instance"):  # optional in other pynuml versions
             if cols[attr] is None:
                 cols[attr] = np.full(n, -1, np.int64)
@@ -395,6 +408,12 @@ def compute_norm(events: Sequence[RawEvent], *, planes: Sequence[str] = PLANES) 
     return norm
 
 
+def _standard_fields(planes: Sequence[str]) -> tuple[str, ...]:
+    """The compound fields `_record` writes from a RawEvent's attributes (its `extra` are the others)."""
+    return (*(f"metadata/{m}" for m in _METADATA), "sp/num_nodes", "evt/y",
+            *(_stored_name(p, a) for p in planes for a in RawPlane._fields))
+
+
 def _record(ev: RawEvent, planes: Sequence[str]) -> tuple[list, list]:
     """The compound fields in pynuml's order, with empty tensors as scalar 0."""
     fields, values = [], []
@@ -493,9 +512,15 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
+    standard = set(_standard_fields(planes))
     for ev in events:
         check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
                      event_classes=event_classes)
+        clash = [k for k in ev.extra if k in standard]
+        if clash:  # would be a second compound field of that name, refused by numpy inside the write
+            raise ValueError(f"events: event {ev.name!r}, extra field {clash[0]!r}: expected extra fields other "
+                             f"than the standard ones the RawEvent's attributes are written as, got a field "
+                             f"named like a standard one")
     if splits is not None:
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:
