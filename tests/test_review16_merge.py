@@ -66,3 +66,70 @@ def test_slices_base_under_another_spelling(folders):
     jobs, n = slices.plan_jobs(cfg, indices)
     assert n == 1 and [j.inputs for j in jobs] == [(("a", "transformer.h.0.w"), ("m", "transformer.h.0.w"))]
     assert jobs[0].base_index == 1
+
+
+# ----------------------------------------------------------------------------- barriers and loss_fn
+
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxinterp.merge import curves, landscape  # noqa: E402
+
+PA = {"k": jnp.ones((2, 3)), "b": jnp.zeros(3)}
+PB = {"k": 2 * jnp.ones((2, 3)), "b": jnp.ones(3)}
+PC = {"k": jnp.eye(2, 3), "b": jnp.arange(3.0)}
+
+
+@pytest.mark.parametrize("barrier", [landscape.barrier_mean, landscape.barrier_chord])
+@pytest.mark.parametrize("alphas,losses,match", [
+    ([0.0, 0.5, 1.0], [1.0, float("nan"), 1.0],
+     r"^losses: expected finite losses \(a barrier of nan or inf is no height\), got nan at alpha 0\.5 "
+     r"\(1 of 3 points not finite\)$"),
+    ([0.0, 0.5, 1.0], [float("inf"), 2.0, 1.0], r"^losses: .*got inf at alpha 0 \(1 of 3"),
+    ([0.0, 0.5, 1.0], [1.0, float("inf"), float("-inf")], r"^losses: .*got inf at alpha 0\.5 \(2 of 3"),
+    ([0.0, 1.5, 1.0], [1.0, 9.0, 1.0],
+     r"^alphas: expected every alpha in \[0, 1\] \(points on the segment between the models\), got 1\.5 at index 1$"),
+    ([0.0, -0.5, 1.0], [1.0, 9.0, 1.0], r"^alphas: .*got -0\.5 at index 1$"),
+    ([0.0, float("nan"), 1.0], [1.0, 9.0, 1.0], r"^alphas: .*got nan at index 1$"),
+])
+def test_barriers_refuse_non_finite_losses_and_alphas_off_the_segment(barrier, alphas, losses, match):
+    """A nan loss made both barriers nan, an inf end the chord's nan; an alpha beyond the ends counted
+    a point off the segment (barrier_chord([0, 1.5, 1], [1, 9, 1]) was 8)."""
+    with pytest.raises(ValueError, match=match):
+        barrier(alphas, losses)
+
+
+def test_linear_path_with_a_diverging_loss_names_the_alpha():
+    def loss(p, x):  # infinite at the midpoint
+        return 1.0 / jnp.abs(jnp.sum(p["k"]) - 9.0)
+
+    with pytest.raises(ValueError, match=r"^losses: expected finite losses .*got inf at alpha 0\.5 \(1 of 3"):
+        landscape.linear_path(loss, PA, PB, 0.0, num=3)
+
+
+def _per_example(p, x):  # a loss per example [B], not a scalar
+    return jnp.sum(p["k"], 0) * x
+
+
+SCALAR = r"^loss_fn: expected a scalar loss \(params, batch\) -> \[\], got shape \(3,\)"  # jit appends a note
+
+
+@pytest.mark.parametrize("call", [
+    lambda f: landscape.path_losses(f, PA, PB, 1.0, jnp.linspace(0, 1, 4)),  # returned [4, 3], silently
+    lambda f: landscape.path_losses(f, PA, PB, 1.0, jnp.linspace(0, 1, 4), chunk=2),
+    lambda f: landscape.linear_path(f, PA, PB, 1.0, num=4),  # blamed 'alphas/losses'
+    lambda f: landscape.plane_losses(f, PA, PB, PC, 1.0, jnp.zeros((4, 2))),
+    lambda f: landscape.plane_through(f, PA, PB, PC, 1.0, n=3),  # a numpy reshape error
+    lambda f: landscape.random_surface(f, PA, 1.0, key=jax.random.PRNGKey(0), n=3),
+    lambda f: curves.curve_losses(f, PA, PC, PB, 1.0, jnp.linspace(0, 1, 4)),
+    lambda f: curves.fit_bezier(f, PA, PB, lambda i: 1.0, steps=2),  # grad's TypeError
+])
+def test_a_loss_that_is_not_a_scalar_is_refused_while_tracing(call):
+    with pytest.raises(ValueError, match=SCALAR):
+        call(_per_example)
+
+
+def test_a_loss_returning_a_tuple_is_refused():
+    with pytest.raises(ValueError, match=r"^loss_fn: expected a scalar loss .*got tuple"):
+        landscape.path_losses(lambda p, x: (jnp.sum(p["k"]), 0.0), PA, PB, 1.0, jnp.linspace(0, 1, 3))

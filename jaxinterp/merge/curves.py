@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxinterp.merge import tree
-from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _is_float, _map
+from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _is_float, _map, check_scalar_loss
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
@@ -52,7 +52,9 @@ def _join(split, trained, fixed):
 @functools.partial(jax.jit, static_argnames=("loss_fn", "opt", "split"))
 def _step(bend, state, fixed, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.GradientTransformation, split=None):
     t = jax.random.uniform(k)
-    loss, g = jax.value_and_grad(lambda m: loss_fn(bezier(p0, _join(split, m, fixed), p1, t), batch))(bend)
+    f = lambda m: loss_fn(bezier(p0, _join(split, m, fixed), p1, t), batch)  # noqa: E731
+    check_scalar_loss(jax.eval_shape(f, bend))  # while tracing: grad's TypeError named no argument
+    loss, g = jax.value_and_grad(f)(bend)
     upd, state = opt.update(g, state, bend)
     return optax.apply_updates(bend, upd), state, loss
 

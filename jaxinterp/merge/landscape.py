@@ -46,7 +46,10 @@ class PathResult(NamedTuple):
 
 def _check_path(alphas: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
     """alphas, losses as float arrays; ValueError unless both are [A], A >= 2, alphas from 0 to 1:
-    both barriers read L(0) and L(1) at the ends (the chord of other end points would be wrong)."""
+    both barriers read L(0) and L(1) at the ends (the chord of other end points would be wrong).
+    Every alpha lies in [0, 1] (both barriers are maxima over the segment between the models: a
+    point beyond an end is not on it) and every loss is finite (a nan made both barriers nan, an inf
+    at an end made the chord's nan, silently)."""
     a, l = np.asarray(alphas, np.float64), np.asarray(losses, np.float64)
     if a.ndim != 1 or a.shape != l.shape or a.size < 2:
         raise ValueError(f"alphas/losses: expected two arrays [A] of the same length >= 2, got shapes "
@@ -54,6 +57,15 @@ def _check_path(alphas: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
     if a[0] != 0 or a[-1] != 1:
         raise ValueError(f"alphas: expected a path from alpha 0 (model A) to alpha 1 (model B), got "
                          f"{a[0]} to {a[-1]}")
+    off = ~((a >= 0) & (a <= 1))  # nan too
+    if off.any():
+        raise ValueError(f"alphas: expected every alpha in [0, 1] (points on the segment between the models), "
+                         f"got {a[off][0]} at index {int(np.flatnonzero(off)[0])}")
+    bad = ~np.isfinite(l)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"losses: expected finite losses (a barrier of nan or inf is no height), got {l[i]} at "
+                         f"alpha {a[i]:g} ({int(bad.sum())} of {l.size} points not finite)")
     return a, l
 
 
@@ -87,6 +99,16 @@ def _check_points(arg: str, xs: Any, axes: str, trailing: tuple[int, ...] = ()) 
         raise ValueError(f"{arg}: expected an array {axes} of at least one point, got {got}")
 
 
+def check_scalar_loss(out: Any) -> None:
+    """ValueError unless `out` (a loss_fn's result, or its jax.eval_shape) is one scalar: a loss per
+    example [B] came back as [A, B] from path_losses, as a numpy reshape error from the surfaces and
+    as the misleading 'alphas/losses' shapes from linear_path."""
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        got = f"shape {tuple(shape)}" if shape is not None else type(out).__name__
+        raise ValueError(f"loss_fn: expected a scalar loss (params, batch) -> [], got {got}")
+
+
 def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time.
 
@@ -97,6 +119,8 @@ def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     """
     _check_chunk(chunk)
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    point = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), xs)
+    check_scalar_loss(jax.eval_shape(fn, point))
     if chunk is None:
         chunk = 1 if jax.default_backend() == "cpu" else n
     if chunk >= n:
