@@ -87,6 +87,44 @@ def test_readme_gpt2_block_runs_as_written(twelve_layer_gpt2):
         assert float(jnp.abs(sweep[k] - s["logits"]).max()) > 1e-3, (L, tau)
 
 
+def _hook_paragraph() -> str:
+    text = README.read_text()
+    start = text.index("Hook points:")
+    return " ".join(text[start:text.index("\n\n", start)].split())
+
+
+def test_readme_hook_points_are_the_models_in_its_order():
+    """The README's list of hook points, `attn.hook_q/k/v` and `ln2.*` expanded, is every hook point
+    of a one-block GPT-2 in the order the forward meets them (it left out `ln_final.hook_scale`); its
+    intervention modes are hooks.MODES; the slices it names exist with the arguments it gives."""
+    import inspect
+
+    from jaxinterp.transformer import gpt2, hooks
+
+    para = _hook_paragraph()
+    listed = re.search(r"Hook points: (.*?)\. Interventions:", para).group(1)
+    before, rest = listed.split(", and per block ")
+    per_block, after = rest.split(", then ")
+    names = re.findall(r"`([^`]+)`", before)
+    for site in re.findall(r"`([^`]+)`", per_block):
+        if site.endswith("/k/v"):
+            expanded = [site[:-len("/k/v")]] + [site[:-len("q/k/v")] + c for c in "kv"]
+        elif site.endswith(".*"):
+            expanded = [f"{site[:-2]}.{s.split('.', 1)[1]}" for s in hooks.BLOCK_SITES if s.startswith(site[:-1])]
+            assert expanded, site
+        else:
+            expanded = [site]
+        names += [f"blocks.0.{s}" for s in expanded]
+    names += re.findall(r"`([^`]+)`", after)
+    assert names == hooks.hook_names(1)
+    modes = re.search(r"Interventions: (.*?), optionally", para).group(1)
+    assert tuple(re.findall(r"`(\w+)`", modes)) == hooks.MODES
+    for name, args in re.findall(r"`gpt2\.(\w+)(?:\(([^)]*)\))?`", para):
+        params = inspect.signature(getattr(gpt2, name)).parameters
+        assert all(a.strip() in params for a in args.split(",") if a.strip()), (name, args)
+    assert len(re.findall(r"`gpt2\.\w+", para)) == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # NuGraph2
 
