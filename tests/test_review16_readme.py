@@ -315,6 +315,26 @@ def test_the_readme_command_lines_parse(tmp_path, monkeypatch):
     assert len(lines) >= 6, lines
 
 
+def test_readme_set_up_lines_are_the_makefiles_and_pyprojects():
+    """`make demo` runs `jaxinterp demo --out demo_out`, `make bench` `jaxinterp bench --quick`,
+    Python >= 3.11, the `cuda` extra and the `jaxinterp` command: as the Makefile and pyproject.toml say."""
+    import tomllib
+
+    root = README.parent
+    text = " ".join(README.read_text().split())
+    make = (root / "Makefile").read_text()
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert "make demo # creates .venv, installs everything, runs `jaxinterp demo --out demo_out`" in text
+    assert re.search(r"^demo: .*\n\t\$\(BIN\)/jaxinterp demo --out \$\(OUT\)$", make, re.M)
+    assert re.search(r"^OUT \?= demo_out$", make, re.M)
+    assert "`make bench` runs the benchmark suite (`jaxinterp bench --quick`)" in text
+    assert re.search(r"^bench: .*\n\t\$\(BIN\)/jaxinterp bench --quick\b", make, re.M)
+    assert re.search(r"^test: .*\n\t\$\(BIN\)/python -m pytest .*tests$", make, re.M)
+    assert "(Python >= 3.11;" in text and project["requires-python"] == ">=3.11"
+    assert '`pip install -e ".[cuda]"`' in text and "cuda" in project["optional-dependencies"]
+    assert project["scripts"] == {"jaxinterp": "jaxinterp.cli:main"}
+
+
 # ---------------------------------------------------------------------------------------------
 # On a CPU: which commands retain freed memory
 
