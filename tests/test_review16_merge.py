@@ -133,3 +133,34 @@ def test_a_loss_that_is_not_a_scalar_is_refused_while_tracing(call):
 def test_a_loss_returning_a_tuple_is_refused():
     with pytest.raises(ValueError, match=r"^loss_fn: expected a scalar loss .*got tuple"):
         landscape.path_losses(lambda p, x: (jnp.sum(p["k"]), 0.0), PA, PB, 1.0, jnp.linspace(0, 1, 3))
+
+
+# ----------------------------------------------------------------------------- Fisher merging
+
+
+from jaxinterp.merge import fisher  # noqa: E402
+
+
+@pytest.mark.parametrize("bad,got", [
+    (jnp.full((2, 3), jnp.nan), "nan"),   # the merge's k was nan, silently
+    (jnp.full((2, 3), jnp.inf), "inf"),   # inf / inf: nan
+    (-jnp.ones((2, 3)), "-1.0"),          # floored to eps: the model's weight vanished, silently
+])
+def test_fisher_merge_refuses_fishers_that_are_not_finite_and_non_negative(bad, got):
+    with pytest.raises(ValueError, match=rf"^fishers\[1\]: expected a diagonal Fisher, finite and >= 0 at every "
+                                         rf"entry \(a mean of squared gradients\), got {got} in k$"):
+        fisher.fisher_merge([PA, PB], [PA, {"k": bad, "b": jnp.ones(3)}])
+
+
+def test_fisher_merge_refuses_the_models_passed_as_their_fishers():
+    models = [{"k": jnp.array([1.0, -2.0])}, {"k": jnp.array([3.0, 0.5])}]
+    with pytest.raises(ValueError, match=r"^fishers\[0\]: .*got -2\.0 in k$"):
+        fisher.fisher_merge(models, models)
+
+
+def test_fisher_merge_is_the_fisher_weighted_mean():
+    m = [{"k": jnp.array([1.0, 2.0, 5.0])}, {"k": jnp.array([3.0, 4.0, 7.0])}]
+    f = [{"k": jnp.array([1.0, 0.0, 0.0])}, {"k": jnp.array([3.0, 2.0, 0.0])}]
+    out = fisher.fisher_merge(m, f, eps=1e-6)
+    # (F_a a + F_b b) / (F_a + F_b) with each F floored at eps: 2.5; ~4 (b's); the mean 6 where both are 0
+    np.testing.assert_allclose(np.asarray(out["k"]), [2.5, (1e-6 * 2 + 2 * 4) / (1e-6 + 2), 6.0], rtol=1e-6)

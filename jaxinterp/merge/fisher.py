@@ -2,8 +2,9 @@
 
 * Fisher merging (Matena & Raffel 2022): theta = sum_i w_i F_i theta_i / sum_i w_i F_i per entry,
   F_i the diagonal Fisher of model i, E_x[(d log p(y|x) / d theta)^2] with y the label
-  (empirical Fisher) or drawn from the model. As in the paper's code, each F is floored at `eps`
-  (1e-6; max(F, eps), so an entry no model's data touched gets the weighted mean) and, with
+  (empirical Fisher) or drawn from the model. As in the paper's code with favor_target_model=False
+  (its default floors the first model's F only), each F is floored at `eps` (1e-6; max(F, eps), so
+  an entry no model's data touched gets the weighted mean); every F must be finite and >= 0. With
   `normalize` (the code's `normalize_fishers`; off by default, the paper's formula), w_i is divided
   by the L2 norm of model i's whole Fisher, so no model dominates by the scale of its Fisher alone.
 * RegMean (Jin et al. 2023): for each linear layer with kernel W_i [in, out] and the Gram matrix of
@@ -97,6 +98,7 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
         raise ValueError(f"weights: expected finite non-negative weights with a positive sum, got {w}")
     if not 0 < eps < np.inf:  # eps = 0 makes 0 / 0 wherever every Fisher is 0
         raise ValueError(f"eps: expected a positive finite floor for the Fishers, got {eps!r}")
+    _check_fishers(fishers)
     if normalize:
         norms = [float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(f))))
                  for f in fishers]
@@ -121,6 +123,22 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
     leaves = [jax.tree_util.tree_leaves(t) for t in [*models, *fishers]]
     out = [one(n, *(lv[i] for lv in leaves)) for i, n in enumerate(names)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)
+
+
+def _check_fishers(fishers: Sequence[Any]) -> None:
+    """ValueError unless every entry of every Fisher is finite and >= 0 (a mean of squared gradients):
+    a nan or inf entry made that entry of the merge nan, and a negative one was floored to eps,
+    silently; negative entries are what the models themselves look like, passed as their Fishers.
+    Tracers (a call under an outer jit) have no values to compare and are skipped."""
+    for i, f in enumerate(fishers):
+        for name, x in tree.named_leaves(f).items():
+            if tree.is_traced(x) or not np.size(x):
+                continue
+            lo, hi = float(jnp.min(x)), float(jnp.max(x))
+            if not (0 <= lo and hi < np.inf):  # nan fails both
+                bad = "nan" if np.isnan(lo) or np.isnan(hi) else (lo if lo < 0 else hi)
+                raise ValueError(f"fishers[{i}]: expected a diagonal Fisher, finite and >= 0 at every entry (a "
+                                 f"mean of squared gradients), got {bad} in {name}")
 
 
 def gram(x: jax.Array) -> jax.Array:
