@@ -381,3 +381,19 @@ def test_main_retains_freed_memory_for_exactly_those_commands(command, monkeypat
     monkeypatch.setattr(cli, "build_parser", stubbed)
     assert cli.main([command]) == 0
     assert calls == (["work"] if command in _readme_exceptions() | {"bench"} else ["retain", "work"])
+
+
+def test_readme_environment_equivalent_is_what_retain_freed_memory_sets(monkeypatch):
+    """The environment the README gives as the equivalent of `retain_freed_memory()` names the same
+    three glibc settings with the same values (M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD)."""
+    from jaxinterp import hostmem
+
+    m = re.search(r"\(or `(MALLOC_[^`]*)` in the environment\)", _on_a_cpu())
+    assert m, _on_a_cpu()
+    env = dict(kv.split("=") for kv in m.group(1).split())
+    got = {}
+    monkeypatch.setattr(hostmem, "_set", lambda **values: got.update(values) or True)
+    assert hostmem.retain_freed_memory() is True
+    assert {"MALLOC_ARENA_MAX": "arena_max", "MALLOC_MMAP_MAX_": "mmap_max",
+            "MALLOC_TRIM_THRESHOLD_": "trim_threshold"} == {k: k.removeprefix("MALLOC_").rstrip("_").lower() for k in env}
+    assert {k.removeprefix("MALLOC_").rstrip("_").lower(): int(v) for k, v in env.items()} == got
