@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shlex
 from pathlib import Path
 
 import jax
@@ -232,7 +231,7 @@ def readme_commands() -> list[tuple[str, tuple[str, ...], list[str]]]:
     top = _subparsers(root)
     found, context = [], ()
     for span in re.findall(r"`([^`\n]+)`", _prose()):
-        words = shlex.split(span)
+        words = span.split()
         if words[0] == "jaxinterp" and len(words) > 1:
             words, base = words[1:], ()
         elif words[0] in top and context:
