@@ -26,7 +26,8 @@ SUBCOMMAND_MODULES = [
 # Commands that run XLA on the CPU call after call: XLA's buffers are reused from the heap instead
 # of page-faulting on every call (`jaxinterp.hostmem`; NuGraph2 training 5.2 -> 7.7 steps a second).
 # Not `lens`, whose goal is memory (a full-size lens step: 12% faster, but peak RSS 6.4 -> 7.9 GiB),
-# nor `merge`, which streams tensors through threads of its own.
+# nor `merge`, which streams tensors through threads of its own, nor `bench`, which computes nothing
+# itself (each benchmark runs in a process of its own, with the allocator settings it chooses).
 RETAIN_FREED_MEMORY = {"demo", "nugraph", "inject", "toyworld", "gpt2"}
 
 

@@ -20,8 +20,9 @@ arena setting reaches only threads that have not allocated yet: call it before J
 computation (before `jax.devices()` or the first jitted call). It is a process-wide choice, so the
 library never makes it on import; the `jaxinterp` command makes it for its compute jobs
 (`cli.RETAIN_FREED_MEMORY`: not `lens`, where a full-size step got 12% faster but its peak RSS grew
-from 6.4 to 7.9 GiB, nor `merge`'s streaming threads). The environment equivalent, set before
-Python starts: `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`.
+from 6.4 to 7.9 GiB, nor `merge`'s streaming threads, nor `bench`, whose benchmarks run in processes
+of their own). The environment equivalent, set before Python starts:
+`MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`.
 """
 
 from __future__ import annotations
