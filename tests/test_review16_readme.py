@@ -63,10 +63,12 @@ def test_readme_gpt2_block_runs_as_written(twelve_layer_gpt2):
     hook_result [1, P, n_head, d_model] its comment gives for GPT-2 small as (1, P, 12, 768); the sweep
     is 12 layers x 2 taus = 24 rows of logits, each the single intervened run's, and they differ
     from the unintervened logits."""
-    from jaxinterp.transformer import intervene, run_with_cache
+    from jaxinterp.transformer import gpt2, intervene, run_with_cache
 
     block = readme_block("## GPT-2 with hooks")
     assert "# (1, P, 12, 768)" in block and "range(12)" in block and "(2., 4.)" in block
+    small = gpt2.PRESETS["gpt2"]  # what the comment and the sweep's range(12) say of the hub's "gpt2"
+    assert (small.n_head, small.n_embd, small.n_layer) == (12, 768, 12)
     s = run_block(substituted(block, gpt2=str(twelve_layer_gpt2)), {})
     config, params, tokens, tok = s["config"], s["params"], s["tokens"], s["tok"]
     P = len(tok("The Eiffel Tower is in")["input_ids"])
