@@ -1,7 +1,7 @@
 """Review 16 of jaxinterp.merge: base_model matched as a path, and the geometry/soup/Fisher/Re-Basin
 defects found with it. Each test failed on the code before its fix."""
 
-import os
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +164,67 @@ def test_fisher_merge_is_the_fisher_weighted_mean():
     out = fisher.fisher_merge(m, f, eps=1e-6)
     # (F_a a + F_b b) / (F_a + F_b) with each F floored at eps: 2.5; ~4 (b's); the mean 6 where both are 0
     np.testing.assert_allclose(np.asarray(out["k"]), [2.5, (1e-6 * 2 + 2 * 4) / (1e-6 + 2), 6.0], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- keys and seeds
+
+
+from jaxinterp.merge import rebasin  # noqa: E402
+
+KEY_MSG = r"^key: expected one JAX PRNG key \(jax.random.key\(seed\) or jax.random.PRNGKey\(seed\)\), got "
+LOSS = lambda p, x: jnp.sum(p["k"] ** 2)  # noqa: E731
+
+
+@pytest.mark.parametrize("key,got", [
+    (0, "int 0"),
+    (jax.random.split(jax.random.PRNGKey(0)), r"uint32 array of shape \(2, 2\)"),
+    (jax.random.split(jax.random.key(0)), r"key<fry> array of shape \(2,\)"),
+    (jnp.zeros(2, jnp.int32), r"int32 array of shape \(2,\)"),
+])
+@pytest.mark.parametrize("call", [
+    lambda k: landscape.filter_normalized_direction(k, PA),
+    lambda k: landscape.random_surface(LOSS, PA, 0.0, key=k, n=3),
+    lambda k: curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=2, key=k),
+    lambda k: fisher.diagonal_fisher(lambda p, x: x @ p["k"], PA, jnp.ones((4, 2)), key=k),
+])
+def test_a_key_that_is_not_one_prng_key_is_refused(call, key, got):
+    """An int seed or a batch of keys was a TypeError from inside jax.random naming no argument."""
+    with pytest.raises(ValueError, match=KEY_MSG + got + "$"):
+        call(key)
+
+
+@pytest.mark.parametrize("key", [jax.random.PRNGKey(3), jax.random.key(3), np.array([0, 3], np.uint32)])
+def test_directions_and_curves_are_reproducible_from_one_key(key):
+    d1, d2 = (landscape.filter_normalized_direction(key, PC) for _ in range(2))
+    np.testing.assert_array_equal(np.asarray(d1["k"]), np.asarray(d2["k"]))
+    r1, r2 = (curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=3, key=key) for _ in range(2))
+    np.testing.assert_array_equal(r1.train_losses, r2.train_losses)
+
+
+SPEC = rebasin.mlp_permutation_spec(["D0", "D1"])
+MLP = {"D0": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.zeros(3)},
+       "D1": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.zeros(2)}}
+
+
+@pytest.mark.parametrize("seed", [None, 1.5, -1, True])
+def test_weight_matching_refuses_a_seed_that_is_not_an_integer(seed):
+    """None drew the sweep order from fresh OS entropy (other permutations on each call, silently)."""
+    with pytest.raises(ValueError, match=r"^seed: expected a non-negative integer \(the sweeps' order is drawn "
+                                         rf"from it\), got {re.escape(repr(seed))}$"):
+        rebasin.weight_matching(SPEC, MLP, MLP, seed=seed)
+
+
+def test_weight_matching_refuses_non_finite_weights_by_leaf():
+    bad = {**MLP, "D1": {"kernel": MLP["D1"]["kernel"].at[1, 0].set(jnp.inf), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"^params_b: expected finite weights in every permuted leaf, got inf in "
+                                         r"D1\.kernel$"):  # scipy: 'matrix contains invalid numeric entries'
+        rebasin.weight_matching(SPEC, MLP, bad)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: rebasin.weight_matching(SPEC.axes, MLP, MLP),
+    lambda: rebasin.apply_permutation(SPEC.axes, {"P_0": np.arange(3)}, MLP),
+])
+def test_a_spec_that_is_not_a_permutation_spec_is_refused(call):
+    with pytest.raises(ValueError, match=r"^spec: expected a PermutationSpec\(axes, views\), got dict$"):
+        call()

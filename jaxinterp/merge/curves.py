@@ -17,7 +17,8 @@ import numpy as np
 import optax
 
 from jaxinterp.merge import tree
-from jaxinterp.merge.landscape import LossFn, _check_count, _check_points, _is_float, _map, check_scalar_loss
+from jaxinterp.merge.landscape import (LossFn, _check_count, _check_points, _is_float, _map, check_key,
+                                      check_scalar_loss)
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
@@ -70,6 +71,8 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
     `optimizer` object, or none for Adam at `learning_rate`)."""
     tree.check_same_structure([p0, p1], "p0/p1")
     _check_count("steps", steps, 1, "a positive number of training steps")
+    if key is not None:
+        check_key(key)
     if optimizer is None and not 0 < learning_rate < np.inf:
         raise ValueError(f"learning_rate: expected a positive finite rate, got {learning_rate!r}")
     if not callable(batches):

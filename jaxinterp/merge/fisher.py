@@ -40,6 +40,9 @@ def diagonal_fisher(logits_fn: Callable[[Any, jax.Array], jax.Array], params: An
     if shape is not None and (len(shape) == 0 or shape[0] == 0):  # the mean over no example: NaN Fishers
         raise ValueError(f"inputs: expected at least one example [N >= 1, ...], got shape {tuple(shape)}")
     if labels is None:
+        from jaxinterp.merge.landscape import check_key
+
+        check_key(key)
         labels = jax.random.categorical(key, logits_fn(params, inputs))
     else:
         _check_labels(labels, jax.eval_shape(logits_fn, params, inputs).shape)

@@ -86,6 +86,22 @@ def _check_count(arg: str, value: Any, least: int, expected: str) -> None:
         raise ValueError(f"{arg}: expected {expected}, got {value!r}")
 
 
+def check_key(key: Any, arg: str = "key") -> None:
+    """ValueError unless key is one JAX PRNG key: a typed key (`jax.random.key`, shape ()) or a raw
+    one (`jax.random.PRNGKey`: uint32 [2] by default). An int seed or a batch of keys was a
+    TypeError from inside jax.random naming no argument; shapes and dtypes only, so tracers pass."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        ok = shape == ()
+    else:
+        raw = jax.eval_shape(jax.random.PRNGKey, 0)
+        ok = dtype == raw.dtype and tuple(shape) == raw.shape
+    if not ok:
+        got = f"{dtype} array of shape {tuple(shape)}" if dtype is not None else f"{type(key).__name__} {key!r}"
+        raise ValueError(f"{arg}: expected one JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+                         f"got {got}")
+
+
 def _check_chunk(chunk: int | None) -> None:
     if chunk is not None:
         _check_count("chunk", chunk, 1, "a positive number of points per vmapped chunk, or None")
@@ -261,6 +277,7 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
     (the paper's default, "biasbn"), else the leaf itself, as in Li et al.'s code (each entry is
     its own filter, whose norm-matched direction is the weight).
     """
+    check_key(key)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if not is_integer(filter_axis):
         raise ValueError(f"filter_axis: expected an integer axis, got {filter_axis!r}")
@@ -290,6 +307,7 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
 def random_surface(loss_fn: LossFn, params: Any, batch: Any, *, key: jax.Array, n: int = 51,
                    extent: float = 1.0, chunk: int | None = 256, filter_axis: int = -1) -> Surface:
     """Loss on params + a d1 + b d2 for a, b in [-extent, extent], filter-normalised d1, d2."""
+    check_key(key)
     _check_count("n", n, 2, "at least 2 grid points per side")
     if not 0 < extent < np.inf:
         raise ValueError(f"extent: expected a positive finite half-width of the grid, got {extent}")

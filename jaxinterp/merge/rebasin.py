@@ -46,6 +46,8 @@ def _view(spec: PermutationSpec, name: str, w: np.ndarray) -> np.ndarray:
 
 def check_spec(spec: PermutationSpec, params: Any) -> dict[str, int]:
     """Sizes of each permutation; ValueError for unknown leaves or inconsistent sizes."""
+    if not isinstance(spec, PermutationSpec):  # a bare axes dict was an AttributeError on .axes
+        raise ValueError(f"spec: expected a PermutationSpec(axes, views), got {type(spec).__name__}")
     leaves = tree.named_leaves(params)
     sizes: dict[str, int] = {}
     for name, axes in spec.axes.items():
@@ -129,11 +131,20 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, max_
 
     if not is_integer(max_iter) or max_iter < 1:
         raise ValueError(f"max_iter: expected a positive number of sweeps, got {max_iter!r}")
+    # the sweep order is drawn from seed: None (fresh OS entropy) gave other permutations on each
+    # call, silently, and 1.5 a TypeError from numpy
+    if not is_integer(seed) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer (the sweeps' order is drawn from it), got {seed!r}")
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     sizes = check_spec(spec, params_a)
     perms = {p: np.arange(n) for p, n in sizes.items()} if init is None else check_init(init, sizes)
     a = {k: np.asarray(v, np.float64) for k, v in tree.named_leaves(params_a).items() if k in spec.axes}
     b = {k: np.asarray(v, np.float64) for k, v in tree.named_leaves(params_b).items() if k in spec.axes}
+    for arg, ws in (("params_a", a), ("params_b", b)):  # scipy: 'matrix contains invalid numeric entries'
+        for k, w in ws.items():
+            if not np.isfinite(w).all():
+                raise ValueError(f"{arg}: expected finite weights in every permuted leaf, got "
+                                 f"{w[~np.isfinite(w)][0]} in {k}")
     p2a = _perm_to_axes(spec)
     rng = np.random.default_rng(seed)
     names = sorted(sizes)
