@@ -228,3 +228,19 @@ def test_weight_matching_refuses_non_finite_weights_by_leaf():
 def test_a_spec_that_is_not_a_permutation_spec_is_refused(call):
     with pytest.raises(ValueError, match=r"^spec: expected a PermutationSpec\(axes, views\), got dict$"):
         call()
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"merge_method": "ties", "base_model": "", "models": ["a"]},
+     r"^config.base_model: expected a path string, got ''$"),  # accepted, then dropped by to_yaml
+    ({"merge_method": "ties", "base_model": "b", "models": ["a", ""]},
+     r"^config.models\[1\]: expected \{model: PATH, parameters: \{...\}\}, got \{'model': ''\}$"),
+    ({"merge_method": "passthrough", "base_model": "",
+      "slices": [{"sources": [{"model": "a", "layer_range": [0, 1]}]}]},
+     r"^config.base_model: expected a path string, got ''$"),
+    ({"merge_method": "passthrough", "slices": [{"sources": [{"model": "", "layer_range": [0, 1]}]}]},
+     r"^config.slices\[0\].sources\[0\]: expected \{model: PATH, "),
+])
+def test_an_empty_model_path_is_refused(d, match):
+    with pytest.raises(ValueError, match=match):
+        config.from_dict(d)

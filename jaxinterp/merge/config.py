@@ -127,14 +127,15 @@ def from_dict(d: Any):
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"config.models: expected a non-empty list of {{model: PATH}}, got {raw!r}")
     base = d.get("base_model")
-    if base is not None and not isinstance(base, str):
+    if base is not None and not (isinstance(base, str) and base):  # '' was dropped by to_yaml
         raise ValueError(f"config.base_model: expected a path string, got {base!r}")
     entries = []
     seen: dict[str, tuple[int, str]] = {}
     for i, m in enumerate(raw):
         if isinstance(m, str):
             m = {"model": m}
-        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or set(m) - {"model", "parameters"}:
+        if not isinstance(m, dict) or not isinstance(m.get("model"), str) or not m["model"] \
+                or set(m) - {"model", "parameters"}:
             raise ValueError(f"config.models[{i}]: expected {{model: PATH, parameters: {{...}}}}, got {m!r}")
         check_once(seen, m["model"], i, f"config.models[{i}]", "models")
         p = m.get("parameters")

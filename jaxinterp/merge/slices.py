@@ -89,7 +89,7 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
     if d.get("models"):
         raise ValueError("config: give either models: or slices:, not both")
     base = d.get("base_model")
-    if base is not None and not isinstance(base, str):
+    if base is not None and not (isinstance(base, str) and base):  # '' was dropped by to_yaml
         raise ValueError(f"config.base_model: expected a path string, got {base!r}")
     g = _mapping(d.get("parameters"), "config.parameters")
     _params.check_names(spec, g, "config.parameters", per_model=False)
@@ -108,7 +108,8 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
         seen: dict[str, tuple[int, str]] = {}
         for j, s in enumerate(sl["sources"]):
             w = f"{where}.sources[{j}]"
-            if not isinstance(s, dict) or set(s) - _SOURCE_KEYS or not isinstance(s.get("model"), str):
+            if not isinstance(s, dict) or set(s) - _SOURCE_KEYS or not isinstance(s.get("model"), str) \
+                    or not s["model"]:
                 raise ValueError(f"{w}: expected {{model: PATH, layer_range: [A, B], parameters: {{...}}}}, got {s!r}")
             check_once(seen, s["model"], j, w, "sources", " in a slice")
             lr = s.get("layer_range")
