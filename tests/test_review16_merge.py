@@ -244,3 +244,27 @@ def test_a_spec_that_is_not_a_permutation_spec_is_refused(call):
 def test_an_empty_model_path_is_refused(d, match):
     with pytest.raises(ValueError, match=match):
         config.from_dict(d)
+
+
+# ----------------------------------------------------------------------------- soups
+
+
+from jaxinterp.merge import soups  # noqa: E402
+
+
+@pytest.mark.parametrize("score,got", [
+    (lambda p: jnp.full(2, jnp.sum(p["k"])), r"ArrayImpl of shape \(2,\) and dtype float32"),  # a TypeError
+    (lambda p: "0.9", r"str of shape \(\) and dtype <U3"),  # float('0.9') took a string as the score
+    (lambda p: complex(1, 1), r"complex of shape \(\) and dtype complex128"),
+])
+def test_greedy_soup_refuses_a_score_that_is_not_one_real_number(score, got):
+    with pytest.raises(ValueError, match=rf"^score_fn: expected one real score \(higher is better\) for models\[0\], "
+                                         rf"got {got}$"):
+        soups.greedy_soup([PA, PB], score)
+
+
+def test_greedy_soup_takes_scalar_scores_of_any_real_dtype():
+    for score in (lambda p: -float(jnp.sum(p["k"])), lambda p: -jnp.sum(p["k"]).astype(jnp.bfloat16),
+                  lambda p: np.int64(-jnp.sum(p["k"]))):
+        g = soups.greedy_soup([PB, PA], score)  # PA scores higher; the soup of both scores lower
+        assert g.selected == [1]

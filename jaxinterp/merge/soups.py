@@ -40,12 +40,23 @@ class GreedySoup(NamedTuple):
     scores: list[float]  # held-out score of each model alone
 
 
+def _score(score_fn: Callable[[Any], float], params: Any, what: str) -> float:
+    """score_fn(params) as a float; ValueError unless it is one real number (a score per example or
+    class was a TypeError from float(), or for one element taken as the score, silently)."""
+    s = score_fn(params)
+    shape, dtype = np.shape(s), getattr(s, "dtype", np.asarray(s).dtype)
+    if shape != () or not any(jnp.issubdtype(dtype, k) for k in (jnp.floating, jnp.integer, jnp.bool_)):
+        raise ValueError(f"score_fn: expected one real score (higher is better) for {what}, got "
+                         f"{type(s).__name__} of shape {shape} and dtype {dtype}")
+    return float(s)
+
+
 def greedy_soup(models: Sequence[Any], score_fn: Callable[[Any], float]) -> GreedySoup:
     """Greedy soup; `score_fn(params)` is a held-out score where higher is better (accuracy)."""
     if not models:
         raise ValueError("models: expected at least one params tree, got none")
     tree.check_same_structure(list(models), "models")
-    scores = [float(score_fn(m)) for m in models]
+    scores = [_score(score_fn, m, f"models[{i}]") for i, m in enumerate(models)]
     if all(np.isnan(scores)):
         raise ValueError(f"score_fn: expected a score for at least one model, got nan for all {len(models)}")
     # best first; ties keep the models' order (the paper's stable sort) and a nan score (a diverged
@@ -55,7 +66,7 @@ def greedy_soup(models: Sequence[Any], score_fn: Callable[[Any], float]) -> Gree
     best = scores[order[0]]
     for i in order[1:]:
         cand = uniform_soup([models[j] for j in selected + [int(i)]])
-        s = float(score_fn(cand))
+        s = _score(score_fn, cand, "a soup")
         if s >= best:
             selected.append(int(i))
             best = s
