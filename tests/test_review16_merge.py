@@ -268,3 +268,24 @@ def test_greedy_soup_takes_scalar_scores_of_any_real_dtype():
                   lambda p: np.int64(-jnp.sum(p["k"]))):
         g = soups.greedy_soup([PB, PA], score)  # PA scores higher; the soup of both scores lower
         assert g.selected == [1]
+
+
+# ----------------------------------------------------------------------------- dotted names
+
+
+from jaxinterp.merge import tree  # noqa: E402
+from jaxinterp.merge.tree_merge import merge  # noqa: E402
+
+COLLIDE = r"^params: expected leaf names that stay distinct joined with dots, got 'a\.b' for two leaves, at " \
+          r"\['a'\]\['b'\] and \['a\.b'\]$"
+
+
+def test_leaves_whose_dotted_names_collide_are_refused():
+    """{'a.b': x, 'a': {'b': y}}: one name for two leaves; the other's shape went unchecked (a (2,) vs
+    (3,) difference passed) and merge failed with 'Too few leaves for PyTreeDef'."""
+    t1 = {"a.b": jnp.ones(2), "a": {"b": jnp.zeros(2)}}
+    t2 = {"a.b": jnp.ones(2), "a": {"b": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match=COLLIDE):
+        tree.check_same_structure([t1, t2])
+    with pytest.raises(ValueError, match=COLLIDE):
+        merge("linear", [t1, t1], parameters={"weight": 1.0})

@@ -36,8 +36,18 @@ def natural_sorted(names: Any) -> list[str]:
 
 
 def named_leaves(tree: Any) -> dict[str, Any]:
-    return {".".join(_key_str(k) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    """{dotted name: leaf}; ValueError when two leaves join to one name ({'a.b': x, 'a': {'b': y}}):
+    the dict kept one, so a shape difference at the other passed the structure check and merges
+    failed later with 'Too few leaves for PyTreeDef'."""
+    out: dict[str, Any] = {}
+    paths: dict[str, str] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = ".".join(_key_str(k) for k in path)
+        if name in out:
+            raise ValueError(f"params: expected leaf names that stay distinct joined with dots, got {name!r} for "
+                             f"two leaves, at {paths[name]} and {jax.tree_util.keystr(path)}")
+        out[name], paths[name] = leaf, jax.tree_util.keystr(path)
+    return out
 
 
 def check_same_structure(trees: Sequence[Any], arg: str = "models", *, limit: int = 5) -> None:
