@@ -289,3 +289,25 @@ def test_leaves_whose_dotted_names_collide_are_refused():
         tree.check_same_structure([t1, t2])
     with pytest.raises(ValueError, match=COLLIDE):
         merge("linear", [t1, t1], parameters={"weight": 1.0})
+
+
+# ----------------------------------------------------------------------------- non-finite points
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: landscape.path_losses(LOSS, PA, PB, 0.0, jnp.array([0.0, jnp.nan, 1.0])),
+     r"^alphas: expected finite points, got nan at index \(1,\)$"),
+    (lambda: landscape.plane_losses(LOSS, PA, PB, PC, 0.0, jnp.array([[0.0, 0.0], [1.0, jnp.inf]])),
+     r"^coords: expected finite points, got inf at index \(1, 1\)$"),
+    (lambda: curves.curve_losses(LOSS, PA, PC, PB, 0.0, np.array([0.0, -np.inf])),
+     r"^ts: expected finite points, got -inf at index \(1,\)$"),
+])
+def test_non_finite_points_are_refused(call, match):
+    """Each gave a nan loss at that point, silently."""
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_points_under_an_outer_jit_are_not_checked():
+    f = jax.jit(lambda al: landscape.path_losses(LOSS, PA, PB, 0.0, al))
+    np.testing.assert_allclose(np.asarray(f(jnp.array([0.0, 1.0]))), [6.0, 24.0])

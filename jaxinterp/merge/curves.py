@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from jaxinterp.merge import tree
-from jaxinterp.merge.landscape import (LossFn, _check_count, _check_points, _is_float, _map, check_key,
-                                      check_scalar_loss)
+from jaxinterp.merge.landscape import (LossFn, _check_count, _check_points, _is_float, _map, check_finite_points,
+                                      check_key, check_scalar_loss)
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
@@ -138,4 +138,5 @@ def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: j
     """
     tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
     tree.check_buffers([p0, bend, p1], "[p0, bend, p1]", not_what="interpolated")
+    check_finite_points("ts", ts)
     return _curve_losses(loss_fn, p0, bend, p1, batch, ts, chunk=chunk)

@@ -125,6 +125,17 @@ def check_scalar_loss(out: Any) -> None:
         raise ValueError(f"loss_fn: expected a scalar loss (params, batch) -> [], got {got}")
 
 
+def check_finite_points(arg: str, xs: Any) -> None:
+    """ValueError for a nan or inf among concrete points (alphas, ts, coords): each gave a nan loss,
+    silently. Tracers (a call under an outer jit, vmap or grad) have no values and are skipped."""
+    if xs is None or tree.is_traced(xs) or not hasattr(xs, "shape"):
+        return
+    v = np.asarray(xs)
+    if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all():
+        i = np.argwhere(~np.isfinite(v))[0]
+        raise ValueError(f"{arg}: expected finite points, got {v[tuple(i)]} at index {tuple(int(j) for j in i)}")
+
+
 def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time.
 
@@ -165,6 +176,7 @@ def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alpha
     """
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     tree.check_buffers([params_a, params_b], "[params_a, params_b]", not_what="interpolated")
+    check_finite_points("alphas", alphas)
     return _path_losses(loss_fn, params_a, params_b, batch, alphas, chunk=chunk)
 
 
@@ -210,6 +222,7 @@ def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coo
     """
     tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
     tree.check_still_buffers(origin, [d1, d2], ["d1", "d2"])
+    check_finite_points("coords", coords)
     return _plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)
 
 
