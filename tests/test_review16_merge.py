@@ -311,3 +311,21 @@ def test_non_finite_points_are_refused(call, match):
 def test_points_under_an_outer_jit_are_not_checked():
     f = jax.jit(lambda al: landscape.path_losses(LOSS, PA, PB, 0.0, al))
     np.testing.assert_allclose(np.asarray(f(jnp.array([0.0, 1.0]))), [6.0, 24.0])
+
+
+# ----------------------------------------------------------------------------- permutation specs
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: rebasin.mlp_permutation_spec(["D0", "D1", "D0"]),
+     r"^layer_names: expected each layer once, got \['D0'\] more than once in \['D0', 'D1', 'D0'\]$"),
+    (lambda: rebasin.mlp_permutation_spec("D0"), r"^layer_names: expected a list of layer names, got 'D0'$"),
+    (lambda: rebasin.cnn_permutation_spec(["c0", "c1"], ["c1"]),
+     r"^conv_names \+ dense_names: expected each layer once, got \['c1'\]"),
+    (lambda: rebasin.cnn_permutation_spec(["c0", "c0"], ["d"]), r"^conv_names: expected each layer once"),
+])
+def test_permutation_specs_refuse_a_layer_given_twice(call, match):
+    """['D0', 'D1', 'D0']: D0's leaves took the last entry's permutations (P_1 on its inputs), the
+    chain D0 -> D1 broke and apply_permutation computed another function, silently."""
+    with pytest.raises(ValueError, match=match):
+        call()

@@ -172,6 +172,19 @@ def weight_matching(spec: PermutationSpec, params_a: Any, params_b: Any, *, max_
 # ----------------------------------------------------------------------------- specs
 
 
+def _check_layers(arg: str, names: Any) -> list[str]:
+    """names as a list; ValueError for a string (read letter by letter) or a name given twice (its
+    leaves' permutations were overwritten by the second entry: another function, silently)."""
+    if not isinstance(names, str):
+        names = list(names)
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{arg}: expected a list of layer names, got {names!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{arg}: expected each layer once, got {twice} more than once in {names}")
+    return names
+
+
 def _check_no_bias(no_bias, layers: list[str]) -> set[str]:
     unknown = sorted(set(no_bias) - set(layers))
     if isinstance(no_bias, str) or unknown:  # a typo would ask for a bias the layer lacks, or skip one it has
@@ -183,7 +196,8 @@ def mlp_permutation_spec(layer_names: list[str], *, kernel: str = "kernel", bias
                          no_bias: list[str] = ()) -> PermutationSpec:
     """Dense stack (Flax kernels [in, out]): the outputs of every layer but the last are permuted.
     Layers in `no_bias` have no bias leaf (Flax's use_bias=False)."""
-    skip = _check_no_bias(no_bias, list(layer_names))
+    layer_names = _check_layers("layer_names", layer_names)
+    skip = _check_no_bias(no_bias, layer_names)
     axes = {}
     for i, layer in enumerate(layer_names):
         p_in = f"P_{i - 1}" if i > 0 else None
@@ -204,6 +218,8 @@ def cnn_permutation_spec(conv_names: list[str], dense_names: list[str], *, norm_
     as convs before a BatchNorm usually are: the spec asked for their bias and was refused).
     """
     axes = {}
+    conv_names, dense_names = _check_layers("conv_names", conv_names), _check_layers("dense_names", dense_names)
+    _check_layers("conv_names + dense_names", conv_names + dense_names)
     layers = [(n, "conv") for n in conv_names] + [(n, "dense") for n in dense_names]
     skip = _check_no_bias(no_bias, [n for n, _ in layers])
     unknown = sorted(set(norm_names or {}) - {n for n, _ in layers})
