@@ -414,8 +414,38 @@ def _standard_fields(planes: Sequence[str]) -> tuple[str, ...]:
             *(_stored_name(p, a) for p in planes for a in RawPlane._fields))
 
 
+# dtype kinds an extra field may have: what h5py stores in a compound member and reads back as it
+# was (bool, integers, floats, complex, byte strings). Not 'U' or 'O' (h5py has no conversion for
+# them), 'M'/'m' (datetimes: likewise) or 'V' (a nested record reads back as raw bytes).
+_EXTRA_KINDS = "biufcS"
+
+
+def check_extra(ev: RawEvent, where: str, *, planes: Sequence[str] = PLANES) -> None:
+    """ValueError `{where}, extra field 'k': ...` unless `ev.extra` can be written as compound fields
+    beside the standard ones: a mapping of non-empty string names, none named like a standard field of
+    `planes` (it would be a second field of that name), to arrays of a kind h5py stores and reads back
+    (`_EXTRA_KINDS`). `write_events` and `datasize` share it."""
+    if not isinstance(ev.extra, Mapping):
+        raise ValueError(f"{where}, extra: expected a mapping of field names to arrays, got "
+                         f"{type(ev.extra).__name__}")
+    standard = set(_standard_fields(planes))
+    for k, v in ev.extra.items():
+        if not isinstance(k, str) or not k:  # HDF5 renames an empty member 'f{i}': it would read back renamed
+            raise ValueError(f"{where}, extra field {k!r}: expected a non-empty string as the field's name, got "
+                             f"{type(k).__name__} {k!r}")
+        if k in standard:  # would be a second compound field of that name, refused by numpy inside the write
+            raise ValueError(f"{where}, extra field {k!r}: expected extra fields other than the standard ones the "
+                             f"RawEvent's attributes are written as, got a field named like a standard one")
+        kind = np.asarray(v).dtype.kind
+        if kind not in _EXTRA_KINDS:
+            raise ValueError(f"{where}, extra field {k!r}: expected an array of numbers, booleans or byte strings "
+                             f"(a tensor, as pynuml stores), got dtype {np.asarray(v).dtype} "
+                             f"({type(v).__name__})")
+
+
 def _record(ev: RawEvent, planes: Sequence[str]) -> tuple[list, list]:
-    """The compound fields in pynuml's order, with empty tensors as scalar 0."""
+    """The compound fields in pynuml's order, with empty tensors as scalar 0 (`ev.extra` checked by the
+    caller: `check_extra`)."""
     fields, values = [], []
 
     def add(key, val, dtype):
@@ -448,7 +478,9 @@ def _record(ev: RawEvent, planes: Sequence[str]) -> tuple[list, list]:
 
 def datasize(ev: RawEvent) -> int:
     """Bytes of the event's tensors as nugraph's generate_samples counts them (run/subrun/event and
-    sp/num_nodes are left out; the fixture's /datasize/train pins this)."""
+    sp/num_nodes are left out; the fixture's /datasize/train pins this). Extra fields count as written:
+    a ValueError (`check_extra`) for one `write_events` would refuse."""
+    check_extra(ev, f"event {ev.name!r}", planes=list(ev.planes))
     fields, values = _record(ev, list(ev.planes))
     skip = {"metadata/run", "metadata/subrun", "metadata/event", "sp/num_nodes"}
     return int(sum(np.asarray(v).nbytes for (f, *_), v in zip(fields, values)
@@ -512,15 +544,10 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
-    standard = set(_standard_fields(planes))
     for ev in events:
         check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
                      event_classes=event_classes)
-        clash = [k for k in ev.extra if k in standard]
-        if clash:  # would be a second compound field of that name, refused by numpy inside the write
-            raise ValueError(f"events: event {ev.name!r}, extra field {clash[0]!r}: expected extra fields other "
-                             f"than the standard ones the RawEvent's attributes are written as, got a field "
-                             f"named like a standard one")
+        check_extra(ev, f"events: event {ev.name!r}", planes=planes)
     if splits is not None:
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:

@@ -1,0 +1,77 @@
+"""Review 16b: NuGraph2 HDF5 extra fields checked before writing (and by datasize), name lists that are
+not pynuml's 1-D string arrays, and the nugraph commands' bad input."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import hdf5
+from test_nugraph_hdf5 import FIXTURE, _copy_fixture
+
+# --- write_events / datasize: extra fields h5py cannot store, or would store renamed -------------
+
+BAD_EXTRA = [
+    # (extra, the field named, the message's tail); before: an AttributeError from datasize, a TypeError
+    # from h5py inside the atomic write, or (the empty name) a field read back renamed 'f26'
+    ({1: np.int64(1)}, "1", r"expected a non-empty string as the field's name, got int 1"),
+    ({b"u/q": np.int64(1)}, "b'u/q'", r"expected a non-empty string as the field's name, got bytes b'u/q'"),
+    ({"": np.int64(1)}, "''", r"expected a non-empty string as the field's name, got str ''"),
+    ({"u/q": np.array([1, "x"], dtype=object)}, "'u/q'", r"expected an array of numbers, booleans or byte strings "
+                                                       r"\(a tensor, as pynuml stores\), got dtype object"),
+    ({"u/q": None}, "'u/q'", r"got dtype object \(NoneType\)"),
+    ({"u/q": np.array(["ab", "c"])}, "'u/q'", r"got dtype <U2 \(ndarray\)"),
+    ({"u/q": "hello"}, "'u/q'", r"got dtype <U5 \(str\)"),
+    ({"u/q": np.array(["2020-01-01"], dtype="M8[D]")}, "'u/q'", r"got dtype datetime64\[D\]"),
+    ({"u/q": np.zeros(2, dtype=[("a", "<i4")])}, "'u/q'", r"got dtype \[\('a', '<i4'\)\]"),
+]
+
+
+@pytest.mark.parametrize("extra, field, message", BAD_EXTRA)
+def test_bad_extra_field_is_refused_before_writing(tmp_path, extra, field, message):
+    events = hdf5.read_events(FIXTURE).events
+    events[1] = events[1]._replace(extra={"u/fine": np.ones(3, np.float32), **extra})
+    target = tmp_path / "out.gnn.h5"
+    target.write_bytes(b"previous content")
+    with pytest.raises(ValueError, match=re.escape(f"events: event 'r1_sr1_evt1', extra field {field}: ") + ".*" + message):
+        hdf5.write_events(target, events)
+    assert target.read_bytes() == b"previous content"
+    assert os.listdir(tmp_path) == ["out.gnn.h5"]
+
+
+def test_extra_that_is_not_a_mapping_is_refused(tmp_path):
+    events = hdf5.read_events(FIXTURE).events
+    events[0] = events[0]._replace(extra=[("u/q", np.int64(1))])
+    with pytest.raises(ValueError, match=re.escape("events: event 'r1_sr1_evt0', extra: expected a mapping of "
+                                                   "field names to arrays, got list")):
+        hdf5.write_events(tmp_path / "x.gnn.h5", events)
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("extra, field, message", [
+    *BAD_EXTRA,
+    # counted twice before, silently (and written nowhere: write_events refuses it)
+    ({"u/x": np.ones((3, 2), np.float32)}, "'u/x'", "expected extra fields other than the standard ones"),
+    ({"y_nexus_sp/edge_index": np.int64(1)}, "'y_nexus_sp/edge_index'", "expected extra fields other than"),
+])
+def test_datasize_refuses_what_write_events_refuses(extra, field, message):
+    ev = hdf5.read_events(FIXTURE).events[2]
+    bad = ev._replace(extra=extra)
+    with pytest.raises(ValueError, match=re.escape(f"event 'r1_sr1_evt2', extra field {field}: ") + ".*" + message):
+        hdf5.datasize(bad)
+
+
+@pytest.mark.parametrize("value", [np.array([True, False, True]), np.array([1 + 2j]), np.array([b"ab", b"c"]),
+                                   np.ones(2, np.float16), np.uint8(7), [1, 2]])
+def test_extra_fields_h5py_stores_still_round_trip_and_count(tmp_path, value):
+    events = hdf5.read_events(FIXTURE).events
+    base = hdf5.datasize(events[0])
+    events[0] = events[0]._replace(extra={"é/q": value})
+    assert hdf5.datasize(events[0]) == base + np.asarray(value).nbytes
+    back = {e.name: e for e in hdf5.read_events(hdf5.write_events(tmp_path / "x.gnn.h5", events)).events}
+    got = back["r1_sr1_evt0"].extra["é/q"]
+    assert got.dtype == np.asarray(value).dtype and got.tolist() == np.asarray(value).tolist()
