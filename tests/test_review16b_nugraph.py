@@ -75,3 +75,58 @@ def test_extra_fields_h5py_stores_still_round_trip_and_count(tmp_path, value):
     back = {e.name: e for e in hdf5.read_events(hdf5.write_events(tmp_path / "x.gnn.h5", events)).events}
     got = back["r1_sr1_evt0"].extra["é/q"]
     assert got.dtype == np.asarray(value).dtype and got.tolist() == np.asarray(value).tolist()
+
+
+# --- /planes, /semantic_classes, /event_classes, /samples/{split}: 1-D arrays of strings ----------
+
+_STR = h5py.string_dtype("utf-8")
+
+
+def _replace_dataset(key, data, dtype=None):
+    def edit(f):
+        del f[key]
+        if data is h5py.Empty:
+            f.create_dataset(key, data=h5py.Empty(_STR))
+        else:
+            f.create_dataset(key, data=data, dtype=dtype)
+    return edit
+
+
+@pytest.mark.parametrize("key, data, dtype, got", [
+    # read as a one-element list before: planes ('u',), a training split of one event, silently
+    ("planes", "u", _STR, "the scalar b'u'"),
+    ("samples/train", "r1_sr1_evt0", _STR, "the scalar b'r1_sr1_evt0'"),
+    ("samples/validation", "r1_sr1_evt6", _STR, "the scalar b'r1_sr1_evt6'"),
+    ("semantic_classes", np.bytes_(b"MIP"), None, "the scalar np.bytes_(b'MIP')"),
+    ("event_classes", "cc_nue", _STR, "the scalar b'cc_nue'"),
+    # read row by row as "[b'u' b'v']" before
+    ("planes", np.array([["u", "v"], ["y", "w"]], dtype=object), _STR, "shape [2, 2]"),
+    # numbers read as their digits before
+    ("samples/test", np.array([7, 8]), None, "dtype int64 [7, 8]"),
+    ("semantic_classes", np.arange(5.0), None, "dtype float64 [0.0, 1.0, 2.0, 3.0, 4.0]"),
+    # a null dataspace read as the name 'Empty(dtype=...)'
+    ("samples/test", h5py.Empty, None, "the scalar Empty(dtype="),
+])
+def test_name_list_that_is_not_a_1d_string_array_is_a_value_error(tmp_path, key, data, dtype, got):
+    path = _copy_fixture(tmp_path, _replace_dataset(key, data, dtype))
+    message = re.escape(f"{path}: '/{key}': expected a 1-D array of strings (as pynuml writes it), got {got}")
+    with pytest.raises(ValueError, match=message):
+        hdf5.read_info(path)
+    with pytest.raises(ValueError, match=message):
+        hdf5.read_events(path, "test")
+
+
+def test_name_list_of_invalid_utf8_is_a_value_error(tmp_path):
+    path = _copy_fixture(tmp_path, _replace_dataset("planes", np.array([b"u", b"\xff", b"y"]), None))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: '/planes': expected UTF-8 strings, got b'\\xff'")):
+        hdf5.read_info(path)
+
+
+@pytest.mark.parametrize("key, data, dtype, want", [
+    ("planes", np.array([b"u", b"v", b"y"]), None, ("u", "v", "y")),  # fixed-length byte strings
+    ("samples/test", np.array([], dtype=object), _STR, ()),  # an empty split, as write_events writes it
+    ("samples/test", np.array(["r1_sr1_evt7"], dtype=object), _STR, ("r1_sr1_evt7",)),
+])
+def test_one_dimensional_string_arrays_still_read(tmp_path, key, data, dtype, want):
+    info = hdf5.read_info(_copy_fixture(tmp_path, _replace_dataset(key, data, dtype)))
+    assert (info.planes if key == "planes" else info.samples["test"]) == want

@@ -146,8 +146,22 @@ def _need(f, key: str):
     return v
 
 
-def _strings(values) -> tuple[str, ...]:
-    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(values))
+def _strings(values, where: str) -> tuple[str, ...]:
+    """A dataset of names as pynuml writes it: a 1-D array of (variable-length UTF-8) strings; anything
+    else is a ValueError naming `where` (a scalar string read as a one-element list, numbers as their
+    digits, before)."""
+    if not isinstance(values, np.ndarray) or values.ndim != 1:  # h5py gives bytes (or a numpy scalar,
+        # or h5py.Empty) for a scalar dataset
+        got = (f"shape {list(values.shape)}" if isinstance(values, np.ndarray) and values.ndim
+               else f"the scalar {values!r}")
+        raise ValueError(f"{where}: expected a 1-D array of strings (as pynuml writes it), got {got}")
+    if values.dtype.kind not in "OSU" or not all(isinstance(v, (bytes, str)) for v in values):
+        raise ValueError(f"{where}: expected a 1-D array of strings (as pynuml writes it), got dtype "
+                         f"{values.dtype} {values[:5].tolist()}")
+    try:
+        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: expected UTF-8 strings, got {e.object!r} ({e.reason})") from None
 
 
 def read_info(path: str | os.PathLike, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
@@ -159,11 +173,13 @@ def read_info(path: str | os.PathLike, *, need_samples: bool = True, need_norm: 
 def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
     """Metadata; splits and norms may be absent (files before nugraph's generate_samples/norm) when
     the caller does not need them."""
-    planes = _strings(_need(f, "planes"))
-    semantic = _strings(_need(f, "semantic_classes"))
-    event_classes = _read(f, "event_classes")
-    event_classes = _strings(event_classes) if event_classes is not None else None
-    samples = {s: _strings(v) if (v := _read(f, f"samples/{s}")) is not None else () for s in SPLITS}
+    def names(key):
+        return _strings(_need(f, key), f"{f.filename}: '/{key}'")
+
+    planes = names("planes")
+    semantic = names("semantic_classes")
+    event_classes = names("event_classes") if _read(f, "event_classes") is not None else None
+    samples = {s: names(f"samples/{s}") if _read(f, f"samples/{s}") is not None else () for s in SPLITS}
     if need_samples and not any(samples.values()):
         raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
     datasize = _read(f, "datasize/train")
