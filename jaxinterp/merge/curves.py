@@ -135,8 +135,10 @@ def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: j
     Checked as in landscape.path_losses: integer and boolean leaves (buffers) are p0's along the
     curve, so they must hold the same values in bend and p1 (ValueError otherwise), compared on
     the host when concrete and skipped only for tracers (a call under an outer jit, vmap or grad).
+    The curve is defined on t in [0, 1] (p0 to p1): a t outside it, or nan or inf, is a ValueError
+    naming the first and its index (the polynomial went on past the end points, silently).
     """
     tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
     tree.check_buffers([p0, bend, p1], "[p0, bend, p1]", not_what="interpolated")
-    check_finite_points("ts", ts)
+    check_finite_points("ts", ts, within=(0.0, 1.0, "the curve runs from p0 at t = 0 to p1 at t = 1"))
     return _curve_losses(loss_fn, p0, bend, p1, batch, ts, chunk=chunk)

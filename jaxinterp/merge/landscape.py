@@ -125,15 +125,24 @@ def check_scalar_loss(out: Any) -> None:
         raise ValueError(f"loss_fn: expected a scalar loss (params, batch) -> [], got {got}")
 
 
-def check_finite_points(arg: str, xs: Any) -> None:
+def check_finite_points(arg: str, xs: Any, within: tuple[float, float, str] | None = None) -> None:
     """ValueError for a nan or inf among concrete points (alphas, ts, coords): each gave a nan loss,
-    silently. Tracers (a call under an outer jit, vmap or grad) have no values and are skipped."""
+    silently. With `within` (lo, hi, why), also for a point outside [lo, hi], naming the first and its
+    index (a Bezier curve's t beyond [0, 1] extrapolated past its end points, silently). Tracers (a
+    call under an outer jit, vmap or grad) have no values and are skipped."""
     if xs is None or tree.is_traced(xs) or not hasattr(xs, "shape"):
         return
     v = np.asarray(xs)
     if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all():
         i = np.argwhere(~np.isfinite(v))[0]
         raise ValueError(f"{arg}: expected finite points, got {v[tuple(i)]} at index {tuple(int(j) for j in i)}")
+    if within is not None and np.issubdtype(v.dtype, np.number):
+        lo, hi, why = within
+        off = (v < lo) | (v > hi)
+        if off.any():
+            i = np.argwhere(off)[0]
+            raise ValueError(f"{arg}: expected points in [{lo:g}, {hi:g}] ({why}), got {v[tuple(i)]} at index "
+                             f"{tuple(int(j) for j in i)} ({int(off.sum())} of {v.size} points outside)")
 
 
 def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
