@@ -43,3 +43,40 @@ def test_curve_losses_ends_and_path_losses_beyond_the_segment_still_accepted():
 def test_curve_losses_nan_still_named_as_not_finite():
     with pytest.raises(ValueError, match=r"^ts: expected finite points, got nan at index \(1,\)$"):
         curves.curve_losses(LOSS, PA, PC, PB, 0.0, jnp.array([0.0, jnp.nan, 2.0]))
+
+
+# ----------------------------------------------------------------------------- fit_bezier's optimizer
+
+
+def test_fit_bezier_refuses_a_learning_rate_with_an_optimizer():
+    """The rate was ignored, silently: the optimizer's own (here 1.0) was used."""
+    with pytest.raises(ValueError, match=r"^learning_rate/optimizer: expected one of them \(learning_rate for the "
+                                         r"default Adam, or an optimizer with its own rate\), got both "
+                                         r"\(learning_rate=0\.001\)$"):
+        curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=2, learning_rate=1e-3, optimizer=optax.sgd(1.0))
+
+
+@pytest.mark.parametrize("opt,got", [
+    ("adam", "str"),                       # an AttributeError: 'str' object has no attribute 'init'
+    (optax.adam, "function"),              # the factory, not a transformation
+    ({"init": None, "update": None}, "dict"),
+])
+def test_fit_bezier_refuses_an_optimizer_that_is_not_optax(opt, got):
+    with pytest.raises(ValueError, match=r"^optimizer: expected an optax GradientTransformation \(init and update "
+                                         rf"functions, e\.g\. optax\.adam\(1e-3\)\), got {got}$"):
+        curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=2, optimizer=opt)
+
+
+def test_fit_bezier_default_rate_and_optimizer_alone_unchanged():
+    """No rate: Adam at 1e-2, as the default was; an optimizer alone (its own rate) is accepted."""
+    default = curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=3)
+    explicit = curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=3, learning_rate=1e-2)
+    np.testing.assert_array_equal(default.train_losses, explicit.train_losses)
+    own = curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=3, optimizer=optax.adam(1e-2))
+    np.testing.assert_allclose(own.train_losses, default.train_losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lr", ["0.01", [1e-2], jnp.array([1e-2, 1e-3]), 1j])
+def test_fit_bezier_refuses_a_rate_that_is_not_one_number(lr):
+    with pytest.raises(ValueError, match=r"^learning_rate: expected a positive finite rate, got "):
+        curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=2, learning_rate=lr)

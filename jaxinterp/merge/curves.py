@@ -61,10 +61,14 @@ def _step(bend, state, fixed, batch, k, p0, p1, *, loss_fn: LossFn, opt: optax.G
 
 
 def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Callable[[int], Any], *,
-               steps: int = 500, learning_rate: float = 1e-2, key: jax.Array | None = None,
+               steps: int = 500, learning_rate: float | None = None, key: jax.Array | None = None,
                optimizer: optax.GradientTransformation | None = None) -> CurveResult:
     """Trains the bend. `batches` is an iterable of at least `steps` batches (an iterator, a list)
     or a function step -> batch.
+
+    The optimizer is Adam at `learning_rate` (1e-2 when None), or `optimizer`, an optax
+    GradientTransformation (its own rate inside it): giving both is a ValueError (the rate was
+    ignored, silently).
 
     The step is compiled once per (loss_fn, optimizer, shapes): further calls with the same loss
     function, e.g. over many pairs of endpoints or learning rates, reuse it (pass the same
@@ -73,7 +77,17 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
     _check_count("steps", steps, 1, "a positive number of training steps")
     if key is not None:
         check_key(key)
-    if optimizer is None and not 0 < learning_rate < np.inf:
+    if optimizer is not None:
+        if learning_rate is not None:
+            raise ValueError(f"learning_rate/optimizer: expected one of them (learning_rate for the default "
+                             f"Adam, or an optimizer with its own rate), got both (learning_rate={learning_rate!r})")
+        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+            raise ValueError(f"optimizer: expected an optax GradientTransformation (init and update functions, "
+                             f"e.g. optax.adam(1e-3)), got {type(optimizer).__name__}")
+    elif learning_rate is None:
+        learning_rate = 1e-2
+    elif isinstance(learning_rate, (bool, str)) or np.ndim(learning_rate) != 0 \
+            or np.asarray(learning_rate).dtype.kind not in "iuf" or not 0 < learning_rate < np.inf:
         raise ValueError(f"learning_rate: expected a positive finite rate, got {learning_rate!r}")
     if not callable(batches):
         if hasattr(batches, "__len__") and len(batches) < steps:
