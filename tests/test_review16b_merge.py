@@ -80,3 +80,42 @@ def test_fit_bezier_default_rate_and_optimizer_alone_unchanged():
 def test_fit_bezier_refuses_a_rate_that_is_not_one_number(lr):
     with pytest.raises(ValueError, match=r"^learning_rate: expected a positive finite rate, got "):
         curves.fit_bezier(LOSS, PA, PB, lambda i: 0.0, steps=2, learning_rate=lr)
+
+
+# ----------------------------------------------------------------------------- a base_model that no method uses
+
+from jaxinterp.merge import config  # noqa: E402
+
+
+def _src(*models):
+    return {"sources": [{"model": m, "layer_range": [0, 2]} for m in models]}
+
+
+@pytest.mark.parametrize("method,params", [("linear", {"weight": 1.0}), ("passthrough", None)])
+def test_unused_base_model_refused_by_both_forms(method, params):
+    """linear and passthrough ignore the base: a base_model that is none of the inputs was refused by
+    the models: form but kept silently by the slices: form (merged into no tensor, used only as the
+    tokenizer source)."""
+    extra = {"parameters": params} if params else {}
+    if method == "linear":
+        with pytest.raises(ValueError, match=r"^config.base_model: merge_method 'linear' does not use a base model; "
+                                             r"list it among the models instead$"):
+            config.from_dict({"merge_method": method, "base_model": "c", "models": ["a", "b"], **extra})
+    slices = [_src("a", "b")] if method == "linear" else [_src("a"), _src("b")]
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"config.base_model: merge_method {method!r} does not use a base model and 'c' is in no slice's "
+            f"sources (got ['a', 'b']); list it among a slice's sources instead") + "$"):
+        config.from_dict({"merge_method": method, "base_model": "c", "slices": slices, **extra})
+
+
+def test_base_model_among_the_sources_of_a_method_without_a_base_still_accepted():
+    """A frankenmerge naming one of its inputs base_model (its tokenizer) is one of the inputs, as a
+    base listed among the models: form's models is."""
+    cfg = config.from_dict({"merge_method": "passthrough", "base_model": "./a", "slices": [_src("a"), _src("b")]})
+    assert cfg.base_model == "./a" and cfg.refs == ["a", "b"]
+    cfg = config.from_dict({"merge_method": "linear", "base_model": "b", "parameters": {"weight": 1.0},
+                            "slices": [_src("a", "b")]})
+    assert cfg.refs == ["a", "b"]
+    cfg = config.from_dict({"merge_method": "linear", "base_model": "b", "models": ["a", "b"],
+                            "parameters": {"weight": 1.0}})
+    assert cfg.base_model is None and [e.model for e in cfg.models] == ["a", "b"]

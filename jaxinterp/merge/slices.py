@@ -133,6 +133,13 @@ def from_dict(d: dict, *, dtype: str | None, out_dtype: str | None) -> SliceConf
                              f"slice (merge_method {spec.name!r} uses it), got {[s.model for s in sources]}")
         check_contract(spec, len(sources) - n_base, n_base > 0, arg=f"{where} (base_model)")
         slices.append(Slice(tuple(sources), sp))
+    refs = list(dict.fromkeys(s.model for sl in slices for s in sl.sources))
+    if spec.base == "ignored" and base is not None and not any(same_model(r, base) for r in refs):
+        # as the models: form refuses it (check_contract): such a base was kept silently, merged into
+        # no tensor, only as the tokenizer source. A base among the sources of some slice is an input
+        # (a passthrough frankenmerge of it); mergekit ignores the base for these methods per slice
+        raise ValueError(f"config.base_model: merge_method {spec.name!r} does not use a base model and {base!r} "
+                         f"is in no slice's sources (got {refs}); list it among a slice's sources instead")
     return SliceConfig(d["merge_method"], tuple(slices), base, g, dtype, out_dtype)
 
 
