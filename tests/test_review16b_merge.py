@@ -119,3 +119,38 @@ def test_base_model_among_the_sources_of_a_method_without_a_base_still_accepted(
     cfg = config.from_dict({"merge_method": "linear", "base_model": "b", "models": ["a", "b"],
                             "parameters": {"weight": 1.0}})
     assert cfg.base_model is None and [e.model for e in cfg.models] == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------- Re-Basin views keys
+
+from jaxinterp.merge import rebasin  # noqa: E402
+
+GPT_ISH = {"h_0": {"attn": {"c_attn": {"kernel": jnp.arange(24.0).reshape(2, 12)}}}}
+
+
+def test_check_spec_refuses_a_views_key_naming_no_permuted_leaf():
+    """A typo in a views key left the leaf unviewed: here its axes (4 entries) are checked against the
+    kernel's own 2-axis shape and fail there, blaming axes; with a matching view key it passes."""
+    axes = {"h_0.attn.c_attn.kernel": (None, None, "P", None)}
+    good = rebasin.PermutationSpec(axes, {"h_0.attn.c_attn.kernel": (2, 3, 2, 2)})
+    assert rebasin.check_spec(good, GPT_ISH) == {"P": 2}
+    typo = rebasin.PermutationSpec(axes, {"h_0.attn.c_atn.kernel": (2, 3, 2, 2)})
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "spec.views: keys ['h_0.attn.c_atn.kernel'] name no leaf of spec.axes; expected views only for the "
+            "permuted leaves (known: ['h_0.attn.c_attn.kernel'])") + "$"):
+        rebasin.check_spec(typo, GPT_ISH)
+
+
+def test_check_spec_refuses_an_unused_view_even_when_the_axes_fit():
+    """A view of a leaf not in axes was dropped silently, whatever it said."""
+    spec = rebasin.PermutationSpec({"D0.kernel": (None, "P")}, {"D0.kernel": (2, 3), "D1.kernel": (3, 2)})
+    params = {"D0": {"kernel": jnp.ones((2, 3))}, "D1": {"kernel": jnp.ones((3, 2))}}
+    with pytest.raises(ValueError, match=r"^spec\.views: keys \['D1\.kernel'\] .*\(known: \['D0\.kernel'\]\)$"):
+        rebasin.apply_permutation(spec, {"P": np.arange(3)}, params)
+    with pytest.raises(ValueError, match=r"^spec\.views: expected a dict leaf name -> tuple, got NoneType$"):
+        rebasin.check_spec(rebasin.PermutationSpec({"D0.kernel": (None, "P")}, None), params)
+
+
+def test_gpt2_permutation_spec_views_all_name_permuted_leaves():
+    spec = rebasin.gpt2_permutation_spec(2, 2, 4)
+    assert set(spec.views) <= set(spec.axes)

@@ -48,6 +48,15 @@ def check_spec(spec: PermutationSpec, params: Any) -> dict[str, int]:
     """Sizes of each permutation; ValueError for unknown leaves or inconsistent sizes."""
     if not isinstance(spec, PermutationSpec):  # a bare axes dict was an AttributeError on .axes
         raise ValueError(f"spec: expected a PermutationSpec(axes, views), got {type(spec).__name__}")
+    # a view of a leaf not named in axes is never used: a typo in its key left the leaf it meant
+    # unviewed (its axes then counted against the leaf's own shape, or it went unchecked), silently
+    for field in ("axes", "views"):
+        if not isinstance(getattr(spec, field), dict):
+            raise ValueError(f"spec.{field}: expected a dict leaf name -> tuple, got {type(getattr(spec, field)).__name__}")
+    unknown = sorted(set(spec.views) - set(spec.axes), key=str)
+    if unknown:
+        raise ValueError(f"spec.views: keys {unknown} name no leaf of spec.axes; expected views only for the "
+                         f"permuted leaves (known: {sorted(spec.axes, key=str)})")
     leaves = tree.named_leaves(params)
     sizes: dict[str, int] = {}
     for name, axes in spec.axes.items():
