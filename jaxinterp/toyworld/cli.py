@@ -70,7 +70,7 @@ def _add_world_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-fraction", type=float,
                    help=f"share of each composition's subjects whose two-hop sentences are trained (default "
                         f"{d.train_fraction})")
-    g.add_argument("--world-seed", type=int, help=f"default {d.seed}")
+    g.add_argument("--world-seed", type=non_negative_int, help=f"default {d.seed}")
 
 
 def _facts(args) -> int:

@@ -88,6 +88,14 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{field} must be an integer, got {getattr(self, field)!r}")
         if isinstance(self.train_fraction, bool) or not isinstance(self.train_fraction, (int, float, np.floating)):
             raise ValueError(f"WorldConfig.train_fraction must be a number, got {self.train_fraction!r}")
+        # numpy scalars as Python numbers: random.Random refuses an np.int64 seed (a TypeError in
+        # build_world) and json.dumps any numpy scalar (run.json, train.json: after the work)
+        for field in ("n_countries", "cities_per_country", "n_people", "n_companies", "seed"):
+            object.__setattr__(self, field, int(getattr(self, field)))
+        object.__setattr__(self, "train_fraction", float(self.train_fraction))
+        # random.Random(-3) is random.Random(3): a negative seed built the world of its absolute value
+        if self.seed < 0:
+            raise ValueError(f"WorldConfig.seed must be at least 0, got {self.seed}")
         for field in ("n_countries", "cities_per_country", "n_people", "n_companies"):
             if getattr(self, field) < 1:
                 raise ValueError(f"WorldConfig.{field} must be at least 1, got {getattr(self, field)}")

@@ -1,0 +1,112 @@
+"""Review of jaxinterp/toyworld (session 16): determinism, the held-out split, the tokenizer, the
+evaluation's inputs, training's run folder and the CLI. Tiny worlds and a few steps only."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxinterp.toyworld import MODEL_DIR, evaluate, train as trainmod
+from jaxinterp.toyworld import tokenizer as toktools
+from jaxinterp.toyworld.world import (WorldConfig, build_world, run_world_config, training_sentences,
+                                      two_hop_prompts)
+
+TINY_WORLD = WorldConfig(n_countries=2, cities_per_country=2, n_people=6, n_companies=2, seed=3)
+TINY_TRAIN = trainmod.TrainConfig(n_layer=1, n_embd=32, n_head=2, vocab_size=320, n_positions=48, batch_size=8,
+                                  steps=2, checkpoint_every=2, warmup_steps=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# World: seeds and numpy scalars.
+
+def test_negative_world_seed_is_refused():
+    """random.Random(-3) is random.Random(3): WorldConfig(seed=-3) built seed 3's world under another name."""
+    with pytest.raises(ValueError, match="WorldConfig.seed must be at least 0, got -3"):
+        WorldConfig(seed=-3)
+
+
+def test_cli_negative_world_seed_is_an_argparse_error(capsys):
+    from jaxinterp.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["toyworld", "facts", "--world-seed", "-3"])
+    assert e.value.code == 2
+    assert "argument --world-seed: expected a non-negative integer, got -3" in capsys.readouterr().err
+
+
+def test_numpy_scalars_in_the_configs_are_python_numbers():
+    """WorldConfig and TrainConfig accept numpy integers (checks.is_integer), but random.Random refused an
+    np.int64 seed (TypeError in build_world) and json.dumps refused them in run.json / train.json (the
+    latter only after the whole run had trained)."""
+    w = WorldConfig(n_countries=np.int64(2), cities_per_country=np.int32(2), n_people=np.int64(6),
+                    n_companies=np.int64(2), train_fraction=np.float32(0.5), seed=np.int64(3))
+    assert build_world(w).facts == build_world(TINY_WORLD).facts  # was: TypeError from random.Random
+    json.dumps(dataclasses.asdict(w))
+    assert w == TINY_WORLD and all(type(v) in (int, float) for v in dataclasses.asdict(w).values())
+    cfg = dataclasses.replace(TINY_TRAIN, steps=np.int64(2), batch_size=np.int32(8), learning_rate=np.float32(4e-3),
+                              seed=np.uint8(0))
+    json.dumps(dataclasses.asdict(cfg))  # was: Object of type int64 is not JSON serializable
+    assert all(type(v) in (int, float) for v in dataclasses.asdict(cfg).values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Determinism, the held-out split and the tokenizer (checks of the stated promises; they held).
+
+_DETERMINISM = """
+import hashlib, json
+from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
+from jaxinterp.toyworld import tokenizer as toktools
+from jaxinterp.toyworld.train import tokenizer_fingerprint
+w = build_world(WorldConfig(n_countries=2, cities_per_country=2, n_people=6, n_companies=2, seed=3))
+text = training_sentences(w)
+print(hashlib.sha256(json.dumps([w.entities, w.facts, w.two_hops, text]).encode()).hexdigest(),
+      tokenizer_fingerprint(toktools.train_tokenizer(text, vocab_size=320)))
+"""
+
+
+def test_world_text_and_tokenizer_do_not_depend_on_the_hash_seed():
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        r = subprocess.run([sys.executable, "-c", _DETERMINISM], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        outs.add(r.stdout.strip().splitlines()[-1])
+    assert len(outs) == 1, outs
+
+
+@pytest.mark.parametrize("config", [WorldConfig(seed=s) for s in (0, 1, 7)]
+                         + [dataclasses.replace(TINY_WORLD, seed=s) for s in range(5)]
+                         + [WorldConfig(n_people=3, n_companies=10, seed=2)])  # founders repeat
+def test_held_out_two_hop_text_never_reaches_the_training_text(config):
+    world = build_world(config)
+    text = "\n".join(training_sentences(world))
+    held = [th for th in world.two_hops if not th.trained]
+    assert held
+    for th in held:
+        for p in two_hop_prompts(th):
+            assert p not in text, p
+
+
+def test_every_world_name_round_trips_through_the_shipped_tokenizer():
+    from jaxinterp.transformer import load_tokenizer
+
+    tok = load_tokenizer(MODEL_DIR)
+    world = build_world(WorldConfig())
+    for names in world.entities.values():
+        for n in names:
+            assert tok.decode(toktools.answer_ids(tok, n)) == " " + n
+            assert tok.decode(toktools.encode(tok, n, bos=False)) == n
+    # byte-level: no character is unknown, so nothing is refused or lost
+    assert tok.decode(toktools.encode(tok, "Zürich ✓", bos=False)) == "Zürich ✓"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation inputs.
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: the run folder.
