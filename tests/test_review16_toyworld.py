@@ -108,5 +108,15 @@ def test_every_world_name_round_trips_through_the_shipped_tokenizer():
 # Evaluation inputs.
 
 
+def test_model_world_is_found_from_inside_the_model_folder(monkeypatch):
+    """`--model .` (run from inside the model folder): Path('.').parent is '.', so no train.json was found
+    and the default world was used, silently."""
+    record = json.loads((MODEL_DIR.parent / "train.json").read_text())
+    monkeypatch.chdir(MODEL_DIR)
+    assert run_world_config(".") == WorldConfig(**record["world"])
+    monkeypatch.chdir(MODEL_DIR.parent)
+    assert run_world_config("model/") == WorldConfig(**record["world"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training: the run folder.

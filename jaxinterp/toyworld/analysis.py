@@ -67,12 +67,12 @@ def _sweep_summary(res, name: str) -> dict:
 def model_world(model_dir: str | Path):
     """The world a toy-world model was trained on: from the train.json beside its model folder (a
     `toyworld train` run folder holds model/ and train.json, as the shipped assets do)."""
-    from jaxinterp.toyworld.world import build_world, run_world_config
+    from jaxinterp.toyworld.world import build_world, run_world_config, train_json_path
 
     config = run_world_config(model_dir)
     if config is None:
         raise ValueError(f"model: expected a toy-world model folder with train.json beside it (its world), "
-                         f"found no {Path(model_dir).parent / 'train.json'} recording one")
+                         f"found no {train_json_path(model_dir)} recording one")
     return build_world(config)
 
 

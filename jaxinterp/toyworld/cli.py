@@ -42,12 +42,12 @@ def _model_world(args, model):
     """The world to evaluate `model` on: the one in the train.json beside it (a `toyworld train` run
     folder holds model/ and train.json, as the shipped assets do), else the command line's. World
     options that contradict the model's own world are refused: its held-out split would be another."""
-    from jaxinterp.toyworld.world import run_world_config
+    from jaxinterp.toyworld.world import run_world_config, train_json_path
 
     own = run_world_config(model)
     if own is None:
         return _world_config(args)
-    record = Path(model).parent / "train.json"
+    record = train_json_path(model)
     asked = _given_world(args)
     diff = [f"--{dest.replace('_', '-')}: the model's {getattr(own, field)}, got {asked[field]}"
             for dest, field in _WORLD_ARGS.items() if field in asked and asked[field] != getattr(own, field)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 from pathlib import Path
 from typing import NamedTuple
@@ -106,11 +107,17 @@ class WorldConfig:
                              f"{self.n_countries} countries x {self.cities_per_country} cities")
 
 
+def train_json_path(model_dir) -> Path:
+    """The train.json beside a model folder (made absolute first: Path(".").parent is "." itself, so
+    `--model .` looked inside the model folder, found none and took the default world)."""
+    return Path(os.path.abspath(model_dir)).parent / "train.json"
+
+
 def run_world_config(model_dir) -> WorldConfig | None:
     """The WorldConfig a toy-world model was trained on, from the train.json beside its model folder
     (a `toyworld train` run folder holds model/ and train.json, as the shipped assets do); None where
     there is no such file or it records no world. ValueError if the settings are not a WorldConfig's."""
-    path = Path(model_dir).parent / "train.json"
+    path = train_json_path(model_dir)
     try:
         world = json.loads(path.read_text()).get("world") if path.is_file() else None
     except (OSError, ValueError):
