@@ -107,6 +107,16 @@ def test_every_world_name_round_trips_through_the_shipped_tokenizer():
 # ---------------------------------------------------------------------------------------------------
 # Evaluation inputs.
 
+@pytest.mark.parametrize("prompts,answers,match", [
+    (["The language of", "People in"], ["Ulvan"], r"answers: expected one answer per prompt \(2\), got 1"),
+    (["The language of"], ["Ulvan", "Keshor"], r"answers: expected one answer per prompt \(1\), got 2"),
+    ([], [], "prompts: expected at least one prompt, got none"),
+])
+def test_score_refuses_prompts_and_answers_that_do_not_pair(prompts, answers, match):
+    """zip dropped the unpaired prompts: fewer scores than prompts, silently; no prompt was max()'s error."""
+    with pytest.raises(ValueError, match=match):
+        evaluate.score(None, None, None, prompts, answers)  # refused before the model is touched
+
 
 def test_model_world_is_found_from_inside_the_model_folder(monkeypatch):
     """`--model .` (run from inside the model folder): Path('.').parent is '.', so no train.json was found

@@ -79,6 +79,11 @@ def _score_fn(config):
 
 def score(params, config, tokenizer, prompts: list[str], answers: list[str]) -> Scored:
     """Greedy correctness, first-token probability and whole-answer log-probability per prompt."""
+    # zip dropped the prompts (or answers) past the shorter list: fewer scores than prompts, silently
+    if len(prompts) != len(answers):
+        raise ValueError(f"answers: expected one answer per prompt ({len(prompts)}), got {len(answers)}")
+    if not prompts:  # max() of no sequence, below
+        raise ValueError("prompts: expected at least one prompt, got none")
     seqs, spans = [], []
     for p, a in zip(prompts, answers):
         if not a.strip():  # " " alone is a token here, so test the text
