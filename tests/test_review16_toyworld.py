@@ -130,3 +130,14 @@ def test_model_world_is_found_from_inside_the_model_folder(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------
 # Training: the run folder.
+
+def test_train_into_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    """It failed in orbax with NotADirectoryError after the world was built and the tokenizer trained."""
+    monkeypatch.setattr(toktools, "train_tokenizer", lambda *a, **k: pytest.fail("trained a tokenizer first"))
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ValueError, match=f"out_dir: expected a folder, got the file {f}"):
+        trainmod.train(f, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False)
+    with pytest.raises(ValueError, match="out_dir: cannot write into .*afile is not a folder"):
+        trainmod.train(f / "run", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False)
+    assert f.read_text() == "x"

@@ -10,6 +10,7 @@ Axis names: N sentences, B batch, T positions, V vocabulary.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import hashlib
@@ -22,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxinterp.checks import is_integer
+from jaxinterp.cliargs import output_folder
 from jaxinterp.toyworld import tokenizer as toktools
 from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
 
@@ -265,6 +267,10 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     from jaxinterp.transformer.weights import save_gpt2
 
     out_dir = Path(out_dir).resolve()
+    try:  # a file there (or above it) failed in orbax (NotADirectoryError) after the tokenizer was trained
+        output_folder(str(out_dir))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"out_dir: {e}") from None
     if max_minutes is not None and max_minutes <= 0:
         raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     if log_every < 1:  # was a ZeroDivisionError at the first step, after run.json was written
