@@ -141,3 +141,33 @@ def test_train_into_a_file_is_refused_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="out_dir: cannot write into .*afile is not a folder"):
         trainmod.train(f / "run", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False)
     assert f.read_text() == "x"
+
+
+def test_a_finished_run_run_again_keeps_its_final_loss(tmp_path):
+    """Re-running a finished run's command trains nothing and wrote final_loss null over the loss its
+    train.json held."""
+    first = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=1)
+    recorded = json.loads((tmp_path / "train.json").read_text())
+    assert recorded["final_loss"] == first.losses[-1] and recorded["steps_done"] == 2
+    again = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=1)
+    assert again.resumed_from == 2 and again.losses == []
+    after = json.loads((tmp_path / "train.json").read_text())
+    assert after["final_loss"] == recorded["final_loss"] and after["steps_done"] == 2
+    for name, w in first.params.items():  # the same model again
+        import jax
+
+        jax.tree.map(np.testing.assert_array_equal, w, again.params[name])
+
+
+def test_train_json_is_strict_json_when_the_loss_is_nan(tmp_path, monkeypatch):
+    """A diverged run's NaN final loss was written as a bare NaN (not JSON: jq and JavaScript refuse it)."""
+    real = trainmod._train_step
+
+    def nan_step(cfg):
+        step = real(cfg)
+        return lambda *a: (*step(*a)[:2], np.float32(np.nan))
+
+    monkeypatch.setattr(trainmod, "_train_step", nan_step)
+    trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=1)
+    text = (tmp_path / "train.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["final_loss"] is None

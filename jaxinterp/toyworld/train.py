@@ -342,13 +342,26 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     seconds = time.perf_counter() - t0
     params = jax.device_get(params)
     save_gpt2(params, config, out_dir / "model", tokenizer=tok)
+    final_loss = losses[-1] if losses else None
+    if start and cfg.steps <= start:  # nothing trained (a finished run run again): its loss stays recorded
+        final_loss = _recorded_final_loss(out_dir / "train.json", start)
     summary = {"world": dataclasses.asdict(world_config), "train": dataclasses.asdict(cfg),
               "steps_done": step + 1 if cfg.steps > start else start, "resumed_from": start,
-              "seconds_this_run": round(seconds, 1), "final_loss": losses[-1] if losses else None,
+              "seconds_this_run": round(seconds, 1), "final_loss": final_loss,
               "n_sentences": len(sentences), "n_params": int(sum(np.size(a) for a in jax.tree.leaves(params))),
               "machine": _machine()}
-    atomic.write_text(out_dir / "train.json", json.dumps(summary, indent=2))
+    # strict JSON: a diverged run's NaN loss as null (json.dumps wrote a bare NaN, which jq refuses)
+    atomic.write_json(out_dir / "train.json", summary)
     return TrainResult(params, config, tok, losses, seconds, start)
+
+
+def _recorded_final_loss(path: Path, steps_done: int):
+    """The final_loss a run folder's train.json records for `steps_done` steps, else None."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old.get("final_loss") if isinstance(old, dict) and old.get("steps_done") == steps_done else None
 
 
 def _machine() -> str:
