@@ -154,3 +154,47 @@ def test_check_spec_refuses_an_unused_view_even_when_the_axes_fit():
 def test_gpt2_permutation_spec_views_all_name_permuted_leaves():
     spec = rebasin.gpt2_permutation_spec(2, 2, 4)
     assert set(spec.views) <= set(spec.axes)
+
+
+# ----------------------------------------------------------------------------- RegMean Gram matrices
+
+from jaxinterp.merge import fisher  # noqa: E402
+
+M2 = [{"d": {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.zeros(2)}},
+      {"d": {"kernel": jnp.arange(6.0).reshape(3, 2) + 1, "bias": jnp.ones(2)}}]
+G3 = jnp.eye(3)
+WANT = r"expected a Gram matrix X\^T X \(an array \[3, 3\] for a kernel \(3, 2\)\), got "
+
+
+@pytest.mark.parametrize("bad,match", [
+    (None, rf"^grams\[0\]\['d\.kernel'\]: {WANT}NoneType None$"),                   # was an AttributeError
+    ("eye", rf"^grams\[0\]\['d\.kernel'\]: {WANT}str 'eye'$"),
+    ([[1.0], [1.0, 2.0]], rf"^grams\[0\]\['d\.kernel'\]: {WANT}list \[\[1\.0\], \[1\.0, 2\.0\]\]$"),  # ragged
+    ([[1.0, 0.0], [0.0, 1.0]], r"^grams\[0\]\['d\.kernel'\]: expected \[3, 3\] for a kernel \(3, 2\), got \(2, 2\)$"),
+    (jnp.eye(3, dtype=jnp.complex64), r"^grams\[0\]\['d\.kernel'\]: expected a real Gram matrix .*got dtype complex64$"),
+])
+def test_regmean_refuses_gram_matrices_that_are_not_arrays_of_the_right_shape(bad, match):
+    with pytest.raises(ValueError, match=match):
+        fisher.regmean(M2, [{"d.kernel": bad}, {"d.kernel": G3}])
+
+
+@pytest.mark.parametrize("grams,match", [
+    ([None, {"d.kernel": G3}], r"^grams\[0\]: expected a mapping kernel leaf name -> Gram matrix \[d_in, d_in\] "
+                               r"\(one per linear layer\), got NoneType$"),
+    ([{"d.kernel": G3}, [G3]], r"^grams\[1\]: expected a mapping .*got list$"),
+    ({0: {"d.kernel": G3}, 1: {"d.kernel": G3}},  # {model: grams}: iterated by its keys
+     r"^grams: expected a list with one mapping \(kernel leaf name -> Gram matrix \[d_in, d_in\]\) per model, got dict$"),
+    ([{"d.bias": jnp.eye(2)}, {"d.bias": jnp.eye(2)}],
+     r"^grams\[0\]\['d\.bias'\]: expected a kernel \[d_in, d_out\] \(a linear layer's\) to have a Gram matrix, got a "
+     r"leaf of shape \(2,\)$"),
+])
+def test_regmean_refuses_grams_that_are_not_one_mapping_per_model(grams, match):
+    with pytest.raises(ValueError, match=match):
+        fisher.regmean(M2, grams)
+
+
+def test_regmean_takes_nested_lists_of_the_right_shape_as_arrays():
+    g = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    ref = fisher.regmean(M2, [{"d.kernel": jnp.asarray(g)}, {"d.kernel": G3}])
+    out = fisher.regmean(M2, [{"d.kernel": g.tolist()}, {"d.kernel": np.eye(3).tolist()}])
+    np.testing.assert_array_equal(np.asarray(out["d"]["kernel"]), np.asarray(ref["d"]["kernel"]))

@@ -150,24 +150,55 @@ def gram(x: jax.Array) -> jax.Array:
     return x2.T @ x2
 
 
+def _check_grams(i: int, g: Any, leaves: dict[str, Any]) -> dict[str, jax.Array]:
+    """grams[i] as {name: array}; ValueError naming the model and layer unless it maps kernel leaves
+    [d_in, d_out] to real matrices [d_in, d_in] (None, a list of the wrong shape or a string was an
+    AttributeError on .shape). Nested lists of numbers of the right shape are taken as arrays."""
+    if not isinstance(g, Mapping):
+        raise ValueError(f"grams[{i}]: expected a mapping kernel leaf name -> Gram matrix [d_in, d_in] (one per "
+                         f"linear layer), got {type(g).__name__}")
+    out = {}
+    for name, G in g.items():
+        if name not in leaves:
+            raise ValueError(f"grams[{i}]: {name!r} is not a leaf of the models")
+        kernel = tuple(np.shape(leaves[name]))
+        din = kernel[0] if kernel else 0
+        want = f"[{din}, {din}] for a kernel {kernel}"
+        if len(kernel) != 2:
+            raise ValueError(f"grams[{i}][{name!r}]: expected a kernel [d_in, d_out] (a linear layer's) to have a "
+                             f"Gram matrix, got a leaf of shape {kernel}")
+        if not hasattr(G, "shape") or not hasattr(G, "dtype"):
+            try:
+                arr = np.asarray(G)
+            except (TypeError, ValueError):  # a ragged list
+                arr = None
+            if arr is None or arr.dtype.kind not in "iuf":
+                raise ValueError(f"grams[{i}][{name!r}]: expected a Gram matrix X^T X (an array {want}), got "
+                                 f"{type(G).__name__} {G!r:.60}")
+            G = arr
+        if not (jnp.issubdtype(G.dtype, jnp.floating) or jnp.issubdtype(G.dtype, jnp.integer)):
+            raise ValueError(f"grams[{i}][{name!r}]: expected a real Gram matrix X^T X {want}, got dtype {G.dtype}")
+        if tuple(G.shape) != (din, din):
+            raise ValueError(f"grams[{i}][{name!r}]: expected {want}, got {tuple(G.shape)}")
+        out[name] = jnp.asarray(G)
+    return out
+
+
 def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, alpha: float = 0.9) -> Any:
     """RegMean over models; `grams[i][leaf_name]` is G_i [in, in] for the kernel leaf `leaf_name`."""
     if not models:
         raise ValueError("models: expected at least one params tree, got none")
+    # a mapping (one model's grams, or {model: grams}) was iterated by its keys: an AttributeError
+    if isinstance(grams, Mapping) or not isinstance(grams, Sequence):
+        raise ValueError(f"grams: expected a list with one mapping (kernel leaf name -> Gram matrix [d_in, d_in]) "
+                         f"per model, got {type(grams).__name__}")
     if len(models) != len(grams):
         raise ValueError(f"grams: expected one mapping per model ({len(models)}), got {len(grams)}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha: expected a value in [0, 1], got {alpha}")
     tree.check_same_structure(list(models), "models")
     leaves = [tree.named_leaves(m) for m in models]
-    for i, g in enumerate(grams):
-        for name, G in g.items():
-            if name not in leaves[0]:
-                raise ValueError(f"grams[{i}]: {name!r} is not a leaf of the models")
-            din = leaves[0][name].shape[0]
-            if leaves[0][name].ndim != 2 or tuple(G.shape) != (din, din):
-                raise ValueError(f"grams[{i}][{name!r}]: expected [{din}, {din}] for a kernel "
-                                 f"{tuple(leaves[0][name].shape)}, got {tuple(G.shape)}")
+    grams = [_check_grams(i, g, leaves[0]) for i, g in enumerate(grams)]
     for i, g in enumerate(grams[1:], start=1):
         # a leaf with a Gram matrix in some models only would be averaged as if it had none
         if set(g) != set(grams[0]):
