@@ -130,3 +130,93 @@ def test_name_list_of_invalid_utf8_is_a_value_error(tmp_path):
 def test_one_dimensional_string_arrays_still_read(tmp_path, key, data, dtype, want):
     info = hdf5.read_info(_copy_fixture(tmp_path, _replace_dataset(key, data, dtype)))
     assert (info.planes if key == "planes" else info.samples["test"]) == want
+
+
+# --- the nugraph commands: an --out folder holding another command's files, empty splits -----------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from jaxinterp.nugraph import simulate  # noqa: E402
+
+_TINY = ["--planar-features", "8", "--nexus-features", "4", "--iterations", "1"]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """6 small events: train 4, validation 1, test 1 (its only event), and a model folder (init params)."""
+    import jax
+
+    from jaxinterp.nugraph import model, train
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    raws = simulate.simulate(6, seed=5, config=cfg)
+    names = [e.name for e in raws]
+    folder = tmp_path_factory.mktemp("tiny")
+    path = hdf5.write_events(folder / "tiny.gnn.h5", raws,
+                             splits={"train": names[:4], "validation": names[4:5], "test": names[5:]})
+    mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+    train.save_model(folder / "model", model.init(jax.random.key(0), mc), mc, hdf5.compute_norm(raws),
+                     {"command": "test"})
+    return path, folder / "model"
+
+
+def _main(argv, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fill(folder: Path, files: dict) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return _snapshot(folder)
+
+
+EVAL_METRICS = json.dumps({"semantic_counts": [[1]], "split": "test", "inputs": {"file": "other.gnn.h5"}})
+MODEL_JSON = json.dumps({"config": {}, "norm": {}, "converted_from": "official.ckpt"})
+
+
+@pytest.mark.parametrize("files, held", [
+    ({"metrics.json": EVAL_METRICS, "confusion_semantic_by_truth.png": "png"}, "['metrics.json']"),
+    ({"model.npz": "npz", "model.json": MODEL_JSON}, "['model.npz', 'model.json']"),  # a convert/widen folder
+])
+def test_train_refuses_a_folder_of_another_command(tiny, tmp_path, monkeypatch, capsys, files, held):
+    """Without run.json it was taken for a new run: an eval's metrics.json was replaced by the validation
+    history at the first epoch's end, a converted or widened model by the run's model at its end."""
+    path, _ = tiny
+    out = tmp_path / "taken"
+    before = _fill(out, files)
+    assert _main(["nugraph", "train", str(path), "--out", str(out), "--epochs", "1", "--batch-size", "4", *_TINY],
+                 monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"out_dir: {out} holds {held} but no run.json: the files of another command" in err
+    assert _snapshot(out) == before  # nothing written, no run.json
+
+
+def test_train_names_a_run_json_that_is_not_json(tiny, tmp_path, monkeypatch, capsys):
+    path, _ = tiny
+    before = _fill(tmp_path / "run", {"run.json": "{half"})
+    assert _main(["nugraph", "train", str(path), "--out", str(tmp_path / "run"), "--batch-size", "4", *_TINY],
+                 monkeypatch) == 2
+    assert f"out_dir: {tmp_path / 'run' / 'run.json'} is not valid JSON" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "run") == before
+
+
+def _eval(path, params, out, *extra):
+    return ["nugraph", "eval", str(path), "--params", str(params), "--out", str(out), "--displays", "1", *extra]
+
+
+def _trained_like(folder: Path) -> dict:
+    return _fill(folder, {"run.json": "{}", "model.npz": "the run's", "model.json": "{}"})

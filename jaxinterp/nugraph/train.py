@@ -375,6 +375,13 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     # checkpoint its stop writes (2.5: 3 steps taken, none saved, a resume started again from step 0)
     if max_steps is not None and not (is_integer(max_steps) and max_steps >= 0):
         raise ValueError(f"max_steps: expected None or an integer >= 0, got {max_steps!r}")
+    run_json = out_dir / "run.json"
+    if not run_json.exists():  # another command's folder: its files would be overwritten by this run's
+        foreign = [n for n in ("metrics.json", "model.npz", "model.json", "checkpoints") if (out_dir / n).exists()]
+        if foreign:
+            raise ValueError(f"out_dir: {out_dir} holds {foreign} but no run.json: the files of another command "
+                             "(an eval, a converted or widened model), which this run would overwrite; expected a "
+                             "new folder or a run folder to resume (use a new --out folder)")
     info = hdf5.read_info(path)
     if init_params is not None:
         model.check_params(init_params, model_config,
@@ -404,9 +411,12 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     if init_params is not None:
         run_desc["init"] = init_name or "given params"
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_json = out_dir / "run.json"
     if run_json.exists():
-        before = json.loads(run_json.read_text())
+        try:
+            before = json.loads(run_json.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"out_dir: {run_json} is not valid JSON ({e}); expected the run.json a run "
+                             "writes (use a new --out folder)") from None
         if "train_data_sha256" not in before:  # run.json of a run begun before the digest existed
             run_desc.pop("train_data_sha256")
         if before != json.loads(json.dumps(run_desc)):
