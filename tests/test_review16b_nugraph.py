@@ -214,6 +214,28 @@ def test_train_names_a_run_json_that_is_not_json(tiny, tmp_path, monkeypatch, ca
     assert _snapshot(tmp_path / "run") == before
 
 
+def test_train_without_validation_needs_no_validation_split(tiny, tmp_path, monkeypatch, capsys):
+    """--limit-val 0 ("no validation") still read /samples/validation: a file without one was refused."""
+    from jaxinterp.nugraph import train
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    path, _ = tiny
+    nov = tmp_path / "noval.gnn.h5"
+    nov.write_bytes(Path(path).read_bytes())
+    with h5py.File(nov, "r+") as f:
+        del f["samples/validation"]
+    logs = []
+    res = train.train(nov, tmp_path / "run", config=train.TrainConfig(epochs=1, batch_size=4), max_steps=0,
+                      model_config=NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1), limit_val=0,
+                      progress=False, log=logs.append)
+    assert res.steps == 0 and "validation: 0 events (skipped 0 events)" in logs[0]
+    assert (tmp_path / "run" / "run.json").exists()
+    # validation asked for: still an error, before anything is written
+    assert _main(["nugraph", "train", str(nov), "--out", str(tmp_path / "run2"), *_TINY], monkeypatch) == 2
+    assert "missing dataset '/samples/validation'" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
+
+
 def _eval(path, params, out, *extra):
     return ["nugraph", "eval", str(path), "--params", str(params), "--out", str(out), "--displays", "1", *extra]
 

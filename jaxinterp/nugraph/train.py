@@ -392,7 +392,10 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
         raise ValueError(f"path: the file's semantic classes {list(info.semantic_classes)} differ from the model's "
                          f"{list(model_config.semantic_classes)} (the same names in the same order expected)")
     train_ev, train_res = hdf5.load_events(path, "train", limit=limit_train)
-    val_ev, val_res = hdf5.load_events(path, "validation", limit=limit_val)
+    if limit_val == 0:  # no validation: the file need not have a validation split
+        val_ev, val_res = [], hdf5.ReadResult([], {"empty plane": [], "no space points": []})
+    else:
+        val_ev, val_res = hdf5.load_events(path, "validation", limit=limit_val)
     log(f"train: {len(train_ev)} events ({train_res.skipped_line()}); "
         f"validation: {len(val_ev)} events ({val_res.skipped_line()})")
     if not train_ev:
