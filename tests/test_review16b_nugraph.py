@@ -240,5 +240,62 @@ def _eval(path, params, out, *extra):
     return ["nugraph", "eval", str(path), "--params", str(params), "--out", str(out), "--displays", "1", *extra]
 
 
+@pytest.mark.parametrize("files, what", [
+    # a training run's folder: its metrics.json (the validation history) was replaced
+    ({"run.json": "{}", "metrics.json": json.dumps([{"epoch": 0}]), "model.npz": "npz"},
+     "holds ['metrics.json'] (a training run's validation history), which this evaluation would overwrite"),
+    ({"display_r1_sr1_evt5.png": "mine"}, "holds ['display_r1_sr1_evt5.png'] (not an evaluation's)"),
+    ({"metrics.json": "{not json"}, "holds ['metrics.json'] (not an evaluation's)"),
+    # another evaluation's results (another file): replaced before
+    ({"metrics.json": EVAL_METRICS, "confusion_filter_by_truth.png": "png"},
+     "holds the results of another evaluation (inputs {'file': 'other.gnn.h5'}), this one's are"),
+])
+def test_eval_refuses_a_folder_holding_other_results(tiny, tmp_path, monkeypatch, capsys, files, what):
+    path, params = tiny
+    out = tmp_path / "taken"
+    before = _fill(out, files)
+    assert _main(_eval(path, params, out, "--split", "all"), monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"out: {out} {what}" in err, err
+    assert _snapshot(out) == before
+
+
+def test_eval_repeats_into_its_own_folder_but_not_another_split(tiny, tmp_path, monkeypatch, capsys):
+    path, params = tiny
+    out = tmp_path / "eval"
+    assert _main(_eval(path, params, out, "--split", "all"), monkeypatch) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["inputs"]["split"] == "all" and first["inputs"]["file"] == str(Path(path).resolve())
+    assert _main(_eval(path, params, out, "--split", "all"), monkeypatch) == 0  # the same evaluation again
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["semantic_counts"] == first["semantic_counts"] and again["inputs"] == first["inputs"]
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert _main(_eval(path, params, out, "--split", "validation"), monkeypatch) == 2  # replaced 'all''s before
+    assert "holds the results of another evaluation" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    # a model folder holds none of eval's files: its results may go beside the model
+    mine = tmp_path / "model"
+    _fill(mine, {})
+    for f in ("model.npz", "model.json"):
+        (mine / f).write_bytes((params / f).read_bytes())
+    assert _main(_eval(path, mine, mine, "--split", "test"), monkeypatch) == 0
+    assert (mine / "metrics.json").exists() and (mine / "model.npz").exists()
+
+
+def test_eval_of_a_split_without_events_names_the_file_and_split(tiny, tmp_path, monkeypatch, capsys):
+    path, params = tiny
+    empty = tmp_path / "empty_test.gnn.h5"
+    empty.write_bytes(Path(path).read_bytes())
+    with h5py.File(empty, "r+") as f:
+        del f["samples/test"]
+        f.create_dataset("samples/test", data=np.array([], dtype=object), dtype=_STR)
+    out = tmp_path / "eval"
+    assert _main(_eval(empty, params, out, "--split", "test"), monkeypatch) == 2
+    assert (f"file: {empty}: expected at least one event to evaluate in split 'test', got none (skipped 0 events)"
+            in capsys.readouterr().err)
+    assert not out.exists()
+
+
 def _trained_like(folder: Path) -> dict:
     return _fill(folder, {"run.json": "{}", "model.npz": "the run's", "model.json": "{}"})

@@ -144,13 +144,53 @@ def predicted_labels(pred, planes: Sequence[str], *, threshold: float = 0.5) -> 
     return {p: labels(pred.semantic[p], pred.filter[p], threshold=threshold) for p in planes}
 
 
+def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
+    """ValueError unless `write_outputs` may write into `out_dir` without losing anything saved there:
+    the folder is new, or holds none of the files an evaluation writes (metrics.json, confusion_*.png,
+    display_*.png), or holds those of an evaluation of the same `inputs` (file, split, model, limit:
+    its metrics.json records them), whose figures this one repeats. A training run's metrics.json (its
+    validation history) or another evaluation's figures are refused, naming what is there."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return
+    ours = sorted(f.name for f in out.iterdir() if f.name == "metrics.json"
+                  or (f.suffix == ".png" and f.name.startswith(("confusion_", "display_"))))
+    if not ours:
+        return
+    before = None
+    if (out / "metrics.json").is_file():
+        try:
+            before = json.loads((out / "metrics.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    if not (isinstance(before, dict) and "semantic_counts" in before):
+        what = ("a training run's validation history" if isinstance(before, list) or (out / "run.json").exists()
+                else "not an evaluation's")
+        raise ValueError(f"out: {out} holds {ours[:5]}{' ...' if len(ours) > 5 else ''} ({what}), which this "
+                         f"evaluation would overwrite; expected a new folder or one an evaluation of the same "
+                         f"inputs wrote (use a new --out folder)")
+    if before.get("inputs") != inputs:
+        raise ValueError(f"out: {out} holds the results of another evaluation (inputs {before.get('inputs')}), this "
+                         f"one's are {inputs}; its files would be overwritten (use a new --out folder)")
+
+
+def model_sha256(path: str | Path | None = None) -> str:
+    """sha256 of the model.npz `load_model(path)` reads: what an evaluation records as its model."""
+    folder = ASSET_DIR if path is None else Path(path)
+    return hashlib.sha256(((folder.parent if folder.is_file() else folder) / "model.npz").read_bytes()).hexdigest()
+
+
 def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], result: EvalResult, *,
                   displays: int = 3, extra: dict | None = None) -> list[Path]:
     """metrics.json, the semantic and filter confusion matrices (by truth, by prediction) and
-    `displays` event displays, as PNGs in out_dir. Returns the written paths."""
+    `displays` event displays, as PNGs in out_dir. Returns the written paths.
+
+    `extra["inputs"]` (what was evaluated) is kept in metrics.json; a folder holding another
+    evaluation's or command's files is a ValueError before anything is written (`check_out_dir`)."""
     from jaxinterp import report
     from jaxinterp.nugraph import display
 
+    check_out_dir(out_dir, (extra or {}).get("inputs"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [atomic.write_json(out / "metrics.json", {
@@ -179,6 +219,10 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
 def run_cli(args) -> EvalResult:
     model = load_model(args.params)
     split = None if args.split == "all" else args.split
+    inputs = {"file": str(Path(args.file).resolve()), "split": args.split, "limit": args.limit,
+              "params": str(Path(args.params).resolve()) if args.params else "the shipped model",
+              "model_sha256": model_sha256(args.params)}
+    check_out_dir(args.out, inputs)  # before anything is read or computed
     info = hdf5.read_info(args.file, need_samples=split is not None, need_norm=False)
     if tuple(info.semantic_classes) != tuple(model.config.semantic_classes):
         # labels index the file's list, predictions the model's: per-class figures would swap names
@@ -187,6 +231,10 @@ def run_cli(args) -> EvalResult:
     res = hdf5.read_events(args.file, split, limit=args.limit)
     events = to_events(res.events, model)
     print(f"{args.split}: {len(events)} events ({res.skipped_line()})")
+    if not events:  # evaluate's own error named neither the file nor the split
+        where = "the file" if split is None else f"split {args.split!r}"
+        raise ValueError(f"file: {args.file}: expected at least one event to evaluate in {where}, got none "
+                         f"({res.skipped_line()})")
     result = evaluate(model, events, batch_size=args.batch_size, progress=True)
     m = result.metrics
     print(m.line())
@@ -196,6 +244,6 @@ def run_cli(args) -> EvalResult:
     print(f"inference: {result.seconds_per_event * 1e3:.1f} ms/event (batch {args.batch_size})")
     files = write_outputs(args.out, model, events, result, displays=args.displays,
                           extra={"file": str(args.file), "split": args.split, "skipped": dict(res.skipped),
-                                 "model": dataclasses.asdict(model.config)})
+                                 "model": dataclasses.asdict(model.config), "inputs": inputs})
     print(f"wrote {len(files)} files to {args.out}")
     return result
