@@ -299,3 +299,35 @@ def test_eval_of_a_split_without_events_names_the_file_and_split(tiny, tmp_path,
 
 def _trained_like(folder: Path) -> dict:
     return _fill(folder, {"run.json": "{}", "model.npz": "the run's", "model.json": "{}"})
+
+
+def test_widen_refuses_a_run_folder_or_another_model(tiny, tmp_path, monkeypatch, capsys):
+    _, params = tiny
+    run = tmp_path / "run"
+    before = _trained_like(run)
+    assert _main(["nugraph", "widen", "--params", str(params), "--out", str(run)], monkeypatch) == 2
+    assert f"out: {run} is a `nugraph train` run folder (it holds run.json)" in capsys.readouterr().err
+    assert _snapshot(run) == before  # the run's model was replaced before
+    wide = tmp_path / "wide"
+    assert _main(["nugraph", "widen", "--params", str(params), "--out", str(wide)], monkeypatch) == 0
+    assert _main(["nugraph", "widen", "--params", str(params), "--out", str(wide)], monkeypatch) == 0  # the same again
+    capsys.readouterr()
+    before = _snapshot(wide)
+    assert _main(["nugraph", "widen", "--params", str(params), "--out", str(wide), "--factor", "3"], monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"out: {wide} holds ['model.npz', 'model.json'] of another model" in err and "factor 2" in err
+    assert _snapshot(wide) == before
+
+
+def test_convert_refuses_a_run_folder_or_another_model(tmp_path, monkeypatch, capsys):
+    ckpt, h5 = FIXTURES / "nugraph2_reference.ckpt", FIXTURES / "nugraph2_events.gnn.h5"
+    run = tmp_path / "run"
+    before = _trained_like(run)
+    assert _main(["nugraph", "convert", str(ckpt), str(run), "--norm", str(h5)], monkeypatch) == 2
+    assert f"out: {run} is a `nugraph train` run folder" in capsys.readouterr().err
+    assert _snapshot(run) == before
+    other = tmp_path / "other"
+    before = _fill(other, {"model.npz": "npz", "model.json": json.dumps({"widened_from": "x"})})
+    assert _main(["nugraph", "convert", str(ckpt), str(other), "--norm", str(h5)], monkeypatch) == 2
+    assert f"out: {other} holds ['model.npz', 'model.json'] of another model" in capsys.readouterr().err
+    assert _snapshot(other) == before

@@ -179,10 +179,14 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
     Everything is read and checked before anything is written; each file is written atomically.
     """
     from jaxinterp.nugraph import hdf5
-    from jaxinterp.nugraph.train import save_model
+    import hashlib
+
+    from jaxinterp.nugraph.train import check_model_out, save_model
 
     info = hdf5.read_info(norm_file, need_samples=False, need_norm=True)  # checks each plane's [2, 4]
     ckpt = load_official_checkpoint(ckpt_path)
+    provenance = {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file),
+                  "converted_from_sha256": hashlib.sha256(Path(ckpt_path).read_bytes()).hexdigest()}
     missing = [p for p in ckpt.config.planes if p not in info.norm]
     if missing:
         raise ValueError(f"norm_file: {norm_file} holds a feature norm for planes {list(info.norm)}, the checkpoint's "
@@ -190,9 +194,9 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir: expected a folder for model.npz and model.json, got the file {out}")
+    check_model_out(out, provenance)  # a run's or another model's files are not overwritten
     out.mkdir(parents=True, exist_ok=True)
-    save_model(out, ckpt.params, ckpt.config, {p: info.norm[p] for p in ckpt.config.planes},
-               {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file)})
+    save_model(out, ckpt.params, ckpt.config, {p: info.norm[p] for p in ckpt.config.planes}, provenance)
     return ckpt
 
 

@@ -132,13 +132,16 @@ def _widen(args) -> int:
     from pathlib import Path
 
     from jaxinterp.nugraph import evaluate, model, widen
-    from jaxinterp.nugraph.train import save_model
+    from jaxinterp.nugraph.train import check_model_out, save_model
 
     start = evaluate.load_model(args.params)
-    params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
     source = args.params or "the shipped model"
-    save_model(Path(args.out), params, config, start.norm,
-               {"widened_from": f"{source} (factor {args.factor}, noise {args.noise}, seed {args.seed})"})
+    provenance = {"widened_from": f"{source} (factor {args.factor}, noise {args.noise}, seed {args.seed})",
+                  "widened_from_sha256": evaluate.model_sha256(args.params)}
+    check_model_out(args.out, provenance)  # before anything is computed
+    params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    save_model(Path(args.out), params, config, start.norm, provenance)
     print(f"wrote {args.out}: {config.planar_features} planar / {config.nexus_features} nexus features, "
           f"{model.num_params(params):,} parameters (from {model.num_params(start.params):,})")
     return 0

@@ -307,6 +307,29 @@ def _restore(mngr, step: int, like: TrainState) -> tuple[TrainState, dict]:
     return TrainState(**got["state"]), dict(got["meta"])
 
 
+def check_model_out(out_dir: str | Path, provenance: dict) -> None:
+    """ValueError unless a command that writes only a model (`nugraph widen`, `convert`) may `save_model`
+    into `out_dir` without losing anything saved there: not a training run's folder (run.json: its model
+    is the run's to write), and any model.npz/model.json there made from the same source (model.json
+    holding every entry of `provenance`), which the new one repeats."""
+    out = Path(out_dir)
+    if (out / "run.json").exists():
+        raise ValueError(f"out: {out} is a `nugraph train` run folder (it holds run.json), whose model.npz and "
+                         "model.json are the run's; expected a new folder or a model folder (use a new --out folder)")
+    there = [n for n in ("model.npz", "model.json") if (out / n).exists()]
+    if not there:
+        return
+    try:
+        before = json.loads((out / "model.json").read_text()) if (out / "model.json").is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        before = None
+    same = isinstance(before, dict) and all(before.get(k) == v for k, v in json.loads(json.dumps(provenance)).items())
+    if not same:
+        made = {k: before.get(k) for k in provenance} if isinstance(before, dict) else "unreadable or absent"
+        raise ValueError(f"out: {out} holds {there} of another model ({made}), this one is {provenance}; they would "
+                         "be overwritten (use a new --out folder)")
+
+
 def save_model(out_dir: Path, params, mc: NuGraph2Config, norm: dict, extra: dict | None = None) -> Path:
     """Writes model.npz (flat 'a/b/c' names), then model.json (config, feature norm, provenance and
     `npz_sha256`, the hash of that model.npz).
