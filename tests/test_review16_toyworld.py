@@ -171,3 +171,32 @@ def test_train_json_is_strict_json_when_the_loss_is_nan(tmp_path, monkeypatch):
     trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, log_every=1)
     text = (tmp_path / "train.json").read_text()
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))["final_loss"] is None
+
+
+_HUGE_VOCAB = """
+import pathlib, sys
+from jaxinterp.toyworld import tokenizer as toktools, train as trainmod
+for call in (lambda: toktools.train_tokenizer(["a b c."], vocab_size=10**12),
+             lambda: trainmod.train(pathlib.Path(sys.argv[1]), cfg=trainmod.TrainConfig(vocab_size=10**12), progress=False)):
+    try:
+        call()
+    except ValueError as e:
+        print("refused:", e)
+"""
+
+
+def test_a_huge_vocabulary_is_refused_not_a_process_abort(tmp_path):
+    """The BPE trainer allocates vocab_size entries up front: vocab_size=10**12 (or --vocab-size) aborted
+    the whole process with a Rust out-of-memory error, no Python exception; now a ValueError first."""
+    r = subprocess.run([sys.executable, "-c", _HUGE_VOCAB, str(tmp_path / "run")], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("refused:")]
+    assert lines == [
+        f"refused: vocab_size must be at least 300 (256 bytes, BOS and some merges) and at most {2**20}, "
+        f"an integer; got {10**12}",
+        f"refused: TrainConfig.vocab_size must be at least 300 (256 bytes, BOS and some merges) and at most {2**20} "
+        f"(the BPE trainer allocates that many entries), got {10**12}"]
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="an integer; got 400.5"):
+        toktools.train_tokenizer(["a b c."], vocab_size=400.5)

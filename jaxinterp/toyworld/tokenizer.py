@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from jaxinterp.checks import is_integer
+
 BOS = "<|endoftext|>"
+# The BPE trainer allocates a table of vocab_size entries before it reads a word: 10**12 aborted the
+# process (a Rust out-of-memory abort, no Python error). A vocabulary this large is never filled
+# anyway (the built-in world's text stops at about 1100 tokens).
+MAX_VOCAB = 2**20
 
 
 def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512):
@@ -20,8 +26,9 @@ def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 300:
-        raise ValueError(f"vocab_size must be at least 300 (256 bytes, BOS and some merges), got {vocab_size}")
+    if not is_integer(vocab_size) or not 300 <= vocab_size <= MAX_VOCAB:
+        raise ValueError(f"vocab_size must be at least 300 (256 bytes, BOS and some merges) and at most {MAX_VOCAB}, "
+                         f"an integer; got {vocab_size!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

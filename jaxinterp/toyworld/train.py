@@ -277,9 +277,9 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
         raise ValueError(f"log_every must be at least 1, got {log_every}")
     # the tokenizer trainer's floor, before the world is built and the tokenizer trained (not in
     # TrainConfig: a small world's tokenizer may hold fewer, and the model is then sized to it)
-    if cfg.vocab_size < 300:
-        raise ValueError(f"TrainConfig.vocab_size must be at least 300 (256 bytes, BOS and some merges), "
-                         f"got {cfg.vocab_size}")
+    if not 300 <= cfg.vocab_size <= toktools.MAX_VOCAB:
+        raise ValueError(f"TrainConfig.vocab_size must be at least 300 (256 bytes, BOS and some merges) and at most "
+                         f"{toktools.MAX_VOCAB} (the BPE trainer allocates that many entries), got {cfg.vocab_size}")
     t0 = time.perf_counter()
     world = build_world(world_config)
     sentences = training_sentences(world)
