@@ -4,7 +4,6 @@ code before its fix."""
 
 import re
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
