@@ -331,3 +331,24 @@ def test_convert_refuses_a_run_folder_or_another_model(tmp_path, monkeypatch, ca
     assert _main(["nugraph", "convert", str(ckpt), str(other), "--norm", str(h5)], monkeypatch) == 2
     assert f"out: {other} holds ['model.npz', 'model.json'] of another model" in capsys.readouterr().err
     assert _snapshot(other) == before
+
+
+@pytest.mark.parametrize("model_planes", [("u", "v"), ("u", "v", "y", "w"), ("u", "w", "y")])
+def test_eval_refuses_a_model_of_other_planes(tiny, tmp_path, monkeypatch, capsys, model_planes):
+    """A model of planes u, v ran on a u, v, y file's u and v alone, its figures leaving plane y's hits
+    out, silently; the others failed on the first event ("no plane(s) ['w']"), naming neither file nor model."""
+    import jax
+
+    from jaxinterp.nugraph import model, train
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    path, _ = tiny
+    mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1, planes=model_planes)
+    norm = hdf5.read_info(path).norm
+    norm = {p: norm.get(p, norm["u"]) for p in model_planes}
+    train.save_model(tmp_path / "m", model.init(jax.random.key(0), mc), mc, norm)
+    out = tmp_path / "eval"
+    assert _main(_eval(path, tmp_path / "m", out, "--split", "all"), monkeypatch) == 2
+    assert (f"file: {path} has planes ['u', 'v', 'y'], the model (--params) takes {list(model_planes)} (the same "
+            "planes expected)") in " ".join(capsys.readouterr().err.split())
+    assert not out.exists()
