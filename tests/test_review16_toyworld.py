@@ -200,3 +200,19 @@ def test_a_huge_vocabulary_is_refused_not_a_process_abort(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="an integer; got 400.5"):
         toktools.train_tokenizer(["a b c."], vocab_size=400.5)
+
+
+def test_a_refused_restore_does_not_record_the_refused_settings(tmp_path):
+    """A folder without run.json or train.json (a run killed before it returned, older code) is checked
+    only by its checkpoint's shapes, but run.json was written with the asked settings before the restore
+    failed (orbax's 'Requested shape ...'): the run's own settings were then refused as "other settings"."""
+    cfg = dataclasses.replace(TINY_TRAIN, steps=4)
+    trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=cfg, max_minutes=1e-9, progress=False)
+    (tmp_path / "run.json").unlink()
+    (tmp_path / "train.json").unlink()
+    with pytest.raises(ValueError, match=f"out_dir: the checkpoint of step 1 in {tmp_path} does not fit these settings"):
+        trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=dataclasses.replace(cfg, n_embd=64), progress=False)
+    assert not (tmp_path / "run.json").exists()
+    resumed = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=cfg, progress=False)
+    assert resumed.resumed_from == 1
+    assert json.loads((tmp_path / "run.json").read_text())["train"]["n_embd"] == 32

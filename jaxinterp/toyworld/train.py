@@ -302,20 +302,27 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
     start = manager.latest_step() or 0
     record = run_record(world_config, cfg, tok)
-    if start:
+    if start:  # resume: only the shapes of a fresh state are needed to restore into
         try:
             check_resume(out_dir, record)
-        except ValueError:
+            try:
+                state = manager.restore(start, args=ocp.args.StandardRestore(
+                    jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))))
+            except ValueError as e:  # a folder without records, of other shapes (orbax: 'Requested shape ...')
+                raise ValueError(f"out_dir: the checkpoint of step {start} in {out_dir} does not fit these settings "
+                                 f"({e}). Resume it with its own settings, or train into a new folder") from e
+        except BaseException:
             manager.close()
             raise
-    if not start or not (out_dir / RUN_JSON).exists():  # a fresh run, or a folder from before run.json
-        atomic.write_text(out_dir / RUN_JSON, json.dumps(record, indent=2))
-    if start:  # resume: only the shapes of a fresh state are needed to restore into
-        state = manager.restore(start, args=ocp.args.StandardRestore(jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))))
         # Plain host arrays again: restored arrays carry orbax's sharding, which would make the
         # jitted step compile a second time.
         state = jax.tree.map(lambda a: jax.numpy.asarray(np.asarray(a)), state)
-    else:
+    # A folder from before run.json records this run's settings once its checkpoint has restored
+    # (written before, a refused restore left a record of the refused settings: the run's own were
+    # then refused as "other settings")
+    if not start or not (out_dir / RUN_JSON).exists():  # a fresh run, or a folder from before run.json
+        atomic.write_text(out_dir / RUN_JSON, json.dumps(record, indent=2))
+    if not start:
         state = fresh()
     params, opt_state = state["params"], state["opt_state"]
     step_fn = _train_step(cfg)
