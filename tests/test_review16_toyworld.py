@@ -216,3 +216,15 @@ def test_a_refused_restore_does_not_record_the_refused_settings(tmp_path):
     resumed = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=cfg, progress=False)
     assert resumed.resumed_from == 1
     assert json.loads((tmp_path / "run.json").read_text())["train"]["n_embd"] == 32
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"max_minutes": float("nan")}, r"max_minutes must be positive, got nan"),  # never stopped the run
+    ({"max_minutes": "5"}, r"max_minutes must be positive, got '5'"),            # a TypeError mid-run
+    ({"log_every": 1.5}, r"log_every must be at least 1, got 1.5 \(an integer of steps\)"),  # logged at 3, 6, 9
+])
+def test_train_limits_are_checked_before_any_work(tmp_path, monkeypatch, kwargs, match):
+    monkeypatch.setattr(toktools, "train_tokenizer", lambda *a, **k: pytest.fail("trained a tokenizer first"))
+    with pytest.raises(ValueError, match=match):
+        trainmod.train(tmp_path / "run", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, **kwargs)
+    assert not (tmp_path / "run").exists()

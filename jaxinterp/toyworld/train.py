@@ -271,10 +271,13 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
         output_folder(str(out_dir))
     except argparse.ArgumentTypeError as e:
         raise ValueError(f"out_dir: {e}") from None
-    if max_minutes is not None and max_minutes <= 0:
-        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
-    if log_every < 1:  # was a ZeroDivisionError at the first step, after run.json was written
-        raise ValueError(f"log_every must be at least 1, got {log_every}")
+    # a NaN limit never stopped the run (every comparison with NaN is false), silently
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float, np.floating))
+                                    or not max_minutes > 0):
+        raise ValueError(f"max_minutes must be positive, got {max_minutes!r}")
+    # 1.5 logged at steps 3, 6, 9 (where (step + 1) % 1.5 == 0), silently
+    if not is_integer(log_every) or log_every < 1:  # 0 was a ZeroDivisionError at the first step, after run.json was written
+        raise ValueError(f"log_every must be at least 1, got {log_every!r} (an integer of steps)")
     # the tokenizer trainer's floor, before the world is built and the tokenizer trained (not in
     # TrainConfig: a small world's tokenizer may hold fewer, and the model is then sized to it)
     if not 300 <= cfg.vocab_size <= toktools.MAX_VOCAB:
