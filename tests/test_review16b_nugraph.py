@@ -352,3 +352,57 @@ def test_eval_refuses_a_model_of_other_planes(tiny, tmp_path, monkeypatch, capsy
     assert (f"file: {path} has planes ['u', 'v', 'y'], the model (--params) takes {list(model_planes)} (the same "
             "planes expected)") in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
+
+
+# --- predict / prepare: arguments that are not what they take --------------------------------------
+
+
+def _params_and_event():
+    import jax
+
+    from jaxinterp.nugraph import model
+    from jaxinterp.nugraph.model import NuGraph2Config
+    from test_nugraph_graph import random_event
+
+    mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+    return model.init(jax.random.key(0), mc), mc, random_event(np.random.default_rng(0), (4, 5, 6), 2, "a")
+
+
+@pytest.mark.parametrize("entry, case, message", [
+    # before: AttributeError 'NoneType' object has no attribute 'planes'
+    ("predict", "config None", "predict: config: expected a NuGraph2Config, got NoneType"),
+    ("predict", "config dict", "predict: config: expected a NuGraph2Config, got dict"),
+    ("prepare", "config None", "prepare: config: expected a NuGraph2Config, got NoneType"),
+    # before: read as the Event's fields, "events must be Event tuples, got dict"
+    ("predict", "one event", "predict: events: expected a list of Events, got a single Event 'a' (use [event])"),
+    ("prepare", "one event", "prepare: events: expected a list of Events, got a single Event 'a' (use [event])"),
+    # before: TypeError 'NoneType' object is not iterable
+    ("predict", "events None", "predict: events: expected a list of Events, got NoneType"),
+    # before: AttributeError 'int' object has no attribute 'name'
+    ("prepare", "an int", "prepare: events must be Event tuples, got int at index 0"),
+    # before: TypeError BatchSizes.__new__() missing 2 required positional arguments
+    ("prepare", "sizes short", "prepare: sizes: expected a graph.BatchSizes (integers ['hits', 'edges', 'nexus', "
+                               "'sp', 'slots'], slots optional), got (64, 8)"),
+    ("prepare", "sizes float", "prepare: sizes: expected a graph.BatchSizes"),
+])
+def test_predict_and_prepare_name_bad_arguments(entry, case, message):
+    from jaxinterp.nugraph import predict
+
+    params, mc, ev = _params_and_event()
+    events = {"one event": ev, "events None": None, "an int": [1]}.get(case, [ev])
+    config = {"config None": None, "config dict": {"planar_features": 8}}.get(case, mc)
+    sizes = {"sizes short": (64, 8), "sizes float": (64.0, 8, 8, 8)}.get(case)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if entry == "predict":
+            predict.predict(params, events, config=config)
+        else:
+            predict.prepare(events, config=config, sizes=sizes)
+
+
+def test_prepare_still_takes_four_or_five_sizes():
+    from jaxinterp.nugraph import graph, predict
+
+    _, mc, ev = _params_and_event()
+    need = graph.pick_sizes([ev], planes=mc.planes)
+    for sizes in (need, tuple(need)[:4], list(need)):
+        assert predict.prepare([ev], config=mc, sizes=sizes).x.shape[1] == need.hits

@@ -26,7 +26,7 @@ Axis names: D devices, P planes, N hits per plane (padded), C classes.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +89,23 @@ def _bucket_sizes(needed: Sequence[graph.BatchSizes], planes: tuple[str, ...],
     return [_SIZES[key] for key in keys]
 
 
+def _checked_events(events, config, where: str) -> list[Event]:
+    """`events` as a list of Events and `config` a NuGraph2Config, or a ValueError naming `where` (an
+    AttributeError or TypeError from deep inside came before; a single Event read as its fields)."""
+    if not isinstance(config, NuGraph2Config):
+        raise ValueError(f"{where}: config: expected a NuGraph2Config, got {type(config).__name__}")
+    if isinstance(events, Event):
+        raise ValueError(f"{where}: events: expected a list of Events, got a single Event {events.name!r} "
+                         f"(use [event])")
+    if isinstance(events, (str, bytes, dict)) or not isinstance(events, Iterable):
+        raise ValueError(f"{where}: events: expected a list of Events, got {type(events).__name__}")
+    events = list(events)
+    for i, e in enumerate(events):
+        if not isinstance(e, Event):
+            raise ValueError(f"{where}: events must be Event tuples, got {type(e).__name__} at index {i}")
+    return events
+
+
 def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(), mesh=None,
             dtype=np.float32, sizes: graph.BatchSizes | None = None, check: bool = True) -> graph.GraphBatch:
     """Host side of `predict`: one padded union per device, stacked and sharded (unstacked for 1 device).
@@ -96,6 +113,11 @@ def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(
     `sizes`: padded sizes for each union (default: the smallest buckets that hold the events);
     `check=False` skips validating events the caller has validated.
     """
+    events = _checked_events(events, config, "prepare")
+    if sizes is not None and (not isinstance(sizes, (tuple, list)) or len(sizes) not in (4, 5)
+                              or not all(is_integer(v) for v in sizes)):  # slots has a default
+        raise ValueError(f"prepare: sizes: expected a graph.BatchSizes (integers {list(graph.BatchSizes._fields)}, "
+                         f"slots optional), got {sizes!r}")
     mesh = parallel.make_mesh() if mesh is None else parallel.check_mesh(mesh, where="prepare: mesh")
     d = mesh.devices.size
     if check:
@@ -120,7 +142,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     """
     from tqdm import tqdm
 
-    events = list(events)
+    events = _checked_events(events, config, "predict")
     if not is_integer(batch_size):
         raise ValueError(f"predict: batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
     if batch_size < 1:
@@ -128,8 +150,6 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     if mesh is not None:
         parallel.check_mesh(mesh, where="predict: mesh")
     for e in events:
-        if not isinstance(e, Event):
-            raise ValueError(f"predict: events must be Event tuples, got {type(e).__name__}")
         graph.validate(e, planes=config.planes)
     check_params(params, config, where="predict: params")
     mesh = parallel.make_mesh() if mesh is None else mesh
