@@ -349,8 +349,8 @@ def test_eval_refuses_a_model_of_other_planes(tiny, tmp_path, monkeypatch, capsy
     train.save_model(tmp_path / "m", model.init(jax.random.key(0), mc), mc, norm)
     out = tmp_path / "eval"
     assert _main(_eval(path, tmp_path / "m", out, "--split", "all"), monkeypatch) == 2
-    assert (f"file: {path} has planes ['u', 'v', 'y'], the model (--params) takes {list(model_planes)} (the same "
-            "planes expected)") in " ".join(capsys.readouterr().err.split())
+    assert (f"file: {path} has planes ['u', 'v', 'y'], the model takes planes {list(model_planes)} (--params; the "
+            "same planes expected)") in " ".join(capsys.readouterr().err.split())
     assert not out.exists()
 
 

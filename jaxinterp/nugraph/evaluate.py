@@ -231,8 +231,8 @@ def run_cli(args) -> EvalResult:
     if set(info.planes) != set(model.config.planes):
         # a model of fewer planes ran on those alone, its figures silently leaving the others' hits out;
         # one of more planes failed on the first event (planes are matched by name: the order may differ)
-        raise ValueError(f"file: {args.file} has planes {list(info.planes)}, the model (--params) takes "
-                         f"{list(model.config.planes)} (the same planes expected)")
+        raise ValueError(f"file: {args.file} has planes {list(info.planes)}, the model takes planes "
+                         f"{list(model.config.planes)} (--params; the same planes expected)")
     res = hdf5.read_events(args.file, split, limit=args.limit)
     events = to_events(res.events, model)
     print(f"{args.split}: {len(events)} events ({res.skipped_line()})")
