@@ -406,3 +406,70 @@ def test_prepare_still_takes_four_or_five_sizes():
     need = graph.pick_sizes([ev], planes=mc.planes)
     for sizes in (need, tuple(need)[:4], list(need)):
         assert predict.prepare([ev], config=mc, sizes=sizes).x.shape[1] == need.hits
+
+
+# --- evaluate / to_events / write_outputs / train: arguments that are not what they take ------------
+
+
+def _tiny_model():
+    from jaxinterp.nugraph import evaluate
+
+    params, mc, ev = _params_and_event()
+    return evaluate.Model(params, mc, {p: np.array([[0.0] * 4, [1.0] * 4], np.float32) for p in mc.planes}, {}), ev
+
+
+@pytest.mark.parametrize("case, message", [
+    # before: AttributeError 'dict' object has no attribute 'planes' (the Event read as its fields)
+    ("one event", "evaluate: events: expected a list of Events, got a single Event 'a' (use [event])"),
+    ("an int", "evaluate: events must be Event tuples, got int at index 1"),
+    ("model None", "model: expected an evaluate.Model (as load_model returns it), got NoneType"),
+])
+def test_evaluate_names_bad_arguments(case, message):
+    from jaxinterp.nugraph import evaluate
+
+    m, ev = _tiny_model()
+    events = {"one event": ev, "an int": [ev, 1]}.get(case, [ev])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate.evaluate(None if case == "model None" else m, events)
+
+
+@pytest.mark.parametrize("raws, message", [
+    ([1], "raws: expected hdf5.RawEvent records (read_events'), got int at index 0"),
+    (None, "raws: expected a list of hdf5.RawEvent, got NoneType"),
+    ("r1_sr1_evt0", "raws: expected a list of hdf5.RawEvent, got str"),
+])
+def test_to_events_names_bad_arguments(raws, message):
+    from jaxinterp.nugraph import evaluate
+
+    m, _ = _tiny_model()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate.to_events(raws, m)
+    one = hdf5.read_events(FIXTURE).events[0]
+    with pytest.raises(ValueError, match=re.escape("raws: expected a list of hdf5.RawEvent, got RawEvent")):
+        evaluate.to_events(one, m)
+    assert len(evaluate.to_events(iter([one]), m)) == 1
+
+
+@pytest.mark.parametrize("displays", [-1, 1.5, "2"])
+def test_write_outputs_refuses_a_display_count_that_is_not_one(tmp_path, displays):
+    """-1 drew every display but the last (a slice [:-1]); 1.5 and '2' were TypeErrors from the slice."""
+    from jaxinterp.nugraph import evaluate
+
+    m, ev = _tiny_model()
+    res = evaluate.EvalResult(None, None, [], 0.0)  # refused before any of it is read
+    with pytest.raises(ValueError, match=re.escape(f"displays: expected a non-negative integer, got {displays!r}")):
+        evaluate.write_outputs(tmp_path / "out", m, [ev], res, displays=displays)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"config": {"epochs": 1}}, "config: expected a TrainConfig, got dict"),
+    ({"model_config": None}, "model_config: expected a NuGraph2Config, got NoneType"),
+])
+def test_train_names_a_config_of_another_type(tmp_path, kw, message):
+    """An AttributeError after the file was read, before."""
+    from jaxinterp.nugraph import train
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.train(FIXTURE, tmp_path / "run", progress=False, log=lambda s: None, **kw)
+    assert not (tmp_path / "run").exists()

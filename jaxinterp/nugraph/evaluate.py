@@ -20,7 +20,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -103,6 +103,13 @@ def load_model(path: str | Path | None = None) -> Model:
 
 
 def to_events(raws: Sequence[hdf5.RawEvent], model: Model) -> list[Event]:
+    """The raw events normalised with the model's own norm (what it was trained with)."""
+    if isinstance(raws, (hdf5.RawEvent, str, bytes, dict)) or not isinstance(raws, Iterable):
+        raise ValueError(f"raws: expected a list of hdf5.RawEvent, got {type(raws).__name__}")
+    raws = list(raws)
+    for i, r in enumerate(raws):
+        if not isinstance(r, hdf5.RawEvent):  # an AttributeError from to_event before
+            raise ValueError(f"raws: expected hdf5.RawEvent records (read_events'), got {type(r).__name__} at index {i}")
     return [hdf5.to_event(r, model.norm, planes=model.config.planes) for r in raws]
 
 
@@ -116,9 +123,11 @@ class EvalResult(NamedTuple):
 def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32, progress: bool = False) -> EvalResult:
     """Runs the model on `events` (with labels) and accumulates the figures of merit (`progress`: a
     tqdm bar over the events)."""
-    from jaxinterp.nugraph.predict import predict
+    from jaxinterp.nugraph.predict import _checked_events, predict
 
-    events = list(events)
+    if not isinstance(model, Model):  # an AttributeError from inside before
+        raise ValueError(f"model: expected an evaluate.Model (as load_model returns it), got {type(model).__name__}")
+    events = _checked_events(events, model.config, "evaluate")
     if not events:
         raise ValueError("events: expected at least one event to evaluate, got none")
     for e in events:  # before the model runs over the set (a missing plane is predict's error)
@@ -190,6 +199,10 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
     from jaxinterp import report
     from jaxinterp.nugraph import display
 
+    from jaxinterp.checks import is_integer
+
+    if not is_integer(displays) or displays < 0:  # -1 drew every display but the last
+        raise ValueError(f"displays: expected a non-negative integer, got {displays!r}")
     check_out_dir(out_dir, (extra or {}).get("inputs"))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

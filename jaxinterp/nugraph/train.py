@@ -393,6 +393,9 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
 
     from jaxinterp.nugraph import model
 
+    for name, value, kind in (("config", config, TrainConfig), ("model_config", model_config, NuGraph2Config)):
+        if not isinstance(value, kind):  # an AttributeError after the events were read, before
+            raise ValueError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
     out_dir = Path(out_dir)
     # a fractional max_steps was never equal to the step, so the run stopped past it without the
     # checkpoint its stop writes (2.5: 3 steps taken, none saved, a resume started again from step 0)
