@@ -228,3 +228,15 @@ def test_train_limits_are_checked_before_any_work(tmp_path, monkeypatch, kwargs,
     with pytest.raises(ValueError, match=match):
         trainmod.train(tmp_path / "run", world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False, **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_defaults_to_the_models_own_world(tmp_path):
+    """evaluate(model) scored any model on WorldConfig()'s world (the CLI and ship passed the run's
+    world; the Python default did not): a run of another world was scored on prompts it never saw as
+    single-hop facts and on compositions it may have trained on, as "held out"."""
+    trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=TINY_TRAIN, progress=False)
+    res = evaluate.evaluate(tmp_path / "model", candidates=False)
+    assert res == evaluate.evaluate(tmp_path / "model", world_config=TINY_WORLD, candidates=False)
+    single = next(r for r in res["rows"] if r["group"] == "single-hop" and r["kind"] == "all")
+    assert single["prompts"] == 3 * len(build_world(TINY_WORLD).facts)
+    assert res["tokenization"]["person"]["entities"] == TINY_WORLD.n_people

@@ -118,11 +118,17 @@ def _answer_kind(item: Item) -> str:
     return RELATIONS[relation][1]
 
 
-def evaluate(model, *, world_config: WorldConfig = WorldConfig(), candidates: bool = True,
+def evaluate(model, *, world_config: WorldConfig | None = None, candidates: bool = True,
              params_config_tokenizer=None) -> dict:
-    """Accuracy tables of `model` (a folder `load_gpt2` reads) on the world of `world_config`."""
+    """Accuracy tables of `model` (a folder `load_gpt2` reads) on the world of `world_config`; by
+    default the model's own (the train.json beside its folder, as `toyworld evaluate` reads it), else
+    WorldConfig()'s. (The default was always WorldConfig(): another run's model was scored on the
+    built-in world, whose held-out compositions it may have trained on.)"""
+    from jaxinterp.toyworld.world import run_world_config
     from jaxinterp.transformer import load_gpt2, load_tokenizer
 
+    if world_config is None:
+        world_config = (run_world_config(model) if model is not None else None) or WorldConfig()
     if params_config_tokenizer is None:
         params, config = load_gpt2(model)
         tok = load_tokenizer(model)
