@@ -240,3 +240,15 @@ def test_evaluate_defaults_to_the_models_own_world(tmp_path):
     single = next(r for r in res["rows"] if r["group"] == "single-hop" and r["kind"] == "all")
     assert single["prompts"] == 3 * len(build_world(TINY_WORLD).facts)
     assert res["tokenization"]["person"]["entities"] == TINY_WORLD.n_people
+
+
+def test_a_run_stopped_by_its_time_limit_logs_its_last_steps(tmp_path):
+    """The losses since the last log were dropped at a --minutes stop: stopped after step 1 with
+    log_every 3, the run logged nothing and train.json said final_loss null (with log_every 50, the
+    loss of a window up to 49 steps old)."""
+    cfg = dataclasses.replace(TINY_TRAIN, steps=6)
+    stopped = trainmod.train(tmp_path, world_config=TINY_WORLD, cfg=cfg, max_minutes=1e-9, progress=False, log_every=3)
+    assert len(stopped.losses) == 1 and np.isfinite(stopped.losses[0])
+    assert json.loads((tmp_path / "train.json").read_text())["final_loss"] == stopped.losses[0]
+    straight = trainmod.train(tmp_path / "straight", world_config=TINY_WORLD, cfg=cfg, progress=False, log_every=1)
+    assert stopped.losses[0] == straight.losses[0]  # the loss of step 1, the one step it trained

@@ -336,13 +336,15 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
         idx = batch_indices(step, len(data.tokens), cfg.batch_size, cfg.seed)
         params, opt_state, loss = step_fn(params, opt_state, data.tokens[idx], data.mask[idx])
         running.append(loss)
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        done = step + 1 == cfg.steps
+        late = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
+        # a run stopped by its time limit logs its last, partial window too: it was dropped, and
+        # train.json's final_loss was the mean of a window up to log_every - 1 steps before the stop
+        if (step + 1) % log_every == 0 or done or late:
             mean = float(np.mean(jax.device_get(running)))
             running = []
             losses.append(mean)
             bar.set_postfix(loss=f"{mean:.4f}")
-        done = step + 1 == cfg.steps
-        late = max_minutes is not None and time.perf_counter() - t0 > 60 * max_minutes
         if (step + 1) % cfg.checkpoint_every == 0 or done or late:
             manager.save(step + 1, args=ocp.args.StandardSave({"params": params, "opt_state": opt_state}))
         if late:
