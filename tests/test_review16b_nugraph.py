@@ -473,3 +473,21 @@ def test_train_names_a_config_of_another_type(tmp_path, kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         train.train(FIXTURE, tmp_path / "run", progress=False, log=lambda s: None, **kw)
     assert not (tmp_path / "run").exists()
+
+
+# --- read_info: an event in two splits, or twice in one -------------------------------------------
+
+
+@pytest.mark.parametrize("key, names, message", [
+    # trained on and tested on: the test figures were inflated, silently
+    ("samples/test", ["r1_sr1_evt7", "r1_sr1_evt0"], "'/samples/test' lists event 'r1_sr1_evt0', already in "
+                                                     "'/samples/train'"),
+    ("samples/validation", ["r1_sr1_evt6", "r1_sr1_evt6"], "'/samples/validation' lists event 'r1_sr1_evt6', "
+                                                           "already in '/samples/validation'"),
+])
+def test_split_lists_that_overlap_are_a_value_error(tmp_path, key, names, message):
+    path = _copy_fixture(tmp_path, _replace_dataset(key, np.array(names, dtype=object), _STR))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {message}; expected each event in at most one split")):
+        hdf5.read_events(path, "train")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        hdf5.read_info(path)

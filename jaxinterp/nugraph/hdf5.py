@@ -182,6 +182,13 @@ def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
     samples = {s: names(f"samples/{s}") if _read(f, f"samples/{s}") is not None else () for s in SPLITS}
     if need_samples and not any(samples.values()):
         raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
+    seen: dict[str, str] = {}
+    for s in SPLITS:  # as write_events refuses: an event trained on and tested on inflates the figures
+        for n in samples[s]:
+            if n in seen:
+                raise ValueError(f"{f.filename}: '/samples/{s}' lists event {n!r}, already in '/samples/{seen[n]}'; "
+                                 f"expected each event in at most one split, once")
+            seen[n] = s
     datasize = _read(f, "datasize/train")
     datasize = np.asarray(datasize) if datasize is not None else None
     norm = {}
