@@ -491,3 +491,27 @@ def test_split_lists_that_overlap_are_a_value_error(tmp_path, key, names, messag
         hdf5.read_events(path, "train")
     with pytest.raises(ValueError, match=re.escape(message)):
         hdf5.read_info(path)
+
+
+# --- eval --params: a model.json whose config or norm is not one -----------------------------------
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"config": {"planar_features": "8"}}, "config: NuGraph2Config.planar_features: expected an integer >= 1, got '8'"),
+    ({"config": {"planes": "uvy"}}, "config: NuGraph2Config.planes: expected a non-empty list of distinct names"),
+    # numpy's "could not convert string to float: 'abc'", naming neither file nor plane, before
+    ({"norm": {"u": "abc"}}, "norm['u']: expected a [2, 4] (mean, std) array of numbers, got abc"),
+])
+def test_eval_params_with_a_bad_config_or_norm_names_the_file(tiny, tmp_path, monkeypatch, capsys, change, message):
+    path, params = tiny
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.npz").write_bytes((params / "model.npz").read_bytes())
+    desc = json.loads((params / "model.json").read_text())
+    for k, v in change.items():
+        desc[k].update(v)
+    (folder / "model.json").write_text(json.dumps(desc))
+    out = tmp_path / "eval"
+    assert _main(_eval(path, folder, out), monkeypatch) == 2
+    assert f"params: {folder / 'model.json'} {message}" in capsys.readouterr().err
+    assert not out.exists()

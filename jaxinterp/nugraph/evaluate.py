@@ -70,8 +70,17 @@ def load_model(path: str | Path | None = None) -> Model:
     if set(cfg) - fields:
         raise ValueError(f"params: {js} config has unknown keys {sorted(set(cfg) - fields)}; expected among "
                          f"{sorted(fields)}")
-    config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
-    norm = {p: np.asarray(v, np.float32) for p, v in desc.pop("norm").items()}
+    try:  # NuGraph2Config's own error named neither the file nor that it came from its config
+        config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"params: {js} config: {e}") from None
+    norm = {}
+    for p, v in desc.pop("norm").items():
+        try:  # numpy's "could not convert string to float" named neither the file nor the plane
+            norm[p] = np.asarray(v, np.float32)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"params: {js} norm[{p!r}]: expected a [2, {NUM_FEATURES}] (mean, std) array of "
+                             f"numbers, got {str(v)[:60]} ({e})") from None
     bad = [p for p in config.planes if p not in norm or norm[p].shape != (2, NUM_FEATURES)]
     if bad:
         raise ValueError(f"params: {js} norm must hold a [2, {NUM_FEATURES}] (mean, std) array for each plane "
