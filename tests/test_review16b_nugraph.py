@@ -243,6 +243,9 @@ def _eval(path, params, out, *extra):
 @pytest.mark.parametrize("files, what", [
     # a training run's folder: its metrics.json (the validation history) was replaced
     ({"run.json": "{}", "metrics.json": json.dumps([{"epoch": 0}]), "model.npz": "npz"},
+     "is a `nugraph train` run folder (it holds run.json), whose metrics.json is the run's validation history"),
+    ({"run.json": "{}"}, "is a `nugraph train` run folder (it holds run.json)"),  # a run not yet validated
+    ({"metrics.json": json.dumps([{"epoch": 0}])},
      "holds ['metrics.json'] (a training run's validation history), which this evaluation would overwrite"),
     ({"display_r1_sr1_evt5.png": "mine"}, "holds ['display_r1_sr1_evt5.png'] (not an evaluation's)"),
     ({"metrics.json": "{not json"}, "holds ['metrics.json'] (not an evaluation's)"),

@@ -166,11 +166,16 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
     """ValueError unless `write_outputs` may write into `out_dir` without losing anything saved there:
     the folder is new, or holds none of the files an evaluation writes (metrics.json, confusion_*.png,
     display_*.png), or holds those of an evaluation of the same `inputs` (file, split, model, limit:
-    its metrics.json records them), whose figures this one repeats. A training run's metrics.json (its
-    validation history) or another evaluation's figures are refused, naming what is there."""
+    its metrics.json records them), whose figures this one repeats. A training run's folder (run.json:
+    its metrics.json is the validation history), another evaluation's figures or files of those names
+    are refused, naming what is there."""
     out = Path(out_dir)
     if not out.is_dir():
         return
+    if (out / "run.json").exists():  # its metrics.json (now or once validated) is the run's history
+        raise ValueError(f"out: {out} is a `nugraph train` run folder (it holds run.json), whose metrics.json is "
+                         f"the run's validation history; expected a new folder or one an evaluation of the same "
+                         f"inputs wrote (use a new --out folder)")
     ours = sorted(f.name for f in out.iterdir() if f.name == "metrics.json"
                   or (f.suffix == ".png" and f.name.startswith(("confusion_", "display_"))))
     if not ours:
@@ -182,8 +187,7 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError):
             pass
     if not (isinstance(before, dict) and "semantic_counts" in before):
-        what = ("a training run's validation history" if isinstance(before, list) or (out / "run.json").exists()
-                else "not an evaluation's")
+        what = "a training run's validation history" if isinstance(before, list) else "not an evaluation's"
         raise ValueError(f"out: {out} holds {ours[:5]}{' ...' if len(ours) > 5 else ''} ({what}), which this "
                          f"evaluation would overwrite; expected a new folder or one an evaluation of the same "
                          f"inputs wrote (use a new --out folder)")
