@@ -240,6 +240,26 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _params_shapes_differ(saved, params) -> str | None:
+    """The first params entry whose shape in the checkpoint's metadata (orbax `item_metadata`) differs
+    from `params`' (arrays or ShapeDtypeStructs), or one present in only one of them; None if all fit."""
+    import jax
+
+    saved = getattr(saved, "tree", saved)
+    if not isinstance(saved, dict) or "params" not in saved:
+        return None  # nothing to compare with: the restore itself decides
+
+    def shapes(tree):
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    stored, wanted = shapes(saved["params"]), shapes(params)
+    for name in sorted(stored.keys() | wanted.keys()):
+        if stored.get(name) != wanted.get(name):
+            return (f"params{name}: stored {'shape ' + str(stored[name]) if name in stored else 'nothing'}, "
+                    f"these settings {'shape ' + str(wanted[name]) if name in wanted else 'nothing'}")
+    return None
+
+
 def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg: TrainConfig = TrainConfig(),
           max_minutes: float | None = None, progress: bool = True, log_every: int = 50) -> TrainResult:
     """Builds the world and tokenizer, trains (resuming from out_dir/checkpoints when present) and
@@ -302,18 +322,25 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
         key = jax.random.PRNGKey(cfg.seed)
         return jax.jit(fresh_state).lower(key).compile({"xla_backend_optimization_level": 0})(key)
 
-    manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2))
+    manager = ocp.CheckpointManager(out_dir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=2),
+                                    item_handlers=ocp.StandardCheckpointHandler())  # item_metadata needs it
     start = manager.latest_step() or 0
     record = run_record(world_config, cfg, tok)
     if start:  # resume: only the shapes of a fresh state are needed to restore into
         try:
             check_resume(out_dir, record)
+            abstract = jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))
+            refused = f"out_dir: the checkpoint of step {start} in {out_dir} does not fit these settings"
+            advice = "Resume it with its own settings, or train into a new folder"
+            # a folder without records, of other shapes: compared before restoring, since orbax's failed
+            # restore leaves one asyncio task per array whose error is logged, unretrieved, at exit
+            differs = _params_shapes_differ(manager.item_metadata(start), abstract["params"])
+            if differs:
+                raise ValueError(f"{refused} ({differs}). {advice}")
             try:
-                state = manager.restore(start, args=ocp.args.StandardRestore(
-                    jax.eval_shape(fresh_state, jax.random.PRNGKey(cfg.seed))))
-            except ValueError as e:  # a folder without records, of other shapes (orbax: 'Requested shape ...')
-                raise ValueError(f"out_dir: the checkpoint of step {start} in {out_dir} does not fit these settings "
-                                 f"({e}). Resume it with its own settings, or train into a new folder") from e
+                state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+            except ValueError as e:  # the optimiser state of another optimiser (orbax: 'Requested shape ...')
+                raise ValueError(f"{refused} ({e}). {advice}") from e
         except BaseException:
             manager.close()
             raise
