@@ -121,8 +121,11 @@ def machine_line() -> str:
 
 def row(workload: str, figure: float | None, unit: str, *, goal: str | None = None,
         reference: str | None = None, met: bool | None = None) -> dict[str, Any]:
-    """One row; a figure that was not measured (None, NaN or inf) is stored as null."""
+    """One row; a figure that was not measured (None, NaN or inf) is stored as null, and so is its
+    verdict: a goal cannot be met or missed by a figure that does not exist (NaN >= 3 is False, so a
+    ratio with a killed run in it read "NOT met")."""
     figure = None if figure is None or not math.isfinite(float(figure)) else float(figure)
+    met = None if figure is None or met is None else bool(met)
     return {"workload": workload, "figure": figure, "unit": unit, "goal": goal, "reference": reference, "met": met}
 
 
