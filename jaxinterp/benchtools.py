@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from jaxinterp import atomic
+from jaxinterp.checks import is_integer
 from jaxinterp.cliargs import output_file
 
 
@@ -44,6 +45,7 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
 
     `clock`: wall time by default; `time.process_time` gives the process's CPU time (all threads),
     steadier than wall time on a shared machine."""
+    _check_repeats(repeats)
     t0 = clock()
     block(fn())
     compile_s = clock() - t0
@@ -63,6 +65,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> 
     On a shared machine the load drifts over seconds; interleaving gives every function the same
     drift, so their ratios stay meaningful where back-to-back blocks of repeats would not.
     """
+    _check_repeats(repeats)
     compile_s = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
@@ -75,6 +78,13 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> 
             block(fn())
             times[name].append(time.perf_counter() - t0)
     return {name: Timing(compile_s[name], statistics.median(t), min(t), repeats) for name, t in times.items()}
+
+
+def _check_repeats(repeats) -> None:
+    # before the first (compiling) call: 0 timed calls was statistics' "no median for empty data"
+    # after it, and 2.5 a TypeError from range()
+    if not is_integer(repeats) or repeats < 1:
+        raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
 
 
 def cpu_model() -> str:

@@ -55,3 +55,19 @@ def test_a_goal_is_not_judged_on_a_figure_that_was_not_measured(monkeypatch, tmp
     assert benchtools.row("r", 2.0, "x", goal=">= 3", met=np.bool_(False))["met"] is False
     assert benchtools.row("r", float("nan"), "x", goal=">= 3", met=False)["met"] is None
     assert benchtools.row("r", None, "x", goal=">= 3", met=True)["met"] is None
+
+
+@pytest.mark.parametrize("repeats", [0, -1, 2.5, "3", True])
+def test_timing_helpers_refuse_a_repeat_count_before_the_first_call(repeats):
+    """time_fn(repeats=0) ran the (compiling) first call, then failed with statistics' "no median for
+    empty data"; 2.5 was a TypeError from range() and True timed one call. Now a ValueError naming
+    repeats, before anything runs."""
+    from jaxinterp import benchtools
+
+    def never():
+        pytest.fail("the function ran")
+
+    with pytest.raises(ValueError, match=rf"repeats: expected a positive integer, got {repeats!r}"):
+        benchtools.time_fn(never, repeats=repeats)
+    with pytest.raises(ValueError, match=rf"repeats: expected a positive integer, got {repeats!r}"):
+        benchtools.time_interleaved({"a": never}, repeats=repeats)
