@@ -45,17 +45,18 @@ def check_mesh(mesh: Any, *, where: str = "mesh") -> Mesh:
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over "data", the rest replicated."""
-    return NamedSharding(mesh, P(DATA))
+    return NamedSharding(check_mesh(mesh, where="data_sharding: mesh"), P(DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
+    return NamedSharding(check_mesh(mesh, where="replicated: mesh"), P())
 
 
 def padded_size(n: int, mesh: Mesh) -> int:
     """The smallest multiple of the mesh size that holds n examples."""
     _check_size("padded_size: n", n)
-    d = mesh.devices.size
+    # a device list (make_mesh's argument) was an AttributeError on .devices
+    d = check_mesh(mesh, where="padded_size: mesh").devices.size
     return -(-n // d) * d
 
 
@@ -82,7 +83,7 @@ def _check_size(name: str, v) -> None:
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf with its leading axis split over the mesh. The leading size must be a
     multiple of the number of devices (pad with `pad_batch(tree, padded_size(n, mesh))`)."""
-    d = mesh.devices.size
+    d = check_mesh(mesh, where="shard_batch: mesh").devices.size
     for leaf in jax.tree.leaves(tree):
         if np.ndim(leaf) == 0 or np.shape(leaf)[0] % d:
             raise ValueError(f"shard_batch: leading axis must be a multiple of the {d} devices, "
@@ -92,4 +93,4 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf whole on every device (params, configs' arrays)."""
-    return jax.device_put(tree, replicated(mesh))
+    return jax.device_put(tree, NamedSharding(check_mesh(mesh, where="replicate: mesh"), P()))

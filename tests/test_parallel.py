@@ -1,11 +1,10 @@
 """jaxinterp.parallel in this process (one CPU device); the multi-device paths run in subprocesses
 with 4 host devices in the capability tests (lens training, NuGraph2 predict, GPT-2 forward)."""
 
-import types
-
 import jax
 import numpy as np
 import pytest
+from jax.sharding import Mesh
 
 from jaxinterp import parallel
 
@@ -23,7 +22,9 @@ def test_pad_batch_pads_every_leaf_with_zero_rows():
 def test_padded_size_and_shard_batch_on_one_device():
     mesh = parallel.make_mesh()
     assert mesh.axis_names == (parallel.DATA,) and mesh.devices.size == 1 and parallel.padded_size(3, mesh) == 3
-    four = types.SimpleNamespace(devices=np.empty(4))  # padded_size reads only the device count
+    # padded_size reads only the device count: a Mesh of one device four times (a namespace with
+    # `devices` was accepted before padded_size checked that it got a Mesh)
+    four = Mesh(np.asarray(jax.devices()[:1] * 4), (parallel.DATA,))
     assert [parallel.padded_size(n, four) for n in (1, 4, 5, 8)] == [4, 4, 8, 8]
     x = parallel.shard_batch(np.arange(6.0).reshape(3, 2), mesh)
     assert x.sharding == parallel.data_sharding(mesh)

@@ -71,3 +71,31 @@ def test_timing_helpers_refuse_a_repeat_count_before_the_first_call(repeats):
         benchtools.time_fn(never, repeats=repeats)
     with pytest.raises(ValueError, match=rf"repeats: expected a positive integer, got {repeats!r}"):
         benchtools.time_interleaved({"a": never}, repeats=repeats)
+
+
+def test_parallel_helpers_refuse_what_is_not_a_data_mesh():
+    """padded_size, shard_batch, replicate, data_sharding and replicated took a device list (make_mesh's
+    own argument, an easy slip) to an AttributeError on `.devices`, and a mesh without the "data" axis
+    to a PartitionSpec error from inside NamedSharding; predict checked its mesh, these did not. Now a
+    ValueError naming the function, what it expected and what came."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from jaxinterp import parallel
+
+    devices = jax.devices()
+    other_axis = Mesh(np.asarray(devices), ("batch",))
+    tree = {"x": np.ones((len(devices), 2), np.float32)}
+    calls = {"padded_size": lambda m: parallel.padded_size(3, m), "shard_batch": lambda m: parallel.shard_batch(tree, m),
+             "replicate": lambda m: parallel.replicate(tree, m), "data_sharding": parallel.data_sharding,
+             "replicated": parallel.replicated}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"^{name}: mesh: expected a jax.sharding.Mesh .*got list$"):
+            call(devices)
+        with pytest.raises(ValueError, match=rf"^{name}: mesh: expected a mesh with the axis 'data', got axes \('batch',\)$"):
+            call(other_axis)
+    mesh = parallel.make_mesh(devices)  # the right mesh: as before
+    assert parallel.padded_size(3, mesh) == -(-3 // len(devices)) * len(devices)
+    assert parallel.replicate(tree, mesh)["x"].sharding == parallel.replicated(mesh)
+    assert parallel.shard_batch(tree, mesh)["x"].sharding == parallel.data_sharding(mesh)
