@@ -27,6 +27,27 @@ SECTIONS = [
 ]
 
 
+TITLE = "jaxinterp demo"
+
+
+def _check_own_index(index: Path) -> None:
+    """A ValueError unless `index` is absent or a report an earlier demo wrote (its title): a page the
+    user saved in the --out folder (a site's own index.html) was silently replaced by the report."""
+    if not index.exists():
+        return
+    if not index.is_file():
+        raise ValueError(f"out_dir: expected a folder where {index.name} can be written, got {index} (not a file)")
+    try:
+        with open(index, "rb") as f:
+            head = f.read(1024).decode("utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"out_dir: {index} exists and cannot be read ({e.strerror}): cannot tell whether an "
+                         f"earlier demo wrote it") from None
+    if f"<title>{TITLE}</title>" not in head:
+        raise ValueError(f"out_dir: expected a new folder or one an earlier `jaxinterp demo` wrote, got {index.parent} "
+                         f"holding an {index.name} that is not a demo report (move it, or give another --out)")
+
+
 def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = None) -> tuple[Path, list[str]]:
     """Builds every section and writes out_dir/index.html. Returns the path and the failed sections."""
     from tqdm import tqdm
@@ -40,6 +61,7 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
     if unmatched:
         raise ValueError(f"only: expected parts of section names ({', '.join(SECTIONS)}), got {unmatched}")
     out_dir = Path(out_dir)
+    _check_own_index(out_dir / "index.html")  # before any section writes its figures
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, failed = [], []
     names = [s for s in SECTIONS if not only or any(o in s for o in only)]
@@ -56,7 +78,7 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
             why = "".join(traceback.format_exception_only(e)).strip().splitlines()[-1]
             tqdm.write(f"section failed: {spec}: {why} (traceback in {out_dir / 'index.html'})", file=sys.stderr)
     index = out_dir / "index.html"
-    atomic.write_text(index, report.render("jaxinterp demo", sections, footer=f"Run on {benchtools.machine_line()}"))
+    atomic.write_text(index, report.render(TITLE, sections, footer=f"Run on {benchtools.machine_line()}"))
     return index, failed
 
 

@@ -99,3 +99,53 @@ def test_parallel_helpers_refuse_what_is_not_a_data_mesh():
     assert parallel.padded_size(3, mesh) == -(-3 // len(devices)) * len(devices)
     assert parallel.replicate(tree, mesh)["x"].sharding == parallel.replicated(mesh)
     assert parallel.shard_batch(tree, mesh)["x"].sharding == parallel.data_sharding(mesh)
+
+
+def _fake_sections(monkeypatch, name: str, calls: list) -> None:
+    """demo.SECTIONS replaced by one section that records its call and writes a figure."""
+    import types
+
+    from jaxinterp import atomic, demo, report
+
+    def section(out_dir, *, quick):
+        calls.append(out_dir)
+        atomic.write_bytes(out_dir / "fake.png", b"\x89PNG\r\n\x1a\n")
+        return report.Section("Fake", report.paragraph("ran"))
+
+    fake = types.ModuleType(name)
+    fake.section = section
+    monkeypatch.setitem(sys.modules, name, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{name}:section"])
+
+
+def test_demo_does_not_replace_an_index_html_it_did_not_write(monkeypatch, tmp_path, capsys):
+    """`jaxinterp demo --out site` replaced the user's own site/index.html with the report, without a
+    word. A folder whose index.html is not a demo report is refused now, before any section runs or
+    writes; a report from an earlier demo is replaced as before."""
+    from jaxinterp import cli, demo, report
+
+    calls: list = []
+    _fake_sections(monkeypatch, "_fake_demo_sections16u", calls)
+    site = tmp_path / "site"
+    site.mkdir()
+    mine = "<!doctype html><html><head><title>My notes</title></head><body>months of work</body></html>"
+    (site / "index.html").write_text(mine)
+    assert cli.main(["demo", "--out", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert "not a demo report" in err and str(site) in err
+    assert (site / "index.html").read_text() == mine and calls == [] and not (site / "fake.png").exists()
+
+    # an earlier demo's report (as render writes it) is the demo's own: replaced
+    old = tmp_path / "demo_out"
+    old.mkdir()
+    (old / "index.html").write_text(report.render(demo.TITLE, [report.Section("Old", "<p>old</p>")]))
+    assert cli.main(["demo", "--out", str(old)]) == 0
+    page = (old / "index.html").read_text()
+    assert "<h2 id='s0'>Fake</h2>" in page and "Old" not in page and calls == [old]
+
+    # a folder named index.html is no page to replace either
+    odd = tmp_path / "odd"
+    (odd / "index.html").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"out_dir: expected a folder where index.html can be written, got .*not a file"):
+        demo.run(odd)
+    assert calls == [old]
