@@ -8,14 +8,24 @@ def _run(args) -> int:
     import numpy as np
 
     from jaxinterp.transformer import hooks, load_gpt2, load_tokenizer, run_with_cache
+    from jaxinterp.transformer.weights import read_config
 
-    # Bad input before the weights are read: a misspelt hook name, a prompt of no tokens.
+    # Bad input before the weights are read: a misspelt hook name, a prompt of no tokens; then, from the
+    # config.json, a hook of a layer the model lacks and a prompt longer than its context (run_with_cache
+    # refused those only after the whole model had been read)
     for name in args.cache or ():
         hooks.split_name(name)
     tok = load_tokenizer(args.model)
     ids = tok(args.prompt)["input_ids"]
     if not ids:
         raise ValueError(f"prompt {args.prompt!r} tokenises to nothing")
+    _, config = read_config(args.model)
+    hooks.check_names(args.cache or (), config.n_layer)
+    if len(ids) > config.n_positions:
+        raise ValueError(f"prompt: expected at most n_positions = {config.n_positions} tokens, got {len(ids)}")
+    if max(ids) >= config.vocab_size:  # a tokenizer of a larger vocabulary than the model's
+        raise ValueError(f"prompt: expected token ids below the model's vocab_size = {config.vocab_size}, got "
+                         f"{max(ids)} (is the tokenizer the model's?)")
     params, config = load_gpt2(args.model, process_weights=args.process_weights)
     logits, cache = run_with_cache(params, np.asarray([ids], np.int32), config=config, names=args.cache or ())
     probs = np.asarray(jax.nn.softmax(logits[0, -1]))

@@ -175,6 +175,19 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
                          f"model ({type(e).__name__}: {e})") from e
 
 
+def read_config(name_or_path: str | os.PathLike) -> tuple[Path, GPT2Config]:
+    """(folder, GPT2Config) of a model from its config.json alone, for checks that must come before its
+    weights are read (the sizes are those of the processed model too)."""
+    folder = _resolve(name_or_path)
+    if not (folder / "config.json").exists():
+        raise ValueError(f"{folder} has no config.json")
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:  # a ValueError already, but one that does not say which file
+        raise ValueError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
+    return folder, config_from_hf(hf)
+
+
 def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
               dtype: str = "float32") -> tuple[dict, GPT2Config]:
     """Reads a Hugging Face GPT-2 (local folder or hub name): returns (params, config), the params
@@ -186,14 +199,8 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     from safetensors.numpy import load_file
 
     check_dtype(dataclasses.replace(GPT2Config(), dtype=dtype))  # before any file is read or downloaded
-    folder = _resolve(name_or_path)
-    if not (folder / "config.json").exists():
-        raise ValueError(f"{folder} has no config.json")
-    try:
-        hf = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:  # a ValueError already, but one that does not say which file
-        raise ValueError(f"{folder / 'config.json'} is not valid JSON: {e}") from e
-    config = dataclasses.replace(config_from_hf(hf), dtype=dtype)
+    folder, config = read_config(name_or_path)
+    config = dataclasses.replace(config, dtype=dtype)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")

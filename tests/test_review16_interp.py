@@ -1,0 +1,148 @@
+"""Review 16 of the GPT-2, Attention Lens and memory-injection code: defects found with fresh eyes."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxinterp.inject.sweep import sweep
+from jaxinterp.transformer import gpt2
+
+from conftest import TINY_GPT2
+
+
+@pytest.mark.parametrize("argv,match", [
+    # a layer the 3-layer model lacks: refused by run_with_cache, after the weights were read
+    (["--prompt", "w1", "--cache", "blocks.3.attn.hook_z"],
+     r"hook name 'blocks\.3\.attn\.hook_z': layer 3 out of range, the model has 3 blocks"),
+    # 40 tokens for a context of 32: refused by run_with_cache, after the weights were read
+    (["--prompt", " ".join(["w1"] * 40)], r"prompt: expected at most n_positions = 32 tokens, got 40"),
+])
+def test_gpt2_run_checks_the_prompt_and_hook_layers_against_the_config_before_the_weights(
+        monkeypatch, capsys, argv, match):
+    from jaxinterp import cli
+    from jaxinterp.transformer import weights
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were read before the input was checked")
+
+    # the package first: its lazy attribute would otherwise cache the patched weights.load_gpt2 for good
+    monkeypatch.setattr("jaxinterp.transformer.load_gpt2", no_load)
+    monkeypatch.setattr(weights, "load_gpt2", no_load)
+    assert cli.main(["gpt2", "run", "--model", str(TINY_GPT2), *argv]) == 2
+    err = capsys.readouterr().err
+    assert re_search(match, err), err
+
+
+def test_gpt2_run_still_runs_and_caches_a_hook_of_the_last_block(capsys):
+    from jaxinterp import cli
+
+    assert cli.main(["gpt2", "run", "--model", str(TINY_GPT2), "--prompt", "w1 w2 w3",
+                     "--cache", "blocks.2.attn.hook_z"]) == 0
+    assert "blocks.2.attn.hook_z: shape [1, 3, 4, 16]" in capsys.readouterr().out
+
+
+def re_search(pattern: str, text: str) -> bool:
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+@pytest.mark.parametrize("kw", [dict(n_embd=48, n_head=4),  # d_head 12: 1/sqrt(12) is no float32
+                                dict(n_embd=64, n_head=4, scale_attn_by_inverse_layer_idx=True)])  # 1/3
+def test_float64_sweep_scales_attention_in_float64(kw):
+    """The sweep's attention scale was a float32 (1/sqrt(d_head), and 1/(layer+1)): a float64 model's
+    sweep was 1.1e-8 (d_head 12) and 1.6e-8 (inverse layer scaling) off its own float64 forward."""
+    from jaxinterp.inject.memory import inject_logits
+
+    with jax.enable_x64(True):
+        config = gpt2.GPT2Config(vocab_size=97, n_positions=32, n_layer=3, dtype="float64", **kw)
+        params = jax.tree.map(lambda a: a * 5, gpt2.init(jax.random.PRNGKey(0), config))  # scores of size
+        rng = np.random.default_rng(0)
+        tok = np.concatenate([[0], rng.integers(1, 97, size=8)]).astype(np.int32)
+        mem = rng.normal(size=(1, config.n_embd))
+        res = sweep(params, [tok], mem, [0, 1], [1.0], config=config, answers=[5])
+        p = jax.nn.softmax(gpt2.forward(params, tok[None], config=config)[0, -1])[5]
+        np.testing.assert_allclose(res.p_before[0], p, rtol=1e-13)
+        for li in range(2):
+            logits = inject_logits(params, tok[None], mem[0], config=config, layer=li, tau=1.0)
+            np.testing.assert_allclose(res.p_after[li, 0, 0], jax.nn.softmax(logits[0, -1])[5], rtol=1e-13)
+
+
+def test_float32_sweep_still_matches_the_model():
+    from jaxinterp.inject.memory import inject_logits
+
+    config = gpt2.GPT2Config(vocab_size=97, n_positions=32, n_layer=3, n_embd=48, n_head=4,
+                             scale_attn_by_inverse_layer_idx=True)
+    params = gpt2.init(jax.random.PRNGKey(1), config)
+    rng = np.random.default_rng(1)
+    tok = np.concatenate([[0], rng.integers(1, 97, size=6)]).astype(np.int32)
+    mem = rng.normal(size=(1, config.n_embd)).astype(np.float32)
+    res = sweep(params, [tok], mem, [0, 2], [2.0], config=config, answers=[7])
+    for li, layer in enumerate((0, 2)):
+        logits = inject_logits(params, tok[None], mem[0], config=config, layer=layer, tau=2.0)
+        np.testing.assert_allclose(res.p_after[li, 0, 0], jax.nn.softmax(logits[0, -1])[7], rtol=2e-6)
+
+
+def test_outputs_of_a_float64_sweep_with_a_tau_float32_cannot_hold(tmp_path):
+    """write() found the best cell's tau as np.float32(tau) in the taus: a float64 sweep's 0.1 is not
+    float32's 0.1, so writing its outputs failed with "np.float32(0.1) is not in list"."""
+    from jaxinterp.inject import outputs
+    from jaxinterp.inject.data import PromptSet
+    from jaxinterp.inject.metrics import aggregate
+    from jaxinterp.inject.sweep import SweepResult
+
+    res = SweepResult(np.array([1]), np.array([0.1, 0.3]), np.array([0.1, 0.2]),
+                      np.array([[[0.3, 0.4], [0.1, 0.1]]]), None)
+    agg = aggregate(res)
+    assert agg.best["median"].tau == 0.1
+    data = PromptSet(["e0", "e1"], ["o0", "o1"], ["m0", "m1"], ["a0", "a1"], ["", ""], "src")
+    paths = outputs.write(tmp_path, data, res, agg, {})
+    rows = (tmp_path / "prompts.csv").read_text().splitlines()
+    assert rows[0].endswith("p_after_layer1_tau0.1,percent_increase")
+    assert rows[1].split(",")[-2:] == ["0.3", "200"] and rows[2].split(",")[-2:] == ["0.4", "100"]
+    assert set(paths) == {"per_prompt", "prompts", "summary", "heatmap"}
+
+
+HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+LONG = " ".join(f"w{i % 90 + 1}" for i in range(40))
+
+
+@pytest.mark.parametrize("kind", ["unembed", "layer"])
+def test_inject_cli_refuses_a_prompt_longer_than_the_context_before_the_model_and_memories(
+        tmp_path, monkeypatch, capsys, kind):
+    """A prompt longer than the model's context was refused by the sweep, after the model was loaded and
+    every memory vector computed (for 'layer' memories, a forward pass of each)."""
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+    from jaxinterp.inject import memory
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model or the memories before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    monkeypatch.setattr(memory, "memory_vectors", refuse)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "w1 w2,w3 w4,w5,w6,w7\n" + f"w1,{LONG},w3,w4,w5\n")
+    assert cli.main(["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--out",
+                     str(tmp_path / "out"), "--memory-kind", kind]) == 2
+    err = capsys.readouterr().err
+    assert "prompts: row 1: 41 tokens, the model takes at most 32" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inject_cli_refuses_a_long_explicit_prompt_before_the_model(tmp_path, monkeypatch, capsys):
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + f"{LONG},w3 w4,w5,w6,w7\n")
+    assert cli.main(["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--out",
+                     str(tmp_path / "out")]) == 2
+    assert "explicit: row 0: 41 tokens, the model takes at most 32" in capsys.readouterr().err
+
