@@ -33,11 +33,31 @@ def scripts(only: list[str] | None = None) -> list[Path]:
     return [p for p in found if not only or any(o in p.stem for o in only)]
 
 
+def _check_own_file(path: Path, keys: set[str]) -> None:
+    """A ValueError unless `path` is absent or the JSON an earlier bench run wrote there (a dict with
+    `keys`): the run removes each script's JSON and replaces bench.json, and a file of the user's of
+    the same name (merge.json in the folder given as --out) was deleted or replaced without a word."""
+    if not path.exists():
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not keys <= data.keys():
+        raise ValueError(f"out_dir: expected a new folder or one an earlier `jaxinterp bench` wrote, got "
+                         f"{path.parent} holding a {path.name} that is not a benchmark result (it would be "
+                         f"replaced: move it, or give another --out)")
+
+
 def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> dict:
     from jaxinterp import atomic, benchtools
 
     todo = scripts(only)  # bad `only` refused before the folder is made
     out_dir = Path(out_dir)
+    # before any script runs: the files this run removes or replaces are an earlier run's, or absent
+    _check_own_file(out_dir / "bench.json", {"machine", "benchmarks"})
+    for script in todo:
+        _check_own_file(out_dir / f"{script.stem}.json", {"benchmark", "machine", "rows"})
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"machine": None, "quick": quick, "benchmarks": []}
     for script in todo:

@@ -149,3 +149,36 @@ def test_demo_does_not_replace_an_index_html_it_did_not_write(monkeypatch, tmp_p
     with pytest.raises(ValueError, match=r"out_dir: expected a folder where index.html can be written, got .*not a file"):
         demo.run(odd)
     assert calls == [old]
+
+
+def test_bench_does_not_delete_or_replace_json_files_it_did_not_write(monkeypatch, tmp_path, capsys):
+    """`jaxinterp bench --out results` deleted results/merge.json before the merge script ran (to drop
+    an earlier run's figures) and replaced results/bench.json, whatever those files were: a user's own
+    merge.json was gone without a word. Files that are not an earlier run's benchmark JSON are refused
+    now, before any script runs; an earlier run's files are replaced as before."""
+    import subprocess
+
+    from jaxinterp import bench, benchtools, cli
+
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, *a, **k: pytest.fail("a benchmark ran"))
+    monkeypatch.setattr(benchtools, "machine", lambda: {"cpu": "test"})
+    monkeypatch.setattr(benchtools, "machine_line", lambda: "test machine")
+    for name, text in (("merge.json", '{"models": ["a", "b"], "method": "ties"}'),  # the user's merge config
+                       ("bench.json", '{"bench": "my own notes"}'), ("merge.json", "not JSON at all")):
+        out = tmp_path / f"out_{len(list(tmp_path.iterdir()))}"
+        out.mkdir()
+        (out / name).write_text(text)
+        assert cli.main(["bench", "--only", "merge", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"holding a {name} that is not a benchmark result" in err
+        assert (out / name).read_text() == text and sorted(p.name for p in out.iterdir()) == [name]
+
+    # an earlier run's files (the schemas benchtools.report and bench.run write) are the bench's own
+    out = tmp_path / "bench_out"
+    out.mkdir()
+    (out / "merge.json").write_text(json.dumps({"benchmark": "merge", "machine": {}, "rows": []}))
+    (out / "bench.json").write_text(json.dumps({"machine": {}, "quick": True, "benchmarks": []}))
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 1))
+    assert cli.main(["bench", "--only", "merge", "--out", str(out)]) == 1
+    assert not (out / "merge.json").exists()
+    assert [b["script"] for b in json.loads((out / "bench.json").read_text())["benchmarks"]] == ["merge.py"]
