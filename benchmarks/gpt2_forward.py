@@ -1,5 +1,6 @@
 """GPT-2 small forward, batch 8 x 128, random weights: plain, with all 12 hook_result cached, with
 one intervention; and transformers' PyTorch GPT2LMHeadModel on the same input when torch imports.
+--quick: batch 2 x 64, its figures shown, the goals (set for 8 x 128) judged on the full run only.
 
     python benchmarks/gpt2_forward.py [--json PATH] [--quick]
 """
@@ -100,19 +101,23 @@ def main(argv=None) -> None:
     device = "GPU" if on_gpu else "CPU"
     # the issue's goals: within 1.2x of PyTorch eager on a CPU, faster than it on a GPU
     limit, within = ("< 1", lambda r: r < 1) if on_gpu else ("<= 1.2", lambda r: r <= 1.2)
+    # the goals are set for 8x128: --quick's 2x64 is shown, not judged by them (its fixed costs weigh
+    # more: make bench printed NO for cached/plain 1.23, where the full run measures 1.08), as the
+    # lens and sweep benchmarks show their quick runs; compile time (< 30 s per entry point) is judged
+    judged = (lambda ok: None) if args.quick else bool
     ref_torch = "PyTorch eager 1.39 s (PERF_NOTES, 8x128, CPU)"
     rows = [
         benchtools.row(f"gpt2 forward {B}x{P}, no cache", plain.median_s * 1e3, "ms",
                        goal=f"{limit}x PyTorch eager ({device})" if torch_s else None, reference=ref_torch,
-                       met=within(plain.median_s / torch_s) if torch_s else None),
+                       met=judged(within(plain.median_s / torch_s)) if torch_s else None),
         benchtools.row(f"gpt2 forward {B}x{P}, 12 hook_result cached ({allocator})", cached.median_s * 1e3, "ms",
                        goal="<= 1.1x no cache", reference="TransformerLens 1.98 s",
-                       met=cached.median_s <= 1.1 * plain.median_s),
+                       met=judged(cached.median_s <= 1.1 * plain.median_s)),
         benchtools.row(f"gpt2 forward {B}x{P}, one intervention", injected.median_s * 1e3, "ms"),
         benchtools.row("gpt2 forward rate", rate, "GFLOP/s", reference="PyTorch ~180 GFLOP/s"),
         benchtools.row("jit matmul 1024x768x3072 rate (this run)", mm_rate, "GFLOP/s"),
         benchtools.row(f"cached / plain ({allocator})", cached.median_s / plain.median_s, "ratio", goal="<= 1.1",
-                       met=cached.median_s / plain.median_s <= 1.1),
+                       met=judged(cached.median_s / plain.median_s <= 1.1)),
         benchtools.row("cached / plain (glibc default allocator)", default["cached"].median_s / default["plain"].median_s,
                        "ratio"),
         benchtools.row(f"gpt2 forward {B}x{P}, no cache (glibc default allocator)", default["plain"].median_s * 1e3, "ms"),
@@ -126,7 +131,7 @@ def main(argv=None) -> None:
         rows.append(benchtools.row(f"transformers GPT2LMHeadModel eager {B}x{P} on the {device} (this run)",
                                    torch_s * 1e3, "ms"))
         rows.append(benchtools.row(f"jaxinterp / PyTorch eager, both on the {device}", plain.median_s / torch_s,
-                                   "ratio", goal=limit, met=within(plain.median_s / torch_s)))
+                                   "ratio", goal=limit, met=judged(within(plain.median_s / torch_s))))
     benchtools.report("gpt2_forward", rows, args.json)
 
 

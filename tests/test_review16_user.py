@@ -182,3 +182,42 @@ def test_bench_does_not_delete_or_replace_json_files_it_did_not_write(monkeypatc
     assert cli.main(["bench", "--only", "merge", "--out", str(out)]) == 1
     assert not (out / "merge.json").exists()
     assert [b["script"] for b in json.loads((out / "bench.json").read_text())["benchmarks"]] == ["merge.py"]
+
+
+def _gpt2_forward_rows(monkeypatch, tmp_path, argv):
+    """gpt2_forward's rows with the forwards stubbed: cached 1.23x plain (make bench's 2x64 figure),
+    PyTorch 1.5x slower than plain; each compile 2 s."""
+    from types import SimpleNamespace
+
+    from jaxinterp import benchtools
+
+    gpt2_forward = _load("gpt2_forward")
+    monkeypatch.setattr(gpt2_forward, "gpt2", SimpleNamespace(init=lambda key, config: {},
+                                                              _run_jit=lambda: (lambda *a, **k: None)))
+    monkeypatch.setattr(gpt2_forward, "intervene", lambda *a, **k: None)
+    monkeypatch.setattr(gpt2_forward.hostmem, "retain_freed_memory", lambda: False)
+    timing = lambda s: benchtools.Timing(2.0, s, s, 3)  # noqa: E731
+    monkeypatch.setattr(benchtools, "time_interleaved", lambda fns, repeats: {
+        "plain": timing(0.100), "cached": timing(0.123), "injected": timing(0.101)})
+    monkeypatch.setattr(gpt2_forward, "matmul_rate", lambda repeats: 400.0)
+    monkeypatch.setattr(gpt2_forward, "torch_forward_seconds", lambda *a, **k: 0.150)
+    out = tmp_path / f"gpt2_{len(argv)}.json"
+    gpt2_forward.main([*argv, "--json", str(out)])
+    return {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
+
+
+def test_gpt2_forward_quick_run_is_not_judged_by_the_goals_set_for_8x128(monkeypatch, tmp_path):
+    """The issue's goals (hook_result cached <= 1.1x the plain forward, within 1.2x of PyTorch eager) are
+    for batch 8 x 128; --quick's 2 x 64 was judged by them, and `make bench` printed NO for a cached /
+    plain ratio of 1.23 where the full run measures 1.08 (fixed costs weigh more on 128 tokens). Quick
+    figures are shown unjudged now, as lens_train and inject_sweep show theirs; compile stays judged."""
+    full = _gpt2_forward_rows(monkeypatch, tmp_path, [])
+    quick = _gpt2_forward_rows(monkeypatch, tmp_path, ["--quick"])
+    goals = {w: r["met"] for w, r in full.items() if r["goal"]}
+    assert goals == {"gpt2 forward 8x128, no cache": True,
+                     "gpt2 forward 8x128, 12 hook_result cached (glibc default)": False,
+                     "cached / plain (glibc default)": False, "gpt2 compile, no cache": True,
+                     "gpt2 compile, 12 hook_result cached": True, "jaxinterp / PyTorch eager, both on the CPU": True}
+    judged_quick = {w: r["met"] for w, r in quick.items() if r["met"] is not None}
+    assert judged_quick == {"gpt2 compile, no cache": True, "gpt2 compile, 12 hook_result cached": True}
+    assert [r["goal"] for r in quick.values()] == [r["goal"] for r in full.values()]  # still stated
