@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from jaxinterp.transformer.gpt2 import ACTIVATIONS, GPT2Config
@@ -96,12 +97,18 @@ def embed(w: Stacked, tokens: Array, mask: Array) -> Array:
 
 
 def _scale(config: GPT2Config, i) -> Array:
-    s = jnp.float32(1.0)
-    if config.scale_attn_weights:
-        s = s / config.d_head ** 0.5
-    if config.scale_attn_by_inverse_layer_idx:
-        s = s / (jnp.asarray(i, jnp.float32) + 1)
-    return s
+    """Block i's attention scale, as `gpt2.Attention` forms it: in Python floats, rounded once to the
+    compute dtype (a float32 scale put a float64 sweep 1e-8 off its own model for d_head 12 or
+    inverse-layer scaling); one entry per layer, indexed by the traced i."""
+    scales = []
+    for layer in range(config.n_layer):
+        s = 1.0
+        if config.scale_attn_weights:
+            s /= config.d_head ** 0.5
+        if config.scale_attn_by_inverse_layer_idx:
+            s /= layer + 1
+        scales.append(s)
+    return jnp.asarray(np.asarray(scales), config.compute_dtype)[i]
 
 
 def attention(w: Stacked, x: Array, allowed: Array, i, *, config: GPT2Config) -> Array:
