@@ -234,16 +234,26 @@ def _run_child(impl: str, quick: bool, budget_gib: float) -> dict:
             time.sleep(0.05)
         out.seek(0)
         text = out.read()
-    if "RESULT" in text:
-        r = json.loads(text.split("RESULT", 1)[1].splitlines()[0])
+    r = _tagged(text, "RESULT")
+    if r is not None:
         r["peak_gib"] = max(r["peak_gib"], peak)
         return r
     if not killed:
         raise SystemExit(f"{impl} failed:\n{text[-4000:]}")
-    xla = json.loads(text.split("XLA", 1)[1].splitlines()[0])["xla_gib"] if "XLA{" in text else None
+    xla = (_tagged(text, "XLA") or {}).get("xla_gib")
     print(f"# {impl}: stopped at {peak:.1f} GiB RSS (budget {budget_gib:.1f} GiB)", file=sys.stderr)
     return {"impl": impl, "step_s": float("nan"), "compile_s": float("nan"), "peak_gib": peak, "xla_gib": xla,
             "killed": True}
+
+
+def _tagged(text: str, tag: str) -> dict | None:
+    """The JSON object the child printed after `tag` ("RESULT{...}", "XLA{...}"), or None.
+
+    Found by `tag{`, to the end of its line: the child's stderr is in the same text, and a log line
+    that merely mentions XLA (JAX's warnings about XLA_FLAGS, a GPU's "XLA service ... initialized")
+    came first and was parsed instead (a JSONDecodeError in place of the killed run's figures)."""
+    i = text.find(tag + "{")
+    return None if i < 0 else json.loads(text[i + len(tag):].splitlines()[0])
 
 
 def argparse_help() -> str:

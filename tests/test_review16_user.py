@@ -221,3 +221,34 @@ def test_gpt2_forward_quick_run_is_not_judged_by_the_goals_set_for_8x128(monkeyp
     judged_quick = {w: r["met"] for w, r in quick.items() if r["met"] is not None}
     assert judged_quick == {"gpt2 compile, no cache": True, "gpt2 compile, 12 hook_result cached": True}
     assert [r["goal"] for r in quick.values()] == [r["goal"] for r in full.values()]  # still stated
+
+
+def test_lens_train_reads_a_killed_runs_xla_figure_past_log_lines_that_mention_xla(monkeypatch, capsys):
+    """A run stopped at the memory budget has only its "XLA{...}" line; the parent split the child's
+    output (stdout and stderr together) at the first "XLA", so a log line before it that mentions XLA
+    (JAX's notes on XLA_FLAGS, a GPU's "XLA service ... initialized") was parsed as the figure: a
+    JSONDecodeError ended the benchmark instead of reporting the killed run."""
+    lens_train = _load("lens_train")
+    printed = ("I0000 service.cc:152] XLA service 0x5581 initialized for platform CUDA\n"
+               "W0000 XLA_FLAGS has --xla_force_host_platform_device_count\n"
+               'XLA{"xla_gib": 21.5}\n')
+
+    class Child:  # the child process: prints, then grows past the budget
+        pid = 4242
+
+        def __init__(self, cmd, stdout, stderr, text):
+            stdout.write(printed)
+            stdout.flush()
+            self.killed = False
+
+        def poll(self):
+            return -9 if self.killed else None
+
+        def kill(self):
+            self.killed = True
+
+    monkeypatch.setattr(lens_train.subprocess, "Popen", Child)
+    monkeypatch.setattr(lens_train, "_rss_gib", lambda pid: 9.0)
+    r = lens_train._run_child("straightforward", False, 8.0)
+    assert r["killed"] is True and r["xla_gib"] == 21.5 and r["peak_gib"] == 9.0
+    assert "straightforward: stopped at 9.0 GiB RSS (budget 8.0 GiB)" in capsys.readouterr().err
