@@ -74,7 +74,8 @@ def write(out_dir: str | Path, data: PromptSet, result: SweepResult, agg: Aggreg
                              f"{result.p_before[i]:.6g}", f"{result.p_after[li, ti, i]:.6g}", f"{p_exp[i]:.6g}",
                              f"{pct[li, ti, i]:.6g}"])
     b = agg.best["median"]
-    li, ti = list(result.layers).index(b.layer), list(result.taus).index(np.float32(b.tau))
+    # Best holds float(taus[ti]): looked up as Python floats (np.float32(tau) is not a float64 sweep's 0.1)
+    li, ti = [int(x) for x in result.layers].index(b.layer), [float(x) for x in result.taus].index(b.tau)
     prow = [["row", "obscure_sentence", "memory", "answer", "p_before", "p_explicit",
              f"p_after_layer{b.layer}_tau{b.tau:g}", "percent_increase"]]
     for i in range(N):
