@@ -70,6 +70,10 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
         t0 = time.perf_counter()
         try:
             sec = getattr(importlib.import_module(module), func)(out_dir, quick=quick)
+            # checked here, inside the try: a title that is not text failed later, in render, after
+            # every section had run, and no index.html was written at all
+            if not (isinstance(sec, report.Section) and isinstance(sec.title, str) and isinstance(sec.html, str)):
+                raise TypeError(f"{spec}: expected a report.Section(title: str, html: str), got {sec!r:.200}")
             sections.append(sec._replace(html=sec.html + f"<p><small>{time.perf_counter() - t0:.1f} s</small></p>"))
         except Exception as e:  # noqa: BLE001 -- shown in the report, counted in the exit code
             failed.append(spec)

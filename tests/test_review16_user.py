@@ -252,3 +252,25 @@ def test_lens_train_reads_a_killed_runs_xla_figure_past_log_lines_that_mention_x
     r = lens_train._run_child("straightforward", False, 8.0)
     assert r["killed"] is True and r["xla_gib"] == 21.5 and r["peak_gib"] == 9.0
     assert "straightforward: stopped at 9.0 GiB RSS (budget 8.0 GiB)" in capsys.readouterr().err
+
+
+def test_a_section_whose_title_is_not_text_fails_alone(monkeypatch, tmp_path, capsys):
+    """A section returning a Section whose title is not a string (None, a number) passed the section
+    loop and failed in report.render, after every section had run: the command ended in a traceback
+    and no index.html was written, losing the sections that worked. It is that section's failure now."""
+    import types
+
+    from jaxinterp import cli, demo, report
+
+    fake = types.ModuleType("_fake_demo_sections16t")
+    fake.good = lambda out_dir, *, quick: report.Section("Good", report.paragraph("fine"))
+    fake.untitled = lambda out_dir, *, quick: report.Section(None, report.paragraph("no title"))
+    fake.numbered = lambda out_dir, *, quick: report.Section(3, report.paragraph("a number"))
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:{f}" for f in ("untitled", "good", "numbered")])
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "section failed: _fake_demo_sections16t:untitled" in out and "section failed: _fake_demo_sections16t:numbered" in out
+    page = (tmp_path / "index.html").read_text()
+    assert "<h2 id='s1'>Good</h2><p>fine</p>" in page and page.count("<div class='err'>") == 2
+    assert "expected a report.Section(title: str, html: str), got Section(title=None" in page
