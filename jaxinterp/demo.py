@@ -56,6 +56,9 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
 
     if isinstance(only, str):  # its letters would each be a name: "lens" ran every section with an l, e, n or s
         raise ValueError(f"only: expected a list of parts of section names, got the string {only!r}")
+    # else a TypeError from `o in name` (only=["lens", 3]) or from iterating (only=3)
+    if only is not None and (not isinstance(only, (list, tuple)) or not all(isinstance(o, str) for o in only)):
+        raise ValueError(f"only: expected a list of parts of section names (strings), got {only!r}")
     # a typo would otherwise give an empty report and exit 0; an empty name is part of every name
     unmatched = [o for o in only or () if not o or not any(o in s for s in SECTIONS)]
     if unmatched:

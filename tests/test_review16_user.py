@@ -274,3 +274,17 @@ def test_a_section_whose_title_is_not_text_fails_alone(monkeypatch, tmp_path, ca
     page = (tmp_path / "index.html").read_text()
     assert "<h2 id='s1'>Good</h2><p>fine</p>" in page and page.count("<div class='err'>") == 2
     assert "expected a report.Section(title: str, html: str), got Section(title=None" in page
+
+
+@pytest.mark.parametrize("only", [["lens", 3], 3, [None], {"lens": 1}])
+def test_only_that_is_not_a_list_of_names_is_a_value_error(tmp_path, only):
+    """demo.run/bench.run(only=["lens", 3]) was a TypeError ("'in <string>' requires string as left
+    operand") and only=3 one from iterating an int; a dict's keys were taken as the names. Now a
+    ValueError naming `only`, before the output folder is made."""
+    from jaxinterp import bench, demo
+
+    with pytest.raises(ValueError, match=r"only: expected a list of parts of section names \(strings\), got "):
+        demo.run(tmp_path / "demo", quick=True, only=only)
+    with pytest.raises(ValueError, match=r"only: expected a list of parts of script names \(strings\), got "):
+        bench.run(tmp_path / "bench", quick=True, only=only)
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "bench").exists()
