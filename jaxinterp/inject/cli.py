@@ -19,13 +19,28 @@ STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
 def _local_n_layer(model) -> int | None:
     """n_layer of a local model folder's config.json; None when it cannot be read here (a hub name,
     no or a broken config.json: load_gpt2 reports those)."""
+    return _local_size(model, "n_layer")
+
+
+def _local_size(model, key: str, default: int | None = None) -> int | None:
+    """A size (n_layer, n_positions) of a local model folder's config.json (`default` when the file
+    leaves it out, as transformers does); None when it cannot be read here."""
     import json
 
     try:
-        n = json.loads((Path(model) / "config.json").read_text()).get("n_layer")
+        n = json.loads((Path(model) / "config.json").read_text()).get(key, default)
     except (OSError, ValueError, AttributeError):
         return None
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _check_lengths(enc, n_positions: int) -> None:
+    """The sweep's refusal of a prompt (or explicit prompt) longer than the context, made before the
+    model is loaded and the memories are computed (the sweep refused it after both)."""
+    for what, seqs in (("prompts", enc.prompts), ("explicit", enc.explicit)):
+        for i, s in enumerate(seqs):
+            if len(s) > n_positions:
+                raise ValueError(f"{what}: row {i}: {len(s)} tokens, the model takes at most {n_positions}")
 
 
 def _check_layers(layers, n_layer: int) -> None:
@@ -66,6 +81,9 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         dt.random_words(words, baseline_type, 0)  # an empty column: refused now, not after the main sweep
     tok = load_tokenizer(model)
     enc = dt.encode(tok, prompts)
+    n_positions = _local_size(model, "n_positions", 1024)
+    if n_positions is not None and not skip_long:
+        _check_lengths(enc, n_positions)
     params, config = load_gpt2(model, process_weights=True)
     if skip_long:  # rows longer than the model's context are dropped (and counted) instead of refused
         keep = [i for i in range(len(enc.answers))
@@ -78,6 +96,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         prompts = dt.PromptSet(*([getattr(prompts, f)[i] for i in keep] for f in dt.PromptSet._fields[:5]),
                                prompts.source)
         enc = dt.encode(tok, prompts)
+    _check_lengths(enc, config.n_positions)  # a hub name's, or what --skip-long kept
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     _check_layers(layers, config.n_layer)
     bos = dt.bos_id(tok)
