@@ -160,7 +160,10 @@ def main(argv=None) -> None:
 
     from jaxinterp.nugraph import model, predict
 
-    on_gpu = jax.devices()[0].platform == "gpu"
+    # the goals are for a CPU and a GPU; another accelerator (a TPU) was judged by the CPU's
+    # and ran the CPU-time rows and the host-device child: its figures are shown, unjudged
+    platform = jax.devices()[0].platform
+    on_cpu, on_gpu = platform == "cpu", platform == "gpu"
     config = model.NuGraph2Config()
     params = model.init(jax.random.PRNGKey(0), config)
     fwd = predict.forward(config)
@@ -172,8 +175,8 @@ def main(argv=None) -> None:
     per_event = benchtools.time_fn(stream, repeats=repeats).median_s / n_stream
     rows.append(benchtools.row(f"nugraph2 batch 1, ~1000 hits/plane, {alloc} (s/event)", per_event, "s/event",
                                goal="<= 0.025 (CPU)", reference=f"official {OFFICIAL_B1}; paper CPU {PAPER_CPU}",
-                               met=None if on_gpu else per_event <= 0.025))
-    if not on_gpu:
+                               met=per_event <= 0.025 if on_cpu else None))
+    if on_cpu:
         rows.append(benchtools.row(f"nugraph2 batch 1, CPU time of both threads, {alloc} (s/event)",
                                    cpu_time(stream, repeats) / n_stream, "cpu-s/event",
                                    reference=f"official {OFFICIAL_B1} (wall)"))
@@ -183,11 +186,11 @@ def main(argv=None) -> None:
     # batch 32: one padded union of 32 events per call
     t = benchtools.time_fn(union, repeats=max(3, repeats // 2))  # a median of 3 at least (of two: their mean)
     per_event = t.median_s / 32
-    goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
+    goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02 if on_cpu else None)
     rows.append(benchtools.row(f"nugraph2 batch 32, {alloc} (s/event)", per_event, "s/event", goal=goal,
                                reference=f"official {OFFICIAL_B32}; paper GPU {PAPER_GPU}", met=met))
     rows.append(benchtools.row("nugraph2 compile, batch 32 (s)", t.compile_s, "s", goal="<= 30", met=t.compile_s <= 30))
-    if not on_gpu:
+    if on_cpu:
         rows.append(benchtools.row(f"nugraph2 batch 32, CPU time of both threads, {alloc} (s/event)",
                                    cpu_time(union, max(3, repeats // 2)) / 32, "cpu-s/event",
                                    reference=f"official {OFFICIAL_B32} (wall)"))
@@ -213,10 +216,10 @@ def main(argv=None) -> None:
         predict.predict(params, events256[:32], config=config)  # compile the bucket
         t = benchtools.time_fn(lambda: predict.predict(params, events256, config=config, batch_size=32), repeats=3)
         per_event = t.median_s / 256
-        goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02)
+        goal, met = ("<= 0.0002 (GPU)", per_event <= 2e-4) if on_gpu else ("<= 0.02 (CPU)", per_event <= 0.02 if on_cpu else None)
         rows.append(benchtools.row(f"nugraph2 predict 256 events, chunks of 32, end to end, {alloc} (s/event)",
                                    per_event, "s/event", goal=goal, reference=f"paper GPU {PAPER_GPU}", met=met))
-    if not on_gpu:
+    if on_cpu:
         # the CPU as DP_DEVICES host devices, each running one event (jaxinterp.parallel)
         flags = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DP_DEVICES}").strip()
         # a child that failed (its stderr printed) keeps its rows, as n/a: not dropped from the report
