@@ -150,8 +150,8 @@ def _ship(args) -> int:
     tmp, old = ASSETS / "model.tmp", ASSETS / "model.old"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(run / "model", tmp)
-    for f in tmp.iterdir():  # package data: readable by everyone (safetensors leaves 0600)
-        f.chmod(0o644)
+    for f in tmp.iterdir():  # package data: readable by everyone (safetensors leaves 0600); a folder
+        f.chmod(0o755 if f.is_dir() else 0o644)  # (a killed save's leftover) keeps its x bit, or it is unreadable
     if MODEL_DIR.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.rename(MODEL_DIR, old)
