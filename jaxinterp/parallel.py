@@ -22,7 +22,15 @@ DATA = "data"
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh over `devices` (default: all of them) with the axis "data"."""
+    # a count (make_mesh(4)) was a TypeError from list(), a name ("cpu") a mesh of its letters and
+    # ids ([0, 1]) a mesh of ints: both failed only later, inside device_put
+    if devices is not None and (isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__")):
+        raise ValueError(f"devices: expected a list of jax devices (jax.devices()[:n]), got {devices!r}")
     devices = list(jax.devices() if devices is None else devices)
+    others = [d for d in devices if not isinstance(d, jax.Device)]
+    if others:
+        raise ValueError(f"devices: expected jax devices (jax.devices()[:n]), got {others[0]!r} "
+                         f"({type(others[0]).__name__})")
     if not devices:  # else an empty mesh, and padded_size divides by zero
         raise ValueError("devices: expected at least one device, got none")
     repeated = sorted({str(d) for d in devices if devices.count(d) > 1})

@@ -342,3 +342,15 @@ def test_benchmarks_on_another_accelerator_are_not_judged_by_the_cpu_goals(monke
         "gpt2 compile, no cache", "gpt2 compile, 12 hook_result cached", "cached / plain (glibc default)",
         "gpt2 forward 8x128, 12 hook_result cached (glibc default)"}
     assert not any("PyTorch eager" in r["goal"] for r in gpt2.values() if r["goal"])
+
+
+@pytest.mark.parametrize("devices, got", [(2, "2"), ("cpu", "'cpu'"), ([0, 1], r"0 \(int\)"),
+                                          (["cpu:0"], r"'cpu:0' \(str\)")])
+def test_make_mesh_refuses_what_is_not_a_list_of_devices(devices, got):
+    """make_mesh(4) (a device count) was a TypeError from list(); make_mesh("cpu") built a mesh of the
+    letters c, p, u and make_mesh([0, 1]) one of ints, each failing later inside device_put with an
+    error about neither. Now a ValueError naming devices and what came."""
+    from jaxinterp import parallel
+
+    with pytest.raises(ValueError, match=rf"^devices: expected (a list of )?jax devices \(jax.devices\(\)\[:n\]\), got {got}"):
+        parallel.make_mesh(devices)
