@@ -146,3 +146,68 @@ def test_inject_cli_refuses_a_long_explicit_prompt_before_the_model(tmp_path, mo
                      str(tmp_path / "out")]) == 2
     assert "explicit: row 0: 41 tokens, the model takes at most 32" in capsys.readouterr().err
 
+
+
+def _lens_run(tiny_processed, **kw):
+    from jaxinterp.lens import data, lenses, train
+
+    from conftest import WordTokenizer, word_texts
+
+    params, cfg = tiny_processed
+    batches = data.Batches(data.tokenize(word_texts(), WordTokenizer(), 12), 2, 12, seed=3)
+    tc = train.TrainConfig(steps=3, batch_size=2, seq_len=12, save_every=1, seed=3, **kw)
+    return params, cfg, lenses.lens_config_for(cfg, 1), batches, tc
+
+
+def _concrete_lens_inits(monkeypatch) -> list:
+    """Patches lenses.init to record each call made on concrete arrays (not traced by eval_shape)."""
+    from jaxinterp.lens import lenses
+
+    real, concrete = lenses.init, []
+
+    def spy(W_U, b_U, config):
+        if not isinstance(W_U, jax.core.Tracer):
+            concrete.append(config)
+        return real(W_U, b_U, config)
+
+    monkeypatch.setattr(lenses, "init", spy)
+    return concrete
+
+
+def test_a_refused_lens_resume_makes_no_fresh_lens_and_a_resume_holds_one_state(tiny_processed, tmp_path,
+                                                                                monkeypatch):
+    """train() made a fresh lens and Adam state (GPT-2 small: 5.2 GiB) before it read the checkpoint: a
+    resume refused for other settings allocated them before its error, and an accepted resume held them
+    beside the restored state (twice the training's memory). Now neither makes a concrete fresh state,
+    and the resumed run is still the uninterrupted one to the bit."""
+    from jaxinterp.lens import train
+
+    params, cfg, lc, batches, tc = _lens_run(tiny_processed)
+    whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
+    train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=2)
+    concrete = _concrete_lens_inits(monkeypatch)
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"holds another run.*lr: checkpoint 0\.001, this run 0\.002"):
+        train.train(params, cfg, lc, batches, dataclasses.replace(tc, lr=2e-3), ckpt_dir=tmp_path / "b",
+                    progress=False)
+    assert concrete == []
+    rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
+    assert concrete == [] and (rest.start_step, rest.steps) == (2, 3)
+    assert rest.losses == whole.losses[2:]
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
+    fresh = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "c", progress=False)
+    assert concrete == [lc] and fresh.losses == whole.losses  # a new run makes its one fresh lens
+
+
+def test_a_bf16_moment_lens_run_still_resumes_exactly(tiny_processed, tmp_path):
+    from jaxinterp.lens import train
+
+    params, cfg, lc, batches, tc = _lens_run(tiny_processed, adam_moments="bfloat16", accum=2)
+    whole = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "a", progress=False)
+    part = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False, stop_after=1)
+    rest = train.train(params, cfg, lc, batches, tc, ckpt_dir=tmp_path / "b", progress=False)
+    assert part.losses + rest.losses == whole.losses
+    for k in whole.lens:
+        np.testing.assert_array_equal(whole.lens[k], rest.lens[k])

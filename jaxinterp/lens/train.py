@@ -243,9 +243,15 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     tx, mesh, shardings, step_fn = _driver_step(model_config, stored, objective, cfg.lr, cfg.accum,
                                                 cfg.shard_vocab, tuple(jax.devices()), cfg.adam_moments)
     W_U, b_U = lenses.unembedding(model_params, model_config)
-    lens = lenses.init(pad_vocab(W_U, width, 0.0), pad_vocab(b_U, width, PAD_LOGIT), stored)
-    state = TrainState(lens, tx.init(lens))
-    state = jax.device_put(state, shardings)
+
+    def fresh(W_U, b_U) -> TrainState:
+        lens = lenses.init(pad_vocab(W_U, width, 0.0), pad_vocab(b_U, width, PAD_LOGIT), stored)
+        return TrainState(lens, tx.init(lens))
+
+    # Made only when no checkpoint is resumed, after the checkpoint's settings are checked: a fresh lens
+    # and Adam state (GPT-2 small: 5.2 GiB) were made first, so a refused resume allocated them before its
+    # error, and a resume held them beside the restored state (twice the training's memory).
+    state = None
     model_params = parallel.replicate(model_params, mesh)
     run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
            "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
@@ -264,7 +270,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
             meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             # before the state is read: a clear error, not orbax's
             _check_resume(meta, run, ckpt_dir, config_dtype=config_dtype)
-            abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+            abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    jax.eval_shape(fresh, W_U, b_U), shardings)
             legacy = _bf16_moment_arrays(mngr.item_metadata(start)["state"])
             if legacy:  # read as bfloat16, then the bits: orbax would cast the values to uint16 (1e-3 -> 0)
                 abstract = jax.tree.map(lambda a: a.update(dtype=jnp.bfloat16) if a.dtype == jnp.uint16 else a, abstract)
@@ -273,6 +280,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
             if legacy:
                 state = jax.tree.map(lambda a: jax.lax.bitcast_convert_type(a, jnp.uint16) if a.dtype == jnp.bfloat16
                                      else a, state)
+    if state is None:
+        state = jax.device_put(fresh(W_U, b_U), shardings)
 
     E = cfg.batch_size * cfg.accum
     E_pad = parallel.padded_size(cfg.batch_size, mesh) * cfg.accum
