@@ -211,3 +211,17 @@ def test_a_bf16_moment_lens_run_still_resumes_exactly(tiny_processed, tmp_path):
     assert part.losses + rest.losses == whole.losses
     for k in whole.lens:
         np.testing.assert_array_equal(whole.lens[k], rest.lens[k])
+
+
+def test_percent_increase_floors_p_before_at_its_own_dtype():
+    """p_before was floored at float32's smallest normal number whatever its dtype: a float64 sweep's
+    p_before of 1e-40 became 1.2e-38, and an answer twice as likely after injection read as -98.3%."""
+    from jaxinterp.inject.metrics import percent_increase
+    from jaxinterp.inject.sweep import SweepResult
+
+    res = SweepResult(np.array([0]), np.array([1.0]), np.array([1e-40, 0.25]), np.array([[[2e-40, 0.5]]]), None)
+    np.testing.assert_allclose(percent_increase(res)[0, 0], [100.0, 100.0], rtol=1e-12)
+    # a float32 sweep's p(answer) that underflowed to 0 is still floored at float32's smallest normal
+    f32 = SweepResult(np.array([0]), np.array([1.0], np.float32), np.array([0.0, 0.25], np.float32),
+                      np.array([[[np.finfo(np.float32).tiny * 3, 0.5]]], np.float32), None)
+    np.testing.assert_allclose(percent_increase(f32)[0, 0], [200.0, 100.0], rtol=1e-6)

@@ -31,8 +31,12 @@ class Aggregate(NamedTuple):
 
 
 def percent_increase(result: SweepResult) -> np.ndarray:
-    """[nL, nT, N] percent increase of p(answer); p_before is floored at the smallest float32."""
-    before = np.maximum(result.p_before.astype(np.float64), np.finfo(np.float32).tiny)
+    """[nL, nT, N] percent increase of p(answer); p_before is floored at the smallest normal number of
+    its dtype (float32's for a float32 sweep, whose p(answer) underflows to 0 below it)."""
+    # float32's floor for every dtype raised a float64 sweep's p_before of 1e-40 to 1.2e-38, so an
+    # answer twice as likely after injection read as -98% (a decrease) instead of +100%
+    floor = np.finfo(np.promote_types(np.asarray(result.p_before).dtype, np.float32)).tiny
+    before = np.maximum(np.asarray(result.p_before, np.float64), floor)
     return (result.p_after - before) / before * 100.0
 
 
