@@ -225,3 +225,25 @@ def test_percent_increase_floors_p_before_at_its_own_dtype():
     f32 = SweepResult(np.array([0]), np.array([1.0], np.float32), np.array([0.0, 0.25], np.float32),
                       np.array([[[np.finfo(np.float32).tiny * 3, 0.5]]], np.float32), None)
     np.testing.assert_allclose(percent_increase(f32)[0, 0], [200.0, 100.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_capturing_hook_result_leaves_bfloat16_logits_as_they_are(seed):
+    """With bfloat16 activations the per-head outputs were rounded to bfloat16 and summed there, so
+    capturing blocks.L.attn.hook_result (as lens training does) changed the model's logits: by 0.055 to
+    0.07 (of logits up to 6.4) on this model, where c_proj's one matmul rounds once. Now the heads are
+    summed in float32 and rounded once: capture leaves the logits as they are."""
+    config = gpt2.GPT2Config(vocab_size=97, n_positions=32, n_embd=64, n_layer=3, n_head=8, dtype="bfloat16")
+    params = jax.tree.map(lambda a: a * 3, gpt2.init(jax.random.PRNGKey(seed), config))
+    tokens = np.random.default_rng(seed).integers(0, 97, size=(4, 16)).astype(np.int32)
+    names = tuple(f"blocks.{i}.attn.hook_result" for i in range(3))
+    plain = np.asarray(gpt2.forward(params, tokens, config=config))
+    logits, cache = gpt2.run_with_cache(params, tokens, config=config, names=names)
+    np.testing.assert_allclose(np.asarray(logits), plain, rtol=0, atol=5e-3)
+    # hook_result is still z @ W_O per head (before the sum and b_O), in the activations' dtype
+    _, z = gpt2.run_with_cache(params, tokens, config=config, names=("blocks.1.attn.hook_z",))
+    W_O = np.asarray(params["h_1"]["attn"]["c_proj"]["kernel"], np.float32).reshape(8, 8, 64)
+    want = np.einsum("bphe,hed->bphd", np.asarray(z["blocks.1.attn.hook_z"], np.float32), W_O)
+    got = cache["blocks.1.attn.hook_result"]
+    assert got.dtype == jax.numpy.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-2)

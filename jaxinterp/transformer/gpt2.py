@@ -201,12 +201,16 @@ class Attention(_Hooked):
             # Same FLOPs as c_proj, but H times the output. One matmul per head, stacked on axis 2:
             # on XLA:CPU the batched einsum ('bqhe,hed->bqhd') was 2-3x slower, transposing to
             # head-major and back (BUILD_NOTES.md, "hook_result on a CPU").
-            heads = [z[:, :, h] @ W_O[h] for h in range(c.n_head)]
-            stacked = jnp.stack(heads, axis=2)
+            # Each product kept in the compute dtype and summed there, rounded once, as c_proj's matmul
+            # accumulates: summed in bfloat16, the rounded heads made a captured hook_result change the
+            # model's logits (3e-3 on a tiny model; the lens's target with them), which capture must not.
+            acc = c.compute_dtype
+            heads = [jnp.matmul(z[:, :, h], W_O[h], preferred_element_type=acc) for h in range(c.n_head)]
+            stacked = jnp.stack(heads, axis=2).astype(self.dtype)
             result = self.hook("attn.hook_result", stacked, ivs)  # (B, P, H, D)
             if result is stacked:  # not intervened on: sum the small per-head products, not the stack
-                return functools.reduce(jnp.add, heads) + b_O
-            return result.sum(axis=2) + b_O
+                return functools.reduce(jnp.add, heads).astype(self.dtype) + b_O
+            return result.astype(acc).sum(axis=2).astype(self.dtype) + b_O
         return self.c_proj(z.reshape(B, P, c.n_embd))
 
 
