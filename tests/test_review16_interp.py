@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -247,3 +249,29 @@ def test_capturing_hook_result_leaves_bfloat16_logits_as_they_are(seed):
     got = cache["blocks.1.attn.hook_result"]
     assert got.dtype == jax.numpy.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-2)
+
+
+def test_lens_train_cli_refuses_ids_past_the_vocabulary_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    """The data's token ids were checked against the model's vocabulary by train(), after the whole model
+    had been loaded and processed; now the tokenizer and the check come first. (A folder whose tokenizer
+    gives more ids than its config's vocab_size of 60: 'w70' is id 71.)"""
+    import shutil
+
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    model = tmp_path / "model"
+    shutil.copytree(TINY_GPT2, model)
+    hf = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**hf, "vocab_size": 60}))
+    (tmp_path / "d.txt").write_text("w1 w2 w3\nw5 w70 w9\n")
+    out = tmp_path / "out"
+    assert cli.main(["lens", "train", "--model", str(model), "--layer", "1", "--data", str(tmp_path / "d.txt"),
+                     "--out", str(out), "--steps", "1", "--seq-len", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "batches: expected token ids in [0, 60) (the model's vocabulary), got ids from 2 to 71" in err, err
+    assert not out.exists()

@@ -56,11 +56,14 @@ def _train(args) -> int:
         raise ValueError(f"out: expected {lens_path} to be free for the lens file, got a folder there")
     if (Path(args.out) / "checkpoints").exists() and not (Path(args.out) / "checkpoints").is_dir():
         raise ValueError(f"out: expected {Path(args.out) / 'checkpoints'} to be a folder of checkpoints, got a file")
-    params, config = load_gpt2(folder, process_weights=True)
+    # the data tokenised and its ids checked before the weights are read (a tokenizer of more ids than the
+    # model's vocabulary, or texts that give no token, were refused only after the model had loaded)
     tok = load_tokenizer(folder)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     batches = data.Batches(data.tokenize(texts, tok, cfg.seq_len), cfg.batch_size, cfg.seq_len, pad_id=pad_id,
                            seed=cfg.seed)
+    train.check_ids(batches, config)
+    params, config = load_gpt2(folder, process_weights=True)
     out = Path(args.out)
     result = train.train(params, config, lens_config, batches, cfg, objective=obj, ckpt_dir=out / "checkpoints",
                          progress=not args.no_progress)

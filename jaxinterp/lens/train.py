@@ -190,6 +190,15 @@ class TrainResult(NamedTuple):
     steps: int
 
 
+def check_ids(batches: Batches, model_config) -> None:
+    """ValueError if an example holds a token id outside the model's vocabulary: it embeds as NaN (or as
+    another token), a NaN lens, silently."""
+    ids = np.concatenate([np.asarray(e).reshape(-1) for e in batches.examples])
+    if ids.size and (ids.min() < 0 or ids.max() >= model_config.vocab_size):
+        raise ValueError(f"batches: expected token ids in [0, {model_config.vocab_size}) (the model's vocabulary), "
+                         f"got ids from {int(ids.min())} to {int(ids.max())}")
+
+
 def train(model_params: dict, model_config, lens_config: LensConfig, batches: Batches, cfg: TrainConfig, *,
           objective: obj.Objective = obj.Objective(), ckpt_dir: str | os.PathLike | None = None,
           progress: bool = True, stop_after: int | None = None) -> TrainResult:
@@ -215,11 +224,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
         raise ValueError(f"batches: expected seed {cfg.seed} (TrainConfig.seed), got {batches.seed}")
     if cfg.seq_len > model_config.n_positions:
         raise ValueError(f"seq_len: expected at most n_positions = {model_config.n_positions}, got {cfg.seq_len}")
-    # an id outside the model's vocabulary embeds as NaN (or as another token): a NaN lens, silently
-    ids = np.concatenate([np.asarray(e).reshape(-1) for e in batches.examples])
-    if ids.size and (ids.min() < 0 or ids.max() >= model_config.vocab_size):
-        raise ValueError(f"batches: expected token ids in [0, {model_config.vocab_size}) (the model's vocabulary), "
-                         f"got ids from {int(ids.min())} to {int(ids.max())}")
+    check_ids(batches, model_config)
     if ckpt_dir is not None:  # a file there failed inside orbax's writer thread after save_every steps of work
         import argparse
 
