@@ -275,3 +275,35 @@ def test_lens_train_cli_refuses_ids_past_the_vocabulary_before_loading_the_model
     err = capsys.readouterr().err
     assert "batches: expected token ids in [0, 60) (the model's vocabulary), got ids from 2 to 71" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("again,match", [
+    (["--lr", "0.002"], r"lr: checkpoint 0\.001, this run 0\.002"),
+    (["--kind", "shared"], r"lens_config: checkpoint \{.*'kind': 'lensa'\}, this run \{.*'kind': 'shared'\}"),
+    (["--seed", "4"], r"seed: checkpoint 0, this run 4"),
+])
+def test_lens_train_cli_refuses_another_runs_checkpoints_before_loading_the_model(tmp_path, monkeypatch, capsys,
+                                                                                  again, match):
+    """`lens train --out` a folder holding another run's checkpoints (another rate, lens kind, seed) was
+    refused by train(), after the whole model had been loaded and processed; now before."""
+    import re
+
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    (tmp_path / "d.txt").write_text("w1 w2 w3\nw5 w7 w9\nw4 w8\n")
+    argv = ["lens", "train", "--model", str(TINY_GPT2), "--layer", "1", "--data", str(tmp_path / "d.txt"),
+            "--out", str(tmp_path / "out"), "--steps", "1", "--batch-size", "2", "--seq-len", "8", "--no-progress"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    assert cli.main(argv + again) == 2
+    err = capsys.readouterr().err
+    assert "holds another run" in err and re.search(match, err), err
+    monkeypatch.undo()
+    assert cli.main(argv + ["--steps", "2"]) == 0  # the same run resumes
+    assert "trained steps 1..2" in capsys.readouterr().out

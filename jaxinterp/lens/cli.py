@@ -63,6 +63,9 @@ def _train(args) -> int:
     batches = data.Batches(data.tokenize(texts, tok, cfg.seq_len), cfg.batch_size, cfg.seq_len, pad_id=pad_id,
                            seed=cfg.seed)
     train.check_ids(batches, config)
+    # a folder of another run's checkpoints (another layer, data or setting): refused before the weights
+    # are read (train() refused it only after the model had loaded; it also checks the model's weights)
+    train.check_resume_settings(Path(args.out) / "checkpoints", config, lens_config, batches, cfg, objective=obj)
     params, config = load_gpt2(folder, process_weights=True)
     out = Path(args.out)
     result = train.train(params, config, lens_config, batches, cfg, objective=obj, ckpt_dir=out / "checkpoints",

@@ -199,6 +199,47 @@ def check_ids(batches: Batches, model_config) -> None:
                          f"got ids from {int(ids.min())} to {int(ids.max())}")
 
 
+def _effective(model_config, lens_config: LensConfig, cfg: TrainConfig, objective: obj.Objective):
+    """(model config, objective, stored vocabulary width) as the step runs them: `bfloat16` sets both
+    compute dtypes, `shard_vocab` pads the vocabulary to split it evenly over the devices."""
+    if cfg.bfloat16:
+        model_config = dataclasses.replace(model_config, dtype="bfloat16")
+        objective = dataclasses.replace(objective, compute_dtype="bfloat16")
+    V = lens_config.vocab_size
+    return model_config, objective, padded_vocab(V, len(jax.devices())) if cfg.shard_vocab else V
+
+
+def _run_record(lens_config: LensConfig, batches: Batches, cfg: TrainConfig, objective: obj.Objective,
+                model_config, width: int, model_sha256: str | None) -> dict:
+    """What a checkpoint records of its run and a resume must match (`model_config`, `objective`: effective)."""
+    return {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
+            "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
+            # the effective compute dtypes: the objective's covers the lens matmuls, this the GPT-2 activations
+            # (`bfloat16` sets both, but an objective with its own compute_dtype left --bf16 unchecked)
+            "model_dtype": model_config.dtype, "model": model_sha256,
+            **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
+
+
+def check_resume_settings(ckpt_dir: str | os.PathLike, model_config, lens_config: LensConfig, batches: Batches,
+                          cfg: TrainConfig, *, objective: obj.Objective = obj.Objective()) -> None:
+    """ValueError if `ckpt_dir` holds a checkpoint of a run with other settings than these: what `train`
+    checks before it resumes, but the model's fingerprint (it needs the weights). For callers that can
+    check before they load the model (a mistaken --out was refused only after GPT-2 had loaded)."""
+    import orbax.checkpoint as ocp
+
+    if not Path(ckpt_dir).is_dir():
+        return
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    with ocp.CheckpointManager(Path(ckpt_dir).absolute(), options=options, item_handlers=_handlers()) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            return
+        meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    effective, objective, width = _effective(model_config, lens_config, cfg, objective)
+    run = _run_record(lens_config, batches, cfg, objective, effective, width, None)
+    _check_resume(meta, run, ckpt_dir, config_dtype=model_config.dtype, check_model=False)
+
+
 def train(model_params: dict, model_config, lens_config: LensConfig, batches: Batches, cfg: TrainConfig, *,
           objective: obj.Objective = obj.Objective(), ckpt_dir: str | os.PathLike | None = None,
           progress: bool = True, stop_after: int | None = None) -> TrainResult:
@@ -238,11 +279,8 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     model_sha256 = None if ckpt_dir is None else fingerprint.fingerprint(
         model_params, config=dataclasses.replace(model_config, dtype="float32"))
     config_dtype = model_config.dtype  # the activations of checkpoints that did not record them, but for --bf16
-    if cfg.bfloat16:
-        model_config = dataclasses.replace(model_config, dtype="bfloat16")
-        objective = dataclasses.replace(objective, compute_dtype="bfloat16")
+    model_config, objective, width = _effective(model_config, lens_config, cfg, objective)
     V = lens_config.vocab_size
-    width = padded_vocab(V, len(jax.devices())) if cfg.shard_vocab else V
     stored = dataclasses.replace(lens_config, vocab_size=width)  # the lens as the step sees it
 
     tx, mesh, shardings, step_fn = _driver_step(model_config, stored, objective, cfg.lr, cfg.accum,
@@ -258,12 +296,7 @@ def train(model_params: dict, model_config, lens_config: LensConfig, batches: Ba
     # error, and a resume held them beside the restored state (twice the training's memory).
     state = None
     model_params = parallel.replicate(model_params, mesh)
-    run = {"lens_config": dataclasses.asdict(lens_config), "vocab_stored": width,
-           "objective": dataclasses.asdict(objective), "data": batches.fingerprint(),
-           # the effective compute dtypes: the objective's covers the lens matmuls, this the GPT-2 activations
-           # (`bfloat16` sets both, but an objective with its own compute_dtype left --bf16 unchecked)
-           "model_dtype": model_config.dtype, "model": model_sha256,
-           **{f: getattr(cfg, f) for f in _RESUME_MUST_MATCH}}
+    run = _run_record(lens_config, batches, cfg, objective, model_config, width, model_sha256)
 
     start = 0
     mngr = None
@@ -352,9 +385,10 @@ def _same(setting: str, saved, now) -> bool:
     return saved == now
 
 
-def _check_resume(meta: dict, run: dict, ckpt_dir, *, config_dtype: str) -> None:
+def _check_resume(meta: dict, run: dict, ckpt_dir, *, config_dtype: str, check_model: bool = True) -> None:
     """ValueError naming every setting where the checkpoint's run and this one differ (first the model,
-    if that differs). `config_dtype`: this run's GPT2Config.dtype before `bfloat16` replaced it."""
+    if that differs; not with `check_model` False). `config_dtype`: this run's GPT2Config.dtype before
+    `bfloat16` replaced it."""
     train_config = meta.get("train_config", {})
     saved = {**meta, "vocab_stored": meta.get("vocab_stored", meta["lens_config"]["vocab_size"]),
              # checkpoints written before the data's fingerprint was recorded cannot be checked for it
@@ -363,7 +397,9 @@ def _check_resume(meta: dict, run: dict, ckpt_dir, *, config_dtype: str) -> None
     if "model_dtype" not in meta:  # written before it was recorded: `bfloat16` set it, else the config's
         saved["model_dtype"] = ("bfloat16" if train_config["bfloat16"] else config_dtype) \
             if "bfloat16" in train_config else run["model_dtype"]
-    if "model" not in meta:
+    if not check_model:
+        saved["model"] = run["model"]
+    elif "model" not in meta:
         _log.warning("lens checkpoint %s was written before the model's fingerprint was recorded: resuming it "
                      "without checking that this is the model it was trained on", ckpt_dir)
         saved["model"] = run["model"]
