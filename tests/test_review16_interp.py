@@ -307,3 +307,25 @@ def test_lens_train_cli_refuses_another_runs_checkpoints_before_loading_the_mode
     monkeypatch.undo()
     assert cli.main(argv + ["--steps", "2"]) == 0  # the same run resumes
     assert "trained steps 1..2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(bucket=8.0), r"^bucket and chunk_tokens: expected positive integers, got 8\.0, 2048$"),
+    (dict(bucket=True), r"^bucket and chunk_tokens: expected positive integers, got True, 2048$"),
+    (dict(chunk_tokens=0), r"^bucket and chunk_tokens: expected positive integers, got 8, 0$"),
+    (dict(taus=2.0), r"^taus: expected a list of scales, got 2\.0$"),
+    (dict(layers=1), r"^layers: expected a list of injection layers, got 1$"),
+    (dict(layers=np.int64(1)), r"^layers: expected a list of injection layers, got np\.int64\(1\)$"),
+])
+def test_sweep_refuses_a_float_bucket_and_scalar_taus_or_layers(tiny_processed, kwargs, match):
+    """bucket=8.0 failed in numpy's padding ('float' object cannot be interpreted as an integer), a single
+    tau or layer in list() ('not iterable'): TypeErrors from inside the planning; True was a bucket of 1."""
+    params, config = tiny_processed
+    args = dict(layers=[1], taus=[2.0], answers=[3])
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        sweep(params, [[0, 5, 6, 7]], np.ones((1, 64), np.float32), args.pop("layers"), args.pop("taus"),
+              config=config, **args)
+    ok = sweep(params, [[0, 5, 6, 7]], np.ones((1, 64), np.float32), np.array([1]), np.array([2.0]), config=config,
+               answers=[3], bucket=4)
+    assert ok.p_after.shape == (1, 1, 1)

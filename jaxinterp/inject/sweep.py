@@ -36,6 +36,7 @@ import numpy as np
 from jax import Array
 
 from jaxinterp import fingerprint
+from jaxinterp.checks import is_integer
 from jaxinterp.inject import layers as ly
 from jaxinterp.transformer.gpt2 import GPT2Config, check_dtype
 
@@ -293,13 +294,27 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
                progress=progress, state=state, keep_state=keep_state)
 
 
+def _as_list(values, name: str, what: str) -> list:
+    if isinstance(values, (str, bytes)) or (hasattr(values, "__array__") and np.ndim(values) != 1):
+        raise ValueError(f"{name}: expected a list of {what}, got {values!r}")
+    try:
+        return list(values)
+    except TypeError:
+        raise ValueError(f"{name}: expected a list of {what}, got {values!r}") from None
+
+
 def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Config, answers, explicit=None,
          positions=None, bucket: int = 8, chunk_tokens: int = 2048) -> Plan:
     """Checks the inputs of `sweep` (ValueError naming the argument and row) and pads them into buckets."""
     check_dtype(config)  # a float64 config under 32-bit JAX: refused here as in the model
     seqs = _check_tokens(prompts, config, "prompts")
     N = len(seqs)
-    layers = list(range(config.n_layer)) if layers is None else list(layers)
+    # a float bucket failed in numpy's padding ('float' object cannot be interpreted as an integer), a scalar
+    # tau or layer in list() (not iterable): TypeErrors from inside; True was a bucket of 1
+    if not (is_integer(bucket) and is_integer(chunk_tokens)) or bucket < 1 or chunk_tokens < 1:
+        raise ValueError(f"bucket and chunk_tokens: expected positive integers, got {bucket!r}, {chunk_tokens!r}")
+    layers = list(range(config.n_layer)) if layers is None else _as_list(layers, "layers", "injection layers")
+    taus = _as_list(taus, "taus", "scales")
     if not layers:
         raise ValueError("layers: expected at least one layer, got none")
     for L in layers:
@@ -330,8 +345,6 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     expl = None if explicit is None else _check_tokens(explicit, config, "explicit")
     if expl is not None and len(expl) != N:
         raise ValueError(f"explicit: expected one explicit prompt per prompt ({N}), got {len(expl)}")
-    if bucket < 1 or chunk_tokens < 1:
-        raise ValueError(f"bucket and chunk_tokens must be positive, got {bucket}, {chunk_tokens}")
     where = _positions_mask(positions, seqs)
 
     groups, books = [], []
