@@ -329,3 +329,23 @@ def test_sweep_refuses_a_float_bucket_and_scalar_taus_or_layers(tiny_processed, 
     ok = sweep(params, [[0, 5, 6, 7]], np.ones((1, 64), np.float32), np.array([1]), np.array([2.0]), config=config,
                answers=[3], bucket=4)
     assert ok.p_after.shape == (1, 1, 1)
+
+
+def test_inject_cli_refuses_a_layer_memory_longer_than_the_context_before_the_model(tmp_path, monkeypatch, capsys):
+    """A 'layer' memory (run with BOS) longer than the context was refused by layer_encodings, after the
+    model had been loaded; now before. An 'unembed' memory of any length is still taken (no forward)."""
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before the input was checked")
+
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + f"w1 w2,w3 w4,{' '.join(['w5'] * 32)},w6,w7\n")
+    argv = ["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--layers", "1", "--taus", "2"]
+    with monkeypatch.context() as m:
+        m.setattr(tr, "load_gpt2", refuse)
+        assert cli.main(argv + ["--out", str(tmp_path / "a"), "--memory-kind", "layer"]) == 2
+    assert "memory of row 0: 33 tokens with BOS, the model takes at most n_positions=32" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert cli.main(argv + ["--out", str(tmp_path / "b")]) == 0

@@ -34,13 +34,19 @@ def _local_size(model, key: str, default: int | None = None) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
-def _check_lengths(enc, n_positions: int) -> None:
-    """The sweep's refusal of a prompt (or explicit prompt) longer than the context, made before the
-    model is loaded and the memories are computed (the sweep refused it after both)."""
+def _check_lengths(enc, n_positions: int, kind: str) -> None:
+    """The sweep's refusal of a prompt (or explicit prompt) longer than the context, and layer_encodings'
+    of a "layer" memory (run with BOS) longer than it, made before the model is loaded and the memories
+    are computed (the sweep refused a prompt after both, layer_encodings a memory after the model)."""
     for what, seqs in (("prompts", enc.prompts), ("explicit", enc.explicit)):
         for i, s in enumerate(seqs):
             if len(s) > n_positions:
                 raise ValueError(f"{what}: row {i}: {len(s)} tokens, the model takes at most {n_positions}")
+    if kind == "layer":
+        for i, m in enumerate(enc.memories):
+            if len(m) + 1 > n_positions:
+                raise ValueError(f"memory of row {i}: {len(m) + 1} tokens with BOS, the model takes at most "
+                                 f"n_positions={n_positions}")
 
 
 def _check_layers(layers, n_layer: int) -> None:
@@ -83,7 +89,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     enc = dt.encode(tok, prompts)
     n_positions = _local_size(model, "n_positions", 1024)
     if n_positions is not None and not skip_long:
-        _check_lengths(enc, n_positions)
+        _check_lengths(enc, n_positions, kind)
     params, config = load_gpt2(model, process_weights=True)
     if skip_long:  # rows longer than the model's context are dropped (and counted) instead of refused
         keep = [i for i in range(len(enc.answers))
@@ -96,7 +102,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         prompts = dt.PromptSet(*([getattr(prompts, f)[i] for i in keep] for f in dt.PromptSet._fields[:5]),
                                prompts.source)
         enc = dt.encode(tok, prompts)
-    _check_lengths(enc, config.n_positions)  # a hub name's, or what --skip-long kept
+    _check_lengths(enc, config.n_positions, kind)  # a hub name's, or what --skip-long kept
     layers = list(range(config.n_layer)) if layers is None else list(layers)
     _check_layers(layers, config.n_layer)
     bos = dt.bos_id(tok)
