@@ -23,7 +23,8 @@ def test_help_lists_every_subcommand():
 def test_bad_input_is_one_line_on_stderr_and_exit_2(capsys):
     code = cli.main(["gpt2", "run", "--model", str(TINY_GPT2), "--prompt", "w1 " * 40])
     assert code == 2
-    assert "n_positions is only 32" in capsys.readouterr().err
+    err = capsys.readouterr().err  # checked from config.json, before the weights are read (1f1bf48)
+    assert err == "jaxinterp gpt2: error: prompt: expected at most n_positions = 32 tokens, got 40\n"
 
 
 def test_gpt2_run_prints_next_tokens_and_cache_shapes(capsys, gpt2_ref):
