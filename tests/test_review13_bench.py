@@ -180,13 +180,11 @@ def test_nugraph_latency_keeps_the_rows_of_a_child_that_failed(monkeypatch, tmp_
     assert rows["nugraph2 batch 32, glibc default allocator (s/event)"]["figure"] == 0.04
 
 
-def test_nugraph_latency_quick_medians_are_of_three_calls(monkeypatch, tmp_path):
-    """--quick timed batch 32 (wall and CPU time, in this process and in the default-allocator child)
-    and the data-parallel predict twice: the "median" of two is their mean, as sensitive to one slow
-    call on a shared machine as a mean. Now every median in the quick run is of 3 calls at least."""
+def stub_nugraph_latency(monkeypatch):
+    """benchmarks/nugraph_latency.py with no model: workloads of zeros (batch 4 and 32), a fixed
+    matmul yardstick, the allocator call a no-op; the caller stubs its children."""
     import jax.numpy as jnp
 
-    from jaxinterp import benchtools
     from jaxinterp.nugraph import model, predict
 
     nugraph_latency = _load("nugraph_latency")
@@ -196,6 +194,17 @@ def test_nugraph_latency_quick_medians_are_of_three_calls(monkeypatch, tmp_path)
     monkeypatch.setattr(nugraph_latency, "workloads", lambda params, fwd, quick: (
         (lambda: jnp.zeros(1), 4), (lambda: jnp.zeros(1), 32), 1.0))
     monkeypatch.setattr(nugraph_latency, "matmul_rate", lambda: 100.0)
+    return nugraph_latency
+
+
+def test_nugraph_latency_quick_medians_are_of_three_calls(monkeypatch, tmp_path):
+    """--quick timed batch 32 (wall and CPU time, in this process and in the default-allocator child)
+    and the data-parallel predict twice: the "median" of two is their mean, as sensitive to one slow
+    call on a shared machine as a mean. Now every median in the quick run is of 3 calls at least."""
+    from jaxinterp import benchtools
+    from jaxinterp.nugraph import predict
+
+    nugraph_latency = stub_nugraph_latency(monkeypatch)
     monkeypatch.setattr(nugraph_latency, "child", lambda kind, quick, env: None)
     seen = []
     real = benchtools.time_fn

@@ -304,10 +304,8 @@ def test_benchmarks_on_another_accelerator_are_not_judged_by_the_cpu_goals(monke
     seconds), CPU-time rows and the host-device child ran, and gpt2_forward timed PyTorch on the CPU
     against JAX on the TPU under the CPU's 1.2x goal. There the figures are shown, unjudged (compile
     time, a goal per entry point on any device, still is)."""
-    import jax.numpy as jnp
-
-    from jaxinterp.nugraph import model, predict
     from test_review12_bench import _stub_inject_sweep
+    from test_review13_bench import stub_nugraph_latency
 
     # inject_sweep (full grid: its goals are judged on the full run only)
     inject_sweep = _stub_inject_sweep(monkeypatch, "tpu")
@@ -318,14 +316,8 @@ def test_benchmarks_on_another_accelerator_are_not_judged_by_the_cpu_goals(monke
     assert not any("CPU seconds" in r["workload"] or "CPU second" in r["workload"] for r in rows)
 
     # nugraph_latency
-    nugraph_latency = _load("nugraph_latency")
-    monkeypatch.setattr(nugraph_latency.hostmem, "retain_freed_memory", lambda: True)
-    monkeypatch.setattr(model, "init", lambda key, config: {})
-    monkeypatch.setattr(predict, "forward", lambda config: None)
-    monkeypatch.setattr(nugraph_latency, "workloads", lambda params, fwd, quick: (
-        (lambda: jnp.zeros(1), 4), (lambda: jnp.zeros(1), 32), 1.0))
+    nugraph_latency = stub_nugraph_latency(monkeypatch)
     monkeypatch.setattr(nugraph_latency, "cpu_time", lambda fn, repeats: pytest.fail("CPU time measured on a TPU"))
-    monkeypatch.setattr(nugraph_latency, "matmul_rate", lambda: 100.0)
     monkeypatch.setattr(nugraph_latency, "child", lambda kind, quick, env: pytest.fail(f"{kind} child ran on a TPU"))
     _on(monkeypatch, "tpu")
     path = tmp_path / "nugraph.json"

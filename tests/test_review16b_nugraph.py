@@ -214,16 +214,21 @@ def test_train_names_a_run_json_that_is_not_json(tiny, tmp_path, monkeypatch, ca
     assert _snapshot(tmp_path / "run") == before
 
 
+def _edited_copy(src, dst: Path, edit) -> Path:
+    """A copy of the processed file `src` at `dst`, with `edit(h5py.File)` applied to it."""
+    dst.write_bytes(Path(src).read_bytes())
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
 def test_train_without_validation_needs_no_validation_split(tiny, tmp_path, monkeypatch, capsys):
     """--limit-val 0 ("no validation") still read /samples/validation: a file without one was refused."""
     from jaxinterp.nugraph import train
     from jaxinterp.nugraph.model import NuGraph2Config
 
     path, _ = tiny
-    nov = tmp_path / "noval.gnn.h5"
-    nov.write_bytes(Path(path).read_bytes())
-    with h5py.File(nov, "r+") as f:
-        del f["samples/validation"]
+    nov = _edited_copy(path, tmp_path / "noval.gnn.h5", lambda f: f.__delitem__("samples/validation"))
     logs = []
     res = train.train(nov, tmp_path / "run", config=train.TrainConfig(epochs=1, batch_size=4), max_steps=0,
                       model_config=NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1), limit_val=0,
@@ -288,11 +293,11 @@ def test_eval_repeats_into_its_own_folder_but_not_another_split(tiny, tmp_path, 
 
 def test_eval_of_a_split_without_events_names_the_file_and_split(tiny, tmp_path, monkeypatch, capsys):
     path, params = tiny
-    empty = tmp_path / "empty_test.gnn.h5"
-    empty.write_bytes(Path(path).read_bytes())
-    with h5py.File(empty, "r+") as f:
+    def no_test_events(f):
         del f["samples/test"]
         f.create_dataset("samples/test", data=np.array([], dtype=object), dtype=_STR)
+
+    empty = _edited_copy(path, tmp_path / "empty_test.gnn.h5", no_test_events)
     out = tmp_path / "eval"
     assert _main(_eval(empty, params, out, "--split", "test"), monkeypatch) == 2
     assert (f"file: {empty}: expected at least one event to evaluate in split 'test', got none (skipped 0 events)"
