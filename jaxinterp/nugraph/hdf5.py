@@ -173,13 +173,14 @@ def read_info(path: str | os.PathLike, *, need_samples: bool = True, need_norm: 
 def _info(f, *, need_samples: bool = True, need_norm: bool = True) -> FileInfo:
     """Metadata; splits and norms may be absent (files before nugraph's generate_samples/norm) when
     the caller does not need them."""
-    def names(key):
-        return _strings(_need(f, key), f"{f.filename}: '/{key}'")
+    def names(key: str, need: bool = True) -> tuple[str, ...] | None:  # None: absent (need=False)
+        v = _need(f, key) if need else _read(f, key)
+        return None if v is None else _strings(v, f"{f.filename}: '/{key}'")
 
     planes = names("planes")
     semantic = names("semantic_classes")
-    event_classes = names("event_classes") if _read(f, "event_classes") is not None else None
-    samples = {s: names(f"samples/{s}") if _read(f, f"samples/{s}") is not None else () for s in SPLITS}
+    event_classes = names("event_classes", need=False)
+    samples = {s: names(f"samples/{s}", need=False) or () for s in SPLITS}
     if need_samples and not any(samples.values()):
         raise ValueError(f"{f.filename}: missing dataset '/samples/train' (no sample splits)")
     seen: dict[str, str] = {}
