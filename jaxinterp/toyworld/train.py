@@ -49,22 +49,19 @@ class TrainConfig:
     def __post_init__(self):
         # checked as integers and finite numbers here: 3.5 steps or a batch of 4.0 failed inside the
         # training loop (TypeError), after run.json and checkpoints/ were written; a NaN learning rate
-        # or weight decay trained the weights into NaN
+        # or weight decay trained the weights into NaN. Each is then stored as a Python number: json.dumps
+        # refuses numpy scalars, and run.json (after the tokenizer) and train.json (after the whole run)
+        # failed with a TypeError
         for field in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size", "batch_size", "steps",
                       "warmup_steps", "checkpoint_every", "seed"):
             if not is_integer(getattr(self, field)):
                 raise ValueError(f"TrainConfig.{field} must be an integer, got {getattr(self, field)!r}")
+            object.__setattr__(self, field, int(getattr(self, field)))
         for field in ("learning_rate", "weight_decay", "clip_norm"):
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v):
                 raise ValueError(f"TrainConfig.{field} must be a finite number, got {v!r}")
-        # numpy scalars as Python numbers: json.dumps refuses them, and run.json (after the tokenizer)
-        # and train.json (after the whole run) failed with a TypeError
-        for field in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size", "batch_size", "steps",
-                      "warmup_steps", "checkpoint_every", "seed"):
-            object.__setattr__(self, field, int(getattr(self, field)))
-        for field in ("learning_rate", "weight_decay", "clip_norm"):
-            object.__setattr__(self, field, float(getattr(self, field)))
+            object.__setattr__(self, field, float(v))
         if self.seed < 0:  # numpy's batch order takes no negative seed (a ValueError at the first step)
             raise ValueError(f"TrainConfig.seed must be at least 0, got {self.seed}")
         for field in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "checkpoint_every"):

@@ -83,16 +83,15 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # each stored as a Python number once checked: random.Random refuses an np.int64 seed (a
+        # TypeError in build_world) and json.dumps any numpy scalar (run.json, train.json: after the work)
         for field in ("n_countries", "cities_per_country", "n_people", "n_companies", "seed"):
             # 2.5 people spun through 100000 draws for 'could not draw 2.5 distinct names'; True was 1
             if not is_integer(getattr(self, field)):
                 raise ValueError(f"WorldConfig.{field} must be an integer, got {getattr(self, field)!r}")
+            object.__setattr__(self, field, int(getattr(self, field)))
         if isinstance(self.train_fraction, bool) or not isinstance(self.train_fraction, (int, float, np.floating)):
             raise ValueError(f"WorldConfig.train_fraction must be a number, got {self.train_fraction!r}")
-        # numpy scalars as Python numbers: random.Random refuses an np.int64 seed (a TypeError in
-        # build_world) and json.dumps any numpy scalar (run.json, train.json: after the work)
-        for field in ("n_countries", "cities_per_country", "n_people", "n_companies", "seed"):
-            object.__setattr__(self, field, int(getattr(self, field)))
         object.__setattr__(self, "train_fraction", float(self.train_fraction))
         # random.Random(-3) is random.Random(3): a negative seed built the world of its absolute value
         if self.seed < 0:
