@@ -157,11 +157,13 @@ def plan_jobs(cfg: SliceConfig, indices: dict[str, dict]) -> tuple[list[Job], in
     from jaxinterp.merge.config import same_model
 
     spec = registry.get(cfg.merge_method)
+    # which sources are the base, once per slice (same_model may look the paths up on disk), not per tensor
+    base_sources = [[same_model(s.model, cfg.base_model) for s in sl.sources] for sl in cfg.slices]
 
     def job(out_name, sl: Slice, in_names: list[str], t: float) -> Job:
         k_slice = cfg.slices.index(sl)
         uses_base = spec.base != "ignored"  # else a source that is the base is one of the models
-        is_base = [same_model(s.model, cfg.base_model) for s in sl.sources]
+        is_base = base_sources[k_slice]
         order = [k for k, b in enumerate(is_base) if not b or not uses_base]
         bases = [k for k, b in enumerate(is_base) if b and uses_base]
         order += bases[:1]  # the base input last, once
