@@ -40,13 +40,13 @@ def named_leaves(tree: Any) -> dict[str, Any]:
     the dict kept one, so a shape difference at the other passed the structure check and merges
     failed later with 'Too few leaves for PyTreeDef'."""
     out: dict[str, Any] = {}
-    paths: dict[str, str] = {}
+    paths: dict[str, tuple] = {}  # formatted (keystr) only for the error: named_leaves runs on every merge input
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = ".".join(_key_str(k) for k in path)
         if name in out:
             raise ValueError(f"params: expected leaf names that stay distinct joined with dots, got {name!r} for "
-                             f"two leaves, at {paths[name]} and {jax.tree_util.keystr(path)}")
-        out[name], paths[name] = leaf, jax.tree_util.keystr(path)
+                             f"two leaves, at {jax.tree_util.keystr(paths[name])} and {jax.tree_util.keystr(path)}")
+        out[name], paths[name] = leaf, path
     return out
 
 
