@@ -5,7 +5,6 @@ Nothing heavy is imported at module level (jax etc. load inside the handlers).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -22,22 +21,11 @@ def resolve_model(name: str | None) -> str:
     return model
 
 
-def model_config(model: str):
-    """(folder, GPT2Config) of a model from its config.json alone, so layer, lens and length checks
-    come before its weights are read and processed. The sizes (n_layer, n_head, n_embd, vocab_size,
-    n_positions) are those of the processed model too."""
-    from jaxinterp.transformer.weights import _resolve, config_from_hf
-
-    folder = _resolve(model)
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} has no config.json")
-    return folder, config_from_hf(json.loads((folder / "config.json").read_text()))
-
-
 def _train(args) -> int:
     from jaxinterp.lens import data, lenses, objective, train
     from jaxinterp.lens.io import save_lens
     from jaxinterp.transformer import load_gpt2, load_tokenizer
+    from jaxinterp.transformer.weights import read_config
 
     cfg = train.TrainConfig(steps=args.steps, batch_size=args.batch_size, accum=args.accum, seq_len=args.seq_len,
                             lr=args.lr, save_every=args.save_every, seed=args.seed, bfloat16=args.bf16,
@@ -45,7 +33,7 @@ def _train(args) -> int:
     obj = objective.Objective(mode=args.mode, chunk=args.chunk)
     texts = data.read_texts(args.data, text_field=args.text_field)  # empty data fails here, before any work
     model = resolve_model(args.model)
-    folder, config = model_config(model)
+    folder, config = read_config(model)  # layer, lens and length checks before the weights are read
     lens_config = lenses.lens_config_for(config, args.layer, args.kind)  # a layer out of range fails here
     if cfg.seq_len > config.n_positions:
         raise ValueError(f"seq_len: expected at most the model's n_positions = {config.n_positions}, got {cfg.seq_len}")
@@ -84,12 +72,13 @@ def _show(args) -> int:
     from jaxinterp.lens import readout
     from jaxinterp.lens.io import load_lens
     from jaxinterp.transformer import load_gpt2, load_tokenizer
+    from jaxinterp.transformer.weights import read_config
 
     if args.k < 1 or args.score_k < 1:
         raise ValueError(f"k, score-k: expected positive integers, got {args.k} and {args.score_k}")
     words = readout.read_words(args.words) if args.words else None
     model = resolve_model(args.model)
-    folder, config = model_config(model)
+    folder, config = read_config(model)
     # k beyond the vocabulary, a prompt too long and lenses that do not fit fail before the model's
     # weights are read.
     if max(args.k, args.score_k) > config.vocab_size:

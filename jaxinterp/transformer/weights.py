@@ -179,7 +179,7 @@ def read_config(name_or_path: str | os.PathLike) -> tuple[Path, GPT2Config]:
     """(folder, GPT2Config) of a model from its config.json alone, for checks that must come before its
     weights are read (the sizes are those of the processed model too)."""
     folder = _resolve(name_or_path)
-    if not (folder / "config.json").exists():
+    if not (folder / "config.json").is_file():  # a folder of that name: "no config.json", not IsADirectoryError
         raise ValueError(f"{folder} has no config.json")
     try:
         hf = json.loads((folder / "config.json").read_text())
