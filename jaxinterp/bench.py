@@ -23,17 +23,10 @@ def benchmarks_dir() -> Path:
 
 
 def scripts(only: list[str] | None = None) -> list[Path]:
-    if isinstance(only, str):  # its letters would each be a name: "lens" ran every script with an l, e, n or s
-        raise ValueError(f"only: expected a list of parts of script names, got the string {only!r}")
-    # else a TypeError from `o in name` (only=["lens", 3]) or from iterating (only=3)
-    if only is not None and (not isinstance(only, (list, tuple)) or not all(isinstance(o, str) for o in only)):
-        raise ValueError(f"only: expected a list of parts of script names (strings), got {only!r}")
-    found = sorted(p for p in benchmarks_dir().glob("*.py") if not p.name.startswith("_"))
-    # a typo would otherwise run nothing and exit 0; an empty name is part of every name (all would run)
-    unmatched = [o for o in only or () if not o or not any(o in p.stem for p in found)]
-    if unmatched:
-        raise ValueError(f"only: expected parts of script names ({', '.join(p.stem for p in found)}), got {unmatched}")
-    return [p for p in found if not only or any(o in p.stem for o in only)]
+    from jaxinterp.checks import select_by_parts
+
+    found = {p.stem: p for p in sorted(benchmarks_dir().glob("*.py")) if not p.name.startswith("_")}
+    return [found[name] for name in select_by_parts(only, list(found), "script")]
 
 
 def _check_own_file(path: Path, keys: set[str]) -> None:

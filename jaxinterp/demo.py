@@ -53,21 +53,13 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
     from tqdm import tqdm
 
     from jaxinterp import atomic, benchtools, report
+    from jaxinterp.checks import select_by_parts
 
-    if isinstance(only, str):  # its letters would each be a name: "lens" ran every section with an l, e, n or s
-        raise ValueError(f"only: expected a list of parts of section names, got the string {only!r}")
-    # else a TypeError from `o in name` (only=["lens", 3]) or from iterating (only=3)
-    if only is not None and (not isinstance(only, (list, tuple)) or not all(isinstance(o, str) for o in only)):
-        raise ValueError(f"only: expected a list of parts of section names (strings), got {only!r}")
-    # a typo would otherwise give an empty report and exit 0; an empty name is part of every name
-    unmatched = [o for o in only or () if not o or not any(o in s for s in SECTIONS)]
-    if unmatched:
-        raise ValueError(f"only: expected parts of section names ({', '.join(SECTIONS)}), got {unmatched}")
+    names = select_by_parts(only, SECTIONS, "section")
     out_dir = Path(out_dir)
     _check_own_index(out_dir / "index.html")  # before any section writes its figures
     out_dir.mkdir(parents=True, exist_ok=True)
     sections, failed = [], []
-    names = [s for s in SECTIONS if not only or any(o in s for o in only)]
     for spec in tqdm(names, desc="demo sections", unit="section"):
         module, func = spec.split(":")
         t0 = time.perf_counter()
