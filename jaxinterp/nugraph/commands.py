@@ -137,7 +137,7 @@ def _widen(args) -> int:
     start = evaluate.load_model(args.params)
     source = args.params or "the shipped model"
     provenance = {"widened_from": f"{source} (factor {args.factor}, noise {args.noise}, seed {args.seed})",
-                  "widened_from_sha256": evaluate.model_sha256(args.params)}
+                  "widened_from_sha256": start.npz_sha256}
     check_model_out(args.out, provenance)  # before anything is computed
     params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
     Path(args.out).mkdir(parents=True, exist_ok=True)

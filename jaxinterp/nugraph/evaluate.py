@@ -37,6 +37,7 @@ class Model(NamedTuple):
     config: NuGraph2Config
     norm: dict  # plane -> [2, 4] (mean, std) of (wire cm, time cm, integral, rms)
     meta: dict  # everything else model.json holds (training command, held-out metrics, ...)
+    npz_sha256: str | None = None  # sha256 of the model.npz load_model read: what an evaluation records
 
 
 def load_model(path: str | Path | None = None) -> Model:
@@ -108,7 +109,7 @@ def load_model(path: str | Path | None = None) -> Model:
     from jaxinterp.nugraph.model import check_params
 
     check_params(params, config, where=f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
-    return Model(params, config, norm, desc)
+    return Model(params, config, norm, desc, got)
 
 
 def to_events(raws: Sequence[hdf5.RawEvent], model: Model) -> list[Event]:
@@ -196,12 +197,6 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
                          f"one's are {inputs}; its files would be overwritten (use a new --out folder)")
 
 
-def model_sha256(path: str | Path | None = None) -> str:
-    """sha256 of the model.npz `load_model(path)` reads: what an evaluation records as its model."""
-    folder = ASSET_DIR if path is None else Path(path)
-    return hashlib.sha256(((folder.parent if folder.is_file() else folder) / "model.npz").read_bytes()).hexdigest()
-
-
 def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], result: EvalResult, *,
                   displays: int = 3, extra: dict | None = None) -> list[Path]:
     """metrics.json, the semantic and filter confusion matrices (by truth, by prediction) and
@@ -247,7 +242,7 @@ def run_cli(args) -> EvalResult:
     split = None if args.split == "all" else args.split
     inputs = {"file": str(Path(args.file).resolve()), "split": args.split, "limit": args.limit,
               "params": str(Path(args.params).resolve()) if args.params else "the shipped model",
-              "model_sha256": model_sha256(args.params)}
+              "model_sha256": model.npz_sha256}
     check_out_dir(args.out, inputs)  # before anything is read or computed
     info = hdf5.read_info(args.file, need_samples=split is not None, need_norm=False)
     if tuple(info.semantic_classes) != tuple(model.config.semantic_classes):
