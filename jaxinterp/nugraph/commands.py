@@ -140,7 +140,6 @@ def _widen(args) -> int:
                   "widened_from_sha256": start.npz_sha256}
     check_model_out(args.out, provenance)  # before anything is computed
     params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     save_model(Path(args.out), params, config, start.norm, provenance)
     print(f"wrote {args.out}: {config.planar_features} planar / {config.nexus_features} nexus features, "
           f"{model.num_params(params):,} parameters (from {model.num_params(start.params):,})")
