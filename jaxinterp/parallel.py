@@ -101,4 +101,4 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf whole on every device (params, configs' arrays)."""
-    return jax.device_put(tree, NamedSharding(check_mesh(mesh, where="replicate: mesh"), P()))
+    return jax.device_put(tree, replicated(check_mesh(mesh, where="replicate: mesh")))

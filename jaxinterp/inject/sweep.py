@@ -318,14 +318,14 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     if not layers:
         raise ValueError("layers: expected at least one layer, got none")
     for L in layers:
-        if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or not 0 <= int(L) < config.n_layer:
+        if not is_integer(L) or not 0 <= int(L) < config.n_layer:
             raise ValueError(f"layers: layer {L!r} out of range, the model has {config.n_layer} blocks (0..{config.n_layer - 1})")
     # float64 for a float64 model (x64 on): the taus, memories and probabilities of float32 were 1e-7 off
     # its own float64 forward; float32 otherwise
     work = _work_dtype(config)
-    taus_arr = np.asarray(list(taus), work)
+    taus_arr = np.asarray(taus, work)
     if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
-        raise ValueError(f"taus: expected a non-empty list of finite numbers, got {list(taus)!r}")
+        raise ValueError(f"taus: expected a non-empty list of finite numbers, got {taus!r}")
     # numpy until the groups are built: eager jnp ops here would compile once per prompt count
     memories = np.asarray(memories, work)
     if memories.ndim == 2:
