@@ -347,9 +347,11 @@ def read_events(path: str | os.PathLike, split: str | None = None, *, names: Ite
         info = _info(f, need_samples=split is not None, need_norm=False)
         if names is not None:
             todo = list(names)
-            twice = next((n for i, n in enumerate(todo) if n in todo[:i]), None)
-            if twice is not None:  # it was read and returned twice (and counted twice by eval)
-                raise ValueError(f"names: expected each event name once, got {twice!r} {todo.count(twice)} times")
+            seen = set()  # a name given twice was read and returned twice (and counted twice by eval)
+            for n in filter(lambda n: isinstance(n, str), todo):  # other types: refused when read, below
+                if n in seen:
+                    raise ValueError(f"names: expected each event name once, got {n!r} {todo.count(n)} times")
+                seen.add(n)
         elif split is not None:
             if _read(f, f"samples/{split}") is None:  # absent, not empty: read as no events at all
                 raise ValueError(f"{f.filename}: missing dataset '/samples/{split}' (the file has splits "
