@@ -178,6 +178,80 @@ def max_abs_diff(a: Path, b: Path) -> float:
     return worst
 
 
+GOAL_MLP = ((64, 128, 128, 10), 450)  # the demo's digits MLP on its 450 test examples
+
+
+def barrier_workload(sizes: tuple[int, ...], n: int):
+    """Two MLPs, a batch of n examples, 25 alphas, and the loop a researcher writes (Li et al.'s
+    loss-landscape code does this): interpolate the params in Python, op by op, then evaluate a
+    jitted loss."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.merge import mlp
+
+    pa, pb = mlp.init(jax.random.PRNGKey(0), sizes), mlp.init(jax.random.PRNGKey(1), sizes)
+    rng = np.random.default_rng(0)
+    batch = (jnp.asarray(rng.normal(size=(n, 64)), jnp.float32), jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+    loss = jax.jit(mlp.loss)
+
+    def eager_loop():
+        out = []
+        for a in np.linspace(0.0, 1.0, 25, dtype=np.float32):
+            p = jax.tree.map(lambda x, y: (1 - a) * x + a * y, pa, pb)
+            out.append(loss(p, batch))
+        return jnp.stack(out)
+
+    return pa, pb, batch, jnp.linspace(0.0, 1.0, 25), eager_loop
+
+
+def barrier_mesh_child(quick: bool) -> None:
+    """In a process whose CPU is split into one host device per core (set before JAX starts): the
+    compiled call on one device, the alphas split over all of them (`mesh=`; params and batch as
+    created, on device 0, and placed on every device beforehand with `parallel.replicate`), and the
+    eager loop, interleaved; prints RESULT{json} of their medians in ms."""
+    from jaxinterp import hostmem, parallel
+
+    hostmem.retain_freed_memory(one_arena=False)  # an arena per device thread (hostmem says why)
+    from jaxinterp.merge import landscape, mlp
+
+    pa, pb, batch, alphas, eager_loop = barrier_workload(*GOAL_MLP)
+    mesh = parallel.make_mesh()
+    placed = parallel.replicate((pa, pb, batch, alphas), mesh)
+    t = benchtools.time_interleaved({
+        "vm": lambda: landscape.path_losses(mlp.loss, pa, pb, batch, alphas),
+        "mesh": lambda: landscape.path_losses(mlp.loss, pa, pb, batch, alphas, mesh=mesh),
+        "mesh_placed": lambda: landscape.path_losses(mlp.loss, *placed, mesh=mesh),
+        "eager": eager_loop}, repeats=5 if quick else 20)
+    print("RESULT" + json.dumps({"devices": mesh.devices.size, **{k: v.median_s * 1e3 for k, v in t.items()}}))
+
+
+def bench_barrier_mesh(args, rows: list) -> None:
+    """The goal workload with the alphas split over one host device per core (`jaxinterp.parallel`),
+    in a child process: XLA's compiled call runs on one core, so this is how it uses the CPU."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    wl = f"barrier, 25 alphas, MLP {'-'.join(map(str, GOAL_MLP[0]))}, {GOAL_MLP[1]} examples"
+    if cores < 2:
+        return
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={cores}", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, __file__, "--_barrier_mesh"] + (["--quick"] if args.quick else []),
+                         env=env, capture_output=True, text=True)
+    if out.returncode or "RESULT" not in out.stdout:
+        print(f"barrier mesh child failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return
+    r = json.loads(out.stdout.split("RESULT", 1)[1].splitlines()[0])
+    d = r["devices"]
+    rows.append(benchtools.row(f"{wl}: one compiled call, alphas split over {d} host devices (mesh=)",
+                               r["mesh"], "ms"))
+    rows.append(benchtools.row(f"{wl}: the same, params and batch placed on every device beforehand "
+                               "(parallel.replicate)", r["mesh_placed"], "ms"))
+    rows.append(benchtools.row(f"{wl}: the same process, one compiled call on one device", r["vm"], "ms"))
+    rows.append(benchtools.row(f"{wl}: the same process, eager-interpolation loop", r["eager"], "ms"))
+    sp = r["eager"] / r["mesh_placed"]
+    rows.append(benchtools.row(f"{wl}: speed-up over the eager-interpolation loop, alphas over {d} host devices "
+                               "(placed)", sp, "x", goal=">= 5x", met=sp >= 5))
+
+
 def bench_barrier(args, rows: list) -> None:
     """Landscape-sized workload (the demo's digits MLP on the 450 test examples) with the goal, and a
     compute-bound one for information: there no call structure can beat the arithmetic."""
@@ -186,23 +260,9 @@ def bench_barrier(args, rows: list) -> None:
 
     from jaxinterp.merge import landscape, mlp
 
-    for sizes, n, goal in (((64, 128, 128, 10), 450, True), ((64, 512, 512, 10), 4096, False)):
-        pa, pb = mlp.init(jax.random.PRNGKey(0), sizes), mlp.init(jax.random.PRNGKey(1), sizes)
-        rng = np.random.default_rng(0)
-        batch = (jnp.asarray(rng.normal(size=(n, 64)), jnp.float32), jnp.asarray(rng.integers(0, 10, n), jnp.int32))
-        alphas = jnp.linspace(0.0, 1.0, 25)
+    for (sizes, n), goal in ((GOAL_MLP, True), (((64, 512, 512, 10), 4096), False)):
+        pa, pb, batch, alphas, eager_loop = barrier_workload(sizes, n)
         reps = 5 if args.quick else 20
-        # the loop a researcher writes (Li et al.'s loss-landscape code does this): interpolate the
-        # params in Python, op by op, then evaluate a jitted loss
-        loss = jax.jit(mlp.loss)
-
-        def eager_loop():
-            out = []
-            for a in np.linspace(0.0, 1.0, 25, dtype=np.float32):
-                p = jax.tree.map(lambda x, y: (1 - a) * x + a * y, pa, pb)
-                out.append(loss(p, batch))
-            return jnp.stack(out)
-
         one = jax.jit(lambda a: mlp.loss(landscape.lerp(pa, pb, a), batch))  # interpolation inside the jit
         # interleaved (vm, eager, loop, vm, ...): the speed-ups are ratios of these, and timed one block
         # after the other they compared the machine's load in one second with its load in another
@@ -231,6 +291,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--_diff"]:  # helper child: max |a - b| over every tensor
         print(max_abs_diff(Path(sys.argv[2]), Path(sys.argv[3])))
         return
+    if sys.argv[1:2] == ["--_barrier_mesh"]:  # helper child: the barrier over host devices
+        barrier_mesh_child(quick="--quick" in sys.argv[2:])
+        return
     p = benchtools.parser(__doc__.splitlines()[0])
     p.add_argument("--mergekit", help="path to mergekit's `mergekit-yaml` (or set $MERGEKIT_YAML)")
     p.add_argument("--workdir", type=output_folder,
@@ -247,6 +310,7 @@ def main() -> None:
     if not args.skip_merges:
         bench_merges(args, rows)
     bench_barrier(args, rows)
+    bench_barrier_mesh(args, rows)
     benchtools.report("merge", rows, args.json)
 
 

@@ -335,6 +335,7 @@ def test_merge_refuses_a_mergekit_yaml_variable_that_names_no_file(monkeypatch, 
     ran = []
     monkeypatch.setattr(merge, "bench_merges", lambda args, rows: ran.append(args.mergekit))
     monkeypatch.setattr(merge, "bench_barrier", lambda args, rows: None)
+    monkeypatch.setattr(merge, "bench_barrier_mesh", lambda args, rows: None)
     monkeypatch.setattr(merge.benchtools, "report", lambda *a: None)
     monkeypatch.setattr(sys, "argv", [merge.__file__, "--quick", "--mergekit", str(tool)])
     merge.main()

@@ -2,7 +2,9 @@
 
 Every evaluation over many points (alphas, grid cells) is ONE jit-compiled call that vmaps the
 user's `loss_fn(params, batch) -> scalar` over the points, in chunks of `chunk` points
-(`lax.map(..., batch_size=chunk)`) so that memory stays at `chunk` copies of the params.
+(`lax.map(..., batch_size=chunk)`) so that memory stays at `chunk` copies of the params. With a
+`mesh` (`jaxinterp.parallel.make_mesh()`), the points are split over its devices (padded to a
+multiple of them) and params and batch replicated: data parallelism over points.
 
 Axis names: A alphas along a path, G grid points (G = n_a * n_b), n_a/n_b grid sides.
 
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp import parallel
 from jaxinterp.checks import is_integer
 from jaxinterp.merge import tree
 
@@ -145,8 +148,9 @@ def check_finite_points(arg: str, xs: Any, within: tuple[float, float, str] | No
                              f"{tuple(int(j) for j in i)} ({int(off.sum())} of {v.size} points outside)")
 
 
-def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
-    """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time.
+def _map(fn: Callable, xs: Any, chunk: int | None, mesh: Any = None) -> jax.Array:
+    """fn over the leading axis of xs inside the compiled call, `chunk` points vmapped at a time,
+    the points split over `mesh`'s devices when it has more than one (each maps its own share).
 
     chunk=None picks by backend: all points vmapped at once on accelerators; one point at a time
     (`lax.map`) on the CPU, where XLA runs the batched matmuls of a vmap over params (one weight
@@ -157,24 +161,41 @@ def _map(fn: Callable, xs: Any, chunk: int | None) -> jax.Array:
     n = jax.tree_util.tree_leaves(xs)[0].shape[0]
     point = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), xs)
     check_scalar_loss(jax.eval_shape(fn, point))
-    if chunk is None:
-        chunk = 1 if jax.default_backend() == "cpu" else n
-    if chunk >= n:
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk if chunk > 1 else None)
+
+    def local(xs):
+        m = jax.tree_util.tree_leaves(xs)[0].shape[0]
+        size = (1 if jax.default_backend() == "cpu" else m) if chunk is None else chunk
+        if size >= m:
+            return jax.vmap(fn)(xs)
+        return jax.lax.map(fn, xs, batch_size=size if size > 1 else None)
+
+    d = 1 if mesh is None else mesh.devices.size
+    if d == 1:
+        return local(xs)
+    # padded with copies of the last point (a real one: no nan from a made-up point), dropped after
+    pad = -n % d
+    xs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), xs)
+    spec = jax.sharding.PartitionSpec(parallel.DATA)
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec)(xs)[:n]
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+def _check_mesh(mesh: Any, where: str) -> None:
+    if mesh is not None:
+        parallel.check_mesh(mesh, where=f"{where}: mesh")
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "mesh"))
 def _path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
-                 chunk: int | None = None) -> jax.Array:
+                 chunk: int | None = None, mesh: Any = None) -> jax.Array:
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     _check_points("alphas", alphas, "[A]")
-    return _map(lambda al: loss_fn(lerp(params_a, params_b, al), batch), alphas, chunk)
+    return _map(lambda al: loss_fn(lerp(params_a, params_b, al), batch), alphas, chunk, mesh)
 
 
 def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alphas: jax.Array, *,
-                chunk: int | None = None) -> jax.Array:
-    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call (`_path_losses`).
+                chunk: int | None = None, mesh: Any = None) -> jax.Array:
+    """[A] losses at lerp(a, b, alpha) for every alpha, in one compiled call (`_path_losses`);
+    with `mesh` (`parallel.make_mesh()`), the alphas split over its devices.
 
     Shapes are checked while tracing, before loss_fn is: jit traces again for any new structure,
     shape or chunk, so no bad input reaches a cached executable. Integer and boolean leaves
@@ -186,17 +207,21 @@ def path_losses(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, alpha
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     tree.check_buffers([params_a, params_b], "[params_a, params_b]", not_what="interpolated")
     check_finite_points("alphas", alphas)
-    return _path_losses(loss_fn, params_a, params_b, batch, alphas, chunk=chunk)
+    _check_mesh(mesh, "path_losses")
+    return _path_losses(loss_fn, params_a, params_b, batch, alphas, chunk=chunk, mesh=mesh)
 
 
 def linear_path(loss_fn: LossFn, params_a: Any, params_b: Any, batch: Any, *, num: int = 25,
-                chunk: int | None = None) -> PathResult:
-    """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers."""
+                chunk: int | None = None, mesh: Any = None) -> PathResult:
+    """Loss along the segment from params_a (alpha 0) to params_b (alpha 1), with both barriers;
+    `mesh` as in `path_losses`."""
     _check_count("num", num, 2, "at least 2 alphas (the two endpoints)")
+    _check_mesh(mesh, "linear_path")
     tree.check_same_structure([params_a, params_b], "params_a/params_b")
     tree.check_buffers([params_a, params_b], "[params_a, params_b]", not_what="interpolated")
     alphas = np.linspace(0.0, 1.0, num, dtype=np.float32)
-    losses = np.asarray(_path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk))
+    losses = np.asarray(_path_losses(loss_fn, params_a, params_b, batch, jnp.asarray(alphas), chunk=chunk,
+                                     mesh=mesh))
     return PathResult(alphas, losses, barrier_mean(alphas, losses), barrier_chord(alphas, losses))
 
 
@@ -208,9 +233,9 @@ def _axpy(alpha, x, y):
     return jax.tree_util.tree_map(lambda u, v: alpha * u + v, x, y)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "mesh"))
 def _plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
-                  chunk: int | None = 256) -> jax.Array:
+                  chunk: int | None = 256, mesh: Any = None) -> jax.Array:
     tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
     _check_points("coords", coords, "[G, 2]", (2,))
 
@@ -218,12 +243,13 @@ def _plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, co
         p = jax.tree_util.tree_map(lambda o, x, y: o + ab[0] * x + ab[1] * y if _is_float(o) else o, origin, d1, d2)
         return loss_fn(p, batch)
 
-    return _map(one, coords, chunk)
+    return _map(one, coords, chunk, mesh)
 
 
 def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coords: jax.Array, *,
-                 chunk: int | None = 256) -> jax.Array:
-    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2], in one compiled call.
+                 chunk: int | None = 256, mesh: Any = None) -> jax.Array:
+    """[G] losses at origin + a d1 + b d2 for each row (a, b) of coords [G, 2], in one compiled call
+    (with `mesh`, the points split over its devices).
 
     Checked as in path_losses; integer and boolean leaves of origin (buffers) stay origin's at every
     point, so d1 and d2 must be zero there (ValueError otherwise), checked when their values are
@@ -232,7 +258,8 @@ def plane_losses(loss_fn: LossFn, origin: Any, d1: Any, d2: Any, batch: Any, coo
     tree.check_same_structure([origin, d1, d2], "origin/d1/d2")
     tree.check_still_buffers(origin, [d1, d2], ["d1", "d2"])
     check_finite_points("coords", coords)
-    return _plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)
+    _check_mesh(mesh, "plane_losses")
+    return _plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk, mesh=mesh)
 
 
 class Surface(NamedTuple):
@@ -242,10 +269,11 @@ class Surface(NamedTuple):
     points: np.ndarray  # [k, 2] coordinates of the models that define the plane (empty for random)
 
 
-def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk):
+def _grid_eval(loss_fn, origin, d1, d2, batch, a, b, chunk, mesh):
     aa, bb = np.meshgrid(a, b)  # [n_b, n_a]
     coords = jnp.asarray(np.stack([aa.ravel(), bb.ravel()], 1), jnp.float32)
-    return np.asarray(_plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk)).reshape(aa.shape)
+    return np.asarray(_plane_losses(loss_fn, origin, d1, d2, batch, coords, chunk=chunk, mesh=mesh)
+                      ).reshape(aa.shape)
 
 
 def _in_work_dtype(params: Any) -> Any:
@@ -258,14 +286,16 @@ def _in_work_dtype(params: Any) -> Any:
 
 
 def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: int = 51,
-                  margin: float = 0.2, chunk: int | None = 256) -> Surface:
-    """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v."""
+                  margin: float = 0.2, chunk: int | None = 256, mesh: Any = None) -> Surface:
+    """Loss on the plane through three models (Garipov et al.): origin p0, orthonormal u, v (with
+    `mesh`, the grid's points split over its devices)."""
     tree.check_same_structure([p0, p1, p2], "p0/p1/p2")
     tree.check_buffers([p0, p1, p2], "[p0, p1, p2]")  # equal, they add nothing to the plane's axes
     _check_count("n", n, 2, "at least 2 grid points per side")
     if not 0 <= margin < np.inf:
         raise ValueError(f"margin: expected a non-negative finite fraction of the models' span, got {margin}")
     _check_chunk(chunk)
+    _check_mesh(mesh, "plane_through")
     # the plane's geometry in float32: in bfloat16 the norms, the projection and the coordinates of
     # the models were rounded (an MLP 64-256-256-10: p1 marked at 45.75 for |p1 - p0| = 45.84, the grid
     # missing the models by 0.25% of their distance)
@@ -287,7 +317,7 @@ def plane_through(loss_fn: LossFn, p0: Any, p1: Any, p2: Any, batch: Any, *, n: 
     span = hi - lo
     a = np.linspace(lo[0] - margin * span[0], hi[0] + margin * span[0], n, dtype=np.float32)
     b = np.linspace(lo[1] - margin * span[1], hi[1] + margin * span[1], n, dtype=np.float32)
-    return Surface(a, b, _grid_eval(loss_fn, p0, u, v, batch, a, b, chunk), pts)
+    return Surface(a, b, _grid_eval(loss_fn, p0, u, v, batch, a, b, chunk, mesh), pts)
 
 
 def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int = -1,
@@ -327,15 +357,18 @@ def filter_normalized_direction(key: jax.Array, params: Any, *, filter_axis: int
 
 
 def random_surface(loss_fn: LossFn, params: Any, batch: Any, *, key: jax.Array, n: int = 51,
-                   extent: float = 1.0, chunk: int | None = 256, filter_axis: int = -1) -> Surface:
-    """Loss on params + a d1 + b d2 for a, b in [-extent, extent], filter-normalised d1, d2."""
+                   extent: float = 1.0, chunk: int | None = 256, filter_axis: int = -1,
+                   mesh: Any = None) -> Surface:
+    """Loss on params + a d1 + b d2 for a, b in [-extent, extent], filter-normalised d1, d2 (with
+    `mesh`, the grid's points split over its devices)."""
     check_key(key)
     _check_count("n", n, 2, "at least 2 grid points per side")
     if not 0 < extent < np.inf:
         raise ValueError(f"extent: expected a positive finite half-width of the grid, got {extent}")
     _check_chunk(chunk)
+    _check_mesh(mesh, "random_surface")
     k1, k2 = jax.random.split(key)
     d1 = filter_normalized_direction(k1, params, filter_axis=filter_axis)
     d2 = filter_normalized_direction(k2, params, filter_axis=filter_axis)
     a = np.linspace(-extent, extent, n, dtype=np.float32)
-    return Surface(a, a.copy(), _grid_eval(loss_fn, params, d1, d2, batch, a, a, chunk), np.zeros((0, 2)))
+    return Surface(a, a.copy(), _grid_eval(loss_fn, params, d1, d2, batch, a, a, chunk, mesh), np.zeros((0, 2)))
