@@ -45,6 +45,12 @@ p1 = landscape.plane_through(mlp.loss, pa, pb, mlp.init(jax.random.PRNGKey(3), s
 p4 = landscape.plane_through(mlp.loss, pa, pb, mlp.init(jax.random.PRNGKey(3), sizes), batch, n=5, mesh=mesh)
 np.testing.assert_allclose(p4.losses, p1.losses, rtol=1e-5)
 
+from jaxinterp.merge import curves
+bend = landscape.lerp(pa, pb, 0.5)
+c1 = curves.curve_losses(mlp.loss, pa, bend, pb, batch, alphas)
+c4 = curves.curve_losses(mlp.loss, pa, bend, pb, batch, alphas, mesh=mesh)
+np.testing.assert_allclose(np.asarray(c4), np.asarray(c1), rtol=1e-6)
+
 for bad, what in ((jax.devices(), "list"), ("cpu", "str")):
     try:
         landscape.path_losses(mlp.loss, pa, pb, batch, alphas, mesh=bad)
@@ -57,9 +63,9 @@ print("OK")
 
 
 def test_landscape_points_split_over_four_host_devices_equal_one_device():
-    """path_losses, linear_path, random_surface and plane_through with mesh=make_mesh() on 4 host
-    devices: the points (25 alphas, padded to 28; 7 x 7 and 5 x 5 grids) are split over the devices
-    and the losses equal the one-device call; a device list or a name is a ValueError."""
+    """path_losses, linear_path, random_surface, plane_through and curve_losses with mesh=make_mesh()
+    on 4 host devices: the points (25 alphas or ts, padded to 28; 7 x 7 and 5 x 5 grids) are split
+    over the devices and the losses equal the one-device call; a device list or a name is a ValueError."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from jaxinterp.merge import tree
-from jaxinterp.merge.landscape import (LossFn, _check_count, _check_points, _is_float, _map, check_finite_points,
-                                      check_key, check_scalar_loss)
+from jaxinterp.merge.landscape import (LossFn, _check_count, _check_mesh, _check_points, _is_float, _map,
+                                      check_finite_points, check_key, check_scalar_loss)
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
@@ -134,17 +134,18 @@ def fit_bezier(loss_fn: LossFn, p0: Any, p1: Any, batches: Iterable[Any] | Calla
     return CurveResult(_join(split, bend, fixed), np.asarray(jnp.stack(losses)))
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "chunk", "mesh"))
 def _curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
-                  chunk: int | None = None) -> jax.Array:
+                  chunk: int | None = None, mesh: Any = None) -> jax.Array:
     tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
     _check_points("ts", ts, "[A]")
-    return _map(lambda t: loss_fn(bezier(p0, bend, p1, t), batch), ts, chunk)
+    return _map(lambda t: loss_fn(bezier(p0, bend, p1, t), batch), ts, chunk, mesh)
 
 
 def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: jax.Array, *,
-                 chunk: int | None = None) -> jax.Array:
-    """[A] losses along the curve at each t, in one compiled call (`_curve_losses`).
+                 chunk: int | None = None, mesh: Any = None) -> jax.Array:
+    """[A] losses along the curve at each t, in one compiled call (`_curve_losses`); with `mesh`
+    (`parallel.make_mesh()`), the ts split over its devices.
 
     Checked as in landscape.path_losses: integer and boolean leaves (buffers) are p0's along the
     curve, so they must hold the same values in bend and p1 (ValueError otherwise), compared on
@@ -155,4 +156,5 @@ def curve_losses(loss_fn: LossFn, p0: Any, bend: Any, p1: Any, batch: Any, ts: j
     tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
     tree.check_buffers([p0, bend, p1], "[p0, bend, p1]", not_what="interpolated")
     check_finite_points("ts", ts, within=(0.0, 1.0, "the curve runs from p0 at t = 0 to p1 at t = 1"))
-    return _curve_losses(loss_fn, p0, bend, p1, batch, ts, chunk=chunk)
+    _check_mesh(mesh, "curve_losses")
+    return _curve_losses(loss_fn, p0, bend, p1, batch, ts, chunk=chunk, mesh=mesh)
