@@ -195,17 +195,26 @@ def test_output_file_refuses_an_existing_file_in_a_folder_it_cannot_write(tmp_pa
         cliargs.output_file(str(folder / "out.json"))
 
 
-def test_demo_shows_a_failed_section_as_its_escaped_error_and_exits_1(tmp_path, monkeypatch, capsys):
+def fake_demo_sections(monkeypatch, module: str, **sections) -> None:
+    """demo.SECTIONS replaced by `sections` (name -> fn(out_dir, *, quick)), in the order given, as
+    functions of a module `module` registered in sys.modules for the demo to import."""
     import types
 
+    fake = types.ModuleType(module)
+    for name, fn in sections.items():
+        setattr(fake, name, fn)
+    monkeypatch.setitem(sys.modules, module, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{module}:{name}" for name in sections])
+
+
+def test_demo_shows_a_failed_section_as_its_escaped_error_and_exits_1(tmp_path, monkeypatch, capsys):
     from jaxinterp import report
 
-    fake = types.ModuleType("_fake_demo_sections")
-    fake.good = lambda out_dir, *, quick: report.Section("Good <b>", report.table(["a<b"], [["<i>"]]))
-    fake.bad = lambda out_dir, *, quick: (_ for _ in ()).throw(RuntimeError("boom </div><script>x</script>"))
-    fake.none = lambda out_dir, *, quick: None
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:{f}" for f in ("good", "bad", "none")])
+    fake_demo_sections(
+        monkeypatch, "_fake_demo_sections",
+        good=lambda out_dir, *, quick: report.Section("Good <b>", report.table(["a<b"], [["<i>"]])),
+        bad=lambda out_dir, *, quick: (_ for _ in ()).throw(RuntimeError("boom </div><script>x</script>")),
+        none=lambda out_dir, *, quick: None)
     assert cli.main(["demo", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "section failed: _fake_demo_sections:bad" in out and "section failed: _fake_demo_sections:none" in out

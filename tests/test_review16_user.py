@@ -258,16 +258,14 @@ def test_a_section_whose_title_is_not_text_fails_alone(monkeypatch, tmp_path, ca
     """A section returning a Section whose title is not a string (None, a number) passed the section
     loop and failed in report.render, after every section had run: the command ended in a traceback
     and no index.html was written, losing the sections that worked. It is that section's failure now."""
-    import types
+    from jaxinterp import cli, report
+    from test_cli import fake_demo_sections
 
-    from jaxinterp import cli, demo, report
-
-    fake = types.ModuleType("_fake_demo_sections16t")
-    fake.good = lambda out_dir, *, quick: report.Section("Good", report.paragraph("fine"))
-    fake.untitled = lambda out_dir, *, quick: report.Section(None, report.paragraph("no title"))
-    fake.numbered = lambda out_dir, *, quick: report.Section(3, report.paragraph("a number"))
-    monkeypatch.setitem(sys.modules, fake.__name__, fake)
-    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:{f}" for f in ("untitled", "good", "numbered")])
+    fake_demo_sections(
+        monkeypatch, "_fake_demo_sections16t",
+        untitled=lambda out_dir, *, quick: report.Section(None, report.paragraph("no title")),
+        good=lambda out_dir, *, quick: report.Section("Good", report.paragraph("fine")),
+        numbered=lambda out_dir, *, quick: report.Section(3, report.paragraph("a number")))
     assert cli.main(["demo", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "section failed: _fake_demo_sections16t:untitled" in out and "section failed: _fake_demo_sections16t:numbered" in out
