@@ -55,11 +55,27 @@ def _probabilities(params: Params, batch: graph.GraphBatch, config: NuGraph2Conf
     return jax.nn.softmax(out.x_semantic, axis=-1), out.x_filter
 
 
-@functools.lru_cache(maxsize=None)
 def forward(config: NuGraph2Config = NuGraph2Config()):
     """The jitted forward for `config`: (params, GraphBatch [D, ...] or unstacked) ->
     (probabilities [D, P, N, C], filter [D, P, N]); built once per config, compiled once per bucket
-    (with `model.cpu_compiler_options()` on a CPU)."""
+    (with `model.cpu_compiler_options()` on a CPU).
+
+    `config` must be a NuGraph2Config (frozen, hashable: it is the cache and jit key); anything else
+    is a ValueError (a dict was lru_cache's bare "unhashable type: 'dict'", a hashable stand-in a jit
+    built for it that failed at the first call)."""
+    if not isinstance(config, NuGraph2Config):
+        raise ValueError(f"forward: config: expected a NuGraph2Config (a frozen, hashable dataclass), "
+                         f"got {type(config).__name__}: {config!r:.80}")
+    try:
+        hash(config)
+    except TypeError as e:  # a field replaced in place by something unhashable (object.__setattr__)
+        raise ValueError(f"forward: config: expected a hashable NuGraph2Config (tuples of names, integer sizes), "
+                         f"got {config!r:.160} ({e})") from None
+    return _forward(config)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(config: NuGraph2Config):
     return jax.jit(functools.partial(_probabilities, config=config), compiler_options=cpu_compiler_options())
 
 
