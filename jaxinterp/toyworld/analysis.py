@@ -60,6 +60,8 @@ def _sweep_summary(res, name: str) -> dict:
             "best_trimmed_mean_pct": float(s["trimmed_mean"][li, ti]),
             "best_p_after_mean": float(best_after.mean()),
             "best_share_improved": float((best_after > res.p_before).mean()),
+            # the grids' axes: the values swept, which the tables and heatmaps label and look up by
+            "layers": [int(L) for L in res.layers], "taus": [float(t) for t in res.taus],
             "median_pct_grid": np.round(s["median"], 2).tolist(),
             "p_after_mean_grid": np.round(res.p_after.mean(-1), 4).tolist()}
 
@@ -168,8 +170,23 @@ def lens_heads(params, config, tok, prompts_csv, corpus: list[str], layers, *, w
     return out
 
 
+def _values(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _cell(summary: dict, layer, tau) -> tuple[int, int]:
+    """The (row, column) of the grids of `summary` (one `_sweep_summary`) at this layer and tau."""
+    layers, taus = list(summary["layers"]), list(summary["taus"])
+    if layer not in layers or tau not in taus:
+        raise ValueError(f"summary: expected a sweep over layer {layer} and tau {tau:g} (the bridge memory's best "
+                         f"cell), got {summary['memory']!r} over layers {layers} and taus {taus}")
+    return layers.index(layer), taus.index(tau)
+
+
 def markdown(inj: dict, heads: dict | None) -> str:
-    lines = [] if not inj else [f"Injection sweep on {inj['prompts']} held-out two-hop prompts (layers x tau 1..15; percent "
+    sweeps = inj.get("sweeps", []) if inj else []
+    axes = "" if not sweeps else (f"layers {_values(sweeps[0]['layers'])} x tau {_values(sweeps[0]['taus'])}; ")
+    lines = [] if not inj else [f"Injection sweep on {inj['prompts']} held-out two-hop prompts ({axes}percent "
              "increase of p(answer's first token); best (layer, tau) by median):", "",
              "| memory | p before | p explicit | best layer, tau | p after (best) | median % | mean % | trimmed mean % | share improved |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -180,11 +197,15 @@ def markdown(inj: dict, heads: dict | None) -> str:
                      f"{s['best_trimmed_mean_pct']:.1f} | {s['best_share_improved']:.2f} |")
     if inj.get("sweeps"):
         ref = inj["sweeps"][0]  # the true memory: compare every memory in its best cell
-        li, ti = ref["best_layer"], int(round(ref["best_tau"])) - 1
-        lines += ["", f"In the bridge memory's best cell (layer {li}, tau {ti + 1}), median % increase and mean p(answer):", "",
+        # the cell's row and column among the values swept (they were taken as layer and tau - 1,
+        # which holds only for the default sweep of every layer over taus 1..15)
+        li, ti = _cell(ref, ref["best_layer"], ref["best_tau"])
+        lines += ["", f"In the bridge memory's best cell (layer {ref['best_layer']}, tau {ref['best_tau']:g}), median % "
+                  "increase and mean p(answer):", "",
                   "| memory | median % | mean p after | highest mean p after anywhere |", "| --- | ---: | ---: | ---: |"]
         for s in inj["sweeps"]:
-            lines.append(f"| {s['memory']} | {s['median_pct_grid'][li][ti]:.1f} | {s['p_after_mean_grid'][li][ti]:.3f} | "
+            i, j = _cell(s, ref["best_layer"], ref["best_tau"])
+            lines.append(f"| {s['memory']} | {s['median_pct_grid'][i][j]:.1f} | {s['p_after_mean_grid'][i][j]:.3f} | "
                          f"{np.max(s['p_after_mean_grid']):.3f} |")
     if heads:
         for L, h in heads.items():
@@ -214,7 +235,9 @@ def heatmap(summary: dict, path: Path) -> None:
     im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-max(abs(grid).max(), 1), vmax=max(abs(grid).max(), 1))
     ax.set_xlabel("tau")
     ax.set_ylabel("layer")
-    ax.set_xticks(range(grid.shape[1]), [str(t) for t in range(1, grid.shape[1] + 1)])
+    # labelled with the values swept (they were 1..N and 0..L-1 whatever the sweep's taus and layers)
+    ax.set_xticks(range(grid.shape[1]), [f"{t:g}" for t in summary["taus"]])
+    ax.set_yticks(range(grid.shape[0]), [str(L) for L in summary["layers"]])
     ax.set_title(f"median % increase of p(answer): {summary['memory']}", fontsize=9)
     fig.colorbar(im, ax=ax)
     report.figure_png(fig, path)

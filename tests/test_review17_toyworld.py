@@ -1,0 +1,76 @@
+"""Review 17 of the toy world (jaxinterp/toyworld/) and the demo and bench drivers: each test failed
+on the code it was written against."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+
+# ---------------------------------------------------------------------------------------------------
+# analysis: the tables and heatmaps read the grids by the layers and taus swept
+
+
+def _fake_sweep(layers, taus, best, n=6, seed=0):
+    """A sweep result over `layers` x `taus` whose median increase peaks at the cell `best` (row, column)."""
+    rng = np.random.default_rng(seed)
+    before = rng.uniform(0.1, 0.2, n)
+    gain = np.ones((len(layers), len(taus)))
+    gain[best] = 3.0
+    gain += rng.uniform(0, 0.5, gain.shape)  # every cell its own figures
+    gain[best] += 1.0
+    after = before * gain[..., None] + rng.uniform(0, 0.01, (len(layers), len(taus), n))
+    return SimpleNamespace(layers=np.asarray(layers), taus=np.asarray(taus, np.float32), p_before=before,
+                           p_after=after, p_explicit=None)
+
+
+def test_markdown_reads_the_best_cell_by_the_layers_and_taus_swept():
+    """markdown took the bridge's best cell as row `best_layer`, column `round(best_tau) - 1`: right
+    only for a sweep of every layer over taus 1..15. Over layers (1, 3) and taus (0.5, 1, 2) its
+    comparison table showed another cell's figures (layer 3's, tau 0.5's) under the best cell's name."""
+    from jaxinterp.toyworld.analysis import _sweep_summary, markdown
+
+    layers, taus = [1, 3], [0.5, 1.0, 2.0]
+    sweeps = [_sweep_summary(_fake_sweep(layers, taus, (0, 1), seed=0), "bridge entity"),
+              _sweep_summary(_fake_sweep(layers, taus, (1, 2), seed=1), "control")]
+    bridge, control = sweeps
+    assert (bridge["best_layer"], bridge["best_tau"]) == (1, 1.0)
+    assert bridge["layers"] == layers and bridge["taus"] == taus
+    md = markdown({"prompts": 6, "sweeps": sweeps}, None)
+    assert "(layers 1, 3 x tau 0.5, 1, 2; percent increase" in md
+    assert "best cell (layer 1, tau 1)" in md
+    for s in sweeps:  # row 0 (layer 1), column 1 (tau 1) of each memory's grids
+        assert (f"| {s['memory']} | {s['median_pct_grid'][0][1]:.1f} | {s['p_after_mean_grid'][0][1]:.3f} | "
+                f"{np.max(s['p_after_mean_grid']):.3f} |") in md
+
+
+def test_markdown_refuses_a_summary_without_the_best_cell():
+    """A memory swept over other layers than the bridge: a ValueError naming both, not another cell."""
+    from jaxinterp.toyworld.analysis import _sweep_summary, markdown
+
+    bridge = _sweep_summary(_fake_sweep([1, 3], [0.5, 1.0], (0, 1)), "bridge entity")
+    other = _sweep_summary(_fake_sweep([2, 3], [0.5, 1.0], (0, 1)), "other")
+    with pytest.raises(ValueError, match=r"summary: expected a sweep over layer 1 and tau 1 \(the bridge memory's "
+                                         r"best cell\), got 'other' over layers \[2, 3\] and taus \[0.5, 1.0\]"):
+        markdown({"prompts": 6, "sweeps": [bridge, other]}, None)
+
+
+def test_heatmap_labels_its_axes_with_the_layers_and_taus_swept(monkeypatch, tmp_path):
+    """The heatmap's tau axis read 1..N and its layer axis 0..L-1, whatever the sweep's values."""
+    from jaxinterp import report
+    from jaxinterp.toyworld.analysis import _sweep_summary, heatmap
+
+    seen = {}
+
+    def capture(fig, path=None, **kw):
+        ax = fig.axes[0]
+        seen["x"] = [t.get_text() for t in ax.get_xticklabels()]
+        seen["y"] = [t.get_text() for t in ax.get_yticklabels()]
+        return b""
+
+    monkeypatch.setattr(report, "figure_png", capture)
+    heatmap(_sweep_summary(_fake_sweep([1, 3], [0.5, 1.0, 2.0], (0, 1)), "bridge entity"), tmp_path / "h.png")
+    assert seen == {"x": ["0.5", "1", "2"], "y": ["1", "3"]}
+
