@@ -74,3 +74,31 @@ def test_heatmap_labels_its_axes_with_the_layers_and_taus_swept(monkeypatch, tmp
     heatmap(_sweep_summary(_fake_sweep([1, 3], [0.5, 1.0, 2.0], (0, 1)), "bridge entity"), tmp_path / "h.png")
     assert seen == {"x": ["0.5", "1", "2"], "y": ["1", "3"]}
 
+
+# ---------------------------------------------------------------------------------------------------
+# world: the size of the trained share rounds half up
+
+
+@pytest.mark.parametrize("fraction,n,expected", [
+    (0.5, 13, 7), (0.5, 15, 8), (0.5, 16, 8), (0.5, 1, 1), (0.25, 30, 8), (0.25, 10, 3),
+    (0.35, 10, 4),   # 3.5 exactly as written (the float 0.35 is just below 7/20)
+    (0.7, 5, 4), (0.3, 5, 2), (0.0, 7, 0), (1.0, 7, 7), (0.49, 2, 1), (0.2, 2, 0),
+])
+def test_trained_share_rounds_half_up(fraction, n, expected):
+    """The trained share used round(): half to even, so 0.5 of 13 subjects trained 6 and 0.5 of 15
+    trained 8; a half now always rounds up."""
+    from jaxinterp.toyworld.world import trained_count
+
+    assert trained_count(fraction, n) == expected
+
+
+def test_world_trains_half_up_of_an_odd_composition():
+    """13 companies at train_fraction 0.5: 7 of each company composition trained (round() gave 6)."""
+    from collections import Counter
+
+    from jaxinterp.toyworld.world import WorldConfig, build_world
+
+    world = build_world(WorldConfig(n_countries=3, cities_per_country=3, n_people=20, n_companies=13))
+    trained = Counter((t.relation1, t.relation2) for t in world.two_hops if t.trained)
+    assert trained == {("birthplace", "country"): 10, ("country", "language"): 5,
+                       ("founder", "birthplace"): 7, ("headquarters", "country"): 7}

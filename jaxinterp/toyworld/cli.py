@@ -68,8 +68,8 @@ def _add_world_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--people", type=int, help=f"default {d.n_people}")
     g.add_argument("--companies", type=int, help=f"default {d.n_companies}")
     g.add_argument("--train-fraction", type=float,
-                   help=f"share of each composition's subjects whose two-hop sentences are trained (default "
-                        f"{d.train_fraction})")
+                   help=f"share of each composition's subjects whose two-hop sentences are trained, rounded half "
+                        f"up (default {d.train_fraction})")
     g.add_argument("--world-seed", type=non_negative_int, help=f"default {d.seed}")
 
 

@@ -12,8 +12,9 @@ syllables, so no fact can be known from pre-training or guessed from spelling. R
 Two-hop facts compose two relations through a bridge entity, written by putting a description of
 the bridge ("the birthplace of Tavo Renik") where the second relation's subject goes: "The
 birthplace of Tavo Renik is in the country of Keshor." For each composition kind, the two-hop
-sentences of only part of the subjects (`train_fraction`) go into the training text; the rest are
-held out, so the model can answer them only by composing the two single-hop facts it learnt.
+sentences of only part of the subjects (`train_fraction` of them, rounded half up) go into the
+training text; the rest are held out, so the model can answer them only by composing the two
+single-hop facts it learnt.
 
 Everything is a plain function of (WorldConfig, seed): the same config gives the same world.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,7 +82,7 @@ class WorldConfig:
     cities_per_country: int = 3
     n_people: int = 64
     n_companies: int = 16
-    train_fraction: float = 0.5  # share of each composition's subjects whose two-hop text is trained
+    train_fraction: float = 0.5  # share of each composition's subjects whose two-hop text is trained (`trained_count`)
     seed: int = 0
 
     def __post_init__(self):
@@ -185,6 +188,15 @@ def _names(rng: random.Random, n: int, syllables: tuple[int, int], taken: set[st
     raise ValueError(f"could not draw {n} distinct names from the syllable inventory")
 
 
+def trained_count(train_fraction: float, n: int) -> int:
+    """How many of a composition's `n` subjects have their two-hop text trained: `train_fraction * n`
+    rounded half up (0.5 of 15 is 8, of 13 is 7), computed on the fraction as written (0.35 is 7/20,
+    not the binary float just below it), so a share that lands on a half always rounds the same way.
+    (It was round(): half to even, so 0.5 of 15 gave 8 but 0.5 of 13 gave 6.)"""
+    exact = Fraction(repr(float(train_fraction))) * n
+    return math.floor(exact + Fraction(1, 2))
+
+
 def build_world(config: WorldConfig = WorldConfig()) -> World:
     """The world of `config` (deterministic in config.seed)."""
     rng = random.Random(config.seed)
@@ -220,7 +232,7 @@ def build_world(config: WorldConfig = WorldConfig()) -> World:
         subjects = [f.subject for f in by_rel[r1]]
         order = list(range(len(subjects)))
         rng.shuffle(order)
-        n_train = round(config.train_fraction * len(subjects))
+        n_train = trained_count(config.train_fraction, len(subjects))
         trained = set(order[:n_train])
         for i, s in enumerate(subjects):
             bridge = world.lookup(r1, s)
