@@ -11,6 +11,8 @@
   its inputs G_i = X_i^T X_i [in, in], W = (sum_i G~_i)^{-1} sum_i G~_i W_i, where
   G~ = alpha G + (1 - alpha) diag(G) (alpha 0.9 by default) regularises the inverse. Leaves
   without a Gram matrix are averaged (as `soups.uniform_soup`: integer leaves copied when equal).
+  Each G_i must be a Gram matrix by its values too (finite, symmetric, diagonal >= 0: X itself is
+  refused) and is used in float32.
 
 Axis names: N examples, C classes.
 """
@@ -180,8 +182,39 @@ def _check_grams(i: int, g: Any, leaves: dict[str, Any]) -> dict[str, jax.Array]
             raise ValueError(f"grams[{i}][{name!r}]: expected a real Gram matrix X^T X {want}, got dtype {G.dtype}")
         if tuple(G.shape) != (din, din):
             raise ValueError(f"grams[{i}][{name!r}]: expected {want}, got {tuple(G.shape)}")
-        out[name] = jnp.asarray(G)
+        _check_gram_values(i, name, G)
+        # in float32 (float64 kept): alpha G + (1 - alpha) diag(G) and the sum over models in
+        # bfloat16 rounded the system RegMean solves (its solution 0.5% off, silently)
+        out[name] = jnp.asarray(G, jax.dtypes.canonicalize_dtype(jnp.float64) if G.dtype == jnp.float64 else jnp.float32)
     return out
+
+
+def _check_gram_values(i: int, name: str, G: Any) -> None:
+    """ValueError unless G is a Gram matrix X^T X by its values: finite, symmetric and with a diagonal
+    >= 0 (sums of squares). X [N, d_in] itself, passed with N == d_in, has the right shape and was
+    solved against as a Gram matrix: a wrong merge, silently. Symmetry is checked to sqrt(eps) of the
+    Gram's dtype (float32: 3.5e-4) relative to its largest entry, room for the rounding of float32 sums
+    accumulated in any order (X^T X of a batch is symmetric only up to it). Tracers are skipped."""
+    if tree.is_traced(G) or not np.size(G):
+        return
+    g = np.asarray(G, np.float64)
+    where = f"grams[{i}][{name!r}]"
+    if not np.isfinite(g).all():
+        bad = tuple(int(j) for j in np.argwhere(~np.isfinite(g))[0])
+        raise ValueError(f"{where}: expected a finite Gram matrix X^T X, got {g[bad]} at {bad}")
+    scale = float(np.max(np.abs(g)))
+    rtol = float(np.sqrt(jnp.finfo(G.dtype if jnp.issubdtype(G.dtype, jnp.floating) else jnp.float32).eps))
+    asym = np.abs(g - g.T)
+    if asym.max() > rtol * scale:
+        r, c = (int(j) for j in np.unravel_index(np.argmax(asym), asym.shape))
+        raise ValueError(f"{where}: expected a symmetric Gram matrix X^T X [d_in, d_in] (to {rtol:.2g} of its "
+                         f"largest entry, {scale:.4g}), got G[{r}, {c}] = {g[r, c]:.6g} and G[{c}, {r}] = "
+                         f"{g[c, r]:.6g}; pass X^T X (fisher.gram(X)), not the inputs X")
+    d = np.diag(g)
+    if d.min() < 0:
+        k = int(np.argmin(d))
+        raise ValueError(f"{where}: expected a Gram matrix X^T X, whose diagonal (sums of squares) is >= 0, "
+                         f"got G[{k}, {k}] = {d[k]:.6g}")
 
 
 def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, alpha: float = 0.9) -> Any:
@@ -199,11 +232,16 @@ def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, 
     tree.check_same_structure(list(models), "models")
     leaves = [tree.named_leaves(m) for m in models]
     grams = [_check_grams(i, g, leaves[0]) for i, g in enumerate(grams)]
-    for i, g in enumerate(grams[1:], start=1):
-        # a leaf with a Gram matrix in some models only would be averaged as if it had none
-        if set(g) != set(grams[0]):
-            raise ValueError(f"grams[{i}]: expected Gram matrices for the same leaves as grams[0] "
-                             f"({sorted(grams[0])}), got {sorted(g)}")
+    # a leaf with a Gram matrix in some models only would be averaged as if it had none; the model
+    # named is the one lacking it (grams[0] lacking a layer blamed grams[1], which had it)
+    given = [n for n in leaves[0] if any(n in g for g in grams)]
+    for i, g in enumerate(grams):
+        missing = [n for n in given if n not in g]
+        if missing:
+            j = next(k for k, h in enumerate(grams) if missing[0] in h)
+            more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+            raise ValueError(f"grams[{i}]: expected Gram matrices for the same leaves in every model, got none for "
+                             f"{missing[:4]}{more} (grams[{j}] has {missing[0]!r})")
     out = []
     for name in leaves[0]:
         if all(name in g for g in grams):
