@@ -102,3 +102,90 @@ def test_world_trains_half_up_of_an_odd_composition():
     trained = Counter((t.relation1, t.relation2) for t in world.two_hops if t.trained)
     assert trained == {("birthplace", "country"): 10, ("country", "language"): 5,
                        ("founder", "birthplace"): 7, ("headquarters", "country"): 7}
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo: a re-run removes the files of an earlier run it does not write again, and nothing else
+
+
+def _demo_writing(monkeypatch, files: dict[str, bytes]):
+    """demo.SECTIONS replaced by one section that writes `files` (relative path -> bytes) as the
+    sections write their PNGs (atomically)."""
+    import sys
+    import types
+
+    from jaxinterp import atomic, demo, report
+
+    def section(out_dir, *, quick):
+        for rel, data in files.items():
+            atomic.write_bytes(out_dir / rel, data)
+        return report.Section("fake", "<p>fake</p>")
+
+    fake = types.ModuleType("_fake_demo17")
+    fake.section = section
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(demo, "SECTIONS", [f"{fake.__name__}:section"])
+
+
+def _tree(folder):
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_demo_rerun_removes_only_the_earlier_runs_files_it_did_not_rewrite(monkeypatch, tmp_path, capsys):
+    """A second `jaxinterp demo --out DIR` (a quick run: fewer event displays; --only: fewer sections)
+    left the first run's PNGs beside its report. The files the demo writes are now listed in
+    DIR/demo_manifest.json, and the next run removes the listed files it did not rewrite, where they
+    still hold the demo's bytes; a file of the user's, or one the user changed, stays."""
+    from jaxinterp import demo
+
+    out = tmp_path / "out"
+    _demo_writing(monkeypatch, {"a.png": b"a1", "nugraph/b.png": b"b1", "nugraph/c.png": b"c1", "inject/d.png": b"d1",
+                                "inject/e.png": b"e1"})
+    assert demo.run(out)[1] == []
+    assert _tree(out) == {"a.png", "demo_manifest.json", "index.html", "inject/d.png", "inject/e.png",
+                          "nugraph/b.png", "nugraph/c.png"}
+    (out / "notes.txt").write_text("mine")          # the user's own files
+    (out / "nugraph" / "mine.png").write_bytes(b"mine")
+    (out / "inject" / "e.png").write_bytes(b"edited")  # a listed file the user changed since
+
+    _demo_writing(monkeypatch, {"a.png": b"a2", "nugraph/b.png": b"b1"})
+    capsys.readouterr()
+    assert demo.run(out)[1] == []
+    assert _tree(out) == {"a.png", "demo_manifest.json", "index.html", "inject/e.png", "nugraph/b.png",
+                          "nugraph/mine.png", "notes.txt"}
+    assert "removed 2 file(s) an earlier demo wrote" in capsys.readouterr().err
+    assert (out / "a.png").read_bytes() == b"a2" and (out / "inject" / "e.png").read_bytes() == b"edited"
+    import json
+
+    assert sorted(json.loads((out / "demo_manifest.json").read_text())["files"]) == ["a.png", "index.html",
+                                                                                     "nugraph/b.png"]
+
+    _demo_writing(monkeypatch, {"x.png": b"x"})  # a folder left empty by the removal goes too
+    (out / "nugraph" / "mine.png").unlink()
+    demo.run(out)
+    assert _tree(out) == {"demo_manifest.json", "index.html", "inject/e.png", "notes.txt", "x.png"}
+    assert not (out / "nugraph").exists()
+
+
+def test_demo_removes_nothing_a_manifest_names_outside_its_folder_or_without_its_bytes(monkeypatch, tmp_path):
+    import hashlib
+    import json
+
+    from jaxinterp import demo
+
+    out, outside = tmp_path / "out", tmp_path / "outside.png"
+    _demo_writing(monkeypatch, {"a.png": b"a"})
+    demo.run(out)
+    outside.write_bytes(b"o")
+    (out / "kept.png").write_bytes(b"k")
+    digest = {rel: hashlib.sha256(data).hexdigest() for rel, data in (("../outside.png", b"o"), ("kept.png", b"x"))}
+    (out / "demo_manifest.json").write_text(json.dumps({"files": {
+        "../outside.png": digest["../outside.png"], str(outside): digest["../outside.png"],
+        "kept.png": digest["kept.png"]}}))  # kept.png: other bytes than the manifest's
+    demo.run(out)
+    assert outside.read_bytes() == b"o" and (out / "kept.png").read_bytes() == b"k"
+    (out / "demo_manifest.json").write_text("not json")  # a broken manifest: nothing removed, then rewritten
+    _demo_writing(monkeypatch, {})
+    demo.run(out)
+    assert (out / "a.png").exists()
+    assert sorted(json.loads((out / "demo_manifest.json").read_text())["files"]) == ["index.html"]
