@@ -45,7 +45,11 @@ def _check_own_file(path: Path, keys: set[str]) -> None:
                          f"replaced: move it, or give another --out)")
 
 
-def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> dict:
+def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None, progress: bool = True) -> dict:
+    """Runs the scripts (those whose name contains a part of `only`), each in a process of its own,
+    with a progress bar over them on stderr (`progress`); writes out_dir/<script>.json and bench.json."""
+    from tqdm import tqdm
+
     from jaxinterp import atomic, benchtools
 
     todo = scripts(only)  # bad `only` refused before the folder is made
@@ -56,18 +60,23 @@ def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None) -> d
         _check_own_file(out_dir / f"{script.stem}.json", {"benchmark", "machine", "rows"})
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"machine": None, "quick": quick, "benchmarks": []}
-    for script in todo:
+    # the suite runs for minutes with nothing else telling how far it is (stderr: stdout is the table)
+    bar = tqdm(todo, desc="bench", unit="script", file=sys.stderr, disable=not progress)
+    for script in bar:
+        bar.set_postfix_str(script.stem)
         json_path = out_dir / f"{script.stem}.json"
         # a previous run's file would be read as this run's figures (or left beside a FAILED entry)
         json_path.unlink(missing_ok=True)
         cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
-        print(f"== {script.name}", flush=True)
+        tqdm.write(f"== {script.name}", file=sys.stdout)  # above the bar, not through it
+        sys.stdout.flush()  # before the script's own output
         t0 = time.perf_counter()
         proc = subprocess.run(cmd)
         entry = {"script": script.name, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
         if proc.returncode == 0 and json_path.exists():
             entry.update(json.loads(json_path.read_text()))
         results["benchmarks"].append(entry)
+    bar.close()
     # read once the scripts are done: naming the devices starts JAX's backend in this process, and
     # on a GPU that preallocates 75% of its memory, which every script would then run without
     results["machine"] = benchtools.machine()

@@ -189,3 +189,37 @@ def test_demo_removes_nothing_a_manifest_names_outside_its_folder_or_without_its
     demo.run(out)
     assert (out / "a.png").exists()
     assert sorted(json.loads((out / "demo_manifest.json").read_text())["files"]) == ["index.html"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench: a progress bar over the scripts
+
+
+def _fake_bench_scripts(monkeypatch):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    from jaxinterp import bench, benchtools
+
+    def fake_run(cmd, *args, **kwargs):
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"benchmark": "x", "machine": {}, "rows": []}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(benchtools, "machine", lambda: {"cpu": "test"})
+    monkeypatch.setattr(benchtools, "machine_line", lambda: "test machine")
+
+
+def test_bench_shows_a_progress_bar_over_its_scripts_on_stderr(monkeypatch, tmp_path, capsys):
+    """`jaxinterp bench` ran its scripts (minutes) with no progress but a '== script' line each; a
+    tqdm bar over the scripts now counts them on stderr (stdout keeps the table)."""
+    from jaxinterp import bench, cli
+
+    _fake_bench_scripts(monkeypatch)
+    assert cli.main(["bench", "--quick", "--only", "gpt2", "merge", "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "bench: 100%" in err and "2/2" in err and "merge" in err
+    assert "bench:" not in out and "== gpt2_forward.py" in out and "== merge.py" in out
+    bench.run(tmp_path / "out", quick=True, only=["gpt2"], progress=False)
+    assert "bench:" not in capsys.readouterr().err
