@@ -9,6 +9,7 @@ with a ValueError that names it.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
 import sys
@@ -128,15 +129,28 @@ class _Unpickler(pickle.Unpickler):
         return np.frombuffer(raw, dtype=dtype)
 
 
-def load(path: str | os.PathLike) -> Any:
-    """Unpickles a torch zip checkpoint; tensors come back as numpy arrays."""
+def check_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path if it names a file, else a ValueError (a folder, or nothing there)."""
     path = Path(path)
     if path.is_dir():  # it said "does not exist"
         raise ValueError(f"torch checkpoint {path} is a folder, expected a file (a torch.save .pt or Lightning .ckpt)")
     if not path.is_file():
         raise ValueError(f"torch checkpoint {path} does not exist")
+    return path
+
+
+def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
+    """Unpickles a torch zip checkpoint; tensors come back as numpy arrays.
+
+    `data`: the file's bytes, already read (a caller that also hashes them reads the file once);
+    `path` then only names it in messages."""
+    path = Path(path)
+    if data is None:
+        check_file(path)
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"data: expected the bytes of {path}, got {type(data).__name__}")
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(path if data is None else io.BytesIO(data))
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path} is not a torch zip checkpoint (torch.save since 1.6): {e}") from e
     with archive:

@@ -110,7 +110,7 @@ def official_ckpt():
 
 def _load_with_hparams(monkeypatch, ckpt, **hp):
     edited = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], **hp}}
-    monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path: edited)
+    monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path, **_: edited)
     return checkpoint.load_official_checkpoint(CKPT)
 
 

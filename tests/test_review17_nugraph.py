@@ -48,3 +48,56 @@ def test_forward_is_still_built_once_per_config():
     a = predict.forward(NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1))
     assert predict.forward(NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)) is a
     assert predict.forward() is predict.forward(NuGraph2Config())
+
+
+def test_convert_reads_the_checkpoint_once(tmp_path, monkeypatch, capsys):
+    """`nugraph convert` read the .ckpt twice: torch_pickle opened it to load, then read_bytes read it
+    again for the recorded converted_from_sha256 (twice the I/O, and a file replaced in between was
+    recorded with a hash of bytes it had not loaded). Now load_official_checkpoint reads it once,
+    loads those bytes and returns their sha256, which convert records."""
+    import builtins
+    import hashlib
+    import io
+    import json
+
+    ckpt_path, h5 = FIXTURES / "nugraph2_reference.ckpt", FIXTURES / "nugraph2_events.gnn.h5"
+    opened = []
+    for module in (io, builtins):
+        real = module.open
+
+        def counting(file, *args, _real=real, **kw):
+            if isinstance(file, (str, Path)) and Path(file).resolve() == ckpt_path.resolve():
+                opened.append(str(file))
+            return _real(file, *args, **kw)
+
+        monkeypatch.setattr(module, "open", counting)
+    out = tmp_path / "official"
+    assert _cli(["nugraph", "convert", str(ckpt_path), str(out), "--norm", str(h5)], monkeypatch) == 0
+    assert len(opened) == 1, opened
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["converted_from_sha256"] == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+
+
+def test_official_checkpoint_carries_the_hash_of_what_it_loaded(tmp_path):
+    from jaxinterp.nugraph import checkpoint
+
+    ckpt_path = FIXTURES / "nugraph2_reference.ckpt"
+    import hashlib
+
+    got = checkpoint.load_official_checkpoint(ckpt_path)
+    assert got.sha256 == hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match=r"torch checkpoint .* is a folder, expected a file"):
+        checkpoint.load_official_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match=r"torch checkpoint .*missing.ckpt does not exist"):
+        checkpoint.load_official_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_torch_pickle_loads_bytes_already_read():
+    from jaxinterp import torch_pickle
+
+    ckpt_path = FIXTURES / "nugraph2_reference.ckpt"
+    a = torch_pickle.load(ckpt_path)["state_dict"]
+    b = torch_pickle.load(ckpt_path, data=ckpt_path.read_bytes())["state_dict"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"data: expected the bytes of .*nugraph2_reference.ckpt, got str"):
+        torch_pickle.load(ckpt_path, data="not bytes")

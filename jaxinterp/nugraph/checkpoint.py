@@ -128,6 +128,7 @@ class OfficialCheckpoint(NamedTuple):
     config: NuGraph2Config
     hyper_parameters: dict[str, Any]
     epoch: int | None
+    sha256: str | None = None  # of the .ckpt bytes load_official_checkpoint read (and loaded)
 
 
 _CONFIG_KEYS = ("in_features", "planar_features", "nexus_features", "num_iters", "planes", "semantic_classes")
@@ -151,8 +152,12 @@ def _config_value(path, key: str, value):
 
 
 def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialCheckpoint:
-    """Reads an official NuGraph2 PyTorch Lightning `.ckpt` (without torch) into params and config."""
-    obj = torch_pickle.load(path)
+    """Reads an official NuGraph2 PyTorch Lightning `.ckpt` (without torch) into params and config,
+    with the sha256 of the bytes read (the file is read once: the bytes hashed are the bytes loaded)."""
+    import hashlib
+
+    data = torch_pickle.check_file(path).read_bytes()
+    obj = torch_pickle.load(path, data=data)
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
     hp = dict(obj.get("hyper_parameters") or {})
@@ -165,7 +170,7 @@ def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialC
         params = from_official(obj["state_dict"], config, dtype=dtype)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    return OfficialCheckpoint(params, config, hp, obj.get("epoch"))
+    return OfficialCheckpoint(params, config, hp, obj.get("epoch"), hashlib.sha256(data).hexdigest())
 
 
 def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path) -> OfficialCheckpoint:
@@ -179,14 +184,12 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
     Everything is read and checked before anything is written; each file is written atomically.
     """
     from jaxinterp.nugraph import hdf5
-    import hashlib
-
     from jaxinterp.nugraph.train import check_model_out, save_model
 
     info = hdf5.read_info(norm_file, need_samples=False, need_norm=True)  # checks each plane's [2, 4]
-    ckpt = load_official_checkpoint(ckpt_path)
+    ckpt = load_official_checkpoint(ckpt_path)  # read once: its sha256 is of the bytes it loaded
     provenance = {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file),
-                  "converted_from_sha256": hashlib.sha256(Path(ckpt_path).read_bytes()).hexdigest()}
+                  "converted_from_sha256": ckpt.sha256}
     missing = [p for p in ckpt.config.planes if p not in info.norm]
     if missing:
         raise ValueError(f"norm_file: {norm_file} holds a feature norm for planes {list(info.norm)}, the checkpoint's "
