@@ -68,3 +68,73 @@ def test_regmean_solves_in_float32_for_bfloat16_grams():
     want = fisher.regmean(M2, [{"d.kernel": g} for g in g32], alpha=0.7)
     got = fisher.regmean(M2, [{"d.kernel": g} for g in g16], alpha=0.7)
     np.testing.assert_allclose(np.asarray(got["d"]["kernel"]), np.asarray(want["d"]["kernel"]), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- side files of `merge yaml`
+
+import json  # noqa: E402
+
+from safetensors.numpy import save_file  # noqa: E402
+
+from jaxinterp.merge import checkpoint, config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def side_ckpts(tmp_path_factory):
+    """Three 2-layer GPT-2-shaped checkpoints, each with its own config.json and tokenizer.json."""
+    root = tmp_path_factory.mktemp("review17_side")
+    rng = np.random.default_rng(0)
+    out = []
+    for j in range(3):
+        d = root / f"m{j}"
+        d.mkdir()
+        t = {"transformer.wte.weight": rng.normal(size=(6, 4))}
+        t.update({f"transformer.h.{i}.mlp.c_fc.weight": rng.normal(size=(4, 8)) for i in range(2)})
+        save_file({k: v.astype(np.float32) for k, v in t.items()}, str(d / "model.safetensors"))
+        (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2, "id": j}))
+        (d / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {f"m{j}": 0}}}))
+        out.append(str(d))
+    return out
+
+
+def _both_forms(method, base, models, **extra):
+    """The same merge as a `models:` config and as a one-slice `slices:` config (all layers)."""
+    top = {"merge_method": method, **({"base_model": base} if base else {}), **extra}
+    as_models = config.from_dict({**top, "models": [{"model": m} for m in models]})
+    as_slices = config.from_dict({**top, "slices": [{"sources": [{"model": m, "layer_range": [0, 2]}
+                                                                 for m in models]}]})
+    return as_models, as_slices
+
+
+@pytest.mark.parametrize("method, base, models, want", [
+    # linear has no base: a base_model listed among the models is one of them, yet still the donor of
+    # the config and tokenizer (mergekit's base_model or the first model); models: took m0, slices: m1
+    ("linear", 1, [0, 1], 1),
+    ("linear", 1, [1, 0], 1),
+    ("linear", None, [2, 0], 2),
+    ("ties", 0, [1, 2, 0], 0),
+    ("slerp", 2, [0, 2], 2),
+])
+def test_side_files_come_from_the_same_model_for_both_config_forms(side_ckpts, tmp_path, method, base, models, want):
+    extra = {"parameters": {"linear": {"weight": 1.0}, "slerp": {"t": 0.5},
+                            "ties": {"density": 0.5, "weight": 0.5}}[method]}
+    cfgs = _both_forms(method, side_ckpts[base] if base is not None else None, [side_ckpts[m] for m in models],
+                       **extra)
+    for form, cfg in zip(("models", "slices"), cfgs):
+        assert checkpoint.side_source(cfg) == side_ckpts[want], form
+        out = tmp_path / form
+        r = checkpoint.run_config(cfg, out, progress=False)
+        assert str(r.side_source) == side_ckpts[want] and r.side_files == ("config.json", "tokenizer.json"), form
+        assert json.loads((out / "config.json").read_text())["id"] == want, form
+        assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == {f"m{want}": 0}, form
+
+
+def test_a_linear_config_with_its_base_listed_writes_the_base_back(side_ckpts):
+    """mergekit_config.yml of such a merge dropped base_model: read back, its side files came from
+    the first model, no longer from the base."""
+    import yaml
+
+    cfg, _ = _both_forms("linear", side_ckpts[1], [side_ckpts[0], side_ckpts[1]])
+    assert cfg.base_model is None and cfg.listed_base == side_ckpts[1]
+    again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
+    assert again == cfg and checkpoint.side_source(again) == side_ckpts[1]

@@ -8,7 +8,7 @@ Order of work, so that mistakes surface before any weight is read:
      one tensor), merge it, append its bytes. Peak memory stays near one tensor per model.
 
 The output is one `model.safetensors` (written under a temporary name, then renamed), with the
-config/tokenizer files of the base (else the first) model and the `mergekit_config.yml`. Once they
+config/tokenizer files of one input (`side_source`) and the `mergekit_config.yml`. Once they
 are in place, the shards of an earlier merge into the same folder (`model-00001-of-00003.safetensors`,
 `model.safetensors.index.json`) are removed: a loader that follows the index (vLLM keeps only the
 files its weight_map names) or globs `*.safetensors` would read the old weights. Nothing else is:
@@ -236,11 +236,25 @@ def _write(fd: int, start: int, pieces) -> None:
         os.pwrite(fd, memoryview(np.ascontiguousarray(v).view(np.uint8)), start + (p.offset + p.lo) * v.itemsize)
 
 
+def side_source(cfg) -> str:
+    """The input whose config and tokenizer files the output gets, for both config forms alike: the
+    config's base_model as written, whether the method merges it as the base or, having none
+    (linear, karcher, passthrough), as one of the models; else the first model (`models:`) or the
+    first source of the first slice (`slices:`). mergekit's donor model (`base_model or
+    referenced_models()[0]`). The `models:` form of a linear merge with its base listed among the
+    models took the first model, the `slices:` form the base."""
+    from jaxinterp.merge import slices
+
+    if isinstance(cfg, slices.SliceConfig):
+        return cfg.base_model or cfg.refs[0]
+    return cfg.base_model or cfg.listed_base or cfg.models[0].model
+
+
 class MergeResult(NamedTuple):
     out_dir: Path
     n_tensors: int
     n_bytes: int
-    side_source: Path  # the model whose config and tokenizer files were copied (base, else the first)
+    side_source: Path  # the model whose config and tokenizer files were copied (`side_source`)
     side_files: tuple[str, ...]  # the names of those files that it had
     removed: tuple[str, ...] = ()  # stale shards and index of an earlier merge into out_dir, removed
     # config/tokenizer files already in out_dir (an earlier run's) that this merge did not write: kept
@@ -388,7 +402,7 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
             fh.flush()
     finally:
         readers.close()
-    src = Path(cfg.base_model or jobs[0].inputs[0][0])
+    src = Path(side_source(cfg))
     copied = tuple(f for f in _SIDE_FILES if src.is_dir() and (src / f).is_file())
     for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
         with atomic.atomic_path(out_dir / f) as tmp:

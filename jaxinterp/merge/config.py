@@ -19,9 +19,10 @@ nothing is downloaded. A model given both as base_model and in models is the bas
 without a base, such as linear, it is one of the models, as in mergekit); the two are compared as
 paths (`model_key`: `./m`, `m/` and /abs/m are one folder), not as text.
 
-Tokenizer keys. jaxinterp writes tensors; the output folder gets the base (else first) model's
-tokenizer files copied as they are. So `tokenizer_source: base` (mergekit: the base model's
-vocabulary; with inputs of one shared vocabulary, no tensor changes) and `chat_template` (written
+Tokenizer keys. jaxinterp writes tensors; the output folder gets the tokenizer files of the model
+that `checkpoint.side_source` names (the base_model as written, else the first model) as they
+are. So `tokenizer_source: base` (mergekit: the base model's vocabulary; with inputs of one
+shared vocabulary, no tensor changes) and `chat_template` (written
 by mergekit into tokenizer_config.json, never into a tensor) are accepted, and the template is not
 applied. `tokenizer_source: union` or a model, and a `tokenizer:` section (source, added tokens,
 pad_to_multiple_of), make mergekit resize or re-order the embedding and LM-head matrices: they are
@@ -54,6 +55,10 @@ class MergeConfig(NamedTuple):
     parameters: dict | None
     dtype: str | None
     out_dtype: str | None
+    # the config's base_model when the method has none and merges it as one of the models (linear
+    # with the base listed): base_model is then None, but this model still gives the output its
+    # config and tokenizer files (`checkpoint.side_source`), and to_dict writes it back
+    listed_base: str | None = None
 
 
 def _dtype(v: Any, field: str) -> str | None:
@@ -146,8 +151,10 @@ def from_dict(d: Any):
         if same_model(m["model"], base) and spec.base != "ignored":
             continue  # mergekit: the base listed among the models is still the base
         entries.append(ModelEntry(m["model"], p))
+    listed_base = None
     if spec.base == "ignored" and base is not None and any(same_model(e.model, base) for e in entries):
-        base = None  # a method without a base (linear, ...) merges a listed base_model as one of the models
+        # a method without a base (linear, ...) merges a listed base_model as one of the models
+        base, listed_base = None, base
     g = d.get("parameters")
     if g is not None and not isinstance(g, dict):
         raise ValueError(f"config.parameters: expected a mapping, got {g!r}")
@@ -158,7 +165,7 @@ def from_dict(d: Any):
 
     check_contract(spec, len(entries), base is not None, arg="config.base_model")
     return MergeConfig(d["merge_method"], tuple(entries), base, g, _dtype(d.get("dtype"), "config.dtype"),
-                       _dtype(d.get("out_dtype"), "config.out_dtype"))
+                       _dtype(d.get("out_dtype"), "config.out_dtype"), listed_base)
 
 
 def read_dict(path: str | Path) -> Any:
@@ -180,8 +187,8 @@ def read(path: str | Path):
 
 def to_dict(cfg: MergeConfig) -> dict:
     d: dict[str, Any] = {"merge_method": cfg.merge_method}
-    if cfg.base_model:
-        d["base_model"] = cfg.base_model
+    if cfg.base_model or cfg.listed_base:
+        d["base_model"] = cfg.base_model or cfg.listed_base
     d["models"] = [{"model": m.model, **({"parameters": m.parameters} if m.parameters else {})}
                    for m in cfg.models]
     for k in ("parameters", "dtype", "out_dtype"):
