@@ -1,6 +1,7 @@
 """Aggregates of a sweep: percent increase of p(answer), mean / median / trimmed mean, best cell.
 
-percent increase = (p_after - p_before) / p_before * 100, per prompt. The paper reported the mean,
+percent increase = (p_after - p_before) / p_before * 100, per prompt, taken as
+expm1(log p_after - log p_before) * 100 from a sweep's log-probabilities. The paper reported the mean,
 which a few prompts with a tiny p_before dominate; the median and the trimmed mean say what a
 typical prompt sees, so all three are reported.
 """
@@ -31,8 +32,14 @@ class Aggregate(NamedTuple):
 
 
 def percent_increase(result: SweepResult) -> np.ndarray:
-    """[nL, nT, N] percent increase of p(answer); p_before is floored at the smallest normal number of
-    its dtype (float32's for a float32 sweep, whose p(answer) underflows to 0 below it)."""
+    """[nL, nT, N] percent increase of p(answer): expm1(logp_after - logp_before) * 100 from the result's
+    log-probabilities (a sweep's); for a result without them, from p with p_before floored at the
+    smallest normal number of its dtype."""
+    if result.logp_before is not None and result.logp_after is not None:
+        # a float32 p(answer) underflows to 0 below ~1e-45 (the floor below then read two underflowed
+        # probabilities as -100%, and floored p_before made any ratio under it wrong); log p does not
+        d = np.asarray(result.logp_after, np.float64) - np.asarray(result.logp_before, np.float64)
+        return np.expm1(d) * 100.0
     # float32's floor for every dtype raised a float64 sweep's p_before of 1e-40 to 1.2e-38, so an
     # answer twice as likely after injection read as -98% (a decrease) instead of +100%
     floor = np.finfo(np.promote_types(np.asarray(result.p_before).dtype, np.float32)).tiny

@@ -8,7 +8,8 @@ on L or tau, and block L's attention does not either (the memory is added to its
 2. for each L, every (tau, prompt) pair is a row of one big batch: resid_mid[L] + tau * memory,
    block L's MLP, blocks L+1 .. n-2 in full, and of block n-1 only what the last position needs
    (keys and values at every position; query, W_O and MLP at the last one);
-3. only the last position is unembedded, and only log p(answer) = logit[answer] - logsumexp.
+3. only the last position is unembedded, and only log p(answer) = logit[answer] - logsumexp, which
+   comes back as it is (p = exp(log p) on the host: a float32 p underflows, its log does not).
 
 Rows are processed in chunks of about `chunk_tokens` tokens by one `lax.scan` over all (L, chunk)
 pairs; the blocks come from stacked weights indexed by the traced layer number, so one block body
@@ -49,6 +50,11 @@ class SweepResult(NamedTuple):
     p_before: np.ndarray  # [N] p(answer) on the obscure prompt
     p_after: np.ndarray  # [nL, nT, N] p(answer) with the memory injected
     p_explicit: np.ndarray | None  # [N] p(answer) on the explicit prompt (None if not given)
+    # log p(answer), as computed (p = exp of these): a float32 p underflows to 0 below ~1e-45 (log p
+    # < -103), the log-probability does not, so ratios of p are taken from these (`metrics`).
+    # None in a result built without them.
+    logp_before: np.ndarray | None = None  # [N]
+    logp_after: np.ndarray | None = None  # [nL, nT, N]
 
 
 class _Group(NamedTuple):
@@ -115,20 +121,22 @@ def _injected(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> A
 
 
 def _prepare(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
-    """The stacked weights, resid_mid [n, Ng, P, D] and p_before [Ng] per group, p(answer) per explicit group."""
+    """The stacked weights, resid_mid [n, Ng, P, D] and log p_before [Ng] per group, log p(answer) per
+    explicit group."""
     w = ly.stack(params, config)
     mids, before = [], []
     for g in groups:
         m, logp = _base(w, g.tokens, g.mask, g.answer, config=config)
         mids.append(m)
-        before.append(jnp.exp(logp))
-    return w, mids, before, [jnp.exp(_base(w, e.tokens, e.mask, e.answer, config=config)[1]) for e in explicit]
+        before.append(logp)
+    return w, mids, before, [_base(w, e.tokens, e.mask, e.answer, config=config)[1] for e in explicit]
 
 
 def _core(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...], *, config: GPT2Config):
+    """log p(answer): before [Ng] and after [C, c] per group, explicit [Ng] per explicit group."""
     _TRACES[0] += 1
     w, mids, before, expl = _prepare(params, groups, explicit, config=config)
-    return before, [jnp.exp(_injected(w, g, m, config=config)) for g, m in zip(groups, mids)], expl
+    return before, [_injected(w, g, m, config=config) for g, m in zip(groups, mids)], expl
 
 
 @functools.cache
@@ -148,7 +156,7 @@ def _bases(params: dict, groups: tuple[_Group, ...], explicit: tuple[_Plain, ...
 
 def _layer_step(w: ly.Stacked, g: _Group, mids: Array, *, config: GPT2Config) -> Array:
     _TRACES[0] += 1
-    return jnp.exp(_injected(w, g, mids, config=config))
+    return _injected(w, g, mids, config=config)
 
 
 @functools.cache
@@ -287,7 +295,8 @@ def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layer
         to resume an interrupted sweep (see `run`); keep_state: leave the finished state in place
         (a caller with more work after this sweep removes it once all is done).
 
-    Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None.
+    Returns: SweepResult with p_before [N], p_after [nL, nT, N], p_explicit [N] or None, and the
+    log-probabilities logp_before [N], logp_after [nL, nT, N] they are exp of.
     """
     return run(params, plan(prompts, memories, layers, taus, config=config, answers=answers, explicit=explicit,
                             positions=positions, bucket=bucket, chunk_tokens=chunk_tokens), config=config,
@@ -404,18 +413,19 @@ def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None, progress: b
     books, plain_idx, layers, taus_arr, N = p.books, p.plain_idx, p.layers, p.taus, p.n_prompts
     expl = p.plain or None
 
-    p_before = np.zeros(N, taus_arr.dtype)
-    p_after = np.zeros((len(layers), len(taus_arr), N), taus_arr.dtype)
+    logp_before = np.zeros(N, taus_arr.dtype)
+    logp_after = np.zeros((len(layers), len(taus_arr), N), taus_arr.dtype)
     for (idx, (li, ti, pi, valid)), b, a in zip(books, before, after):
         idx = np.asarray(idx)
-        p_before[idx] = np.asarray(b)[:len(idx)]
-        p_after[li[valid], ti[valid], idx[pi[valid]]] = np.asarray(a)[valid]
+        logp_before[idx] = np.asarray(b)[:len(idx)]
+        logp_after[li[valid], ti[valid], idx[pi[valid]]] = np.asarray(a)[valid]
     p_explicit = None
     if expl is not None:
         p_explicit = np.zeros(N, taus_arr.dtype)
         for idx, e in zip(plain_idx, ex):
-            p_explicit[np.asarray(idx)] = np.asarray(e)[:len(idx)]
-    return SweepResult(np.asarray(layers), taus_arr, p_before, p_after, p_explicit)
+            p_explicit[np.asarray(idx)] = np.exp(np.asarray(e)[:len(idx)])
+    return SweepResult(np.asarray(layers), taus_arr, np.exp(logp_before), np.exp(logp_after), p_explicit,
+                       logp_before, logp_after)
 
 
 def _fingerprint(params: dict, p: Plan, config: GPT2Config) -> str:
@@ -423,7 +433,9 @@ def _fingerprint(params: dict, p: Plan, config: GPT2Config) -> str:
     The weights are hashed too: memories come from the embedding or unembedding alone, so two models
     that share them (a fine-tune with frozen embeddings, a merge) give the same plan (~0.3 s a
     GPT-2 small)."""
-    h = fingerprint.update(hashlib.sha256(repr(config).encode()), (params, p.groups, p.plain))
+    # "logp": the saved values are log-probabilities (states of before they were, holding p, are
+    # another sweep's and replaced, not read as log p)
+    h = fingerprint.update(hashlib.sha256(b"logp" + repr(config).encode()), (params, p.groups, p.plain))
     h.update(np.asarray(p.layers).tobytes() + p.taus.tobytes())
     return h.hexdigest()
 
@@ -450,7 +462,7 @@ def _run_steps(params: dict, p: Plan, *, config: GPT2Config, progress: bool, sta
         _check_state_path(Path(state))
     key = _fingerprint(params, p, config) if state is not None else None  # hashing the weights costs time
     done = np.zeros((len(p.groups), nL), bool)
-    after = [np.zeros(np.shape(g.chunk_tau), p.taus.dtype) for g in p.groups]  # [C, c] per group, layer-major
+    after = [np.zeros(np.shape(g.chunk_tau), p.taus.dtype) for g in p.groups]  # log p [C, c] per group, layer-major
     if state is not None and Path(state).is_file():
         try:
             with np.load(state) as z:

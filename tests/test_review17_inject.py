@@ -1,0 +1,84 @@
+"""Review 17: memory injection (percent increase from log-probabilities, the sweep CLI's config.json
+and length checks) and Attention Lens (the training data's ids checked once)."""
+
+import numpy as np
+import pytest
+
+from conftest import TINY_GPT2  # the tiny GPT-2: 3 layers, 4 heads, d_model 64, vocab 97, 32 positions
+
+
+def _tiny_answer_made_unlikely(tiny_processed, answer: int, shift: float):
+    """The tiny processed model with lm_head's bias of `answer` lowered by `shift`: log p(answer) about
+    -shift, far below float32's smallest probability (1.4e-45 = exp(-103))."""
+    params, config = tiny_processed
+    bias = np.array(params["lm_head"]["bias"])
+    bias[answer] -= shift
+    return {**params, "lm_head": {**params["lm_head"], "bias": bias}}, config
+
+
+def test_percent_increase_of_probabilities_that_underflow_comes_from_their_logs(tiny_processed):
+    """p(answer) below float32's range was 0 before and after injection, and percent_increase read
+    (0 - tiny) / tiny as -100% (p_before floored at the smallest normal number); the sweep now keeps
+    log p(answer), and the percent increase is expm1(logp_after - logp_before) * 100."""
+    import jax
+
+    from jaxinterp.inject.memory import inject_logits, memory_vectors
+    from jaxinterp.inject.metrics import aggregate, percent_increase
+    from jaxinterp.inject.sweep import sweep
+    from jaxinterp.transformer import forward
+
+    answer = 5
+    params, config = _tiny_answer_made_unlikely(tiny_processed, answer, 300.0)
+    prompts = [np.array([0, 7, 9, 11], np.int32), np.array([0, 3, 4, 8, 12, 2], np.int32)]
+    mems = memory_vectors(params, [[5, 6], [5]], config=config)
+    res = sweep(params, prompts, mems, [0, 2], [1.0, 4.0], config=config, answers=[answer, answer])
+    assert np.all(res.p_before == 0) and np.all(res.p_after == 0)  # float32 cannot hold them
+    pct = percent_increase(res)
+
+    def logp(logits):
+        return float(jax.nn.log_softmax(np.asarray(logits, np.float64)[0, -1])[answer])
+
+    for i, tok in enumerate(prompts):
+        before = logp(forward(params, tok[None], config=config))
+        for li, L in enumerate(res.layers):
+            for ti, tau in enumerate(res.taus):
+                after = logp(inject_logits(params, tok[None], mems[i], config=config, layer=int(L), tau=float(tau)))
+                assert after - before > 0.1  # the memory holds the answer: +10% and more, not -100%
+                # log(1 + pct/100) is the log ratio; a float32 log p near -300 is 3e-5 apart from the next
+                assert np.log1p(pct[li, ti, i] / 100) == pytest.approx(after - before, abs=1e-4), (L, tau, i)
+                assert res.logp_after[li, ti, i] == pytest.approx(after, abs=1e-4)
+        assert res.logp_before[i] == pytest.approx(before, abs=1e-4)
+    assert aggregate(res).best["median"].value == pytest.approx(np.median(pct[:, :, :], -1).max())
+
+
+def test_sweep_probabilities_are_exp_of_its_log_probabilities(tiny_processed):
+    """p_before and p_after are exp of the logs the sweep returns, in one step or in resumable steps."""
+    from jaxinterp.inject.memory import memory_vectors
+    from jaxinterp.inject.metrics import percent_increase
+    from jaxinterp.inject.sweep import sweep
+
+    params, config = tiny_processed
+    prompts = [np.array([0, 7, 9, 11], np.int32), np.array([0, 3, 4, 8, 12, 2, 40, 41, 42], np.int32)]
+    mems = memory_vectors(params, [[5, 6], [9]], config=config)
+    one = sweep(params, prompts, mems, None, [1.0, 3.0], config=config, answers=[5, 9], explicit=prompts[::-1])
+    steps = sweep(params, prompts, mems, None, [1.0, 3.0], config=config, answers=[5, 9], explicit=prompts[::-1],
+                  progress=True)
+    for r in (one, steps):
+        np.testing.assert_array_equal(r.p_before, np.exp(r.logp_before))
+        np.testing.assert_array_equal(r.p_after, np.exp(r.logp_after))
+        assert r.p_after.dtype == r.logp_after.dtype == np.float32
+        ratio = (r.p_after.astype(np.float64) - r.p_before) / r.p_before * 100
+        np.testing.assert_allclose(percent_increase(r), ratio, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(steps.logp_after, one.logp_after, rtol=1e-6)
+    np.testing.assert_allclose(steps.p_explicit, one.p_explicit, rtol=1e-6)
+
+
+def test_percent_increase_of_a_result_with_log_probabilities():
+    """A SweepResult with log-probabilities: its ratios come from them, whatever p (0 here) says."""
+    from jaxinterp.inject.metrics import percent_increase
+    from jaxinterp.inject.sweep import SweepResult
+
+    res = SweepResult(np.array([0]), np.array([1.0], np.float32), np.zeros(2, np.float32),
+                      np.zeros((1, 1, 2), np.float32), None, logp_before=np.array([-200.0, -150.0], np.float32),
+                      logp_after=np.array([[[-200.0 + np.log(3.0), -150.0 - np.log(2.0)]]], np.float32))
+    np.testing.assert_allclose(percent_increase(res)[0, 0], [200.0, -50.0], rtol=1e-4)
