@@ -138,3 +138,25 @@ def test_a_linear_config_with_its_base_listed_writes_the_base_back(side_ckpts):
     assert cfg.base_model is None and cfg.listed_base == side_ckpts[1]
     again = config.from_dict(yaml.safe_load(config.to_yaml(cfg)))
     assert again == cfg and checkpoint.side_source(again) == side_ckpts[1]
+
+
+# ----------------------------------------------------------------------------- re-basin spec errors
+
+from jaxinterp.merge import rebasin  # noqa: E402
+
+
+def test_check_spec_names_a_few_permuted_leaves_and_a_count_not_all():
+    """A views key naming no permuted leaf listed every leaf of spec.axes: 72 names (~2,500
+    characters) for GPT-2 small, the problem lost in them."""
+    spec = rebasin.gpt2_permutation_spec(12, 12, 64)
+    known = sorted(spec.axes, key=str)
+    typo = rebasin.PermutationSpec(spec.axes, {**spec.views, "h_0.attn.c_atn.kernel": (768, 3, 12, 64)})
+    message = (f"spec.views: keys ['h_0.attn.c_atn.kernel'] name no leaf of spec.axes; expected views only for the "
+               f"permuted leaves (known: {known[:4]} and {len(known) - 4} more)")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        rebasin.check_spec(typo, {})
+    assert len(known) == 72 and len(message) < 300
+    many = rebasin.PermutationSpec({"a": (None,)}, {f"x{i}": (1,) for i in range(6)})
+    with pytest.raises(ValueError, match=r"^spec\.views: keys \['x0', 'x1', 'x2', 'x3'\] and 2 more name no leaf of "
+                                         r"spec\.axes; expected views only for the permuted leaves \(known: \['a'\]\)$"):
+        rebasin.check_spec(many, {})
