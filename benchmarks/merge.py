@@ -126,8 +126,8 @@ def merge_in(work: Path, args, rows: list) -> None:
     print(f"checkpoints in {work}; mergekit: {mk or 'not available (give --mergekit or $MERGEKIT_YAML)'}")
     methods = ["ties", "dare_ties", "slerp", "linear"]
     for m in methods:
-        cfg = work / f"{m}.yml"
-        cfg.write_text(config_yaml(m, dirs))
+        # atomically, as the checkpoints: a run killed mid-write left a truncated config in --workdir
+        cfg = atomic.write_text(work / f"{m}.yml", config_yaml(m, dirs))
         out = work / f"out_jax_{m}"
         wall, rss, rc = run_child([sys.executable, "-m", "jaxinterp.cli", "merge", "yaml", str(cfg),
                                    "--out", str(out), "--quiet"])

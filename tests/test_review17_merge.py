@@ -4,6 +4,7 @@ errors, the merge benchmark's configs): each test failed on the code before its 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -160,3 +161,41 @@ def test_check_spec_names_a_few_permuted_leaves_and_a_count_not_all():
     with pytest.raises(ValueError, match=r"^spec\.views: keys \['x0', 'x1', 'x2', 'x3'\] and 2 more name no leaf of "
                                          r"spec\.axes; expected views only for the permuted leaves \(known: \['a'\]\)$"):
         rebasin.check_spec(many, {})
+
+
+# ----------------------------------------------------------------------------- benchmarks/merge.py
+
+
+def test_merge_benchmark_writes_its_yaml_configs_atomically(monkeypatch, tmp_path):
+    """The configs in --workdir were written in place (Path.write_text): a run killed while writing
+    one left a truncated YAML beside the kept checkpoints. Now each goes through jaxinterp.atomic,
+    the config a child merges is whole, and no temporary is left behind."""
+    from types import SimpleNamespace
+
+    from conftest import load_benchmark
+    from test_review12_bench import _merge_children
+
+    merge = load_benchmark("merge", "_bench17_")
+    _merge_children(monkeypatch, merge, jax_rc=0)
+    monkeypatch.setattr(merge, "find_mergekit", lambda opt: None)
+    real, written, merged = merge.atomic.write_text, [], []
+
+    def write_text(path, text):
+        written.append(Path(path).name)
+        return real(path, text)
+
+    def run_child(cmd):
+        merged.append(Path(cmd[cmd.index("yaml") + 1]))
+        return 5.0, 1.0, 0
+
+    monkeypatch.setattr(merge.atomic, "write_text", write_text)
+    monkeypatch.setattr(merge, "run_child", run_child)
+    (tmp_path / "ties.yml").write_text("merge_method: ties  # an earlier run's\n")
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(tmp_path), mergekit=None), [])
+    names = ["ties.yml", "dare_ties.yml", "slerp.yml", "linear.yml"]
+    assert written == names and [p.name for p in merged] == names
+    dirs = [tmp_path / "quick" / n for n in ("base", "ft0", "ft1", "ft2")]
+    for p in merged:
+        assert p.read_text() == merge.config_yaml(p.stem, dirs)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
