@@ -101,3 +101,97 @@ def test_torch_pickle_loads_bytes_already_read():
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match=r"data: expected the bytes of .*nugraph2_reference.ckpt, got str"):
         torch_pickle.load(ckpt_path, data="not bytes")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """6 small events (train 4, validation 1, test 1) and a tiny model folder (init params)."""
+    import jax
+
+    from jaxinterp.nugraph import hdf5, model, simulate, train
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    raws = simulate.simulate(6, seed=5, config=cfg)
+    names = [e.name for e in raws]
+    folder = tmp_path_factory.mktemp("tiny")
+    path = hdf5.write_events(folder / "tiny.gnn.h5", raws,
+                             splits={"train": names[:4], "validation": names[4:5], "test": names[5:]})
+    mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+    train.save_model(folder / "model", model.init(jax.random.key(0), mc), mc, hdf5.compute_norm(raws),
+                     {"command": "test"})
+    return path, folder / "model", raws
+
+
+def _eval(path, params, out, *extra):
+    return ["nugraph", "eval", str(path), "--params", str(params), "--out", str(out), "--displays", "0",
+            "--split", "all", *extra]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_eval_of_a_file_changed_at_the_same_path_is_another_evaluation(tiny, tmp_path, monkeypatch, capsys):
+    """`nugraph eval` recorded its input file by path alone (metrics.json `inputs`), so an evaluation of a
+    file rewritten at the same path (other events) counted as the same evaluation and replaced the
+    first one's results. `inputs` now holds the file's size and mtime_ns too: the same file again
+    still repeats into its folder; a changed one is refused before anything is written."""
+    import json
+    import os
+    import shutil
+
+    from jaxinterp.nugraph import hdf5
+
+    src, params, raws = tiny
+    path = tmp_path / "data.gnn.h5"
+    shutil.copyfile(src, path)
+    out = tmp_path / "eval"
+    assert _cli(_eval(path, params, out), monkeypatch) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    st = path.stat()
+    assert first["inputs"]["file"] == str(path.resolve())
+    assert _cli(_eval(path, params, out), monkeypatch) == 0  # the same file again: the same evaluation
+    assert json.loads((out / "metrics.json").read_text())["inputs"] == first["inputs"]
+    capsys.readouterr()
+    before = _snapshot(out)
+    # the file rewritten at the same path with fewer events
+    hdf5.write_events(path, raws[:3], splits={"train": [raws[0].name], "validation": [raws[1].name],
+                                              "test": [raws[2].name]})
+    assert _cli(_eval(path, params, out), monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"out: {out} holds the results of another evaluation" in err, err
+    assert _snapshot(out) == before
+    # the same bytes with another mtime: refused too (a stat, no hash: the check stays cheap)
+    shutil.copyfile(src, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _cli(_eval(path, params, out), monkeypatch) == 2
+    assert _snapshot(out) == before
+    assert (first["inputs"]["file_size"], first["inputs"]["file_mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+
+
+def test_eval_refuses_a_file_that_changes_while_it_is_read(tiny, tmp_path, monkeypatch, capsys):
+    """The size and mtime recorded are taken before the events are read: a file rewritten meanwhile
+    would be recorded with a stamp of bytes other than those evaluated; it is refused instead."""
+    import os
+    import shutil
+
+    from jaxinterp.nugraph import hdf5
+
+    src, params, _ = tiny
+    path = tmp_path / "data.gnn.h5"
+    shutil.copyfile(src, path)
+    real = hdf5.read_events
+
+    def read_then_touch(*a, **kw):
+        got = real(*a, **kw)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        return got
+
+    monkeypatch.setattr(hdf5, "read_events", read_then_touch)
+    out = tmp_path / "eval"
+    assert _cli(_eval(path, params, out), monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"file: {path} changed while it was read" in err, err
+    assert not out.exists() or not any(out.iterdir())

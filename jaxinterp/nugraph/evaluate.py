@@ -167,7 +167,7 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
     """ValueError unless `write_outputs` may write into `out_dir` without losing anything saved there:
     the folder is new, or holds none of the files an evaluation writes (metrics.json, confusion_*.png,
     display_*.png), or holds those of an evaluation of the same `inputs` (file, split, model, limit:
-    its metrics.json records them), whose figures this one repeats. A training run's folder (run.json:
+    its metrics.json records them, the file with its size and mtime_ns), whose figures this one repeats. A training run's folder (run.json:
     its metrics.json is the validation history), another evaluation's figures or files of those names
     are refused, naming what is there."""
     out = Path(out_dir)
@@ -237,11 +237,24 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
     return written
 
 
+def file_stamp(path: str | Path) -> dict:
+    """The size and mtime_ns of the file at `path` (a stat, no read; None for both if nothing is
+    there, which reading it then reports): what an evaluation records beside the path, so one of a
+    file changed in place is not taken for the same evaluation."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return {"file_size": None, "file_mtime_ns": None}
+    return {"file_size": st.st_size, "file_mtime_ns": st.st_mtime_ns}
+
+
 def run_cli(args) -> EvalResult:
     model = load_model(args.params)
     split = None if args.split == "all" else args.split
-    inputs = {"file": str(Path(args.file).resolve()), "split": args.split, "limit": args.limit,
-              "params": str(Path(args.params).resolve()) if args.params else "the shipped model",
+    # the file by path, size and mtime: a file rewritten at the same path (another simulation, more
+    # events) is another evaluation, whose results do not replace this one's under the same name
+    inputs = {"file": str(Path(args.file).resolve()), **file_stamp(args.file), "split": args.split,
+              "limit": args.limit, "params": str(Path(args.params).resolve()) if args.params else "the shipped model",
               "model_sha256": model.npz_sha256}
     check_out_dir(args.out, inputs)  # before anything is read or computed
     info = hdf5.read_info(args.file, need_samples=split is not None, need_norm=False)
@@ -255,6 +268,11 @@ def run_cli(args) -> EvalResult:
         raise ValueError(f"file: {args.file} has planes {list(info.planes)}, the model takes planes "
                          f"{list(model.config.planes)} (--params; the same planes expected)")
     res = hdf5.read_events(args.file, split, limit=args.limit)
+    stamp = file_stamp(args.file)
+    if stamp != {k: inputs[k] for k in stamp}:  # what is recorded must be what was read
+        raise ValueError(f"file: {args.file} changed while it was read (size and mtime_ns "
+                         f"{inputs['file_size']}, {inputs['file_mtime_ns']} before, {stamp['file_size']}, "
+                         f"{stamp['file_mtime_ns']} after); expected it unchanged (run again once it is written)")
     events = to_events(res.events, model)
     print(f"{args.split}: {len(events)} events ({res.skipped_line()})")
     if not events:  # evaluate's own error named neither the file nor the split
