@@ -43,13 +43,19 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
             clock: Callable[[], float] = time.perf_counter) -> Timing:
     """Times `fn()` (which must return device arrays): first call apart, then the median of repeats.
 
+    `warmup`: untimed calls before the repeats, the first (compiling) one included.
     `clock`: wall time by default; `time.process_time` gives the process's CPU time (all threads),
     steadier than wall time on a shared machine."""
     _check_repeats(repeats)
+    # before the first (compiling) call too: 2.5 was a TypeError from range() after it, and 0 or -1
+    # were taken silently as 1 (the first call is always one untimed call)
+    if not is_integer(warmup) or warmup < 1:
+        raise ValueError(f"warmup: expected a positive integer (untimed calls, the compiling first one "
+                         f"included), got {warmup!r}")
     t0 = clock()
     block(fn())
     compile_s = clock() - t0
-    for _ in range(max(0, warmup - 1)):
+    for _ in range(warmup - 1):
         block(fn())
     times = []
     for _ in range(repeats):

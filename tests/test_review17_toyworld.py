@@ -223,3 +223,50 @@ def test_bench_shows_a_progress_bar_over_its_scripts_on_stderr(monkeypatch, tmp_
     assert "bench:" not in out and "== gpt2_forward.py" in out and "== merge.py" in out
     bench.run(tmp_path / "out", quick=True, only=["gpt2"], progress=False)
     assert "bench:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("warmup", [2.5, 0, -1, True, "2"])
+def test_time_fn_refuses_a_bad_warmup_before_the_first_call(warmup):
+    """time_fn(warmup=2.5) failed in range() only after the first (compiling) call; 0 and -1 were
+    silently one warm-up call."""
+    from jaxinterp import benchtools
+
+    calls = []
+    with pytest.raises(ValueError, match=r"warmup: expected a positive integer \(untimed calls, the compiling "
+                                         r"first one included\), got " + repr(warmup).replace(".", r"\.")):
+        benchtools.time_fn(lambda: calls.append(1), warmup=warmup)
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# configs of the wrong type: a ValueError naming the argument, before any work
+
+
+def test_build_world_refuses_what_is_not_a_world_config():
+    from jaxinterp.toyworld.world import build_world
+
+    with pytest.raises(ValueError, match=r"config: expected a toyworld WorldConfig, got dict: \{'seed': 1\}"):
+        build_world({"seed": 1})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"world_config": {"seed": 1}}, r"world_config: expected a WorldConfig, got dict: \{'seed': 1\}"),
+    ({"cfg": {"steps": 3}}, r"cfg: expected a TrainConfig, got dict: \{'steps': 3\}"),
+])
+def test_train_refuses_configs_of_another_type_before_any_work(tmp_path, monkeypatch, kwargs, match):
+    from jaxinterp.toyworld import train as trainmod
+
+    monkeypatch.setattr(trainmod.toktools, "train_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was trained"))
+    with pytest.raises(ValueError, match=match):
+        trainmod.train(tmp_path / "run", progress=False, **kwargs)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_a_world_config_of_another_type_before_the_model_loads(monkeypatch):
+    from jaxinterp.toyworld import MODEL_DIR, evaluate
+    from jaxinterp import transformer
+
+    monkeypatch.setattr(transformer, "load_gpt2", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ValueError, match=r"world_config: expected a WorldConfig or None \(the model's own world\), "
+                                         r"got dict: \{'seed': 1\}"):
+        evaluate.evaluate(MODEL_DIR, world_config={"seed": 1})
