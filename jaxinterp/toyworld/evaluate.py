@@ -129,6 +129,9 @@ def evaluate(model, *, world_config: WorldConfig | None = None, candidates: bool
 
     if world_config is None:
         world_config = (run_world_config(model) if model is not None else None) or WorldConfig()
+    elif not isinstance(world_config, WorldConfig):  # a dict was an AttributeError once the model had loaded
+        raise ValueError(f"world_config: expected a WorldConfig or None (the model's own world), got "
+                         f"{type(world_config).__name__}: {world_config!r:.80}")
     if params_config_tokenizer is None:
         params, config = load_gpt2(model)
         tok = load_tokenizer(model)

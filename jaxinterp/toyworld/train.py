@@ -283,6 +283,12 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     from jaxinterp.transformer import gpt2
     from jaxinterp.transformer.weights import save_gpt2
 
+    # a dict of the settings (as run.json holds them) was an AttributeError, cfg's before any work
+    # and world_config's once the world was built
+    if not isinstance(world_config, WorldConfig):
+        raise ValueError(f"world_config: expected a WorldConfig, got {type(world_config).__name__}: {world_config!r:.80}")
+    if not isinstance(cfg, TrainConfig):
+        raise ValueError(f"cfg: expected a TrainConfig, got {type(cfg).__name__}: {cfg!r:.80}")
     out_dir = Path(out_dir).resolve()
     try:  # a file there (or above it) failed in orbax (NotADirectoryError) after the tokenizer was trained
         output_folder(str(out_dir))

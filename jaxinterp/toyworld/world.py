@@ -199,6 +199,9 @@ def trained_count(train_fraction: float, n: int) -> int:
 
 def build_world(config: WorldConfig = WorldConfig()) -> World:
     """The world of `config` (deterministic in config.seed)."""
+    # a dict of its fields (as train.json holds them) was an AttributeError from random.Random
+    if not isinstance(config, WorldConfig):
+        raise ValueError(f"config: expected a toyworld WorldConfig, got {type(config).__name__}: {config!r:.80}")
     rng = random.Random(config.seed)
     taken: set[str] = set()
     countries = _names(rng, config.n_countries, (2, 2), taken, distinct_first=True)
