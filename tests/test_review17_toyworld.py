@@ -270,3 +270,28 @@ def test_evaluate_refuses_a_world_config_of_another_type_before_the_model_loads(
     with pytest.raises(ValueError, match=r"world_config: expected a WorldConfig or None \(the model's own world\), "
                                          r"got dict: \{'seed': 1\}"):
         evaluate.evaluate(MODEL_DIR, world_config={"seed": 1})
+
+
+# ---------------------------------------------------------------------------------------------------
+# toyworld CLI: the world options' ranges are argparse errors naming the option
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--countries", "0"], "argument --countries: expected a positive integer, got 0"),
+    (["--cities-per-country", "-2"], "argument --cities-per-country: expected a positive integer, got -2"),
+    (["--people", "2.5"], "argument --people: expected a positive integer, got 2.5"),
+    (["--companies", "0"], "argument --companies: expected a positive integer, got 0"),
+    (["--train-fraction", "1.5"], "argument --train-fraction: expected a fraction in [0, 1], got 1.5"),
+    (["--train-fraction", "nan"], "argument --train-fraction: expected a fraction in [0, 1], got nan"),
+])
+@pytest.mark.parametrize("command", [["facts"], ["prompts", "--out", "PROMPTS"]])
+def test_world_options_out_of_range_name_the_option(tmp_path, capsys, command, argv, message):
+    """--countries 0 or --train-fraction 1.5 were refused as 'WorldConfig.n_countries must be at
+    least 1' / 'WorldConfig.train_fraction must lie in [0, 1]': a name the command line never shows."""
+    from jaxinterp import cli
+
+    command = [str(tmp_path / "p.csv") if c == "PROMPTS" else c for c in command]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["toyworld", *command, *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()

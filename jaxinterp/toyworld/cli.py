@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from jaxinterp.cliargs import non_negative_int, output_file, output_folder, positive_float, positive_int
+from jaxinterp.cliargs import fraction, non_negative_int, output_file, output_folder, positive_float, positive_int
 
 
 # option dest -> WorldConfig field
@@ -62,12 +62,13 @@ def _add_world_args(p: argparse.ArgumentParser) -> None:
 
     d = WorldConfig()
     g = p.add_argument_group("world (default: the built-in model's)")
-    # no argparse defaults: `evaluate` tells given options from absent ones (the model's own world)
-    g.add_argument("--countries", type=int, help=f"default {d.n_countries}")
-    g.add_argument("--cities-per-country", type=int, help=f"default {d.cities_per_country}")
-    g.add_argument("--people", type=int, help=f"default {d.n_people}")
-    g.add_argument("--companies", type=int, help=f"default {d.n_companies}")
-    g.add_argument("--train-fraction", type=float,
+    # no argparse defaults: `evaluate` tells given options from absent ones (the model's own world).
+    # Ranges checked by argparse, naming the option ("--countries 0" was refused as WorldConfig.n_countries)
+    g.add_argument("--countries", type=positive_int, help=f"default {d.n_countries}")
+    g.add_argument("--cities-per-country", type=positive_int, help=f"default {d.cities_per_country}")
+    g.add_argument("--people", type=positive_int, help=f"default {d.n_people}")
+    g.add_argument("--companies", type=positive_int, help=f"default {d.n_companies}")
+    g.add_argument("--train-fraction", type=fraction,
                    help=f"share of each composition's subjects whose two-hop sentences are trained, rounded half "
                         f"up (default {d.train_fraction})")
     g.add_argument("--world-seed", type=non_negative_int, help=f"default {d.seed}")
