@@ -145,8 +145,9 @@ PROMPTS = ("explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,an
 
 
 @pytest.mark.parametrize("layers,got", [([-1], -1), ([0, 3], 3), ([2, 7], 7)])
-@pytest.mark.parametrize("local_config", [True, False])
-def test_inject_layers_out_of_range_name_the_valid_range(tmp_path, monkeypatch, layers, got, local_config):
+def test_inject_layers_out_of_range_name_the_valid_range(tmp_path, monkeypatch, layers, got):
+    """(review 17: the model's config.json is read once, by read_config, before the weights for every
+    model, so the case of a layer count known only once the model was loaded is gone)"""
     import re
 
     from conftest import TINY_GPT2
@@ -159,10 +160,7 @@ def test_inject_layers_out_of_range_name_the_valid_range(tmp_path, monkeypatch, 
         raise AssertionError("reached the model or the sweep before --layers was checked")
 
     monkeypatch.setattr(sw, "sweep", refuse)
-    if local_config:  # the folder's config.json gives the layer count: refused before the model loads
-        monkeypatch.setattr(tr, "load_gpt2", refuse)
-    else:  # no readable layer count (a hub name): refused once the model is loaded, with the same words
-        monkeypatch.setattr(inject_cli, "_local_n_layer", lambda model: None)
+    monkeypatch.setattr(tr, "load_gpt2", refuse)  # the folder's config.json gives the layer count
     (tmp_path / "p.csv").write_text(PROMPTS)
     msg = f"--layers: expected 0..2 for this 3-layer model, got {got}"
     with pytest.raises(ValueError, match="^" + re.escape(msg) + "$"):
@@ -171,14 +169,28 @@ def test_inject_layers_out_of_range_name_the_valid_range(tmp_path, monkeypatch, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("config", [None, "not json", '["a list"]', '{"n_layer": "3"}', '{"n_layer": 0}'])
-def test_inject_local_n_layer_leaves_unreadable_configs_to_the_loader(tmp_path, config):
-    from jaxinterp.inject.cli import _local_n_layer
+@pytest.mark.parametrize("config,match", [
+    (None, "has no config.json"), ("not json", "config.json is not valid JSON"),
+    ('["a list"]', "must hold a JSON object, got list"), ('{"n_layer": "3"}', "GPT-2 config is missing"),
+    ('{"n_layer": 0}', "GPT-2 config is missing")])
+def test_inject_unreadable_configs_are_the_loaders_errors_before_the_model(tmp_path, monkeypatch, config, match):
+    """(review 17: was _local_n_layer's None for these, leaving them to load_gpt2; the one read of
+    config.json is now read_config's, load_gpt2's own reader, so the same errors come before the model)"""
+    import jaxinterp.transformer as tr
+    from jaxinterp.inject import cli as inject_cli
 
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before config.json was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    model = tmp_path / "model"
+    model.mkdir()
     if config is not None:
-        (tmp_path / "config.json").write_text(config)
-    assert _local_n_layer(str(tmp_path)) is None
-    assert _local_n_layer("gpt2") is None or (Path("gpt2") / "config.json").is_file()
+        (model / "config.json").write_text(config)
+    (tmp_path / "p.csv").write_text(PROMPTS)
+    with pytest.raises(ValueError, match=match):
+        inject_cli.run_sweep(str(model), str(tmp_path / "p.csv"), str(tmp_path / "out"), taus=[1.0])
+    assert not (tmp_path / "out").exists()
 
 
 # --- 5. torch checkpoints: the persistent id message names the file; a folder is not "missing"

@@ -82,3 +82,62 @@ def test_percent_increase_of_a_result_with_log_probabilities():
                       np.zeros((1, 1, 2), np.float32), None, logp_before=np.array([-200.0, -150.0], np.float32),
                       logp_after=np.array([[[-200.0 + np.log(3.0), -150.0 - np.log(2.0)]]], np.float32))
     np.testing.assert_allclose(percent_increase(res)[0, 0], [200.0, -50.0], rtol=1e-4)
+
+
+HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+
+
+@pytest.mark.parametrize("kind", ["unembed", "layer"])
+def test_inject_cli_reads_config_json_once_before_the_model(tmp_path, monkeypatch, kind):
+    """`inject sweep` read the model's config.json twice before loading it (n_layer, then n_positions,
+    each with its own reader and a copy of the sweep's length messages), and load_gpt2 a third time;
+    now read_config reads it once for every check before the weights (load_gpt2 reads its own)."""
+    from pathlib import Path
+
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    reads, at_load = [], []
+    real_read, real_load = Path.read_text, tr.load_gpt2
+
+    def read_text(self, *a, **k):
+        if self.name == "config.json":
+            reads.append(self)
+        return real_read(self, *a, **k)
+
+    def load(*a, **k):
+        at_load.append(len(reads))
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(tr, "load_gpt2", load)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "w1 w2,w3 w4,w5,w6,w7\n" + "w8 w9 w10,w11,w12 w13,w14,w15\n")
+    assert cli.main(["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--out",
+                     str(tmp_path / "out"), "--layers", "1", "--taus", "2", "--memory-kind", kind]) == 0
+    assert at_load == [1], (at_load, reads)
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("what,row", [("prompts", "w1 w2,{long},w5,w6,w7"), ("explicit", "{long},w3 w4,w5,w6,w7")])
+def test_inject_cli_length_check_is_the_sweeps(tmp_path, monkeypatch, capsys, what, row):
+    """The CLI's refusal of a long prompt is sweep.check_tokens' own (one message, not a copy), before
+    the model is loaded."""
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+    from jaxinterp.inject import sweep
+    from jaxinterp.transformer.weights import read_config
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    long = " ".join(["w9"] * 40)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "w1 w2,w3 w4,w5,w6,w7\n" + row.format(long=long) + "\n")
+    with pytest.raises(ValueError) as want:  # what the sweep itself says of BOS + 40 words
+        sweep.check_tokens([np.zeros(3, np.int32), np.zeros(41, np.int32)], read_config(TINY_GPT2)[1], what)
+    assert cli.main(["inject", "sweep", "--model", str(TINY_GPT2), "--data", str(data), "--out",
+                     str(tmp_path / "out")]) == 2
+    assert str(want.value) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -16,37 +16,18 @@ from jaxinterp.transformer.builtin import resolve_model  # noqa: F401 (part of t
 STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
 
 
-def _local_n_layer(model) -> int | None:
-    """n_layer of a local model folder's config.json; None when it cannot be read here (a hub name,
-    no or a broken config.json: load_gpt2 reports those)."""
-    return _local_size(model, "n_layer")
+def _check_encoded(enc, config, kind: str, bos: int) -> None:
+    """The sweep's checks of the prompts and explicit prompts (`sweep.check_tokens`: length, ids), and
+    layer_encodings' of a "layer" memory run with BOS (`memory.layer_sequences`), made from the config
+    alone, before the model is loaded and the memories are computed (they refused a prompt after both,
+    a memory after the model)."""
+    from jaxinterp.inject.memory import layer_sequences
+    from jaxinterp.inject.sweep import check_tokens
 
-
-def _local_size(model, key: str, default: int | None = None) -> int | None:
-    """A size (n_layer, n_positions) of a local model folder's config.json (`default` when the file
-    leaves it out, as transformers does); None when it cannot be read here."""
-    import json
-
-    try:
-        n = json.loads((Path(model) / "config.json").read_text()).get(key, default)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
-
-
-def _check_lengths(enc, n_positions: int, kind: str) -> None:
-    """The sweep's refusal of a prompt (or explicit prompt) longer than the context, and layer_encodings'
-    of a "layer" memory (run with BOS) longer than it, made before the model is loaded and the memories
-    are computed (the sweep refused a prompt after both, layer_encodings a memory after the model)."""
-    for what, seqs in (("prompts", enc.prompts), ("explicit", enc.explicit)):
-        for i, s in enumerate(seqs):
-            if len(s) > n_positions:
-                raise ValueError(f"{what}: row {i}: {len(s)} tokens, the model takes at most {n_positions}")
+    check_tokens(enc.prompts, config, "prompts")
+    check_tokens(enc.explicit, config, "explicit")
     if kind == "layer":
-        for i, m in enumerate(enc.memories):
-            if len(m) + 1 > n_positions:
-                raise ValueError(f"memory of row {i}: {len(m) + 1} tokens with BOS, the model takes at most "
-                                 f"n_positions={n_positions}")
+        layer_sequences(enc.memories, config=config, bos_id=bos)
 
 
 def _check_layers(layers, n_layer: int) -> None:
@@ -69,28 +50,25 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
     from jaxinterp.inject.metrics import aggregate
     from jaxinterp.inject.sweep import DEFAULT_TAUS, sweep
     from jaxinterp.transformer import load_gpt2, load_tokenizer
+    from jaxinterp.transformer.weights import read_config
 
     # Every input is checked before the model is loaded and before anything is computed or written.
     prompts = dt.load_prompts(data_path, limit=limit)
     taus = list(DEFAULT_TAUS) if taus is None else list(taus)
     if not taus or not all(math.isfinite(t) for t in taus):
         raise ValueError(f"--taus: expected finite numbers, got {taus}")
-    # the layer count from a local folder's config.json, so --layers is checked before the model is
-    # loaded (a hub name is checked once it is loaded, with the same message)
-    n_layer = _local_n_layer(model)
-    if n_layer is not None:
-        _check_layers(layers or (), n_layer)
+    # config.json, read once (a hub name's downloaded here): its sizes check --layers, the prompts and the
+    # memories before the weights are read, and they are the processed model's sizes too
+    folder, config = read_config(model)
+    layers = list(range(config.n_layer)) if layers is None else list(layers)
+    _check_layers(layers, config.n_layer)
     words = dt.load_top_words(baseline_words) if baseline_words else None
     if words is not None:
         if baseline_type not in words:
             raise ValueError(f"--baseline-type: expected one of {list(words)}, got {baseline_type!r}")
         dt.random_words(words, baseline_type, 0)  # an empty column: refused now, not after the main sweep
-    tok = load_tokenizer(model)
+    tok = load_tokenizer(folder)
     enc = dt.encode(tok, prompts)
-    n_positions = _local_size(model, "n_positions", 1024)
-    if n_positions is not None and not skip_long:
-        _check_lengths(enc, n_positions, kind)
-    params, config = load_gpt2(model, process_weights=True)
     if skip_long:  # rows longer than the model's context are dropped (and counted) instead of refused
         keep = [i for i in range(len(enc.answers))
                 if max(len(enc.prompts[i]), len(enc.explicit[i])) <= config.n_positions]
@@ -102,10 +80,9 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         prompts = dt.PromptSet(*([getattr(prompts, f)[i] for i in keep] for f in dt.PromptSet._fields[:5]),
                                prompts.source)
         enc = dt.encode(tok, prompts)
-    _check_lengths(enc, config.n_positions, kind)  # a hub name's, or what --skip-long kept
-    layers = list(range(config.n_layer)) if layers is None else list(layers)
-    _check_layers(layers, config.n_layer)
     bos = dt.bos_id(tok)
+    _check_encoded(enc, config, kind, bos)
+    params, config = load_gpt2(folder, process_weights=True)
     mems = memory_vectors(params, enc.memories, config=config, kind=kind, bos_id=bos)
     rand = b_mems = None
     if words is not None:  # drawn, tokenised and made vectors now: a bad word is refused before the sweep

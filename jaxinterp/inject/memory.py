@@ -96,13 +96,11 @@ def layer_encoding(params: dict, ids: Sequence[int], *, config: GPT2Config, bos_
     return layer_encodings(params, [ids], config=config, bos_id=bos_id)[0]
 
 
-def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config,
-                    bos_id: int | None = None) -> Array:
-    """[N, n, D]: `layer_encoding` of every memory, in batches of LAYER_ROWS right-padded rows.
-
-    Equal to running each memory alone at its own shape [1, len (+1)] (up to float rounding), but
-    compiled once per length bucket instead of once per distinct memory length.
-    """
+def layer_sequences(ids_list: Sequence[Sequence[int]], *, config: GPT2Config,
+                    bos_id: int | None = None) -> list[np.ndarray]:
+    """The token sequences `layer_encodings` runs (`bos_id` first, when given), checked: ValueError
+    naming the row of an empty memory, ids outside the vocabulary, or a sequence longer than the context.
+    Needs only the config, so a caller can check memories before the model's weights are read."""
     if len(ids_list) == 0:
         raise ValueError("memories: expected at least one memory, got none")
     if bos_id is not None and (not is_integer(bos_id)
@@ -120,6 +118,17 @@ def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: 
             raise ValueError(f"memory of row {row}: {seq.size} tokens{' with BOS' if bos_id is not None else ''}, "
                              f"the model takes at most n_positions={config.n_positions}")
         seqs.append(seq)
+    return seqs
+
+
+def layer_encodings(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config,
+                    bos_id: int | None = None) -> Array:
+    """[N, n, D]: `layer_encoding` of every memory, in batches of LAYER_ROWS right-padded rows.
+
+    Equal to running each memory alone at its own shape [1, len (+1)] (up to float rounding), but
+    compiled once per length bucket instead of once per distinct memory length.
+    """
+    seqs = layer_sequences(ids_list, config=config, bos_id=bos_id)
     P = min(-(-max(s.size for s in seqs) // LAYER_BUCKET) * LAYER_BUCKET, config.n_positions)
     n_rows = -(-len(seqs) // LAYER_ROWS) * LAYER_ROWS
     tokens = np.zeros((n_rows, P), np.int32)  # filler rows: all padding, their output dropped

@@ -222,7 +222,9 @@ def _work_dtype(config: GPT2Config) -> type:
     return np.float64 if jnp.dtype(config.dtype) == jnp.float64 else np.float32
 
 
-def _check_tokens(seqs, config: GPT2Config, what: str) -> list[np.ndarray]:
+def check_tokens(seqs, config: GPT2Config, what: str) -> list[np.ndarray]:
+    """The prompts `what` as int32 arrays; ValueError naming the row of an empty one, ids outside the
+    vocabulary or more tokens than the context (needs only the config: the CLI checks before loading)."""
     if len(seqs) == 0:
         raise ValueError(f"{what}: expected at least one prompt, got none")
     out = []
@@ -316,7 +318,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
          positions=None, bucket: int = 8, chunk_tokens: int = 2048) -> Plan:
     """Checks the inputs of `sweep` (ValueError naming the argument and row) and pads them into buckets."""
     check_dtype(config)  # a float64 config under 32-bit JAX: refused here as in the model
-    seqs = _check_tokens(prompts, config, "prompts")
+    seqs = check_tokens(prompts, config, "prompts")
     N = len(seqs)
     # a float bucket failed in numpy's padding ('float' object cannot be interpreted as an integer), a scalar
     # tau or layer in list() (not iterable): TypeErrors from inside; True was a bucket of 1
@@ -351,7 +353,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
             or answers.max() >= config.vocab_size:
         raise ValueError(f"answers: expected {N} token ids in [0, {config.vocab_size}), got shape {list(answers.shape)}")
-    expl = None if explicit is None else _check_tokens(explicit, config, "explicit")
+    expl = None if explicit is None else check_tokens(explicit, config, "explicit")
     if expl is not None and len(expl) != N:
         raise ValueError(f"explicit: expected one explicit prompt per prompt ({N}), got {len(expl)}")
     where = _positions_mask(positions, seqs)
