@@ -295,3 +295,14 @@ def test_world_options_out_of_range_name_the_option(tmp_path, capsys, command, a
         cli.main(["toyworld", *command, *argv])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_analysis_refuses_a_lens_layer_named_twice_before_the_sweep(tmp_path, monkeypatch):
+    """--lens-layers 3 3 trained layer 3's lens twice (minutes) and kept one of the two results."""
+    from jaxinterp.toyworld import analysis
+
+    monkeypatch.setattr(analysis, "injection", lambda *a, **k: pytest.fail("the sweep ran"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"lens-layers: expected distinct layers, got \[3, 2, 3\]"):
+        analysis.main(["--out", str(out), "--lens-layers", "3", "2", "3"])
+    assert not out.exists()

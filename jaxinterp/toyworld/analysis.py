@@ -13,8 +13,8 @@ held-out two-hop prompts, and which heads carry the bridge entity?
    explicit prompts as a contrast. A head that carries the bridge on obscure prompts is where the
    model composes.
 
-Writes DIR/summary.json, DIR/heatmap_*.png, DIR/heads_*.csv (DIR/prompts.csv, the prompts used, when
---prompts is not given), and prints markdown tables.
+Writes DIR/summary.json, DIR/heatmap_*.png (one per memory swept) and DIR/summary.md, the markdown
+tables it prints (and DIR/prompts.csv, the prompts used, when --prompts is not given).
 """
 
 from __future__ import annotations
@@ -267,6 +267,8 @@ def main(argv=None) -> int:
     layers = args.lens_layers if args.lens_layers is not None else list(range(max(0, config.n_layer - 2), config.n_layer))
     for L in layers:  # a layer out of range fails here, before the sweep and before anything is written
         lens_config_for(config, L)
+    if len(set(layers)) != len(layers):  # a layer named twice trained its lens twice, one result kept
+        raise ValueError(f"lens-layers: expected distinct layers, got {layers}")
     # The model's own held-out prompts: the shipped prompts.csv belongs to the shipped world, and for a
     # run of another world (or train_fraction) named entities it does not know, or compositions it was
     # trained on, as "held out".
