@@ -141,3 +141,48 @@ def test_inject_cli_length_check_is_the_sweeps(tmp_path, monkeypatch, capsys, wh
                      str(tmp_path / "out")]) == 2
     assert str(want.value) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lens_train_cli_concatenates_the_token_ids_once(tmp_path, monkeypatch):
+    """`lens train` checked the data's ids against the vocabulary before loading the model
+    (train.check_ids) and train() checked them again, each concatenating every token id of the data;
+    the id range is now found once per Batches (Batches.id_range) and both checks read it."""
+    from jaxinterp import cli
+    from jaxinterp.lens import data
+
+    made, joined = [], []
+    real_init, real_concat = data.Batches.__init__, np.concatenate
+
+    def init(self, examples, *a, **k):
+        made.append(examples)
+        real_init(self, examples, *a, **k)
+
+    def concat(arrays, *a, **k):
+        arrays = list(arrays) if isinstance(arrays, (list, tuple)) else arrays
+        if made and isinstance(arrays, list) and len(arrays) == len(made[0]) \
+                and all(np.size(x) == np.size(e) for x, e in zip(arrays, made[0])):
+            joined.append(1)
+        return real_concat(arrays, *a, **k)
+
+    monkeypatch.setattr(data.Batches, "__init__", init)
+    monkeypatch.setattr(np, "concatenate", concat)
+    (tmp_path / "d.txt").write_text("\n".join(["w1 w2 w3", "w4 w5", "w6 w7 w8 w9", "w10"]))
+    assert cli.main(["lens", "train", "--model", str(TINY_GPT2), "--layer", "1", "--data", str(tmp_path / "d.txt"),
+                     "--out", str(tmp_path / "run"), "--steps", "1", "--seq-len", "8", "--batch-size", "2",
+                     "--no-progress"]) == 0
+    assert len(made) == 1 and len(made[0]) == 4
+    assert joined == [1]
+    assert (tmp_path / "run" / "lens_layer1.safetensors").is_file()
+
+
+@pytest.mark.parametrize("examples,want", [([[3, 5], [9]], (3, 9)), ([[4], []], (4, 4)), ([[]], None)])
+def test_batches_id_range(examples, want):
+    from jaxinterp.lens import data, train
+    from jaxinterp.transformer import GPT2Config
+
+    b = data.Batches([np.asarray(e, np.int32) for e in examples], 1, 4)
+    assert b.id_range == want
+    train.check_ids(b, GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match=r"expected token ids in \[0, 9\) .* got ids from 3 to 9"):
+        train.check_ids(data.Batches([np.asarray([3, 9], np.int32)], 1, 4), GPT2Config(vocab_size=9, n_positions=8,
+                                                                                    n_embd=8, n_layer=1, n_head=2))

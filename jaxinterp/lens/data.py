@@ -10,6 +10,7 @@ Axis names: B batch, P positions (fixed: the sequence length, so jit compiles on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -143,6 +144,13 @@ class Batches:
         self.pad_id, self.seed = pad_id, seed
         # Fewer examples than a batch: an epoch repeats them (a batch always has batch_size rows).
         self.per_epoch = max(1, len(examples) // batch_size)
+
+    @functools.cached_property
+    def id_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) token id of the examples (None if they hold none), found once: the CLI
+        checks them before loading the model and `train` again, which concatenated every id twice."""
+        ids = np.concatenate([np.asarray(e).reshape(-1) for e in self.examples])
+        return (int(ids.min()), int(ids.max())) if ids.size else None
 
     def fingerprint(self) -> str:
         """sha256 of the examples' token ids and lengths, in order: a resumed run checks that its data

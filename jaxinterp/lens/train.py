@@ -193,10 +193,10 @@ class TrainResult(NamedTuple):
 def check_ids(batches: Batches, model_config) -> None:
     """ValueError if an example holds a token id outside the model's vocabulary: it embeds as NaN (or as
     another token), a NaN lens, silently."""
-    ids = np.concatenate([np.asarray(e).reshape(-1) for e in batches.examples])
-    if ids.size and (ids.min() < 0 or ids.max() >= model_config.vocab_size):
+    span = batches.id_range  # found once per Batches (the CLI checks before loading the model, train() again)
+    if span is not None and (span[0] < 0 or span[1] >= model_config.vocab_size):
         raise ValueError(f"batches: expected token ids in [0, {model_config.vocab_size}) (the model's vocabulary), "
-                         f"got ids from {int(ids.min())} to {int(ids.max())}")
+                         f"got ids from {span[0]} to {span[1]}")
 
 
 def _effective(model_config, lens_config: LensConfig, cfg: TrainConfig, objective: obj.Objective):
