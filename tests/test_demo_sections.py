@@ -151,13 +151,12 @@ def _nugraph_events_figures(r):
     import jax
     import numpy as np
 
-    from jaxinterp.nugraph import evaluate, graph, simulate
+    from jaxinterp.nugraph import demo_events, evaluate, graph
     from jaxinterp.nugraph.predict import forward
 
     model = evaluate.load_model()
     mc = model.config
-    events = evaluate.to_events(simulate.simulate(3, seed=2024, config=simulate.SimConfig(max_hits_per_plane=400),
-                                                  run=7), model)
+    events = evaluate.to_events(demo_events.raw_events(quick=True), model)
     sizes = graph.BatchSizes(*np.max([tuple(graph.pick_sizes([e], planes=mc.planes)) for e in events], axis=0))
     params = jax.tree.map(jax.numpy.asarray, model.params)
     C = mc.num_classes

@@ -246,7 +246,7 @@ def test_demo_section_runs(tmp_path):
     # events, as the table prints them (4 significant digits), the held-out column against model.json
     # and the paper's figures against their sources (this checked only that "0.12" occurred somewhere)
     shipped = evaluate.load_model()
-    raws = simulate.simulate(3, seed=2024, config=simulate.SimConfig(max_hits_per_plane=400), run=7)
+    raws = demo_events.raw_events(quick=True)
     m = evaluate.evaluate(shipped, evaluate.to_events(raws, shipped)).metrics
     held = shipped.meta["test_metrics"]
     paper = {"filter_efficiency": "0.98", "semantic_efficiency": "0.949"}  # arXiv 2403.11872, as the section says
