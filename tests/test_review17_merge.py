@@ -56,7 +56,8 @@ def test_regmean_names_the_model_that_lacks_a_gram_matrix():
     with pytest.raises(ValueError, match=r"^grams\[0\]: expected Gram matrices for the same leaves in every model, "
                                          r"got none for \['d\.kernel'\] \(grams\[1\] has 'd\.kernel'\)$"):
         fisher.regmean(M2 + [M2[0]], [{}, g, g])
-    with pytest.raises(ValueError, match=r"^grams\[2\]: .* got none for \['d\.kernel'\] \(grams\[0\] has 'd\.kernel'\)$"):
+    with pytest.raises(ValueError, match=r"^grams\[2\]: .* got none for \['d\.kernel'\] "
+                                         r"\(grams\[0\] has 'd\.kernel'\)$"):
         fisher.regmean(M2 + [M2[0]], [g, g, {}])
 
 
@@ -158,8 +159,9 @@ def test_check_spec_names_a_few_permuted_leaves_and_a_count_not_all():
         rebasin.check_spec(typo, {})
     assert len(known) == 72 and len(message) < 300
     many = rebasin.PermutationSpec({"a": (None,)}, {f"x{i}": (1,) for i in range(6)})
-    with pytest.raises(ValueError, match=r"^spec\.views: keys \['x0', 'x1', 'x2', 'x3'\] and 2 more name no leaf of "
-                                         r"spec\.axes; expected views only for the permuted leaves \(known: \['a'\]\)$"):
+    with pytest.raises(ValueError, match=r"^spec\.views: keys \['x0', 'x1', 'x2', 'x3'\] and 2 more name no leaf "
+                                         r"of spec\.axes; expected views only for the permuted leaves "
+                                         r"\(known: \['a'\]\)$"):
         rebasin.check_spec(many, {})
 
 
@@ -198,4 +200,39 @@ def test_merge_benchmark_writes_its_yaml_configs_atomically(monkeypatch, tmp_pat
     for p in merged:
         assert p.read_text() == merge.config_yaml(p.stem, dirs)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+
+# ----------------------------------------------------------------------------- shapes and dtypes
+
+from jaxinterp.merge import curves, landscape  # noqa: E402
+
+P3 = {"w": jnp.ones(3)}
+
+
+@pytest.mark.parametrize("call, match", [
+    # a bend leaf of shape [1] against [3]: the curve broadcast it, silently
+    (lambda: curves.bezier(P3, {"w": jnp.zeros(1)}, P3, 0.5),
+     r"^p0/bend/p1: expected trees of the same structure and shapes; .*w \(shape \(3,\) in p0/bend/p1\[0\], \(1,\) "
+     r"in p0/bend/p1\[1\]\)$"),
+    # ts [3] for one leaf of 3 entries: entry i of the curve at t_i, a mix of three points, silently
+    (lambda: curves.bezier(P3, P3, P3, jnp.array([0.0, 0.5, 1.0])),
+     r"^t: expected one t in \[0, 1\] \(a scalar; vmap over several\), got shape \(3,\)$"),
+    (lambda: landscape.lerp(P3, {"w": jnp.zeros(1)}, 0.5),
+     r"^a/b: expected trees of the same structure and shapes; .*\(shape \(3,\) in a/b\[0\], \(1,\) in a/b\[1\]\)$"),
+    (lambda: landscape.lerp(P3, P3, np.linspace(0, 1, 3)),
+     r"^alpha: expected one alpha \(a scalar; vmap over several\), got shape \(3,\)$"),
+])
+def test_bezier_and_lerp_refuse_what_they_broadcast(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bezier_and_lerp_still_run_under_jit_and_vmap():
+    p0, p1 = {"w": jnp.zeros(3)}, {"w": jnp.ones(3) * 2}
+    ts = jnp.array([0.0, 0.5, 1.0])
+    got = jax.jit(jax.vmap(lambda t: curves.bezier(p0, p1, p1, t)))(ts)["w"]
+    np.testing.assert_allclose(np.asarray(got[:, 0]), [0.0, 1.5, 2.0])
+    got = jax.jit(jax.vmap(lambda a: landscape.lerp(p0, p1, a)))(ts)["w"]
+    np.testing.assert_allclose(np.asarray(got[:, 0]), [0.0, 1.0, 2.0])
 

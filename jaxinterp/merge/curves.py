@@ -18,11 +18,15 @@ import optax
 
 from jaxinterp.merge import tree
 from jaxinterp.merge.landscape import (LossFn, _check_count, _check_mesh, _check_points, _is_float, _map,
-                                      check_finite_points, check_key, check_scalar_loss)
+                                      check_finite_points, check_key, check_scalar_loss, check_scalar_point)
 
 
 def bezier(p0: Any, bend: Any, p1: Any, t: jax.Array) -> Any:
-    """The curve at t; integer and boolean leaves (buffers: position ids) are p0's, not interpolated."""
+    """The curve at t; integer and boolean leaves (buffers: position ids) are p0's, not interpolated.
+    p0, bend and p1 must match in structure and shapes, and t be a scalar (a bend leaf of shape [1],
+    or ts [A], was broadcast silently); checked while tracing, so free inside jit."""
+    tree.check_same_structure([p0, bend, p1], "p0/bend/p1")
+    check_scalar_point("t", t, "t in [0, 1]")
     return jax.tree_util.tree_map(
         lambda a, m, b: (1 - t) ** 2 * a + 2 * t * (1 - t) * m + t**2 * b if _is_float(a) else a, p0, bend, p1)
 

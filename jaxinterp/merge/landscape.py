@@ -34,9 +34,21 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+def check_scalar_point(arg: str, x: Any, what: str) -> None:
+    """ValueError unless x is one number (a Python scalar or a 0-d array): an array of them broadcast
+    against every leaf, silently when its length matched a leaf's last axis (one model per entry)."""
+    shape = np.shape(x)
+    if shape != ():
+        raise ValueError(f"{arg}: expected one {what} (a scalar; vmap over several), got shape {tuple(shape)}")
+
+
 def lerp(a: Any, b: Any, alpha: jax.Array) -> Any:
     """(1 - alpha) a + alpha b; integer and boolean leaves (buffers: position ids, masks) are a's, not
-    interpolated (they became float, and a loss indexing with them failed)."""
+    interpolated (they became float, and a loss indexing with them failed). a and b must match in
+    structure and shapes, and alpha be a scalar (a leaf of shape [1] against [3], or alphas [A], was
+    broadcast silently); checked while tracing, so free inside jit."""
+    tree.check_same_structure([a, b], "a/b")
+    check_scalar_point("alpha", alpha, "alpha")
     return jax.tree_util.tree_map(lambda x, y: (1 - alpha) * x + alpha * y if _is_float(x) else x, a, b)
 
 
