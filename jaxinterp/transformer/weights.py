@@ -96,41 +96,70 @@ def hf_path(name: str) -> tuple[str, ...] | None:
     return (f"h_{layer}", *mod.split("."), leaf)
 
 
-def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) -> dict:
-    """Params from HF tensors; every expected tensor present with its shape, nothing unknown."""
+# safetensors' dtype codes, by the numpy dtype of the tensors (BF16 and F8: ml_dtypes')
+_FLOAT_CODES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_OTHER_CODES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
+                "I32": "int32", "U64": "uint64", "I64": "int64", "C64": "complex64"}
+
+
+def _plan(specs: Mapping[str, tuple[tuple[int, ...], str, bool]],
+          config: GPT2Config) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """{HF name: (params path, transposed)} of the tensors to read, from each one's (shape, dtype name,
+    is floating) alone: every expected tensor present with its shape, nothing unknown. The checks of
+    params_from_state_dict and load_gpt2, which makes them from the files' headers before reading any."""
     expected = param_shapes(config)
-    flat: dict[tuple[str, ...], np.ndarray] = {}
+    plan: dict[str, tuple[tuple[str, ...], bool]] = {}
     source: dict[tuple[str, ...], str] = {}
-    for name, tensor in state.items():
+    for name, (shape, dtype, floating) in specs.items():
         path = hf_path(name)
         if path is None:
             continue
-        # jax's issubdtype: numpy's says bfloat16 (ml_dtypes, as safetensors reads BF16) is no float
-        if not jax.dtypes.issubdtype(np.asarray(tensor).dtype, np.floating):
-            raise ValueError(f"tensor {name!r}: expected floating-point weights, got dtype {np.asarray(tensor).dtype}")
-        if path == ("lm_head", "kernel"):
+        if not floating:
+            raise ValueError(f"tensor {name!r}: expected floating-point weights, got dtype {dtype}")
+        transposed = path == ("lm_head", "kernel")
+        if transposed:
             if config.tie_word_embeddings:
                 # the same matrix as wte (HF ties it on load), but its shape must still be one
-                if tuple(np.shape(tensor)) != (config.vocab_size, config.n_embd):
+                if tuple(shape) != (config.vocab_size, config.n_embd):
                     raise ValueError(f"tensor {name!r}: expected shape {[config.vocab_size, config.n_embd]} "
-                                     f"(tied to wte), got {list(np.shape(tensor))}")
+                                     f"(tied to wte), got {list(shape)}")
                 continue
-            tensor, path = np.asarray(tensor).T, path  # nn.Linear [V, D] -> kernel [D, V]
+            shape = tuple(reversed(shape))  # nn.Linear [V, D] -> kernel [D, V]
         if path not in expected:
             raise ValueError(f"tensor {name!r} does not belong to a GPT-2 with {config.n_layer} layers")
         if path in source:  # "transformer.wte.weight" and "wte.weight": one of them would be dropped silently
             raise ValueError(f"tensors {source[path]!r} and {name!r} are the same weight ({'/'.join(path)}); "
                              "expected one of them")
-        if tuple(tensor.shape) != tuple(expected[path]):
-            raise ValueError(f"tensor {name!r}: expected shape {list(expected[path])}, got {list(tensor.shape)}")
-        flat[path], source[path] = np.asarray(tensor, np.float32), name
-    if ("lm_head", "bias") in expected and ("lm_head", "kernel") in flat:
-        flat.setdefault(("lm_head", "bias"), np.zeros(config.vocab_size, np.float32))
-    missing = [p for p in expected if p not in flat]
+        if tuple(shape) != tuple(expected[path]):
+            raise ValueError(f"tensor {name!r}: expected shape {list(expected[path])}, got {list(shape)}")
+        plan[name], source[path] = (path, transposed), name
+    # an untied lm_head's bias: zeros when its kernel is there (nn.Linear has none)
+    missing = [p for p in expected if p not in source and not (p == ("lm_head", "bias") and ("lm_head", "kernel") in source)]
     if missing:
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), first: {'/'.join(missing[0])} "
                          f"(shape {list(expected[missing[0]])})")
+    return plan
+
+
+def _converted(tensor, transposed: bool) -> np.ndarray:
+    tensor = np.asarray(tensor, np.float32)  # float32 weights: no copy
+    return tensor.T if transposed else tensor
+
+
+def _unflat_plan(flat: dict, config: GPT2Config, place=np.asarray) -> dict:
+    if ("lm_head", "bias") in param_shapes(config):
+        flat.setdefault(("lm_head", "bias"), place(np.zeros(config.vocab_size, np.float32)))
     return _unflat(flat)
+
+
+def params_from_state_dict(state: Mapping[str, np.ndarray], config: GPT2Config) -> dict:
+    """Params from HF tensors; every expected tensor present with its shape, nothing unknown."""
+    # jax's issubdtype: numpy's says bfloat16 (ml_dtypes, as safetensors reads BF16) is no float
+    dtypes = {name: np.asarray(t).dtype for name, t in state.items()}
+    plan = _plan({name: (tuple(np.shape(t)), dtypes[name], jax.dtypes.issubdtype(dtypes[name], np.floating))
+                  for name, t in state.items()}, config)
+    return _unflat_plan({path: _converted(state[name], t) for name, (path, t) in plan.items()}, config)
 
 
 def state_dict_from_params(params: Mapping, config: GPT2Config) -> dict[str, np.ndarray]:
@@ -196,8 +225,6 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     process_weights=True applies TransformerLens's processing (`process_weights` below), as the
     Attention Lens and memory-injection papers did.
     """
-    from safetensors.numpy import load_file
-
     check_dtype(dataclasses.replace(GPT2Config(), dtype=dtype))  # before any file is read or downloaded
     folder, config = read_config(name_or_path)
     config = dataclasses.replace(config, dtype=dtype)
@@ -206,21 +233,85 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
     for f in files:  # from the headers, before any tensor is read
         _check_saved_config(f, config)
-    state: dict[str, np.ndarray] = {}
-    where: dict[str, str] = {}
+    specs, where = _headers(files, folder)
+    plan = _plan(specs, config)
+    # Tensor by tensor, each read into an aligned buffer of its own that a CPU's jax array takes
+    # without a copy (load_file: the mapped file's pages, which count as the process's memory, and
+    # a copy of each tensor, then jax's copy of that: loading peaked at 2.0x the checkpoint; now
+    # 1.0x on a CPU), converted when it must be, put on the device and dropped. On the device: numpy params
+    # would be copied host -> accelerator on every call of a jitted function (on a CPU too: GPT-2
+    # small's forward of 8 tokens took 0.27 s with numpy params, 0.04 s with these). Processing
+    # reads numpy params (no second copy on the accelerator) and puts its own there.
+    place = np.asarray if process_weights else jax.device_put
+    flat = {}
     for f in files:
-        for name, tensor in load_file(f).items():
-            if name in where:  # a stale full checkpoint beside shards: one copy would win silently
-                raise ValueError(f"tensor {name!r} is in both {where[name]} and {f.name}; expected each tensor "
-                                 f"in one *.safetensors file of {folder}")
-            state[name], where[name] = tensor, f.name
-    params = params_from_state_dict(state, config)
-    del state
-    if process_weights:
-        params, config = _process(params, config)
-    box = [params]
-    del params
-    return _on_device(box), config
+        for name, tensor in _read(f, {n: specs[n] for n in plan if where[n] == f.name}):
+            path, transposed = plan[name]
+            flat[path] = place(_aligned_float32(tensor, transposed))
+            del tensor
+    params = _unflat_plan(flat, config, place)
+    del flat
+    return _process(params, config) if process_weights else (params, config)
+
+
+def _headers(files: list[Path], folder: Path) -> tuple[dict, dict[str, str]]:
+    """({name: (shape, dtype name, is floating)}, {name: file name}) of every tensor in `files`, from
+    their headers alone; ValueError for a tensor in two files or of a dtype the numpy reader lacks."""
+    from safetensors import safe_open
+
+    specs: dict[str, tuple[tuple[int, ...], str, bool]] = {}
+    where: dict[str, str] = {}
+    for file in files:
+        with safe_open(str(file), "np") as f:
+            for name in f.keys():
+                if name in where:  # a stale full checkpoint beside shards: one copy would win silently
+                    raise ValueError(f"tensor {name!r} is in both {where[name]} and {file.name}; expected each "
+                                     f"tensor in one *.safetensors file of {folder}")
+                view = f.get_slice(name)
+                code = view.get_dtype()
+                if code not in _FLOAT_CODES and code not in _OTHER_CODES:
+                    raise ValueError(f"tensor {name!r} in {file.name}: expected weights of dtype "
+                                     f"{', '.join(_FLOAT_CODES)}, got {code}")
+                specs[name] = (tuple(view.get_shape()), _FLOAT_CODES.get(code) or _OTHER_CODES[code],
+                               code in _FLOAT_CODES)
+                where[name] = file.name
+    return specs, where
+
+
+def _read(file: Path, specs: Mapping[str, tuple[tuple[int, ...], str, bool]]):
+    """Yields (name, numpy tensor) for each tensor of `specs` (from _headers) in `file`, each read into a
+    fresh buffer aligned to 64 bytes: jax's CPU client takes such an array as it is, without a copy."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))  # safe_open has checked it (offsets inside the file, sizes)
+        for name, (shape, dtype, _) in specs.items():
+            info = header.get(name, {})
+            if _FLOAT_CODES.get(info.get("dtype")) != dtype or tuple(info.get("shape", ())) != shape:
+                raise ValueError(f"{file}: expected tensor {name!r} of {dtype} {list(shape)} as its header said "
+                                 "moments ago, got another file (replaced while being read?)")
+            begin, end = info["data_offsets"]
+            f.seek(8 + n + begin)
+            data = _aligned(end - begin)
+            if f.readinto(data) != end - begin:
+                raise ValueError(f"{file}: expected {end - begin} bytes of tensor {name!r}, got the end of the file")
+            yield name, data.view(jax.numpy.dtype(dtype)).reshape(shape)  # ml_dtypes' bfloat16, float8 too
+
+
+def _aligned(nbytes: int) -> np.ndarray:
+    """A new uint8 buffer of `nbytes` whose data starts at a multiple of 64 bytes (XLA's CPU alignment)."""
+    buf = np.empty(nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64
+    return buf[start:start + nbytes]
+
+
+def _aligned_float32(tensor: np.ndarray, transposed: bool) -> np.ndarray:
+    """`tensor` (transposed) as an aligned, C-ordered float32 array: itself when it is one already."""
+    if tensor.dtype == np.float32 and not transposed:
+        return tensor
+    shape = tensor.shape[::-1] if transposed else tensor.shape
+    out = _aligned(int(np.prod(shape)) * 4).view(np.float32).reshape(shape)
+    np.copyto(out, tensor.T if transposed else tensor, casting="unsafe")
+    return out
 
 
 def _check_saved_config(file: Path, config: GPT2Config) -> None:
@@ -246,18 +337,6 @@ def _check_saved_config(file: Path, config: GPT2Config) -> None:
                 for k in dataclasses.fields(config) if getattr(saved, k.name) != getattr(config, k.name)]
         raise ValueError(f"{config_json} and {file} do not belong together (a save interrupted between the two?): "
                          f"expected the config the weights were saved with, got {'; '.join(diff)}")
-
-
-def _on_device(box: list) -> dict:
-    """The params in `box` (a list holding their only reference, emptied here) as jax arrays on the
-    default device: numpy params would be copied host -> accelerator on every call of a jitted
-    function (on a CPU too: GPT-2 small's forward of 8 tokens took 0.27 s with numpy params, 0.04 s
-    with these). Leaf by leaf, each numpy leaf dropped once copied, so this needs one tensor more
-    than the model, not two models (a caller's own reference would keep every leaf alive)."""
-    leaves, treedef = jax.tree.flatten(box.pop())
-    for i in range(len(leaves)):
-        leaves[i] = jax.device_put(leaves[i])
-    return jax.tree.unflatten(treedef, leaves)
 
 
 def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *, tokenizer=None) -> Path:
@@ -358,8 +437,17 @@ def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Conf
     their place with weight 1 and bias 0 (TransformerLens's LNPre), so the architecture is the same.
     Computed in float64, returned in float32 as jax arrays on the default device; one block at a
     time, so the float64 copy is a block's, not the model's (whole, loading GPT-2 small with this
-    processing peaked 2.6 GB above the start, 1.45 GB now, 0.95 GB without it).
+    processing peaked 2.6 GB above the start, a block at a time 1.45 GB). In load_gpt2 each raw part
+    is also freed once processed (a random 92 MB checkpoint: peak 3.2x its size above the start ->
+    2.1-2.4x; 1.05x without processing).
     """
+    return _processed(dict(params), config)  # a new top-level dict: the caller's keeps its leaves
+
+
+def _processed(params: dict, config: GPT2Config) -> tuple[dict, GPT2Config]:
+    """process_weights, popping each part from `params` once processed: when they are the only
+    references (load_gpt2's), the raw weights are freed as the processed ones are made, not kept
+    to the end beside them."""
     D = config.n_embd
 
     def f64(tree: Mapping) -> dict:  # new containers, new arrays
@@ -379,7 +467,7 @@ def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Conf
 
     out = {}
     for i in range(config.n_layer):
-        blk = f64(params[f"h_{i}"])
+        blk = f64(params.pop(f"h_{i}"))
         attn, mlp = blk["attn"], blk["mlp"]
         attn["c_attn"]["kernel"], attn["c_attn"]["bias"] = _fold_qkv(fold, blk["ln_1"], attn["c_attn"], D)
         mlp["c_fc"]["kernel"], mlp["c_fc"]["bias"] = fold(blk["ln_2"], mlp["c_fc"]["kernel"], mlp["c_fc"]["bias"])
@@ -394,11 +482,13 @@ def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Conf
         out[f"h_{i}"] = done(blk)
         del blk, attn, mlp
 
-    ln_f = f64(params["ln_f"])
+    ln_f = f64(params.pop("ln_f"))
     if config.tie_word_embeddings:
         W_U, b_U = np.array(params["wte"]["embedding"], np.float64).T, np.zeros(config.vocab_size)
     else:
-        W_U, b_U = np.array(params["lm_head"]["kernel"], np.float64), np.array(params["lm_head"]["bias"], np.float64)
+        head = params.pop("lm_head")
+        W_U, b_U = np.array(head["kernel"], np.float64), np.array(head["bias"], np.float64)
+        del head
     W_U, b_U = fold(ln_f, W_U, b_U)
     # center_unembed: softmax is invariant to a constant over the vocabulary.
     W_U -= W_U.mean(-1, keepdims=True)
@@ -406,7 +496,7 @@ def process_weights(params: Mapping, config: GPT2Config) -> tuple[dict, GPT2Conf
     out["ln_f"] = done(ln_f)
     del W_U
     for emb in ("wte", "wpe"):
-        e = np.array(params[emb]["embedding"], np.float64)
+        e = np.array(params.pop(emb)["embedding"], np.float64)
         e -= e.mean(-1, keepdims=True)
         out[emb] = done({"embedding": e})
         del e
@@ -420,7 +510,7 @@ def _fold_qkv(fold, ln: dict, c_attn: dict, D: int) -> tuple[np.ndarray, np.ndar
     return np.concatenate([W for W, _ in folded], 1), np.concatenate([b for _, b in folded])
 
 
-_process = process_weights  # load_gpt2's keyword of the same name shadows it there
+_process = _processed  # load_gpt2's keyword process_weights shadows that name there; its params are its own
 
 
 def _flat(tree: Mapping) -> dict[tuple[str, ...], Any]:
