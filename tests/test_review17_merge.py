@@ -205,7 +205,7 @@ def test_merge_benchmark_writes_its_yaml_configs_atomically(monkeypatch, tmp_pat
 
 # ----------------------------------------------------------------------------- shapes and dtypes
 
-from jaxinterp.merge import curves, landscape  # noqa: E402
+from jaxinterp.merge import curves, landscape, soups  # noqa: E402
 
 P3 = {"w": jnp.ones(3)}
 
@@ -236,3 +236,20 @@ def test_bezier_and_lerp_still_run_under_jit_and_vmap():
     got = jax.jit(jax.vmap(lambda a: landscape.lerp(p0, p1, a)))(ts)["w"]
     np.testing.assert_allclose(np.asarray(got[:, 0]), [0.0, 1.0, 2.0])
 
+
+def test_tsv_merge_and_regmean_return_the_inputs_common_dtype():
+    """Float32 fine-tunes of a bfloat16 base (tsv), or beside a bfloat16 model 0 (regmean), came back
+    in bfloat16: rounded, unlike `merge`, `uniform_soup` and RegMean's own averaged leaves."""
+    k = jax.random.normal(jax.random.PRNGKey(4), (3, 4, 3))
+    base = {"k": k[0].astype(jnp.bfloat16), "b": jnp.zeros(3, jnp.bfloat16)}
+    fts = [{"k": k[0].astype(jnp.bfloat16).astype(jnp.float32) + 0.01 * k[i], "b": jnp.full(3, 0.001 * i)}
+           for i in (1, 2)]
+    got = soups.tsv_merge(fts, base)
+    want = soups.tsv_merge(fts, jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), base))
+    for name in ("k", "b"):
+        assert got[name].dtype == jnp.float32, name
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+    models = [{"d": {"kernel": M2[0]["d"]["kernel"].astype(jnp.bfloat16), "bias": jnp.zeros(2, jnp.bfloat16)}},
+              {"d": {"kernel": M2[1]["d"]["kernel"] + 0.003, "bias": jnp.ones(2)}}]
+    out = fisher.regmean(models, [{"d.kernel": fisher.gram(k[1])}, {"d.kernel": fisher.gram(k[2])}])
+    assert out["d"]["kernel"].dtype == out["d"]["bias"].dtype == jnp.float32

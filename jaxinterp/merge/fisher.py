@@ -185,7 +185,8 @@ def _check_grams(i: int, g: Any, leaves: dict[str, Any]) -> dict[str, jax.Array]
         _check_gram_values(i, name, G)
         # in float32 (float64 kept): alpha G + (1 - alpha) diag(G) and the sum over models in
         # bfloat16 rounded the system RegMean solves (its solution 0.5% off, silently)
-        out[name] = jnp.asarray(G, jax.dtypes.canonicalize_dtype(jnp.float64) if G.dtype == jnp.float64 else jnp.float32)
+        work = jax.dtypes.canonicalize_dtype(jnp.float64) if G.dtype == jnp.float64 else jnp.float32
+        out[name] = jnp.asarray(G, work)
     return out
 
 
@@ -254,7 +255,9 @@ def regmean(models: Sequence[Any], grams: Sequence[Mapping[str, jax.Array]], *, 
             lhs = lhs + jnp.diag(dead.astype(lhs.dtype))
             mean_w = sum(lv[name].astype(jnp.float32) for lv in leaves) / len(leaves)
             rhs = jnp.where(dead[:, None], mean_w, rhs)
-            out.append(jnp.linalg.solve(lhs, rhs).astype(leaves[0][name].dtype))
+            # the models' common dtype, as the averaged leaves (model 0's rounded the others' float32)
+            dtype = jnp.result_type(*(tree.leaf_dtype(lv[name]) for lv in leaves))
+            out.append(jnp.linalg.solve(lhs, rhs).astype(dtype))
         else:
             out.append(tree.mean_leaf([lv[name] for lv in leaves], name))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)

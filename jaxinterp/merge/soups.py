@@ -105,15 +105,18 @@ def tsv_merge(models: Sequence[Any], base: Any, *, alpha: float = 1.0, sv_reduct
     def one(name, b, *xs):
         if not all(jnp.issubdtype(tree.leaf_dtype(x), jnp.inexact) for x in (b, *xs)):  # a buffer: copied when equal
             return tree.mean_leaf([b, *xs], name, "[base, *models]")
-        # task vectors in float32: in bfloat16 each difference and the running mean would round
-        work = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
+        # task vectors in float32: in bfloat16 each difference and the running mean would round.
+        # Returned in the inputs' common dtype (as `tree_merge.merge`, `uniform_soup`): the base's
+        # rounded float32 fine-tunes of a bfloat16 base to bfloat16
+        dtype = jnp.result_type(*(tree.leaf_dtype(x) for x in (b, *xs)))  # dtypes: no weak types
+        work = jnp.float64 if dtype == jnp.float64 else jnp.float32
         b32 = jnp.asarray(b, work)
         taus = [jnp.asarray(x, work) - b32 for x in xs]
         if b.ndim == 2 and min(b.shape) > 1:
             delta = _tsv_matrix(taus, sv_reduction_scale)
         else:
             delta = sum(taus) / len(taus)
-        return (b32 + alpha * delta).astype(b.dtype)
+        return (b32 + alpha * delta).astype(dtype)
 
     names = tree.leaf_names(base)
     leaves = [jax.tree_util.tree_leaves(t) for t in [base, *models]]
