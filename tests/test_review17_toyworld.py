@@ -325,3 +325,34 @@ def test_build_world_is_linear_in_its_size():
     for th in small.two_hops:
         assert th.bridge == small.lookup(th.relation1, th.subject)
         assert th.answer == small.lookup(th.relation2, th.bridge)
+
+
+def test_cli_train_takes_the_context_length(tmp_path, monkeypatch, capsys):
+    """`toyworld train --vocab-size 300` on the built-in world stopped at 'a training sentence is 47
+    tokens long, more than n_positions=32', a setting the command did not offer: now --n-positions,
+    and the message names it."""
+    from jaxinterp import cli
+    from jaxinterp.toyworld import train as trainmod
+
+    seen = {}
+
+    def fake_train(out, *, world_config, cfg, max_minutes):
+        seen["cfg"] = cfg
+        return trainmod.TrainResult({}, None, None, [1.0], 0.0, 0)
+
+    monkeypatch.setattr(trainmod, "train", fake_train)
+    assert cli.main(["toyworld", "train", "--out", str(tmp_path / "run"), "--vocab-size", "300",
+                     "--n-positions", "64"]) == 0
+    assert (seen["cfg"].n_positions, seen["cfg"].vocab_size) == (64, 300)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["toyworld", "train", "--out", str(tmp_path / "run"), "--n-positions", "0"])
+    assert e.value.code == 2 and "argument --n-positions: expected a positive integer, got 0" in capsys.readouterr().err
+
+    from jaxinterp.toyworld import tokenizer as toktools
+    from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
+
+    tok = toktools.train_tokenizer(training_sentences(build_world(WorldConfig(n_people=4, n_companies=2))),
+                                   vocab_size=300)
+    with pytest.raises(ValueError, match=r"more than n_positions=4 \(raise n_positions, --n-positions, or the "
+                                         r"vocabulary, which makes sentences shorter\)"):
+        trainmod.encode_sentences(tok, ["The language of Nowhere is Nothing."], 4)

@@ -93,7 +93,8 @@ def _train(args) -> int:
 
     d = TrainConfig()
     cfg = dataclasses.replace(d, **{k: v for k, v in {
-        "n_layer": args.layers, "n_embd": args.d_model, "n_head": args.heads, "vocab_size": args.vocab_size,
+        "n_layer": args.layers, "n_embd": args.d_model, "n_head": args.heads, "n_positions": args.n_positions,
+        "vocab_size": args.vocab_size,
         "batch_size": args.batch_size, "steps": args.steps, "learning_rate": args.lr, "seed": args.seed,
         "checkpoint_every": args.checkpoint_every}.items() if v is not None})
     res = train(args.out, world_config=_world_config(args), cfg=cfg, max_minutes=args.minutes)
@@ -184,6 +185,8 @@ def add_parser(sub) -> None:
     _add_world_args(f)
     f.set_defaults(func=_facts)
 
+    from jaxinterp.toyworld.train import TrainConfig
+
     t = ts.add_parser("train", help="train the GPT-2 on the world (resumes from OUT/checkpoints)")
     t.add_argument("--out", required=True, type=output_folder, help="run folder: checkpoints/, model/, train.json")
     t.add_argument("--steps", type=positive_int)
@@ -192,6 +195,8 @@ def add_parser(sub) -> None:
     t.add_argument("--d-model", type=positive_int)
     t.add_argument("--heads", type=positive_int)
     t.add_argument("--vocab-size", type=positive_int)
+    # the longest training sentence must fit: a smaller vocabulary splits sentences into more tokens
+    t.add_argument("--n-positions", type=positive_int, help=f"context length (default {TrainConfig().n_positions})")
     t.add_argument("--batch-size", type=positive_int)
     t.add_argument("--lr", type=positive_float)
     t.add_argument("--seed", type=non_negative_int)

@@ -110,7 +110,9 @@ def encode_sentences(tokenizer, sentences: list[str], n_positions: int) -> Batch
     ids = [toktools.encode(tokenizer, s) for s in sentences]
     longest = max(len(i) for i in ids)
     if longest > n_positions:
-        raise ValueError(f"a training sentence is {longest} tokens long, more than n_positions={n_positions}")
+        # the way out named: with a small vocabulary the default context cannot hold the world's sentences
+        raise ValueError(f"a training sentence is {longest} tokens long, more than n_positions={n_positions} "
+                         f"(raise n_positions, --n-positions, or the vocabulary, which makes sentences shorter)")
     length = min(-(-longest // 8) * 8, n_positions)
     tokens = np.zeros((len(ids), length), np.int32)  # BOS (id 0) pads
     mask = np.zeros((len(ids), length), np.int32)
