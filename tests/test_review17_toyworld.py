@@ -356,3 +356,16 @@ def test_cli_train_takes_the_context_length(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"more than n_positions=4 \(raise n_positions, --n-positions, or the "
                                          r"vocabulary, which makes sentences shorter\)"):
         trainmod.encode_sentences(tok, ["The language of Nowhere is Nothing."], 4)
+
+
+@pytest.mark.parametrize("name", ["run.json", "train.json"])
+@pytest.mark.parametrize("text,why", [("{", r"\(Expecting property name"), ("[1]", "a list"), ("\xff", r"\(")])
+def test_resume_check_names_a_damaged_run_record(tmp_path, name, text, why):
+    """check_resume (a resume's first step) read run.json, or an older folder's train.json, with a bare
+    json.loads: a damaged file was a JSONDecodeError naming no file, a JSON list an AttributeError."""
+    from jaxinterp.toyworld import train as trainmod
+
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"out_dir: expected .*{name} to hold the record of the run whose "
+                                         rf"checkpoints are beside it \(a JSON object\), got {why}"):
+        trainmod.check_resume(tmp_path, {"world": {"seed": 0}})

@@ -207,9 +207,9 @@ def check_resume(out_dir: str | Path, record: dict) -> None:
     """
     out_dir = Path(out_dir)
     if (out_dir / RUN_JSON).exists():
-        held, source, partial = json.loads((out_dir / RUN_JSON).read_text()), RUN_JSON, False
+        held, source, partial = _read_record(out_dir / RUN_JSON), RUN_JSON, False
     elif (out_dir / "train.json").exists():
-        old = json.loads((out_dir / "train.json").read_text())
+        old = _read_record(out_dir / "train.json")
         held, source, partial = {k: old[k] for k in ("world", "train") if k in old}, "train.json", True
     else:
         return
@@ -227,6 +227,21 @@ def check_resume(out_dir: str | Path, record: dict) -> None:
         raise ValueError(f"out_dir: {out_dir} holds checkpoints of a run with other settings ({source}): "
                          f"{'; '.join(diff)}. Resume it with its own settings ({', '.join(RESUME_MAY_CHANGE)} "
                          "may change), or train into a new folder")
+
+
+def _read_record(path: Path) -> dict:
+    """A run folder's JSON record; a ValueError naming the file where it is not a JSON object (a
+    damaged run.json was a bare JSONDecodeError naming no file, a list an AttributeError)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        data = e
+    if not isinstance(data, dict):
+        why = f"({data})" if isinstance(data, Exception) else f"a {type(data).__name__}"
+        raise ValueError(f"out_dir: expected {path} to hold the record of the run whose checkpoints are beside it "
+                         f"(a JSON object), got {why}: the checkpoints cannot be checked against these settings. "
+                         "Restore the file, or train into a new folder")
+    return data
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
