@@ -223,3 +223,46 @@ def test_demo_section_has_a_figure_for_every_class(tmp_path):
         row = re.search(rf"<tr><td>{c}</td><td>([^<]*)</td><td>([^<]*)</td></tr>", sec.html)
         assert row is not None and row.group(1) != "n/a", (c, row and row.group(0))
     assert f"(seed {demo_events.SEED})" in sec.html
+
+
+def _labelled_event(y_value: int):
+    from jaxinterp.nugraph import simulate
+    from jaxinterp.nugraph.hdf5 import compute_norm, to_event
+
+    raw = simulate.simulate(1, seed=3, config=simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5,
+                                                                  max_hits_per_plane=40))[0]
+    e = to_event(raw, compute_norm([raw]))
+    u = e.planes["u"]
+    y = np.where(np.asarray(u.y_semantic) >= 0, 0, -1)
+    y[0] = y_value
+    planes = {**e.planes, "u": u._replace(y_semantic=y)}
+    return e._replace(planes=planes, name="e0")
+
+
+def test_labels_are_checked_against_the_model_classes_before_it_runs(monkeypatch):
+    """event.validate checked labels against the default five classes whatever the model's config:
+    with a 3-class model a label 3 or 4 passed, the model ran over the whole set, and only the metrics
+    refused it ("y: labels must lie in [-1, 2]", naming no event); with a 6-class model a valid label 5
+    was refused. Labels are now checked against the config's classes (predict, evaluate, train)."""
+    import jax
+
+    from jaxinterp.nugraph import evaluate, model, predict
+    from jaxinterp.nugraph.model import NuGraph2Config
+
+    three = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1, semantic_classes=("a", "b", "c"))
+    m = evaluate.Model(model.init(jax.random.key(0), three), three, {}, {})
+    ran = []
+    real = predict.prepare
+    monkeypatch.setattr(predict, "prepare", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
+    with pytest.raises(ValueError, match=r"event 'e0', plane 'u', field 'y_semantic': labels must lie in "
+                                         r"\[-1, 2\] \(-1 background, then \['a', 'b', 'c'\]\), got 4"):
+        evaluate.evaluate(m, [_labelled_event(4)])
+    assert not ran  # refused before any batch was padded for the model
+    with pytest.raises(ValueError, match=r"labels must lie in \[-1, 2\] .*got 3"):
+        predict.predict(m.params, [_labelled_event(3)], config=three)
+    assert not ran
+    six = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1,
+                         semantic_classes=("MIP", "HIP", "shower", "michel", "diffuse", "other"))
+    m6 = evaluate.Model(model.init(jax.random.key(0), six), six, {}, {})
+    got = evaluate.evaluate(m6, [_labelled_event(5)])  # a label of the sixth class: refused before
+    assert got.counts.semantic[5].sum() == 1

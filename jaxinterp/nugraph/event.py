@@ -37,11 +37,13 @@ class Event(NamedTuple):
     name: str = ""
 
 
-def validate(event: Event, *, planes: tuple[str, ...] = PLANES) -> None:
+def validate(event: Event, *, planes: tuple[str, ...] = PLANES,
+             classes: tuple[str, ...] = SEMANTIC_CLASSES) -> None:
     """Raises ValueError naming the plane and field of the first problem found; returns None if valid.
 
     Checked: every plane present; x is [N, 4] and finite; pos is [N, 2]; edge indices are [2, *]
-    integers in range (hits of the plane; space points below num_sp); labels in -1..C-1.
+    integers in range (hits of the plane; space points below num_sp); labels in -1..C-1, C the
+    number of `classes` (the model's: a config of other classes is checked against its own).
     """
     where = f"event {event.name!r}" if event.name else "event"
     if not isinstance(event.num_sp, (int, np.integer)) or isinstance(event.num_sp, bool) or event.num_sp < 0:
@@ -67,7 +69,7 @@ def validate(event: Event, *, planes: tuple[str, ...] = PLANES) -> None:
             y = np.asarray(hits.y_semantic)
             if y.shape != (n,):
                 raise ValueError(f"{where}, plane {p!r}, field 'y_semantic': expected shape [{n}], got {list(y.shape)}")
-            check_labels(y, SEMANTIC_CLASSES, f"{where}, plane {p!r}", "y_semantic")
+            check_labels(y, classes, f"{where}, plane {p!r}", "y_semantic")
 
 
 # Checks shared with the HDF5 reader and writer (`hdf5.check_record`), so both say the same thing.

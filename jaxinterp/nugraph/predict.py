@@ -138,7 +138,7 @@ def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(
     d = mesh.devices.size
     if check:
         for e in events:
-            graph.validate(e, planes=config.planes)
+            graph.validate(e, planes=config.planes, classes=config.semantic_classes)
     sizes = _needed_sizes(events, d, config.planes) if sizes is None else sizes
     if d == 1:
         return jax.device_put(graph.pad_batch(events, sizes, planes=config.planes, dtype=dtype, check=False))
@@ -166,7 +166,7 @@ def predict(params: Params, events: Sequence[Event], *, config: NuGraph2Config =
     if mesh is not None:
         parallel.check_mesh(mesh, where="predict: mesh")
     for e in events:
-        graph.validate(e, planes=config.planes)
+        graph.validate(e, planes=config.planes, classes=config.semantic_classes)
     check_params(params, config, where="predict: params")
     mesh = parallel.make_mesh() if mesh is None else mesh
     params = parallel.replicate(jax.tree.map(jnp.asarray, params), mesh)

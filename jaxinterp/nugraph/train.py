@@ -427,7 +427,7 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     if not train_ev:
         raise ValueError(f"path: no usable training events in {path}")
     for e in train_ev + val_ev:  # once here, so batches skip the check
-        validate(e, planes=model_config.planes)
+        validate(e, planes=model_config.planes, classes=model_config.semantic_classes)
     sizes_bytes = [hdf5.datasize(r) for r in train_res.events]
     nb = len(train_ev) // config.batch_size
     if nb == 0:
