@@ -266,3 +266,29 @@ def test_labels_are_checked_against_the_model_classes_before_it_runs(monkeypatch
     m6 = evaluate.Model(model.init(jax.random.key(0), six), six, {}, {})
     got = evaluate.evaluate(m6, [_labelled_event(5)])  # a label of the sixth class: refused before
     assert got.counts.semantic[5].sum() == 1
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_convert_refuses_a_checkpoint_with_non_finite_weights(value, tmp_path, monkeypatch):
+    """convert wrote a checkpoint holding NaN or inf (a diverged run's) into model.npz, which every
+    `eval`, `train --init` and `widen` then refused (load_model: "expected finite values"). convert
+    now refuses it, naming the official entry, before anything is written."""
+    from jaxinterp import torch_pickle
+    from jaxinterp.nugraph import checkpoint, evaluate
+
+    ckpt_path, h5 = FIXTURES / "nugraph2_reference.ckpt", FIXTURES / "nugraph2_events.gnn.h5"
+    obj = torch_pickle.load(ckpt_path)
+    sd = dict(obj["state_dict"])
+    w = np.array(sd["encoder.net.u.0.net.2.weight"], copy=True)
+    w[0, 1] = value
+    sd["encoder.net.u.0.net.2.weight"] = w
+    edited = {**obj, "state_dict": sd}
+    monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path, **_: edited)
+    out = tmp_path / "official"
+    with pytest.raises(ValueError, match=r"state_dict\['encoder.net.u.0.net.2.weight'\]: expected finite values, "
+                                         r"got 1 non-finite of \d+ .*nothing was written"):
+        checkpoint.convert(ckpt_path, out, norm_file=h5)
+    assert not out.exists()
+    monkeypatch.undo()
+    checkpoint.convert(ckpt_path, out, norm_file=h5)  # the file as it is converts
+    assert evaluate.load_model(out).config == checkpoint.load_official_checkpoint(ckpt_path).config

@@ -190,6 +190,13 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
     ckpt = load_official_checkpoint(ckpt_path)  # read once: its sha256 is of the bytes it loaded
     provenance = {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file),
                   "converted_from_sha256": ckpt.sha256}
+    # a NaN or inf (a diverged run's checkpoint) was written into model.npz, which load_model then
+    # refused at every eval/train --init/widen, blaming "a diverged training run"
+    for name, arr in to_official(ckpt.params, ckpt.config).items():
+        if not np.isfinite(arr).all():
+            raise ValueError(f"ckpt: {ckpt_path} state_dict[{name!r}]: expected finite values, got "
+                             f"{int(arr.size - np.isfinite(arr).sum())} non-finite of {arr.size} (a diverged "
+                             f"training run?); nothing was written")
     missing = [p for p in ckpt.config.planes if p not in info.norm]
     if missing:
         raise ValueError(f"norm_file: {norm_file} holds a feature norm for planes {list(info.norm)}, the checkpoint's "
