@@ -186,3 +186,35 @@ def test_batches_id_range(examples, want):
     with pytest.raises(ValueError, match=r"expected token ids in \[0, 9\) .* got ids from 3 to 9"):
         train.check_ids(data.Batches([np.asarray([3, 9], np.int32)], 1, 4), GPT2Config(vocab_size=9, n_positions=8,
                                                                                     n_embd=8, n_layer=1, n_head=2))
+
+
+def test_sweep_result_taus_are_the_taus_given(tiny_processed, tmp_path):
+    """A float32 sweep returned its taus rounded to float32: tau 0.1 came back as 0.10000000149011612,
+    in SweepResult.taus, the best cells and summary.json, so `best.tau in taus` failed for the taus
+    asked for. The result now carries the taus as given (the sweep applies their float32 values)."""
+    import json
+
+    import jax
+
+    from jaxinterp.inject import outputs
+    from jaxinterp.inject.data import PromptSet
+    from jaxinterp.inject.memory import inject_logits, memory_vectors
+    from jaxinterp.inject.metrics import aggregate
+    from jaxinterp.inject.sweep import sweep
+
+    params, config = tiny_processed
+    taus = [0.1, 0.3, 2.7]
+    prompts = [np.array([0, 7, 9, 11], np.int32), np.array([0, 3, 4, 8, 12, 2], np.int32)]
+    mems = memory_vectors(params, [[5, 6], [9]], config=config)
+    res = sweep(params, prompts, mems, [1], taus, config=config, answers=[5, 9])
+    assert res.taus.tolist() == taus and res.p_after.dtype == np.float32
+    agg = aggregate(res)
+    assert all(b.tau in taus for b in agg.best.values())
+    # the numbers are those of the float32 tau the model is run with
+    ref = inject_logits(params, prompts[1][None], mems[1], config=config, layer=1, tau=np.float32(0.3))
+    assert res.p_after[0, 1, 1] == pytest.approx(float(jax.nn.softmax(ref[0, -1])[9]), rel=2e-5)
+    data = PromptSet(["e0", "e1"], ["o0", "o1"], ["m0", "m1"], ["a0", "a1"], ["", ""], "src")
+    summary = json.loads(outputs.write(tmp_path, data, res, agg, {})["summary"].read_text())
+    assert summary["taus"] == taus and summary["percent_increase"]["best"]["median"]["tau"] in taus
+    with pytest.raises(ValueError, match="taus: expected a non-empty list of finite numbers"):
+        sweep(params, prompts, mems, [1], [1e39], config=config, answers=[5, 9])  # inf in float32

@@ -46,7 +46,7 @@ DEFAULT_TAUS = tuple(float(t) for t in range(1, 16))  # the paper's tweak factor
 
 class SweepResult(NamedTuple):
     layers: np.ndarray  # [nL] injection layers
-    taus: np.ndarray  # [nT]
+    taus: np.ndarray  # [nT] as given (float64; a float32 sweep applies them rounded to float32)
     p_before: np.ndarray  # [N] p(answer) on the obscure prompt
     p_after: np.ndarray  # [nL, nT, N] p(answer) with the memory injected
     p_explicit: np.ndarray | None  # [N] p(answer) on the explicit prompt (None if not given)
@@ -272,8 +272,9 @@ class Plan(NamedTuple):
     books: list  # per group: (prompt indices, (layer idx, tau idx, prompt idx, valid) per row)
     plain_idx: list
     layers: np.ndarray
-    taus: np.ndarray
+    taus: np.ndarray  # in the sweep's dtype, as applied
     n_prompts: int
+    tau_values: np.ndarray | None = None  # [nT] float64, as given: the result's labels (None: `taus`)
 
 
 def sweep(params: dict, prompts: Sequence[Sequence[int]], memories: Array, layers: Sequence[int] | None = None,
@@ -334,8 +335,10 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     # float64 for a float64 model (x64 on): the taus, memories and probabilities of float32 were 1e-7 off
     # its own float64 forward; float32 otherwise
     work = _work_dtype(config)
-    taus_arr = np.asarray(taus, work)
-    if taus_arr.ndim != 1 or taus_arr.size == 0 or not np.all(np.isfinite(taus_arr)):
+    taus_given = np.asarray(taus, np.float64)
+    with np.errstate(over="ignore"):
+        taus_arr = taus_given.astype(work)
+    if taus_given.ndim != 1 or taus_given.size == 0 or not np.all(np.isfinite(taus_arr)):  # 1e39: inf in float32
         raise ValueError(f"taus: expected a non-empty list of finite numbers, got {taus!r}")
     # numpy until the groups are built: eager jnp ops here would compile once per prompt count
     memories = np.asarray(memories, work)
@@ -384,7 +387,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
             plain.append(_Plain(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(answers[sel], jnp.int32)))
             plain_idx.append(idx)
 
-    return Plan(tuple(groups), tuple(plain), books, plain_idx, np.asarray(layers), taus_arr, N)
+    return Plan(tuple(groups), tuple(plain), books, plain_idx, np.asarray(layers), taus_arr, N, taus_given)
 
 
 def compile_plan(params: dict, p: Plan, *, config: GPT2Config):
@@ -426,7 +429,10 @@ def run(params: dict, p: Plan, *, config: GPT2Config, compiled=None, progress: b
         p_explicit = np.zeros(N, taus_arr.dtype)
         for idx, e in zip(plain_idx, ex):
             p_explicit[np.asarray(idx)] = np.exp(np.asarray(e)[:len(idx)])
-    return SweepResult(np.asarray(layers), taus_arr, np.exp(logp_before), np.exp(logp_after), p_explicit,
+    # the taus as given label the result: float32's 0.1 (0.10000000149) is not the 0.1 asked for, and it
+    # was the tau of the best cells and of summary.json
+    labels = taus_arr if p.tau_values is None else p.tau_values
+    return SweepResult(np.asarray(layers), labels, np.exp(logp_before), np.exp(logp_after), p_explicit,
                        logp_before, logp_after)
 
 
