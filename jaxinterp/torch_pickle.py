@@ -12,6 +12,7 @@ import collections
 import io
 import os
 import pickle
+import struct
 import sys
 import zipfile
 from pathlib import Path
@@ -55,6 +56,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
     if not isinstance(storage, np.ndarray) or not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
         raise ValueError(f"tensor: expected a storage and tuples of sizes and strides, got {type(storage).__name__}, "
                          f"{size!r}, {stride!r}")
+    if storage.ndim != 1 or storage.strides[0] != storage.itemsize:
+        # a tensor built here, passed as the storage of another: [offset:] then skipped rows, not
+        # elements, so a view past its end passed the check below and copied heap memory
+        raise ValueError(f"tensor: expected a storage (its data, one contiguous axis), got an array of shape "
+                         f"{list(storage.shape)} and strides {list(storage.strides)}")
     size, stride = tuple(size), tuple(stride)
     numbers = (offset, *size, *stride)
     if len(size) != len(stride) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
@@ -91,10 +97,26 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD can be restricted
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str, path: Path):
         super().__init__(file)
         self._archive, self._prefix, self._byteorder, self._path = archive, prefix, byteorder, path
+
+    def load_build(self):
+        # BUILD sets an object's state: its __setstate__, or each entry as an attribute. torch's
+        # pickles use it for a state dict's `_metadata` (an OrderedDict's attributes); on the reader's
+        # own functions, storage types or arrays, a file set their attributes for every later load
+        # (_rebuild_tensor.__name__, __defaults__) or rebuilt an array with another shape and dtype.
+        state, inst = self.stack[-1], self.stack[-2]
+        if not (type(inst) is collections.OrderedDict and isinstance(state, dict)
+                and all(isinstance(k, str) for k in state)):
+            raise ValueError(f"{self._path}: refusing to set the state of a {type(inst).__name__} from a torch "
+                             f"checkpoint: only an OrderedDict's attributes (a state dict's _metadata) are read")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -122,6 +144,9 @@ class _Unpickler(pickle.Unpickler):
             raise ValueError(f"torch checkpoint {self._path}: the pickle names storage {self._prefix}/data/{key}, which the "
                              f"archive does not hold (a truncated or corrupt file)") from None
         dtype = _np_dtype(dtype)
+        if len(raw) % dtype.itemsize:
+            raise ValueError(f"torch checkpoint {self._path}: storage {self._prefix}/data/{key} holds {len(raw)} bytes, "
+                             f"expected a multiple of {dtype.itemsize} ({dtype.name}; a truncated or corrupt file)")
         if self._byteorder != sys.byteorder and dtype.itemsize > 1:
             # written on a machine of the other byte order (torch swaps on load too); swapped as
             # unsigned integers of the item's width, which also covers bfloat16
@@ -165,7 +190,13 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         with archive.open(pkls[0]) as f:
-            return _Unpickler(f, archive, prefix, byteorder, path).load()
+            try:
+                obj = _Unpickler(f, archive, prefix, byteorder, path).load()
+            except (pickle.UnpicklingError, EOFError, struct.error, TypeError, KeyError, AttributeError,
+                    IndexError) as e:  # a truncated or crafted pickle: what broke inside the unpickler
+                raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
+                                 f"{type(e).__name__}: {e}") from e
+    return obj
 
 
 def load_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, np.ndarray]:

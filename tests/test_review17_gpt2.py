@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -224,3 +225,113 @@ def test_a_sharded_checkpoint_loads_tensor_by_tensor(tmp_path, tiny_raw):
         if rounded[key]:
             expect = expect.astype(ml_dtypes.bfloat16).astype(np.float32)
         np.testing.assert_array_equal(flat[key], expect)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch_pickle: pickles written by hand, opcode by opcode (what a crafted file can hold)
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return b"X" + len(b).to_bytes(4, "little") + b
+
+
+def _int(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)
+
+
+def _tuple(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def _torch_zip(path, pkl: bytes, storages: dict[str, bytes] = {}):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02" + pkl + b".")
+        for key, data in storages.items():
+            z.writestr(f"archive/data/{key}", data)
+    return path
+
+
+_STORAGE = b"(" + _str("storage") + b"ctorch\nFloatStorage\n" + _str("0") + _str("cpu") + _int(16) + b"tQ"
+_REBUILD = b"ctorch._utils\n_rebuild_tensor_v2\n"
+
+
+def test_a_tensor_passed_as_a_storage_cannot_read_past_its_end(tmp_path):
+    """_rebuild_tensor took any numpy array as the storage, a [4, 4] tensor it had built too: [offset:]
+    then skipped rows, not elements, so offset 3 and size 13 passed the bounds check (3 + 12 < 16) and
+    copied 9 floats of heap memory past the data into the tensor."""
+    from jaxinterp import torch_pickle
+
+    inner = _REBUILD + _tuple(_STORAGE, _int(0), _tuple(_int(4), _int(4)), _tuple(_int(4), _int(1))) + b"R"
+    outer = _REBUILD + _tuple(inner, _int(3), _tuple(_int(13)), _tuple(_int(1))) + b"R"
+    path = _torch_zip(tmp_path / "x.pt", outer, {"0": np.arange(16, dtype=np.float32).tobytes()})
+    with pytest.raises(ValueError, match=r"^tensor: expected a storage \(its data, one contiguous axis\), got an "
+                                         r"array of shape \[4, 4\] and strides \[16, 4\]$"):
+        torch_pickle.load(path)
+    # the same views on the storage itself read as before
+    inner = _REBUILD + _tuple(_STORAGE, _int(3), _tuple(_int(13)), _tuple(_int(1))) + b"R"
+    got = torch_pickle.load(_torch_zip(tmp_path / "y.pt", inner, {"0": np.arange(16, dtype=np.float32).tobytes()}))
+    np.testing.assert_array_equal(got, np.arange(3, 16, dtype=np.float32))
+
+
+@pytest.mark.parametrize("target", [
+    b"ctorch._utils\n_rebuild_tensor_v2\n",  # the reader's own function, for every later load
+    b"ctorch._utils\n_rebuild_parameter\n",
+    b"ctorch\nFloatStorage\n",
+    b"ccollections\nOrderedDict\n",  # the class, not an instance
+])
+def test_build_cannot_set_attributes_of_the_readers_objects(tmp_path, target):
+    """BUILD (an object's state, set entry by entry with setattr) ran on whatever the pickle named: a file
+    renamed torch_pickle._rebuild_tensor (and could set its __defaults__, __kwdefaults__, __dict__) for
+    the rest of the process. Only an OrderedDict instance's attributes (a state dict's _metadata) are set."""
+    from jaxinterp import torch_pickle
+
+    before = {f: (getattr(f, "__name__"), getattr(f, "__defaults__"), dict(f.__dict__))
+              for f in (torch_pickle._rebuild_tensor, torch_pickle._rebuild_parameter)}
+    pkl = target + b"N}" + _str("__name__") + _str("pwned") + b"s\x86b"
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'x.pt'))}: refusing to set the state of a "
+                                         r"\w+ from a torch checkpoint: only an OrderedDict's attributes"):
+        torch_pickle.load(_torch_zip(tmp_path / "x.pt", pkl))
+    after = {f: (getattr(f, "__name__"), getattr(f, "__defaults__"), dict(f.__dict__)) for f in before}
+    assert after == before
+
+
+def test_a_state_dicts_metadata_is_still_read(tmp_path):
+    """What torch writes with BUILD: an OrderedDict state dict carrying its _metadata attribute."""
+    from jaxinterp import torch_pickle
+
+    tensor = _REBUILD + _tuple(_STORAGE, _int(0), _tuple(_int(2)), _tuple(_int(1))) + b"R"
+    od = (b"ccollections\nOrderedDict\n)R" + _str("w") + tensor + b"s}" + _str("_metadata")
+          + b"ccollections\nOrderedDict\n)R" + b"sb")
+    got = torch_pickle.load_state_dict(_torch_zip(tmp_path / "x.pt", od, {"0": np.arange(16, dtype=np.float32).tobytes()}))
+    np.testing.assert_array_equal(got["w"], [0, 1])
+
+
+@pytest.mark.parametrize("pkl,storages,why", [
+    (b"}" + _str("a") + b"K", {}, "EOFError"),  # truncated
+    (b"\x00garbage", {}, "KeyError"),
+    (b"c__builtin__\nset\n]]a\x85R", {}, "TypeError: unhashable type: 'list'"),
+    (b"ccollections\nOrderedDict\nK\x01\x85R", {}, "TypeError: 'int' object is not iterable"),
+])
+def test_a_malformed_pickle_is_a_value_error_naming_the_file(tmp_path, pkl, storages, why):
+    """A truncated or crafted data.pkl raised what broke inside the unpickler (UnpicklingError, EOFError,
+    KeyError, TypeError), naming no file; a ValueError now."""
+    from jaxinterp import torch_pickle
+
+    path = _torch_zip(tmp_path / "x.pt", pkl, storages)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: archive/data.pkl is no readable torch pickle "
+                                         rf"\(a truncated or corrupt file\): {re.escape(why)}"):
+        torch_pickle.load(path)
+
+
+def test_a_storage_of_a_partial_element_is_refused_by_name(tmp_path):
+    """A storage file whose size is no multiple of its dtype's (a truncated file): numpy's 'buffer size
+    must be a multiple of element size', naming neither file nor storage."""
+    from jaxinterp import torch_pickle
+
+    tensor = _REBUILD + _tuple(_STORAGE, _int(0), _tuple(_int(1)), _tuple(_int(1))) + b"R"
+    path = _torch_zip(tmp_path / "x.pt", tensor, {"0": bytes(7)})
+    with pytest.raises(ValueError, match=rf"^torch checkpoint {re.escape(str(path))}: storage archive/data/0 holds 7 "
+                                         r"bytes, expected a multiple of 4 \(float32; a truncated or corrupt file\)$"):
+        torch_pickle.load(path)
