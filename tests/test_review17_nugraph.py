@@ -292,3 +292,17 @@ def test_convert_refuses_a_checkpoint_with_non_finite_weights(value, tmp_path, m
     monkeypatch.undo()
     checkpoint.convert(ckpt_path, out, norm_file=h5)  # the file as it is converts
     assert evaluate.load_model(out).config == checkpoint.load_official_checkpoint(ckpt_path).config
+
+
+@pytest.mark.parametrize("y", [np.array([0.0, 1.0, -1.0]), np.array([0.7, 1.0, -1.0]), np.array([True, False, True])])
+def test_counts_refuse_labels_that_are_not_integers(y):
+    """metrics.Counts.add took float labels to numpy's bincount: a bare TypeError ("Cannot cast array
+    data from dtype('float64')"); booleans were counted as classes 0 and 1. Now a ValueError says
+    integer labels were expected and which dtype came."""
+    from jaxinterp.nugraph import metrics
+
+    counts = metrics.Counts.zeros(5)
+    with pytest.raises(ValueError, match=rf"y: expected integer labels in \[-1, 4\], got dtype {y.dtype}"):
+        counts.add(y, np.eye(5)[:3], np.full(3, 0.9))
+    got = counts.add(np.array([0, 1, -1]), np.eye(5)[:3], np.full(3, 0.9))  # integers as before
+    assert got.semantic.trace() == 2 and got.filter.tolist() == [[0, 1], [0, 2]]

@@ -54,6 +54,8 @@ class Counts(NamedTuple):
             raise ValueError(f"semantic: expected shape [{y.size}, {C}], got {list(semantic.shape)}")
         if filter_prob.shape != (y.size,):
             raise ValueError(f"filter_prob: expected shape [{y.size}], got {list(filter_prob.shape)}")
+        if y.size and y.dtype.kind not in "iu":  # bincount's bare TypeError (float), or 0.7 taken as class 0
+            raise ValueError(f"y: expected integer labels in [-1, {C - 1}], got dtype {y.dtype}")
         if y.size and (y.min() < -1 or y.max() >= C):
             raise ValueError(f"y: labels must lie in [-1, {C - 1}], got [{int(y.min())}, {int(y.max())}]")
         sig = y >= 0
