@@ -218,3 +218,20 @@ def test_sweep_result_taus_are_the_taus_given(tiny_processed, tmp_path):
     assert summary["taus"] == taus and summary["percent_increase"]["best"]["median"]["tau"] in taus
     with pytest.raises(ValueError, match="taus: expected a non-empty list of finite numbers"):
         sweep(params, prompts, mems, [1], [1e39], config=config, answers=[5, 9])  # inf in float32
+
+
+@pytest.mark.parametrize("tau", ["2", True, None, [1.0, "x"]])
+def test_taus_that_are_not_numbers_are_refused(tiny_processed, tau):
+    """The sweep read taus=["2"] as 2.0 and [True] as 1.0 (numpy's conversion); injection() let "2"
+    through to a TypeError inside the intervention. Both now refuse what is not a number."""
+    from jaxinterp.inject.memory import injection, memory_vectors
+    from jaxinterp.inject.sweep import sweep
+
+    params, config = tiny_processed
+    mems = memory_vectors(params, [[5, 6]], config=config)
+    taus = tau if isinstance(tau, list) else [tau]
+    with pytest.raises(ValueError, match=r"^taus: expected a non-empty list of finite numbers, got "):
+        sweep(params, [np.array([0, 7, 9], np.int32)], mems, [1], taus, config=config, answers=[5])
+    if not isinstance(tau, list):
+        with pytest.raises(ValueError, match=r"^tau: expected a finite number, got "):
+            injection(mems[0], 1, tau)

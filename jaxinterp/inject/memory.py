@@ -195,8 +195,10 @@ def injection(memory: Array, layer: int, tau: float | Array, *, positions: Array
     memory = jnp.asarray(memory)
     if memory.ndim != 1:
         raise ValueError(f"memory: expected one vector [d_model], got shape {list(memory.shape)}")
-    if not isinstance(tau, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(tau, np.float64))):
-        raise ValueError(f"tau: expected a finite number, got {tau!r}")  # NaN made every logit NaN
+    # NaN made every logit NaN; a string ("2") failed inside the intervention with a TypeError
+    if not isinstance(tau, jax.core.Tracer) and (np.asarray(tau).dtype.kind not in "iuf"
+                                                 or not np.all(np.isfinite(np.asarray(tau, np.float64)))):
+        raise ValueError(f"tau: expected a finite number, got {tau!r}")
     if head is None:
         return intervene(f"blocks.{layer}.hook_attn_out", memory, scale=tau, positions=positions)
     if n_head is None or not is_integer(head) or not 0 <= head < n_head:

@@ -335,6 +335,8 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     # float64 for a float64 model (x64 on): the taus, memories and probabilities of float32 were 1e-7 off
     # its own float64 forward; float32 otherwise
     work = _work_dtype(config)
+    if np.asarray(taus).dtype.kind not in "iuf":  # numpy read ["2"] as 2.0, [True] as 1.0
+        raise ValueError(f"taus: expected a non-empty list of finite numbers, got {taus!r}")
     taus_given = np.asarray(taus, np.float64)
     with np.errstate(over="ignore"):
         taus_arr = taus_given.astype(work)
