@@ -306,3 +306,20 @@ def test_counts_refuse_labels_that_are_not_integers(y):
         counts.add(y, np.eye(5)[:3], np.full(3, 0.9))
     got = counts.add(np.array([0, 1, -1]), np.eye(5)[:3], np.full(3, 0.9))  # integers as before
     assert got.semantic.trace() == 2 and got.filter.tolist() == [[0, 1], [0, 2]]
+
+
+@pytest.mark.parametrize("sizes", ["float", "three", "text", "none inside"])
+def test_pad_batch_refuses_sizes_that_are_not_batch_sizes(sizes):
+    """graph.pad_batch took `sizes` as given: a float size failed in numpy ("'float' object cannot be
+    interpreted as an integer"), three sizes or a string in BatchSizes ("missing 1 required positional
+    argument"), both TypeErrors. Now a ValueError, as predict.prepare's (one check for both)."""
+    from jaxinterp.nugraph import graph
+
+    e = _labelled_event(0)
+    s = graph.pick_sizes([e])
+    bad = {"float": (float(s.hits), *s[1:]), "three": tuple(s[:3]), "text": "abc",
+           "none inside": (s.hits, None, s.nexus, s.sp)}[sizes]
+    with pytest.raises(ValueError, match=r"pad_batch: sizes: expected a graph.BatchSizes \(integers \['hits', "
+                                         r"'edges', 'nexus', 'sp', 'slots'\], slots optional\), got "):
+        graph.pad_batch([e], bad)
+    assert graph.pad_batch([e], tuple(s)[:4]).sizes == s  # four integers: slots by default, as before

@@ -109,6 +109,15 @@ def pick_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANES,
                       bucket(least.nexus), bucket(least.sp), slots)
 
 
+def check_sizes(sizes, where: str) -> BatchSizes:
+    """`sizes` as a BatchSizes (4 or 5 integers, slots optional), else a ValueError naming `where`."""
+    if (not isinstance(sizes, (tuple, list)) or len(sizes) not in (4, 5)
+            or not all(is_integer(v) for v in sizes)):
+        raise ValueError(f"{where}: sizes: expected a graph.BatchSizes (integers {list(BatchSizes._fields)}, "
+                         f"slots optional), got {sizes!r}")
+    return BatchSizes(*(int(v) for v in sizes))
+
+
 def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
               planes: tuple[str, ...] = PLANES, dtype=np.float32, check: bool = True) -> GraphBatch:
     """Validates `events` and packs them into one padded disjoint union (numpy, host side).
@@ -119,10 +128,11 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
     events = list(events)
     if not events and sizes is None:
         raise ValueError("pad_batch: events must hold at least one Event (or give sizes), got an empty list")
+    # a float size was numpy's TypeError from np.zeros, three sizes NamedTuple's "missing argument"
+    sizes = None if sizes is None else check_sizes(sizes, "pad_batch")
     if check:
         for e in events:
             validate(e, planes=planes)
-    sizes = None if sizes is None else BatchSizes(*sizes)
     slots = NEIGHBOUR_SLOTS if sizes is None else sizes.slots
     if slots < 1:
         raise ValueError(f"pad_batch: sizes.slots must be >= 1, got {slots}")

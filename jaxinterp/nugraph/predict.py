@@ -130,10 +130,8 @@ def prepare(events: Sequence[Event], *, config: NuGraph2Config = NuGraph2Config(
     `check=False` skips validating events the caller has validated.
     """
     events = _checked_events(events, config, "prepare")
-    if sizes is not None and (not isinstance(sizes, (tuple, list)) or len(sizes) not in (4, 5)
-                              or not all(is_integer(v) for v in sizes)):  # slots has a default
-        raise ValueError(f"prepare: sizes: expected a graph.BatchSizes (integers {list(graph.BatchSizes._fields)}, "
-                         f"slots optional), got {sizes!r}")
+    if sizes is not None:
+        sizes = graph.check_sizes(sizes, "prepare")
     mesh = parallel.make_mesh() if mesh is None else parallel.check_mesh(mesh, where="prepare: mesh")
     d = mesh.devices.size
     if check:
