@@ -61,21 +61,23 @@ def run(out_dir: str | Path, *, quick: bool, only: list[str] | None = None, prog
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"machine": None, "quick": quick, "benchmarks": []}
     # the suite runs for minutes with nothing else telling how far it is (stderr: stdout is the table)
-    bar = tqdm(todo, desc="bench", unit="script", file=sys.stderr, disable=not progress)
-    for script in bar:
-        bar.set_postfix_str(script.stem)
+    bar = tqdm(total=len(todo), desc="bench", unit="script", file=sys.stderr, disable=not progress)
+    for script in todo:
+        bar.set_postfix_str(script.stem, refresh=False)
         json_path = out_dir / f"{script.stem}.json"
         # a previous run's file would be read as this run's figures (or left beside a FAILED entry)
         json_path.unlink(missing_ok=True)
         cmd = [sys.executable, str(script), "--json", str(json_path)] + (["--quick"] if quick else [])
         tqdm.write(f"== {script.name}", file=sys.stdout)  # above the bar, not through it
         sys.stdout.flush()  # before the script's own output
+        bar.clear()  # which starts on a line of its own, not after the bar's
         t0 = time.perf_counter()
         proc = subprocess.run(cmd)
         entry = {"script": script.name, "returncode": proc.returncode, "wall_s": time.perf_counter() - t0}
         if proc.returncode == 0 and json_path.exists():
             entry.update(json.loads(json_path.read_text()))
         results["benchmarks"].append(entry)
+        bar.update(1)  # redrawn below the script's output: scripts done, time taken, time left
     bar.close()
     # read once the scripts are done: naming the devices starts JAX's backend in this process, and
     # on a GPU that preallocates 75% of its memory, which every script would then run without
