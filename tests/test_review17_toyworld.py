@@ -413,3 +413,27 @@ def test_evaluate_held_out_given_both_hops_is_linear_and_counts_the_same(monkeyp
                             params_config_tokenizer=({}, None, tok))
     assert time.perf_counter() - t0 < 10.0
     assert big["two_hop_held_out_given_both_hops_known"] == {"prompts": 9090, "greedy": 1.0}
+
+
+def test_bench_clears_its_bar_before_each_script_writes(monkeypatch, tmp_path, capsys):
+    """The bar stayed drawn while a script ran: the script's first line (on the same terminal) was
+    written on after the bar's text. It is now cleared first (tqdm ends a clear with a carriage return)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from jaxinterp import bench, benchtools
+
+    def fake_run(cmd, *args, **kwargs):
+        sys.stderr.write("SCRIPT OUTPUT\n")
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"benchmark": "x", "machine": {}, "rows": []}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(benchtools, "machine", lambda: {"cpu": "test"})
+    bench.run(tmp_path / "out", quick=True, only=["gpt2", "merge"])
+    parts = capsys.readouterr().err.split("SCRIPT OUTPUT")
+    import re
+
+    assert len(parts) == 3 and all(re.search(r"\r +\r$", p) for p in parts[:2]), parts  # a cleared line
