@@ -300,3 +300,23 @@ def test_diagonal_fisher_refuses_a_bad_chunk(chunk):
     with pytest.raises(ValueError, match="^" + re.escape(f"chunk: expected a positive number of examples per vmapped "
                                                          f"chunk, got {chunk!r}") + "$"):
         fisher.diagonal_fisher(mlp.apply, PM, XM, labels=YM, chunk=chunk)
+
+
+@pytest.mark.parametrize("x, got", [
+    (jnp.float32(2.0), "ArrayImpl of shape () and dtype float32"),                    # was an IndexError
+    ([[1.0, 2.0]], "list of shape (1, 2) and dtype None"),                               # an AttributeError
+    (jnp.ones((4, 3), jnp.complex64), "ArrayImpl of shape (4, 3) and dtype complex64"),  # imaginary parts dropped
+])
+def test_gram_refuses_what_is_no_real_input_array(x, got):
+    with pytest.raises(ValueError, match="^" + re.escape(f"x: expected a real array [..., d_in] of a linear layer's "
+                                                         f"inputs, got {got}") + "$"):
+        fisher.gram(x)
+
+
+def test_gram_of_numpy_and_integer_inputs():
+    x = np.arange(12).reshape(2, 2, 3)
+    want = x.reshape(4, 3).T @ x.reshape(4, 3)
+    for a in (x, x.astype(np.float64), jnp.asarray(x, jnp.bfloat16)):
+        g = fisher.gram(a)
+        assert g.dtype == jnp.float32 and isinstance(g, jax.Array)
+        np.testing.assert_array_equal(np.asarray(g), want)

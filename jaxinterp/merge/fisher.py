@@ -173,8 +173,17 @@ def _check_fishers(fishers: Sequence[Any]) -> None:
 
 
 def gram(x: jax.Array) -> jax.Array:
-    """X^T X over every leading axis: x [..., in] -> [in, in]."""
-    x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    """X^T X over every leading axis: x [..., in] -> [in, in], in float32 (float64 kept).
+
+    x must be a real array of at least one axis: a scalar was an IndexError, a list an
+    AttributeError, and complex inputs lost their imaginary parts to the cast (a warning only)."""
+    shape, dtype = np.shape(x), getattr(x, "dtype", None)
+    real = dtype is not None and (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+    if not real or len(shape) < 1:
+        raise ValueError(f"x: expected a real array [..., d_in] of a linear layer's inputs, got "
+                         f"{type(x).__name__} of shape {tuple(shape)} and dtype {dtype}")
+    work = jax.dtypes.canonicalize_dtype(jnp.float64) if dtype == jnp.float64 else jnp.float32
+    x2 = jnp.asarray(x).reshape(-1, shape[-1]).astype(work)
     return x2.T @ x2
 
 
