@@ -323,3 +323,20 @@ def test_pad_batch_refuses_sizes_that_are_not_batch_sizes(sizes):
                                          r"'edges', 'nexus', 'sp', 'slots'\], slots optional\), got "):
         graph.pad_batch([e], bad)
     assert graph.pad_batch([e], tuple(s)[:4]).sizes == s  # four integers: slots by default, as before
+
+
+def test_write_outputs_refuses_a_file_as_its_folder(tiny, tmp_path):
+    """evaluate.write_outputs into a path that is a file: check_out_dir let it through (not a folder:
+    nothing to lose) and mkdir raised a bare FileExistsError. Now a ValueError, the file untouched."""
+    from jaxinterp.nugraph import evaluate, hdf5
+
+    path, params, _ = tiny
+    model = evaluate.load_model(params)
+    events = evaluate.to_events(hdf5.read_events(path, "test").events, model)
+    result = evaluate.evaluate(model, events)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    with pytest.raises(ValueError, match=rf"out: expected a folder for metrics.json and the PNGs, got the file {taken}"):
+        evaluate.write_outputs(taken, model, events, result, displays=0)
+    assert taken.read_text() == "mine"
+    assert len(evaluate.write_outputs(tmp_path / "new", model, events, result, displays=0)) == 5

@@ -171,6 +171,8 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
     its metrics.json is the validation history), another evaluation's figures or files of those names
     are refused, naming what is there."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # mkdir's bare FileExistsError in write_outputs before
+        raise ValueError(f"out: expected a folder for metrics.json and the PNGs, got the file {out}")
     if not out.is_dir():
         return
     if (out / "run.json").exists():  # its metrics.json (now or once validated) is the run's history
