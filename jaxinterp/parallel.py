@@ -48,6 +48,12 @@ def check_mesh(mesh: Any, *, where: str = "mesh") -> Mesh:
                          f"got {type(mesh).__name__}")
     if DATA not in mesh.axis_names:
         raise ValueError(f"{where}: expected a mesh with the axis {DATA!r}, got axes {mesh.axis_names}")
+    if mesh.shape[DATA] != mesh.devices.size:
+        # every helper here and its callers split a batch into mesh.devices.size parts, but the
+        # sharding splits it over "data" alone: on a ("data", "model") 2 x 2 mesh padded_size(6)
+        # was 8, shard_batch refused 6 rows, and 4 parts put 2 on each device
+        raise ValueError(f"{where}: expected a mesh whose axis {DATA!r} spans all its devices (parallel.make_mesh), "
+                         f"got axes {dict(mesh.shape)}")
     return mesh
 
 

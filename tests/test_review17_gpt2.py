@@ -335,3 +335,39 @@ def test_a_storage_of_a_partial_element_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=rf"^torch checkpoint {re.escape(str(path))}: storage archive/data/0 holds 7 "
                                          r"bytes, expected a multiple of 4 \(float32; a truncated or corrupt file\)$"):
         torch_pickle.load(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# parallel
+
+_TWO_AXES = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from jaxinterp import parallel
+
+    out = {}
+    for axes, shape in ((("data", "model"), (2, 2)), (("model", "data"), (2, 2)), (("data", "model"), (4, 1))):
+        mesh = Mesh(np.asarray(jax.devices()).reshape(shape), axes)
+        try:
+            out[str(shape) + str(axes)] = ["ok", parallel.padded_size(6, mesh)]
+        except ValueError as e:
+            out[str(shape) + str(axes)] = ["ValueError", str(e)]
+    print(json.dumps(out))
+""")
+
+
+def test_a_mesh_whose_data_axis_is_not_all_its_devices_is_refused():
+    """check_mesh took any mesh with a "data" axis, but padded_size, shard_batch and their callers
+    (nugraph prepare, merge landscape) split a batch into mesh.devices.size parts while the sharding
+    splits it over "data" alone: on a ("data", "model") 2 x 2 mesh padded_size(6) was 8, shard_batch
+    refused 6 rows, and 8 rows put 4 on each device (callers expected 2). A size-1 other axis is fine."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _TWO_AXES], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    message = ("padded_size: mesh: expected a mesh whose axis 'data' spans all its devices (parallel.make_mesh), "
+               "got axes {}")
+    assert got == {"(2, 2)('data', 'model')": ["ValueError", message.format("{'data': 2, 'model': 2}")],
+                   "(2, 2)('model', 'data')": ["ValueError", message.format("{'model': 2, 'data': 2}")],
+                   "(4, 1)('data', 'model')": ["ok", 8]}
