@@ -11,12 +11,7 @@ earlier run's figure lies beside the new report. Files the demo did not write ar
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import json
-import os
-import re
-import stat
 import sys
 import time
 import traceback
@@ -37,9 +32,9 @@ SECTIONS = [
 
 
 TITLE = "jaxinterp demo"
-# The files a run wrote (path relative to the folder -> sha256), so the next run into the folder can
-# remove those of them it does not write again (a quick run's fewer event displays, a section left
-# out by --only): the report embeds its images, but PNGs of an earlier run beside it mislead.
+# The files a run wrote (jaxinterp.manifest), so the next run into the folder removes those it does not
+# write again (a quick run's fewer event displays, a section left out by --only): the report embeds
+# its images, but PNGs of an earlier run beside it mislead.
 MANIFEST = "demo_manifest.json"
 
 
@@ -61,80 +56,18 @@ def _check_own_index(index: Path) -> None:
                          f"holding an {index.name} that is not a demo report (move it, or give another --out)")
 
 
-def _files(out_dir: Path) -> dict[str, tuple[int, int, int]]:
-    """Every regular file under `out_dir` (links not followed): relative path -> (inode, mtime, size)."""
-    found = {}
-    for root, _, names in os.walk(out_dir):
-        for name in names:
-            path = Path(root) / name
-            try:
-                st = os.lstat(path)
-            except OSError:  # gone meanwhile
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found[path.relative_to(out_dir).as_posix()] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    return found
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_manifest(out_dir: Path) -> dict[str, str]:
-    """The files an earlier run recorded in out_dir/MANIFEST; only well-formed entries (a relative path
-    inside the folder and a sha256), and none from a file that is not such a manifest."""
-    try:
-        data = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
-        return {}
-    return {rel: digest for rel, digest in files.items()
-            if isinstance(rel, str) and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
-            and rel and not os.path.isabs(rel) and ".." not in Path(rel).parts and rel != MANIFEST}
-
-
-def _remove_stale(out_dir: Path, listed: dict[str, str], written: set[str]) -> list[str]:
-    """Removes each file of `listed` (an earlier run's) that this run did not write, where it still
-    holds the bytes that run wrote (a file changed or replaced since is someone else's: kept), and
-    the folders that leaves empty. Returns the paths removed."""
-    removed = []
-    for rel in sorted(listed.keys() - written):
-        path = out_dir / rel
-        try:
-            if not stat.S_ISREG(os.lstat(path).st_mode) or _sha256(path) != listed[rel]:
-                continue
-            path.unlink()
-        except OSError:  # gone, unreadable or not removable: left as it is
-            continue
-        removed.append(rel)
-        for folder in path.parents:  # rmdir removes only empty folders: nothing but ours was there
-            if folder == out_dir or out_dir not in folder.parents:
-                break
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-    return removed
-
-
 def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = None) -> tuple[Path, list[str]]:
     """Builds every section and writes out_dir/index.html. Returns the path and the failed sections."""
     from tqdm import tqdm
 
-    from jaxinterp import atomic, benchtools, report
+    from jaxinterp import atomic, benchtools, manifest, report
     from jaxinterp.checks import select_by_parts
 
     names = select_by_parts(only, SECTIONS, "section")
     out_dir = Path(out_dir)
     _check_own_index(out_dir / "index.html")  # before any section writes its figures
     out_dir.mkdir(parents=True, exist_ok=True)
-    listed, before = _read_manifest(out_dir), _files(out_dir)
+    tracked = manifest.begin(out_dir, MANIFEST)
     sections, failed = [], []
     for spec in tqdm(names, desc="demo sections", unit="section"):
         module, func = spec.split(":")
@@ -154,19 +87,10 @@ def run(out_dir: str | Path, *, quick: bool = False, only: list[str] | None = No
             tqdm.write(f"section failed: {spec}: {why} (traceback in {out_dir / 'index.html'})", file=sys.stderr)
     index = out_dir / "index.html"
     atomic.write_text(index, report.render(TITLE, sections, footer=f"Run on {benchtools.machine_line()}"))
-    # what this run wrote: the files that are new or were replaced since it began
-    written = {rel for rel, st in _files(out_dir).items() if rel != MANIFEST and before.get(rel) != st}
-    removed = _remove_stale(out_dir, listed, written)
+    removed = manifest.finish(tracked)
     if removed:
         tqdm.write(f"removed {len(removed)} file(s) an earlier demo wrote into {out_dir} and this run did not: "
                    f"{', '.join(removed)}", file=sys.stderr)
-    record = {}
-    for rel in sorted(written):
-        try:
-            record[rel] = _sha256(out_dir / rel)
-        except OSError:  # removed meanwhile: nothing to record
-            pass
-    atomic.write_json(out_dir / MANIFEST, {"files": record})
     return index, failed
 
 

@@ -437,3 +437,58 @@ def test_bench_clears_its_bar_before_each_script_writes(monkeypatch, tmp_path, c
     import re
 
     assert len(parts) == 3 and all(re.search(r"\r +\r$", p) for p in parts[:2]), parts  # a cleared line
+
+
+# ---------------------------------------------------------------------------------------------------
+# analysis: a re-run with fewer sweeps removes the earlier run's heatmaps (jaxinterp.manifest)
+
+
+def test_analysis_rerun_removes_the_heatmaps_of_sweeps_it_no_longer_runs(monkeypatch, tmp_path, capsys):
+    """A re-run of the analysis into the same --out with fewer sweeps (--no-inject, no --words) left
+    the earlier run's heatmap_*.png beside a summary without those sweeps. A prompt file it reads
+    (--prompts OUT/prompts.csv, which an earlier run wrote) stays."""
+    from jaxinterp.toyworld import analysis
+
+    def fake_injection(params, config, tok, prompts_csv, *, world=None, words_csv=None, seed=0):
+        sweeps = [analysis._sweep_summary(_fake_sweep([0, 1], [1.0, 2.0], (0, 1), seed=i), f"memory {i}")
+                  for i in range(3)]
+        return {"prompts": 6, "sweeps": sweeps}, {}
+
+    monkeypatch.setattr(analysis, "injection", fake_injection)
+    out = tmp_path / "out"
+    assert analysis.main(["--out", str(out), "--lens-layers"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"heatmap_0.png", "heatmap_1.png", "heatmap_2.png", "prompts.csv", "summary.json"} <= names
+    (out / "mine.txt").write_text("mine")
+    capsys.readouterr()
+    assert analysis.main(["--out", str(out), "--lens-layers", "--no-inject", "--prompts", str(out / "prompts.csv")]) == 0
+    assert {p.name for p in out.iterdir()} == {"prompts.csv", "summary.json", "summary.md", "mine.txt",
+                                               "analysis_manifest.json"}
+    assert "removed 3 file(s) an earlier analysis wrote" in capsys.readouterr().err
+
+
+def test_manifest_keeps_what_the_run_reads_and_what_lies_outside(tmp_path):
+    import os
+
+    from jaxinterp import atomic, manifest
+
+    out = tmp_path / "out"
+    out.mkdir()
+    t = manifest.begin(out, "m.json")
+    for rel in ("a.txt", "inputs/b.txt", "sub/c.txt", "sub/d.txt"):
+        atomic.write_text(out / rel, rel)
+    assert manifest.finish(t) == []
+    # the run's sub/ replaced by a link to a folder elsewhere holding the same bytes: not followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for rel in ("c.txt", "d.txt"):
+        (elsewhere / rel).write_text(f"sub/{rel}")
+    for rel in ("c.txt", "d.txt"):
+        (out / "sub" / rel).unlink()
+    (out / "sub").rmdir()
+    os.symlink(elsewhere, out / "sub")
+    t = manifest.begin(out, "m.json")
+    assert manifest.finish(t, keep=[out / "inputs"]) == ["a.txt"]
+    assert (out / "inputs" / "b.txt").exists() and sorted(p.name for p in elsewhere.iterdir()) == ["c.txt", "d.txt"]
+    t = manifest.begin(out, "m.json")  # nothing listed any more: nothing removed
+    assert manifest.finish(t) == [] and (out / "inputs" / "b.txt").exists()

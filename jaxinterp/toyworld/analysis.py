@@ -14,18 +14,25 @@ held-out two-hop prompts, and which heads carry the bridge entity?
    model composes.
 
 Writes DIR/summary.json, DIR/heatmap_*.png (one per memory swept) and DIR/summary.md, the markdown
-tables it prints (and DIR/prompts.csv, the prompts used, when --prompts is not given).
+tables it prints (and DIR/prompts.csv, the prompts used, when --prompts is not given). The files a run
+writes are listed in DIR/analysis_manifest.json; a later run into DIR removes the listed files it does
+not write again (never one it reads, nor one changed since).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from jaxinterp.cliargs import output_folder, positive_int
 
+
+# The files a run wrote (jaxinterp.manifest): a re-run into the folder with fewer sweeps (--no-inject,
+# no --words) left the earlier run's heatmap_*.png beside a summary that no longer had them.
+MANIFEST = "analysis_manifest.json"
 
 # the part-of-speech columns of the paper's word list swept as random-word baselines
 BASELINE_WORD_TYPES = ("Nouns", "Verbs", "Adjectives")
@@ -244,7 +251,7 @@ def heatmap(summary: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from jaxinterp import atomic
+    from jaxinterp import atomic, manifest
     from jaxinterp.inject import data as idata
     from jaxinterp.lens.lenses import lens_config_for
     from jaxinterp.toyworld import MODEL_DIR
@@ -283,6 +290,8 @@ def main(argv=None) -> int:
     if args.words:  # a missing file or column failed in the sweeps, after OUT/prompts.csv was written
         load_baseline_words(args.words)
     out.mkdir(parents=True, exist_ok=True)
+    tracked = manifest.begin(out, MANIFEST)
+    inputs = [p for p in (args.prompts, args.words, args.model) if p is not None]  # never removed, even if listed
     if rows is not None:
         args.prompts = str(out / "prompts.csv")
         write_prompts_csv(rows, args.prompts)
@@ -296,7 +305,11 @@ def main(argv=None) -> int:
     atomic.write_json(out / "summary.json", {"injection": inj, "lens": heads})
     md = markdown(inj, heads)
     atomic.write_text(out / "summary.md", md)
+    removed = manifest.finish(tracked, keep=inputs)
     print(md)
+    if removed:
+        print(f"removed {len(removed)} file(s) an earlier analysis wrote into {out} and this run did not: "
+              f"{', '.join(removed)}", file=sys.stderr)
     return 0
 
 
