@@ -371,3 +371,44 @@ def test_a_mesh_whose_data_axis_is_not_all_its_devices_is_refused():
     assert got == {"(2, 2)('data', 'model')": ["ValueError", message.format("{'data': 2, 'model': 2}")],
                    "(2, 2)('model', 'data')": ["ValueError", message.format("{'model': 2, 'data': 2}")],
                    "(4, 1)('data', 'model')": ["ok", 8]}
+
+
+# ----------------------------------------------------------------------------------------------
+# a save killed midway
+
+_KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import safetensors.numpy
+    from jaxinterp.transformer.weights import load_gpt2, save_gpt2
+
+    def half_then_killed(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a safetensors file")
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # as a power cut or the OOM killer would stop it
+
+    params, config = load_gpt2(sys.argv[1])
+    safetensors.numpy.save_file = half_then_killed
+    save_gpt2(params, config, sys.argv[2])
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="SIGKILL")
+def test_a_save_killed_midway_leaves_the_folder_loadable_and_saveable(tmp_path, tiny_raw):
+    """atomic_path's temporary file (".model.safetensors.<random>.tmp.safetensors") stays behind when
+    the process is killed while writing it, and pathlib's glob("*.safetensors") matches names with a
+    leading dot: load_gpt2 then read it ("is not a readable safetensors file") and save_gpt2 refused the
+    folder ("without other *.safetensors checkpoints"). The old model loads and the folder saves again."""
+    from jaxinterp.transformer.weights import save_gpt2
+
+    folder = save_gpt2(*tiny_raw, tmp_path / "model")
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(TINY_GPT2), str(folder)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == -9, proc.stderr
+    assert [f.name for f in folder.iterdir() if f.name.startswith(".model.safetensors.")]  # the leftover
+    params, config = load_gpt2(folder)
+    assert config == tiny_raw[1]
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(tiny_raw[0])):
+        np.testing.assert_array_equal(got, want)
+    save_gpt2(params, config, folder)
+    assert load_gpt2(folder)[1] == config

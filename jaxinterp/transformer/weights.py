@@ -228,7 +228,7 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
     check_dtype(dataclasses.replace(GPT2Config(), dtype=dtype))  # before any file is read or downloaded
     folder, config = read_config(name_or_path)
     config = dataclasses.replace(config, dtype=dtype)
-    files = sorted(folder.glob("*.safetensors"))
+    files = _checkpoint_files(folder)
     if not files:
         raise ValueError(f"{folder} holds no *.safetensors file (PyTorch .bin checkpoints are not read)")
     for f in files:  # from the headers, before any tensor is read
@@ -314,6 +314,15 @@ def _aligned_float32(tensor: np.ndarray, transposed: bool) -> np.ndarray:
     return out
 
 
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The folder's *.safetensors files, sorted, but hidden ones: pathlib's glob matches names with a
+    leading dot, so the temporary file of a save killed midway (atomic_path's
+    ".model.safetensors.<random>.tmp.safetensors") made the folder unloadable (a half-written file,
+    or every tensor 'in both' files) and refused by save_gpt2 ('other checkpoints'), which the atomic
+    write was there to prevent. Hugging Face writes no hidden weights."""
+    return sorted(f for f in folder.glob("*.safetensors") if not f.name.startswith("."))
+
+
 def _check_saved_config(file: Path, config: GPT2Config) -> None:
     """ValueError if `file` was saved by save_gpt2 with another config than the config.json beside it
     (files saved before the config was recorded, or by other tools, record none and are not checked)."""
@@ -352,7 +361,7 @@ def save_gpt2(params: Mapping, config: GPT2Config, folder: str | os.PathLike, *,
     tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict_from_params(params, config).items()}
     # load_gpt2 reads every *.safetensors of the folder: beside another checkpoint's (a sharded
     # one's), the model saved here could not be loaded again
-    others = sorted(f.name for f in folder.glob("*.safetensors") if f.name != "model.safetensors")
+    others = [f.name for f in _checkpoint_files(folder) if f.name != "model.safetensors"]
     if others:
         raise ValueError(f"{folder}: expected a folder without other *.safetensors checkpoints to save into "
                          f"(load_gpt2 reads them all), got {others}")
@@ -382,7 +391,7 @@ def _check_saved_tokenizer(folder: Path) -> None:
     are not checked)."""
     from safetensors import safe_open
 
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in _checkpoint_files(folder):
         try:
             with safe_open(str(file), "np") as f:
                 recorded = (f.metadata() or {}).get(_SAVED_TOKENIZER)
