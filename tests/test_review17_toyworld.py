@@ -492,3 +492,15 @@ def test_manifest_keeps_what_the_run_reads_and_what_lies_outside(tmp_path):
     assert (out / "inputs" / "b.txt").exists() and sorted(p.name for p in elsewhere.iterdir()) == ["c.txt", "d.txt"]
     t = manifest.begin(out, "m.json")  # nothing listed any more: nothing removed
     assert manifest.finish(t) == [] and (out / "inputs" / "b.txt").exists()
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 1, 2**63, 2**70])
+def test_train_seed_beyond_32_bits_is_refused(seed):
+    """jax.random.PRNGKey keeps 32 bits of a seed: TrainConfig(seed=2**32 + 1) initialised the model
+    exactly as seed 1 (its batch order, numpy's, differed), and seeds from 2**63 failed at the init."""
+    from jaxinterp.toyworld.train import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"TrainConfig.seed must be below 2\*\*32 \(the model's initialisation "
+                                         rf"keeps 32 bits\), got {seed}"):
+        TrainConfig(seed=seed)
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1

@@ -64,6 +64,11 @@ class TrainConfig:
             object.__setattr__(self, field, float(v))
         if self.seed < 0:  # numpy's batch order takes no negative seed (a ValueError at the first step)
             raise ValueError(f"TrainConfig.seed must be at least 0, got {self.seed}")
+        # jax.random.PRNGKey keeps a seed's low 32 bits (x64 off): seed 2**32 + 1 initialised the model
+        # as seed 1 did (with another batch order), and from 2**63 it was an OverflowError at the init
+        if self.seed >= 2**32:
+            raise ValueError(f"TrainConfig.seed must be below 2**32 (the model's initialisation keeps 32 bits), "
+                             f"got {self.seed}")
         for field in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "checkpoint_every"):
             if getattr(self, field) < 1:
                 raise ValueError(f"TrainConfig.{field} must be at least 1, got {getattr(self, field)}")
