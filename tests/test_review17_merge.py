@@ -369,3 +369,20 @@ def test_stream_dare_rescale_is_float32_accurate_on_long_tensors(long_pair):
     fitted = float(step @ tau[mask] / (tau[mask] @ tau[mask]))
     assert np.all(out[~mask] == base[~mask])
     np.testing.assert_allclose(fitted, scale, rtol=1e-7)
+
+
+# ----------------------------------------------------------------------------- `jaxinterp merge barrier`
+
+
+def test_barrier_refuses_a_bad_num_before_reading_or_aligning_the_models(tmp_path, monkeypatch, capsys):
+    """--num 1 with --align: both models were read and weight-matched, then linear_path refused it."""
+    from jaxinterp import cli
+
+    def never(*a, **k):
+        raise AssertionError("weight matching ran")
+
+    monkeypatch.setattr(rebasin, "weight_matching", never)
+    a = tmp_path / "a.safetensors"  # not even read: it does not exist
+    assert cli.main(["merge", "barrier", str(a), str(a), "--align", "--num", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "jaxinterp merge: error: num: expected at least 2 alphas (the two endpoints), got 1"

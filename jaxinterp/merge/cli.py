@@ -95,6 +95,8 @@ def _barrier(args) -> int:
 
     from jaxinterp.merge import landscape, mlp, plots, rebasin, tree
 
+    # before the models are read or aligned (weight matching ran first, then linear_path refused it)
+    landscape._check_count("num", args.num, 2, "at least 2 alphas (the two endpoints)")
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
     for arg, p in (("a", pa), ("b", pb)):  # before anything is computed: a wrong MLP gave a NaN barrier
