@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,25 @@ def test_write_outputs_refuses_a_file_as_its_folder(tiny, tmp_path):
         evaluate.write_outputs(taken, model, events, result, displays=0)
     assert taken.read_text() == "mine"
     assert len(evaluate.write_outputs(tmp_path / "new", model, events, result, displays=0)) == 5
+
+
+@pytest.mark.parametrize("hp, message", [
+    ({"planes": ["u", "u", "y"]}, r"hyper_parameters: NuGraph2Config.planes: expected a non-empty list of distinct "
+                                  r"names, got \('u', 'u', 'y'\)"),
+    ({"semantic_classes": ["MIP", ""]}, r"hyper_parameters: NuGraph2Config.semantic_classes: expected a non-empty "
+                                        r"list of distinct names"),
+    (["planes"], r"hyper_parameters: expected a mapping of names to values, got list"),
+])
+def test_official_checkpoint_config_errors_name_the_file(hp, message, monkeypatch):
+    """A checkpoint whose hyper_parameters NuGraph2Config refuses (a plane named twice, an empty class
+    name) raised NuGraph2Config's message, naming no file; hyper_parameters that are a list raised
+    dict()'s "dictionary update sequence element #0 ...". Both now name the checkpoint."""
+    from jaxinterp import torch_pickle
+    from jaxinterp.nugraph import checkpoint
+
+    ckpt_path = FIXTURES / "nugraph2_reference.ckpt"
+    obj = torch_pickle.load(ckpt_path)
+    edited = {**obj, "hyper_parameters": {**obj["hyper_parameters"], **hp} if isinstance(hp, dict) else hp}
+    monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path, **_: edited)
+    with pytest.raises(ValueError, match=re.escape(str(ckpt_path)) + ": " + message):
+        checkpoint.load_official_checkpoint(ckpt_path)

@@ -160,12 +160,18 @@ def load_official_checkpoint(path: str | Path, *, dtype=np.float32) -> OfficialC
     obj = torch_pickle.load(path, data=data)
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry)")
-    hp = dict(obj.get("hyper_parameters") or {})
+    hp = obj.get("hyper_parameters") or {}
+    if not isinstance(hp, dict):  # dict() of a list said "dictionary update sequence element #0 ..."
+        raise ValueError(f"{path}: hyper_parameters: expected a mapping of names to values, got {type(hp).__name__}")
+    hp = dict(hp)
     for head in ("semantic_head", "filter_head"):
         if head in hp and not hp[head]:
             raise ValueError(f"{path}: hyper_parameters[{head!r}] is False; jaxinterp's NuGraph2 needs "
                              f"both the semantic and the filter heads")
-    config = NuGraph2Config(**{k: _config_value(path, k, hp[k]) for k in _CONFIG_KEYS if k in hp})
+    try:  # NuGraph2Config's own message (names given twice, num_iters 0) named no file
+        config = NuGraph2Config(**{k: _config_value(path, k, hp[k]) for k in _CONFIG_KEYS if k in hp})
+    except ValueError as e:
+        raise ValueError(f"{path}: hyper_parameters: {e}") from None
     try:
         params = from_official(obj["state_dict"], config, dtype=dtype)
     except ValueError as e:
