@@ -243,7 +243,7 @@ def _check_gram_values(i: int, name: str, G: jax.Array, given: Any) -> None:
     Tracers are skipped."""
     if tree.is_traced(G) or not np.size(G):
         return
-    finite, asym_max, scale, diag_min = (float(v) for v in _gram_stats(G))
+    finite, asym_max, scale, diag_min = np.asarray(_gram_stats(G), np.float64).tolist()
     if finite and not asym_max > 0 and not diag_min < 0:
         return  # the common case: nothing read back but four numbers
     g = np.asarray(G, np.float64)
