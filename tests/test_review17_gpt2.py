@@ -412,3 +412,17 @@ def test_a_save_killed_midway_leaves_the_folder_loadable_and_saveable(tmp_path, 
         np.testing.assert_array_equal(got, want)
     save_gpt2(params, config, folder)
     assert load_gpt2(folder)[1] == config
+
+
+@pytest.mark.parametrize("key,value", [("tie_word_embeddings", "false"), ("scale_attn_weights", "no"),
+                                       ("scale_attn_by_inverse_layer_idx", 1), ("tie_word_embeddings", None)])
+def test_a_config_flag_that_is_no_boolean_is_refused(tmp_path, key, value):
+    """GPT2Config checked its sizes, epsilon, activation and dtype but not its three flags: a config.json
+    with "tie_word_embeddings": "false" loaded as a tied model ("false" is truthy), "scale_attn_weights":
+    "no" as a scaled one, silently."""
+    folder = folder_with(tmp_path, STATE, **{key: value})
+    with pytest.raises(ValueError, match=rf"^{key} must be true or false, got {re.escape(repr(value))}$"):
+        load_gpt2(folder)
+    from jaxinterp.transformer import GPT2Config
+
+    assert GPT2Config(tie_word_embeddings=np.bool_(False)).tie_word_embeddings == False  # noqa: E712 -- numpy's bool

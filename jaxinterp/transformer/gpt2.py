@@ -69,6 +69,10 @@ class GPT2Config:
         eps = self.layer_norm_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
             raise ValueError(f"layer_norm_epsilon must be a positive number, got {eps!r}")
+        for name in ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "tie_word_embeddings"):
+            # config.json's "false" (a string) was truthy: a tied model, scaled attention, silently
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.activation_function not in ACTIVATIONS:
