@@ -426,3 +426,18 @@ def test_a_config_flag_that_is_no_boolean_is_refused(tmp_path, key, value):
     from jaxinterp.transformer import GPT2Config
 
     assert GPT2Config(tie_word_embeddings=np.bool_(False)).tie_word_embeddings == False  # noqa: E712 -- numpy's bool
+
+
+def test_process_weights_refuses_params_of_another_config(tiny_raw):
+    """process_weights read h_0 .. h_{n_layer-1} and the top-level weights by name: 3-layer params under
+    a 2-layer config came back as a 2-layer model (the third block dropped silently), params lacking a
+    block raised KeyError('h_1')."""
+    import dataclasses
+
+    from jaxinterp.transformer import process_weights
+
+    params, config = tiny_raw
+    with pytest.raises(ValueError, match=r"^params do not fit the config \(n_layer 2, .*unexpected \['h_2/"):
+        process_weights(params, dataclasses.replace(config, n_layer=2))
+    with pytest.raises(ValueError, match=r"^params do not fit the config \(n_layer 3, .*missing \['h_1/"):
+        process_weights({k: v for k, v in params.items() if k != "h_1"}, config)
