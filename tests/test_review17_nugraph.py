@@ -363,3 +363,22 @@ def test_official_checkpoint_config_errors_name_the_file(hp, message, monkeypatc
     monkeypatch.setattr(checkpoint.torch_pickle, "load", lambda path, **_: edited)
     with pytest.raises(ValueError, match=re.escape(str(ckpt_path)) + ": " + message):
         checkpoint.load_official_checkpoint(ckpt_path)
+
+
+def test_batches_check_labels_against_the_classes_given():
+    """graph.pad_batch and jraph_batch.batch_graphs validated labels against the default five classes:
+    a 6-class model's label 5 was refused, and a 3-class model's label 4 passed into pad_batch's batch
+    (where the recall loss of a batch holding it is NaN: its cross entropy gathers past the logits). Both take
+    the model's classes now (default: the five, as before)."""
+    from jaxinterp.nugraph import graph, jraph_batch
+
+    six = ("MIP", "HIP", "shower", "michel", "diffuse", "other")
+    e5, e4 = _labelled_event(5), _labelled_event(4)
+    assert graph.pad_batch([e5], classes=six).y_semantic.max() == 5
+    assert jraph_batch.batch_graphs([e5], classes=six).sizes.sp >= e5.num_sp + 1  # (it carries no labels)
+    for build in (graph.pad_batch, jraph_batch.batch_graphs):
+        with pytest.raises(ValueError, match=r"event 'e0', plane 'u', field 'y_semantic': labels must lie in "
+                                             r"\[-1, 2\] \(-1 background, then \['a', 'b', 'c'\]\), got 4"):
+            build([e4], classes=("a", "b", "c"))
+        with pytest.raises(ValueError, match=r"labels must lie in \[-1, 4\] .*got 5"):
+            build([e5])  # the default five

@@ -44,7 +44,7 @@ def section(out_dir: str | Path, *, quick: bool = False):
     events = evaluate.to_events(raw_events(quick=quick), model)
     n = len(events)
     sizes = graph.BatchSizes(*np.max([tuple(graph.pick_sizes([e], planes=mc.planes)) for e in events], axis=0))
-    batches = [graph.pad_batch([e], sizes, planes=mc.planes) for e in events]
+    batches = [graph.pad_batch([e], sizes, planes=mc.planes, classes=mc.semantic_classes) for e in events]
     fn = forward(mc)
     params = jax.tree.map(jax.numpy.asarray, model.params)
     t0 = time.perf_counter()

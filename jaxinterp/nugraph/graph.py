@@ -29,7 +29,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxinterp.checks import is_integer
-from jaxinterp.nugraph.event import BACKGROUND, PLANES, Event, validate
+from jaxinterp.nugraph.event import BACKGROUND, PLANES, SEMANTIC_CLASSES, Event, validate
 
 _MANTISSAS = (4, 5, 6, 7)  # bucket grid: m * 2^k, so padding wastes at most 25%
 # hits, the size the model's work scales with, on a finer grid from 64 up (at most 12.5% padding; for events of
@@ -119,8 +119,10 @@ def check_sizes(sizes, where: str) -> BatchSizes:
 
 
 def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
-              planes: tuple[str, ...] = PLANES, dtype=np.float32, check: bool = True) -> GraphBatch:
-    """Validates `events` and packs them into one padded disjoint union (numpy, host side).
+              planes: tuple[str, ...] = PLANES, dtype=np.float32, check: bool = True,
+              classes: tuple[str, ...] = SEMANTIC_CLASSES) -> GraphBatch:
+    """Validates `events` (labels against `classes`, the model's) and packs them into one padded
+    disjoint union (numpy, host side).
 
     Hit, edge and space-point indices of event k are offset by the counts of events 0..k-1, as
     PyG's `Batch.from_data_list` does, so outputs equal those of the official batched code.
@@ -132,7 +134,7 @@ def pad_batch(events: Sequence[Event], sizes: BatchSizes | None = None, *,
     sizes = None if sizes is None else check_sizes(sizes, "pad_batch")
     if check:
         for e in events:
-            validate(e, planes=planes)
+            validate(e, planes=planes, classes=classes)
     slots = NEIGHBOUR_SLOTS if sizes is None else sizes.slots
     if slots < 1:
         raise ValueError(f"pad_batch: sizes.slots must be >= 1, got {slots}")

@@ -24,7 +24,7 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
-from jaxinterp.nugraph.event import PLANES, Event, validate
+from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES, Event, validate
 from jaxinterp.nugraph.graph import bucket
 
 
@@ -71,8 +71,10 @@ def pick_jraph_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANE
 
 
 def batch_graphs(events: Sequence[Event], sizes: JraphSizes | None = None, *,
-                 planes: tuple[str, ...] = PLANES, dtype=np.float32) -> JraphBatch:
-    """Validates `events` and joins them into one padded JraphBatch (numpy, host side).
+                 planes: tuple[str, ...] = PLANES, dtype=np.float32,
+                 classes: tuple[str, ...] = SEMANTIC_CLASSES) -> JraphBatch:
+    """Validates `events` (labels against `classes`, the model's) and joins them into one padded
+    JraphBatch (numpy, host side).
 
     A ValueError names the event, plane and field of bad input; budgets too small for the events
     are a ValueError too (before anything is built).
@@ -81,7 +83,7 @@ def batch_graphs(events: Sequence[Event], sizes: JraphSizes | None = None, *,
     if not events:
         raise ValueError("batch_graphs: events must hold at least one Event, got an empty list")
     for e in events:
-        validate(e, planes=planes)
+        validate(e, planes=planes, classes=classes)
     least = _least(events, planes)
     sizes = pick_jraph_sizes(events, planes=planes) if sizes is None else JraphSizes(*sizes)
     ints = lambda v: [int(k) for k in np.atleast_1d(v)]  # noqa: E731
