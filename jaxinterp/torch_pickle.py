@@ -75,8 +75,10 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
     if not size:
         return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize
+    # an axis of one element never steps: its stride, any number in the file (2**62 overflowed numpy's
+    # C long), is not passed on
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
+                                           strides=tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride)))
     return np.ascontiguousarray(view)
 
 

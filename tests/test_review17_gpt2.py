@@ -441,3 +441,14 @@ def test_process_weights_refuses_params_of_another_config(tiny_raw):
         process_weights(params, dataclasses.replace(config, n_layer=2))
     with pytest.raises(ValueError, match=r"^params do not fit the config \(n_layer 3, .*missing \['h_1/"):
         process_weights({k: v for k, v in params.items() if k != "h_1"}, config)
+
+
+def test_the_stride_of_a_one_element_axis_is_not_used(tmp_path):
+    """An axis of size 1 never steps, so torch allows it any stride; the file's 2**62 went to as_strided
+    times the item size and failed with an OverflowError ('Python int too large to convert to C long')."""
+    from jaxinterp import torch_pickle
+
+    big = b"\x8a\x10" + (2**62).to_bytes(16, "little", signed=True)
+    tensor = _REBUILD + _tuple(_STORAGE, _int(1), _tuple(_int(1), _int(3)), _tuple(big, _int(1))) + b"R"
+    got = torch_pickle.load(_torch_zip(tmp_path / "x.pt", tensor, {"0": np.arange(16, dtype=np.float32).tobytes()}))
+    np.testing.assert_array_equal(got, [[1, 2, 3]])
