@@ -452,3 +452,16 @@ def test_the_stride_of_a_one_element_axis_is_not_used(tmp_path):
     tensor = _REBUILD + _tuple(_STORAGE, _int(1), _tuple(_int(1), _int(3)), _tuple(big, _int(1))) + b"R"
     got = torch_pickle.load(_torch_zip(tmp_path / "x.pt", tensor, {"0": np.arange(16, dtype=np.float32).tobytes()}))
     np.testing.assert_array_equal(got, [[1, 2, 3]])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, ml_dtypes.bfloat16])
+def test_each_float_checkpoint_dtype_loads_as_its_float32_values(tmp_path, dtype):
+    """The tensor-by-tensor reader views each tensor's bytes in its own dtype and converts into float32:
+    the values numpy's astype gives, a transposed untied lm_head too."""
+    head = np.random.default_rng(2).standard_normal((97, 64)).astype(np.float32)
+    state = {k: v.astype(dtype) for k, v in {**STATE, "lm_head.weight": head}.items()}
+    params, _ = load_gpt2(folder_with(tmp_path, state, tie_word_embeddings=False))
+    np.testing.assert_array_equal(params["lm_head"]["kernel"], state["lm_head.weight"].astype(np.float32).T)
+    np.testing.assert_array_equal(params["h_1"]["mlp"]["c_fc"]["kernel"],
+                                  state["transformer.h.1.mlp.c_fc.weight"].astype(np.float32))
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype(np.float32)}
