@@ -465,3 +465,32 @@ def test_each_float_checkpoint_dtype_loads_as_its_float32_values(tmp_path, dtype
     np.testing.assert_array_equal(params["h_1"]["mlp"]["c_fc"]["kernel"],
                                   state["transformer.h.1.mlp.c_fc.weight"].astype(np.float32))
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("change", ["shape", "span"])
+def test_a_file_replaced_between_its_header_and_its_tensors_is_refused(tmp_path, monkeypatch, change):
+    """The tensors are read after the headers were checked; a file replaced in between (another save
+    renamed into place) is refused by name, whether a tensor's shape changed or only its byte span (which
+    safe_open had checked for the first file, not the second: numpy's 'cannot reshape' came)."""
+    from jaxinterp.transformer import weights
+
+    folder = folder_with(tmp_path, STATE)
+    real = weights._headers
+    name = "transformer.h.0.ln_1.bias"
+
+    def then_replaced(files, folder_):
+        out = real(files, folder_)
+        header, offset, data = {}, 0, b""
+        for k, v in STATE.items():
+            v = v.reshape(1, -1) if (k == name and change == "shape") else v
+            span = v.nbytes + (8 if (k == name and change == "span") else 0)
+            header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [offset, offset + span]}
+            offset, data = offset + span, data + v.tobytes() + bytes(span - v.nbytes)
+        raw = json.dumps(header).encode()
+        (folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+        return out
+
+    monkeypatch.setattr(weights, "_headers", then_replaced)
+    with pytest.raises(ValueError, match=rf"model.safetensors: expected tensor '{re.escape(name)}' of float32 \[64\] "
+                                         r"as its header said moments ago, got another file \(replaced while being read\?\)$"):
+        load_gpt2(folder)

@@ -256,7 +256,7 @@ def load_gpt2(name_or_path: str | os.PathLike, *, process_weights: bool = False,
 
 def _headers(files: list[Path], folder: Path) -> tuple[dict, dict[str, str]]:
     """({name: (shape, dtype name, is floating)}, {name: file name}) of every tensor in `files`, from
-    their headers alone; ValueError for a tensor in two files or of a dtype the numpy reader lacks."""
+    their headers alone; ValueError for a tensor in two files or of a dtype not read here (F8_E8M0, F4)."""
     from safetensors import safe_open
 
     specs: dict[str, tuple[tuple[int, ...], str, bool]] = {}
@@ -286,10 +286,11 @@ def _read(file: Path, specs: Mapping[str, tuple[tuple[int, ...], str, bool]]):
         header = json.loads(f.read(n))  # safe_open has checked it (offsets inside the file, sizes)
         for name, (shape, dtype, _) in specs.items():
             info = header.get(name, {})
-            if _FLOAT_CODES.get(info.get("dtype")) != dtype or tuple(info.get("shape", ())) != shape:
+            begin, end = info.get("data_offsets", (0, -1))
+            if (_FLOAT_CODES.get(info.get("dtype")) != dtype or tuple(info.get("shape", ())) != shape
+                    or end - begin != int(np.prod(shape)) * jax.numpy.dtype(dtype).itemsize or begin < 0):
                 raise ValueError(f"{file}: expected tensor {name!r} of {dtype} {list(shape)} as its header said "
                                  "moments ago, got another file (replaced while being read?)")
-            begin, end = info["data_offsets"]
             f.seek(8 + n + begin)
             data = _aligned(end - begin)
             if f.readinto(data) != end - begin:
