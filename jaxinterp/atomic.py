@@ -67,6 +67,13 @@ def _new_temporary(path: Path) -> tuple[Path, int]:
     raise FileExistsError(f"no free temporary name beside {path} after 100 tries")
 
 
+def visible_files(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """The files of `folder` matching the glob `pattern`, sorted, without hidden ones: pathlib's glob
+    matches names with a leading dot, so a write killed midway (its temporary
+    ".model.safetensors.<random>.tmp.safetensors") would be taken for one of the folder's files."""
+    return sorted(f for f in Path(folder).glob(pattern) if not f.name.startswith(".") and f.is_file())
+
+
 def _mode_of(path: Path, *, default: int) -> int:
     """The permission bits of the regular file at `path` (no set-id bits), or `default` if there is none."""
     try:

@@ -56,7 +56,7 @@ def safetensors_files(ref: str) -> list[Path]:
     if p.is_file() and p.suffix == ".safetensors":
         return [p]
     if p.is_dir():
-        files = sorted(p.glob("*.safetensors"))
+        files = atomic.visible_files(p, "*.safetensors")  # not a killed write's hidden temporary
         if files:
             return files
         raise ValueError(f"model {ref!r}: expected a folder with *.safetensors files, found none")

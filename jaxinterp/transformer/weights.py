@@ -316,12 +316,10 @@ def _aligned_float32(tensor: np.ndarray, transposed: bool) -> np.ndarray:
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
-    """The folder's *.safetensors files, sorted, but hidden ones: pathlib's glob matches names with a
-    leading dot, so the temporary file of a save killed midway (atomic_path's
-    ".model.safetensors.<random>.tmp.safetensors") made the folder unloadable (a half-written file,
-    or every tensor 'in both' files) and refused by save_gpt2 ('other checkpoints'), which the atomic
-    write was there to prevent. Hugging Face writes no hidden weights."""
-    return sorted(f for f in folder.glob("*.safetensors") if not f.name.startswith("."))
+    """The folder's *.safetensors files, sorted, but hidden ones: the temporary file of a save killed
+    midway made the folder unloadable and refused by save_gpt2 ('other checkpoints'). Hugging Face
+    writes no hidden weights."""
+    return atomic.visible_files(folder, "*.safetensors")
 
 
 def _check_saved_config(file: Path, config: GPT2Config) -> None:
