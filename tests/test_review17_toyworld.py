@@ -3,7 +3,6 @@ on the code it was written against."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,8 +21,10 @@ def _fake_sweep(layers, taus, best, n=6, seed=0):
     gain += rng.uniform(0, 0.5, gain.shape)  # every cell its own figures
     gain[best] += 1.0
     after = before * gain[..., None] + rng.uniform(0, 0.01, (len(layers), len(taus), n))
-    return SimpleNamespace(layers=np.asarray(layers), taus=np.asarray(taus, np.float32), p_before=before,
-                           p_after=after, p_explicit=None)
+    from jaxinterp.inject.sweep import SweepResult
+
+    return SweepResult(layers=np.asarray(layers), taus=np.asarray(taus, np.float32), p_before=before,
+                       p_after=after, p_explicit=None)
 
 
 def test_markdown_reads_the_best_cell_by_the_layers_and_taus_swept():

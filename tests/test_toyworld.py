@@ -229,13 +229,19 @@ def test_cli_prompts_and_ship_error(tmp_path):
 
 
 def test_percent_increase_statistics():
-    from jaxinterp.toyworld.analysis import pct_stats
+    from jaxinterp.inject.sweep import SweepResult
+    from jaxinterp.toyworld.analysis import _sweep_summary
 
     before = np.array([0.1, 0.2, 0.5, 0.01])
-    after = np.array([[0.2, 0.2, 0.25, 0.01]])  # +100, 0, -50, 0 percent
-    s = pct_stats(before, after)
-    np.testing.assert_allclose(s["mean"], [12.5])
-    np.testing.assert_allclose(s["median"], [0.0])
+    after = np.array([[[0.2, 0.2, 0.25, 0.01]]])  # +100, 0, -50, 0 percent
+    res = SweepResult(np.array([0]), np.array([1.0]), before, after, None, np.log(before), np.log(after))
+    s = _sweep_summary(res, "m")
+    np.testing.assert_allclose(s["best_mean_pct"], 12.5)
+    np.testing.assert_allclose(s["best_median_pct"], 0.0, atol=1e-12)
+    # float32 p(answer) underflowed to 0 before and after: the log-probabilities still give +100%
+    tiny = SweepResult(np.array([0]), np.array([1.0]), np.zeros(4), np.zeros((1, 1, 4)), None,
+                       np.full(4, -300.0), np.full((1, 1, 4), -300.0 + np.log(2.0)))
+    np.testing.assert_allclose(_sweep_summary(tiny, "m")["best_median_pct"], 100.0)
 
 
 def test_cli_facts_lists_every_entity_fact_and_composition(capsys):
