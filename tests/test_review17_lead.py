@@ -23,3 +23,14 @@ def test_a_folder_holding_only_a_hidden_temporary_has_no_checkpoint(tmp_path):
     (tmp_path / ".model.safetensors.1a2b3c4d.tmp.safetensors").write_bytes(b"\x08\x00\x00")
     with pytest.raises(ValueError, match="found none"):
         checkpoint.safetensors_files(str(tmp_path))
+
+
+def test_transformer_demo_refuses_an_empty_prompt_before_loading(tmp_path, monkeypatch):
+    from jaxinterp.transformer import demo
+
+    def no_load(*a, **k):
+        raise AssertionError("the weights were read for a prompt of no tokens")
+
+    monkeypatch.setattr("jaxinterp.transformer.load_gpt2", no_load)
+    with pytest.raises(ValueError, match="at least one token"):
+        demo.section(tmp_path, quick=True, prompt="")

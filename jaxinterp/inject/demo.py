@@ -33,7 +33,7 @@ def section(out_dir, *, quick: bool = False):
     png = report.figure_png(outputs.heatmap(agg, res.layers, res.taus, "toy model, unembed memories"),
                             out / "heatmap.png")
     b = agg.best["median"]
-    li, ti = list(res.layers).index(b.layer), list(res.taus).index(np.float32(b.tau))
+    li, ti = list(res.layers).index(b.layer), list(res.taus).index(b.tau)
     rows = [[prompts.obscure[i], prompts.memory[i], prompts.answer[i], float(res.p_before[i]),
              float(res.p_after[li, ti, i]), float(res.p_explicit[i])] for i in range(min(8, len(prompts.answer)))]
     # Per-head reading of the first prompt: which heads carry the bridge entity's tokens.

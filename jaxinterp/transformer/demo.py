@@ -37,11 +37,14 @@ def section(out_dir: Path, *, quick: bool = False, model: str | Path | None = No
     from jaxinterp.transformer import load_gpt2, load_tokenizer, run_with_cache
 
     path, described = (Path(model), str(model)) if model else demo_model()
-    params, config = load_gpt2(path, process_weights=True)
     tok = load_tokenizer(path)
     if prompt is None:
         prompt = _default_prompt(path, tok)
-    ids = tok(prompt)["input_ids"][: config.n_positions]
+    ids = tok(prompt)["input_ids"]
+    if not ids:  # before the weights are read (an empty prompt was an IndexError in the plots)
+        raise ValueError(f"prompt: expected text of at least one token, got {prompt!r}")
+    params, config = load_gpt2(path, process_weights=True)
+    ids = ids[: config.n_positions]
     names = [f"blocks.{l}.attn.{h}" for l in range(config.n_layer) for h in ("hook_pattern", "hook_result")]
     _, cache = run_with_cache(params, np.asarray([ids], np.int32), config=config, names=names)
     labels = [tok.decode([i]) for i in ids]
