@@ -178,7 +178,7 @@ def test_ship_keeps_the_shipped_model_when_the_swap_fails(fake_assets, monkeypat
     real_rename = os.rename
 
     def rename(src, dst):
-        if str(src).endswith("model.tmp"):
+        if str(src).endswith("assets.tmp"):  # the staging folder (session 17; was the model's, model.tmp)
             raise OSError(28, "No space left on device")
         return real_rename(src, dst)
 
@@ -186,7 +186,8 @@ def test_ship_keeps_the_shipped_model_when_the_swap_fails(fake_assets, monkeypat
     with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device$"):  # the rename's own error
         cli.main(["toyworld", "ship", str(run)])
     assert (assets / "model" / "model.safetensors").read_text() == "old model"
-    assert not (assets / "model.old").exists()
+    assert not (assets / "model.old").exists() and not assets.with_name("assets.old").exists()
+    assert not assets.with_name("assets.tmp").exists()
 
 
 def test_ship_replaces_the_model_and_writes_strict_json(fake_assets, monkeypatch, capsys):

@@ -9,6 +9,8 @@ from safetensors.numpy import save_file
 from jaxinterp import atomic
 from jaxinterp.merge import checkpoint
 
+from test_review12_cli import _snapshot, fake_assets  # noqa: F401 (a fixture)
+
 
 def test_merge_inputs_skip_a_killed_writes_hidden_temporary(tmp_path):
     save_file({"w": np.ones((2, 2), np.float32)}, str(tmp_path / "model.safetensors"))
@@ -34,3 +36,40 @@ def test_transformer_demo_refuses_an_empty_prompt_before_loading(tmp_path, monke
     monkeypatch.setattr("jaxinterp.transformer.load_gpt2", no_load)
     with pytest.raises(ValueError, match="at least one token"):
         demo.section(tmp_path, quick=True, prompt="")
+
+
+def test_ship_failing_after_the_model_is_staged_leaves_every_shipped_file_as_it_was(fake_assets, monkeypatch):
+    """`toyworld ship` swapped the model folder in, then rewrote train.json, the prompts, the corpus
+    and eval.json one by one: a failure (or a kill) in between left the new model beside the old
+    model's records and figures. Everything is now staged and swapped in at once."""
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate, world
+
+    assets, run = fake_assets
+    (assets / "notes.txt").write_text("kept")  # a file ship does not write
+    before = _snapshot(assets)
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, **kw: {"rows": []})
+
+    def full_disk(rows, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(world, "write_prompts_csv", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        cli.main(["toyworld", "ship", str(run)])
+    assert _snapshot(assets) == before
+    assert sorted(p.name for p in assets.parent.iterdir()) == ["assets", "run"]  # no staging folder left
+
+
+def test_ship_keeps_the_assets_files_it_does_not_write(fake_assets, monkeypatch):
+    from jaxinterp import cli
+    from jaxinterp.toyworld import evaluate
+
+    assets, run = fake_assets
+    (assets / "notes.txt").write_text("kept")
+    monkeypatch.setattr(evaluate, "evaluate", lambda model, **kw: {"rows": []})
+    monkeypatch.setattr(evaluate, "markdown", lambda result: "table")
+    assert cli.main(["toyworld", "ship", str(run)]) == 0
+    assert (assets / "model" / "model.safetensors").read_text() == "new model"
+    assert (assets / "notes.txt").read_text() == "kept"
+    assert (assets / "train.json").read_text() != "old record"
+    assert sorted(p.name for p in assets.parent.iterdir()) == ["assets", "run"]

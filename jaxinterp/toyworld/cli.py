@@ -133,9 +133,10 @@ def _prompts(args) -> int:
 def _ship(args) -> int:
     """Copies a finished run into jaxinterp/assets/toyworld (model, train.json, eval.json, prompts, corpus).
 
-    The run is read and evaluated before anything in the package changes, and the model folder is
-    swapped in by renames (the old one set aside until the new one is in place), so a run that
-    fails to load or a crash leaves the shipped model and its figures as they were.
+    The run is read and evaluated before anything in the package changes, everything is written into
+    a staging folder, and that folder is swapped in by renames (the old one set aside until the new one
+    is in place), so a run that fails to load or a crash leaves the shipped model and its files as
+    they were.
     """
     from jaxinterp import atomic
     from jaxinterp.toyworld import ASSETS, EVAL_JSON, MODEL_DIR, PROMPTS_CSV, evaluate
@@ -149,28 +150,40 @@ def _ship(args) -> int:
         raise ValueError(f"run: expected the world settings (\"world\") in {run / 'train.json'}, found none")
     record = json.loads((run / "train.json").read_text())
     result = evaluate.evaluate(run / "model", world_config=world_config)  # before the package changes
-    tmp, old = ASSETS / "model.tmp", ASSETS / "model.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "model", tmp)
-    for f in tmp.iterdir():  # package data: readable by everyone (safetensors leaves 0600); a folder
-        f.chmod(0o755 if f.is_dir() else 0o644)  # (a killed save's leftover) keeps its x bit, or it is unreadable
-    if MODEL_DIR.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(MODEL_DIR, old)
-    try:
-        os.rename(tmp, MODEL_DIR)
-    except BaseException:
-        if old.exists() and not MODEL_DIR.exists():
-            os.rename(old, MODEL_DIR)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    atomic.write_json(ASSETS / "train.json", record)
     world = build_world(world_config)
-    write_prompts_csv(prompt_rows(world, held_out_only=True), PROMPTS_CSV)
-    write_prompts_csv(prompt_rows(world, held_out_only=False), ASSETS / "prompts_all.csv")
-    # The training text, one sentence a line (the lens demo and `jaxinterp lens train` read it).
-    atomic.write_text(ASSETS / "corpus.txt", "\n".join(training_sentences(world)) + "\n")
-    atomic.write_json(EVAL_JSON, result)
+    # Everything is written into a staging folder beside the assets, which then replaces them by two
+    # renames (the old folder set aside until the new one is in place): a crash while the model, the
+    # records, the prompts or the corpus are written leaves the shipped ones as they were (the model
+    # folder alone was swapped before, then the rest rewritten file by file, so a crash in between left
+    # the new model beside the old model's train.json and figures).
+    model = MODEL_DIR.relative_to(ASSETS)
+    stage, old = ASSETS.with_name(ASSETS.name + ".tmp"), ASSETS.with_name(ASSETS.name + ".old")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        shutil.copytree(run / "model", stage / model)
+        for f in (stage / model).iterdir():  # package data: readable by everyone (safetensors leaves
+            f.chmod(0o755 if f.is_dir() else 0o644)  # 0600); a folder (a killed save's leftover) keeps its x bit
+        for f in ASSETS.iterdir() if ASSETS.exists() else ():  # what this command does not write stays
+            if f.name != model.parts[0]:
+                (shutil.copytree if f.is_dir() else shutil.copy2)(f, stage / f.name)
+        atomic.write_json(stage / "train.json", record)
+        write_prompts_csv(prompt_rows(world, held_out_only=True), stage / PROMPTS_CSV.relative_to(ASSETS))
+        write_prompts_csv(prompt_rows(world, held_out_only=False), stage / "prompts_all.csv")
+        # The training text, one sentence a line (the lens demo and `jaxinterp lens train` read it).
+        atomic.write_text(stage / "corpus.txt", "\n".join(training_sentences(world)) + "\n")
+        atomic.write_json(stage / EVAL_JSON.relative_to(ASSETS), result)
+        if ASSETS.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(ASSETS, old)
+        try:
+            os.rename(stage, ASSETS)
+        except BaseException:
+            if old.exists() and not ASSETS.exists():
+                os.rename(old, ASSETS)
+            raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     print(evaluate.markdown(result))
     print(f"shipped {run} to {ASSETS}")
     return 0
