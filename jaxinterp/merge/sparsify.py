@@ -14,7 +14,7 @@ optionally rescaled so that its L1 norm is unchanged (DARE's rescale, in mergeki
 
 Selecting the top k without a sort: XLA's CPU sort of a 38M-entry embedding takes ~13 s, so the
 k-th largest magnitude is found by bisection on the float bits (|x| as int32 is monotonic in |x|),
-32 fused counting passes; ties at the threshold are broken by flat index, so exactly k survive.
+32 fused counting passes (float64: int64 bits, 64 passes); ties at the threshold are broken by flat index, so exactly k survive.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ def rescale_l1(tau: jax.Array, mask: jax.Array, rescale: bool) -> jax.Array:
 
 
 def _kth_largest_bits(bits: jax.Array, k: int) -> jax.Array:
-    """Largest int32 T with count(bits >= T) >= k, for nonnegative float bits (k >= 1)."""
+    """Largest T (of bits' int dtype) with count(bits >= T) >= k, for nonnegative float bits (k >= 1)."""
+    itype = bits.dtype
+    top = 0x7FF0000000000000 if itype == jnp.int64 else 0x7F800000  # +inf's bits
+    passes = 64 if itype == jnp.int64 else 32
 
     def body(_, lohi):
         lo, hi = lohi
@@ -45,19 +48,23 @@ def _kth_largest_bits(bits: jax.Array, k: int) -> jax.Array:
         ok = jnp.sum(bits >= mid, dtype=jnp.int32) >= k
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
 
-    lo, _ = jax.lax.fori_loop(0, 32, body, (jnp.int32(0), jnp.int32(0x7F800000)))
+    lo, _ = jax.lax.fori_loop(0, passes, body, (jnp.asarray(0, itype), jnp.asarray(top, itype)))
     return lo
 
 
 def top_k_mask(mag: jax.Array, k: int) -> jax.Array:
     """Boolean mask (flat `[n]`) of exactly k largest entries of nonnegative `mag`; ties by index."""
-    flat = mag.reshape(-1).astype(jnp.float32)
+    # float64 magnitudes (a float64 merge) are ranked in float64: cast to float32, entries that
+    # differ below float32's precision became ties, and the lower index won over the larger one
+    f64 = mag.dtype == jnp.float64
+    flat = mag.reshape(-1).astype(jnp.float64 if f64 else jnp.float32)
     n = flat.shape[0]
     if k <= 0:
         return jnp.zeros((n,), bool)
     if k >= n:
         return jnp.ones((n,), bool)
-    bits = jax.lax.bitcast_convert_type(jnp.nan_to_num(flat, posinf=3.0e38), jnp.int32)
+    bits = jax.lax.bitcast_convert_type(jnp.nan_to_num(flat, posinf=None if f64 else 3.0e38),
+                                        jnp.int64 if f64 else jnp.int32)
     thr = _kth_largest_bits(bits, k)
     above = bits > thr
     at = bits == thr
