@@ -39,3 +39,21 @@ def test_top_k_float64_agrees_with_a_stable_sort():
             want = np.zeros(400, bool)
             want[np.argsort(-mag, kind="stable")[:k]] = True
             np.testing.assert_array_equal(np.asarray(sparsify.top_k_mask(jnp.asarray(mag), k)), want)
+
+
+# ----------------------------------------------------------------------------- fisher_merge normalize
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1.0, 1e25])
+def test_fisher_merge_normalizes_by_the_norm_of_tiny_or_huge_fishers(scale):
+    from jaxinterp.merge import fisher
+
+    # squared in float32, entries ~1e-25 gave a norm of 0 (refused) and ~1e25 one of inf (refused)
+    a, b = np.array([0.0, 1.0, 2.0]), np.array([4.0, 5.0, 6.0])
+    fa, fb = np.array([1.0, 3.0, 2.0]), 2 * np.array([3.0, 1.0, 2.0])
+    wa, wb = 0.5 / np.linalg.norm(fa), 0.5 / np.linalg.norm(fb)
+    want = (wa * fa * a + wb * fb * b) / (wa * fa + wb * fb)
+    got = fisher.fisher_merge([{"w": jnp.asarray(a, jnp.float32)}, {"w": jnp.asarray(b, jnp.float32)}],
+                              [{"w": jnp.asarray(fa * scale, jnp.float32)}, {"w": jnp.asarray(fb * scale, jnp.float32)}],
+                              normalize=True, eps=1e-35)["w"]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)

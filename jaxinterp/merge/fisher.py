@@ -131,8 +131,7 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
         raise ValueError(f"eps: expected a positive finite floor for the Fishers, got {eps!r}")
     _check_fishers(fishers)
     if normalize:
-        norms = [float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(f))))
-                 for f in fishers]
+        norms = [_l2_norm(jax.tree_util.tree_leaves(f)) for f in fishers]
         if not all(0 < n < np.inf for n in norms):
             raise ValueError(f"fishers: expected Fishers of positive finite norm to normalize by, got norms {norms}")
         w = [wi / n for wi, n in zip(w, norms)]
@@ -154,6 +153,20 @@ def fisher_merge(models: Sequence[Any], fishers: Sequence[Any], *, weights: Sequ
     leaves = [jax.tree_util.tree_leaves(t) for t in [*models, *fishers]]
     out = [one(n, *(lv[i] for lv in leaves)) for i, n in enumerate(names)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(models[0]), out)
+
+
+def _l2_norm(leaves) -> float:
+    """||F||_2 over every leaf, scaled by the largest |entry| first: squared in float32, Fishers of
+    entries below ~1e-23 (small gradients of a well-trained model) underflowed to a norm of 0 and were
+    refused, and above ~1e19 overflowed to inf."""
+    xs = [jnp.asarray(x) for x in leaves if np.size(x)]
+    xs = [x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32) for x in xs]
+    if not xs:
+        return 0.0
+    top = float(max(jnp.max(jnp.abs(x)) for x in xs))
+    if not 0 < top < np.inf:
+        return top
+    return top * float(jnp.sqrt(sum(jnp.sum(jnp.square(x / jnp.asarray(top, x.dtype))) for x in xs)))
 
 
 def _check_fishers(fishers: Sequence[Any]) -> None:
