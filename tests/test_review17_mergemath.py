@@ -57,3 +57,19 @@ def test_fisher_merge_normalizes_by_the_norm_of_tiny_or_huge_fishers(scale):
                               [{"w": jnp.asarray(fa * scale, jnp.float32)}, {"w": jnp.asarray(fb * scale, jnp.float32)}],
                               normalize=True, eps=1e-35)["w"]
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- rebasin init message
+
+
+def test_weight_matching_init_error_names_a_few_permutations_and_a_count():
+    from jaxinterp.merge import rebasin
+
+    names = [f"Dense_{i}" for i in range(11)]  # 10 permutations, P_0 .. P_9
+    spec = rebasin.mlp_permutation_spec(names)
+    params = {n: {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)} for n in names}
+    init = {f"P_{i}": np.arange(2) for i in range(10) if i != 5}
+    with pytest.raises(ValueError) as e:
+        rebasin.weight_matching(spec, params, params, init=init)
+    assert str(e.value) == ("init: expected one permutation for each of ['P_0', 'P_1', 'P_2', 'P_3'] and 6 more, "
+                            "got ['P_0', 'P_1', 'P_2', 'P_3'] and 5 more (missing ['P_5'], not in the spec [])")
