@@ -6,7 +6,10 @@ alphas on an MLP, one vmapped call against a Python loop of jitted calls.
 
 Each merge runs in its own subprocess (`jaxinterp merge yaml`, or `mergekit-yaml`); wall time is
 measured around it and peak memory is that child's ru_maxrss (os.wait4), so both tools are
-measured the same way. mergekit is found via --mergekit, $MERGEKIT_YAML, or PATH.
+measured the same way. mergekit is found via --mergekit, $MERGEKIT_YAML, or PATH. The goals
+(3x faster than mergekit, less memory) are judged only against mergekit run here, at full size:
+PERF_NOTES' figures (another run, another load) are shown as the reference, not judged against, and
+--quick's tiny models (mergekit's start-up dominates) are shown unjudged.
 """
 
 from __future__ import annotations
@@ -136,18 +139,25 @@ def merge_in(work: Path, args, rows: list) -> None:
         ref = MERGEKIT_REF.get(m) if not quick else None
         mk_wall = mk_rss = None
         if mk:
-            mk_wall, mk_rss, mk_rc = run_child([mk, str(cfg), str(work / f"out_mk_{m}"), "--quiet"])
+            mk_out = work / f"out_mk_{m}"
+            # mergekit writes into the folder without emptying it: an earlier run's shards (another
+            # shard size, another mergekit) stayed beside this run's and --_diff compared them
+            _remove_tree(mk_out)
+            mk_wall, mk_rss, mk_rc = run_child([mk, str(cfg), str(mk_out), "--quiet"])
             if mk_rc:
                 mk_wall = mk_rss = None
             elif not rc and m in ("ties", "slerp", "linear"):  # deterministic methods: the outputs must agree
-                diff = subprocess.run([sys.executable, __file__, "--_diff", str(out), str(work / f"out_mk_{m}")],
+                diff = subprocess.run([sys.executable, __file__, "--_diff", str(out), str(mk_out)],
                                       check=True, capture_output=True, text=True).stdout.strip()
                 print(f"{m}: max |jaxinterp - mergekit| = {float(diff):.3g}")
         base_wall = mk_wall or (ref[0] if ref else None)
         base_rss = mk_rss or (ref[1] if ref else None)
         src = "mergekit same run" if mk_wall else ("mergekit PERF_NOTES" if ref else None)
-        met_t = None if rc or base_wall is None else wall * 3 <= base_wall
-        met_m = None if rc or base_rss is None else rss < base_rss
+        # judged only against mergekit in this run at full size: PERF_NOTES' figure is another run's
+        # (its machine's load then), and --quick's tiny merge measures mergekit's start-up, not a merge
+        judged = not rc and not quick and mk_wall is not None
+        met_t = wall * 3 <= mk_wall if judged else None
+        met_m = rss < mk_rss if judged else None
         models = {"slerp": "2 models", "linear": "3 models"}.get(m, "base+3")  # what config_yaml merges
         rows.append(benchtools.row(f"merge {m}, {size}, {models} f32 (jaxinterp)", wall, "s",
                                    goal="3x faster than mergekit", met=met_t,
@@ -162,14 +172,31 @@ def merge_in(work: Path, args, rows: list) -> None:
             rows.append(benchtools.row(f"merge {m} peak RSS (mergekit 0.1.5, PERF_NOTES)", ref[1], "GB"))
 
 
+def _remove_tree(path: Path) -> None:
+    """Removes the benchmark's own output folder `path` (a link or file of that name: the entry only)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
 def max_abs_diff(a: Path, b: Path) -> float:
+    """max |a - b| over a's model.safetensors against every tensor of the files in folder b; a
+    ValueError when a tensor is in two of b's files (which one is this run's is unknown)."""
     from safetensors import safe_open
 
     worst = 0.0
-    fb = sorted(b.glob("*.safetensors"))
+    fb = atomic.visible_files(b, "*.safetensors")  # not a killed write's hidden temporary
     with safe_open(str(a / "model.safetensors"), framework="numpy") as fa:
         handles = [safe_open(str(f), framework="numpy") for f in fb]
-        where = {k: h for h in handles for k in h.keys()}
+        where: dict = {}
+        for f, h in zip(fb, handles):
+            for k in h.keys():
+                if k in where:
+                    raise ValueError(f"{b}: expected each tensor in one file, got {k!r} in {where[k][0].name} "
+                                     f"and {f.name} (shards of another run?)")
+                where[k] = (f, h)
+        where = {k: h for k, (_, h) in where.items()}
         for k in fa.keys():
             kb = k if k in where else k.removeprefix("transformer.")
             if kb not in where:
@@ -300,7 +327,7 @@ def main() -> None:
                    help="folder for the checkpoints (kept between runs); default a temp folder, removed after the run")
     p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
     args = p.parse_args()
-    # else silently measured without mergekit, against PERF_NOTES' figures
+    # else silently measured without mergekit (its goals then unjudged)
     if args.mergekit and not Path(args.mergekit).is_file():
         p.error(f"argument --mergekit: expected the path of mergekit-yaml, got {args.mergekit} (no such file)")
     env = os.environ.get("MERGEKIT_YAML")

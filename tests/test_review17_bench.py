@@ -1,0 +1,108 @@
+"""Review 17 of the benchmark suite (benchmarks/, jaxinterp.bench, benchtools) and of the timed figure
+of `nugraph eval`: each test failed on the code it was written against. The scripts' heavy work is
+stubbed: no benchmark runs here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+
+
+def _load(name: str):
+    return load_benchmark(name, "_bench17_")
+
+
+def _save(folder: Path, name: str, tensors: dict) -> None:
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / name), metadata={"format": "pt"})
+
+
+def _stub_children(monkeypatch, merge, *, mergekit: bool, diffs: list | None = None,
+                   mk_writes=("model-00001-of-00001.safetensors",)):
+    """`jaxinterp merge yaml` writes its model.safetensors (ones) in 5 s and 1 GB; mergekit-yaml (when
+    `mergekit`) writes the same values as `mk_writes` in 10 s and 2 GB; --_make is skipped and --_diff
+    runs max_abs_diff in this process, its figures appended to `diffs`."""
+    weight = {"transformer.wte.weight": np.ones((4, 3), np.float32)}
+
+    def run_child(cmd):
+        if "jaxinterp.cli" in cmd:
+            _save(Path(cmd[cmd.index("--out") + 1]), "model.safetensors", weight)
+            return 5.0, 1.0, 0
+        for name in mk_writes:  # mergekit names tensors without the "transformer." prefix
+            _save(Path(cmd[2]), name, {"wte.weight": weight["transformer.wte.weight"]})
+        return 10.0, 2.0, 0
+
+    def run(cmd, *args, **kwargs):
+        if "--_diff" in cmd:
+            d = merge.max_abs_diff(Path(cmd[-2]), Path(cmd[-1]))
+            if diffs is not None:
+                diffs.append(d)
+            return subprocess.CompletedProcess(cmd, 0, stdout=str(d))
+        return subprocess.CompletedProcess(cmd, 0, stdout="")
+
+    monkeypatch.setattr(merge, "run_child", run_child)
+    monkeypatch.setattr(merge.subprocess, "run", run)
+    monkeypatch.setattr(merge, "find_mergekit", lambda opt: "/opt/mergekit/bin/mergekit-yaml" if mergekit else None)
+
+
+def test_merge_compares_this_runs_mergekit_output_not_an_earlier_runs_shards(monkeypatch, tmp_path):
+    """out_mk_{method} in --workdir was never emptied: mergekit wrote this run's shards beside an
+    earlier run's model.safetensors (other values), max_abs_diff read every *.safetensors there and
+    the stale file's tensors, read last, were compared with this run's merge (1.0 here, for 0)."""
+    merge = _load("merge")
+    for m in ("ties", "slerp", "linear", "dare_ties"):  # an earlier run's single-file output
+        _save(tmp_path / f"out_mk_{m}", "model.safetensors", {"wte.weight": np.zeros((4, 3), np.float32)})
+    diffs: list = []
+    _stub_children(monkeypatch, merge, mergekit=True, diffs=diffs)
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(tmp_path), mergekit=None), [])
+    assert diffs == [0.0, 0.0, 0.0]  # ties, slerp, linear: the deterministic methods
+    for m in ("ties", "slerp", "linear", "dare_ties"):
+        assert sorted(p.name for p in (tmp_path / f"out_mk_{m}").iterdir()) == ["model-00001-of-00001.safetensors"]
+
+
+def test_merge_diff_refuses_a_tensor_held_by_two_files(tmp_path):
+    """max_abs_diff took whichever file came last in sorted order for a tensor two files held."""
+    merge = _load("merge")
+    _save(tmp_path / "a", "model.safetensors", {"transformer.wte.weight": np.ones((2, 2), np.float32)})
+    _save(tmp_path / "b", "model.safetensors", {"wte.weight": np.ones((2, 2), np.float32)})
+    assert merge.max_abs_diff(tmp_path / "a", tmp_path / "b") == 0.0
+    _save(tmp_path / "b", "model-00001-of-00001.safetensors", {"wte.weight": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"'wte.weight' in model-00001-of-00001.safetensors and model.safetensors"):
+        merge.max_abs_diff(tmp_path / "a", tmp_path / "b")
+
+
+@pytest.mark.parametrize("quick, mergekit, judged", [
+    (False, False, False),  # full size, no mergekit here: PERF_NOTES' figure is shown, not judged against
+    (True, True, False),  # --quick's tiny merge against mergekit's start-up: shown, not judged
+    (False, True, True),  # full size with mergekit in this run: judged (15 s vs 10 s: no; 1 GB vs 2 GB: yes)
+])
+def test_merge_goals_are_judged_only_against_mergekit_in_the_same_full_run(monkeypatch, tmp_path, quick,
+                                                                           mergekit, judged):
+    """Without mergekit the full run judged its merges against PERF_NOTES' mergekit seconds (another
+    run, another load: 5 s x 3 <= 82.8 s read "met"), and --quick judged its tiny merges against
+    mergekit's (mostly start-up) seconds in the same run."""
+    merge = _load("merge")
+    _stub_children(monkeypatch, merge, mergekit=mergekit, mk_writes=("model.safetensors",))
+    rows: list = []
+    merge.bench_merges(SimpleNamespace(quick=quick, workdir=str(tmp_path), mergekit=None), rows)
+    ours = {r["workload"]: r for r in rows if r["workload"].endswith("(jaxinterp)")}
+    assert len(ours) == 8 and all(r["goal"] for r in ours.values())
+    if not judged:
+        assert all(r["met"] is None for r in ours.values())
+    else:
+        assert [r["met"] for r in ours.values() if r["unit"] == "s"] == [False] * 4
+        assert [r["met"] for r in ours.values() if r["unit"] == "GB"] == [True] * 4
+    if not quick and not mergekit:  # the reference is still shown
+        ties = next(r for w, r in ours.items() if w.startswith("merge ties,"))
+        assert ties["reference"] == "82.8 s (mergekit PERF_NOTES)"
+
