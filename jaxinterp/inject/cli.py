@@ -17,17 +17,18 @@ STATE_FILES = (".sweep_state.npz", ".baseline_sweep_state.npz")
 
 
 def _check_encoded(enc, config, kind: str, bos: int) -> None:
-    """The sweep's checks of the prompts and explicit prompts (`sweep.check_tokens`: length, ids), and
-    layer_encodings' of a "layer" memory run with BOS (`memory.layer_sequences`), made from the config
-    alone, before the model is loaded and the memories are computed (they refused a prompt after both,
-    a memory after the model)."""
-    from jaxinterp.inject.memory import layer_sequences
-    from jaxinterp.inject.sweep import check_tokens
+    """The sweep's checks of the prompts, explicit prompts and answers (`sweep.check_tokens`: length, ids;
+    `sweep.check_answers`) and memory_vectors' of the memories (`memory.check_memories`: ids, and a "layer"
+    memory's length with BOS), made from the config alone, before the model is loaded and the memories
+    are computed (they refused a prompt after both, a memory or an answer id outside the vocabulary after
+    the model had loaded)."""
+    from jaxinterp.inject.memory import check_memories
+    from jaxinterp.inject.sweep import check_answers, check_tokens
 
     check_tokens(enc.prompts, config, "prompts")
     check_tokens(enc.explicit, config, "explicit")
-    if kind == "layer":
-        layer_sequences(enc.memories, config=config, bos_id=bos)
+    check_answers(enc.answers, len(enc.prompts), config)
+    check_memories(enc.memories, config=config, kind=kind, bos_id=bos)
 
 
 def _check_layers(layers, n_layer: int) -> None:
@@ -46,7 +47,7 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
 
     from jaxinterp.inject import data as dt
     from jaxinterp.inject import outputs
-    from jaxinterp.inject.memory import memory_vectors
+    from jaxinterp.inject.memory import check_memories, memory_vectors
     from jaxinterp.inject.metrics import aggregate
     from jaxinterp.inject.sweep import DEFAULT_TAUS, sweep
     from jaxinterp.transformer import load_gpt2, load_tokenizer
@@ -82,13 +83,15 @@ def run_sweep(model: str, data_path: str, out: str, *, layers=None, taus=None, k
         enc = dt.encode(tok, prompts)
     bos = dt.bos_id(tok)
     _check_encoded(enc, config, kind, bos)
+    rand = b_ids = b_mems = None
+    if words is not None:  # drawn, tokenised and checked now: a bad word is refused before the model loads
+        rand = dt.random_words(words, baseline_type, len(prompts.answer), seed=seed)
+        b_ids = dt.encode(tok, prompts, memories=rand).memories
+        check_memories(b_ids, config=config, kind=kind, bos_id=bos)
     params, config = load_gpt2(folder, process_weights=True)
     mems = memory_vectors(params, enc.memories, config=config, kind=kind, bos_id=bos)
-    rand = b_mems = None
-    if words is not None:  # drawn, tokenised and made vectors now: a bad word is refused before the sweep
-        rand = dt.random_words(words, baseline_type, len(prompts.answer), seed=seed)
-        b_mems = memory_vectors(params, dt.encode(tok, prompts, memories=rand).memories, config=config, kind=kind,
-                                bos_id=bos)
+    if b_ids is not None:
+        b_mems = memory_vectors(params, b_ids, config=config, kind=kind, bos_id=bos)
 
     def run(mems, state):
         # one step per (prompt bucket, layer) with a progress bar; finished layers are kept in

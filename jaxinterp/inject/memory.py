@@ -157,21 +157,33 @@ def _layer_encodings_jit():
     return jax.jit(_layer_encodings, static_argnames=("config",))
 
 
-def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config, kind: str = "unembed",
-                   bos_id: int | None = None) -> Array:
-    """One memory per prompt: [N, D] for "unembed"/"embed", [N, n, D] for "layer"."""
+def check_memories(ids_list: Sequence[Sequence[int]], *, config: GPT2Config, kind: str = "unembed",
+                   bos_id: int | None = None) -> list[np.ndarray]:
+    """`memory_vectors`' checks of its memories, from the config alone (a caller checks them before the
+    model's weights are read): ValueError naming the row of an empty memory, ids outside the vocabulary
+    (and, for "layer", a sequence longer than the context). Returns the sequences as checked."""
     if kind not in KINDS:
         raise ValueError(f"memory kind must be one of {KINDS}, got {kind!r}")
     if len(ids_list) == 0:
         raise ValueError("memories: expected at least one memory, got none")
     if kind == "layer":
-        return layer_encodings(params, ids_list, config=config, bos_id=bos_id)
-    distinct = []
+        return layer_sequences(ids_list, config=config, bos_id=bos_id)
+    out = []
     for row, ids in enumerate(ids_list):
         try:
-            distinct.append(np.unique(_check_ids(ids, config)))  # a repeated token counts once
+            out.append(_check_ids(ids, config))
         except ValueError as e:
             raise ValueError(f"memory of row {row}: {e}") from None
+    return out
+
+
+def memory_vectors(params: dict, ids_list: Sequence[Sequence[int]], *, config: GPT2Config, kind: str = "unembed",
+                   bos_id: int | None = None) -> Array:
+    """One memory per prompt: [N, D] for "unembed"/"embed", [N, n, D] for "layer"."""
+    if kind == "layer":  # checked there (layer_sequences, as check_memories does)
+        return layer_encodings(params, ids_list, config=config, bos_id=bos_id)
+    # a repeated token counts once
+    distinct = [np.unique(ids) for ids in check_memories(ids_list, config=config, kind=kind)]
     n = -(-len(distinct) // HOT_BUCKET) * HOT_BUCKET
     k = -(-max(d.size for d in distinct) // HOT_BUCKET) * HOT_BUCKET
     hot_ids, weight = np.zeros((n, k), np.int32), np.zeros((n, k), np.float32)

@@ -242,6 +242,20 @@ def check_tokens(seqs, config: GPT2Config, what: str) -> list[np.ndarray]:
     return out
 
 
+def check_answers(answers, n: int, config: GPT2Config) -> np.ndarray:
+    """The answers' first tokens [n] as an array; ValueError unless they are n integer ids in the vocabulary
+    (needs only the config: the CLI checks before loading)."""
+    a = np.asarray(answers)
+    if a.shape != (n,) or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"answers: expected {n} token ids in [0, {config.vocab_size}), got shape {list(a.shape)} "
+                         f"of dtype {a.dtype}")
+    bad = np.nonzero((a < 0) | (a >= config.vocab_size))[0]
+    if bad.size:
+        raise ValueError(f"answers: expected {n} token ids in [0, {config.vocab_size}), got id {int(a[bad[0]])} "
+                         f"in row {int(bad[0])}")
+    return a
+
+
 def _positions_mask(positions, seqs: list[np.ndarray]) -> list[np.ndarray]:
     if positions is None:
         return [np.ones(len(s), np.float32) for s in seqs]
@@ -354,10 +368,7 @@ def plan(prompts, memories, layers=None, taus=DEFAULT_TAUS, *, config: GPT2Confi
     if bad.size:  # a NaN memory made that prompt's every cell NaN, and the aggregates with it
         raise ValueError(f"memories: expected finite values, got NaN or inf in the memory of row {int(bad[0])}")
     memories = np.broadcast_to(memories, (N, config.n_layer, config.n_embd))
-    answers = np.asarray(answers)
-    if answers.shape != (N,) or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0 \
-            or answers.max() >= config.vocab_size:
-        raise ValueError(f"answers: expected {N} token ids in [0, {config.vocab_size}), got shape {list(answers.shape)}")
+    answers = check_answers(answers, N, config)
     expl = None if explicit is None else check_tokens(explicit, config, "explicit")
     if expl is not None and len(expl) != N:
         raise ValueError(f"explicit: expected one explicit prompt per prompt ({N}), got {len(expl)}")

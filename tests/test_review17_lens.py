@@ -1,0 +1,82 @@
+"""Review 17 (lens and injection support code): the inject CLI's memory and answer ids checked before
+the model loads, the lens data fingerprinted once per run, the "mean" intervention over real tokens,
+and percent increases past float64's range."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import TINY_GPT2  # the tiny GPT-2: 3 layers, 4 heads, d_model 64, vocab 97, 32 positions
+
+HEADER = "explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer\n"
+
+
+def _small_vocab_model(tmp_path, vocab: int):
+    """The tiny model's folder with config.json's vocab_size lowered to `vocab`: its tokenizer gives ids
+    up to 96, past the model's vocabulary (weights that do not fit: loading it must not be reached)."""
+    folder = tmp_path / "model"
+    shutil.copytree(TINY_GPT2, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["vocab_size"] = vocab
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["unembed", "embed", "layer"])
+@pytest.mark.parametrize("row,want", [
+    ("w1 w2,w3 w4,w95,w6,w7", r"memory of row 1: memory ids: ids must lie in [0, 90), got 96..96"),
+    ("w1 w2,w3 w4,w5,w6,w94", r"answers: expected 2 token ids in [0, 90), got id 95 in row 1"),
+])
+def test_inject_cli_checks_memory_and_answer_ids_before_the_model(tmp_path, monkeypatch, capsys, kind, row, want):
+    """A memory or answer whose ids lie outside the model's vocabulary (a tokenizer with more ids than the
+    model) was refused by memory_vectors / the sweep's plan only after the weights were read (the
+    "layer" memories' ids were checked before); now `inject sweep` refuses it before loading the model."""
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    model = _small_vocab_model(tmp_path, 90)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "w1 w2,w3 w4,w5,w6,w7\n" + row + "\n")
+    assert cli.main(["inject", "sweep", "--model", str(model), "--data", str(data), "--out",
+                     str(tmp_path / "out"), "--layers", "1", "--taus", "2", "--memory-kind", kind]) == 2
+    assert want in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_inject_cli_checks_baseline_words_before_the_model(tmp_path, monkeypatch, capsys):
+    """The baseline's random words were drawn, tokenised and checked after the model had loaded."""
+    import jaxinterp.transformer as tr
+    from jaxinterp import cli
+
+    def refuse(*a, **k):
+        raise AssertionError("reached the model before the input was checked")
+
+    monkeypatch.setattr(tr, "load_gpt2", refuse)
+    model = _small_vocab_model(tmp_path, 90)
+    data = tmp_path / "p.csv"
+    data.write_text(HEADER + "w1 w2,w3 w4,w5,w6,w7\n")
+    words = tmp_path / "words.csv"
+    words.write_text("Nouns\nw95\n")
+    assert cli.main(["inject", "sweep", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "out"),
+                     "--layers", "1", "--taus", "2", "--baseline-words", str(words)]) == 2
+    assert "memory of row 0: memory ids: ids must lie in [0, 90), got 96..96" in capsys.readouterr().err
+
+
+def test_check_answers_names_the_row():
+    from jaxinterp.inject.sweep import check_answers
+    from jaxinterp.transformer.weights import read_config
+
+    config = read_config(TINY_GPT2)[1]
+    assert check_answers([3, 96], 2, config).tolist() == [3, 96]
+    with pytest.raises(ValueError, match=r"answers: expected 2 token ids in \[0, 97\), got id -1 in row 1"):
+        check_answers([3, -1], 2, config)
+    with pytest.raises(ValueError, match=r"answers: expected 3 token ids in \[0, 97\), got shape \[2\]"):
+        check_answers([3, 4], 3, config)
+    with pytest.raises(ValueError, match=r"got shape \[2\] of dtype float64"):
+        check_answers([3.0, 4.0], 2, config)
