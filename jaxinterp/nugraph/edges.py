@@ -44,7 +44,8 @@ def delaunay_edges(pos: np.ndarray) -> np.ndarray:
             simplices = np.stack([np.arange(n - 2), np.arange(1, n - 1), np.arange(2, n)], axis=1)
         pairs = np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [2, 0]]])
     pairs = np.concatenate([pairs, pairs[:, ::-1]]).astype(np.int64)
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    pairs = np.unique(pairs, axis=0)  # [E, 2] (j, i)
-    order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by target i, then source j
-    return np.ascontiguousarray(pairs[order].T)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]  # [E', 2] (j, i)
+    # one int64 key i * n + j per edge: its unique values are the edges sorted by target i, then source
+    # j (np.unique(axis=0) sorted the rows as opaque void records, 3x slower: most of `simulate`'s time)
+    key = np.unique(pairs[:, 1] * n + pairs[:, 0])  # [E]
+    return np.stack([key % n, key // n])

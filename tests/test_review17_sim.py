@@ -1,0 +1,51 @@
+"""Review 17: the LArTPC simulation, its hit finding and the planar edges built from its hits."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from jaxinterp.nugraph import detector, edges, simulate
+
+
+def _reference_edges(pos: np.ndarray) -> np.ndarray:
+    """Both directions of every side of qhull's jittered triangles, as a set, sorted by (target, source)."""
+    from scipy.spatial import Delaunay
+
+    pairs = set()
+    for a, b, c in Delaunay(pos, qhull_options="QJ").simplices.tolist():
+        for j, i in ((a, b), (b, c), (c, a)):
+            if j != i:
+                pairs |= {(j, i), (i, j)}
+    return np.array(sorted(pairs, key=lambda e: (e[1], e[0])), np.int64).reshape(-1, 2).T
+
+
+@pytest.mark.parametrize("n, wires", [(5, 2), (4, 1000), (40, 6), (500, 80), (2000, 400)])
+def test_delaunay_edges_are_every_triangle_side_both_ways_sorted_by_target(n, wires):
+    rng = np.random.default_rng(n)
+    pos = np.stack([rng.integers(0, wires, n) * 0.3, rng.uniform(0, 300, n)], 1)  # hits share wires
+    got = edges.delaunay_edges(pos)
+    assert got.dtype == np.int64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, _reference_edges(pos))
+
+
+def test_delaunay_edges_cost_about_the_triangulation():
+    # np.unique(pairs, axis=0) sorted the edges as opaque records: 4.3x qhull's own time on 5000 hits
+    # (1.1x now), 8.6 of `simulate`'s 16.3 s for 50 events of 20 GeV
+    from scipy.spatial import Delaunay
+
+    rng = np.random.default_rng(0)
+    pos = np.stack([rng.integers(0, 800, 5000) * 0.3, rng.uniform(0, 300, 5000)], 1)
+
+    def best(f):
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    qhull = best(lambda: Delaunay(pos, qhull_options="QJ"))
+    assert best(lambda: edges.delaunay_edges(pos)) < 2.5 * qhull
