@@ -80,3 +80,42 @@ def test_check_answers_names_the_row():
         check_answers([3, 4], 3, config)
     with pytest.raises(ValueError, match=r"got shape \[2\] of dtype float64"):
         check_answers([3.0, 4.0], 2, config)
+
+
+def test_lens_train_cli_hashes_the_data_once_when_it_resumes(tmp_path, monkeypatch):
+    """A resumed `lens train` fingerprinted its data (sha256 of every token id) in the CLI's check of the
+    checkpoint's settings and again in train(); a Batches now hashes once."""
+    import hashlib
+    import types
+
+    from jaxinterp import cli
+    from jaxinterp.lens import data
+
+    (tmp_path / "d.txt").write_text("\n".join(["w1 w2 w3", "w4 w5", "w6 w7 w8 w9", "w10"]))
+    args = ["lens", "train", "--model", str(TINY_GPT2), "--layer", "1", "--data", str(tmp_path / "d.txt"),
+            "--out", str(tmp_path / "run"), "--seq-len", "8", "--batch-size", "2", "--save-every", "1",
+            "--no-progress"]
+    assert cli.main(args + ["--steps", "1"]) == 0
+    hashed = []
+
+    def sha256(*a, **k):
+        hashed.append(1)
+        return hashlib.sha256(*a, **k)
+
+    monkeypatch.setattr(data, "hashlib", types.SimpleNamespace(sha256=sha256))
+    assert cli.main(args + ["--steps", "2"]) == 0  # resumes at step 1: the fingerprints checked
+    assert hashed == [1]
+
+
+def test_batches_fingerprint_is_the_hash_of_its_examples():
+    import hashlib
+
+    from jaxinterp.lens import data
+
+    examples = [np.array([3, 5], np.int32), np.array([9], np.int32)]
+    h = hashlib.sha256(np.asarray([2, 1], np.int64).tobytes())
+    h.update(np.array([3, 5], np.int32).tobytes())
+    h.update(np.array([9], np.int32).tobytes())
+    b = data.Batches(examples, 2, 4, pad_id=0, seed=0)
+    assert b.fingerprint() == b.fingerprint() == h.hexdigest()
+    assert data.Batches(examples[::-1], 2, 4, pad_id=0, seed=0).fingerprint() != h.hexdigest()

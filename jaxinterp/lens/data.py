@@ -154,11 +154,14 @@ class Batches:
 
     def fingerprint(self) -> str:
         """sha256 of the examples' token ids and lengths, in order: a resumed run checks that its data
-        is the data the checkpoint was trained on (the seed alone fixes the order, not the text)."""
-        h = hashlib.sha256(np.asarray([len(e) for e in self.examples], np.int64).tobytes())
-        for e in self.examples:
-            h.update(np.ascontiguousarray(e, np.int32).tobytes())
-        return h.hexdigest()
+        is the data the checkpoint was trained on (the seed alone fixes the order, not the text).
+        Hashed once per Batches (as `id_range`): the CLI's resume check and `train` hashed every id twice."""
+        if getattr(self, "_fingerprint", None) is None:
+            h = hashlib.sha256(np.asarray([len(e) for e in self.examples], np.int64).tobytes())
+            for e in self.examples:
+                h.update(np.ascontiguousarray(e, np.int32).tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def _order(self, epoch: int) -> np.ndarray:
         # kept for the epoch: drawn again for every batch, the permutation of all examples cost more than
