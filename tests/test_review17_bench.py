@@ -106,3 +106,24 @@ def test_merge_goals_are_judged_only_against_mergekit_in_the_same_full_run(monke
         ties = next(r for w, r in ours.items() if w.startswith("merge ties,"))
         assert ties["reference"] == "82.8 s (mergekit PERF_NOTES)"
 
+
+def test_eval_seconds_per_event_times_the_forward_not_the_checks_and_copies(monkeypatch):
+    """seconds_per_event re-ran `predict` on the first batch: its checks of every event and of the
+    params, the params' copy to the devices, the padding and the copy back were counted as inference
+    (1 s of stubbed checks per event read as >= 1 s/event)."""
+    from jaxinterp import parallel
+    from jaxinterp.nugraph import evaluate, graph, simulate
+
+    model = evaluate.load_model()
+    raws = simulate.simulate(2, seed=21, config=simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5,
+                                                                     max_hits_per_plane=60))
+    events = evaluate.to_events(raws, model)
+    plain = evaluate.evaluate(model, events)
+    validate, replicate = graph.validate, parallel.replicate
+    monkeypatch.setattr(graph, "validate", lambda *a, **k: time.sleep(0.5) or validate(*a, **k))
+    monkeypatch.setattr(parallel, "replicate", lambda *a, **k: time.sleep(0.5) or replicate(*a, **k))
+    slowed = evaluate.evaluate(model, events)
+    assert 0 < slowed.seconds_per_event < 0.25 and 0 < plain.seconds_per_event < 0.25
+    for a, b in zip(plain.predictions, slowed.predictions):
+        for p in model.config.planes:
+            assert np.array_equal(a.semantic[p], b.semantic[p]) and np.array_equal(a.filter[p], b.filter[p])
