@@ -49,3 +49,18 @@ def test_delaunay_edges_cost_about_the_triangulation():
 
     qhull = best(lambda: Delaunay(pos, qhull_options="QJ"))
     assert best(lambda: edges.delaunay_edges(pos)) < 2.5 * qhull
+
+
+def test_read_plane_splits_a_long_pulse_without_merging_it_into_the_next_wire():
+    # hits were numbered by np.unique(pulse * 100000 + chunk): with a short max_hit_ticks a pulse's
+    # 100000th chunk took the next pulse's number, so a deposit on wire 0 and one on wire 1 made one hit
+    det = detector.Detector(tick_cm=1.0, max_hit_ticks=2.0 ** -10, diffusion_l_cm2_per_tick=0.0,
+                            diffusion_t_cm2_per_tick=0.0, threshold_adc=0.0, noise_adc=0.0)
+    x = np.concatenate([np.arange(0.0, 100.0, 4.0), [100000 * 2.0 ** -10], [10.0]])  # ticks after the trigger
+    z = np.concatenate([np.full(26, 0.15), [0.45]])  # wire 0 (a pulse of 26 chunks), then wire 1
+    xyz = np.stack([x, np.zeros(27), z], 1)
+    r = detector.read_plane(det, 2, xyz, np.ones(27), np.arange(27), np.random.default_rng(0))
+    assert r.wire.tolist() == [0] * 26 + [1]
+    np.testing.assert_array_equal(r.dep_hit, np.arange(27))  # one deposit per hit, in (wire, time) order
+    np.testing.assert_allclose(r.tick, det.trigger_tick + x)
+    np.testing.assert_array_equal(r.owner, np.arange(27))

@@ -127,10 +127,13 @@ def read_plane(det: Detector, plane: int, xyz: np.ndarray, q: np.ndarray, owner:
     ws, ts = wire[order], t[order]
     new_pulse = np.ones(order.size, bool)
     new_pulse[1:] = (ws[1:] != ws[:-1]) | (ts[1:] - ts[:-1] > det.gap_ticks)
-    pulse = np.cumsum(new_pulse) - 1
     chunk = np.floor((ts - ts[_segment_starts(new_pulse)]) / det.max_hit_ticks).astype(np.int64)
-    _, hit = np.unique(pulse * 100000 + chunk, return_inverse=True)  # sorted, so hits follow (wire, time)
-    nh = hit.max() + 1
+    # a hit starts with each pulse and each chunk of it; numbered in (wire, time) order (a key
+    # pulse * 100000 + chunk merged a chunk >= 100000 with the next pulse's first hit, on another wire)
+    new_hit = new_pulse.copy()
+    new_hit[1:] |= chunk[1:] != chunk[:-1]
+    hit = np.cumsum(new_hit) - 1
+    nh = hit[-1] + 1
     qs = q[order]
     qsum = np.bincount(hit, qs, nh)
     tpk = np.bincount(hit, qs * ts, nh) / qsum
