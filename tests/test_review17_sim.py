@@ -64,3 +64,18 @@ def test_read_plane_splits_a_long_pulse_without_merging_it_into_the_next_wire():
     np.testing.assert_array_equal(r.dep_hit, np.arange(27))  # one deposit per hit, in (wire, time) order
     np.testing.assert_allclose(r.tick, det.trigger_tick + x)
     np.testing.assert_array_equal(r.owner, np.arange(27))
+
+
+def _shower_charge_fraction(energy_mev: float, seed: int) -> float:
+    dep = simulate._Deposits()
+    simulate._em_cascade(np.random.default_rng(seed), dep, np.array([128.0, 0.0, 100.0]), np.array([0.0, 0.0, 1.0]),
+                         energy_mev, photon=False, cls=simulate.SHOWER, inst=1, cfg=simulate.SimConfig())
+    return float(dep.arrays()[1].sum() / energy_mev)
+
+
+def test_a_high_energy_shower_keeps_all_its_particles():
+    # the cascade stopped after 2000 particles: a 40 GeV electron (the command allows a mean of 20 GeV,
+    # at most 80) left 35% of its energy as charge instead of the ~70% of a 1 GeV one
+    low = np.mean([_shower_charge_fraction(1000.0, s) for s in range(3)])
+    high = _shower_charge_fraction(40000.0, 0)
+    assert 0.6 < low < 0.8 and high > 0.95 * low

@@ -162,12 +162,15 @@ def _scatter_dir(rng, d, sigma):
     return _unit(np.asarray(d) + rng.normal(size=3) * sigma)
 
 
-def _em_cascade(rng, dep, start, direction, energy, *, photon, cls, inst, cfg, depth_limit=2000):
+def _em_cascade(rng, dep, start, direction, energy, *, photon, cls, inst, cfg):
     """Electromagnetic shower of an electron or photon of `energy` MeV (see module docstring)."""
     det = cfg.detector
     owner = dep.new_owner(cls, inst)
     diffuse_owner = None
     queue = [(np.asarray(start, float), _unit(np.asarray(direction, float)), float(energy), photon)]
+    # A shower takes ~0.1 particles per MeV; a fixed cap of 2000 cut showers above ~20 GeV short
+    # (40 GeV kept half its charge), so the cap grows with the energy, 10x above that need.
+    depth_limit = 2000 + int(energy)
     n = 0
     while queue and n < depth_limit:
         pos, d, e, is_photon = queue.pop()
