@@ -87,7 +87,12 @@ def run_child(cmd: list[str]) -> tuple[float, float, int]:
     """(wall s, peak RSS GB of that child, return code)."""
     with tempfile.TemporaryFile() as errf:  # not a pipe: nobody reads it during wait4, a full one would hang the child
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+        except OSError as e:  # a mergekit-yaml whose interpreter is gone (its venv removed): a failed
+            # run, as one that exits non-zero, not an end of the whole benchmark after the merges it timed
+            print(f"command failed to start ({e}): {' '.join(cmd)}", file=sys.stderr)
+            return float("nan"), float("nan"), 127
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         errf.seek(0)
@@ -100,9 +105,13 @@ def run_child(cmd: list[str]) -> tuple[float, float, int]:
 
 def find_mergekit(opt: str | None) -> str | None:
     for cand in (opt, os.environ.get("MERGEKIT_YAML"), shutil.which("mergekit-yaml")):
-        if cand and Path(cand).is_file():
+        if cand and _runnable(cand):
             return cand
     return None
+
+
+def _runnable(path: str) -> bool:
+    return Path(path).is_file() and os.access(path, os.X_OK)
 
 
 def bench_merges(args, rows: list) -> None:
@@ -328,11 +337,12 @@ def main() -> None:
     p.add_argument("--skip-merges", action="store_true", help="only the barrier part")
     args = p.parse_args()
     # else silently measured without mergekit (its goals then unjudged)
-    if args.mergekit and not Path(args.mergekit).is_file():
-        p.error(f"argument --mergekit: expected the path of mergekit-yaml, got {args.mergekit} (no such file)")
-    env = os.environ.get("MERGEKIT_YAML")
-    if not args.mergekit and env and not Path(env).is_file():
-        p.error(f"$MERGEKIT_YAML: expected the path of mergekit-yaml, got {env} (no such file)")
+    # a file that is not executable failed with PermissionError after jaxinterp's merges had run
+    for what, path in (("argument --mergekit", args.mergekit),
+                       ("$MERGEKIT_YAML", None if args.mergekit else os.environ.get("MERGEKIT_YAML"))):
+        if path and not _runnable(path):
+            why = "not executable" if Path(path).is_file() else "no such file"
+            p.error(f"{what}: expected the path of mergekit-yaml, got {path} ({why})")
     rows: list = []
     if not args.skip_merges:
         bench_merges(args, rows)

@@ -332,6 +332,7 @@ def test_merge_refuses_a_mergekit_yaml_variable_that_names_no_file(monkeypatch, 
     assert f"$MERGEKIT_YAML: expected the path of mergekit-yaml, got {tmp_path / 'mergekit-yaml'}" in capsys.readouterr().err
     tool = tmp_path / "mk"
     tool.write_text("")
+    tool.chmod(0o755)  # review 17: a file that is not executable is refused too
     ran = []
     monkeypatch.setattr(merge, "bench_merges", lambda args, rows: ran.append(args.mergekit))
     monkeypatch.setattr(merge, "bench_barrier", lambda args, rows: None)

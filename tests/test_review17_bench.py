@@ -127,3 +127,40 @@ def test_eval_seconds_per_event_times_the_forward_not_the_checks_and_copies(monk
     for a, b in zip(plain.predictions, slowed.predictions):
         for p in model.config.planes:
             assert np.array_equal(a.semantic[p], b.semantic[p]) and np.array_equal(a.filter[p], b.filter[p])
+
+
+@pytest.mark.parametrize("where", ["--mergekit", "$MERGEKIT_YAML"])
+def test_merge_refuses_a_mergekit_that_is_not_executable_before_anything_runs(monkeypatch, capsys, tmp_path, where):
+    """A --mergekit or $MERGEKIT_YAML naming a file without the execute bit was taken: the merges ran
+    and timed, then starting mergekit ended the whole benchmark with a PermissionError."""
+    import sys
+
+    merge = _load("merge")
+    tool = tmp_path / "mergekit-yaml"
+    tool.write_text("#!/bin/sh\n")
+    for step in ("bench_merges", "bench_barrier", "bench_barrier_mesh"):
+        monkeypatch.setattr(merge, step, lambda *a: pytest.fail("bad input reached the benchmark"))
+    monkeypatch.delenv("MERGEKIT_YAML", raising=False)
+    if where == "$MERGEKIT_YAML":
+        monkeypatch.setenv("MERGEKIT_YAML", str(tool))
+    monkeypatch.setattr(sys, "argv", [merge.__file__, "--quick"] + (["--mergekit", str(tool)] if where == "--mergekit" else []))
+    with pytest.raises(SystemExit) as exc:
+        merge.main()
+    assert exc.value.code == 2
+    name = "argument --mergekit" if where == "--mergekit" else "$MERGEKIT_YAML"
+    assert f"{name}: expected the path of mergekit-yaml, got {tool} (not executable)" in capsys.readouterr().err
+    assert merge.find_mergekit(str(tool)) is None
+    tool.chmod(0o755)
+    assert merge.find_mergekit(str(tool)) == str(tool)
+
+
+def test_merge_child_that_cannot_start_is_a_failed_run_not_the_end_of_the_benchmark(tmp_path, capsys):
+    """run_child let Popen's OSError through (a mergekit-yaml whose interpreter is gone: its venv
+    removed), ending the benchmark after the merges it had timed; it is now a failed run (n/a rows)."""
+    merge = _load("merge")
+    tool = tmp_path / "mergekit-yaml"
+    tool.write_text(f"#!{tmp_path / 'gone' / 'python'}\n")
+    tool.chmod(0o755)
+    wall, rss, rc = merge.run_child([str(tool), "config.yml", str(tmp_path / "out")])
+    assert rc != 0 and np.isnan(wall) and np.isnan(rss)
+    assert "command failed to start" in capsys.readouterr().err
