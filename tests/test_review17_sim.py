@@ -79,3 +79,23 @@ def test_a_high_energy_shower_keeps_all_its_particles():
     low = np.mean([_shower_charge_fraction(1000.0, s) for s in range(3)])
     high = _shower_charge_fraction(40000.0, 0)
     assert 0.6 < low < 0.8 and high > 0.95 * low
+
+
+@pytest.mark.parametrize("step", [0.31, 1.0, 20.0])
+def test_a_tracking_step_longer_than_the_wire_pitch_is_refused(step):
+    # 20 cm was taken: a shower electron of 31 MeV stepped 20 cm (42 MeV of loss), leaving a negative
+    # energy and NaN directions (numpy's 'invalid value encountered in sqrt')
+    with pytest.raises(ValueError, match=r"^SimConfig.step_cm: expected a tracking step of at most the detector's "
+                                         rf"wire pitch \(0.3 cm\), got {step}$"):
+        simulate.SimConfig(step_cm=step)
+
+
+def test_a_step_up_to_the_wire_pitch_still_simulates():
+    import warnings
+
+    assert simulate.SimConfig(detector=detector.Detector(wire_pitch_cm=0.5), step_cm=0.5).step_cm == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NaN on the way
+        ev = simulate.simulate(1, seed=0, config=simulate.SimConfig(step_cm=0.3, mean_energy_gev=0.3,
+                                                                     max_energy_gev=0.6))[0]
+    assert all(np.isfinite(rp.pos).all() and rp.pos.shape[0] >= 3 for rp in ev.planes.values())

@@ -77,6 +77,10 @@ class SimConfig:
 
         for field in ("mean_energy_gev", "max_energy_gev", "step_cm"):
             need(finite(getattr(self, field)) and getattr(self, field) > 0, field, "a positive finite number")
+        # a longer step leaves wires a track crosses without charge, and past 14 cm (30 MeV of MIP loss)
+        # a shower's electron steps through more energy than it has: negative energies, NaN directions
+        need(self.step_cm <= self.detector.wire_pitch_cm, "step_cm",
+             f"a tracking step of at most the detector's wire pitch ({self.detector.wire_pitch_cm:g} cm)")
         for field in ("mean_cosmics", "noise_hits_per_plane", "mean_diffuse_blobs", "slice_margin_cm"):
             need(finite(getattr(self, field)) and getattr(self, field) >= 0, field, "a non-negative finite number")
         need(finite(self.sp_efficiency) and 0 < self.sp_efficiency <= 1, "sp_efficiency", "a fraction in (0, 1]")
