@@ -42,8 +42,13 @@ def torch_forward_seconds(config, tokens: np.ndarray, repeats: int, *, on_gpu: b
     try:
         import torch
         from transformers import GPT2Config as HFConfig, GPT2LMHeadModel
-    except ImportError:
-        print("torch is not importable: the PyTorch comparison is skipped (install torch to include it)")
+    except ImportError as e:  # torch or transformers (the message named torch for either)
+        print(f"{e.name or 'torch or transformers'} is not importable: the PyTorch comparison is skipped "
+              "(install torch and transformers to include it)")
+        return None
+    except OSError as e:  # an install whose shared libraries do not load (libcudnn, libtorch_cpu): the
+        # script ended there, after the JAX figures were measured, with none of them reported
+        print(f"torch or transformers failed to load ({e}): the PyTorch comparison is skipped")
         return None
     if on_gpu and not torch.cuda.is_available():
         print("torch has no CUDA here: the PyTorch comparison is skipped (PyTorch on the CPU against JAX "

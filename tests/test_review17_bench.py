@@ -164,3 +164,30 @@ def test_merge_child_that_cannot_start_is_a_failed_run_not_the_end_of_the_benchm
     wall, rss, rc = merge.run_child([str(tool), "config.yml", str(tmp_path / "out")])
     assert rc != 0 and np.isnan(wall) and np.isnan(rss)
     assert "command failed to start" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("broken, said", [
+    ("transformers", "transformers is not importable"),  # torch there, transformers not: "torch is not importable"
+    ("torch", "torch or transformers failed to load (libtorch_cpu.so: cannot open shared object file)"),
+])
+def test_gpt2_forward_skips_the_pytorch_comparison_when_torch_or_transformers_cannot_load(monkeypatch, tmp_path,
+                                                                                         capsys, broken, said):
+    """A torch whose shared libraries do not load raised OSError out of the comparison, ending the
+    script after the JAX figures were measured, none reported; a missing transformers was reported
+    as a missing torch."""
+    import sys
+    import types
+
+    import jax.numpy as jnp
+
+    gpt2_forward = _load("gpt2_forward")
+    if broken == "transformers":
+        monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+        monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ModuleNotFoundError
+    else:
+        (tmp_path / "torch.py").write_text("raise OSError('libtorch_cpu.so: cannot open shared object file')\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delitem(sys.modules, "torch", raising=False)
+    config = SimpleNamespace(n_embd=8, n_layer=1, n_head=1)
+    assert gpt2_forward.torch_forward_seconds(config, jnp.zeros((1, 4), jnp.int32), 1, on_gpu=False) is None
+    assert said in capsys.readouterr().out
