@@ -165,7 +165,9 @@ def _init_jit(rng, config, dtype):
 
     def take(shape, bound):
         size = int(np.prod(shape))
-        out = draw[offset[0]:offset[0] + size].reshape(shape) * bound
+        # the bound in `dtype`: a numpy float64 scalar is not weakly typed, so it made every kernel and
+        # bias float64 under jax_enable_x64 and float32 for bfloat16/float16 params (temp alone kept dtype)
+        out = draw[offset[0]:offset[0] + size].reshape(shape) * jnp.asarray(bound, dtype)
         offset[0] += size
         return out
 
