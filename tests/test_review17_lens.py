@@ -119,3 +119,59 @@ def test_batches_fingerprint_is_the_hash_of_its_examples():
     b = data.Batches(examples, 2, 4, pad_id=0, seed=0)
     assert b.fingerprint() == b.fingerprint() == h.hexdigest()
     assert data.Batches(examples[::-1], 2, 4, pad_id=0, seed=0).fingerprint() != h.hexdigest()
+
+
+@pytest.mark.parametrize("name", ["blocks.1.mlp.hook_post", "blocks.0.attn.hook_z", "blocks.1.attn.hook_pattern",
+                                  "hook_embed", "ln_final.hook_normalized"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mean_ablation_averages_the_real_tokens_only(tiny_processed, name, side):
+    """The "mean" intervention averaged over every row of the batch, padded rows included: in a batch of
+    a 4-token and an 8-token prompt, the short prompt's padding (what the model computes of a pad token)
+    went into the mean at 4 of 8 positions. Only the rows real at a position count now, so where one row
+    alone is real the mean is that row's own activation."""
+    from jaxinterp.transformer import intervene, run_with_cache
+
+    params, config = tiny_processed
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 97, (3, 8)).astype(np.int32)
+    mask = np.ones((3, 8), np.int32)
+    short = slice(4, 8) if side == "right" else slice(0, 4)
+    mask[0, short] = 0
+    tokens[0, short] = 0
+    _, clean = run_with_cache(params, tokens, config=config, names=(name,), attention_mask=mask)
+    _, abl = run_with_cache(params, tokens, config=config, names=(name,), attention_mask=mask,
+                            interventions=[intervene(name, mode="mean")])
+    x = np.asarray(clean[name], np.float64)
+    w = mask.astype(bool)
+    w = w[:, None, :, None] if x.ndim == 4 and name.endswith("pattern") else w.reshape(w.shape + (1,) * (x.ndim - 2))
+    want = np.broadcast_to((x * w).sum(0, keepdims=True) / w.sum(0, keepdims=True), x.shape)
+    np.testing.assert_allclose(abl[name], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(abl[name], np.broadcast_to(x.mean(0, keepdims=True), x.shape), atol=1e-4)
+
+
+def test_mean_ablation_without_padding_is_the_batch_mean(tiny_processed):
+    from jaxinterp.transformer import intervene, run_with_cache
+
+    params, config = tiny_processed
+    tokens = np.random.default_rng(1).integers(1, 97, (3, 8)).astype(np.int32)
+    name = "blocks.2.hook_resid_mid"
+    _, clean = run_with_cache(params, tokens, config=config, names=(name,))
+    for mask in (None, np.ones((3, 8), np.int32)):
+        _, abl = run_with_cache(params, tokens, config=config, names=(name,), attention_mask=mask,
+                                interventions=[intervene(name, mode="mean")])
+        want = np.broadcast_to(np.asarray(clean[name]).mean(0, keepdims=True), clean[name].shape)
+        np.testing.assert_allclose(abl[name], want, rtol=1e-6, atol=1e-6)
+
+
+def test_mean_ablation_at_a_position_padded_in_every_row_keeps_its_values():
+    import jax.numpy as jnp
+
+    from jaxinterp.transformer import hooks
+
+    x = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
+    mask = jnp.array([[0, 1, 1], [0, 1, 0]])
+    iv = hooks.with_mask([hooks.intervene("blocks.0.hook_resid_pre", mode="mean")], mask)
+    out = np.asarray(hooks.apply(iv, "hook_resid_pre", 0, x))
+    np.testing.assert_array_equal(out[:, 0], np.asarray(x)[:, 0])  # no real row at position 0
+    np.testing.assert_array_equal(out[:, 1], np.broadcast_to(np.asarray(x)[:, 1].mean(0), (2, 2)))
+    np.testing.assert_array_equal(out[:, 2], np.broadcast_to(np.asarray(x)[0, 2], (2, 2)))

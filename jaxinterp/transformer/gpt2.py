@@ -270,6 +270,7 @@ class GPT2(_Hooked):
     def embed(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention]) -> Array:
         """tokens [B, P] -> resid_pre of block 0 [B, P, D]. Positions count real tokens only, so a
         left-padded prompt sees the positions it would see unpadded."""
+        ivs = hooks.with_mask(ivs, attention_mask)
         positions = jnp.clip(jnp.cumsum(attention_mask, axis=-1) - 1, 0, None)
         embed = self.hook("hook_embed", self.wte(tokens).astype(self.dtype), ivs)
         pos_embed = self.hook("hook_pos_embed", self.wpe(positions).astype(self.dtype), ivs)
@@ -278,6 +279,7 @@ class GPT2(_Hooked):
     def blocks(self, resid: Array, attention_mask: Array, ivs: Sequence[Intervention],
                start: int = 0, stop: int | None = None) -> Array:
         """Runs blocks [start, stop) on resid [B, P, D]."""
+        ivs = hooks.with_mask(ivs, attention_mask)
         P = resid.shape[1]
         causal = jnp.tril(jnp.ones((P, P), bool))
         allowed = causal[None, None] & attention_mask[:, None, None, :].astype(bool)  # (B, 1, Q, K)
@@ -294,6 +296,7 @@ class GPT2(_Hooked):
         return self.lm_head(x)
 
     def __call__(self, tokens: Array, attention_mask: Array, ivs: Sequence[Intervention] = ()) -> Array:
+        ivs = hooks.with_mask(ivs, attention_mask)  # the ln_final sites' "mean" too (unembed takes no mask)
         resid = self.blocks(self.embed(tokens, attention_mask, ivs), attention_mask, ivs)
         return self.unembed(resid, ivs)
 

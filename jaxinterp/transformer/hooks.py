@@ -100,7 +100,10 @@ class Intervention:
     mode "replace": value (where selected), x elsewhere
     mode "zero":    0 (where selected)
     mode "mean":    the mean over the batch of x at each position (`value` unused), where selected;
-                    to ablate with a data-set mean, use "replace" with that mean as `value`.
+                    only rows where the model's attention_mask is 1 at that position count (padding
+                    stays out of the mean; a position padded in every row keeps its values). Without a
+                    mask (all rows real, or the `gpt2.unembed` slice, which takes none) every row counts.
+                    To ablate with a data-set mean, use "replace" with that mean as `value`.
 
     `value` broadcasts against one example's activation (e.g. [D], [P, D], [H, D], [P, H, D]) or
     against the batch ([B, P, D]). `positions` [P] and `heads` [H] are boolean masks selecting where
@@ -114,6 +117,8 @@ class Intervention:
     scale: Array  # [] float
     positions: Array | None  # [P] bool
     heads: Array | None  # [H] bool
+    # [B, P] the forward's attention mask (1 real, 0 padding): set by the model (`with_mask`) for "mean"
+    attention_mask: Array | None = None
 
 
 def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale: float | Array = 1.0,
@@ -204,6 +209,26 @@ def check_intervention(iv: Intervention, shape: tuple[int, ...], n_layer: int, *
             raise ValueError(f"{where}: layer {layer} out of range, the model has {n_layer} blocks")
 
 
+def with_mask(ivs: Sequence[Intervention], attention_mask: Array) -> tuple[Intervention, ...]:
+    """`ivs` with the forward's attention mask [B, P] given to each "mean" intervention without one."""
+    return tuple(iv.replace(attention_mask=attention_mask) if iv.mode == "mean" and iv.attention_mask is None
+                 else iv for iv in ivs)
+
+
+def _batch_mean(x: Array, layout: str, mask: Array | None) -> Array:
+    """The mean over the batch of x [B, ...] at each position (broadcastable to x), of the rows real there
+    under `mask` [B, P]; x itself where no row is. Padding rows hold what the model computed of a pad
+    token (or, at attention sites, of no key), which is no activation of the data."""
+    if mask is None:
+        return x.mean(axis=0, keepdims=True)
+    m = mask.astype(bool)
+    w = m[:, None, :, None] if layout == "bhqk" else m.reshape(m.shape + (1,) * (x.ndim - 2))
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    total = jnp.where(w, x.astype(acc), 0).sum(axis=0, keepdims=True)  # where, not *: -inf scores * 0 is NaN
+    count = w.sum(axis=0, keepdims=True)
+    return jnp.where(count > 0, (total / jnp.maximum(count, 1)).astype(x.dtype), x)
+
+
 def apply(ivs: Sequence[Intervention], site: str, layer: int, x: Array) -> Array:
     """Applies every intervention in `ivs` at `site` of block `layer` to the activation `x` [B, ...]."""
     layout = LAYOUTS[site]
@@ -219,7 +244,7 @@ def apply(ivs: Sequence[Intervention], site: str, layer: int, x: Array) -> Array
         elif iv.mode == "zero":
             new = jnp.zeros_like(x)
         else:  # "mean"
-            new = jnp.broadcast_to(x.mean(axis=0, keepdims=True), x.shape)
+            new = jnp.broadcast_to(_batch_mean(x, layout, iv.attention_mask), x.shape)
         x = jnp.where(where, new, x)
     return x
 
