@@ -73,3 +73,38 @@ def test_weight_matching_init_error_names_a_few_permutations_and_a_count():
         rebasin.weight_matching(spec, params, params, init=init)
     assert str(e.value) == ("init: expected one permutation for each of ['P_0', 'P_1', 'P_2', 'P_3'] and 6 more, "
                             "got ['P_0', 'P_1', 'P_2', 'P_3'] and 5 more (missing ['P_5'], not in the spec [])")
+
+
+# ----------------------------------------------------------------------------- seeds of the random masks
+
+
+DARE = dict(parameters={"weight": 1.0, "density": 0.5})
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 1, 2**63, 2**70, -1])
+def test_merge_refuses_a_seed_whose_masks_alias_another(seed):
+    # PRNGKey keeps 32 bits: seed 2**32 + 1 drew seed 1's masks and -1 those of 2**32 - 1, silently
+    m, b = {"w": jnp.arange(64.0)}, {"w": jnp.zeros(64)}
+    with pytest.raises(ValueError, match=rf"^seed: expected an integer in \[0, 2\*\*32\) \(the random masks keep "
+                                         rf"a seed's low 32 bits\), got {seed}$"):
+        tree_merge.merge("dare_linear", [m], base=b, seed=seed, **DARE)
+    assert tree_merge.merge("dare_linear", [m], base=b, seed=2**32 - 1, **DARE)["w"].shape == (64,)
+
+
+def test_yaml_merge_refuses_a_wide_seed_before_reading_anything(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    from jaxinterp import cli
+    from jaxinterp.merge import checkpoint
+
+    for j in range(2):
+        save_file({"w": np.full(8, j, np.float32)}, str(tmp_path / f"m{j}.safetensors"))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"merge_method: dare_linear\nbase_model: {tmp_path / 'm0.safetensors'}\n"
+                   f"models:\n  - model: {tmp_path / 'm1.safetensors'}\nparameters: {{weight: 1.0, density: 0.5}}\n")
+    with pytest.raises(ValueError, match=r"^seed: expected an integer in \[0, 2\*\*32\)"):
+        checkpoint.run_yaml(cfg, tmp_path / "o", seed=2**32 + 1, progress=False)
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(tmp_path / "o"), "--seed", str(2**32), "--quiet"]) == 2
+    assert "--seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

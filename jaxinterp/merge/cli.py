@@ -27,7 +27,9 @@ def _tokenizer_line(result, d: dict) -> str:
 
 def _yaml(args) -> int:
     from jaxinterp.merge import checkpoint, config
+    from jaxinterp.merge.tree_merge import check_seed
 
+    check_seed(args.seed, "--seed")  # before the config is read
     d = config.read_dict(args.config)
     cfg = config.from_dict(d)
     r = checkpoint.run_config(cfg, args.out, seed=args.seed, progress=not args.quiet)

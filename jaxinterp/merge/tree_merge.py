@@ -77,6 +77,17 @@ def plan(method: str, names: Sequence[str], *, n_models: int, has_base: bool,
     return Plan(method, base_index, resolved)
 
 
+def check_seed(seed: Any, arg: str = "seed") -> None:
+    """ValueError unless `seed` is an integer in [0, 2**32): the masks' keys (jax.random.PRNGKey, and
+    the streaming merge's numpy generator) keep a seed's low 32 bits, so seed 2**32 + 1 drew seed 1's
+    DARE/DELLA masks and -1 those of 2**32 - 1, silently; seeds from 2**63 were an OverflowError."""
+    if not is_integer(seed):  # 1.5 failed inside the compiled merge ('PRNG key seed must be an integer')
+        raise ValueError(f"{arg}: expected an integer, got {seed!r}")
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"{arg}: expected an integer in [0, 2**32) (the random masks keep a seed's low 32 bits), "
+                         f"got {seed}")
+
+
 def tensor_key(seed: int, name: str) -> jax.Array:
     """The random key of one tensor: the same name and seed give the same DARE/DELLA mask."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
@@ -101,8 +112,7 @@ def merge(method: str, models: Sequence[Any], *, base: Any = None,
     """
     if not isinstance(models, (list, tuple)) or not models:
         raise ValueError(f"models: expected a non-empty list of params trees, got {type(models).__name__}")
-    if not is_integer(seed):  # 1.5 failed inside the compiled merge ('PRNG key seed must be an integer')
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    check_seed(seed)
     trees = list(models) + ([base] if base is not None else [])
     tree.check_same_structure(trees, "models" if base is None else "models+[base]")
     leaves = [tree.named_leaves(t) for t in trees]
