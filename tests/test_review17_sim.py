@@ -99,3 +99,27 @@ def test_a_step_up_to_the_wire_pitch_still_simulates():
         ev = simulate.simulate(1, seed=0, config=simulate.SimConfig(step_cm=0.3, mean_energy_gev=0.3,
                                                                      max_energy_gev=0.6))[0]
     assert all(np.isfinite(rp.pos).all() and rp.pos.shape[0] >= 3 for rp in ev.planes.values())
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 5, 3 * 2**32 + 5, 2**70])
+def test_a_seed_numpy_reads_as_two_words_is_refused(seed):
+    with pytest.raises(ValueError, match=r"^seed: expected an integer below 2\*\*32 .* got " + str(seed) + "$"):
+        simulate.simulate(1, seed=seed)
+
+
+def test_seeds_below_two_to_the_32_draw_their_own_events():
+    # what the refused seeds did: event 0 of seed 5 + 3 * 2**32 was event 3 of seed 5
+    assert np.random.default_rng([5 + 3 * 2**32, 0]).random() == np.random.default_rng([5, 3]).random()
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=80)
+    a, b = simulate.simulate(1, seed=2**32 - 1, config=cfg)[0], simulate.simulate(1, seed=0, config=cfg)[0]
+    assert not np.array_equal(a.planes["y"].pos[:3], b.planes["y"].pos[:3])
+
+
+def test_simulate_command_refuses_a_large_seed_before_writing(tmp_path, capsys, monkeypatch):
+    from jaxinterp import cli
+    from jaxinterp.cli import main
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    out = tmp_path / "sim.gnn.h5"
+    assert main(["nugraph", "simulate", "--events", "2", "--out", str(out), "--seed", str(2**32 + 1)]) == 2
+    assert not out.exists() and "seed: expected an integer below 2**32" in capsys.readouterr().err

@@ -21,7 +21,9 @@ and behave as they do in the detector.
 
 Events are as a reconstruction slice sees them: the interaction plus what overlaps its region.
 Event `i` of `simulate(n, seed=s)` is drawn from `default_rng([s, i])` alone, so it does not depend
-on n. Class labels: MIP 0, HIP 1, shower 2, michel 3, diffuse 4, background -1.
+on n. Seeds are below 2**32: numpy reads a larger one as two words (`[s + 2**32 j, i]` is `[s, j, i]`),
+so event 0 of seed s + 2**32 j would be event j of seed s. Class labels: MIP 0, HIP 1, shower 2,
+michel 3, diffuse 4, background -1.
 
 Axis names: D deposits, K steps of one track, H hits of a plane, S space points.
 """
@@ -397,6 +399,9 @@ def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int
         raise ValueError(f"n: expected a non-negative number of events, got {n!r}")
     if not checks.is_integer(seed) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if seed >= 2**32:  # default_rng([s + 2**32 * j, 0]) is default_rng([s, j]): the events of another seed
+        raise ValueError(f"seed: expected an integer below 2**32 (numpy reads a larger one as two words: event 0 "
+                         f"of seed s + 2**32 * j would be event j of seed s), got {seed!r}")
     if not checks.is_integer(max_tries) or max_tries < 1:
         raise ValueError(f"max_tries: expected a positive integer, got {max_tries!r}")
     for name, v in (("run", run), ("subrun", subrun)):
