@@ -108,3 +108,24 @@ def test_yaml_merge_refuses_a_wide_seed_before_reading_anything(tmp_path, capsys
     assert cli.main(["merge", "yaml", str(cfg), "--out", str(tmp_path / "o"), "--seed", str(2**32), "--quiet"]) == 2
     assert "--seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- della in float64
+
+
+@pytest.mark.parametrize("method", ["della", "della_linear"])
+def test_della_keeps_a_float64_task_vector_in_float64(method):
+    with jax.enable_x64(True):
+        base = {"w": jnp.zeros((4, 50), jnp.float64)}
+        x = {"w": jnp.full((4, 50), 1 / 3, jnp.float64)}
+        got = np.asarray(tree_merge.merge(method, [x], base=base, seed=3, parameters={
+            "weight": 1.0, "density": 0.5, "epsilon": 0.1, "rescale": False})["w"])
+        assert got.dtype == np.float64
+        kept = got != 0
+        assert 0 < kept.sum() < got.size
+        np.testing.assert_array_equal(got[kept], 1 / 3)  # float32's 1/3 is 0.3333333432674408
+        # with the L1 rescale: ||tau||_1 / ||tau * m||_1 in float64
+        got = np.asarray(tree_merge.merge(method, [x], base=base, seed=3, parameters={
+            "weight": 1.0, "density": 0.5, "epsilon": 0.1, "rescale": True})["w"])
+        kept = got != 0
+        np.testing.assert_allclose(got[kept], (1 / 3) * got.size / kept.sum(), rtol=1e-14)

@@ -122,8 +122,11 @@ def della_magprune(tau: jax.Array, density: float, *, epsilon: float, key: jax.A
     if density <= 0:
         return jnp.zeros_like(tau)
     probs = della_probabilities(tau, density, epsilon)
-    mask = jax.random.bernoulli(key, probs).astype(jnp.float32)
-    t = (tau.reshape(1, -1) if tau.ndim < 2 else tau).astype(jnp.float32)
+    # float32, float64 kept: a float64 merge's task vectors were rounded to float32 here (1/3 came back
+    # 1e-8 off), while magnitude and bernoulli keep them in the merge's work dtype
+    work = jnp.float64 if tau.dtype == jnp.float64 else jnp.float32
+    mask = jax.random.bernoulli(key, probs).astype(work)
+    t = (tau.reshape(1, -1) if tau.ndim < 2 else tau).astype(work)
     return rescale_l1(t, mask, rescale).astype(tau.dtype).reshape(tau.shape)
 
 
