@@ -175,3 +175,49 @@ def test_mean_ablation_at_a_position_padded_in_every_row_keeps_its_values():
     np.testing.assert_array_equal(out[:, 0], np.asarray(x)[:, 0])  # no real row at position 0
     np.testing.assert_array_equal(out[:, 1], np.broadcast_to(np.asarray(x)[:, 1].mean(0), (2, 2)))
     np.testing.assert_array_equal(out[:, 2], np.broadcast_to(np.asarray(x)[0, 2], (2, 2)))
+
+
+def _result_with_logs(logp_before, logp_after, taus):
+    from jaxinterp.inject.sweep import SweepResult
+
+    lb, la = np.asarray(logp_before, np.float64), np.asarray(logp_after, np.float64)
+    return SweepResult(np.array([1]), np.asarray(taus, np.float64), np.exp(lb), np.exp(la), None, lb, la)
+
+
+def test_percent_increase_past_float64_is_inf_without_a_warning_and_the_best_cell_is_the_largest():
+    """A log p rise over ~709 overflowed expm1 with a RuntimeWarning, and every cell whose mean was inf
+    tied: best["mean"] was the first of them (tau 1 here, whose rise is 850) instead of the largest
+    (tau 2, 899). The overflow is the value (inf, no warning); cells are ranked by their statistic's log
+    ratio, which each best cell also records (finite: summary.json writes the inf as null)."""
+    import warnings
+
+    from jaxinterp.inject import metrics
+
+    res = _result_with_logs([-900.0, -2.0, -3.0], [[[-50.0, -1.0, -2.5], [-1.0, -2.0, -3.0]]], [1.0, 2.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pct = metrics.percent_increase(res)
+        agg = metrics.aggregate(res, trim=0.1)
+    assert np.isposinf(pct[0, :, 0]).all() and np.isfinite(pct[0, :, 1:]).all()
+    assert np.isposinf(agg.mean).all()
+    for stat in ("mean", "trimmed_mean"):  # trim 0.1 of 3 prompts keeps all three
+        b = agg.best[stat]
+        assert (b.layer, b.tau) == (1, 2.0) and np.isposinf(b.value)
+        assert b.log_ratio == pytest.approx(np.logaddexp.reduce([899.0, 0.0, 0.0]) - np.log(3), rel=1e-12)
+    b = agg.best["median"]  # finite: ranked as before, with its log ratio beside it
+    assert (b.layer, b.tau) == (1, 1.0)
+    assert b.value == pytest.approx(np.expm1(1.0) * 100) and b.log_ratio == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_best_cells_log_ratio_is_the_log_of_its_statistic(n):
+    from jaxinterp.inject import metrics
+
+    rng = np.random.default_rng(n)
+    lb = rng.normal(-5, 2, n)
+    la = lb + rng.normal(0, 1, (1, 3, n))
+    agg = metrics.aggregate(_result_with_logs(lb, la, [1.0, 2.0, 3.0]), trim=0.2)
+    for stat in metrics.STATS:
+        b = agg.best[stat]
+        assert b.value == pytest.approx(np.max(getattr(agg, stat)))
+        np.testing.assert_allclose(np.log1p(b.value / 100), b.log_ratio, rtol=1e-10, atol=1e-12)
