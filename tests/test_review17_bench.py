@@ -191,3 +191,37 @@ def test_gpt2_forward_skips_the_pytorch_comparison_when_torch_or_transformers_ca
     config = SimpleNamespace(n_embd=8, n_layer=1, n_head=1)
     assert gpt2_forward.torch_forward_seconds(config, jnp.zeros((1, 4), jnp.int32), 1, on_gpu=False) is None
     assert said in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("platform, quick, figure, runs", [
+    ("gpu", False, 1.1, 4),  # an untimed first run, then the median of 3
+    ("gpu", True, 1.1, 4),
+    ("cpu", False, 5.0, 1),  # minutes on a CPU: once, as before
+    ("cpu", True, 1.1, 3),  # a median of 3, as before (the slow first run among them)
+])
+def test_inject_sweep_on_an_accelerator_times_warm_runs_of_the_sweep(monkeypatch, tmp_path, platform, quick,
+                                                                     figure, runs):
+    """On a GPU the full sweep (seconds there) was timed once, on its first execution after the
+    ahead-of-time compile (the device's allocator growing, library handles), and that figure was
+    judged against the GPU goal (>= 50x the same-run loop)."""
+    import json
+
+    from test_review12_bench import _stub_inject_sweep
+
+    inject_sweep = _stub_inject_sweep(monkeypatch, platform)
+    durations = iter([5.0, 1.0, 1.1, 1.2])  # the first run is the slow one
+    clock, calls = [0.0], []
+
+    def run(*a, **k):
+        calls.append(1)
+        clock[0] += next(durations)
+        return sum(range(200_000))
+
+    monkeypatch.setattr(inject_sweep, "run", run)
+    monkeypatch.setattr(inject_sweep, "time", SimpleNamespace(perf_counter=lambda: clock[0],
+                                                              process_time=time.process_time))
+    path = tmp_path / "out.json"
+    assert inject_sweep.main((["--quick"] if quick else []) + ["--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert rows[0]["workload"].startswith("inject sweep ") and rows[0]["figure"] == pytest.approx(figure, abs=1e-9)
+    assert len(calls) == runs
