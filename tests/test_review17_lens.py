@@ -221,3 +221,22 @@ def test_best_cells_log_ratio_is_the_log_of_its_statistic(n):
         b = agg.best[stat]
         assert b.value == pytest.approx(np.max(getattr(agg, stat)))
         np.testing.assert_allclose(np.log1p(b.value / 100), b.log_ratio, rtol=1e-10, atol=1e-12)
+
+
+def test_heatmap_limits_come_from_the_finite_cells():
+    """A cell whose percent increase overflowed to inf made the heatmap's colour limits +-inf, which
+    matplotlib replaced by +-0.1: every finite cell showed at full colour. The limits are now the
+    largest finite magnitude; the inf cell shows as the end of the scale."""
+    from jaxinterp.inject import metrics, outputs
+
+    g = np.array([[np.inf, 5.0], [3.0, -2.0]])
+    fig = outputs.heatmap(metrics.Aggregate(g, g.copy(), g.copy(), {}, 0.1), [0, 1], [1.0, 2.0])
+    for ax in fig.axes[:3]:  # the three panels (their colour bars follow)
+        im = ax.images[0]
+        assert (im.norm.vmin, im.norm.vmax) == (-5.0, 5.0)
+        rgba = im.to_rgba(im.get_array())
+        assert not np.allclose(rgba[0, 1], rgba[1, 0])  # 5 and 3 are told apart
+        np.testing.assert_allclose(rgba[0, 0], im.to_rgba(np.array([[5.0]]))[0, 0])
+    nan = np.full((2, 2), np.nan)
+    fig = outputs.heatmap(metrics.Aggregate(nan, nan, nan, {}, 0.1), [0, 1], [1.0, 2.0])
+    assert fig.axes[0].images[0].norm.vmax == 1e-9

@@ -43,8 +43,12 @@ def heatmap(agg: Aggregate, layers, taus, title: str = ""):
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(layers) + 2.2))
     for ax, stat in zip(axes, STATS):
         g = getattr(agg, stat)
-        lim = max(float(np.nanmax(np.abs(g))), 1e-9)
-        im = ax.imshow(g, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        # from the finite cells: an inf cell (a percent past float64, see metrics) made the limits +-inf,
+        # which matplotlib replaced by +-0.1, so every other cell showed saturated; an inf cell is drawn
+        # at the end of the scale (matplotlib drew it blank, as a missing value)
+        finite = np.abs(g[np.isfinite(g)])
+        lim = max(float(finite.max()) if finite.size else 0.0, 1e-9)
+        im = ax.imshow(np.clip(g, -lim, lim), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus], fontsize=7)
         ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=7)
         ax.set_xlabel("tau")
