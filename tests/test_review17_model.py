@@ -26,3 +26,42 @@ def test_init_returns_every_leaf_in_the_dtype_asked_for(dtype, x64):
         other = model.init(jax.random.PRNGKey(0), TINY, dtype=dtype)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(other)):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def _tiny_params(dtype=np.float32):
+    return jax.tree.map(lambda a: np.asarray(a).astype(dtype), model.init(jax.random.PRNGKey(0), TINY))
+
+
+@pytest.mark.parametrize("kwargs", [dict(factor=np.int64(2)), dict(noise=np.float64(0.01)),
+                                    dict(factor=np.int32(3), noise=np.float32(0.02))])
+def test_widen_keeps_the_params_dtype_for_numpy_scalars(kwargs):
+    """numpy scalars are not weakly typed (NEP 50): factor=np.int64(2) made every divided kernel
+    float64 and noise=np.float64 every jittered one, beside float32 leaves. Now the same float32
+    params as Python numbers give."""
+    from jaxinterp.nugraph.widen import widen
+
+    params = _tiny_params()
+    got, wide = widen(params, TINY, **kwargs)
+    want, _ = widen(params, TINY, **{k: v.item() for k, v in kwargs.items()})
+    assert {a.dtype for a in jax.tree.leaves(got)} == {np.dtype(np.float32)}
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_widen_with_noise_keeps_bfloat16_params_bfloat16():
+    from jaxinterp.nugraph.widen import widen
+
+    got, _ = widen(_tiny_params(jnp.bfloat16), TINY, noise=0.05)  # jittered kernels were float32
+    assert {a.dtype for a in jax.tree.leaves(got)} == {np.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seed=-1), r"widen: seed must be an integer >= 0, got -1"),  # numpy's own ValueError
+    (dict(seed=1.5), r"widen: seed must be an integer >= 0, got 1.5"),  # numpy's TypeError
+    (dict(noise=True), r"widen: noise must be a finite number >= 0, got True"),  # taken as noise 1.0
+])
+def test_widen_refuses_a_bad_seed_or_a_boolean_noise(kwargs, message):
+    from jaxinterp.nugraph.widen import widen
+
+    with pytest.raises(ValueError, match=message):
+        widen(_tiny_params(), TINY, **kwargs)

@@ -28,15 +28,22 @@ def widen(params: Params, config: NuGraph2Config, *, factor: int = 2, noise: flo
     """
     if not is_integer(factor) or factor < 1:
         raise ValueError(f"widen: factor must be an integer >= 1, got {factor!r}")
-    if not isinstance(noise, (int, float, np.integer, np.floating)) or not 0 <= noise < np.inf:
+    if (not isinstance(noise, (int, float, np.integer, np.floating)) or isinstance(noise, (bool, np.bool_))
+            or not 0 <= noise < np.inf):
         raise ValueError(f"widen: noise must be a finite number >= 0, got {noise!r}")  # NaN: NaN params
+    if not is_integer(seed) or seed < 0:  # numpy's default_rng: its own ValueError (-1) or a TypeError (1.5)
+        raise ValueError(f"widen: seed must be an integer >= 0, got {seed!r}")
     check_params(params, config, where="widen: params do not have the shapes of the config")
+    # Python numbers: numpy scalars are not weak under NEP 50 (np.int64 factor, np.float64 noise made
+    # the leaves they touch float64 beside float32 ones)
+    factor, noise = int(factor), float(noise)
     F, Fn, D, P = config.planar_features, config.nexus_features, config.in_features, len(config.planes)
     f_idx, n_idx = np.tile(np.arange(F), factor), np.tile(np.arange(Fn), factor)
     rng = np.random.default_rng(seed)
 
     def jitter(k):
-        return k + noise * k.std() * rng.standard_normal(k.shape).astype(k.dtype) if noise else k
+        # back in k's dtype: bfloat16 kernels came back float32 (numpy's std of them is float32)
+        return (k + noise * k.std() * rng.standard_normal(k.shape).astype(k.dtype)).astype(k.dtype) if noise else k
 
     def read(k, blocks):
         """Rows (axis 1) of a kernel [C, I, ...] in input blocks (size, copied-or-not): copied
