@@ -157,8 +157,12 @@ def merge_in(work: Path, args, rows: list) -> None:
                 mk_wall = mk_rss = None
             elif not rc and m in ("ties", "slerp", "linear"):  # deterministic methods: the outputs must agree
                 diff = subprocess.run([sys.executable, __file__, "--_diff", str(out), str(mk_out)],
-                                      check=True, capture_output=True, text=True).stdout.strip()
-                print(f"{m}: max |jaxinterp - mergekit| = {float(diff):.3g}")
+                                      capture_output=True, text=True)
+                if diff.returncode:  # an output the comparison cannot read ended the whole run, rows unreported
+                    print(f"{m}: jaxinterp's and mergekit's outputs could not be compared:\n{diff.stderr[-2000:]}",
+                          file=sys.stderr)
+                else:
+                    print(f"{m}: max |jaxinterp - mergekit| = {float(diff.stdout.strip()):.3g}")
         base_wall = mk_wall or (ref[0] if ref else None)
         base_rss = mk_rss or (ref[1] if ref else None)
         src = "mergekit same run" if mk_wall else ("mergekit PERF_NOTES" if ref else None)
@@ -206,11 +210,19 @@ def max_abs_diff(a: Path, b: Path) -> float:
                                      f"and {f.name} (shards of another run?)")
                 where[k] = (f, h)
         where = {k: h for k, (_, h) in where.items()}
+        if not where:
+            raise ValueError(f"{b}: expected mergekit's merged model (*.safetensors files), found no tensors")
         for k in fa.keys():
             kb = k if k in where else k.removeprefix("transformer.")
             if kb not in where:
                 kb = "transformer." + k
-            worst = max(worst, float(np.max(np.abs(fa.get_tensor(k) - where[kb].get_tensor(kb)))))
+            if kb not in where:
+                raise ValueError(f"{b}: expected the tensor {k!r} (or {k.removeprefix('transformer.')!r}) of {a}, "
+                                 f"not in its files")
+            x, y = fa.get_tensor(k), where[kb].get_tensor(kb)
+            if x.shape != y.shape:  # numpy broadcast [D] against [N, D] and compared something
+                raise ValueError(f"{b}: expected {kb!r} of shape {list(x.shape)} as in {a}, got {list(y.shape)}")
+            worst = max(worst, float(np.max(np.abs(x - y))))
     return worst
 
 

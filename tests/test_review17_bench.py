@@ -43,12 +43,17 @@ def _stub_children(monkeypatch, merge, *, mergekit: bool, diffs: list | None = N
         return 10.0, 2.0, 0
 
     def run(cmd, *args, **kwargs):
-        if "--_diff" in cmd:
-            d = merge.max_abs_diff(Path(cmd[-2]), Path(cmd[-1]))
+        if "--_diff" in cmd:  # as the child: an exception is exit 1 with its message on stderr
+            try:
+                d = merge.max_abs_diff(Path(cmd[-2]), Path(cmd[-1]))
+            except Exception as e:
+                if kwargs.get("check"):
+                    raise subprocess.CalledProcessError(1, cmd, "", f"ValueError: {e}") from None
+                return subprocess.CompletedProcess(cmd, 1, stdout="", stderr=f"ValueError: {e}")
             if diffs is not None:
                 diffs.append(d)
-            return subprocess.CompletedProcess(cmd, 0, stdout=str(d))
-        return subprocess.CompletedProcess(cmd, 0, stdout="")
+            return subprocess.CompletedProcess(cmd, 0, stdout=str(d), stderr="")
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
 
     monkeypatch.setattr(merge, "run_child", run_child)
     monkeypatch.setattr(merge.subprocess, "run", run)
@@ -79,6 +84,36 @@ def test_merge_diff_refuses_a_tensor_held_by_two_files(tmp_path):
     _save(tmp_path / "b", "model-00001-of-00001.safetensors", {"wte.weight": np.zeros((2, 2), np.float32)})
     with pytest.raises(ValueError, match=r"'wte.weight' in model-00001-of-00001.safetensors and model.safetensors"):
         merge.max_abs_diff(tmp_path / "a", tmp_path / "b")
+
+
+def test_merge_diff_refuses_a_missing_or_misshapen_tensor(tmp_path):
+    """A tensor missing from mergekit's output was a bare KeyError, and one of another shape was
+    broadcast against jaxinterp's ([3] against [4, 3]) and compared."""
+    merge = _load("merge")
+    _save(tmp_path / "a", "model.safetensors", {"transformer.wte.weight": np.ones((4, 3), np.float32),
+                                                "transformer.wpe.weight": np.ones((2, 3), np.float32)})
+    _save(tmp_path / "b", "model.safetensors", {"wte.weight": np.ones((3,), np.float32),
+                                                "wpe.weight": np.ones((2, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"expected 'wte.weight' of shape \[4, 3\] as in .*, got \[3\]"):
+        merge.max_abs_diff(tmp_path / "a", tmp_path / "b")
+    _save(tmp_path / "b", "model.safetensors", {"wte.weight": np.ones((4, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"expected the tensor 'transformer.wpe.weight' \(or 'wpe.weight'\)"):
+        merge.max_abs_diff(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="expected mergekit's merged model"):
+        merge.max_abs_diff(tmp_path / "a", tmp_path / "b")
+
+
+def test_merge_outputs_that_cannot_be_compared_do_not_end_the_benchmark(monkeypatch, tmp_path, capsys):
+    """mergekit exiting 0 with an output the comparison cannot read (none here) ended the whole
+    benchmark with CalledProcessError: every merge's measured rows were lost."""
+    merge = _load("merge")
+    _stub_children(monkeypatch, merge, mergekit=True, mk_writes=())
+    rows: list = []
+    merge.bench_merges(SimpleNamespace(quick=True, workdir=str(tmp_path), mergekit=None), rows)
+    assert len(rows) == 16 and all(r["figure"] is not None for r in rows)  # 4 x (ours, mergekit) x (s, GB)
+    err = capsys.readouterr().err
+    assert err.count("outputs could not be compared") == 3 and "expected mergekit's merged model" in err
 
 
 @pytest.mark.parametrize("quick, mergekit, judged", [
