@@ -29,6 +29,18 @@ def test_top_k_ranks_float64_magnitudes_in_float64():
         np.testing.assert_array_equal(np.asarray(got), [0, 0, 0, 1 + 2e-12, 0])
 
 
+def test_top_k_of_numpy_float64_without_x64_ranks_in_float32_without_a_warning():
+    import warnings
+
+    # without x64 a float64 numpy array becomes float32: the float64 branch asked for int64 bits
+    # (truncated to int32 with a UserWarning) and an int64 bisection bound
+    mag = np.abs(np.random.default_rng(0).normal(size=100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = np.asarray(sparsify.top_k_mask(mag, 7))
+    np.testing.assert_array_equal(np.flatnonzero(got), np.sort(np.argsort(-mag)[:7]))
+
+
 def test_top_k_float64_agrees_with_a_stable_sort():
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):

@@ -56,8 +56,9 @@ def top_k_mask(mag: jax.Array, k: int) -> jax.Array:
     """Boolean mask (flat `[n]`) of exactly k largest entries of nonnegative `mag`; ties by index."""
     # float64 magnitudes (a float64 merge) are ranked in float64: cast to float32, entries that
     # differ below float32's precision became ties, and the lower index won over the larger one
-    f64 = mag.dtype == jnp.float64
-    flat = mag.reshape(-1).astype(jnp.float64 if f64 else jnp.float32)
+    flat = jnp.asarray(mag).reshape(-1)  # a numpy float64 array is float32 here unless x64 is on
+    f64 = flat.dtype == jnp.float64
+    flat = flat.astype(jnp.float64 if f64 else jnp.float32)
     n = flat.shape[0]
     if k <= 0:
         return jnp.zeros((n,), bool)
