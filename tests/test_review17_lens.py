@@ -240,3 +240,34 @@ def test_heatmap_limits_come_from_the_finite_cells():
     nan = np.full((2, 2), np.nan)
     fig = outputs.heatmap(metrics.Aggregate(nan, nan, nan, {}, 0.1), [0, 1], [1.0, 2.0])
     assert fig.axes[0].images[0].norm.vmax == 1e-9
+
+
+@pytest.mark.parametrize("body,line", [
+    ("a,b,c,\"Paris\ne,f,g,Rome\nh,i,j,Oslo\n", 2),  # the answer took the next two rows: one prompt, not three
+    ("a,b,c,d\n\"e,f,g,h\ni,j,k,l\n", 3),
+    ("a,b,c,d\r\n\r\ne,f,g,\"h\r\n", 4),
+])
+def test_prompt_csv_with_a_quote_never_closed_is_refused(tmp_path, body, line):
+    """csv reads an opened quote to the end of the file: a cell `"Paris` took every later row into the
+    answer, and the prompt set came back a row long, silently. It is now a ValueError naming the line."""
+    from jaxinterp.inject import data
+
+    path = tmp_path / "p.csv"
+    path.write_bytes((HEADER + body).encode())
+    with pytest.raises(ValueError, match=rf"p.csv: line {line}: a quoted cell is never closed"):
+        data.load_prompts(path)
+
+
+def test_prompt_csv_quotes_that_close_still_read():
+    """Quoted commas, doubled quotes, quoted line breaks in the last row and pandas' lenient '"x"y' read
+    as before."""
+    import tempfile
+    from pathlib import Path
+
+    from jaxinterp.inject import data
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "p.csv"
+        path.write_text(HEADER + '"a, x",b,"say ""hi""",e,"x"y\nc,d,"e",f,"Ro\nme"\n\n')
+        p = data.load_prompts(path)
+    assert p.explicit == ["a, x", "c"] and p.memory == ['say "hi"', "e"] and p.answer == ["xy", "Ro\nme"]

@@ -71,15 +71,25 @@ def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], l
         line = raw[:e.start].count(b"\n") + 1
         raise ValueError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
                          "save the file as UTF-8") from None
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
-    rows, start = [], 1
+    lines = list(io.StringIO(text.removeprefix("\ufeff"), newline=""))  # the lines the reader reads
+    reader = csv.reader(lines)
+    rows, start, last = [], 1, 1
     try:
         for row in reader:
             if any(cell.strip() for cell in row):  # blank lines (and rows of empty cells) are skipped
                 rows.append((start, row))
-            start = reader.line_num + 1
+            start, last = reader.line_num + 1, start
     except csv.Error as e:
         raise ValueError(f"{path}: line {reader.line_num}: not a readable CSV ({e})") from None
+    # A quote that is never closed makes the reader take the rest of the file into one cell: the rows
+    # after it were lost silently (in the last column, `"Paris` took them as its answer). Such a cell
+    # always ends the file, so the last row, read strictly, says whether it is one.
+    try:
+        list(csv.reader(lines[last - 1:], strict=True))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise ValueError(f"{path}: line {last}: a quoted cell is never closed (a '\"' opens it; every later "
+                             "line was read into it): close the quote or double a quote inside a cell") from None
     if not rows:
         raise ValueError(f"{path}: empty file{empty_hint}")
     header = [h.strip() for h in rows[0][1]]
