@@ -65,3 +65,48 @@ def test_widen_refuses_a_bad_seed_or_a_boolean_noise(kwargs, message):
 
     with pytest.raises(ValueError, match=message):
         widen(_tiny_params(), TINY, **kwargs)
+
+
+def _cli(argv, monkeypatch):
+    from jaxinterp import cli
+
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def _save_small(folder, seed):
+    from jaxinterp.nugraph.event import PLANES
+    from jaxinterp.nugraph.train import save_model
+
+    norm = {p: np.stack([np.zeros(4), np.ones(4)]).astype(np.float32) for p in PLANES}
+    save_model(folder, jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(seed), TINY)), TINY, norm)
+
+
+def test_widen_repeated_through_another_path_to_the_same_model_is_a_repeat(tmp_path, monkeypatch, capsys):
+    """widen recorded --params as given: the same model widened again into the same folder through
+    another path (relative instead of absolute, or its model.npz) was refused as 'another model'.
+    Now a repeat is the same model bytes under the same settings; another model is still refused."""
+    import json
+
+    _save_small(tmp_path / "small", 0)
+    out = tmp_path / "wide"
+    assert _cli(["nugraph", "widen", "--params", str(tmp_path / "small"), "--out", str(out)], monkeypatch) == 0
+    first = (out / "model.npz").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for params in ("small", "small/model.npz", "./small/"):
+        assert _cli(["nugraph", "widen", "--params", params, "--out", "wide"], monkeypatch) == 0, capsys.readouterr().err
+        assert (out / "model.npz").read_bytes() == first
+        desc = json.loads((out / "model.json").read_text())
+        assert desc["widened_from"] == f"{(tmp_path / 'small').resolve()} (factor 2, noise 0.0, seed 0)"
+        assert desc["widen_settings"] == {"factor": 2, "noise": 0.0, "seed": 0}
+    capsys.readouterr()
+    _save_small(tmp_path / "small", 1)  # another model at the same path
+    assert _cli(["nugraph", "widen", "--params", "small", "--out", "wide"], monkeypatch) == 2
+    assert "out: wide holds ['model.npz', 'model.json'] of another model" in " ".join(capsys.readouterr().err.split())
+    assert (out / "model.npz").read_bytes() == first
+    _save_small(tmp_path / "small", 0)
+    assert _cli(["nugraph", "widen", "--params", "small", "--out", "wide", "--seed", "1"], monkeypatch) == 2
+    assert (out / "model.npz").read_bytes() == first

@@ -135,10 +135,15 @@ def _widen(args) -> int:
     from jaxinterp.nugraph.train import check_model_out, save_model
 
     start = evaluate.load_model(args.params)
-    source = args.params or "the shipped model"
+    # the folder load_model read, resolved: as given, a relative path (or the folder's model.npz) named
+    # the same source otherwise than a repeat through another path, which was then refused
+    source = "the shipped model" if args.params is None else Path(args.params).resolve()
+    source = source.parent if isinstance(source, Path) and source.is_file() else source
+    settings = {"factor": args.factor, "noise": args.noise, "seed": args.seed}
     provenance = {"widened_from": f"{source} (factor {args.factor}, noise {args.noise}, seed {args.seed})",
-                  "widened_from_sha256": start.npz_sha256}
-    check_model_out(args.out, provenance)  # before anything is computed
+                  "widened_from_sha256": start.npz_sha256, "widen_settings": settings}
+    # a repeat is the same source model (its bytes) under the same settings, wherever it was read from
+    check_model_out(args.out, provenance, compare=("widened_from_sha256", "widen_settings"))  # before any compute
     params, config = widen.widen(start.params, start.config, factor=args.factor, noise=args.noise, seed=args.seed)
     save_model(Path(args.out), params, config, start.norm, provenance)
     print(f"wrote {args.out}: {config.planar_features} planar / {config.nexus_features} nexus features, "

@@ -307,11 +307,11 @@ def _restore(mngr, step: int, like: TrainState) -> tuple[TrainState, dict]:
     return TrainState(**got["state"]), dict(got["meta"])
 
 
-def check_model_out(out_dir: str | Path, provenance: dict) -> None:
+def check_model_out(out_dir: str | Path, provenance: dict, *, compare: Sequence[str] | None = None) -> None:
     """ValueError unless a command that writes only a model (`nugraph widen`, `convert`) may `save_model`
     into `out_dir` without losing anything saved there: not a training run's folder (run.json: its model
     is the run's to write), and any model.npz/model.json there made from the same source (model.json
-    holding every entry of `provenance`), which the new one repeats."""
+    holding every entry of `provenance`, or those named in `compare`), which the new one repeats."""
     out = Path(out_dir)
     if (out / "run.json").exists():
         raise ValueError(f"out: {out} is a `nugraph train` run folder (it holds run.json), whose model.npz and "
@@ -323,7 +323,8 @@ def check_model_out(out_dir: str | Path, provenance: dict) -> None:
         before = json.loads((out / "model.json").read_text()) if (out / "model.json").is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         before = None
-    same = isinstance(before, dict) and all(before.get(k) == v for k, v in json.loads(json.dumps(provenance)).items())
+    same = isinstance(before, dict) and all(before.get(k) == v for k, v in json.loads(json.dumps(provenance)).items()
+                                            if compare is None or k in compare)
     if not same:
         made = {k: before.get(k) for k in provenance} if isinstance(before, dict) else "unreadable or absent"
         raise ValueError(f"out: {out} holds {there} of another model ({made}), this one is {provenance}; they would "
