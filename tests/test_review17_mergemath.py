@@ -3,6 +3,8 @@ checkpoint path, per-layer parameters): each test failed on the code before its 
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,27 @@ def test_della_keeps_a_float64_task_vector_in_float64(method):
             "weight": 1.0, "density": 0.5, "epsilon": 0.1, "rescale": True})["w"])
         kept = got != 0
         np.testing.assert_allclose(got[kept], (1 / 3) * got.size / kept.sum(), rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------- merge yaml into a file
+
+
+@pytest.mark.parametrize("sub", ["", "sub/dir"])
+def test_yaml_merge_refuses_an_out_that_is_or_lies_under_a_file(tmp_path, sub):
+    from safetensors.numpy import save_file
+
+    from jaxinterp.merge import checkpoint
+
+    for j in range(2):
+        save_file({"w": np.full(8, j, np.float32)}, str(tmp_path / f"m{j}.safetensors"))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'm0.safetensors'}\n"
+                   f"  - model: {tmp_path / 'm1.safetensors'}\nparameters: {{weight: 1.0}}\n")
+    (tmp_path / "f").write_text("keep")
+    out = tmp_path / "f" / sub if sub else tmp_path / "f"
+    what = "which is a file" if not sub else f"under the file {str(tmp_path / 'f')!r}"
+    with pytest.raises(ValueError, match=rf"^out: expected a folder \(existing, or one to create\), got "
+                                         rf"'{re.escape(str(out))}', {re.escape(what)}$"):
+        checkpoint.run_yaml(cfg, out, progress=False)
+    assert (tmp_path / "f").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yml", "f", "m0.safetensors", "m1.safetensors"]

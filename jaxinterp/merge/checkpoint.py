@@ -323,6 +323,12 @@ def check_out_dir(out_dir: str | Path, indices: dict[str, dict[str, TensorInfo]]
     """ValueError if out_dir holds a file of an input model: the merge would overwrite that model's
     model.safetensors (or sit beside its shards) and its config, so it is refused before anything is written."""
     out = Path(out_dir)
+    # a file on the way (out itself, or a parent of a folder to create) was a FileExistsError or a
+    # NotADirectoryError from mkdir, after every header had been read and every parameter resolved
+    first = next((p for p in (out, *out.parents) if p.exists()), None)
+    if first is not None and not first.is_dir():
+        raise ValueError(f"out: expected a folder (existing, or one to create), got {str(out_dir)!r}, "
+                         + ("which is a file" if first == out else f"under the file {str(first)!r}"))
     if not out.is_dir():
         return
     out = out.resolve()
