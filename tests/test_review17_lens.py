@@ -271,3 +271,22 @@ def test_prompt_csv_quotes_that_close_still_read():
         path.write_text(HEADER + '"a, x",b,"say ""hi""",e,"x"y\nc,d,"e",f,"Ro\nme"\n\n')
         p = data.load_prompts(path)
     assert p.explicit == ["a, x", "c"] and p.memory == ['say "hi"', "e"] and p.answer == ["xy", "Ro\nme"]
+
+
+def test_torch_lens_with_linears_under_two_prefixes_is_refused():
+    """A state dict holding two lenses' `linears` (a ModuleList of lenses, an EMA copy) loaded as one lens
+    whose every head took the tensors of whichever name came last, a mix of the two, silently."""
+    from jaxinterp.lens import io
+
+    rng = np.random.default_rng(0)
+    one = {f"linears.{h}.{k}": rng.normal(size=(5, 3) if k == "weight" else (5,)).astype(np.float32)
+           for h in range(2) for k in ("weight", "bias")}
+    two = {f"lenses.{i}.{k}": v + i for i in range(2) for k, v in one.items()}
+    with pytest.raises(ValueError, match=r"lens: expected the linears of one lens, got them under 2 prefixes"):
+        io.from_torch_state_dict(two, layer=0)
+    # one lens under any one prefix (Lightning's attn_lens.) still reads: W [H, D, V] from Linear's [V, D]
+    for state in (one, {f"attn_lens.{k}": v for k, v in one.items()}):
+        lens, cfg = io.from_torch_state_dict({**state, "model.wte.weight": np.zeros((5, 3))}, layer=1)
+        assert (cfg.n_head, cfg.d_model, cfg.vocab_size, cfg.layer) == (2, 3, 5, 1)
+        np.testing.assert_array_equal(lens["W"][1], one["linears.1.weight"].T)
+        np.testing.assert_array_equal(lens["b"][0], one["linears.0.bias"])

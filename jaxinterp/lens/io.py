@@ -17,7 +17,7 @@ import numpy as np
 from jaxinterp import atomic
 from jaxinterp.lens.lenses import LensConfig, check_params
 
-_LINEAR = re.compile(r"^(?:.*\.)?linears\.(\d+)\.(weight|bias)$")
+_LINEAR = re.compile(r"^(.*\.)?linears\.(\d+)\.(weight|bias)$")
 
 
 def save_lens(path: str | os.PathLike, lens: dict, config: LensConfig, *, extra: dict | None = None) -> Path:
@@ -129,12 +129,19 @@ def from_torch_state_dict(state: dict[str, np.ndarray], *, layer: int | None) ->
     if layer is None:
         raise ValueError("layer: a PyTorch lens file does not record its layer; pass the layer it was trained on")
     heads: dict[int, dict[str, np.ndarray]] = {}
+    prefixes: dict[str, str] = {}  # prefix -> a name under it
     for name, value in state.items():
         m = _LINEAR.match(name)
         if m:
-            heads.setdefault(int(m.group(1)), {})[m.group(2)] = np.asarray(value, np.float32)
+            prefixes.setdefault(m.group(1) or "", name)
+            heads.setdefault(int(m.group(2)), {})[m.group(3)] = np.asarray(value, np.float32)
     if not heads:
         raise ValueError(f"lens: no `linears.<head>.weight` tensors in the state dict (first names: {list(state)[:5]})")
+    if len(prefixes) > 1:
+        # two lenses (a list of layers' lenses, an EMA copy): each head's tensors were the last name read
+        # of any of them, a mix of lenses, silently
+        raise ValueError(f"lens: expected the linears of one lens, got them under {len(prefixes)} prefixes "
+                         f"(e.g. {sorted(prefixes.values())[:4]}); save the one lens's state dict alone")
     H = len(heads)
     if sorted(heads) != list(range(H)) or any(set(h) != {"weight", "bias"} for h in heads.values()):
         raise ValueError(f"lens: expected linears.0..{H - 1} each with weight and bias, got heads {sorted(heads)}")
