@@ -67,9 +67,8 @@ def test_fisher_merge_normalizes_by_the_norm_of_tiny_or_huge_fishers(scale):
     fa, fb = np.array([1.0, 3.0, 2.0]), 2 * np.array([3.0, 1.0, 2.0])
     wa, wb = 0.5 / np.linalg.norm(fa), 0.5 / np.linalg.norm(fb)
     want = (wa * fa * a + wb * fb * b) / (wa * fa + wb * fb)
-    got = fisher.fisher_merge([{"w": jnp.asarray(a, jnp.float32)}, {"w": jnp.asarray(b, jnp.float32)}],
-                              [{"w": jnp.asarray(fa * scale, jnp.float32)}, {"w": jnp.asarray(fb * scale, jnp.float32)}],
-                              normalize=True, eps=1e-35)["w"]
+    f32 = lambda x: {"w": jnp.asarray(x, jnp.float32)}  # noqa: E731
+    got = fisher.fisher_merge([f32(a), f32(b)], [f32(fa * scale), f32(fb * scale)], normalize=True, eps=1e-35)["w"]
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
 
 

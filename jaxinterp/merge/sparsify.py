@@ -14,7 +14,8 @@ optionally rescaled so that its L1 norm is unchanged (DARE's rescale, in mergeki
 
 Selecting the top k without a sort: XLA's CPU sort of a 38M-entry embedding takes ~13 s, so the
 k-th largest magnitude is found by bisection on the float bits (|x| as int32 is monotonic in |x|),
-32 fused counting passes (float64: int64 bits, 64 passes); ties at the threshold are broken by flat index, so exactly k survive.
+32 fused counting passes (float64: int64 bits, 64 passes); ties at the threshold are broken by flat
+index, so exactly k survive.
 """
 
 from __future__ import annotations
