@@ -124,14 +124,3 @@ def test_simulate_command_refuses_a_large_seed_before_writing(tmp_path, capsys, 
     assert main(["nugraph", "simulate", "--events", "2", "--out", str(out), "--seed", str(2**32 + 1)]) == 2
     assert not out.exists() and "seed: expected an integer below 2**32" in capsys.readouterr().err
 
-
-def test_diffuse_blobs_at_a_face_of_the_tpc_stay_inside():
-    # each blob's 1-3 points are spread 0.15 cm around it after the blob was placed inside: a blob at
-    # the anode put charge behind it (x < 0, ticks before the trigger), one at the top above the TPC
-    cfg = simulate.SimConfig()
-    det = cfg.detector
-    for center in ([0.0, 0.0, 500.0], [128.0, det.height_cm / 2, 500.0], [128.0, 0.0, det.length_cm]):
-        dep = simulate._Deposits()
-        simulate._blobs(np.random.default_rng(0), dep, np.array(center), 3000, cfg, spread_cm=0.5)
-        xyz, q, _ = dep.arrays()
-        assert xyz.shape[0] > 1000 and det.inside(xyz).all()

@@ -260,8 +260,7 @@ def _blobs(rng, dep, center, n, cfg, *, spread_cm=35.0):
     npts = rng.integers(1, 4, pos.shape[0])
     xyz = np.repeat(pos, npts, axis=0) + rng.normal(0, 0.15, (npts.sum(), 3))
     q = np.repeat(e / npts, npts) * _recombination(np.array(4.0))
-    inside = cfg.detector.inside(xyz)  # the spread can carry a point of a blob at a face out of the TPC
-    dep.add(xyz[inside], q[inside], owner)
+    dep.add(xyz, q, owner)
 
 
 def _cosmic(rng, dep, box_lo, box_hi, cfg):
