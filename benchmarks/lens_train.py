@@ -153,7 +153,6 @@ def main() -> None:
     half = res["jaxinterp_bf16_moments"]
     what = "GPT-2 small, 12 lenses of layer 6, 4x128" if not args.quick else "quick GPT-2, 4 lenses, 2x64"
     speedup = naive["step_s"] / ours["step_s"]
-    mem_ratio = ours["peak_gib"] / naive["peak_gib"]  # naive killed at the budget: an upper bound
     # None where XLA gave no memory analysis (or a run was stopped before it printed one): not measured
     xla_ratio = ours["xla_gib"] / naive["xla_gib"] if ours["xla_gib"] and naive["xla_gib"] else None
     killed = " (killed at the memory budget: a lower bound)" if naive.get("killed") else ""
@@ -168,6 +167,23 @@ def main() -> None:
     on_host = ours.get("platform", "cpu") == "cpu"
     host_note = "" if on_host else " (host memory; the device's: XLA buffers)"
 
+    def rss_ratio(num: dict, den: dict) -> tuple[float, str, bool | None]:
+        """num's peak RSS / den's, the note on what it is, and the <= 0.5 verdict where the figures
+        decide it. A run stopped at the memory budget reached at least its peak: stopped in the
+        denominator the ratio is an upper bound (a figure above 0.5 decides nothing; it read NOT met),
+        in the numerator a lower bound (one at or below 0.5 decides nothing), in both neither."""
+        r = num["peak_gib"] / den["peak_gib"]
+        upper, lower = bool(den.get("killed")), bool(num.get("killed"))
+        note = {(True, False): " (straightforward stopped at the memory budget: an upper bound)",
+                (False, True): " (jaxinterp stopped at the memory budget: a lower bound)",
+                (True, True): " (both stopped at the memory budget: not measured)"}.get((upper, lower), "")
+        ok = r <= 0.5
+        decided = not (upper and lower) and (ok if upper else not ok if lower else True)
+        return r, note, judged(ok if decided and on_host else None)
+
+    mem_ratio, mem_note, mem_met = rss_ratio(ours, naive)
+    half_ratio, half_note, half_met = rss_ratio(half, naive)
+
     rows = [
         benchtools.row(f"lens train step, jaxinterp ({what})", ours["step_s"], "s/step"),
         benchtools.row(f"lens train step, straightforward ({what}){killed}", naive["step_s"], "s/step"),
@@ -175,8 +191,8 @@ def main() -> None:
                        met=judged(None if killed else speedup >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp ({what})", ours["peak_gib"], "GiB"),
         benchtools.row(f"lens train peak RSS, straightforward ({what}){killed}", naive["peak_gib"], "GiB"),
-        benchtools.row(f"lens train peak RSS, jaxinterp / straightforward{host_note}", mem_ratio, "ratio",
-                       goal="<= 0.5", met=judged(mem_ratio <= 0.5 if on_host else None)),
+        benchtools.row(f"lens train peak RSS, jaxinterp / straightforward{host_note}{mem_note}", mem_ratio, "ratio",
+                       goal="<= 0.5", met=mem_met),
         benchtools.row(f"lens train XLA buffers (args+temp+out), jaxinterp ({what})", ours["xla_gib"], "GiB"),
         benchtools.row(f"lens train XLA buffers (args+temp+out), straightforward ({what})", naive["xla_gib"], "GiB"),
         benchtools.row("lens train XLA buffers, jaxinterp / straightforward", xla_ratio, "ratio", goal="<= 0.5",
@@ -186,9 +202,8 @@ def main() -> None:
                        naive["step_s"] / half["step_s"], "x", goal=">= 3x",
                        met=judged(None if killed else naive["step_s"] / half["step_s"] >= 3)),
         benchtools.row(f"lens train peak RSS, jaxinterp, bfloat16 Adam moments ({what})", half["peak_gib"], "GiB"),
-        benchtools.row(f"lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward{host_note}",
-                       half["peak_gib"] / naive["peak_gib"], "ratio", goal="<= 0.5",
-                       met=judged(half["peak_gib"] / naive["peak_gib"] <= 0.5 if on_host else None)),
+        benchtools.row(f"lens train peak RSS, jaxinterp with bfloat16 Adam moments / straightforward{host_note}"
+                       f"{half_note}", half_ratio, "ratio", goal="<= 0.5", met=half_met),
         benchtools.row(f"lens train step, jaxinterp all positions ({what})", all_pos["step_s"], "s/step"),
         benchtools.row(f"lens train peak RSS, jaxinterp all positions ({what})", all_pos["peak_gib"], "GiB"),
         benchtools.row("lens train compile, jaxinterp", ours["compile_s"], "s", goal="< 30 s",

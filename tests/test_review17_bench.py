@@ -260,3 +260,39 @@ def test_inject_sweep_on_an_accelerator_times_warm_runs_of_the_sweep(monkeypatch
     rows = json.loads(path.read_text())["rows"]
     assert rows[0]["workload"].startswith("inject sweep ") and rows[0]["figure"] == pytest.approx(figure, abs=1e-9)
     assert len(calls) == runs
+
+
+@pytest.mark.parametrize("killed, peaks, met", [
+    ("straightforward", (1.0, 1.5), None),  # 0.67 is an upper bound: the true ratio may be <= 0.5
+    ("straightforward", (1.0, 4.0), True),  # 0.25, an upper bound: met
+    ("jaxinterp", (3.0, 4.0), False),  # 0.75, a lower bound: not met
+    ("jaxinterp", (1.0, 4.0), None),  # 0.25, a lower bound: undecided
+    ("both", (1.0, 4.0), None),
+    (None, (1.0, 1.5), False),  # both measured: judged as before
+])
+def test_lens_train_memory_goal_is_not_judged_on_a_bound_that_cannot_decide_it(monkeypatch, tmp_path, killed,
+                                                                                peaks, met):
+    """With the straightforward run stopped at the memory budget (its peak RSS the budget: a lower
+    bound of its memory), jaxinterp / straightforward is an upper bound of the ratio, and the goal
+    (<= 0.5) was judged "NOT met" on it when it was above 0.5; the row did not say it was a bound."""
+    import json
+    import sys
+
+    lens_train = _load("lens_train")
+
+    def fake_child(impl, quick, budget):
+        mine = impl != "straightforward"
+        stopped = killed in ("both", "jaxinterp" if mine else "straightforward")
+        r = {"impl": impl, "step_s": float("nan") if stopped else (0.5 if mine else 2.0), "compile_s": 1.0,
+             "peak_gib": peaks[0] if mine else peaks[1], "xla_gib": 0.25 if mine else 0.5, "platform": "cpu"}
+        return {**r, "killed": True} if stopped else r
+
+    monkeypatch.setattr(lens_train, "_run_child", fake_child)
+    out = tmp_path / "lens.json"
+    monkeypatch.setattr(sys, "argv", ["lens_train.py", "--json", str(out)])
+    lens_train.main()
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["workload"].startswith("lens train peak RSS, jaxinterp")
+            and "/ straightforward" in r["workload"]]
+    assert len(rows) == 2 and all(r["met"] is met and r["figure"] == peaks[0] / peaks[1] for r in rows)
+    note = {"straightforward": "an upper bound", "jaxinterp": "a lower bound", "both": "not measured", None: None}[killed]
+    assert all((note in r["workload"]) if note else "budget" not in r["workload"] for r in rows)
