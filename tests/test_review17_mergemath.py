@@ -98,7 +98,7 @@ DARE = dict(parameters={"weight": 1.0, "density": 0.5})
 def test_merge_refuses_a_seed_whose_masks_alias_another(seed):
     # PRNGKey keeps 32 bits: seed 2**32 + 1 drew seed 1's masks and -1 those of 2**32 - 1, silently
     m, b = {"w": jnp.arange(64.0)}, {"w": jnp.zeros(64)}
-    with pytest.raises(ValueError, match=rf"^seed: expected an integer in \[0, 2\*\*32\) \(the random masks keep "
+    with pytest.raises(ValueError, match=rf"^seed: expected an integer in \[0, 2\*\*32\) \(JAX's PRNGKey keeps "
                                          rf"a seed's low 32 bits\), got {seed}$"):
         tree_merge.merge("dare_linear", [m], base=b, seed=seed, **DARE)
     assert tree_merge.merge("dare_linear", [m], base=b, seed=2**32 - 1, **DARE)["w"].shape == (64,)
@@ -166,3 +166,12 @@ def test_yaml_merge_refuses_an_out_that_is_or_lies_under_a_file(tmp_path, sub):
         checkpoint.run_yaml(cfg, out, progress=False)
     assert (tmp_path / "f").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yml", "f", "m0.safetensors", "m1.safetensors"]
+
+
+def test_train_mlp_refuses_a_seed_whose_init_aliases_another(tmp_path, capsys):
+    from jaxinterp import cli
+
+    out = tmp_path / "a.safetensors"
+    assert cli.main(["merge", "train-mlp", "--seed", str(2**32 + 1), "--steps", "1", "--out", str(out)]) == 2
+    assert "--seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
+    assert not out.exists()

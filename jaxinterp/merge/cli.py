@@ -84,7 +84,10 @@ def _train_mlp(args) -> int:
     import jax
 
     from jaxinterp.merge import mlp
+    from jaxinterp.merge.tree_merge import check_seed
 
+    # PRNGKey keeps 32 bits: --seed 2**32 + 1 initialised seed 1's weights (with other batches)
+    check_seed(args.seed, "--seed")
     d = mlp.load_digits()
     p = mlp.train(mlp.init(jax.random.PRNGKey(args.seed)), d.x_train, d.y_train, steps=args.steps, seed=args.seed)
     _save_params(p, args.out)

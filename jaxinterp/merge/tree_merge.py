@@ -84,7 +84,7 @@ def check_seed(seed: Any, arg: str = "seed") -> None:
     if not is_integer(seed):  # 1.5 failed inside the compiled merge ('PRNG key seed must be an integer')
         raise ValueError(f"{arg}: expected an integer, got {seed!r}")
     if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"{arg}: expected an integer in [0, 2**32) (the random masks keep a seed's low 32 bits), "
+        raise ValueError(f"{arg}: expected an integer in [0, 2**32) (JAX's PRNGKey keeps a seed's low 32 bits), "
                          f"got {seed}")
 
 
