@@ -290,3 +290,24 @@ def test_torch_lens_with_linears_under_two_prefixes_is_refused():
         assert (cfg.n_head, cfg.d_model, cfg.vocab_size, cfg.layer) == (2, 3, 5, 1)
         np.testing.assert_array_equal(lens["W"][1], one["linears.1.weight"].T)
         np.testing.assert_array_equal(lens["b"][0], one["linears.0.bias"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(mode="mean", value=np.zeros(64, np.float32)), r"mode 'mean' at 'blocks.1.hook_attn_out' takes no value "
+                                                        r"\(to write a given vector, use mode 'replace'\), got a value of shape \[64\]"),
+    (dict(mode="zero", value=np.zeros(64, np.float32)), r"mode 'zero' .* takes no value"),
+    (dict(mode="replace", value=np.zeros(64, np.float32), scale=2.0),
+     r"scale at 'blocks.1.hook_attn_out': mode 'replace' takes no scale \(only 'add' scales its value\), got 2.0"),
+    (dict(mode="zero", scale=0.5), r"mode 'zero' takes no scale"),
+])
+def test_interventions_refuse_what_their_mode_ignores(kw, match):
+    """intervene() took a value for "mean" and "zero" and a scale for every mode and ignored them: a
+    data-set mean passed to "mean" ablated with the batch's mean, a scale of 2 wrote "replace"'s value
+    as given. Both are now refused; the defaults (no value, scale 1) pass."""
+    from jaxinterp.transformer import intervene
+
+    with pytest.raises(ValueError, match=match):
+        intervene("blocks.1.hook_attn_out", **kw)
+    intervene("blocks.1.hook_attn_out", mode="mean", scale=1)
+    intervene("blocks.1.hook_attn_out", np.zeros(64, np.float32), mode="replace", scale=np.float32(1.0))
+    intervene("blocks.1.hook_attn_out", np.zeros(64, np.float32), scale=2.0)  # "add" scales

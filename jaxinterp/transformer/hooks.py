@@ -133,6 +133,15 @@ def intervene(name: str, value: Array | None = None, *, mode: str = "add", scale
         raise ValueError(f"intervention mode must be one of {MODES}, got {mode!r}")
     if mode in ("add", "replace") and value is None:
         raise ValueError(f"intervention mode {mode!r} at {name!r} needs a value, got None")
+    # modes that take no value or scale ignored them: a data-set mean given to "mean" ablated with the
+    # batch's mean instead, a scale given to "replace" wrote the value unscaled, silently
+    if mode in ("zero", "mean") and value is not None:
+        raise ValueError(f"intervention mode {mode!r} at {name!r} takes no value (to write a given vector, "
+                         f"use mode 'replace'), got a value of shape {list(np.shape(value))}")
+    if (mode != "add" and not isinstance(scale, jax.core.Tracer)
+            and not (np.ndim(scale) == 0 and np.asarray(scale) == 1)):
+        raise ValueError(f"scale at {name!r}: mode {mode!r} takes no scale (only 'add' scales its value), "
+                         f"got {scale!r}")
     # A NaN reaches every later position's logits (attention mixes it in): refused while concrete.
     # Infinities are not: -inf replacing attention scores is how a key is masked.
     if (mode in ("add", "replace") and not isinstance(value, jax.core.Tracer)
