@@ -110,3 +110,26 @@ def test_widen_repeated_through_another_path_to_the_same_model_is_a_repeat(tmp_p
     _save_small(tmp_path / "small", 0)
     assert _cli(["nugraph", "widen", "--params", "small", "--out", "wide", "--seed", "1"], monkeypatch) == 2
     assert (out / "model.npz").read_bytes() == first
+
+
+def test_write_outputs_keeps_every_display_in_the_folder_one_file_per_event(tmp_path):
+    """write_outputs named a display display_{event name}.png as given: a name holding '/' wrote into a
+    subfolder, one with '../' outside the output folder, and two names differing only there overwrote
+    one file. Now each event gets its own file directly in the folder."""
+    from jaxinterp.nugraph import evaluate
+    from test_nugraph_graph import random_event
+
+    rng = np.random.default_rng(5)
+    names = ["run1/evt2", "../../escape", "a_b", "a/b", ""]
+    events = [random_event(rng, name=n) for n in names]
+    m = evaluate.Model(_tiny_params(), TINY, {}, {})
+    result = evaluate.evaluate(m, events)
+    out = tmp_path / "deep" / "out"
+    written = evaluate.write_outputs(out, m, events, result, displays=len(events))
+    shown = [p.name for p in written if p.name.startswith("display_")]
+    assert shown == ["display_run1_evt2.png", "display_.._.._escape.png", "display_a_b.png", "display_a_b_2.png",
+                     "display_event.png"]
+    assert all(p.parent == out and p.is_file() for p in written)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        sorted(f"deep/out/{p.name}" for p in written)

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -223,6 +224,20 @@ def check_out_dir(out_dir: str | Path, inputs: dict | None) -> None:
                          f"one's are {inputs}; its files would be overwritten (use a new --out folder)")
 
 
+def display_file_name(event_name: str, taken: set[str]) -> str:
+    """display_{name}.png for an event, one file name in the output folder: characters other than
+    letters, digits, '.', '_' and '-' become '_' (a '/' in the name wrote into a subfolder, '../' out
+    of the folder), long names are cut, and a name already in `taken` (which it joins) gets _2, _3, ...
+    (two events whose names differ in such characters overwrote one display)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(event_name or "event"))[:200]
+    name, k = f"display_{stem}.png", 1
+    while name in taken:
+        k += 1
+        name = f"display_{stem}_{k}.png"
+    taken.add(name)
+    return name
+
+
 def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], result: EvalResult, *,
                   displays: int = 3, extra: dict | None = None) -> list[Path]:
     """metrics.json, the semantic and filter confusion matrices (by truth, by prediction) and
@@ -254,10 +269,11 @@ def write_outputs(out_dir: str | Path, model: Model, events: Sequence[Event], re
                                        title=f"filter, normalised by {norm_by}")
         report.figure_png(fig, out / f"confusion_filter_by_{norm_by}.png")
         written.append(out / f"confusion_filter_by_{norm_by}.png")
+    taken: set[str] = set()
     for e, pr in list(zip(events, result.predictions))[:displays]:
         fig = display.event_display(e, predicted_labels(pr, model.config.planes), planes=model.config.planes,
                                     title=f"event {e.name}")
-        name = f"display_{e.name or 'event'}.png"
+        name = display_file_name(e.name, taken)
         report.figure_png(fig, out / name)
         written.append(out / name)
     return written
