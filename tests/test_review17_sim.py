@@ -124,3 +124,14 @@ def test_simulate_command_refuses_a_large_seed_before_writing(tmp_path, capsys, 
     assert main(["nugraph", "simulate", "--events", "2", "--out", str(out), "--seed", str(2**32 + 1)]) == 2
     assert not out.exists() and "seed: expected an integer below 2**32" in capsys.readouterr().err
 
+
+
+def test_noise_hits_lie_inside_the_readout_window():
+    # noise was drawn up to the last hit's tick + 1: where the readout's end cut an event's tracks,
+    # noise hits lay past it (tick 2000.77 of a 2000-tick readout)
+    det = detector.Detector(trigger_tick=0.0, readout_ticks=2000)
+    cfg = simulate.SimConfig(detector=det, noise_hits_per_plane=2000.0, mean_energy_gev=0.3, max_energy_gev=0.6)
+    ticks = [rp.pos[:, 1] / det.tick_cm for ev in simulate.simulate(12, seed=0, config=cfg)
+             for rp in ev.planes.values()]
+    assert max(t.max() for t in ticks) > 1999  # events reach the end of the readout
+    assert all(t.min() >= 0 and t.max() < det.readout_ticks for t in ticks)

@@ -368,8 +368,9 @@ def simulate_event(rng: np.random.Generator, cfg: SimConfig, *, event: int = 0, 
     raw_planes, next_id = {}, 0
     for i, (p, r) in enumerate(zip(planes, readouts)):
         wlo, whi = int(r.wire.min()), int(r.wire.max()) + 1
+        # noise in the hits' window, inside the readout (ticks past its end were noise nothing reads)
         noise = det_mod.noise_hits(det, i, rng.poisson(cfg.noise_hits_per_plane), (wlo, whi),
-                                   (float(r.tick.min()), float(r.tick.max()) + 1), rng)
+                                   (float(r.tick.min()), min(float(r.tick.max()) + 1, det.readout_ticks)), rng)
         wire = np.concatenate([r.wire, noise.wire])
         tick = np.concatenate([r.tick, noise.tick])
         n_true = r.wire.size
