@@ -175,3 +175,23 @@ def test_train_mlp_refuses_a_seed_whose_init_aliases_another(tmp_path, capsys):
     assert cli.main(["merge", "train-mlp", "--seed", str(2**32 + 1), "--steps", "1", "--out", str(out)]) == 2
     assert "--seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method,params,want", [
+    ("ties", {"density": 0.2}, [0, 0, 0, 1 + 2e-12, 0]),
+    ("breadcrumbs", {"density": 0.4, "gamma": 0.2}, [1.0, 1 + 1e-12, 0, 0, 0]),
+])
+def test_yaml_merge_of_float64_checkpoints_ranks_in_float64(tmp_path, method, params, want):
+    from safetensors.numpy import load_file, save_file
+
+    from jaxinterp.merge import checkpoint
+
+    save_file({"w": np.zeros(5)}, str(tmp_path / "b.safetensors"))
+    save_file({"w": np.array([1.0, 1.0 + 1e-12, 0.5, 1.0 + 2e-12, 0.25])}, str(tmp_path / "x.safetensors"))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"merge_method: {method}\nbase_model: {tmp_path / 'b.safetensors'}\nmodels:\n"
+                   f"  - model: {tmp_path / 'x.safetensors'}\nparameters: {dict(params, weight=1.0)}\n".replace("'", ""))
+    checkpoint.run_yaml(cfg, tmp_path / "o", progress=False)
+    got = load_file(str(tmp_path / "o" / "model.safetensors"))["w"]
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
