@@ -128,8 +128,8 @@ class EvalResult(NamedTuple):
     metrics: metrics.Metrics
     counts: metrics.Counts
     predictions: list  # predict.Prediction per event
-    # the jitted forward alone on the first batch (padded as predict pads it), per event: compile,
-    # checks, padding, the params' copy to the devices and the copy back excluded
+    # the jitted forward alone on the first batch (padded as predict pads it), per event, a median of
+    # 3 calls: compile, checks, padding, the params' copy to the devices and the copy back excluded
     seconds_per_event: float
 
 
@@ -158,14 +158,15 @@ def evaluate(model: Model, events: Sequence[Event], *, batch_size: int = 32, pro
 
 def _forward_seconds_per_event(model: Model, chunk: list[Event]) -> float:
     """Wall seconds per event of the jitted forward on `chunk` (one of predict's chunks), padded to
-    predict's bucket (compiled by its run) with params already on the devices, once untimed.
+    predict's bucket (compiled by its run) with params already on the devices: after one untimed
+    call, the median of 3.
 
     A re-run of `predict` on the chunk counted its checks of every event and the params, the params'
     copy to the devices, the host-side padding and the copy back as inference."""
     import jax
     import jax.numpy as jnp
 
-    from jaxinterp import parallel
+    from jaxinterp import benchtools, parallel
     from jaxinterp.nugraph import predict as _predict
 
     config = model.config
@@ -176,10 +177,10 @@ def _forward_seconds_per_event(model: Model, chunk: list[Event]) -> float:
     sizes = _predict._bucket_sizes([_predict._needed_sizes(chunk, d, config.planes)], config.planes, d)[0]
     batch = _predict.prepare(chunk, config=config, mesh=mesh, dtype=dtype, sizes=sizes, check=False)
     fn = _predict.forward(config)
-    jax.block_until_ready(fn(params, batch))  # compiled by predict's run: a warm call
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(params, batch))
-    return (time.perf_counter() - t0) / len(chunk)
+    # compiled by predict's run: one warm call, then a median of 3 (one call slowed by another process
+    # on a shared machine was the figure)
+    t = benchtools.time_fn(lambda: fn(params, batch), repeats=3, clock=time.perf_counter)
+    return t.median_s / len(chunk)
 
 
 def predicted_labels(pred, planes: Sequence[str], *, threshold: float = 0.5) -> dict[str, np.ndarray]:
