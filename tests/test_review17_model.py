@@ -133,3 +133,42 @@ def test_write_outputs_keeps_every_display_in_the_folder_one_file_per_event(tmp_
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
         sorted(f"deep/out/{p.name}" for p in written)
+
+
+def _edit(batch, field, fn):
+    a = np.array(getattr(batch, field))
+    return batch._replace(**{field: fn(a)})
+
+
+def _set(index, value):
+    def fn(a):
+        a[index] = value
+        return a
+    return fn
+
+
+@pytest.mark.parametrize("field, fn, message", [
+    # an index outside its node set: the neighbour gather clamped it to the padding hit, the segment
+    # sums dropped it; the real hits' outputs changed by ~2e-3, silently
+    ("plane_neighbours", _set((0, 0, 0), 64 + 3), r"batch.plane_neighbours: index 67 out of range \[-1, 64\)"),
+    ("plane_neighbours", _set((1, 2, 0), -2), r"batch.plane_neighbours: index -2 out of range \[-1, 64\)"),
+    ("plane_senders", _set((2, 0), 64), r"batch.plane_senders: index 64 out of range \[0, 64\)"),
+    ("nexus_sp", _set((0, -1), 16 + 2), r"batch.nexus_sp: index 18 out of range \[0, 16\)"),
+    ("down_hits", _set((1, 0), -1), r"batch.down_hits: index -1 out of range \[0, 64\)"),
+    ("down_hits", lambda a: a[:, ::-1], r"batch.down_hits must be sorted ascending within each plane"),
+    # shapes that do not fit batch.x: TypeErrors from a broadcast deep inside
+    ("plane_neighbours", lambda a: a[:, :10], r"batch.plane_neighbours must have shape \[P, N, K\] \(P = 3, N = 64 "
+                                              r"from batch.x.*got \[3, 10, 8\]"),
+    ("down_sp", lambda a: a[:, :5], r"batch.down_sp must have shape \[P, X\] .*got \[3, 5\]"),
+    ("plane_receivers", lambda a: a[:2], r"batch.plane_receivers must have shape \[P, E\] .*got \[2, 16\]"),
+])
+def test_apply_refuses_a_batch_whose_indices_do_not_fit(field, fn, message):
+    from jaxinterp.nugraph import graph
+    from test_nugraph_graph import random_event
+
+    batch = graph.pad_batch([random_event(np.random.default_rng(0))])
+    assert batch.sizes[:4] == (64, 16, 16, 16)
+    params = model.init(jax.random.PRNGKey(0), TINY)
+    with pytest.raises(ValueError, match="apply: " + message):
+        model.apply(params, _edit(batch, field, fn), config=TINY)
+    model.apply(params, batch, config=TINY)  # the batch as pad_batch built it

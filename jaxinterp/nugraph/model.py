@@ -379,17 +379,56 @@ def _split_planes(params: Params, batch: GraphBatch, x, config: NuGraph2Config) 
     return tuple(out)
 
 
+_INDEX_FIELDS = ("plane_neighbours", "plane_senders", "plane_receivers", "nexus_hits", "nexus_sp", "down_hits",
+                 "down_sp", "sp_mask")
+
+
+def _check_batch(batch: GraphBatch, P: int, N: int) -> None:
+    """ValueError for a batch whose index arrays do not fit x [P, N, D] (at trace time: a deep broadcasting
+    TypeError before), or, when they are concrete (an eager call), hold an index outside its node set
+    (gathers clamp it and segment sums drop it: silently other outputs) or receivers out of the order
+    `gather_segment_sum` is promised. Under jit they are traced and unchecked (`graph.pad_batch` builds them)."""
+    shape = {f: tuple(jnp.shape(getattr(batch, f))) for f in _INDEX_FIELDS}
+    K, E, X = shape["plane_neighbours"][2:3], shape["plane_senders"][1:2], shape["nexus_hits"][1:2]
+    want = {"plane_neighbours": ((P, N) + K, "[P, N, K]"), "plane_senders": ((P,) + E, "[P, E]"),
+            "plane_receivers": ((P,) + E, "[P, E]"), "nexus_hits": ((P,) + X, "[P, X]"),
+            "nexus_sp": ((P,) + X, "[P, X]"), "down_hits": ((P,) + X, "[P, X]"), "down_sp": ((P,) + X, "[P, X]"),
+            "sp_mask": (shape["sp_mask"][:1], "[S]")}
+    for f, (w, dims) in want.items():
+        if shape[f] != w or len(w) != dims.count(",") + 1:
+            raise ValueError(f"apply: batch.{f} must have shape {dims} (P = {P}, N = {N} from batch.x; K, E, X "
+                             f"from plane_neighbours, plane_senders, nexus_hits), got {list(shape[f])}")
+    S = shape["sp_mask"][0]
+    ranges = (("plane_neighbours", -1, N, None), ("plane_senders", 0, N, None), ("plane_receivers", 0, N, "sorted"),
+              ("nexus_hits", 0, N, None), ("nexus_sp", 0, S, "sorted"), ("down_hits", 0, N, "sorted"),
+              ("down_sp", 0, S, None))
+    for name, low, high, order in ranges:
+        a = getattr(batch, name)
+        if isinstance(a, jax.core.Tracer) or not np.size(a):
+            continue
+        a = np.asarray(a)
+        if a.min() < low or a.max() >= high:
+            bad = a.min() if a.min() < low else a.max()
+            raise ValueError(f"apply: batch.{name}: index {bad} out of range [{low}, {high})")
+        if order and np.any(np.diff(a, axis=-1) < 0):
+            raise ValueError(f"apply: batch.{name} must be sorted ascending within each plane "
+                             "(as graph.pad_batch sorts it), got an unsorted one")
+
+
 def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph2Config()) -> Outputs:
     """NuGraph2 forward on one padded batch (no leading device axis; vmap over one).
 
     Returns logits `[P, N, C]` and filter probabilities `[P, N]`; rows of padding hits are
-    meaningless (finite) and must be masked with `batch.hit_mask`.
+    meaningless (finite) and must be masked with `batch.hit_mask`. Index arrays that do not fit
+    batch.x are a ValueError at trace time; indices out of range or unsorted receivers too when
+    they are concrete (an eager call, as `jraph_model.apply_graphs` checks its own).
     """
     planes = config.planes
     x = jnp.asarray(batch.x)
     if x.ndim != 3 or x.shape[0] != len(planes) or x.shape[2] != config.in_features:
         raise ValueError(f"apply: batch.x must have shape [P={len(planes)}, N, {config.in_features}], "
                          f"got {list(x.shape)}")
+    _check_batch(batch, len(planes), x.shape[1])
     check_params(params, config, where="apply: params")  # shapes only: at trace time under jit
     planes_in = _split_planes(params, batch, x, config)
     h = jnp.tanh(_input_linear(_stack(params["encoder"], planes), x))  # [P, C, N, F]
