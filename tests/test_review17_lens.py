@@ -142,9 +142,14 @@ def test_mean_ablation_averages_the_real_tokens_only(tiny_processed, name, side)
     _, abl = run_with_cache(params, tokens, config=config, names=(name,), attention_mask=mask,
                             interventions=[intervene(name, mode="mean")])
     x = np.asarray(clean[name], np.float64)
-    w = mask.astype(bool)
-    w = w[:, None, :, None] if x.ndim == 4 and name.endswith("pattern") else w.reshape(w.shape + (1,) * (x.ndim - 2))
-    want = np.broadcast_to((x * w).sum(0, keepdims=True) / w.sum(0, keepdims=True), x.shape)
+    m = mask.astype(bool)
+    if name.endswith("pattern"):  # rows real at query and key; a row's own padded keys keep their values
+        w = m[:, None, :, None] & m[:, None, None, :]
+        mean = (x * w).sum(0, keepdims=True) / np.maximum(w.sum(0, keepdims=True), 1)
+        want = np.where(m[:, None, None, :], np.where(w.any(0, keepdims=True), mean, x), x)
+    else:
+        w = m.reshape(m.shape + (1,) * (x.ndim - 2))
+        want = np.broadcast_to((x * w).sum(0, keepdims=True) / w.sum(0, keepdims=True), x.shape)
     np.testing.assert_allclose(abl[name], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(abl[name], np.broadcast_to(x.mean(0, keepdims=True), x.shape), atol=1e-4)
 
@@ -311,3 +316,24 @@ def test_interventions_refuse_what_their_mode_ignores(kw, match):
     intervene("blocks.1.hook_attn_out", mode="mean", scale=1)
     intervene("blocks.1.hook_attn_out", np.zeros(64, np.float32), mode="replace", scale=np.float32(1.0))
     intervene("blocks.1.hook_attn_out", np.zeros(64, np.float32), scale=2.0)  # "add" scales
+
+
+@pytest.mark.parametrize("name", ["blocks.1.attn.hook_pattern", "blocks.1.attn.hook_attn_scores",
+                                  "blocks.1.hook_resid_pre", "blocks.0.attn.hook_v"])
+def test_mean_ablation_does_not_read_the_padding(tiny_processed, name):
+    """What the pad tokens of a left-padded row are must not change any real position's logits. The
+    mean over rows put other rows' pad activations into it and, at attention patterns, gave a real
+    query of the padded row the other rows' attention to keys it pads (so it read its pad tokens)."""
+    from jaxinterp.transformer import forward, intervene
+
+    params, config = tiny_processed
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(1, 97, (3, 8)).astype(np.int32)
+    mask = np.ones((3, 8), np.int32)
+    mask[0, :3] = mask[2, :5] = 0
+    iv = [intervene(name, mode="mean")]
+    logits = [np.asarray(forward(params, np.where(mask > 0, tokens, pad), config=config, attention_mask=mask,
+                                 interventions=iv)) for pad in (0, 50)]
+    real = mask.astype(bool)
+    np.testing.assert_allclose(logits[1][real], logits[0][real], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(logits[0][real]).all()

@@ -99,9 +99,11 @@ class Intervention:
     mode "add":     x + scale * value
     mode "replace": value (where selected), x elsewhere
     mode "zero":    0 (where selected)
-    mode "mean":    the mean over the batch of x at each position (`value` unused), where selected;
+    mode "mean":    the mean over the batch of x at each position (takes no value), where selected;
                     only rows where the model's attention_mask is 1 at that position count (padding
-                    stays out of the mean; a position padded in every row keeps its values). Without a
+                    stays out of the mean; a position padded in every row keeps its values; at
+                    attention scores and patterns, a key counts where it is real too, and a row's own
+                    padded keys keep their values, so no real query reads a pad token). Without a
                     mask (all rows real, or the `gpt2.unembed` slice, which takes none) every row counts.
                     To ablate with a data-set mean, use "replace" with that mean as `value`.
 
@@ -231,11 +233,18 @@ def _batch_mean(x: Array, layout: str, mask: Array | None) -> Array:
     if mask is None:
         return x.mean(axis=0, keepdims=True)
     m = mask.astype(bool)
-    w = m[:, None, :, None] if layout == "bhqk" else m.reshape(m.shape + (1,) * (x.ndim - 2))
+    if layout == "bhqk":  # rows real at the query and the key; a row's own padded keys keep their values
+        w = m[:, None, :, None] & m[:, None, None, :]  # (B, 1, Q, K)
+    else:
+        w = m.reshape(m.shape + (1,) * (x.ndim - 2))
     acc = jnp.promote_types(x.dtype, jnp.float32)
     total = jnp.where(w, x.astype(acc), 0).sum(axis=0, keepdims=True)  # where, not *: -inf scores * 0 is NaN
     count = w.sum(axis=0, keepdims=True)
-    return jnp.where(count > 0, (total / jnp.maximum(count, 1)).astype(x.dtype), x)
+    mean = jnp.where(count > 0, (total / jnp.maximum(count, 1)).astype(x.dtype), x)
+    if layout == "bhqk":
+        # another row's attention to a key this row pads would make its real queries read the pad token
+        return jnp.where(m[:, None, None, :], mean, x)
+    return mean
 
 
 def apply(ivs: Sequence[Intervention], site: str, layer: int, x: Array) -> Array:
