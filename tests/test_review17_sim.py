@@ -135,3 +135,16 @@ def test_noise_hits_lie_inside_the_readout_window():
              for rp in ev.planes.values()]
     assert max(t.max() for t in ticks) > 1999  # events reach the end of the readout
     assert all(t.min() >= 0 and t.max() < det.readout_ticks for t in ticks)
+
+
+def test_diffuse_blobs_at_a_face_of_the_tpc_stay_inside():
+    # each blob's 1-3 points are spread 0.15 cm around it after the blob was placed inside: a blob at
+    # the anode put charge behind it (x < 0, ticks before the trigger), one at the top above the TPC
+    cfg = simulate.SimConfig()
+    det = cfg.detector
+    for center in ([0.0, 0.0, 500.0], [128.0, det.height_cm / 2, 500.0], [128.0, 0.0, det.length_cm]):
+        dep = simulate._Deposits()
+        simulate._blobs(np.random.default_rng(0), dep, np.array(center), 3000, cfg, spread_cm=0.5)
+        xyz, q, _ = dep.arrays()
+        assert xyz.shape[0] > 3000 and det.inside(xyz).all()
+

@@ -259,6 +259,10 @@ def _blobs(rng, dep, center, n, cfg, *, spread_cm=35.0):
     e = rng.lognormal(np.log(0.8), 0.6, pos.shape[0])
     npts = rng.integers(1, 4, pos.shape[0])
     xyz = np.repeat(pos, npts, axis=0) + rng.normal(0, 0.15, (npts.sum(), 3))
+    # the spread can carry a point of a blob at a face out of the TPC: back onto the face (dropping
+    # it would shift every later random draw of the event)
+    det = cfg.detector
+    xyz = np.clip(xyz, [0.0, -det.height_cm / 2, 0.0], [det.drift_cm, det.height_cm / 2, det.length_cm])
     q = np.repeat(e / npts, npts) * _recombination(np.array(4.0))
     dep.add(xyz, q, owner)
 
