@@ -172,3 +172,25 @@ def test_apply_refuses_a_batch_whose_indices_do_not_fit(field, fn, message):
     with pytest.raises(ValueError, match="apply: " + message):
         model.apply(params, _edit(batch, field, fn), config=TINY)
     model.apply(params, batch, config=TINY)  # the batch as pad_batch built it
+
+
+def test_train_from_init_params_leaves_the_callers_arrays_alive(tmp_path):
+    """train(init_params=...) took float32 jax arrays with jnp.asarray, which returns them as they are,
+    and the train step donates its state: the first step deleted the caller's params ('Array has been
+    deleted'). Now the run starts from a copy; the caller's arrays are unchanged."""
+    from jaxinterp.nugraph import hdf5, simulate, train
+
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    events = simulate.simulate(5, seed=21, config=cfg)
+    names = [e.name for e in events]
+    path = hdf5.write_events(tmp_path / "tiny.gnn.h5", events, splits={"train": names[:4], "validation": names[4:],
+                                                                          "test": []})
+    start = model.init(jax.random.PRNGKey(1), TINY)
+    before = jax.tree.map(np.array, start)
+    res = train.train(path, tmp_path / "run", config=train.TrainConfig(epochs=1, batch_size=4), model_config=TINY,
+                      progress=False, log=lambda s: None, init_params=start, limit_val=0)
+    assert res.finished and res.steps == 1
+    assert not any(a.is_deleted() for a in jax.tree.leaves(start))
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(before)))

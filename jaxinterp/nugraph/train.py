@@ -456,8 +456,10 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
         atomic.write_text(run_json, json.dumps(run_desc, indent=1))
 
     opt, schedule = _optimizer(config.lr, config.weight_decay, total)
+    # a copy of init_params (jnp.array, not asarray): the train step donates its state, and asarray
+    # returned the caller's own float32 jax arrays, which the first step deleted
     params = (model.init(jax.random.key(config.seed), model_config) if init_params is None
-              else jax.tree.map(lambda a: jax.numpy.asarray(a, jax.numpy.float32), init_params))
+              else jax.tree.map(lambda a: jax.numpy.array(a, jax.numpy.float32), init_params))
     state = TrainState(params, opt.init(params))
     mngr = _manager(out_dir)
     step, history, seconds_before = 0, [], 0.0
