@@ -195,3 +195,27 @@ def test_yaml_merge_of_float64_checkpoints_ranks_in_float64(tmp_path, method, pa
     got = load_file(str(tmp_path / "o" / "model.safetensors"))["w"]
     assert got.dtype == np.float64
     np.testing.assert_array_equal(got, want)
+
+
+# ----------------------------------------------------------------------------- karcher, antipodal inputs
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3), (5, 6), (3, 4, 5), (7,)])
+def test_karcher_of_antipodal_inputs_returns_the_first_as_mergekit(x64, shape):
+    from jaxinterp.merge import spherical
+
+    # mergekit 0.1.5's karcher_merge_tensors([x, -x]) is x: the mean starts at the first unit and the
+    # other's unit - dot * mean is 0. Here theta / sin(theta) ~ 1e16 at theta = pi multiplied the
+    # rounding of units and dot (XLA's, under jit, not symmetric in x and -x) into a tangent of norm ~1
+    x0 = np.random.default_rng(sum(shape)).normal(size=shape)
+    tol = dict(rtol=1e-12, atol=1e-12) if x64 else dict(rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(x64):
+        x = jnp.asarray(x0, jnp.float64 if x64 else jnp.float32)
+        np.testing.assert_allclose(np.asarray(spherical.karcher([x, -x])), x0, **tol)
+        np.testing.assert_allclose(np.asarray(jax.jit(lambda a: spherical.karcher([a, -a]))(x)), x0, **tol)
+        np.testing.assert_allclose(np.asarray(tree_merge.merge("karcher", [{"w": x}, {"w": -x}])["w"]), x0, **tol)
+        # a third input still moves the mean (only the antipodal one adds nothing)
+        y = jnp.asarray(np.random.default_rng(1).normal(size=shape), x.dtype)
+        got = np.asarray(spherical.karcher([x, -x, y]))
+        assert np.all(np.isfinite(got)) and not np.allclose(got, x0 / np.linalg.norm(x0) * np.linalg.norm(got))

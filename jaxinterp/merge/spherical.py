@@ -119,7 +119,7 @@ def karcher(tensors: list[jax.Array], alphas: list[float] | None = None, *, max_
     """Weighted Karcher mean on the unit sphere, scaled by sum_i alpha_i ||x_i|| (mergekit's rule).
 
     mergekit's Python branches become masks: inputs with norm <= tol drop out (their alpha is 0),
-    an input within tol of the mean adds nothing to the tangent, and the iteration freezes once
+    an input within tol of the mean, or antipodal to it, adds nothing to the tangent, and the iteration freezes once
     the tangent's norm is below tol.
     """
     if len(tensors) == 1:
@@ -144,9 +144,12 @@ def karcher(tensors: list[jax.Array], alphas: list[float] | None = None, *, max_
         mean, done = carry
         dot = jnp.clip(units @ mean, -1.0, 1.0)  # [N]
         theta = jnp.arccos(dot)
-        use = valid & (theta >= tol)
+        # an input antipodal to the mean (dot clipped to -1) adds nothing: its unit - dot * mean is 0
+        # in exact arithmetic (mergekit's karcher([x, -x]) is x), but theta / sin(theta) ~ 1e16
+        # (float64; ~4e7 in float32) turned the rounding of units and dot into a tangent of norm ~1
+        use = valid & (theta >= tol) & (dot > -1)
         coef = jnp.where(use, va * theta / jnp.where(use, jnp.sin(theta), 1.0), 0.0)
-        tangent = coef @ units - jnp.sum(coef * dot) * mean
+        tangent = coef @ (units - dot[:, None] * mean)  # each unit's part off the mean, weighted (mergekit's order)
         tn = jnp.linalg.norm(tangent)
         stop = done | (tn < tol)
         new = jnp.cos(tn) * mean + jnp.sin(tn) * (tangent / jnp.where(tn == 0, 1.0, tn))
