@@ -337,3 +337,22 @@ def test_mean_ablation_does_not_read_the_padding(tiny_processed, name):
     real = mask.astype(bool)
     np.testing.assert_allclose(logits[1][real], logits[0][real], rtol=1e-5, atol=1e-5)
     assert np.isfinite(logits[0][real]).all()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(limit=0), r"limit: expected a positive number of words \(or None for all\), got 0"),
+    (dict(limit=-1), r"limit: expected a positive number of words \(or None for all\), got -1"),
+    (dict(limit=2.5), r"limit: .* got 2.5"),
+    (dict(n=-1), r"n: expected a non-negative number of words, got -1"),
+])
+def test_random_words_refuses_a_limit_or_count_out_of_range(kw, match):
+    """random_words(limit=0) drew from the whole list and limit=-1 from all but its last word (a slice),
+    silently; a negative n was numpy's 'negative dimensions' error."""
+    from jaxinterp.inject import data
+
+    words = {"Nouns": ["w1", "w2", "w3"]}
+    with pytest.raises(ValueError, match=match):
+        data.random_words(words, "Nouns", **{"n": 4, **kw})
+    assert set(data.random_words(words, "Nouns", 50, limit=1)) == {"w1"}
+    assert set(data.random_words(words, "Nouns", 200, limit=None)) == {"w1", "w2", "w3"}
+    assert data.random_words(words, "Nouns", 0) == []

@@ -153,7 +153,12 @@ def random_words(words: dict[str, list[str]], word_type: str, n: int, *, seed: i
     """
     if word_type not in words:
         raise ValueError(f"word_type: expected one of {list(words)}, got {word_type!r}")
-    pool = words[word_type][:limit] if limit else words[word_type]
+    # limit 0 drew from the whole list and a negative one from all but its last words (a slice), silently
+    if limit is not None and (not is_integer(limit) or limit < 1):
+        raise ValueError(f"limit: expected a positive number of words (or None for all), got {limit!r}")
+    if not is_integer(n) or n < 0:
+        raise ValueError(f"n: expected a non-negative number of words, got {n!r}")
+    pool = words[word_type][:limit] if limit is not None else words[word_type]
     if not pool:
         raise ValueError(f"word_type {word_type!r}: the list is empty")
     rng = np.random.default_rng(seed)
