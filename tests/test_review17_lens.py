@@ -298,8 +298,9 @@ def test_torch_lens_with_linears_under_two_prefixes_is_refused():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(mode="mean", value=np.zeros(64, np.float32)), r"mode 'mean' at 'blocks.1.hook_attn_out' takes no value "
-                                                        r"\(to write a given vector, use mode 'replace'\), got a value of shape \[64\]"),
+    (dict(mode="mean", value=np.zeros(64, np.float32)),
+     r"mode 'mean' at 'blocks.1.hook_attn_out' takes no value \(to write a given vector, use mode 'replace'\), "
+     r"got a value of shape \[64\]"),
     (dict(mode="zero", value=np.zeros(64, np.float32)), r"mode 'zero' .* takes no value"),
     (dict(mode="replace", value=np.zeros(64, np.float32), scale=2.0),
      r"scale at 'blocks.1.hook_attn_out': mode 'replace' takes no scale \(only 'add' scales its value\), got 2.0"),
