@@ -194,3 +194,25 @@ def test_train_from_init_params_leaves_the_callers_arrays_alive(tmp_path):
     for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(before)):
         np.testing.assert_array_equal(np.asarray(a), b)
     assert any(not np.array_equal(np.asarray(a), b) for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(before)))
+
+
+@pytest.mark.parametrize("edit", [
+    dict(sp=64.5),  # padded to 65 space points (np.arange(64.5)), silently
+    dict(nodes=(64.0, 64, 64)),  # taken as 64
+    dict(edges=(True, 64, 128)),  # a boolean budget of 1
+    dict(graphs="8"),  # numpy's UFuncTypeError
+    dict(nodes=(64, 64)),  # a plane short: 'budgets too small' with no word of the planes
+])
+def test_batch_graphs_refuses_sizes_that_are_not_jraph_sizes(edit):
+    from jaxinterp.nugraph import jraph_batch
+    from test_nugraph_graph import random_event
+
+    events = [random_event(np.random.default_rng(0))]
+    sizes = jraph_batch.pick_jraph_sizes(events)._replace(nodes=(64, 64, 64), edges=(128, 128, 128))
+    with pytest.raises(ValueError, match=r"batch_graphs: sizes: expected a jraph_batch.JraphSizes \(nodes, edges, nexus: 3 "
+                                         r"integers each, one per plane \['u', 'v', 'y'\]; sp, graphs: integers\), got"):
+        jraph_batch.batch_graphs(events, sizes._replace(**edit))
+    with pytest.raises(ValueError, match=r"batch_graphs: sizes: .*got \(\(64, 64, 64\)"):  # four fields
+        jraph_batch.batch_graphs(events, tuple(sizes)[:4])
+    assert jraph_batch.batch_graphs(events, tuple(sizes)).sizes == sizes  # a plain tuple of integers, as before
+    assert jraph_batch.batch_graphs(events, sizes._replace(sp=np.int64(32))).sizes.sp == 32

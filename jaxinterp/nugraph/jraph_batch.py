@@ -24,6 +24,7 @@ from typing import NamedTuple, Sequence
 import jraph
 import numpy as np
 
+from jaxinterp.checks import is_integer
 from jaxinterp.nugraph.event import PLANES, SEMANTIC_CLASSES, Event, validate
 from jaxinterp.nugraph.graph import bucket
 
@@ -70,6 +71,19 @@ def pick_jraph_sizes(events: Sequence[Event], *, planes: tuple[str, ...] = PLANE
                       tuple(map(bucket, least.nexus)), bucket(least.sp), bucket(least.graphs, minimum=2))
 
 
+def check_jraph_sizes(sizes, planes: tuple[str, ...]) -> JraphSizes:
+    """`sizes` as a JraphSizes (nodes, edges, nexus: one integer per plane; sp, graphs: integers), else a
+    ValueError (a float sp of 64.5 padded to 65 space points, a string was numpy's UFuncTypeError, four
+    fields JraphSizes' 'missing argument', a boolean budget 1)."""
+    fields = list(sizes) if isinstance(sizes, (tuple, list)) and len(sizes) == len(JraphSizes._fields) else None
+    per_plane = fields is not None and all(isinstance(v, (tuple, list)) and len(v) == len(planes)
+                                           and all(is_integer(k) for k in v) for v in fields[:3])
+    if not (per_plane and all(is_integer(v) for v in fields[3:])):
+        raise ValueError(f"batch_graphs: sizes: expected a jraph_batch.JraphSizes (nodes, edges, nexus: {len(planes)} "
+                         f"integers each, one per plane {list(planes)}; sp, graphs: integers), got {sizes!r}")
+    return JraphSizes(*(tuple(int(k) for k in v) for v in fields[:3]), int(fields[3]), int(fields[4]))
+
+
 def batch_graphs(events: Sequence[Event], sizes: JraphSizes | None = None, *,
                  planes: tuple[str, ...] = PLANES, dtype=np.float32,
                  classes: tuple[str, ...] = SEMANTIC_CLASSES) -> JraphBatch:
@@ -82,10 +96,11 @@ def batch_graphs(events: Sequence[Event], sizes: JraphSizes | None = None, *,
     events = list(events)
     if not events:
         raise ValueError("batch_graphs: events must hold at least one Event, got an empty list")
+    sizes = None if sizes is None else check_jraph_sizes(sizes, planes)  # before the events are checked
     for e in events:
         validate(e, planes=planes, classes=classes)
     least = _least(events, planes)
-    sizes = pick_jraph_sizes(events, planes=planes) if sizes is None else JraphSizes(*sizes)
+    sizes = pick_jraph_sizes(events, planes=planes) if sizes is None else sizes
     ints = lambda v: [int(k) for k in np.atleast_1d(v)]  # noqa: E731
     short = [f"{name} {ints(have)} (needs at least {ints(want)})"
              for name, have, want in zip(JraphSizes._fields, sizes, least)
