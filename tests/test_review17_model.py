@@ -216,3 +216,21 @@ def test_batch_graphs_refuses_sizes_that_are_not_jraph_sizes(edit):
         jraph_batch.batch_graphs(events, tuple(sizes)[:4])
     assert jraph_batch.batch_graphs(events, tuple(sizes)).sizes == sizes  # a plain tuple of integers, as before
     assert jraph_batch.batch_graphs(events, sizes._replace(sp=np.int64(32))).sizes.sp == 32
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    ((0, TINY), {}, r"init: rng: expected one PRNG key \(jax.random.key\(seed\) or PRNGKey\(seed\)\), got int"),
+    ((jax.random.split(jax.random.PRNGKey(0)), TINY), {}, r"init: rng: expected one PRNG key .*got \w+ uint32 \[2, 2\]"),
+    ((jax.random.PRNGKey(0), {"planar_features": 8}), {}, r"init: config: expected a NuGraph2Config, got dict"),
+    ((jax.random.PRNGKey(0), TINY), {"dtype": "int32"}, r"init: dtype: expected a floating-point dtype, got 'int32'"),
+    ((jax.random.PRNGKey(0), TINY), {"dtype": "nope"}, r"init: dtype: expected a floating-point dtype, got 'nope'"),
+    # with x64 off: float32 params with a warning at most
+    ((jax.random.PRNGKey(0), TINY), {"dtype": jnp.float64}, r"init: dtype: expected jax_enable_x64 on for float64"),
+])
+def test_init_refuses_what_it_cannot_build(args, kwargs, message):
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=message):
+            model.init(*args, **kwargs)
+    assert jax.tree.leaves(model.init(jax.random.key(0), TINY))[0].dtype == jnp.float32  # both kinds of key
+    with jax.enable_x64(True):
+        assert jax.tree.leaves(model.init(jax.random.PRNGKey(0), TINY, dtype=jnp.float64))[0].dtype == jnp.float64

@@ -151,8 +151,29 @@ def check_params(params: Params, config: NuGraph2Config, *, where: str = "params
 
 
 def init(rng: jax.Array, config: NuGraph2Config = NuGraph2Config(), *, dtype=jnp.float32) -> Params:
-    """Random params as torch initialises them: U(+-1/sqrt(fan_in)) weights and biases, T = 0."""
-    return _init_jit(rng, config, jnp.dtype(dtype))
+    """Random params as torch initialises them: U(+-1/sqrt(fan_in)) weights and biases, T = 0.
+
+    A config that is not a NuGraph2Config, a dtype that is not floating point (or float64 while
+    jax_enable_x64 is off: the params would silently be float32) and an rng that is not one PRNG key
+    are ValueErrors (they were jit's hashing error, jax's key errors, or a warning at most)."""
+    if not isinstance(config, NuGraph2Config):
+        raise ValueError(f"init: config: expected a NuGraph2Config, got {type(config).__name__}")
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"init: dtype: expected a floating-point dtype, got {dtype!r}")
+    if jax.dtypes.canonicalize_dtype(dt) != dt:
+        raise ValueError(f"init: dtype: expected jax_enable_x64 on for {dt.name} params "
+                         "(jax.config.update('jax_enable_x64', True)), got it off: they would be float32")
+    kind, shape = (rng.dtype, tuple(rng.shape)) if hasattr(rng, "dtype") and hasattr(rng, "shape") else (None, None)
+    typed = kind is not None and jnp.issubdtype(kind, jax.dtypes.prng_key) and shape == ()  # jax.random.key
+    raw = kind == jnp.uint32 and len(shape) == 1  # jax.random.PRNGKey: [2] (threefry), [4] (rbg)
+    if not (typed or raw):
+        raise ValueError(f"init: rng: expected one PRNG key (jax.random.key(seed) or PRNGKey(seed)), got "
+                         f"{type(rng).__name__}" + (f" {kind} {list(shape)}" if kind is not None else ""))
+    return _init_jit(rng, config, dt)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
