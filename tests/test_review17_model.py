@@ -234,3 +234,25 @@ def test_init_refuses_what_it_cannot_build(args, kwargs, message):
     assert jax.tree.leaves(model.init(jax.random.key(0), TINY))[0].dtype == jnp.float32  # both kinds of key
     with jax.enable_x64(True):
         assert jax.tree.leaves(model.init(jax.random.PRNGKey(0), TINY, dtype=jnp.float64))[0].dtype == jnp.float64
+
+
+@pytest.mark.parametrize("form", ["apply", "apply_graphs"])
+def test_forwards_refuse_a_config_or_batch_of_another_type(form):
+    """model.apply and jraph_model.apply_graphs given a config dict or string, or a batch of another
+    type, failed with AttributeErrors from inside ('dict' object has no attribute 'planes')."""
+    from jaxinterp.nugraph import graph, jraph_batch, jraph_model
+    from test_nugraph_graph import random_event
+
+    events = [random_event(np.random.default_rng(0))]
+    params = model.init(jax.random.PRNGKey(0), TINY)
+    fn, batch, kind = ((model.apply, graph.pad_batch(events), r"graph.GraphBatch \(graph.pad_batch\)") if form == "apply"
+                       else (jraph_model.apply_graphs, jraph_batch.batch_graphs(events),
+                             r"jraph_batch.JraphBatch \(jraph_batch.batch_graphs\)"))
+    for config, got in (({"planar_features": 8}, "dict"), ("tiny", "str")):
+        with pytest.raises(ValueError, match=rf"{form}: config: expected a NuGraph2Config, got {got}"):
+            fn(params, batch, config=config)
+    other = graph.pad_batch(events) if form == "apply_graphs" else jraph_batch.batch_graphs(events)
+    for bad in ("batch", other):
+        with pytest.raises(ValueError, match=rf"{form}: batch: expected a {kind}, got {type(bad).__name__}"):
+            fn(params, bad, config=TINY)
+    jax.jit(lambda b: fn(params, b, config=TINY))(batch)  # the batch type survives jit

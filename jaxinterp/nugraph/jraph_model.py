@@ -120,6 +120,11 @@ def apply_graphs(params: Params, batch: JraphBatch, *, config: NuGraph2Config = 
     are indices out of range when they are concrete (called eagerly; under jit they are traced and
     `jraph_batch.batch_graphs` has checked them).
     """
+    if not isinstance(config, NuGraph2Config):  # an AttributeError from inside before
+        raise ValueError(f"apply_graphs: config: expected a NuGraph2Config, got {type(config).__name__}")
+    if not isinstance(batch, JraphBatch):
+        raise ValueError(f"apply_graphs: batch: expected a jraph_batch.JraphBatch (jraph_batch.batch_graphs), "
+                         f"got {type(batch).__name__}")
     planes, C = config.planes, config.num_classes
     if len(batch.planes) != len(planes):
         raise ValueError(f"apply_graphs: expected {len(planes)} plane graphs ({', '.join(planes)}), "

@@ -444,6 +444,10 @@ def apply(params: Params, batch: GraphBatch, *, config: NuGraph2Config = NuGraph
     batch.x are a ValueError at trace time; indices out of range or unsorted receivers too when
     they are concrete (an eager call, as `jraph_model.apply_graphs` checks its own).
     """
+    if not isinstance(config, NuGraph2Config):  # an AttributeError from inside before
+        raise ValueError(f"apply: config: expected a NuGraph2Config, got {type(config).__name__}")
+    if not isinstance(batch, GraphBatch):
+        raise ValueError(f"apply: batch: expected a graph.GraphBatch (graph.pad_batch), got {type(batch).__name__}")
     planes = config.planes
     x = jnp.asarray(batch.x)
     if x.ndim != 3 or x.shape[0] != len(planes) or x.shape[2] != config.in_features:
