@@ -13,10 +13,10 @@ one gather, one multiply and one scatter-add over receivers that are sorted (the
 `segment_sum` over graphs and classes (2.7 ms against 4.3 ms for 3 planes x 5 classes x 6000 edges
 x 68 features). `gather_segment_sum_reference` is the plain vmapped form, for tests.
 
-Indices out of range follow the reference's rules in both forms: an edge whose receiver lies
-outside [0, N) is dropped (as `segment_sum` drops it; it counts in no mean), and a sender outside
-[0, M) is clamped into it (as a jnp gather clamps). The flat rows of the fast form would otherwise
-send such an edge into the next graph's or class's rows.
+Indices out of range follow one rule in both forms: an edge whose receiver lies outside [0, N) is
+dropped (it counts in no mean; both forms mask it themselves, as XLA's scatter wraps int64 ids of
+2**32 and more into range), and a sender outside [0, M) is clamped into it (as a jnp gather clamps).
+The flat rows of the fast form would otherwise send such an edge into the next graph's or class's rows.
 
 Axis names: B graphs (1 in `values` broadcasts), C classes, M senders' nodes, N receivers' nodes,
 E edges, F features.
@@ -61,10 +61,17 @@ def _check(values, weights, senders, receivers, num_receivers, initial) -> int:
     return n
 
 
-def _degree(receivers, num_receivers: int, dtype):
-    """[B, N] number of edges into each receiver, at least 1 (a mean over no edge is 0)."""
-    ones = jnp.ones(receivers.shape, dtype)
-    count = jax.vmap(lambda r, o: jax.ops.segment_sum(o, r, num_receivers))(receivers, ones)
+def _in_range(receivers, num_receivers: int):
+    """(valid [B, E], receivers clamped into [0, N)): XLA's scatter does not drop every id outside
+    [0, N) (under x64 an int64 id of 2**33 landed in row 0), so such edges are masked, not left to it."""
+    valid = (receivers >= 0) & (receivers < num_receivers)
+    return valid, jnp.clip(receivers, 0, max(num_receivers - 1, 0))
+
+
+def _degree(valid, receivers, num_receivers: int, dtype):
+    """[B, N] number of edges into each receiver (valid ones, receivers clamped), at least 1 (a mean
+    over no edge is 0)."""
+    count = jax.vmap(lambda r, o: jax.ops.segment_sum(o, r, num_receivers))(receivers, valid.astype(dtype))
     return jnp.maximum(count, 1)
 
 
@@ -83,16 +90,18 @@ def gather_segment_sum_reference(values: jax.Array, weights: jax.Array | None, s
     b = senders.shape[0]
     values = jnp.broadcast_to(values, (b,) + values.shape[1:])
     senders = jnp.clip(senders, 0, max(values.shape[2] - 1, 0))  # a negative index would wrap, not clamp
+    valid, receivers = _in_range(receivers, num_receivers)
 
-    def one_graph(v, w, s, r):  # v [C, M, F], w [C, E]
-        msg = v[:, s, :]
+    def one_graph(v, w, s, r, ok):  # v [C, M, F], w [C, E]
+        msg = jnp.where(ok[:, None], v[:, s, :], 0)
         if w is not None:
             msg = msg * w[..., None]
         return jax.vmap(lambda m: jax.ops.segment_sum(m, r, num_receivers))(msg)
 
-    out = jax.vmap(one_graph, in_axes=(0, None if weights is None else 0, 0, 0))(values, weights, senders, receivers)
+    out = jax.vmap(one_graph, in_axes=(0, None if weights is None else 0, 0, 0, 0))(values, weights, senders, receivers,
+                                                                                     valid)
     if mean:
-        out = out / _degree(receivers, num_receivers, out.dtype)[:, None, :, None]
+        out = out / _degree(valid, receivers, num_receivers, out.dtype)[:, None, :, None]
     return out if initial is None else initial + out
 
 
@@ -116,10 +125,8 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
     senders, receivers = senders.astype(idx), receivers.astype(idx)
     # Out-of-range ids would land in another graph's or class's flat rows: clamp them (clamping keeps
     # sorted receivers sorted) and zero the messages of edges whose receiver was out of range.
-    valid = (receivers >= 0) & (receivers < n)  # [B, E]
-    degree_receivers = receivers
+    valid, receivers = _in_range(receivers, n)  # [B, E]
     senders = jnp.clip(senders, 0, max(m - 1, 0))
-    receivers = jnp.clip(receivers, 0, max(n - 1, 0))
     graph = jnp.arange(b, dtype=idx)[:, None, None]
     cls = jnp.arange(c, dtype=idx)[None, :, None]
     src_graph = graph if vb == b else jnp.zeros_like(graph)
@@ -134,5 +141,5 @@ def gather_segment_sum(values: jax.Array, weights: jax.Array | None, senders: ja
         return flat.at[dst].add(msg, indices_are_sorted=True, mode="promise_in_bounds").reshape(b, c, n, f)
     out = jax.ops.segment_sum(msg, dst, b * c * n, indices_are_sorted=True).reshape(b, c, n, f)
     if mean:
-        out = out / _degree(degree_receivers, n, out.dtype)[:, None, :, None]
+        out = out / _degree(valid, receivers, n, out.dtype)[:, None, :, None]
     return out if initial is None else initial + out

@@ -256,3 +256,31 @@ def test_forwards_refuse_a_config_or_batch_of_another_type(form):
         with pytest.raises(ValueError, match=rf"{form}: batch: expected a {kind}, got {type(bad).__name__}"):
             fn(params, bad, config=TINY)
     jax.jit(lambda b: fn(params, b, config=TINY))(batch)  # the batch type survives jit
+
+
+@pytest.mark.parametrize("mean", [False, True])
+@pytest.mark.parametrize("with_initial", [False, True])
+def test_message_passing_drops_int64_receivers_beyond_int32(mean, with_initial):
+    """Under x64, XLA's scatter wrapped int64 receiver ids of 2**32 and more into range (2**33 -> row 0,
+    2**32 + 1 -> row 1): the reference summed such edges into those rows and the fast form counted them
+    in the mean's degree. Both now drop them, as any receiver outside [0, N)."""
+    from jaxinterp.kernels.message_passing import gather_segment_sum, gather_segment_sum_reference
+
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        v = jnp.asarray(rng.normal(size=(2, 3, 4, 2)))
+        w = jnp.asarray(rng.uniform(size=(2, 3, 5)))
+        snd = jnp.asarray([[0, 1, 2, 3, 0], [3, 2, 1, 0, 1]], jnp.int64)
+        rcv = jnp.asarray([[-2**32, 0, 1, 2**32 + 1, 2**33], [0, 0, 2, 2, 2**34]], jnp.int64)
+        keep = np.asarray(rcv >= 0) & np.asarray(rcv < 3)
+        init = jnp.asarray(rng.normal(size=(2, 3, 3, 2))) if with_initial else None
+        # the same edges with the out-of-range ones weighted 0 and sent to a receiver in range
+        want = gather_segment_sum_reference(v, jnp.where(jnp.asarray(keep)[:, None], w, 0.0), snd,
+                                            jnp.where(jnp.asarray(keep), rcv, 0), 3, initial=init)
+        if mean:
+            deg = np.maximum(np.stack([np.bincount(np.asarray(rcv)[b][keep[b]], minlength=3) for b in range(2)]), 1)
+            base = 0.0 if init is None else init
+            want = (want - base) / deg[:, None, :, None] + base
+        for fn in (gather_segment_sum, gather_segment_sum_reference):
+            got = fn(v, w, snd, rcv, 3, mean=mean, initial=init)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=fn.__name__)
