@@ -284,3 +284,18 @@ def test_message_passing_drops_int64_receivers_beyond_int32(mean, with_initial):
         for fn in (gather_segment_sum, gather_segment_sum_reference):
             got = fn(v, w, snd, rcv, 3, mean=mean, initial=init)
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=fn.__name__)
+
+
+def test_evaluate_events_of_no_events_and_a_bad_batch_size():
+    """train.evaluate_events([]) built its SizePolicy first, whose max() over no event was a bare
+    'max() arg is an empty sequence' (the NaN loss it meant for no batch never came), and batch_size=0
+    was range()'s 'arg 3 must not be zero'."""
+    from jaxinterp.nugraph import train
+
+    params = model.init(jax.random.PRNGKey(0), TINY)
+    counts, loss = train.evaluate_events(params, [], TINY)
+    assert np.isnan(loss) and counts.semantic.shape == (TINY.num_classes, TINY.num_classes)
+    assert counts.semantic.sum() == 0 and counts.filter.sum() == 0
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"evaluate_events: batch_size: expected an integer >= 1, got {bad!r}"):
+            train.evaluate_events(params, [], TINY, batch_size=bad)

@@ -262,7 +262,13 @@ def _eval_step(mc: NuGraph2Config):
 def evaluate_events(params, events: Sequence[Event], mc: NuGraph2Config, *, batch_size: int = 32,
                     policy: SizePolicy | None = None) -> tuple[metrics.Counts, float]:
     """Counts over `events` and the total loss averaged over their events (each batch's mean loss
-    weighted by its number of events, so a short last batch counts for what it holds)."""
+    weighted by its number of events, so a short last batch counts for what it holds); no events: zero
+    counts and a NaN loss (SizePolicy's bare 'max() arg is an empty sequence' before)."""
+    if not is_integer(batch_size) or batch_size < 1:  # 0 was range()'s 'arg 3 must not be zero'
+        raise ValueError(f"evaluate_events: batch_size: expected an integer >= 1, got {batch_size!r}")
+    events = list(events)
+    if not events:
+        return metrics.Counts.zeros(mc.num_classes), float("nan")
     policy = policy or SizePolicy(events, mc.planes)
     step = _eval_step(mc)
     counts, losses_, weights = metrics.Counts.zeros(mc.num_classes), [], []
