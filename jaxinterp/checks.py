@@ -16,6 +16,21 @@ def is_integer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
+def check_seed(seed, arg: str = "seed") -> int:
+    """`seed` as an int if it is an integer in [0, 2**32), else a ValueError naming `arg`.
+
+    The generators seeded from it keep 32 bits: jax.random.PRNGKey/key keep a seed's low 32 bits (seed
+    2**32 + 1 drew seed 1's numbers, -1 those of 2**32 - 1, and from 2**63 it was an OverflowError), and
+    numpy reads a larger seed as two words (default_rng([s + 2**32 j, i]) is default_rng([s, j, i]):
+    another seed's draws). 1.5 or True failed deep inside, or drew seed 1's numbers."""
+    if not is_integer(seed):
+        raise ValueError(f"{arg}: expected an integer in [0, 2**32), got {seed!r}")
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"{arg}: expected an integer in [0, 2**32) (random generators keep a seed's low 32 bits: a "
+                         f"larger one repeats another seed's draws), got {seed}")
+    return int(seed)
+
+
 def select_by_parts(only, names: Sequence[str], what: str) -> list[str]:
     """The `names` holding any of the parts in `only` (every name for None): `demo --only`, `bench --only`.
 

@@ -85,7 +85,7 @@ def test_space_points_and_ghosts():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(n=-1), "n: expected a non-negative number"),
-    (dict(n=1, seed=-1), "seed: expected a non-negative integer, got -1"),
+    (dict(n=1, seed=-1), r"seed: expected an integer in \[0, 2\*\*32\) \(.*\), got -1"),
     (dict(n=1, config=simulate.SimConfig(min_hits_per_plane=5000, max_hits_per_plane=5001), max_tries=2),
      "no event within the size limits after 2 tries"),
 ])

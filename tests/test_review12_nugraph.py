@@ -118,7 +118,7 @@ def test_bad_detector_names_the_field(field, value, message):
 
 @pytest.mark.parametrize("kw, message", [
     (dict(n=2.5), "n: expected a non-negative number of events, got 2.5"),  # was a TypeError from range()
-    (dict(n=1, seed=True), "seed: expected a non-negative integer, got True"),  # ran as seed 1
+    (dict(n=1, seed=True), "seed: expected an integer in [0, 2**32), got True"),  # ran as seed 1
     (dict(n=1, max_tries=0), "max_tries: expected a positive integer, got 0"),  # was "no event ... after 0 tries"
     (dict(n=1, run="a"), "run: expected a non-negative integer, got 'a'"),  # was accepted
     (dict(n=1, subrun=-2), "subrun: expected a non-negative integer, got -2"),

@@ -166,7 +166,7 @@ def test_a_progress_bar_without_a_state_hashes_nothing(setup, monkeypatch):
     ("checkpoint_every", 1.5, "TrainConfig.checkpoint_every must be an integer, got 1.5"),
     ("learning_rate", float("nan"), "TrainConfig.learning_rate must be a finite number, got nan"),
     ("weight_decay", float("nan"), "TrainConfig.weight_decay must be a finite number, got nan"),
-    ("seed", -1, "TrainConfig.seed must be at least 0, got -1"),
+    ("seed", -1, "TrainConfig.seed: expected an integer in [0, 2**32) (random generators keep a seed's low 32 bits: a larger one repeats another seed's draws), got -1"),
 ])
 def test_toyworld_train_config_refuses_non_integers_before_any_write(tmp_path, field, value, message):
     """3.5 steps or a batch of 4.0 passed TrainConfig and failed inside the training loop (TypeError),

@@ -4,6 +4,7 @@ the file named by a damaged lens's error."""
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -215,6 +216,6 @@ def test_batches_refuse_a_seed_that_is_no_non_negative_integer(seed):
     a TypeError (1.5), or drew seed 1's batches (True)."""
     from jaxinterp.lens import data
 
-    with pytest.raises(ValueError, match=rf"seed: expected a non-negative integer, got {seed!r}"):
+    with pytest.raises(ValueError, match=rf"^seed: expected an integer in \[0, 2\*\*32\)( \(.*\))?, got {re.escape(repr(seed))}$"):
         data.Batches([np.arange(3)], 2, 4, seed=seed)
     assert data.Batches([np.arange(3)], 2, 4, seed=np.int64(2)).seed == 2

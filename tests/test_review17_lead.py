@@ -73,3 +73,22 @@ def test_ship_keeps_the_assets_files_it_does_not_write(fake_assets, monkeypatch)
     assert (assets / "notes.txt").read_text() == "kept"
     assert (assets / "train.json").read_text() != "old record"
     assert sorted(p.name for p in assets.parent.iterdir()) == ["assets", "run"]
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**32 + 1, 2**64])
+def test_seeds_beyond_32_bits_are_refused_where_they_would_repeat_another_seed(seed):
+    """jax.random.key and numpy's default_rng([seed, epoch]) keep 32 bits of a seed: NuGraph2 training
+    at seed 2**32 + 1 initialised and ordered its batches as seed 1 did, and a lens run's batches of
+    seed 2**32 + s were seed s's epochs shifted (default_rng([s + 2**32 j, e]) is default_rng([s, j, e]))."""
+    from jaxinterp import checks
+    from jaxinterp.lens import data
+    from jaxinterp.nugraph import train
+
+    with pytest.raises(ValueError, match=r"^TrainConfig.seed: expected an integer in \[0, 2\*\*32\)"):
+        train.TrainConfig(seed=seed)
+    with pytest.raises(ValueError, match=r"^seed: expected an integer in \[0, 2\*\*32\) \(random generators"):
+        data.Batches([np.arange(3)], 2, 4, seed=seed)
+    with pytest.raises(ValueError, match=r"^--seed: expected an integer in \[0, 2\*\*32\)"):
+        checks.check_seed(seed, "--seed")
+    assert train.TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+    assert checks.check_seed(np.int64(7)) == 7

@@ -103,7 +103,7 @@ def test_a_step_up_to_the_wire_pitch_still_simulates():
 
 @pytest.mark.parametrize("seed", [2**32, 2**32 + 5, 3 * 2**32 + 5, 2**70])
 def test_a_seed_numpy_reads_as_two_words_is_refused(seed):
-    with pytest.raises(ValueError, match=r"^seed: expected an integer below 2\*\*32 .* got " + str(seed) + "$"):
+    with pytest.raises(ValueError, match=r"^seed: expected an integer in \[0, 2\*\*32\) .* got " + str(seed) + "$"):
         simulate.simulate(1, seed=seed)
 
 
@@ -122,7 +122,7 @@ def test_simulate_command_refuses_a_large_seed_before_writing(tmp_path, capsys, 
     monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
     out = tmp_path / "sim.gnn.h5"
     assert main(["nugraph", "simulate", "--events", "2", "--out", str(out), "--seed", str(2**32 + 1)]) == 2
-    assert not out.exists() and "seed: expected an integer below 2**32" in capsys.readouterr().err
+    assert not out.exists() and "seed: expected an integer in [0, 2**32)" in capsys.readouterr().err
 
 
 

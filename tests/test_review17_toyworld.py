@@ -501,7 +501,7 @@ def test_train_seed_beyond_32_bits_is_refused(seed):
     exactly as seed 1 (its batch order, numpy's, differed), and seeds from 2**63 failed at the init."""
     from jaxinterp.toyworld.train import TrainConfig
 
-    with pytest.raises(ValueError, match=rf"TrainConfig.seed must be below 2\*\*32 \(the model's initialisation "
-                                         rf"keeps 32 bits\), got {seed}"):
+    with pytest.raises(ValueError, match=rf"TrainConfig.seed: expected an integer in \[0, 2\*\*32\) \(random generators keep "
+                                         rf"a seed's low 32 bits: .*\), got {seed}"):
         TrainConfig(seed=seed)
     assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1

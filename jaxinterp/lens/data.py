@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_seed, is_integer
 
 
 class Batch(NamedTuple):
@@ -133,8 +133,7 @@ class Batches:
             raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
         # else batch() failed with numpy's 'expected non-negative integer' (-1) or a TypeError (1.5),
         # and True drew the batches of seed 1
-        if not is_integer(seed) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+        check_seed(seed)  # default_rng([seed, epoch]): 2**32 + s repeated another seed's batches
         # else batch() failed at the first long one, inside numpy, after training had started
         longest = max(range(len(examples)), key=lambda i: len(examples[i]))
         if len(examples[longest]) > seq_len:

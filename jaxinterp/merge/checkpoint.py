@@ -345,7 +345,7 @@ def run_config(cfg, out_dir: str | Path, *, seed: int = 0, progress: bool = True
     `slices.SliceConfig`: layers stacked from the sources' layer ranges, the output's config.json
     then gives the new layer count) into out_dir (see module doc)."""
     from jaxinterp.merge import slices
-    from jaxinterp.merge.tree_merge import check_seed
+    from jaxinterp.checks import check_seed
 
     check_seed(seed)  # before any header is read
     jobs, indices, n_layers = prepare(cfg)

@@ -27,7 +27,7 @@ def _tokenizer_line(result, d: dict) -> str:
 
 def _yaml(args) -> int:
     from jaxinterp.merge import checkpoint, config
-    from jaxinterp.merge.tree_merge import check_seed
+    from jaxinterp.checks import check_seed
 
     check_seed(args.seed, "--seed")  # before the config is read
     d = config.read_dict(args.config)
@@ -84,7 +84,7 @@ def _train_mlp(args) -> int:
     import jax
 
     from jaxinterp.merge import mlp
-    from jaxinterp.merge.tree_merge import check_seed
+    from jaxinterp.checks import check_seed
 
     # PRNGKey keeps 32 bits: --seed 2**32 + 1 initialised seed 1's weights (with other batches)
     check_seed(args.seed, "--seed")

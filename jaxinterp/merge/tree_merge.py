@@ -18,7 +18,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_seed
 from jaxinterp.merge import params as _params
 from jaxinterp.merge import registry, tree
 
@@ -75,17 +75,6 @@ def plan(method: str, names: Sequence[str], *, n_models: int, has_base: bool,
         _params.check_values(spec, shared, per_input, f"parameters for {name}")
         resolved[name] = (shared, per_input)
     return Plan(method, base_index, resolved)
-
-
-def check_seed(seed: Any, arg: str = "seed") -> None:
-    """ValueError unless `seed` is an integer in [0, 2**32): the masks' keys (jax.random.PRNGKey, and
-    the streaming merge's numpy generator) keep a seed's low 32 bits, so seed 2**32 + 1 drew seed 1's
-    DARE/DELLA masks and -1 those of 2**32 - 1, silently; seeds from 2**63 were an OverflowError."""
-    if not is_integer(seed):  # 1.5 failed inside the compiled merge ('PRNG key seed must be an integer')
-        raise ValueError(f"{arg}: expected an integer, got {seed!r}")
-    if not 0 <= int(seed) < 2**32:
-        raise ValueError(f"{arg}: expected an integer in [0, 2**32) (JAX's PRNGKey keeps a seed's low 32 bits), "
-                         f"got {seed}")
 
 
 def tensor_key(seed: int, name: str) -> jax.Array:

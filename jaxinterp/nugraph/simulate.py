@@ -402,11 +402,7 @@ def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int
     """n simulated events (event numbers 0..n-1); event i depends only on (seed, i) and config."""
     if not checks.is_integer(n) or n < 0:
         raise ValueError(f"n: expected a non-negative number of events, got {n!r}")
-    if not checks.is_integer(seed) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    if seed >= 2**32:  # default_rng([s + 2**32 * j, 0]) is default_rng([s, j]): the events of another seed
-        raise ValueError(f"seed: expected an integer below 2**32 (numpy reads a larger one as two words: event 0 "
-                         f"of seed s + 2**32 * j would be event j of seed s), got {seed!r}")
+    checks.check_seed(seed)  # default_rng([s + 2**32 * j, 0]) is default_rng([s, j]): another seed's events
     if not checks.is_integer(max_tries) or max_tries < 1:
         raise ValueError(f"max_tries: expected a positive integer, got {max_tries!r}")
     for name, v in (("run", run), ("subrun", subrun)):

@@ -61,7 +61,8 @@ class TrainConfig:
 
         for field in ("epochs", "batch_size", "checkpoint_every", "eval_batch_size"):
             need(is_integer(getattr(self, field)) and getattr(self, field) >= 1, field, "a positive integer")
-        need(is_integer(self.seed) and self.seed >= 0, "seed", "a non-negative integer")
+        # jax.random.key and default_rng([seed, epoch]) keep 32 bits: 2**32 + 1 repeated seed 1's run
+        need(is_integer(self.seed) and 0 <= self.seed < 2**32, "seed", "an integer in [0, 2**32)")
         need(finite(self.lr) and self.lr > 0, "lr", "a positive finite number")
         need(finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a non-negative finite number")
         need(finite(self.balance_frac) and 0 <= self.balance_frac <= 1, "balance_frac", "a fraction in [0, 1]")

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_seed, is_integer
 from jaxinterp.cliargs import output_folder
 from jaxinterp.toyworld import tokenizer as toktools
 from jaxinterp.toyworld.world import WorldConfig, build_world, training_sentences
@@ -62,13 +62,9 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not math.isfinite(v):
                 raise ValueError(f"TrainConfig.{field} must be a finite number, got {v!r}")
             object.__setattr__(self, field, float(v))
-        if self.seed < 0:  # numpy's batch order takes no negative seed (a ValueError at the first step)
-            raise ValueError(f"TrainConfig.seed must be at least 0, got {self.seed}")
-        # jax.random.PRNGKey keeps a seed's low 32 bits (x64 off): seed 2**32 + 1 initialised the model
-        # as seed 1 did (with another batch order), and from 2**63 it was an OverflowError at the init
-        if self.seed >= 2**32:
-            raise ValueError(f"TrainConfig.seed must be below 2**32 (the model's initialisation keeps 32 bits), "
-                             f"got {self.seed}")
+        # numpy's batch order takes no negative seed (a ValueError at the first step); PRNGKey keeps a
+        # seed's low 32 bits, so 2**32 + 1 initialised the model as seed 1 did
+        check_seed(self.seed, "TrainConfig.seed")
         for field in ("n_layer", "n_embd", "n_head", "batch_size", "steps", "checkpoint_every"):
             if getattr(self, field) < 1:
                 raise ValueError(f"TrainConfig.{field} must be at least 1, got {getattr(self, field)}")
