@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -29,26 +28,6 @@ def test_delaunay_edges_are_every_triangle_side_both_ways_sorted_by_target(n, wi
     got = edges.delaunay_edges(pos)
     assert got.dtype == np.int64 and got.flags.c_contiguous
     np.testing.assert_array_equal(got, _reference_edges(pos))
-
-
-def test_delaunay_edges_cost_about_the_triangulation():
-    # np.unique(pairs, axis=0) sorted the edges as opaque records: 4.3x qhull's own time on 5000 hits
-    # (1.1x now), 8.6 of `simulate`'s 16.3 s for 50 events of 20 GeV
-    from scipy.spatial import Delaunay
-
-    rng = np.random.default_rng(0)
-    pos = np.stack([rng.integers(0, 800, 5000) * 0.3, rng.uniform(0, 300, 5000)], 1)
-
-    def best(f):
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    qhull = best(lambda: Delaunay(pos, qhull_options="QJ"))
-    assert best(lambda: edges.delaunay_edges(pos)) < 2.5 * qhull
 
 
 def test_read_plane_splits_a_long_pulse_without_merging_it_into_the_next_wire():
