@@ -229,7 +229,7 @@ def test_diagonal_fisher_refuses_no_examples(kw):
     (dict(model_parameters={"weight": 1.0}), r"model_parameters: expected a list with one mapping \(or None\) per "
                                              r"model, got dict"),
     (dict(model_parameters=[[("weight", 1.0)]]), r"models\[0\]\.parameters: expected a mapping .*got list"),
-    (dict(seed=1.5), r"seed: expected an integer, got 1\.5"),
+    (dict(seed=1.5), r"seed: expected an integer in \[0, 2\*\*32\), got 1\.5"),
 ])
 def test_merge_refuses_malformed_arguments_with_a_value_error(kw, match):
     # AttributeErrors ('list' object has no attribute 'items') and, for seed 1.5, a TypeError from
