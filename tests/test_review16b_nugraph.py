@@ -143,9 +143,9 @@ _TINY = ["--planar-features", "8", "--nexus-features", "4", "--iterations", "1"]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """6 small events: train 4, validation 1, test 1 (its only event), and a model folder (init params)."""
+def tiny_set(folder):
+    """6 small events: train 4, validation 1, test 1 (its only event), written to folder/tiny.gnn.h5, and a
+    model folder (init params): (file, model folder, raw events)."""
     import jax
 
     from jaxinterp.nugraph import model, train
@@ -154,13 +154,17 @@ def tiny(tmp_path_factory):
     cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
     raws = simulate.simulate(6, seed=5, config=cfg)
     names = [e.name for e in raws]
-    folder = tmp_path_factory.mktemp("tiny")
     path = hdf5.write_events(folder / "tiny.gnn.h5", raws,
                              splits={"train": names[:4], "validation": names[4:5], "test": names[5:]})
     mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
     train.save_model(folder / "model", model.init(jax.random.key(0), mc), mc, hdf5.compute_norm(raws),
                      {"command": "test"})
-    return path, folder / "model"
+    return path, folder / "model", raws
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_set(tmp_path_factory.mktemp("tiny"))[:2]
 
 
 def _main(argv, monkeypatch):

@@ -104,17 +104,24 @@ def test_merge_refuses_a_seed_whose_masks_alias_another(seed):
     assert tree_merge.merge("dare_linear", [m], base=b, seed=2**32 - 1, **DARE)["w"].shape == (64,)
 
 
-def test_yaml_merge_refuses_a_wide_seed_before_reading_anything(tmp_path, capsys):
+def _two_model_config(tmp_path, yaml_text: str):
+    """m0.safetensors and m1.safetensors (one 8-entry tensor each, all 0 / all 1) and c.yml holding yaml_text."""
     from safetensors.numpy import save_file
-
-    from jaxinterp import cli
-    from jaxinterp.merge import checkpoint
 
     for j in range(2):
         save_file({"w": np.full(8, j, np.float32)}, str(tmp_path / f"m{j}.safetensors"))
     cfg = tmp_path / "c.yml"
-    cfg.write_text(f"merge_method: dare_linear\nbase_model: {tmp_path / 'm0.safetensors'}\n"
-                   f"models:\n  - model: {tmp_path / 'm1.safetensors'}\nparameters: {{weight: 1.0, density: 0.5}}\n")
+    cfg.write_text(yaml_text)
+    return cfg
+
+
+def test_yaml_merge_refuses_a_wide_seed_before_reading_anything(tmp_path, capsys):
+    from jaxinterp import cli
+    from jaxinterp.merge import checkpoint
+
+    cfg = _two_model_config(tmp_path, f"merge_method: dare_linear\nbase_model: {tmp_path / 'm0.safetensors'}\n"
+                                      f"models:\n  - model: {tmp_path / 'm1.safetensors'}\n"
+                                      "parameters: {weight: 1.0, density: 0.5}\n")
     with pytest.raises(ValueError, match=r"^seed: expected an integer in \[0, 2\*\*32\)"):
         checkpoint.run_yaml(cfg, tmp_path / "o", seed=2**32 + 1, progress=False)
     assert not (tmp_path / "o").exists()
@@ -149,15 +156,10 @@ def test_della_keeps_a_float64_task_vector_in_float64(method):
 
 @pytest.mark.parametrize("sub", ["", "sub/dir"])
 def test_yaml_merge_refuses_an_out_that_is_or_lies_under_a_file(tmp_path, sub):
-    from safetensors.numpy import save_file
-
     from jaxinterp.merge import checkpoint
 
-    for j in range(2):
-        save_file({"w": np.full(8, j, np.float32)}, str(tmp_path / f"m{j}.safetensors"))
-    cfg = tmp_path / "c.yml"
-    cfg.write_text(f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'm0.safetensors'}\n"
-                   f"  - model: {tmp_path / 'm1.safetensors'}\nparameters: {{weight: 1.0}}\n")
+    cfg = _two_model_config(tmp_path, f"merge_method: linear\nmodels:\n  - model: {tmp_path / 'm0.safetensors'}\n"
+                                      f"  - model: {tmp_path / 'm1.safetensors'}\nparameters: {{weight: 1.0}}\n")
     (tmp_path / "f").write_text("keep")
     out = tmp_path / "f" / sub if sub else tmp_path / "f"
     what = "which is a file" if not sub else f"under the file {str(tmp_path / 'f')!r}"

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from test_nugraph_hdf5 import _set_at as _set
+from test_review14_nugraph import _cli
+
 from jaxinterp.nugraph import model
 
 TINY = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
@@ -67,14 +70,6 @@ def test_widen_refuses_a_bad_seed_or_a_boolean_noise(kwargs, message):
         widen(_tiny_params(), TINY, **kwargs)
 
 
-def _cli(argv, monkeypatch):
-    from jaxinterp import cli
-
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:
-        return exc.code
 
 
 def _save_small(folder, seed):
@@ -140,11 +135,6 @@ def _edit(batch, field, fn):
     return batch._replace(**{field: fn(a)})
 
 
-def _set(index, value):
-    def fn(a):
-        a[index] = value
-        return a
-    return fn
 
 
 @pytest.mark.parametrize("field, fn, message", [

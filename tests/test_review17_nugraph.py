@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from test_review14_nugraph import _cli
+from test_review16b_nugraph import tiny_set
+
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def _cli(argv, monkeypatch):
-    from jaxinterp import cli
-
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:  # usage errors
-        return exc.code
 
 
 @pytest.mark.parametrize("config, message", [
@@ -106,22 +98,8 @@ def test_torch_pickle_loads_bytes_already_read():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """6 small events (train 4, validation 1, test 1) and a tiny model folder (init params)."""
-    import jax
-
-    from jaxinterp.nugraph import hdf5, model, simulate, train
-    from jaxinterp.nugraph.model import NuGraph2Config
-
-    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
-    raws = simulate.simulate(6, seed=5, config=cfg)
-    names = [e.name for e in raws]
-    folder = tmp_path_factory.mktemp("tiny")
-    path = hdf5.write_events(folder / "tiny.gnn.h5", raws,
-                             splits={"train": names[:4], "validation": names[4:5], "test": names[5:]})
-    mc = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
-    train.save_model(folder / "model", model.init(jax.random.key(0), mc), mc, hdf5.compute_norm(raws),
-                     {"command": "test"})
-    return path, folder / "model", raws
+    """6 small events (train 4, validation 1, test 1), a tiny model folder (init params), the raw events."""
+    return tiny_set(tmp_path_factory.mktemp("tiny"))
 
 
 def _eval(path, params, out, *extra):
