@@ -92,3 +92,25 @@ def test_seeds_beyond_32_bits_are_refused_where_they_would_repeat_another_seed(s
         checks.check_seed(seed, "--seed")
     assert train.TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
     assert checks.check_seed(np.int64(7)) == 7
+
+
+def test_simulate_event_refuses_a_plane_list_that_does_not_match_the_detector():
+    """Two plane names read two planes, and the space points (three planes) failed with an IndexError."""
+    from jaxinterp.nugraph import simulate
+
+    for planes in (("u", "v"), ("u", "v", "v"), "uvy"):
+        with pytest.raises(ValueError, match=r"^planes: expected 3 distinct names, one per detector plane"):
+            simulate.simulate_event(np.random.default_rng(0), simulate.SimConfig(), planes=planes)
+
+
+def test_toyworld_score_names_the_prompt_longer_than_the_context():
+    from types import SimpleNamespace
+
+    from jaxinterp.toyworld import evaluate
+    from jaxinterp.transformer import load_tokenizer
+    from jaxinterp.toyworld import MODEL_DIR
+
+    tok = load_tokenizer(MODEL_DIR)
+    config = SimpleNamespace(n_positions=8)
+    with pytest.raises(ValueError, match=r"^prompt 'The capital of the country where the tallest' with its answer"):
+        evaluate.score(None, config, tok, ["A", "The capital of the country where the tallest"], [" x", " y"])

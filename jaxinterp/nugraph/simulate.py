@@ -347,6 +347,10 @@ def simulate_event(rng: np.random.Generator, cfg: SimConfig, *, event: int = 0, 
     from jaxinterp.nugraph.edges import delaunay_edges
 
     det = cfg.detector
+    if isinstance(planes, str) or len(planes) != len(det.plane_angles_deg) or len(set(planes)) != len(planes):
+        # two names read two planes, and space points (three planes) failed with an IndexError
+        raise ValueError(f"planes: expected {len(det.plane_angles_deg)} distinct names, one per detector plane "
+                         f"(angles {list(det.plane_angles_deg)}), got {planes!r}")
     dep = _Deposits()
     evt, vertex = _neutrino(rng, dep, cfg)
     xyz, _, _ = dep.arrays()

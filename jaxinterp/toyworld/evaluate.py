@@ -92,8 +92,10 @@ def score(params, config, tokenizer, prompts: list[str], answers: list[str]) -> 
         seqs.append(pid + aid)
         spans.append((len(pid), len(pid) + len(aid)))
     T = config.n_positions
-    if max(len(s) for s in seqs) > T:
-        raise ValueError(f"a prompt with its answer is longer than n_positions={T}")
+    longest = max(range(len(seqs)), key=lambda i: len(seqs[i]))
+    if len(seqs[longest]) > T:  # named: the message said only that some prompt was too long
+        raise ValueError(f"prompt {prompts[longest]!r} with its answer {answers[longest]!r} is {len(seqs[longest])} "
+                         f"tokens, longer than n_positions={T}")
     n = len(seqs)
     n_pad = -(-n // _BATCH) * _BATCH
     tokens, mask = np.zeros((n_pad, T), np.int32), np.zeros((n_pad, T), np.int32)
