@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxinterp.toyworld import tokenizer as toktools
-from jaxinterp.toyworld.world import (Fact, TwoHop, World, WorldConfig, build_world, explicit_prompts,
+from jaxinterp.toyworld.world import (Fact, World, WorldConfig, build_world, explicit_prompts,
                                       fact_prompts, two_hop_prompts, RELATIONS)
 
 _BATCH = 128  # prompts per forward (one compiled shape)
