@@ -30,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the permissions of the file it replaces (as `open(path, "w")` keeps them: a
     private 0600 file stays private), or a new file's usual ones (0666 less the umask).
     """
-    path = Path(path)
+    path = _write_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, new_file_mode = _new_temporary(path)
     try:
@@ -46,16 +46,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _write_target(path: Path) -> Path:
+    """The file a write to `path` lands in: a symbolic link's target (followed through every link), as
+    `open(path, "w")` writes through a link. Renaming onto the link itself replaced it by a regular
+    file and left its target stale. A link loop is a ValueError (open would fail with ELOOP)."""
+    if not path.is_symlink():
+        return path
+    real = Path(os.path.realpath(path))  # non-strict: a dangling link's target is created, as open does
+    if real.is_symlink():  # realpath stops at a loop and returns a link
+        raise ValueError(f"path: expected a file or a symbolic link to one, got {str(path)!r}, a symbolic "
+                         f"link loop (through {str(real)!r})")
+    return real
+
+
+# bytes of the target's name and suffix kept in the temporary's name: the full name (up to NAME_MAX,
+# 255 bytes) plus the random part and ".tmp" went past NAME_MAX, so a target name of 240-255 bytes,
+# writable itself, failed on its temporary (ENAMETOOLONG)
+_TMP_NAME_BYTES, _TMP_SUFFIX_BYTES = 40, 16
+
+
+def _clip_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes, without a trailing partial UTF-8 character."""
+    return os.fsencode(text)[:limit].decode("utf-8", "ignore")
+
+
 def _new_temporary(path: Path) -> tuple[Path, int]:
     """A new empty file beside `path` and its permissions, which the kernel set from 0666 and the umask.
 
     ".out.png.<random>.tmp.png": the target's suffix last, for writers that choose the format by it
-    (savefig) or append one when it is missing (np.save). Not mkstemp (0600) then a chmod with the
-    umask read through os.umask: reading it sets the process-wide umask to 0 for a moment, and a file
-    that another thread creates meanwhile (orbax's and merge's writer threads) is world-writable.
+    (savefig) or append one when it is missing (np.save). The name is short whatever the target's:
+    at most the first 40 bytes of the target's name and a suffix of at most 16 (a longer one is no
+    format's and is left out). Not mkstemp (0600) then a chmod with the umask read through os.umask:
+    reading it sets the process-wide umask to 0 for a moment, and a file that another thread creates
+    meanwhile (orbax's and merge's writer threads) is world-writable.
     """
+    stem = _clip_bytes(path.name, _TMP_NAME_BYTES)
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= _TMP_SUFFIX_BYTES else ""
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}"
+        tmp = path.parent / f".{stem}.{secrets.token_hex(8)}.tmp{suffix}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
