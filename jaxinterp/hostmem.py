@@ -47,6 +47,33 @@ def _mallopt():
     return fn
 
 
+# glibc's defaults, and the environment variables that set them when the process starts (glibc reads
+# them once, at startup: what the environment says is what this process began with)
+_GLIBC_DEFAULTS = {"arena_max": ("MALLOC_ARENA_MAX", _DEFAULT_ARENA_MAX, 1),
+                   "mmap_max": ("MALLOC_MMAP_MAX_", 65536, 0),
+                   "trim_threshold": ("MALLOC_TRIM_THRESHOLD_", 128 * 1024, 0)}
+
+
+def _env_value(text: str, least: int) -> int | None:
+    """An environment variable's value as glibc's tunables read it (decimal, 0x hex or 0 octal), or
+    None where glibc ignores it (not a number, below the tunable's minimum, beyond mallopt's int)."""
+    base, digits = (16, text[2:]) if text[:2].lower() == "0x" else (8, text) if text[:1] == "0" else (10, text)
+    if not digits or any(c not in "0123456789abcdef"[:base] for c in digits.lower()):  # int() takes " 5", "+5", "1_0"
+        return None
+    v = int(digits, base)
+    return v if least <= v <= 2**31 - 1 else None
+
+
+def _defaults() -> dict[str, int]:
+    """The values a fresh process of this environment starts with: the environment's where it sets a
+    valid one, else glibc's."""
+    out = {}
+    for name, (var, default, least) in _GLIBC_DEFAULTS.items():
+        v = _env_value(os.environ[var], least) if var in os.environ else None
+        out[name] = default if v is None else v
+    return out
+
+
 def _set(**values: int) -> bool:
     mallopt = _mallopt()
     names = {"mmap_max": _M_MMAP_MAX, "trim_threshold": _M_TRIM_THRESHOLD, "arena_max": _M_ARENA_MAX}
@@ -63,12 +90,10 @@ def retain_freed_memory(*, one_arena: bool = True) -> bool:
     devices x 1 event per call, 20.4-21.5 ms/event with one arena, 18.3-19.3 with an arena per
     thread (BUILD_NOTES.md, NuGraph2 "Latency", session 15). It sets glibc's default arena limit
     (8 a core) again, so it also undoes an earlier `retain_freed_memory()` (which had left every
-    later thread in the one arena while this call said True); a `MALLOC_ARENA_MAX` in the
-    environment is left as it is.
+    later thread in the one arena while this call said True), or the environment's
+    `MALLOC_ARENA_MAX` where the user set one (`_defaults`).
     """
-    arenas = {"arena_max": 1} if one_arena else \
-        {} if "MALLOC_ARENA_MAX" in os.environ else {"arena_max": _DEFAULT_ARENA_MAX}  # the user's own limit stays
-    return _set(**arenas, mmap_max=0, trim_threshold=2**31 - 1)
+    return _set(arena_max=1 if one_arena else _defaults()["arena_max"], mmap_max=0, trim_threshold=2**31 - 1)
 
 
 def restore_defaults() -> bool:
@@ -76,6 +101,10 @@ def restore_defaults() -> bool:
     for threads that have not allocated yet); True when applied. Not quite a fresh process: setting
     any of these turned off glibc's dynamic mmap threshold (which otherwise rises to the size of
     freed mmapped blocks, up to 32 MiB), and mallopt has no way to turn it back on, so the threshold
-    stays where it was; compare against the default allocator in a fresh process."""
-    return _set(arena_max=_DEFAULT_ARENA_MAX, mmap_max=65536, trim_threshold=128 * 1024)
+    stays where it was; compare against the default allocator in a fresh process.
+
+    A value the user set in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
+    `MALLOC_TRIM_THRESHOLD_`: what glibc started this process with) is restored in place of glibc's
+    default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a core."""
+    return _set(**_defaults())
 

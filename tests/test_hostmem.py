@@ -33,7 +33,7 @@ def test_retain_sets_one_arena_no_mmap_no_trim_and_restore_undoes_it(monkeypatch
 def test_retain_with_an_arena_per_thread_sets_the_default_arena_count(monkeypatch):
     """one_arena=False (several host devices computing side by side): no mmap, no trim, and glibc's
     default arena limit (an arena per thread), also after an earlier one-arena call; a
-    MALLOC_ARENA_MAX from the environment is left as it is."""
+    MALLOC_ARENA_MAX from the environment is set again (an earlier one-arena call left 1)."""
     calls = {}
     monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
@@ -43,4 +43,4 @@ def test_retain_with_an_arena_per_thread_sets_the_default_arena_count(monkeypatc
     calls.clear()
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
     assert hostmem.retain_freed_memory(one_arena=False) is True
-    assert calls == {hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}
+    assert calls == {hostmem._M_ARENA_MAX: 2, hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}
