@@ -42,7 +42,10 @@ def add_subcommands(sub) -> None:
     p.add_argument("--min-hits", type=non_negative_int, default=None, help="redraw events with fewer hits in a plane (default 3)")
     p.add_argument("--cosmics", type=mean_cosmics, default=None,
                    help=f"mean number of cosmic muons per event (default 0.7, at most {MAX_MEAN_COSMICS:g})")
-    p.add_argument("--run", type=non_negative_int, default=1, help="run number of the events (names r{run}_sr1_evt{i})")
+    p.add_argument("--run", type=non_negative_int, default=1,
+                   help="run number written into the events' metadata and names (r{run}_sr1_evt{i}); it only "
+                   "names them: the events depend on --seed alone, so the same --seed with another --run gives "
+                   "the same events under other names (use another --seed for new events)")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("train", help="train NuGraph2 on a processed NuGraph HDF5 file (resumes from --out)")
