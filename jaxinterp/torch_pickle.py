@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -19,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# A view is copied into a dense array. One that reads each element of its storage at most once is never
+# larger than the storage; a larger one is expanded (stride 0, torch's `expand`) or overlapping, which
+# real checkpoints hold only as small broadcasts (a mask, a [1024, 768] of a [768] bias). From a file,
+# such a view can ask for any size (terabytes from a storage of one float, before the copy fails), so one
+# whose dense size exceeds both its storage's bytes and this bound is refused by name before any copy.
+MAX_EXPANDED_BYTES = 2**28  # 256 MiB
 
 # torch storage classes -> numpy dtype (the legacy `torch.FloatStorage` form, written by every
 # torch since 1.6, and the dtype objects that newer pickles pass to `UntypedStorage`).
@@ -75,6 +83,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
     if not size:
         return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize
+    dense = math.prod(size) * itemsize
+    if dense > max(storage.nbytes, MAX_EXPANDED_BYTES):
+        # refused before the copy below asks for the bytes; named once the file is read (here the
+        # tensor's key in the state dict is not known yet), see _Refused
+        return _Refused(size, stride, dense, storage.nbytes)
     # an axis of one element never steps: its stride, any number in the file (2**62 overflowed numpy's
     # C long), is not passed on
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
@@ -84,6 +97,36 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
 
 def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
     return data
+
+
+class _Refused:
+    """Stands, while the file is read, for a view refused for its dense size; `load` names it and raises."""
+
+    def __init__(self, size: tuple, stride: tuple, dense: int, storage: int):
+        self.size, self.stride, self.dense, self.storage = size, stride, dense, storage
+
+
+def _find_refused(obj: Any) -> tuple[str, _Refused] | None:
+    """(where, refused) of the first _Refused in what the unpickler built (`['state_dict']['w']`), or None.
+    Walks every container it can build (dicts with an OrderedDict's attributes, lists, tuples, sets),
+    once each: a pickle can make a container hold itself."""
+    todo, seen = [("", obj)], set()
+    while todo:
+        where, o = todo.pop()
+        if isinstance(o, _Refused):
+            return where, o
+        if id(o) in seen or not isinstance(o, (dict, list, tuple, set, frozenset)):
+            continue
+        seen.add(id(o))
+        if isinstance(o, dict):
+            items = [(f"{where}[{k!r}]", v) for k, v in o.items()] + [(f"{where} (a key)", k) for k in o]
+            items += [(f"{where}.{k}", v) for k, v in getattr(o, "__dict__", {}).items()]  # a state dict's _metadata
+        elif isinstance(o, (list, tuple)):
+            items = [(f"{where}[{i}]", v) for i, v in enumerate(o)]
+        else:
+            items = [(f"{where} (a set member)", v) for v in o]
+        todo.extend(reversed(items))
+    return None
 
 
 _ALLOWED = {
@@ -198,6 +241,14 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
                     IndexError) as e:  # a truncated or crafted pickle: what broke inside the unpickler
                 raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
                                  f"{type(e).__name__}: {e}") from e
+    found = _find_refused(obj)
+    if found is not None:
+        where, r = found
+        raise ValueError(f"{path}: tensor {where or '(the whole file)'}: a view of shape {list(r.size)} and stride "
+                         f"{list(r.stride)} would take {r.dense} bytes ({r.dense / 2**30:,.1f} GiB) as a dense array, "
+                         f"from a storage of {r.storage} bytes: expected at most the larger of its storage and "
+                         f"{MAX_EXPANDED_BYTES} bytes (torch_pickle.MAX_EXPANDED_BYTES) for an expanded or "
+                         f"overlapping view; the file is corrupt or crafted")
     return obj
 
 

@@ -1,0 +1,69 @@
+"""Review 18, GPT-2 / lens / inject I/O: expanded views in torch checkpoints, float64 without x64, CSV
+line ends, duplicate word-list columns, bools as layers."""
+
+from __future__ import annotations
+
+import collections
+import re
+import tracemalloc
+
+import numpy as np
+import pytest
+from test_torch_pickle import Storage, Tensor, _global, fake_torch, write  # noqa: F401 (a fixture)
+
+from jaxinterp import torch_pickle
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. torch_pickle: an expanded (stride 0) view of a huge shape was copied densely
+
+def test_expanded_view_of_a_huge_shape_is_refused_by_name_before_any_copy(tmp_path, fake_torch):
+    """A stride-0 view stays inside its storage, so it passed the bounds check and
+    np.ascontiguousarray asked for its dense size: here 3 TiB from a storage of 768 floats (a
+    MemoryError at best, at worst the machine's memory). Now a ValueError naming the tensor, its shape
+    and its bytes, and nothing of that size is allocated (tracemalloc sees numpy's buffers)."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(768, dtype=np.float32))
+    size = (2**20, 2**10, 768)
+    state = collections.OrderedDict(ok=Tensor(storage, 0, (768,), (1,)), bomb=Tensor(storage, 0, size, (0, 0, 1)))
+    path = write(tmp_path / "bomb.pt", {"state_dict": state})
+    dense = 2**30 * 768 * 4
+    message = (f"{path}: tensor ['state_dict']['bomb']: a view of shape {list(size)} and stride [0, 0, 1] would "
+               f"take {dense} bytes (3,072.0 GiB) as a dense array, from a storage of 3072 bytes: expected at most "
+               f"the larger of its storage and 268435456 bytes (torch_pickle.MAX_EXPANDED_BYTES) for an expanded or "
+               f"overlapping view; the file is corrupt or crafted")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            torch_pickle.load_state_dict(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22, peak  # the file's few KiB and the reader's objects, not the view's bytes
+
+
+def test_overlapping_view_beyond_the_bound_is_refused_and_nested_places_are_named(tmp_path, fake_torch,
+                                                                                    monkeypatch):
+    """Not only stride 0: overlapping strides (1, 1) make a [n, n] view of a 2n storage. The bound is
+    torch_pickle.MAX_EXPANDED_BYTES (lowered here, so the test reads small arrays)."""
+    monkeypatch.setattr(torch_pickle, "MAX_EXPANDED_BYTES", 1024)
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(64, dtype=np.float32))
+    path = write(tmp_path / "o.ckpt", {"epoch": 1, "lists": [0, {"w": Tensor(storage, 0, (32, 32), (1, 1))}]})
+    with pytest.raises(ValueError, match=re.escape(f"{path}: tensor ['lists'][1]['w']: a view of shape [32, 32] "
+                                                   "and stride [1, 1] would take 4096 bytes")):
+        torch_pickle.load(path)
+    # at the bound, or within the storage's own size, it loads as numpy reads the same view
+    ok = write(tmp_path / "ok.pt", {"a": Tensor(storage, 0, (16, 16), (1, 1)), "b": Tensor(storage, 0, (4, 16), (16, 1))})
+    got = torch_pickle.load_state_dict(ok)
+    data = np.arange(64, dtype=np.float32)
+    np.testing.assert_array_equal(got["a"], np.lib.stride_tricks.as_strided(data, (16, 16), (4, 4)))
+    np.testing.assert_array_equal(got["b"], data.reshape(4, 16))
+
+
+def test_small_broadcast_still_loads_equal_to_numpy(tmp_path, fake_torch):
+    """A legitimately expanded buffer ([1024, 768] of a [768] bias, 3 MiB) reads as before."""
+    data = np.linspace(-1, 1, 768, dtype=np.float32)
+    storage = Storage(_global("torch", "FloatStorage"), "0", data)
+    path = write(tmp_path / "b.pt", collections.OrderedDict(bias=Tensor(storage, 0, (1024, 768), (0, 1))))
+    got = torch_pickle.load_state_dict(path)["bias"]
+    assert got.shape == (1024, 768) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.broadcast_to(data, (1024, 768)))
