@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_x64, is_integer
 
 DEFAULT_CHUNK = 8192
 _NEG = -jnp.inf
@@ -101,6 +101,12 @@ def _chunk_logits(xs, Ws, b, start, C, compute_dtype):
     return z
 
 
+def _check_compute_dtype(compute_dtype) -> None:
+    """At trace time: a float64 compute dtype under 32-bit JAX (x.astype(float64) is float32 there)."""
+    if compute_dtype is not None:
+        check_x64(compute_dtype, "compute_dtype")
+
+
 def _logits(xs, Ws, b):
     acc = _acc(xs, Ws, b)
     z = b.astype(acc)
@@ -119,6 +125,7 @@ def logsumexp(xs: Sequence[Array], Ws: Sequence[Array], b: Array, *, chunk: int 
     Sums are float32 (float64 when an input is float64), whatever the input dtype."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    _check_compute_dtype(compute_dtype)
     starts, fresh, C = _layout(V, chunk)
     N = xs[0].shape[0]
 
@@ -274,6 +281,7 @@ def kl_div(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logits: Ar
     """
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    _check_compute_dtype(compute_dtype)
     check_chunk(chunk)
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
@@ -287,6 +295,7 @@ def kl_div_stats(xs: Sequence[Array], Ws: Sequence[Array], b: Array, target_logi
     q = exp(z - lse_z) and p = exp(t - lse_t)) needs."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    _check_compute_dtype(compute_dtype)
     check_chunk(chunk)
     if target_logits.shape != (xs[0].shape[0], V):
         raise ValueError(f"target_logits: expected shape {[xs[0].shape[0], V]}, got {list(target_logits.shape)}")
@@ -309,6 +318,7 @@ def top_k(xs: Sequence[Array], Ws: Sequence[Array], b: Array, k: int, *, chunk: 
     """The k largest logits of each row and their vocabulary ids, merged chunk by chunk."""
     xs, Ws = tuple(xs), tuple(Ws)
     V = _check(xs, Ws, b)
+    _check_compute_dtype(compute_dtype)
     check_chunk(chunk)  # before max(chunk, k) would hide a width of 0
     # an integer: 2.0 failed inside lax.top_k with a TypeError (or, as the chunk width, blamed `chunk`)
     if not is_integer(k) or not 1 <= k <= V:

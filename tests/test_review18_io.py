@@ -67,3 +67,71 @@ def test_small_broadcast_still_loads_equal_to_numpy(tmp_path, fake_torch):
     got = torch_pickle.load_state_dict(path)["bias"]
     assert got.shape == (1024, 768) and got.flags.c_contiguous
     np.testing.assert_array_equal(got, np.broadcast_to(data, (1024, 768)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. a float64 compute dtype under 32-bit JAX computed in float32, silently
+
+X64_OFF = ('compute_dtype: float64 needs jax_enable_x64 on (jax.config.update("jax_enable_x64", True) or '
+           'JAX_ENABLE_X64=1), got it off: it would silently compute in float32; enable x64 or ask for float32')
+
+
+def _lens_case(dtype):
+    from jaxinterp.lens.lenses import LensConfig
+    from jaxinterp.lens.objective import Rows
+
+    rng = np.random.default_rng(0)
+    lc = LensConfig(0, 2, 4, 10)
+    lens = {"W": rng.normal(size=(2, 4, 10)), "b": rng.normal(size=(2, 10))}
+    r = Rows(rng.normal(size=(3, 2, 4)), None, rng.normal(size=(3, 10)), np.ones(3))
+    import jax.numpy as jnp
+
+    as_dtype = lambda t: {k: jnp.asarray(v, dtype) for k, v in t.items()}  # noqa: E731
+    return lc, as_dtype(lens), Rows(*(None if a is None else jnp.asarray(a, dtype) for a in r))
+
+
+@pytest.mark.parametrize("dtype", ["float64", np.float64, "f8"])
+def test_float64_compute_dtype_without_x64_is_refused(dtype):
+    """Objective(compute_dtype="float64") was accepted with x64 off and the lens matmuls ran in float32
+    (astype(float64) is float32 there, a UserWarning at most)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.kernels import chunked_vocab
+    from jaxinterp.lens import objective as obj
+
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="^" + re.escape(X64_OFF) + "$"):
+            obj.Objective(compute_dtype=dtype)
+        lc, lens, r = _lens_case(jnp.float32)
+        xs, Ws, b = [r.result.reshape(3, 8)], [lens["W"].reshape(8, 10)], lens["b"].sum(0)
+        for f in (lambda: chunked_vocab.kl_div(xs, Ws, b, r.target, chunk=4, compute_dtype=dtype),
+                  lambda: chunked_vocab.kl_div_stats(xs, Ws, b, r.target, chunk=4, compute_dtype=dtype),
+                  lambda: chunked_vocab.logsumexp(xs, Ws, b, chunk=4, compute_dtype=dtype),
+                  lambda: chunked_vocab.top_k(xs, Ws, b, 2, chunk=4, compute_dtype=dtype)):
+            with pytest.raises(ValueError, match="^" + re.escape(X64_OFF) + "$"):
+                f()
+        # an objective made with x64 on, used with it off: refused when the loss is traced
+        with jax.enable_x64(True):
+            o = obj.Objective(compute_dtype=dtype, chunk=4)
+        with pytest.raises(ValueError, match="^" + re.escape(X64_OFF) + "$"):
+            obj.loss(lens, r, lens_config=lc, objective=o)
+        # bfloat16 and float32 are unaffected
+        assert obj.Objective(compute_dtype="bfloat16").compute_dtype == "bfloat16"
+        assert obj.Objective(compute_dtype="float32").compute_dtype == "float32"
+
+
+def test_float64_compute_dtype_with_x64_computes_in_float64():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxinterp.lens import objective as obj
+
+    with jax.enable_x64(True):
+        o = obj.Objective(compute_dtype="float64", chunk=4)
+        assert o.compute_dtype == "float64"
+        lc, lens, r = _lens_case(jnp.float64)
+        v = obj.loss(lens, r, lens_config=lc, objective=o)
+        ref = obj.loss_reference(lens, r, lens_config=lc, objective=o)
+        assert v.dtype == jnp.float64
+        np.testing.assert_allclose(v, ref, rtol=1e-13, atol=0)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxinterp.checks import check_x64
 from jaxinterp.kernels import chunked_vocab
 from jaxinterp.lens import lenses
 from jaxinterp.lens.lenses import LensConfig
@@ -53,6 +54,7 @@ class Objective:
             if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
                 raise ValueError(f"compute_dtype: expected None or a floating dtype such as 'bfloat16', "
                                  f"got {self.compute_dtype!r}")
+            check_x64(dtype, "compute_dtype")  # float64 under 32-bit JAX computed in float32, silently
             # by name: checkpoints record the objective as JSON (jnp.bfloat16 itself failed at the first save)
             object.__setattr__(self, "compute_dtype", dtype.name)
 
