@@ -39,3 +39,87 @@ def test_restore_defaults_restores_the_environments_malloc_settings(monkeypatch,
     calls.clear()
     assert hostmem.retain_freed_memory(one_arena=False) is True
     assert calls == {hostmem._M_ARENA_MAX: want[0], hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}
+
+
+# ----------------------------------------------------------------------------- merge demo
+
+
+class _Stop(Exception):
+    pass
+
+
+def _demo_keys(monkeypatch, seed) -> list:
+    """The keys merge.demo.run(seed=seed) draws its three MLPs and its Bezier curve from (training
+    skipped: only the keys are wanted; the run stops at the third MLP's init)."""
+    import jax
+    import numpy as np
+
+    from jaxinterp.merge import curves, demo, mlp
+
+    keys, real_init = [], mlp.init
+
+    def init(key, sizes):
+        keys.append(tuple(np.asarray(jax.random.key_data(key)).ravel().tolist()))
+        if len(keys) == 4:  # models A, B, the curve, the base
+            raise _Stop
+        return real_init(key, sizes)
+
+    def fit_bezier(loss, pa, pb, batches, *, key, **kw):
+        keys.append(tuple(np.asarray(jax.random.key_data(key)).ravel().tolist()))
+        return type("Fit", (), {"bend": pa})
+
+    with monkeypatch.context() as m, pytest.raises(_Stop):
+        m.setattr(mlp, "init", init)
+        m.setattr(mlp, "train", lambda params, *a, **k: params)
+        m.setattr(curves, "fit_bezier", fit_bezier)
+        demo.run(quick=True, seed=seed)
+    assert len(keys) == 4
+    return keys
+
+
+def test_merge_demo_keys_alias_no_other_seeds_keys(monkeypatch):
+    """PRNGKey(seed + k): seed 0's model B was seed 1's model A (and seed 1's curve key seed 0's model
+    A), and seed 2**32 - 1's model A wrapped to seed 0's key. The k-th key is now folded into the seed's."""
+    seeds = (0, 1, 2, 2**32 - 1)
+    keys = {s: _demo_keys(monkeypatch, s) for s in seeds}
+    flat = [k for s in seeds for k in keys[s]]
+    assert len(set(flat)) == len(flat), keys
+    assert _demo_keys(monkeypatch, 1) == keys[1]  # deterministic
+
+
+@pytest.mark.parametrize("seed, got", [(2**32, "got 4294967296"), (-1, "got -1"), (1.5, "got 1.5"), (True, "got True")])
+def test_merge_demo_refuses_a_seed_outside_32_bits_before_any_work(monkeypatch, seed, got):
+    from jaxinterp.merge import demo, mlp
+
+    monkeypatch.setattr(mlp, "load_digits", lambda *a, **k: pytest.fail("the data was read first"))
+    with pytest.raises(ValueError, match=r"^seed: expected an integer in \[0, 2\*\*32\).*" + got):
+        demo.run(seed=seed)
+
+
+# ----------------------------------------------------------------------------- toy-world tokenizer
+
+
+def test_toyworld_tokenizer_length_follows_the_models_n_positions(tmp_path):
+    """The tokenizer kept model_max_length 64 whatever `toyworld train --n-positions` said: a 48-position
+    model's folder said 64 (and the shipped 32-position model's too). Now the model's n_positions."""
+    from jaxinterp.toyworld import MODEL_DIR
+    from jaxinterp.toyworld import train as trainmod
+    from jaxinterp.toyworld.world import WorldConfig
+    from jaxinterp.transformer import load_gpt2, load_tokenizer
+
+    cfg = trainmod.TrainConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=320, n_positions=48, batch_size=4, steps=1,
+                               warmup_steps=0)
+    world = WorldConfig(n_countries=2, cities_per_country=2, n_people=6, n_companies=2, seed=3)
+    r = trainmod.train(tmp_path, world_config=world, cfg=cfg, progress=False)
+    assert r.tokenizer.model_max_length == 48
+    assert load_tokenizer(tmp_path / "model").model_max_length == load_gpt2(tmp_path / "model")[1].n_positions == 48
+    assert load_tokenizer(MODEL_DIR).model_max_length == load_gpt2(MODEL_DIR)[1].n_positions == 32
+
+
+@pytest.mark.parametrize("length", [0, -1, 2.5, True, "64"])
+def test_toyworld_tokenizer_refuses_a_length_that_is_no_positive_integer(length):
+    from jaxinterp.toyworld import tokenizer as toktools
+
+    with pytest.raises(ValueError, match=r"^model_max_length: expected a positive integer \(the model's n_positions\), "
+                                         rf"got {length!r}$".replace("'", "'").replace(".", r"\.")):
+        toktools.train_tokenizer(["a b c."], vocab_size=300, model_max_length=length)

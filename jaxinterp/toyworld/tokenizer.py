@@ -20,15 +20,22 @@ BOS = "<|endoftext|>"
 MAX_VOCAB = 2**20
 
 
-def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512):
+def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512, model_max_length: int = 64):
     """A transformers `PreTrainedTokenizerFast` (saved by `save_pretrained`, read by AutoTokenizer)
-    holding a byte-level BPE of at most `vocab_size` tokens trained on `sentences`."""
+    holding a byte-level BPE of at most `vocab_size` tokens trained on `sentences`.
+
+    `model_max_length`: the context of the model it serves (its n_positions, as `train` passes it), what
+    transformers warns past and truncates to; a fixed 64 let a 128-position model's prompts be warned
+    about and a 32-position model's go unwarned."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if not is_integer(vocab_size) or not 300 <= vocab_size <= MAX_VOCAB:
         raise ValueError(f"vocab_size must be at least 300 (256 bytes, BOS and some merges) and at most {MAX_VOCAB}, "
                          f"an integer; got {vocab_size!r}")
+    if not is_integer(model_max_length) or model_max_length < 1:
+        raise ValueError(f"model_max_length: expected a positive integer (the model's n_positions), "
+                         f"got {model_max_length!r}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -38,7 +45,7 @@ def train_tokenizer(sentences: Iterable[str], *, vocab_size: int = 512):
     if tok.token_to_id(BOS) != 0:
         raise RuntimeError("the BPE trainer did not put <|endoftext|> at id 0")  # GPT-2 configs say bos=eos=0
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=BOS,
-                                   unk_token=BOS, model_max_length=64)
+                                   unk_token=BOS, model_max_length=int(model_max_length))
 
 
 def encode(tokenizer, text: str, *, bos: bool = True) -> list[int]:

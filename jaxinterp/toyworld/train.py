@@ -327,7 +327,7 @@ def train(out_dir: str | Path, *, world_config: WorldConfig = WorldConfig(), cfg
     t0 = time.perf_counter()
     world = build_world(world_config)
     sentences = training_sentences(world)
-    tok = toktools.train_tokenizer(sentences, vocab_size=cfg.vocab_size)
+    tok = toktools.train_tokenizer(sentences, vocab_size=cfg.vocab_size, model_max_length=cfg.n_positions)
     if len(tok) != cfg.vocab_size:  # a tiny world may not fill the vocabulary: size the model to it
         cfg = dataclasses.replace(cfg, vocab_size=len(tok))
     data = encode_sentences(tok, sentences, cfg.n_positions)
