@@ -34,10 +34,19 @@ def held_out_split(d, n_val: int = 300) -> tuple[tuple[np.ndarray, np.ndarray], 
     return (d.x_train[:-n_val], d.y_train[:-n_val]), (d.x_train[-n_val:], d.y_train[-n_val:])
 
 
+def _key(seed: int, k: int) -> jax.Array:
+    """The k-th key of the demo run with `seed`: folded into the seed's key, not PRNGKey(seed + k), which
+    was seed + 1's (k - 1)-th key (seed 0's model B was seed 1's model A) and wrapped past 2**32 (seed
+    2**32 - 1's model A was seed 0's)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), k)
+
+
 def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
+    from jaxinterp.checks import check_seed
     from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
     from jaxinterp.merge.tree_merge import merge
 
+    seed = check_seed(seed)  # before the data is read or a model trained
     d = mlp.load_digits(seed)
     train = (jnp.asarray(d.x_train), jnp.asarray(d.y_train))
     test = (jnp.asarray(d.x_test), jnp.asarray(d.y_test))
@@ -45,15 +54,15 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     sizes = (64, 128, 128, 10)
 
     # 1. two independently trained models, before and after weight matching
-    pa = mlp.train(mlp.init(jax.random.PRNGKey(seed + 1), sizes), d.x_train, d.y_train, steps=steps, seed=1)
-    pb = mlp.train(mlp.init(jax.random.PRNGKey(seed + 2), sizes), d.x_train, d.y_train, steps=steps, seed=2)
+    pa = mlp.train(mlp.init(_key(seed, 1), sizes), d.x_train, d.y_train, steps=steps, seed=1)
+    pb = mlp.train(mlp.init(_key(seed, 2), sizes), d.x_train, d.y_train, steps=steps, seed=2)
     spec = rebasin.mlp_permutation_spec([f"Dense_{i}" for i in range(len(sizes) - 1)])
     pb_aligned = rebasin.weight_matching(spec, pa, pb, seed=seed).params
     paths = {"naive": landscape.linear_path(mlp.loss, pa, pb, train),
              "weight matching": landscape.linear_path(mlp.loss, pa, pb_aligned, train)}
     errs = {k: np.asarray(landscape.path_losses(mlp.error, pa, b, test, jnp.asarray(paths[k].alphas)))
             for k, b in (("naive", pb), ("weight matching", pb_aligned))}
-    key = jax.random.PRNGKey(seed)
+    key = _key(seed, 0)
     batches = lambda i: (train[0][(i * 128) % 1280:(i * 128) % 1280 + 128], train[1][(i * 128) % 1280:(i * 128) % 1280 + 128])  # noqa: E731
     bend = curves.fit_bezier(mlp.loss, pa, pb, batches, steps=300 if quick else 1500, learning_rate=3e-3, key=key).bend
     bez = np.asarray(curves.curve_losses(mlp.loss, pa, bend, pb, train, jnp.asarray(paths["naive"].alphas)))
@@ -61,7 +70,7 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     # 2. fine-tunes of one base on three class-skewed shards, merged by every method; the greedy
     # soup ranks by a validation split that neither the base nor any fine-tune trained on
     (x_fit, y_fit), val = held_out_split(d)
-    base = mlp.train(mlp.init(jax.random.PRNGKey(seed + 3), sizes), x_fit, y_fit, steps=steps // 4, seed=3)
+    base = mlp.train(mlp.init(_key(seed, 3), sizes), x_fit, y_fit, steps=steps // 4, seed=3)
     fts, shards = [], []
     for j, classes in enumerate(([0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9])):
         keep = np.isin(y_fit, classes) | (np.random.default_rng(j).random(len(y_fit)) < 0.15)
