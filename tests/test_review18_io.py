@@ -135,3 +135,35 @@ def test_float64_compute_dtype_with_x64_computes_in_float64():
         ref = obj.loss_reference(lens, r, lens_config=lc, objective=o)
         assert v.dtype == jnp.float64
         np.testing.assert_allclose(v, ref, rtol=1e-13, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. CSV line ends: the lens table ended lines with CRLF, inject's CSVs with LF
+
+def test_lens_csv_ends_lines_with_lf_like_inject(tmp_path):
+    from jaxinterp import atomic
+    from jaxinterp.inject import outputs
+    from jaxinterp.lens import readout
+
+    rows = readout.rows_for_table(1, [["a", "b,c"]], [["d", 'e"f']], np.array([0.5]))
+    lens = atomic.write_text(tmp_path / "lens.csv", readout.csv_text(["layer", "head", "lens", "logit", "score"], rows))
+    inject = atomic.write_text(tmp_path / "inject.csv", outputs._csv([["row", "p"], [0, "0.5"]]))
+    for path, lines in ((lens, 2), (inject, 2)):
+        raw = path.read_bytes()
+        assert raw.endswith(b"\n") and not raw.endswith(b"\r\n") and b"\r" not in raw, raw
+        assert raw.count(b"\n") == lines
+    assert lens.read_bytes() == b"layer,head,lens,logit,score\n1,0,\"'a' 'b,c'\",\"'d' 'e\"\"f'\",0.5\n"
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_csv_readers_take_lf_and_crlf_alike(tmp_path, end):
+    from jaxinterp.inject import data as dt
+
+    prompts = tmp_path / "p.csv"
+    prompts.write_bytes(end.join(["explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer",
+                                  'w1,"w2, w3",w4,w5,w6', "w7,w8,w9,w10,w11", ""]).encode())
+    ps = dt.load_prompts(prompts)
+    assert ps.obscure == ["w2, w3", "w8"] and ps.answer == ["w6", "w11"]
+    words = tmp_path / "w.csv"
+    words.write_bytes(("\ufeff" + end.join(["Nouns,Verbs", "time,be", "year,", ""])).encode())
+    assert dt.load_top_words(words) == {"Nouns": ["time", "year"], "Verbs": ["be"]}

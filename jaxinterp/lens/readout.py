@@ -137,7 +137,7 @@ def rows_for_table(layer: int, lens_tok: list, logit_tok: list, score: np.ndarra
 
 def csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")  # the project's line end (csv's default is CRLF), as inject's
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
