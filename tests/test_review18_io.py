@@ -167,3 +167,30 @@ def test_csv_readers_take_lf_and_crlf_alike(tmp_path, end):
     words = tmp_path / "w.csv"
     words.write_bytes(("\ufeff" + end.join(["Nouns,Verbs", "time,be", "year,", ""])).encode())
     assert dt.load_top_words(words) == {"Nouns": ["time", "year"], "Verbs": ["be"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. load_top_words merged two columns of one name
+
+@pytest.mark.parametrize("text,name,columns", [
+    ("Nouns,Verbs,Nouns\ntime,be,year\n", "Nouns", [1, 3]),
+    (" Verbs ,Nouns,Verbs\nbe,time,have\n", "Verbs", [1, 3]),  # names are stripped: the same after it
+    ("Nouns,,\ntime,x,y\n", "", [2, 3]),  # two unnamed columns holding words
+])
+def test_top_words_with_a_repeated_column_name_is_refused(tmp_path, text, name, columns):
+    from jaxinterp.inject import data as dt
+
+    path = tmp_path / "w.csv"
+    path.write_text(text)
+    message = (f"{path}: column {name!r} appears 2 times in the header (columns {columns}); expected each word type "
+               f"once (their words would be merged)")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        dt.load_top_words(path)
+
+
+def test_top_words_trailing_empty_columns_still_read(tmp_path):
+    from jaxinterp.inject import data as dt
+
+    path = tmp_path / "w.csv"
+    path.write_text("Nouns,Verbs,,\ntime,be,,\nyear,,,\n")  # a spreadsheet's export
+    assert dt.load_top_words(path) == {"Nouns": ["time", "year"], "Verbs": ["be"], "": []}

@@ -135,6 +135,13 @@ def load_top_words(path: str | os.PathLike) -> dict[str, list[str]]:
     """top_word_types.csv -> {column: words} (empty cells dropped; the file starts with a BOM)."""
     path = Path(path)
     header, rows = _read_csv(path, "word list")
+    # a name twice: the dict below merged both columns into one list, silently (unnamed columns, such as
+    # a spreadsheet's trailing commas, are only refused when two of them hold words)
+    for h in dict.fromkeys(header):
+        at = [i for i, name in enumerate(header) if name == h]
+        if len(at) > 1 and (h or sum(any(i < len(r) and r[i].strip() for _, r in rows) for i in at) > 1):
+            raise ValueError(f"{path}: column {h!r} appears {len(at)} times in the header (columns "
+                             f"{[i + 1 for i in at]}); expected each word type once (their words would be merged)")
     words = {h: [] for h in header}
     for _, row in rows:
         for h, cell in zip(header, row):
