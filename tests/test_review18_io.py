@@ -194,3 +194,22 @@ def test_top_words_trailing_empty_columns_still_read(tmp_path):
     path = tmp_path / "w.csv"
     path.write_text("Nouns,Verbs,,\ntime,be,,\nyear,,,\n")  # a spreadsheet's export
     assert dt.load_top_words(path) == {"Nouns": ["time", "year"], "Verbs": ["be"], "": []}
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. load_lens took layer=True as layer 1
+
+@pytest.mark.parametrize("layer", [True, False, np.bool_(True), 1.0, -1, "1"])
+def test_load_lens_refuses_a_layer_that_is_no_integer(tmp_path, layer):
+    """A lens saved for layer 1 loaded with layer=True (True == 1 passed the comparison with the layer
+    it records); False, 1.0 and -1 went on to other messages or none. Refused before the file is read."""
+    from jaxinterp.lens import io, lenses
+
+    lc = lenses.LensConfig(1, 2, 4, 10)
+    path = io.save_lens(tmp_path / "l.safetensors", {"W": np.zeros((2, 4, 10)), "b": np.zeros((2, 10))}, lc)
+    message = (f"layer: expected a non-negative integer (or None: the layer a .safetensors lens records), "
+               f"got {layer!r}")
+    for p in (path, tmp_path / "missing.pt"):
+        with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+            io.load_lens(p, layer=layer)
+    assert io.load_lens(path, layer=np.int64(1))[1] == lc and io.load_lens(path)[1] == lc

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxinterp import atomic
+from jaxinterp.checks import is_integer
 from jaxinterp.lens.lenses import LensConfig, check_params
 
 _LINEAR = re.compile(r"^(.*\.)?linears\.(\d+)\.(weight|bias)$")
@@ -60,6 +61,10 @@ def load_lens(path: str | os.PathLike, *, model_config=None, layer: int | None =
     and vocab_size), checks that the lens fits that model (ValueError if not); a .safetensors lens is
     checked from its header, before its tensors are read."""
     path = Path(path)
+    if layer is not None and (not is_integer(layer) or layer < 0):
+        # bool is an int: True matched a layer-1 .safetensors lens (True == 1), silently
+        raise ValueError(f"layer: expected a non-negative integer (or None: the layer a .safetensors lens records), "
+                         f"got {layer!r}")
     if not path.is_file():
         raise ValueError(f"lens: {path} does not exist")
     if path.suffix == ".safetensors":
