@@ -123,3 +123,42 @@ def test_toyworld_tokenizer_refuses_a_length_that_is_no_positive_integer(length)
     with pytest.raises(ValueError, match=r"^model_max_length: expected a positive integer \(the model's n_positions\), "
                                          rf"got {length!r}$".replace("'", "'").replace(".", r"\.")):
         toktools.train_tokenizer(["a b c."], vocab_size=300, model_max_length=length)
+
+
+# ----------------------------------------------------------------------------- NuGraph2 demo latency
+
+
+def test_nugraph_demo_times_the_jitted_forward_on_device_resident_events(tmp_path, monkeypatch):
+    """The section's latency timed fn(params, numpy_event): each timed call copied the event to the
+    device. Now every call to the forward gets arrays already on the device, and the timing (the shared
+    benchtools.time_fn: compile apart, block_until_ready, median) calls the jitted forward itself."""
+    import jax
+
+    from jaxinterp import benchtools
+    from jaxinterp.nugraph import demo_events, predict
+
+    calls, timing, real_forward, real_time_fn = [], [], predict.forward, benchtools.time_fn
+
+    def forward(config):
+        fn = real_forward(config)
+
+        def spy(params, batch):
+            leaves = jax.tree.leaves((params, batch))
+            calls.append((bool(timing), all(isinstance(x, jax.Array) for x in leaves)))
+            return fn(params, batch)
+
+        return spy
+
+    def time_fn(f, **kw):
+        timing.append(True)
+        try:
+            return real_time_fn(f, **kw)
+        finally:
+            timing.pop()
+
+    monkeypatch.setattr(predict, "forward", forward)
+    monkeypatch.setattr(benchtools, "time_fn", time_fn)
+    demo_events.section(tmp_path, quick=True)
+    timed = [device for in_timing, device in calls if in_timing]
+    assert len(timed) == 3 * 2  # 3 events: the first (compiling) call and one timed repeat each
+    assert all(device for _, device in calls), calls
