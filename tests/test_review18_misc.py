@@ -162,3 +162,69 @@ def test_nugraph_demo_times_the_jitted_forward_on_device_resident_events(tmp_pat
     timed = [device for in_timing, device in calls if in_timing]
     assert len(timed) == 3 * 2  # 3 events: the first (compiling) call and one timed repeat each
     assert all(device for _, device in calls), calls
+
+
+# ----------------------------------------------------------------------------- merge barrier --devices
+
+_BARRIER_DEVICES = r"""
+import contextlib, io, json, sys
+import jax
+import numpy as np
+from jaxinterp import cli
+from jaxinterp.merge import cli as merge_cli, landscape, mlp
+
+out = sys.argv[1]
+assert len(jax.devices()) == 2, jax.devices()
+for s in (1, 2):
+    merge_cli._save_params(mlp.init(jax.random.PRNGKey(s)), f"{out}/{s}.safetensors")
+seen, real = [], landscape.linear_path
+landscape.linear_path = lambda *a, mesh=None, **k: seen.append(mesh) or real(*a, mesh=mesh, **k)
+paths = {}
+for devices in ([], ["--devices", "2"], ["--devices", "1"]):
+    js = f"{out}/{len(devices) and devices[1]}.json"
+    assert cli.main(["merge", "barrier", f"{out}/1.safetensors", f"{out}/2.safetensors", "--align", "--num", "5",
+                     "--json", js, *devices]) == 0
+    paths[tuple(devices)] = json.load(open(js))["paths"]
+assert seen[:2] == [None, None], seen
+assert [m.devices.size for m in seen[2:]] == [2, 2, 1, 1], seen
+assert [d.id for d in seen[2].devices.flat] == [0, 1]
+for devices in (("--devices", "2"), ("--devices", "1")):
+    for name, p in paths[()].items():
+        q = paths[devices][name]
+        assert q["alphas"] == p["alphas"]
+        np.testing.assert_allclose(q["losses"], p["losses"], rtol=1e-6)
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    rc = cli.main(["merge", "barrier", f"{out}/1.safetensors", f"{out}/2.safetensors", "--devices", "3",
+                   "--json", f"{out}/3.json"])
+assert rc == 2, rc
+assert err.getvalue() == ("jaxinterp merge: error: --devices: expected at most 2 (the cpu devices JAX sees; "
+                          "XLA_FLAGS=--xla_force_host_platform_device_count=N makes N of a CPU), got 3\n"), err.getvalue()
+assert len(seen) == 6  # refused before any path was computed
+import os
+assert not os.path.exists(f"{out}/3.json")
+print("OK")
+"""
+
+
+def test_merge_barrier_splits_the_alphas_over_the_first_n_devices(tmp_path):
+    """`merge barrier` had no way to use several devices (the Python API has mesh=): --devices N splits
+    the alphas over the first N (parallel.make_mesh), with the one-device losses; more than JAX sees is
+    refused before anything is computed."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _BARRIER_DEVICES, str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK"), proc.stdout
+
+
+def test_merge_barrier_devices_takes_a_positive_count(capsys):
+    from jaxinterp import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["merge", "barrier", "a", "b", "--devices", "0"])
+    assert e.value.code == 2 and "argument --devices: expected a positive integer, got 0" in capsys.readouterr().err

@@ -3,7 +3,7 @@
     jaxinterp merge yaml CONFIG.yml --out DIR [--seed 0]        merge HF safetensors checkpoints
     jaxinterp merge check CONFIG.yml                             validate only (no weight is read)
     jaxinterp merge train-mlp --seed 1 --out a.safetensors       a digits MLP (for barrier)
-    jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--png P] [--json P]
+    jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--devices N] [--png P] [--json P]
 """
 
 from __future__ import annotations
@@ -95,6 +95,22 @@ def _train_mlp(args) -> int:
     return 0
 
 
+def _devices_mesh(n):
+    """`parallel.make_mesh` over the first `n` devices (None: no mesh, one device); a ValueError where
+    JAX sees fewer."""
+    import jax
+
+    from jaxinterp import parallel
+
+    if n is None:
+        return None
+    devices = jax.devices()
+    if n > len(devices):
+        raise ValueError(f"--devices: expected at most {len(devices)} (the {devices[0].platform} devices JAX sees; "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count=N makes N of a CPU), got {n}")
+    return parallel.make_mesh(devices[:n])
+
+
 def _barrier(args) -> int:
     import jax.numpy as jnp
 
@@ -102,6 +118,7 @@ def _barrier(args) -> int:
 
     # before the models are read or aligned (weight matching ran first, then linear_path refused it)
     landscape._check_count("num", args.num, 2, "at least 2 alphas (the two endpoints)")
+    mesh = _devices_mesh(args.devices)
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
     for arg, p in (("a", pa), ("b", pb)):  # before anything is computed: a wrong MLP gave a NaN barrier
@@ -113,7 +130,7 @@ def _barrier(args) -> int:
         runs.append(("weight matching", rebasin.weight_matching(spec, pa, pb).params))
     results = {}
     for name, b in runs:
-        r = landscape.linear_path(mlp.loss, pa, b, batch, num=args.num)
+        r = landscape.linear_path(mlp.loss, pa, b, batch, num=args.num, mesh=mesh)
         results[name] = r
         print(f"{name}: barrier (max - mean of ends) {r.barrier_mean:.4f}, (max - chord) {r.barrier_chord:.4f}")
     if args.png:
@@ -154,6 +171,8 @@ def add_parser(sub) -> None:
     b.add_argument("b")
     b.add_argument("--num", type=int, default=25, help="number of alphas (default 25)")
     b.add_argument("--align", action="store_true", help="also after weight matching B to A")
+    b.add_argument("--devices", type=positive_int, help="split the alphas over the first N devices "
+                   "(default: one device)")
     b.add_argument("--png", type=output_file, help="write the path plot here")
     b.add_argument("--json", type=output_file, help="write every path's alphas, losses and barriers here")
     b.set_defaults(func=_barrier)
