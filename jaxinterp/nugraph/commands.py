@@ -105,11 +105,20 @@ def _simulate(args) -> int:
     if args.cosmics is not None:
         kw["mean_cosmics"] = args.cosmics
     cfg = simulate.SimConfig(**kw)
-    events = simulate.simulate(args.events, seed=args.seed, config=cfg, run=args.run, progress=True)
-    path = hdf5.write_events(args.out, events)
+    # streamed: each event is written as it is made and dropped (a list of them all grew without
+    # bound with --events); the norm and the summary gather a few numbers an event as they pass
+    summary = simulate.SummaryStats()
+
+    def made():
+        for ev in simulate.stream(args.events, seed=args.seed, config=cfg, run=args.run, progress=True):
+            summary.add(ev)
+            yield ev
+
+    names = [hdf5.event_name(args.run, 1, i) for i in range(args.events)]  # simulate's subrun is 1
+    path = hdf5.write_event_stream(args.out, made(), names)
     info = hdf5.read_info(path)
-    stats = simulate.summary(events)
-    print(f"wrote {len(events)} events to {path} (train {len(info.samples['train'])}, "
+    stats = summary.result()
+    print(f"wrote {args.events} events to {path} (train {len(info.samples['train'])}, "
           f"validation {len(info.samples['validation'])}, test {len(info.samples['test'])})")
     print("hits per plane: " + ", ".join(f"p{q} {v:.0f}" for q, v in zip((0, 10, 50, 90, 100), stats.hits_percentiles)))
     print("class mix of hits: " + ", ".join(f"{k} {v:.1%}" for k, v in stats.class_mix.items()))

@@ -19,7 +19,8 @@ scalar 0 of its dtype; the reader turns it back into an empty array of the right
 
 The raw record (`RawEvent`) keeps every field exactly as stored, so writing what was read gives the
 same file content; `to_event` applies nugraph's transform `x = (cat(pos, x) - mean) / std` and gives
-the `Event` the model takes.
+the `Event` the model takes. `write_events` writes a list of events; `write_event_stream` writes events
+as they are made (a generator), so memory does not grow with their number.
 
 A corrupt record (a field of the wrong shape or dtype, NaN or inf features, labels or edge indices out
 of range; `check_record`) is a ValueError naming the file, event, plane and field, as is a corrupt
@@ -78,7 +79,12 @@ class RawEvent(NamedTuple):
     def name(self) -> str:
         """The key it was read from, else `r{run}_sr{subrun}_evt{event}` as pynuml names events (a file
         without metadata would otherwise name every event r0_sr0_evt0)."""
-        return self.key or f"r{self.run}_sr{self.subrun}_evt{self.event}"
+        return self.key or event_name(self.run, self.subrun, self.event)
+
+
+def event_name(run: int, subrun: int, event: int) -> str:
+    """`r{run}_sr{subrun}_evt{event}`: a new event's name, as pynuml names events."""
+    return f"r{run}_sr{subrun}_evt{event}"
 
 
 class FileInfo(NamedTuple):
@@ -424,17 +430,55 @@ def load_events(path: str | os.PathLike, split: str | None = None, **kw) -> tupl
 # Writing
 
 
-def compute_norm(events: Sequence[RawEvent], *, planes: Sequence[str] = PLANES) -> dict[str, np.ndarray]:
+class NormStats:
+    """Running count, mean and sum of squared deviations (M2) of cat(pos, x) per plane, in float64,
+    so that a norm over any number of events takes constant memory (`write_event_stream`).
+
+    Each event's mean and M2 come from its own hits (two passes over them); events merge by Chan,
+    Golub and LeVeque's pairwise update: with d = mean_b - mean_a and n = n_a + n_b,
+    mean = mean_a + d n_b / n and M2 = M2_a + M2_b + d^2 n_a n_b / n. Sums of x and x^2 would lose
+    the time coordinate's variance to cancellation (mean ~ 100 cm, std ~ 10 cm). The result agrees
+    with numpy's two-pass mean and std over all hits at once to a few float64 ulps, so the float32
+    norm is the same but for a value within that of a float32 rounding boundary (1 ulp then).
+    """
+
+    def __init__(self, planes: Sequence[str] = PLANES):
+        self.planes = tuple(planes)
+        self.count = {p: 0 for p in self.planes}
+        self.mean = {p: np.zeros(4) for p in self.planes}
+        self.m2 = {p: np.zeros(4) for p in self.planes}
+
+    def add(self, ev: RawEvent) -> None:
+        for p in self.planes:
+            feats = np.concatenate([ev.planes[p].pos, ev.planes[p].x], 1).astype(np.float64)  # [N, F]
+            n_b = feats.shape[0]
+            if not n_b:
+                continue
+            mean_b = feats.mean(axis=0)
+            m2_b = np.square(feats - mean_b).sum(axis=0)
+            n_a, n = self.count[p], self.count[p] + n_b
+            d = mean_b - self.mean[p]
+            self.mean[p] = self.mean[p] + d * (n_b / n)
+            self.m2[p] = self.m2[p] + m2_b + d * d * (n_a * n_b / n)
+            self.count[p] = n
+
+    def norm(self) -> dict[str, np.ndarray]:
+        """Plane -> [2, 4] f4: mean and population std (1 where the std is 0); ValueError under 2 hits."""
+        norm = {}
+        for p in self.planes:
+            if self.count[p] < 2:
+                raise ValueError(f"events: need at least 2 hits in plane {p!r} to compute a norm, got {self.count[p]}")
+            std = np.sqrt(self.m2[p] / self.count[p])
+            norm[p] = np.stack([self.mean[p], np.where(std > 0, std, 1.0)]).astype(np.float32)
+        return norm
+
+
+def compute_norm(events: Iterable[RawEvent], *, planes: Sequence[str] = PLANES) -> dict[str, np.ndarray]:
     """Mean and (population) std of cat(pos, x) over every hit of every event, per plane: [2, 4] f4."""
-    norm = {}
-    for p in planes:
-        feats = np.concatenate([np.concatenate([e.planes[p].pos, e.planes[p].x], 1) for e in events]
-                               or [np.zeros((0, 4))]).astype(np.float64)
-        if feats.shape[0] < 2:
-            raise ValueError(f"events: need at least 2 hits in plane {p!r} to compute a norm, got {feats.shape[0]}")
-        std = feats.std(axis=0)
-        norm[p] = np.stack([feats.mean(axis=0), np.where(std > 0, std, 1.0)]).astype(np.float32)
-    return norm
+    stats = NormStats(planes)
+    for ev in events:
+        stats.add(ev)
+    return stats.norm()
 
 
 def _standard_fields(planes: Sequence[str]) -> tuple[str, ...]:
@@ -548,24 +592,10 @@ def default_splits(names: Sequence[str], *, seed: int = 0, frac: float = 0.05) -
     return {s: [names[i] for i in sorted(idx[s])] for s in SPLITS}
 
 
-def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
-                 splits: Mapping[str, Sequence[str]] | None = None,
-                 norm: Mapping[str, np.ndarray] | None = None,
-                 planes: Sequence[str] = PLANES, semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
-                 event_classes: Sequence[str] | None = EVENT_CLASSES, datasizes: Sequence[int] | None = None) -> Path:
-    """Writes events in the processed NuGraph layout, atomically (a crash leaves no partial file).
-
-    splits: split -> event names (default `default_splits`); norm: plane -> [2, 4] (default
-    `compute_norm` over all events, as nugraph's generate_norm); datasizes: /datasize/train
-    (default `datasize` of each training event). Everything is checked before anything is written.
-    """
-    import h5py
-
-    if not events:
-        raise ValueError("events: expected at least one event, got none")
+def _check_names(path, names: Sequence[str]) -> None:
+    """The target is no folder; event names are unique and usable as '/dataset/{name}'."""
     if Path(path).is_dir():
         raise ValueError(f"path: expected a file name to write, got the folder {str(path)!r}")
-    names = [e.name for e in events]
     for n in names:  # '/dataset/{name}': a '/' would nest groups, which the reader lists as one event
         if not isinstance(n, str) or not n or "/" in n or n in (".", ".."):
             raise ValueError(f"events: expected event names usable as an HDF5 dataset name (no '/', not empty, "
@@ -573,10 +603,10 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"events: event names (r{{run}}_sr{{subrun}}_evt{{event}}) must be unique, {dup!r} repeats")
-    for ev in events:
-        check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
-                     event_classes=event_classes)
-        check_extra(ev, f"events: event {ev.name!r}", planes=planes)
+
+
+def _checked_splits(splits: Mapping[str, Sequence[str]] | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """`splits` (default `default_splits(names)`) as split -> names, each name an event's, in at most one split."""
     if splits is not None:
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:
@@ -592,6 +622,57 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
                 raise ValueError(f"splits[{s!r}]: event {n!r} is already in splits[{seen[n]!r}]; "
                                  f"expected each event in at most one split, once")
             seen[n] = s
+    return splits
+
+
+def _check_event(ev: RawEvent, planes, semantic_classes, event_classes) -> None:
+    check_record(ev, f"events: event {ev.name!r}", planes=planes, semantic_classes=semantic_classes,
+                 event_classes=event_classes)
+    check_extra(ev, f"events: event {ev.name!r}", planes=planes)
+
+
+def _write_event(f, ev: RawEvent, planes: Sequence[str]) -> None:
+    fields, values = _record(ev, planes)
+    f.create_dataset(f"dataset/{ev.name}", shape=(), dtype=np.dtype(fields), data=tuple(values))
+
+
+def _write_metadata(f, *, planes, semantic_classes, event_classes, splits, datasizes, norm) -> None:
+    """Everything but the events: names of planes and classes, splits, training data sizes, norms."""
+    import h5py
+
+    str_dt = h5py.string_dtype("utf-8")
+    f.create_dataset("planes", data=np.array(list(planes), dtype=object), dtype=str_dt)
+    f.create_dataset("semantic_classes", data=np.array(list(semantic_classes), dtype=object), dtype=str_dt)
+    if event_classes is not None:
+        f.create_dataset("event_classes", data=np.array(list(event_classes), dtype=object), dtype=str_dt)
+    for s in SPLITS:
+        f.create_dataset(f"samples/{s}", data=np.array(splits[s], dtype=object), dtype=str_dt)
+    f.create_dataset("datasize/train", data=np.asarray(datasizes, np.int64))
+    for p in planes:
+        f.create_dataset(f"norm/{p}", data=np.asarray(norm[p], np.float32))
+
+
+def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
+                 splits: Mapping[str, Sequence[str]] | None = None,
+                 norm: Mapping[str, np.ndarray] | None = None,
+                 planes: Sequence[str] = PLANES, semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
+                 event_classes: Sequence[str] | None = EVENT_CLASSES, datasizes: Sequence[int] | None = None) -> Path:
+    """Writes events in the processed NuGraph layout, atomically (a crash leaves no partial file).
+
+    splits: split -> event names (default `default_splits`); norm: plane -> [2, 4] (default
+    `compute_norm` over all events, as nugraph's generate_norm); datasizes: /datasize/train
+    (default `datasize` of each training event). Everything is checked before anything is written.
+    For more events than fit in memory, `write_event_stream`.
+    """
+    import h5py
+
+    if not events:
+        raise ValueError("events: expected at least one event, got none")
+    names = [e.name for e in events]
+    _check_names(path, names)
+    for ev in events:
+        _check_event(ev, planes, semantic_classes, event_classes)
+    splits = _checked_splits(splits, names)
     if norm is None:
         norm = compute_norm(events, planes=planes)
     else:
@@ -604,19 +685,54 @@ def write_events(path: str | os.PathLike, events: Sequence[RawEvent], *,
         raise ValueError(f"datasizes: expected {len(splits['train'])} non-negative integers (one per training "
                          f"event, in splits['train'] order), got shape {list(np.shape(datasizes))} "
                          f"dtype {np.asarray(datasizes).dtype}")
-    str_dt = h5py.string_dtype("utf-8")
     with atomic.atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for ev in events:
-                fields, values = _record(ev, planes)
-                f.create_dataset(f"dataset/{ev.name}", shape=(), dtype=np.dtype(fields), data=tuple(values))
-            f.create_dataset("planes", data=np.array(list(planes), dtype=object), dtype=str_dt)
-            f.create_dataset("semantic_classes", data=np.array(list(semantic_classes), dtype=object), dtype=str_dt)
-            if event_classes is not None:
-                f.create_dataset("event_classes", data=np.array(list(event_classes), dtype=object), dtype=str_dt)
-            for s in SPLITS:
-                f.create_dataset(f"samples/{s}", data=np.array(splits[s], dtype=object), dtype=str_dt)
-            f.create_dataset("datasize/train", data=np.asarray(datasizes, np.int64))
-            for p in planes:
-                f.create_dataset(f"norm/{p}", data=np.asarray(norm[p], np.float32))
+                _write_event(f, ev, planes)
+            _write_metadata(f, planes=planes, semantic_classes=semantic_classes, event_classes=event_classes,
+                            splits=splits, datasizes=datasizes, norm=norm)
+    return Path(path)
+
+
+def write_event_stream(path: str | os.PathLike, events: Iterable[RawEvent], names: Sequence[str], *,
+                       splits: Mapping[str, Sequence[str]] | None = None,
+                       planes: Sequence[str] = PLANES, semantic_classes: Sequence[str] = SEMANTIC_CLASSES,
+                       event_classes: Sequence[str] | None = EVENT_CLASSES) -> Path:
+    """`write_events` for events made one at a time (a generator): each is written to the temporary file
+    as it comes and dropped, so memory does not grow with their number (`write_events` held them all).
+
+    names: the events' names in the order they will come (the default splits are drawn from them
+    first, as `write_events` draws them). The norm is accumulated as the events pass (`NormStats`),
+    /datasize/train likewise; the file is that of `write_events(path, list(events), splits=splits)`.
+    The names and splits are checked before anything is written; an event that is malformed, or not
+    the name expected next, or too few or too many events, is a ValueError that leaves `path` as it
+    was (the temporary file is removed).
+    """
+    import h5py
+
+    names = list(names)
+    if not names:
+        raise ValueError("names: expected the names of at least one event, got none")
+    _check_names(path, names)
+    splits = _checked_splits(splits, names)
+    train = set(splits["train"])
+    stats, sizes, count = NormStats(planes), {}, 0
+    with atomic.atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for ev in events:
+                if count == len(names):
+                    raise ValueError(f"events: expected {len(names)} events (as names lists), got more")
+                if ev.name != names[count]:
+                    raise ValueError(f"events: expected event {count} named {names[count]!r} (names' order), "
+                                     f"got {ev.name!r}")
+                _check_event(ev, planes, semantic_classes, event_classes)
+                _write_event(f, ev, planes)
+                stats.add(ev)
+                if ev.name in train:
+                    sizes[ev.name] = datasize(ev)
+                count += 1
+            if count != len(names):
+                raise ValueError(f"events: expected {len(names)} events (as names lists), got {count}")
+            _write_metadata(f, planes=planes, semantic_classes=semantic_classes, event_classes=event_classes,
+                            splits=splits, datasizes=[sizes[n] for n in splits["train"]], norm=stats.norm())
     return Path(path)

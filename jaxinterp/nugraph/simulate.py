@@ -31,7 +31,7 @@ Axis names: D deposits, K steps of one track, H hits of a plane, S space points.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -404,6 +404,13 @@ def simulate_event(rng: np.random.Generator, cfg: SimConfig, *, event: int = 0, 
 def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int = 1, subrun: int = 1,
              progress: bool = False, max_tries: int = 100) -> list[RawEvent]:
     """n simulated events (event numbers 0..n-1); event i depends only on (seed, i) and config."""
+    return list(stream(n, seed=seed, config=config, run=run, subrun=subrun, progress=progress, max_tries=max_tries))
+
+
+def stream(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int = 1, subrun: int = 1,
+           progress: bool = False, max_tries: int = 100) -> Iterator[RawEvent]:
+    """`simulate`'s events one at a time, as they are made (for more than fit in memory:
+    `hdf5.write_event_stream`). The arguments are checked now, before the first event."""
     if not checks.is_integer(n) or n < 0:
         raise ValueError(f"n: expected a non-negative number of events, got {n!r}")
     checks.check_seed(seed)  # default_rng([s + 2**32 * j, 0]) is default_rng([s, j]): another seed's events
@@ -414,9 +421,12 @@ def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int
             raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
     if not isinstance(config, SimConfig):
         raise ValueError(f"config: expected a simulate.SimConfig, got {type(config).__name__}")
+    return _stream(n, seed, config, run, subrun, progress, max_tries)
+
+
+def _stream(n, seed, config, run, subrun, progress, max_tries) -> Iterator[RawEvent]:
     from tqdm import tqdm
 
-    out = []
     for i in tqdm(range(n), desc="simulating events", unit="event", disable=not progress):
         rng = np.random.default_rng([seed, i])
         for _ in range(max_tries):
@@ -427,8 +437,7 @@ def simulate(n: int, *, seed: int = 0, config: SimConfig = SimConfig(), run: int
             raise ValueError(f"config: no event within the size limits after {max_tries} tries "
                              f"(min_hits_per_plane={config.min_hits_per_plane}, "
                              f"max_hits_per_plane={config.max_hits_per_plane})")
-        out.append(ev)
-    return out
+        yield ev
 
 
 class Summary(NamedTuple):
@@ -437,15 +446,37 @@ class Summary(NamedTuple):
     space_points: np.ndarray  # [n events]
 
 
-def summary(events: Sequence[RawEvent]) -> Summary:
-    """Size distribution and class mix of a set of events (for notes and the simulate command)."""
-    from jaxinterp.nugraph.event import SEMANTIC_CLASSES
+class SummaryStats:
+    """What `summary` needs of each event, gathered as events pass (a few numbers an event, not its hits)."""
 
-    events = list(events)
-    if not events:  # np.concatenate's "need at least one array" said nothing of what was wrong
-        raise ValueError("events: expected at least one event to summarise, got none")
-    hits = np.array([np.mean([e.planes[p].pos.shape[0] for p in e.planes]) for e in events])
-    y = np.concatenate([e.planes[p].y_semantic for e in events for p in e.planes])
-    names = ["background"] + list(SEMANTIC_CLASSES)
-    mix = {names[k + 1]: float(np.mean(y == k)) for k in range(-1, len(SEMANTIC_CLASSES))}
-    return Summary(np.percentile(hits, [0, 10, 50, 90, 100]), mix, np.array([e.num_sp for e in events]))
+    def __init__(self):
+        from jaxinterp.nugraph.event import SEMANTIC_CLASSES
+
+        self.names = ["background"] + list(SEMANTIC_CLASSES)
+        self.hits, self.space_points = [], []
+        self.label_counts = np.zeros(len(self.names), np.int64)  # label + 1 -> hits
+        self.label_total = 0  # hits, labelled or not
+
+    def add(self, ev: RawEvent) -> None:
+        self.hits.append(np.mean([ev.planes[p].pos.shape[0] for p in ev.planes]))
+        self.space_points.append(ev.num_sp)
+        for p in ev.planes:
+            y = np.asarray(ev.planes[p].y_semantic)
+            self.label_counts += np.bincount(y[(y >= -1) & (y < len(self.names) - 1)] + 1,
+                                             minlength=len(self.names))[:len(self.names)]
+            self.label_total += y.size
+
+    def result(self) -> Summary:
+        if not self.hits:  # np.concatenate's "need at least one array" said nothing of what was wrong
+            raise ValueError("events: expected at least one event to summarise, got none")
+        total = self.label_total
+        mix = {name: float(c / total) if total else float("nan") for name, c in zip(self.names, self.label_counts)}
+        return Summary(np.percentile(np.array(self.hits), [0, 10, 50, 90, 100]), mix, np.array(self.space_points))
+
+
+def summary(events: Iterable[RawEvent]) -> Summary:
+    """Size distribution and class mix of a set of events (for notes and the simulate command)."""
+    stats = SummaryStats()
+    for ev in events:
+        stats.add(ev)
+    return stats.result()
