@@ -70,6 +70,12 @@ def _clip_bytes(text: str, limit: int) -> str:
     return os.fsencode(text)[:limit].decode("utf-8", "ignore")
 
 
+def temporary_stem(path: str | os.PathLike) -> str:
+    """The start of `path`'s name that a temporary beside it carries: at most its first 40 bytes, so the
+    temporary's name stays under NAME_MAX whatever the target's (also for folders staged beside theirs)."""
+    return _clip_bytes(Path(path).name, _TMP_NAME_BYTES)
+
+
 def _new_temporary(path: Path) -> tuple[Path, int]:
     """A new empty file beside `path` and its permissions, which the kernel set from 0666 and the umask.
 
@@ -80,7 +86,7 @@ def _new_temporary(path: Path) -> tuple[Path, int]:
     reading it sets the process-wide umask to 0 for a moment, and a file that another thread creates
     meanwhile (orbax's and merge's writer threads) is world-writable.
     """
-    stem = _clip_bytes(path.name, _TMP_NAME_BYTES)
+    stem = temporary_stem(path)
     suffix = path.suffix if len(os.fsencode(path.suffix)) <= _TMP_SUFFIX_BYTES else ""
     for _ in range(100):
         tmp = path.parent / f".{stem}.{secrets.token_hex(8)}.tmp{suffix}"

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params, param_shapes
 from jaxinterp import torch_pickle
+from jaxinterp.atomic import temporary_stem
 
 
 def _class_linears(config: NuGraph2Config) -> list[tuple[str, tuple[str, ...]]]:
@@ -241,7 +242,7 @@ def save_params(path: str | Path, params: Params) -> Path:
 
     path = check_params_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{temporary_stem(path)}.", suffix=".tmp", dir=path.parent))
     old = None
     try:
         ocp.PyTreeCheckpointer().save(tmp / "params", params)
