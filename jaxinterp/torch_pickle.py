@@ -16,6 +16,7 @@ import pickle
 import struct
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -177,21 +178,41 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
 
     def persistent_load(self, pid):
         # ('storage', storage_type, key, location, numel)
-        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
-                and isinstance(pid[1], (_StorageType, _DType)) and isinstance(pid[2], str)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], (_StorageType, _DType)) and isinstance(pid[2], str)
+                and isinstance(pid[4], int) and not isinstance(pid[4], bool) and pid[4] >= 0):
             raise ValueError(f"{self._path}: unexpected persistent id {pid!r} in the torch checkpoint, expected "
                              f"('storage', <storage type>, <key>, <location>, <numel>)")
-        storage_type, key = pid[1], pid[2]
-        dtype = _TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype
+        storage_type, key, numel = pid[1], pid[2], pid[4]
+        dtype = _np_dtype(_TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype)
+        name = f"{self._prefix}/data/{key}"
         try:
-            raw = self._archive.read(f"{self._prefix}/data/{key}")
+            info = self._archive.getinfo(name)
         except KeyError:
-            raise ValueError(f"torch checkpoint {self._path}: the pickle names storage {self._prefix}/data/{key}, which the "
+            raise ValueError(f"torch checkpoint {self._path}: the pickle names storage {name}, which the "
                              f"archive does not hold (a truncated or corrupt file)") from None
-        dtype = _np_dtype(dtype)
-        if len(raw) % dtype.itemsize:
-            raise ValueError(f"torch checkpoint {self._path}: storage {self._prefix}/data/{key} holds {len(raw)} bytes, "
+        # The pickle says how many elements the storage holds (torch reads numel * itemsize bytes); the
+        # zip entry, compressed, can expand to any size (a zip bomb), so its declared size is checked
+        # before it is read, and the read is bounded whatever the zip's headers say.
+        expected = numel * dtype.itemsize
+        if info.file_size % dtype.itemsize:
+            raise ValueError(f"torch checkpoint {self._path}: storage {name} holds {info.file_size} bytes, "
                              f"expected a multiple of {dtype.itemsize} ({dtype.name}; a truncated or corrupt file)")
+        if info.file_size != expected:
+            raise ValueError(f"torch checkpoint {self._path}: storage {name} holds {info.file_size} bytes in the "
+                             f"archive, expected {expected} (the pickle's {numel} elements of {dtype.name}; a "
+                             f"corrupt or crafted file)")
+        try:
+            with self._archive.open(info) as f:
+                raw = f.read(expected + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+            # a corrupt entry (a CRC that does not match: a header that lies about the size), or one
+            # compressed or encrypted in a way zipfile cannot read
+            raise ValueError(f"torch checkpoint {self._path}: storage {name} cannot be read ({type(e).__name__}: "
+                             f"{e}; a corrupt or crafted file)") from e
+        if len(raw) != expected:
+            raise ValueError(f"torch checkpoint {self._path}: storage {name} holds {len(raw)} bytes, expected "
+                             f"{expected} (the pickle's {numel} elements of {dtype.name}; a corrupt or crafted file)")
         if self._byteorder != sys.byteorder and dtype.itemsize > 1:
             # written on a machine of the other byte order (torch swaps on load too); swapped as
             # unsigned integers of the item's width, which also covers bfloat16
@@ -229,9 +250,12 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
             raise ValueError(f"{path}: expected one <name>/data.pkl in the archive, found {len(pkls)}")
         prefix = pkls[0][: -len("/data.pkl")]
         # the byte order of the storages (torch >= 2.1 records it; older files are little-endian, as
-        # torch assumes when the record is missing)
-        byteorder = (archive.read(f"{prefix}/byteorder").decode("ascii", "replace")
-                     if f"{prefix}/byteorder" in archive.namelist() else "little")
+        # torch assumes when the record is missing); read bounded, as a compressed entry can expand to
+        # any size and "little" is six bytes
+        byteorder = "little"
+        if f"{prefix}/byteorder" in archive.namelist():
+            with archive.open(f"{prefix}/byteorder") as f:
+                byteorder = f.read(16).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         with archive.open(pkls[0]) as f:

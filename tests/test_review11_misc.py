@@ -120,8 +120,8 @@ def _write_torch_zip(path, tensors: dict, *, byteorder: bytes | None, storage_by
     import numpy as np
 
     class Storage:
-        def __init__(self, kind, key):
-            self.kind, self.key = kind, key
+        def __init__(self, kind, key, numel):
+            self.kind, self.key, self.numel = kind, key, numel
 
     class Tensor:
         def __init__(self, storage, shape):
@@ -135,13 +135,14 @@ def _write_torch_zip(path, tensors: dict, *, byteorder: bytes | None, storage_by
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
             if isinstance(obj, Storage):
-                return ("storage", getattr(sys.modules["torch"], obj.kind), obj.key, "cpu", 0)
+                # numel as torch writes it (the reader checks each entry's size against it)
+                return ("storage", getattr(sys.modules["torch"], obj.kind), obj.key, "cpu", obj.numel)
             return None
 
     buf, files = io.BytesIO(), {}
     obj = {}
     for i, (name, (kind, a)) in enumerate(tensors.items()):
-        obj[name] = Tensor(Storage(kind, str(i)), a.shape)
+        obj[name] = Tensor(Storage(kind, str(i), a.size), a.shape)
         data = a.tobytes() if byteorder in (None, sys.byteorder.encode()) else a.byteswap().tobytes()
         files[f"archive/data/{i}"] = data if storage_bytes is None else storage_bytes
     Pickler(buf, protocol=2).dump(obj)

@@ -1,0 +1,179 @@
+"""Review 18, the torch checkpoint reader and the prompt CSVs: compressed storages that expand past what
+the pickle says (zip bombs), view errors that named neither file nor tensor, prompt columns given twice."""
+
+from __future__ import annotations
+
+import collections
+import io
+import re
+import struct
+import tracemalloc
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+from test_torch_pickle import _Pickler, Storage, Tensor, _global, fake_torch, write  # noqa: F401 (a fixture)
+
+from jaxinterp import torch_pickle
+
+MiB = 2**20
+
+
+def _deflated_zip(path, obj, entries: dict[str, bytes | int], *, prefix="archive"):
+    """A torch zip of `obj`, every entry deflated; an int entry is that many zero bytes, written in
+    chunks (so the test never holds them): what a zip bomb holds, a few KiB compressed."""
+    buf = io.BytesIO()
+    _Pickler(buf, []).dump(obj)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{prefix}/data.pkl", buf.getvalue())
+        for name, data in entries.items():
+            if isinstance(data, int):
+                with z.open(name, "w") as f:
+                    for _ in range(data // MiB):
+                        f.write(bytes(MiB))
+            else:
+                z.writestr(name, data)
+    return path
+
+
+def _peak(fn):
+    """(what fn raised or returned, the peak bytes Python allocated meanwhile; numpy's buffers count)."""
+    tracemalloc.start()
+    try:
+        try:
+            got = fn()
+        except Exception as e:  # noqa: BLE001 (handed back to the test)
+            got = e
+        return got, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _lie_about_size(path, name: str, size: int, crc: int | None = None):
+    """Rewrites the zip's headers (local and central) of `name` to say it holds `size` bytes (and, if
+    given, that their CRC-32 is `crc`), whatever its compressed stream expands to."""
+    data = bytearray(path.read_bytes())
+    at = 0
+    while (at := data.find(b"PK\x03\x04", at)) >= 0:  # local headers: crc at 14, size at 22, name at 30
+        n = struct.unpack_from("<H", data, at + 26)[0]
+        if data[at + 30:at + 30 + n] == name.encode():
+            struct.pack_into("<I", data, at + 22, size)
+            if crc is not None:
+                struct.pack_into("<I", data, at + 14, crc)
+        at += 4
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:  # central records: crc at 16, size at 24, name at 46
+        n = struct.unpack_from("<H", data, at + 28)[0]
+        if data[at + 46:at + 46 + n] == name.encode():
+            struct.pack_into("<I", data, at + 24, size)
+            if crc is not None:
+                struct.pack_into("<I", data, at + 16, crc)
+        at += 4
+    path.write_bytes(bytes(data))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. a storage was read whole, whatever size its compressed zip entry expanded to
+
+def test_a_storage_entry_larger_than_the_pickle_says_is_refused_before_it_is_read(tmp_path, fake_torch):
+    """The pickle says storage 0 holds 16 floats; the archive's entry, deflated to a few KiB, expands to
+    64 MiB. archive.read took all of it (a zip bomb: any size, from a small file) and the tensor read its
+    first 16 floats, silently. Now the declared size is checked against numel * itemsize first."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.zeros(16, np.float32))
+    path = _deflated_zip(tmp_path / "bomb.pt", {"w": Tensor(storage, 0, (16,), (1,))}, {"archive/data/0": 64 * MiB})
+    assert path.stat().st_size < MiB
+    got, peak = _peak(lambda: torch_pickle.load_state_dict(path))
+    message = (f"torch checkpoint {path}: storage archive/data/0 holds {64 * MiB} bytes in the archive, expected 64 "
+               f"(the pickle's 16 elements of float32; a corrupt or crafted file)")
+    assert isinstance(got, ValueError) and str(got) == message, got
+    assert peak < 4 * MiB, peak  # the entry was not read
+
+
+@pytest.mark.parametrize("kind,numel,size,expected", [
+    ("FloatStorage", 16, 32, 64),  # a truncated storage: the view's bounds error said nothing of the file
+    ("DoubleStorage", 2, 24, 16),
+    ("UntypedStorage", 8, 4, 8),  # torch >= 2 writes untyped storages with numel in bytes
+    ("float32", 1, 8, 4),  # a dtype object as the storage type (numel in elements)
+])
+def test_a_storage_entry_of_another_size_is_refused_naming_both_sizes(tmp_path, fake_torch, kind, numel, size,
+                                                                      expected):
+    data = np.zeros(numel, np.uint8 if kind == "UntypedStorage" else np.float64 if kind == "DoubleStorage" else np.float32)
+    storage = Storage(_global("torch", kind), "0", data)
+    path = _deflated_zip(tmp_path / "x.pt", {"w": Tensor(storage, 0, (1,), (1,))}, {"archive/data/0": bytes(size)})
+    name = {"FloatStorage": "float32", "DoubleStorage": "float64", "UntypedStorage": "uint8", "float32": "float32"}[kind]
+    message = (f"torch checkpoint {path}: storage archive/data/0 holds {size} bytes in the archive, expected "
+               f"{expected} (the pickle's {numel} elements of {name}; a corrupt or crafted file)")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+        torch_pickle.load_state_dict(path)
+
+
+def test_a_header_that_lies_about_the_size_does_not_bypass_the_bound(tmp_path, fake_torch):
+    """The zip's headers say 64 bytes (what the pickle expects) while the deflated stream expands to
+    64 MiB: zipfile stops at the declared size and its CRC check fails, a BadZipFile traceback; now a
+    ValueError naming the storage. With the CRC of the first 64 bytes forged too, the read stops at
+    64 bytes: the tensor is those bytes, and nothing of the stream's size is held."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.zeros(16, np.float32))
+    obj = {"w": Tensor(storage, 0, (16,), (1,))}
+    path = _deflated_zip(tmp_path / "lie.pt", obj, {"archive/data/0": 64 * MiB})
+    _lie_about_size(path, "archive/data/0", 64)
+    got, peak = _peak(lambda: torch_pickle.load_state_dict(path))
+    assert isinstance(got, ValueError), repr(got)
+    assert re.fullmatch(rf"torch checkpoint {re.escape(str(path))}: storage archive/data/0 cannot be read \(BadZipFile: "
+                        r"Bad CRC-32 for file 'archive/data/0'; a corrupt or crafted file\)", str(got)), str(got)
+    assert peak < 4 * MiB, peak
+
+    forged = _lie_about_size(_deflated_zip(tmp_path / "forged.pt", obj, {"archive/data/0": 64 * MiB}),
+                             "archive/data/0", 64, crc=zlib.crc32(bytes(64)))
+    got, peak = _peak(lambda: torch_pickle.load_state_dict(forged))
+    assert isinstance(got, dict), repr(got)
+    np.testing.assert_array_equal(got["w"], np.zeros(16, np.float32))
+    assert peak < 4 * MiB, peak
+
+
+@pytest.mark.parametrize("numel", [None, -1, True, 2.0, "16"])
+def test_a_persistent_id_without_a_usable_numel_is_refused(tmp_path, fake_torch, numel):
+    """The size bound comes from the persistent id's numel, which torch always writes; one without it
+    (or with a negative, bool or non-integer one) was read whole, whatever the archive held."""
+    pid = ("storage", _global("torch", "FloatStorage"), "0", "cpu") + (() if numel is None else (numel,))
+    path = write(tmp_path / "x.pt", {"w": ("raw-pid", pid)},
+                 extra={"archive/data/0": np.zeros(16, np.float32).tobytes()})
+    rest = "" if numel is None else f", {numel!r}"
+    message = (rf"^{re.escape(str(path))}: unexpected persistent id \('storage', <jaxinterp\.torch_pickle\._StorageType "
+               rf"object at 0x[0-9a-f]+>, '0', 'cpu'{re.escape(rest)}\) in the torch checkpoint, expected "
+               + re.escape("('storage', <storage type>, <key>, <location>, <numel>)") + "$")
+    with pytest.raises(ValueError, match=message):
+        torch_pickle.load(path)
+
+
+def test_a_compressed_byteorder_record_is_read_bounded(tmp_path, fake_torch):
+    """`<name>/byteorder` was read whole too: 'little' and 64 MiB of zeros, deflated, took 64 MiB, and
+    its repr went into the message."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.zeros(4, np.float32))
+    path = tmp_path / "b.pt"
+    buf = io.BytesIO()
+    _Pickler(buf, []).dump({"w": Tensor(storage, 0, (4,), (1,))})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/data/0", bytes(16))
+        with z.open("archive/byteorder", "w") as f:
+            f.write(b"little")
+            for _ in range(64):
+                f.write(bytes(MiB))
+    got, peak = _peak(lambda: torch_pickle.load(path))
+    assert isinstance(got, ValueError) and str(got) == (
+        f"{path}: expected byteorder 'little' or 'big' in archive/byteorder, got {'little' + chr(0) * 10!r}"), got
+    assert peak < 4 * MiB, peak
+
+
+def test_honest_deflated_and_shared_storages_still_read(tmp_path, fake_torch):
+    """Deflated entries of the right size (torch writes them stored; other zip tools may not) and a
+    storage shared by two tensors read as before."""
+    data = np.arange(12, dtype=np.float32)
+    storage = Storage(_global("torch", "FloatStorage"), "0", data)
+    state = collections.OrderedDict(a=Tensor(storage, 0, (3, 4), (4, 1)), b=Tensor(storage, 4, (4,), (1,)))
+    path = _deflated_zip(tmp_path / "ok.pt", state, {"archive/data/0": data.tobytes(), "archive/byteorder": b"little"})
+    got = torch_pickle.load_state_dict(path)
+    np.testing.assert_array_equal(got["a"], data.reshape(3, 4))
+    np.testing.assert_array_equal(got["b"], data[4:8])
