@@ -59,36 +59,43 @@ def _np_dtype(dtype):
     return np.dtype(dtype)
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray:
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple, *_: Any) -> np.ndarray | _Refused:
     # the view's geometry comes from the file: it must stay inside the storage's data (as_strided
-    # would otherwise read memory beyond it, or crash), whatever the file says
+    # would otherwise read memory beyond it, or crash), whatever the file says. A view that does not is
+    # refused, not raised here: the tensor's key in the state dict is not known yet, so `load` names
+    # the tensor's place and the file (see _Refused)
+    if isinstance(storage, _Refused):  # a refused tensor passed as the storage of another
+        return storage
     if not isinstance(storage, np.ndarray) or not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
-        raise ValueError(f"tensor: expected a storage and tuples of sizes and strides, got {type(storage).__name__}, "
-                         f"{size!r}, {stride!r}")
+        return _Refused(f"expected a storage and tuples of sizes and strides, got {type(storage).__name__}, "
+                        f"{size!r}, {stride!r}")
     if storage.ndim != 1 or storage.strides[0] != storage.itemsize:
         # a tensor built here, passed as the storage of another: [offset:] then skipped rows, not
         # elements, so a view past its end passed the check below and copied heap memory
-        raise ValueError(f"tensor: expected a storage (its data, one contiguous axis), got an array of shape "
-                         f"{list(storage.shape)} and strides {list(storage.strides)}")
+        return _Refused(f"expected a storage (its data, one contiguous axis), got an array of shape "
+                        f"{list(storage.shape)} and strides {list(storage.strides)}")
     size, stride = tuple(size), tuple(stride)
     numbers = (offset, *size, *stride)
     if len(size) != len(stride) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers):
-        raise ValueError(f"tensor: expected a non-negative integer offset and sizes and strides of one length, "
-                         f"got offset {offset!r}, size {size!r}, stride {stride!r}")
+        return _Refused(f"expected a non-negative integer offset and sizes and strides of one length, "
+                        f"got offset {offset!r}, size {size!r}, stride {stride!r}")
     if 0 in size:
         return np.zeros(size, storage.dtype)
     last = offset + sum((n - 1) * st for n, st in zip(size, stride))
     if last >= storage.size:
-        raise ValueError(f"tensor: a view of size {size} and stride {stride} at offset {offset} reaches element "
-                         f"{last} of a storage of {storage.size} elements: the file is corrupt or crafted")
+        return _Refused(f"a view of size {size} and stride {stride} at offset {offset} reaches element {last} of a "
+                        f"storage of {storage.size} elements: the file is corrupt or crafted")
     if not size:
         return np.array(storage[offset])  # a 0-d array, not a numpy scalar
     itemsize = storage.dtype.itemsize
     dense = math.prod(size) * itemsize
     if dense > max(storage.nbytes, MAX_EXPANDED_BYTES):
-        # refused before the copy below asks for the bytes; named once the file is read (here the
-        # tensor's key in the state dict is not known yet), see _Refused
-        return _Refused(size, stride, dense, storage.nbytes)
+        # refused before the copy below asks for the bytes
+        return _Refused(f"a view of shape {list(size)} and stride {list(stride)} would take {dense} bytes "
+                        f"({dense / 2**30:,.1f} GiB) as a dense array, from a storage of {storage.nbytes} bytes: "
+                        f"expected at most the larger of its storage and {MAX_EXPANDED_BYTES} bytes "
+                        f"(torch_pickle.MAX_EXPANDED_BYTES) for an expanded or overlapping view; the file is "
+                        f"corrupt or crafted")
     # an axis of one element never steps: its stride, any number in the file (2**62 overflowed numpy's
     # C long), is not passed on
     view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
@@ -101,10 +108,11 @@ def _rebuild_parameter(data: np.ndarray, *_: Any) -> np.ndarray:
 
 
 class _Refused:
-    """Stands, while the file is read, for a view refused for its dense size; `load` names it and raises."""
+    """Stands, while the file is read, for a tensor whose view was refused (its geometry, its storage,
+    its dense size); `load` names the tensor's place and the file, and raises."""
 
-    def __init__(self, size: tuple, stride: tuple, dense: int, storage: int):
-        self.size, self.stride, self.dense, self.storage = size, stride, dense, storage
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _find_refused(obj: Any) -> tuple[str, _Refused] | None:
@@ -149,6 +157,7 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str, path: Path):
         super().__init__(file)
         self._archive, self._prefix, self._byteorder, self._path = archive, prefix, byteorder, path
+        self.refused: _Refused | None = None  # the first tensor refused, wherever it ends up
 
     def load_build(self):
         # BUILD sets an object's state: its __setstate__, or each entry as an attribute. torch's
@@ -163,6 +172,13 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
         super().load_build()
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load_reduce(self):
+        super().load_reduce()
+        if isinstance(self.stack[-1], _Refused) and self.refused is None:
+            self.refused = self.stack[-1]  # named by `load`, even if the pickle drops the tensor again
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -259,20 +275,19 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         with archive.open(pkls[0]) as f:
+            unpickler = _Unpickler(f, archive, prefix, byteorder, path)
             try:
-                obj = _Unpickler(f, archive, prefix, byteorder, path).load()
+                obj = unpickler.load()
             except (pickle.UnpicklingError, EOFError, struct.error, TypeError, KeyError, AttributeError,
                     IndexError) as e:  # a truncated or crafted pickle: what broke inside the unpickler
                 raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
                                  f"{type(e).__name__}: {e}") from e
     found = _find_refused(obj)
+    if found is None and unpickler.refused is not None:
+        found = ("(one the pickle built, then dropped)", unpickler.refused)
     if found is not None:
         where, r = found
-        raise ValueError(f"{path}: tensor {where or '(the whole file)'}: a view of shape {list(r.size)} and stride "
-                         f"{list(r.stride)} would take {r.dense} bytes ({r.dense / 2**30:,.1f} GiB) as a dense array, "
-                         f"from a storage of {r.storage} bytes: expected at most the larger of its storage and "
-                         f"{MAX_EXPANDED_BYTES} bytes (torch_pickle.MAX_EXPANDED_BYTES) for an expanded or "
-                         f"overlapping view; the file is corrupt or crafted")
+        raise ValueError(f"{path}: tensor {where or '(the whole file)'}: {r.reason}")
     return obj
 
 

@@ -220,7 +220,8 @@ def test_torch_reader_refuses_corrupt_files_with_value_errors(tmp_path, monkeypa
     pickle.Pickler(buf, protocol=2).dump({"w": NotAStorage()})
     with zipfile.ZipFile(tmp_path / "n.pt", "w") as z:
         z.writestr("archive/data.pkl", buf.getvalue())
-    with pytest.raises(ValueError, match=r"tensor: expected a storage and tuples of sizes and strides, got dict"):
+    with pytest.raises(ValueError, match=r"n\.pt: tensor \['w'\]: expected a storage and tuples of sizes and strides, "
+                                         r"got dict"):
         torch_pickle.load(tmp_path / "n.pt")
 
 

@@ -177,3 +177,71 @@ def test_honest_deflated_and_shared_storages_still_read(tmp_path, fake_torch):
     got = torch_pickle.load_state_dict(path)
     np.testing.assert_array_equal(got["a"], data.reshape(3, 4))
     np.testing.assert_array_equal(got["b"], data[4:8])
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. a view outside its storage (or built on no storage) was refused naming neither file nor tensor
+
+@pytest.mark.parametrize("offset,size,stride,why", [
+    (0, (8, 2), (2, 1), "a view of size (8, 2) and stride (2, 1) at offset 0 reaches element 15 of a storage of 4 "
+                        "elements: the file is corrupt or crafted"),
+    (-1, (2,), (1,), "expected a non-negative integer offset and sizes and strides of one length, got offset -1, "
+                     "size (2,), stride (1,)"),
+    (0, (2, 2), (1,), "expected a non-negative integer offset and sizes and strides of one length, got offset 0, "
+                      "size (2, 2), stride (1,)"),
+])
+def test_a_bad_view_names_the_file_and_the_tensors_place(tmp_path, fake_torch, offset, size, stride, why):
+    """The message was 'tensor: a view of ... reaches element 15 ...': which of a Lightning checkpoint's
+    hundreds of tensors, in which file of a folder of them, it did not say."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
+    state = collections.OrderedDict(ok=Tensor(storage, 0, (4,), (1,)), **{"encoder.w": Tensor(storage, offset, size, stride)})
+    path = write(tmp_path / "m.ckpt", {"epoch": 2, "state_dict": state})
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor ['state_dict']['encoder.w']: {why}") + "$"):
+        torch_pickle.load_state_dict(path)
+
+
+class _RawReduce:
+    """Pickles as `torch._utils.<name>(*args)`, args pickled as given (a dict where a storage belongs)."""
+
+    def __init__(self, name: str, *args):
+        self.name, self.args = name, args
+
+    def __reduce__(self):
+        return _global("torch._utils", self.name), self.args
+
+
+def test_a_tensor_built_on_no_storage_names_its_place_and_a_refused_storage_is_the_cause(tmp_path, fake_torch):
+    path = write(tmp_path / "n.pt", {"opt": [{"w": _RawReduce("_rebuild_tensor_v2", {"x": 1}, 0, (2,), (1,))}]})
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor ['opt'][0]['w']: expected a storage and "
+                                                         "tuples of sizes and strides, got dict, (2,), (1,)") + "$"):
+        torch_pickle.load(path)
+    # a refused tensor passed as the storage of another (and wrapped in a Parameter): the first refusal
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
+    inner = Tensor(storage, 2, (3,), (1,))
+    outer = _RawReduce("_rebuild_parameter", _RawReduce("_rebuild_tensor_v2", inner, 0, (1,), (1,)), False,
+                       collections.OrderedDict())
+    path = write(tmp_path / "p.pt", collections.OrderedDict(p=outer))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor ['p']: a view of size (3,) and stride (1,) "
+                                                         "at offset 2 reaches element 4 of a storage of 4 elements")):
+        torch_pickle.load_state_dict(path)
+
+
+def test_a_bad_view_the_pickle_drops_again_is_still_refused(tmp_path, fake_torch):
+    """A bad tensor that the pickle builds and then pops off its stack is in no container: it was a
+    ValueError when it was built, and stays one (the place says it was dropped)."""
+    storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
+    buf = io.BytesIO()
+    _Pickler(buf, []).dump(Tensor(storage, 3, (2,), (1,)))
+    pkl = buf.getvalue()
+    assert pkl.endswith(b".")
+    good = io.BytesIO()
+    _Pickler(good, []).dump({"w": 1})
+    # the bad tensor, POP, then a plain dict as the whole result (protocol 2's header dropped from the second)
+    data = pkl[:-1] + b"0" + good.getvalue()[2:]
+    path = tmp_path / "d.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor (one the pickle built, then dropped): a view "
+                                                         "of size (2,) and stride (1,) at offset 3 reaches element 4")):
+        torch_pickle.load(path)

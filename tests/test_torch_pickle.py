@@ -157,12 +157,13 @@ def test_views_outside_their_storage_are_refused(tmp_path, fake_torch, offset, s
     (which used to segfault or copy heap memory into the tensor) is a ValueError."""
     storage = Storage(_global("torch", "FloatStorage"), "0", np.arange(4, dtype=np.float32))
     path = write(tmp_path / "x.pt", {"w": Tensor(storage, offset, size, stride)})
+    # the file and the tensor's place are named too (review 18: they were not)
     if match == "bad geometry":
-        message = (f"tensor: expected a non-negative integer offset and sizes and strides of one length, got offset "
-                   f"{offset!r}, size {size!r}, stride {stride!r}")
+        message = (f"{path}: tensor ['w']: expected a non-negative integer offset and sizes and strides of one "
+                   f"length, got offset {offset!r}, size {size!r}, stride {stride!r}")
     else:
-        message = (f"tensor: a view of size {size} and stride {stride} at offset {offset} {match} of a storage of 4 "
-                   f"elements: the file is corrupt or crafted")
+        message = (f"{path}: tensor ['w']: a view of size {size} and stride {stride} at offset {offset} {match} of a "
+                   f"storage of 4 elements: the file is corrupt or crafted")
     with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
         torch_pickle.load_state_dict(path)
 
