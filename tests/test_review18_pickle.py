@@ -245,3 +245,45 @@ def test_a_bad_view_the_pickle_drops_again_is_still_refused(tmp_path, fake_torch
     with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor (one the pickle built, then dropped): a view "
                                                          "of size (2,) and stride (1,) at offset 3 reaches element 4")):
         torch_pickle.load(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. a prompt CSV naming one column twice: the first was read, the other ignored silently
+
+_PROMPT_ROW = "w1 w2,w3 w4,w5,w6,w7"
+
+
+@pytest.mark.parametrize("header,row,why", [
+    # both 2WMH spellings, holding different sentences: which one is the prompt?
+    ("explicit_sentence,obscure_sent,explicit_entity,obscure_entity,answer,obscure_sentence",
+     _PROMPT_ROW + ",w8 w9", "column 'obscure_sentence' is given 2 times in the header ('obscure_sent' in column 2, "
+                             "'obscure_sentence' in column 6); expected one column named one of ['obscure_sentence', "
+                             "'obscure_sent']"),
+    # a name repeated (two files' columns pasted side by side), spaces around a name included
+    ("explicit_sentence,obscure_sentence,explicit_entity,obscure_entity,answer, answer ",
+     _PROMPT_ROW + ",w10", "column 'answer' is given 2 times in the header ('answer' in column 5, 'answer' in "
+                           "column 6); expected one column named one of ['answer']"),
+    # the optional column too
+    (",explicit_sent,obscure_sent,explicit_entity,obscure_entity,obscure_entity,answer",
+     "0,w1,w2,w3,w4,w5,w6", "column 'obscure_entity' is given 2 times in the header ('obscure_entity' in column 5, "
+                            "'obscure_entity' in column 6); expected one column named one of ['obscure_entity']"),
+])
+def test_a_prompt_column_given_twice_is_refused_naming_the_columns(tmp_path, header, row, why):
+    from jaxinterp.inject import data as dt
+
+    path = tmp_path / "p.csv"
+    path.write_text(f"{header}\n{row}\n")
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: {why}") + "$"):
+        dt.load_prompts(path)
+
+
+def test_columns_the_reader_does_not_read_may_repeat(tmp_path):
+    """Only the columns read are checked: two unnamed index columns or two fact columns still load."""
+    from jaxinterp.inject import data as dt
+
+    path = tmp_path / "p.csv"
+    path.write_text(",,explicit_sent,obscure_sent,explicit_entity,obscure_entity,fact,fact,answer\n"
+                    "0,0,w1 w2,w3,w4,w5,a,b,w6\n")
+    got = dt.load_prompts(path)
+    assert (got.explicit, got.obscure, got.memory, got.obscure_entity, got.answer) == (
+        ["w1 w2"], ["w3"], ["w4"], ["w5"], ["w6"])

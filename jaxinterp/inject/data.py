@@ -1,6 +1,6 @@
 """Multi-hop prompt sets (the CSV formats of the memory-injection paper's data) and random words.
 
-Formats (column names; an unnamed leading index column is ignored):
+Formats (column names, each once; an unnamed leading index column is ignored):
   handwritten: explicit_sentence, obscure_sentence, explicit_entity, obscure_entity, answer
   2WikiMultiHop-derived: explicit_sent|explicit_sentence, obscure_sent|obscure_sentence,
                          explicit_entity, obscure_entity, fact1, fact2, answer
@@ -47,11 +47,9 @@ class Encoded(NamedTuple):
     answers: np.ndarray  # [N] first token of " " + answer
 
 
-def _find(header: list[str], names: Sequence[str]) -> int | None:
-    for n in names:
-        if n in header:
-            return header.index(n)
-    return None
+def _find(header: list[str], names: Sequence[str]) -> list[int]:
+    """Where the header holds the column of these accepted names (every place: more than one is an error)."""
+    return [i for i, h in enumerate(header) if h in names]
 
 
 def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -101,7 +99,8 @@ def _read_csv(path: Path, what: str, empty_hint: str = "") -> tuple[list[str], l
 
 
 def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> PromptSet:
-    """Reads a prompt CSV (either format). Raises ValueError naming the missing column or the empty cell."""
+    """Reads a prompt CSV (either format). Raises ValueError naming the missing column, a column given twice
+    (two spellings, or a name repeated) or the empty cell."""
     path = Path(path)
     if limit is not None and (not is_integer(limit) or limit < 1):
         # rows[1:1 + limit]: a negative limit dropped rows from the end instead
@@ -109,7 +108,14 @@ def load_prompts(path: str | os.PathLike, *, limit: int | None = None) -> Prompt
     header, rows = _read_csv(path, "prompt data", f", expected a header row with columns {sorted(COLUMNS)}")
     idx = {}
     for col, names in (COLUMNS | OPTIONAL).items():
-        i = _find(header, names)
+        at = _find(header, names)
+        if len(at) > 1:
+            # both spellings of a 2WMH column, or a name repeated: the first was read and the others
+            # ignored, silently, while they may hold different sentences
+            places = ", ".join(f"{header[i]!r} in column {i + 1}" for i in at)
+            raise ValueError(f"{path}: column {col!r} is given {len(at)} times in the header ({places}); expected "
+                             f"one column named one of {list(names)}")
+        i = at[0] if at else None
         if i is None and col in COLUMNS:
             raise ValueError(f"{path}: missing column {col!r} (accepted names {list(names)}); the header has {header}")
         idx[col] = i
