@@ -158,6 +158,7 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
         super().__init__(file)
         self._archive, self._prefix, self._byteorder, self._path = archive, prefix, byteorder, path
         self.refused: _Refused | None = None  # the first tensor refused, wherever it ends up
+        self._storages: dict[str, tuple[np.dtype, int, np.ndarray]] = {}  # key -> (dtype, numel, data)
 
     def load_build(self):
         # BUILD sets an object's state: its __setstate__, or each entry as an attribute. torch's
@@ -202,6 +203,16 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
         storage_type, key, numel = pid[1], pid[2], pid[4]
         dtype = _np_dtype(_TORCH_DTYPES[storage_type.name] if isinstance(storage_type, _DType) else storage_type.dtype)
         name = f"{self._prefix}/data/{key}"
+        if key in self._storages:
+            # a storage shared by several tensors (tied weights, views) is read once, as torch does: read
+            # per reference, a compressed entry was expanded again for each (a file naming it a thousand
+            # times asked for a thousand copies)
+            seen_dtype, seen_numel, data = self._storages[key]
+            if (seen_dtype, seen_numel) != (dtype, numel):
+                raise ValueError(f"torch checkpoint {self._path}: storage {name} is named as {seen_numel} elements of "
+                                 f"{seen_dtype.name} and as {numel} of {dtype.name}, expected one storage type and "
+                                 f"size (torch.save writes them so; a corrupt or crafted file)")
+            return data
         try:
             info = self._archive.getinfo(name)
         except KeyError:
@@ -232,8 +243,12 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
         if self._byteorder != sys.byteorder and dtype.itemsize > 1:
             # written on a machine of the other byte order (torch swaps on load too); swapped as
             # unsigned integers of the item's width, which also covers bfloat16
-            return np.frombuffer(raw, dtype=np.dtype(f"u{dtype.itemsize}")).byteswap().view(dtype)
-        return np.frombuffer(raw, dtype=dtype)
+            data = np.frombuffer(raw, dtype=np.dtype(f"u{dtype.itemsize}")).byteswap().view(dtype)
+            data.flags.writeable = False  # shared by the tensors of this storage, as numpy's view of bytes is
+        else:
+            data = np.frombuffer(raw, dtype=dtype)
+        self._storages[key] = (dtype, numel, data)
+        return data
 
 
 def check_file(path: str | os.PathLike) -> Path:

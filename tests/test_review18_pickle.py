@@ -287,3 +287,40 @@ def test_columns_the_reader_does_not_read_may_repeat(tmp_path):
     got = dt.load_prompts(path)
     assert (got.explicit, got.obscure, got.memory, got.obscure_entity, got.answer) == (
         ["w1 w2"], ["w3"], ["w4"], ["w5"], ["w6"])
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. a storage shared by several tensors was read (and expanded) once per tensor
+
+@pytest.mark.parametrize("byteorder", [b"little", b"big"])
+def test_a_shared_storage_is_read_once(tmp_path, fake_torch, byteorder):
+    """torch reads each storage once (by key); the reader read it again for every tensor naming it, so
+    one deflated 8 MiB entry named by 20 tensors took 160 MiB (a file naming it a thousand times, any
+    multiple of the size check above). Values as before, and the tensors share one read-only buffer."""
+    n = 2 * MiB  # float32 elements: 8 MiB
+    data = np.arange(n, dtype=np.float32)
+    storage = Storage(_global("torch", "FloatStorage"), "0", data)
+    state = collections.OrderedDict((f"t{i}", Tensor(storage, 0, (n,), (1,))) for i in range(20))
+    state["tail"] = Tensor(storage, n - 4, (2, 2), (1, 2))  # a copied (transposed) view of the same storage
+    raw = data.tobytes() if byteorder == b"little" else data.byteswap().tobytes()
+    path = _deflated_zip(tmp_path / "s.pt", state, {"archive/data/0": raw, "archive/byteorder": byteorder})
+    del raw
+    got, peak = _peak(lambda: torch_pickle.load_state_dict(path))
+    assert isinstance(got, dict), repr(got)
+    assert peak < 24 * MiB, peak  # the entry, its swapped copy, zipfile's buffers: not 20 copies
+    for i in range(20):
+        np.testing.assert_array_equal(got[f"t{i}"], data)
+        assert not got[f"t{i}"].flags.writeable
+    np.testing.assert_array_equal(got["tail"], [[n - 4, n - 2], [n - 3, n - 1]])
+
+
+def test_one_storage_named_with_two_types_or_sizes_is_refused(tmp_path, fake_torch):
+    """torch.save refuses to save one storage as two dtypes; a file that names it so is crafted."""
+    data = np.arange(4, dtype=np.float32)
+    a = Storage(_global("torch", "FloatStorage"), "0", data)
+    b = Storage(_global("torch", "IntStorage"), "0", data.view(np.int32))
+    path = write(tmp_path / "x.pt", collections.OrderedDict(a=Tensor(a, 0, (4,), (1,)), b=Tensor(b, 0, (4,), (1,))))
+    with pytest.raises(ValueError, match="^" + re.escape(
+            f"torch checkpoint {path}: storage archive/data/0 is named as 4 elements of float32 and as 4 of int32, "
+            "expected one storage type and size (torch.save writes them so; a corrupt or crafted file)") + "$"):
+        torch_pickle.load_state_dict(path)
