@@ -29,6 +29,11 @@ import numpy as np
 # whose dense size exceeds both its storage's bytes and this bound is refused by name before any copy.
 MAX_EXPANDED_BYTES = 2**28  # 256 MiB
 
+# data.pkl holds only containers, names and numbers (tensors' data are separate entries): a few KiB to a
+# few MiB. Read from a compressed zip entry, it can expand to any size, and the pickle itself can ask for
+# that many bytes (a BINBYTES8 of any length), so a larger declared size is refused before it is read.
+MAX_PICKLE_BYTES = 2**28  # 256 MiB
+
 # torch storage classes -> numpy dtype (the legacy `torch.FloatStorage` form, written by every
 # torch since 1.6, and the dtype objects that newer pickles pass to `UntypedStorage`).
 _STORAGE_DTYPES = {
@@ -289,6 +294,11 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
                 byteorder = f.read(16).decode("ascii", "replace")
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
+        size = archive.getinfo(pkls[0]).file_size
+        if size > MAX_PICKLE_BYTES:
+            raise ValueError(f"{path}: {pkls[0]} holds {size} bytes, expected at most {MAX_PICKLE_BYTES} "
+                             f"(torch_pickle.MAX_PICKLE_BYTES; a torch pickle holds only containers, names and "
+                             f"numbers: a corrupt or crafted file)")
         with archive.open(pkls[0]) as f:
             unpickler = _Unpickler(f, archive, prefix, byteorder, path)
             try:

@@ -324,3 +324,30 @@ def test_one_storage_named_with_two_types_or_sizes_is_refused(tmp_path, fake_tor
             f"torch checkpoint {path}: storage archive/data/0 is named as 4 elements of float32 and as 4 of int32, "
             "expected one storage type and size (torch.save writes them so; a corrupt or crafted file)") + "$"):
         torch_pickle.load_state_dict(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. data.pkl itself, deflated, could expand to any size, and the pickle ask for all of it
+
+def test_a_pickle_entry_larger_than_the_bound_is_refused_before_it_is_read(tmp_path, fake_torch, monkeypatch):
+    """A BINBYTES8 of 64 MiB of zeros, deflated to a few KiB: the unpickler read all of it (any size, from
+    a small file). The bound is torch_pickle.MAX_PICKLE_BYTES (lowered here, so the test stays small)."""
+    monkeypatch.setattr(torch_pickle, "MAX_PICKLE_BYTES", 32 * MiB, raising=False)  # (old code: none)
+    path = tmp_path / "p.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w") as f:
+            f.write(b"\x80\x04\x8e" + (64 * MiB).to_bytes(8, "little"))
+            for _ in range(64):
+                f.write(bytes(MiB))
+            f.write(b".")
+    got, peak = _peak(lambda: torch_pickle.load(path))
+    size = 3 + 8 + 64 * MiB + 1
+    assert isinstance(got, ValueError) and str(got) == (
+        f"{path}: archive/data.pkl holds {size} bytes, expected at most {32 * MiB} (torch_pickle.MAX_PICKLE_BYTES; "
+        "a torch pickle holds only containers, names and numbers: a corrupt or crafted file)"), type(got).__name__
+    assert peak < 4 * MiB, peak
+    # within the bound, the same kind of pickle reads (bytes are plain data)
+    small = tmp_path / "s.pt"
+    with zipfile.ZipFile(small, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\x80\x04\x8e" + (16).to_bytes(8, "little") + bytes(16) + b".")
+    assert torch_pickle.load(small) == bytes(16)
