@@ -304,7 +304,9 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
             try:
                 obj = unpickler.load()
             except (pickle.UnpicklingError, EOFError, struct.error, TypeError, KeyError, AttributeError,
-                    IndexError) as e:  # a truncated or crafted pickle: what broke inside the unpickler
+                    IndexError, zipfile.BadZipFile, zlib.error) as e:
+                # a truncated or crafted pickle: what broke inside the unpickler, or in zipfile reading
+                # the entry (a CRC that does not match, a broken deflate stream)
                 raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
                                  f"{type(e).__name__}: {e}") from e
     found = _find_refused(obj)

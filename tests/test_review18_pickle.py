@@ -351,3 +351,17 @@ def test_a_pickle_entry_larger_than_the_bound_is_refused_before_it_is_read(tmp_p
     with zipfile.ZipFile(small, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("archive/data.pkl", b"\x80\x04\x8e" + (16).to_bytes(8, "little") + bytes(16) + b".")
     assert torch_pickle.load(small) == bytes(16)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. a data.pkl entry zipfile could not read (a bad CRC) was a BadZipFile traceback
+
+def test_a_pickle_entry_with_a_bad_crc_is_a_value_error_naming_the_file(tmp_path, fake_torch):
+    path = write(tmp_path / "c.pt", {"epoch": 1})
+    with zipfile.ZipFile(path) as z:
+        size = z.getinfo("archive/data.pkl").file_size
+    _lie_about_size(path, "archive/data.pkl", size, crc=0)  # the true size, a CRC that does not match
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: archive/data.pkl is no readable torch pickle (a "
+                                                         "truncated or corrupt file): BadZipFile: Bad CRC-32 for file "
+                                                         "'archive/data.pkl'") + "$"):
+        torch_pickle.load(path)
