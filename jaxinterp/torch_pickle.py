@@ -290,8 +290,12 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
         # any size and "little" is six bytes
         byteorder = "little"
         if f"{prefix}/byteorder" in archive.namelist():
-            with archive.open(f"{prefix}/byteorder") as f:
-                byteorder = f.read(16).decode("ascii", "replace")
+            try:
+                with archive.open(f"{prefix}/byteorder") as f:
+                    byteorder = f.read(16).decode("ascii", "replace")
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise ValueError(f"{path}: {prefix}/byteorder cannot be read ({type(e).__name__}: {e}; a corrupt "
+                                 f"file)") from e
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: expected byteorder 'little' or 'big' in {prefix}/byteorder, got {byteorder!r}")
         size = archive.getinfo(pkls[0]).file_size

@@ -365,3 +365,11 @@ def test_a_pickle_entry_with_a_bad_crc_is_a_value_error_naming_the_file(tmp_path
                                                          "truncated or corrupt file): BadZipFile: Bad CRC-32 for file "
                                                          "'archive/data.pkl'") + "$"):
         torch_pickle.load(path)
+
+
+def test_a_byteorder_record_with_a_bad_crc_is_a_value_error_naming_the_file(tmp_path, fake_torch):
+    path = write(tmp_path / "c.pt", {"epoch": 1}, extra={"archive/byteorder": b"little"})
+    _lie_about_size(path, "archive/byteorder", 6, crc=0)
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: archive/byteorder cannot be read (BadZipFile: Bad "
+                                                         "CRC-32 for file 'archive/byteorder'; a corrupt file)") + "$"):
+        torch_pickle.load(path)
