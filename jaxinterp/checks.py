@@ -16,15 +16,17 @@ def is_integer(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-def check_x64(dtype, arg: str) -> None:
+def check_x64(dtype, arg: str, what: str = "values") -> None:
     """ValueError naming `arg` if `dtype` is float64 while jax_enable_x64 is off: JAX would make every
-    float64 array float32 (a UserWarning at most), so the work would silently run in float32."""
+    float64 array float32 (a UserWarning at most), so the work would silently run in float32. `what`
+    names the arrays in the message ("activations", "params")."""
     import jax
 
-    if np.dtype(dtype) == np.float64 and jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
-        raise ValueError(f"{arg}: float64 needs jax_enable_x64 on (jax.config.update(\"jax_enable_x64\", True) or "
-                         f"JAX_ENABLE_X64=1), got it off: it would silently compute in float32; enable x64 or ask "
-                         f"for float32")
+    dt = jax.numpy.dtype(dtype)  # jnp's: it also reads "bfloat16"
+    if jax.dtypes.canonicalize_dtype(dt) != dt:
+        raise ValueError(f"{arg}: expected jax_enable_x64 on for {dt.name} {what} (jax.config.update("
+                         f"'jax_enable_x64', True) or JAX_ENABLE_X64=1), got it off: they would silently be "
+                         f"{jax.dtypes.canonicalize_dtype(dt).name}; enable x64 or ask for float32")
 
 
 def check_seed(seed, arg: str = "seed") -> int:

@@ -72,8 +72,8 @@ def test_small_broadcast_still_loads_equal_to_numpy(tmp_path, fake_torch):
 # ----------------------------------------------------------------------------------------------
 # 2. a float64 compute dtype under 32-bit JAX computed in float32, silently
 
-X64_OFF = ('compute_dtype: float64 needs jax_enable_x64 on (jax.config.update("jax_enable_x64", True) or '
-           'JAX_ENABLE_X64=1), got it off: it would silently compute in float32; enable x64 or ask for float32')
+X64_OFF = ("compute_dtype: expected jax_enable_x64 on for float64 values (jax.config.update('jax_enable_x64', "
+           "True) or JAX_ENABLE_X64=1), got it off: they would silently be float32; enable x64 or ask for float32")
 
 
 def _lens_case(dtype):

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_x64, is_integer
 from jaxinterp.kernels.message_passing import gather_segment_sum
 from jaxinterp.nugraph.event import NUM_FEATURES, PLANES, SEMANTIC_CLASSES
 from jaxinterp.nugraph.graph import GraphBatch
@@ -164,9 +164,7 @@ def init(rng: jax.Array, config: NuGraph2Config = NuGraph2Config(), *, dtype=jnp
         dt = None
     if dt is None or not jnp.issubdtype(dt, jnp.floating):
         raise ValueError(f"init: dtype: expected a floating-point dtype, got {dtype!r}")
-    if jax.dtypes.canonicalize_dtype(dt) != dt:
-        raise ValueError(f"init: dtype: expected jax_enable_x64 on for {dt.name} params "
-                         "(jax.config.update('jax_enable_x64', True)), got it off: they would be float32")
+    check_x64(dt, "init: dtype", "params")
     kind, shape = (rng.dtype, tuple(rng.shape)) if hasattr(rng, "dtype") and hasattr(rng, "shape") else (None, None)
     typed = kind is not None and jnp.issubdtype(kind, jax.dtypes.prng_key) and shape == ()  # jax.random.key
     raw = kind == jnp.uint32 and len(shape) == 1  # jax.random.PRNGKey: [2] (threefry), [4] (rbg)

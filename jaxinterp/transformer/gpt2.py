@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxinterp.checks import is_integer
+from jaxinterp.checks import check_x64, is_integer
 from jaxinterp.transformer import hooks
 from jaxinterp.transformer.hooks import Intervention
 
@@ -102,10 +102,7 @@ class GPT2Config:
 def check_dtype(config: GPT2Config) -> None:
     """Raises ValueError for a float64 config while JAX runs in 32-bit mode: every float64 array
     would silently become float32 (with a warning at most), so the model would not be what was asked."""
-    if jnp.dtype(config.dtype) == jnp.float64 and jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
-        raise ValueError("dtype: expected jax_enable_x64 on for float64 activations "
-                         "(jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1), got it off: "
-                         "the model would run in float32; enable jax_enable_x64 or use dtype='float32'")
+    check_x64(config.dtype, "dtype", "activations")
 
 
 PRESETS: dict[str, GPT2Config] = {
