@@ -252,7 +252,11 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
             data.flags.writeable = False  # shared by the tensors of this storage, as numpy's view of bytes is
         else:
             data = np.frombuffer(raw, dtype=dtype)
-        self._storages[key] = (dtype, numel, data)
+        if numel:
+            # an empty storage is not shared, as torch.load keeps only allocated ones by key: torch.save
+            # checks the dtypes of tensors sharing a storage only where it is allocated, so one empty
+            # storage can come back named as two dtypes (`{'f': e, 'i': e.view(torch.int32)}`)
+            self._storages[key] = (dtype, numel, data)
         return data
 
 
