@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import io
+import lzma
 import math
 import os
 import pickle
@@ -33,6 +34,13 @@ MAX_EXPANDED_BYTES = 2**28  # 256 MiB
 # few MiB. Read from a compressed zip entry, it can expand to any size, and the pickle itself can ask for
 # that many bytes (a BINBYTES8 of any length), so a larger declared size is refused before it is read.
 MAX_PICKLE_BYTES = 2**28  # 256 MiB
+
+# What zipfile raises for an entry it cannot read, by reading it or at open: a CRC that does not match (a
+# header that lies about the size), a broken deflate (zlib.error), bzip2 (OSError) or lzma stream, a
+# truncated one (EOFError), a compression method it lacks (NotImplementedError), encryption (RuntimeError).
+# Every entry read (data.pkl, byteorder, each storage) turns these into a ValueError naming the file and
+# the entry.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError, RuntimeError)
 
 # torch storage classes -> numpy dtype (the legacy `torch.FloatStorage` form, written by every
 # torch since 1.6, and the dtype objects that newer pickles pass to `UntypedStorage`).
@@ -237,9 +245,7 @@ class _Unpickler(pickle._Unpickler):  # Python's unpickler, not C's: its BUILD c
         try:
             with self._archive.open(info) as f:
                 raw = f.read(expected + 1)
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
-            # a corrupt entry (a CRC that does not match: a header that lies about the size), or one
-            # compressed or encrypted in a way zipfile cannot read
+        except _ZIP_ERRORS as e:
             raise ValueError(f"torch checkpoint {self._path}: storage {name} cannot be read ({type(e).__name__}: "
                              f"{e}; a corrupt or crafted file)") from e
         if len(raw) != expected:
@@ -297,7 +303,7 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
             try:
                 with archive.open(f"{prefix}/byteorder") as f:
                     byteorder = f.read(16).decode("ascii", "replace")
-            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            except _ZIP_ERRORS as e:
                 raise ValueError(f"{path}: {prefix}/byteorder cannot be read ({type(e).__name__}: {e}; a corrupt "
                                  f"file)") from e
         if byteorder not in ("little", "big"):
@@ -307,16 +313,16 @@ def load(path: str | os.PathLike, *, data: bytes | None = None) -> Any:
             raise ValueError(f"{path}: {pkls[0]} holds {size} bytes, expected at most {MAX_PICKLE_BYTES} "
                              f"(torch_pickle.MAX_PICKLE_BYTES; a torch pickle holds only containers, names and "
                              f"numbers: a corrupt or crafted file)")
-        with archive.open(pkls[0]) as f:
-            unpickler = _Unpickler(f, archive, prefix, byteorder, path)
-            try:
+        try:
+            with archive.open(pkls[0]) as f:
+                unpickler = _Unpickler(f, archive, prefix, byteorder, path)
                 obj = unpickler.load()
-            except (pickle.UnpicklingError, EOFError, struct.error, TypeError, KeyError, AttributeError,
-                    IndexError, zipfile.BadZipFile, zlib.error) as e:
-                # a truncated or crafted pickle: what broke inside the unpickler, or in zipfile reading
-                # the entry (a CRC that does not match, a broken deflate stream)
-                raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
-                                 f"{type(e).__name__}: {e}") from e
+        except (pickle.UnpicklingError, struct.error, TypeError, KeyError, AttributeError, IndexError,
+                *_ZIP_ERRORS) as e:
+            # a truncated or crafted pickle: what broke inside the unpickler, or in zipfile opening or
+            # reading the entry
+            raise ValueError(f"{path}: {pkls[0]} is no readable torch pickle (a truncated or corrupt file): "
+                             f"{type(e).__name__}: {e}") from e
     found = _find_refused(obj)
     if found is None and unpickler.refused is not None:
         found = ("(one the pickle built, then dropped)", unpickler.refused)

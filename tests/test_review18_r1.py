@@ -4,10 +4,14 @@ between tensors of two dtypes, and zip entries that zipfile cannot read."""
 from __future__ import annotations
 
 import collections
+import io
+import re
+import struct
+import zipfile
 
 import numpy as np
 import pytest
-from test_torch_pickle import Storage, Tensor, _global, fake_torch, write  # noqa: F401 (a fixture)
+from test_torch_pickle import _Pickler, Storage, Tensor, _global, fake_torch, write  # noqa: F401 (a fixture)
 
 from jaxinterp import torch_pickle
 
@@ -29,3 +33,55 @@ def test_a_non_empty_storage_named_with_two_dtypes_is_still_refused(tmp_path, fa
     b = Tensor(Storage(_global("torch", "IntStorage"), "0", np.zeros(4, np.int32)), 0, (4,), (1,))
     with pytest.raises(ValueError, match=r"storage archive/data/0 is named as 4 elements of float32 and as 4 of int32"):
         torch_pickle.load(write(tmp_path / "x.pt", collections.OrderedDict(a=a, b=b)))
+
+
+# ----------------------------------------------------------------------------------------------
+# zip entries zipfile cannot read: f82c75d and f4a4cfd caught a bad CRC or deflate stream in data.pkl and
+# byteorder, not what zipfile raises at open (encryption: RuntimeError, an unknown compression method:
+# NotImplementedError) nor a broken bzip2 (OSError) or lzma (LZMAError) stream in any entry
+
+
+def _zip(path, compression):
+    data = np.arange(64, dtype=np.float32)
+    t = Tensor(Storage(_global("torch", "FloatStorage"), "0", data), 0, (64,), (1,))
+    buf = io.BytesIO()
+    _Pickler(buf, []).dump(collections.OrderedDict(w=t))
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", b"little")
+        z.writestr("archive/data/0", data.tobytes())
+    return path
+
+
+def _damage(path, name: str, how: str):
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(name)
+    if how in ("encrypted", "method 99"):
+        # the flags (bit 0: encrypted), then the compression method: at 6 and 8 of the local header, at
+        # 8 and 10 of the central record
+        centrals = [m.start() for m in re.finditer(re.escape(b"PK\x01\x02"), bytes(data))]
+        central = next(c for c in centrals if data[c + 46:c + 46 + len(name)] == name.encode())
+        for at, off in ((info.header_offset, 6), (central, 8)):
+            if how == "encrypted":
+                struct.pack_into("<H", data, at + off, struct.unpack_from("<H", data, at + off)[0] | 1)
+            else:
+                struct.pack_into("<H", data, at + off + 2, 99)
+    else:  # a broken compressed stream: its first bytes (bzip2's 'BZh' magic, lzma's properties) flipped
+        start = info.header_offset + 30 + len(name.encode()) + len(info.extra)
+        for k in range(4, min(info.compress_size, 12)):
+            data[start + k] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("how,compression", [("encrypted", zipfile.ZIP_STORED), ("method 99", zipfile.ZIP_STORED),
+                                             ("broken bzip2", zipfile.ZIP_BZIP2), ("broken lzma", zipfile.ZIP_LZMA)])
+@pytest.mark.parametrize("name", ["archive/data.pkl", "archive/byteorder", "archive/data/0"])
+def test_an_entry_zipfile_cannot_read_is_a_value_error_naming_the_file_and_entry(tmp_path, fake_torch, name, how,
+                                                                                 compression):
+    path = _zip(tmp_path / "a.pt", compression)
+    assert torch_pickle.load(path)["w"].shape == (64,)  # whole, it loads
+    _damage(path, name, how)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r": .*" + re.escape(name) + r"\b.* \("):
+        torch_pickle.load(path)
