@@ -1,0 +1,78 @@
+"""Review 18, second pass: hostmem reads the malloc environment variables as glibc does."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxinterp import hostmem
+
+# ----------------------------------------------------------------------------- hostmem
+
+_VARS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
+_GLIBC = (hostmem._DEFAULT_ARENA_MAX, 65536, 128 * 1024)
+
+
+def _restored(monkeypatch, env: dict, version: tuple[int, int]) -> tuple[int, int, int]:
+    """What restore_defaults hands mallopt (arenas, mmap max, trim threshold) under `env` and a glibc
+    of `version`."""
+    for var in _VARS:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(hostmem, "_glibc_version", lambda: version, raising=False)
+    calls: dict = {}
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
+    assert hostmem.restore_defaults() is True
+    return calls[hostmem._M_ARENA_MAX], calls[hostmem._M_MMAP_MAX], calls[hostmem._M_TRIM_THRESHOLD]
+
+
+# What glibc's loader reads (_dl_strtoul, then the tunable's bounds), checked against
+# `ld.so --list-tunables` of glibc 2.36 for each value: leading spaces, tabs and a sign are taken by
+# every glibc with tunables (2.26 on); a size_t tunable takes -1 (2**64 - 1) and values past 2**31.
+@pytest.mark.parametrize("version", [(2, 36), (2, 39)])
+@pytest.mark.parametrize("env, want", [
+    ({"MALLOC_ARENA_MAX": "+2", "MALLOC_MMAP_MAX_": " 16", "MALLOC_TRIM_THRESHOLD_": "\t0x100"}, (2, 16, 256)),
+    # never trim, as glibc read it (mallopt's int -1 is glibc's size_t 2**64 - 1 again)
+    ({"MALLOC_TRIM_THRESHOLD_": "-1"}, (_GLIBC[0], _GLIBC[1], -1)),
+    # past mallopt's int: the nearest it can set, not glibc's 128 KiB / 8 arenas a core
+    ({"MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_ARENA_MAX": "-1"}, (2**31 - 1, _GLIBC[1], 2**31 - 1)),
+    # an int32 tunable: out of its range, ignored
+    ({"MALLOC_MMAP_MAX_": "2147483648"}, _GLIBC),
+    ({"MALLOC_MMAP_MAX_": "-1", "MALLOC_ARENA_MAX": "0"}, _GLIBC),
+])
+def test_environment_values_are_read_as_glibc_reads_them(monkeypatch, env, want, version):
+    assert _restored(monkeypatch, env, version) == want
+
+
+@pytest.mark.parametrize("env, before_2_39, from_2_39", [
+    # glibc before 2.39 reads the number a value starts with (none: 0); 2.39 on ignores such a value
+    ({"MALLOC_MMAP_MAX_": "many"}, (_GLIBC[0], 0, _GLIBC[2]), _GLIBC),
+    ({"MALLOC_ARENA_MAX": "4 arenas", "MALLOC_TRIM_THRESHOLD_": "5 "}, (4, _GLIBC[1], 5), _GLIBC),
+    ({"MALLOC_ARENA_MAX": "08"}, _GLIBC, _GLIBC),  # octal 0 then '8': 0 arenas, below the minimum
+    ({"MALLOC_TRIM_THRESHOLD_": "08"}, (_GLIBC[0], _GLIBC[1], 0), _GLIBC),
+    # glibc's overflow test stops at the last digit of 2**64 - 1 and reads 2**64 - 1: no longer all read
+    ({"MALLOC_TRIM_THRESHOLD_": "18446744073709551615"}, (_GLIBC[0], _GLIBC[1], -1), _GLIBC),
+    # the empty value and a lone 0x are all number (0) to both
+    ({"MALLOC_MMAP_MAX_": "", "MALLOC_TRIM_THRESHOLD_": "0x"}, (_GLIBC[0], 0, 0), (_GLIBC[0], 0, 0)),
+])
+def test_trailing_text_is_read_as_the_running_glibc_reads_it(monkeypatch, env, before_2_39, from_2_39):
+    assert _restored(monkeypatch, env, (2, 36)) == before_2_39
+    assert _restored(monkeypatch, env, (2, 39)) == from_2_39
+
+
+def test_the_glibc_version_is_read_from_the_c_library(monkeypatch):
+    monkeypatch.setattr(hostmem.os, "confstr", lambda name: "glibc 2.39", raising=False)
+    assert hostmem._glibc_version() == (2, 39)
+    monkeypatch.setattr(hostmem.os, "confstr", lambda name: "musl 1.2", raising=False)
+    assert hostmem._glibc_version() == (0, 0)
+
+
+def test_retain_with_an_arena_per_thread_restores_a_signed_arena_limit(monkeypatch):
+    """one_arena=False: MALLOC_ARENA_MAX=+3 is 3 arenas to glibc, not its default."""
+    for var in _VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "+3")
+    calls: dict = {}
+    monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
+    assert hostmem.retain_freed_memory(one_arena=False) is True
+    assert calls[hostmem._M_ARENA_MAX] == 3
