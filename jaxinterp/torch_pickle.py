@@ -93,7 +93,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
         return _Refused(f"expected a non-negative integer offset and sizes and strides of one length, "
                         f"got offset {offset!r}, size {size!r}, stride {stride!r}")
     if 0 in size:
-        return np.zeros(size, storage.dtype)
+        try:
+            return np.zeros(size, storage.dtype)
+        except ValueError as e:  # torch holds [0, 2**62] (no bytes); numpy bounds a shape's nominal bytes
+            return _Refused(f"a view of shape {list(size)} holds no elements, but numpy cannot make an array of "
+                            f"that shape ({e}): the file is corrupt or crafted")
     last = offset + sum((n - 1) * st for n, st in zip(size, stride))
     if last >= storage.size:
         return _Refused(f"a view of size {size} and stride {stride} at offset {offset} reaches element {last} of a "

@@ -1,5 +1,5 @@
 """Review 18 (r1), the torch checkpoint reader after today's changes: an empty storage that torch shares
-between tensors of two dtypes, and zip entries that zipfile cannot read."""
+between tensors of two dtypes, zip entries that zipfile cannot read, empty views numpy cannot shape."""
 
 from __future__ import annotations
 
@@ -85,3 +85,23 @@ def test_an_entry_zipfile_cannot_read_is_a_value_error_naming_the_file_and_entry
     _damage(path, name, how)
     with pytest.raises(ValueError, match=re.escape(str(path)) + r": .*" + re.escape(name) + r"\b.* \("):
         torch_pickle.load(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# an empty view of a shape numpy cannot make ([0, 2**62] of floats: its nominal bytes pass numpy's bound)
+# raised numpy's 'array is too big' from inside the unpickler, naming neither the file nor the tensor
+# (e9bfe0a routed every other refused view through _Refused)
+
+@pytest.mark.parametrize("size", [(0, 2**62), (2**40, 0, 2**40), (0, 2**63)])
+def test_an_empty_view_numpy_cannot_shape_is_refused_naming_file_and_tensor(tmp_path, fake_torch, size):
+    t = Tensor(Storage(_global("torch", "FloatStorage"), "0", np.zeros(0, np.float32)), 0, size, (1,) * len(size))
+    path = write(tmp_path / "z.pt", {"state_dict": collections.OrderedDict(w=t)})
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path}: tensor ['state_dict']['w']: a view of shape "
+                                                         f"{list(size)} holds no elements, but numpy cannot make")):
+        torch_pickle.load(path)
+
+
+def test_empty_views_numpy_can_shape_still_load(tmp_path, fake_torch):
+    t = Tensor(Storage(_global("torch", "FloatStorage"), "0", np.zeros(0, np.float32)), 0, (0, 2**20, 3), (1, 1, 1))
+    got = torch_pickle.load(write(tmp_path / "z.pt", {"w": t}))
+    assert got["w"].shape == (0, 2**20, 3) and got["w"].dtype == np.float32
