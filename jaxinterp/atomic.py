@@ -30,7 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The file gets the permissions of the file it replaces (as `open(path, "w")` keeps them: a
     private 0600 file stays private), or a new file's usual ones (0666 less the umask).
     """
-    path = _write_target(Path(path))
+    path = write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, new_file_mode = _new_temporary(path)
     try:
@@ -46,10 +46,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _write_target(path: Path) -> Path:
+def write_target(path: str | os.PathLike) -> Path:
     """The file a write to `path` lands in: a symbolic link's target (followed through every link), as
     `open(path, "w")` writes through a link. Renaming onto the link itself replaced it by a regular
-    file and left its target stale. A link loop is a ValueError (open would fail with ELOOP)."""
+    file and left its target stale. A link loop is a ValueError (open would fail with ELOOP). Writers
+    that stage elsewhere than atomic_path (nugraph checkpoint.save_params' folder) stage beside it too."""
+    path = Path(path)
     if not path.is_symlink():
         return path
     real = Path(os.path.realpath(path))  # non-strict: a dangling link's target is created, as open does

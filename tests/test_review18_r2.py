@@ -76,3 +76,48 @@ def test_retain_with_an_arena_per_thread_restores_a_signed_arena_limit(monkeypat
     monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
     assert hostmem.retain_freed_memory(one_arena=False) is True
     assert calls[hostmem._M_ARENA_MAX] == 3
+
+
+# ----------------------------------------------------------------------------- nugraph save_params
+
+
+def test_save_params_writes_through_a_symbolic_link_beside_its_target(tmp_path):
+    """save_params staged beside the link and renamed onto it: the link became a folder, the checkpoint
+    it pointed to was left stale, and the staging copy was written on the link's file system. Now it
+    writes through to the link's target, staged beside the target (as atomic_path since 49bbea2)."""
+    import os
+
+    import jax
+    import numpy as np
+
+    from jaxinterp.nugraph import checkpoint, model
+
+    tiny = model.NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)
+    params = model.init(jax.random.PRNGKey(0), tiny)
+    store, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    real = checkpoint.save_params(store / "params", params)
+    link = work / "params"
+    link.symlink_to(real)
+    doubled = jax.tree.map(lambda a: a * 2, params)
+    staged = []
+    orig_mkdtemp = checkpoint.tempfile.mkdtemp
+
+    def mkdtemp(*a, **kw):
+        staged.append(kw["dir"])
+        return orig_mkdtemp(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(checkpoint.tempfile, "mkdtemp", mkdtemp)
+        checkpoint.save_params(link, doubled)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    for a, b in zip(jax.tree.leaves(checkpoint.load_params(real, config=tiny)), jax.tree.leaves(doubled)):
+        np.testing.assert_array_equal(a, b)
+    assert staged == [store]  # on the target's file system, not the link's
+    assert sorted(os.listdir(store)) == ["params"] and sorted(os.listdir(work)) == ["params"]
+    # a link loop is a ValueError before anything is written
+    (work / "x").symlink_to(work / "y")
+    (work / "y").symlink_to(work / "x")
+    with pytest.raises(ValueError, match="symbolic link loop"):
+        checkpoint.save_params(work / "x", params)
+    assert sorted(os.listdir(work)) == ["params", "x", "y"]

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxinterp.nugraph.model import NuGraph2Config, Params, check_params, param_shapes
 from jaxinterp import torch_pickle
-from jaxinterp.atomic import temporary_stem
+from jaxinterp.atomic import temporary_stem, write_target
 
 
 def _class_linears(config: NuGraph2Config) -> list[tuple[str, tuple[str, ...]]]:
@@ -226,6 +226,7 @@ def check_params_target(path: str | Path) -> Path:
     replaces. Anything else (a file, a folder of other things) is a ValueError: orbax's own overwrite
     deletes the whole folder first."""
     path = Path(path).absolute()
+    write_target(path)  # a symbolic link loop: a ValueError now, not the loop replaced by the checkpoint
     if path.exists() and not (path.is_dir() and (path / "_CHECKPOINT_METADATA").is_file()):
         raise ValueError(f"{path}: expected a new path or an orbax checkpoint folder to replace, got an existing "
                          f"{'folder that holds no checkpoint' if path.is_dir() else 'file'} (nothing was written)")
@@ -241,18 +242,21 @@ def save_params(path: str | Path, params: Params) -> Path:
     import orbax.checkpoint as ocp
 
     path = check_params_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{temporary_stem(path)}.", suffix=".tmp", dir=path.parent))
+    # a symbolic link is written through: staged beside its target, on the target's file system, and
+    # renamed onto the target (renamed onto the link, it became a folder and left the target stale)
+    target = write_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{temporary_stem(target)}.", suffix=".tmp", dir=target.parent))
     old = None
     try:
         ocp.PyTreeCheckpointer().save(tmp / "params", params)
-        if path.exists():
+        if target.exists():
             old = tmp / "old"
-            path.rename(old)
-        (tmp / "params").rename(path)
+            target.rename(old)
+        (tmp / "params").rename(target)
     except BaseException:
-        if old is not None and not path.exists():
-            old.rename(path)
+        if old is not None and not target.exists():
+            old.rename(target)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
