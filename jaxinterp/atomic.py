@@ -28,7 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             with h5py.File(tmp, "w") as f: ...
 
     The file gets the permissions of the file it replaces (as `open(path, "w")` keeps them: a
-    private 0600 file stays private), or a new file's usual ones (0666 less the umask).
+    private 0600 file stays private), or a new file's usual ones (0666 less the umask), and its owner
+    and group where this process may give them (`_keep_owner`).
     """
     path = write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        _keep_owner(tmp, path)  # before the chmod: a chown clears set-id bits
         # after the writer (a read-only old file's mode would have refused it) and the fsync (which
         # opens the file for writing); also mends writers that recreate the file 0600 (safetensors)
         os.chmod(tmp, _mode_of(path, default=new_file_mode))
@@ -117,6 +119,27 @@ def _mode_of(path: Path, *, default: int) -> int:
     except OSError:
         return default
     return stat.S_IMODE(st.st_mode) & 0o777 if stat.S_ISREG(st.st_mode) else default
+
+
+def _keep_owner(tmp: Path, path: Path) -> None:
+    """Gives `tmp` the owner and group of the regular file at `path`, as far as this process may: root
+    both, another user a group of theirs. The rename otherwise handed a file that open(path, "w") would
+    have left with its owner to whoever wrote it (a shared project's group lost a 0660 file it could
+    read; since 49bbea2 also the target of a link written through). Best effort: not permitted, or no
+    chown (Windows), the writer's stay."""
+    try:
+        old, new = os.stat(path), os.stat(tmp)
+    except OSError:
+        return
+    if not stat.S_ISREG(old.st_mode) or (old.st_uid, old.st_gid) == (new.st_uid, new.st_gid):
+        return
+    chown = getattr(os, "chown", None)
+    for uid in (old.st_uid, -1):  # the owner needs privilege; the group only membership
+        try:
+            chown(tmp, uid, old.st_gid)
+            return
+        except (OSError, TypeError):
+            continue
 
 
 def _fsync_file(path: Path) -> None:

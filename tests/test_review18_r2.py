@@ -121,3 +121,37 @@ def test_save_params_writes_through_a_symbolic_link_beside_its_target(tmp_path):
     with pytest.raises(ValueError, match="symbolic link loop"):
         checkpoint.save_params(work / "x", params)
     assert sorted(os.listdir(work)) == ["params", "x", "y"]
+
+
+# ----------------------------------------------------------------------------- atomic
+
+
+@pytest.mark.parametrize("through_link", [False, True])
+def test_an_atomic_write_keeps_the_replaced_files_owner_and_group(tmp_path, through_link):
+    """open(path, 'w') keeps a file's owner and group; the rename handed the file to the writer (a
+    shared 0660 file left its group; through a link, since 49bbea2, the link's target too). Now the
+    replaced file's owner and group stay where the process may give them (root: both)."""
+    import os
+
+    from jaxinterp import atomic
+
+    real = tmp_path / "data" / "metrics.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    os.chmod(real, 0o640)
+    if os.geteuid() == 0:
+        os.chown(real, 12345, 23456)
+        want = (12345, 23456)
+    else:  # without privilege: another group of this user's where there is one
+        others = [g for g in os.getgroups() if g != os.getegid()]
+        if others:
+            os.chown(real, -1, others[0])
+        want = (os.geteuid(), others[0] if others else os.getegid())
+    target = real
+    if through_link:
+        target = tmp_path / "metrics.json"
+        target.symlink_to(real)
+    atomic.write_text(target, "new")
+    st = os.stat(real)
+    assert real.read_text() == "new" and (st.st_uid, st.st_gid) == want and st.st_mode & 0o7777 == 0o640
+    assert target.is_symlink() == through_link
