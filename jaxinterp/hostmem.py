@@ -109,12 +109,47 @@ def _env_value(text: str, least: int, size_t: bool, *, strict: bool | None = Non
     return v - 2**64 if v >= 2**64 - 2**31 and least <= 0 else _INT_MAX
 
 
+def _tunables_pairs(text: str, *, strict: bool) -> list[tuple[str, str]]:
+    """GLIBC_TUNABLES' name=value pairs (name=value:name=value) in the order glibc applies them. Before
+    2.39 a name without '=' before a ':' is passed over and one at the end ends the list; a value runs
+    to the next ':'. From 2.39 (`strict`) such a name at the end (a ':' last too), or a '=' in a value,
+    makes glibc ignore the whole string, and only the last pair of a name counts."""
+    pairs, i, n = [], 0, len(text)
+    if strict and text and text[-1] == ":":  # 2.39's parser then reads an empty name at the end
+        return []
+    while i < n:
+        j = i
+        while j < n and text[j] not in "=:":
+            j += 1
+        if j == n:
+            return [] if strict else pairs
+        if text[j] == ":":
+            i = j + 1
+            continue
+        k = j + 1
+        while k < n and text[k] != ":" and not (strict and text[k] == "="):
+            k += 1
+        if k < n and text[k] == "=":
+            return []
+        pairs.append((text[i:j], text[j + 1:k]))
+        i = k + 1
+    return list({name: (name, value) for name, value in pairs}.values()) if strict else pairs
+
+
 def _defaults() -> dict[str, int]:
-    """The values a fresh process of this environment starts with: the environment's where it sets one
-    glibc takes, else glibc's."""
+    """The values a fresh process of this environment starts with: where glibc takes one from the
+    environment, that one, else glibc's. GLIBC_TUNABLES (glibc.malloc.arena_max=2:...) comes first: a
+    value of it that glibc takes wins over the variable (MALLOC_ARENA_MAX), whatever their order."""
+    strict = _glibc_version() >= (2, 39)
+    pairs = _tunables_pairs(os.environ.get("GLIBC_TUNABLES", ""), strict=strict)
     out = {}
     for name, (var, default, least, size_t) in _GLIBC_DEFAULTS.items():
-        v = _env_value(os.environ[var], least, size_t) if var in os.environ else None
+        v = None
+        for key, text in pairs:  # a later value glibc ignores leaves an earlier one (before 2.39)
+            taken = _env_value(text, least, size_t, strict=strict) if key == f"glibc.malloc.{name}" else None
+            v = v if taken is None else taken
+        if v is None and var in os.environ:
+            v = _env_value(os.environ[var], least, size_t, strict=strict)
         out[name] = default if v is None else v
     return out
 
@@ -149,7 +184,8 @@ def restore_defaults() -> bool:
     stays where it was; compare against the default allocator in a fresh process.
 
     A value the user set in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
-    `MALLOC_TRIM_THRESHOLD_`: what glibc started this process with) is restored in place of glibc's
+    `MALLOC_TRIM_THRESHOLD_`, or GLIBC_TUNABLES' glibc.malloc.*: what glibc started this process with) is
+    restored in place of glibc's
     default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a core."""
     return _set(**_defaults())
 

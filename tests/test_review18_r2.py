@@ -15,7 +15,7 @@ _GLIBC = (hostmem._DEFAULT_ARENA_MAX, 65536, 128 * 1024)
 def _restored(monkeypatch, env: dict, version: tuple[int, int]) -> tuple[int, int, int]:
     """What restore_defaults hands mallopt (arenas, mmap max, trim threshold) under `env` and a glibc
     of `version`."""
-    for var in _VARS:
+    for var in _VARS + ("GLIBC_TUNABLES",):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
@@ -69,7 +69,7 @@ def test_the_glibc_version_is_read_from_the_c_library(monkeypatch):
 
 def test_retain_with_an_arena_per_thread_restores_a_signed_arena_limit(monkeypatch):
     """one_arena=False: MALLOC_ARENA_MAX=+3 is 3 arenas to glibc, not its default."""
-    for var in _VARS:
+    for var in _VARS + ("GLIBC_TUNABLES",):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "+3")
     calls: dict = {}
@@ -77,6 +77,28 @@ def test_retain_with_an_arena_per_thread_restores_a_signed_arena_limit(monkeypat
     assert hostmem.retain_freed_memory(one_arena=False) is True
     assert calls[hostmem._M_ARENA_MAX] == 3
 
+
+
+# GLIBC_TUNABLES, the variable glibc documents for these (checked against ld.so --list-tunables of
+# 2.36; 2.39's stricter reading as its dl-tunables.c parses the string)
+@pytest.mark.parametrize("tunables, alias, before_2_39, from_2_39", [
+    ("glibc.malloc.arena_max=3:glibc.malloc.mmap_max=+9:glibc.malloc.trim_threshold=-1", None, (3, 9, -1), (3, 9, -1)),
+    # a valid tunable wins over the variable, whichever comes first in the environment
+    ("glibc.malloc.arena_max=3", "7", (3, _GLIBC[1], _GLIBC[2]), (3, _GLIBC[1], _GLIBC[2])),
+    # one glibc ignores leaves the variable's
+    ("glibc.malloc.arena_max=0", "7", (7, _GLIBC[1], _GLIBC[2]), (7, _GLIBC[1], _GLIBC[2])),
+    # before 2.39 a later invalid value leaves an earlier valid one; 2.39 takes the last alone
+    ("glibc.malloc.arena_max=3:glibc.malloc.arena_max=0", None, (3, _GLIBC[1], _GLIBC[2]), _GLIBC),
+    ("foo:glibc.malloc.arena_max=5:bar", None, (5, _GLIBC[1], _GLIBC[2]), _GLIBC),  # 2.39: a name ends it
+    ("glibc.malloc.arena_max=3=4", "7", (3, _GLIBC[1], _GLIBC[2]), (7, _GLIBC[1], _GLIBC[2])),
+    ("::glibc.malloc.arena_max=2::", None, (2, _GLIBC[1], _GLIBC[2]), _GLIBC),
+    ("glibc.malloc.arena_maxx=5:glibc.malloc.mmap_max", None, _GLIBC, _GLIBC),
+])
+def test_glibc_tunables_are_read_as_glibc_reads_them(monkeypatch, tunables, alias, before_2_39, from_2_39):
+    env = {"GLIBC_TUNABLES": tunables, **({"MALLOC_ARENA_MAX": alias} if alias is not None else {})}
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert _restored(monkeypatch, env, (2, 36)) == before_2_39
+    assert _restored(monkeypatch, env, (2, 39)) == from_2_39
 
 # ----------------------------------------------------------------------------- nugraph save_params
 
