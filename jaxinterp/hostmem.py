@@ -184,8 +184,8 @@ def restore_defaults() -> bool:
     stays where it was; compare against the default allocator in a fresh process.
 
     A value the user set in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
-    `MALLOC_TRIM_THRESHOLD_`, or GLIBC_TUNABLES' glibc.malloc.*: what glibc started this process with) is
-    restored in place of glibc's
-    default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a core."""
+    `MALLOC_TRIM_THRESHOLD_`, or GLIBC_TUNABLES' glibc.malloc.*: what glibc started this process with)
+    is restored in place of glibc's default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a
+    core."""
     return _set(**_defaults())
 

@@ -21,6 +21,8 @@ def test_retain_and_restore_apply_on_glibc():
 
 def test_retain_sets_one_arena_no_mmap_no_trim_and_restore_undoes_it(monkeypatch):
     calls = {}
+    for var in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(var, raising=False)  # what restore_defaults sets comes from them
     monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
     assert hostmem.retain_freed_memory() is True
     assert calls == {hostmem._M_ARENA_MAX: 1, hostmem._M_MMAP_MAX: 0, hostmem._M_TRIM_THRESHOLD: 2**31 - 1}
@@ -37,6 +39,7 @@ def test_retain_with_an_arena_per_thread_sets_the_default_arena_count(monkeypatc
     calls = {}
     monkeypatch.setattr(hostmem, "_mallopt", lambda: (lambda k, v: calls.__setitem__(k, v) or 1))
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)  # its glibc.malloc.arena_max wins over the variable
     assert hostmem.retain_freed_memory(one_arena=False) is True
     assert calls == {hostmem._M_ARENA_MAX: hostmem._DEFAULT_ARENA_MAX, hostmem._M_MMAP_MAX: 0,
                      hostmem._M_TRIM_THRESHOLD: 2**31 - 1}

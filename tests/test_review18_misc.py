@@ -27,7 +27,7 @@ def _recorded(monkeypatch) -> dict:
     ({"MALLOC_ARENA_MAX": "0", "MALLOC_MMAP_MAX_": "-1"}, (hostmem._DEFAULT_ARENA_MAX, 65536, 128 * 1024)),
 ])
 def test_restore_defaults_restores_the_environments_malloc_settings(monkeypatch, env, want):
-    for var in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_"):
+    for var in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
