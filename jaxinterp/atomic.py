@@ -32,6 +32,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     and group where this process may give them (`_keep_owner`).
     """
     path = write_target(path)
+    if path.is_dir():  # os.replace would refuse it, but only after the writer's work
+        raise ValueError(f"path: expected a file name to write, got the folder {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, new_file_mode = _new_temporary(path)
     try:
@@ -60,6 +62,10 @@ def write_target(path: str | os.PathLike) -> Path:
     if real.is_symlink():  # realpath stops at a loop and returns a link
         raise ValueError(f"path: expected a file or a symbolic link to one, got {str(path)!r}, a symbolic "
                          f"link loop (through {str(real)!r})")
+    if not real.parent.is_dir():  # open fails (ENOENT); making the folders wrote where no one looks (a
+        # link into an unmounted disk's mount point wrote onto the disk beneath it)
+        raise ValueError(f"path: expected a symbolic link into an existing folder, got {str(path)!r}, a link "
+                         f"to {str(real)!r}, whose folder does not exist")
     return real
 
 

@@ -177,3 +177,30 @@ def test_an_atomic_write_keeps_the_replaced_files_owner_and_group(tmp_path, thro
     st = os.stat(real)
     assert real.read_text() == "new" and (st.st_uid, st.st_gid) == want and st.st_mode & 0o7777 == 0o640
     assert target.is_symlink() == through_link
+
+
+def test_a_link_into_a_missing_folder_or_to_a_folder_is_refused_before_the_writer_runs(tmp_path):
+    """A dangling link's target is created, as open does, but its missing folders were made too (open
+    fails: ENOENT), writing where nobody looks; a link to a folder failed in os.replace only after the
+    writer's work. Both are ValueErrors now, before the writer runs, and nothing is created."""
+    import os
+
+    from jaxinterp import atomic
+
+    away = tmp_path / "mnt" / "disk"  # a mount point with nothing mounted: empty
+    away.mkdir(parents=True)
+    link = tmp_path / "out.json"
+    link.symlink_to(away / "run7" / "metrics.json")
+    ran = []
+    with pytest.raises(ValueError, match="whose folder does not exist"):
+        with atomic.atomic_path(link):
+            ran.append(1)
+    assert not ran and os.listdir(away) == [] and link.is_symlink()
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (tmp_path / "to_folder").symlink_to(folder)
+    for target in (folder, tmp_path / "to_folder"):
+        with pytest.raises(ValueError, match="expected a file name to write, got the folder"):
+            with atomic.atomic_path(target):
+                ran.append(1)
+    assert not ran and os.listdir(folder) == []
