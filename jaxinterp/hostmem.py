@@ -48,108 +48,30 @@ def _mallopt():
 
 
 # glibc's defaults, and the environment variables that set them when the process starts (glibc reads
-# them once, at startup: what the environment says is what this process began with), with each
-# tunable's least value (dl-tunables.list) and whether glibc holds it as a size_t (else an int32)
-_GLIBC_DEFAULTS = {"arena_max": ("MALLOC_ARENA_MAX", _DEFAULT_ARENA_MAX, 1, True),
-                   "mmap_max": ("MALLOC_MMAP_MAX_", 65536, 0, False),
-                   "trim_threshold": ("MALLOC_TRIM_THRESHOLD_", 128 * 1024, 0, True)}
-_INT_MAX, _UINT64_MAX = 2**31 - 1, 2**64 - 1
+# them once, at startup: what the environment says is what this process began with)
+_GLIBC_DEFAULTS = {"arena_max": ("MALLOC_ARENA_MAX", _DEFAULT_ARENA_MAX, 1),
+                   "mmap_max": ("MALLOC_MMAP_MAX_", 65536, 0),
+                   "trim_threshold": ("MALLOC_TRIM_THRESHOLD_", 128 * 1024, 0)}
 
 
-def _glibc_version() -> tuple[int, int]:
-    """(major, minor) of the C library, (0, 0) where it is not glibc."""
-    try:
-        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
-        return (int(version.split(".")[0]), int(version.split(".")[1])) if name == "glibc" else (0, 0)
-    except (AttributeError, ValueError, OSError, IndexError):
-        return (0, 0)
-
-
-def _strtoul(text: str) -> tuple[int, bool]:
-    """glibc's _dl_strtoul, which reads every tunable's number: spaces and tabs, a sign, then decimal,
-    0x hex or 0 octal digits as far as they go (past 2**64 - 1: that); '-' negates modulo 2**64. Returns
-    the value and whether it read all of `text` (a value with no digits is 0, read up to where it stops)."""
-    i, n = 0, len(text)
-    while i < n and text[i] in " \t":
-        i += 1
-    negative = i < n and text[i] == "-"
-    i += i < n and text[i] in "+-"
-    if i == n or not "0" <= text[i] <= "9":
-        return 0, i == n
-    base = 16 if text[i] == "0" and text[i + 1:i + 2] in ("x", "X") else 8 if text[i] == "0" else 10
-    i += 2 if base == 16 else 0
-    digits = "0123456789abcdef"[:base]
-    value = 0
-    while i < n and text[i].lower() in digits:
-        d = digits.index(text[i].lower())
-        if value >= (_UINT64_MAX - d) // base:  # glibc's overflow test, sign ignored
-            return _UINT64_MAX, False
-        value, i = value * base + d, i + 1
-    return (-value) % 2**64 if negative else value, i == n
-
-
-def _env_value(text: str, least: int, size_t: bool, *, strict: bool | None = None) -> int | None:
-    """An environment variable's value as glibc reads it into the tunable, as the int mallopt takes, or
-    None where glibc ignores it. glibc 2.39 and later (`strict`) take a value only if all of it is a
-    number ("5 MB", "many" are ignored); earlier ones read the number it starts with ("5 MB" is 5, "many"
-    and "" are 0). A size_t tunable takes any value from `least` (-1 is 2**64 - 1), an int32 one only
-    those up to 2**31 - 1. mallopt's int reaches a size_t's top 2**31 values (-1 is 2**64 - 1 again);
-    a trim threshold between those and 2**31 - 1 comes back as 2**31 - 1, an arena limit past it too
-    (the nearest mallopt can set: as many arenas as the process will ever make)."""
-    v, whole = _strtoul(text)
-    if (_glibc_version() >= (2, 39) if strict is None else strict) and not whole:
+def _env_value(text: str, least: int) -> int | None:
+    """An environment variable's plain value (decimal, 0x hex or 0 octal digits alone, from the tunable's
+    minimum up to mallopt's int), or None, for which glibc's default is restored. Other spellings
+    (a sign, spaces, trailing text, values past an int) and GLIBC_TUNABLES are not interpreted: glibc
+    reads some of them, by rules that changed in 2.39, and restoring its default is the safe answer."""
+    base, digits = (16, text[2:]) if text[:2].lower() == "0x" else (8, text) if text[:1] == "0" else (10, text)
+    if not digits or any(c not in "0123456789abcdef"[:base] for c in digits.lower()):  # int() takes " 5", "+5", "1_0"
         return None
-    if not size_t:
-        signed = v - 2**64 if v >= 2**63 else v  # compared as a signed number
-        return signed if least <= signed <= _INT_MAX else None
-    if v < least:
-        return None
-    if v <= _INT_MAX:
-        return v
-    return v - 2**64 if v >= 2**64 - 2**31 and least <= 0 else _INT_MAX
-
-
-def _tunables_pairs(text: str, *, strict: bool) -> list[tuple[str, str]]:
-    """GLIBC_TUNABLES' name=value pairs (name=value:name=value) in the order glibc applies them. Before
-    2.39 a name without '=' before a ':' is passed over and one at the end ends the list; a value runs
-    to the next ':'. From 2.39 (`strict`) such a name at the end (a ':' last too), or a '=' in a value,
-    makes glibc ignore the whole string, and only the last pair of a name counts."""
-    pairs, i, n = [], 0, len(text)
-    if strict and text and text[-1] == ":":  # 2.39's parser then reads an empty name at the end
-        return []
-    while i < n:
-        j = i
-        while j < n and text[j] not in "=:":
-            j += 1
-        if j == n:
-            return [] if strict else pairs
-        if text[j] == ":":
-            i = j + 1
-            continue
-        k = j + 1
-        while k < n and text[k] != ":" and not (strict and text[k] == "="):
-            k += 1
-        if k < n and text[k] == "=":
-            return []
-        pairs.append((text[i:j], text[j + 1:k]))
-        i = k + 1
-    return list({name: (name, value) for name, value in pairs}.values()) if strict else pairs
+    v = int(digits, base)
+    return v if least <= v <= 2**31 - 1 else None
 
 
 def _defaults() -> dict[str, int]:
-    """The values a fresh process of this environment starts with: where glibc takes one from the
-    environment, that one, else glibc's. GLIBC_TUNABLES (glibc.malloc.arena_max=2:...) comes first: a
-    value of it that glibc takes wins over the variable (MALLOC_ARENA_MAX), whatever their order."""
-    strict = _glibc_version() >= (2, 39)
-    pairs = _tunables_pairs(os.environ.get("GLIBC_TUNABLES", ""), strict=strict)
+    """The values a fresh process of this environment starts with: the environment's where it sets a
+    valid one, else glibc's."""
     out = {}
-    for name, (var, default, least, size_t) in _GLIBC_DEFAULTS.items():
-        v = None
-        for key, text in pairs:  # a later value glibc ignores leaves an earlier one (before 2.39)
-            taken = _env_value(text, least, size_t, strict=strict) if key == f"glibc.malloc.{name}" else None
-            v = v if taken is None else taken
-        if v is None and var in os.environ:
-            v = _env_value(os.environ[var], least, size_t, strict=strict)
+    for name, (var, default, least) in _GLIBC_DEFAULTS.items():
+        v = _env_value(os.environ[var], least) if var in os.environ else None
         out[name] = default if v is None else v
     return out
 
@@ -183,9 +105,8 @@ def restore_defaults() -> bool:
     freed mmapped blocks, up to 32 MiB), and mallopt has no way to turn it back on, so the threshold
     stays where it was; compare against the default allocator in a fresh process.
 
-    A value the user set in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
-    `MALLOC_TRIM_THRESHOLD_`, or GLIBC_TUNABLES' glibc.malloc.*: what glibc started this process with)
-    is restored in place of glibc's default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a
-    core."""
+    A plain value the user set in the environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_MAX_`,
+    `MALLOC_TRIM_THRESHOLD_`: what glibc started this process with) is restored in place of glibc's
+    default (`_defaults`): MALLOC_ARENA_MAX=2 came back as 8 arenas a core."""
     return _set(**_defaults())
 
