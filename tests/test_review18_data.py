@@ -7,6 +7,7 @@ import os
 import pytest
 
 from jaxinterp import atomic
+from test_review14_nugraph import _cli
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,16 +124,6 @@ def test_the_same_seed_with_another_run_gives_the_same_events_renamed():
 
 
 SIM_ARGS = ["--seed", "4", "--max-hits", "200", "--run", "7"]
-
-
-def _cli(argv, monkeypatch):
-    from jaxinterp import cli
-
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ["jaxinterp.nugraph.cli"])
-    try:
-        return cli.main(argv)
-    except SystemExit as exc:  # usage errors
-        return exc.code
 
 
 def _numpy_norm(events, planes):

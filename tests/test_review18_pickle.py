@@ -54,22 +54,16 @@ def _lie_about_size(path, name: str, size: int, crc: int | None = None):
     """Rewrites the zip's headers (local and central) of `name` to say it holds `size` bytes (and, if
     given, that their CRC-32 is `crc`), whatever its compressed stream expands to."""
     data = bytearray(path.read_bytes())
-    at = 0
-    while (at := data.find(b"PK\x03\x04", at)) >= 0:  # local headers: crc at 14, size at 22, name at 30
-        n = struct.unpack_from("<H", data, at + 26)[0]
-        if data[at + 30:at + 30 + n] == name.encode():
-            struct.pack_into("<I", data, at + 22, size)
-            if crc is not None:
-                struct.pack_into("<I", data, at + 14, crc)
-        at += 4
-    at = 0
-    while (at := data.find(b"PK\x01\x02", at)) >= 0:  # central records: crc at 16, size at 24, name at 46
-        n = struct.unpack_from("<H", data, at + 28)[0]
-        if data[at + 46:at + 46 + n] == name.encode():
-            struct.pack_into("<I", data, at + 24, size)
-            if crc is not None:
-                struct.pack_into("<I", data, at + 16, crc)
-        at += 4
+    # (signature, crc, size, name length, name) offsets: local headers, then central records
+    for sig, crc_at, size_at, len_at, name_at in ((b"PK\x03\x04", 14, 22, 26, 30), (b"PK\x01\x02", 16, 24, 28, 46)):
+        at = 0
+        while (at := data.find(sig, at)) >= 0:
+            n = struct.unpack_from("<H", data, at + len_at)[0]
+            if data[at + name_at:at + name_at + n] == name.encode():
+                struct.pack_into("<I", data, at + size_at, size)
+                if crc is not None:
+                    struct.pack_into("<I", data, at + crc_at, crc)
+            at += 4
     path.write_bytes(bytes(data))
     return path
 
