@@ -41,6 +41,13 @@ def _key(seed: int, k: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), k)
 
 
+def _np_seed(seed: int, k: int) -> int:
+    """The numpy seed of the demo run's k-th draw (a training run's batches, a shard's extra examples):
+    from SeedSequence([seed, k]), so every draw follows `seed` (fixed seeds 1, 2, 3, 10 + j and shard
+    masks of default_rng(j) made every seed's runs train on the same batches)."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
 def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     from jaxinterp.checks import check_seed
     from jaxinterp.merge import curves, fisher, landscape, mlp, rebasin, soups
@@ -54,8 +61,8 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     sizes = (64, 128, 128, 10)
 
     # 1. two independently trained models, before and after weight matching
-    pa = mlp.train(mlp.init(_key(seed, 1), sizes), d.x_train, d.y_train, steps=steps, seed=1)
-    pb = mlp.train(mlp.init(_key(seed, 2), sizes), d.x_train, d.y_train, steps=steps, seed=2)
+    pa = mlp.train(mlp.init(_key(seed, 1), sizes), d.x_train, d.y_train, steps=steps, seed=_np_seed(seed, 1))
+    pb = mlp.train(mlp.init(_key(seed, 2), sizes), d.x_train, d.y_train, steps=steps, seed=_np_seed(seed, 2))
     spec = rebasin.mlp_permutation_spec([f"Dense_{i}" for i in range(len(sizes) - 1)])
     pb_aligned = rebasin.weight_matching(spec, pa, pb, seed=seed).params
     paths = {"naive": landscape.linear_path(mlp.loss, pa, pb, train),
@@ -70,12 +77,12 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
     # 2. fine-tunes of one base on three class-skewed shards, merged by every method; the greedy
     # soup ranks by a validation split that neither the base nor any fine-tune trained on
     (x_fit, y_fit), val = held_out_split(d)
-    base = mlp.train(mlp.init(_key(seed, 3), sizes), x_fit, y_fit, steps=steps // 4, seed=3)
+    base = mlp.train(mlp.init(_key(seed, 3), sizes), x_fit, y_fit, steps=steps // 4, seed=_np_seed(seed, 3))
     fts, shards = [], []
     for j, classes in enumerate(([0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9])):
-        keep = np.isin(y_fit, classes) | (np.random.default_rng(j).random(len(y_fit)) < 0.15)
+        keep = np.isin(y_fit, classes) | (np.random.default_rng(_np_seed(seed, 20 + j)).random(len(y_fit)) < 0.15)
         shards.append((x_fit[keep], y_fit[keep]))
-        fts.append(mlp.train(base, *shards[-1], steps=steps // 2, seed=10 + j))
+        fts.append(mlp.train(base, *shards[-1], steps=steps // 2, seed=_np_seed(seed, 10 + j)))
     acc = lambda p: float(mlp.accuracy(p, *test))  # noqa: E731
     accs = {"base": acc(base), **{f"fine-tune {j}": acc(f) for j, f in enumerate(fts)}}
     w = {"weight": 1.0}
@@ -92,7 +99,7 @@ def run(*, quick: bool = True, seed: int = 0) -> DemoResult:
         "sce": dict(base=base, parameters={"select_topk": 0.5}),
     }
     for m, kw in method_args.items():
-        accs[m] = acc(merge(m, fts, **kw))
+        accs[m] = acc(merge(m, fts, seed=seed, **kw))  # the seed of DARE's and DELLA's random drops
     accs["slerp (ft 0, ft 1; t=0.5)"] = acc(merge("slerp", [fts[1]], base=fts[0], parameters={"t": 0.5}))
     accs["nuslerp (ft 0, ft 1)"] = acc(merge("nuslerp", fts[:2], base=base, parameters=w))
     accs["nearswap (base, ft 0; t=0.01)"] = acc(merge("nearswap", [fts[0]], base=base, parameters={"t": 0.01}))
