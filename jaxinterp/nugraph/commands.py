@@ -107,14 +107,15 @@ def _simulate(args) -> int:
     cfg = simulate.SimConfig(**kw)
     # streamed: each event is written as it is made and dropped (a list of them all grew without
     # bound with --events); the norm and the summary gather a few numbers an event as they pass
-    summary = simulate.SummaryStats()
+    summary, subrun = simulate.SummaryStats(), 1
 
     def made():
-        for ev in simulate.stream(args.events, seed=args.seed, config=cfg, run=args.run, progress=True):
+        for ev in simulate.stream(args.events, seed=args.seed, config=cfg, run=args.run, subrun=subrun,
+                                  progress=True):
             summary.add(ev)
             yield ev
 
-    names = [hdf5.event_name(args.run, 1, i) for i in range(args.events)]  # simulate's subrun is 1
+    names = [hdf5.event_name(args.run, subrun, i) for i in range(args.events)]
     path = hdf5.write_event_stream(args.out, made(), names)
     info = hdf5.read_info(path)
     stats = summary.result()
