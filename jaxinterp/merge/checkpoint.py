@@ -192,6 +192,32 @@ def _common_dtype(infos) -> str:
     return functools.reduce(lambda a, b: np.dtype(jnp.promote_types(a, b)).name, (i.dtype for i in infos))
 
 
+def _read_buffer(job, indices, readers) -> list[np.ndarray]:
+    """The inputs of an integer or boolean output tensor (a buffer: copied, never merged); a
+    ValueError naming it and the first input whose values differ from the first's."""
+    infos = [indices[ref][name] for ref, name in job.inputs]
+    xs = [readers.get(info, ref_name) for info, (_, ref_name) in zip(infos, job.inputs)]
+    differ = [ref for (ref, _), x in zip(job.inputs, xs) if x.shape != xs[0].shape or not np.array_equal(x, xs[0])]
+    if differ:
+        raise ValueError(f"{job.out_name}: a {infos[0].dtype} tensor (a buffer, not a weight) differs between "
+                         f"{job.inputs[0][0]!r} and {differ[0]!r}; it cannot be merged, only copied when equal")
+    return xs
+
+
+def check_buffers(jobs, indices: dict[str, dict[str, TensorInfo]]) -> None:
+    """ValueError for an integer or boolean tensor whose values differ between its inputs (`_read_buffer`).
+    These few small tensors are read before the output folder is made: found mid-merge, the error
+    came after every weight before it had been merged and left the new folders behind, and
+    `merge check` said ok."""
+    readers = _Readers()
+    try:
+        for job in jobs:
+            if indices[job.inputs[0][0]][job.inputs[0][1]].dtype not in _FLOATS:
+                _read_buffer(job, indices, readers)
+    finally:
+        readers.close()
+
+
 def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_pool):
     """Reads one output tensor's inputs and dispatches its merge -> list of stream.Piece."""
     import jax
@@ -201,11 +227,7 @@ def _merge_one(job, method, dtype_cfg, indices, readers, out_dtype, seed, read_p
 
     infos = [indices[ref][name] for ref, name in job.inputs]
     if infos[0].dtype not in _FLOATS:  # an integer or boolean buffer: the same in every input, copied
-        xs = [readers.get(info, ref_name) for info, (_, ref_name) in zip(infos, job.inputs)]
-        differ = [ref for (ref, _), x in zip(job.inputs, xs) if x.shape != xs[0].shape or not np.array_equal(x, xs[0])]
-        if differ:
-            raise ValueError(f"{job.out_name}: a {infos[0].dtype} tensor (a buffer, not a weight) differs between "
-                             f"{job.inputs[0][0]!r} and {differ[0]!r}; it cannot be merged, only copied when equal")
+        xs = _read_buffer(job, indices, readers)  # checked by check_buffers; again here, as read
         y = np.array(xs[0]).reshape(-1)  # its own copy, not a view of the mapped input
         return [stream.Piece(0, lambda: y, 0, y.size)]
     dtype = dtype_cfg or _common_dtype(infos)
@@ -350,6 +372,7 @@ def run_config(cfg, out_dir: str | Path, *, seed: int = 0, progress: bool = True
     check_seed(seed)  # before any header is read
     jobs, indices, n_layers = prepare(cfg)
     check_out_dir(out_dir, indices)
+    check_buffers(jobs, indices)
     text = slices.to_yaml(cfg) if isinstance(cfg, slices.SliceConfig) else _config.to_yaml(cfg)
     return _run_jobs(jobs, indices, cfg, out_dir, text, seed=seed, progress=progress, n_layers=n_layers)
 
@@ -381,6 +404,7 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     hbytes += b" " * (-len(hbytes) % 8)
 
     out_dir = Path(out_dir)
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     readers = _Readers()
     data_start = 8 + len(hbytes)
@@ -408,6 +432,13 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
                 if pending is not None:
                     pending.result()
             fh.flush()
+    except BaseException:
+        # an interrupted or failed merge (Ctrl-C, a full disk) left the folders it had made, empty:
+        # they go again, deepest first, each only while empty (another writer's files stay)
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
     finally:
         readers.close()
     src = Path(side_source(cfg))

@@ -1,7 +1,7 @@
 """`jaxinterp merge ...`: mergekit YAML merges, and loss barriers between digits MLPs.
 
     jaxinterp merge yaml CONFIG.yml --out DIR [--seed 0]        merge HF safetensors checkpoints
-    jaxinterp merge check CONFIG.yml                             validate only (no weight is read)
+    jaxinterp merge check CONFIG.yml                             validate only (no weight is read, only integer buffers)
     jaxinterp merge train-mlp --seed 1 --out a.safetensors       a digits MLP (for barrier)
     jaxinterp merge barrier a.safetensors b.safetensors [--align] [--num 25] [--devices N] [--png P] [--json P]
 """
@@ -46,6 +46,7 @@ def _check(args) -> int:
 
     cfg = config.read(args.config)
     jobs, indices, n_layers = checkpoint.prepare(cfg)
+    checkpoint.check_buffers(jobs, indices)  # as `merge yaml` does before it writes
     layers = f", {n_layers} layers" if n_layers is not None else ""
     print(f"ok: {cfg.merge_method} of {len(indices)} checkpoints, {len(jobs)} tensors{layers}")
     return 0
@@ -158,7 +159,8 @@ def add_parser(sub) -> None:
     y.add_argument("--seed", type=non_negative_int, default=0, help="seed of random methods (dare, della)")
     y.add_argument("--quiet", action="store_true", help="no progress bar")
     y.set_defaults(func=_yaml)
-    c = s.add_parser("check", help="validate a mergekit YAML config and the checkpoint headers")
+    c = s.add_parser("check", help="validate a mergekit YAML config, the checkpoint headers "
+                     "and their integer buffers")
     c.add_argument("config")
     c.set_defaults(func=_check)
     t = s.add_parser("train-mlp", help="train a digits MLP and save it as safetensors")

@@ -1,0 +1,92 @@
+"""Review 18 (u2): `jaxinterp merge` used end to end; what it found, one case each."""
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file, save_file
+
+from jaxinterp import cli
+from jaxinterp.merge import checkpoint
+
+
+def _bert_like(tmp_path, positions):
+    """Checkpoints with float weights first and an int64 buffer (position_ids) last in merge order."""
+    rng = np.random.default_rng(0)
+    dirs = []
+    for j, pos in enumerate(positions):
+        d = tmp_path / f"m{j}"
+        d.mkdir()
+        save_file({"a.weight": rng.normal(size=(4, 4)).astype(np.float32),
+                   "b.weight": rng.normal(size=(4, 4)).astype(np.float32),
+                   "z.position_ids": np.asarray(pos, np.int64)[None]}, str(d / "model.safetensors"))
+        dirs.append(d)
+    return dirs
+
+
+def _cfg(tmp_path, dirs):
+    p = tmp_path / "cfg.yml"
+    p.write_text(yaml.safe_dump({"merge_method": "linear", "parameters": {"weight": 0.5},
+                                 "models": [str(d) for d in dirs]}))
+    return p
+
+
+def test_differing_integer_buffers_are_refused_by_check_and_before_yaml_makes_or_merges_anything(
+        tmp_path, capsys, monkeypatch):
+    """A buffer that differs between the models was found only when the merge reached it: `merge
+    check` said ok, and `merge yaml` had made the output folders and merged every weight before it."""
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)[::-1]])
+    cfg = _cfg(tmp_path, dirs)
+    msg = (f"z.position_ids: a int64 tensor (a buffer, not a weight) differs between {str(dirs[0])!r} and "
+           f"{str(dirs[1])!r}; it cannot be merged, only copied when equal")
+    assert cli.main(["merge", "check", str(cfg)]) == 2
+    assert capsys.readouterr().err.strip() == f"jaxinterp merge: error: {msg}"
+    merged = []
+    real = checkpoint._merge_one
+    monkeypatch.setattr(checkpoint, "_merge_one", lambda job, *a: merged.append(job.out_name) or real(job, *a))
+    out = tmp_path / "new" / "out"
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"jaxinterp merge: error: {msg}"
+    assert merged == [] and not (tmp_path / "new").exists()
+
+
+def test_equal_integer_buffers_still_pass_check_and_are_copied(tmp_path, capsys):
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)])
+    cfg = _cfg(tmp_path, dirs)
+    assert cli.main(["merge", "check", str(cfg)]) == 0
+    assert capsys.readouterr().out == "ok: linear of 2 checkpoints, 3 tensors\n"
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    got = load_file(str(tmp_path / "out" / "model.safetensors"))
+    np.testing.assert_array_equal(got["z.position_ids"], np.arange(8)[None])
+
+
+class _Interrupt(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "earlier-merge"])
+def test_an_interrupted_merge_leaves_no_folder_of_its_own_and_an_earlier_merge_intact(tmp_path, monkeypatch,
+                                                                                     existing):
+    """Ctrl-C mid-merge left the folders it had made behind (empty); an earlier merge's output
+    in an existing folder stays as it was."""
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)])
+    cfg = _cfg(tmp_path, dirs)
+    out = tmp_path / "a" / "b" / "out"
+    if existing:
+        checkpoint.run_yaml(cfg, out, progress=False)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = checkpoint._merge_one, []
+
+    def interrupted(job, *a):
+        calls.append(job.out_name)
+        if len(calls) == 2:
+            raise _Interrupt
+        return real(job, *a)
+
+    monkeypatch.setattr(checkpoint, "_merge_one", interrupted)
+    with pytest.raises(_Interrupt):
+        checkpoint.run_yaml(cfg, out, progress=False)
+    assert len(calls) == 2
+    if existing:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert not (tmp_path / "a").exists()
