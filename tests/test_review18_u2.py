@@ -1,5 +1,7 @@
 """Review 18 (u2): `jaxinterp merge` used end to end; what it found, one case each."""
 
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -90,3 +92,27 @@ def test_an_interrupted_merge_leaves_no_folder_of_its_own_and_an_earlier_merge_i
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     else:
         assert not (tmp_path / "a").exists()
+
+
+@pytest.fixture(scope="module")
+def mlp_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("mlp") / "a.safetensors"
+    assert cli.main(["merge", "train-mlp", "--seed", "1", "--steps", "5", "--out", str(p)]) == 0
+    return p
+
+
+@pytest.mark.parametrize("damage,msg", [
+    (lambda b: b"hello\n", r"junk.safetensors is not a safetensors file: expected an 8-byte header length "
+                           r"within its 6 bytes, got none"),
+    (lambda b: b[:300], r"junk.safetensors is not a safetensors file: expected an 8-byte header length within its "
+                        r"300 bytes, got \d+"),
+    (lambda b: b[:-10], r"junk.safetensors is truncated: its header needs (\d+) bytes, the file has \d+"),
+], ids=["text", "cut-header", "cut-data"])
+def test_barrier_names_a_model_that_is_not_a_whole_safetensors_file(mlp_file, tmp_path, capsys, damage, msg):
+    """`merge barrier` handed its files to safetensors' load_file unchecked: a file that is not one
+    (or a cut copy) ended in a SafetensorError traceback ('header too small'), naming no file."""
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(damage(mlp_file.read_bytes()))
+    assert cli.main(["merge", "barrier", str(mlp_file), str(bad), "--num", "3"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"jaxinterp merge: error: model {re.escape(repr(str(bad)))}: {msg}\n", err), err

@@ -99,25 +99,35 @@ def _read_header(f: Path, ref: str) -> tuple[int, dict]:
     return n, header
 
 
+def read_file_index(f: Path, ref: str) -> dict[str, TensorInfo]:
+    """name -> (file, shape, dtype) of one safetensors file `f` of model `ref`, from its header alone;
+    a ValueError for a file that is not one, a dtype not read here, or a truncated file."""
+    f = Path(f)
+    n, header = _read_header(f, ref)
+    out = {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        if h["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected one of "
+                             f"{', '.join(_ST_DTYPES)}")
+        out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
+    end = 8 + n + max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
+    if f.stat().st_size < end:  # found here, before anything is merged or written
+        raise ValueError(f"model {ref!r}: {f.name} is truncated: its header needs {end} bytes, "
+                         f"the file has {f.stat().st_size}")
+    return out
+
+
 def read_index(ref: str) -> dict[str, TensorInfo]:
     """name -> (file, shape, dtype) from the headers alone."""
     out = {}
     for f in safetensors_files(ref):
-        n, header = _read_header(f, ref)
-        for name, h in header.items():
-            if name == "__metadata__":
-                continue
-            if h["dtype"] not in _ST_DTYPES:
-                raise ValueError(f"model {ref!r}: tensor {name} has dtype {h['dtype']}; expected one of "
-                                 f"{', '.join(_ST_DTYPES)}")
+        for name, info in read_file_index(f, ref).items():
             if name in out:  # e.g. a stale model.safetensors beside shards: which one is meant is unknown
                 raise ValueError(f"model {ref!r}: tensor {name} is in both {out[name].file.name} and {f.name}; "
                                  f"expected each tensor in one file")
-            out[name] = TensorInfo(f, tuple(h["shape"]), _ST_DTYPES[h["dtype"]])
-        end = 8 + n + max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
-        if f.stat().st_size < end:  # found here, before anything is merged or written
-            raise ValueError(f"model {ref!r}: {f.name} is truncated: its header needs {end} bytes, "
-                             f"the file has {f.stat().st_size}")
+            out[name] = info
     return out
 
 

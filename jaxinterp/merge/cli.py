@@ -68,8 +68,12 @@ def _load_mlp(path):
 
     from safetensors.numpy import load_file
 
+    from jaxinterp.merge import checkpoint
+
     if not Path(path).is_file():
         raise ValueError(f"model: expected a .safetensors file written by `merge train-mlp`, got {path!r}")
+    # the header and size first: a file that is not safetensors, or a truncated one, was a SafetensorError traceback
+    checkpoint.read_file_index(Path(path), path)
     flat = load_file(path)
     out: dict = {}
     for k, v in flat.items():
