@@ -116,3 +116,55 @@ def test_barrier_names_a_model_that_is_not_a_whole_safetensors_file(mlp_file, tm
     assert cli.main(["merge", "barrier", str(mlp_file), str(bad), "--num", "3"]) == 2
     err = capsys.readouterr().err
     assert re.fullmatch(rf"jaxinterp merge: error: model {re.escape(repr(str(bad)))}: {msg}\n", err), err
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('{"model_type": "bert",', r"expected the JSON config of model '.*m0' \(the output's config.json is it, edited\), "
+                               r"got a file that is not JSON \(Expecting property name"),
+    ("[1, 2]", r"expected a JSON object \(the config of model '.*m0'\), got list"),
+], ids=["not-json", "list"])
+def test_a_source_config_json_that_must_be_edited_is_read_before_anything_is_written(tmp_path, capsys, monkeypatch,
+                                                                                      text, msg):
+    """With a dtype configured the output's config.json is the source's with its torch_dtype set; it
+    was read after the merged weights were in place: a broken one ended the run there (a JSON error
+    naming no file, or an AttributeError traceback for a list), weights written without a config."""
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)])
+    (dirs[0] / "config.json").write_text(text)
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "linear", "parameters": {"weight": 0.5}, "dtype": "float32",
+                                   "models": [str(d) for d in dirs]}))
+    want = rf"jaxinterp merge: error: {re.escape(str(dirs[0] / 'config.json'))}: {msg}"
+    assert cli.main(["merge", "check", str(cfg)]) == 2
+    assert re.match(want, capsys.readouterr().err)
+    merged = []
+    real = checkpoint._merge_one
+    monkeypatch.setattr(checkpoint, "_merge_one", lambda job, *a: merged.append(job.out_name) or real(job, *a))
+    assert cli.main(["merge", "yaml", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert re.match(want, capsys.readouterr().err)
+    assert merged == [] and not (tmp_path / "out").exists()
+
+
+def test_an_interruption_after_the_weights_leaves_no_new_folder_with_weights_but_no_config(tmp_path, monkeypatch):
+    """Interrupted while the config and tokenizer files were copied, a new output folder kept the
+    merged model.safetensors (and what was copied so far) without the rest."""
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)])
+    for f in ("config.json", "tokenizer.json"):
+        (dirs[0] / f).write_text("{}")
+    cfg = _cfg(tmp_path, dirs)
+    real = checkpoint.shutil.copyfile
+
+    def copy(a, b):
+        if str(a).endswith("tokenizer.json"):
+            raise _Interrupt
+        return real(a, b)
+
+    monkeypatch.setattr(checkpoint.shutil, "copyfile", copy)
+    with pytest.raises(_Interrupt):
+        checkpoint.run_yaml(cfg, tmp_path / "new" / "out", progress=False)
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "old"  # an existing folder: its other files are never removed
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(_Interrupt):
+        checkpoint.run_yaml(cfg, out, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"

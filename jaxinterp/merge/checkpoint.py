@@ -282,6 +282,33 @@ def side_source(cfg) -> str:
     return cfg.base_model or cfg.listed_base or cfg.models[0].model
 
 
+def side_files(cfg, n_layers: int | None) -> tuple[Path, tuple[str, ...], str | None]:
+    """(`side_source`, the names of its config/tokenizer files that the output gets, the text of the
+    output's config.json when it differs from the source's, else None). Only a config.json this
+    merge copies is edited (an earlier run's, where the source has none, is not): its layer count for
+    the `slices:` form, its torch_dtype for a configured dtype. Read before anything is written: a
+    config.json that is not a JSON object failed after the merged weights were in place."""
+    src = Path(side_source(cfg))
+    copied = tuple(f for f in _SIDE_FILES if src.is_dir() and (src / f).is_file())
+    if not ((n_layers is not None or cfg.out_dtype or cfg.dtype) and "config.json" in copied):
+        return src, copied, None
+    f = src / "config.json"
+    try:
+        hf = json.loads(f.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: expected the JSON config of model {str(src)!r} (the output's config.json is it, "
+                         f"edited), got a file that is not JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{f}: expected a JSON object (the config of model {str(src)!r}), got {type(hf).__name__}")
+    for key in ("n_layer", "num_hidden_layers", "num_layers"):
+        if key in hf and n_layers is not None:
+            hf[key] = n_layers
+    if cfg.out_dtype or cfg.dtype:  # as mergekit sets the output config's torch_dtype
+        for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # newer transformers write "dtype"
+            hf[key] = cfg.out_dtype or cfg.dtype
+    return src, copied, json.dumps(hf, indent=2)
+
+
 class MergeResult(NamedTuple):
     out_dir: Path
     n_tensors: int
@@ -413,11 +440,13 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)
 
+    src, copied, config_text = side_files(cfg, n_layers)  # a broken config.json fails here, before any write
     out_dir = Path(out_dir)
     made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     out_dir.mkdir(parents=True, exist_ok=True)
     readers = _Readers()
     data_start = 8 + len(hbytes)
+    written = [out_dir / "model.safetensors", *(out_dir / f for f in copied), out_dir / "mergekit_config.yml"]
     try:
         with atomic.atomic_path(out_dir / "model.safetensors") as tmp, open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(hbytes)))
@@ -442,31 +471,27 @@ def _run_jobs(jobs, indices: dict, cfg, out_dir, config_yaml: str, *, seed: int,
                 if pending is not None:
                     pending.result()
             fh.flush()
+        for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
+            if f == "config.json" and config_text is not None:
+                atomic.write_text(out_dir / f, config_text)
+                continue
+            with atomic.atomic_path(out_dir / f) as tmp:
+                shutil.copyfile(src / f, tmp)
+        atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
     except BaseException:
-        # an interrupted or failed merge (Ctrl-C, a full disk) left the folders it had made, empty:
-        # they go again, deepest first, each only while empty (another writer's files stay)
+        # an interrupted or failed merge (Ctrl-C, a full disk) left the folders it had made, holding
+        # what it had written (weights without their config): in a folder of its own making that goes
+        # again, then the folders, deepest first, each only while empty (another writer's files stay)
+        if made:
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
         for p in made:
             with contextlib.suppress(OSError):
                 p.rmdir()
         raise
     finally:
         readers.close()
-    src = Path(side_source(cfg))
-    copied = tuple(f for f in _SIDE_FILES if src.is_dir() and (src / f).is_file())
-    for f in copied:  # atomically too: a crash mid-copy must not leave a truncated config or tokenizer
-        with atomic.atomic_path(out_dir / f) as tmp:
-            shutil.copyfile(src / f, tmp)
-    # only a config.json this merge copied: an earlier run's (the source has none) is not edited
-    if (n_layers is not None or cfg.out_dtype or cfg.dtype) and "config.json" in copied:
-        hf = json.loads((out_dir / "config.json").read_text())
-        for key in ("n_layer", "num_hidden_layers", "num_layers"):
-            if key in hf and n_layers is not None:
-                hf[key] = n_layers
-        if cfg.out_dtype or cfg.dtype:  # as mergekit sets the output config's torch_dtype
-            for key in {"torch_dtype"} | ({"dtype"} & hf.keys()):  # newer transformers write "dtype"
-                hf[key] = cfg.out_dtype or cfg.dtype
-        atomic.write_text(out_dir / "config.json", json.dumps(hf, indent=2))
-    atomic.write_text(out_dir / "mergekit_config.yml", config_yaml)
     removed = remove_stale_shards(out_dir)
     kept = tuple(f for f in _SIDE_FILES if f not in copied and (out_dir / f).is_file())
     return MergeResult(out_dir, len(jobs), 8 + len(hbytes) + offset, src, copied, removed, kept)

@@ -47,6 +47,7 @@ def _check(args) -> int:
     cfg = config.read(args.config)
     jobs, indices, n_layers = checkpoint.prepare(cfg)
     checkpoint.check_buffers(jobs, indices)  # as `merge yaml` does before it writes
+    checkpoint.side_files(cfg, n_layers)  # the source's config.json, which the output's is
     layers = f", {n_layers} layers" if n_layers is not None else ""
     print(f"ok: {cfg.merge_method} of {len(indices)} checkpoints, {len(jobs)} tensors{layers}")
     return 0
