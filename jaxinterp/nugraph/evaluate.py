@@ -296,8 +296,12 @@ def run_cli(args) -> EvalResult:
     split = None if args.split == "all" else args.split
     # the file by path, size and mtime: a file rewritten at the same path (another simulation, more
     # events) is another evaluation, whose results do not replace this one's under the same name
+    # the folder load_model read, resolved: `--params RUN/model.npz` (which --help offers) recorded the
+    # file, so a repeat of `--params RUN`'s evaluation through it was refused as another evaluation
+    params = None if args.params is None else Path(args.params).resolve()
+    params = params.parent if params is not None and params.is_file() else params
     inputs = {"file": str(Path(args.file).resolve()), **file_stamp(args.file), "split": args.split,
-              "limit": args.limit, "params": str(Path(args.params).resolve()) if args.params else "the shipped model",
+              "limit": args.limit, "params": str(params) if params is not None else "the shipped model",
               "model_sha256": model.npz_sha256}
     check_out_dir(args.out, inputs)  # before anything is read or computed
     info = hdf5.read_info(args.file, need_samples=split is not None, need_norm=False)

@@ -1,0 +1,49 @@
+"""Review 18 (u1): the NuGraph2 command line used end to end (simulate, train, eval, convert)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxinterp.nugraph import hdf5, model, simulate, train
+from jaxinterp.nugraph.model import NuGraph2Config
+from test_review14_nugraph import _cli
+
+TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def model_and_events(tmp_path_factory):
+    """A tiny model folder and a small events file of its norm."""
+    raws = simulate.simulate(4, seed=3, config=simulate.SimConfig(max_hits_per_plane=60))
+    folder = tmp_path_factory.mktemp("u1")
+    run = folder / "run"
+    run.mkdir()
+    train.save_model(run, model.init(jax.random.key(0), TINY), TINY, hdf5.compute_norm(raws), {"command": "test"})
+    return run, hdf5.write_events(folder / "ev.gnn.h5", raws)
+
+
+def test_eval_repeated_through_the_model_file_is_the_same_evaluation(model_and_events, tmp_path, monkeypatch):
+    """`eval --params RUN` and then `--params RUN/model.npz` (which --help offers: "or a file in that
+    folder") read the same model; inputs recorded the path as given, so the repeat into the same --out
+    was refused as another evaluation. Both now record the folder."""
+    run, h5 = model_and_events
+    out = tmp_path / "ev"
+    base = ["nugraph", "eval", str(h5), "--split", "all", "--displays", "0", "--out", str(out)]
+    assert _cli(base + ["--params", str(run)], monkeypatch) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["inputs"]["params"] == str(run.resolve())
+    assert _cli(base + ["--params", str(run / "model.npz")], monkeypatch) == 0
+    monkeypatch.chdir(run)
+    assert _cli(base + ["--params", "model.json"], monkeypatch) == 0
+    assert json.loads((out / "metrics.json").read_text())["inputs"] == first["inputs"]
+    # another model folder is still another evaluation
+    other = tmp_path / "other"
+    other.mkdir()
+    train.save_model(other, model.init(jax.random.key(1), TINY), TINY, hdf5.read_info(h5).norm)
+    assert _cli(base + ["--params", str(other / "model.npz")], monkeypatch) == 2
