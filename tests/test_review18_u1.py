@@ -47,3 +47,29 @@ def test_eval_repeated_through_the_model_file_is_the_same_evaluation(model_and_e
     other.mkdir()
     train.save_model(other, model.init(jax.random.key(1), TINY), TINY, hdf5.read_info(h5).norm)
     assert _cli(base + ["--params", str(other / "model.npz")], monkeypatch) == 2
+
+
+def test_convert_repeated_through_other_paths_is_the_same_model(tmp_path, monkeypatch, capsys):
+    """`nugraph convert` recorded the .ckpt and --norm paths as given and a repeat had to name them
+    alike: the same command with ./FILE, or run from another folder, was refused as another model.
+    The paths are now resolved and the checkpoint compared by its bytes; another norm file is still
+    another model."""
+    import shutil
+
+    ckpt = shutil.copy(FIXTURES / "nugraph2_reference.ckpt", tmp_path / "NuGraph2.ckpt")
+    shutil.copy(FIXTURES / "nugraph2_events.gnn.h5", tmp_path / "ev.gnn.h5")
+    monkeypatch.chdir(tmp_path)
+    assert _cli(["nugraph", "convert", "NuGraph2.ckpt", "official", "--norm", "ev.gnn.h5"], monkeypatch) == 0
+    assert _cli(["nugraph", "convert", "./NuGraph2.ckpt", "official", "--norm", "./ev.gnn.h5"], monkeypatch) == 0
+    meta = json.loads((tmp_path / "official" / "model.json").read_text())
+    assert meta["converted_from"] == str(Path(ckpt).resolve())
+    assert meta["norm_from"] == str((tmp_path / "ev.gnn.h5").resolve())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert _cli(["nugraph", "convert", "../NuGraph2.ckpt", "../official", "--norm", "../ev.gnn.h5"], monkeypatch) == 0
+    capsys.readouterr()
+    shutil.copy(FIXTURES / "nugraph2_events.gnn.h5", tmp_path / "other.gnn.h5")
+    assert _cli(["nugraph", "convert", "../NuGraph2.ckpt", "../official", "--norm", "../other.gnn.h5"],
+                monkeypatch) == 2
+    assert "of another model" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "official")) == ["model.json", "model.npz"]

@@ -195,8 +195,10 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
 
     info = hdf5.read_info(norm_file, need_samples=False, need_norm=True)  # checks each plane's [2, 4]
     ckpt = load_official_checkpoint(ckpt_path)  # read once: its sha256 is of the bytes it loaded
-    provenance = {"converted_from": str(ckpt_path), "epoch": ckpt.epoch, "norm_from": str(norm_file),
-                  "converted_from_sha256": ckpt.sha256}
+    # paths resolved and the checkpoint compared by its bytes: as given, a repeat through another path
+    # (./sim.gnn.h5, or from another folder) was refused as another model, as widen's was before
+    provenance = {"converted_from": str(Path(ckpt_path).resolve()), "epoch": ckpt.epoch,
+                  "norm_from": str(Path(norm_file).resolve()), "converted_from_sha256": ckpt.sha256}
     # a NaN or inf (a diverged run's checkpoint) was written into model.npz, which load_model then
     # refused at every eval/train --init/widen, blaming "a diverged training run"
     for name, arr in to_official(ckpt.params, ckpt.config).items():
@@ -211,7 +213,8 @@ def convert(ckpt_path: str | Path, out_dir: str | Path, *, norm_file: str | Path
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir: expected a folder for model.npz and model.json, got the file {out}")
-    check_model_out(out, provenance)  # a run's or another model's files are not overwritten
+    # a run's or another model's files are not overwritten (the same checkpoint and norm file: a repeat)
+    check_model_out(out, provenance, compare=("converted_from_sha256", "norm_from"))
     out.mkdir(parents=True, exist_ok=True)
     save_model(out, ckpt.params, ckpt.config, {p: info.norm[p] for p in ckpt.config.planes}, provenance)
     return ckpt
