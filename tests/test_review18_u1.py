@@ -73,3 +73,23 @@ def test_convert_repeated_through_other_paths_is_the_same_model(tmp_path, monkey
                 monkeypatch) == 2
     assert "of another model" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "official")) == ["model.json", "model.npz"]
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: None, "--init: expected model.npz in {d} (a `nugraph train` run folder), not found"),
+    (lambda d: (d / "model.npz").write_bytes(b"x") and (d / "model.json").write_text("{"),
+     "--init: {d}/model.json is not valid JSON"),
+], ids=["empty folder", "broken model.json"])
+def test_train_init_errors_name_the_init_option(model_and_events, tmp_path, monkeypatch, capsys, make, expected):
+    """`train --init DIR` of a folder without a model said "params: expected model.npz in DIR", naming
+    an option `train` does not have; load_model's errors now name the argument the folder came from."""
+    _, h5 = model_and_events
+    start = tmp_path / "start"
+    start.mkdir()
+    make(start)
+    out = tmp_path / "run"
+    assert _cli(["nugraph", "train", str(h5), "--out", str(out), "--planar-features", "8", "--nexus-features", "4",
+                 "--iterations", "1", "--batch-size", "1", "--init", str(start)], monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"jaxinterp nugraph: error: {expected.format(d=start)}" in err, err
+    assert not out.exists()  # nothing read or written before the error

@@ -41,22 +41,25 @@ class Model(NamedTuple):
     npz_sha256: str | None = None  # sha256 of the model.npz load_model read: what an evaluation records
 
 
-def load_model(path: str | Path | None = None) -> Model:
-    """Loads model.npz + model.json from a folder (a train run, or the shipped asset folder by default)."""
+def load_model(path: str | Path | None = None, *, arg: str = "params") -> Model:
+    """Loads model.npz + model.json from a folder (a train run, or the shipped asset folder by default).
+
+    arg: the argument `path` came from, which each error names (`train --init` passes "--init": its
+    errors named "params", an argument that command does not have)."""
     folder = ASSET_DIR if path is None else Path(path)
     if folder.is_file():
         folder = folder.parent
     npz, js = folder / "model.npz", folder / "model.json"
     for f in (npz, js):
         if not f.exists():
-            raise ValueError(f"params: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
+            raise ValueError(f"{arg}: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
     try:
         desc = json.loads(js.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"params: {js} is not valid JSON ({e})") from None
+        raise ValueError(f"{arg}: {js} is not valid JSON ({e})") from None
     missing = [k for k in ("config", "norm") if not isinstance(desc, dict) or not isinstance(desc.get(k), dict)]
     if missing:
-        raise ValueError(f"params: {js} must hold the objects 'config' and 'norm' (as `nugraph train` and "
+        raise ValueError(f"{arg}: {js} must hold the objects 'config' and 'norm' (as `nugraph train` and "
                          f"`nugraph convert` write them), missing or not an object: {missing}"
                          + (" (the norm is the per-plane feature mean and std the model was trained with; an "
                             "official checkpoint carries none: `jaxinterp nugraph convert CKPT OUT --norm "
@@ -64,32 +67,32 @@ def load_model(path: str | Path | None = None) -> Model:
     data = npz.read_bytes()  # read once: the bytes hashed are the bytes loaded
     recorded, got = desc.pop("npz_sha256", None), hashlib.sha256(data).hexdigest()
     if recorded is not None and recorded != got:  # None: a model.json written before the hash existed
-        raise ValueError(f"params: {npz} and {js.name} do not belong together: {js.name} records model.npz "
+        raise ValueError(f"{arg}: {npz} and {js.name} do not belong together: {js.name} records model.npz "
                          f"sha256 {recorded}, the file has {got} (a save interrupted between the two files, "
                          f"or one of them copied from another run)")
     cfg = desc.pop("config")
     fields = {f.name for f in dataclasses.fields(NuGraph2Config)}
     if set(cfg) - fields:
-        raise ValueError(f"params: {js} config has unknown keys {sorted(set(cfg) - fields)}; expected among "
+        raise ValueError(f"{arg}: {js} config has unknown keys {sorted(set(cfg) - fields)}; expected among "
                          f"{sorted(fields)}")
     try:  # NuGraph2Config's own error named neither the file nor that it came from its config
         config = NuGraph2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
     except (ValueError, TypeError) as e:
-        raise ValueError(f"params: {js} config: {e}") from None
+        raise ValueError(f"{arg}: {js} config: {e}") from None
     norm = {}
     for p, v in desc.pop("norm").items():
         try:  # numpy's "could not convert string to float" named neither the file nor the plane
             norm[p] = np.asarray(v, np.float32)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"params: {js} norm[{p!r}]: expected a [2, {NUM_FEATURES}] (mean, std) array of "
+            raise ValueError(f"{arg}: {js} norm[{p!r}]: expected a [2, {NUM_FEATURES}] (mean, std) array of "
                              f"numbers, got {str(v)[:60]} ({e})") from None
     bad = [p for p in config.planes if p not in norm or norm[p].shape != (2, NUM_FEATURES)]
     if bad:
-        raise ValueError(f"params: {js} norm must hold a [2, {NUM_FEATURES}] (mean, std) array for each plane "
+        raise ValueError(f"{arg}: {js} norm must hold a [2, {NUM_FEATURES}] (mean, std) array for each plane "
                          f"{list(config.planes)}; missing or misshapen: {bad}")
     for p in config.planes:  # std 0 or NaN (null) divided every event's features into inf/NaN, which
         # predict then blamed on the event ("field 'x': expected finite values")
-        hdf5._check_norm_plane(norm[p], f"params: {js} norm[{p!r}]")
+        hdf5._check_norm_plane(norm[p], f"{arg}: {js} norm[{p!r}]")
     params: dict = {}
     with np.load(io.BytesIO(data)) as z:
         for name in z.files:
@@ -101,15 +104,15 @@ def load_model(path: str | Path | None = None) -> Model:
             # a NaN (a diverged run's params) ran through predict without a word: every hit's scores
             # NaN, argmax class 0 and no hit kept, so eval printed MIP efficiency 100%, filter 0%
             if arr.dtype.kind != "f":
-                raise ValueError(f"params: {npz} entry {name!r}: expected floating-point values, got dtype {arr.dtype}")
+                raise ValueError(f"{arg}: {npz} entry {name!r}: expected floating-point values, got dtype {arr.dtype}")
             if not np.isfinite(arr).all():
-                raise ValueError(f"params: {npz} entry {name!r}: expected finite values, got "
+                raise ValueError(f"{arg}: {npz} entry {name!r}: expected finite values, got "
                                  f"{int(np.size(arr) - np.isfinite(arr).sum())} non-finite of {arr.size} "
                                  f"(a diverged training run?)")
             node[leaf] = arr
     from jaxinterp.nugraph.model import check_params
 
-    check_params(params, config, where=f"params: {npz} does not hold NuGraph2 params of the config in {js.name}")
+    check_params(params, config, where=f"{arg}: {npz} does not hold NuGraph2 params of the config in {js.name}")
     return Model(params, config, norm, desc, got)
 
 

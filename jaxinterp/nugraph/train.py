@@ -549,7 +549,7 @@ def run_cli(args) -> TrainResult:
     if getattr(args, "init", None):
         from jaxinterp.nugraph import evaluate
 
-        start = evaluate.load_model(args.init)
+        start = evaluate.load_model(args.init, arg="--init")
         if start.config != mc:
             raise ValueError(f"--init: {args.init} holds a model of config {start.config}, "
                              f"the run asks for {mc} (set --planar-features/--nexus-features/--iterations to match)")
