@@ -93,3 +93,24 @@ def test_train_init_errors_name_the_init_option(model_and_events, tmp_path, monk
     err = " ".join(capsys.readouterr().err.split())
     assert f"jaxinterp nugraph: error: {expected.format(d=start)}" in err, err
     assert not out.exists()  # nothing read or written before the error
+
+
+def test_eval_of_an_unfinished_run_says_the_run_has_not_finished(model_and_events, tmp_path, monkeypatch, capsys):
+    """`eval --params RUN` of a run stopped before its end (--max-steps, or killed) said "expected
+    model.npz in RUN (a `nugraph train` run folder), not found", of a folder that is one; it now says the
+    run has not finished, at which checkpoint it stands, and that the train command finishes it."""
+    _, h5 = model_and_events
+    run = tmp_path / "run"
+    train_argv = ["nugraph", "train", str(h5), "--out", str(run), "--planar-features", "8", "--nexus-features", "4",
+                  "--iterations", "1", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
+    assert _cli(train_argv + ["--max-steps", "1"], monkeypatch) == 0
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    assert _cli(["nugraph", "eval", str(h5), "--params", str(run), "--out", str(out)], monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"params: expected model.npz in {run}, not found: it is a `nugraph train` run folder whose run has not "
+            "finished (its last checkpoint is at step 1); run the same `nugraph train` command again") in err, err
+    assert not out.exists()
+    assert _cli(train_argv, monkeypatch) == 0  # as it says: the run finishes, and eval reads its model
+    assert _cli(["nugraph", "eval", str(h5), "--params", str(run), "--out", str(out), "--displays", "0"],
+                monkeypatch) == 0

@@ -51,6 +51,15 @@ def load_model(path: str | Path | None = None, *, arg: str = "params") -> Model:
         folder = folder.parent
     npz, js = folder / "model.npz", folder / "model.json"
     for f in (npz, js):
+        if not f.exists() and (folder / "run.json").is_file():
+            # a run still training, stopped (--max-steps, killed) or killed between its model's two files:
+            # "expected model.npz in RUN (a `nugraph train` run folder)" of a run folder said nothing of that
+            ckpts = folder / "checkpoints"
+            steps = sorted(int(c.name) for c in ckpts.iterdir() if c.name.isdigit()) if ckpts.is_dir() else []
+            last = f"its last checkpoint is at step {steps[-1]}" if steps else "it has no checkpoint yet"
+            raise ValueError(f"{arg}: expected {f.name} in {folder}, not found: it is a `nugraph train` run folder "
+                             f"whose run has not finished ({last}); run the same `nugraph train` command again "
+                             f"to finish it (it resumes from its last checkpoint)")
         if not f.exists():
             raise ValueError(f"{arg}: expected {f.name} in {folder} (a `nugraph train` run folder), not found")
     try:
