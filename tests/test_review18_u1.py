@@ -114,3 +114,23 @@ def test_eval_of_an_unfinished_run_says_the_run_has_not_finished(model_and_event
     assert _cli(train_argv, monkeypatch) == 0  # as it says: the run finishes, and eval reads its model
     assert _cli(["nugraph", "eval", str(h5), "--params", str(run), "--out", str(out), "--displays", "0"],
                 monkeypatch) == 0
+
+
+def test_a_resume_with_other_settings_names_each_setting_that_differs(model_and_events, tmp_path, monkeypatch,
+                                                                      capsys):
+    """A rerun of a killed `train` with one option changed (--checkpoint-every 2 for 5) was refused with
+    the whole run.json and not this command's settings: which one differed was left to find. The error
+    now names each differing setting with both values."""
+    _, h5 = model_and_events
+    run = tmp_path / "run"
+    argv = ["nugraph", "train", str(h5), "--out", str(run), "--planar-features", "8", "--nexus-features", "4",
+            "--iterations", "1", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
+    train.train(h5, run, config=train.TrainConfig(epochs=1, batch_size=1, checkpoint_every=5), model_config=TINY,
+                max_steps=0, limit_val=0, progress=False, log=lambda *a: None)
+    before = (run / "run.json").read_text()
+    assert _cli(argv + ["--checkpoint-every", "2", "--planar-features", "16"], monkeypatch) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("holds a run with other settings (train_config.checkpoint_every: the run's 5, this one's 2; "
+            "model_config.planar_features: the run's 8, this one's 16); use a new --out folder") in err, err
+    assert (run / "run.json").read_text() == before and sorted(os.listdir(run)) == ["checkpoints", "run.json"]
+    assert _cli(argv + ["--checkpoint-every", "5", "--max-steps", "1"], monkeypatch) == 0  # the same settings resume

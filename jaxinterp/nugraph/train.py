@@ -386,6 +386,21 @@ def _events_digest(events: Sequence[Event], planes: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def _differences(before, now, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, before's value, now's value) wherever two JSON objects differ ('absent' for a
+    missing key), nested objects compared key by key."""
+    if not (isinstance(before, dict) and isinstance(now, dict)):
+        return [] if before == now else [(prefix or "run.json", before, now)]
+    out = []
+    for k in list(before) + [k for k in now if k not in before]:
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if k not in before or k not in now:
+            out.append((name, before.get(k, "absent"), now.get(k, "absent")))
+        else:
+            out += _differences(before[k], now[k], name)
+    return out
+
+
 def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainConfig(),
           model_config: NuGraph2Config = NuGraph2Config(), max_steps: int | None = None,
           limit_train: int | None = None, limit_val: int | None = None, progress: bool = True,
@@ -456,8 +471,10 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                              "writes (use a new --out folder)") from None
         if "train_data_sha256" not in before:  # run.json of a run begun before the digest existed
             run_desc.pop("train_data_sha256")
-        if before != json.loads(json.dumps(run_desc)):
-            raise ValueError(f"out_dir: {out_dir} holds a run with other settings ({before}); "
+        now = json.loads(json.dumps(run_desc))
+        if before != now:  # every setting that differs, both values (run.json whole hid the one that did)
+            diff = "; ".join(f"{k}: the run's {a!r}, this one's {b!r}" for k, a, b in _differences(before, now))
+            raise ValueError(f"out_dir: {out_dir} holds a run with other settings ({diff}); "
                              "use a new --out folder, or the same settings to resume")
     else:
         atomic.write_text(run_json, json.dumps(run_desc, indent=1))
