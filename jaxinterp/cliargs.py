@@ -63,7 +63,10 @@ def output_file(text: str) -> str:
 
 
 def output_folder(text: str) -> str:
-    """An output folder's path, checked before any work: not a file, and writable or creatable."""
+    """An output folder's path, checked before any work: not empty, not a file, and writable or creatable."""
+    if not text:  # Path('') is '.': an unset shell variable (--out "$DIR") wrote into the working directory
+        raise argparse.ArgumentTypeError("expected a folder path, got '' (an empty path; write . for the "
+                                         "working directory)")
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"expected a folder, got the file {text}")

@@ -168,3 +168,23 @@ def test_an_interruption_after_the_weights_leaves_no_new_folder_with_weights_but
     with pytest.raises(_Interrupt):
         checkpoint.run_yaml(cfg, out, progress=False)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, capsys, monkeypatch):
+    """`--out ""` (an unset variable in `--out "$OUT"`) is Path('') == '.': the merge wrote
+    model.safetensors into the working directory, over another model's file there."""
+    dirs = _bert_like(tmp_path, [np.arange(8), np.arange(8)])
+    cfg = _cfg(tmp_path, dirs)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "model.safetensors").write_bytes(b"someone else's model")
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["merge", "yaml", str(cfg), "--out", "", "--quiet"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith("error: argument --out: expected a folder path, got '' (an empty path; "
+                                            "write . for the working directory)\n")
+    with pytest.raises(ValueError, match=r"^out: expected a folder path, got '' \(an empty path; pass '\.' for"):
+        checkpoint.run_yaml(cfg, "", progress=False)
+    assert sorted(p.name for p in work.iterdir()) == ["model.safetensors"]
+    assert (work / "model.safetensors").read_bytes() == b"someone else's model"

@@ -381,6 +381,8 @@ def check_buffer_dtypes(jobs, indices: dict[str, dict[str, TensorInfo]]) -> None
 def check_out_dir(out_dir: str | Path, indices: dict[str, dict[str, TensorInfo]]) -> None:
     """ValueError if out_dir holds a file of an input model: the merge would overwrite that model's
     model.safetensors (or sit beside its shards) and its config, so it is refused before anything is written."""
+    if isinstance(out_dir, str) and not out_dir:  # Path('') is '.', the working directory
+        raise ValueError("out: expected a folder path, got '' (an empty path; pass '.' for the working directory)")
     out = Path(out_dir)
     # a file on the way (out itself, or a parent of a folder to create) was a FileExistsError or a
     # NotADirectoryError from mkdir, after every header had been read and every parameter resolved
