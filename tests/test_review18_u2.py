@@ -188,3 +188,29 @@ def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, c
         checkpoint.run_yaml(cfg, "", progress=False)
     assert sorted(p.name for p in work.iterdir()) == ["model.safetensors"]
     assert (work / "model.safetensors").read_bytes() == b"someone else's model"
+
+
+@pytest.mark.parametrize("method", [["linear"], {"linear": None}], ids=["list", "mapping"])
+def test_a_merge_method_that_is_not_a_name_is_a_value_error(tmp_path, capsys, method):
+    """`merge_method: [linear]` reached `method in METHODS` with a list: TypeError 'unhashable type'."""
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": method, "models": ["a", "b"]}))
+    assert cli.main(["merge", "check", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxinterp merge: error: merge_method: expected one of ['arcee_fusion', ")
+    assert err.endswith(f"], got {method!r}\n")
+    from jaxinterp.merge import merge
+
+    with pytest.raises(ValueError, match=r"^merge_method: expected one of \["):
+        merge(method, [{"w": np.ones(2, np.float32)}], parameters={"weight": 1.0})
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    """A config saved in another encoding ended with the codec's message alone ('utf-8' codec can't
+    decode byte 0xff ...), naming no file."""
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_bytes("merge_method: linear\n# poids\xe9\n".encode("latin-1"))
+    assert cli.main(["merge", "check", str(cfg)]) == 2
+    assert capsys.readouterr().err == (f"jaxinterp merge: error: config: expected a UTF-8 YAML file, got {cfg} with "
+                                       f"bytes that are not UTF-8 ('utf-8' codec can't decode byte 0xe9 in position "
+                                       f"28: invalid continuation byte)\n")

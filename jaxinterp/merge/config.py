@@ -176,7 +176,9 @@ def read_dict(path: str | Path) -> Any:
     if not path.is_file():
         raise ValueError(f"config: expected a YAML file, got {str(path)!r} (no such file)")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:  # was the codec's message alone, naming no file
+        raise ValueError(f"config: expected a UTF-8 YAML file, got {path} with bytes that are not UTF-8 ({e})") from None
     except yaml.YAMLError as e:
         raise ValueError(f"config: {path} is not valid YAML: {e}") from None
 

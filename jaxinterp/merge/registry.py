@@ -92,7 +92,7 @@ CAN_BE_BAD = frozenset({"multislerp"})  # kernels whose `bad` output can be true
 
 
 def get(method: str) -> MethodSpec:
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:  # a list was 'unhashable type' (TypeError)
         raise ValueError(f"merge_method: expected one of {sorted(METHODS)}, got {method!r}")
     return METHODS[method]
 
