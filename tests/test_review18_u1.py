@@ -13,7 +13,7 @@ from jaxinterp.nugraph import hdf5, model, simulate, train
 from jaxinterp.nugraph.model import NuGraph2Config
 from test_review14_nugraph import _cli
 
-TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=1)
+TINY = NuGraph2Config(planar_features=8, nexus_features=4, num_iters=2)  # not test_nugraph_train's (it counts compiles)
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -89,7 +89,7 @@ def test_train_init_errors_name_the_init_option(model_and_events, tmp_path, monk
     make(start)
     out = tmp_path / "run"
     assert _cli(["nugraph", "train", str(h5), "--out", str(out), "--planar-features", "8", "--nexus-features", "4",
-                 "--iterations", "1", "--batch-size", "1", "--init", str(start)], monkeypatch) == 2
+                 "--iterations", "2", "--batch-size", "1", "--init", str(start)], monkeypatch) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"jaxinterp nugraph: error: {expected.format(d=start)}" in err, err
     assert not out.exists()  # nothing read or written before the error
@@ -102,7 +102,7 @@ def test_eval_of_an_unfinished_run_says_the_run_has_not_finished(model_and_event
     _, h5 = model_and_events
     run = tmp_path / "run"
     train_argv = ["nugraph", "train", str(h5), "--out", str(run), "--planar-features", "8", "--nexus-features", "4",
-                  "--iterations", "1", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
+                  "--iterations", "2", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
     assert _cli(train_argv + ["--max-steps", "1"], monkeypatch) == 0
     capsys.readouterr()
     out = tmp_path / "ev"
@@ -124,7 +124,7 @@ def test_a_resume_with_other_settings_names_each_setting_that_differs(model_and_
     _, h5 = model_and_events
     run = tmp_path / "run"
     argv = ["nugraph", "train", str(h5), "--out", str(run), "--planar-features", "8", "--nexus-features", "4",
-            "--iterations", "1", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
+            "--iterations", "2", "--batch-size", "1", "--epochs", "1", "--limit-val", "0"]
     train.train(h5, run, config=train.TrainConfig(epochs=1, batch_size=1, checkpoint_every=5), model_config=TINY,
                 max_steps=0, limit_val=0, progress=False, log=lambda *a: None)
     before = (run / "run.json").read_text()
@@ -134,3 +134,36 @@ def test_a_resume_with_other_settings_names_each_setting_that_differs(model_and_
             "model_config.planar_features: the run's 8, this one's 16); use a new --out folder") in err, err
     assert (run / "run.json").read_text() == before and sorted(os.listdir(run)) == ["checkpoints", "run.json"]
     assert _cli(argv + ["--checkpoint-every", "5", "--max-steps", "1"], monkeypatch) == 0  # the same settings resume
+
+
+def test_a_warm_started_run_resumes_through_another_spelling_of_init(model_and_events, tmp_path, monkeypatch,
+                                                                      capsys):
+    """run.json kept --init as typed, so the rerun of a killed `train --init start` as `--init ./start`,
+    `--init start/model.npz` or from another folder was refused as a run of another start: the folder
+    is now recorded resolved (and a run.json of before, relative, is compared from where it is resumed)."""
+    import shutil
+
+    start, h5 = model_and_events
+    shutil.copytree(start, tmp_path / "start")
+    monkeypatch.chdir(tmp_path)
+    argv = ["nugraph", "train", str(h5), "--planar-features", "8", "--nexus-features", "4", "--iterations", "2",
+            "--batch-size", "1", "--epochs", "3", "--limit-val", "0"]  # 2 training events: 6 steps
+    assert _cli(argv + ["--out", "run", "--init", "start", "--max-steps", "1"], monkeypatch) == 0
+    assert _cli(argv + ["--out", "run", "--init", "./start", "--max-steps", "2"], monkeypatch) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["init"] == str((tmp_path / "start").resolve())
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert _cli(argv + ["--out", "../run", "--init", "../start/model.npz", "--max-steps", "3"], monkeypatch) == 0
+    assert "stopped at step 3" in capsys.readouterr().out
+    # another start is still another run
+    other = tmp_path / "other"
+    shutil.copytree(start, other)
+    assert _cli(argv + ["--out", "../run", "--init", str(other)], monkeypatch) == 2
+    assert f"init: the run's '{(tmp_path / 'start').resolve()}', this one's '{other.resolve()}'" in \
+        " ".join(capsys.readouterr().err.split())
+    # a run.json of before this fix (--init as typed, relative) resumes from the folder it was begun in
+    monkeypatch.chdir(tmp_path)
+    run_json = tmp_path / "run" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "init": "start"}, indent=1))
+    assert _cli(argv + ["--out", "run", "--init", "start", "--max-steps", "4"], monkeypatch) == 0
+    assert "stopped at step 4" in capsys.readouterr().out

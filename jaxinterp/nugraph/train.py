@@ -471,6 +471,9 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
                              "writes (use a new --out folder)") from None
         if "train_data_sha256" not in before:  # run.json of a run begun before the digest existed
             run_desc.pop("train_data_sha256")
+        if isinstance(before, dict) and isinstance(before.get("init"), str) and "init" in run_desc \
+                and Path(before["init"]).resolve() == Path(run_desc["init"]).resolve():
+            run_desc["init"] = before["init"]  # a run begun before run_cli resolved --init, from where it began
         now = json.loads(json.dumps(run_desc))
         if before != now:  # every setting that differs, both values (run.json whole hid the one that did)
             diff = "; ".join(f"{k}: the run's {a!r}, this one's {b!r}" for k, a, b in _differences(before, now))
@@ -571,9 +574,13 @@ def run_cli(args) -> TrainResult:
             raise ValueError(f"--init: {args.init} holds a model of config {start.config}, "
                              f"the run asks for {mc} (set --planar-features/--nexus-features/--iterations to match)")
         init = start.params
+        # the folder load_model read, resolved: as given, a resume through another spelling of the same
+        # folder (./DIR, DIR/model.npz, from another folder) was refused as a run of another start
+        init_folder = Path(args.init).resolve()
+        init_folder = init_folder.parent if init_folder.is_file() else init_folder
     res = train(args.file, args.out, config=tc, model_config=mc, max_steps=args.max_steps,
                 limit_train=args.limit_train, limit_val=args.limit_val, init_params=init,
-                init_name=str(args.init) if init is not None else None)
+                init_name=str(init_folder) if init is not None else None)
     print(f"{'finished' if res.finished else 'stopped'} at step {res.steps}; run folder {res.out_dir}")
     if res.finished:
         print(f"wrote {res.out_dir / 'model.npz'} and model.json")
