@@ -214,3 +214,29 @@ def test_a_config_that_is_not_utf8_is_named(tmp_path, capsys):
     assert capsys.readouterr().err == (f"jaxinterp merge: error: config: expected a UTF-8 YAML file, got {cfg} with "
                                        f"bytes that are not UTF-8 ('utf-8' codec can't decode byte 0xe9 in position "
                                        f"28: invalid continuation byte)\n")
+
+
+@pytest.mark.parametrize("text,key,first,line", [
+    ("merge_method: linear\nmodels: [a, b]\nparameters: {weight: 1.0}\nparameters: {weight: 2.0}\n",
+     "parameters", 3, 4),
+    ("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1.0, weight: 5.0}\n  - b\n",
+     "weight", 4, 4),
+], ids=["top-level", "per-model"])
+def test_a_key_given_twice_in_the_config_is_refused_not_overridden(tmp_path, capsys, text, key, first, line):
+    """PyYAML keeps the last of two equal keys: a second `parameters:` block, or `{weight: 1, weight:
+    5}`, replaced the first silently and `merge check` said ok."""
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(text)
+    assert cli.main(["merge", "check", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxinterp merge: error: config: {cfg} is not valid YAML: expected each key of a "
+                          f"mapping once, got {key!r} again (first on line {first})\n  in ")
+    assert f", line {line}, column" in err
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    from jaxinterp.merge import config
+
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text("defaults: &d {weight: 1.0, density: 0.5}\nmodels:\n  - parameters: {<<: *d, weight: 2.0}\n")
+    assert config.read_dict(cfg)["models"][0]["parameters"] == {"weight": 2.0, "density": 0.5}

@@ -168,15 +168,37 @@ def from_dict(d: Any):
                        _dtype(d.get("out_dtype"), "config.out_dtype"), listed_base)
 
 
+def _unique_key_loader():
+    """yaml.SafeLoader refusing a key given twice in one mapping (YAML requires keys to be unique):
+    PyYAML, and so mergekit, keep the last silently, so a second `parameters:` block or `{weight: 1,
+    weight: 5}` replaced the first without a word. Merge keys (`<<`) may still be overridden."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"expected each key of a mapping once, got {key!r} again (first on line "
+                                        f"{seen[key]})", key_node.start_mark)
+                    seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def read_dict(path: str | Path) -> Any:
-    """The YAML file as loaded, not yet validated."""
+    """The YAML file as loaded (a key given twice is refused), not yet validated."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config: expected a YAML file, got {str(path)!r} (no such file)")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except UnicodeDecodeError as e:  # was the codec's message alone, naming no file
         raise ValueError(f"config: expected a UTF-8 YAML file, got {path} with bytes that are not UTF-8 ({e})") from None
     except yaml.YAMLError as e:
