@@ -167,3 +167,16 @@ def test_a_warm_started_run_resumes_through_another_spelling_of_init(model_and_e
     run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "init": "start"}, indent=1))
     assert _cli(argv + ["--out", "run", "--init", "start", "--max-steps", "4"], monkeypatch) == 0
     assert "stopped at step 4" in capsys.readouterr().out
+
+
+def test_eval_reports_the_size_of_the_batch_it_timed(model_and_events, tmp_path, monkeypatch, capsys):
+    """eval's inference line said "the jitted forward on the first batch of 32" (--batch-size) of a split
+    of fewer events, where the batch timed held those alone; it now says how many events it timed."""
+    run, h5 = model_and_events
+    assert _cli(["nugraph", "eval", str(h5), "--params", str(run), "--split", "all", "--displays", "0",
+                 "--out", str(tmp_path / "ev")], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "all: 4 events" in out and "(the jitted forward on the first batch, 4 events; compile" in out, out
+    assert _cli(["nugraph", "eval", str(h5), "--params", str(run), "--split", "all", "--displays", "0",
+                 "--batch-size", "3", "--out", str(tmp_path / "ev3")], monkeypatch) == 0
+    assert "(the jitted forward on the first batch, 3 events; compile" in capsys.readouterr().out
