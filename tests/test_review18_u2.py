@@ -240,3 +240,22 @@ def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
     cfg = tmp_path / "cfg.yml"
     cfg.write_text("defaults: &d {weight: 1.0, density: 0.5}\nmodels:\n  - parameters: {<<: *d, weight: 2.0}\n")
     assert config.read_dict(cfg)["models"][0]["parameters"] == {"weight": 2.0, "density": 0.5}
+
+
+def test_barrier_refuses_an_output_that_is_a_model_or_the_other_output(mlp_file, tmp_path, capsys):
+    """`--json a.safetensors` wrote the JSON over model a once the models were read; `--png p --json
+    p` kept only the JSON. Both are refused before anything is read or computed."""
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(mlp_file.read_bytes())
+    link = tmp_path / "link.json"
+    link.symlink_to(a)
+    for extra, msg in [
+        (["--json", str(a)], f"--json: expected a file other than the models read, got {str(a)!r}, which is model a"),
+        (["--png", str(link)], f"--png: expected a file other than the models read, got {str(link)!r}, which is "
+                               f"model a"),
+        (["--png", str(tmp_path / "p"), "--json", str(tmp_path / "p")],
+         f"--json: expected a file other than --png's, got {str(tmp_path / 'p')!r} for both"),
+    ]:
+        assert cli.main(["merge", "barrier", str(a), str(mlp_file), "--num", "3", *extra]) == 2
+        assert capsys.readouterr().err.startswith(f"jaxinterp merge: error: {msg}")
+        assert a.read_bytes() == mlp_file.read_bytes() and not (tmp_path / "p").exists()

@@ -101,6 +101,28 @@ def _train_mlp(args) -> int:
     return 0
 
 
+def _check_outputs(outputs: dict, inputs: dict) -> None:
+    """ValueError for an output path that is an input model's file or another output's: `--json
+    a.safetensors` wrote the JSON over model a (after reading it), `--png p --json p` kept only the JSON."""
+    import os
+
+    from jaxinterp import atomic
+
+    seen = {}
+    for opt, path in outputs.items():
+        if path is None:
+            continue
+        key = os.path.realpath(atomic.write_target(path))  # the file the write lands in, through links
+        for arg, model in inputs.items():
+            if os.path.realpath(model) == key:
+                raise ValueError(f"{opt}: expected a file other than the models read, got {path!r}, which is "
+                                 f"model {arg} ({model!r}); it would be overwritten")
+        if key in seen:
+            raise ValueError(f"{opt}: expected a file other than {seen[key][0]}'s, got {path!r} for both "
+                             f"(one would overwrite the other)")
+        seen[key] = (opt, path)
+
+
 def _devices_mesh(n):
     """`parallel.make_mesh` over the first `n` devices (None: no mesh, one device); a ValueError where
     JAX sees fewer."""
@@ -124,6 +146,7 @@ def _barrier(args) -> int:
 
     # before the models are read or aligned (weight matching ran first, then linear_path refused it)
     landscape._check_count("num", args.num, 2, "at least 2 alphas (the two endpoints)")
+    _check_outputs({"--png": args.png, "--json": args.json}, {"a": args.a, "b": args.b})
     mesh = _devices_mesh(args.devices)
     pa, pb = _load_mlp(args.a), _load_mlp(args.b)
     d = mlp.load_digits()
