@@ -36,7 +36,7 @@ def _info(args) -> int:
 
 def _add_model_subcommands(nsub) -> None:
     c = nsub.add_parser("convert", help="official NuGraph2 Lightning .ckpt -> a model folder (model.npz + model.json) "
-                        "that eval, predict and train --init read (no torch needed)")
+                        "that eval, widen and train --init read, and evaluate.load_model loads for predict.predict (no torch needed)")
     c.add_argument("ckpt", help="the official .ckpt file")
     c.add_argument("out", type=output_folder, help="output folder for model.npz and model.json")
     c.add_argument("--norm", required=True, metavar="FILE.gnn.h5",
