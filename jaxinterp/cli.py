@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # bad input: say what was expected and what came, no traceback
         print(f"jaxinterp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (what was saved, if the command says), no traceback
+        print(f"jaxinterp {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130  # 128 + SIGINT
     except BrokenPipeError:  # `jaxinterp ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141  # 128 + SIGPIPE

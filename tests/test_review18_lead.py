@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import jax
 import numpy as np
@@ -78,3 +79,52 @@ def test_merge_demo_random_merges_follow_the_seed(monkeypatch):
             m.setattr(tree_merge, "merge", merge)
             demo.run(quick=True, seed=s)
     assert seeds == [0, 7]
+
+
+def test_ctrl_c_in_training_saves_the_step_and_the_command_says_so(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in `nugraph train` raised KeyboardInterrupt inside the step (a traceback; every step since
+    the last checkpoint lost, and inside the jitted call the donated state could be gone); now the step
+    under way finishes, is checkpointed, and the command exits 130 with one line; the same command
+    resumes from that step and ends with the uninterrupted run's params."""
+    from jaxinterp.nugraph import hdf5, simulate, train
+    from test_review14_nugraph import _cli
+
+    cfg = simulate.SimConfig(mean_energy_gev=0.3, max_energy_gev=0.5, max_hits_per_plane=60)
+    events = simulate.simulate(10, seed=21, config=cfg)
+    names = [e.name for e in events]
+    data = hdf5.write_events(tmp_path / "tiny.gnn.h5", events,
+                             splits={"train": names[:8], "validation": names[8:], "test": []})
+    # --iterations 2: not test_nugraph_train's model, whose compiles it counts (one process may run both)
+    argv = ["nugraph", "train", str(data), "--epochs", "1", "--batch-size", "4", "--planar-features", "8",
+            "--nexus-features", "4", "--iterations", "2", "--checkpoint-every", "100", "--limit-val", "0"]
+    assert _cli(argv + ["--out", str(tmp_path / "straight")], monkeypatch) == 0
+    capsys.readouterr()
+
+    made, real_pad = [], train.pad_batch
+
+    class Recorded(train._Interrupt):
+        def __enter__(self):
+            made.append(self)
+            return super().__enter__()
+
+    def pad_and_press_ctrl_c(*a, **kw):  # Ctrl-C arrives while the first step is being prepared
+        if not made[0].asked:
+            made[0]._handle(signal.SIGINT, None)
+        return real_pad(*a, **kw)
+
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as m:
+        m.setattr(train, "_Interrupt", Recorded)
+        m.setattr(train, "pad_batch", pad_and_press_ctrl_c)
+        assert _cli(argv + ["--out", str(out)], monkeypatch) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("jaxinterp nugraph: interrupted: training interrupted at step 1 of 2; its "
+                                            "checkpoint is written: the same command resumes from it"), err
+    assert "Traceback" not in err
+    assert not (out / "model.npz").exists()
+    assert _cli(argv + ["--out", str(out)], monkeypatch) == 0
+    assert "resumed from the checkpoint at step 1 of 2" in capsys.readouterr().out
+    a, b = np.load(tmp_path / "straight" / "model.npz"), np.load(out / "model.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k])

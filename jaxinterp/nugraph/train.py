@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -296,6 +298,31 @@ def _manager(out_dir: Path):
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False))
 
 
+class _Interrupt:
+    """Ctrl-C (SIGINT) while training: the step under way finishes, a checkpoint of it is written, then
+    KeyboardInterrupt is raised, so a rerun of the command loses no step (an interrupt raised inside
+    the step lost every step since the last checkpoint, and one inside the jitted call could leave the
+    donated state deleted). A second Ctrl-C interrupts at once. Only in the main thread (the one
+    Python delivers signals to); elsewhere nothing changes."""
+
+    def __init__(self):
+        self.asked, self._old = False, None
+
+    def __enter__(self) -> "_Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.asked = True
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def _save(mngr, step: int, state: TrainState, meta: dict) -> None:
     import orbax.checkpoint as ocp
 
@@ -521,37 +548,41 @@ def train(path: str | Path, out_dir: str | Path, *, config: TrainConfig = TrainC
     bar = tqdm(total=total, initial=step, desc="training NuGraph2", unit="step", disable=not progress)
     t0 = _clock() - seconds_before  # training time runs on across resumes (work redone after the
     # last checkpoint of a killed run not counted twice)
-    try:
-        while step < stop:
-            epoch, k = divmod(step, nb)
-            order = balanced_batches(sizes_bytes, config.batch_size, config.balance_frac,
-                                     np.random.default_rng([config.seed, epoch]))
-            chunk = [train_ev[i] for i in order[k]]
-            batch = pad_batch(chunk, policy.sizes(chunk), planes=model_config.planes, check=False)
-            state, parts = train_step(state, batch)
-            step += 1
-            loss = float(parts.total)
-            loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(schedule(step - 1)):.2e}", epoch=epoch)
-            end_of_epoch = step % nb == 0
-            if end_of_epoch and val_ev:
-                counts, vloss = evaluate_events(state.params, val_ev, model_config,
-                                                batch_size=config.eval_batch_size, policy=val_policy)
-                m = metrics.compute(counts, model_config.semantic_classes)
-                history.append({"epoch": epoch, "step": step, "train_loss": loss_sum / loss_steps,
-                                "train_loss_steps": loss_steps, "train_loss_last": loss,
-                                "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})
-                (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
-                atomic.write_json(out_dir / "metrics.json", history, indent=1)
-            if end_of_epoch:
-                loss_sum, loss_steps = 0.0, 0
-            if end_of_epoch or step % config.checkpoint_every == 0 or step == stop:
-                _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0,
-                                          "epoch_loss_sum": loss_sum, "epoch_loss_steps": loss_steps})
-    finally:
-        bar.close()
-        mngr.close()
+    with _Interrupt() as interrupt:  # Ctrl-C: this step finishes and is saved, then KeyboardInterrupt
+        try:
+            while step < stop:
+                epoch, k = divmod(step, nb)
+                order = balanced_batches(sizes_bytes, config.batch_size, config.balance_frac,
+                                         np.random.default_rng([config.seed, epoch]))
+                chunk = [train_ev[i] for i in order[k]]
+                batch = pad_batch(chunk, policy.sizes(chunk), planes=model_config.planes, check=False)
+                state, parts = train_step(state, batch)
+                step += 1
+                loss = float(parts.total)
+                loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(schedule(step - 1)):.2e}", epoch=epoch)
+                end_of_epoch = step % nb == 0
+                if end_of_epoch and val_ev:
+                    counts, vloss = evaluate_events(state.params, val_ev, model_config,
+                                                    batch_size=config.eval_batch_size, policy=val_policy)
+                    m = metrics.compute(counts, model_config.semantic_classes)
+                    history.append({"epoch": epoch, "step": step, "train_loss": loss_sum / loss_steps,
+                                    "train_loss_steps": loss_steps, "train_loss_last": loss,
+                                    "val_loss": vloss, "seconds": _clock() - t0, **m.as_dict()})
+                    (bar.write if progress else log)(f"epoch {epoch}: val loss {vloss:.4f} | {m.line()}")
+                    atomic.write_json(out_dir / "metrics.json", history, indent=1)
+                if end_of_epoch:
+                    loss_sum, loss_steps = 0.0, 0
+                if end_of_epoch or step % config.checkpoint_every == 0 or step == stop or interrupt.asked:
+                    _save(mngr, step, state, {"step": step, "history": history, "seconds": _clock() - t0,
+                                              "epoch_loss_sum": loss_sum, "epoch_loss_steps": loss_steps})
+                if interrupt.asked:
+                    raise KeyboardInterrupt(f"training interrupted at step {step} of {total}; its checkpoint is "
+                                            f"written: the same command resumes from it")
+        finally:
+            bar.close()
+            mngr.close()
     finished = step >= total
     if finished:
         save_model(out_dir, state.params, model_config, info.norm,
