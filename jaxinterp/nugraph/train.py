@@ -310,7 +310,8 @@ class _Interrupt:
 
     def __enter__(self) -> "_Interrupt":
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            # None: a handler installed outside Python, which Python cannot put back; its default then
+            self._old = signal.signal(signal.SIGINT, self._handle) or signal.default_int_handler
         return self
 
     def _handle(self, signum, frame) -> None:
